@@ -1,0 +1,196 @@
+"""The schema migration runner.
+
+Migrations are numbered SQL files, `ledger/migrations/NNNN_<name>.sql`,
+shipped as package data and applied in order:
+
+* under a session-level advisory lock, so concurrent runners (two `tokex`
+  processes starting at once) apply each file exactly once;
+* one transaction per file, together with its row in `schema_migrations`: a
+  failing file leaves no trace, the files before it stay applied, and the
+  runner stops there;
+* each applied file's SHA-256 is recorded; if a file that was already applied
+  changes later, the runner refuses to go on (`MigrationChecksumMismatch`):
+  a migration is history, fix forward with a new file.
+
+A file must therefore not contain transaction control (BEGIN/COMMIT) or
+statements that cannot run in a transaction (CREATE INDEX CONCURRENTLY).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import asyncpg
+
+from schemas.errors import DomainError, ErrorKind
+
+#: pg_advisory_lock key shared by every runner: first 8 bytes of SHA-256("tokex.migrate").
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"tokex.migrate").digest()[:8], "big", signed=True)
+
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9][a-z0-9_]*)\.sql$")
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    int PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(DomainError):
+    """The migrations cannot be applied as they are."""
+
+    code = "migration_error"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class MigrationChecksumMismatch(MigrationError):
+    """A migration that was already applied has been changed since."""
+
+    code = "migration_checksum_mismatch"
+
+
+class MigrationFailed(MigrationError):
+    """A migration file raised an error; it was rolled back and the runner stopped."""
+
+    code = "migration_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+    checksum: str
+
+    @classmethod
+    def from_text(cls, filename: str, data: bytes) -> Migration:
+        match = _FILE_RE.match(filename)
+        if match is None:
+            raise MigrationError(
+                f"migration file {filename!r} is not named NNNN_<lowercase_name>.sql"
+            )
+        return cls(
+            version=int(match.group(1)),
+            name=match.group(2),
+            sql=data.decode("utf-8"),
+            checksum=hashlib.sha256(data).hexdigest(),
+        )
+
+
+def default_directory() -> Traversable:
+    """The migrations shipped with the package."""
+    return resources.files("ledger") / "migrations"
+
+
+def load_migrations(directory: Traversable | Path | str | None = None) -> list[Migration]:
+    """Read and check the `*.sql` files of `directory` (default: the package's).
+
+    Raises `MigrationError` if a file is misnamed, a number repeats, or the
+    numbers are not contiguous from 1: a gap usually means a lost file.
+    """
+    root: Traversable = (
+        default_directory()
+        if directory is None
+        else Path(directory)
+        if isinstance(directory, str)
+        else directory
+    )
+    if not root.is_dir():
+        return []
+    found = [
+        Migration.from_text(entry.name, entry.read_bytes())
+        for entry in root.iterdir()
+        if entry.name.endswith(".sql") and entry.is_file()
+    ]
+    return check_sequence(found)
+
+
+def check_sequence(migrations: Iterable[Migration]) -> list[Migration]:
+    """Sort by version and require versions 1..N with no gap or repeat."""
+    ordered = sorted(migrations, key=lambda m: m.version)
+    for expected, migration in enumerate(ordered, start=1):
+        if migration.version != expected:
+            raise MigrationError(
+                f"migrations must be numbered 1..N without gaps or repeats: expected "
+                f"{expected:04d}, found {migration.version:04d}_{migration.name}"
+            )
+    return ordered
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    """Highest applied migration, 0 on a database never migrated."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    return int(version)
+
+
+async def migrate(
+    conn: asyncpg.Connection,
+    migrations: Sequence[Migration] | Traversable | Path | str | None = None,
+) -> int:
+    """Apply pending migrations; return the schema version afterwards.
+
+    `migrations`: the package's files by default, or a directory, or a list
+    (tests feed their own). `conn` must not be inside a transaction.
+    """
+    if migrations is None or isinstance(migrations, (str, Path, Traversable)):
+        pending_all = load_migrations(migrations)
+    else:
+        pending_all = check_sequence(migrations)
+    if conn.is_in_transaction():
+        raise MigrationError("migrate() needs a connection outside any transaction")
+
+    await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+    try:
+        await conn.execute(_CREATE_TABLE)
+        applied = {
+            row["version"]: row["checksum"]
+            for row in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
+        known = {m.version: m for m in pending_all}
+        for version, checksum in sorted(applied.items()):
+            migration = known.get(version)
+            if migration is None:
+                raise MigrationError(
+                    f"database has migration {version:04d} applied, which this code does not "
+                    f"know (code has {len(known)}): is this an older tokex?"
+                )
+            if migration.checksum != checksum:
+                raise MigrationChecksumMismatch(
+                    f"migration {version:04d}_{migration.name} changed after it was applied "
+                    f"(recorded sha256 {checksum}, file sha256 {migration.checksum}); "
+                    "add a new migration instead of editing an applied one"
+                )
+        for migration in pending_all:
+            if migration.version in applied:
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) "
+                        "VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
+                    )
+            except asyncpg.PostgresError as exc:
+                raise MigrationFailed(
+                    f"migration {migration.version:04d}_{migration.name} failed and was "
+                    f"rolled back: {type(exc).__name__}: {exc}"
+                ) from exc
+        return await schema_version(conn)
+    finally:
+        if not conn.is_closed():
+            await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)

@@ -1,0 +1,7 @@
+"""`python -m ops ...` is `tokex ...`."""
+
+import sys
+
+from ops.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""The app factory: one Litestar app that later wires market and ledger together.
+
+Extension point: routes. `default_route_handlers()` is the one list of every
+route of the exchange (market and ledger routers are added there); a test may
+pass its own `route_handlers` instead. `/health` and the OpenAPI schema at
+`/schema` are always there. Start-up work that needs the database (the
+sequencer, recovery) goes in `lifespans`, which run after the pool is open and
+can reach it as `app.state.pool`.
+
+Handlers get the pool and the settings as dependencies named `pool` and
+`settings`, and raise `DomainError`s; `ops.errors` turns those into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Litestar, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler
+
+from ledger.migrate import schema_version
+from ops.config import Settings
+from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
+from ops.errors import exception_handlers
+
+log = logging.getLogger(__name__)
+
+PoolFactory = Callable[[Settings], Awaitable[asyncpg.Pool]]
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+HEALTH_TIMEOUT = 2.0  # seconds; a health check that hangs is a failed one
+POOL_CLOSE_TIMEOUT = 10.0
+MAX_BODY_BYTES = 1 << 20  # orders and reports are small; 413 beyond this
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+    database: str
+    schema_version: int
+
+
+@get("/health", tags=["ops"], summary="Liveness and database reachability")
+async def health(pool: asyncpg.Pool) -> Health:
+    """200 when the database answers (with the applied schema version), else 503."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT), pool.acquire() as conn:
+            version = await schema_version(conn)
+    except CONNECTION_ERRORS as exc:
+        log.warning("health: database unreachable: %s: %s", type(exc).__name__, exc)
+        raise DatabaseUnreachable("database unreachable") from exc
+    return Health(status="ok", database="reachable", schema_version=version)
+
+
+def default_route_handlers() -> list[ControllerRouterHandler]:
+    """Every route of the exchange (besides /health and /schema). Register new routers here."""
+    return []
+
+
+async def default_pool_factory(settings: Settings) -> asyncpg.Pool:
+    # database_url may start the embedded server: blocking, so off the event loop.
+    url = await asyncio.to_thread(database_url, settings)
+    return await open_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+
+
+def _pool_lifespan(settings: Settings, pool_factory: PoolFactory) -> Lifespan:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool = await pool_factory(settings)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("pool did not close within %ss; terminating", POOL_CLOSE_TIMEOUT)
+                pool.terminate()
+
+    return lifespan
+
+
+def _provide_pool(state: State) -> asyncpg.Pool:
+    pool: asyncpg.Pool = state.pool
+    return pool
+
+
+def create_app(
+    settings: Settings,
+    *,
+    pool_factory: PoolFactory = default_pool_factory,
+    route_handlers: Sequence[ControllerRouterHandler] | None = None,
+    lifespans: Sequence[Lifespan] = (),
+    debug: bool = False,
+) -> Litestar:
+    """Build the tokex app. The pool is opened on start-up and closed on shutdown."""
+    routes = default_route_handlers() if route_handlers is None else list(route_handlers)
+
+    def provide_settings() -> Settings:
+        return settings
+
+    dependencies: dict[str, Any] = {
+        "pool": Provide(_provide_pool, sync_to_thread=False),
+        "settings": Provide(provide_settings, sync_to_thread=False),
+    }
+    return Litestar(
+        route_handlers=[health, *routes],
+        dependencies=dependencies,
+        exception_handlers=exception_handlers(),
+        lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
+        openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
+        request_max_body_size=MAX_BODY_BYTES,
+        state=State({"settings": settings}),
+        debug=debug,
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokex")
+    except PackageNotFoundError:
+        return "0.0.0"

@@ -1,0 +1,144 @@
+"""The `tokex` command line.
+
+Each command group is a function `register(subparsers)` that adds its parser(s)
+and sets `handler=` (a function of the parsed args returning an exit status).
+`COMMAND_GROUPS` lists them; a new group (keys, accounts, audit, report, demo)
+lives in its own module and is appended there. Commands that touch the
+database take `--data-dir` (via `add_database_options`) and honour
+`DATABASE_URL` (via `settings_from_args`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from ledger.migrate import migrate
+from ops.config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
+from ops.database import database_url, durability_problems
+from schemas.errors import DomainError
+
+log = logging.getLogger("tokex")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"where the embedded PostgreSQL lives (in <data-dir>/pg) when DATABASE_URL "
+        f"is unset (default: {DEFAULT_DATA_DIR})",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment (DATABASE_URL) and whichever flags this command has."""
+    names = ("data_dir", "host", "port", "exchange_name")
+    return Settings.from_env(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+
+async def run_migrations(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+# --- serve, migrate, db-url ------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ops.app import create_app
+
+    settings = settings_from_args(args)
+    url = database_url(settings)
+    version, problems = asyncio.run(_prepare(url))
+    for problem in problems:
+        log.warning("database durability is OFF: %s; commits may be lost on a crash", problem)
+    log.info("schema version %d", version)
+    app = create_app(msgspec.structs.replace(settings, database_url=url))
+    log.info("tokex listening on http://%s:%d (OpenAPI at /schema)", settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+async def _prepare(url: str) -> tuple[int, list[str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrate(conn), await durability_problems(conn)
+    finally:
+        await conn.close()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    url = database_url(settings_from_args(args))
+    print(asyncio.run(run_migrations(url)))
+    return 0
+
+
+def _db_url(args: argparse.Namespace) -> int:
+    # Leave the embedded server running: the DSN is printed to be used after we exit.
+    print(database_url(settings_from_args(args), stop_on_exit=False))
+    return 0
+
+
+def register_core(subparsers: Any) -> None:
+    serve = subparsers.add_parser("serve", help="apply migrations and run the exchange")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
+    add_database_options(serve)
+    serve.set_defaults(handler=_serve)
+
+    mig = subparsers.add_parser("migrate", help="apply migrations; print the schema version")
+    add_database_options(mig)
+    mig.set_defaults(handler=_migrate)
+
+    url = subparsers.add_parser(
+        "db-url", help="print the database DSN (starts the embedded server if needed)"
+    )
+    add_database_options(url)
+    url.set_defaults(handler=_db_url)
+
+
+#: Every command group, in help order. Append new groups' `register` functions here.
+COMMAND_GROUPS: list[Callable[[Any], None]] = [register_core]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokex", description="tokex: an exchange for AI inference tokens"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMAND_GROUPS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except DomainError as exc:
+        print(f"tokex: error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

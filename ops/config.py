@@ -1,0 +1,59 @@
+"""Runtime settings of a tokex process.
+
+One immutable value built once (by the CLI, or by a test) and handed down to
+the app factory and the database helpers. Only `DATABASE_URL` is read from the
+environment; everything else comes from command-line flags or their defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_DATA_DIR = ".tokex"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+#: Origin line of the ledger's signed checkpoints (C2SP signed-note format).
+DEFAULT_EXCHANGE_NAME = "tokex.local/ledger"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a tokex process needs to know to start.
+
+    `database_url` None means "use the embedded PostgreSQL under
+    `<data_dir>/pg`" (see `ops.database.database_url`).
+    """
+
+    data_dir: str = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    exchange_name: str = DEFAULT_EXCHANGE_NAME
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def pg_path(self) -> Path:
+        """Where the embedded PostgreSQL cluster lives."""
+        return self.data_path / "pg"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings with `DATABASE_URL` taken from the environment (empty counts as unset).
+
+        Keyword overrides (e.g. from CLI flags) win; an override of None is ignored so
+        that argparse defaults of None fall through to the Struct's defaults.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {"database_url": env.get("DATABASE_URL") or None}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return msgspec.convert(values, cls)

@@ -1,0 +1,130 @@
+"""The one place where exceptions become JSON errors `{"code": ..., "message": ...}`.
+
+* `DomainError`: its `code`, its message, the status of its `kind`.
+* Litestar's HTTP exceptions (validation, unknown route, wrong method, body too
+  large, ...): a stable code per status, e.g. 400 `invalid_request` with the
+  decoder's words on which field is wrong.
+* Anything else: 500 `internal_error` with a generic message; the traceback
+  goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from litestar.types import ExceptionHandlersMap
+
+from schemas.errors import DomainError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+STATUS_OF_KIND: dict[ErrorKind, int] = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.REJECTED: 422,
+    ErrorKind.RATE_LIMITED: 429,
+    ErrorKind.UNAVAILABLE: 503,
+}
+
+#: Codes for errors raised by the framework itself rather than by our code.
+CODE_OF_STATUS: dict[int, str] = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+INTERNAL_MESSAGE = "internal error; it has been logged"
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """The body of every error response."""
+
+    code: str
+    message: str
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response[ErrorBody]:
+    return Response(
+        ErrorBody(code=code, message=message),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def status_of(error: DomainError) -> int:
+    return STATUS_OF_KIND.get(error.kind, 400)
+
+
+def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[ErrorBody]:
+    status = status_of(exc)
+    if status >= 500:
+        log.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
+    return error_response(status, exc.code, exc.message)
+
+
+def _validation_message(exc: HTTPException) -> str:
+    """Say which field is wrong, from Litestar's `extra` list of decoder complaints."""
+    parts = []
+    if isinstance(exc.extra, list):
+        for item in exc.extra:
+            if isinstance(item, dict):
+                text = str(item.get("message", "")).strip()
+                key, source = item.get("key"), item.get("source")
+                where = f"{source} {key}" if source and key else (key or source)
+                if where and (not text or str(key) not in text):
+                    text = f"{text} ({where})" if text else str(where)
+                if text:
+                    parts.append(text)
+            else:
+                parts.append(str(item))
+    return "; ".join(parts) or exc.detail or "invalid request"
+
+
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    status = exc.status_code
+    code = CODE_OF_STATUS.get(status) or f"http_{status}"
+    if status >= 500:
+        # Framework faults (misconfiguration, ...) are ours, not the client's: say little.
+        log.error("%s %s -> %s", request.method, request.url.path, status, exc_info=exc)
+        message = INTERNAL_MESSAGE if status == 500 else HTTPStatus(status).phrase.lower()
+    elif status == 400:
+        message = _validation_message(exc)
+    elif status == 404 and exc.detail == HTTPStatus.NOT_FOUND.phrase:
+        message = f"no such resource: {request.method} {request.url.path}"
+    elif status == 405:
+        message = f"method {request.method} not allowed on {request.url.path}"
+    else:
+        message = exc.detail or HTTPStatus(status).phrase
+    return error_response(status, code, message, exc.headers)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", INTERNAL_MESSAGE)
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """Handlers for `Litestar(exception_handlers=...)`; Litestar picks the most specific class."""
+    return {
+        DomainError: _domain_error,
+        HTTPException: _http_exception,
+        Exception: _unexpected,
+    }
