@@ -1,0 +1,853 @@
+"""The order book of one instrument: pure price-time matching.
+
+No I/O, no clock, no randomness: the output (events) and the state depend only
+on the starting state and the commands, so a replay gives the same events and
+the same `state_hash()`.
+
+Layout, chosen for a lean hot path:
+
+- each side is a dict `key -> deque[RestingOrder]` (FIFO within a price) and a
+  binary heap of keys; the key is the price for asks and minus the price for
+  bids, so on both sides the best level is the smallest key (`heap[0]`) and
+  "crosses a limit" is `key <= limit_key` with `limit_key = +/- limit`;
+- a key is in the dict exactly when it is in the heap (once). A level emptied
+  by a fill leaves both at once (it is at the top); one emptied deeper in the
+  book (cancel, amend, expiry) stays as an empty deque until it reaches the top
+  or gets a new order, so nothing is ever removed from the middle of a heap.
+  The top of each heap is always a non-empty level (restored after every
+  change), so the best price is `heap[0]`. Empty levels are bounded by the
+  number of ticks in the band and are dropped by snapshot/restore;
+- `orders` maps order id -> the resting order (mutable `RestingOrder`).
+
+Rules as built (see also `schemas.market`):
+
+- Validation order for a new order (first failure wins): trading state,
+  duplicate order id (among open orders), quantity (`qty_invalid`,
+  `qty_off_lot`), price (`price_required`, `price_off_tick`,
+  `price_out_of_band`), time in force (a market order must be IOC or FOK),
+  `expire_at` (required exactly for GTD; `expire_at_in_past` if not after the
+  command time), post-only (only GTC/GTD limit), duplicate client order id,
+  then `post_only_would_take`, then `fok_unfillable`.
+- A client order id may be used once per owner per instrument (ever, not only
+  while open), so a retried submission cannot create a second order.
+- FOK is checked before any fill: the fillable quantity is the open quantity of
+  other owners' orders within the limit, in priority order, counted up to the
+  first order of the taker's own owner, except with STP cancel_oldest, where
+  own orders are skipped (they would be cancelled, not traded). So an FOK
+  either fills entirely or is rejected, and never meets its own order before
+  it is done.
+- STP applies to the taker's mode (see `schemas.market.StpMode`) and is checked
+  at each resting order in priority order; a self-trade never happens. The
+  taker's STP cancels and decrements come as `OrderCancelled` events.
+- Amend sets the new *open* quantity. A decrease at the same price keeps time
+  priority; a price change or an increase re-queues at the back; a new price
+  crossing the opposite best is rejected (`amend_would_cross`).
+- GTD: before any command with time `t`, resting GTD orders with
+  `expire_at <= t` expire (ordered by expire_at, then order id).
+- Expired quantity counts as cancelled in `filled + open + cancelled == quantity`.
+- Mass cancel and close cancel in order id order (not arrival order), so the
+  event order does not depend on how the book was built (e.g. from a snapshot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from heapq import heappop, heappush
+from typing import Final
+
+import msgspec
+
+from market.errors import InvalidSnapshot
+from market.instruments import validate_instrument
+from schemas.market import (
+    AdvanceTime,
+    AmendOrder,
+    BookSnapshot,
+    CancelOrder,
+    CancelReason,
+    Command,
+    CommandKind,
+    Depth,
+    DepthLevel,
+    Event,
+    Fill,
+    Instrument,
+    MassCancel,
+    NewOrder,
+    OpenOrder,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    OrderType,
+    RejectReason,
+    RestingOrder,
+    SetTradingState,
+    Side,
+    StpMode,
+    TimeInForce,
+    TopOfBook,
+    TradingState,
+    TradingStateChanged,
+)
+
+SNAPSHOT_VERSION: Final = 1
+
+# Module-level aliases: a global lookup is cheaper than an Enum attribute lookup.
+_BUY: Final = Side.BUY
+_SELL: Final = Side.SELL
+_LIMIT: Final = OrderType.LIMIT
+_MARKET: Final = OrderType.MARKET
+_GTC: Final = TimeInForce.GTC
+_IOC: Final = TimeInForce.IOC
+_FOK: Final = TimeInForce.FOK
+_GTD: Final = TimeInForce.GTD
+_OPEN: Final = TradingState.OPEN
+_HALTED: Final = TradingState.HALTED
+_CLOSED: Final = TradingState.CLOSED
+_CANCEL_NEWEST: Final = StpMode.CANCEL_NEWEST
+_CANCEL_OLDEST: Final = StpMode.CANCEL_OLDEST
+_CANCEL_BOTH: Final = StpMode.CANCEL_BOTH
+_DECREMENT: Final = StpMode.DECREMENT_AND_CANCEL
+
+_R = RejectReason
+_C = CancelReason
+_STP: Final = CancelReason.SELF_TRADE
+
+_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
+
+Level = deque[RestingOrder]
+
+
+class OrderBook:
+    """One instrument's book. Feed it commands with `process` (or the per-command
+    methods); each returns the ordered events it caused."""
+
+    __slots__ = (
+        "_ask_heap",
+        "_asks",
+        "_bid_heap",
+        "_bids",
+        "_client_ids",
+        "_gtd",
+        "_lot",
+        "_orders",
+        "_pmax",
+        "_pmin",
+        "_seq",
+        "_state",
+        "_symbol",
+        "_tick",
+        "instrument",
+    )
+
+    def __init__(self, instrument: Instrument) -> None:
+        validate_instrument(instrument)
+        self.instrument = instrument
+        self._symbol = instrument.symbol
+        self._state = instrument.state
+        self._lot = instrument.lot_size
+        self._tick = instrument.tick_size
+        self._pmin = instrument.price_min
+        self._pmax = instrument.price_max
+        self._seq = 1  # the seq of the next event
+        self._bids: dict[int, Level] = {}  # key = -price
+        self._bid_heap: list[int] = []
+        self._asks: dict[int, Level] = {}  # key = price
+        self._ask_heap: list[int] = []
+        self._orders: dict[int, RestingOrder] = {}
+        self._client_ids: set[tuple[str, str]] = set()
+        self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
+
+    # ------------------------------------------------------------------ dispatch
+
+    def process(self, cmd: Command) -> list[Event]:
+        """Apply one command; return its events in order."""
+        kind = type(cmd)
+        if kind is NewOrder:
+            return self.new_order(cmd)  # type: ignore[arg-type]
+        if kind is CancelOrder:
+            return self.cancel_order(cmd)  # type: ignore[arg-type]
+        if kind is AmendOrder:
+            return self.amend_order(cmd)  # type: ignore[arg-type]
+        if kind is MassCancel:
+            assert isinstance(cmd, MassCancel)
+            return self.mass_cancel(cmd.time, cmd.owner)
+        if kind is SetTradingState:
+            assert isinstance(cmd, SetTradingState)
+            return self.set_trading_state(cmd.state, cmd.time)
+        if kind is AdvanceTime:
+            return self.advance_time(cmd.time)
+        raise TypeError(f"not a market command: {kind.__name__}")
+
+    # ------------------------------------------------------------------ new order
+
+    def new_order(self, cmd: NewOrder) -> list[Event]:
+        t = cmd.time
+        events: list[Event] = []
+        gtd = self._gtd
+        if gtd and gtd[0][0] <= t:
+            self._expire(t, events)
+
+        oid = cmd.order_id
+        owner = cmd.owner
+        side = cmd.side
+        qty = cmd.quantity
+        price = cmd.price
+        tif = cmd.tif
+        order_type = cmd.order_type
+        coid = cmd.client_order_id
+        expire_at = cmd.expire_at
+        post_only = cmd.post_only
+        if price is None and order_type is _MARKET:
+            price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
+
+        state = self._state
+        reason: str | None = None
+        if state is not _OPEN:
+            reason = _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
+        elif oid in self._orders:
+            reason = _R.DUPLICATE_ORDER_ID
+        elif qty <= 0:
+            reason = _R.QTY_INVALID
+        elif qty % self._lot:
+            reason = _R.QTY_OFF_LOT
+        elif price is None:
+            reason = _R.PRICE_REQUIRED
+        elif price % self._tick:
+            reason = _R.PRICE_OFF_TICK
+        elif price < self._pmin or price > self._pmax:
+            reason = _R.PRICE_OUT_OF_BAND
+        elif order_type is _MARKET and (tif is _GTC or tif is _GTD):
+            reason = _R.INVALID_TIME_IN_FORCE
+        elif (tif is _GTD) is (expire_at is None):
+            reason = _R.INVALID_EXPIRE_AT
+        elif expire_at is not None and expire_at <= t:
+            reason = _R.EXPIRE_AT_IN_PAST
+        elif post_only and (order_type is _MARKET or tif is _IOC or tif is _FOK):
+            reason = _R.POST_ONLY_NOT_ALLOWED
+        elif coid is not None and (owner, coid) in self._client_ids:
+            reason = _R.DUPLICATE_CLIENT_ORDER_ID
+        if reason is not None:
+            return self._reject_new(cmd, reason, events)
+        assert price is not None
+
+        if side is _BUY:
+            opp_heap = self._ask_heap
+            lim_key = price
+        else:
+            opp_heap = self._bid_heap
+            lim_key = -price
+        crosses = bool(opp_heap) and opp_heap[0] <= lim_key
+        if crosses:
+            if post_only:
+                return self._reject_new(cmd, _R.POST_ONLY_WOULD_TAKE, events)
+            if tif is _FOK and not self._fok_fillable(owner, cmd.stp, qty, side, lim_key):
+                return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
+        elif tif is _FOK:
+            return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
+
+        if coid is not None:
+            self._client_ids.add((owner, coid))
+        seq = self._seq
+        # positional build (hot path); field order as declared in OrderAccepted
+        events.append(
+            OrderAccepted(
+                seq,
+                t,
+                self._symbol,
+                oid,
+                owner,
+                coid,
+                side,
+                order_type,
+                price,
+                qty,
+                tif,
+                expire_at,
+                post_only,
+                cmd.stp,
+            )
+        )
+        self._seq = seq + 1
+
+        rem = qty
+        decremented = 0
+        if crosses:
+            rem, decremented = self._match(t, oid, owner, side, cmd.stp, qty, lim_key, events)
+        if not rem:
+            return events
+        if tif is _GTC or tif is _GTD:
+            order = RestingOrder(
+                oid,
+                owner,
+                coid,
+                side,
+                price,
+                qty,
+                rem,
+                qty - rem - decremented,
+                decremented,
+                tif,
+                expire_at,
+                cmd.stp,
+            )
+            if side is _BUY:
+                levels = self._bids
+                heap = self._bid_heap
+                key = -price
+            else:
+                levels = self._asks
+                heap = self._ask_heap
+                key = price
+            level = levels.get(key)
+            if level is None:
+                level = levels[key] = deque()
+                heappush(heap, key)
+            level.append(order)
+            self._orders[oid] = order
+            if expire_at is not None:
+                heappush(gtd, (expire_at, oid))
+        else:  # IOC / FOK / market: the remainder never rests
+            seq = self._seq
+            events.append(
+                OrderCancelled(
+                    seq, t, self._symbol, oid, owner, side, price, rem, 0, _C.IOC_REMAINDER
+                )
+            )
+            self._seq = seq + 1
+        return events
+
+    def _reject_new(self, cmd: NewOrder, reason: str, events: list[Event]) -> list[Event]:
+        seq = self._seq
+        events.append(
+            OrderRejected(
+                seq,
+                cmd.time,
+                self._symbol,
+                CommandKind.NEW,
+                cmd.order_id,
+                cmd.owner,
+                cmd.client_order_id,
+                reason,
+            )
+        )
+        self._seq = seq + 1
+        return events
+
+    def _fok_fillable(self, owner: str, stp: StpMode, qty: int, side: Side, lim_key: int) -> bool:
+        """Could `qty` fill entirely now? See the module notes for the STP rule."""
+        if side is _BUY:
+            levels, heap = self._asks, self._ask_heap
+        else:
+            levels, heap = self._bids, self._bid_heap
+        need = qty
+        skip_own = stp is _CANCEL_OLDEST
+        for key in sorted(k for k in heap if k <= lim_key):
+            for maker in levels[key]:
+                if maker.owner == owner:
+                    if skip_own:
+                        continue
+                    return False
+                need -= maker.open
+                if need <= 0:
+                    return True
+        return False
+
+    def _match(
+        self,
+        t: int,
+        oid: int,
+        owner: str,
+        side: Side,
+        stp: StpMode,
+        rem: int,
+        lim_key: int,
+        events: list[Event],
+    ) -> tuple[int, int]:
+        """Take liquidity from the opposite side up to `lim_key`.
+
+        Returns (open remainder, quantity removed from the taker by STP
+        decrements). If STP cancelled the taker's remainder, the remainder is 0
+        and its `OrderCancelled` has been emitted.
+        """
+        if side is _BUY:
+            levels, heap = self._asks, self._ask_heap
+        else:
+            levels, heap = self._bids, self._bid_heap
+        orders = self._orders
+        sym = self._symbol
+        seq = self._seq
+        decremented = 0
+        taker_price = lim_key if side is _BUY else -lim_key
+        stop = False
+        while heap:
+            key = heap[0]
+            if key > lim_key:
+                break
+            level = levels[key]
+            while level:
+                maker = level[0]
+                if maker.owner != owner:
+                    mopen = maker.open
+                    if mopen <= rem:
+                        fq = mopen
+                        rem -= mopen
+                        maker.open = 0
+                        maker.filled += fq
+                        level.popleft()
+                        del orders[maker.order_id]
+                    else:
+                        fq = rem
+                        rem = 0
+                        maker.open = mopen - fq
+                        maker.filled += fq
+                    events.append(
+                        Fill(
+                            seq,
+                            t,
+                            sym,
+                            maker.order_id,
+                            oid,
+                            maker.owner,
+                            owner,
+                            side,
+                            maker.price,
+                            fq,
+                            maker.open,
+                            rem,
+                        )
+                    )
+                    seq += 1
+                    if not rem:
+                        stop = True
+                        break
+                    continue
+                # self-trade prevention
+                if stp is _CANCEL_OLDEST or stp is _CANCEL_BOTH:
+                    level.popleft()
+                    del orders[maker.order_id]
+                    mopen = maker.open
+                    maker.cancelled += mopen
+                    maker.open = 0
+                    events.append(
+                        OrderCancelled(
+                            seq,
+                            t,
+                            sym,
+                            maker.order_id,
+                            owner,
+                            maker.side,
+                            maker.price,
+                            mopen,
+                            0,
+                            _STP,
+                        )
+                    )
+                    seq += 1
+                    if stp is _CANCEL_OLDEST:
+                        continue
+                if stp is _DECREMENT:
+                    mopen = maker.open
+                    dq = mopen if mopen <= rem else rem
+                    maker.open = mopen - dq
+                    maker.cancelled += dq
+                    if not maker.open:
+                        level.popleft()
+                        del orders[maker.order_id]
+                    events.append(
+                        OrderCancelled(
+                            seq,
+                            t,
+                            sym,
+                            maker.order_id,
+                            owner,
+                            maker.side,
+                            maker.price,
+                            dq,
+                            maker.open,
+                            _STP,
+                        )
+                    )
+                    seq += 1
+                    rem -= dq
+                    decremented += dq
+                    events.append(
+                        OrderCancelled(seq, t, sym, oid, owner, side, taker_price, dq, rem, _STP)
+                    )
+                    seq += 1
+                    if not rem:
+                        stop = True
+                        break
+                    continue
+                # cancel_newest, or cancel_both after the maker went: kill the taker
+                events.append(
+                    OrderCancelled(seq, t, sym, oid, owner, side, taker_price, rem, 0, _STP)
+                )
+                seq += 1
+                rem = 0
+                stop = True
+                break
+            if not level:
+                heappop(heap)
+                del levels[key]
+            if stop:
+                break
+        self._seq = seq
+        # a level emptied deeper in the book may now be at the top
+        while heap and not levels[heap[0]]:
+            del levels[heappop(heap)]
+        return rem, decremented
+
+    # ------------------------------------------------------------------ cancel, amend
+
+    def cancel_order(self, cmd: CancelOrder) -> list[Event]:
+        t = cmd.time
+        events: list[Event] = []
+        if self._gtd and self._gtd[0][0] <= t:
+            self._expire(t, events)
+        if self._state is _CLOSED:
+            return self._reject(
+                events, t, CommandKind.CANCEL, cmd.order_id, cmd.owner, _R.INSTRUMENT_CLOSED
+            )
+        order = self._orders.get(cmd.order_id)
+        if order is None or order.owner != cmd.owner:
+            return self._reject(
+                events, t, CommandKind.CANCEL, cmd.order_id, cmd.owner, _R.UNKNOWN_ORDER
+            )
+        self._remove(order)
+        self._cancel_event(events, t, order, _C.USER)
+        return events
+
+    def amend_order(self, cmd: AmendOrder) -> list[Event]:
+        t = cmd.time
+        events: list[Event] = []
+        if self._gtd and self._gtd[0][0] <= t:
+            self._expire(t, events)
+        oid = cmd.order_id
+        state = self._state
+        reason: str | None = None
+        order = self._orders.get(oid)
+        new_price = new_open = 0
+        if state is not _OPEN:
+            reason = _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
+        elif order is None or order.owner != cmd.owner:
+            reason = _R.UNKNOWN_ORDER
+        else:
+            new_price = order.price if cmd.price is None else cmd.price
+            new_open = order.open if cmd.quantity is None else cmd.quantity
+            if new_open <= 0:
+                reason = _R.QTY_INVALID
+            elif new_open % self._lot:
+                reason = _R.QTY_OFF_LOT
+            elif new_price % self._tick:
+                reason = _R.PRICE_OFF_TICK
+            elif new_price < self._pmin or new_price > self._pmax:
+                reason = _R.PRICE_OUT_OF_BAND
+            elif new_price == order.price and new_open == order.open:
+                reason = _R.AMEND_NO_CHANGE
+            elif order.side is _BUY:
+                if self._ask_heap and self._ask_heap[0] <= new_price:
+                    reason = _R.AMEND_WOULD_CROSS
+            elif self._bid_heap and -self._bid_heap[0] >= new_price:
+                reason = _R.AMEND_WOULD_CROSS
+        if reason is not None:
+            return self._reject(events, t, CommandKind.AMEND, oid, cmd.owner, reason)
+        assert order is not None
+
+        old_price = order.price
+        old_open = order.open
+        keep = new_price == old_price and new_open < old_open
+        order.quantity += new_open - old_open
+        order.open = new_open
+        if not keep:
+            self._remove(order)
+            order.price = new_price
+            self._append(order)
+        seq = self._seq
+        events.append(
+            OrderAmended(
+                seq,
+                t,
+                self._symbol,
+                oid,
+                order.owner,
+                order.side,
+                old_price,
+                new_price,
+                old_open,
+                new_open,
+                keep,
+            )
+        )
+        self._seq = seq + 1
+        return events
+
+    # ------------------------------------------------------------------ bulk, state, time
+
+    def mass_cancel(self, time: int, owner: str | None = None) -> list[Event]:
+        """Cancel every open order of `owner` (None: of everyone), in order id order."""
+        events: list[Event] = []
+        if self._gtd and self._gtd[0][0] <= time:
+            self._expire(time, events)
+        if self._state is _CLOSED:
+            return self._reject(
+                events, time, CommandKind.MASS_CANCEL, None, owner, _R.INSTRUMENT_CLOSED
+            )
+        self._cancel_all(events, time, owner, _C.MASS_CANCEL)
+        return events
+
+    def set_trading_state(self, state: TradingState, time: int) -> list[Event]:
+        """Open or halt; closing is final and cancels every open order."""
+        events: list[Event] = []
+        if self._gtd and self._gtd[0][0] <= time:
+            self._expire(time, events)
+        old = self._state
+        if old is _CLOSED:
+            return self._reject(
+                events, time, CommandKind.SET_STATE, None, None, _R.INSTRUMENT_CLOSED
+            )
+        if state is old:
+            return self._reject(
+                events, time, CommandKind.SET_STATE, None, None, _R.INVALID_STATE_CHANGE
+            )
+        self._state = state
+        self.instrument = msgspec.structs.replace(self.instrument, state=state)
+        seq = self._seq
+        events.append(TradingStateChanged(seq, time, self._symbol, old, state))
+        self._seq = seq + 1
+        if state is _CLOSED:
+            self._cancel_all(events, time, None, _C.INSTRUMENT_CLOSED)
+        return events
+
+    def advance_time(self, time: int) -> list[Event]:
+        """Expire resting GTD orders whose time has come; nothing else."""
+        events: list[Event] = []
+        if self._gtd and self._gtd[0][0] <= time:
+            self._expire(time, events)
+        return events
+
+    def _expire(self, t: int, events: list[Event]) -> None:
+        gtd = self._gtd
+        orders = self._orders
+        while gtd and gtd[0][0] <= t:
+            expire_at, oid = heappop(gtd)
+            order = orders.get(oid)
+            if order is None or order.expire_at != expire_at:
+                continue  # already gone (filled, cancelled): a stale entry
+            self._remove(order)
+            qty = order.open
+            order.cancelled += qty
+            order.open = 0
+            seq = self._seq
+            events.append(
+                OrderExpired(seq, t, self._symbol, oid, order.owner, order.side, order.price, qty)
+            )
+            self._seq = seq + 1
+
+    def _cancel_all(self, events: list[Event], t: int, owner: str | None, reason: str) -> None:
+        if owner is None:
+            victims = sorted(self._orders)
+        else:
+            victims = sorted(oid for oid, o in self._orders.items() if o.owner == owner)
+        orders = self._orders
+        for oid in victims:
+            order = orders[oid]
+            self._remove(order)
+            self._cancel_event(events, t, order, reason)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _reject(
+        self,
+        events: list[Event],
+        t: int,
+        command: str,
+        order_id: int | None,
+        owner: str | None,
+        reason: str,
+    ) -> list[Event]:
+        seq = self._seq
+        events.append(OrderRejected(seq, t, self._symbol, command, order_id, owner, None, reason))
+        self._seq = seq + 1
+        return events
+
+    def _cancel_event(self, events: list[Event], t: int, order: RestingOrder, reason: str) -> None:
+        """Cancel the whole open quantity of an order already removed from the book."""
+        qty = order.open
+        order.cancelled += qty
+        order.open = 0
+        seq = self._seq
+        events.append(
+            OrderCancelled(
+                seq,
+                t,
+                self._symbol,
+                order.order_id,
+                order.owner,
+                order.side,
+                order.price,
+                qty,
+                0,
+                reason,
+            )
+        )
+        self._seq = seq + 1
+
+    def _remove(self, order: RestingOrder) -> None:
+        """Take a resting order out of its level and the order index."""
+        if order.side is _BUY:
+            levels, heap, key = self._bids, self._bid_heap, -order.price
+        else:
+            levels, heap, key = self._asks, self._ask_heap, order.price
+        level = levels[key]
+        level.remove(order)
+        del self._orders[order.order_id]
+        if not level and heap[0] == key:
+            while heap and not levels[heap[0]]:
+                del levels[heappop(heap)]
+
+    def _append(self, order: RestingOrder) -> None:
+        """Put an order at the back of its price level and into the index."""
+        if order.side is _BUY:
+            levels, heap, key = self._bids, self._bid_heap, -order.price
+        else:
+            levels, heap, key = self._asks, self._ask_heap, order.price
+        level = levels.get(key)
+        if level is None:
+            level = levels[key] = deque()
+            heappush(heap, key)
+        level.append(order)
+        self._orders[order.order_id] = order
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def symbol(self) -> str:
+        return self._symbol
+
+    @property
+    def trading_state(self) -> TradingState:
+        return self._state
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    def best_bid(self) -> int | None:
+        return -self._bid_heap[0] if self._bid_heap else None
+
+    def best_ask(self) -> int | None:
+        return self._ask_heap[0] if self._ask_heap else None
+
+    def top_of_book(self) -> TopOfBook:
+        bid = self.best_bid()
+        ask = self.best_ask()
+        return TopOfBook(
+            instrument=self._symbol,
+            bid_price=bid,
+            bid_quantity=0 if bid is None else sum(o.open for o in self._bids[-bid]),
+            ask_price=ask,
+            ask_quantity=0 if ask is None else sum(o.open for o in self._asks[ask]),
+        )
+
+    def depth(self, levels: int = 10) -> Depth:
+        """Aggregated price levels, best first, at most `levels` per side."""
+        return Depth(
+            instrument=self._symbol,
+            seq=self._seq - 1,
+            bids=self._depth_side(self._bids, levels, -1),
+            asks=self._depth_side(self._asks, levels, 1),
+        )
+
+    @staticmethod
+    def _depth_side(side: dict[int, Level], n: int, sign: int) -> list[DepthLevel]:
+        out: list[DepthLevel] = []
+        for key in sorted(k for k, level in side.items() if level):
+            if len(out) >= n:
+                break
+            level = side[key]
+            out.append(DepthLevel(sign * key, sum(o.open for o in level), len(level)))
+        return out
+
+    def open_orders(self, owner: str | None = None) -> list[OpenOrder]:
+        """Open orders of `owner` (None: everyone), in order id order."""
+        return [
+            self._open_order(o)
+            for _, o in sorted(self._orders.items())
+            if owner is None or o.owner == owner
+        ]
+
+    def get_order(self, order_id: int) -> OpenOrder | None:
+        order = self._orders.get(order_id)
+        return None if order is None else self._open_order(order)
+
+    def _open_order(self, o: RestingOrder) -> OpenOrder:
+        return OpenOrder(
+            instrument=self._symbol,
+            order_id=o.order_id,
+            owner=o.owner,
+            client_order_id=o.client_order_id,
+            side=o.side,
+            price=o.price,
+            quantity=o.quantity,
+            open_quantity=o.open,
+            filled_quantity=o.filled,
+            cancelled_quantity=o.cancelled,
+            tif=o.tif,
+            expire_at=o.expire_at,
+        )
+
+    def __len__(self) -> int:
+        """Number of resting orders."""
+        return len(self._orders)
+
+    # ------------------------------------------------------------------ state
+
+    def to_snapshot(self) -> BookSnapshot:
+        """The canonical state: queue order of both sides, next seq, instrument
+        (with its trading state), used client order ids."""
+        return BookSnapshot(
+            version=SNAPSHOT_VERSION,
+            instrument=self.instrument,
+            next_seq=self._seq,
+            bids=[o for k in sorted(self._bids) for o in self._bids[k]],
+            asks=[o for k in sorted(self._asks) for o in self._asks[k]],
+            client_order_ids=sorted(self._client_ids),
+        )
+
+    def snapshot(self) -> bytes:
+        """Serialize the book (msgpack); `OrderBook.restore` rebuilds it exactly."""
+        return _encoder.encode(self.to_snapshot())
+
+    def state_hash(self) -> bytes:
+        """SHA-256 of the canonical snapshot: equal for books in the same state
+        (same queue order, orders, seq, trading state, used client ids)."""
+        return hashlib.sha256(self.snapshot()).digest()
+
+    @classmethod
+    def restore(cls, data: bytes) -> OrderBook:
+        try:
+            snap = _snapshot_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise InvalidSnapshot(f"cannot decode book snapshot: {exc}") from exc
+        return cls.from_snapshot(snap)
+
+    @classmethod
+    def from_snapshot(cls, snap: BookSnapshot) -> OrderBook:
+        if snap.version != SNAPSHOT_VERSION:
+            raise InvalidSnapshot(f"unsupported book snapshot version {snap.version}")
+        book = cls(snap.instrument)
+        book._seq = snap.next_seq
+        for side, orders in ((_BUY, snap.bids), (_SELL, snap.asks)):
+            for order in orders:
+                if order.side is not side or order.order_id in book._orders:
+                    raise InvalidSnapshot(f"bad order {order.order_id} in snapshot")
+                book._append(msgspec.structs.replace(order))
+                if order.expire_at is not None:
+                    heappush(book._gtd, (order.expire_at, order.order_id))
+        book._client_ids = {(owner, coid) for owner, coid in snap.client_order_ids}
+        return book

@@ -1,0 +1,258 @@
+"""Matching-engine benchmark: a seeded command stream on one instrument.
+
+    python -m ops.bench.engine [--commands N] [--seed S] [--resting R]
+
+The workload is shaped like the usual exchange benchmarks: about R (1,000)
+resting orders over several hundred price levels; mostly new limit orders
+near the touch, a share of them crossing; cancels; amends (size down, price
+moves); some IOC, FOK and market orders; 20 owners with mixed STP modes;
+every order has a client order id.
+
+The stream is generated beforehand by driving a scratch engine (so cancels and
+amends name orders that really rest), then replayed on fresh engines:
+
+1. throughput: one `perf_counter_ns` around the whole replay loop;
+2. latency: a second replay with `perf_counter_ns` around every command (the
+   timer calls cost ~100 ns each, so this pass is slower and is not used for
+   the throughput figure).
+
+Both passes check that the replay gives the generator's final state hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+from collections import Counter
+
+from market.engine import MatchingEngine
+from market.instruments import make_instrument
+from schemas.market import (
+    AmendOrder,
+    CancelOrder,
+    Command,
+    Event,
+    Fill,
+    NewOrder,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderType,
+    Side,
+    StpMode,
+    TimeInForce,
+)
+
+SYMBOL = "llama-3.1-70b/2026-12-01T00Z/1h"
+LOT = 1_000
+MID = 50_000  # price units per lot, tick 1
+
+
+def make_engine() -> MatchingEngine:
+    return MatchingEngine(
+        [make_instrument(SYMBOL, lot_size=LOT, tick_size=1, price_min=1, price_max=1_000_000)]
+    )
+
+
+class _Live:
+    """Ids of resting orders with O(1) add, remove and random pick."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.pos: dict[int, int] = {}
+        self.owner: dict[int, str] = {}
+
+    def add(self, oid: int, owner: str) -> None:
+        self.pos[oid] = len(self.ids)
+        self.ids.append(oid)
+        self.owner[oid] = owner
+
+    def discard(self, oid: int) -> None:
+        i = self.pos.pop(oid, None)
+        if i is None:
+            return
+        last = self.ids.pop()
+        if last != oid:
+            self.ids[i] = last
+            self.pos[last] = i
+        del self.owner[oid]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def generate(n: int, seed: int, resting: int) -> tuple[list[Command], bytes]:
+    """The command stream and the state hash it leads to."""
+    rng = random.Random(seed)
+    engine = make_engine()
+    book = engine.book(SYMBOL)
+    live = _Live()
+    owners = [f"acct-{i:02d}" for i in range(20)]
+    stp_modes = [StpMode.CANCEL_NEWEST] * 6 + [
+        StpMode.CANCEL_OLDEST,
+        StpMode.CANCEL_BOTH,
+        StpMode.DECREMENT_AND_CANCEL,
+    ]
+    cmds: list[Command] = []
+    next_id = 1
+    for i in range(n):
+        t = 1_000_000 + i
+        bid = book.best_bid()
+        ask = book.best_ask()
+        mid = (bid + ask) // 2 if bid is not None and ask is not None else MID
+        r = rng.random()
+        cancel_share = 0.2 if len(live) < resting else 0.4
+        cmd: Command
+        if len(live) > 0 and 0.1 <= r < 0.1 + cancel_share:
+            oid = live.ids[rng.randrange(len(live))]
+            cmd = CancelOrder(instrument=SYMBOL, order_id=oid, owner=live.owner[oid], time=t)
+        elif len(live) > 0 and r < 0.1:
+            oid = live.ids[rng.randrange(len(live))]
+            order = book.get_order(oid)
+            assert order is not None
+            if rng.random() < 0.5 and order.open_quantity > LOT:
+                cmd = AmendOrder(
+                    instrument=SYMBOL,
+                    order_id=oid,
+                    owner=order.owner,
+                    time=t,
+                    quantity=order.open_quantity - LOT,
+                )
+            else:  # move the price one to three ticks away from the touch
+                step = rng.randint(1, 3)
+                price = order.price - step if order.side is Side.BUY else order.price + step
+                cmd = AmendOrder(
+                    instrument=SYMBOL, order_id=oid, owner=order.owner, time=t, price=price
+                )
+        else:
+            side = Side.BUY if rng.random() < 0.5 else Side.SELL
+            owner = owners[rng.randrange(len(owners))]
+            qty = LOT * rng.randint(1, 20)
+            kind = rng.random()
+            tif = TimeInForce.GTC
+            order_type = OrderType.LIMIT
+            price: int | None
+            # 10% aggressive (through the touch); the rest passive, mostly near the
+            # touch with a tail over some hundred levels
+            offset = -rng.randint(0, 5) if kind < 0.10 else int(rng.expovariate(1 / 60)) + 1
+            price = mid - offset if side is Side.BUY else mid + offset
+            if kind > 0.96:
+                order_type, tif = OrderType.MARKET, TimeInForce.IOC
+                price = None if rng.random() < 0.5 else mid + (10 if side is Side.BUY else -10)
+            elif kind > 0.93:
+                tif = TimeInForce.FOK
+                price = mid + (3 if side is Side.BUY else -3)
+            elif kind > 0.89:
+                tif = TimeInForce.IOC
+                price = mid + (2 if side is Side.BUY else -2)
+            cmd = NewOrder(
+                instrument=SYMBOL,
+                order_id=next_id,
+                owner=owner,
+                side=side,
+                quantity=qty,
+                time=t,
+                price=price,
+                order_type=order_type,
+                tif=tif,
+                stp=stp_modes[rng.randrange(len(stp_modes))],
+                client_order_id=f"c{next_id}",
+            )
+            next_id += 1
+        cmds.append(cmd)
+        _track(engine.process(cmd), live)
+    return cmds, engine.state_hash()
+
+
+def _track(events: list[Event], live: _Live) -> None:
+    for ev in events:
+        if isinstance(ev, OrderAccepted):
+            if ev.tif is TimeInForce.GTC or ev.tif is TimeInForce.GTD:
+                live.add(ev.order_id, ev.owner)
+        elif isinstance(ev, Fill):
+            if ev.maker_open == 0:
+                live.discard(ev.maker_order_id)
+            if ev.taker_open == 0:
+                live.discard(ev.taker_order_id)
+        elif isinstance(ev, OrderCancelled):
+            if ev.open_quantity == 0:
+                live.discard(ev.order_id)
+        elif isinstance(ev, OrderExpired):
+            live.discard(ev.order_id)
+
+
+def _pct(sorted_ns: list[int], q: float) -> float:
+    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--commands", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--resting", type=int, default=1_000)
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    cmds, expected_hash = generate(args.commands, args.seed, args.resting)
+    gen_s = time.perf_counter() - t0
+    mix = Counter(
+        c.tif.value if isinstance(c, NewOrder) and c.order_type is OrderType.LIMIT
+        else "market" if isinstance(c, NewOrder)
+        else type(c).__name__
+        for c in cmds
+    )  # fmt: skip
+    print(f"workload: {len(cmds):,} commands, seed {args.seed}, generated in {gen_s:.1f}s")
+    print("  mix: " + ", ".join(f"{k} {v / len(cmds):.1%}" for k, v in sorted(mix.items())))
+
+    # pass 1: throughput
+    engine = make_engine()
+    process = engine.process
+    gc.collect()
+    start = time.perf_counter_ns()
+    n_events = 0
+    for cmd in cmds:
+        n_events += len(process(cmd))
+    elapsed = time.perf_counter_ns() - start
+    if engine.state_hash() != expected_hash:
+        print("state hash differs from the generator's run", file=sys.stderr)
+        return 1
+    book = engine.book(SYMBOL)
+    bid_levels = sum(1 for q in book._bids.values() if q)
+    ask_levels = sum(1 for q in book._asks.values() if q)
+    rate = len(cmds) / (elapsed / 1e9)
+    print(
+        f"book at end: {len(book)} resting orders on {bid_levels} bid + {ask_levels} ask levels; "
+        f"{n_events:,} events ({n_events / len(cmds):.2f}/command)"
+    )
+    print(
+        f"throughput: {rate:,.0f} commands/s ({elapsed / 1e6:,.0f} ms for {len(cmds):,}; "
+        "one timer around the whole loop)"
+    )
+
+    # pass 2: latency, a timer around every command
+    engine = make_engine()
+    process = engine.process
+    clock = time.perf_counter_ns
+    lat = [0] * len(cmds)
+    gc.collect()
+    for i, cmd in enumerate(cmds):
+        t = clock()
+        process(cmd)
+        lat[i] = clock() - t
+    if engine.state_hash() != expected_hash:
+        print("state hash differs in the latency pass", file=sys.stderr)
+        return 1
+    lat.sort()
+    print(
+        f"latency per command (perf_counter_ns around each call, separate pass): "
+        f"p50 {_pct(lat, 0.5):.2f} us, p99 {_pct(lat, 0.99):.2f} us, "
+        f"p99.9 {_pct(lat, 0.999):.2f} us, max {lat[-1] / 1000:.1f} us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
