@@ -1,0 +1,268 @@
+"""PostgreSQL persistence of the ledger (asyncpg).
+
+Only the single writer (`ledger.writer.Ledger`) calls `write_batch`; it has
+already applied the batch to its in-memory `LedgerState`, so the database
+work is bulk inserts (binary COPY) into the append-only entry tables and one
+upsert each into the derived balance and hold tables, all inside the caller's
+database transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from ledger.accounts import may_go_negative
+from ledger.rules import LedgerState
+from schemas.ledger import Account, CommittedTransaction, Hold
+
+#: Key of the session-level advisory lock that makes a process the ledger's one writer.
+WRITER_LOCK_KEY = 0x746F6B6578_01  # "tokex" 01
+
+
+@dataclass(slots=True)
+class AccountIds:
+    """The numeric id of every account, assigned in order of first use."""
+
+    ids: dict[Account, int] = field(default_factory=dict)
+    by_id: dict[int, Account] = field(default_factory=dict)
+
+    def get_or_assign(self, account: Account, new: list[tuple[int, Account]]) -> int:
+        account_id = self.ids.get(account)
+        if account_id is None:
+            account_id = len(self.ids) + 1
+            self.ids[account] = account_id
+            self.by_id[account_id] = account
+            new.append((account_id, account))
+        return account_id
+
+
+@dataclass(slots=True)
+class Rejection:
+    tx_id: str
+    digest: bytes
+    code: str
+    message: str
+    time: int
+
+
+@dataclass(slots=True)
+class PriorOutcome:
+    """What a transaction id already stands for in the database."""
+
+    digest: bytes
+    index: int | None  # set when it was committed
+    code: str | None = None  # set when it was rejected
+    message: str | None = None
+
+
+@dataclass(slots=True)
+class BatchWrite:
+    """Everything one batch adds to the database."""
+
+    committed: list[tuple[CommittedTransaction, bytes, bytes]] = field(default_factory=list)
+    """(transaction, request digest, canonical bytes) in index order."""
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+async def load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds]:
+    """Rebuild the in-memory ledger from the database (start-up and recovery)."""
+    ids = AccountIds()
+    for row in await conn.fetch("SELECT id, owner, asset, kind FROM ledger_accounts ORDER BY id"):
+        account = Account(row["owner"], row["asset"], row["kind"])
+        ids.ids[account] = row["id"]
+        ids.by_id[row["id"]] = account
+    next_index = await conn.fetchval("SELECT coalesce(max(idx) + 1, 0) FROM ledger_transactions")
+    state = LedgerState(next_index=next_index)
+    for row in await conn.fetch("SELECT account_id, available, held FROM ledger_balances"):
+        state.balances[ids.by_id[row["account_id"]]] = [row["available"], row["held"]]
+    for row in await conn.fetch(
+        """SELECT h.hold_id, h.account_id, h.amount, h.expires_at, h.created_idx, s.remaining
+             FROM ledger_holds h JOIN ledger_hold_state s USING (hold_id)"""
+    ):
+        if row["remaining"] == 0:
+            state.closed_holds.add(row["hold_id"])
+        else:
+            state.holds[row["hold_id"]] = Hold(
+                hold_id=row["hold_id"],
+                account=ids.by_id[row["account_id"]],
+                amount=row["amount"],
+                remaining=row["remaining"],
+                expires_at=row["expires_at"],
+                created_index=row["created_idx"],
+            )
+    return state, ids
+
+
+async def prior_outcomes(
+    conn: asyncpg.Connection, tx_ids: Sequence[str]
+) -> dict[str, PriorOutcome]:
+    """The first outcome of every id in `tx_ids` that was seen before."""
+    found: dict[str, PriorOutcome] = {}
+    rows = await conn.fetch(
+        """SELECT tx_id, request_digest, idx, NULL AS code, NULL AS message
+             FROM ledger_transactions WHERE tx_id = ANY($1::text[])
+           UNION ALL
+           SELECT tx_id, request_digest, NULL, code, message
+             FROM ledger_rejections WHERE tx_id = ANY($1::text[])""",
+        tx_ids,
+    )
+    for row in rows:
+        found[row["tx_id"]] = PriorOutcome(
+            row["request_digest"], row["idx"], row["code"], row["message"]
+        )
+    return found
+
+
+async def write_batch(
+    conn: asyncpg.Connection, batch: BatchWrite, ids: AccountIds, state: LedgerState
+) -> None:
+    """Insert a batch's entries and refresh the derived tables; call inside a transaction."""
+    new_accounts: list[tuple[int, Account]] = []
+    tx_rows: list[tuple[int, str, str, int, bytes, bytes]] = []
+    entry_rows: list[tuple[int, int, int, int, int]] = []
+    hold_rows: list[tuple[str, int, int, int | None, int]] = []
+    touched_accounts: dict[int, Account] = {}
+    touched_holds: set[str] = set()
+    assign = ids.get_or_assign
+
+    for committed, digest, body in batch.committed:
+        index = committed.index
+        tx_rows.append((index, committed.id, committed.code, committed.time, digest, body))
+        for n, entry in enumerate(committed.entries):
+            account_id = assign(entry.account, new_accounts)
+            touched_accounts[account_id] = entry.account
+            entry_rows.append((index, n, account_id, int(entry.bucket), entry.amount))
+        for op in committed.holds:
+            touched_holds.add(op.hold_id)
+            if op.op == "create":
+                account_id = assign(op.account, new_accounts)
+                hold_rows.append((op.hold_id, account_id, op.amount, op.expires_at, index))
+
+    if new_accounts:
+        await conn.copy_records_to_table(
+            "ledger_accounts",
+            records=[(i, a.owner, a.asset, a.kind, may_go_negative(a)) for i, a in new_accounts],
+            columns=("id", "owner", "asset", "kind", "may_go_negative"),
+        )
+    if tx_rows:
+        await conn.copy_records_to_table(
+            "ledger_transactions",
+            records=tx_rows,
+            columns=("idx", "tx_id", "code", "time_ms", "request_digest", "body"),
+        )
+        await conn.copy_records_to_table(
+            "ledger_entries",
+            records=entry_rows,
+            columns=("tx_idx", "n", "account_id", "bucket", "amount"),
+        )
+    if hold_rows:
+        await conn.copy_records_to_table(
+            "ledger_holds",
+            records=hold_rows,
+            columns=("hold_id", "account_id", "amount", "expires_at", "created_idx"),
+        )
+    if batch.rejections:
+        await conn.copy_records_to_table(
+            "ledger_rejections",
+            records=[(r.tx_id, r.digest, r.code, r.message, r.time) for r in batch.rejections],
+            columns=("tx_id", "request_digest", "code", "message", "time_ms"),
+        )
+    if touched_accounts:
+        await _write_balances(conn, touched_accounts, {i for i, _ in new_accounts}, state)
+    if touched_holds:
+        hold_ids = sorted(touched_holds)
+        remaining = [_remaining(state, h) for h in hold_ids]
+        await conn.execute(
+            """INSERT INTO ledger_hold_state (hold_id, remaining)
+               SELECT * FROM unnest($1::text[], $2::bigint[])
+               ON CONFLICT (hold_id) DO UPDATE SET remaining = EXCLUDED.remaining""",
+            hold_ids,
+            remaining,
+        )
+
+
+async def _write_balances(
+    conn: asyncpg.Connection,
+    touched: dict[int, Account],
+    new_ids: set[int],
+    state: LedgerState,
+) -> None:
+    """Set the balance rows of the touched accounts to what the state holds now.
+
+    Existing rows take a plain UPDATE from arrays (cheaper than INSERT ... ON
+    CONFLICT for the common case of known accounts); new accounts an INSERT.
+    """
+    balances = state.balances
+    update: tuple[list[int], list[int], list[int]] = ([], [], [])
+    insert: tuple[list[int], list[int], list[int], list[bool]] = ([], [], [], [])
+    for account_id, account in touched.items():
+        available, held = balances[account]
+        if account_id in new_ids:
+            insert[0].append(account_id)
+            insert[1].append(available)
+            insert[2].append(held)
+            insert[3].append(may_go_negative(account))
+        else:
+            update[0].append(account_id)
+            update[1].append(available)
+            update[2].append(held)
+    if update[0]:
+        await conn.execute(
+            """UPDATE ledger_balances b SET available = u.available, held = u.held
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, available, held)
+                WHERE b.account_id = u.id""",
+            *update,
+        )
+    if insert[0]:
+        await conn.execute(
+            """INSERT INTO ledger_balances (account_id, available, held, may_go_negative)
+               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[])""",
+            *insert,
+        )
+
+
+def _remaining(state: LedgerState, hold_id: str) -> int:
+    hold = state.holds.get(hold_id)
+    return 0 if hold is None else hold.remaining
+
+
+async def stored_balances(conn: asyncpg.Connection) -> dict[Account, tuple[int, int]]:
+    """Balances as the derived table holds them."""
+    rows = await conn.fetch(
+        """SELECT a.owner, a.asset, a.kind, b.available, b.held
+             FROM ledger_balances b JOIN ledger_accounts a ON a.id = b.account_id"""
+    )
+    return {Account(r["owner"], r["asset"], r["kind"]): (r["available"], r["held"]) for r in rows}
+
+
+async def recomputed_balances(conn: asyncpg.Connection) -> dict[Account, tuple[int, int]]:
+    """Balances recomputed from the append-only entries alone."""
+    rows = await conn.fetch(
+        """SELECT a.owner, a.asset, a.kind,
+                  coalesce(sum(e.amount) FILTER (WHERE e.bucket = 0), 0)::bigint AS available,
+                  coalesce(sum(e.amount) FILTER (WHERE e.bucket = 1), 0)::bigint AS held
+             FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id
+            GROUP BY a.owner, a.asset, a.kind"""
+    )
+    return {Account(r["owner"], r["asset"], r["kind"]): (r["available"], r["held"]) for r in rows}
+
+
+async def committed_transactions(
+    conn: asyncpg.Connection, start: int = 0, stop: int | None = None
+) -> list[bytes]:
+    """Canonical bytes of committed transactions with start <= index < stop, in order."""
+    rows = await conn.fetch(
+        """SELECT body FROM ledger_transactions
+            WHERE idx >= $1 AND ($2::bigint IS NULL OR idx < $2) ORDER BY idx""",
+        start,
+        stop,
+    )
+    return [r["body"] for r in rows]
+
+
+def nonzero(balances: Iterable[tuple[Account, tuple[int, int]]]) -> dict[Account, tuple[int, int]]:
+    """Drop all-zero balances, so stored and recomputed views compare equal."""
+    return {a: b for a, b in balances if b != (0, 0)}

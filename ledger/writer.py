@@ -1,0 +1,236 @@
+"""The ledger's single writer, with group commit.
+
+One `Ledger` per database owns the in-memory `LedgerState` and is the only
+thing that writes ledger entries. It takes a session advisory lock on its own
+connection, so a second writer (another process on the same database) is
+refused instead of racing it.
+
+Callers either hand it a whole batch (`apply_batch`, what the sequencer does)
+or `submit` one transaction and await its result; submitted transactions are
+queued and drained in batches of up to `max_batch`, each batch applied in
+memory, written in one database transaction and committed before any of its
+callers is answered. Nothing is acknowledged before it is durable.
+
+If writing a batch fails, the in-memory state may hold changes the database
+never got, so the writer throws it away and reloads from the database (the
+same path as start-up), then answers every caller of that batch with
+`LedgerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+
+from ledger.canonical import request_digest, transaction_bytes
+from ledger.errors import IdempotencyConflict, LedgerBusy, LedgerUnavailable, TransactionRejected
+from ledger.rules import LedgerState
+from ledger.store import (
+    WRITER_LOCK_KEY,
+    AccountIds,
+    BatchWrite,
+    PriorOutcome,
+    Rejection,
+    load_state,
+    prior_outcomes,
+    write_batch,
+)
+from schemas.ledger import Account, Balance, Hold, Transaction, TransactionResult
+
+log = logging.getLogger(__name__)
+
+#: Extra writes a caller (the sequencer) makes in the same database transaction.
+ExtraWrite = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+class Ledger:
+    """The one writer of the ledger: applies, persists and answers, in batches."""
+
+    def __init__(
+        self, conn: asyncpg.Connection, state: LedgerState, ids: AccountIds, *, max_batch: int
+    ) -> None:
+        self._conn = conn
+        self._state = state
+        self._ids = ids
+        self._max_batch = max_batch
+        self._lock = asyncio.Lock()
+        self._queue: asyncio.Queue[tuple[Transaction, asyncio.Future[TransactionResult]]] = (
+            asyncio.Queue()
+        )
+        self._drainer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_batch: int = 1000) -> Ledger:
+        """Connect, become the single writer, and load the state from the database."""
+        conn: asyncpg.Connection = await asyncpg.connect(dsn)
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK_KEY):
+                raise LedgerBusy("another process is already the ledger's writer")
+            state, ids = await load_state(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, state, ids, max_batch=max_batch)
+
+    async def close(self) -> None:
+        """Answer what is queued, stop the drainer, release the writer lock."""
+        self._closed = True
+        if self._drainer is not None:
+            await self._queue.join()
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+        await self._conn.close()
+
+    # -- reads of the committed in-memory state -----------------------------------
+
+    def balance(self, account: Account) -> Balance:
+        return self._state.balance(account)
+
+    def balances(self) -> list[Balance]:
+        return self._state.all_balances()
+
+    def hold(self, hold_id: str) -> Hold | None:
+        return self._state.holds.get(hold_id)
+
+    @property
+    def size(self) -> int:
+        """How many transactions are committed (the next leaf index)."""
+        return self._state.next_index
+
+    def asset_totals(self) -> dict[str, int]:
+        return self._state.asset_totals()
+
+    # -- writes -------------------------------------------------------------------
+
+    async def submit(self, tx: Transaction) -> TransactionResult:
+        """Queue one transaction for the next group commit and await its outcome."""
+        if self._closed:
+            raise LedgerUnavailable("the ledger is closed")
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain(), name="ledger-group-commit")
+        future: asyncio.Future[TransactionResult] = asyncio.get_running_loop().create_future()
+        await self._queue.put((tx, future))
+        return await future
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        while True:
+            items = [await queue.get()]
+            while len(items) < self._max_batch and not queue.empty():
+                items.append(queue.get_nowait())
+            try:
+                results = await self.apply_batch([tx for tx, _ in items])
+            except Exception as exc:  # answered to every caller of the batch
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (_, future), result in zip(items, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+            finally:
+                for _ in items:
+                    queue.task_done()
+
+    async def expire_holds(self, now: int) -> list[TransactionResult]:
+        """Void every open hold whose expiry time has come by `now`."""
+        async with self._lock:
+            due = self._state.expiries(now)
+        return await self.apply_batch(due) if due else []
+
+    async def apply_batch(
+        self, txs: Sequence[Transaction], extra: ExtraWrite | None = None
+    ) -> list[TransactionResult]:
+        """Apply, persist and commit `txs` in one database transaction.
+
+        Each transaction is committed or rejected on its own; a replayed id
+        gets its first outcome back; `extra` runs inside the same database
+        transaction. Returns one result per transaction, in order. Raises
+        `LedgerUnavailable` (having changed nothing) if the commit fails.
+        """
+        async with self._lock:
+            return await self._apply_batch(txs, extra)
+
+    async def _apply_batch(
+        self, txs: Sequence[Transaction], extra: ExtraWrite | None
+    ) -> list[TransactionResult]:
+        state = self._state
+        digests = [request_digest(tx) for tx in txs]
+        try:
+            prior = await prior_outcomes(self._conn, list({tx.id for tx in txs}))
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
+
+        results: list[TransactionResult] = []
+        batch = BatchWrite()
+        seen: dict[str, tuple[bytes, int]] = {}  # id -> (digest, position in results)
+        for tx, digest in zip(txs, digests, strict=True):
+            earlier = prior.get(tx.id)
+            if earlier is not None:
+                results.append(_replayed(tx.id, digest, earlier))
+                continue
+            first = seen.get(tx.id)
+            if first is not None:
+                if first[0] != digest:
+                    results.append(_conflict(tx.id))
+                else:
+                    results.append(results[first[1]])
+                continue
+            seen[tx.id] = (digest, len(results))
+            try:
+                committed = state.apply(tx)
+            except TransactionRejected as rejected:
+                batch.rejections.append(
+                    Rejection(tx.id, digest, rejected.code, rejected.message, tx.time)
+                )
+                results.append(
+                    TransactionResult(
+                        id=tx.id, committed=False, code=rejected.code, message=rejected.message
+                    )
+                )
+                continue
+            batch.committed.append((committed, digest, transaction_bytes(committed)))
+            results.append(TransactionResult(id=tx.id, committed=True, index=committed.index))
+
+        if not batch.committed and not batch.rejections and extra is None:
+            return results
+        try:
+            async with self._conn.transaction():
+                await write_batch(self._conn, batch, self._ids, state)
+                if extra is not None:
+                    await extra(self._conn)
+        except BaseException as exc:
+            await self._recover()
+            if isinstance(exc, asyncpg.PostgresError | OSError | ConnectionError):
+                raise LedgerUnavailable(f"the batch could not be committed: {exc}") from exc
+            raise
+        return results
+
+    async def _recover(self) -> None:
+        """Forget the in-memory state and reload it from the database."""
+        log.warning("ledger batch failed to commit; reloading state from the database")
+        try:
+            self._state, self._ids = await load_state(self._conn)
+        except Exception:
+            log.exception("ledger could not reload its state; refusing further writes")
+            self._closed = True
+            raise
+
+
+def _replayed(tx_id: str, digest: bytes, earlier: PriorOutcome) -> TransactionResult:
+    if earlier.digest != digest:
+        return _conflict(tx_id)
+    if earlier.index is not None:
+        return TransactionResult(id=tx_id, committed=True, index=earlier.index)
+    return TransactionResult(id=tx_id, committed=False, code=earlier.code, message=earlier.message)
+
+
+def _conflict(tx_id: str) -> TransactionResult:
+    error = IdempotencyConflict(f"transaction id {tx_id} was already used with a different body")
+    return TransactionResult(id=tx_id, committed=False, code=error.code, message=error.message)

@@ -1,0 +1,120 @@
+"""Durable ledger transfers per second, for batches of 1, 100 and 1,000.
+
+    python -m ops.bench.ledger [--transfers 100000] [--accounts 10000] [--data-dir DIR]
+
+Uses DATABASE_URL when set, else an embedded PostgreSQL (pgserver) in a
+temporary data directory (or --data-dir). Each batch is one database
+transaction, committed (fsync on, synchronous_commit on) before the next
+starts: every transfer counted here is durable. A transfer is a two-posting
+transaction between two random user accounts, each checked against the
+floor rule, encoded canonically and written with its entries and balances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import tempfile
+import time
+import uuid
+
+import asyncpg
+
+from ledger.writer import Ledger
+from schemas.ledger import Account, Posting, Transaction
+
+
+async def _fresh_database(base_url: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(base_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    from ledger.migrate import migrate  # the project's migration runner
+
+    dsn = _with_database(base_url, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+def _with_database(url: str, name: str) -> str:
+    head, sep, query = url.partition("?")
+    scheme_host, _, _db = head.rpartition("/")
+    return f"{scheme_host}/{name}{sep}{query}"
+
+
+async def run(base_url: str, transfers: int, accounts: int) -> None:
+    dsn = await _fresh_database(base_url)
+    ledger = await Ledger.open(dsn, max_batch=1000)
+    rng = random.Random(7)
+    bank = Account("exchange", "USD", "bank")
+    users = [Account(f"user-{i}", "USD", "cash") for i in range(accounts)]
+    funding = [
+        Transaction(
+            id=f"fund-{i}",
+            code="deposit",
+            time=1,
+            postings=(Posting(bank, -(10**9)), Posting(user, 10**9)),
+        )
+        for i, user in enumerate(users)
+    ]
+    for start in range(0, len(funding), 1000):
+        await ledger.apply_batch(funding[start : start + 1000])
+
+    print(f"ledger bench: {accounts} accounts, two-posting transfers, durable commits")
+    counter = 0
+    for batch_size in (1, 100, 1000):
+        count = min(transfers, 2_000) if batch_size == 1 else transfers
+        txs = []
+        for _ in range(count):
+            a, b = rng.sample(users, 2)
+            amount = rng.randint(1, 1000)
+            counter += 1
+            txs.append(
+                Transaction(
+                    id=f"t-{counter}",
+                    code="transfer",
+                    time=2,
+                    postings=(Posting(a, -amount), Posting(b, amount)),
+                )
+            )
+        started = time.perf_counter()
+        committed = 0
+        for start in range(0, count, batch_size):
+            results = await ledger.apply_batch(txs[start : start + batch_size])
+            committed += sum(r.committed for r in results)
+        elapsed = time.perf_counter() - started
+        print(
+            f"  batch {batch_size:>5}: {count:>7} transfers in {elapsed:6.2f} s"
+            f" = {count / elapsed:>9,.0f} transfers/s durable ({committed} committed)"
+        )
+    totals = ledger.asset_totals()
+    assert all(v == 0 for v in totals.values()), totals
+    await ledger.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transfers", type=int, default=100_000)
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    url = os.environ.get("DATABASE_URL")
+    if url is None:
+        import pgserver
+
+        data_dir = args.data_dir or tempfile.mkdtemp(prefix="tokex-bench-")
+        server = pgserver.get_server(data_dir, cleanup_mode="stop" if args.data_dir else "delete")
+        url = server.get_uri()
+    asyncio.run(run(url, args.transfers, args.accounts))
+
+
+if __name__ == "__main__":
+    main()
