@@ -368,3 +368,20 @@ def test_only_perfect_nodes_requested() -> None:
     for m in range(1, size + 1):
         assert consistency_proof(m, size, get_node) == ref_subproof(m, d[:size], True)
     assert asked
+
+
+def test_wire_proofs_round_trip() -> None:
+    import msgspec
+
+    from schemas.ledger_proofs import ConsistencyProof, InclusionProof
+
+    d = leaves(13)
+    store = MemoryNodeStore(d)
+    ip = InclusionProof(leaf_index=5, tree_size=13, hashes=store.inclusion_proof(5))
+    got = msgspec.json.decode(msgspec.json.encode(ip), type=InclusionProof)
+    verify_inclusion(d[5], got.leaf_index, got.tree_size, got.hashes, store.root())
+    cp = ConsistencyProof(first=6, second=13, hashes=store.consistency_proof(6))
+    got2 = msgspec.json.decode(msgspec.json.encode(cp), type=ConsistencyProof)
+    verify_consistency(got2.first, got2.second, store.root(6), store.root(), got2.hashes)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"first":1,"second":2,"hashes":["YQ=="]}', type=ConsistencyProof)
