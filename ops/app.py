@@ -8,7 +8,7 @@ sequencer, recovery) goes in `lifespans`, which run after the pool is open and
 can reach it as `app.state.pool`.
 
 Handlers get the pool and the settings as dependencies named `pool` and
-`settings`, and raise `DomainError`s; `ops.errors` turns those into responses.
+`settings` (declare them as `NamedDependency[asyncpg.Pool]`), and raise `DomainError`s; `ops.errors` turns those into responses.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import asyncpg
 import msgspec
 from litestar import Litestar, get
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
@@ -49,7 +49,7 @@ class Health(msgspec.Struct, frozen=True):
 
 
 @get("/health", tags=["ops"], summary="Liveness and database reachability")
-async def health(pool: asyncpg.Pool) -> Health:
+async def health(pool: NamedDependency[asyncpg.Pool]) -> Health:
     """200 when the database answers (with the applied schema version), else 503."""
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT), pool.acquire() as conn:
@@ -120,6 +120,7 @@ def create_app(
         request_max_body_size=MAX_BODY_BYTES,
         state=State({"settings": settings}),
         debug=debug,
+        logging_config=None,  # logging is the process's business (the CLI sets it up)
     )
 
 

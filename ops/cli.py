@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -69,8 +70,16 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("schema version %d", version)
     app = create_app(msgspec.structs.replace(settings, database_url=url))
     log.info("tokex listening on http://%s:%d (OpenAPI at /schema)", settings.host, settings.port)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; by default that
+    # kills the process before atexit hooks run, and the embedded PostgreSQL handle would
+    # never be released. Turn the re-raised SIGTERM into a normal exit instead.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def _prepare(url: str) -> tuple[int, list[str]]:
