@@ -470,6 +470,8 @@ class MemoryNodeStore:
         return index
 
     def get_node(self, level: int, index: int) -> bytes:
+        if level < 0 or index < 0:
+            raise MerkleRangeError(f"no perfect node ({level}, {index})")
         try:
             return self.levels[level][index]
         except IndexError:

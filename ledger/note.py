@@ -98,14 +98,12 @@ class NoteUnverified(NoteError):
     """No signature by a known key: the note's text must not be trusted."""
 
     code = "note_unverified"
-    kind = ErrorKind.UNAUTHORIZED
 
 
 class NoteSignatureInvalid(NoteError):
     """A signature by a known key does not verify: the note was altered or forged."""
 
     code = "note_signature_invalid"
-    kind = ErrorKind.UNAUTHORIZED
 
 
 class KeyInvalid(DomainError):
