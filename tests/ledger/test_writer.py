@@ -1,0 +1,231 @@
+"""The ledger writer against a real PostgreSQL: durability, idempotency, concurrency,
+append-only tables, restart and recovery from a failed commit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from ledger.errors import LedgerBusy, LedgerUnavailable
+from ledger.store import nonzero, recomputed_balances, stored_balances
+from ledger.writer import Ledger
+from schemas.ledger import Account, HoldCreate, HoldPost, Posting, Transaction
+from tests.support.pg import PgServer
+
+BANK = Account("exchange", "USD", "bank")
+ALICE = Account("alice", "USD", "cash")
+BOB = Account("bob", "USD", "cash")
+
+
+def transfer(tx_id: str, src: Account, dst: Account, amount: int, time: int = 10) -> Transaction:
+    return Transaction(
+        id=tx_id, code="transfer", time=time, postings=(Posting(src, -amount), Posting(dst, amount))
+    )
+
+
+async def assert_books_agree(db_url: str, ledger: Ledger | None = None) -> None:
+    """Stored balances = balances recomputed from entries (= the writer's memory)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        stored = nonzero((await stored_balances(conn)).items())
+        recomputed = nonzero((await recomputed_balances(conn)).items())
+    finally:
+        await conn.close()
+    assert stored == recomputed
+    if ledger is not None:
+        memory = nonzero((b.account, (b.available, b.held)) for b in ledger.balances())
+        assert memory == stored
+
+
+@pytest.fixture
+async def ledger(db_url: str):  # type: ignore[no-untyped-def]
+    writer = await Ledger.open(db_url)
+    yield writer
+    await writer.close()
+
+
+async def test_200_concurrent_transfers_never_overdraw_one_account(
+    ledger: Ledger, db_url: str
+) -> None:
+    assert (await ledger.submit(transfer("deposit", BANK, ALICE, 100))).committed
+    results = await asyncio.gather(
+        *(ledger.submit(transfer(f"t{i}", ALICE, BOB, 1)) for i in range(200))
+    )
+    assert sum(r.committed for r in results) == 100
+    assert {r.code for r in results if not r.committed} == {"insufficient_funds"}
+    assert ledger.balance(ALICE).available == 0
+    assert ledger.balance(BOB).available == 100
+    await assert_books_agree(db_url, ledger)
+
+
+async def test_concurrent_transfers_of_mixed_sizes_commit_exactly_the_affordable_ones(
+    ledger: Ledger, db_url: str
+) -> None:
+    await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+    amounts = [(i % 7) + 1 for i in range(200)]
+    results = await asyncio.gather(
+        *(ledger.submit(transfer(f"t{i}", ALICE, BOB, n)) for i, n in enumerate(amounts))
+    )
+    spent = sum(n for n, r in zip(amounts, results, strict=True) if r.committed)
+    assert spent == 100 - ledger.balance(ALICE).available
+    assert 0 <= ledger.balance(ALICE).available < 7  # nothing affordable was refused...
+    # ...in queue order: each refusal came when the balance could not cover it.
+    balance = 100
+    for n, r in zip(amounts, results, strict=True):
+        assert r.committed == (n <= balance)
+        balance -= n if r.committed else 0
+    await assert_books_agree(db_url, ledger)
+
+
+async def test_idempotency_same_body_same_result_different_body_conflict(
+    ledger: Ledger, db_url: str
+) -> None:
+    first = await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+    again = await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+    assert first == again and first.committed and first.index == 0
+    assert ledger.balance(ALICE).available == 100  # applied once
+    conflict = await ledger.submit(transfer("deposit", BANK, ALICE, 101))
+    assert not conflict.committed and conflict.code == "idempotency_conflict"
+    assert ledger.size == 1
+
+
+async def test_a_failed_id_stays_failed_even_after_funds_arrive(ledger: Ledger) -> None:
+    failed = await ledger.submit(transfer("pay", ALICE, BOB, 50))
+    assert not failed.committed and failed.code == "insufficient_funds"
+    await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+    retried = await ledger.submit(transfer("pay", ALICE, BOB, 50))
+    assert retried == failed
+    assert ledger.balance(BOB).available == 0
+
+
+async def test_a_batch_accepts_and_rejects_each_transaction_on_its_own(
+    ledger: Ledger, db_url: str
+) -> None:
+    results = await ledger.apply_batch(
+        [
+            transfer("d", BANK, ALICE, 10),
+            transfer("too-much", ALICE, BOB, 11),
+            transfer("ok", ALICE, BOB, 4),
+            transfer("ok", ALICE, BOB, 4),  # same id, same body in one batch: one effect
+            transfer("ok", ALICE, BOB, 5),  # same id, other body
+        ]
+    )
+    assert [r.committed for r in results] == [True, False, True, True, False]
+    assert results[2] == results[3]
+    assert results[4].code == "idempotency_conflict"
+    assert ledger.balance(BOB).available == 4
+    await assert_books_agree(db_url, ledger)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entries SET amount = amount + 1",
+        "DELETE FROM ledger_entries",
+        "TRUNCATE ledger_entries",
+        "UPDATE ledger_transactions SET code = 'forged'",
+        "DELETE FROM ledger_transactions",
+        "TRUNCATE ledger_transactions CASCADE",
+        "UPDATE ledger_accounts SET owner = 'mallory'",
+        "DELETE FROM ledger_holds",
+        "UPDATE ledger_rejections SET code = 'x'",
+    ],
+)
+async def test_entry_tables_refuse_changes_in_the_database_itself(
+    ledger: Ledger, db_url: str, statement: str
+) -> None:
+    await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+    await ledger.submit(
+        Transaction(
+            id="h", code="hold", time=10, holds=(HoldCreate(hold_id="H", account=ALICE, amount=1),)
+        )
+    )
+    await ledger.submit(transfer("nope", ALICE, BOB, 1000))
+    conn = await asyncpg.connect(db_url)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(statement)
+        assert await conn.fetchval("SELECT count(*) FROM ledger_entries") == 4
+    finally:
+        await conn.close()
+
+
+async def test_the_database_enforces_the_floor_on_stored_balances(
+    ledger: Ledger, db_url: str
+) -> None:
+    await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+    conn = await asyncpg.connect(db_url)
+    try:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE ledger_balances SET available = -1 WHERE available = 100")
+    finally:
+        await conn.close()
+
+
+async def test_a_second_writer_is_refused(ledger: Ledger, db_url: str) -> None:
+    with pytest.raises(LedgerBusy):
+        await Ledger.open(db_url)
+
+
+async def test_a_failed_commit_leaves_no_trace_in_memory_or_database(
+    ledger: Ledger, db_url: str
+) -> None:
+    await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+
+    async def failing(conn: asyncpg.Connection) -> None:
+        await conn.execute("SELECT 1 / 0")
+
+    with pytest.raises(LedgerUnavailable):
+        await ledger.apply_batch([transfer("lost", ALICE, BOB, 60)], extra=failing)
+    assert ledger.balance(ALICE).available == 100
+    assert ledger.size == 1
+    await assert_books_agree(db_url, ledger)
+    # The id was never recorded: it can be submitted again and succeed.
+    again = await ledger.submit(transfer("lost", ALICE, BOB, 60))
+    assert again.committed and again.index == 1
+    await assert_books_agree(db_url, ledger)
+
+
+async def test_balances_and_holds_survive_a_database_restart(db_url: str, pg: PgServer) -> None:
+    writer = await Ledger.open(db_url)
+    await writer.submit(transfer("deposit", BANK, ALICE, 100))
+    await writer.submit(
+        Transaction(
+            id="h",
+            code="hold",
+            time=10,
+            holds=(HoldCreate(hold_id="H", account=ALICE, amount=70, expires_at=99),),
+        )
+    )
+    await writer.submit(
+        Transaction(
+            id="p",
+            code="post",
+            time=11,
+            postings=(Posting(BOB, 20),),
+            holds=(HoldPost(hold_id="H", amount=20),),
+        )
+    )
+    before = nonzero((b.account, (b.available, b.held)) for b in writer.balances())
+    await writer.close()
+
+    pg.restart(mode="immediate")  # a crash of PostgreSQL: WAL replay on start
+
+    reopened = await Ledger.open(db_url)
+    try:
+        after = nonzero((b.account, (b.available, b.held)) for b in reopened.balances())
+        assert after == before
+        await assert_books_agree(db_url, reopened)
+        hold = reopened.hold("H")
+        assert hold is not None and hold.remaining == 50
+        assert reopened.size == 3
+        # Idempotency survives too, and the hold expires as it would have.
+        assert (await reopened.submit(transfer("deposit", BANK, ALICE, 100))).index == 0
+        expired = await reopened.expire_holds(100)
+        assert [r.committed for r in expired] == [True]
+        assert reopened.balance(ALICE).available == 80
+        await assert_books_agree(db_url, reopened)
+    finally:
+        await reopened.close()
