@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import asyncpg
 
@@ -47,13 +48,36 @@ log = logging.getLogger(__name__)
 ExtraWrite = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
+class CommitHook(Protocol):
+    """Something that must be written with every batch, atomically with it.
+
+    The Merkle log is one: the leaves of a batch, the tree nodes they complete
+    and the signed checkpoint go into the same database transaction as the
+    entries, so a committed transaction is always in the log.
+    """
+
+    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+        """Called inside the batch's database transaction with the canonical bytes of
+        the batch's committed transactions, in index order (possibly none)."""
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        """Called after a failed commit: drop in-memory state, reload it from the database."""
+
+
 class Ledger:
     """The one writer of the ledger: applies, persists and answers, in batches."""
 
     def __init__(
-        self, conn: asyncpg.Connection, state: LedgerState, ids: AccountIds, *, max_batch: int
+        self,
+        conn: asyncpg.Connection,
+        state: LedgerState,
+        ids: AccountIds,
+        *,
+        max_batch: int,
+        hooks: Sequence[CommitHook] = (),
     ) -> None:
         self._conn = conn
+        self._hooks = tuple(hooks)
         self._state = state
         self._ids = ids
         self._max_batch = max_batch
@@ -65,17 +89,24 @@ class Ledger:
         self._closed = False
 
     @classmethod
-    async def open(cls, dsn: str, *, max_batch: int = 1000) -> Ledger:
-        """Connect, become the single writer, and load the state from the database."""
+    async def open(
+        cls, dsn: str, *, max_batch: int = 1000, hooks: Sequence[CommitHook] = ()
+    ) -> Ledger:
+        """Connect, become the single writer, and load the state from the database.
+
+        Each hook's `reload` runs once here too, so it starts from the database.
+        """
         conn: asyncpg.Connection = await asyncpg.connect(dsn)
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK_KEY):
                 raise LedgerBusy("another process is already the ledger's writer")
             state, ids = await load_state(conn)
+            for hook in hooks:
+                await hook.reload(conn)
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, state, ids, max_batch=max_batch)
+        return cls(conn, state, ids, max_batch=max_batch, hooks=hooks)
 
     async def close(self) -> None:
         """Answer what is queued, stop the drainer, release the writer lock."""
@@ -203,6 +234,10 @@ class Ledger:
         try:
             async with self._conn.transaction():
                 await write_batch(self._conn, batch, self._ids, state)
+                if self._hooks:
+                    leaves = [body for _, _, body in batch.committed]
+                    for hook in self._hooks:
+                        await hook.write(self._conn, leaves)
                 if extra is not None:
                     await extra(self._conn)
         except BaseException as exc:
@@ -217,6 +252,8 @@ class Ledger:
         log.warning("ledger batch failed to commit; reloading state from the database")
         try:
             self._state, self._ids = await load_state(self._conn)
+            for hook in self._hooks:
+                await hook.reload(self._conn)
         except Exception:
             log.exception("ledger could not reload its state; refusing further writes")
             self._closed = True
