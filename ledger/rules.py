@@ -98,8 +98,12 @@ class LedgerState:
         """Apply `tx` whole, or raise a `TransactionRejected` having changed nothing."""
         postings = tx.postings
         holds = tx.holds
-        if not postings and not holds:
-            raise InvalidTransaction("a transaction needs at least one posting or hold operation")
+        if not postings and not holds and not tx.metadata:
+            # A transaction without legs is an announcement (e.g. a key rotation):
+            # it moves nothing, so it must at least say something.
+            raise InvalidTransaction(
+                "a transaction needs a posting, a hold operation or (an announcement) metadata"
+            )
         if len(postings) + len(holds) > MAX_LEGS:
             raise InvalidTransaction(f"a transaction has at most {MAX_LEGS} legs")
         self._check_metadata(tx.metadata)

@@ -107,6 +107,15 @@ def test_empty_transaction_and_malformed_accounts_are_rejected() -> None:
         state.apply(tx("bad", (ALICE, -1), (Account("b o b", "USD", "cash"), 1)))
 
 
+def test_an_announcement_moves_nothing_but_is_committed() -> None:
+    state = funded(100)
+    before = balances(state)
+    note = Transaction(id="a", code="key_rotation", time=10, metadata={"new_key": "k2"})
+    committed = state.apply(note)
+    assert committed.index == 1 and committed.entries == ()
+    assert balances(state) == before
+
+
 def test_hold_create_post_in_part_and_void_the_rest() -> None:
     state = funded(100)
     state.apply(tx("h", holds=(HoldCreate(hold_id="H", account=ALICE, amount=60),)))
