@@ -8,7 +8,8 @@ sequencer, recovery) goes in `lifespans`, which run after the pool is open and
 can reach it as `app.state.pool`.
 
 Handlers get the pool and the settings as dependencies named `pool` and
-`settings` (declare them as `NamedDependency[asyncpg.Pool]`), and raise `DomainError`s; `ops.errors` turns those into responses.
+`settings` (declare them as `NamedDependency[asyncpg.Pool]`), and raise
+`DomainError`s; `ops.errors` turns those into responses.
 """
 
 from __future__ import annotations
@@ -50,10 +51,21 @@ class Health(msgspec.Struct, frozen=True):
 
 @get("/health", tags=["ops"], summary="Liveness and database reachability")
 async def health(pool: NamedDependency[asyncpg.Pool]) -> Health:
-    """200 when the database answers (with the applied schema version), else 503."""
+    """200 when the database answers (with the applied schema version), else 503.
+
+    Tried twice: after a PostgreSQL restart the pool may still hold a dead idle
+    connection, whose failure says nothing about the database now.
+    """
     try:
-        async with asyncio.timeout(HEALTH_TIMEOUT), pool.acquire() as conn:
-            version = await schema_version(conn)
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            for attempt in (1, 2):
+                try:
+                    async with pool.acquire() as conn:
+                        version = await schema_version(conn)
+                    break
+                except CONNECTION_ERRORS:
+                    if attempt == 2:
+                        raise
     except CONNECTION_ERRORS as exc:
         log.warning("health: database unreachable: %s: %s", type(exc).__name__, exc)
         raise DatabaseUnreachable("database unreachable") from exc

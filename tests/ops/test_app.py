@@ -196,3 +196,21 @@ async def test_pool_factory_is_used_and_pool_closed(db_url: str) -> None:
         assert (await client.get("/health")).status_code == 200
         assert app.state.pool is pools[0]
     assert pools[0].is_closing()
+
+
+async def test_health_follows_a_postgres_restart(pg: PgServer, db_url: str) -> None:
+    """Down: 503. Back up: 200 again on the same pool (broken connections are replaced)."""
+    if not pg.embedded:
+        pytest.skip("needs the embedded server")
+    app = create_app(Settings(database_url=db_url), route_handlers=[])
+    async with AsyncTestClient(app) as client:
+        assert (await client.get("/health")).status_code == 200
+        pg.stop(mode="immediate")  # a crash of PostgreSQL: WAL replay on start
+        try:
+            response = await client.get("/health")
+            assert response.status_code == 503
+            assert response.json()["code"] == "database_unreachable"
+        finally:
+            pg.start()
+        statuses = [(await client.get("/health")).status_code for _ in range(3)]
+        assert statuses == [200, 200, 200], statuses

@@ -50,9 +50,8 @@ class PgServer:
 
     def stop(self, mode: str = "fast") -> None:
         """Stop PostgreSQL (`mode="immediate"` is a crash: no checkpoint, WAL replay on start)."""
-        from pgserver._commands import pg_ctl
-
         self._require_embedded()
+        pg_ctl = _import_pgserver()._commands.pg_ctl  # generated at import: invisible to mypy
         pg_ctl(
             ["-w", "-m", mode, "stop"], pgdata=self._server.pgdata, user=self._server.system_user
         )
