@@ -23,7 +23,7 @@ import msgspec
 
 from ledger.migrate import migrate
 from ops.config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
-from ops.database import database_url, durability_problems
+from ops.database import CONNECTION_ERRORS, database_url, durability_problems
 from schemas.errors import DomainError
 
 log = logging.getLogger("tokex")
@@ -148,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except DomainError as exc:
         print(f"tokex: error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except CONNECTION_ERRORS as exc:
+        print(f"tokex: error: cannot reach the database: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

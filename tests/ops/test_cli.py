@@ -60,3 +60,11 @@ def test_parser_knows_the_core_commands() -> None:
     assert (args.command, args.port, args.data_dir, args.host) == ("serve", 9001, "/x", "127.0.0.1")
     with pytest.raises(SystemExit):
         parser.parse_args([])
+
+
+def test_unreachable_database_is_a_one_line_error(tmp_path: Path) -> None:
+    url = f"postgresql://postgres@/postgres?host={tmp_path}"  # no server on that socket
+    result = tokex("migrate", env={"DATABASE_URL": url})
+    assert result.returncode == 1
+    assert "cannot reach the database" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from ledger.migrate import load_migrations
@@ -33,3 +35,18 @@ def test_killed_server_restarts_on_same_database(server_process: ServerProcess) 
     server_process.start()
     assert httpx.get(server_process.base_url + "/health").status_code == 200
     assert server_process.stop() == 0  # SIGTERM is a clean shutdown
+
+
+def test_serve_on_embedded_postgres_and_clean_stop(tmp_path: Path) -> None:
+    """No DATABASE_URL: `tokex serve --data-dir` runs its own PostgreSQL, migrates, serves,
+    and on SIGTERM shuts down cleanly and stops PostgreSQL (it held the last handle)."""
+    data_dir = tmp_path / "data"
+    proc = ServerProcess(database_url=None, data_dir=data_dir)
+    proc.start()
+    try:
+        body = httpx.get(proc.base_url + "/health").json()
+        assert body["schema_version"] == len(load_migrations())
+        assert (data_dir / "pg" / "postmaster.pid").exists()
+    finally:
+        assert proc.stop() == 0
+    assert not (data_dir / "pg" / "postmaster.pid").exists()

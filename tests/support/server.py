@@ -37,12 +37,16 @@ class ServerNotHealthy(RuntimeError):
 
 
 class ServerProcess:
-    """One `python -m ops serve` process; restartable on the same port and database."""
+    """One `python -m ops serve` process; restartable on the same port and database.
+
+    `database_url=None` runs it on the embedded PostgreSQL in `data_dir` (DATABASE_URL is
+    removed from its environment).
+    """
 
     def __init__(
         self,
         *,
-        database_url: str,
+        database_url: str | None,
         port: int | None = None,
         host: str = "127.0.0.1",
         data_dir: Path | None = None,
@@ -69,13 +73,17 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         if self.running:
             raise RuntimeError("server already running")
-        env = {**os.environ, **self.extra_env, "DATABASE_URL": self.database_url}
+        env = {**os.environ, **self.extra_env}
+        env.pop("DATABASE_URL", None)
+        if self.database_url is not None:
+            env["DATABASE_URL"] = self.database_url
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         cmd = [
             sys.executable, "-m", "ops", "serve",
             "--host", self.host, "--port", str(self.port),
             "--data-dir", str(self.data_dir), *self.extra_args,
         ]  # fmt: skip
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
