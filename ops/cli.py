@@ -18,12 +18,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from ledger.migrate import migrate
 from ops.config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
-from ops.database import CONNECTION_ERRORS, database_url, durability_problems
+from ops.database import connect, database_url, durability_problems
 from schemas.errors import DomainError
 
 log = logging.getLogger("tokex")
@@ -47,7 +46,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 async def run_migrations(url: str) -> int:
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)
     try:
         return await migrate(conn)
     finally:
@@ -83,7 +82,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 async def _prepare(url: str) -> tuple[int, list[str]]:
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)
     try:
         return await migrate(conn), await durability_problems(conn)
     finally:
@@ -148,9 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except DomainError as exc:
         print(f"tokex: error: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    except CONNECTION_ERRORS as exc:
-        print(f"tokex: error: cannot reach the database: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -169,3 +169,11 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """One connection (for the CLI, migrations); an unreachable database is a DomainError."""
+    try:
+        return await asyncpg.connect(url)
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnreachable(f"cannot reach the database: {exc}") from exc
