@@ -83,3 +83,10 @@ class LedgerBusy(DomainError):
 
     code = "ledger_writer_busy"
     kind = ErrorKind.UNAVAILABLE
+
+
+class LedgerCorrupt(DomainError):
+    """The stored journal does not follow from itself (a gap or a foreign row)."""
+
+    code = "ledger_corrupt"
+    kind = ErrorKind.UNAVAILABLE

@@ -322,6 +322,37 @@ def try_apply(state: LedgerState, tx: Transaction) -> CommittedTransaction | Tra
         return rejected
 
 
+def replay_into(state: LedgerState, committed: CommittedTransaction) -> None:
+    """Apply an already committed transaction to `state` without re-checking it.
+
+    Recovery uses this to roll a snapshot forward through the journal; the
+    rules were checked when the transaction was first committed.
+    """
+    balances = state.balances
+    for entry in committed.entries:
+        current = balances.get(entry.account)
+        if current is None:
+            current = balances[entry.account] = [0, 0]
+        current[entry.bucket] += entry.amount
+    for op in committed.holds:
+        if op.op == "create":
+            state.holds[op.hold_id] = Hold(
+                hold_id=op.hold_id,
+                account=op.account,
+                amount=op.amount,
+                remaining=op.amount,
+                expires_at=op.expires_at,
+                created_index=committed.index,
+            )
+        else:
+            hold = state.holds[op.hold_id]
+            hold.remaining -= op.amount
+            if hold.remaining == 0:
+                del state.holds[op.hold_id]
+                state.closed_holds.add(op.hold_id)
+    state.next_index = committed.index + 1
+
+
 def replay(committed: Iterable[CommittedTransaction]) -> dict[Account, tuple[int, int]]:
     """Balances recomputed from committed entries alone (what an auditor does)."""
     balances: dict[Account, list[int]] = {}

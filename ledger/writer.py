@@ -11,6 +11,9 @@ queued and drained in batches of up to `max_batch`, each batch applied in
 memory, written in one database transaction and committed before any of its
 callers is answered. Nothing is acknowledged before it is durable.
 
+Balances and holds are snapshotted every `snapshot_every` transactions (and
+on close); start-up loads the snapshot and replays the journal after it.
+
 If writing a batch fails, the in-memory state may hold changes the database
 never got, so the writer throws it away and reloads from the database (the
 same path as start-up), then answers every caller of that batch with
@@ -34,15 +37,21 @@ from ledger.store import (
     WRITER_LOCK_KEY,
     AccountIds,
     BatchWrite,
+    Dirty,
     PriorOutcome,
     Rejection,
     load_state,
     prior_outcomes,
     write_batch,
+    write_snapshot,
 )
 from schemas.ledger import Account, Balance, Hold, Transaction, TransactionResult
 
 log = logging.getLogger(__name__)
+
+#: Write a snapshot of balances and holds after this many transactions; recovery
+#: replays at most about this many from the journal.
+SNAPSHOT_EVERY = 50_000
 
 #: Extra writes a caller (the sequencer) makes in the same database transaction.
 ExtraWrite = Callable[[asyncpg.Connection], Awaitable[None]]
@@ -72,11 +81,15 @@ class Ledger:
         conn: asyncpg.Connection,
         state: LedgerState,
         ids: AccountIds,
+        dirty: Dirty,
         *,
         max_batch: int,
+        snapshot_every: int = SNAPSHOT_EVERY,
         hooks: Sequence[CommitHook] = (),
     ) -> None:
         self._conn = conn
+        self._dirty = dirty
+        self._snapshot_every = snapshot_every
         self._hooks = tuple(hooks)
         self._state = state
         self._ids = ids
@@ -90,7 +103,12 @@ class Ledger:
 
     @classmethod
     async def open(
-        cls, dsn: str, *, max_batch: int = 1000, hooks: Sequence[CommitHook] = ()
+        cls,
+        dsn: str,
+        *,
+        max_batch: int = 1000,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        hooks: Sequence[CommitHook] = (),
     ) -> Ledger:
         """Connect, become the single writer, and load the state from the database.
 
@@ -100,23 +118,43 @@ class Ledger:
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK_KEY):
                 raise LedgerBusy("another process is already the ledger's writer")
-            state, ids = await load_state(conn)
+            state, ids, dirty = await load_state(conn)
             for hook in hooks:
                 await hook.reload(conn)
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, state, ids, max_batch=max_batch, hooks=hooks)
+        return cls(
+            conn,
+            state,
+            ids,
+            dirty,
+            max_batch=max_batch,
+            snapshot_every=snapshot_every,
+            hooks=hooks,
+        )
 
     async def close(self) -> None:
-        """Answer what is queued, stop the drainer, release the writer lock."""
+        """Answer what is queued, write a snapshot, release the writer lock."""
         self._closed = True
         if self._drainer is not None:
             await self._queue.join()
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer
-        await self._conn.close()
+        try:
+            await self.snapshot()
+        finally:
+            await self._conn.close()
+
+    async def snapshot(self) -> None:
+        """Write the balances and holds changed since the last snapshot (shortens recovery)."""
+        async with self._lock:
+            if not self._dirty.transactions or self._conn.is_closed():
+                return
+            async with self._conn.transaction():
+                await write_snapshot(self._conn, self._state, self._ids, self._dirty)
+            self._dirty = Dirty()
 
     # -- reads of the committed in-memory state -----------------------------------
 
@@ -128,6 +166,9 @@ class Ledger:
 
     def hold(self, hold_id: str) -> Hold | None:
         return self._state.holds.get(hold_id)
+
+    def open_holds(self) -> list[Hold]:
+        return list(self._state.holds.values())
 
     @property
     def size(self) -> int:
@@ -231,9 +272,15 @@ class Ledger:
 
         if not batch.committed and not batch.rejections and extra is None:
             return results
+        dirty = self._dirty
+        for committed, _, _ in batch.committed:
+            dirty.add(committed)
+        snapshot = dirty.transactions >= self._snapshot_every
         try:
             async with self._conn.transaction():
                 await write_batch(self._conn, batch, self._ids, state)
+                if snapshot:
+                    await write_snapshot(self._conn, state, self._ids, dirty)
                 if self._hooks:
                     leaves = [body for _, _, body in batch.committed]
                     for hook in self._hooks:
@@ -245,13 +292,15 @@ class Ledger:
             if isinstance(exc, asyncpg.PostgresError | OSError | ConnectionError):
                 raise LedgerUnavailable(f"the batch could not be committed: {exc}") from exc
             raise
+        if snapshot:
+            self._dirty = Dirty()
         return results
 
     async def _recover(self) -> None:
         """Forget the in-memory state and reload it from the database."""
         log.warning("ledger batch failed to commit; reloading state from the database")
         try:
-            self._state, self._ids = await load_state(self._conn)
+            self._state, self._ids, self._dirty = await load_state(self._conn)
             for hook in self._hooks:
                 await hook.reload(self._conn)
         except Exception:

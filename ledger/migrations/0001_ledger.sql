@@ -6,8 +6,9 @@
 --   ledger_entries       the signed amounts per account and bucket that balances are made of
 --   ledger_holds         the creation of every two-phase hold
 --   ledger_rejections    every rejected transaction id (a failed id stays failed)
--- Derived tables (rewritten by the single writer in the same database
--- transaction as the entries; always recomputable from them):
+-- Snapshot tables (written by the single writer every so many transactions;
+-- start-up loads them and replays the journal of transactions after them):
+--   ledger_snapshot      the index the snapshot is current to (one row)
 --   ledger_balances      available and held per account
 --   ledger_hold_state    what each hold still reserves
 --
@@ -63,6 +64,12 @@ CREATE TABLE ledger_rejections (
     time_ms        bigint NOT NULL
 );
 
+CREATE TABLE ledger_snapshot (
+    one        boolean PRIMARY KEY DEFAULT true CHECK (one),
+    next_index bigint  NOT NULL CHECK (next_index >= 0)
+);
+INSERT INTO ledger_snapshot (next_index) VALUES (0);
+
 CREATE TABLE ledger_balances (
     account_id      bigint  PRIMARY KEY,
     available       bigint  NOT NULL,
@@ -70,7 +77,7 @@ CREATE TABLE ledger_balances (
     may_go_negative boolean NOT NULL,
     -- The floor rule, enforced by the database as well as by the writer.
     CHECK (may_go_negative OR (available >= 0 AND held >= 0))
-) WITH (fillfactor = 50);  -- room for HOT updates: every batch rewrites the touched rows
+) WITH (fillfactor = 50);  -- room for HOT updates: snapshots rewrite touched rows
 
 CREATE TABLE ledger_hold_state (
     hold_id   text   PRIMARY KEY,

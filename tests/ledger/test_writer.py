@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from ledger.errors import LedgerBusy, LedgerUnavailable
-from ledger.store import nonzero, recomputed_balances, stored_balances
+from ledger.store import load_state, nonzero, recomputed_balances, stored_balances
 from ledger.writer import Ledger
 from schemas.ledger import Account, HoldCreate, HoldPost, Posting, Transaction
 from tests.support.pg import PgServer
@@ -26,17 +26,25 @@ def transfer(tx_id: str, src: Account, dst: Account, amount: int, time: int = 10
 
 
 async def assert_books_agree(db_url: str, ledger: Ledger | None = None) -> None:
-    """Stored balances = balances recomputed from entries (= the writer's memory)."""
+    """Balances recomputed from the entries = what recovery loads (snapshot + journal)
+    = the writer's memory = the stored snapshot once the writer has written one."""
     conn = await asyncpg.connect(db_url)
     try:
-        stored = nonzero((await stored_balances(conn)).items())
         recomputed = nonzero((await recomputed_balances(conn)).items())
+        recovered, _, _ = await load_state(conn)
+        assert nonzero((b.account, (b.available, b.held)) for b in recovered.all_balances()) == (
+            recomputed
+        )
+        if ledger is not None:
+            memory = nonzero((b.account, (b.available, b.held)) for b in ledger.balances())
+            assert memory == recomputed
+            assert {h: v.remaining for h, v in recovered.holds.items()} == {
+                h.hold_id: h.remaining for h in ledger.open_holds()
+            }
+            await ledger.snapshot()
+            assert nonzero((await stored_balances(conn)).items()) == recomputed
     finally:
         await conn.close()
-    assert stored == recomputed
-    if ledger is not None:
-        memory = nonzero((b.account, (b.available, b.held)) for b in ledger.balances())
-        assert memory == stored
 
 
 @pytest.fixture
@@ -156,6 +164,7 @@ async def test_the_database_enforces_the_floor_on_stored_balances(
     ledger: Ledger, db_url: str
 ) -> None:
     await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+    await ledger.snapshot()
     conn = await asyncpg.connect(db_url)
     try:
         with pytest.raises(asyncpg.CheckViolationError):
@@ -226,6 +235,38 @@ async def test_balances_and_holds_survive_a_database_restart(db_url: str, pg: Pg
         expired = await reopened.expire_holds(100)
         assert [r.committed for r in expired] == [True]
         assert reopened.balance(ALICE).available == 80
+        await assert_books_agree(db_url, reopened)
+    finally:
+        await reopened.close()
+
+
+async def test_a_crash_between_snapshots_loses_nothing_committed(db_url: str) -> None:
+    writer = await Ledger.open(db_url, snapshot_every=4)
+    await writer.submit(transfer("deposit", BANK, ALICE, 100))
+    await writer.submit(
+        Transaction(
+            id="h", code="hold", time=10, holds=(HoldCreate(hold_id="H", account=ALICE, amount=9),)
+        )
+    )
+    for i in range(9):
+        await writer.submit(transfer(f"t{i}", ALICE, BOB, i + 1))
+    before = nonzero((b.account, (b.available, b.held)) for b in writer.balances())
+    size = writer.size
+    writer._conn.terminate()  # the process dies: no close, no final snapshot
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        snapshot_index = await conn.fetchval("SELECT next_index FROM ledger_snapshot")
+    finally:
+        await conn.close()
+    assert 0 < snapshot_index < size  # recovery has a journal to replay
+
+    reopened = await Ledger.open(db_url)
+    try:
+        assert reopened.size == size
+        assert nonzero((b.account, (b.available, b.held)) for b in reopened.balances()) == before
+        hold = reopened.hold("H")
+        assert hold is not None and hold.remaining == 9
         await assert_books_agree(db_url, reopened)
     finally:
         await reopened.close()

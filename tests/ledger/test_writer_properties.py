@@ -47,6 +47,7 @@ async def test_books_balance_after_every_step_on_the_database(
     for tx in txs:
         await writer.submit(tx)
         assert all(total == 0 for total in writer.asset_totals().values())
+        await writer.snapshot()
         stored = nonzero((await stored_balances(conn)).items())
         for account, (available, held) in stored.items():
             if not may_go_negative(account):
