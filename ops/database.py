@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -71,13 +70,15 @@ def _prune_dead_handle_pids(pg_path: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Running, and not a zombie (a killed process nobody has reaped yet is not alive)."""
+    import psutil  # a dependency of pgserver
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    return True
+    except psutil.Error:
+        return True  # exists but we may not look at it: assume alive (the safe side)
 
 
 def embedded_server(data_dir: Path, *, stop_on_exit: bool = True) -> PostgresServer:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 
 from ledger.migrate import load_migrations
-from tests.support.server import ServerProcess
+from tests.support.server import REPO_ROOT, ServerProcess
 
 
 def test_health_over_http(server: str) -> None:
@@ -49,4 +52,24 @@ def test_serve_on_embedded_postgres_and_clean_stop(tmp_path: Path) -> None:
         assert (data_dir / "pg" / "postmaster.pid").exists()
     finally:
         assert proc.stop() == 0
+    assert not (data_dir / "pg" / "postmaster.pid").exists()
+
+
+def test_embedded_postgres_outlives_a_killed_server_until_the_last_handle(tmp_path: Path) -> None:
+    """kill -9 leaves PostgreSQL running with a stale handle pid; the next tokex process
+    forgets the dead pid, and being the last handle out, stops PostgreSQL when done."""
+    data_dir = tmp_path / "data"
+    proc = ServerProcess(database_url=None, data_dir=data_dir)
+    proc.start()
+    proc.kill()
+    assert (data_dir / "pg" / "postmaster.pid").exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "ops", "migrate", "--data-dir", str(data_dir)],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
     assert not (data_dir / "pg" / "postmaster.pid").exists()
