@@ -88,6 +88,7 @@ def _validation_message(exc: HTTPException) -> str:
             if isinstance(item, dict):
                 text = str(item.get("message", "")).strip()
                 key, source = item.get("key"), item.get("source")
+                source = getattr(source, "value", source)  # ParamType enum -> "query"
                 where = f"{source} {key}" if source and key else (key or source)
                 if where and (not text or str(key) not in text):
                     text = f"{text} ({where})" if text else str(where)

@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 import pytest
 from litestar import get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.testing import AsyncTestClient
 
 from ledger.migrate import load_migrations
@@ -214,3 +214,18 @@ async def test_health_follows_a_postgres_restart(pg: PgServer, db_url: str) -> N
             pg.start()
         statuses = [(await client.get("/health")).status_code for _ in range(3)]
         assert statuses == [200, 200, 200], statuses
+
+
+async def test_bad_query_parameter_names_it(db_url: str) -> None:
+    @get("/test/page")
+    async def page(limit: FromQuery[int]) -> None:
+        return None
+
+    app = create_app(Settings(database_url=db_url), route_handlers=[page])
+    async with AsyncTestClient(app) as client:
+        response = await client.get("/test/page?limit=lots")
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": "invalid_request",
+        "message": "Expected `int`, got `str` (query limit)",
+    }
