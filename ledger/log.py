@@ -1,0 +1,334 @@
+"""The Merkle log of the ledger, persisted with every batch (a `ledger.writer.CommitHook`).
+
+Inside each batch's database transaction `MerkleLog.write`:
+
+1. appends the leaf hash of each committed transaction's canonical bytes to an in-memory
+   `MerkleFrontier` (a copy: the live one is swapped in only once everything is written);
+2. writes every perfect node those leaves completed (the leaves themselves at level 0, about
+   two rows per leaf) to ``ledger_merkle_nodes`` with one binary COPY;
+3. signs one C2SP checkpoint for the new tree size and inserts it in ``ledger_checkpoints``.
+
+So a committed transaction is always in a signed checkpoint, and a failed commit leaves
+nothing behind; the writer then calls `reload`, which rebuilds the frontier from the stored
+nodes (the same path as start-up).
+
+Checkpoint time
+---------------
+The ``time`` line of a checkpoint is the largest ``time`` of any transaction in the tree
+(the previous checkpoint's time, raised by the batch's transactions), not the clock. Like
+the rest of the ledger it then comes from the callers' times only: the log is a pure
+function of the entries (Ed25519 signatures are deterministic too), checkpoint times never
+go backwards, and a checkpoint never claims a time earlier than an entry it covers.
+
+Proofs from the database
+------------------------
+`ledger.merkle` builds proofs through a synchronous ``get_node``. `with_nodes` runs the
+proof function twice: first with a recording ``get_node`` (the node coordinates a proof
+needs depend only on sizes and indices, never on hash values), then, after fetching all of
+them with one ``unnest`` query, for real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+import asyncpg
+import msgspec
+
+from ledger.canonical import TRANSACTION_PREFIX, decode_transaction
+from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
+from ledger.merkle import (
+    MerkleFrontier,
+    NodeSource,
+    consistency_proof,
+    inclusion_proof,
+    tree_root,
+)
+from ledger.note import Signer, Verifier
+from ledger.writer import Ledger
+from schemas.errors import DomainError, ErrorKind
+
+__all__ = [
+    "BACKFILL_CHUNK",
+    "LogInconsistent",
+    "MerkleLog",
+    "SigningKeyNotCurrent",
+    "db_consistency_proof",
+    "db_inclusion_proof",
+    "db_root",
+    "fetch_nodes",
+    "log_size",
+    "open_ledger",
+    "with_nodes",
+]
+
+T = TypeVar("T")
+BACKFILL_CHUNK = 10_000
+_PLACEHOLDER = bytes(32)
+
+
+class LogInconsistent(DomainError):
+    """The stored Merkle log does not match the ledger (missing nodes, sizes out of step)."""
+
+    code = "merkle_log_inconsistent"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class SigningKeyNotCurrent(DomainError):
+    """The configured signing key is not the log's current key (rotate to change keys)."""
+
+    code = "signing_key_not_current"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class _Head(msgspec.Struct, array_like=True, gc=False):
+    """The first fields of a `CommittedTransaction` (msgspec skips the rest unparsed)."""
+
+    index: int
+    id: str
+    code: str
+    time: int
+
+
+_head_decoder = msgspec.msgpack.Decoder(_Head)
+_PREFIX_LEN = len(TRANSACTION_PREFIX)
+
+
+# --------------------------------------------------------------------------- reads
+
+
+async def log_size(conn: asyncpg.Connection) -> int:
+    """Number of leaves in the stored log."""
+    size = await conn.fetchval(
+        "SELECT coalesce(max(idx) + 1, 0) FROM ledger_merkle_nodes WHERE level = 0"
+    )
+    return int(size)
+
+
+async def fetch_nodes(
+    conn: asyncpg.Connection, coords: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """The stored perfect nodes at ``coords``, in one query; `LogInconsistent` if one is
+    missing."""
+    wanted = set(coords)
+    if not wanted:
+        return {}
+    levels = [c[0] for c in wanted]
+    idxs = [c[1] for c in wanted]
+    rows = await conn.fetch(
+        """SELECT n.level, n.idx, n.hash
+             FROM unnest($1::smallint[], $2::bigint[]) AS q(level, idx)
+             JOIN ledger_merkle_nodes n ON n.level = q.level AND n.idx = q.idx""",
+        levels,
+        idxs,
+    )
+    found = {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
+    if len(found) != len(wanted):
+        missing = sorted(wanted - found.keys())[:3]
+        raise LogInconsistent(f"Merkle nodes missing from the log: {missing}")
+    return found
+
+
+async def with_nodes(conn: asyncpg.Connection, fn: Callable[[NodeSource], T]) -> T:
+    """``fn(get_node)`` with the nodes it asks for fetched from the database in one query."""
+    wanted: list[tuple[int, int]] = []
+
+    def record(level: int, index: int) -> bytes:
+        wanted.append((level, index))
+        return _PLACEHOLDER
+
+    fn(record)
+    nodes = await fetch_nodes(conn, wanted)
+    return fn(lambda level, index: nodes[(level, index)])
+
+
+async def db_inclusion_proof(conn: asyncpg.Connection, index: int, size: int) -> list[bytes]:
+    return await with_nodes(conn, lambda get: inclusion_proof(index, size, get))
+
+
+async def db_consistency_proof(conn: asyncpg.Connection, first: int, second: int) -> list[bytes]:
+    return await with_nodes(conn, lambda get: consistency_proof(first, second, get))
+
+
+async def db_root(conn: asyncpg.Connection, size: int) -> bytes:
+    return await with_nodes(conn, lambda get: tree_root(size, get))
+
+
+# --------------------------------------------------------------------------- the hook
+
+
+class MerkleLog:
+    """The ledger's commit hook that keeps the Merkle log and signs a checkpoint per batch.
+
+    ``signer`` is the configured key; it must be the log's current key (the first key is
+    recorded in ``ledger_keys`` on the first `reload`). ``origin`` is the checkpoints'
+    first line (default: the key's name).
+    """
+
+    def __init__(self, signer: Signer, origin: str | None = None) -> None:
+        self.origin = origin or signer.name
+        self._signers: dict[Verifier, Signer] = {signer.verifier(): signer}
+        self._configured = signer
+        self._signer = signer
+        self._frontier = MerkleFrontier()
+        self._time_ms = 0
+        self._latest_note: str | None = None
+
+    # -- state --------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    @property
+    def root(self) -> bytes:
+        return self._frontier.root()
+
+    @property
+    def signer(self) -> Signer:
+        """The key that signs the next checkpoint."""
+        return self._signer
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The latest signed checkpoint note (None for an empty log)."""
+        return self._latest_note
+
+    def stage(self, signer: Signer) -> None:
+        """Make a new key available, to be switched to when its announcement commits."""
+        self._signers[signer.verifier()] = signer
+
+    # -- CommitHook -----------------------------------------------------------------
+
+    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+        if not leaves:
+            return
+        frontier = self._frontier.copy()
+        signer = self._signer
+        time_ms = self._time_ms
+        records: list[tuple[int, int, bytes]] = []
+        new_keys: list[tuple[Verifier, int, int]] = []  # (key, valid_from_size, tx index)
+        extend = records.extend
+        append = frontier.append
+        sha = hashlib.sha256
+        decode = _head_decoder.decode
+        for body in leaves:
+            head = decode(memoryview(body)[_PREFIX_LEN:])
+            if head.index != frontier.size:
+                raise LogInconsistent(f"leaf {head.index} offered to a log of size {frontier.size}")
+            if head.time > time_ms:
+                time_ms = head.time
+            if head.code == KEY_ROTATION_CODE:
+                signer = self._rotate(body, signer)
+                new_keys.append((signer.verifier(), head.index + 1, head.index))
+            extend(append(sha(b"\x00" + body).digest()))
+        await conn.copy_records_to_table(
+            "ledger_merkle_nodes", records=records, columns=("level", "idx", "hash")
+        )
+        for key, valid_from, tx_index in new_keys:
+            await _insert_key(conn, key, valid_from, tx_index)
+        root = frontier.root()
+        note = sign_checkpoint(
+            Checkpoint(origin=self.origin, size=frontier.size, root_hash=root, time_ms=time_ms),
+            signer,
+        )
+        await conn.execute(
+            "INSERT INTO ledger_checkpoints (tree_size, note, root, time_ms, key) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            frontier.size,
+            note,
+            root,
+            time_ms,
+            signer.verifier().encode(),
+        )
+        self._frontier = frontier
+        self._signer = signer
+        self._time_ms = time_ms
+        self._latest_note = note
+
+    def _rotate(self, body: bytes, current: Signer) -> Signer:
+        new = check_rotation(decode_transaction(body), current.verifier(), self.origin)
+        staged = self._signers.get(new)
+        if staged is None:
+            raise KeyRotationInvalid(
+                f"key rotation to {new.encode()} but that private key was not staged"
+            )
+        return staged
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        """Rebuild from the database; record the first key; catch up on unlogged entries."""
+        async with conn.transaction():
+            size = await log_size(conn)
+            frontier = await with_nodes(conn, lambda get: MerkleFrontier.from_nodes(size, get))
+            row = await conn.fetchrow(
+                "SELECT tree_size, note, root, time_ms FROM ledger_checkpoints "
+                "ORDER BY tree_size DESC LIMIT 1"
+            )
+            if (0 if row is None else row["tree_size"]) != size or (
+                row is not None and bytes(row["root"]) != frontier.root()
+            ):
+                raise LogInconsistent(
+                    f"the latest checkpoint does not match the stored tree of size {size}"
+                )
+            self._signer = await self._current_signer(conn)
+            self._frontier = frontier
+            self._time_ms = 0 if row is None else row["time_ms"]
+            self._latest_note = None if row is None else row["note"]
+            ledger_size = int(
+                await conn.fetchval("SELECT coalesce(max(idx) + 1, 0) FROM ledger_transactions")
+            )
+            if ledger_size < size:
+                raise LogInconsistent(f"the log has {size} leaves, the ledger {ledger_size}")
+            # Entries committed without the log (before it was installed): add them now.
+            while self._frontier.size < ledger_size:
+                start = self._frontier.size
+                rows = await conn.fetch(
+                    "SELECT body FROM ledger_transactions WHERE idx >= $1 AND idx < $2 "
+                    "ORDER BY idx",
+                    start,
+                    min(ledger_size, start + BACKFILL_CHUNK),
+                )
+                await self.write(conn, [bytes(r["body"]) for r in rows])
+
+    async def _current_signer(self, conn: asyncpg.Connection) -> Signer:
+        row = await conn.fetchrow(
+            "SELECT key FROM ledger_keys ORDER BY valid_from_size DESC LIMIT 1"
+        )
+        if row is None:
+            await _insert_key(conn, self._configured.verifier(), 0, None)
+            return self._configured
+        current = Verifier.parse(row["key"])
+        signer = self._signers.get(current)
+        if signer is None:
+            raise SigningKeyNotCurrent(
+                f"the ledger's checkpoints are signed by {current.encode()}, but the "
+                f"configured key is {self._configured.verifier().encode()}"
+            )
+        return signer
+
+
+async def _insert_key(
+    conn: asyncpg.Connection, key: Verifier, valid_from_size: int, tx_index: int | None
+) -> None:
+    await conn.execute(
+        "INSERT INTO ledger_keys (key, name, key_id, public_key, valid_from_size, "
+        "announced_in_tx) VALUES ($1, $2, $3, $4, $5, $6)",
+        key.encode(),
+        key.name,
+        key.key_id,
+        key.public_key,
+        valid_from_size,
+        tx_index,
+    )
+
+
+async def open_ledger(
+    dsn: str, signer: Signer, origin: str | None = None, *, max_batch: int = 1000
+) -> tuple[Ledger, MerkleLog]:
+    """Open the single writer with the Merkle log installed."""
+    log = MerkleLog(signer, origin)
+    ledger = await Ledger.open(dsn, max_batch=max_batch, hooks=[log])
+    return ledger, log
