@@ -160,7 +160,7 @@ async def test_entries_written_before_the_log_existed_are_caught_up(
 async def test_proofs_from_the_database_verify(
     db_url: str, db_conn: asyncpg.Connection, signer: Signer
 ) -> None:
-    ledger, log = await open_ledger(db_url, signer)
+    ledger, _log = await open_ledger(db_url, signer)
     try:
         rng = random.Random(3)
         for b in range(12):
