@@ -120,7 +120,13 @@ def register_core(subparsers: Any) -> None:
 
 
 #: Every command group, in help order. Append new groups' `register` functions here.
-COMMAND_GROUPS: list[Callable[[Any], None]] = [register_core]
+def _register_keys(subparsers: Any) -> None:
+    from ops.cli_keys import register
+
+    register(subparsers)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [register_core, _register_keys]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     exchange_name: str = DEFAULT_EXCHANGE_NAME
+    #: The checkpoint signing key file (PRIVATE+KEY+..., mode 0600); None: created on
+    #: first start as `<data_dir>/ledger-signing.key` (see `ledger.keys`).
+    signing_key_file: str | None = None
     pool_min_size: int = 1
     pool_max_size: int = 10
     log_level: str = "info"
