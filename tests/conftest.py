@@ -9,12 +9,15 @@ db_pool          (function) asyncpg pool on db_url.
 db_conn          (function) one asyncpg connection on db_url.
 server_process   (function) a started `tokex serve` subprocess (ServerProcess) on db_url.
 server           (function) its base URL, e.g. "http://127.0.0.1:54321".
+pg_data_dir      (function) an empty `--data-dir` for an embedded PostgreSQL of the test's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -100,3 +103,19 @@ def server_process(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
 @pytest.fixture
 def server(server_process: ServerProcess) -> str:
     return server_process.base_url
+
+
+@pytest.fixture
+def pg_data_dir() -> Iterator[Path]:
+    """A fresh data dir for `tokex ... --data-dir`, deliberately outside pytest's `tmp_path`.
+
+    Run as root, PostgreSQL runs as the user `pgserver`, which must traverse the
+    path; pgserver opens up the parent directories for it, but every pytest
+    session resets `/tmp/pytest-of-<user>` to mode 0700, which breaks a cluster
+    there whenever two test sessions run at once.
+    """
+    path = Path(tempfile.mkdtemp(prefix="tokex-data-"))
+    try:
+        yield path / "data"
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -28,10 +28,10 @@ def tokex(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
-def test_migrate_on_a_data_dir(tmp_path: Path) -> None:
+def test_migrate_on_a_data_dir(pg_data_dir: Path) -> None:
     """Two `tokex migrate` at once on a fresh data dir: one cluster, both see the same version,
     and the embedded server is stopped when the last of them exits."""
-    data_dir = tmp_path / "data"
+    data_dir = pg_data_dir
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: tokex("migrate", "--data-dir", str(data_dir)), [0, 1]))
     for result in results:

@@ -40,10 +40,10 @@ def test_killed_server_restarts_on_same_database(server_process: ServerProcess) 
     assert server_process.stop() == 0  # SIGTERM is a clean shutdown
 
 
-def test_serve_on_embedded_postgres_and_clean_stop(tmp_path: Path) -> None:
+def test_serve_on_embedded_postgres_and_clean_stop(pg_data_dir: Path) -> None:
     """No DATABASE_URL: `tokex serve --data-dir` runs its own PostgreSQL, migrates, serves,
     and on SIGTERM shuts down cleanly and stops PostgreSQL (it held the last handle)."""
-    data_dir = tmp_path / "data"
+    data_dir = pg_data_dir
     proc = ServerProcess(database_url=None, data_dir=data_dir)
     proc.start()
     try:
@@ -55,10 +55,12 @@ def test_serve_on_embedded_postgres_and_clean_stop(tmp_path: Path) -> None:
     assert not (data_dir / "pg" / "postmaster.pid").exists()
 
 
-def test_embedded_postgres_outlives_a_killed_server_until_the_last_handle(tmp_path: Path) -> None:
+def test_embedded_postgres_outlives_a_killed_server_until_the_last_handle(
+    pg_data_dir: Path,
+) -> None:
     """kill -9 leaves PostgreSQL running with a stale handle pid; the next tokex process
     forgets the dead pid, and being the last handle out, stops PostgreSQL when done."""
-    data_dir = tmp_path / "data"
+    data_dir = pg_data_dir
     proc = ServerProcess(database_url=None, data_dir=data_dir)
     proc.start()
     proc.kill()
