@@ -28,6 +28,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
+from ledger.api import ledger_router
 from ledger.migrate import schema_version
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
@@ -74,7 +75,7 @@ async def health(pool: NamedDependency[asyncpg.Pool]) -> Health:
 
 def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
-    return []
+    return [ledger_router]
 
 
 async def default_pool_factory(settings: Settings) -> asyncpg.Pool:
