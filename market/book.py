@@ -202,8 +202,13 @@ class OrderBook:
         coid = cmd.client_order_id
         expire_at = cmd.expire_at
         post_only = cmd.post_only
-        if price is None and order_type is _MARKET:
-            price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
+        if order_type is _MARKET:
+            if tif is None:
+                tif = _IOC
+            if price is None:
+                price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
+        elif tif is None:
+            tif = _GTC
 
         state = self._state
         reason: str | None = None

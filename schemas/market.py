@@ -138,7 +138,8 @@ class NewOrder(msgspec.Struct, kw_only=True, frozen=True, gc=False, tag="new_ord
 
     `price` is the limit for a limit order (required) and the protection cap
     for a market order (optional: without it, the band edge on the far side).
-    A market order never rests: its time in force must be IOC (default) or FOK.
+    `tif` defaults to GTC for a limit order and IOC for a market order; a market
+    order never rests, so its time in force must be IOC or FOK.
     `expire_at` is required for GTD and forbidden otherwise.
     `post_only` is allowed only on GTC/GTD limit orders.
     """
@@ -151,7 +152,7 @@ class NewOrder(msgspec.Struct, kw_only=True, frozen=True, gc=False, tag="new_ord
     time: int
     price: int | None = None
     order_type: OrderType = OrderType.LIMIT
-    tif: TimeInForce = TimeInForce.GTC
+    tif: TimeInForce | None = None
     expire_at: int | None = None
     post_only: bool = False
     stp: StpMode = StpMode.CANCEL_NEWEST

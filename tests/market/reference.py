@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from schemas.market import (
     AdvanceTime,
     AmendOrder,
@@ -214,6 +216,9 @@ class ReferenceBook:
         return None
 
     def new(self, c: NewOrder) -> None:
+        if c.tif is None:
+            default = TimeInForce.IOC if c.order_type is OrderType.MARKET else TimeInForce.GTC
+            c = msgspec.structs.replace(c, tif=default)
         price = c.price
         if price is None and c.order_type is OrderType.MARKET:
             price = self.inst.price_max if c.side is Side.BUY else self.inst.price_min

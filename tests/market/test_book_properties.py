@@ -161,7 +161,12 @@ class BookMachine(RuleBasedStateMachine):
             fields["tif"] = TimeInForce.FOK
         elif kind < 86:
             fields["order_type"] = OrderType.MARKET
-            fields["tif"] = TimeInForce.FOK if kind >= 82 else TimeInForce.IOC
+            if kind >= 82:
+                fields["tif"] = TimeInForce.FOK
+            elif kind >= 80:  # the default for a market order: IOC
+                fields["tif"] = None
+            else:
+                fields["tif"] = TimeInForce.IOC
             if data.draw(st.booleans(), label="uncapped"):
                 fields["price"] = None
         else:  # odd combinations, mostly rejected
