@@ -126,7 +126,13 @@ def _register_keys(subparsers: Any) -> None:
     register(subparsers)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [register_core, _register_keys]
+def _register_audit(subparsers: Any) -> None:
+    from ops.cli_audit import register
+
+    register(subparsers)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [register_core, _register_keys, _register_audit]
 
 
 def build_parser() -> argparse.ArgumentParser:

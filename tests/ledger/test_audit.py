@@ -1,0 +1,292 @@
+"""Audit export from a real database, offline verification, and tampering of every kind."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+import msgspec
+import pytest
+
+from ledger.audit import (
+    AuditFailure,
+    Balances,
+    CheckpointRecord,
+    End,
+    Entries,
+    ExportEmpty,
+    Header,
+    Keys,
+    Record,
+    _frames,
+    _FrameWriter,
+    export,
+    verify_file,
+)
+from ledger.canonical import decode_transaction, transaction_bytes
+from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.keys import rotate
+from ledger.log import open_ledger
+from ledger.note import Signer, Verifier, parse_note
+from schemas.ledger import Account, Entry, HoldCreate, HoldPost, Posting, Transaction
+
+ORIGIN = "audit.tokex/ledger"
+BANK = Account("exchange", "USD", "bank")
+TOKENS = Account("exchange", "TOK", "issuance")
+USERS = [Account(f"u{i}", "USD", "cash") for i in range(6)]
+TOKEN_USERS = [Account(f"u{i}", "TOK", "cash") for i in range(6)]
+
+
+class Books(msgspec.Struct):
+    url: str
+    keys: list[Verifier]
+    other: Signer
+
+
+@pytest.fixture(scope="module")
+def signers() -> tuple[Signer, Signer]:
+    return Signer.generate(ORIGIN), Signer.generate(ORIGIN)
+
+
+@pytest.fixture
+async def books(db_url: str, signers: tuple[Signer, Signer]) -> AsyncIterator[Books]:
+    """~120 transactions over 14 batches: deposits, two-asset trades, holds, one rotation."""
+    first, second = signers
+    ledger, log = await open_ledger(db_url, first)
+    rng = random.Random(1)
+    n = 0
+    try:
+        for u, t in zip(USERS, TOKEN_USERS, strict=True):
+            await ledger.apply_batch(
+                [
+                    Transaction(id=f"fund-{u.owner}", code="deposit", time=10,
+                                postings=(Posting(BANK, -10_000), Posting(u, 10_000))),
+                    Transaction(id=f"mint-{u.owner}", code="mint", time=10,
+                                postings=(Posting(TOKENS, -10_000), Posting(t, 10_000))),
+                ]
+            )  # fmt: skip
+        for b in range(8):
+            if b == 4:
+                await rotate(ledger, log, second, time_ms=200)
+            txs = []
+            for _ in range(rng.randint(5, 15)):
+                n += 1
+                i, j = rng.sample(range(len(USERS)), 2)
+                if n % 5 == 0:
+                    txs.append(
+                        Transaction(id=f"h{n}", code="hold", time=100 + b,
+                                    holds=(HoldCreate(hold_id=f"hold{n}", account=USERS[i],
+                                                      amount=7),))
+                    )  # fmt: skip
+                    txs.append(
+                        Transaction(id=f"p{n}", code="settle", time=100 + b,
+                                    holds=(HoldPost(hold_id=f"hold{n}", amount=5),),
+                                    postings=(Posting(USERS[j], 5),))
+                    )  # fmt: skip
+                else:
+                    amount = rng.randint(1, 50)
+                    txs.append(
+                        Transaction(id=f"x{n}", code="trade", time=100 + b,
+                                    postings=(Posting(USERS[i], -amount),
+                                              Posting(USERS[j], amount),
+                                              Posting(TOKEN_USERS[j], -2 * amount),
+                                              Posting(TOKEN_USERS[i], 2 * amount)))
+                    )  # fmt: skip
+            results = await ledger.apply_batch(txs)
+            assert all(r.committed for r in results), results
+    finally:
+        await ledger.close()
+    yield Books(db_url, [first.verifier(), second.verifier()], Signer.generate(ORIGIN))
+
+
+async def export_bytes(url: str, from_index: int = 0, to_index: int | None = None) -> bytes:
+    conn = await asyncpg.connect(url)
+    try:
+        out = io.BytesIO()
+        await export(conn, out, from_index, to_index)
+        return out.getvalue()
+    finally:
+        await conn.close()
+
+
+def records(data: bytes) -> list[Record]:
+    import hashlib
+
+    return [r for r, _ in _frames(io.BytesIO(data), hashlib.sha256())]
+
+
+def rebuild(recs: list[Record]) -> bytes:
+    """Re-serialise records, recomputing the end record as a careful forger would."""
+    out = io.BytesIO()
+    w = _FrameWriter(out)
+    entries = sum(len(r.bodies) for r in recs if isinstance(r, Entries))
+    cps = sum(isinstance(r, CheckpointRecord) for r in recs)
+    for r in recs:
+        if isinstance(r, End):
+            w.write(End(entries, cps, w.digest()))
+        else:
+            w.write(r)
+    return out.getvalue()
+
+
+def verify(data: bytes, key: Verifier | None = None) -> None:
+    verify_file(io.BytesIO(data), key)
+
+
+def failure(data: bytes, key: Verifier | None = None) -> AuditFailure:
+    with pytest.raises(AuditFailure) as info:
+        verify(data, key)
+    return info.value
+
+
+def body_at(recs: list[Record], index: int) -> tuple[Entries, int]:
+    for r in recs:
+        if isinstance(r, Entries) and r.start <= index < r.start + len(r.bodies):
+            return r, index - r.start
+    raise AssertionError(index)
+
+
+async def test_export_verifies_and_is_byte_identical_on_rerun(books: Books) -> None:
+    data = await export_bytes(books.url)
+    assert data == await export_bytes(books.url)
+    report = verify_file(io.BytesIO(data), books.keys[0])
+    assert report.from_index == 0
+    assert report.entries == report.to_index > 90
+    assert report.keys == [k.encode() for k in books.keys]  # followed the rotation
+    assert report.accounts == 14
+    assert not report.trust_from_file
+    assert verify_file(io.BytesIO(data)).trust_from_file  # trusts the first key, says so
+
+
+async def test_partial_exports_verify(books: Books) -> None:
+    full = records(await export_bytes(books.url))
+    sizes = [parse_checkpoint(r).size for r in full if isinstance(r, CheckpointRecord)]
+    data = await export_bytes(books.url, 5, sizes[-3] + 1)  # rounded down to a checkpoint
+    report = verify_file(io.BytesIO(data), books.keys[0])  # the rotation is in the range
+    assert (report.from_index, report.to_index) == (5, sizes[-3])
+    assert report.keys == [k.encode() for k in books.keys]
+    assert any("opening balances" in n for n in report.notes)
+    # After the rotation, the second key alone is enough; before it, it is not.
+    keys = next(r for r in full if isinstance(r, Keys)).keys
+    rotated_from = keys[1].valid_from_size
+    verify(await export_bytes(books.url, rotated_from), books.keys[1])
+    err = failure(await export_bytes(books.url, rotated_from - 5), books.keys[1])
+    assert "older than the trusted key" in err.reason
+    with pytest.raises(ExportEmpty):
+        await export_bytes(books.url, 10**6)
+
+
+def parse_checkpoint(r: CheckpointRecord) -> Checkpoint:
+    text, _ = parse_note(r.note)
+    return Checkpoint.parse(text)
+
+
+async def test_first_key_only_follows_a_valid_rotation(books: Books) -> None:
+    data = await export_bytes(books.url)
+    verify(data, books.keys[0])
+    err = failure(data, books.other.verifier())
+    assert err.where == "keys"
+
+
+async def test_changed_amount_names_the_entry(books: Books) -> None:
+    recs = records(await export_bytes(books.url))
+    chunk, k = body_at(recs, 40)
+    tx = decode_transaction(chunk.bodies[k])
+    e = tx.entries[0]
+    entries = (Entry(e.account, e.bucket, e.amount + 1), *tx.entries[1:])
+    chunk.bodies[k] = transaction_bytes(msgspec.structs.replace(tx, entries=entries))
+    err = failure(rebuild(recs), books.keys[0])
+    assert (err.where, "zero" in err.reason) == ("entry 40", True)
+
+
+async def test_balanced_change_is_caught_by_the_signed_root(books: Books) -> None:
+    recs = records(await export_bytes(books.url))
+    chunk, k = body_at(recs, 40)
+    tx = decode_transaction(chunk.bodies[k])
+    entries = tuple(Entry(e.account, e.bucket, e.amount * 2) for e in tx.entries)
+    chunk.bodies[k] = transaction_bytes(msgspec.structs.replace(tx, entries=entries))
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where.startswith("checkpoint ")
+    assert "root does not match" in err.reason
+    lo, hi = (int(x) for x in err.reason.split("entries ")[1].split(" ")[0].split(".."))
+    assert lo <= 40 <= hi
+
+
+async def test_dropped_entry(books: Books) -> None:
+    recs = records(await export_bytes(books.url))
+    chunk, k = body_at(recs, 30)
+    del chunk.bodies[k]
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where == "entry 30"
+
+
+async def test_swapped_entries(books: Books) -> None:
+    recs = records(await export_bytes(books.url))
+    chunk, k = body_at(recs, 50)
+    other, m = body_at(recs, 51)
+    chunk.bodies[k], other.bodies[m] = other.bodies[m], chunk.bodies[k]
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where == "entry 50"
+
+
+async def test_replaced_signature(books: Books) -> None:
+    recs = records(await export_bytes(books.url))
+    i = next(i for i, r in enumerate(recs) if isinstance(r, CheckpointRecord))
+    note = recs[i].note  # type: ignore[union-attr]
+    body, sig = note.rsplit(" ", 1)
+    forged = Signer.generate(ORIGIN).sign(b"whatever")
+    import base64
+
+    raw = base64.b64decode(sig)[:4] + forged
+    recs[i] = CheckpointRecord(f"{body} {base64.b64encode(raw).decode()}\n")
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where.startswith("checkpoint ") and "signature" in err.reason
+
+
+async def test_checkpoint_signed_by_another_key(books: Books) -> None:
+    recs = records(await export_bytes(books.url))
+    i = next(i for i, r in enumerate(recs) if isinstance(r, CheckpointRecord))
+    cp = parse_checkpoint(recs[i])  # type: ignore[arg-type]
+    recs[i] = CheckpointRecord(sign_checkpoint(cp, books.other))
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where == f"checkpoint {cp.size}"
+
+
+async def test_truncated_file(books: Books) -> None:
+    data = await export_bytes(books.url)
+    for cut in (len(data) - 1, len(data) // 2, 20, 0):
+        err = failure(data[:cut], books.keys[0])
+        assert err.where in ("file",) or err.where.startswith(("entry", "checkpoint", "record"))
+
+
+async def test_appended_forged_entry(books: Books) -> None:
+    recs = records(await export_bytes(books.url))
+    last = [r for r in recs if isinstance(r, Entries)][-1]
+    tx = decode_transaction(last.bodies[-1])
+    index = last.start + len(last.bodies)
+    forged = msgspec.structs.replace(tx, index=index, id="forged")
+    pos = next(i for i, r in enumerate(recs) if isinstance(r, Balances) and r.which == "closing")
+    recs.insert(pos, Entries(index, [transaction_bytes(forged)]))
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where == f"entry {index}"
+    # Even with the header's range extended, it is not under any signature.
+    header = recs[0]
+    assert isinstance(header, Header)
+    recs[0] = msgspec.structs.replace(header, to_index=header.to_index + 1)
+    err = failure(rebuild(recs), books.keys[0])
+    assert "after the last checkpoint" in err.reason or err.where.startswith("entry")
+
+
+async def test_random_byte_flips_never_verify(books: Books) -> None:
+    data = await export_bytes(books.url)
+    rng = random.Random(2024)
+    for _ in range(200):
+        copy = bytearray(data)
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            copy[rng.randrange(len(copy))] ^= 1 << rng.randrange(8)
+        if bytes(copy) == data:
+            continue
+        with pytest.raises(AuditFailure):
+            verify(bytes(copy), books.keys[0])
