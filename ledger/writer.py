@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -226,66 +226,64 @@ class Ledger:
         transaction. Returns one result per transaction, in order. Raises
         `LedgerUnavailable` (having changed nothing) if the commit fails.
         """
+        async with self.batch(tx.id for tx in txs) as batch:
+            results = [batch.apply(tx) for tx in txs]
+            if extra is not None:
+                batch.also_write(extra)
+        return results
+
+    @contextlib.asynccontextmanager
+    async def batch(self, ids: Iterable[str] = ()) -> AsyncIterator[LedgerBatch]:
+        """Stage transactions in memory, then write and commit them together on exit.
+
+        `ids` are the transaction ids that callers chose (deposit ids, ...),
+        looked up first so that a replay gets its first outcome. Ids the caller
+        derives itself and knows to be new (from order ids, fill sequence
+        numbers) need not be listed; should one exist after all, the commit
+        fails on the unique index and nothing of the batch is applied.
+
+        Inside the block, `batch.apply(tx)` applies at once to the in-memory
+        state (so a later check in the same batch sees it) and `batch.state`
+        answers pre-trade questions. If the block raises, or the commit fails,
+        the in-memory state is reloaded from the database: nothing of the batch
+        remains anywhere. A failed commit raises `LedgerUnavailable`.
+        """
         async with self._lock:
-            return await self._apply_batch(txs, extra)
-
-    async def _apply_batch(
-        self, txs: Sequence[Transaction], extra: ExtraWrite | None
-    ) -> list[TransactionResult]:
-        state = self._state
-        digests = [request_digest(tx) for tx in txs]
-        try:
-            prior = await prior_outcomes(self._conn, list({tx.id for tx in txs}))
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
-
-        results: list[TransactionResult] = []
-        batch = BatchWrite()
-        seen: dict[str, tuple[bytes, int]] = {}  # id -> (digest, position in results)
-        for tx, digest in zip(txs, digests, strict=True):
-            earlier = prior.get(tx.id)
-            if earlier is not None:
-                results.append(_replayed(tx.id, digest, earlier))
-                continue
-            first = seen.get(tx.id)
-            if first is not None:
-                if first[0] != digest:
-                    results.append(_conflict(tx.id))
-                else:
-                    results.append(results[first[1]])
-                continue
-            seen[tx.id] = (digest, len(results))
+            if self._closed:
+                raise LedgerUnavailable("the ledger is closed")
+            wanted = list(set(ids))
             try:
-                committed = state.apply(tx)
-            except TransactionRejected as rejected:
-                batch.rejections.append(
-                    Rejection(tx.id, digest, rejected.code, rejected.message, tx.time)
-                )
-                results.append(
-                    TransactionResult(
-                        id=tx.id, committed=False, code=rejected.code, message=rejected.message
-                    )
-                )
-                continue
-            batch.committed.append((committed, digest, transaction_bytes(committed)))
-            results.append(TransactionResult(id=tx.id, committed=True, index=committed.index))
+                prior = await prior_outcomes(self._conn, wanted) if wanted else {}
+            except (asyncpg.PostgresError, OSError) as exc:
+                raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
+            batch = LedgerBatch(self._state, prior)
+            try:
+                yield batch
+            except BaseException:
+                if batch.changed:
+                    await self._recover()
+                raise
+            await self._commit(batch)
 
-        if not batch.committed and not batch.rejections and extra is None:
-            return results
+    async def _commit(self, batch: LedgerBatch) -> None:
+        write = batch.write
+        if not write.committed and not write.rejections and not batch.extra:
+            return
+        state = self._state
         dirty = self._dirty
-        for committed, _, _ in batch.committed:
+        for committed, _, _ in write.committed:
             dirty.add(committed)
         snapshot = dirty.transactions >= self._snapshot_every
         try:
             async with self._conn.transaction():
-                await write_batch(self._conn, batch, self._ids, state)
+                await write_batch(self._conn, write, self._ids, state)
                 if snapshot:
                     await write_snapshot(self._conn, state, self._ids, dirty)
                 if self._hooks:
-                    leaves = [body for _, _, body in batch.committed]
+                    leaves = [body for _, _, body in write.committed]
                     for hook in self._hooks:
                         await hook.write(self._conn, leaves)
-                if extra is not None:
+                for extra in batch.extra:
                     await extra(self._conn)
         except BaseException as exc:
             await self._recover()
@@ -294,7 +292,6 @@ class Ledger:
             raise
         if snapshot:
             self._dirty = Dirty()
-        return results
 
     async def _recover(self) -> None:
         """Forget the in-memory state and reload it from the database."""
@@ -307,6 +304,53 @@ class Ledger:
             log.exception("ledger could not reload its state; refusing further writes")
             self._closed = True
             raise
+
+
+class LedgerBatch:
+    """Transactions of one batch, applied to the in-memory state as they come.
+
+    Made by `Ledger.batch`; written and committed when its block ends.
+    """
+
+    __slots__ = ("_prior", "_seen", "changed", "extra", "results", "state", "write")
+
+    def __init__(self, state: LedgerState, prior: dict[str, PriorOutcome]) -> None:
+        self.state = state
+        self._prior = prior
+        self._seen: dict[str, tuple[bytes, TransactionResult]] = {}
+        self.write = BatchWrite()
+        self.extra: list[ExtraWrite] = []
+        self.changed = False
+
+    def apply(self, tx: Transaction) -> TransactionResult:
+        """Commit `tx` to memory (or reject it); the outcome is final once the batch commits."""
+        digest = request_digest(tx)
+        earlier = self._prior.get(tx.id)
+        if earlier is not None:
+            return _replayed(tx.id, digest, earlier)
+        first = self._seen.get(tx.id)
+        if first is not None:
+            return first[1] if first[0] == digest else _conflict(tx.id)
+        self.changed = True
+        try:
+            committed = self.state.apply(tx)
+        except TransactionRejected as rejected:
+            self.write.rejections.append(
+                Rejection(tx.id, digest, rejected.code, rejected.message, tx.time)
+            )
+            result = TransactionResult(
+                id=tx.id, committed=False, code=rejected.code, message=rejected.message
+            )
+        else:
+            self.write.committed.append((committed, digest, transaction_bytes(committed)))
+            result = TransactionResult(id=tx.id, committed=True, index=committed.index)
+        self._seen[tx.id] = (digest, result)
+        return result
+
+    def also_write(self, extra: ExtraWrite) -> None:
+        """Run `extra(conn)` inside the batch's database transaction, after the entries."""
+        self.changed = True
+        self.extra.append(extra)
 
 
 def _replayed(tx_id: str, digest: bytes, earlier: PriorOutcome) -> TransactionResult:

@@ -270,3 +270,20 @@ async def test_a_crash_between_snapshots_loses_nothing_committed(db_url: str) ->
         await assert_books_agree(db_url, reopened)
     finally:
         await reopened.close()
+
+
+async def test_a_staged_batch_that_raises_leaves_no_trace(ledger: Ledger, db_url: str) -> None:
+    await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+    with pytest.raises(RuntimeError):
+        async with ledger.batch() as batch:
+            assert batch.apply(transfer("a", ALICE, BOB, 70)).committed
+            # A later check in the same batch sees the earlier effect.
+            assert batch.state.balance(ALICE).available == 30
+            assert not batch.apply(transfer("b", ALICE, BOB, 31)).committed
+            raise RuntimeError("the caller failed half-way")
+    assert ledger.balance(ALICE).available == 100
+    assert ledger.size == 1
+    async with ledger.batch(["a"]) as batch:
+        assert batch.apply(transfer("a", ALICE, BOB, 70)).index == 1
+    assert ledger.balance(BOB).available == 70
+    await assert_books_agree(db_url, ledger)
