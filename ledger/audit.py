@@ -302,12 +302,12 @@ class _Tx(msgspec.Struct, array_like=True, gc=False):
     """The parts of a committed transaction the verifier needs, decoded cheaply."""
 
     index: int
-    id: str
+    id: msgspec.Raw
     code: str
     time: int
     entries: list[tuple[tuple[str, str, str], Literal[0, 1], int]]
     holds: msgspec.Raw
-    metadata: dict[str, str]
+    metadata: msgspec.Raw
 
 
 _record_decoder = msgspec.msgpack.Decoder(Record)
