@@ -10,6 +10,12 @@ can reach it as `app.state.pool`.
 Handlers get the pool and the settings as dependencies named `pool` and
 `settings` (declare them as `NamedDependency[asyncpg.Pool]`), and raise
 `DomainError`s; `ops.errors` turns those into responses.
+
+Authentication (`market.auth`): every HTTP route needs a signed request unless
+its handler, controller or router has `opt=PUBLIC` (or its path is under
+/health, /schema, /v1/ledger). Handlers get the caller as `principal: Principal`
+and restrict roles with `guards=[requires_role(...)]`. The `Authenticator` is
+`app.state.authenticator` (for the websocket stream's signed subscribe).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from litestar.types import ControllerRouterHandler
 
 from ledger.api import ledger_router
 from ledger.migrate import schema_version
+from market.accounts_api import accounts_router
+from market.auth import Authenticator, AuthMiddleware, RateLimiter, provide_principal
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
@@ -41,7 +49,7 @@ Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 HEALTH_TIMEOUT = 2.0  # seconds; a health check that hangs is a failed one
 POOL_CLOSE_TIMEOUT = 10.0
-MAX_BODY_BYTES = 1 << 20  # orders and reports are small; 413 beyond this
+MAX_BODY_BYTES = 64 * 1024  # orders and reports are small; 413 beyond this
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -75,7 +83,7 @@ async def health(pool: NamedDependency[asyncpg.Pool]) -> Health:
 
 def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
-    return [ledger_router]
+    return [ledger_router, accounts_router]
 
 
 async def default_pool_factory(settings: Settings) -> asyncpg.Pool:
@@ -89,6 +97,7 @@ def _pool_lifespan(settings: Settings, pool_factory: PoolFactory) -> Lifespan:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await pool_factory(settings)
         app.state.pool = pool
+        app.state.authenticator = Authenticator.from_pool(pool)
         try:
             yield
         finally:
@@ -123,11 +132,14 @@ def create_app(
     dependencies: dict[str, Any] = {
         "pool": Provide(_provide_pool, sync_to_thread=False),
         "settings": Provide(provide_settings, sync_to_thread=False),
+        "principal": Provide(provide_principal, sync_to_thread=False),
     }
+    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     return Litestar(
         route_handlers=[health, *routes],
         dependencies=dependencies,
         exception_handlers=exception_handlers(),
+        middleware=[AuthMiddleware(limiter)],
         lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
         openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,

@@ -2,7 +2,8 @@
 
 One immutable value built once (by the CLI, or by a test) and handed down to
 the app factory and the database helpers. Only `DATABASE_URL` is read from the
-environment; everything else comes from command-line flags or their defaults.
+environment (and the rate limit, from `TOKEX_RATE_LIMIT` / `TOKEX_RATE_BURST`, handy for
+tests and load runs); everything else comes from command-line flags or their defaults.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pool_min_size: int = 1
     pool_max_size: int = 10
     log_level: str = "info"
+    #: Signed requests per second per key (token bucket, see `market.auth.RateLimiter`).
+    rate_limit: float = 50.0
+    #: Requests a key may make at once above the steady rate.
+    rate_burst: int = 100
 
     @property
     def data_path(self) -> Path:
@@ -58,5 +63,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {"database_url": env.get("DATABASE_URL") or None}
+        for name, var in (("rate_limit", "TOKEX_RATE_LIMIT"), ("rate_burst", "TOKEX_RATE_BURST")):
+            if env.get(var):
+                values[name] = env[var]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return msgspec.convert(values, cls)
+        return msgspec.convert(values, cls, strict=False)  # strict=False: env strings

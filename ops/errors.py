@@ -77,7 +77,9 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
     status = status_of(exc)
     if status >= 500:
         log.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
-    return error_response(status, exc.code, exc.message)
+    # A DomainError may carry response headers (e.g. Retry-After on rate_limited).
+    headers: dict[str, str] | None = getattr(exc, "headers", None)
+    return error_response(status, exc.code, exc.message, headers)
 
 
 def _validation_message(exc: HTTPException) -> str:

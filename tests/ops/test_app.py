@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import msgspec
 import pytest
-from litestar import get, post
+from litestar import Router, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.testing import AsyncTestClient
 
 from ledger.migrate import load_migrations
+from market.auth import PUBLIC
 from ops.app import create_app
 from ops.config import Settings
 from ops.database import open_pool
@@ -52,7 +53,8 @@ async def place(data: JSONBody[Order]) -> Order:
     return data
 
 
-TEST_ROUTES = [raise_domain, raise_funds, boom, place]
+# Public (no signed request needed): these tests are about the app, not authentication.
+TEST_ROUTES = [Router("/", route_handlers=[raise_domain, raise_funds, boom, place], opt=PUBLIC)]
 
 
 @pytest.fixture
@@ -217,7 +219,7 @@ async def test_health_follows_a_postgres_restart(pg: PgServer, db_url: str) -> N
 
 
 async def test_bad_query_parameter_names_it(db_url: str) -> None:
-    @get("/test/page")
+    @get("/test/page", opt=PUBLIC)
     async def page(limit: FromQuery[int]) -> None:
         return None
 

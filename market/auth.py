@@ -1,0 +1,498 @@
+"""Signed-request authentication, role guards and per-key rate limits.
+
+Every non-public request carries three headers:
+
+    X-Tokex-Key:        the key id (`key_<16 hex>`, see `market.accounts`)
+    X-Tokex-Timestamp:  Unix time in milliseconds
+    X-Tokex-Signature:  base64 Ed25519 signature of `request_message(...)`:
+                        "{timestamp}\\n{METHOD}\\n{path with query}\\n{hex SHA-256 of the body}"
+
+The path with query is the request target exactly as sent (percent-encoding and parameter
+order included); the body hash is over the exact bytes sent (empty body: SHA-256 of b"").
+
+`Authenticator.authenticate` is the check, independent of Litestar (the websocket stream
+reuses it for its signed subscribe message). It refuses, as `AuthError` (401), in this order:
+`missing_signature` (a header absent), `stale_timestamp` (not an integer, or more than 30 s
+from the server's clock either way), `unknown_key` (no such key, or revoked), `bad_signature`
+(does not verify: other key, altered method, path, query or body), `replayed_signature`
+(the same signature already accepted within the window). Replay detection holds accepted
+signatures in memory until their timestamp leaves the window: it is per process, so more
+than one server process behind a balancer would need a shared store (not needed yet).
+
+Litestar integration (wired by `ops.app.create_app`):
+
+* `AuthMiddleware` authenticates every HTTP route except public ones, then applies the
+  per-key token-bucket rate limit (429 `rate_limited` with `Retry-After`). A route is public
+  if its handler (or its router/controller) has `opt=PUBLIC` (i.e. `{"public": True}`), or
+  its path is under one of `PUBLIC_PATH_PREFIXES` (/health, /schema, /v1/ledger).
+* Handlers declare `principal: Principal` to get the caller (dependency provided by
+  `provide_principal`; on a public route it is 401 `missing_signature`).
+* `guards=[requires_role(Role.OPERATOR, ...)]` refuses other roles with 403 `forbidden_role`.
+
+Ownership is the route's business: look rows up by id *and* `principal.account_id`, and
+answer 404 (not 403) for another account's ids, so ids of others are not even confirmed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import heapq
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from schemas.accounts import Role
+from schemas.errors import DomainError, ErrorKind
+
+__all__ = [
+    "HEADER_KEY",
+    "HEADER_SIGNATURE",
+    "HEADER_TIMESTAMP",
+    "PUBLIC",
+    "PUBLIC_PATH_PREFIXES",
+    "WINDOW_MS",
+    "AuthError",
+    "AuthMiddleware",
+    "Authenticator",
+    "ForbiddenRole",
+    "KeyRecord",
+    "Principal",
+    "RateLimited",
+    "RateLimiter",
+    "ReplayWindow",
+    "now_ms",
+    "principal_of",
+    "provide_principal",
+    "request_message",
+    "requires_role",
+    "sign_request",
+]
+
+HEADER_KEY: Final = "X-Tokex-Key"
+HEADER_TIMESTAMP: Final = "X-Tokex-Timestamp"
+HEADER_SIGNATURE: Final = "X-Tokex-Signature"
+
+#: A timestamp more than this far from the server's clock (either way) is refused.
+WINDOW_MS: Final = 30_000
+
+#: `opt` marking a route handler, controller or router as public (no signature needed).
+PUBLIC_OPT_KEY: Final = "public"
+PUBLIC: Final[dict[str, Any]] = {PUBLIC_OPT_KEY: True}
+#: Paths that are public whatever their handlers say: health, OpenAPI, the public ledger audit.
+PUBLIC_PATH_PREFIXES: Final = ("/health", "/schema", "/v1/ledger")
+
+_KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,16}")
+_PRINCIPAL_STATE_KEY = "tokex.principal"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AuthError(DomainError):
+    """The request is not (validly) signed. Codes: `missing_signature`, `unknown_key`,
+    `bad_signature`, `stale_timestamp`, `replayed_signature`."""
+
+    code = "unauthorized"
+    kind = ErrorKind.UNAUTHORIZED
+
+
+class ForbiddenRole(DomainError):
+    """Authenticated, but the account's role may not use this route."""
+
+    code = "forbidden_role"
+    kind = ErrorKind.FORBIDDEN
+
+
+class RateLimited(DomainError):
+    """Too many requests for this key; `retry_after` whole seconds until one more is allowed."""
+
+    code = "rate_limited"
+    kind = ErrorKind.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers (`ops.errors` adds a DomainError's `headers` to its response)."""
+        return {"Retry-After": str(self.retry_after)}
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def request_message(timestamp_ms: int, method: str, path_with_query: str, body: bytes) -> bytes:
+    """The exact bytes that are signed (the method is upper-cased)."""
+    digest = hashlib.sha256(body).hexdigest()
+    return f"{timestamp_ms}\n{method.upper()}\n{path_with_query}\n{digest}".encode()
+
+
+def sign_request(
+    private_key: Ed25519PrivateKey,
+    key_id: str,
+    method: str,
+    path_with_query: str,
+    body: bytes,
+    timestamp_ms: int,
+) -> dict[str, str]:
+    """The three authentication headers for one request."""
+    signature = private_key.sign(request_message(timestamp_ms, method, path_with_query, body))
+    return {
+        HEADER_KEY: key_id,
+        HEADER_TIMESTAMP: str(timestamp_ms),
+        HEADER_SIGNATURE: base64.b64encode(signature).decode("ascii"),
+    }
+
+
+# --------------------------------------------------------------------------- principal
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    account_id: str
+    role: Role
+    key_id: str
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A request-signing key as the authenticator needs it."""
+
+    key_id: str
+    account_id: str
+    role: Role
+    public_key: Ed25519PublicKey
+    revoked: bool = False
+
+
+KeyLoader = Callable[[str], Awaitable[KeyRecord | None]]
+
+
+def pool_key_loader(pool: asyncpg.Pool) -> KeyLoader:
+    """Load keys from the `account_keys` and `accounts` tables (migration 0003)."""
+
+    async def load(key_id: str) -> KeyRecord | None:
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """SELECT k.account_id, a.role, k.public_key, k.revoked_at IS NOT NULL AS revoked
+                   FROM account_keys k JOIN accounts a USING (account_id)
+                   WHERE k.key_id = $1""",
+                key_id,
+            )
+        if row is None:
+            return None
+        return KeyRecord(
+            key_id=key_id,
+            account_id=row["account_id"],
+            role=Role(row["role"]),
+            public_key=Ed25519PublicKey.from_public_bytes(bytes(row["public_key"])),
+            revoked=row["revoked"],
+        )
+
+    return load
+
+
+class ReplayWindow:
+    """Signatures accepted within the window, each kept until its timestamp is stale.
+
+    Bounded: at most `max_entries` live signatures (the per-key rate limit keeps honest
+    traffic far below it); beyond that, new requests are refused (429) rather than
+    accepting a possible replay.
+    """
+
+    def __init__(self, window_ms: int = WINDOW_MS, max_entries: int = 1_000_000) -> None:
+        self.window_ms = window_ms
+        self.max_entries = max_entries
+        self._seen: set[bytes] = set()
+        self._expiry: list[tuple[int, bytes]] = []  # heap of (timestamp + window, signature)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _prune(self, now: int) -> None:
+        heap = self._expiry
+        while heap and heap[0][0] < now:
+            _, signature = heapq.heappop(heap)
+            self._seen.discard(signature)
+
+    def check_and_add(self, signature: bytes, timestamp_ms: int, now: int) -> bool:
+        """False if `signature` was seen (a replay); else remember it and return True."""
+        self._prune(now)
+        if signature in self._seen:
+            return False
+        if len(self._seen) >= self.max_entries:
+            raise RateLimited("too many requests in flight; retry shortly", retry_after=1)
+        self._seen.add(signature)
+        heapq.heappush(self._expiry, (timestamp_ms + self.window_ms, signature))
+        return True
+
+
+class Authenticator:
+    """Checks signed requests against the accounts' keys (cached) and a replay window.
+
+    Keys are cached for `cache_ttl_s` seconds, so a revoked key stops working within that
+    time (or at once after `forget(key_id)`). Unknown key ids are not cached.
+    """
+
+    def __init__(
+        self,
+        load_key: KeyLoader,
+        *,
+        window_ms: int = WINDOW_MS,
+        cache_ttl_s: float = 30.0,
+        cache_size: int = 100_000,
+        replay: ReplayWindow | None = None,
+    ) -> None:
+        self._load_key = load_key
+        self.window_ms = window_ms
+        self.cache_ttl_s = cache_ttl_s
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[float, KeyRecord]] = OrderedDict()
+        self.replay = replay or ReplayWindow(window_ms)
+
+    @classmethod
+    def from_pool(cls, pool: asyncpg.Pool, **options: Any) -> Authenticator:
+        return cls(pool_key_loader(pool), **options)
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from the cache (after revoking it)."""
+        self._cache.pop(key_id, None)
+
+    async def _key(self, key_id: str) -> KeyRecord | None:
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and now - cached[0] < self.cache_ttl_s:
+            return cached[1]
+        record = await self._load_key(key_id)
+        if record is None:
+            self._cache.pop(key_id, None)
+            return None
+        self._cache[key_id] = (now, record)
+        self._cache.move_to_end(key_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return record
+
+    async def authenticate(
+        self,
+        key_id: str | None,
+        timestamp: str | None,
+        signature: str | None,
+        method: str,
+        path_with_query: str,
+        body: bytes,
+        now_ms: int,
+    ) -> Principal:
+        """The principal of a validly signed request, or `AuthError` saying why not."""
+        missing = [
+            name
+            for name, value in (
+                (HEADER_KEY, key_id),
+                (HEADER_TIMESTAMP, timestamp),
+                (HEADER_SIGNATURE, signature),
+            )
+            if not value
+        ]
+        if missing or key_id is None or timestamp is None or signature is None:
+            raise AuthError(
+                f"request is not signed: missing {', '.join(missing)}", code="missing_signature"
+            )
+        if not _TIMESTAMP_RE.fullmatch(timestamp):
+            raise AuthError(
+                f"{HEADER_TIMESTAMP} must be Unix time in milliseconds", code="stale_timestamp"
+            )
+        ts = int(timestamp)
+        if abs(now_ms - ts) > self.window_ms:
+            raise AuthError(
+                f"{HEADER_TIMESTAMP} is {(now_ms - ts) / 1000:+.1f} s from the server's clock "
+                f"(at most {self.window_ms / 1000:g} s allowed)",
+                code="stale_timestamp",
+            )
+        try:
+            raw_signature = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            raw_signature = b""
+        if len(raw_signature) != 64:
+            raise AuthError(
+                f"{HEADER_SIGNATURE} is not a base64 Ed25519 signature", code="bad_signature"
+            )
+        record = await self._key(key_id) if _KEY_ID_RE.fullmatch(key_id) else None
+        if record is None or record.revoked:
+            raise AuthError(f"unknown or revoked key {key_id[:40]!r}", code="unknown_key")
+        try:
+            record.public_key.verify(
+                raw_signature, request_message(ts, method, path_with_query, body)
+            )
+        except InvalidSignature:
+            raise AuthError(
+                "signature does not match the request (method, path with query, body, "
+                "timestamp) under this key",
+                code="bad_signature",
+            ) from None
+        # Ed25519 is deterministic and OpenSSL rejects non-canonical signatures, so the
+        # signature bytes identify (key, message): the same bytes again are a replay.
+        if not self.replay.check_and_add(raw_signature, ts, now_ms):
+            raise AuthError("this signature was already used", code="replayed_signature")
+        return Principal(account_id=record.account_id, role=record.role, key_id=key_id)
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+class RateLimiter:
+    """A token bucket per key: `rate` requests per second on average, bursts of `burst`.
+
+    In memory, per process; at most `max_keys` buckets (least recently used dropped: a
+    dropped bucket comes back full, which only ever errs on the generous side for a key
+    idle long enough to be the least recent of that many).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+
+    def acquire(self, key: str) -> None:
+        """Take one token for `key`, or raise `RateLimited` with the seconds to wait."""
+        now = self._clock()
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            retry_after = max(1, math.ceil((1.0 - tokens) / self.rate))
+            raise RateLimited(
+                f"rate limit of {self.rate:g}/s (burst {self.burst}) exceeded for this key",
+                retry_after=retry_after,
+            )
+        self._buckets[key] = (tokens - 1.0, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+
+
+# --------------------------------------------------------------------------- Litestar
+
+
+def _path_with_query(scope: Scope) -> str:
+    """The request target as the client sent it: raw path, then `?query` if any."""
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+    target = raw_path.decode("latin-1")
+    query = scope.get("query_string", b"")
+    return f"{target}?{query.decode('latin-1')}" if query else target
+
+
+def _is_public_path(scope: Scope) -> bool:
+    # The request path is the one the router matched, so a prefix names the router.
+    path = scope["path"]
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in PUBLIC_PATH_PREFIXES)
+
+
+def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+    """The principal `AuthMiddleware` stored for this request (None on public routes)."""
+    state = connection.scope.get("state") or {}
+    principal = state.get(_PRINCIPAL_STATE_KEY)
+    return principal if isinstance(principal, Principal) else None
+
+
+class AuthMiddleware(ASGIMiddleware):
+    """Authenticate non-public HTTP requests, then rate-limit them per key.
+
+    The authenticator is taken from `app.state.authenticator` (set at start-up, once the
+    pool is open). The body is read here, within the route's size limit (413 beyond it),
+    and cached by Litestar for the handler.
+    """
+
+    scopes = (ScopeType.HTTP,)
+    exclude_opt_key = PUBLIC_OPT_KEY
+
+    def __init__(
+        self,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.limiter = limiter
+        self.clock = clock
+        self.should_bypass_for_scope = _is_public_path
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        request: Request[Any, Any, Any] = Request(scope, receive)
+        body = await request.body()
+        authenticator: Authenticator = request.app.state.authenticator
+        headers = request.headers
+        principal = await authenticator.authenticate(
+            headers.get(HEADER_KEY),
+            headers.get(HEADER_TIMESTAMP),
+            headers.get(HEADER_SIGNATURE),
+            request.method,
+            _path_with_query(scope),
+            body,
+            self.clock(),
+        )
+        if self.limiter is not None:
+            self.limiter.acquire(principal.key_id)
+        state = scope.get("state")
+        if state is None:
+            state = {}
+            scope["state"] = state
+        state[_PRINCIPAL_STATE_KEY] = principal
+        await next_app(scope, receive, send)
+
+
+def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """Dependency `principal`: the authenticated caller."""
+    principal = principal_of(request)
+    if principal is None:
+        raise AuthError("this route needs a signed request", code="missing_signature")
+    return principal
+
+
+def requires_role(
+    *roles: Role,
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+    """A guard admitting only accounts of one of `roles` (403 `forbidden_role`)."""
+    allowed = frozenset(roles)
+    names = ", ".join(sorted(allowed))
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = principal_of(connection)
+        if principal is None:
+            raise AuthError("this route needs a signed request", code="missing_signature")
+        if principal.role not in allowed:
+            raise ForbiddenRole(f"role {principal.role} may not do this (needs: {names})")
+
+    return guard
