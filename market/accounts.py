@@ -21,6 +21,8 @@ from schemas.errors import DomainError, ErrorKind
 __all__ = [
     "AccountNotFound",
     "DuplicatePublicKey",
+    "InvalidAccountName",
+    "InvalidPrivateKey",
     "InvalidPublicKey",
     "create_account",
     "get_account",
@@ -48,6 +50,11 @@ class DuplicatePublicKey(DomainError):
 class AccountNotFound(DomainError):
     code = "account_not_found"
     kind = ErrorKind.NOT_FOUND
+
+
+class InvalidAccountName(DomainError):
+    code = "invalid_account_name"
+    kind = ErrorKind.INVALID
 
 
 class InvalidPrivateKey(DomainError):
@@ -131,6 +138,8 @@ async def create_account(
     """Create an account with one key. Without `public_key`, generate a key pair and return
     its private key (also as PEM in `AccountCreated.private_key`): the caller must store it,
     nothing else keeps it."""
+    if not 1 <= len(name) <= 100:
+        raise InvalidAccountName(f"an account name has 1 to 100 characters, not {len(name)}")
     private_key: Ed25519PrivateKey | None = None
     if public_key is None:
         private_key = Ed25519PrivateKey.generate()

@@ -132,7 +132,18 @@ def _register_audit(subparsers: Any) -> None:
     register(subparsers)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [register_core, _register_keys, _register_audit]
+def _register_accounts(subparsers: Any) -> None:
+    from ops.cli_accounts import register
+
+    register(subparsers)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [
+    register_core,
+    _register_keys,
+    _register_audit,
+    _register_accounts,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

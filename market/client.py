@@ -1,0 +1,209 @@
+"""`TokexClient`: the async Python client of the tokex API; it signs every request.
+
+    async with TokexClient.from_key_file("http://127.0.0.1:8000", key_id, "root.pem") as tx:
+        me = await tx.me()
+        buyer = await tx.create_account(Role.BUYER, "acme")     # key pair made here
+        async with tx.as_account(buyer) as acme:
+            ...
+
+`request()` encodes the body with msgspec JSON, signs exactly the bytes it sends and the
+path with query it sends (taken from the built request, so percent-encoding and parameter
+order are what the server sees), and decodes the JSON answer; a non-2xx answer raises
+`TokexApiError(status, code, message, retry_after)`. Without a key it sends unsigned
+requests (public routes only).
+
+Adding a route: one method per route, in the section of its area, calling `self.request`
+and converting the answer to its schema with `msgspec.convert` (see `create_account`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from market.accounts import load_private_key, private_key_pem, public_key_b64
+from market.auth import now_ms, sign_request
+from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
+
+__all__ = ["TokexApiError", "TokexClient"]
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class TokexApiError(Exception):
+    """A non-2xx answer: the HTTP status and the server's `{"code", "message"}`."""
+
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        #: Seconds to wait, from `Retry-After` (429, 503), else None.
+        self.retry_after = retry_after
+
+
+class TokexClient:
+    """An async client for one account (or none: public routes only)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        key_id: str | None = None,
+        private_key: Ed25519PrivateKey | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        if (key_id is None) != (private_key is None):
+            raise ValueError("give both key_id and private_key, or neither")
+        self.base_url = base_url.rstrip("/")
+        self.key_id = key_id
+        self.private_key = private_key
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    @classmethod
+    def from_key_file(
+        cls, base_url: str, key_id: str, path: str | Path, **options: Any
+    ) -> TokexClient:
+        """A client signing with the key in `path` (PKCS#8 PEM, as `tokex accounts create`
+        writes it, or base64 of the raw 32-byte seed)."""
+        return cls(base_url, key_id, load_private_key(Path(path).read_bytes()), **options)
+
+    def as_account(self, created: AccountCreated) -> TokexClient:
+        """A client for an account whose private key is in `created` (from `create_account`
+        without a public key). It shares this client's connection pool: close this one last."""
+        if created.private_key is None:
+            raise ValueError("this AccountCreated carries no private key")
+        return TokexClient(
+            self.base_url, created.key_id, load_private_key(created.private_key), http=self._http
+        )
+
+    def with_key(self, key_id: str, private_key: Ed25519PrivateKey) -> TokexClient:
+        """A client for another key, sharing this client's connection pool."""
+        return TokexClient(self.base_url, key_id, private_key, http=self._http)
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> TokexClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ transport
+
+    def build_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> httpx.Request:
+        """The signed request `request()` would send (tests use it to tamper with one)."""
+        body = b"" if json is None else msgspec.json.encode(json)
+        headers = {"content-type": "application/json"} if body else {}
+        request = self._http.build_request(
+            method.upper(), path, params=params, content=body, headers=headers
+        )
+        if self.private_key is not None and self.key_id is not None:
+            target = request.url.raw_path.decode("ascii")  # path and query, as sent
+            request.headers.update(
+                sign_request(
+                    self.private_key,
+                    self.key_id,
+                    request.method,
+                    target,
+                    body,
+                    now_ms() if timestamp_ms is None else timestamp_ms,
+                )
+            )
+        return request
+
+    async def send(self, request: httpx.Request) -> Any:
+        """Send a built request; decode its JSON answer or raise `TokexApiError`."""
+        response = await self._http.send(request)
+        return _decode(response)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """Sign and send one request; the decoded JSON answer (None if empty)."""
+        return await self.send(self.build_request(method, path, json=json, params=params))
+
+    # ------------------------------------------------------------------ ops
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/health")
+        return result
+
+    # ------------------------------------------------------------------ accounts
+
+    async def create_account(
+        self, role: Role | str, name: str, public_key: str | None = None
+    ) -> AccountCreated:
+        """`POST /v1/accounts` (operator). Without `public_key` (base64 raw 32 bytes), a key
+        pair is generated here; the answer then carries its private key (PEM), see
+        `as_account`. The private key never leaves this process."""
+        private_key: Ed25519PrivateKey | None = None
+        if public_key is None:
+            private_key = Ed25519PrivateKey.generate()
+            public_key = public_key_b64(private_key)
+        body = CreateAccount(role=Role(role), name=name, public_key=public_key)
+        created = msgspec.convert(
+            await self.request("POST", "/v1/accounts", json=body), AccountCreated
+        )
+        if private_key is not None:
+            created = msgspec.structs.replace(created, private_key=private_key_pem(private_key))
+        return created
+
+    async def me(self) -> AccountView:
+        """`GET /v1/accounts/me`."""
+        return msgspec.convert(await self.request("GET", "/v1/accounts/me"), AccountView)
+
+    async def get_account(self, account_id: str) -> AccountView:
+        """`GET /v1/accounts/{account_id}` (operator, auditor)."""
+        answer = await self.request("GET", f"/v1/accounts/{account_id}")
+        return msgspec.convert(answer, AccountView)
+
+
+def _decode(response: httpx.Response) -> Any:
+    content = response.content
+    if response.is_success:
+        return msgspec.json.decode(content) if content else None
+    code, message = f"http_{response.status_code}", response.reason_phrase
+    try:
+        error = msgspec.json.decode(content)
+        if isinstance(error, dict):
+            code = str(error.get("code", code))
+            message = str(error.get("message", message))
+    except msgspec.DecodeError:
+        message = content.decode("utf-8", "replace")[:500] or message
+    retry_after: float | None = None
+    if (header := response.headers.get("retry-after")) is not None:
+        try:
+            retry_after = float(header)
+        except ValueError:
+            retry_after = None
+    raise TokexApiError(response.status_code, code, message, retry_after)

@@ -1,0 +1,125 @@
+"""`tokex accounts ...`: accounts of the exchange, straight in the database.
+
+tokex accounts create --role ROLE --name NAME [--public-key FILE] [--out FILE] [--json]
+    Create an account (any role: this is how the first operator is made, before any signed
+    request is possible). With `--public-key FILE` (PEM SubjectPublicKeyInfo, or base64 of
+    the raw 32 bytes) the account gets that key. Without it, a key pair is generated and the
+    private key written to `--out` (default `<data-dir>/keys/<account_id>.pem`): unencrypted
+    PKCS#8 PEM, mode 0600, never overwriting a file; `TokexClient.from_key_file` loads it.
+    Prints what was created; `--json` prints one line
+    `{"account_id": ..., "key_id": ...[, "key_file": ...]}`.
+
+Migrations are applied first, so this works on a fresh data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from market.accounts import create_account, parse_public_key, private_key_pem
+from ops.cli import add_database_options, run_migrations, settings_from_args
+from ops.database import connect, database_url
+from schemas.accounts import AccountCreated, Role
+from schemas.errors import DomainError, ErrorKind
+
+
+class KeyFileError(DomainError):
+    code = "key_file_error"
+    kind = ErrorKind.INVALID
+
+
+def _write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
+    """Create `path` (and its directory, 0700) with mode 0600; never overwrite."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; not overwriting a key") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(private_key_pem(key))
+
+
+def _read_public_key(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read public key file {path}: {exc.strerror}") from None
+    return parse_public_key(data)
+
+
+async def _create(
+    url: str, role: Role, name: str, public_key: bytes | None, out: Path | None, keys_dir: Path
+) -> tuple[AccountCreated, Path | None]:
+    """Create the account; write a generated private key inside the same database
+    transaction, so a key file that cannot be written leaves no account behind."""
+    await run_migrations(url)
+    conn = await connect(url)
+    try:
+        async with conn.transaction():
+            created, private_key = await create_account(conn, role, name, public_key)
+            path: Path | None = None
+            if private_key is not None:
+                path = out or keys_dir / f"{created.account_id}.pem"
+                _write_private_key(path, private_key)
+        return created, path
+    finally:
+        await conn.close()
+
+
+def _create_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    public_key = _read_public_key(args.public_key) if args.public_key else None
+    if public_key is not None and args.out:
+        raise KeyFileError("--out is for a generated key; with --public-key there is none")
+    out = Path(args.out).expanduser().resolve() if args.out else None
+    url = database_url(settings)
+    created, path = asyncio.run(
+        _create(url, Role(args.role), args.name, public_key, out, settings.data_path / "keys")
+    )
+    if args.json:
+        line: dict[str, str] = {"account_id": created.account_id, "key_id": created.key_id}
+        if path is not None:
+            line["key_file"] = str(path)
+        sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
+    else:
+        print(f"account {created.account_id} ({created.role} {created.name!r})")
+        print(f"key     {created.key_id}")
+        if path is not None:
+            print(f"private key written to {path} (mode 0600; keep it secret)")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    accounts = subparsers.add_parser("accounts", help="accounts of the exchange")
+    sub = accounts.add_subparsers(
+        dest="accounts_command", required=True, metavar="ACCOUNTS_COMMAND"
+    )
+    create = sub.add_parser(
+        "create", help="create an account (e.g. the first operator) in the database"
+    )
+    create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    create.add_argument("--name", required=True, help="a display name (1 to 100 characters)")
+    create.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="the account's Ed25519 public key (PEM, or base64 of the raw 32 bytes); "
+        "omitted: generate a key pair",
+    )
+    create.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write a generated private key (default: <data-dir>/keys/<account>.pem)",
+    )
+    create.add_argument("--json", action="store_true", help="print one JSON line")
+    add_database_options(create)
+    create.set_defaults(handler=_create_command)
