@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from ledger.checkpoint import Checkpoint, verify_checkpoint
@@ -22,7 +23,7 @@ from schemas.ledger import Account, Posting, Transaction
 ORIGIN = "test.tokex/ledger"
 BANK = Account("exchange", "USD", "bank")
 USERS = [Account(f"u{i}", "USD", "cash") for i in range(4)]
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AsyncTestClient[Litestar]
 
 
 def b64(s: str) -> bytes:
@@ -172,7 +173,7 @@ async def test_defaults_to_the_latest_checkpoint(client: Client) -> None:
     ],
 )
 async def test_bad_parameters_get_an_error_body(
-    client: Client, path: str, params: dict[str, object], status: int, code: str
+    client: Client, path: str, params: dict[str, int | str], status: int, code: str
 ) -> None:
     r = await client.get(path, params=params)
     assert r.status_code == status, r.text
