@@ -1,0 +1,375 @@
+"""Signed-request authentication: the signed string, the `Authenticator` on a real database,
+and, against a real `tokex serve`, every way a request can be refused (unsigned, forged,
+stale, replayed, unknown key, wrong role, malformed, oversized, rate-limited); never a 500."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from market.accounts import create_account, public_key_b64
+from market.auth import (
+    HEADER_KEY,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    WINDOW_MS,
+    Authenticator,
+    AuthError,
+    RateLimited,
+    RateLimiter,
+    ReplayWindow,
+    now_ms,
+    request_message,
+    sign_request,
+)
+from market.client import TokexApiError, TokexClient
+from schemas.accounts import AccountCreated, Role
+from tests.support.server import ServerProcess
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_request_message_golden() -> None:
+    body = b'{"a":1}'
+    expected = (
+        b"1700000000123\nPOST\n/v1/orders?x=1&y=%20z\n"
+        b"015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
+    )
+    assert hashlib.sha256(body).hexdigest() == expected.decode().rsplit("\n", 1)[1]
+    assert request_message(1700000000123, "post", "/v1/orders?x=1&y=%20z", body) == expected
+    empty = request_message(1, "GET", "/health", b"")
+    assert empty == (
+        b"1\nGET\n/health\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    )
+
+
+def test_sign_request_round_trip() -> None:
+    key = Ed25519PrivateKey.generate()
+    headers = sign_request(key, "key_0123456789abcdef", "GET", "/v1/accounts/me", b"", 42)
+    assert headers[HEADER_KEY] == "key_0123456789abcdef"
+    assert headers[HEADER_TIMESTAMP] == "42"
+    signature = base64.b64decode(headers[HEADER_SIGNATURE])
+    key.public_key().verify(signature, request_message(42, "GET", "/v1/accounts/me", b""))
+    with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidSignature
+        key.public_key().verify(signature, request_message(43, "GET", "/v1/accounts/me", b""))
+
+
+def test_replay_window_forgets_after_the_window() -> None:
+    window = ReplayWindow(window_ms=1000, max_entries=2)
+    assert window.check_and_add(b"a", timestamp_ms=0, now=0)
+    assert not window.check_and_add(b"a", timestamp_ms=0, now=500)
+    assert window.check_and_add(b"b", timestamp_ms=0, now=500)
+    with pytest.raises(RateLimited):  # bounded: full of live signatures
+        window.check_and_add(b"c", timestamp_ms=0, now=1000)
+    assert window.check_and_add(b"c", timestamp_ms=1001, now=1001)  # a and b expired
+    assert len(window) == 1
+
+
+def test_rate_limiter_token_bucket() -> None:
+    clock = [0.0]
+    limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: clock[0])
+    for _ in range(3):
+        limiter.acquire("k")
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire("k")
+    assert info.value.retry_after == 1
+    assert info.value.headers == {"Retry-After": "1"}
+    limiter.acquire("other")  # per key
+    clock[0] = 0.5  # one token back at 2/s
+    limiter.acquire("k")
+    with pytest.raises(RateLimited):
+        limiter.acquire("k")
+    slow = RateLimiter(rate=0.1, burst=1, clock=lambda: 0.0)
+    slow.acquire("k")
+    with pytest.raises(RateLimited) as info:
+        slow.acquire("k")
+    assert info.value.retry_after == 10
+
+
+# --------------------------------------------------------------------------- Authenticator
+
+
+async def test_authenticator_on_the_database(db_pool: asyncpg.Pool) -> None:
+    async with db_pool.acquire() as conn:
+        created, key = await create_account(conn, Role.PROVIDER, "p", None)
+    assert key is not None
+    auth = Authenticator.from_pool(db_pool)
+    now = now_ms()
+
+    async def check(headers: dict[str, str], path: str = "/x", body: bytes = b"", at: int = now):
+        return await auth.authenticate(
+            headers.get(HEADER_KEY),
+            headers.get(HEADER_TIMESTAMP),
+            headers.get(HEADER_SIGNATURE),
+            "POST",
+            path,
+            body,
+            at,
+        )
+
+    async def refused(code: str, headers: dict[str, str], **kw: object) -> None:
+        with pytest.raises(AuthError) as info:
+            await check(headers, **kw)  # type: ignore[arg-type]
+        assert info.value.code == code, info.value
+
+    good = sign_request(key, created.key_id, "POST", "/x", b"b", now)
+    principal = await check(good, body=b"b")
+    assert (principal.account_id, principal.role, principal.key_id) == (
+        created.account_id,
+        Role.PROVIDER,
+        created.key_id,
+    )
+    await refused("replayed_signature", good, body=b"b")
+    for missing in (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGNATURE):
+        fresh = sign_request(key, created.key_id, "POST", "/x", b"", now + 1)
+        await refused("missing_signature", {k: v for k, v in fresh.items() if k != missing})
+    late = sign_request(key, created.key_id, "POST", "/x", b"", now - WINDOW_MS - 1)
+    await refused("stale_timestamp", late)
+    await refused("stale_timestamp", {**good, HEADER_TIMESTAMP: "soon"})
+    edge = sign_request(key, created.key_id, "POST", "/x", b"", now - WINDOW_MS)
+    await check(edge)  # exactly 30 s off is still inside
+    await refused("bad_signature", sign_request(key, created.key_id, "POST", "/y", b"", now + 2))
+    await refused("bad_signature", {**good, HEADER_SIGNATURE: "not base64!"})
+    await refused("unknown_key", sign_request(key, "key_ffffffffffffffff", "POST", "/x", b"", now))
+    await refused("unknown_key", sign_request(key, "'; drop table x", "POST", "/x", b"", now))
+    # Revoked keys stop working once out of the cache.
+    async with db_pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE account_keys SET revoked_at = now() WHERE key_id = $1", created.key_id
+        )
+    auth.forget(created.key_id)
+    await refused("unknown_key", sign_request(key, created.key_id, "POST", "/x", b"", now + 3))
+
+
+# --------------------------------------------------------------------------- real server
+
+
+def assert_refused(exc: TokexApiError, status: int, code: str) -> None:
+    assert (exc.status, exc.code) == (status, code), exc
+    assert exc.message
+
+
+@pytest.fixture
+async def operator(db_url: str) -> tuple[AccountCreated, Ed25519PrivateKey]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        created, key = await create_account(conn, Role.OPERATOR, "root", None)
+    finally:
+        await conn.close()
+    assert key is not None
+    return created, key
+
+
+@pytest.fixture
+async def op(
+    server: str, operator: tuple[AccountCreated, Ed25519PrivateKey]
+) -> AsyncIterator[TokexClient]:
+    created, key = operator
+    async with TokexClient(server, created.key_id, key) as client:
+        yield client
+
+
+def copy(
+    signed: httpx.Request, method: str | None = None, url: str | None = None, content: bytes = b""
+) -> httpx.Request:
+    """A new request carrying `signed`'s authentication headers (and nothing else of it)."""
+    names = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGNATURE, "content-type")
+    headers = {n: signed.headers[n] for n in names if n in signed.headers}
+    return httpx.Request(
+        method or signed.method, url or signed.url, headers=headers, content=content
+    )
+
+
+async def send(client: TokexClient, request: httpx.Request) -> TokexApiError:
+    with pytest.raises(TokexApiError) as info:
+        await client.send(request)
+    assert info.value.status < 500
+    return info.value
+
+
+async def test_public_routes_need_no_signature(server: str) -> None:
+    async with TokexClient(server) as anon:
+        assert (await anon.health())["status"] == "ok"
+        assert (await anon.request("GET", "/schema/openapi.json"))["info"]["title"] == "tokex"
+        keys = await anon.request("GET", "/v1/ledger/public-keys")
+        assert isinstance(keys, dict)
+        with pytest.raises(TokexApiError) as info:
+            await anon.request("GET", "/v1/accounts/me")
+        assert_refused(info.value, 401, "missing_signature")
+        with pytest.raises(TokexApiError) as info:
+            await anon.request("POST", "/v1/accounts", json={"role": "buyer", "name": "x"})
+        assert_refused(info.value, 401, "missing_signature")
+
+
+async def test_signed_requests_and_their_forgeries(op: TokexClient, server: str) -> None:
+    me = await op.me()
+    assert me.role == Role.OPERATOR and me.key_ids == [op.key_id]
+
+    # Signed by another key than the one named.
+    other = op.with_key(op.key_id or "", Ed25519PrivateKey.generate())
+    assert_refused(
+        await send(op, other.build_request("GET", "/v1/accounts/me")), 401, "bad_signature"
+    )
+
+    # Altered body: signed for one body, sent with another.
+    body = {
+        "role": "buyer",
+        "name": "b",
+        "public_key": public_key_b64(Ed25519PrivateKey.generate()),
+    }
+    signed = op.build_request("POST", "/v1/accounts", json=body)
+    altered = msgspec.json.encode({**body, "name": "mallory"})
+    forged = copy(signed, content=altered)
+    assert_refused(await send(op, forged), 401, "bad_signature")
+
+    # Altered path, altered query, altered method.
+    signed = op.build_request("GET", "/v1/accounts/me", params={"a": "1"})
+    for url in (
+        f"{server}/v1/accounts/me",
+        f"{server}/v1/accounts/me?a=2",
+        f"{server}/v1/accounts/me?a=1&b=2",
+    ):
+        forged = copy(signed, url=url)
+        assert_refused(await send(op, forged), 401, "bad_signature")
+    created = op.build_request("GET", "/v1/accounts/me")
+    forged = copy(created, method="DELETE")
+    error = await send(op, forged)
+    assert error.status in (401, 405)
+
+    # Stale either way, by a second more than the window.
+    for skew in (-31_000, 31_000):
+        stale = op.build_request("GET", "/v1/accounts/me", timestamp_ms=now_ms() + skew)
+        assert_refused(await send(op, stale), 401, "stale_timestamp")
+
+    # Exact replay.
+    request = op.build_request("GET", "/v1/accounts/me")
+    assert (await op.send(request))["account_id"] == me.account_id
+    replay = copy(request)
+    assert_refused(await send(op, replay), 401, "replayed_signature")
+
+    # Unknown key.
+    stranger = op.with_key("key_0000000000000000", Ed25519PrivateKey.generate())
+    assert_refused(
+        await send(op, stranger.build_request("GET", "/v1/accounts/me")), 401, "unknown_key"
+    )
+
+    # Unsigned with a partial set of headers.
+    partial = op.build_request("GET", "/v1/accounts/me")
+    del partial.headers[HEADER_SIGNATURE]
+    assert_refused(await send(op, partial), 401, "missing_signature")
+
+
+async def test_roles_and_ownership(op: TokexClient) -> None:
+    buyer_created = await op.create_account(Role.BUYER, "acme")
+    auditor_created = await op.create_account("auditor", "audit co")
+    assert buyer_created.private_key is not None
+    buyer, auditor = op.as_account(buyer_created), op.as_account(auditor_created)
+
+    assert (await buyer.me()).account_id == buyer_created.account_id
+    with pytest.raises(TokexApiError) as info:
+        await buyer.create_account(Role.OPERATOR, "usurper")
+    assert_refused(info.value, 403, "forbidden_role")
+    with pytest.raises(TokexApiError) as info:
+        await buyer.get_account(auditor_created.account_id)
+    assert_refused(info.value, 403, "forbidden_role")
+    with pytest.raises(TokexApiError) as info:
+        await auditor.create_account(Role.BUYER, "x")
+    assert_refused(info.value, 403, "forbidden_role")
+
+    seen = await auditor.get_account(buyer_created.account_id)
+    assert (seen.role, seen.name) == (Role.BUYER, "acme")
+    assert (await op.get_account(auditor_created.account_id)).role == Role.AUDITOR
+    with pytest.raises(TokexApiError) as info:
+        await op.get_account("acc_0000000000000000")
+    assert_refused(info.value, 404, "account_not_found")
+
+
+async def test_malformed_and_oversized_bodies_are_4xx(op: TokexClient) -> None:
+    key = public_key_b64(Ed25519PrivateKey.generate())
+
+    async def post_raw(content: bytes) -> TokexApiError:
+        request = op.build_request("POST", "/v1/accounts")
+        request = httpx.Request("POST", request.url, content=content)
+        request.headers["content-type"] = "application/json"
+        assert op.private_key is not None and op.key_id is not None
+        request.headers.update(
+            sign_request(op.private_key, op.key_id, "POST", "/v1/accounts", content, now_ms())
+        )
+        return await send(op, request)
+
+    assert_refused(await post_raw(b'{"role": "buyer", "name": '), 400, "invalid_request")
+    assert_refused(await post_raw(b"\xff\xfe"), 400, "invalid_request")
+    assert_refused(await post_raw(b"[1, 2]"), 400, "invalid_request")
+    for body in (
+        {"role": "buyer", "name": 7, "public_key": key},
+        {"role": "king", "name": "x", "public_key": key},
+        {"role": "buyer", "name": "", "public_key": key},
+        {"role": "buyer", "name": "x", "public_key": key, "admin": True},
+        {"name": "x", "public_key": key},
+    ):
+        error = await post_raw(msgspec.json.encode(body))
+        assert_refused(error, 400, "invalid_request")
+    with pytest.raises(TokexApiError) as info:
+        await op.request("POST", "/v1/accounts", json={"role": "buyer", "name": "x"})
+    assert_refused(info.value, 400, "public_key_required")
+    bad_key = base64.b64encode(b"\x01" * 31 + b"\x02\x03").decode()[:44]
+    with pytest.raises(TokexApiError) as info:
+        await op.create_account(Role.BUYER, "x", public_key=bad_key)
+    assert_refused(info.value, 400, "invalid_public_key")
+    await op.create_account(Role.BUYER, "first", public_key=key)
+    with pytest.raises(TokexApiError) as info:
+        await op.create_account(Role.BUYER, "second", public_key=key)
+    assert_refused(info.value, 409, "duplicate_public_key")
+
+    # Over 64 KiB: 413, signed or not, announced length or chunked.
+    big = msgspec.json.encode({"role": "buyer", "name": "x" * (64 * 1024), "public_key": key})
+    assert_refused(await post_raw(big), 413, "payload_too_large")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 4096
+
+    async with httpx.AsyncClient() as raw:
+        response = await raw.post(op.base_url + "/v1/accounts", content=chunks())
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    # Just under the limit is read, then judged on its content.
+    near = msgspec.json.encode({"role": "buyer", "name": "x" * 60_000, "public_key": key})
+    assert_refused(await post_raw(near), 400, "invalid_request")
+
+
+async def test_rate_limit_is_429_with_retry_after(
+    db_url: str, tmp_path: Path, operator: tuple[AccountCreated, Ed25519PrivateKey]
+) -> None:
+    proc = ServerProcess(
+        database_url=db_url,
+        data_dir=tmp_path,
+        env={"TOKEX_RATE_LIMIT": "0.2", "TOKEX_RATE_BURST": "3"},
+    )
+    with proc:
+        created, key = operator
+        async with TokexClient(proc.base_url, created.key_id, key) as client:
+            for _ in range(3):
+                await client.me()
+            with pytest.raises(TokexApiError) as info:
+                await client.me()
+            assert_refused(info.value, 429, "rate_limited")
+            assert info.value.retry_after == 5
+            # Public routes are not limited; another key has its own bucket.
+            for _ in range(5):
+                await client.health()
+            conn = await asyncpg.connect(db_url)
+            try:
+                second, second_key = await create_account(conn, Role.BUYER, "b", None)
+            finally:
+                await conn.close()
+            assert second_key is not None
+            assert (await client.with_key(second.key_id, second_key).me()).name == "b"
