@@ -1,0 +1,233 @@
+"""Settlement posting rules: what each market event does to the ledger. Pure.
+
+Accounts (owner | asset | kind), with `C` the currency and `tok:<symbol>`
+the token asset of an instrument:
+
+    cash(a)               a       | C          | cash          buyer's money; holds reserve it
+    capacity(p, i)        p       | tok:i      | capacity      provider's listed tokens
+    issuance(i)           exchange| tok:i      | issuance      where tokens are minted (system)
+    entitlement(b, p, i)  b@p     | tok:i      | entitlement   tokens b bought from p
+    escrow(b, p, i)       b@p     | C          | escrow:i      what b paid for them, until delivery
+    fees                  exchange| C          | fees          fee revenue
+    bank                  exchange| C          | bank          the operator's bank (system)
+
+Rules (each one balanced transaction; ids derived from the market's own ids,
+so a replay or a retry cannot apply one twice):
+
+- deposit: bank -> cash(a).
+- listing: issuance(i) -> capacity(p, i).
+- buy order: hold on cash(b) of `buy_reservation` = notional at the limit price
+  plus the larger of the maker and taker fee on it. sell order: hold on
+  capacity(p, i) of the quantity.
+- fill of q tokens at p (delivery versus payment, one transaction): post
+  notional + buyer fee from the buy hold to escrow(b, p, i) and fees; post q
+  from the sell hold to entitlement(b, p, i).
+- release: whatever an order's hold still reserves when the order is done
+  (filled, cancelled, expired), or the reservation of a cancelled part, is voided.
+- amend: the order's hold is voided and a new one made for the new open
+  quantity and price, in one transaction (it fails whole if funds fall short).
+
+Integer rules: notional = quantity / lot * price (quantities are whole lots);
+fee = floor(amount * bps / 10,000), in the payer's favour. Because
+floor(x) + floor(y) <= floor(x + y), a buy hold always covers the fills, fees
+and partial releases that can come out of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.ledger import Account, HoldCreate, HoldPost, HoldVoid, Posting, Transaction
+from schemas.market import Fill, Side
+
+EXCHANGE = "exchange"
+BPS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What settlement needs to know of an instrument."""
+
+    symbol: str
+    lot_size: int
+    currency: str
+    maker_fee_bps: int = 0
+    taker_fee_bps: int = 0
+    provider_fee_bps: int = 0
+
+    @property
+    def token_asset(self) -> str:
+        return token_asset(self.symbol)
+
+
+def token_asset(symbol: str) -> str:
+    return f"tok:{symbol}"
+
+
+def cash(owner: str, currency: str) -> Account:
+    return Account(owner, currency, "cash")
+
+
+def capacity(provider: str, symbol: str) -> Account:
+    return Account(provider, token_asset(symbol), "capacity")
+
+
+def issuance(symbol: str) -> Account:
+    return Account(EXCHANGE, token_asset(symbol), "issuance")
+
+
+def entitlement(buyer: str, provider: str, symbol: str) -> Account:
+    return Account(f"{buyer}@{provider}", token_asset(symbol), "entitlement")
+
+
+def escrow(buyer: str, provider: str, terms: Terms) -> Account:
+    return Account(f"{buyer}@{provider}", terms.currency, f"escrow:{terms.symbol}")
+
+
+def fees(currency: str) -> Account:
+    return Account(EXCHANGE, currency, "fees")
+
+
+def bank(currency: str) -> Account:
+    return Account(EXCHANGE, currency, "bank")
+
+
+def notional(quantity: int, price: int, lot_size: int) -> int:
+    return quantity // lot_size * price
+
+
+def fee(amount: int, bps: int) -> int:
+    return amount * bps // BPS
+
+
+def buy_reservation(quantity: int, price: int, terms: Terms) -> int:
+    """Cash a buy order of `quantity` at limit `price` must have on hold."""
+    amount = notional(quantity, price, terms.lot_size)
+    return amount + fee(amount, max(terms.maker_fee_bps, terms.taker_fee_bps))
+
+
+def reservation(side: Side, quantity: int, price: int, terms: Terms) -> int:
+    """What an order of `side` needs on hold: cash for a buy, tokens for a sell."""
+    return buy_reservation(quantity, price, terms) if side is Side.BUY else quantity
+
+
+def hold_account(side: Side, owner: str, terms: Terms) -> Account:
+    return cash(owner, terms.currency) if side is Side.BUY else capacity(owner, terms.symbol)
+
+
+def order_hold_id(order_id: int, generation: int = 0) -> str:
+    """The hold of an order; an amend makes the next generation."""
+    return f"order:{order_id}" if generation == 0 else f"order:{order_id}:{generation}"
+
+
+def hold_generation(hold_id: str) -> int:
+    """Inverse of `order_hold_id` for the generation: 0 for `order:<id>`."""
+    parts = hold_id.split(":")
+    return int(parts[2]) if len(parts) == 3 else 0
+
+
+# -- transactions ---------------------------------------------------------------------
+
+
+def deposit(deposit_id: str, account_id: str, amount: int, currency: str, time: int) -> Transaction:
+    return Transaction(
+        id=f"deposit:{deposit_id}",
+        code="deposit",
+        time=time,
+        postings=(Posting(bank(currency), -amount), Posting(cash(account_id, currency), amount)),
+        metadata={"account": account_id},
+    )
+
+
+def listing(listing_id: str, provider: str, symbol: str, quantity: int, time: int) -> Transaction:
+    return Transaction(
+        id=f"listing:{listing_id}",
+        code="listing",
+        time=time,
+        postings=(
+            Posting(issuance(symbol), -quantity),
+            Posting(capacity(provider, symbol), quantity),
+        ),
+        metadata={"account": provider, "instrument": symbol},
+    )
+
+
+def order_hold(
+    order_id: int, owner: str, side: Side, quantity: int, price: int, terms: Terms, time: int
+) -> Transaction:
+    return Transaction(
+        id=f"order:{order_id}",
+        code="order_hold",
+        time=time,
+        holds=(
+            HoldCreate(
+                hold_id=order_hold_id(order_id),
+                account=hold_account(side, owner, terms),
+                amount=reservation(side, quantity, price, terms),
+            ),
+        ),
+        metadata={"order": str(order_id), "instrument": terms.symbol},
+    )
+
+
+def fill(
+    event: Fill, *, buy_hold: str, sell_hold: str, buyer: str, provider: str, terms: Terms
+) -> tuple[Transaction, int]:
+    """The delivery-versus-payment transaction of one fill, and the buyer's fee."""
+    amount = notional(event.quantity, event.price, terms.lot_size)
+    buyer_is_taker = event.aggressor_side is Side.BUY
+    buyer_fee = fee(amount, terms.taker_fee_bps if buyer_is_taker else terms.maker_fee_bps)
+    postings = [Posting(escrow(buyer, provider, terms), amount)]
+    if buyer_fee:
+        postings.append(Posting(fees(terms.currency), buyer_fee))
+    postings.append(Posting(entitlement(buyer, provider, terms.symbol), event.quantity))
+    tx = Transaction(
+        id=f"fill:{terms.symbol}:{event.seq}",
+        code="fill",
+        time=event.time,
+        postings=tuple(postings),
+        holds=(
+            HoldPost(hold_id=buy_hold, amount=amount + buyer_fee),
+            HoldPost(hold_id=sell_hold, amount=event.quantity),
+        ),
+        metadata={
+            "instrument": terms.symbol,
+            "seq": str(event.seq),
+            "maker_order": str(event.maker_order_id),
+            "taker_order": str(event.taker_order_id),
+            "price": str(event.price),
+            "quantity": str(event.quantity),
+        },
+    )
+    return tx, buyer_fee
+
+
+def release(tx_id: str, hold_id: str, amount: int | None, time: int, reason: str) -> Transaction:
+    """Void `amount` (None: all that remains) of an order's hold."""
+    return Transaction(
+        id=tx_id,
+        code="order_release",
+        time=time,
+        holds=(HoldVoid(hold_id=hold_id, amount=amount),),
+        metadata={"reason": reason},
+    )
+
+
+def rehold(
+    tx_id: str,
+    old_hold: str,
+    new_hold: str,
+    account: Account,
+    amount: int,
+    time: int,
+) -> Transaction:
+    """Replace an order's hold with one of `amount` (an amend), atomically."""
+    return Transaction(
+        id=tx_id,
+        code="order_amend",
+        time=time,
+        holds=(
+            HoldVoid(hold_id=old_hold),
+            HoldCreate(hold_id=new_hold, account=account, amount=amount),
+        ),
+    )

@@ -1,0 +1,285 @@
+"""PostgreSQL persistence of the market (asyncpg): instruments, journal, orders, fills.
+
+Only the sequencer writes (inside its batch's database transaction); the API
+reads orders and fills from here, so what it shows is always committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from schemas.market import Command, Instrument, OrderType, Side, TimeInForce
+from schemas.trading import FillView, OrderView
+
+
+class ListInstrument(msgspec.Struct, kw_only=True, frozen=True, tag="list_instrument"):
+    """Journal entry: an instrument was listed (with its settlement terms)."""
+
+    instrument: Instrument
+    maker_fee_bps: int
+    taker_fee_bps: int
+    provider_fee_bps: int
+    currency: str
+    time: int
+
+
+JournalEntry = Command | ListInstrument
+
+_journal_encoder = msgspec.msgpack.Encoder()
+_journal_decoder: msgspec.msgpack.Decoder[JournalEntry] = msgspec.msgpack.Decoder(JournalEntry)
+
+
+def encode_entry(entry: JournalEntry) -> bytes:
+    return _journal_encoder.encode(entry)
+
+
+def decode_entry(body: bytes) -> JournalEntry:
+    return _journal_decoder.decode(body)
+
+
+@dataclass(slots=True)
+class OrderRow:
+    """The queryable state of one order (a row of `market_orders`)."""
+
+    order_id: int
+    account_id: str
+    client_order_id: str
+    request_digest: bytes
+    instrument: str
+    side: Side
+    order_type: OrderType
+    tif: TimeInForce | None
+    price: int | None
+    quantity: int
+    open_quantity: int
+    filled_quantity: int
+    cancelled_quantity: int
+    status: str
+    reject_reason: str | None
+    hold_id: str | None
+    expire_at: int | None
+    created_ms: int
+    updated_ms: int
+
+    def as_record(self) -> tuple[Any, ...]:
+        return (
+            self.order_id, self.account_id, self.client_order_id, self.request_digest,
+            self.instrument, self.side.value, self.order_type.value,
+            None if self.tif is None else self.tif.value, self.price, self.quantity,
+            self.open_quantity, self.filled_quantity, self.cancelled_quantity, self.status,
+            self.reject_reason, self.hold_id, self.expire_at, self.created_ms, self.updated_ms,
+        )  # fmt: skip
+
+    def view(self, fills: Sequence[FillView] = ()) -> OrderView:
+        return OrderView(
+            order_id=self.order_id,
+            client_order_id=self.client_order_id,
+            instrument=self.instrument,
+            side=self.side,
+            order_type=self.order_type,
+            tif=self.tif,
+            price=self.price,
+            quantity=self.quantity,
+            open_quantity=self.open_quantity,
+            filled_quantity=self.filled_quantity,
+            cancelled_quantity=self.cancelled_quantity,
+            status=self.status,
+            reject_reason=self.reject_reason,
+            created_at=self.created_ms,
+            updated_at=self.updated_ms,
+            fills=list(fills),
+        )
+
+
+ORDER_COLUMNS = (
+    "order_id", "account_id", "client_order_id", "request_digest", "instrument", "side",
+    "order_type", "tif", "price", "quantity", "open_quantity", "filled_quantity",
+    "cancelled_quantity", "status", "reject_reason", "hold_id", "expire_at", "created_ms",
+    "updated_ms",
+)  # fmt: skip
+
+FILL_COLUMNS = (
+    "instrument", "seq", "time_ms", "maker_order_id", "taker_order_id", "maker_account",
+    "taker_account", "aggressor_side", "price", "quantity", "buyer_fee",
+)  # fmt: skip
+
+
+def order_from_record(r: asyncpg.Record) -> OrderRow:
+    return OrderRow(
+        order_id=r["order_id"],
+        account_id=r["account_id"],
+        client_order_id=r["client_order_id"],
+        request_digest=r["request_digest"],
+        instrument=r["instrument"],
+        side=Side(r["side"]),
+        order_type=OrderType(r["order_type"]),
+        tif=None if r["tif"] is None else TimeInForce(r["tif"]),
+        price=r["price"],
+        quantity=r["quantity"],
+        open_quantity=r["open_quantity"],
+        filled_quantity=r["filled_quantity"],
+        cancelled_quantity=r["cancelled_quantity"],
+        status=r["status"],
+        reject_reason=r["reject_reason"],
+        hold_id=r["hold_id"],
+        expire_at=r["expire_at"],
+        created_ms=r["created_ms"],
+        updated_ms=r["updated_ms"],
+    )
+
+
+async def write_market_batch(
+    conn: asyncpg.Connection,
+    *,
+    journal: Sequence[tuple[int, int, bytes]],
+    instruments: Sequence[tuple[Any, ...]],
+    orders: Sequence[OrderRow],
+    fills: Sequence[tuple[Any, ...]],
+) -> None:
+    """Write one batch's market rows (inside the batch's database transaction)."""
+    if instruments:
+        await conn.copy_records_to_table(
+            "market_instruments",
+            records=instruments,
+            columns=(
+                "symbol", "model", "window_start", "duration", "lot_size", "tick_size",
+                "price_min", "price_max", "maker_fee_bps", "taker_fee_bps", "provider_fee_bps",
+                "currency", "created_ms",
+            ),
+        )  # fmt: skip
+    if journal:
+        await conn.copy_records_to_table(
+            "market_journal", records=journal, columns=("seq", "time_ms", "body")
+        )
+    if fills:
+        await conn.copy_records_to_table("market_fills", records=fills, columns=FILL_COLUMNS)
+    if orders:
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ORDER_COLUMNS[5:])
+        await conn.executemany(
+            f"""INSERT INTO market_orders ({", ".join(ORDER_COLUMNS)})
+                VALUES ({", ".join(f"${i + 1}" for i in range(len(ORDER_COLUMNS)))})
+                ON CONFLICT (order_id) DO UPDATE SET {updates}""",
+            [o.as_record() for o in orders],
+        )
+
+
+async def journal(conn: asyncpg.Connection) -> AsyncIterator[tuple[int, JournalEntry]]:
+    """Every journal entry in order (needs to run inside a transaction: a cursor)."""
+    async for row in conn.cursor("SELECT seq, body FROM market_journal ORDER BY seq"):
+        yield row["seq"], decode_entry(row["body"])
+
+
+async def load_live_orders(conn: asyncpg.Connection) -> list[OrderRow]:
+    rows = await conn.fetch("SELECT * FROM market_orders WHERE status = 'open' ORDER BY order_id")
+    return [order_from_record(r) for r in rows]
+
+
+async def next_order_id(conn: asyncpg.Connection) -> int:
+    value: int = await conn.fetchval("SELECT coalesce(max(order_id), 0) + 1 FROM market_orders")
+    return value
+
+
+async def load_terms(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return list(await conn.fetch("SELECT * FROM market_instruments ORDER BY symbol"))
+
+
+async def find_client_order(
+    conn: asyncpg.Connection, account_id: str, client_order_id: str
+) -> OrderRow | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM market_orders WHERE account_id = $1 AND client_order_id = $2",
+        account_id,
+        client_order_id,
+    )
+    return None if row is None else order_from_record(row)
+
+
+async def get_order(conn: asyncpg.Connection, account_id: str, order_id: int) -> OrderRow | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM market_orders WHERE order_id = $1 AND account_id = $2",
+        order_id,
+        account_id,
+    )
+    return None if row is None else order_from_record(row)
+
+
+async def list_orders(
+    conn: asyncpg.Connection,
+    account_id: str,
+    *,
+    status: str | None,
+    instrument: str | None,
+    limit: int,
+) -> list[OrderRow]:
+    rows = await conn.fetch(
+        """SELECT * FROM market_orders
+            WHERE account_id = $1
+              AND ($2::text IS NULL OR status = $2)
+              AND ($3::text IS NULL OR instrument = $3)
+            ORDER BY order_id DESC LIMIT $4""",
+        account_id,
+        status,
+        instrument,
+        limit,
+    )
+    return [order_from_record(r) for r in rows]
+
+
+async def fills_for(
+    conn: asyncpg.Connection,
+    account_id: str,
+    *,
+    instrument: str | None = None,
+    order_id: int | None = None,
+    limit: int = 500,
+) -> list[FillView]:
+    """An account's fills, newest first, from its own point of view."""
+    rows = await conn.fetch(
+        """SELECT * FROM market_fills
+            WHERE (maker_account = $1 OR taker_account = $1)
+              AND ($2::text IS NULL OR instrument = $2)
+              AND ($3::bigint IS NULL OR maker_order_id = $3 OR taker_order_id = $3)
+            ORDER BY time_ms DESC, instrument, seq DESC LIMIT $4""",
+        account_id,
+        instrument,
+        order_id,
+        limit,
+    )
+    views: list[FillView] = []
+    for r in rows:
+        aggressor = Side(r["aggressor_side"])
+        # One account may be on both sides only if self-trade prevention failed; it cannot.
+        is_taker = r["taker_account"] == account_id and (
+            order_id is None or r["taker_order_id"] == order_id
+        )
+        side = aggressor if is_taker else (Side.SELL if aggressor is Side.BUY else Side.BUY)
+        views.append(
+            FillView(
+                instrument=r["instrument"],
+                seq=r["seq"],
+                time=r["time_ms"],
+                order_id=r["taker_order_id"] if is_taker else r["maker_order_id"],
+                side=side,
+                role="taker" if is_taker else "maker",
+                price=r["price"],
+                quantity=r["quantity"],
+                fee=r["buyer_fee"] if side is Side.BUY else 0,
+            )
+        )
+    return views
+
+
+async def recent_trades(conn: asyncpg.Connection, instrument: str, limit: int) -> list[Any]:
+    return list(
+        await conn.fetch(
+            """SELECT seq, time_ms, price, quantity, aggressor_side FROM market_fills
+                WHERE instrument = $1 ORDER BY seq DESC LIMIT $2""",
+            instrument,
+            limit,
+        )
+    )

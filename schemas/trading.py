@@ -1,0 +1,176 @@
+"""Trading API request and response forms (REST), shared by the server and the client.
+
+Prices and quantities are integers: quantity in tokens (whole lots), price in
+minor currency units per lot. Times are Unix milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from schemas.market import OrderType, Side, StpMode, TimeInForce
+
+Amount = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
+Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
+ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+MAX_BATCH_ORDERS = 50
+
+
+class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    symbol: Symbol
+    lot_size: Amount
+    tick_size: Amount
+    price_min: Amount
+    price_max: Amount
+    maker_fee_bps: Bps = 0
+    taker_fee_bps: Bps = 0
+    provider_fee_bps: Bps = 0
+
+
+class InstrumentView(msgspec.Struct, kw_only=True):
+    symbol: str
+    model: str
+    window_start: int
+    duration: int
+    lot_size: int
+    tick_size: int
+    price_min: int
+    price_max: int
+    maker_fee_bps: int
+    taker_fee_bps: int
+    provider_fee_bps: int
+    currency: str
+    state: str
+
+
+class Deposit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Credit cash to an account (operator). `deposit_id` makes it idempotent."""
+
+    deposit_id: ClientId
+    account_id: AccountId
+    amount: Amount
+
+
+class Listing(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A provider lists token capacity of an instrument. `listing_id` makes it idempotent."""
+
+    listing_id: ClientId
+    instrument: Symbol
+    quantity: Amount
+
+
+class LedgerReceipt(msgspec.Struct, kw_only=True):
+    """The ledger transaction a deposit or listing became."""
+
+    transaction_id: str
+    ledger_index: int
+
+
+class PlaceOrder(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new order. `client_order_id` is the owner's idempotency key."""
+
+    client_order_id: ClientId
+    instrument: Symbol
+    side: Side
+    quantity: Amount
+    price: Amount | None = None
+    order_type: OrderType = OrderType.LIMIT
+    tif: TimeInForce | None = None  # default: GTC for limit, IOC for market
+    expire_at: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None
+    post_only: bool = False
+    stp: StpMode = StpMode.CANCEL_NEWEST
+
+
+class PlaceOrders(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    orders: Annotated[list[PlaceOrder], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ORDERS)]
+
+
+class AmendOrder(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """New price and/or new open quantity of a resting order."""
+
+    price: Amount | None = None
+    quantity: Amount | None = None
+
+
+class CancelAll(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    instrument: Symbol | None = None
+
+
+class FillView(msgspec.Struct, kw_only=True):
+    instrument: str
+    seq: int
+    time: int
+    order_id: int
+    side: Side
+    role: str  # "maker" | "taker"
+    price: int
+    quantity: int
+    fee: int  # what this account paid in fees on this fill (buyer side; providers pay on delivery)
+
+
+class OrderView(msgspec.Struct, kw_only=True):
+    order_id: int
+    client_order_id: str
+    instrument: str
+    side: Side
+    order_type: OrderType
+    tif: TimeInForce | None
+    price: int | None
+    quantity: int
+    open_quantity: int
+    filled_quantity: int
+    cancelled_quantity: int
+    status: str  # open | filled | cancelled | expired | rejected
+    reject_reason: str | None = None
+    created_at: int
+    updated_at: int
+    fills: list[FillView] = []
+
+
+class OrderResult(msgspec.Struct, kw_only=True):
+    """One item of a batch placement: the order, or why it was refused."""
+
+    client_order_id: str
+    order: OrderView | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class CancelledOrders(msgspec.Struct, kw_only=True):
+    cancelled: list[int]
+
+
+class BalanceView(msgspec.Struct, kw_only=True):
+    asset: str
+    kind: str
+    account: str
+    available: int
+    held: int
+    total: int
+
+
+class BookLevel(msgspec.Struct, array_like=True):
+    price: int
+    quantity: int
+    orders: int
+
+
+class BookView(msgspec.Struct, kw_only=True):
+    instrument: str
+    seq: int
+    bids: list[BookLevel]
+    asks: list[BookLevel]
+
+
+class TradeView(msgspec.Struct, kw_only=True):
+    instrument: str
+    seq: int
+    time: int
+    price: int
+    quantity: int
+    aggressor_side: Side

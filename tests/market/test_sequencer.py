@@ -1,0 +1,356 @@
+"""The sequencer on a real PostgreSQL: pre-trade holds, delivery versus payment,
+releases, idempotency, recovery, and a failed commit that leaves no trace."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+
+from ledger import settlement
+from ledger.errors import LedgerUnavailable
+from ledger.store import load_state, nonzero, recomputed_balances
+from market.sequencer import (
+    AmendOp,
+    CancelAllOp,
+    CancelOp,
+    CreateInstrumentOp,
+    DepositOp,
+    IdempotencyConflict,
+    ListingOp,
+    PlaceOp,
+    Sequencer,
+    UnknownOrder,
+)
+from schemas.market import OrderType, Side, StpMode, TimeInForce
+from schemas.trading import (
+    AmendOrder,
+    CreateInstrument,
+    Deposit,
+    Listing,
+    OrderView,
+    PlaceOrder,
+)
+
+SYM = "llama-3.1-70b/2026-12-01T00Z/1h"
+LOT = 1000
+# taker 20 bps, maker 10 bps; price is per lot of 1,000 tokens
+TERMS = settlement.Terms(
+    symbol=SYM, lot_size=LOT, currency="USD", maker_fee_bps=10, taker_fee_bps=20
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+async def seq(db_url: str) -> AsyncIterator[Sequencer]:
+    sequencer = await Sequencer.open(db_url, clock=Clock())
+    await setup_market(sequencer)
+    yield sequencer
+    await sequencer.close()
+
+
+async def setup_market(s: Sequencer) -> None:
+    await s.submit(
+        CreateInstrumentOp(
+            CreateInstrument(
+                symbol=SYM, lot_size=LOT, tick_size=5, price_min=5, price_max=100_000,
+                maker_fee_bps=10, taker_fee_bps=20,
+            )
+        )
+    )  # fmt: skip
+    for buyer in ("b1", "b2"):
+        await s.submit(
+            DepositOp(Deposit(deposit_id=f"d-{buyer}", account_id=buyer, amount=1_000_000))
+        )
+    for provider in ("p1", "p2"):
+        await s.submit(
+            ListingOp(provider, Listing(listing_id="l1", instrument=SYM, quantity=100_000))
+        )
+
+
+def order(coid: str, side: Side, qty: int, price: int | None, **kw: object) -> PlaceOrder:
+    return PlaceOrder(
+        client_order_id=coid, instrument=SYM, side=side, quantity=qty, price=price, **kw
+    )  # type: ignore[arg-type]
+
+
+async def place(s: Sequencer, account: str, req: PlaceOrder) -> OrderView:
+    result = await s.submit(PlaceOp(account, req))
+    assert isinstance(result, OrderView)
+    return result
+
+
+def cash(s: Sequencer, owner: str) -> tuple[int, int]:
+    b = s.ledger.balance(settlement.cash(owner, "USD"))
+    return b.available, b.held
+
+
+def cap(s: Sequencer, owner: str) -> tuple[int, int]:
+    b = s.ledger.balance(settlement.capacity(owner, SYM))
+    return b.available, b.held
+
+
+async def assert_books_balance(s: Sequencer, db_url: str) -> None:
+    assert all(total == 0 for total in s.ledger.asset_totals().values())
+    conn = await asyncpg.connect(db_url)
+    try:
+        recomputed = nonzero((await recomputed_balances(conn)).items())
+        recovered, _, _ = await load_state(conn)
+    finally:
+        await conn.close()
+    memory = nonzero((b.account, (b.available, b.held)) for b in s.ledger.balances())
+    assert memory == recomputed
+    assert (
+        nonzero((b.account, (b.available, b.held)) for b in recovered.all_balances()) == recomputed
+    )
+    for balance in s.ledger.balances():
+        if balance.account.kind not in ("issuance", "bank"):
+            assert balance.available >= 0 and balance.held >= 0, balance
+
+
+async def test_a_buy_order_holds_notional_plus_the_most_fee(seq: Sequencer, db_url: str) -> None:
+    o = await place(seq, "b1", order("o1", Side.BUY, 40_000, 5_000))
+    assert o.status == "open" and o.open_quantity == 40_000
+    # 40 lots * 5,000 = 200,000, plus 20 bps (the larger fee) = 400
+    assert cash(seq, "b1") == (1_000_000 - 200_400, 200_400)
+    await assert_books_balance(seq, db_url)
+
+
+async def test_a_fill_is_delivery_versus_payment_to_the_unit(seq: Sequencer, db_url: str) -> None:
+    sell = await place(seq, "p1", order("s1", Side.SELL, 60_000, 5_000))
+    assert cap(seq, "p1") == (40_000, 60_000)
+    buy = await place(seq, "b1", order("b1", Side.BUY, 40_000, 5_500))
+    assert buy.status == "filled" and buy.filled_quantity == 40_000
+    assert [(f.price, f.quantity, f.role, f.fee) for f in buy.fills] == [
+        (5_000, 40_000, "taker", 400)
+    ]
+    # Paid: notional at the maker's price (200,000) + taker fee 20 bps (400); the rest released.
+    assert cash(seq, "b1") == (1_000_000 - 200_400, 0)
+    escrow = seq.ledger.balance(settlement.escrow("b1", "p1", TERMS))
+    entitlement = seq.ledger.balance(settlement.entitlement("b1", "p1", SYM))
+    fees = seq.ledger.balance(settlement.fees("USD"))
+    assert (escrow.available, entitlement.available, fees.available) == (200_000, 40_000, 400)
+    # The provider's order keeps 20,000 tokens on hold.
+    assert cap(seq, "p1") == (40_000, 20_000)
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM market_orders WHERE order_id = $1", sell.order_id)
+        assert (row["status"], row["open_quantity"], row["filled_quantity"]) == (
+            "open",
+            20_000,
+            40_000,
+        )
+        assert await conn.fetchval("SELECT count(*) FROM market_fills") == 1
+    finally:
+        await conn.close()
+    await assert_books_balance(seq, db_url)
+
+
+async def test_maker_buyer_pays_the_maker_fee(seq: Sequencer, db_url: str) -> None:
+    await place(seq, "b1", order("b1", Side.BUY, 10_000, 4_000))
+    sell = await place(seq, "p1", order("s1", Side.SELL, 10_000, 3_000))
+    assert sell.status == "filled" and sell.fills[0].price == 4_000  # the maker's price
+    # 10 lots * 4,000 = 40,000; maker fee 10 bps = 40
+    assert cash(seq, "b1") == (1_000_000 - 40_040, 0)
+    await assert_books_balance(seq, db_url)
+
+
+async def test_cancel_releases_the_hold_and_partial_fills_keep_the_rest(
+    seq: Sequencer, db_url: str
+) -> None:
+    sell = await place(seq, "p1", order("s1", Side.SELL, 30_000, 5_000))
+    await place(seq, "b1", order("b1", Side.BUY, 10_000, 5_000))
+    cancelled = await seq.submit(CancelOp("p1", sell.order_id))
+    assert cancelled.status == "cancelled" and cancelled.cancelled_quantity == 20_000
+    assert cap(seq, "p1") == (90_000, 0)
+    with pytest.raises(UnknownOrder):
+        await seq.submit(CancelOp("p1", sell.order_id))
+    await assert_books_balance(seq, db_url)
+
+
+async def test_an_account_cannot_cancel_or_amend_anothers_order(seq: Sequencer) -> None:
+    sell = await place(seq, "p1", order("s1", Side.SELL, 30_000, 5_000))
+    with pytest.raises(UnknownOrder):
+        await seq.submit(CancelOp("p2", sell.order_id))
+    with pytest.raises(UnknownOrder):
+        await seq.submit(AmendOp("b1", sell.order_id, AmendOrder(quantity=1_000)))
+    assert cap(seq, "p1") == (70_000, 30_000)
+
+
+async def test_orders_beyond_cash_or_capacity_are_refused_before_the_book(
+    seq: Sequencer, db_url: str
+) -> None:
+    too_big = await place(seq, "b1", order("big", Side.BUY, 200_000, 5_000))
+    assert (too_big.status, too_big.reject_reason) == ("rejected", "insufficient_funds")
+    unlisted = await place(seq, "p1", order("s", Side.SELL, 100_001, 5_000))
+    assert (unlisted.status, unlisted.reject_reason) == ("rejected", "insufficient_capacity")
+    nothing = await place(seq, "b2", order("x", Side.SELL, 1_000, 5_000))  # a buyer lists nothing
+    assert nothing.reject_reason == "insufficient_capacity"
+    assert cash(seq, "b1") == (1_000_000, 0)
+    assert seq.engine.book(SYM).depth(10).bids == []
+    await assert_books_balance(seq, db_url)
+
+
+async def test_200_concurrent_orders_overcommitting_one_balance(
+    seq: Sequencer, db_url: str
+) -> None:
+    # Each order reserves 10 lots * 5,000 + 20 bps = 50,100; 1,000,000 covers 19 of them.
+    results = await asyncio.gather(
+        *(place(seq, "b1", order(f"c{i}", Side.BUY, 10_000, 5_000)) for i in range(200))
+    )
+    accepted = [r for r in results if r.status == "open"]
+    assert len(accepted) == 19
+    assert {r.reject_reason for r in results if r.status == "rejected"} == {"insufficient_funds"}
+    assert cash(seq, "b1") == (1_000_000 - 19 * 50_100, 19 * 50_100)
+    await assert_books_balance(seq, db_url)
+
+
+async def test_client_order_id_is_idempotent_per_account(seq: Sequencer, db_url: str) -> None:
+    first = await place(seq, "b1", order("same", Side.BUY, 10_000, 5_000))
+    again = await place(seq, "b1", order("same", Side.BUY, 10_000, 5_000))
+    assert again.order_id == first.order_id and again.status == "open"
+    with pytest.raises(IdempotencyConflict):
+        await seq.submit(PlaceOp("b1", order("same", Side.BUY, 20_000, 5_000)))
+    other = await place(seq, "b2", order("same", Side.BUY, 10_000, 5_000))  # another account
+    assert other.order_id != first.order_id
+    assert cash(seq, "b1")[1] == 50_100  # held once
+
+
+async def test_ioc_fok_and_market_orders_never_rest_and_release_their_holds(
+    seq: Sequencer, db_url: str
+) -> None:
+    await place(seq, "p1", order("s1", Side.SELL, 5_000, 5_000))
+    ioc = await place(seq, "b1", order("ioc", Side.BUY, 8_000, 5_000, tif=TimeInForce.IOC))
+    assert (ioc.status, ioc.filled_quantity, ioc.cancelled_quantity) == ("cancelled", 5_000, 3_000)
+    fok = await place(seq, "b1", order("fok", Side.BUY, 8_000, 5_000, tif=TimeInForce.FOK))
+    assert (fok.status, fok.reject_reason) == ("rejected", "fok_unfillable")
+    market = await place(
+        seq, "b2", order("mkt", Side.BUY, 3_000, None, order_type=OrderType.MARKET)
+    )
+    assert market.status == "cancelled" and market.filled_quantity == 0  # nothing left to buy
+    assert cash(seq, "b1") == (1_000_000 - 25_050, 0)  # 5 lots * 5,000 + 20 bps
+    assert cash(seq, "b2") == (1_000_000, 0)
+    await assert_books_balance(seq, db_url)
+
+
+async def test_self_trade_prevention_never_trades_with_itself(seq: Sequencer, db_url: str) -> None:
+    await seq.submit(DepositOp(Deposit(deposit_id="d-p1", account_id="p1", amount=1_000_000)))
+    await place(seq, "p1", order("s1", Side.SELL, 5_000, 5_000))
+    own = await place(seq, "p1", order("b1", Side.BUY, 5_000, 5_000, stp=StpMode.CANCEL_OLDEST))
+    assert own.filled_quantity == 0 and own.status == "open"
+    assert cap(seq, "p1") == (100_000, 0)  # the resting sell was cancelled, capacity released
+    await assert_books_balance(seq, db_url)
+
+
+async def test_amend_rebuilds_the_hold(seq: Sequencer, db_url: str) -> None:
+    o = await place(seq, "b1", order("o", Side.BUY, 10_000, 5_000))
+    smaller = await seq.submit(AmendOp("b1", o.order_id, AmendOrder(quantity=4_000)))
+    assert smaller.open_quantity == 4_000
+    assert cash(seq, "b1")[1] == 20_040
+    dearer = await seq.submit(AmendOp("b1", o.order_id, AmendOrder(price=6_000)))
+    assert dearer.price == 6_000 and cash(seq, "b1")[1] == 24_048
+    await assert_books_balance(seq, db_url)
+
+
+async def test_mass_cancel_cancels_only_the_callers_orders(seq: Sequencer, db_url: str) -> None:
+    await place(seq, "b1", order("a", Side.BUY, 1_000, 5_000))
+    await place(seq, "b1", order("b", Side.BUY, 1_000, 4_000))
+    keep = await place(seq, "b2", order("c", Side.BUY, 1_000, 4_500))
+    result = await seq.submit(CancelAllOp("b1", None))
+    assert len(result.cancelled) == 2
+    assert cash(seq, "b1") == (1_000_000, 0)
+    assert [o.order_id for o in seq.engine.book(SYM).open_orders()] == [keep.order_id]
+    await assert_books_balance(seq, db_url)
+
+
+async def test_gtd_orders_expire_by_the_clock_and_release(db_url: str) -> None:
+    clock = Clock()
+    s = await Sequencer.open(db_url, clock=clock)
+    try:
+        await setup_market(s)
+        o = await place(
+            s,
+            "b1",
+            order("g", Side.BUY, 1_000, 5_000, tif=TimeInForce.GTD, expire_at=clock.now + 500),
+        )
+        assert o.status == "open" and cash(s, "b1")[1] == 5_010
+        clock.now += 1_000
+        for _ in range(40):  # the sequencer's clock task notices within a second
+            await asyncio.sleep(0.05)
+            if cash(s, "b1")[1] == 0:
+                break
+        assert cash(s, "b1") == (1_000_000, 0)
+        assert s.engine.book(SYM).open_orders() == []
+        await assert_books_balance(s, db_url)
+    finally:
+        await s.close()
+
+
+async def test_restart_rebuilds_books_orders_and_idempotency(db_url: str) -> None:
+    s = await Sequencer.open(db_url, clock=Clock())
+    await setup_market(s)
+    await place(s, "p1", order("s1", Side.SELL, 30_000, 5_000))
+    await place(s, "p2", order("s2", Side.SELL, 30_000, 5_500))
+    await place(s, "b1", order("b1", Side.BUY, 40_000, 5_500))
+    resting = await place(s, "b2", order("b2", Side.BUY, 10_000, 4_000))
+    book_hash = s.engine.state_hash()
+    balances = nonzero((b.account, (b.available, b.held)) for b in s.ledger.balances())
+    await s.close()
+
+    s = await Sequencer.open(db_url, clock=Clock())
+    try:
+        assert s.engine.state_hash() == book_hash
+        assert nonzero((b.account, (b.available, b.held)) for b in s.ledger.balances()) == balances
+        again = await place(s, "b2", order("b2", Side.BUY, 10_000, 4_000))
+        assert again.order_id == resting.order_id
+        # The restored order still trades and settles.
+        sold = await place(s, "p1", order("s3", Side.SELL, 10_000, 4_000))
+        assert sold.status == "filled"
+        await assert_books_balance(s, db_url)
+    finally:
+        await s.close()
+
+
+class FailOnce:
+    """A commit hook whose write fails when armed (a database error mid-batch)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+        if self.armed:
+            self.armed = False
+            await conn.execute("SELECT 1 / 0")
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        return None
+
+
+async def test_a_batch_whose_commit_fails_leaves_no_trace(db_url: str) -> None:
+    hook = FailOnce()
+    s = await Sequencer.open(db_url, clock=Clock(), hooks=[hook])
+    try:
+        await setup_market(s)
+        await place(s, "p1", order("s1", Side.SELL, 30_000, 5_000))
+        book_hash = s.engine.state_hash()
+        balances = nonzero((b.account, (b.available, b.held)) for b in s.ledger.balances())
+        hook.armed = True
+        with pytest.raises(LedgerUnavailable):
+            await place(s, "b1", order("b1", Side.BUY, 10_000, 5_000))
+        assert s.engine.state_hash() == book_hash
+        assert nonzero((b.account, (b.available, b.held)) for b in s.ledger.balances()) == balances
+        # Nothing of it was recorded: the same client order id is new, and trades.
+        retry = await place(s, "b1", order("b1", Side.BUY, 10_000, 5_000))
+        assert retry.status == "filled"
+        await assert_books_balance(s, db_url)
+    finally:
+        await s.close()
