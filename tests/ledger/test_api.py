@@ -189,3 +189,36 @@ async def test_an_empty_ledger_has_no_checkpoint(db_url: str) -> None:
         r = await c.get("/v1/ledger/proof/inclusion", params={"index": 0})
         assert r.status_code == 404
         assert (await c.get("/v1/ledger/public-keys")).json() == {"origin": None, "keys": []}
+
+
+async def test_over_a_real_server(server: str, db_url: str) -> None:
+    """`tokex serve` serves the log the writer keeps (another process, same database)."""
+    import httpx
+
+    signer = Signer.generate(ORIGIN)
+    ledger, _ = await open_ledger(db_url, signer)
+    try:
+        for b in range(3):
+            await ledger.apply_batch(
+                [
+                    Transaction(
+                        id=f"s{b}-{i}",
+                        code="deposit",
+                        time=1,
+                        postings=(Posting(BANK, -1 - i), Posting(USERS[0], 1 + i)),
+                    )
+                    for i in range(b + 2)
+                ]
+            )
+    finally:
+        await ledger.close()
+    async with httpx.AsyncClient(base_url=server) as http:
+        cp = verify_checkpoint((await http.get("/v1/ledger/checkpoint")).text, [signer.verifier()],
+                               ORIGIN)  # fmt: skip
+        assert cp.size == 2 + 3 + 4
+        entry = (await http.get("/v1/ledger/entries/4")).json()
+        proof = (await http.get("/v1/ledger/proof/inclusion", params={"index": 4})).json()
+        verify_inclusion(b64(entry["leaf_hash"]), 4, cp.size, [b64(h) for h in proof["hashes"]],
+                         cp.root_hash)  # fmt: skip
+        bad = await http.get("/v1/ledger/proof/consistency", params={"first": 0})
+        assert (bad.status_code, bad.json()["code"]) == (400, "proof_range_invalid")
