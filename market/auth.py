@@ -411,7 +411,8 @@ class RateLimiter:
 def _path_with_query(scope: Scope) -> str:
     """The request target as the client sent it: raw path, then `?query` if any."""
     raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-    target = raw_path.decode("latin-1")
+    # Per ASGI, raw_path has no query; some servers (Litestar's test transport) include it.
+    target = raw_path.split(b"?", 1)[0].decode("latin-1")
     query = scope.get("query_string", b"")
     return f"{target}?{query.decode('latin-1')}" if query else target
 

@@ -230,6 +230,10 @@ async def test_signed_requests_and_their_forgeries(op: TokexClient, server: str)
     forged = copy(signed, content=altered)
     assert_refused(await send(op, forged), 401, "bad_signature")
 
+    # The query is signed as sent (uvicorn's raw_path and query_string).
+    params = {"a": "sp ace/ü&=?#", "b": ["2", "1"]}
+    assert (await op.request("GET", "/v1/accounts/me", params=params))["name"] == "root"
+
     # Altered path, altered query, altered method.
     signed = op.build_request("GET", "/v1/accounts/me", params={"a": "1"})
     for url in (
