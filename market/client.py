@@ -29,6 +29,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from market.accounts import load_private_key, private_key_pem, public_key_b64
 from market.auth import now_ms, sign_request
 from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
+from schemas.trading import (
+    AmendOrder,
+    BalanceView,
+    BookView,
+    CancelAll,
+    CancelledOrders,
+    CreateInstrument,
+    Deposit,
+    FillView,
+    InstrumentView,
+    LedgerReceipt,
+    Listing,
+    OrderResult,
+    OrderView,
+    PlaceOrder,
+    PlaceOrders,
+    TradeView,
+)
 
 __all__ = ["TokexApiError", "TokexClient"]
 
@@ -186,6 +204,83 @@ class TokexClient:
         """`GET /v1/accounts/{account_id}` (operator, auditor)."""
         answer = await self.request("GET", f"/v1/accounts/{account_id}")
         return msgspec.convert(answer, AccountView)
+
+    # ------------------------------------------------------------------ trading
+
+    async def create_instrument(self, request: CreateInstrument) -> InstrumentView:
+        """`POST /v1/instruments` (operator)."""
+        return msgspec.convert(
+            await self.request("POST", "/v1/instruments", json=request), InstrumentView
+        )
+
+    async def instruments(self) -> list[InstrumentView]:
+        return msgspec.convert(await self.request("GET", "/v1/instruments"), list[InstrumentView])
+
+    async def deposit(self, deposit_id: str, account_id: str, amount: int) -> LedgerReceipt:
+        """`POST /v1/deposits` (operator): credit cash; idempotent per `deposit_id`."""
+        body = Deposit(deposit_id=deposit_id, account_id=account_id, amount=amount)
+        return msgspec.convert(await self.request("POST", "/v1/deposits", json=body), LedgerReceipt)
+
+    async def list_capacity(self, listing_id: str, instrument: str, quantity: int) -> LedgerReceipt:
+        """`POST /v1/listings` (provider): list token capacity; idempotent per `listing_id`."""
+        body = Listing(listing_id=listing_id, instrument=instrument, quantity=quantity)
+        return msgspec.convert(await self.request("POST", "/v1/listings", json=body), LedgerReceipt)
+
+    async def place_order(self, order: PlaceOrder) -> OrderView:
+        """`POST /v1/orders`; a refused order raises `TokexApiError` with the reason as code."""
+        return msgspec.convert(await self.request("POST", "/v1/orders", json=order), OrderView)
+
+    async def place_orders(self, orders: list[PlaceOrder]) -> list[OrderResult]:
+        """`POST /v1/orders/batch` (up to 50): one result per order, in order."""
+        answer = await self.request("POST", "/v1/orders/batch", json=PlaceOrders(orders=orders))
+        return msgspec.convert(answer, list[OrderResult])
+
+    async def cancel_order(self, order_id: int) -> OrderView:
+        return msgspec.convert(await self.request("DELETE", f"/v1/orders/{order_id}"), OrderView)
+
+    async def amend_order(
+        self, order_id: int, *, price: int | None = None, quantity: int | None = None
+    ) -> OrderView:
+        body = AmendOrder(price=price, quantity=quantity)
+        answer = await self.request("PATCH", f"/v1/orders/{order_id}", json=body)
+        return msgspec.convert(answer, OrderView)
+
+    async def cancel_all(self, instrument: str | None = None) -> CancelledOrders:
+        answer = await self.request(
+            "POST", "/v1/orders/cancel-all", json=CancelAll(instrument=instrument)
+        )
+        return msgspec.convert(answer, CancelledOrders)
+
+    async def order(self, order_id: int) -> OrderView:
+        return msgspec.convert(await self.request("GET", f"/v1/orders/{order_id}"), OrderView)
+
+    async def orders(self, status: str = "open", instrument: str | None = None) -> list[OrderView]:
+        params: dict[str, Any] = {"status": status}
+        if instrument is not None:
+            params["instrument"] = instrument
+        answer = await self.request("GET", "/v1/orders", params=params)
+        return msgspec.convert(answer, list[OrderView])
+
+    async def fills(self, instrument: str | None = None) -> list[FillView]:
+        params = {} if instrument is None else {"instrument": instrument}
+        return msgspec.convert(
+            await self.request("GET", "/v1/fills", params=params), list[FillView]
+        )
+
+    async def balances(self) -> list[BalanceView]:
+        return msgspec.convert(await self.request("GET", "/v1/balances"), list[BalanceView])
+
+    async def book(self, instrument: str, levels: int = 50) -> BookView:
+        answer = await self.request(
+            "GET", "/v1/book", params={"instrument": instrument, "levels": levels}
+        )
+        return msgspec.convert(answer, BookView)
+
+    async def trades(self, instrument: str, limit: int = 100) -> list[TradeView]:
+        answer = await self.request(
+            "GET", "/v1/trades", params={"instrument": instrument, "limit": limit}
+        )
+        return msgspec.convert(answer, list[TradeView])
 
 
 def _decode(response: httpx.Response) -> Any:

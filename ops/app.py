@@ -37,6 +37,7 @@ from litestar.types import ControllerRouterHandler
 from ledger.api import ledger_router
 from ledger.migrate import schema_version
 from market.accounts_api import accounts_router
+from market.api import trading_router
 from market.auth import Authenticator, AuthMiddleware, RateLimiter, provide_principal
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
@@ -83,7 +84,7 @@ async def health(pool: NamedDependency[asyncpg.Pool]) -> Health:
 
 def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
-    return [ledger_router, accounts_router]
+    return [ledger_router, accounts_router, trading_router]
 
 
 async def default_pool_factory(settings: Settings) -> asyncpg.Pool:

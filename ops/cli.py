@@ -67,7 +67,10 @@ def _serve(args: argparse.Namespace) -> int:
     for problem in problems:
         log.warning("database durability is OFF: %s; commits may be lost on a crash", problem)
     log.info("schema version %d", version)
-    app = create_app(msgspec.structs.replace(settings, database_url=url))
+    from ops.exchange import exchange_lifespan
+
+    settings = msgspec.structs.replace(settings, database_url=url)
+    app = create_app(settings, lifespans=[exchange_lifespan(settings)])
     log.info("tokex listening on http://%s:%d (OpenAPI at /schema)", settings.host, settings.port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; by default that
     # kills the process before atexit hooks run, and the embedded PostgreSQL handle would

@@ -1,0 +1,347 @@
+"""Trading routes (`/v1/...`): instruments, deposits, listings, orders, fills, balances,
+and the public book and trades.
+
+Handlers stay thin: they check who may do what, hand state changes to the
+sequencer (`app.state.sequencer`) and answer with what it committed. Reads of
+orders and fills come from the database (always committed state); the book
+and balances from the sequencer's memory.
+
+Who may do what:
+- operator: create instruments, credit deposits;
+- provider: list capacity, place sell orders;
+- buyer: place buy orders;
+- everyone signed: their own orders, fills and balances (another account's
+  order id answers 404, exactly as a missing one);
+- public: instruments, the book, recent trades.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from litestar import Router, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+
+from market.auth import PUBLIC, Principal, requires_role
+from market.errors import UnknownInstrument
+from market.sequencer import (
+    AmendOp,
+    CancelAllOp,
+    CancelOp,
+    CreateInstrumentOp,
+    DepositOp,
+    ListingOp,
+    PlaceOp,
+    Sequencer,
+    UnknownOrder,
+)
+from market.store import fills_for, get_order, list_orders, recent_trades
+from schemas.accounts import Role
+from schemas.errors import DomainError, ErrorKind
+from schemas.market import Side
+from schemas.trading import (
+    AmendOrder,
+    BalanceView,
+    BookLevel,
+    BookView,
+    CancelAll,
+    CancelledOrders,
+    CreateInstrument,
+    Deposit,
+    FillView,
+    InstrumentView,
+    LedgerReceipt,
+    Listing,
+    OrderResult,
+    OrderView,
+    PlaceOrder,
+    PlaceOrders,
+    TradeView,
+)
+
+__all__ = ["trading_router"]
+
+
+class ExchangeNotRunning(DomainError):
+    code = "exchange_not_running"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class OrderRejected(DomainError):
+    """The order was refused; `code` is the reason (e.g. `insufficient_funds`)."""
+
+    kind = ErrorKind.REJECTED
+
+
+class WrongSide(DomainError):
+    code = "forbidden_side"
+    kind = ErrorKind.FORBIDDEN
+
+
+class UnknownAccount(DomainError):
+    code = "unknown_account"
+    kind = ErrorKind.NOT_FOUND
+
+
+def provide_sequencer(state: State) -> Sequencer:
+    sequencer: Sequencer | None = state.get("sequencer")
+    if sequencer is None:
+        raise ExchangeNotRunning("the exchange's sequencer is not running in this process")
+    return sequencer
+
+
+Seq = NamedDependency[Sequencer]
+Pool = NamedDependency[asyncpg.Pool]
+Caller = NamedDependency[Principal]
+
+
+def _check_side(principal: Principal, side: Side) -> None:
+    if side is Side.BUY and principal.role is not Role.BUYER:
+        raise WrongSide("only buyers place buy orders")
+    if side is Side.SELL and principal.role is not Role.PROVIDER:
+        raise WrongSide("only providers place sell orders")
+
+
+def _refuse_if_rejected(order: OrderView) -> OrderView:
+    if order.status == "rejected":
+        reason = order.reject_reason or "rejected"
+        raise OrderRejected(f"order {order.client_order_id} rejected: {reason}", code=reason)
+    return order
+
+
+# -- instruments -------------------------------------------------------------------------
+
+
+@post("/instruments", guards=[requires_role(Role.OPERATOR)], status_code=201)
+async def create_instrument(data: JSONBody[CreateInstrument], sequencer: Seq) -> InstrumentView:
+    """List a new instrument (operator)."""
+    result: InstrumentView = await sequencer.submit(CreateInstrumentOp(data))
+    return result
+
+
+@get("/instruments", opt=PUBLIC)
+async def list_instruments(sequencer: Seq) -> list[InstrumentView]:
+    return sequencer.instruments()
+
+
+@get("/instruments/{symbol:path}", opt=PUBLIC)
+async def get_instrument(symbol: FromPath[str], sequencer: Seq) -> InstrumentView:
+    symbol = symbol.lstrip("/")
+    if symbol not in sequencer.engine:
+        raise UnknownInstrument(f"unknown instrument {symbol!r}")
+    return sequencer.instrument_view(symbol)
+
+
+@get("/book", opt=PUBLIC)
+async def book(
+    instrument: FromQuery[str],
+    sequencer: Seq,
+    levels: Annotated[int, Parameter(ge=1, le=1000)] = 50,
+) -> BookView:
+    """Aggregated price levels, best first, and the last event seq they reflect."""
+    if instrument not in sequencer.engine:
+        raise UnknownInstrument(f"unknown instrument {instrument!r}")
+    depth = sequencer.engine.book(instrument).depth(levels)
+    return BookView(
+        instrument=instrument,
+        seq=depth.seq,
+        bids=[BookLevel(lv.price, lv.quantity, lv.orders) for lv in depth.bids],
+        asks=[BookLevel(lv.price, lv.quantity, lv.orders) for lv in depth.asks],
+    )
+
+
+@get("/trades", opt=PUBLIC)
+async def trades(
+    instrument: FromQuery[str],
+    pool: Pool,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+) -> list[TradeView]:
+    """Recent trades of an instrument, newest first (no owners: they are private)."""
+    async with pool.acquire() as conn:
+        rows = await recent_trades(conn, instrument, limit)
+    return [
+        TradeView(
+            instrument=instrument,
+            seq=r["seq"],
+            time=r["time_ms"],
+            price=r["price"],
+            quantity=r["quantity"],
+            aggressor_side=Side(r["aggressor_side"]),
+        )
+        for r in rows
+    ]
+
+
+# -- money and capacity ----------------------------------------------------------------------
+
+
+@post("/deposits", guards=[requires_role(Role.OPERATOR)], status_code=201)
+async def deposit(data: JSONBody[Deposit], sequencer: Seq, pool: Pool) -> LedgerReceipt:
+    """Credit cash to an account (operator). Idempotent per `deposit_id`."""
+    async with pool.acquire() as conn:
+        exists = await conn.fetchval(
+            "SELECT 1 FROM accounts WHERE account_id = $1", data.account_id
+        )
+    if not exists:
+        raise UnknownAccount(f"no account {data.account_id}")
+    result: LedgerReceipt = await sequencer.submit(DepositOp(data))
+    return result
+
+
+@post("/listings", guards=[requires_role(Role.PROVIDER)], status_code=201)
+async def list_capacity(
+    data: JSONBody[Listing], sequencer: Seq, principal: Caller
+) -> LedgerReceipt:
+    """List token capacity of an instrument (provider). Idempotent per `listing_id`."""
+    result: LedgerReceipt = await sequencer.submit(ListingOp(principal.account_id, data))
+    return result
+
+
+@get("/balances")
+async def balances(sequencer: Seq, principal: Caller) -> list[BalanceView]:
+    """The caller's balances: cash, capacity, and the escrows and entitlements it is party to."""
+    return [
+        BalanceView(
+            asset=b.account.asset,
+            kind=b.account.kind,
+            account=b.account.owner,
+            available=b.available,
+            held=b.held,
+            total=b.total,
+        )
+        for b in sequencer.balances_of(principal.account_id)
+    ]
+
+
+# -- orders -----------------------------------------------------------------------------
+
+
+_traders = [requires_role(Role.BUYER, Role.PROVIDER)]
+
+
+@post("/orders", guards=_traders, status_code=201)
+async def place_order(data: JSONBody[PlaceOrder], sequencer: Seq, principal: Caller) -> OrderView:
+    """Place an order. Retrying with the same `client_order_id` and body returns the same order."""
+    _check_side(principal, data.side)
+    order: OrderView = await sequencer.submit(PlaceOp(principal.account_id, data))
+    return _refuse_if_rejected(order)
+
+
+@post("/orders/batch", guards=_traders, status_code=200)
+async def place_orders(
+    data: JSONBody[PlaceOrders], sequencer: Seq, principal: Caller
+) -> list[OrderResult]:
+    """Place up to 50 orders; each is accepted or refused on its own, in order."""
+    import asyncio
+
+    async def one(order: PlaceOrder) -> OrderResult:
+        try:
+            _check_side(principal, order.side)
+            view: OrderView = await sequencer.submit(PlaceOp(principal.account_id, order))
+            _refuse_if_rejected(view)
+            return OrderResult(client_order_id=order.client_order_id, order=view)
+        except DomainError as exc:
+            return OrderResult(
+                client_order_id=order.client_order_id, code=exc.code, message=exc.message
+            )
+
+    return list(await asyncio.gather(*(one(o) for o in data.orders)))
+
+
+@get("/orders")
+async def my_orders(
+    pool: Pool,
+    principal: Caller,
+    status: Annotated[str | None, Parameter(query="status")] = "open",
+    instrument: FromQuery[str | None] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+) -> list[OrderView]:
+    """The caller's orders (default: open ones), newest first. `status=all` for every one."""
+    async with pool.acquire() as conn:
+        rows = await list_orders(
+            conn,
+            principal.account_id,
+            status=None if status == "all" else status,
+            instrument=instrument,
+            limit=limit,
+        )
+    return [r.view() for r in rows]
+
+
+@get("/orders/{order_id:int}")
+async def my_order(order_id: FromPath[int], pool: Pool, principal: Caller) -> OrderView:
+    async with pool.acquire() as conn:
+        row = await get_order(conn, principal.account_id, order_id)
+        if row is None:
+            raise UnknownOrder(f"no order {order_id}")
+        fills = await fills_for(conn, principal.account_id, order_id=order_id)
+    return row.view(list(reversed(fills)))
+
+
+@delete("/orders/{order_id:int}", guards=_traders, status_code=200)
+async def cancel_order(order_id: FromPath[int], sequencer: Seq, principal: Caller) -> OrderView:
+    result: OrderView = await sequencer.submit(CancelOp(principal.account_id, order_id))
+    return result
+
+
+@patch("/orders/{order_id:int}", guards=_traders)
+async def amend_order(
+    order_id: FromPath[int], data: JSONBody[AmendOrder], sequencer: Seq, principal: Caller
+) -> OrderView:
+    """Change a resting order's price and/or open quantity (a decrease keeps priority)."""
+    result: OrderView = await sequencer.submit(AmendOp(principal.account_id, order_id, data))
+    return result
+
+
+@post("/orders/cancel-all", guards=_traders, status_code=200)
+async def cancel_all(
+    data: JSONBody[CancelAll], sequencer: Seq, principal: Caller
+) -> CancelledOrders:
+    """Cancel every open order of the caller (in one instrument, or all)."""
+    result: CancelledOrders = await sequencer.submit(
+        CancelAllOp(principal.account_id, data.instrument)
+    )
+    return result
+
+
+@get("/fills")
+async def my_fills(
+    pool: Pool,
+    principal: Caller,
+    instrument: FromQuery[str | None] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+) -> list[FillView]:
+    async with pool.acquire() as conn:
+        return await fills_for(conn, principal.account_id, instrument=instrument, limit=limit)
+
+
+def _dependencies() -> dict[str, Any]:
+    return {"sequencer": Provide(provide_sequencer, sync_to_thread=False)}
+
+
+trading_router = Router(
+    path="/v1",
+    route_handlers=[
+        create_instrument,
+        list_instruments,
+        get_instrument,
+        book,
+        trades,
+        deposit,
+        list_capacity,
+        balances,
+        place_order,
+        place_orders,
+        my_orders,
+        my_order,
+        cancel_order,
+        amend_order,
+        cancel_all,
+        my_fills,
+    ],
+    dependencies=_dependencies(),
+    tags=["trading"],
+)

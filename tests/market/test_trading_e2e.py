@@ -1,0 +1,219 @@
+"""End to end: a real `tokex serve` on the embedded PostgreSQL, driven by TokexClient.
+
+Two providers list capacity and sell, three buyers deposit and buy; balances,
+holds and fills are checked to the unit; then the security rules and a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from market.accounts import create_account
+from market.client import TokexApiError, TokexClient
+from schemas.accounts import Role
+from schemas.market import OrderType, Side, StpMode, TimeInForce
+from schemas.trading import CreateInstrument, PlaceOrder
+from tests.support.server import ServerProcess
+
+SYM = "llama-3.1-70b/2026-12-01T00Z/1h"
+
+
+@dataclass
+class Market:
+    server: ServerProcess
+    operator: TokexClient
+    providers: list[TokexClient]
+    buyers: list[TokexClient]
+    ids: dict[str, str]
+
+
+async def _operator(db_url: str, base_url: str) -> TokexClient:
+    conn = await asyncpg.connect(db_url)
+    try:
+        created, key = await create_account(conn, Role.OPERATOR, "root", None)
+    finally:
+        await conn.close()
+    assert key is not None
+    return TokexClient(base_url, created.key_id, key)
+
+
+@pytest.fixture
+async def market(db_url: str, server_process: ServerProcess) -> AsyncIterator[Market]:
+    operator = await _operator(db_url, server_process.base_url)
+    await operator.create_instrument(
+        CreateInstrument(
+            symbol=SYM, lot_size=1000, tick_size=5, price_min=5, price_max=100_000,
+            maker_fee_bps=10, taker_fee_bps=20,
+        )
+    )  # fmt: skip
+    ids: dict[str, str] = {}
+    providers, buyers = [], []
+    for i in range(2):
+        created = await operator.create_account(Role.PROVIDER, f"provider-{i}")
+        client = operator.as_account(created)
+        ids[f"p{i}"] = created.account_id
+        await client.list_capacity("cap-1", SYM, 100_000)
+        providers.append(client)
+    for i in range(3):
+        created = await operator.create_account(Role.BUYER, f"buyer-{i}")
+        ids[f"b{i}"] = created.account_id
+        await operator.deposit(f"dep-{i}", created.account_id, 1_000_000)
+        buyers.append(operator.as_account(created))
+    yield Market(server_process, operator, providers, buyers, ids)
+    await operator.aclose()
+
+
+def order(coid: str, side: Side, qty: int, price: int | None, **kw: object) -> PlaceOrder:
+    return PlaceOrder(
+        client_order_id=coid,
+        instrument=SYM,
+        side=side,
+        quantity=qty,
+        price=price,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def cash(client: TokexClient) -> tuple[int, int]:
+    for b in await client.balances():
+        if b.kind == "cash":
+            return b.available, b.held
+    return 0, 0
+
+
+async def capacity(client: TokexClient) -> tuple[int, int]:
+    for b in await client.balances():
+        if b.kind == "capacity":
+            return b.available, b.held
+    return 0, 0
+
+
+async def test_trading_session_balances_holds_and_fills_to_the_unit(market: Market) -> None:
+    p0, p1 = market.providers
+    b0, b1, b2 = market.buyers
+    # Providers rest asks at 5,000 and 5,500.
+    s0 = await p0.place_order(order("s0", Side.SELL, 30_000, 5_000))
+    s1 = await p1.place_order(order("s1", Side.SELL, 30_000, 5_500))
+    assert await capacity(p0) == (70_000, 30_000)
+    # b0 crosses both levels: 30,000 at 5,000 then 10,000 at 5,500 (taker, 20 bps).
+    t = await b0.place_order(order("t", Side.BUY, 40_000, 5_500))
+    assert t.status == "filled"
+    assert [(f.price, f.quantity) for f in t.fills] == [(5_000, 30_000), (5_500, 10_000)]
+    notional = 30 * 5_000 + 10 * 5_500  # 205,000
+    fee = 150_000 * 20 // 10_000 + 55_000 * 20 // 10_000  # 300 + 110
+    assert await cash(b0) == (1_000_000 - notional - fee, 0)
+    # p0's ask is done; p1 keeps 20,000 on the book and on hold.
+    assert (await p0.order(s0.order_id)).status == "filled"
+    assert (await p1.order(s1.order_id)).open_quantity == 20_000
+    assert await capacity(p1) == (70_000, 20_000)
+    # b1 rests a bid (maker), p1 amends down into it? No: amends never cross. p1 sells into it.
+    bid = await b1.place_order(order("bid", Side.BUY, 10_000, 5_200))
+    assert await cash(b1) == (1_000_000 - 52_104, 52_104)  # 10 lots * 5,200 + 20 bps max fee
+    sold = await p1.place_order(order("s2", Side.SELL, 5_000, 5_200))
+    assert sold.status == "filled" and sold.fills[0].role == "taker"
+    # b1 was maker: 5 lots at 5,200 = 26,000 + 10 bps = 26; the rest stays held for 5 lots.
+    assert await cash(b1) == (1_000_000 - 52_104, 52_104 - 26_026)
+    # Partial then cancel: the rest of b1's hold is released.
+    cancelled = await b1.cancel_order(bid.order_id)
+    assert cancelled.status == "cancelled" and cancelled.filled_quantity == 5_000
+    assert await cash(b1) == (1_000_000 - 26_026, 0)
+    # IOC and FOK
+    ioc = await b2.place_order(order("ioc", Side.BUY, 30_000, 5_500, tif=TimeInForce.IOC))
+    assert (ioc.filled_quantity, ioc.cancelled_quantity) == (20_000, 10_000)
+    with pytest.raises(TokexApiError) as fok:
+        await b2.place_order(order("fok", Side.BUY, 1_000, 5_500, tif=TimeInForce.FOK))
+    assert fok.value.status == 422 and fok.value.code == "fok_unfillable"
+    # Amend: a resting order shrinks and its hold with it.
+    rest = await b2.place_order(order("rest", Side.BUY, 10_000, 4_000))
+    amended = await b2.amend_order(rest.order_id, quantity=2_000)
+    assert amended.open_quantity == 2_000
+    assert (await cash(b2))[1] == 2 * 4_000 + 16
+    # Fills as each account sees them.
+    assert [(f.role, f.side) for f in await b0.fills()] == [("taker", Side.BUY)] * 2
+    # The book over REST.
+    book = await b2.book(SYM)
+    assert [(lv.price, lv.quantity) for lv in book.bids] == [(4_000, 2_000)]
+    assert book.asks == []
+    trades = await b2.trades(SYM)
+    assert sum(t.quantity for t in trades) == 30_000 + 10_000 + 5_000 + 20_000
+
+
+async def test_self_trade_prevention_over_the_api(market: Market) -> None:
+    p0 = market.providers[0]
+    await market.operator.deposit("dep-p0", market.ids["p0"], 1_000_000)
+    # A provider may not buy at all here: buyers buy, providers sell.
+    with pytest.raises(TokexApiError) as wrong_side:
+        await p0.place_order(order("x", Side.BUY, 1_000, 5_000, stp=StpMode.CANCEL_BOTH))
+    assert wrong_side.value.status == 403
+
+
+async def test_an_account_sees_and_touches_only_its_own_orders(market: Market) -> None:
+    b0, b1 = market.buyers[0], market.buyers[1]
+    mine = await b0.place_order(order("mine", Side.BUY, 1_000, 4_000))
+    for call in (b1.order(mine.order_id), b1.cancel_order(mine.order_id),
+                 b1.amend_order(mine.order_id, quantity=1_000)):  # fmt: skip
+        with pytest.raises(TokexApiError) as err:
+            await call
+        assert err.value.status == 404
+    assert [o.order_id for o in await b1.orders()] == []
+    assert (await b0.order(mine.order_id)).status == "open"
+
+
+async def test_a_provider_cannot_sell_capacity_it_has_not_listed(market: Market) -> None:
+    with pytest.raises(TokexApiError) as err:
+        await market.providers[0].place_order(order("big", Side.SELL, 100_001, 5_000))
+    assert (err.value.status, err.value.code) == (422, "insufficient_capacity")
+    # A buyer cannot list capacity, nor place a sell.
+    with pytest.raises(TokexApiError) as err:
+        await market.buyers[0].list_capacity("l", SYM, 1_000)
+    assert err.value.status == 403
+
+
+async def test_200_concurrent_orders_over_one_balance(market: Market) -> None:
+    b0 = market.buyers[0]
+    # Each reserves 10 lots * 5,000 + 20 bps = 50,100: 19 fit in 1,000,000. Sent as
+    # four concurrent batches of 50 (one key's rate limit is 100 requests at once).
+    batches = await asyncio.gather(
+        *(
+            b0.place_orders([order(f"c{k}-{i}", Side.BUY, 10_000, 5_000) for i in range(50)])
+            for k in range(4)
+        )
+    )
+    results = [r for batch in batches for r in batch]
+    accepted = [r for r in results if r.order is not None]
+    refused = [r for r in results if r.order is None]
+    assert len(accepted) == 19 and len(refused) == 181
+    assert {r.code for r in refused} == {"insufficient_funds"}
+    assert await cash(b0) == (1_000_000 - 19 * 50_100, 19 * 50_100)
+    assert len(await b0.orders()) == 19
+
+
+async def test_client_order_id_idempotency_survives_a_crash(market: Market) -> None:
+    b0, p0 = market.buyers[0], market.providers[0]
+    placed = await b0.place_order(order("keep", Side.BUY, 10_000, 4_000))
+    await p0.place_order(order("ask", Side.SELL, 5_000, 4_000))
+    before = (await cash(b0), await b0.orders(), await b0.fills())
+    market.server.kill()  # SIGKILL: no shutdown code runs
+    market.server.start()
+    after = (await cash(b0), await b0.orders(), await b0.fills())
+    assert after == before
+    again = await b0.place_order(order("keep", Side.BUY, 10_000, 4_000))
+    assert again.order_id == placed.order_id and again.filled_quantity == 5_000
+    # The restored book still trades.
+    sold = await p0.place_order(order("ask2", Side.SELL, 5_000, 4_000))
+    assert sold.status == "filled"
+    assert (await b0.order(placed.order_id)).status == "filled"
+
+
+async def test_market_orders_are_protected_and_never_rest(market: Market) -> None:
+    p0, b0 = market.providers[0], market.buyers[0]
+    await p0.place_order(order("a1", Side.SELL, 2_000, 5_000))
+    await p0.place_order(order("a2", Side.SELL, 2_000, 9_000))
+    m = await b0.place_order(order("m", Side.BUY, 5_000, 6_000, order_type=OrderType.MARKET))
+    assert (m.filled_quantity, m.cancelled_quantity) == (2_000, 3_000)  # capped at 6,000
+    assert (await cash(b0))[1] == 0
