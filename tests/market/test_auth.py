@@ -13,7 +13,10 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from market.accounts import create_account, public_key_b64
 from market.auth import (
@@ -23,6 +26,7 @@ from market.auth import (
     WINDOW_MS,
     Authenticator,
     AuthError,
+    Principal,
     RateLimited,
     RateLimiter,
     ReplayWindow,
@@ -58,8 +62,32 @@ def test_sign_request_round_trip() -> None:
     assert headers[HEADER_TIMESTAMP] == "42"
     signature = base64.b64decode(headers[HEADER_SIGNATURE])
     key.public_key().verify(signature, request_message(42, "GET", "/v1/accounts/me", b""))
-    with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidSignature
+    with pytest.raises(InvalidSignature):
         key.public_key().verify(signature, request_message(43, "GET", "/v1/accounts/me", b""))
+
+
+_KEY = Ed25519PrivateKey.generate()
+_parts = st.tuples(
+    st.integers(0, 2**53),
+    st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40),
+    st.binary(max_size=64),
+)
+
+
+@given(_parts, _parts)
+def test_a_signature_covers_every_part(
+    signed: tuple[int, str, str, bytes], sent: tuple[int, str, str, bytes]
+) -> None:
+    """A signature verifies for its own request, and for another only if all parts agree."""
+    ts, method, path, body = signed
+    headers = sign_request(_KEY, "key_0123456789abcdef", method, path, body, ts)
+    signature = base64.b64decode(headers[HEADER_SIGNATURE])
+    public = _KEY.public_key()
+    public.verify(signature, request_message(ts, method, path, body))
+    if sent != signed:
+        with pytest.raises(InvalidSignature):
+            public.verify(signature, request_message(*sent))
 
 
 def test_replay_window_forgets_after_the_window() -> None:
@@ -104,7 +132,9 @@ async def test_authenticator_on_the_database(db_pool: asyncpg.Pool) -> None:
     auth = Authenticator.from_pool(db_pool)
     now = now_ms()
 
-    async def check(headers: dict[str, str], path: str = "/x", body: bytes = b"", at: int = now):
+    async def check(
+        headers: dict[str, str], path: str = "/x", body: bytes = b"", at: int = now
+    ) -> Principal:
         return await auth.authenticate(
             headers.get(HEADER_KEY),
             headers.get(HEADER_TIMESTAMP),
