@@ -6,19 +6,22 @@ from __future__ import annotations
 import base64
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from ledger.checkpoint import Checkpoint, verify_checkpoint
-from ledger.keys import rotate
+from ledger.keys import DEFAULT_KEY_FILE, rotate, write_key_file
 from ledger.log import open_ledger
 from ledger.merkle import InvalidProof, leaf_hash, verify_consistency, verify_inclusion
 from ledger.note import Signer, Verifier
 from ops.app import create_app
-from ops.config import Settings
+from ops.config import DEFAULT_EXCHANGE_NAME, Settings
 from schemas.ledger import Account, Posting, Transaction
+from tests.support.server import ServerProcess
 
 ORIGIN = "test.tokex/ledger"
 BANK = Account("exchange", "USD", "bank")
@@ -191,11 +194,11 @@ async def test_an_empty_ledger_has_no_checkpoint(db_url: str) -> None:
         assert (await c.get("/v1/ledger/public-keys")).json() == {"origin": None, "keys": []}
 
 
-async def test_over_a_real_server(server: str, db_url: str) -> None:
-    """`tokex serve` serves the log the writer keeps (another process, same database)."""
-    import httpx
-
-    signer = Signer.generate(ORIGIN)
+async def test_over_a_real_server(db_url: str, tmp_path: Path) -> None:
+    """`tokex serve` serves the log the writer kept. The server is started afterwards with
+    the same key in its data dir: it may open the single writer itself (the sequencer)."""
+    signer = Signer.generate(DEFAULT_EXCHANGE_NAME)
+    write_key_file(tmp_path / DEFAULT_KEY_FILE, signer)
     ledger, _ = await open_ledger(db_url, signer)
     try:
         for b in range(3):
@@ -212,13 +215,14 @@ async def test_over_a_real_server(server: str, db_url: str) -> None:
             )
     finally:
         await ledger.close()
-    async with httpx.AsyncClient(base_url=server) as http:
-        cp = verify_checkpoint((await http.get("/v1/ledger/checkpoint")).text, [signer.verifier()],
-                               ORIGIN)  # fmt: skip
-        assert cp.size == 2 + 3 + 4
-        entry = (await http.get("/v1/ledger/entries/4")).json()
-        proof = (await http.get("/v1/ledger/proof/inclusion", params={"index": 4})).json()
-        verify_inclusion(b64(entry["leaf_hash"]), 4, cp.size, [b64(h) for h in proof["hashes"]],
-                         cp.root_hash)  # fmt: skip
-        bad = await http.get("/v1/ledger/proof/consistency", params={"first": 0})
-        assert (bad.status_code, bad.json()["code"]) == (400, "proof_range_invalid")
+    with ServerProcess(database_url=db_url, data_dir=tmp_path) as proc:
+        async with httpx.AsyncClient(base_url=proc.base_url) as http:
+            note = (await http.get("/v1/ledger/checkpoint")).text
+            cp = verify_checkpoint(note, [signer.verifier()], DEFAULT_EXCHANGE_NAME)
+            assert cp.size >= 2 + 3 + 4
+            entry = (await http.get("/v1/ledger/entries/4")).json()
+            proof = (await http.get("/v1/ledger/proof/inclusion", params={"index": 4})).json()
+            hashes = [b64(h) for h in proof["hashes"]]
+            verify_inclusion(b64(entry["leaf_hash"]), 4, cp.size, hashes, cp.root_hash)
+            bad = await http.get("/v1/ledger/proof/consistency", params={"first": 0})
+            assert (bad.status_code, bad.json()["code"]) == (400, "proof_range_invalid")
