@@ -23,7 +23,7 @@ import asyncpg
 from litestar import Router, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from market.auth import PUBLIC, Principal, requires_role
 from market.errors import UnknownInstrument
@@ -139,7 +139,7 @@ async def get_instrument(symbol: FromPath[str], sequencer: Seq) -> InstrumentVie
 async def book(
     instrument: FromQuery[str],
     sequencer: Seq,
-    levels: Annotated[int, Parameter(ge=1, le=1000)] = 50,
+    levels: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
 ) -> BookView:
     """Aggregated price levels, best first, and the last event seq they reflect."""
     if instrument not in sequencer.engine:
@@ -157,7 +157,7 @@ async def book(
 async def trades(
     instrument: FromQuery[str],
     pool: Pool,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> list[TradeView]:
     """Recent trades of an instrument, newest first (no owners: they are private)."""
     async with pool.acquire() as conn:
@@ -255,9 +255,9 @@ async def place_orders(
 async def my_orders(
     pool: Pool,
     principal: Caller,
-    status: Annotated[str | None, Parameter(query="status")] = "open",
+    status: FromQuery[str | None] = "open",
     instrument: FromQuery[str | None] = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
 ) -> list[OrderView]:
     """The caller's orders (default: open ones), newest first. `status=all` for every one."""
     async with pool.acquire() as conn:
@@ -312,7 +312,7 @@ async def my_fills(
     pool: Pool,
     principal: Caller,
     instrument: FromQuery[str | None] = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
 ) -> list[FillView]:
     async with pool.acquire() as conn:
         return await fills_for(conn, principal.account_id, instrument=instrument, limit=limit)
