@@ -116,10 +116,27 @@ _R = RejectReason
 _C = CancelReason
 _STP: Final = CancelReason.SELF_TRADE
 
+_NO_IDS: Final[frozenset[str]] = frozenset()
+
 _encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
 
 Level = deque[RestingOrder]
+
+
+def _keys_up_to(heap: list[int], limit: int) -> list[int]:
+    """Keys <= limit in a binary heap, visiting only those (a child is never
+    smaller than its parent, so a branch stops at the first key above limit)."""
+    out: list[int] = []
+    n = len(heap)
+    stack = [0] if n and heap[0] <= limit else []
+    while stack:
+        i = stack.pop()
+        out.append(heap[i])
+        for child in (2 * i + 1, 2 * i + 2):
+            if child < n and heap[child] <= limit:
+                stack.append(child)
+    return out
 
 
 class OrderBook:
@@ -159,7 +176,8 @@ class OrderBook:
         self._asks: dict[int, Level] = {}  # key = price
         self._ask_heap: list[int] = []
         self._orders: dict[int, RestingOrder] = {}
-        self._client_ids: set[tuple[str, str]] = set()
+        # owner -> client order ids used in this book (strings: no GC-tracked keys)
+        self._client_ids: dict[str, set[str]] = {}
         self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
 
     # ------------------------------------------------------------------ dispatch
@@ -234,7 +252,7 @@ class OrderBook:
             reason = _R.EXPIRE_AT_IN_PAST
         elif post_only and (order_type is _MARKET or tif is _IOC or tif is _FOK):
             reason = _R.POST_ONLY_NOT_ALLOWED
-        elif coid is not None and (owner, coid) in self._client_ids:
+        elif coid is not None and coid in self._client_ids.get(owner, _NO_IDS):
             reason = _R.DUPLICATE_CLIENT_ORDER_ID
         if reason is not None:
             return self._reject_new(cmd, reason, events)
@@ -256,7 +274,10 @@ class OrderBook:
             return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
 
         if coid is not None:
-            self._client_ids.add((owner, coid))
+            used = self._client_ids.get(owner)
+            if used is None:
+                used = self._client_ids[owner] = set()
+            used.add(coid)
         seq = self._seq
         # positional build (hot path); field order as declared in OrderAccepted
         events.append(
@@ -351,7 +372,7 @@ class OrderBook:
             levels, heap = self._bids, self._bid_heap
         need = qty
         skip_own = stp is _CANCEL_OLDEST
-        for key in sorted(k for k in heap if k <= lim_key):
+        for key in sorted(_keys_up_to(heap, lim_key)):
             for maker in levels[key]:
                 if maker.owner == owner:
                     if skip_own:
@@ -821,7 +842,9 @@ class OrderBook:
             next_seq=self._seq,
             bids=[o for k in sorted(self._bids) for o in self._bids[k]],
             asks=[o for k in sorted(self._asks) for o in self._asks[k]],
-            client_order_ids=sorted(self._client_ids),
+            client_order_ids=sorted(
+                (owner, coid) for owner, used in self._client_ids.items() for coid in used
+            ),
         )
 
     def snapshot(self) -> bytes:
@@ -854,5 +877,6 @@ class OrderBook:
                 book._append(msgspec.structs.replace(order))
                 if order.expire_at is not None:
                     heappush(book._gtd, (order.expire_at, order.order_id))
-        book._client_ids = {(owner, coid) for owner, coid in snap.client_order_ids}
+        for owner, coid in snap.client_order_ids:
+            book._client_ids.setdefault(owner, set()).add(coid)
         return book

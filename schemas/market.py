@@ -379,9 +379,10 @@ class OpenOrder(msgspec.Struct, kw_only=True, frozen=True):
 # --------------------------------------------------------------------------- snapshot
 
 
-class RestingOrder(msgspec.Struct, array_like=True, gc=False):
+class RestingOrder(msgspec.Struct, array_like=True, gc=False, eq=False):
     """A resting order as the book holds it (mutable in memory, array-encoded in
-    snapshots). Invariant: filled + open + cancelled == quantity."""
+    snapshots). Invariant: filled + open + cancelled == quantity.
+    `eq=False`: compared by identity, which keeps `deque.remove` cheap."""
 
     order_id: int
     owner: str
