@@ -1,0 +1,576 @@
+"""Market data: books rebuilt from engine events, and the hub that fans them out.
+
+`DepthBook` is pure: aggregated price levels of one instrument, built only
+from the engine's events, equal at every command boundary to the engine's own
+`OrderBook.depth()` (a property test holds it to that). It starts empty or
+from a `Depth` (recovery), so it cannot rely on knowing every resting order;
+it does not need to: every event names the side, price and quantity it moves,
+except a `Fill`, which gives the maker's price but not the taker's. An
+accepted order is counted as resting at its limit price with its quantity
+(it may trade at once; its fills and its IOC/STP cancel then take it out again
+within the same command), so the taker's price is looked up in the orders it
+saw accepted. Inside a batch the levels may look crossed; only the state after
+a batch is published.
+
+`MarketData` (the hub) lives on `app.state.market_data` (created by
+`ops.app.create_app`). The sequencer calls `load(depths)` after recovery and
+`publish(events)` after each committed batch, in seq order. Both are
+synchronous and never block: each subscriber has a bounded queue, and one
+that falls behind is dropped (its connection is closed with
+`CLOSE_SLOW_CONSUMER`) rather than slowing the sequencer. The websocket
+handler (`market.stream`) only moves the queued frames to the socket.
+
+Messages are encoded once per publish and shared by every subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import msgspec
+
+from market.errors import UnknownInstrument
+from schemas.errors import DomainError, ErrorKind
+from schemas.market import (
+    Depth,
+    DepthLevel,
+    Event,
+    Fill,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    Side,
+    TradingStateChanged,
+)
+from schemas.stream import (
+    BookDeltaMessage,
+    BookSnapshotMessage,
+    Channel,
+    FillMessage,
+    Liquidity,
+    OrderMessage,
+    ServerMessage,
+    StreamError,
+    StreamErrorCode,
+    Subscribed,
+    TradeMessage,
+    Unsubscribed,
+)
+
+log = logging.getLogger(__name__)
+
+#: Websocket close codes (application range 4000-4999).
+CLOSE_SLOW_CONSUMER: Final = 4008
+CLOSE_SLOW_CONSUMER_REASON: Final = "slow consumer: fell behind; reconnect and resubscribe"
+CLOSE_SHUTDOWN: Final = 1001
+
+DEFAULT_QUEUE_LIMIT: Final = 4096  # frames queued per subscriber before it is dropped
+DEFAULT_TRADES_KEPT: Final = 1000  # recent trades kept per instrument
+DEFAULT_MAX_SUBSCRIPTIONS: Final = 256  # per connection
+
+_encoder = msgspec.json.Encoder()
+_BUY: Final = Side.BUY
+_SELL: Final = Side.SELL
+
+
+class FeedError(DomainError):
+    """The events do not fit the book (a gap in seq, or an impossible level)."""
+
+    code = "feed_error"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class BookUnavailable(DomainError):
+    code = StreamErrorCode.BOOK_UNAVAILABLE
+    kind = ErrorKind.UNAVAILABLE
+
+
+class TooManySubscriptions(DomainError):
+    code = StreamErrorCode.TOO_MANY_SUBSCRIPTIONS
+    kind = ErrorKind.RATE_LIMITED
+
+
+def encode(message: ServerMessage) -> bytes:
+    return _encoder.encode(message)
+
+
+# --------------------------------------------------------------------------- DepthBook
+
+
+class BookChanges(msgspec.Struct, frozen=True):
+    """Levels changed since the previous `take_changes` (new totals; quantity 0: gone)."""
+
+    prev_seq: int
+    seq: int
+    bids: list[DepthLevel]
+    asks: list[DepthLevel]
+
+
+class DepthBook:
+    """Aggregated levels of one instrument, maintained from engine events only."""
+
+    __slots__ = ("_asks", "_before", "_bids", "_orders", "_published_seq", "instrument", "seq")
+
+    def __init__(self, instrument: str, seq: int = 0) -> None:
+        self.instrument = instrument
+        self.seq = seq  # the last event seq applied
+        self._published_seq = seq  # seq at the last take_changes
+        # price -> [quantity, orders]
+        self._bids: dict[int, list[int]] = {}
+        self._asks: dict[int, list[int]] = {}
+        # (is_buy, price) -> (quantity, orders) before the first change since take_changes
+        self._before: dict[tuple[bool, int], tuple[int, int]] = {}
+        # orders seen accepted (and still open): id -> [side, price, open]
+        self._orders: dict[int, list[object]] = {}
+
+    @classmethod
+    def from_depth(cls, depth: Depth) -> DepthBook:
+        """A book as the engine's full-depth view shows it (orders before it are unknown)."""
+        book = cls(depth.instrument, depth.seq)
+        for levels, side in ((book._bids, depth.bids), (book._asks, depth.asks)):
+            for level in side:
+                if level.quantity <= 0 or level.orders <= 0 or level.price in levels:
+                    raise FeedError(f"bad level {level} in depth of {depth.instrument}")
+                levels[level.price] = [level.quantity, level.orders]
+        return book
+
+    # ------------------------------------------------------------------ events
+
+    def apply(self, event: Event) -> None:
+        """Apply one event of this instrument.
+
+        An event at or below `seq` is already reflected and is ignored (seq 0:
+        a reject outside any book). One beyond `seq + 1` means events were
+        missed: `FeedError`, and the book is no longer trustworthy.
+        """
+        seq = event.seq
+        if seq <= self.seq:
+            return
+        if event.instrument != self.instrument:
+            raise FeedError(f"event for {event.instrument} applied to {self.instrument}")
+        if seq != self.seq + 1:
+            raise FeedError(f"{self.instrument}: expected seq {self.seq + 1}, got {seq}")
+        kind = type(event)
+        if kind is Fill:
+            assert isinstance(event, Fill)
+            self._fill(event)
+        elif kind is OrderAccepted:
+            assert isinstance(event, OrderAccepted)
+            self._add(event.side, event.price, event.quantity)
+            self._orders[event.order_id] = [event.side, event.price, event.quantity]
+        elif kind is OrderCancelled:
+            assert isinstance(event, OrderCancelled)
+            done = event.open_quantity == 0
+            self._sub(event.side, event.price, event.cancelled_quantity, done)
+            self._set_open(event.order_id, event.open_quantity)
+        elif kind is OrderExpired:
+            assert isinstance(event, OrderExpired)
+            self._sub(event.side, event.price, event.expired_quantity, True)
+            self._orders.pop(event.order_id, None)
+        elif kind is OrderAmended:
+            assert isinstance(event, OrderAmended)
+            self._sub(event.side, event.old_price, event.old_open_quantity, True)
+            self._add(event.side, event.new_price, event.new_open_quantity)
+            order = self._orders.get(event.order_id)
+            if order is not None:
+                order[1] = event.new_price
+                order[2] = event.new_open_quantity
+        elif kind is not OrderRejected and kind is not TradingStateChanged:
+            raise FeedError(f"not a market event: {kind.__name__}")
+        self.seq = seq
+
+    def _fill(self, fill: Fill) -> None:
+        taker = self._orders.get(fill.taker_order_id)
+        if taker is None:
+            raise FeedError(f"{self.instrument}: fill for unseen taker {fill.taker_order_id}")
+        taker_side = fill.aggressor_side
+        maker_side = _SELL if taker_side is _BUY else _BUY
+        self._sub(maker_side, fill.price, fill.quantity, fill.maker_open == 0)
+        self._set_open(fill.maker_order_id, fill.maker_open)
+        price = taker[1]
+        assert isinstance(price, int)
+        self._sub(taker_side, price, fill.quantity, fill.taker_open == 0)
+        self._set_open(fill.taker_order_id, fill.taker_open)
+
+    def _set_open(self, order_id: int, open_quantity: int) -> None:
+        if open_quantity == 0:
+            self._orders.pop(order_id, None)
+        else:
+            order = self._orders.get(order_id)
+            if order is not None:
+                order[2] = open_quantity
+
+    def _touch(self, side: Side, price: int) -> dict[int, list[int]]:
+        is_buy = side is _BUY
+        levels = self._bids if is_buy else self._asks
+        key = (is_buy, price)
+        if key not in self._before:
+            level = levels.get(price)
+            self._before[key] = (level[0], level[1]) if level else (0, 0)
+        return levels
+
+    def _add(self, side: Side, price: int, quantity: int) -> None:
+        levels = self._touch(side, price)
+        level = levels.get(price)
+        if level is None:
+            levels[price] = [quantity, 1]
+        else:
+            level[0] += quantity
+            level[1] += 1
+
+    def _sub(self, side: Side, price: int, quantity: int, order_done: bool) -> None:
+        levels = self._touch(side, price)
+        level = levels.get(price)
+        if level is None:
+            raise FeedError(f"{self.instrument}: no {side} level at {price}")
+        level[0] -= quantity
+        if order_done:
+            level[1] -= 1
+        if level[1] == 0 and level[0] == 0:
+            del levels[price]
+        elif level[0] <= 0 or level[1] <= 0:
+            raise FeedError(f"{self.instrument}: {side} level {price} went to {level}")
+
+    # ------------------------------------------------------------------ views
+
+    def levels(self) -> Depth:
+        """Every level, best first on each side, as of `seq`."""
+        return Depth(
+            instrument=self.instrument,
+            seq=self.seq,
+            bids=[DepthLevel(p, *self._bids[p]) for p in sorted(self._bids, reverse=True)],
+            asks=[DepthLevel(p, *self._asks[p]) for p in sorted(self._asks)],
+        )
+
+    def take_changes(self) -> BookChanges:
+        """The levels whose (quantity, orders) differ from the last call, and reset."""
+        bids: list[DepthLevel] = []
+        asks: list[DepthLevel] = []
+        for (is_buy, price), old in self._before.items():
+            level = (self._bids if is_buy else self._asks).get(price)
+            new = (level[0], level[1]) if level else (0, 0)
+            if new != old:
+                (bids if is_buy else asks).append(DepthLevel(price, *new))
+        bids.sort(key=lambda lv: -lv.price)
+        asks.sort(key=lambda lv: lv.price)
+        self._before.clear()
+        changes = BookChanges(self._published_seq, self.seq, bids, asks)
+        self._published_seq = self.seq
+        return changes
+
+
+# --------------------------------------------------------------------------- subscribers
+
+
+class Subscriber:
+    """One connection's outbound queue of encoded frames, bounded.
+
+    `push` never blocks: when the queue is full, the subscriber is marked
+    dropped and its queue discarded; the connection's sender sees
+    `close_code` and closes the socket.
+    """
+
+    __slots__ = ("_limit", "_queue", "_wake", "account_id", "close_code", "close_reason", "subs")
+
+    def __init__(self, limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+        self._limit = limit
+        self._queue: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.account_id: str | None = None  # set by a private subscription
+        self.subs: set[tuple[Channel, str]] = set()
+
+    @property
+    def dropped(self) -> bool:
+        return self.close_code is not None
+
+    def push(self, frame: bytes) -> bool:
+        """Queue a frame; False (and dropped) if the subscriber is too far behind."""
+        if self.close_code is not None:
+            return False
+        if len(self._queue) >= self._limit:
+            self.close(CLOSE_SLOW_CONSUMER, CLOSE_SLOW_CONSUMER_REASON)
+            return False
+        self._queue.append(frame)
+        self._wake.set()
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self._queue.clear()
+            self._wake.set()
+
+    def pending(self) -> list[bytes]:
+        """Take every queued frame (without waiting)."""
+        frames = list(self._queue)
+        self._queue.clear()
+        return frames
+
+    async def next_frames(self) -> list[bytes]:
+        """Wait for frames; an empty list means the subscriber was closed."""
+        while not self._queue and self.close_code is None:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.close_code is not None:
+            return []
+        return self.pending()
+
+
+# --------------------------------------------------------------------------- the hub
+
+
+class MarketData:
+    """Channels per instrument (book, trades) and per account (orders)."""
+
+    def __init__(
+        self,
+        *,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        trades_kept: int = DEFAULT_TRADES_KEPT,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+    ) -> None:
+        self.queue_limit = queue_limit
+        self.max_subscriptions = max_subscriptions
+        self._trades_kept = trades_kept
+        self._books: dict[str, DepthBook] = {}
+        self._unavailable: set[str] = set()  # known instruments whose book broke
+        self._trades: dict[str, deque[TradeMessage]] = {}
+        # channel -> key (instrument or account id) -> subscribers (insertion ordered)
+        self._channels: dict[Channel, dict[str, dict[Subscriber, None]]] = {
+            Channel.BOOK: {},
+            Channel.TRADES: {},
+            Channel.ORDERS: {},
+        }
+
+    # ------------------------------------------------------------------ sequencer side
+
+    def load(self, depths: Iterable[Depth]) -> None:
+        """Set books from the engine's full-depth views (start-up, or a resync).
+
+        Current book subscribers of a reloaded instrument get a fresh snapshot,
+        which restarts their seq chain.
+        """
+        for depth in depths:
+            try:
+                book = DepthBook.from_depth(depth)
+            except FeedError:
+                log.exception("market data: cannot load %s", depth.instrument)
+                self._mark_unavailable(depth.instrument)
+                continue
+            sym = depth.instrument
+            self._books[sym] = book
+            self._unavailable.discard(sym)
+            self._trades.setdefault(sym, deque(maxlen=self._trades_kept))
+            subs = self._channels[Channel.BOOK].get(sym)
+            if subs:
+                self._fanout(subs, encode(self._snapshot(book)))
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Fan out one committed batch (its events in order). Never raises, never blocks."""
+        touched: dict[str, DepthBook] = {}
+        for event in events:
+            try:
+                self._event(event, touched)
+            except Exception:  # a bug here must not take down the sequencer
+                log.exception("market data: cannot publish %r", event)
+        for sym, book in touched.items():
+            if self._books.get(sym) is not book:
+                continue  # became unavailable during the batch
+            changes = book.take_changes()
+            subs = self._channels[Channel.BOOK].get(sym)
+            if subs:
+                frame = encode(
+                    BookDeltaMessage(
+                        instrument=sym,
+                        seq=changes.seq,
+                        prev_seq=changes.prev_seq,
+                        bids=changes.bids,
+                        asks=changes.asks,
+                    )
+                )
+                self._fanout(subs, frame)
+
+    def _event(self, event: Event, touched: dict[str, DepthBook]) -> None:
+        sym = event.instrument
+        if event.seq > 0:
+            book = self._books.get(sym)
+            if book is None and sym not in self._unavailable:
+                if event.seq == 1:  # a new instrument's first event
+                    book = self._books[sym] = DepthBook(sym)
+                    self._trades.setdefault(sym, deque(maxlen=self._trades_kept))
+                else:
+                    log.error("market data: %s event seq %d for an unloaded book", sym, event.seq)
+                    self._mark_unavailable(sym)
+            if book is not None:
+                try:
+                    book.apply(event)
+                    touched[sym] = book
+                except FeedError:
+                    log.exception("market data: book %s broken", sym)
+                    self._mark_unavailable(sym)
+        if type(event) is Fill:
+            assert isinstance(event, Fill)
+            self._fill(event)
+        elif type(event) is not TradingStateChanged:
+            owner = event.owner  # type: ignore[union-attr]
+            if owner is not None:
+                subs = self._channels[Channel.ORDERS].get(owner)
+                if subs:
+                    self._fanout(subs, encode(OrderMessage(event=event)))  # type: ignore[arg-type]
+
+    def _fill(self, fill: Fill) -> None:
+        trade = TradeMessage(
+            instrument=fill.instrument,
+            seq=fill.seq,
+            time=fill.time,
+            price=fill.price,
+            quantity=fill.quantity,
+            aggressor_side=fill.aggressor_side,
+        )
+        trades = self._trades.get(fill.instrument)
+        if trades is None:
+            trades = self._trades[fill.instrument] = deque(maxlen=self._trades_kept)
+        trades.append(trade)
+        subs = self._channels[Channel.TRADES].get(fill.instrument)
+        if subs:
+            self._fanout(subs, encode(trade))
+        orders = self._channels[Channel.ORDERS]
+        maker_side = _SELL if fill.aggressor_side is _BUY else _BUY
+        for owner, order_id, side, liquidity, open_qty in (
+            (fill.maker_owner, fill.maker_order_id, maker_side, Liquidity.MAKER, fill.maker_open),
+            (fill.taker_owner, fill.taker_order_id, fill.aggressor_side, Liquidity.TAKER,
+             fill.taker_open),
+        ):  # fmt: skip
+            subs = orders.get(owner)
+            if subs:
+                msg = FillMessage(
+                    instrument=fill.instrument,
+                    seq=fill.seq,
+                    time=fill.time,
+                    order_id=order_id,
+                    side=side,
+                    liquidity=liquidity,
+                    price=fill.price,
+                    quantity=fill.quantity,
+                    open_quantity=open_qty,
+                )
+                self._fanout(subs, encode(msg))
+
+    def _mark_unavailable(self, sym: str) -> None:
+        """Forget a book that no longer matches the events; its subscribers are told
+        and unsubscribed until `load` brings a fresh depth."""
+        self._books.pop(sym, None)
+        self._unavailable.add(sym)
+        subs = self._channels[Channel.BOOK].pop(sym, None)
+        if subs:
+            frame = encode(
+                StreamError(
+                    code=StreamErrorCode.BOOK_UNAVAILABLE,
+                    message=f"book of {sym} is unavailable; subscribe again later",
+                )
+            )
+            for sub in subs:
+                sub.subs.discard((Channel.BOOK, sym))
+            self._fanout(subs, frame)
+
+    def _fanout(self, subs: dict[Subscriber, None], frame: bytes) -> None:
+        dropped = [sub for sub in subs if not sub.push(frame)]
+        for sub in dropped:
+            self.disconnect(sub)
+
+    # ------------------------------------------------------------------ connection side
+
+    def connect(self) -> Subscriber:
+        return Subscriber(self.queue_limit)
+
+    def disconnect(self, sub: Subscriber) -> None:
+        """Remove a subscriber from every channel (idempotent)."""
+        for channel, key in list(sub.subs):
+            self._remove(sub, channel, key)
+
+    def instruments(self) -> list[str]:
+        return sorted(self._books.keys() | self._unavailable)
+
+    def depth(self, instrument: str) -> Depth:
+        """The book as the stream shows it now."""
+        return self._book(instrument).levels()
+
+    def recent_trades(self, instrument: str, limit: int = 100) -> list[TradeMessage]:
+        """The last `limit` trades of `instrument` seen since start-up, newest first."""
+        if instrument not in self._trades:
+            raise UnknownInstrument(f"unknown instrument {instrument!r}")
+        trades = self._trades[instrument]
+        n = max(0, min(limit, len(trades)))
+        return [trades[-1 - i] for i in range(n)]
+
+    def subscribe_book(self, sub: Subscriber, instrument: str) -> None:
+        """Queue the ack and a snapshot and register, in one step (no delta missed
+        or repeated). Subscribing again sends a fresh snapshot (a resync)."""
+        book = self._book(instrument)
+        self._add(sub, Channel.BOOK, instrument)
+        sub.push(encode(Subscribed(channel=Channel.BOOK, instrument=instrument)))
+        if not sub.push(encode(self._snapshot(book))):
+            self.disconnect(sub)
+
+    def subscribe_trades(self, sub: Subscriber, instrument: str) -> None:
+        if instrument not in self._trades:
+            raise UnknownInstrument(f"unknown instrument {instrument!r}")
+        self._add(sub, Channel.TRADES, instrument)
+        if not sub.push(encode(Subscribed(channel=Channel.TRADES, instrument=instrument))):
+            self.disconnect(sub)
+
+    def subscribe_orders(self, sub: Subscriber, account_id: str) -> None:
+        """Private channel of an authenticated account."""
+        self._add(sub, Channel.ORDERS, account_id)
+        sub.account_id = account_id
+        if not sub.push(encode(Subscribed(channel=Channel.ORDERS, account_id=account_id))):
+            self.disconnect(sub)
+
+    def unsubscribe(self, sub: Subscriber, channel: Channel, key: str | None) -> None:
+        """Leave a channel (`key`: the instrument; ignored for orders). Idempotent."""
+        if channel is Channel.ORDERS:
+            key = sub.account_id
+        if key is not None:
+            self._remove(sub, channel, key)
+        instrument = None if channel is Channel.ORDERS else key
+        sub.push(encode(Unsubscribed(channel=channel, instrument=instrument)))
+
+    def _book(self, instrument: str) -> DepthBook:
+        book = self._books.get(instrument)
+        if book is None:
+            if instrument in self._unavailable:
+                raise BookUnavailable(f"book of {instrument} is unavailable; try again later")
+            raise UnknownInstrument(f"unknown instrument {instrument!r}")
+        return book
+
+    @staticmethod
+    def _snapshot(book: DepthBook) -> BookSnapshotMessage:
+        depth = book.levels()
+        return BookSnapshotMessage(
+            instrument=depth.instrument, seq=depth.seq, bids=depth.bids, asks=depth.asks
+        )
+
+    def _add(self, sub: Subscriber, channel: Channel, key: str) -> None:
+        if (channel, key) not in sub.subs and len(sub.subs) >= self.max_subscriptions:
+            raise TooManySubscriptions(
+                f"at most {self.max_subscriptions} subscriptions per connection"
+            )
+        self._channels[channel].setdefault(key, {})[sub] = None
+        sub.subs.add((channel, key))
+
+    def _remove(self, sub: Subscriber, channel: Channel, key: str) -> None:
+        sub.subs.discard((channel, key))
+        subs = self._channels[channel].get(key)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self._channels[channel][key]

@@ -1,0 +1,178 @@
+"""Market data stream wire forms: the JSON text frames of the websocket `/v1/stream`.
+
+Client -> server messages are tagged by `op`; server -> client messages by
+`type`. Book levels are `[price, quantity, orders]` arrays (`DepthLevel`).
+
+Book channel (`"book"`, per instrument): one `snapshot`, then a `delta` per
+committed batch that touched the instrument. Each book message carries `seq`,
+the instrument's last event seq the book reflects; a delta also carries
+`prev_seq`, the `seq` of the message before it on this channel (the snapshot
+or the previous delta). A client that sees `prev_seq` differ from the last
+`seq` it holds has missed something and subscribes again (a repeated
+`subscribe` just sends a fresh snapshot). A delta lists only changed levels,
+with their new totals; quantity 0 means the level is gone. A delta may list
+no level at all (the batch only rejected or changed the trading state): it
+still advances `seq`.
+
+Trades channel (`"trades"`, per instrument): one `trade` per fill, without
+owners or order ids.
+
+Orders channel (`"orders"`, private, per account): `order` messages wrap the
+engine's own event (accepted, rejected, cancelled, expired, amended) for the
+account's orders; `fill` messages tell the account its side of a trade
+(its order id, side, maker or taker) and nothing about the counterparty.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from schemas.market import (
+    DepthLevel,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    Side,
+)
+
+
+class Channel(StrEnum):
+    BOOK = "book"
+    TRADES = "trades"
+    ORDERS = "orders"
+
+
+class Liquidity(StrEnum):
+    MAKER = "maker"
+    TAKER = "taker"
+
+
+class StreamErrorCode:
+    """Stable codes of `StreamError` frames (auth failures use the auth codes)."""
+
+    INVALID_MESSAGE = "invalid_message"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    UNKNOWN_INSTRUMENT = "unknown_instrument"
+    BOOK_UNAVAILABLE = "book_unavailable"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    AUTH_UNAVAILABLE = "auth_unavailable"
+
+
+# --------------------------------------------------------------------------- client -> server
+
+
+class Subscribe(msgspec.Struct, kw_only=True, frozen=True, tag="subscribe", tag_field="op"):
+    """Subscribe to a channel. `instrument` is required for book and trades.
+
+    The private `orders` channel needs `key_id`, `timestamp` (Unix ms) and
+    `signature` (base64 Ed25519), signed like an HTTP request `GET /v1/stream`
+    with an empty body.
+    """
+
+    channel: Channel
+    instrument: str | None = None
+    key_id: str | None = None
+    timestamp: int | None = None
+    signature: str | None = None
+
+
+class Unsubscribe(msgspec.Struct, kw_only=True, frozen=True, tag="unsubscribe", tag_field="op"):
+    channel: Channel
+    instrument: str | None = None
+
+
+ClientMessage = Subscribe | Unsubscribe
+
+
+# --------------------------------------------------------------------------- server -> client
+
+
+class Subscribed(msgspec.Struct, kw_only=True, frozen=True, tag="subscribed"):
+    channel: Channel
+    instrument: str | None = None
+    account_id: str | None = None
+
+
+class Unsubscribed(msgspec.Struct, kw_only=True, frozen=True, tag="unsubscribed"):
+    channel: Channel
+    instrument: str | None = None
+
+
+class BookSnapshotMessage(msgspec.Struct, kw_only=True, frozen=True, tag="snapshot"):
+    """The whole book (every level, best first) as of `seq`."""
+
+    channel: Channel = Channel.BOOK
+    instrument: str
+    seq: int
+    bids: list[DepthLevel]
+    asks: list[DepthLevel]
+
+
+class BookDeltaMessage(msgspec.Struct, kw_only=True, frozen=True, tag="delta"):
+    """Changed levels (new totals; quantity 0 removes the level) from `prev_seq` to `seq`."""
+
+    channel: Channel = Channel.BOOK
+    instrument: str
+    seq: int
+    prev_seq: int
+    bids: list[DepthLevel]
+    asks: list[DepthLevel]
+
+
+class TradeMessage(msgspec.Struct, kw_only=True, frozen=True, tag="trade"):
+    """One fill, as the public sees it. `seq` is the fill's event seq."""
+
+    channel: Channel = Channel.TRADES
+    instrument: str
+    seq: int
+    time: int
+    price: int
+    quantity: int
+    aggressor_side: Side
+
+
+OrderEvent = OrderAccepted | OrderRejected | OrderCancelled | OrderExpired | OrderAmended
+
+
+class OrderMessage(msgspec.Struct, kw_only=True, frozen=True, tag="order"):
+    """An engine event about one of the account's orders, as the engine emitted it."""
+
+    channel: Channel = Channel.ORDERS
+    event: OrderEvent
+
+
+class FillMessage(msgspec.Struct, kw_only=True, frozen=True, tag="fill"):
+    """The account's side of a fill: its order, its side, whether it made or took
+    liquidity, and what is left open of its order."""
+
+    channel: Channel = Channel.ORDERS
+    instrument: str
+    seq: int
+    time: int
+    order_id: int
+    side: Side
+    liquidity: Liquidity
+    price: int
+    quantity: int
+    open_quantity: int
+
+
+class StreamError(msgspec.Struct, kw_only=True, frozen=True, tag="error"):
+    code: str
+    message: str
+
+
+ServerMessage = (
+    Subscribed
+    | Unsubscribed
+    | BookSnapshotMessage
+    | BookDeltaMessage
+    | TradeMessage
+    | OrderMessage
+    | FillMessage
+    | StreamError
+)

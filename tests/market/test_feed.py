@@ -1,0 +1,442 @@
+"""market.feed: DepthBook against the real engine, and the hub's channels."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from market.errors import UnknownInstrument
+from market.feed import (
+    CLOSE_SLOW_CONSUMER,
+    DepthBook,
+    FeedError,
+    MarketData,
+    Subscriber,
+)
+from schemas.market import (
+    Command,
+    Depth,
+    Event,
+    Fill,
+    NewOrder,
+    OrderAccepted,
+    Side,
+    TradingStateChanged,
+)
+from tests.market.feed_support import (
+    LOT,
+    OWNERS,
+    SYM_A,
+    SYM_B,
+    ClientBook,
+    command_lists,
+    engine,
+    full_depth,
+)
+
+PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+LIGHT = settings(PROPERTY, max_examples=50)
+
+
+def frames(sub: Subscriber) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(f) for f in sub.pending()]
+
+
+def _split(commands: list[Command], cuts: list[int]) -> list[list[Command]]:
+    """Cut the command list into consecutive batches."""
+    points = sorted({c % (len(commands) + 1) for c in cuts} | {0, len(commands)})
+    return [commands[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+# --------------------------------------------------------------------------- DepthBook
+
+
+@PROPERTY
+@given(commands=command_lists())
+def test_depth_book_equals_engine_depth_after_every_command(commands: list[Command]) -> None:
+    eng = engine()
+    books = {sym: DepthBook(sym) for sym in (SYM_A, SYM_B)}
+    for cmd in commands:
+        for event in eng.process(cmd):
+            if event.seq:
+                books[event.instrument].apply(event)
+        for sym, book in books.items():
+            assert book.levels() == full_depth(eng, sym)
+
+
+@LIGHT
+@given(commands=command_lists(), cut=st.integers(0, 60))
+def test_depth_book_loaded_mid_stream_follows_the_engine(commands: list[Command], cut: int) -> None:
+    """After recovery the book starts from a Depth: resting orders it never saw
+    accepted are still filled, cancelled, amended and expired correctly."""
+    eng = engine()
+    cut = min(cut, len(commands))
+    for cmd in commands[:cut]:
+        eng.process(cmd)
+    books = {sym: DepthBook.from_depth(full_depth(eng, sym)) for sym in (SYM_A, SYM_B)}
+    for cmd in commands[cut:]:
+        for event in eng.process(cmd):
+            if event.seq:
+                books[event.instrument].apply(event)
+        for sym, book in books.items():
+            assert book.levels() == full_depth(eng, sym)
+
+
+def test_depth_book_ignores_old_events_and_rejects_a_gap() -> None:
+    eng = engine()
+    events = eng.process(
+        NewOrder(instrument=SYM_A, order_id=1, owner="a", side=Side.BUY, quantity=LOT,
+                 price=150, time=1)
+    ) + eng.process(
+        NewOrder(instrument=SYM_A, order_id=2, owner="a", side=Side.BUY, quantity=LOT,
+                 price=155, time=2)
+    )  # fmt: skip
+    book = DepthBook(SYM_A)
+    book.apply(events[0])
+    book.apply(events[0])  # already reflected: ignored
+    assert book.seq == 1
+    book2 = DepthBook(SYM_A)
+    with pytest.raises(FeedError):
+        book2.apply(events[1])  # seq 2 before seq 1
+    with pytest.raises(FeedError):
+        DepthBook(SYM_B).apply(events[0])
+
+
+def test_take_changes_lists_only_changed_levels() -> None:
+    eng = engine()
+    book = DepthBook(SYM_A)
+    batch = []
+    for i, price in enumerate((150, 150, 145), start=1):
+        batch += eng.process(
+            NewOrder(instrument=SYM_A, order_id=i, owner="a", side=Side.BUY, quantity=LOT,
+                     price=price, time=i)
+        )  # fmt: skip
+    for e in batch:
+        book.apply(e)
+    ch = book.take_changes()
+    assert (ch.prev_seq, ch.seq) == (0, 3)
+    assert [tuple(lv) for lv in map(msgspec.structs.astuple, ch.bids)] == [
+        (150, 2 * LOT, 2),
+        (145, LOT, 1),
+    ]
+    # a taker that fills the 150 level entirely: bids at 150 vanish, no ask appears
+    for e in eng.process(
+        NewOrder(instrument=SYM_A, order_id=9, owner="b", side=Side.SELL, quantity=2 * LOT,
+                 price=150, time=9)
+    ):  # fmt: skip
+        book.apply(e)
+    ch = book.take_changes()
+    assert (ch.prev_seq, ch.seq) == (3, 6)
+    assert [msgspec.structs.astuple(lv) for lv in ch.bids] == [(150, 0, 0)]
+    assert ch.asks == []
+
+
+# --------------------------------------------------------------------------- hub: book channel
+
+
+def _hub_with_engine() -> tuple[MarketData, Any]:
+    eng = engine()
+    hub = MarketData()
+    hub.load([full_depth(eng, SYM_A), full_depth(eng, SYM_B)])
+    return hub, eng
+
+
+@LIGHT
+@given(
+    commands=command_lists(),
+    cuts=st.lists(st.integers(0, 60), max_size=8),
+    join_after=st.integers(0, 8),
+)
+def test_snapshot_plus_deltas_reproduce_the_book(
+    commands: list[Command], cuts: list[int], join_after: int
+) -> None:
+    """A client subscribing at any batch boundary, applying snapshot + deltas,
+    holds the engine's book after every publish, with a contiguous chain."""
+    hub, eng = _hub_with_engine()
+    early = hub.connect()
+    hub.subscribe_book(early, SYM_A)
+    late = hub.connect()
+    clients = {id(early): ClientBook(), id(late): ClientBook()}
+    for i, batch in enumerate(_split(commands, cuts)):
+        if i == join_after:
+            hub.subscribe_book(late, SYM_A)
+        events: list[Event] = []
+        for cmd in batch:
+            events += eng.process(cmd)
+        hub.publish(events)
+        for sub in (early, late):
+            for msg in frames(sub):
+                clients[id(sub)].on_message(msg)
+        want = full_depth(eng, SYM_A)
+        assert clients[id(early)].depth(SYM_A) == want
+        assert hub.depth(SYM_A) == want
+        if i >= join_after:
+            assert clients[id(late)].depth(SYM_A) == want
+
+
+def test_subscribe_book_acks_then_snapshots_and_resubscribe_resyncs() -> None:
+    hub, eng = _hub_with_engine()
+    hub.publish(
+        eng.process(
+            NewOrder(instrument=SYM_A, order_id=1, owner="a", side=Side.SELL, quantity=LOT,
+                     price=160, time=1)
+        )
+    )  # fmt: skip
+    sub = hub.connect()
+    hub.subscribe_book(sub, SYM_A)
+    ack, snap = frames(sub)
+    assert ack == {"type": "subscribed", "channel": "book", "instrument": SYM_A,
+                   "account_id": None}  # fmt: skip
+    assert snap == {"type": "snapshot", "channel": "book", "instrument": SYM_A, "seq": 1,
+                    "bids": [], "asks": [[160, LOT, 1]]}  # fmt: skip
+    hub.subscribe_book(sub, SYM_A)
+    assert [m["type"] for m in frames(sub)] == ["subscribed", "snapshot"]
+    hub.publish(eng.process(
+        NewOrder(instrument=SYM_A, order_id=2, owner="b", side=Side.BUY, quantity=LOT,
+                 price=100, time=2)
+    ))  # fmt: skip
+    (delta,) = frames(sub)  # one delta despite two subscriptions
+    assert delta["prev_seq"] == 1 and delta["seq"] == 2
+    assert delta["bids"] == [[100, LOT, 1]] and delta["asks"] == []
+
+
+def test_unknown_instrument_and_unsubscribe() -> None:
+    hub, eng = _hub_with_engine()
+    sub = hub.connect()
+    with pytest.raises(UnknownInstrument):
+        hub.subscribe_book(sub, "nope/2026-12-01T00Z/1h")
+    with pytest.raises(UnknownInstrument):
+        hub.subscribe_trades(sub, "nope/2026-12-01T00Z/1h")
+    hub.subscribe_book(sub, SYM_A)
+    hub.unsubscribe(sub, hub_channel("book"), SYM_A)
+    frames(sub)
+    hub.publish(eng.process(
+        NewOrder(instrument=SYM_A, order_id=1, owner="a", side=Side.BUY, quantity=LOT,
+                 price=100, time=1)
+    ))  # fmt: skip
+    assert frames(sub) == []
+
+
+def hub_channel(name: str) -> Any:
+    from schemas.stream import Channel
+
+    return Channel(name)
+
+
+def test_an_instrument_listed_after_start_gets_a_book_from_its_first_event() -> None:
+    hub = MarketData()
+    hub.load([])
+    eng = engine()
+    hub.publish(eng.process(
+        NewOrder(instrument=SYM_B, order_id=1, owner="a", side=Side.BUY, quantity=LOT,
+                 price=100, time=1)
+    ))  # fmt: skip
+    assert hub.depth(SYM_B) == full_depth(eng, SYM_B)
+
+
+def test_a_gap_makes_the_book_unavailable_until_reloaded() -> None:
+    hub, eng = _hub_with_engine()
+    sub = hub.connect()
+    hub.subscribe_book(sub, SYM_A)
+    frames(sub)
+    eng.process(
+        NewOrder(
+            instrument=SYM_A, order_id=1, owner="a", side=Side.BUY, quantity=LOT, price=100, time=1
+        )
+    )  # fmt: skip  (never published: a gap)
+    hub.publish(eng.process(
+        NewOrder(instrument=SYM_A, order_id=2, owner="a", side=Side.BUY, quantity=LOT,
+                 price=105, time=2)
+    ))  # fmt: skip
+    (err,) = frames(sub)
+    assert err["type"] == "error" and err["code"] == "book_unavailable"
+    with pytest.raises(Exception, match="unavailable") as info:
+        hub.subscribe_book(sub, SYM_A)
+    assert getattr(info.value, "code", None) == "book_unavailable"
+    hub.load([full_depth(eng, SYM_A)])
+    hub.subscribe_book(sub, SYM_A)
+    snap = frames(sub)[1]
+    assert snap["seq"] == 2 and len(snap["bids"]) == 2
+
+
+def test_reload_sends_current_subscribers_a_fresh_snapshot() -> None:
+    hub, eng = _hub_with_engine()
+    sub = hub.connect()
+    hub.subscribe_book(sub, SYM_A)
+    frames(sub)
+    hub.load([full_depth(eng, SYM_A)])
+    (snap,) = frames(sub)
+    assert snap["type"] == "snapshot"
+
+
+# --------------------------------------------------------------------------- slow subscribers
+
+
+def test_a_slow_subscriber_is_dropped_without_blocking_publish() -> None:
+    hub = MarketData(queue_limit=5)
+    eng = engine()
+    hub.load([full_depth(eng, SYM_A)])
+    slow, fast = hub.connect(), hub.connect()
+    for sub in (slow, fast):
+        hub.subscribe_book(sub, SYM_A)
+        hub.subscribe_trades(sub, SYM_A)
+    client = ClientBook()
+    for i in range(1, 40):
+        hub.publish(eng.process(
+            NewOrder(instrument=SYM_A, order_id=i, owner=OWNERS[i % 3],
+                     side=(Side.BUY, Side.SELL)[i % 2], quantity=LOT, price=150, time=i)
+        ))  # fmt: skip
+        for msg in frames(fast):
+            client.on_message(msg)
+    assert slow.dropped and slow.close_code == CLOSE_SLOW_CONSUMER
+    assert "slow" in slow.close_reason
+    assert slow.subs == set() and slow.pending() == []
+    assert not fast.dropped
+    assert client.depth(SYM_A) == full_depth(eng, SYM_A)
+
+
+async def test_next_frames_wakes_on_push_and_on_close() -> None:
+    sub = Subscriber(limit=2)
+    waiter = asyncio.create_task(sub.next_frames())
+    await asyncio.sleep(0)
+    sub.push(b"1")
+    sub.push(b"2")
+    assert await asyncio.wait_for(waiter, 1) == [b"1", b"2"]
+    waiter = asyncio.create_task(sub.next_frames())
+    await asyncio.sleep(0)
+    for frame in (b"3", b"4", b"5"):
+        sub.push(frame)
+    assert await asyncio.wait_for(waiter, 1) == []  # dropped: nothing more to send
+    assert sub.close_code == CLOSE_SLOW_CONSUMER
+
+
+# --------------------------------------------------------------------------- trades
+
+
+def _cross(eng: Any, t: int, maker: str = "alice", taker: str = "bob") -> list[Event]:
+    return eng.process(  # type: ignore[no-any-return]
+        NewOrder(instrument=SYM_A, order_id=2 * t, owner=maker, side=Side.SELL, quantity=2 * LOT,
+                 price=150, time=t)
+    ) + eng.process(
+        NewOrder(instrument=SYM_A, order_id=2 * t + 1, owner=taker, side=Side.BUY, quantity=LOT,
+                 price=155, time=t)
+    )  # fmt: skip
+
+
+def test_trades_channel_and_recent_trades() -> None:
+    hub = MarketData(trades_kept=3)
+    eng = engine()
+    hub.load([full_depth(eng, SYM_A), full_depth(eng, SYM_B)])
+    sub = hub.connect()
+    hub.subscribe_trades(sub, SYM_A)
+    assert frames(sub) == [{"type": "subscribed", "channel": "trades", "instrument": SYM_A,
+                            "account_id": None}]  # fmt: skip
+    events = _cross(eng, 1)
+    fill = next(e for e in events if isinstance(e, Fill))
+    hub.publish(events)
+    assert frames(sub) == [{
+        "type": "trade", "channel": "trades", "instrument": SYM_A, "seq": fill.seq,
+        "time": 1, "price": 150, "quantity": LOT, "aggressor_side": "buy",
+    }]  # fmt: skip
+    for t in range(2, 6):
+        hub.publish(_cross(eng, t))
+    recent = hub.recent_trades(SYM_A, 10)
+    assert [tr.time for tr in recent] == [5, 4, 3]  # newest first, bounded
+    assert [tr.time for tr in hub.recent_trades(SYM_A, 2)] == [5, 4]
+    assert hub.recent_trades(SYM_B, 10) == []
+    with pytest.raises(UnknownInstrument):
+        hub.recent_trades("nope/2026-12-01T00Z/1h", 1)
+
+
+# --------------------------------------------------------------------------- private channel
+
+
+@LIGHT
+@given(commands=command_lists(max_size=40))
+def test_private_channel_shows_an_account_only_its_own_events(commands: list[Command]) -> None:
+    hub, eng = _hub_with_engine()
+    subs = {owner: hub.connect() for owner in OWNERS}
+    for owner, sub in subs.items():
+        hub.subscribe_orders(sub, owner)
+        frames(sub)
+    all_events: list[Event] = []
+    for cmd in commands:
+        events = eng.process(cmd)
+        all_events += events
+        hub.publish(events)
+    for owner, sub in subs.items():
+        got = frames(sub)
+        others = [o for o in OWNERS if o != owner]
+        for msg in got:
+            text = msgspec.json.encode(msg).decode()
+            assert not any(f'"{o}"' in text for o in others), msg
+            if msg["type"] == "order":
+                assert msg["event"]["owner"] == owner
+        # exactly the events that concern this owner, in order
+        want: list[tuple[str, int | None]] = []
+        for e in all_events:
+            if isinstance(e, Fill):
+                if e.maker_owner == owner:
+                    want.append(("fill", e.maker_order_id))
+                if e.taker_owner == owner:
+                    want.append(("fill", e.taker_order_id))
+            elif not isinstance(e, TradingStateChanged) and e.owner == owner:
+                want.append(("order", e.order_id))
+        got_ids = [
+            (m["type"], m["order_id"] if m["type"] == "fill" else m["event"]["order_id"])
+            for m in got
+        ]
+        assert got_ids == want
+
+
+def test_fill_tells_each_side_its_own_role_only() -> None:
+    hub, eng = _hub_with_engine()
+    alice, bob = hub.connect(), hub.connect()
+    hub.subscribe_orders(alice, "alice")
+    hub.subscribe_orders(bob, "bob")
+    frames(alice), frames(bob)
+    hub.publish(_cross(eng, 1))
+    a = [m for m in frames(alice) if m["type"] == "fill"]
+    b = [m for m in frames(bob) if m["type"] == "fill"]
+    assert a == [{
+        "type": "fill", "channel": "orders", "instrument": SYM_A, "seq": 3, "time": 1,
+        "order_id": 2, "side": "sell", "liquidity": "maker", "price": 150, "quantity": LOT,
+        "open_quantity": LOT,
+    }]  # fmt: skip
+    assert b[0]["order_id"] == 3 and b[0]["side"] == "buy" and b[0]["liquidity"] == "taker"
+    assert b[0]["open_quantity"] == 0
+
+
+def test_private_rejects_and_accepts_carry_the_engine_event() -> None:
+    hub, eng = _hub_with_engine()
+    sub = hub.connect()
+    hub.subscribe_orders(sub, "alice")
+    frames(sub)
+    hub.publish(eng.process(
+        NewOrder(instrument=SYM_A, order_id=1, owner="alice", side=Side.BUY, quantity=LOT,
+                 price=150, time=1, client_order_id="c1")
+    ) + eng.process(
+        NewOrder(instrument="nope/2026-12-01T00Z/1h", order_id=2, owner="alice",
+                 side=Side.BUY, quantity=LOT, price=150, time=1)
+    ))  # fmt: skip
+    accepted, rejected = frames(sub)
+    assert accepted["type"] == "order"
+    event = msgspec.convert(accepted["event"], OrderAccepted)
+    assert event.client_order_id == "c1" and event.owner == "alice"
+    assert rejected["event"]["type"] == "rejected"
+    assert rejected["event"]["reason"] == "unknown_instrument"
+
+
+def test_depth_of_unknown_instrument() -> None:
+    hub = MarketData()
+    with pytest.raises(UnknownInstrument):
+        hub.depth(SYM_A)
+    assert hub.instruments() == []
+    hub.load([Depth(instrument=SYM_A, seq=0, bids=[], asks=[])])
+    assert hub.instruments() == [SYM_A]
