@@ -96,8 +96,9 @@ class TooManySubscriptions(DomainError):
     kind = ErrorKind.RATE_LIMITED
 
 
-def encode(message: ServerMessage) -> bytes:
-    return _encoder.encode(message)
+def encode(message: ServerMessage) -> str:
+    """A JSON text frame (decoded once, shared by every subscriber)."""
+    return _encoder.encode(message).decode()
 
 
 # --------------------------------------------------------------------------- DepthBook
@@ -280,7 +281,7 @@ class Subscriber:
 
     def __init__(self, limit: int = DEFAULT_QUEUE_LIMIT) -> None:
         self._limit = limit
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[str] = deque()
         self._wake = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason = ""
@@ -291,7 +292,7 @@ class Subscriber:
     def dropped(self) -> bool:
         return self.close_code is not None
 
-    def push(self, frame: bytes) -> bool:
+    def push(self, frame: str) -> bool:
         """Queue a frame; False (and dropped) if the subscriber is too far behind."""
         if self.close_code is not None:
             return False
@@ -309,13 +310,13 @@ class Subscriber:
             self._queue.clear()
             self._wake.set()
 
-    def pending(self) -> list[bytes]:
+    def pending(self) -> list[str]:
         """Take every queued frame (without waiting)."""
         frames = list(self._queue)
         self._queue.clear()
         return frames
 
-    async def next_frames(self) -> list[bytes]:
+    async def next_frames(self) -> list[str]:
         """Wait for frames; an empty list means the subscriber was closed."""
         while not self._queue and self.close_code is None:
             self._wake.clear()
@@ -482,7 +483,7 @@ class MarketData:
                 sub.subs.discard((Channel.BOOK, sym))
             self._fanout(subs, frame)
 
-    def _fanout(self, subs: dict[Subscriber, None], frame: bytes) -> None:
+    def _fanout(self, subs: dict[Subscriber, None], frame: str) -> None:
         dropped = [sub for sub in subs if not sub.push(frame)]
         for sub in dropped:
             self.disconnect(sub)
@@ -529,7 +530,10 @@ class MarketData:
             self.disconnect(sub)
 
     def subscribe_orders(self, sub: Subscriber, account_id: str) -> None:
-        """Private channel of an authenticated account."""
+        """Private channel of an authenticated account (one per connection: a
+        subscribe under another account replaces the previous one)."""
+        if sub.account_id is not None and sub.account_id != account_id:
+            self._remove(sub, Channel.ORDERS, sub.account_id)
         self._add(sub, Channel.ORDERS, account_id)
         sub.account_id = account_id
         if not sub.push(encode(Subscribed(channel=Channel.ORDERS, account_id=account_id))):
@@ -538,7 +542,7 @@ class MarketData:
     def unsubscribe(self, sub: Subscriber, channel: Channel, key: str | None) -> None:
         """Leave a channel (`key`: the instrument; ignored for orders). Idempotent."""
         if channel is Channel.ORDERS:
-            key = sub.account_id
+            key, sub.account_id = sub.account_id, None
         if key is not None:
             self._remove(sub, channel, key)
         instrument = None if channel is Channel.ORDERS else key

@@ -39,6 +39,8 @@ from ledger.migrate import schema_version
 from market.accounts_api import accounts_router
 from market.api import trading_router
 from market.auth import Authenticator, AuthMiddleware, RateLimiter, provide_principal
+from market.feed import MarketData
+from market.stream import market_stream
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
@@ -84,7 +86,7 @@ async def health(pool: NamedDependency[asyncpg.Pool]) -> Health:
 
 def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
-    return [ledger_router, accounts_router, trading_router]
+    return [ledger_router, accounts_router, trading_router, market_stream]
 
 
 async def default_pool_factory(settings: Settings) -> asyncpg.Pool:
@@ -144,7 +146,8 @@ def create_app(
         lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
         openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,
-        state=State({"settings": settings}),
+        # the market data hub exists before any lifespan, so the sequencer's can feed it
+        state=State({"settings": settings, "market_data": MarketData()}),
         debug=debug,
         logging_config=None,  # logging is the process's business (the CLI sets it up)
     )

@@ -305,12 +305,12 @@ async def test_next_frames_wakes_on_push_and_on_close() -> None:
     sub = Subscriber(limit=2)
     waiter = asyncio.create_task(sub.next_frames())
     await asyncio.sleep(0)
-    sub.push(b"1")
-    sub.push(b"2")
-    assert await asyncio.wait_for(waiter, 1) == [b"1", b"2"]
+    sub.push("1")
+    sub.push("2")
+    assert await asyncio.wait_for(waiter, 1) == ["1", "2"]
     waiter = asyncio.create_task(sub.next_frames())
     await asyncio.sleep(0)
-    for frame in (b"3", b"4", b"5"):
+    for frame in ("3", "4", "5"):
         sub.push(frame)
     assert await asyncio.wait_for(waiter, 1) == []  # dropped: nothing more to send
     assert sub.close_code == CLOSE_SLOW_CONSUMER

@@ -1,0 +1,176 @@
+"""The market data websocket, `/v1/stream` (protocol: `schemas.stream`).
+
+The hub (`market.feed.MarketData`) is `app.state.market_data`, created by
+`ops.app.create_app` with the app itself, so it exists before any lifespan
+runs: the sequencer's lifespan finds it there, calls `load(depths)` after
+recovery and `publish(events)` after each commit.
+
+Per connection, two tasks: the receiver decodes client messages and acts on
+the hub synchronously (a subscribe queues the ack and snapshot and registers
+the subscriber in one step); the sender moves the subscriber's queued frames
+to the socket. Every reply goes through the same queue, so the client sees
+frames in the order the hub produced them. When the hub drops a slow
+subscriber, the sender closes the socket with `CLOSE_SLOW_CONSUMER`.
+
+A bad message gets an `error` frame and the connection stays open. The
+private `orders` subscribe is signed like `GET /v1/stream` with an empty body
+and checked by `app.state.authenticator` (`market.auth`); its failures come
+back as `error` frames with the auth codes (`missing_signature`,
+`stale_timestamp`, `unknown_key`, `bad_signature`, `replayed_signature`).
+
+The upgrade request itself needs no signature (public market data): the
+HTTP auth middleware does not see websocket scopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+
+from market.auth import PUBLIC, Authenticator, AuthError, now_ms
+from market.feed import MarketData, Subscriber, encode
+from schemas.errors import DomainError
+from schemas.stream import (
+    Channel,
+    ClientMessage,
+    StreamError,
+    StreamErrorCode,
+    Subscribe,
+    Unsubscribe,
+)
+
+log = logging.getLogger(__name__)
+
+STREAM_PATH: Final = "/v1/stream"
+MAX_MESSAGE_CHARS: Final = 4096  # client messages are small; anything larger is refused
+
+_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+@websocket(STREAM_PATH, opt=PUBLIC, name="market_stream")
+async def market_stream(socket: WebSocket[Any, Any, Any]) -> None:
+    """Market data: public book and trades channels, private order updates."""
+    hub: MarketData = socket.app.state.market_data
+    await socket.accept()
+    sub = hub.connect()
+    receiver = asyncio.create_task(_receive(socket, hub, sub))
+    sender = asyncio.create_task(_send(socket, sub))
+    try:
+        await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hub.disconnect(sub)
+        sub.close(1000, "")
+        for task in (receiver, sender):
+            task.cancel()
+        for task in (receiver, sender):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _send(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> None:
+    try:
+        while True:
+            frames = await sub.next_frames()
+            if not frames:
+                break
+            for frame in frames:
+                await socket.send_text(frame)
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        return  # the client went away
+    assert sub.close_code is not None
+    with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+        await socket.close(code=sub.close_code, reason=sub.close_reason)
+
+
+async def _receive(socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber) -> None:
+    while True:
+        event = await socket.receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        text = event.get("text")
+        if not isinstance(text, str):
+            _error(sub, StreamErrorCode.INVALID_MESSAGE, "send JSON text frames, not binary")
+            continue
+        if len(text) > MAX_MESSAGE_CHARS:
+            _error(
+                sub,
+                StreamErrorCode.MESSAGE_TOO_LARGE,
+                f"a message may have at most {MAX_MESSAGE_CHARS} characters",
+            )
+            continue
+        try:
+            message = _decoder.decode(text)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            _error(sub, StreamErrorCode.INVALID_MESSAGE, str(exc))
+            continue
+        try:
+            await _handle(socket, hub, sub, message)
+        except DomainError as exc:
+            _error(sub, exc.code, exc.message)
+        except Exception:  # never let one message kill the connection
+            log.exception("stream: cannot handle %r", message)
+            _error(sub, "internal_error", "internal error; it has been logged")
+
+
+async def _handle(
+    socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber, message: ClientMessage
+) -> None:
+    if isinstance(message, Unsubscribe):
+        if message.channel is not Channel.ORDERS and message.instrument is None:
+            raise _invalid(f"unsubscribe from {message.channel} needs an instrument")
+        hub.unsubscribe(sub, message.channel, message.instrument)
+        return
+    assert isinstance(message, Subscribe)
+    if message.channel is Channel.ORDERS:
+        account_id = await _authenticate(socket, message)
+        hub.subscribe_orders(sub, account_id)
+        return
+    if message.instrument is None:
+        raise _invalid(f"subscribe to {message.channel} needs an instrument")
+    if message.channel is Channel.BOOK:
+        hub.subscribe_book(sub, message.instrument)
+    else:
+        hub.subscribe_trades(sub, message.instrument)
+
+
+async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) -> str:
+    """The account of a signed subscribe: signed as `GET /v1/stream` with an empty body."""
+    authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
+    if authenticator is None:
+        raise DomainError(
+            "private channels are not available (no authenticator)",
+            code=StreamErrorCode.AUTH_UNAVAILABLE,
+        )
+    missing = [
+        name
+        for name, value in (
+            ("key_id", message.key_id),
+            ("timestamp", message.timestamp),
+            ("signature", message.signature),
+        )
+        if not value
+    ]
+    if missing:  # said here in the message's own words, not the HTTP headers'
+        raise AuthError(
+            f"the orders channel needs a signed subscribe: missing {', '.join(missing)}",
+            code="missing_signature",
+        )
+    principal = await authenticator.authenticate(  # AuthError: an error frame with its code
+        message.key_id, str(message.timestamp), message.signature, "GET", STREAM_PATH, b"",
+        now_ms(),
+    )  # fmt: skip
+    return principal.account_id
+
+
+def _invalid(text: str) -> DomainError:
+    return DomainError(text, code=StreamErrorCode.INVALID_MESSAGE)
+
+
+def _error(sub: Subscriber, code: str, text: str) -> None:
+    sub.push(encode(StreamError(code=code, message=text)))
