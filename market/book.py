@@ -15,8 +15,9 @@ Layout, chosen for a lean hot path:
   book (cancel, amend, expiry) stays as an empty deque until it reaches the top
   or gets a new order, so nothing is ever removed from the middle of a heap.
   The top of each heap is always a non-empty level (restored after every
-  change), so the best price is `heap[0]`. Empty levels are bounded by the
-  number of ticks in the band and are dropped by snapshot/restore;
+  change), so the best price is `heap[0]`. Empty levels are dropped by
+  snapshot/restore and by `_compact` when a heap reaches twice the live levels
+  (at least 1,024 keys);
 - `orders` maps order id -> the resting order (mutable `RestingOrder`).
 
 Rules as built (see also `schemas.market`):
@@ -53,7 +54,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from typing import Final
 
 import msgspec
@@ -117,6 +118,7 @@ _C = CancelReason
 _STP: Final = CancelReason.SELF_TRADE
 
 _NO_IDS: Final[frozenset[str]] = frozenset()
+_COMPACT_MIN: Final = 1_024
 
 _encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
@@ -149,6 +151,7 @@ class OrderBook:
         "_bid_heap",
         "_bids",
         "_client_ids",
+        "_compact_at",
         "_gtd",
         "_lot",
         "_orders",
@@ -179,6 +182,7 @@ class OrderBook:
         # owner -> client order ids used in this book (strings: no GC-tracked keys)
         self._client_ids: dict[str, set[str]] = {}
         self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
+        self._compact_at = _COMPACT_MIN  # heap size that triggers _compact
 
     # ------------------------------------------------------------------ dispatch
 
@@ -331,6 +335,8 @@ class OrderBook:
                 key = price
             level = levels.get(key)
             if level is None:
+                if len(heap) >= self._compact_at:
+                    self._compact()
                 level = levels[key] = deque()
                 heappush(heap, key)
             level.append(order)
@@ -539,13 +545,33 @@ class OrderBook:
             return self._reject(
                 events, t, CommandKind.CANCEL, cmd.order_id, cmd.owner, _R.INSTRUMENT_CLOSED
             )
-        order = self._orders.get(cmd.order_id)
+        orders = self._orders
+        oid = cmd.order_id
+        order = orders.get(oid)
         if order is None or order.owner != cmd.owner:
-            return self._reject(
-                events, t, CommandKind.CANCEL, cmd.order_id, cmd.owner, _R.UNKNOWN_ORDER
+            return self._reject(events, t, CommandKind.CANCEL, oid, cmd.owner, _R.UNKNOWN_ORDER)
+        # inlined _remove and _cancel_event (hot path)
+        price = order.price
+        if order.side is _BUY:
+            levels, heap, key = self._bids, self._bid_heap, -price
+        else:
+            levels, heap, key = self._asks, self._ask_heap, price
+        level = levels[key]
+        level.remove(order)
+        del orders[oid]
+        if not level and heap[0] == key:
+            while heap and not levels[heap[0]]:
+                del levels[heappop(heap)]
+        qty = order.open
+        order.cancelled += qty
+        order.open = 0
+        seq = self._seq
+        events.append(
+            OrderCancelled(
+                seq, t, self._symbol, oid, order.owner, order.side, price, qty, 0, _C.USER
             )
-        self._remove(order)
-        self._cancel_event(events, t, order, _C.USER)
+        )
+        self._seq = seq + 1
         return events
 
     def amend_order(self, cmd: AmendOrder) -> list[Event]:
@@ -744,10 +770,25 @@ class OrderBook:
             levels, heap, key = self._asks, self._ask_heap, order.price
         level = levels.get(key)
         if level is None:
+            if len(heap) >= self._compact_at:
+                self._compact()
             level = levels[key] = deque()
             heappush(heap, key)
         level.append(order)
         self._orders[order.order_id] = order
+
+    def _compact(self) -> None:
+        """Drop the empty levels left deep in the book (see the module notes) once a
+        side's heap has grown to `_compact_at` keys, so memory follows the live
+        levels, not every price ever used. Amortised O(1) per new level."""
+        live = 0
+        for levels, heap in ((self._bids, self._bid_heap), (self._asks, self._ask_heap)):
+            for key in [k for k, level in levels.items() if not level]:
+                del levels[key]
+            heap[:] = list(levels)
+            heapify(heap)
+            live = max(live, len(heap))
+        self._compact_at = max(_COMPACT_MIN, 2 * live)
 
     # ------------------------------------------------------------------ queries
 

@@ -28,6 +28,7 @@ from schemas.market import (
     Instrument,
     MassCancel,
     NewOrder,
+    OpenOrder,
     OrderRejected,
     RejectReason,
     SetTradingState,
@@ -68,21 +69,25 @@ class MatchingEngine:
         for symbol in sorted(self._books):
             yield self._books[symbol]
 
+    def open_orders(self, owner: str) -> list[OpenOrder]:
+        """An owner's open orders in every book (symbol order, then order id)."""
+        return [o for book in self.books() for o in book.open_orders(owner)]
+
     def __contains__(self, symbol: object) -> bool:
         return symbol in self._books
 
     def process(self, cmd: Command) -> list[Event]:
         """Apply one command; return its events in order."""
-        kind = type(cmd)
-        if kind is NewOrder or kind is CancelOrder or kind is AmendOrder:
-            book = self._books.get(cmd.instrument)  # type: ignore[union-attr,arg-type]
-            if book is None:
-                return [self._unknown(cmd)]
-            if kind is NewOrder:
-                return book.new_order(cmd)  # type: ignore[arg-type]
-            if kind is CancelOrder:
-                return book.cancel_order(cmd)  # type: ignore[arg-type]
-            return book.amend_order(cmd)  # type: ignore[arg-type]
+        # isinstance on the exact classes first: the order/cancel/amend path is hot
+        if isinstance(cmd, NewOrder):
+            book = self._books.get(cmd.instrument)
+            return [self._unknown(cmd)] if book is None else book.new_order(cmd)
+        if isinstance(cmd, CancelOrder):
+            book = self._books.get(cmd.instrument)
+            return [self._unknown(cmd)] if book is None else book.cancel_order(cmd)
+        if isinstance(cmd, AmendOrder):
+            book = self._books.get(cmd.instrument)
+            return [self._unknown(cmd)] if book is None else book.amend_order(cmd)
         if isinstance(cmd, MassCancel):
             if cmd.instrument is not None:
                 book = self._books.get(cmd.instrument)
@@ -103,7 +108,7 @@ class MatchingEngine:
             for book in self.books():
                 events.extend(book.advance_time(cmd.time))
             return events
-        raise TypeError(f"not a market command: {kind.__name__}")
+        raise TypeError(f"not a market command: {type(cmd).__name__}")
 
     @staticmethod
     def _unknown(cmd: Command) -> OrderRejected:

@@ -108,3 +108,13 @@ def test_instrument_registry(engine: MatchingEngine) -> None:
     assert err.value.code == "unknown_instrument"
     with pytest.raises(TypeError):
         engine.process("not a command")  # type: ignore[arg-type]
+
+
+def test_open_orders_of_an_owner_across_books(engine: MatchingEngine) -> None:
+    engine.process(_order(OTHER, 1, owner="a"))
+    engine.process(_order(SYMBOL, 2, owner="a"))
+    engine.process(_order(SYMBOL, 3, owner="b"))
+    assert [(o.instrument, o.order_id) for o in engine.open_orders("a")] == [
+        (SYMBOL, 2),
+        (OTHER, 1),
+    ]

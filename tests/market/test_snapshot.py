@@ -195,3 +195,31 @@ def test_engine_snapshot_round_trip() -> None:
     assert restored.state_hash() == engine.state_hash()
     assert restored.snapshot() == data
     assert [b.symbol for b in restored.books()] == sorted([SYMBOL, other])
+
+
+def test_empty_levels_are_compacted_and_behaviour_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a tiny compaction threshold the book still matches the reference."""
+    from market import book as book_module
+    from tests.market.reference import ReferenceBook
+
+    monkeypatch.setattr(book_module, "_COMPACT_MIN", 4)
+    inst = instrument()
+    book, ref = OrderBook(inst), ReferenceBook(inst)
+    book._compact_at = 4
+    for cmd in random_commands(3_000, seed=3):
+        assert book.process(cmd) == ref.process(cmd)
+    assert book.open_orders() == ref.open_orders()
+    live = sum(1 for level in book._bids.values() if level)
+    assert len(book._bid_heap) == len(book._bids) <= max(4, 2 * live) + 1
+
+
+def test_many_distinct_prices_do_not_grow_the_book_without_bound() -> None:
+    d = Driver(OrderBook(instrument(tick_size=1, price_min=1, price_max=1_000_000)))
+    d.buy(1, 999_999, owner="top")  # stays at the top; deeper levels come and go
+    for i in range(20_000):
+        d.buy(1, 1 + i, owner="b", order_id=10 + i)
+        d.cancel(10 + i, owner="b")
+    assert len(d.book._bid_heap) <= 2_048
+    assert d.book.best_bid() == 999_999 and len(d.book) == 1
