@@ -1,0 +1,289 @@
+"""market.stream: the websocket /v1/stream over Litestar's test client.
+
+The app is the real `create_app` (so the route and `app.state.market_data` are
+the production wiring) with a stand-in pool: the stream needs no database. The
+test client runs the app in its own thread and event loop, so events are
+published through the client's portal, in the app's loop, as the sequencer
+would publish them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from litestar import Litestar
+from litestar.exceptions import WebSocketDisconnect
+from litestar.testing import TestClient
+from litestar.testing.websocket_test_session import WebSocketTestSession
+
+from market.auth import Authenticator, KeyRecord, now_ms, request_message
+from market.feed import CLOSE_SLOW_CONSUMER, MarketData
+from market.stream import MAX_MESSAGE_CHARS
+from ops.app import create_app
+from ops.config import Settings
+from schemas.accounts import Role
+from schemas.market import Event, NewOrder, Side
+from tests.market.feed_support import (
+    LOT,
+    SYM_A,
+    SYM_B,
+    ClientBook,
+    engine,
+    full_depth,
+)
+
+TIMEOUT = 5.0
+ALICE_KEY = "key_" + "a" * 16
+BOB_KEY = "key_" + "b" * 16
+
+
+class _NoPool:
+    """Stands in for the asyncpg pool: the stream never touches the database."""
+
+    async def close(self) -> None:
+        return None
+
+    def terminate(self) -> None:
+        return None
+
+
+async def _no_pool(settings: Settings) -> Any:
+    return _NoPool()
+
+
+class Exchange:
+    """The app, its hub, an engine feeding it, and signing keys of two accounts."""
+
+    def __init__(self, client: TestClient[Litestar], app: Litestar) -> None:
+        self.client = client
+        self.app = app
+        self.engine = engine()
+        self.hub: MarketData = app.state.market_data
+        self.hub.load([full_depth(self.engine, SYM_A), full_depth(self.engine, SYM_B)])
+        self.keys = {ALICE_KEY: Ed25519PrivateKey.generate(), BOB_KEY: Ed25519PrivateKey.generate()}
+        owners = {ALICE_KEY: "alice", BOB_KEY: "bob"}
+
+        async def load_key(key_id: str) -> KeyRecord | None:
+            if key_id not in self.keys:
+                return None
+            return KeyRecord(key_id, owners[key_id], Role.BUYER, self.keys[key_id].public_key())
+
+        app.state.authenticator = Authenticator(load_key)
+        self.next_id = 1
+        self.t = 1
+
+    def order(self, owner: str, side: Side, price: int, lots: int = 1, **kw: Any) -> list[Event]:
+        cmd = NewOrder(instrument=kw.pop("instrument", SYM_A), order_id=self.next_id,
+                       owner=owner, side=side, quantity=lots * LOT, price=price, time=self.t,
+                       **kw)  # fmt: skip
+        self.next_id += 1
+        self.t += 1
+        return self.engine.process(cmd)
+
+    def publish(self, events: list[Event]) -> None:
+        """Publish in the app's event loop, like the sequencer after a commit."""
+        self.client.blocking_portal.call(self.hub.publish, events)
+
+    def signed(self, key_id: str, timestamp: int | None = None) -> dict[str, Any]:
+        ts = now_ms() if timestamp is None else timestamp
+        sig = self.keys[key_id].sign(request_message(ts, "GET", "/v1/stream", b""))
+        return {"op": "subscribe", "channel": "orders", "key_id": key_id, "timestamp": ts,
+                "signature": base64.b64encode(sig).decode()}  # fmt: skip
+
+
+@pytest.fixture
+def exchange() -> Iterator[Exchange]:
+    app = create_app(Settings(), pool_factory=_no_pool)
+    with TestClient(app, timeout=TIMEOUT) as client:
+        yield Exchange(client, app)
+
+
+def recv(ws: WebSocketTestSession) -> dict[str, Any]:
+    msg: dict[str, Any] = ws.receive_json(timeout=TIMEOUT)
+    return msg
+
+
+def subscribe(ws: WebSocketTestSession, channel: str, instrument: str = SYM_A) -> dict[str, Any]:
+    """Subscribe and check the ack; return the snapshot for the book channel."""
+    ws.send_json({"op": "subscribe", "channel": channel, "instrument": instrument})
+    ack = recv(ws)
+    assert ack["type"] == "subscribed", ack
+    assert (ack["channel"], ack["instrument"]) == (channel, instrument)
+    return recv(ws) if channel == "book" else ack
+
+
+# --------------------------------------------------------------------------- book
+
+
+def test_snapshot_then_deltas_rebuild_the_engine_book(exchange: Exchange) -> None:
+    ex = exchange
+    ex.publish(ex.order("alice", Side.SELL, 160, 2) + ex.order("bob", Side.BUY, 140))
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        snap = subscribe(ws, "book")
+        assert snap == {"type": "snapshot", "channel": "book", "instrument": SYM_A, "seq": 2,
+                        "bids": [[140, LOT, 1]], "asks": [[160, 2 * LOT, 1]]}  # fmt: skip
+        book = ClientBook()
+        book.on_message(snap)
+        batches: list[Callable[[], list[Event]]] = [
+            lambda: ex.order("carol", Side.BUY, 165, 1) + ex.order("bob", Side.BUY, 145, 3),
+            lambda: ex.order("alice", Side.SELL, 140, 5, tif="ioc"),
+            lambda: ex.order("bob", Side.BUY, 150, 1, instrument=SYM_B),  # another instrument
+            lambda: ex.order("carol", Side.SELL, 155, 2) + ex.order("alice", Side.SELL, 155, 1),
+        ]
+        for make in batches:
+            batch = make()
+            ex.publish(batch)
+            if all(e.instrument == SYM_B for e in batch):
+                continue  # nothing on this channel
+            delta = recv(ws)
+            assert delta["type"] == "delta"
+            book.on_message(delta)  # checks prev_seq == the last seq held
+            assert book.depth(SYM_A) == full_depth(ex.engine, SYM_A)
+
+
+def test_resubscribe_sends_a_fresh_snapshot(exchange: Exchange) -> None:
+    ex = exchange
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        subscribe(ws, "book")
+        ex.publish(ex.order("alice", Side.SELL, 160))
+        assert recv(ws)["seq"] == 1
+        snap = subscribe(ws, "book")
+        assert snap["type"] == "snapshot" and snap["seq"] == 1 and snap["asks"] == [[160, LOT, 1]]
+        ws.send_json({"op": "unsubscribe", "channel": "book", "instrument": SYM_A})
+        assert recv(ws) == {"type": "unsubscribed", "channel": "book", "instrument": SYM_A}
+        ex.publish(ex.order("alice", Side.SELL, 165))
+        subscribe(ws, "trades")  # the next frame is this ack, not a book delta
+
+
+# --------------------------------------------------------------------------- trades
+
+
+def test_trades_channel(exchange: Exchange) -> None:
+    ex = exchange
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        subscribe(ws, "trades")
+        ex.publish(ex.order("alice", Side.SELL, 150, 2) + ex.order("bob", Side.BUY, 155, 1))
+        trade = recv(ws)
+        assert trade == {"type": "trade", "channel": "trades", "instrument": SYM_A, "seq": 3,
+                         "time": 2, "price": 150, "quantity": LOT,
+                         "aggressor_side": "buy"}  # fmt: skip
+    assert [t.seq for t in ex.hub.recent_trades(SYM_A, 5)] == [3]
+
+
+# --------------------------------------------------------------------------- bad messages
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("not json", "invalid_message"),
+        ('{"op": "dance"}', "invalid_message"),
+        ('{"op": "subscribe", "channel": "gossip", "instrument": "x"}', "invalid_message"),
+        ('{"op": "subscribe", "channel": "book"}', "invalid_message"),
+        ('{"op": "unsubscribe", "channel": "trades"}', "invalid_message"),
+        ('{"op": "subscribe", "channel": "book", "instrument": "nope/2026-12-01T00Z/1h"}',
+         "unknown_instrument"),
+        ('{"op": "subscribe", "channel": "trades", "instrument": "nope"}', "unknown_instrument"),
+        ('{"op": "subscribe", "channel": "orders"}', "missing_signature"),
+        ("[" * (MAX_MESSAGE_CHARS + 1), "message_too_large"),
+    ],
+)  # fmt: skip
+def test_bad_messages_get_error_frames_and_the_connection_lives_on(
+    exchange: Exchange, message: str, code: str
+) -> None:
+    with exchange.client.websocket_connect("/v1/stream") as ws:
+        ws.send_text(message)
+        error = recv(ws)
+        assert error["type"] == "error" and error["code"] == code, error
+        assert error["message"]
+        subscribe(ws, "book")  # still serving
+
+
+def test_binary_frames_are_refused(exchange: Exchange) -> None:
+    with exchange.client.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(b'{"op": "subscribe"}')
+        assert recv(ws)["code"] == "invalid_message"
+        subscribe(ws, "trades")
+
+
+# --------------------------------------------------------------------------- slow consumer
+
+
+def test_a_client_that_falls_behind_is_disconnected(exchange: Exchange) -> None:
+    ex = exchange
+    ex.hub.queue_limit = 3  # applies to connections made from now on
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        subscribe(ws, "book")
+        # one portal call: the hub queues everything before the sender can run
+        events = [ex.order("alice", Side.SELL, 150 + 5 * i) for i in range(6)]
+
+        def publish_all() -> None:
+            for batch in events:
+                ex.hub.publish(batch)
+
+        ex.client.blocking_portal.call(publish_all)
+        with pytest.raises(WebSocketDisconnect) as info:
+            for _ in range(10):
+                recv(ws)
+        assert info.value.code == CLOSE_SLOW_CONSUMER
+    with ex.client.websocket_connect("/v1/stream") as ws:  # and may come back
+        snap = subscribe(ws, "book")
+        assert len(snap["asks"]) == 6
+
+
+# --------------------------------------------------------------------------- private channel
+
+
+def test_private_channel_shows_only_the_accounts_own_orders_and_fills(exchange: Exchange) -> None:
+    ex = exchange
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(ex.signed(ALICE_KEY))
+        assert recv(ws) == {"type": "subscribed", "channel": "orders", "instrument": None,
+                            "account_id": "alice"}  # fmt: skip
+        ex.publish(ex.order("bob", Side.BUY, 140))  # not alice's: nothing
+        ex.publish(ex.order("alice", Side.SELL, 150, 2, client_order_id="a-1"))
+        accepted = recv(ws)
+        assert accepted["type"] == "order" and accepted["event"]["type"] == "accepted"
+        assert accepted["event"]["client_order_id"] == "a-1"
+        assert accepted["event"]["order_id"] == 2
+        ex.publish(ex.order("bob", Side.BUY, 150, 1))
+        fill = recv(ws)
+        assert fill == {"type": "fill", "channel": "orders", "instrument": SYM_A, "seq": 4,
+                        "time": 3, "order_id": 2, "side": "sell", "liquidity": "maker",
+                        "price": 150, "quantity": LOT, "open_quantity": LOT}  # fmt: skip
+        ex.publish(ex.order("alice", Side.BUY, 100, 1, client_order_id="a-1"))  # duplicate
+        rejected = recv(ws)
+        assert rejected["event"]["type"] == "rejected"
+        assert rejected["event"]["reason"] == "duplicate_client_order_id"
+        ws.send_json({"op": "unsubscribe", "channel": "orders"})
+        assert recv(ws)["type"] == "unsubscribed"
+        ex.publish(ex.order("alice", Side.SELL, 190))
+        subscribe(ws, "trades")  # next frame: the ack, not alice's order
+
+
+@pytest.mark.parametrize("fault", ["bad_signature", "stale_timestamp", "unknown_key", "replay"])
+def test_private_subscribe_must_be_signed(exchange: Exchange, fault: str) -> None:
+    ex = exchange
+    msg = ex.signed(ALICE_KEY)
+    if fault == "bad_signature":
+        msg["signature"] = ex.signed(BOB_KEY)["signature"]
+    elif fault == "stale_timestamp":
+        msg = ex.signed(ALICE_KEY, timestamp=now_ms() - 120_000)
+    elif fault == "unknown_key":
+        msg["key_id"] = "key_" + "c" * 16
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        if fault == "replay":
+            ws.send_json(msg)
+            assert recv(ws)["type"] == "subscribed"
+            ws.send_json({"op": "unsubscribe", "channel": "orders"})
+            recv(ws)
+        ws.send_json(msg)
+        error = recv(ws)
+        code = "replayed_signature" if fault == "replay" else fault
+        assert error["type"] == "error" and error["code"] == code, error
+        ex.publish(ex.order("alice", Side.SELL, 150))
+        subscribe(ws, "trades")  # no private frame came: not subscribed
