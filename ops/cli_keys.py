@@ -10,11 +10,18 @@ tokex keys show FILE
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
 from typing import Any
 
-from ledger.keys import load_signer, write_key_file
+from ledger.keys import DEFAULT_KEY_FILE, load_signer, rotate, write_key_file
+from ledger.log import open_ledger
 from ledger.note import KeyInvalid, Signer
-from ops.config import DEFAULT_EXCHANGE_NAME
+from ops.cli import add_database_options, settings_from_args
+from ops.config import DEFAULT_EXCHANGE_NAME, Settings
+from ops.database import database_url
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -32,6 +39,33 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _announce(url: str, settings: Settings, old: Signer, new: Signer) -> int:
+    ledger, log = await open_ledger(url, old, settings.exchange_name)
+    try:
+        # The shell may read the clock; the ledger itself never does.
+        return await rotate(ledger, log, new, time_ms=int(time.time() * 1000))
+    finally:
+        await ledger.close()
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    default = settings.data_path / DEFAULT_KEY_FILE
+    current = Path(settings.signing_key_file) if settings.signing_key_file else default
+    old = load_signer(current)
+    new = load_signer(args.new_key)
+    index = asyncio.run(_announce(database_url(settings), settings, old, new))
+    print(f"key rotation announced in entry {index}: {new.verifier().encode()}")
+    if current == default:
+        retired = current.with_name(f"{DEFAULT_KEY_FILE}.{old.key_id:08x}.retired")
+        os.replace(current, retired)
+        write_key_file(current, new)
+        print(f"{current} now holds the new key (the old one is in {retired})")
+    else:
+        print(f"configure the signing key file {args.new_key} before starting the exchange")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     keys = subparsers.add_parser("keys", help="checkpoint signing keys")
     sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
@@ -46,3 +80,7 @@ def register(subparsers: Any) -> None:
     show = sub.add_parser("show", help="print the public verifier key of a signer key file")
     show.add_argument("file")
     show.set_defaults(handler=_show)
+    rot = sub.add_parser("rotate", help="announce a new signing key (exchange stopped)")
+    rot.add_argument("--new-key", required=True, help="signer key file of the new key")
+    add_database_options(rot)
+    rot.set_defaults(handler=_rotate)

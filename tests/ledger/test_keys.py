@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from ledger.audit import export, verify_file
 from ledger.canonical import decode_transaction
 from ledger.checkpoint import verify_checkpoint
 from ledger.keys import (
@@ -26,6 +29,7 @@ from ledger.log import SigningKeyNotCurrent, open_ledger
 from ledger.note import NoteUnverified, Signer, Verifier
 from ledger.store import committed_transactions
 from ops.cli import main as tokex_main
+from ops.config import DEFAULT_EXCHANGE_NAME
 from schemas.ledger import Account, Posting, Transaction
 
 ORIGIN = "test.tokex/ledger"
@@ -156,3 +160,39 @@ async def test_forged_rotation_is_refused_and_changes_nothing(
         await ledger.close()
     assert await db_conn.fetchval("SELECT count(*) FROM ledger_keys") == 1
     assert await db_conn.fetchval("SELECT max(tree_size) FROM ledger_checkpoints") == 2
+
+
+async def test_cli_rotate_replaces_the_default_key_and_auditors_follow(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    first = load_or_create_signer(None, data, DEFAULT_EXCHANGE_NAME)  # as `tokex serve` does
+    ledger, _ = await open_ledger(db_url, first, DEFAULT_EXCHANGE_NAME)
+    try:
+        await ledger.apply_batch([deposit("d1")])
+    finally:
+        await ledger.close()
+    new = Signer.generate(DEFAULT_EXCHANGE_NAME)
+    write_key_file(tmp_path / "new.key", new)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    args = ["keys", "rotate", "--new-key", str(tmp_path / "new.key"), "--data-dir", str(data)]
+    # The CLI calls asyncio.run: give it a thread without a running loop.
+    assert await asyncio.to_thread(tokex_main, args) == 0
+    assert "announced in entry 1" in capsys.readouterr().out
+    assert load_or_create_signer(None, data, DEFAULT_EXCHANGE_NAME).verifier() == new.verifier()
+    assert len(list(data.glob("*.retired"))) == 1
+
+    ledger, _ = await open_ledger(db_url, new, DEFAULT_EXCHANGE_NAME)  # the next start
+    try:
+        await ledger.apply_batch([deposit("d2")])
+    finally:
+        await ledger.close()
+    conn = await asyncpg.connect(db_url)
+    try:
+        out = io.BytesIO()
+        await export(conn, out)
+    finally:
+        await conn.close()
+    report = verify_file(io.BytesIO(out.getvalue()), first.verifier())
+    assert report.keys == [first.verifier().encode(), new.verifier().encode()]
+    assert report.entries == 3
