@@ -498,6 +498,10 @@ class MarketData:
         for channel, key in list(sub.subs):
             self._remove(sub, channel, key)
 
+    def __contains__(self, instrument: object) -> bool:
+        """Whether the hub knows `instrument` (its book may still be unavailable)."""
+        return instrument in self._books or instrument in self._unavailable
+
     def instruments(self) -> list[str]:
         return sorted(self._books.keys() | self._unavailable)
 
@@ -507,9 +511,9 @@ class MarketData:
 
     def recent_trades(self, instrument: str, limit: int = 100) -> list[TradeMessage]:
         """The last `limit` trades of `instrument` seen since start-up, newest first."""
-        if instrument not in self._trades:
+        if instrument not in self:
             raise UnknownInstrument(f"unknown instrument {instrument!r}")
-        trades = self._trades[instrument]
+        trades = self._trades.get(instrument, ())
         n = max(0, min(limit, len(trades)))
         return [trades[-1 - i] for i in range(n)]
 
@@ -523,7 +527,7 @@ class MarketData:
             self.disconnect(sub)
 
     def subscribe_trades(self, sub: Subscriber, instrument: str) -> None:
-        if instrument not in self._trades:
+        if instrument not in self:
             raise UnknownInstrument(f"unknown instrument {instrument!r}")
         self._add(sub, Channel.TRADES, instrument)
         if not sub.push(encode(Subscribed(channel=Channel.TRADES, instrument=instrument))):

@@ -36,6 +36,7 @@ from litestar.exceptions import WebSocketDisconnect
 from market.auth import PUBLIC, Authenticator, AuthError, now_ms
 from market.feed import MarketData, Subscriber, encode
 from schemas.errors import DomainError
+from schemas.market import Depth
 from schemas.stream import (
     Channel,
     ClientMessage,
@@ -131,12 +132,32 @@ async def _handle(
         account_id = await _authenticate(socket, message)
         hub.subscribe_orders(sub, account_id)
         return
-    if message.instrument is None:
+    instrument = message.instrument
+    if instrument is None:
         raise _invalid(f"subscribe to {message.channel} needs an instrument")
+    if instrument not in hub:
+        _discover(socket, hub, instrument)
     if message.channel is Channel.BOOK:
-        hub.subscribe_book(sub, message.instrument)
+        hub.subscribe_book(sub, instrument)
     else:
-        hub.subscribe_trades(sub, message.instrument)
+        hub.subscribe_trades(sub, instrument)
+
+
+def _discover(socket: WebSocket[Any, Any, Any], hub: MarketData, instrument: str) -> None:
+    """Tell the hub of an instrument listed since start-up that has had no event yet.
+
+    The hub learns of instruments from `load` and from their first event; one
+    listed later, with an empty book, would otherwise be unknown until its
+    first order. Only a book with no event at all is taken from the engine
+    (`app.state.sequencer.engine`, when the exchange runs): its state is then
+    certainly the committed one (empty, seq 0); any other unknown book is in a
+    batch not yet published, and the hub will learn of it from its events.
+    """
+    engine = getattr(getattr(socket.app.state, "sequencer", None), "engine", None)
+    if engine is None or instrument not in engine:
+        return
+    if engine.book(instrument).next_seq == 1:
+        hub.load([Depth(instrument=instrument, seq=0, bids=[], asks=[])])
 
 
 async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) -> str:
