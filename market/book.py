@@ -61,6 +61,7 @@ import msgspec
 
 from market.errors import InvalidSnapshot
 from market.instruments import validate_instrument
+from schemas.errors import DomainError
 from schemas.market import (
     AdvanceTime,
     AmendOrder,
@@ -897,6 +898,30 @@ class OrderBook:
         (same queue order, orders, seq, trading state, used client ids)."""
         return hashlib.sha256(self.snapshot()).digest()
 
+    def _snapshot_order_problem(
+        self, order: RestingOrder, side: Side, last_price: int | None
+    ) -> str | None:
+        if order.side is not side:
+            return "on the wrong side"
+        if order.order_id in self._orders:
+            return "appears twice"
+        if order.open <= 0 or order.filled < 0 or order.cancelled < 0:
+            return "bad quantities"
+        if order.filled + order.open + order.cancelled != order.quantity:
+            return "quantity not conserved"
+        if order.open % self._lot:
+            return "open quantity off the lot"
+        price = order.price
+        if price % self._tick or not self._pmin <= price <= self._pmax:
+            return "price off the tick or out of the band"
+        if last_price is not None and (price > last_price if side is _BUY else price < last_price):
+            return "out of priority order"
+        if order.tif is not _GTC and order.tif is not _GTD:
+            return "time in force cannot rest"
+        if (order.tif is _GTD) is (order.expire_at is None):
+            return "expire_at does not match the time in force"
+        return None
+
     @classmethod
     def restore(cls, data: bytes) -> OrderBook:
         try:
@@ -907,17 +932,30 @@ class OrderBook:
 
     @classmethod
     def from_snapshot(cls, snap: BookSnapshot) -> OrderBook:
+        """Rebuild a book; refuse (`InvalidSnapshot`) anything the book itself
+        could not have produced, rather than resume from a broken state."""
         if snap.version != SNAPSHOT_VERSION:
             raise InvalidSnapshot(f"unsupported book snapshot version {snap.version}")
-        book = cls(snap.instrument)
+        try:
+            book = cls(snap.instrument)
+        except DomainError as exc:
+            raise InvalidSnapshot(f"snapshot instrument: {exc.message}") from exc
+        if snap.next_seq < 1:
+            raise InvalidSnapshot(f"next seq {snap.next_seq} < 1")
         book._seq = snap.next_seq
         for side, orders in ((_BUY, snap.bids), (_SELL, snap.asks)):
+            last: int | None = None
             for order in orders:
-                if order.side is not side or order.order_id in book._orders:
-                    raise InvalidSnapshot(f"bad order {order.order_id} in snapshot")
+                problem = book._snapshot_order_problem(order, side, last)
+                if problem is not None:
+                    raise InvalidSnapshot(f"order {order.order_id} in snapshot: {problem}")
+                last = order.price
                 book._append(msgspec.structs.replace(order))
                 if order.expire_at is not None:
                     heappush(book._gtd, (order.expire_at, order.order_id))
+        bid, ask = book.best_bid(), book.best_ask()
+        if bid is not None and ask is not None and bid >= ask:
+            raise InvalidSnapshot(f"crossed book in snapshot: bid {bid} >= ask {ask}")
         for owner, coid in snap.client_order_ids:
             book._client_ids.setdefault(owner, set()).add(coid)
         return book

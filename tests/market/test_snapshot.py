@@ -223,3 +223,40 @@ def test_many_distinct_prices_do_not_grow_the_book_without_bound() -> None:
         d.cancel(10 + i, owner="b")
     assert len(d.book._bid_heap) <= 2_048
     assert d.book.best_bid() == 999_999 and len(d.book) == 1
+
+
+def _tampered(**changes: object) -> bytes:
+    snap = msgspec.msgpack.decode(_busy_book().book.snapshot(), type=BookSnapshot)
+    return msgspec.msgpack.encode(msgspec.structs.replace(snap, **changes))
+
+
+def _with_first_ask(**changes: object) -> bytes:
+    snap = msgspec.msgpack.decode(_busy_book().book.snapshot(), type=BookSnapshot)
+    first = msgspec.structs.replace(snap.asks[0], **changes)
+    return msgspec.msgpack.encode(msgspec.structs.replace(snap, asks=[first, *snap.asks[1:]]))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_tampered(next_seq=0), id="seq"),
+        pytest.param(_with_first_ask(open=0), id="open zero"),
+        pytest.param(_with_first_ask(filled=0), id="not conserved"),
+        pytest.param(_with_first_ask(price=512), id="off tick"),
+        pytest.param(_with_first_ask(price=495), id="crossed"),
+        pytest.param(_with_first_ask(price=600), id="priority order"),
+        pytest.param(_with_first_ask(tif=TimeInForce.IOC), id="ioc resting"),
+        pytest.param(_with_first_ask(expire_at=9), id="expire without gtd"),
+        pytest.param(_with_first_ask(order_id=4), id="duplicate id"),
+    ],
+)
+def test_restore_refuses_states_the_book_cannot_reach(data: bytes) -> None:
+    with pytest.raises(InvalidSnapshot):
+        OrderBook.restore(data)
+
+
+def test_restore_refuses_an_invalid_instrument() -> None:
+    snap = msgspec.msgpack.decode(_busy_book().book.snapshot(), type=BookSnapshot)
+    inst = msgspec.structs.replace(snap.instrument, tick_size=0)
+    with pytest.raises(InvalidSnapshot):
+        OrderBook.restore(msgspec.msgpack.encode(msgspec.structs.replace(snap, instrument=inst)))
