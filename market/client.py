@@ -85,6 +85,7 @@ class TokexClient:
         self.key_id = key_id
         self.private_key = private_key
         self._owns_http = http is None
+        self._last_timestamp = 0
         self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
     @classmethod
@@ -149,10 +150,17 @@ class TokexClient:
                     request.method,
                     target,
                     body,
-                    now_ms() if timestamp_ms is None else timestamp_ms,
+                    self._next_timestamp() if timestamp_ms is None else timestamp_ms,
                 )
             )
         return request
+
+    def _next_timestamp(self) -> int:
+        """Now, but strictly after the last request's: two identical requests in the
+        same millisecond would otherwise carry the same signature and the second be
+        refused as a replay."""
+        self._last_timestamp = max(now_ms(), self._last_timestamp + 1)
+        return self._last_timestamp
 
     async def send(self, request: httpx.Request) -> Any:
         """Send a built request; decode its JSON answer or raise `TokexApiError`."""

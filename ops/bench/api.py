@@ -1,0 +1,188 @@
+"""Trading API throughput: durable orders acknowledged per second, with latency.
+
+    python -m ops.bench.api [--seconds 10] [--clients 32] [--batch 50]
+
+Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or
+DATABASE_URL), creates an instrument, providers and buyers, then drives it on
+loopback with concurrent signed clients (one account each): first single
+orders (`POST /v1/orders`), then batches (`POST /v1/orders/batch`). Every
+order counted was acknowledged, and so durable. The mix: resting bids and
+asks around the middle with a share that crosses (about one in five), so the
+sequencer also settles fills. Server, database and load share this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from market.accounts import create_account
+from market.client import TokexApiError, TokexClient
+from ops.config import Settings
+from ops.database import database_url
+from schemas.accounts import Role
+from schemas.market import Side
+from schemas.trading import CreateInstrument, PlaceOrder
+
+SYM = "bench-model/2030-01-01T00Z/1h"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": url, "TOKEX_RATE_LIMIT": "1000000",
+           "TOKEX_RATE_BURST": "1000000"}  # fmt: skip
+    log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: see {data_dir / 'server.log'}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not become healthy")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _setup(url: str, base: str, clients: int) -> list[tuple[TokexClient, Side]]:
+    conn = await asyncpg.connect(url)
+    try:
+        created, key = await create_account(conn, Role.OPERATOR, "bench", None)
+    finally:
+        await conn.close()
+    assert key is not None
+    http = httpx.AsyncClient(
+        base_url=base,
+        timeout=30,
+        transport=httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=clients * 2),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        ),
+    )
+    operator = TokexClient(base, created.key_id, key, http=http)
+    await operator.create_instrument(
+        CreateInstrument(
+            symbol=SYM, lot_size=1000, tick_size=1, price_min=1, price_max=10_000,
+            maker_fee_bps=5, taker_fee_bps=10,
+        )
+    )  # fmt: skip
+    traders: list[tuple[TokexClient, Side]] = []
+    for i in range(clients):
+        if i % 2 == 0:
+            account = await operator.create_account(Role.PROVIDER, f"provider-{i}")
+            client = operator.as_account(account)
+            await client.list_capacity("bench", SYM, 10**12)
+            traders.append((client, Side.SELL))
+        else:
+            account = await operator.create_account(Role.BUYER, f"buyer-{i}")
+            await operator.deposit(f"bench-{i}", account.account_id, 10**15)
+            traders.append((operator.as_account(account), Side.BUY))
+    return traders
+
+
+def _order(rng: random.Random, side: Side, coid: str) -> PlaceOrder:
+    # Bids 990-1004, asks 996-1010: about a fifth of the orders cross.
+    price = rng.randint(990, 1004) if side is Side.BUY else rng.randint(996, 1010)
+    return PlaceOrder(
+        client_order_id=coid, instrument=SYM, side=side, quantity=1000 * rng.randint(1, 3),
+        price=price,
+    )  # fmt: skip
+
+
+async def _run_phase(
+    traders: list[tuple[TokexClient, Side]], seconds: float, batch: int, tag: str
+) -> tuple[int, int, list[float]]:
+    latencies: list[float] = []
+    counts = [0, 0]  # acknowledged orders, refused
+    stop = time.perf_counter() + seconds
+
+    async def worker(index: int, client: TokexClient, side: Side) -> None:
+        rng = random.Random(index)
+        n = 0
+        while time.perf_counter() < stop:
+            n += 1
+            started = time.perf_counter()
+            try:
+                if batch == 1:
+                    await client.place_order(_order(rng, side, f"{tag}-{index}-{n}"))
+                    counts[0] += 1
+                else:
+                    orders = [_order(rng, side, f"{tag}-{index}-{n}-{k}") for k in range(batch)]
+                    results = await client.place_orders(orders)
+                    counts[0] += sum(r.order is not None for r in results)
+                    counts[1] += sum(r.order is None for r in results)
+            except TokexApiError:
+                counts[1] += batch
+            latencies.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(i, c, s) for i, (c, s) in enumerate(traders)))
+    elapsed = time.perf_counter() - began
+    return int(counts[0] / elapsed), counts[1], latencies
+
+
+async def _bench(url: str, base: str, seconds: float, clients: int, batch: int) -> None:
+    traders = await _setup(url, base, clients)
+    await _run_phase(traders, 1.0, 1, "warm")
+    print(f"api bench: {clients} concurrent signed clients on loopback; server, database and")
+    print("load on this machine; every order counted was acknowledged after its commit")
+    for size in (1, batch):
+        rate, refused, lat = await _run_phase(traders, seconds, size, f"b{size}")
+        what = "single orders" if size == 1 else f"batches of {size}"
+        print(
+            f"  {what:>16}: {rate:>7,} orders/s acknowledged, {len(lat):>6} requests, "
+            f"p50 {_percentile(lat, 0.5) * 1000:6.1f} ms, p99 {_percentile(lat, 0.99) * 1000:6.1f} ms"
+            f" per request ({refused} refused)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=50)
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="tokex-api-bench-"))
+    os.chmod(data_dir, 0o755)
+    url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
+    port = _free_port()
+    server = _start_server(url, data_dir, port)
+    try:
+        asyncio.run(_bench(url, f"http://127.0.0.1:{port}", args.seconds, args.clients, args.batch))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
