@@ -1,0 +1,156 @@
+"""End to end: a real `tokex serve` (uvicorn, the sequencer, PostgreSQL), orders over
+REST with TokexClient, market data over a real websocket.
+
+The acceptance check of the stream: the book over REST equals the book built
+from the websocket snapshot plus deltas, at every step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+from typing import Any
+
+import asyncpg
+from websockets.asyncio.client import ClientConnection, connect
+
+from market.accounts import create_account
+from market.auth import now_ms, request_message
+from market.client import TokexApiError, TokexClient
+from schemas.accounts import Role
+from schemas.market import Depth, DepthLevel, Side
+from schemas.trading import CreateInstrument, PlaceOrder
+from tests.market.feed_support import ClientBook
+from tests.support.server import ServerProcess
+
+SYM = "llama-3.1-70b/2026-12-01T00Z/1h"
+TIMEOUT = 10.0
+
+
+async def recv(ws: ClientConnection) -> dict[str, Any]:
+    msg: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    return msg
+
+
+async def _operator(db_url: str, base_url: str) -> TokexClient:
+    conn = await asyncpg.connect(db_url)
+    try:
+        created, key = await create_account(conn, Role.OPERATOR, "root", None)
+    finally:
+        await conn.close()
+    assert key is not None
+    return TokexClient(base_url, created.key_id, key)
+
+
+def _signed_subscribe(client: TokexClient) -> dict[str, Any]:
+    assert client.private_key is not None
+    ts = now_ms()
+    sig = client.private_key.sign(request_message(ts, "GET", "/v1/stream", b""))
+    return {"op": "subscribe", "channel": "orders", "key_id": client.key_id, "timestamp": ts,
+            "signature": base64.b64encode(sig).decode()}  # fmt: skip
+
+
+def _rest_depth(view: Any) -> Depth:
+    return Depth(
+        instrument=view.instrument,
+        seq=view.seq,
+        bids=[DepthLevel(lv.price, lv.quantity, lv.orders) for lv in view.bids],
+        asks=[DepthLevel(lv.price, lv.quantity, lv.orders) for lv in view.asks],
+    )
+
+
+async def test_rest_book_equals_websocket_book(db_url: str, server_process: ServerProcess) -> None:
+    operator = await _operator(db_url, server_process.base_url)
+    try:
+        await operator.create_instrument(
+            CreateInstrument(symbol=SYM, lot_size=1000, tick_size=5, price_min=5,
+                             price_max=100_000, maker_fee_bps=10, taker_fee_bps=20)
+        )  # fmt: skip
+        traders: list[TokexClient] = []
+        for i in range(2):
+            created = await operator.create_account(Role.PROVIDER, f"provider-{i}")
+            provider = operator.as_account(created)
+            await provider.list_capacity(f"cap-{i}", SYM, 1_000_000)
+            traders.append(provider)
+        for i in range(2):
+            created = await operator.create_account(Role.BUYER, f"buyer-{i}")
+            await operator.deposit(f"dep-{i}", created.account_id, 100_000_000)
+            traders.append(operator.as_account(created))
+        buyer = traders[2]
+        buyer_id = (await buyer.me()).account_id
+
+        url = server_process.base_url.replace("http://", "ws://") + "/v1/stream"
+        async with connect(url) as ws, connect(url) as private:
+            # an instrument with no order yet is already known to the stream
+            await ws.send(json.dumps({"op": "subscribe", "channel": "book", "instrument": SYM}))
+            assert (await recv(ws))["type"] == "subscribed"
+            book = ClientBook()
+            book.on_message(await recv(ws))
+            assert book.seq == 0
+            await ws.send(json.dumps({"op": "subscribe", "channel": "trades", "instrument": SYM}))
+            assert (await recv(ws))["type"] == "subscribed"
+            await private.send(json.dumps(_signed_subscribe(buyer)))
+            ack = await recv(private)
+            assert ack["type"] == "subscribed" and ack["account_id"] == buyer_id
+
+            rng = random.Random(5)
+            trades = 0
+            placed: list[tuple[TokexClient, int]] = []
+            for step in range(40):
+                trader = rng.choice(traders)
+                side = Side.SELL if trader in traders[:2] else Side.BUY
+                action = rng.random()
+                try:
+                    if action < 0.2 and placed:
+                        owner, order_id = placed.pop(rng.randrange(len(placed)))
+                        await owner.cancel_order(order_id)
+                    else:
+                        mid = 5_000 if side is Side.SELL else 4_980
+                        view = await trader.place_order(
+                            PlaceOrder(
+                                client_order_id=f"o{step}",
+                                instrument=SYM,
+                                side=side,
+                                quantity=rng.randint(1, 5) * 1000,
+                                price=mid + 5 * rng.randint(-10, 10),
+                            )
+                        )
+                        if view.open_quantity:
+                            placed.append((trader, view.order_id))
+                except TokexApiError as exc:
+                    assert exc.status in (404, 409, 422), exc  # e.g. cancel of a filled order
+                rest = _rest_depth(await operator.book(SYM, levels=1000))
+                while book.seq != rest.seq:
+                    msg = await recv(ws)
+                    if msg["type"] == "trade":
+                        trades += 1
+                    else:
+                        book.on_message(msg)  # checks the prev_seq chain
+                assert book.depth(SYM) == rest, f"step {step}"
+            assert trades >= 5, "the scenario should trade"
+            assert len(await operator.trades(SYM, 1000)) == trades  # REST trades agree
+            # the buyer's private channel saw its own orders, and no one else's
+            frames = []
+            while True:
+                try:
+                    frames.append(json.loads(await asyncio.wait_for(private.recv(), 0.5)))
+                except TimeoutError:
+                    break
+            assert any(m["type"] == "fill" for m in frames), "the buyer traded"
+            for msg in frames:
+                if msg["type"] == "order":
+                    assert msg["event"]["owner"] == buyer_id
+            others = {(await t.me()).account_id for t in traders} - {buyer_id}
+            assert not any(other in json.dumps(frames) for other in others)
+    finally:
+        await operator.aclose()
+
+
+async def test_stream_errors_over_a_real_server(server: str) -> None:
+    async with connect(server.replace("http://", "ws://") + "/v1/stream") as ws:
+        await ws.send("hello")
+        assert (await recv(ws))["code"] == "invalid_message"
+        await ws.send(json.dumps({"op": "subscribe", "channel": "book", "instrument": SYM}))
+        assert (await recv(ws))["code"] == "unknown_instrument"
