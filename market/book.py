@@ -118,7 +118,6 @@ _R = RejectReason
 _C = CancelReason
 _STP: Final = CancelReason.SELF_TRADE
 
-_NO_IDS: Final[frozenset[str]] = frozenset()
 _COMPACT_MIN: Final = 1_024
 
 _encoder = msgspec.msgpack.Encoder()
@@ -225,6 +224,8 @@ class OrderBook:
         coid = cmd.client_order_id
         expire_at = cmd.expire_at
         post_only = cmd.post_only
+        stp = cmd.stp
+        used: set[str] | None = None
         if order_type is _MARKET:
             if tif is None:
                 tif = _IOC
@@ -257,8 +258,10 @@ class OrderBook:
             reason = _R.EXPIRE_AT_IN_PAST
         elif post_only and (order_type is _MARKET or tif is _IOC or tif is _FOK):
             reason = _R.POST_ONLY_NOT_ALLOWED
-        elif coid is not None and coid in self._client_ids.get(owner, _NO_IDS):
-            reason = _R.DUPLICATE_CLIENT_ORDER_ID
+        elif coid is not None:
+            used = self._client_ids.get(owner)
+            if used is not None and coid in used:
+                reason = _R.DUPLICATE_CLIENT_ORDER_ID
         if reason is not None:
             return self._reject_new(cmd, reason, events)
         assert price is not None
@@ -273,13 +276,12 @@ class OrderBook:
         if crosses:
             if post_only:
                 return self._reject_new(cmd, _R.POST_ONLY_WOULD_TAKE, events)
-            if tif is _FOK and not self._fok_fillable(owner, cmd.stp, qty, side, lim_key):
+            if tif is _FOK and not self._fok_fillable(owner, stp, qty, side, lim_key):
                 return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
         elif tif is _FOK:
             return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
 
         if coid is not None:
-            used = self._client_ids.get(owner)
             if used is None:
                 used = self._client_ids[owner] = set()
             used.add(coid)
@@ -300,7 +302,7 @@ class OrderBook:
                 tif,
                 expire_at,
                 post_only,
-                cmd.stp,
+                stp,
             )
         )
         self._seq = seq + 1
@@ -308,7 +310,7 @@ class OrderBook:
         rem = qty
         decremented = 0
         if crosses:
-            rem, decremented = self._match(t, oid, owner, side, cmd.stp, qty, lim_key, events)
+            rem, decremented = self._match(t, oid, owner, side, stp, qty, lim_key, events)
         if not rem:
             return events
         if tif is _GTC or tif is _GTD:
@@ -324,7 +326,7 @@ class OrderBook:
                 decremented,
                 tif,
                 expire_at,
-                cmd.stp,
+                stp,
             )
             if side is _BUY:
                 levels = self._bids
