@@ -113,6 +113,17 @@ class BookChanges(msgspec.Struct, frozen=True):
     asks: list[DepthLevel]
 
 
+class _Order:
+    """What the book keeps of an order it saw accepted (and still open)."""
+
+    __slots__ = ("open", "price", "side")
+
+    def __init__(self, side: Side, price: int, open_quantity: int) -> None:
+        self.side = side
+        self.price = price
+        self.open = open_quantity
+
+
 class DepthBook:
     """Aggregated levels of one instrument, maintained from engine events only."""
 
@@ -127,8 +138,8 @@ class DepthBook:
         self._asks: dict[int, list[int]] = {}
         # (is_buy, price) -> (quantity, orders) before the first change since take_changes
         self._before: dict[tuple[bool, int], tuple[int, int]] = {}
-        # orders seen accepted (and still open): id -> [side, price, open]
-        self._orders: dict[int, list[object]] = {}
+        # orders seen accepted and still open (for a taker's price)
+        self._orders: dict[int, _Order] = {}
 
     @classmethod
     def from_depth(cls, depth: Depth) -> DepthBook:
@@ -164,7 +175,7 @@ class DepthBook:
         elif kind is OrderAccepted:
             assert isinstance(event, OrderAccepted)
             self._add(event.side, event.price, event.quantity)
-            self._orders[event.order_id] = [event.side, event.price, event.quantity]
+            self._orders[event.order_id] = _Order(event.side, event.price, event.quantity)
         elif kind is OrderCancelled:
             assert isinstance(event, OrderCancelled)
             done = event.open_quantity == 0
@@ -180,8 +191,8 @@ class DepthBook:
             self._add(event.side, event.new_price, event.new_open_quantity)
             order = self._orders.get(event.order_id)
             if order is not None:
-                order[1] = event.new_price
-                order[2] = event.new_open_quantity
+                order.price = event.new_price
+                order.open = event.new_open_quantity
         elif kind is not OrderRejected and kind is not TradingStateChanged:
             raise FeedError(f"not a market event: {kind.__name__}")
         self.seq = seq
@@ -194,9 +205,7 @@ class DepthBook:
         maker_side = _SELL if taker_side is _BUY else _BUY
         self._sub(maker_side, fill.price, fill.quantity, fill.maker_open == 0)
         self._set_open(fill.maker_order_id, fill.maker_open)
-        price = taker[1]
-        assert isinstance(price, int)
-        self._sub(taker_side, price, fill.quantity, fill.taker_open == 0)
+        self._sub(taker_side, taker.price, fill.quantity, fill.taker_open == 0)
         self._set_open(fill.taker_order_id, fill.taker_open)
 
     def _set_open(self, order_id: int, open_quantity: int) -> None:
@@ -205,7 +214,7 @@ class DepthBook:
         else:
             order = self._orders.get(order_id)
             if order is not None:
-                order[2] = open_quantity
+                order.open = open_quantity
 
     def _touch(self, side: Side, price: int) -> dict[int, list[int]]:
         is_buy = side is _BUY
