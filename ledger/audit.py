@@ -12,7 +12,7 @@ MessagePack record (msgspec, structs as arrays, the first element naming the rec
     entries     start index and the canonical bytes of up to 1000 consecutive transactions
     checkpoint  a signed checkpoint note, right after the entry that completes its tree
     ...         (entries and checkpoints interleaved, in index order)
-    balances*   "closing" balances at to_index as the database holds them, in chunks
+    balances*   "closing" balances at to_index (at the end: as the writer recovers them), in chunks
     end         counts, and the SHA-256 of every byte of the file before this frame
 
 Balance rows are ``(owner, asset, kind, available, held)``, sorted, non-zero only. The
@@ -62,6 +62,7 @@ from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
 from ledger.log import with_nodes
 from ledger.merkle import MerkleFrontier
 from ledger.note import NoteError, Verifier, open_note
+from ledger.store import load_state
 from schemas.errors import DomainError, ErrorKind
 
 __all__ = [
@@ -188,10 +189,6 @@ SELECT a.owner, a.asset, a.kind,
  WHERE e.tx_idx < $1
  GROUP BY a.owner, a.asset, a.kind
 """
-_BALANCES_NOW = """
-SELECT a.owner, a.asset, a.kind, b.available, b.held
-  FROM ledger_balances b JOIN ledger_accounts a ON a.id = b.account_id
-"""
 
 
 async def _balances(conn: asyncpg.Connection, upto: int, ledger_size: int) -> list[BalanceRow]:
@@ -199,7 +196,11 @@ async def _balances(conn: asyncpg.Connection, upto: int, ledger_size: int) -> li
     whole ledger (so the audit checks what the exchange actually holds), else summed from
     the stored entries."""
     if upto == ledger_size:
-        rows = await conn.fetch(_BALANCES_NOW)
+        # What the exchange holds: its balance snapshot rolled forward through the
+        # journal after it, exactly as the writer recovers it (ledger.store.load_state).
+        state, _, _ = await load_state(conn)
+        held = [(a.owner, a.asset, a.kind, b[0], b[1]) for a, b in state.balances.items()]
+        return sorted(r for r in held if r[3] or r[4])
     else:
         rows = await conn.fetch(_BALANCES_UPTO, upto)
     out = [(r["owner"], r["asset"], r["kind"], r["available"], r["held"]) for r in rows]

@@ -14,6 +14,7 @@ the journal does not already make durable.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -123,7 +124,11 @@ async def load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds,
                 created_index=row["created_idx"],
             )
     dirty = Dirty()
-    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+    # A cursor needs a transaction; inside the caller's (an audit export's snapshot) use it.
+    outer = contextlib.nullcontext() if conn.is_in_transaction() else conn.transaction(
+        readonly=True, isolation="repeatable_read"
+    )
+    async with outer:
         cursor = conn.cursor(
             "SELECT body FROM ledger_transactions WHERE idx >= $1 ORDER BY idx", snapshot_index
         )

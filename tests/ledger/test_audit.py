@@ -290,3 +290,24 @@ async def test_random_byte_flips_never_verify(books: Books) -> None:
             continue
         with pytest.raises(AuditFailure):
             verify(bytes(copy), books.keys[0])
+
+
+async def test_export_of_a_running_ledger_verifies(
+    db_url: str, signers: tuple[Signer, Signer]
+) -> None:
+    """The writer snapshots balances only now and then; an export taken while it runs
+    must still close with what the exchange holds (snapshot + journal), and verify."""
+    ledger, _ = await open_ledger(db_url, signers[0])
+    try:
+        await ledger.apply_batch(
+            [Transaction(id="fund", code="deposit", time=10,
+                         postings=(Posting(BANK, -100), Posting(USERS[0], 100)))]
+        )  # fmt: skip
+        await ledger.apply_batch(
+            [Transaction(id="pay", code="trade", time=11,
+                         postings=(Posting(USERS[0], -30), Posting(USERS[1], 30)))]
+        )  # fmt: skip
+        report = verify_file(io.BytesIO(await export_bytes(db_url)), signers[0].verifier())
+        assert report.entries == 2 and report.accounts == 3
+    finally:
+        await ledger.close()
