@@ -42,6 +42,7 @@ from schemas.market import (
     OrderAccepted,
     OrderCancelled,
     OrderExpired,
+    OrderRejected,
     OrderType,
     Side,
     StpMode,
@@ -86,8 +87,8 @@ class _Live:
         return len(self.ids)
 
 
-def generate(n: int, seed: int, resting: int) -> tuple[list[Command], bytes]:
-    """The command stream and the state hash it leads to."""
+def generate(n: int, seed: int, resting: int) -> tuple[list[Command], bytes, Counter[str]]:
+    """The command stream, the state hash it leads to, and event counts."""
     rng = random.Random(seed)
     engine = make_engine()
     book = engine.book(SYMBOL)
@@ -99,6 +100,7 @@ def generate(n: int, seed: int, resting: int) -> tuple[list[Command], bytes]:
         StpMode.DECREMENT_AND_CANCEL,
     ]
     cmds: list[Command] = []
+    stats: Counter[str] = Counter()
     next_id = 1
     for i in range(n):
         t = 1_000_000 + i
@@ -165,8 +167,15 @@ def generate(n: int, seed: int, resting: int) -> tuple[list[Command], bytes]:
             )
             next_id += 1
         cmds.append(cmd)
-        _track(engine.process(cmd), live)
-    return cmds, engine.state_hash()
+        events = engine.process(cmd)
+        _track(events, live)
+        n_fills = sum(1 for ev in events if isinstance(ev, Fill))
+        stats["fills"] += n_fills
+        stats["trading commands"] += n_fills > 0
+        for ev in events:
+            if isinstance(ev, OrderRejected):
+                stats[f"reject {ev.reason}"] += 1
+    return cmds, engine.state_hash(), stats
 
 
 def _track(events: list[Event], live: _Live) -> None:
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    cmds, expected_hash = generate(args.commands, args.seed, args.resting)
+    cmds, expected_hash, stats = generate(args.commands, args.seed, args.resting)
     gen_s = time.perf_counter() - t0
     mix = Counter(
         str(c.tif) if isinstance(c, NewOrder) and c.order_type is OrderType.LIMIT
@@ -209,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     print(f"workload: {len(cmds):,} commands, seed {args.seed}, generated in {gen_s:.1f}s")
     print("  mix: " + ", ".join(f"{k} {v / len(cmds):.1%}" for k, v in sorted(mix.items())))
+    rejects = ", ".join(
+        f"{k.removeprefix('reject ')} {v:,}" for k, v in sorted(stats.items()) if k[:7] == "reject "
+    )
+    print(
+        f"  {stats['fills']:,} fills; {stats['trading commands'] / len(cmds):.1%} of commands "
+        f"trade; rejects: {rejects or 'none'}"
+    )
 
     # pass 1: throughput, `--repeat` fresh replays
     walls: list[int] = []
