@@ -187,23 +187,25 @@ class OrderBook:
     # ------------------------------------------------------------------ dispatch
 
     def process(self, cmd: Command) -> list[Event]:
-        """Apply one command; return its events in order."""
-        kind = type(cmd)
-        if kind is NewOrder:
-            return self.new_order(cmd)  # type: ignore[arg-type]
-        if kind is CancelOrder:
-            return self.cancel_order(cmd)  # type: ignore[arg-type]
-        if kind is AmendOrder:
-            return self.amend_order(cmd)  # type: ignore[arg-type]
-        if kind is MassCancel:
-            assert isinstance(cmd, MassCancel)
+        """Apply one command; return its events in order.
+
+        The caller routes by instrument (`MatchingEngine` does): the book does
+        not look at `cmd.instrument`. Command times should not go backwards (the
+        sequencer stamps them); the book only compares them with `expire_at`.
+        """
+        if type(cmd) is NewOrder:
+            return self.new_order(cmd)
+        if type(cmd) is CancelOrder:
+            return self.cancel_order(cmd)
+        if type(cmd) is AmendOrder:
+            return self.amend_order(cmd)
+        if isinstance(cmd, MassCancel):
             return self.mass_cancel(cmd.time, cmd.owner)
-        if kind is SetTradingState:
-            assert isinstance(cmd, SetTradingState)
+        if isinstance(cmd, SetTradingState):
             return self.set_trading_state(cmd.state, cmd.time)
-        if kind is AdvanceTime:
+        if isinstance(cmd, AdvanceTime):
             return self.advance_time(cmd.time)
-        raise TypeError(f"not a market command: {kind.__name__}")
+        raise TypeError(f"not a market command: {type(cmd).__name__}")
 
     # ------------------------------------------------------------------ new order
 

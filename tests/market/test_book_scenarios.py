@@ -146,11 +146,18 @@ def test_depth_aggregates_levels_best_first(d: Driver) -> None:
 
 
 def test_sequence_numbers_are_gap_free_across_commands(d: Driver) -> None:
-    d.sell(1, 500, owner="m")
-    d.buy(2, 500, owner="t", tif=TimeInForce.IOC)
-    d.cancel(99)
-    seqs = [1, 2, 3, 4, 5]  # accepted, accepted, fill, ioc cancel, reject
-    assert d.book.next_seq == seqs[-1] + 1
+    events = d.sell(1, 500, owner="m")  # accepted
+    events += d.buy(2, 500, owner="t", tif=TimeInForce.IOC)  # accepted, fill, ioc cancel
+    events += d.cancel(99)  # reject
+    events += d.buy(1, 400, tif=TimeInForce.GTD, expire_at=1_001)  # accepted
+    events += d.cancel(99, time=1_001)  # expiry, reject
+    assert [e.seq for e in events] == list(range(1, 9))
+    assert d.book.next_seq == 9
+
+
+def test_process_refuses_what_is_not_a_command(d: Driver) -> None:
+    with pytest.raises(TypeError):
+        d.book.process(object())  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- market orders
