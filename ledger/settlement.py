@@ -26,6 +26,15 @@ so a replay or a retry cannot apply one twice):
   (filled, cancelled, expired), or the reservation of a cancelled part, is voided.
 - amend: the order's hold is voided and a new one made for the new open
   quantity and price, in one transaction (it fails whole if funds fall short).
+- delivery of t tokens by p to b (`delivery`): burn t of entitlement(b, p, i)
+  into issuance(i); release escrow(b, p, i) pro rata (`delivery_split`: floor,
+  and the last delivery of an entitlement releases exactly what is left) to
+  cash(p) less the provider fee, which goes to fees.
+- settlement of an instrument (window close): per (b, p), the remaining
+  entitlement is burned and the remaining escrow refunded to cash(b)
+  (`close_entitlement`); unsold capacity is burned (`close_capacity`).
+- withdrawal: a hold on cash(a) (`withdrawal_request`); paid: the hold is
+  posted to bank (`withdrawal_paid`); failed: the hold is voided (`withdrawal_failed`).
 
 Integer rules: notional = quantity / lot * price (quantities are whole lots);
 fee = floor(amount * bps / 10,000), in the payer's favour. Because
@@ -231,3 +240,197 @@ def rehold(
             HoldCreate(hold_id=new_hold, account=account, amount=amount),
         ),
     )
+
+
+# -- delivery, window close, withdrawals ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySplit:
+    """What one delivery report moves: tokens burned, escrow released, the fee on it."""
+
+    tokens: int
+    released: int
+    fee: int
+
+    @property
+    def paid(self) -> int:
+        """What the provider receives: the released escrow less the provider fee."""
+        return self.released - self.fee
+
+
+def delivery_split(
+    tokens: int, entitlement_balance: int, escrow_balance: int, fee_bps: int
+) -> DeliverySplit:
+    """The integer rule of a delivery of `tokens` out of `entitlement_balance`.
+
+    released = floor(escrow * tokens / entitlement), except that delivering the
+    whole remaining entitlement releases the whole remaining escrow, so no dust
+    is ever left behind. Flooring favours the buyer on a partial delivery, and
+    the difference is paid out by a later delivery (or refunded at close):
+    since tokens < entitlement makes released < escrow, escrow stays positive
+    while entitlement is, and reaches zero with it. The provider fee is
+    floor(released * bps / 10,000) of each delivery (payer's favour, like every fee).
+    """
+    if not 0 < tokens <= entitlement_balance:
+        raise ValueError(f"cannot deliver {tokens} of an entitlement of {entitlement_balance}")
+    if escrow_balance < 0:
+        raise ValueError("escrow cannot be negative")
+    if tokens == entitlement_balance:
+        released = escrow_balance
+    else:
+        released = escrow_balance * tokens // entitlement_balance
+    return DeliverySplit(tokens=tokens, released=released, fee=fee(released, fee_bps))
+
+
+def delivery_id(provider: str, report_id: str) -> str:
+    return f"delivery:{provider}:{report_id}"
+
+
+def delivery(
+    report_id: str,
+    buyer: str,
+    provider: str,
+    terms: Terms,
+    tokens: int,
+    entitlement_balance: int,
+    escrow_balance: int,
+    time: int,
+) -> tuple[Transaction, DeliverySplit]:
+    """The provider served `tokens` to `buyer`: burn them, pay the provider pro rata.
+
+    entitlement(b, p, i) -> issuance(i) (`tokens`, the burn: delivered tokens
+    leave the ledger the way they came in); escrow(b, p, i) -> cash(p)
+    (released - fee) and -> fees (fee). See `delivery_split` for the rounding.
+    """
+    split = delivery_split(tokens, entitlement_balance, escrow_balance, terms.provider_fee_bps)
+    postings = [
+        Posting(entitlement(buyer, provider, terms.symbol), -tokens),
+        Posting(issuance(terms.symbol), tokens),
+    ]
+    if split.released:
+        postings.append(Posting(escrow(buyer, provider, terms), -split.released))
+    if split.paid:
+        postings.append(Posting(cash(provider, terms.currency), split.paid))
+    if split.fee:
+        postings.append(Posting(fees(terms.currency), split.fee))
+    tx = Transaction(
+        id=delivery_id(provider, report_id),
+        code="delivery",
+        time=time,
+        postings=tuple(postings),
+        metadata={
+            "instrument": terms.symbol,
+            "buyer": buyer,
+            "provider": provider,
+            "report": report_id,
+            "tokens": str(tokens),
+            "released": str(split.released),
+            "fee": str(split.fee),
+        },
+    )
+    return tx, split
+
+
+def close_entitlement(
+    tx_id: str,
+    buyer: str,
+    provider: str,
+    terms: Terms,
+    entitlement_balance: int,
+    escrow_balance: int,
+    time: int,
+) -> Transaction:
+    """At settlement: burn what b still holds of p's tokens and refund its escrow.
+
+    entitlement(b, p, i) -> issuance(i); escrow(b, p, i) -> cash(b). Both
+    balances are taken whole (the caller passes the current ones).
+    """
+    postings: list[Posting] = []
+    if entitlement_balance:
+        postings += [
+            Posting(entitlement(buyer, provider, terms.symbol), -entitlement_balance),
+            Posting(issuance(terms.symbol), entitlement_balance),
+        ]
+    if escrow_balance:
+        postings += [
+            Posting(escrow(buyer, provider, terms), -escrow_balance),
+            Posting(cash(buyer, terms.currency), escrow_balance),
+        ]
+    if not postings:
+        raise ValueError("nothing to settle")
+    return Transaction(
+        id=tx_id,
+        code="close_refund",
+        time=time,
+        postings=tuple(postings),
+        metadata={
+            "instrument": terms.symbol,
+            "buyer": buyer,
+            "provider": provider,
+            "burned": str(entitlement_balance),
+            "refunded": str(escrow_balance),
+        },
+    )
+
+
+def close_capacity(tx_id: str, provider: str, symbol: str, amount: int, time: int) -> Transaction:
+    """At settlement: unsold capacity is burned, capacity(p, i) -> issuance(i)."""
+    return Transaction(
+        id=tx_id,
+        code="close_capacity",
+        time=time,
+        postings=(Posting(capacity(provider, symbol), -amount), Posting(issuance(symbol), amount)),
+        metadata={"instrument": symbol, "account": provider, "burned": str(amount)},
+    )
+
+
+def withdrawal_hold_id(account_id: str, withdrawal_id: str) -> str:
+    return f"withdrawal:{account_id}:{withdrawal_id}"
+
+
+def withdrawal_request(
+    account_id: str, withdrawal_id: str, amount: int, currency: str, time: int
+) -> Transaction:
+    """An account asks to withdraw: its cash available -> held (a hold of the same id)."""
+    hold_id = withdrawal_hold_id(account_id, withdrawal_id)
+    return Transaction(
+        id=hold_id,
+        code="withdrawal",
+        time=time,
+        holds=(HoldCreate(hold_id=hold_id, account=cash(account_id, currency), amount=amount),),
+        metadata={"account": account_id, "withdrawal": withdrawal_id},
+    )
+
+
+def withdrawal_paid(
+    account_id: str, withdrawal_id: str, amount: int, currency: str, time: int
+) -> Transaction:
+    """The operator paid it out: the hold is posted to the operator's bank."""
+    hold_id = withdrawal_hold_id(account_id, withdrawal_id)
+    return Transaction(
+        id=f"{hold_id}:paid",
+        code="withdrawal_paid",
+        time=time,
+        postings=(Posting(bank(currency), amount),),
+        holds=(HoldPost(hold_id=hold_id, amount=amount),),
+        metadata={"account": account_id, "withdrawal": withdrawal_id},
+    )
+
+
+def withdrawal_failed(account_id: str, withdrawal_id: str, time: int) -> Transaction:
+    """The payout failed: the hold is voided, the cash is available again."""
+    hold_id = withdrawal_hold_id(account_id, withdrawal_id)
+    return Transaction(
+        id=f"{hold_id}:failed",
+        code="withdrawal_failed",
+        time=time,
+        holds=(HoldVoid(hold_id=hold_id),),
+        metadata={"account": account_id, "withdrawal": withdrawal_id},
+    )
+
+
+def parse_pair(owner: str) -> tuple[str, str]:
+    """`b@p` (the owner of an entitlement or escrow) -> (b, p). Account ids hold no `@`."""
+    buyer, _, provider = owner.partition("@")
+    return buyer, provider

@@ -30,6 +30,8 @@ class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     maker_fee_bps: Bps = 0
     taker_fee_bps: Bps = 0
     provider_fee_bps: Bps = 0
+    #: Deliveries are still accepted this long after the window ends; then it settles.
+    delivery_grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)] = 0
 
 
 class InstrumentView(msgspec.Struct, kw_only=True):
@@ -45,7 +47,8 @@ class InstrumentView(msgspec.Struct, kw_only=True):
     taker_fee_bps: int
     provider_fee_bps: int
     currency: str
-    state: str
+    state: str  # open | halted | closed (trading over, deliveries in grace) | settled
+    delivery_grace_seconds: int = 0
 
 
 class Deposit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -174,3 +177,74 @@ class TradeView(msgspec.Struct, kw_only=True):
     price: int
     quantity: int
     aggressor_side: Side
+
+
+# -- delivery, settlement, withdrawals ---------------------------------------------------
+
+
+class DeliveryReport(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A provider served `tokens` of `instrument` to `buyer`. `report_id` makes it idempotent."""
+
+    report_id: ClientId
+    instrument: Symbol
+    buyer: AccountId
+    tokens: Amount
+
+
+class DeliveryView(msgspec.Struct, kw_only=True):
+    """A delivery as settled: tokens burned, escrow released, provider fee, provider paid."""
+
+    report_id: str
+    instrument: str
+    buyer: str
+    provider: str
+    tokens: int
+    released: int
+    fee: int
+    paid: int
+    transaction_id: str
+    time: int
+
+
+class EntitlementView(msgspec.Struct, kw_only=True):
+    """What a buyer holds of one provider's tokens on one instrument, and what was delivered."""
+
+    instrument: str
+    buyer: str
+    provider: str
+    entitlement: int  # tokens still to be delivered
+    escrow: int  # cash paid for them, held until delivery (refunded at settlement)
+    delivered: int  # tokens delivered so far
+    released: int  # escrow released to the provider so far (before its fee)
+
+
+class CloseInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    instrument: Symbol
+
+
+class SettlementView(msgspec.Struct, kw_only=True):
+    """An instrument's settlement: what was burned and refunded when its window closed."""
+
+    instrument: str
+    reason: str  # window (the clock passed window end + grace) | operator
+    time: int
+    entitlement_burned: int
+    refunded: int
+    capacity_burned: int
+
+
+class WithdrawalRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Withdraw available cash. `withdrawal_id` makes it idempotent."""
+
+    withdrawal_id: ClientId
+    amount: Amount
+
+
+class WithdrawalView(msgspec.Struct, kw_only=True):
+    account_id: str
+    withdrawal_id: str
+    amount: int
+    currency: str
+    status: str  # pending | paid | failed
+    created_at: int
+    updated_at: int
