@@ -342,7 +342,7 @@ class BookMachine(RuleBasedStateMachine):
 
 BookMachine.TestCase.settings = settings(
     max_examples=250,
-    stateful_step_count=60,
+    stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
