@@ -484,12 +484,16 @@ def provide_principal(request: Request[Any, Any, Any]) -> Principal:
 
 def requires_role(
     *roles: Role,
-) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
-    """A guard admitting only accounts of one of `roles` (403 `forbidden_role`)."""
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
+    """A guard admitting only accounts of one of `roles` (403 `forbidden_role`).
+
+    Async on purpose: Litestar runs a synchronous guard in a worker thread, a thread
+    hop (and GIL contention) on every request for what is a set lookup.
+    """
     allowed = frozenset(roles)
     names = ", ".join(sorted(allowed))
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = principal_of(connection)
         if principal is None:
             raise AuthError("this route needs a signed request", code="missing_signature")
