@@ -36,6 +36,7 @@ from litestar.types import ControllerRouterHandler
 
 from ledger.api import ledger_router
 from ledger.migrate import schema_version
+from ledger.reports_api import reports_router
 from market.accounts_api import accounts_router
 from market.api import trading_router
 from market.auth import Authenticator, AuthMiddleware, RateLimiter, provide_principal
@@ -86,7 +87,7 @@ async def health(pool: NamedDependency[asyncpg.Pool]) -> Health:
 
 def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
-    return [ledger_router, accounts_router, trading_router, market_stream]
+    return [ledger_router, accounts_router, trading_router, market_stream, reports_router]
 
 
 async def default_pool_factory(settings: Settings) -> asyncpg.Pool:
