@@ -141,11 +141,18 @@ def _register_accounts(subparsers: Any) -> None:
     register(subparsers)
 
 
+def _register_report(subparsers: Any) -> None:
+    from ops.cli_report import register
+
+    register(subparsers)
+
+
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
     register_core,
     _register_keys,
     _register_audit,
     _register_accounts,
+    _register_report,
 ]
 
 
