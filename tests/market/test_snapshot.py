@@ -260,3 +260,17 @@ def test_restore_refuses_an_invalid_instrument() -> None:
     inst = msgspec.structs.replace(snap.instrument, tick_size=0)
     with pytest.raises(InvalidSnapshot):
         OrderBook.restore(msgspec.msgpack.encode(msgspec.structs.replace(snap, instrument=inst)))
+
+
+def test_commands_and_events_round_trip_on_the_wire() -> None:
+    """Tagged unions: a consumer decodes `list[Event]` / `Command` without knowing
+    the types in advance, from JSON or msgpack."""
+    from schemas.market import Event
+
+    cmds = random_commands(400, seed=4)
+    book = OrderBook(instrument())
+    events = [e for cmd in cmds for e in book.process(cmd)]
+    assert len({type(e) for e in events}) >= 5
+    for codec in (msgspec.json, msgspec.msgpack):
+        assert codec.decode(codec.encode(events), type=list[Event]) == events
+        assert codec.decode(codec.encode(cmds), type=list[Command]) == cmds
