@@ -567,7 +567,7 @@ async def _fees(conn: asyncpg.Connection, query: FeesQuery) -> AsyncIterator[Fee
               AND ($3::bigint IS NULL OR t.time_ms >= $3)
               AND ($4::bigint IS NULL OR t.time_ms < $4)
             GROUP BY 1, 2, 3
-            ORDER BY 1, 2 COLLATE "C", 3 COLLATE "C" """,
+            ORDER BY 1, a.asset COLLATE "C", t.code COLLATE "C" """,
         period,
         EXCHANGE,
         query.from_time,

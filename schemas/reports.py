@@ -151,8 +151,9 @@ class FeeRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TrialBalanceRow(msgspec.Struct, frozen=True, kw_only=True):
-    """`row` `account` for every account, then `asset_total` after each asset's accounts
-    (its `available`, `held` and `total` are zero in a sound ledger)."""
+    """`row` `account` for every account with an entry, then `asset_total` after each
+    asset's accounts: its `total` is zero in a sound ledger (its `available` and `held`
+    need not be: open holds move value from one bucket to the other)."""
 
     row: Literal["account", "asset_total"]
     asset: str
