@@ -81,6 +81,7 @@ __all__ = [
     "report_columns",
     "report_name",
     "report_rows",
+    "resolve_query",
 ]
 
 #: Transaction codes that deliver tokens and pay providers out of escrow.
@@ -213,7 +214,7 @@ async def _first_index_at(conn: asyncpg.Connection, time_ms: int, size: int) -> 
     return size if found is None else int(found)
 
 
-async def _resolve(conn: asyncpg.Connection, query: ReportQuery) -> ReportQuery:
+async def resolve_query(conn: asyncpg.Connection, query: ReportQuery) -> ReportQuery:
     """The query with its open ledger bounds made explicit (inside the snapshot)."""
     if isinstance(query, StatementQuery):
         size = await _ledger_size(conn)
@@ -259,7 +260,7 @@ async def report_chunks(
     """The report's bytes in `fmt`, in chunks, read from one consistent snapshot."""
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         await check_query(conn, query)
-        query = await _resolve(conn, query)
+        query = await resolve_query(conn, query)
         writer = _CsvWriter(query) if fmt is ReportFormat.CSV else _JsonWriter(query)
         yield writer.head()
         batch: list[ReportRow] = []

@@ -25,12 +25,12 @@ so they answer a proper error instead of a cut stream.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Protocol
+from typing import Annotated, Protocol, runtime_checkable
 
 import asyncpg
 from litestar import Router, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
 from ledger.reports import ReportForbidden, check_query, parse_time, report_chunks
@@ -54,6 +54,7 @@ PRIVILEGED = frozenset({Role.OPERATOR, Role.AUDITOR})
 MEDIA_TYPES = {ReportFormat.JSON: "application/json", ReportFormat.CSV: "text/csv; charset=utf-8"}
 
 
+@runtime_checkable  # Litestar checks the dependency's type at run time
 class Caller(Protocol):
     """What the routes need of the authenticated principal."""
 
@@ -66,7 +67,7 @@ class Caller(Protocol):
 
 Pool = NamedDependency[asyncpg.Pool]
 Principal = NamedDependency[Caller]
-Fmt = Annotated[ReportFormat, QueryParameter(query="format")]
+Fmt = Annotated[ReportFormat, QueryParameter(name="format")]
 Time = Annotated[str | None, QueryParameter(description="Unix ms or ISO-8601 (UTC)")]
 Idx = Annotated[int | None, QueryParameter(ge=0)]
 
@@ -106,8 +107,8 @@ async def _stream(pool: asyncpg.Pool, query: ReportQuery, fmt: ReportFormat) -> 
 async def statement(
     pool: Pool,
     principal: Principal,
-    account: str | None = None,
-    asset: str | None = None,
+    account: FromQuery[str | None] = None,
+    asset: FromQuery[str | None] = None,
     from_index: Idx = None,
     to_index: Idx = None,
     from_time: Time = None,
@@ -126,8 +127,8 @@ async def statement(
 async def payouts(
     pool: Pool,
     principal: Principal,
-    provider: str | None = None,
-    period: Period = Period.DAY,
+    provider: FromQuery[str | None] = None,
+    period: FromQuery[Period] = Period.DAY,
     from_time: Time = None,
     to_time: Time = None,
     fmt: Fmt = ReportFormat.JSON,
@@ -153,7 +154,7 @@ async def instrument_by_path(
 
 @get("/instrument", summary="Instrument settlement, the symbol as a query parameter")
 async def instrument_by_query(
-    pool: Pool, principal: Principal, instrument: str, fmt: Fmt = ReportFormat.JSON
+    pool: Pool, principal: Principal, instrument: FromQuery[str], fmt: Fmt = ReportFormat.JSON
 ) -> Stream:
     return await _instrument(pool, principal, instrument, fmt)
 
@@ -162,7 +163,7 @@ async def instrument_by_query(
 async def fee_revenue(
     pool: Pool,
     principal: Principal,
-    period: Period = Period.DAY,
+    period: FromQuery[Period] = Period.DAY,
     from_time: Time = None,
     to_time: Time = None,
     fmt: Fmt = ReportFormat.JSON,
