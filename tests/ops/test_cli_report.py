@@ -1,0 +1,91 @@
+"""`tokex report ...` as a user runs it (subprocesses on DATABASE_URL): the same bytes as
+the `/v1/reports/...` route for the same query."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from market.auth import now_ms, sign_request
+from ops.app import create_app
+from ops.config import Settings
+from tests.ledger.reports_support import SYM, T0, Activity, build_activity
+from tests.support.pg import PgServer
+from tests.support.server import REPO_ROOT
+
+
+def tokex(*args: str, url: str) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["DATABASE_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "ops", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+async def market(pg: PgServer, pg_template: str) -> AsyncIterator[tuple[str, Activity]]:
+    async with pg.fresh_database(pg_template) as url:
+        yield url, await build_activity(url)
+
+
+async def route_bytes(url: str, a: Activity, who: str, target: str) -> bytes:
+    key = a.keys[who]
+    app = create_app(Settings(database_url=url))
+    async with AsyncTestClient(app) as client:
+        headers = sign_request(key.private_key, key.key_id, "GET", target, b"", now_ms())
+        response = await client.get(target, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+async def test_cli_writes_the_routes_bytes(market: tuple[str, Activity], tmp_path: Path) -> None:
+    url, a = market
+    b1 = a.id("b1")
+    out = tmp_path / "statement.csv"
+    r = tokex("report", "statement", "--account", b1, "--format", "csv", "--out", str(out), url=url)
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    assert out.read_bytes() == await route_bytes(url, a, "b1", "/v1/reports/statement?format=csv")
+    assert not (tmp_path / "statement.csv.partial").exists()
+
+    # to stdout, JSON; times given as ISO-8601 on the command line, as ms to the route
+    r = tokex("report", "fees", "--period", "hour", "--from-time", "2027-01-15T08:00:00Z", url=url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == await route_bytes(
+        url, a, "auditor", f"/v1/reports/fees?period=hour&from_time={T0}"
+    )
+    assert json.loads(r.stdout)["rows"]
+
+    r = tokex("report", "instrument", SYM, "--format", "csv", url=url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == await route_bytes(
+        url, a, "operator", f"/v1/reports/instruments/{SYM}?format=csv"
+    )
+    assert r.stdout.splitlines()[1].startswith(
+        b"total," + SYM.encode() + b",,,4,55000,284000,5163,"
+    )
+
+
+async def test_cli_trial_balance_and_errors(market: tuple[str, Activity]) -> None:
+    url, _ = market
+    r = tokex("report", "trial-balance", "--format", "csv", url=url)
+    assert r.returncode == 0, r.stderr
+    totals = [line for line in r.stdout.decode().splitlines() if line.startswith("asset_total,")]
+    assert totals and all(line.endswith(",0") for line in totals)
+    assert r.stdout == tokex("report", "trial-balance", "--format", "csv", url=url).stdout
+
+    r = tokex("report", "instrument", "nope/2027-01-01T00Z/1h", url=url)
+    assert r.returncode == 1 and b"unknown_instrument" in r.stderr
+    assert b"Traceback" not in r.stderr
+    r = tokex("report", "payouts", "--from-time", "soon", url=url)
+    assert r.returncode == 1 and b"invalid_report_query" in r.stderr
