@@ -7,10 +7,10 @@ client unchanged as `{"code": ..., "message": ...}`.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     """What sort of failure this is; the API turns it into a status code."""
 
     INVALID = "invalid"  # 400/422: the request itself is malformed or breaks a rule

@@ -197,7 +197,10 @@ async def _run_phase(
 
     began = time.perf_counter()
     await asyncio.gather(
-        *(worker(i, conn, side) for i, (conn, (_, side)) in enumerate(zip(connections, traders)))
+        *(
+            worker(i, conn, side)
+            for i, (conn, (_, side)) in enumerate(zip(connections, traders, strict=True))
+        )
     )
     elapsed = time.perf_counter() - began
     for conn in connections:
@@ -213,10 +216,10 @@ async def _bench(url: str, port: int, seconds: float, clients: int, batch: int) 
     for size in (1, batch):
         rate, refused, lat = await _run_phase(traders, port, seconds, size, f"b{size}")
         what = "single orders" if size == 1 else f"batches of {size}"
+        p50, p99 = _percentile(lat, 0.5) * 1000, _percentile(lat, 0.99) * 1000
         print(
             f"  {what:>16}: {rate:>7,} orders/s acknowledged, {len(lat):>6} requests, "
-            f"p50 {_percentile(lat, 0.5) * 1000:6.1f} ms, p99 {_percentile(lat, 0.99) * 1000:6.1f} ms"
-            f" per request ({refused} refused)"
+            f"p50 {p50:6.1f} ms, p99 {p99:6.1f} ms per request ({refused} refused)"
         )
 
 

@@ -2,8 +2,9 @@
 
     python -m ops.bench.ledger [--transfers 100000] [--accounts 10000] [--data-dir DIR]
 
-Uses DATABASE_URL when set, else an embedded PostgreSQL (pgserver) in a
-temporary data directory (or --data-dir). Each batch is one database
+Uses DATABASE_URL when set, else the embedded PostgreSQL (pgserver) in a
+temporary data directory (or --data-dir). `--with-log` adds what `tokex serve`
+does on top: Merkle nodes and one signed checkpoint per batch. Each batch is one database
 transaction, committed (fsync on, synchronous_commit on) before the next
 starts: every transfer counted here is durable. A transfer is a two-posting
 transaction between two random user accounts, each checked against the
@@ -22,7 +23,11 @@ import uuid
 
 import asyncpg
 
+from ledger.log import MerkleLog
+from ledger.note import Signer
 from ledger.writer import Ledger
+from ops.config import Settings
+from ops.database import database_url
 from schemas.ledger import Account, Posting, Transaction
 
 
@@ -50,9 +55,10 @@ def _with_database(url: str, name: str) -> str:
     return f"{scheme_host}/{name}{sep}{query}"
 
 
-async def run(base_url: str, transfers: int, accounts: int) -> None:
+async def run(base_url: str, transfers: int, accounts: int, *, with_log: bool = False) -> None:
     dsn = await _fresh_database(base_url)
-    ledger = await Ledger.open(dsn, max_batch=1000)
+    hooks = [MerkleLog(Signer.generate("bench.tokex/ledger"))] if with_log else []
+    ledger = await Ledger.open(dsn, max_batch=1000, hooks=hooks)
     rng = random.Random(7)
     bank = Account("exchange", "USD", "bank")
     users = [Account(f"user-{i}", "USD", "cash") for i in range(accounts)]
@@ -68,7 +74,8 @@ async def run(base_url: str, transfers: int, accounts: int) -> None:
     for start in range(0, len(funding), 1000):
         await ledger.apply_batch(funding[start : start + 1000])
 
-    print(f"ledger bench: {accounts} accounts, two-posting transfers, durable commits")
+    log_note = ", with the Merkle log and a signed checkpoint per batch" if with_log else ""
+    print(f"ledger bench: {accounts} accounts, two-posting transfers, durable commits{log_note}")
     counter = 0
     for batch_size in (1, 100, 1000):
         count = min(transfers, 2_000) if batch_size == 1 else transfers
@@ -104,16 +111,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transfers", type=int, default=100_000)
     parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument(
+        "--with-log",
+        action="store_true",
+        help="also write the Merkle log and sign a checkpoint per batch, as tokex serve does",
+    )
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL")
     if url is None:
-        import pgserver
-
         data_dir = args.data_dir or tempfile.mkdtemp(prefix="tokex-bench-")
-        server = pgserver.get_server(data_dir, cleanup_mode="stop" if args.data_dir else "delete")
-        url = server.get_uri()
-    asyncio.run(run(url, args.transfers, args.accounts))
+        os.chmod(data_dir, 0o755)
+        url = database_url(Settings(data_dir=data_dir))
+    asyncio.run(run(url, args.transfers, args.accounts, with_log=args.with_log))
 
 
 if __name__ == "__main__":
