@@ -429,3 +429,20 @@ async def test_routes_stream_the_same_bytes_and_enforce_who_sees_what(
 async def test_reports_need_a_signed_request(http: dict[str, Signed]) -> None:
     response = await http["b1"].client.get("/v1/reports/statement")
     assert response.status_code == 401
+
+
+async def test_output_does_not_depend_on_chunking(
+    market: tuple[str, Activity], conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamed in many small chunks (as a large range is), the bytes are the same."""
+    import ledger.reports
+
+    _, a = market
+    whole = {(q, f): await render(conn, q, f) for q in queries(a) for f in ReportFormat}
+    monkeypatch.setattr(ledger.reports, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(ledger.reports, "PREFETCH", 3)
+    for (query, fmt), expected in whole.items():
+        chunks = [chunk async for chunk in report_chunks(conn, query, fmt)]
+        assert b"".join(chunks) == expected
+    statement = [c async for c in report_chunks(conn, queries(a)[0], ReportFormat.CSV)]
+    assert len(statement) > 5
