@@ -1,7 +1,8 @@
 """The sequencer: the one writer of every state change of the exchange.
 
 Every command that changes state (list an instrument, deposit, list capacity,
-place, cancel, amend, mass cancel, and the clock's GTD expiries) is queued
+place, cancel, amend, mass cancel, delivery reports, window closes,
+withdrawals, and the clock's GTD expiries and window ends) is queued
 here. One task drains the queue in batches; for each batch it
 
 1. stages everything in memory: pre-trade checks against the ledger's
@@ -22,12 +23,37 @@ The engine is pure and deterministic: the journal holds every command it was
 fed with the ids and times the sequencer assigned, so replaying it rebuilds
 exactly the same books. Commands refused before the engine (unknown
 instrument, insufficient funds, idempotent replays) are not journaled.
+
+The life of an instrument ends in two steps, both checked at the start of
+every batch against the batch's time (and woken by the clock task):
+
+- window end (window_start + duration): trading closes — the engine's
+  `SetTradingState(CLOSED)`, journaled like any command, cancels every open
+  order and `_settle` voids their holds. Deliveries are still accepted.
+- window end + `delivery_grace_seconds`: settlement (`_settle_instrument`):
+  for each (buyer, provider) the remaining entitlement is burned and the
+  remaining escrow refunded to the buyer; unsold capacity is burned. The
+  instrument is then `settled` (a row of `market_settlements`, which is what
+  recovery reads): orders, listings and deliveries on it are refused with
+  `instrument_settled`. An operator's close does both steps at once.
+
+To find what to settle, settlement scans the ledger's in-memory balances for
+the instrument's token and escrow accounts: one pass per settled instrument,
+which is cheap beside the batch it runs in at this scale (an index by
+instrument would be the next step).
+
+Delivery reports (`DeliveryOp`) burn entitlement and release escrow pro rata
+(`ledger.settlement.delivery`); withdrawals (`WithdrawOp`, `WithdrawalOutcomeOp`)
+hold cash, then post it to the operator's bank or void the hold. Both are
+idempotent by their caller's id, kept in `market_deliveries` and
+`market_withdrawals` in the same database transaction as the ledger entries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time as _time
@@ -46,12 +72,17 @@ from market.engine import MatchingEngine
 from market.errors import DuplicateInstrument, InvalidInstrument, UnknownInstrument
 from market.instruments import make_instrument
 from market.store import (
+    DeliveryRow,
     JournalEntry,
     ListInstrument,
     OrderRow,
+    WithdrawalRow,
     encode_entry,
+    find_deliveries,
+    find_withdrawals,
     journal,
     load_live_orders,
+    load_settlements,
     load_terms,
     next_order_id,
     order_from_record,
@@ -72,6 +103,7 @@ from schemas.market import (
     OrderExpired,
     OrderRejected,
     OrderType,
+    SetTradingState,
     Side,
     TimeInForce,
     TradingState,
@@ -86,12 +118,18 @@ from schemas.trading import (
     AmendOrder,
     CancelledOrders,
     CreateInstrument,
+    DeliveryReport,
+    DeliveryView,
     Deposit,
+    EntitlementView,
     FillView,
     InstrumentView,
     LedgerReceipt,
     Listing,
     PlaceOrder,
+    SettlementView,
+    WithdrawalRequest,
+    WithdrawalView,
 )
 
 log = logging.getLogger(__name__)
@@ -133,6 +171,32 @@ class TransactionRefused(DomainError):
 class SequencerStopped(DomainError):
     code = "sequencer_stopped"
     kind = ErrorKind.UNAVAILABLE
+
+
+class InstrumentSettled(DomainError):
+    """The instrument's window is closed and settled: nothing more happens on it."""
+
+    code = "instrument_settled"
+    kind = ErrorKind.REJECTED
+
+
+class EntitlementExceeded(DomainError):
+    """A delivery report above what the buyer still holds of this provider (refused whole)."""
+
+    code = "entitlement_exceeded"
+    kind = ErrorKind.REJECTED
+
+
+class UnknownWithdrawal(DomainError):
+    code = "unknown_withdrawal"
+    kind = ErrorKind.NOT_FOUND
+
+
+class WithdrawalSettled(DomainError):
+    """The withdrawal was already marked the other way (paid after failed, or the reverse)."""
+
+    code = "withdrawal_settled"
+    kind = ErrorKind.CONFLICT
 
 
 # -- operations (what the API queues) ---------------------------------------------------
@@ -185,6 +249,38 @@ class CancelAllOp(Op):
 
 
 @dataclass(slots=True)
+class DeliveryOp(Op):
+    """A provider reports tokens served to a buyer."""
+
+    provider_account: str
+    request: DeliveryReport
+
+
+@dataclass(slots=True)
+class CloseInstrumentOp(Op):
+    """Close an instrument's window now and settle it (operator)."""
+
+    symbol: str
+
+
+@dataclass(slots=True)
+class WithdrawOp(Op):
+    """An account asks to withdraw available cash."""
+
+    account_id: str
+    request: WithdrawalRequest
+
+
+@dataclass(slots=True)
+class WithdrawalOutcomeOp(Op):
+    """The operator marks a withdrawal paid (posted to bank) or failed (hold voided)."""
+
+    account_id: str
+    withdrawal_id: str
+    paid: bool
+
+
+@dataclass(slots=True)
 class TickOp(Op):
     """Nothing but the passing of time: lets GTD orders expire on a quiet book."""
 
@@ -203,6 +299,18 @@ class _Batch:
     fill_views: dict[int, list[FillView]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
+    deliveries: dict[tuple[str, str], DeliveryRow] = field(default_factory=dict)
+    settlements: list[SettlementView] = field(default_factory=list)
+    withdrawals: dict[tuple[str, str], WithdrawalRow] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Prior:
+    """What the database already holds for the idempotency keys of a batch."""
+
+    orders: dict[tuple[str, str], OrderRow]
+    deliveries: dict[tuple[str, str], DeliveryRow]
+    withdrawals: dict[tuple[str, str], WithdrawalRow]
 
 
 _digest_encoder = msgspec.msgpack.Encoder(order="sorted")
@@ -236,6 +344,10 @@ class Sequencer:
         self.engine = MatchingEngine()
         self.terms: dict[str, Terms] = {}
         self._instrument_meta: dict[str, tuple[int, int, int, str]] = {}
+        self._grace: dict[str, int] = {}  # symbol -> delivery grace, seconds
+        # Unsettled instruments: symbol -> (window end, settlement time), in ms.
+        self._windows: dict[str, tuple[int, int]] = {}
+        self._settled: dict[str, SettlementView] = {}
         self._live: dict[int, OrderRow] = {}  # open orders
         self._gtd: dict[int, int] = {}  # open GTD order id -> expire_at
         self._next_order_id = 1
@@ -300,7 +412,9 @@ class Sequencer:
         engine = MatchingEngine()
         terms: dict[str, Terms] = {}
         meta: dict[str, tuple[int, int, int, str]] = {}
+        grace: dict[str, int] = {}
         for r in await load_terms(conn):
+            grace[r["symbol"]] = r["delivery_grace_seconds"]
             terms[r["symbol"]] = Terms(
                 symbol=r["symbol"],
                 lot_size=r["lot_size"],
@@ -327,9 +441,17 @@ class Sequencer:
                 last_time = max(last_time, entry.time)
             live = await load_live_orders(conn)
             order_id = await next_order_id(conn)
+            settled = {s.instrument: s for s in await load_settlements(conn)}
         self.engine = engine
         self.terms = terms
         self._instrument_meta = meta
+        self._grace = grace
+        self._settled = settled
+        self._windows = {
+            book.symbol: self._window(book.symbol, grace.get(book.symbol, 0))
+            for book in engine.books()
+            if book.symbol not in settled
+        }
         self._live = {o.order_id: o for o in live}
         self._gtd = {o.order_id: o.expire_at for o in live if o.expire_at is not None}
         self._next_order_id = order_id
@@ -347,14 +469,31 @@ class Sequencer:
         return await op.future
 
     async def _tick(self) -> None:
-        """Queue a tick when a resting GTD order has come due, so it expires on time."""
+        """Queue a tick when a resting GTD order or an instrument's window end (or its
+        settlement time) has come due, so it happens on time on a quiet exchange."""
         while True:
             await asyncio.sleep(0.25)
-            if self._gtd and self._queue.empty():
-                now = max(self._last_time, self._clock())
-                if min(self._gtd.values()) <= now:
-                    with contextlib.suppress(SequencerStopped, DomainError):
-                        await self.submit(TickOp())
+            if not self._queue.empty():
+                continue
+            now = max(self._last_time, self._clock())
+            due = self._gtd and min(self._gtd.values()) <= now
+            if due or self._next_window_event() <= now:
+                with contextlib.suppress(SequencerStopped, DomainError):
+                    await self.submit(TickOp())
+
+    def _window(self, symbol: str, grace_seconds: int) -> tuple[int, int]:
+        """(window end, settlement time) of an instrument, in ms."""
+        i = self.engine.book(symbol).instrument
+        end = (i.window_start + i.duration) * 1000
+        return end, end + grace_seconds * 1000
+
+    def _next_window_event(self) -> int | float:
+        """When the next window closes or settles (ms); infinity if none is pending."""
+        due: int | float = float("inf")
+        for symbol, (end, settle_at) in self._windows.items():
+            closed = self.engine.book(symbol).trading_state is TradingState.CLOSED
+            due = min(due, settle_at if closed else end)
+        return due
 
     async def _run(self) -> None:
         queue = self._queue
@@ -382,14 +521,27 @@ class Sequencer:
             for op in ops
             if isinstance(op, ListingOp)
         ]
+        external += self._external_ids(ops)
         try:
-            prior_orders = await self._prior_orders(ops)
+            prior = _Prior(
+                orders=await self._prior_orders(ops),
+                deliveries=await find_deliveries(
+                    self._conn,
+                    [
+                        (op.provider_account, op.request.report_id)
+                        for op in ops
+                        if isinstance(op, DeliveryOp)
+                    ],
+                ),
+                withdrawals=await find_withdrawals(self._conn, self._withdrawal_keys(ops)),
+            )
             async with self.ledger.batch(external) as lb:
                 batch = _Batch(ledger=lb, time=now)
                 self._expire_due(batch)
+                self._close_due(batch)
                 seen: dict[tuple[str, str], tuple[bytes, int]] = {}
                 for op in ops:
-                    outcomes.append(self._apply(op, batch, prior_orders, seen))
+                    outcomes.append(self._apply(op, batch, prior, seen))
                 rows = batch
                 lb.also_write(lambda conn: self._write(conn, rows))
         except Exception as exc:
@@ -434,6 +586,32 @@ class Sequencer:
             except Exception:
                 log.exception("publishing market data failed")
 
+    @staticmethod
+    def _withdrawal_keys(ops: Sequence[Op]) -> list[tuple[str, str]]:
+        keys = [
+            (op.account_id, op.request.withdrawal_id) for op in ops if isinstance(op, WithdrawOp)
+        ]
+        keys += [
+            (op.account_id, op.withdrawal_id) for op in ops if isinstance(op, WithdrawalOutcomeOp)
+        ]
+        return keys
+
+    @staticmethod
+    def _external_ids(ops: Sequence[Op]) -> list[str]:
+        """Ledger ids of this batch's deliveries and withdrawals, looked up by the ledger
+        first: an id the ledger once refused keeps its outcome instead of failing the batch
+        on the unique index."""
+        ids: list[str] = []
+        for op in ops:
+            if isinstance(op, DeliveryOp):
+                ids.append(settlement.delivery_id(op.provider_account, op.request.report_id))
+            elif isinstance(op, WithdrawOp):
+                ids.append(settlement.withdrawal_hold_id(op.account_id, op.request.withdrawal_id))
+            elif isinstance(op, WithdrawalOutcomeOp):
+                hold = settlement.withdrawal_hold_id(op.account_id, op.withdrawal_id)
+                ids.append(f"{hold}:{'paid' if op.paid else 'failed'}")
+        return ids
+
     async def _prior_orders(self, ops: Sequence[Op]) -> dict[tuple[str, str], OrderRow]:
         """Orders already placed under the client order ids of this batch (idempotency)."""
         keys = [
@@ -458,6 +636,9 @@ class Sequencer:
             instruments=batch.instruments,
             orders=list(batch.orders.values()),
             fills=batch.fills,
+            deliveries=list(batch.deliveries.values()),
+            settlements=batch.settlements,
+            withdrawals=list(batch.withdrawals.values()),
         )
 
     def _journal(self, batch: _Batch, entry: JournalEntry) -> None:
@@ -474,12 +655,12 @@ class Sequencer:
         self,
         op: Op,
         batch: _Batch,
-        prior: dict[tuple[str, str], OrderRow],
+        prior: _Prior,
         seen: dict[tuple[str, str], tuple[bytes, int]],
     ) -> Any:
         try:
             if isinstance(op, PlaceOp):
-                return self._place(op, batch, prior, seen)
+                return self._place(op, batch, prior.orders, seen)
             if isinstance(op, CancelOp):
                 return self._cancel(op, batch)
             if isinstance(op, AmendOp):
@@ -492,6 +673,15 @@ class Sequencer:
                 return self._listing(op, batch)
             if isinstance(op, CreateInstrumentOp):
                 return self._create_instrument(op, batch)
+            if isinstance(op, DeliveryOp):
+                return self._deliver(op, batch, prior.deliveries)
+            if isinstance(op, CloseInstrumentOp):
+                self._terms(op.symbol)
+                return self._settle_instrument(batch, op.symbol, "operator")
+            if isinstance(op, WithdrawOp):
+                return self._withdraw(op, batch, prior.withdrawals)
+            if isinstance(op, WithdrawalOutcomeOp):
+                return self._withdrawal_outcome(op, batch, prior.withdrawals)
             if isinstance(op, TickOp):
                 return None
         except DomainError as exc:
@@ -535,12 +725,17 @@ class Sequencer:
             req.provider_fee_bps,
             self.currency,
         )
+        self._grace[instrument.symbol] = req.delivery_grace_seconds
+        self._windows[instrument.symbol] = self._window(
+            instrument.symbol, req.delivery_grace_seconds
+        )
         batch.instruments.append(
             (
                 instrument.symbol, instrument.model, instrument.window_start,
                 instrument.duration, instrument.lot_size, instrument.tick_size,
                 instrument.price_min, instrument.price_max, req.maker_fee_bps,
                 req.taker_fee_bps, req.provider_fee_bps, self.currency, batch.time,
+                req.delivery_grace_seconds,
             )
         )  # fmt: skip
         return self.instrument_view(instrument.symbol)
@@ -555,6 +750,7 @@ class Sequencer:
     def _listing(self, op: ListingOp, batch: _Batch) -> LedgerReceipt:
         req = op.request
         terms = self._terms(req.instrument)
+        self._refuse_if_settled(req.instrument)
         book = self.engine.book(req.instrument)
         if book.trading_state is not TradingState.OPEN:
             raise OrderRefused(
@@ -578,6 +774,10 @@ class Sequencer:
             raise TransactionRefused(result.message or "refused", code=result.code or "refused")
         assert result.index is not None
         return LedgerReceipt(transaction_id=tx.id, ledger_index=result.index)
+
+    def _refuse_if_settled(self, symbol: str) -> None:
+        if symbol in self._settled:
+            raise InstrumentSettled(f"instrument {symbol} is settled")
 
     def _terms(self, symbol: str) -> Terms:
         terms = self.terms.get(symbol)
@@ -629,6 +829,9 @@ class Sequencer:
         terms = self.terms.get(req.instrument)
         if terms is None:
             row.reject_reason = "unknown_instrument"
+            return _OrderOutcome(order_id, row)
+        if req.instrument in self._settled:
+            row.reject_reason = InstrumentSettled.code
             return _OrderOutcome(order_id, row)
         # Pre-trade check: the hold this order needs must be available now.
         book = self.engine.book(req.instrument)
@@ -738,6 +941,188 @@ class Sequencer:
         if self._gtd and min(self._gtd.values()) <= batch.time:
             events = self._run_engine(batch, AdvanceTime(time=batch.time))
             self._settle(batch, events)
+
+    # -- delivery and settlement -------------------------------------------------------------
+
+    def _deliver(
+        self, op: DeliveryOp, batch: _Batch, prior: dict[tuple[str, str], DeliveryRow]
+    ) -> DeliveryView:
+        """Burn delivered tokens of the buyer's entitlement and pay the provider pro rata."""
+        req = op.request
+        provider = op.provider_account
+        key = (provider, req.report_id)
+        digest = _digest(req)
+        earlier = batch.deliveries.get(key) or prior.get(key)
+        if earlier is not None:
+            if earlier.request_digest != digest:
+                raise IdempotencyConflict(
+                    f"report id {req.report_id} was used for another delivery"
+                )
+            return earlier.view()
+        terms = self._terms(req.instrument)
+        self._refuse_if_settled(req.instrument)
+        state = batch.ledger.state
+        held = state.balance(settlement.entitlement(req.buyer, provider, req.instrument)).available
+        if req.tokens > held:
+            raise EntitlementExceeded(
+                f"{req.buyer} holds {held} tokens of {provider} on {req.instrument}, "
+                f"not {req.tokens}"
+            )
+        escrowed = state.balance(settlement.escrow(req.buyer, provider, terms)).available
+        tx, split = settlement.delivery(
+            req.report_id, req.buyer, provider, terms, req.tokens, held, escrowed, batch.time
+        )
+        self._checked(batch.ledger.apply(tx))
+        row = DeliveryRow(
+            provider=provider, report_id=req.report_id, request_digest=digest,
+            instrument=req.instrument, buyer=req.buyer, tokens=split.tokens,
+            released=split.released, fee=split.fee, transaction_id=tx.id, time_ms=batch.time,
+        )  # fmt: skip
+        batch.deliveries[key] = row
+        return row.view()
+
+    def _close_due(self, batch: _Batch) -> None:
+        """Close trading on instruments whose window has ended; settle those past grace."""
+        if self._next_window_event() > batch.time:
+            return
+        for symbol, (end, settle_at) in sorted(self._windows.items()):
+            if settle_at <= batch.time:
+                self._settle_instrument(batch, symbol, "window")
+            elif end <= batch.time:
+                self._close_trading(batch, symbol)
+
+    def _close_trading(self, batch: _Batch, symbol: str) -> None:
+        """The engine closes the book (final): open orders are cancelled, holds voided."""
+        if self.engine.book(symbol).trading_state is TradingState.CLOSED:
+            return
+        events = self._run_engine(
+            batch, SetTradingState(instrument=symbol, state=TradingState.CLOSED, time=batch.time)
+        )
+        self._settle(batch, events)
+
+    def _settle_instrument(self, batch: _Batch, symbol: str, reason: str) -> SettlementView:
+        """Close trading if still open, then burn and refund what is left; idempotent."""
+        done = self._settled.get(symbol)
+        if done is not None:
+            return done
+        self._close_trading(batch, symbol)
+        terms = self.terms[symbol]
+        token, escrow_kind = terms.token_asset, f"escrow:{symbol}"
+        pairs: dict[str, list[int]] = {}  # "b@p" -> [entitlement, escrow]
+        capacities: list[tuple[str, int]] = []
+        for account, (available, held) in batch.ledger.state.balances.items():
+            total = available + held
+            if not total:
+                continue
+            if account.asset == token and account.kind == "entitlement":
+                pairs.setdefault(account.owner, [0, 0])[0] = total
+            elif account.kind == escrow_kind and account.asset == terms.currency:
+                pairs.setdefault(account.owner, [0, 0])[1] = total
+            elif account.asset == token and account.kind == "capacity":
+                if held:  # every order was cancelled and released just above
+                    raise RuntimeError(f"{account} still holds {held} after the close")
+                capacities.append((account.owner, available))
+        lb = batch.ledger
+        n = 0
+        burned = refunded = capacity_burned = 0
+        for owner in sorted(pairs):
+            buyer, provider = settlement.parse_pair(owner)
+            tokens, cash = pairs[owner]
+            self._must(
+                lb.apply(
+                    settlement.close_entitlement(
+                        f"close:{symbol}:{n}", buyer, provider, terms, tokens, cash, batch.time
+                    )
+                )
+            )
+            n += 1
+            burned += tokens
+            refunded += cash
+        for provider, amount in sorted(capacities):
+            self._must(
+                lb.apply(
+                    settlement.close_capacity(
+                        f"close:{symbol}:{n}", provider, symbol, amount, batch.time
+                    )
+                )
+            )
+            n += 1
+            capacity_burned += amount
+        view = SettlementView(
+            instrument=symbol, reason=reason, time=batch.time, entitlement_burned=burned,
+            refunded=refunded, capacity_burned=capacity_burned,
+        )  # fmt: skip
+        batch.settlements.append(view)
+        # Undone by `_recover` if the batch does not commit.
+        self._settled[symbol] = view
+        self._windows.pop(symbol, None)
+        return view
+
+    # -- withdrawals ------------------------------------------------------------------------
+
+    def _withdraw(
+        self, op: WithdrawOp, batch: _Batch, prior: dict[tuple[str, str], WithdrawalRow]
+    ) -> WithdrawalView:
+        req = op.request
+        key = (op.account_id, req.withdrawal_id)
+        digest = _digest(req)
+        earlier = batch.withdrawals.get(key) or prior.get(key)
+        if earlier is not None:
+            if earlier.request_digest != digest:
+                raise IdempotencyConflict(
+                    f"withdrawal id {req.withdrawal_id} was used for another withdrawal"
+                )
+            return earlier.view()
+        account = settlement.cash(op.account_id, self.currency)
+        available = batch.ledger.state.balance(account).available
+        if req.amount > available:
+            raise TransactionRefused(
+                f"{available} available, cannot withdraw {req.amount}", code="insufficient_funds"
+            )
+        tx = settlement.withdrawal_request(
+            op.account_id, req.withdrawal_id, req.amount, self.currency, batch.time
+        )
+        self._checked(batch.ledger.apply(tx))
+        row = WithdrawalRow(
+            account_id=op.account_id, withdrawal_id=req.withdrawal_id, request_digest=digest,
+            amount=req.amount, currency=self.currency, hold_id=tx.id, status="pending",
+            created_ms=batch.time, updated_ms=batch.time,
+        )  # fmt: skip
+        batch.withdrawals[key] = row
+        return row.view()
+
+    def _withdrawal_outcome(
+        self, op: WithdrawalOutcomeOp, batch: _Batch, prior: dict[tuple[str, str], WithdrawalRow]
+    ) -> WithdrawalView:
+        key = (op.account_id, op.withdrawal_id)
+        row = batch.withdrawals.get(key) or prior.get(key)
+        if row is None:
+            raise UnknownWithdrawal(f"no withdrawal {op.withdrawal_id} of {op.account_id}")
+        target = "paid" if op.paid else "failed"
+        if row.status == target:
+            return row.view()
+        if row.status != "pending":
+            raise WithdrawalSettled(
+                f"withdrawal {op.withdrawal_id} of {op.account_id} is already {row.status}"
+            )
+        if op.paid:
+            tx = settlement.withdrawal_paid(
+                op.account_id, op.withdrawal_id, row.amount, row.currency, batch.time
+            )
+        else:
+            tx = settlement.withdrawal_failed(op.account_id, op.withdrawal_id, batch.time)
+        self._checked(batch.ledger.apply(tx))
+        done = dataclasses.replace(row, status=target, updated_ms=batch.time)
+        batch.withdrawals[key] = done
+        return done.view()
+
+    @staticmethod
+    def _checked(result: Any) -> None:
+        """A transaction of a user's request: its refusal is the user's error."""
+        if not result.committed:
+            if result.code == "idempotency_conflict":
+                raise IdempotencyConflict(result.message or "id already used with another body")
+            raise TransactionRefused(result.message or "refused", code=result.code or "refused")
 
     # -- events -> ledger and orders ------------------------------------------------------
 
@@ -901,7 +1286,9 @@ class Sequencer:
             symbol=i.symbol, model=i.model, window_start=i.window_start, duration=i.duration,
             lot_size=i.lot_size, tick_size=i.tick_size, price_min=i.price_min,
             price_max=i.price_max, maker_fee_bps=maker, taker_fee_bps=taker,
-            provider_fee_bps=provider, currency=currency, state=book.trading_state.value,
+            provider_fee_bps=provider, currency=currency,
+            state="settled" if symbol in self._settled else book.trading_state.value,
+            delivery_grace_seconds=self._grace.get(symbol, 0),
         )  # fmt: skip
 
     def instruments(self) -> list[InstrumentView]:
@@ -916,6 +1303,34 @@ class Sequencer:
             if owner == account_id or owner.startswith(prefix) or owner.endswith(suffix):
                 out.append(balance)
         out.sort(key=lambda b: (b.account.asset, b.account.kind, b.account.owner))
+        return out
+
+    def settlement_of(self, symbol: str) -> SettlementView | None:
+        return self._settled.get(symbol)
+
+    def entitlements_of(self, account_id: str) -> list[EntitlementView]:
+        """Entitlement and escrow of every (instrument, buyer, provider) the account is
+        party to, from the in-memory balances (delivered and released are left at 0: the
+        API adds them from `market_deliveries`)."""
+        found: dict[tuple[str, str], list[int]] = {}  # (symbol, "b@p") -> [tokens, escrow]
+        prefix, suffix = f"{account_id}@", f"@{account_id}"
+        for balance in self.ledger.balances():
+            a = balance.account
+            if not (a.owner.startswith(prefix) or a.owner.endswith(suffix)):
+                continue
+            if a.kind == "entitlement" and a.asset.startswith("tok:"):
+                found.setdefault((a.asset[4:], a.owner), [0, 0])[0] = balance.total
+            elif a.kind.startswith("escrow:"):
+                found.setdefault((a.kind[7:], a.owner), [0, 0])[1] = balance.total
+        out: list[EntitlementView] = []
+        for (symbol, owner), (tokens, escrowed) in sorted(found.items()):
+            buyer, provider = settlement.parse_pair(owner)
+            out.append(
+                EntitlementView(
+                    instrument=symbol, buyer=buyer, provider=provider, entitlement=tokens,
+                    escrow=escrowed, delivered=0, released=0,
+                )
+            )  # fmt: skip
         return out
 
     def account(self, owner: str, asset: str, kind: str) -> Balance:
@@ -933,14 +1348,23 @@ __all__ = [
     "AmendOp",
     "CancelAllOp",
     "CancelOp",
+    "CloseInstrumentOp",
     "CreateInstrumentOp",
+    "DeliveryOp",
     "DepositOp",
+    "EntitlementExceeded",
     "IdempotencyConflict",
+    "InstrumentSettled",
     "InvalidInstrument",
     "ListingOp",
     "OrderRefused",
     "PlaceOp",
     "Sequencer",
     "TickOp",
+    "TransactionRefused",
     "UnknownOrder",
+    "UnknownWithdrawal",
+    "WithdrawOp",
+    "WithdrawalOutcomeOp",
+    "WithdrawalSettled",
 ]

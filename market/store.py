@@ -1,4 +1,5 @@
-"""PostgreSQL persistence of the market (asyncpg): instruments, journal, orders, fills.
+"""PostgreSQL persistence of the market (asyncpg): instruments, journal, orders, fills,
+deliveries, settlements and withdrawals.
 
 Only the sequencer writes (inside its batch's database transaction); the API
 reads orders and fills from here, so what it shows is always committed.
@@ -14,7 +15,7 @@ import asyncpg
 import msgspec
 
 from schemas.market import Command, Instrument, OrderType, Side, TimeInForce
-from schemas.trading import FillView, OrderView
+from schemas.trading import DeliveryView, FillView, OrderView, SettlementView, WithdrawalView
 
 
 class ListInstrument(msgspec.Struct, kw_only=True, frozen=True, tag="list_instrument"):
@@ -109,6 +110,84 @@ FILL_COLUMNS = (
 )  # fmt: skip
 
 
+DELIVERY_COLUMNS = (
+    "provider", "report_id", "request_digest", "instrument", "buyer", "tokens", "released",
+    "fee", "transaction_id", "time_ms",
+)  # fmt: skip
+
+WITHDRAWAL_COLUMNS = (
+    "account_id", "withdrawal_id", "request_digest", "amount", "currency", "hold_id", "status",
+    "created_ms", "updated_ms",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class DeliveryRow:
+    """One accepted delivery report (a row of `market_deliveries`)."""
+
+    provider: str
+    report_id: str
+    request_digest: bytes
+    instrument: str
+    buyer: str
+    tokens: int
+    released: int
+    fee: int
+    transaction_id: str
+    time_ms: int
+
+    def as_record(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, c) for c in DELIVERY_COLUMNS)
+
+    def view(self) -> DeliveryView:
+        return DeliveryView(
+            report_id=self.report_id, instrument=self.instrument, buyer=self.buyer,
+            provider=self.provider, tokens=self.tokens, released=self.released, fee=self.fee,
+            paid=self.released - self.fee, transaction_id=self.transaction_id, time=self.time_ms,
+        )  # fmt: skip
+
+
+def delivery_from_record(r: asyncpg.Record) -> DeliveryRow:
+    return DeliveryRow(**{c: r[c] for c in DELIVERY_COLUMNS})
+
+
+@dataclass(slots=True)
+class WithdrawalRow:
+    """The state of one withdrawal (a row of `market_withdrawals`)."""
+
+    account_id: str
+    withdrawal_id: str
+    request_digest: bytes
+    amount: int
+    currency: str
+    hold_id: str
+    status: str  # pending | paid | failed
+    created_ms: int
+    updated_ms: int
+
+    def as_record(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, c) for c in WITHDRAWAL_COLUMNS)
+
+    def view(self) -> WithdrawalView:
+        return WithdrawalView(
+            account_id=self.account_id, withdrawal_id=self.withdrawal_id, amount=self.amount,
+            currency=self.currency, status=self.status, created_at=self.created_ms,
+            updated_at=self.updated_ms,
+        )  # fmt: skip
+
+
+def withdrawal_from_record(r: asyncpg.Record) -> WithdrawalRow:
+    return WithdrawalRow(**{c: r[c] for c in WITHDRAWAL_COLUMNS})
+
+
+def settlement_from_record(r: asyncpg.Record) -> SettlementView:
+    return SettlementView(
+        instrument=r["instrument"], reason=r["reason"], time=r["time_ms"],
+        entitlement_burned=r["entitlement_burned"], refunded=r["refunded"],
+        capacity_burned=r["capacity_burned"],
+    )  # fmt: skip
+
+
 def order_from_record(r: asyncpg.Record) -> OrderRow:
     return OrderRow(
         order_id=r["order_id"],
@@ -140,6 +219,9 @@ async def write_market_batch(
     instruments: Sequence[tuple[Any, ...]],
     orders: Sequence[OrderRow],
     fills: Sequence[tuple[Any, ...]],
+    deliveries: Sequence[DeliveryRow] = (),
+    settlements: Sequence[SettlementView] = (),
+    withdrawals: Sequence[WithdrawalRow] = (),
 ) -> None:
     """Write one batch's market rows (inside the batch's database transaction)."""
     if instruments:
@@ -149,7 +231,7 @@ async def write_market_batch(
             columns=(
                 "symbol", "model", "window_start", "duration", "lot_size", "tick_size",
                 "price_min", "price_max", "maker_fee_bps", "taker_fee_bps", "provider_fee_bps",
-                "currency", "created_ms",
+                "currency", "created_ms", "delivery_grace_seconds",
             ),
         )  # fmt: skip
     if journal:
@@ -165,6 +247,35 @@ async def write_market_batch(
                 VALUES ({", ".join(f"${i + 1}" for i in range(len(ORDER_COLUMNS)))})
                 ON CONFLICT (order_id) DO UPDATE SET {updates}""",
             [o.as_record() for o in orders],
+        )
+    if deliveries:
+        await conn.copy_records_to_table(
+            "market_deliveries",
+            records=[d.as_record() for d in deliveries],
+            columns=DELIVERY_COLUMNS,
+        )
+    if settlements:
+        await conn.copy_records_to_table(
+            "market_settlements",
+            records=[
+                (
+                    s.instrument, s.reason, s.time, s.entitlement_burned, s.refunded,
+                    s.capacity_burned,
+                )
+                for s in settlements
+            ],
+            columns=(
+                "instrument", "reason", "time_ms", "entitlement_burned", "refunded",
+                "capacity_burned",
+            ),
+        )  # fmt: skip
+    if withdrawals:
+        await conn.executemany(
+            f"""INSERT INTO market_withdrawals ({", ".join(WITHDRAWAL_COLUMNS)})
+                VALUES ({", ".join(f"${i + 1}" for i in range(len(WITHDRAWAL_COLUMNS)))})
+                ON CONFLICT (account_id, withdrawal_id)
+                DO UPDATE SET status = EXCLUDED.status, updated_ms = EXCLUDED.updated_ms""",
+            [w.as_record() for w in withdrawals],
         )
 
 
@@ -283,3 +394,103 @@ async def recent_trades(conn: asyncpg.Connection, instrument: str, limit: int) -
             limit,
         )
     )
+
+
+# -- deliveries, settlements, withdrawals --------------------------------------------------
+
+
+async def find_deliveries(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], DeliveryRow]:
+    """Deliveries already accepted under these (provider, report id) keys."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """SELECT d.* FROM market_deliveries d
+             JOIN unnest($1::text[], $2::text[]) AS k(provider, report_id)
+               ON d.provider = k.provider AND d.report_id = k.report_id""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    found = [delivery_from_record(r) for r in rows]
+    return {(d.provider, d.report_id): d for d in found}
+
+
+async def deliveries_for(
+    conn: asyncpg.Connection,
+    account_id: str,
+    *,
+    instrument: str | None = None,
+    limit: int = 500,
+) -> list[DeliveryRow]:
+    """Deliveries an account made (provider) or received (buyer), newest first."""
+    rows = await conn.fetch(
+        """SELECT * FROM market_deliveries
+            WHERE (provider = $1 OR buyer = $1)
+              AND ($2::text IS NULL OR instrument = $2)
+            ORDER BY time_ms DESC, transaction_id DESC LIMIT $3""",
+        account_id,
+        instrument,
+        limit,
+    )
+    return [delivery_from_record(r) for r in rows]
+
+
+async def delivered_totals(
+    conn: asyncpg.Connection, account_id: str
+) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """(instrument, buyer, provider) -> (tokens delivered, escrow released), for an account
+    on either side."""
+    rows = await conn.fetch(
+        """SELECT instrument, buyer, provider, sum(tokens) AS tokens, sum(released) AS released
+             FROM market_deliveries
+            WHERE provider = $1 OR buyer = $1
+            GROUP BY instrument, buyer, provider""",
+        account_id,
+    )
+    return {
+        (r["instrument"], r["buyer"], r["provider"]): (int(r["tokens"]), int(r["released"]))
+        for r in rows
+    }
+
+
+async def load_settlements(conn: asyncpg.Connection) -> list[SettlementView]:
+    rows = await conn.fetch("SELECT * FROM market_settlements ORDER BY instrument")
+    return [settlement_from_record(r) for r in rows]
+
+
+async def find_withdrawals(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], WithdrawalRow]:
+    """Withdrawals under these (account, withdrawal id) keys."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """SELECT w.* FROM market_withdrawals w
+             JOIN unnest($1::text[], $2::text[]) AS k(account_id, withdrawal_id)
+               ON w.account_id = k.account_id AND w.withdrawal_id = k.withdrawal_id""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    found = [withdrawal_from_record(r) for r in rows]
+    return {(w.account_id, w.withdrawal_id): w for w in found}
+
+
+async def list_withdrawals(
+    conn: asyncpg.Connection,
+    *,
+    account_id: str | None,
+    status: str | None,
+    limit: int,
+) -> list[WithdrawalRow]:
+    """Withdrawals of one account (or of all, for the operator), newest first."""
+    rows = await conn.fetch(
+        """SELECT * FROM market_withdrawals
+            WHERE ($1::text IS NULL OR account_id = $1)
+              AND ($2::text IS NULL OR status = $2)
+            ORDER BY created_ms DESC, account_id, withdrawal_id LIMIT $3""",
+        account_id,
+        status,
+        limit,
+    )
+    return [withdrawal_from_record(r) for r in rows]

@@ -44,7 +44,7 @@ TERMS = settlement.Terms(
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1_800_000_000_000
+        self.now = 1_790_000_000_000  # 2026-09-21: before the test instrument's window
 
     def __call__(self) -> int:
         return self.now
