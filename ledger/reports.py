@@ -207,11 +207,18 @@ async def _ledger_size(conn: asyncpg.Connection) -> int:
 
 
 async def _first_index_at(conn: asyncpg.Connection, time_ms: int, size: int) -> int:
-    """The first index whose time is >= `time_ms` (the sequencer's times never decrease)."""
-    found = await conn.fetchval(
-        "SELECT min(idx) FROM ledger_transactions WHERE time_ms >= $1", time_ms
-    )
-    return size if found is None else int(found)
+    """The first index whose time is >= `time_ms`: a binary search by primary key (about
+    log2(size) point reads, not a scan), sound because the sequencer's times never
+    decrease along the ledger."""
+    low, high = 0, size
+    while low < high:
+        mid = (low + high) // 2
+        at = await conn.fetchval("SELECT time_ms FROM ledger_transactions WHERE idx = $1", mid)
+        if at is not None and at >= time_ms:
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 async def resolve_query(conn: asyncpg.Connection, query: ReportQuery) -> ReportQuery:
@@ -395,27 +402,41 @@ async def _statement(
 
 
 async def _payouts(conn: asyncpg.Connection, query: PayoutsQuery) -> AsyncIterator[PayoutRow]:
-    """Delivery transactions move escrow(b@p) to cash(p), less the provider fee: `gross` is
-    the escrow released toward provider p, `net` what p's cash received, `fees` the rest."""
+    """A delivery moves escrow(b@p) to cash(p) and the provider fee to fees: `gross` is the
+    escrow it released toward provider p, `fees` the fee revenue of the same transaction,
+    `net` = gross - fees, what p's cash received (the transaction balances).
+
+    Read from the escrow and fee accounts through the (account, index) index, never by
+    scanning every entry. A delivery settles one pair; were there more in one
+    transaction, its fee goes to the first provider in code point order.
+    """
     period = PERIOD_MS[query.period]
     cursor = conn.cursor(
-        """WITH d AS (
-               SELECT idx, time_ms FROM ledger_transactions
-                WHERE code = ANY($1::text[])
-                  AND ($2::bigint IS NULL OR time_ms >= $2)
-                  AND ($3::bigint IS NULL OR time_ms < $3)),
+        """WITH esc AS (
+               SELECT e.tx_idx, t.time_ms, split_part(a.owner, '@', 2) AS provider,
+                      a.asset AS currency, sum(-e.amount) AS released
+                 FROM ledger_accounts a JOIN ledger_entries e ON e.account_id = a.id
+                 JOIN ledger_transactions t ON t.idx = e.tx_idx
+                WHERE a.kind LIKE 'escrow:%' AND e.amount < 0 AND t.code = ANY($1::text[])
+                  AND ($2::bigint IS NULL OR t.time_ms >= $2)
+                  AND ($3::bigint IS NULL OR t.time_ms < $3)
+                  AND ($5::text IS NULL OR split_part(a.owner, '@', 2) = $5)
+                GROUP BY e.tx_idx, t.time_ms, provider, currency),
+           fee AS (
+               SELECT e.tx_idx, a.asset AS currency, sum(e.amount) AS fee
+                 FROM ledger_accounts a JOIN ledger_entries e ON e.account_id = a.id
+                WHERE a.owner = $6 AND a.kind = 'fees'
+                  AND e.tx_idx IN (SELECT tx_idx FROM esc)
+                GROUP BY e.tx_idx, a.asset),
            x AS (
-               SELECT d.idx, d.time_ms / $4 * $4 AS period, a.asset AS currency, e.amount,
-                      a.kind = 'cash' AS is_cash,
-                      CASE WHEN a.kind = 'cash' THEN a.owner
-                           ELSE split_part(a.owner, '@', 2) END AS provider
-                 FROM d JOIN ledger_entries e ON e.tx_idx = d.idx
-                 JOIN ledger_accounts a ON a.id = e.account_id
-                WHERE a.kind = 'cash' OR a.kind LIKE 'escrow:%')
-           SELECT period, provider, currency, count(DISTINCT idx) AS n,
-                  sum(-amount) FILTER (WHERE NOT is_cash) AS gross,
-                  sum(amount) FILTER (WHERE is_cash) AS net
-             FROM x WHERE $5::text IS NULL OR provider = $5
+               SELECT esc.*, CASE WHEN row_number() OVER (
+                                     PARTITION BY esc.tx_idx, esc.currency
+                                     ORDER BY esc.provider COLLATE "C") = 1
+                                  THEN coalesce(fee.fee, 0) ELSE 0 END AS fee
+                 FROM esc LEFT JOIN fee USING (tx_idx, currency))
+           SELECT time_ms / $4 * $4 AS period, provider, currency,
+                  count(DISTINCT tx_idx) AS n, sum(released) AS gross, sum(fee) AS fees
+             FROM x
             GROUP BY period, provider, currency
             ORDER BY period, provider COLLATE "C", currency COLLATE "C" """,
         list(DELIVERY_CODES),
@@ -423,13 +444,14 @@ async def _payouts(conn: asyncpg.Connection, query: PayoutsQuery) -> AsyncIterat
         query.to_time,
         period,
         query.provider,
+        EXCHANGE,
         prefetch=PREFETCH,
     )
     async for r in cursor:
-        gross, net = _int(r["gross"]), _int(r["net"])
+        gross, fees = _int(r["gross"]), _int(r["fees"])
         yield PayoutRow(
             period_start=iso_ms(r["period"]), provider=r["provider"], currency=r["currency"],
-            transactions=r["n"], gross=gross, fees=gross - net, net=net,
+            transactions=r["n"], gross=gross, fees=fees, net=gross - fees,
         )  # fmt: skip
 
 

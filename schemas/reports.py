@@ -98,8 +98,9 @@ class StatementRow(msgspec.Struct, frozen=True, kw_only=True):
 class PayoutRow(msgspec.Struct, frozen=True, kw_only=True):
     """What delivery transactions paid one provider in one period and currency.
 
-    `gross` is the escrow released to the provider, `net` what reached its cash
-    account, `fees` the provider fee withheld (gross - net)."""
+    `gross` is the escrow released to the provider, `fees` the provider fee withheld
+    (the fee revenue of those transactions), `net` = gross - fees, what reached its
+    cash account."""
 
     period_start: str
     provider: str
