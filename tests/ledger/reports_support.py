@@ -80,6 +80,20 @@ async def _accounts(db_url: str) -> dict[str, Key]:
     return keys
 
 
+async def setup_market(seq: Sequencer, buyer: str, provider: str) -> None:
+    """The instrument, a deposit for `buyer` and a listing for `provider`."""
+    await seq.submit(
+        CreateInstrumentOp(
+            CreateInstrument(
+                symbol=SYM, lot_size=LOT, tick_size=5, price_min=5, price_max=100_000,
+                maker_fee_bps=10, taker_fee_bps=20, provider_fee_bps=100,
+            )
+        )
+    )  # fmt: skip
+    await seq.submit(DepositOp(Deposit(deposit_id="d", account_id=buyer, amount=1_000_000)))
+    await seq.submit(ListingOp(provider, Listing(listing_id="l", instrument=SYM, quantity=100_000)))
+
+
 async def build_activity(db_url: str) -> Activity:
     keys = await _accounts(db_url)
     a = Activity(keys)

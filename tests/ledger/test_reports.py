@@ -446,3 +446,66 @@ async def test_output_does_not_depend_on_chunking(
         assert b"".join(chunks) == expected
     statement = [c async for c in report_chunks(conn, queries(a)[0], ReportFormat.CSV)]
     assert len(statement) > 5
+
+
+async def test_reports_follow_the_sequencers_own_deliveries_close_and_withdrawals(
+    db_url: str,
+) -> None:
+    """Driven by entries and codes, the reports pick up what the sequencer writes for
+    deliveries (`delivery`), the window close and withdrawals, with no change."""
+    from market.sequencer import (
+        CloseInstrumentOp,
+        DeliveryOp,
+        PlaceOp,
+        Sequencer,
+        WithdrawalOutcomeOp,
+        WithdrawOp,
+    )
+    from schemas.market import Side
+    from schemas.trading import DeliveryReport, PlaceOrder, WithdrawalRequest
+    from tests.ledger.reports_support import Clock, setup_market
+
+    clock = Clock()
+    seq = await Sequencer.open(db_url, clock=clock)
+    try:
+        await setup_market(seq, "b", "p")
+        for coid, owner, side, qty in (("s", "p", Side.SELL, 30_000), ("t", "b", Side.BUY, 20_000)):
+            order = PlaceOrder(
+                client_order_id=coid, instrument=SYM, side=side, quantity=qty, price=5_000
+            )
+            await seq.submit(PlaceOp(owner, order))
+        clock.now += HOUR
+        await seq.submit(
+            DeliveryOp("p", DeliveryReport(report_id="r", instrument=SYM, buyer="b", tokens=5_000))
+        )
+        await seq.submit(CloseInstrumentOp(SYM))
+        await seq.submit(WithdrawOp("p", WithdrawalRequest(withdrawal_id="w", amount=10_000)))
+        await seq.submit(WithdrawalOutcomeOp("p", "w", paid=True))
+    finally:
+        await seq.close()
+    c = await asyncpg.connect(db_url)
+    try:
+        ledger = await recomputed_balances(c)
+        codes = {r["code"] for r in await c.fetch("SELECT DISTINCT code FROM ledger_transactions")}
+        assert {"delivery", "withdrawal", "withdrawal_paid"} <= codes
+        [total, pair] = await rows(c, InstrumentQuery(instrument=SYM))
+        assert total == msgspec.structs.replace(pair, scope="total", provider=None, buyer=None)
+        assert (total.volume, total.notional, total.delivered) == (20_000, 100_000, 5_000)
+        assert total.delivered + total.undelivered == total.volume
+        assert total.paid + total.refunded == total.notional and total.escrow == 0
+        [payout] = await rows(c, PayoutsQuery())
+        assert (payout.gross, payout.fees, payout.net) == (25_000, 250, 24_750)
+        statement = await rows(c, StatementQuery(owner="p", asset="USD"))
+        closing = _closing(statement)
+        assert closing[(Account("p", "USD", "cash"), 0)] == ledger[Account("p", "USD", "cash")][0]
+        assert [r.code for r in statement if r.section == "entry"][-2:] == [
+            "withdrawal",
+            "withdrawal_paid",
+        ]
+        report: list[TrialBalanceRow] = await rows(c, TrialBalanceQuery())
+        assert all(r.total == 0 for r in report if r.row == "asset_total")
+        assert {(r.owner, r.asset, r.kind) for r in report if r.row == "account"} == {
+            (k.owner, k.asset, k.kind) for k in ledger
+        }
+    finally:
+        await c.close()
