@@ -7,12 +7,15 @@ orders and fills come from the database (always committed state); the book
 and balances from the sequencer's memory.
 
 Who may do what:
-- operator: create instruments, credit deposits;
-- provider: list capacity, place sell orders;
+- operator: create instruments, credit deposits, close (settle) an instrument,
+  mark withdrawals paid or failed, see every withdrawal;
+- provider: list capacity, place sell orders, report deliveries;
 - buyer: place buy orders;
-- everyone signed: their own orders, fills and balances (another account's
-  order id answers 404, exactly as a missing one);
-- public: instruments, the book, recent trades.
+- buyer and provider: withdraw available cash;
+- everyone signed: their own orders, fills, balances, entitlements,
+  deliveries and withdrawals (another account's order id answers 404,
+  exactly as a missing one);
+- public: instruments, the book, recent trades, settlements.
 """
 
 from __future__ import annotations
@@ -31,14 +34,26 @@ from market.sequencer import (
     AmendOp,
     CancelAllOp,
     CancelOp,
+    CloseInstrumentOp,
     CreateInstrumentOp,
+    DeliveryOp,
     DepositOp,
     ListingOp,
     PlaceOp,
     Sequencer,
     UnknownOrder,
+    WithdrawalOutcomeOp,
+    WithdrawOp,
 )
-from market.store import fills_for, get_order, list_orders, recent_trades
+from market.store import (
+    delivered_totals,
+    deliveries_for,
+    fills_for,
+    get_order,
+    list_orders,
+    list_withdrawals,
+    recent_trades,
+)
 from schemas.accounts import Role
 from schemas.errors import DomainError, ErrorKind
 from schemas.market import Side
@@ -49,8 +64,12 @@ from schemas.trading import (
     BookView,
     CancelAll,
     CancelledOrders,
+    CloseInstrument,
     CreateInstrument,
+    DeliveryReport,
+    DeliveryView,
     Deposit,
+    EntitlementView,
     FillView,
     InstrumentView,
     LedgerReceipt,
@@ -59,7 +78,10 @@ from schemas.trading import (
     OrderView,
     PlaceOrder,
     PlaceOrders,
+    SettlementView,
     TradeView,
+    WithdrawalRequest,
+    WithdrawalView,
 )
 
 __all__ = ["trading_router"]
@@ -318,6 +340,124 @@ async def my_fills(
         return await fills_for(conn, principal.account_id, instrument=instrument, limit=limit)
 
 
+# -- delivery, settlement, withdrawals ------------------------------------------------------
+
+
+@post("/deliveries", guards=[requires_role(Role.PROVIDER)], status_code=201)
+async def report_delivery(
+    data: JSONBody[DeliveryReport], sequencer: Seq, principal: Caller
+) -> DeliveryView:
+    """Tokens served to a buyer (provider): burns that much of the buyer's entitlement from
+    this provider and pays the provider its share of the escrow, less the provider fee.
+    Idempotent per `report_id`; above the remaining entitlement: 422 `entitlement_exceeded`."""
+    result: DeliveryView = await sequencer.submit(DeliveryOp(principal.account_id, data))
+    return result
+
+
+@get("/deliveries")
+async def my_deliveries(
+    pool: Pool,
+    principal: Caller,
+    instrument: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
+) -> list[DeliveryView]:
+    """Deliveries the caller made (provider) or received (buyer), newest first."""
+    async with pool.acquire() as conn:
+        rows = await deliveries_for(conn, principal.account_id, instrument=instrument, limit=limit)
+    return [r.view() for r in rows]
+
+
+@get("/entitlements")
+async def my_entitlements(sequencer: Seq, pool: Pool, principal: Caller) -> list[EntitlementView]:
+    """Per instrument and counterparty: tokens still owed, escrow, delivered so far."""
+    views = {(v.instrument, v.buyer, v.provider): v for v in sequencer.entitlements_of(
+        principal.account_id
+    )}  # fmt: skip
+    async with pool.acquire() as conn:
+        totals = await delivered_totals(conn, principal.account_id)
+    for key, (tokens, released) in totals.items():
+        view = views.get(key)
+        if view is None:
+            instrument, buyer, provider = key
+            view = views[key] = EntitlementView(
+                instrument=instrument, buyer=buyer, provider=provider, entitlement=0, escrow=0,
+                delivered=0, released=0,
+            )  # fmt: skip
+        view.delivered = tokens
+        view.released = released
+    return [views[k] for k in sorted(views)]
+
+
+@post("/settlements", guards=[requires_role(Role.OPERATOR)], status_code=200)
+async def close_instrument(data: JSONBody[CloseInstrument], sequencer: Seq) -> SettlementView:
+    """Close an instrument's window now and settle it (operator): open orders cancelled,
+    remaining entitlement burned and escrow refunded, unsold capacity burned. Idempotent:
+    closing a settled instrument answers its settlement."""
+    result: SettlementView = await sequencer.submit(CloseInstrumentOp(data.instrument))
+    return result
+
+
+@get("/settlements", opt=PUBLIC)
+async def settlements(sequencer: Seq) -> list[SettlementView]:
+    """Every settled instrument and what its settlement burned and refunded."""
+    return sequencer.settlements()
+
+
+@post("/withdrawals", guards=_traders, status_code=201)
+async def withdraw(
+    data: JSONBody[WithdrawalRequest], sequencer: Seq, principal: Caller
+) -> WithdrawalView:
+    """Ask to withdraw available cash: it is held until the operator pays it out.
+    Idempotent per `withdrawal_id`."""
+    result: WithdrawalView = await sequencer.submit(WithdrawOp(principal.account_id, data))
+    return result
+
+
+@get("/withdrawals")
+async def my_withdrawals(
+    pool: Pool,
+    principal: Caller,
+    status: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
+) -> list[WithdrawalView]:
+    """The caller's withdrawals, newest first; the operator sees everyone's."""
+    everyone = principal.role is Role.OPERATOR
+    async with pool.acquire() as conn:
+        rows = await list_withdrawals(
+            conn,
+            account_id=None if everyone else principal.account_id,
+            status=status,
+            limit=limit,
+        )
+    return [r.view() for r in rows]
+
+
+_operator = [requires_role(Role.OPERATOR)]
+
+
+@post("/withdrawals/{account_id:str}/{withdrawal_id:str}/paid", guards=_operator, status_code=200)
+async def withdrawal_paid(
+    account_id: FromPath[str], withdrawal_id: FromPath[str], sequencer: Seq
+) -> WithdrawalView:
+    """The operator paid it out: the hold is posted to the operator's bank. Idempotent;
+    409 `withdrawal_settled` if it was marked failed."""
+    result: WithdrawalView = await sequencer.submit(
+        WithdrawalOutcomeOp(account_id, withdrawal_id, paid=True)
+    )
+    return result
+
+
+@post("/withdrawals/{account_id:str}/{withdrawal_id:str}/failed", guards=_operator, status_code=200)
+async def withdrawal_failed(
+    account_id: FromPath[str], withdrawal_id: FromPath[str], sequencer: Seq
+) -> WithdrawalView:
+    """The payout failed: the hold is voided. Idempotent; 409 `withdrawal_settled` if paid."""
+    result: WithdrawalView = await sequencer.submit(
+        WithdrawalOutcomeOp(account_id, withdrawal_id, paid=False)
+    )
+    return result
+
+
 def _dependencies() -> dict[str, Any]:
     return {"sequencer": Provide(provide_sequencer, sync_to_thread=False)}
 
@@ -341,6 +481,15 @@ trading_router = Router(
         amend_order,
         cancel_all,
         my_fills,
+        report_delivery,
+        my_deliveries,
+        my_entitlements,
+        close_instrument,
+        settlements,
+        withdraw,
+        my_withdrawals,
+        withdrawal_paid,
+        withdrawal_failed,
     ],
     dependencies=_dependencies(),
     tags=["trading"],

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -35,8 +36,12 @@ from schemas.trading import (
     BookView,
     CancelAll,
     CancelledOrders,
+    CloseInstrument,
     CreateInstrument,
+    DeliveryReport,
+    DeliveryView,
     Deposit,
+    EntitlementView,
     FillView,
     InstrumentView,
     LedgerReceipt,
@@ -45,7 +50,10 @@ from schemas.trading import (
     OrderView,
     PlaceOrder,
     PlaceOrders,
+    SettlementView,
     TradeView,
+    WithdrawalRequest,
+    WithdrawalView,
 )
 
 __all__ = ["TokexApiError", "TokexClient"]
@@ -289,6 +297,62 @@ class TokexClient:
             "GET", "/v1/trades", params={"instrument": instrument, "limit": limit}
         )
         return msgspec.convert(answer, list[TradeView])
+
+    # ------------------------------------------------------------------ delivery and settlement
+
+    async def report_delivery(
+        self, report_id: str, instrument: str, buyer: str, tokens: int
+    ) -> DeliveryView:
+        """`POST /v1/deliveries` (provider): tokens served to `buyer`; idempotent per id."""
+        body = DeliveryReport(
+            report_id=report_id, instrument=instrument, buyer=buyer, tokens=tokens
+        )
+        return msgspec.convert(
+            await self.request("POST", "/v1/deliveries", json=body), DeliveryView
+        )
+
+    async def deliveries(self, instrument: str | None = None) -> list[DeliveryView]:
+        params = {} if instrument is None else {"instrument": instrument}
+        answer = await self.request("GET", "/v1/deliveries", params=params)
+        return msgspec.convert(answer, list[DeliveryView])
+
+    async def entitlements(self) -> list[EntitlementView]:
+        """`GET /v1/entitlements`: tokens owed, escrow and delivered, per counterparty."""
+        answer = await self.request("GET", "/v1/entitlements")
+        return msgspec.convert(answer, list[EntitlementView])
+
+    async def close_instrument(self, instrument: str) -> SettlementView:
+        """`POST /v1/settlements` (operator): close the window now and settle; idempotent."""
+        body = CloseInstrument(instrument=instrument)
+        answer = await self.request("POST", "/v1/settlements", json=body)
+        return msgspec.convert(answer, SettlementView)
+
+    async def settlements(self) -> list[SettlementView]:
+        answer = await self.request("GET", "/v1/settlements")
+        return msgspec.convert(answer, list[SettlementView])
+
+    # ------------------------------------------------------------------ withdrawals
+
+    async def withdraw(self, withdrawal_id: str, amount: int) -> WithdrawalView:
+        """`POST /v1/withdrawals`: hold available cash for a payout; idempotent per id."""
+        body = WithdrawalRequest(withdrawal_id=withdrawal_id, amount=amount)
+        answer = await self.request("POST", "/v1/withdrawals", json=body)
+        return msgspec.convert(answer, WithdrawalView)
+
+    async def withdrawals(self, status: str | None = None) -> list[WithdrawalView]:
+        """The caller's withdrawals (the operator: everyone's)."""
+        params = {} if status is None else {"status": status}
+        answer = await self.request("GET", "/v1/withdrawals", params=params)
+        return msgspec.convert(answer, list[WithdrawalView])
+
+    async def mark_withdrawal(
+        self, account_id: str, withdrawal_id: str, paid: bool
+    ) -> WithdrawalView:
+        """`POST /v1/withdrawals/{account}/{id}/paid|failed` (operator); idempotent."""
+        outcome = "paid" if paid else "failed"
+        path = f"/v1/withdrawals/{quote(account_id, safe='')}/{quote(withdrawal_id, safe='')}"
+        answer = await self.request("POST", f"{path}/{outcome}")
+        return msgspec.convert(answer, WithdrawalView)
 
 
 def _decode(response: httpx.Response) -> Any:

@@ -1308,6 +1308,9 @@ class Sequencer:
     def settlement_of(self, symbol: str) -> SettlementView | None:
         return self._settled.get(symbol)
 
+    def settlements(self) -> list[SettlementView]:
+        return [self._settled[symbol] for symbol in sorted(self._settled)]
+
     def entitlements_of(self, account_id: str) -> list[EntitlementView]:
         """Entitlement and escrow of every (instrument, buyer, provider) the account is
         party to, from the in-memory balances (delivered and released are left at 0: the
