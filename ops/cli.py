@@ -147,12 +147,19 @@ def _register_report(subparsers: Any) -> None:
     register(subparsers)
 
 
+def _register_demo(subparsers: Any) -> None:
+    from ops.demo import register
+
+    register(subparsers)
+
+
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
     register_core,
     _register_keys,
     _register_audit,
     _register_accounts,
     _register_report,
+    _register_demo,
 ]
 
 

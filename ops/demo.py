@@ -1,0 +1,289 @@
+"""`tokex demo`: the whole exchange, end to end, in under a minute.
+
+On a fresh embedded database (a new temporary data dir, or `--data-dir` if it
+is empty), it
+
+1. starts a real `tokex serve` and creates an operator, two providers and
+   three buyers (signed requests through `TokexClient`, like any user);
+2. lists four instruments (two models x two delivery windows), credits the
+   buyers' cash and the providers' capacity;
+3. places a few thousand orders around a mid price (in batches of 50), so that
+   many cross and fill;
+4. has the providers report deliveries of most of what each buyer bought;
+5. closes every window: open orders are cancelled, undelivered escrow goes
+   back to the buyers, unsold capacity is burned;
+6. prints the instrument settlement report and the trial balance;
+7. exports the signed audit file and verifies it offline with the exchange's
+   public key.
+
+Progress goes to stderr; the reports to stdout. Exit 0 when every step held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from ledger.audit import export, verify_file
+from ledger.keys import load_signer
+from ledger.migrate import migrate
+from market.accounts import create_account
+from market.client import TokexClient
+from ops.config import Settings
+from ops.database import database_url
+from schemas.accounts import Role
+from schemas.market import Side
+from schemas.trading import CreateInstrument, PlaceOrder
+
+MODELS = ("llama-3.1-70b", "qwen-2.5-72b")
+LOT = 1_000  # tokens per lot
+MID = 600  # minor units (cents) per 1,000 tokens
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _windows(now: float) -> list[str]:
+    """Two one-hour windows starting tomorrow (so trading is open now)."""
+    start = (int(now) // 3600 + 24) * 3600
+    out = []
+    for model in MODELS:
+        for k in range(2):
+            t = time.gmtime(start + k * 3600)
+            out.append(f"{model}/{time.strftime('%Y-%m-%dT%HZ', t)}/1h")
+    return out
+
+
+class Server:
+    """`tokex serve` as a child process, on the demo's database and data dir."""
+
+    def __init__(self, url: str, data_dir: Path) -> None:
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DATABASE_URL": url, "TOKEX_RATE_LIMIT": "100000",
+               "TOKEX_RATE_BURST": "100000"}  # fmt: skip
+        self.log = data_dir / "server.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ops", "serve", "--port", str(self.port),
+                 "--data-dir", str(data_dir)],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"tokex serve exited; its log is {self.log}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit(f"tokex serve did not become healthy; its log is {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _table(
+    doc: Any, names: dict[str, str], skip: Callable[[dict[str, Any]], bool] | None = None
+) -> str:
+    """A report's JSON document as aligned text columns, account ids shown by name."""
+    head: list[str] = list(doc["columns"])
+
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value)
+        for account_id, name in names.items():
+            text = text.replace(account_id, name)
+        return text
+
+    rows = [[cell(row[c]) for c in head] for row in doc["rows"] if skip is None or not skip(row)]
+    widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    for r in rows:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)
+
+
+async def _run(url: str, data_dir: Path, orders: int, seed: int) -> int:
+    began = time.monotonic()
+    rng = random.Random(seed)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        created, key = await create_account(conn, Role.OPERATOR, "demo-operator", None)
+    finally:
+        await conn.close()
+    assert key is not None
+    _say("starting tokex serve")
+    server = Server(url, data_dir)
+    try:
+        async with TokexClient(server.base_url, created.key_id, key) as operator:
+            return await _session(operator, url, data_dir, orders, rng, began)
+    finally:
+        server.stop()
+
+
+async def _session(
+    operator: TokexClient, url: str, data_dir: Path, orders: int, rng: random.Random,
+    began: float,
+) -> int:  # fmt: skip
+    symbols = _windows(time.time())
+    _say(f"listing {len(symbols)} instruments: {', '.join(symbols)}")
+    for symbol in symbols:
+        await operator.create_instrument(
+            CreateInstrument(
+                symbol=symbol, lot_size=LOT, tick_size=1, price_min=1, price_max=100_000,
+                maker_fee_bps=10, taker_fee_bps=20, provider_fee_bps=50,
+            )
+        )  # fmt: skip
+    providers: list[tuple[str, TokexClient]] = []
+    buyers: list[tuple[str, TokexClient]] = []
+    for i in range(2):
+        account = await operator.create_account(Role.PROVIDER, f"provider-{i}")
+        client = operator.as_account(account)
+        for j, symbol in enumerate(symbols):
+            await client.list_capacity(f"capacity-{j}", symbol, 5_000_000)
+        providers.append((account.account_id, client))
+    for i in range(3):
+        account = await operator.create_account(Role.BUYER, f"buyer-{i}")
+        await operator.deposit(f"funding-{i}", account.account_id, 10_000_000)
+        buyers.append((account.account_id, operator.as_account(account)))
+    names = {pid: f"provider-{i}" for i, (pid, _) in enumerate(providers)}
+    names.update({bid: f"buyer-{i}" for i, (bid, _) in enumerate(buyers)})
+    _say("2 providers listed 5,000,000 tokens per instrument; 3 buyers deposited $100,000 each")
+
+    placed = filled = 0
+    traders = [(c, Side.SELL) for _, c in providers] + [(c, Side.BUY) for _, c in buyers]
+    per_batch = 50
+    for n in range(0, orders, per_batch):
+        client, side = traders[(n // per_batch) % len(traders)]
+        batch = []
+        for k in range(min(per_batch, orders - n)):
+            # Bids a little under the mid, asks a little over: the overlap trades.
+            price = MID + rng.randint(-12, 6) if side is Side.BUY else MID + rng.randint(-6, 12)
+            batch.append(
+                PlaceOrder(
+                    client_order_id=f"demo-{n + k}", instrument=rng.choice(symbols), side=side,
+                    quantity=LOT * rng.randint(1, 20), price=price,
+                )
+            )  # fmt: skip
+        for result in await client.place_orders(batch):
+            placed += result.order is not None
+            filled += result.order is not None and result.order.filled_quantity > 0
+        if (n // per_batch) % 20 == 0:
+            _say(f"orders: {n + len(batch):,}/{orders:,} placed")
+    _say(f"{placed:,} orders accepted, {filled:,} traded on arrival")
+
+    delivered = 0
+    for buyer_id, buyer in buyers:
+        for ent in await buyer.entitlements():
+            if ent.entitlement <= 0:
+                continue
+            provider = next(c for pid, c in providers if pid == ent.provider)
+            # Serve most of it, in two reports; the rest stays undelivered (refunded at close).
+            share = ent.entitlement * rng.randint(60, 100) // 100
+            first = share // 2
+            for part, tokens in (("a", first), ("b", share - first)):
+                if tokens > 0:
+                    await provider.report_delivery(
+                        f"{ent.instrument}:{buyer_id}:{part}", ent.instrument, buyer_id, tokens
+                    )
+                    delivered += tokens
+    _say(f"providers reported {delivered:,} tokens delivered")
+
+    for symbol in symbols:
+        await operator.close_instrument(symbol)
+    _say("every window closed: open orders cancelled, escrow refunded, unsold capacity burned")
+
+    print("\n== Instrument settlement ==")
+    for symbol in symbols:
+        doc = await operator.request(
+            "GET", "/v1/reports/instrument", params={"instrument": symbol, "format": "json"}
+        )
+        print(f"\n{symbol}")
+        print(_table(doc, names))
+    print("\n== Trial balance (accounts with a balance; each asset totals zero) ==\n")
+    trial = await operator.request("GET", "/v1/reports/trial-balance", params={"format": "json"})
+    print(_table(trial, names, skip=lambda row: row["row"] == "account" and row["total"] == 0))
+
+    audit_file = data_dir / "audit.tokex"
+    conn = await asyncpg.connect(url)
+    try:
+        with open(audit_file, "wb") as out:
+            summary = await export(conn, out)
+    finally:
+        await conn.close()
+    _say(f"audit export: {summary.entries:,} entries, {summary.checkpoints:,} checkpoints")
+    key_file = data_dir / "ledger-signing.key"
+    verifier = load_signer(key_file).verifier()
+    with open(audit_file, "rb") as f:
+        report = verify_file(f, verifier)
+    print(
+        f"\n== Audit ==\n{audit_file}: verified offline with {verifier.encode()}\n"
+        f"{report.entries:,} transactions, {report.checkpoints:,} signed checkpoints, "
+        f"{report.accounts} accounts; every transaction sums to zero and the balances "
+        "follow from the entries."
+    )
+    print(f"\nTo check it yourself: tokex audit verify {audit_file}")
+    _say(f"done in {time.monotonic() - began:.1f} s")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    if args.data_dir:
+        data_dir = Path(args.data_dir).expanduser().resolve()
+        if data_dir.exists() and any(data_dir.iterdir()):
+            print(f"tokex demo: {data_dir} is not empty; the demo needs a fresh one",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        data_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        data_dir = Path(tempfile.mkdtemp(prefix="tokex-demo-"))
+    os.chmod(data_dir, 0o755)
+    _say(f"fresh exchange in {data_dir}")
+    url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
+    if os.environ.get("DATABASE_URL"):
+        _say("DATABASE_URL is set: using that database (it should be empty)")
+    return asyncio.run(_run(url, data_dir, args.orders, args.seed))
+
+
+def register(subparsers: Any) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="run the whole exchange end to end on a fresh database (under a minute)"
+    )
+    demo.add_argument(
+        "--data-dir", default=None, help="an empty directory (default: a new temp dir)"
+    )
+    demo.add_argument("--orders", type=int, default=3_000, help="(default: 3000)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(handler=_demo)
