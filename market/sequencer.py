@@ -103,6 +103,7 @@ from schemas.market import (
     OrderExpired,
     OrderRejected,
     OrderType,
+    RejectReason,
     SetTradingState,
     Side,
     TimeInForce,
@@ -833,8 +834,11 @@ class Sequencer:
         if req.instrument in self._settled:
             row.reject_reason = InstrumentSettled.code
             return _OrderOutcome(order_id, row)
-        # Pre-trade check: the hold this order needs must be available now.
         book = self.engine.book(req.instrument)
+        if book.trading_state is TradingState.CLOSED:  # before funds: the clearer reason
+            row.reject_reason = RejectReason.INSTRUMENT_CLOSED
+            return _OrderOutcome(order_id, row)
+        # Pre-trade check: the hold this order needs must be available now.
         instrument = book.instrument
         if req.price is not None:
             price = req.price
