@@ -20,7 +20,7 @@ from schemas.market import OrderType, Side, StpMode, TimeInForce
 from schemas.trading import CreateInstrument, PlaceOrder
 from tests.support.server import ServerProcess
 
-SYM = "llama-3.1-70b/2026-12-01T00Z/1h"
+SYM = "llama-3.1-70b/2030-12-01T00Z/1h"  # far ahead of the wall clock: its window closes at its end
 
 
 @dataclass
