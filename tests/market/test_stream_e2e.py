@@ -25,7 +25,7 @@ from schemas.trading import CreateInstrument, PlaceOrder
 from tests.market.feed_support import ClientBook
 from tests.support.server import ServerProcess
 
-SYM = "llama-3.1-70b/2026-12-01T00Z/1h"
+SYM = "llama-3.1-70b/2030-12-01T00Z/1h"  # a window far ahead of the real clock
 TIMEOUT = 10.0
 
 
