@@ -386,6 +386,11 @@ def close_capacity(tx_id: str, provider: str, symbol: str, amount: int, time: in
 
 
 def withdrawal_hold_id(account_id: str, withdrawal_id: str) -> str:
+    """The hold (and request transaction) of a withdrawal.
+
+    Each kind of withdrawal transaction has its own prefix, and the user's id comes
+    last: a suffix on the id (`w:paid`) can never spell another transaction's id.
+    """
     return f"withdrawal:{account_id}:{withdrawal_id}"
 
 
@@ -409,7 +414,7 @@ def withdrawal_paid(
     """The operator paid it out: the hold is posted to the operator's bank."""
     hold_id = withdrawal_hold_id(account_id, withdrawal_id)
     return Transaction(
-        id=f"{hold_id}:paid",
+        id=f"withdrawal-paid:{account_id}:{withdrawal_id}",
         code="withdrawal_paid",
         time=time,
         postings=(Posting(bank(currency), amount),),
@@ -422,7 +427,7 @@ def withdrawal_failed(account_id: str, withdrawal_id: str, time: int) -> Transac
     """The payout failed: the hold is voided, the cash is available again."""
     hold_id = withdrawal_hold_id(account_id, withdrawal_id)
     return Transaction(
-        id=f"{hold_id}:failed",
+        id=f"withdrawal-failed:{account_id}:{withdrawal_id}",
         code="withdrawal_failed",
         time=time,
         holds=(HoldVoid(hold_id=hold_id),),

@@ -422,3 +422,13 @@ async def test_withdraw_and_mark_in_one_batch(seq: Sequencer) -> None:
     )
     assert (pending.status, paid.status) == ("pending", "paid")
     assert cash(seq, "b2") == (999_000, 0)
+
+
+async def test_a_withdrawal_id_cannot_spell_another_withdrawals_outcome(seq: Sequencer) -> None:
+    """`w:paid` is just an id: it must not take the ledger id that paying `w` needs."""
+    await withdraw(seq, "b1", "w", 500)
+    await withdraw(seq, "b1", "w:paid", 1)
+    paid = await mark(seq, "b1", "w", paid=True)
+    assert paid.status == "paid"
+    other = await mark(seq, "b1", "w:paid", paid=False)
+    assert other.status == "failed"
