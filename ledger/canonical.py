@@ -8,8 +8,10 @@ with sorted keys, integers in their shortest form, no floats anywhere):
   ``b"tokex/tx/v1\\x00"``. Everything an auditor needs to recompute balances is
   in it: index, id, code, time, every entry (account, bucket, amount), every
   resolved hold operation and the metadata.
-- `request_digest(tx)`: SHA-256 over ``b"tokex/request/v1\\x00"`` and the
-  request. The ledger stores it with the id to tell a replay (same digest:
+- `request_digest(tx)`: SHA-256 over ``b"tokex/request/v2\\x00"`` and what the
+  request asks for: id, code, postings, hold operations and metadata — not its
+  time, which the caller stamps when it applies the request (a retry comes with
+  a new one). The ledger stores it with the id to tell a replay (same digest:
   return the first result) from a conflicting reuse of an id (different digest).
 """
 
@@ -22,7 +24,7 @@ import msgspec
 from schemas.ledger import CommittedTransaction, Transaction
 
 TRANSACTION_PREFIX = b"tokex/tx/v1\x00"
-REQUEST_PREFIX = b"tokex/request/v1\x00"
+REQUEST_PREFIX = b"tokex/request/v2\x00"
 
 _encoder = msgspec.msgpack.Encoder(order="sorted")
 _decoder = msgspec.msgpack.Decoder(CommittedTransaction)
@@ -44,5 +46,6 @@ def decode_transaction(data: bytes) -> CommittedTransaction:
 
 
 def request_digest(tx: Transaction) -> bytes:
-    """SHA-256 of the canonical request: equal exactly when the requests mean the same."""
-    return hashlib.sha256(REQUEST_PREFIX + _encoder.encode(tx)).digest()
+    """SHA-256 of the canonical request: equal exactly when the requests ask the same."""
+    what = (tx.id, tx.code, tx.postings, tx.holds, tx.metadata)
+    return hashlib.sha256(REQUEST_PREFIX + _encoder.encode(what)).digest()

@@ -287,3 +287,12 @@ async def test_a_staged_batch_that_raises_leaves_no_trace(ledger: Ledger, db_url
         assert batch.apply(transfer("a", ALICE, BOB, 70)).index == 1
     assert ledger.balance(BOB).available == 70
     await assert_books_agree(db_url, ledger)
+
+
+async def test_a_retry_at_a_later_time_is_the_same_request(ledger: Ledger) -> None:
+    """The caller stamps the time when it applies a request; a retry comes later."""
+    first = await ledger.submit(transfer("deposit", BANK, ALICE, 100, time=10))
+    retry = await ledger.submit(transfer("deposit", BANK, ALICE, 100, time=99))
+    assert retry == first and ledger.balance(ALICE).available == 100
+    refused = await ledger.submit(transfer("pay", ALICE, BOB, 500, time=11))
+    assert (await ledger.submit(transfer("pay", ALICE, BOB, 500, time=12))) == refused

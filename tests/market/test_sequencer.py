@@ -354,3 +354,25 @@ async def test_a_batch_whose_commit_fails_leaves_no_trace(db_url: str) -> None:
         await assert_books_balance(s, db_url)
     finally:
         await s.close()
+
+
+async def test_a_deposit_or_listing_retried_later_returns_its_first_receipt(db_url: str) -> None:
+    clock = Clock()
+    s = await Sequencer.open(db_url, clock=clock)
+    try:
+        await setup_market(s)
+        first = await s.submit(DepositOp(Deposit(deposit_id="x", account_id="b1", amount=7)))
+        listed = await s.submit(
+            ListingOp("p1", Listing(listing_id="y", instrument=SYM, quantity=1000))
+        )
+        clock.now += 60_000  # the retry comes a minute later
+        again = await s.submit(DepositOp(Deposit(deposit_id="x", account_id="b1", amount=7)))
+        relisted = await s.submit(
+            ListingOp("p1", Listing(listing_id="y", instrument=SYM, quantity=1000))
+        )
+        assert (again, relisted) == (first, listed)
+        assert cash(s, "b1") == (1_000_007, 0)
+        with pytest.raises(IdempotencyConflict):
+            await s.submit(DepositOp(Deposit(deposit_id="x", account_id="b1", amount=8)))
+    finally:
+        await s.close()
