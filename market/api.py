@@ -20,6 +20,7 @@ Who may do what:
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import asyncpg
@@ -42,6 +43,7 @@ from market.sequencer import (
     PlaceOp,
     Sequencer,
     UnknownOrder,
+    UnknownWithdrawal,
     WithdrawalOutcomeOp,
     WithdrawOp,
 )
@@ -118,6 +120,15 @@ def provide_sequencer(state: State) -> Sequencer:
 Seq = NamedDependency[Sequencer]
 Pool = NamedDependency[asyncpg.Pool]
 Caller = NamedDependency[Principal]
+
+
+_ID = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def _check_withdrawal_ids(account_id: str, withdrawal_id: str) -> None:
+    """Path ids are not validated by a schema: refuse what no withdrawal can have."""
+    if not (_ID.fullmatch(account_id) and _ID.fullmatch(withdrawal_id)):
+        raise UnknownWithdrawal(f"no withdrawal {withdrawal_id!r} of {account_id!r}")
 
 
 def _check_side(principal: Principal, side: Side) -> None:
@@ -460,6 +471,7 @@ async def withdrawal_paid(
 ) -> WithdrawalView:
     """The operator paid it out: the hold is posted to the operator's bank. Idempotent;
     409 `withdrawal_settled` if it was marked failed."""
+    _check_withdrawal_ids(account_id, withdrawal_id)
     result: WithdrawalView = await sequencer.submit(
         WithdrawalOutcomeOp(account_id, withdrawal_id, paid=True)
     )
@@ -471,6 +483,7 @@ async def withdrawal_failed(
     account_id: FromPath[str], withdrawal_id: FromPath[str], sequencer: Seq
 ) -> WithdrawalView:
     """The payout failed: the hold is voided. Idempotent; 409 `withdrawal_settled` if paid."""
+    _check_withdrawal_ids(account_id, withdrawal_id)
     result: WithdrawalView = await sequencer.submit(
         WithdrawalOutcomeOp(account_id, withdrawal_id, paid=False)
     )

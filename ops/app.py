@@ -45,6 +45,7 @@ from market.stream import market_stream
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
+from ops.middleware import RefuseNulBytes
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def create_app(
         route_handlers=[health, *routes],
         dependencies=dependencies,
         exception_handlers=exception_handlers(),
-        middleware=[AuthMiddleware(limiter)],
+        middleware=[RefuseNulBytes, AuthMiddleware(limiter)],
         lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
         openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,

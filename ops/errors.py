@@ -4,6 +4,8 @@
 * Litestar's HTTP exceptions (validation, unknown route, wrong method, body too
   large, ...): a stable code per status, e.g. 400 `invalid_request` with the
   decoder's words on which field is wrong.
+* `asyncpg.DataError` (a value the database refuses: NUL in text, an integer
+  beyond 64 bits): 400 `invalid_request`.
 * Anything else: 500 `internal_error` with a generic message; the traceback
   goes to the log, never to the client.
 """
@@ -14,6 +16,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
@@ -124,10 +127,20 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
     return error_response(500, "internal_error", INTERNAL_MESSAGE)
 
 
+def _data_error(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[ErrorBody]:
+    """A value the database cannot take (a NUL byte in text, an integer beyond 64 bits):
+    the client's input, so a 400, never a 500."""
+    log.info("%s %s: value refused by the database: %s", request.method, request.url.path, exc)
+    return error_response(
+        400, "invalid_request", "a value in the request is out of range or not valid text"
+    )
+
+
 def exception_handlers() -> ExceptionHandlersMap:
     """Handlers for `Litestar(exception_handlers=...)`; Litestar picks the most specific class."""
     return {
         DomainError: _domain_error,
         HTTPException: _http_exception,
+        asyncpg.DataError: _data_error,
         Exception: _unexpected,
     }

@@ -15,7 +15,7 @@ from schemas.market import OrderType, Side, StpMode, TimeInForce
 Amount = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
 Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
-Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
 AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 MAX_BATCH_ORDERS = 50
