@@ -256,6 +256,11 @@ class Authenticator:
 
     Keys are cached for `cache_ttl_s` seconds, so a revoked key stops working within that
     time (or at once after `forget(key_id)`). Unknown key ids are not cached.
+
+    The replay window lives in this process's memory, so a request signed before the
+    process started is refused (`stale_timestamp`): otherwise a request captured just
+    before a restart could be replayed just after it. A client re-signs with a new
+    timestamp and goes through.
     """
 
     def __init__(
@@ -266,8 +271,10 @@ class Authenticator:
         cache_ttl_s: float = 30.0,
         cache_size: int = 100_000,
         replay: ReplayWindow | None = None,
+        started_ms: int | None = None,
     ) -> None:
         self._load_key = load_key
+        self.started_ms = now_ms() if started_ms is None else started_ms
         self.window_ms = window_ms
         self.cache_ttl_s = cache_ttl_s
         self.cache_size = cache_size
@@ -326,6 +333,11 @@ class Authenticator:
                 f"{HEADER_TIMESTAMP} must be Unix time in milliseconds", code="stale_timestamp"
             )
         ts = int(timestamp)
+        if ts < self.started_ms:
+            raise AuthError(
+                f"{HEADER_TIMESTAMP} is from before this server started; sign the request again",
+                code="stale_timestamp",
+            )
         if abs(now_ms - ts) > self.window_ms:
             raise AuthError(
                 f"{HEADER_TIMESTAMP} is {(now_ms - ts) / 1000:+.1f} s from the server's clock "

@@ -129,8 +129,8 @@ async def test_authenticator_on_the_database(db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
         created, key = await create_account(conn, Role.PROVIDER, "p", None)
     assert key is not None
-    auth = Authenticator.from_pool(db_pool)
     now = now_ms()
+    auth = Authenticator.from_pool(db_pool, started_ms=now - 10 * WINDOW_MS)  # up a while
 
     async def check(
         headers: dict[str, str], path: str = "/x", body: bytes = b"", at: int = now
@@ -166,6 +166,16 @@ async def test_authenticator_on_the_database(db_pool: asyncpg.Pool) -> None:
     await refused("stale_timestamp", {**good, HEADER_TIMESTAMP: "soon"})
     edge = sign_request(key, created.key_id, "POST", "/x", b"", now - WINDOW_MS)
     await check(edge)  # exactly 30 s off is still inside
+    # A server that has just (re)started has no memory of what it saw before: it refuses
+    # anything signed before it started, so a request captured then cannot be replayed.
+    restarted = Authenticator.from_pool(db_pool, started_ms=now)
+    before = sign_request(key, created.key_id, "POST", "/x", b"", now - 1)
+    with pytest.raises(AuthError) as info:
+        await restarted.authenticate(
+            before[HEADER_KEY], before[HEADER_TIMESTAMP], before[HEADER_SIGNATURE],
+            "POST", "/x", b"", now,
+        )  # fmt: skip
+    assert info.value.code == "stale_timestamp"
     await refused("bad_signature", sign_request(key, created.key_id, "POST", "/y", b"", now + 2))
     await refused("bad_signature", {**good, HEADER_SIGNATURE: "not base64!"})
     await refused("unknown_key", sign_request(key, "key_ffffffffffffffff", "POST", "/x", b"", now))
