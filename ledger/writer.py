@@ -347,6 +347,12 @@ class LedgerBatch:
         self._seen[tx.id] = (digest, result)
         return result
 
+    def seen(self, tx_id: str) -> bool:
+        """Whether `tx_id` was used before (committed or refused), here or in the database.
+
+        Only ids passed to `Ledger.batch(ids)` are known from the database."""
+        return tx_id in self._prior or tx_id in self._seen
+
     def also_write(self, extra: ExtraWrite) -> None:
         """Run `extra(conn)` inside the batch's database transaction, after the entries."""
         self.changed = True

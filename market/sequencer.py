@@ -135,6 +135,12 @@ from schemas.trading import (
 
 log = logging.getLogger(__name__)
 
+#: The most token capacity one provider may have listed on one instrument. Listings are
+#: free, and every listed token is a debit of the instrument's issuance account: without
+#: a cap one provider could push it to the end of the 64-bit range and block every other
+#: listing. 10^15 tokens is far beyond any window's real capacity.
+MAX_LISTED_CAPACITY = 10**15
+
 Publish = Callable[[Sequence[Event]], None]
 Clock = Callable[[], int]
 
@@ -765,6 +771,13 @@ class Sequencer:
             f"{op.account_id}:{req.listing_id}", op.account_id, req.instrument, req.quantity,
             batch.time,
         )  # fmt: skip
+        if not batch.ledger.seen(tx.id):  # a retry gets its first receipt, cap or not
+            listed = batch.ledger.state.balance(settlement.capacity(op.account_id, req.instrument))
+            if listed.total + req.quantity > MAX_LISTED_CAPACITY:
+                raise OrderRefused(
+                    f"a provider may list at most {MAX_LISTED_CAPACITY:,} tokens of an instrument",
+                    code="capacity_limit",
+                )
         return self._ledger_receipt(batch, tx)
 
     def _ledger_receipt(self, batch: _Batch, tx: Any) -> LedgerReceipt:

@@ -376,3 +376,24 @@ async def test_a_deposit_or_listing_retried_later_returns_its_first_receipt(db_u
             await s.submit(DepositOp(Deposit(deposit_id="x", account_id="b1", amount=8)))
     finally:
         await s.close()
+
+
+async def test_listed_capacity_is_capped_per_provider_and_instrument(seq: Sequencer) -> None:
+    """One provider cannot list so much that the instrument's issuance leaves the int64
+    range and every other provider's listing is refused."""
+    from market.sequencer import MAX_LISTED_CAPACITY, OrderRefused
+
+    room = MAX_LISTED_CAPACITY - 100_000  # p1 listed 100,000 in setup_market
+    first = await seq.submit(
+        ListingOp("p1", Listing(listing_id="big", instrument=SYM, quantity=room))
+    )
+    with pytest.raises(OrderRefused) as err:
+        await seq.submit(ListingOp("p1", Listing(listing_id="more", instrument=SYM, quantity=1000)))
+    assert err.value.code == "capacity_limit"
+    # A retry of an accepted listing still gets its receipt; others still list.
+    again = await seq.submit(
+        ListingOp("p1", Listing(listing_id="big", instrument=SYM, quantity=room))
+    )
+    assert again == first
+    await seq.submit(ListingOp("p2", Listing(listing_id="ok", instrument=SYM, quantity=1000)))
+    assert cap(seq, "p2") == (101_000, 0)
