@@ -88,6 +88,8 @@ class Ledger:
         hooks: Sequence[CommitHook] = (),
     ) -> None:
         self._conn = conn
+        self._dsn: str | None = None  # set by `open`; lets the writer reconnect
+        self._broken = False  # the state could not be reloaded: reload before any batch
         self._dirty = dirty
         self._snapshot_every = snapshot_every
         self._hooks = tuple(hooks)
@@ -124,7 +126,7 @@ class Ledger:
         except BaseException:
             await conn.close()
             raise
-        return cls(
+        ledger = cls(
             conn,
             state,
             ids,
@@ -133,6 +135,8 @@ class Ledger:
             snapshot_every=snapshot_every,
             hooks=hooks,
         )
+        ledger._dsn = dsn
+        return ledger
 
     async def close(self) -> None:
         """Answer what is queued, write a snapshot, release the writer lock."""
@@ -144,8 +148,11 @@ class Ledger:
                 await self._drainer
         try:
             await self.snapshot()
+        except Exception:  # the journal has it all; the snapshot only shortens recovery
+            log.warning("no snapshot on close: the database is unreachable", exc_info=True)
         finally:
-            await self._conn.close()
+            with contextlib.suppress(Exception):
+                await self._conn.close()
 
     async def snapshot(self) -> None:
         """Write the balances and holds changed since the last snapshot (shortens recovery)."""
@@ -251,10 +258,16 @@ class Ledger:
         async with self._lock:
             if self._closed:
                 raise LedgerUnavailable("the ledger is closed")
+            if self._broken:
+                try:
+                    await self._recover()
+                except Exception as exc:
+                    raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
             wanted = list(set(ids))
             try:
                 prior = await prior_outcomes(self._conn, wanted) if wanted else {}
-            except (asyncpg.PostgresError, OSError) as exc:
+            except Exception as exc:
+                self._broken = True  # reconnect and reload before the next batch
                 raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
             batch = LedgerBatch(self._state, prior)
             try:
@@ -294,16 +307,46 @@ class Ledger:
             self._dirty = Dirty()
 
     async def _recover(self) -> None:
-        """Forget the in-memory state and reload it from the database."""
-        log.warning("ledger batch failed to commit; reloading state from the database")
+        """Forget the in-memory state and reload it from the database.
+
+        If the connection is gone (PostgreSQL restarted), open a new one and take the
+        writer lock again first. If that fails too, the writer stays broken and tries
+        again before the next batch; nothing is written until it has reloaded.
+        """
+        log.warning("ledger reloading its state from the database")
+        self._broken = True
         try:
+            if self._conn.is_closed() or not await self._alive():
+                await self._reconnect()
             self._state, self._ids, self._dirty = await load_state(self._conn)
             for hook in self._hooks:
                 await hook.reload(self._conn)
         except Exception:
-            log.exception("ledger could not reload its state; refusing further writes")
-            self._closed = True
+            log.exception("ledger could not reload its state; will retry before the next batch")
             raise
+        self._broken = False
+
+    async def _alive(self) -> bool:
+        try:
+            await self._conn.fetchval("SELECT 1")
+        except Exception:  # any failure of a trivial query means: use a new connection
+            return False
+        return True
+
+    async def _reconnect(self) -> None:
+        if self._dsn is None:
+            raise LedgerUnavailable("the ledger's connection is gone and it cannot reconnect")
+        self._conn.terminate()
+        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK_KEY):
+            await conn.close()
+            raise LedgerBusy("another process became the ledger's writer")
+        self._conn = conn
+
+    @property
+    def healthy(self) -> bool:
+        """False while the writer could not reload its state after a failure."""
+        return not self._broken and not self._closed
 
 
 class LedgerBatch:

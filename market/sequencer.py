@@ -145,6 +145,14 @@ Publish = Callable[[Sequence[Event]], None]
 Clock = Callable[[], int]
 
 
+async def _alive(conn: asyncpg.Connection) -> bool:
+    try:
+        await conn.fetchval("SELECT 1")
+    except Exception:  # any failure of a trivial query means: use a new connection
+        return False
+    return True
+
+
 def wall_clock_ms() -> int:
     return _time.time_ns() // 1_000_000
 
@@ -364,6 +372,7 @@ class Sequencer:
         self._runner: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = False
+        self._needs_recovery = False
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -410,11 +419,25 @@ class Sequencer:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        await self._conn.close()
+        with contextlib.suppress(Exception):
+            await self._conn.close()
         await self.ledger.close()
 
+    @property
+    def healthy(self) -> bool:
+        """False while the sequencer or its ledger cannot reach the database to rebuild."""
+        return not self._stopped and not self._needs_recovery and self.ledger.healthy
+
     async def _recover(self) -> None:
-        """Rebuild books, live orders and counters from the database (start-up, failure)."""
+        """Rebuild books, live orders and counters from the database (start-up, failure).
+
+        A lost connection (PostgreSQL restarted) is replaced first. If the rebuild fails,
+        the sequencer refuses batches (503) and tries again before each next one.
+        """
+        self._needs_recovery = True
+        if self._conn.is_closed() or not await _alive(self._conn):
+            self._conn.terminate()
+            self._conn = await asyncpg.connect(self._dsn)
         conn = self._conn
         engine = MatchingEngine()
         terms: dict[str, Terms] = {}
@@ -464,6 +487,7 @@ class Sequencer:
         self._next_order_id = order_id
         self._next_journal_seq = next_seq
         self._last_time = max(self._last_time, last_time)
+        self._needs_recovery = False
 
     # -- submitting -------------------------------------------------------------------
 
@@ -477,14 +501,15 @@ class Sequencer:
 
     async def _tick(self) -> None:
         """Queue a tick when a resting GTD order or an instrument's window end (or its
-        settlement time) has come due, so it happens on time on a quiet exchange."""
+        settlement time) has come due, so it happens on time on a quiet exchange; and
+        while the state must be rebuilt (the database was lost), so it is retried."""
         while True:
             await asyncio.sleep(0.25)
             if not self._queue.empty():
                 continue
             now = max(self._last_time, self._clock())
             due = self._gtd and min(self._gtd.values()) <= now
-            if due or self._next_window_event() <= now:
+            if due or self._needs_recovery or self._next_window_event() <= now:
                 with contextlib.suppress(SequencerStopped, DomainError):
                     await self.submit(TickOp())
 
@@ -519,6 +544,16 @@ class Sequencer:
     # -- one batch ----------------------------------------------------------------------
 
     async def _process(self, ops: list[Op]) -> None:
+        if self._needs_recovery:
+            try:
+                await self._recover()
+            except Exception as exc:
+                log.warning("sequencer still cannot rebuild its state: %s", exc)
+                error = LedgerUnavailable("the exchange cannot reach its database; try again")
+                for op in ops:
+                    if not op.future.done():
+                        op.future.set_exception(error)
+                return
         now = max(self._last_time, self._clock())
         self._last_time = now
         outcomes: list[Any] = []
@@ -556,8 +591,7 @@ class Sequencer:
             try:
                 await self._recover()
             except Exception:
-                log.exception("sequencer could not rebuild its state; stopping")
-                self._stopped = True
+                log.exception("sequencer could not rebuild its state; will retry")
             error = (
                 exc
                 if isinstance(exc, LedgerUnavailable)

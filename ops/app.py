@@ -46,6 +46,7 @@ from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
 from ops.middleware import RefuseNulBytes
+from schemas.errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ POOL_CLOSE_TIMEOUT = 10.0
 MAX_BODY_BYTES = 64 * 1024  # orders and reports are small; 413 beyond this
 
 
+class ExchangeUnavailable(DomainError):
+    code = "exchange_unavailable"
+    kind = ErrorKind.UNAVAILABLE
+
+
 class Health(msgspec.Struct, frozen=True):
     status: str
     database: str
@@ -64,12 +70,17 @@ class Health(msgspec.Struct, frozen=True):
 
 
 @get("/health", tags=["ops"], summary="Liveness and database reachability")
-async def health(pool: NamedDependency[asyncpg.Pool]) -> Health:
+async def health(pool: NamedDependency[asyncpg.Pool], state: State) -> Health:
     """200 when the database answers (with the applied schema version), else 503.
 
     Tried twice: after a PostgreSQL restart the pool may still hold a dead idle
-    connection, whose failure says nothing about the database now.
+    connection, whose failure says nothing about the database now. Where the exchange
+    runs in this process, its sequencer must be able to write too: after losing the
+    database it rebuilds itself, and until then this answers 503 `exchange_unavailable`.
     """
+    sequencer = state.get("sequencer")
+    if sequencer is not None and not sequencer.healthy:
+        raise ExchangeUnavailable("the exchange is rebuilding its state from the database")
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT):
             for attempt in (1, 2):

@@ -33,6 +33,7 @@ from schemas.trading import (
     OrderView,
     PlaceOrder,
 )
+from tests.support.pg import PgServer
 
 SYM = "llama-3.1-70b/2026-12-01T00Z/1h"
 LOT = 1000
@@ -397,3 +398,29 @@ async def test_listed_capacity_is_capped_per_provider_and_instrument(seq: Sequen
     assert again == first
     await seq.submit(ListingOp("p2", Listing(listing_id="ok", instrument=SYM, quantity=1000)))
     assert cap(seq, "p2") == (101_000, 0)
+
+
+async def test_the_exchange_comes_back_after_postgresql_restarts(db_url: str, pg: PgServer) -> None:
+    s = await Sequencer.open(db_url, clock=Clock())
+    try:
+        await setup_market(s)
+        resting = await place(s, "b1", order("r", Side.BUY, 10_000, 5_000))
+        pg.restart(mode="immediate")  # a crash of PostgreSQL under the running exchange
+        receipt = None
+        for _ in range(100):  # the batch that meets the dead connection fails; then it heals
+            try:
+                receipt = await s.submit(
+                    DepositOp(Deposit(deposit_id="after", account_id="b2", amount=5))
+                )
+                break
+            except LedgerUnavailable:
+                await asyncio.sleep(0.05)
+        assert receipt is not None and s.healthy
+        assert cash(s, "b2") == (1_000_005, 0)
+        sold = await place(s, "p1", order("s", Side.SELL, 10_000, 5_000))
+        assert sold.status == "filled" and sold.fills[0].order_id == sold.order_id
+        assert (await s.submit(CancelAllOp("b1", None))).cancelled == []  # resting was filled
+        assert resting.order_id not in {o.order_id for o in s.engine.book(SYM).open_orders()}
+        await assert_books_balance(s, db_url)
+    finally:
+        await s.close()
