@@ -157,12 +157,14 @@ async def create_instrument(data: JSONBody[CreateInstrument], sequencer: Seq) ->
 
 @get("/instruments", opt=PUBLIC)
 async def list_instruments(sequencer: Seq) -> list[InstrumentView]:
+    await sequencer.committed()
     return sequencer.instruments()
 
 
 @get("/instruments/{symbol:path}", opt=PUBLIC)
 async def get_instrument(symbol: FromPath[str], sequencer: Seq) -> InstrumentView:
     symbol = symbol.lstrip("/")
+    await sequencer.committed()
     if symbol not in sequencer.engine:
         raise UnknownInstrument(f"unknown instrument {symbol!r}")
     return sequencer.instrument_view(symbol)
@@ -175,6 +177,7 @@ async def book(
     levels: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
 ) -> BookView:
     """Aggregated price levels, best first, and the last event seq they reflect."""
+    await sequencer.committed()
     if instrument not in sequencer.engine:
         raise UnknownInstrument(f"unknown instrument {instrument!r}")
     depth = sequencer.engine.book(instrument).depth(levels)
@@ -236,6 +239,7 @@ async def list_capacity(
 @get("/balances")
 async def balances(sequencer: Seq, principal: Caller) -> list[BalanceView]:
     """The caller's balances: cash, capacity, and the escrows and entitlements it is party to."""
+    await sequencer.committed()
     return [
         BalanceView(
             asset=b.account.asset,
@@ -400,6 +404,7 @@ async def my_deliveries(
 @get("/entitlements")
 async def my_entitlements(sequencer: Seq, pool: Pool, principal: Caller) -> list[EntitlementView]:
     """Per instrument and counterparty: tokens still owed, escrow, delivered so far."""
+    await sequencer.committed()
     views = {(v.instrument, v.buyer, v.provider): v for v in sequencer.entitlements_of(
         principal.account_id
     )}  # fmt: skip
@@ -430,6 +435,7 @@ async def close_instrument(data: JSONBody[CloseInstrument], sequencer: Seq) -> S
 @get("/settlements", opt=PUBLIC)
 async def settlements(sequencer: Seq) -> list[SettlementView]:
     """Every settled instrument and what its settlement burned and refunded."""
+    await sequencer.committed()
     return sequencer.settlements()
 
 

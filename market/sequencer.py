@@ -373,6 +373,11 @@ class Sequencer:
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = False
         self._needs_recovery = False
+        # Set while no batch is in flight. A batch is applied to memory before its commit,
+        # so reads of memory (balances, book, entitlements) wait for this: they never see
+        # state that is not committed, or that a failed commit takes back.
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -543,7 +548,21 @@ class Sequencer:
 
     # -- one batch ----------------------------------------------------------------------
 
+    async def committed(self) -> None:
+        """Wait until no batch is in flight; then, until the next await, memory holds only
+        committed state. Read the sequencer's memory right after this, with no await."""
+        await self._idle.wait()
+
     async def _process(self, ops: list[Op]) -> None:
+        # Readers woken when the last batch ended run first (FIFO), then this batch starts.
+        await asyncio.sleep(0)
+        self._idle.clear()
+        try:
+            await self._process_batch(ops)
+        finally:
+            self._idle.set()
+
+    async def _process_batch(self, ops: list[Op]) -> None:
         if self._needs_recovery:
             try:
                 await self._recover()

@@ -424,3 +424,50 @@ async def test_the_exchange_comes_back_after_postgresql_restarts(db_url: str, pg
         await assert_books_balance(s, db_url)
     finally:
         await s.close()
+
+
+class Gate:
+    """A commit hook that holds every commit until released, then fails it if told to."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.fail = False
+        self.armed = False
+
+    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+        if self.armed:
+            self.entered.set()
+            await self.release.wait()
+            if self.fail:
+                await conn.execute("SELECT 1 / 0")
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        return None
+
+
+async def test_reads_never_see_a_batch_before_its_commit(db_url: str) -> None:
+    gate = Gate()
+    s = await Sequencer.open(db_url, clock=Clock(), hooks=[gate])
+    try:
+        await setup_market(s)
+        gate.armed, gate.fail = True, True
+        placing = asyncio.create_task(place(s, "b1", order("o", Side.BUY, 10_000, 5_000)))
+        await gate.entered.wait()  # the order is staged in memory, its commit under way
+
+        async def read() -> tuple[object, object]:
+            await s.committed()
+            depth = s.engine.book(SYM).depth(10)
+            return [(b.account.kind, b.available, b.held) for b in s.balances_of("b1")], depth.bids
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0.05)
+        assert not reader.done()  # it waits for the commit instead of reading staged state
+        gate.release.set()
+        with pytest.raises(LedgerUnavailable):
+            await placing
+        balances, bids = await reader
+        assert balances == [("cash", 1_000_000, 0)] and bids == []  # the failed batch is gone
+    finally:
+        gate.armed = False
+        await s.close()
