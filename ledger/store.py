@@ -98,7 +98,19 @@ async def load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds,
     Loads the last snapshot of balances and holds, then replays the journal
     (the canonical bodies of the transactions committed after it). Returns the
     state, the account ids, and what the replay changed since the snapshot.
+    Everything is read in one repeatable-read transaction (or the caller's), so a
+    snapshot written meanwhile in the background cannot be half seen.
     """
+    outer = (
+        contextlib.nullcontext()
+        if conn.is_in_transaction()
+        else conn.transaction(readonly=True, isolation="repeatable_read")
+    )
+    async with outer:
+        return await _load_state(conn)
+
+
+async def _load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds, Dirty]:
     ids = AccountIds()
     for row in await conn.fetch("SELECT id, owner, asset, kind FROM ledger_accounts ORDER BY id"):
         account = Account(row["owner"], row["asset"], row["kind"])
@@ -124,22 +136,17 @@ async def load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds,
                 created_index=row["created_idx"],
             )
     dirty = Dirty()
-    # A cursor needs a transaction; inside the caller's (an audit export's snapshot) use it.
-    outer = contextlib.nullcontext() if conn.is_in_transaction() else conn.transaction(
-        readonly=True, isolation="repeatable_read"
+    cursor = conn.cursor(
+        "SELECT body FROM ledger_transactions WHERE idx >= $1 ORDER BY idx", snapshot_index
     )
-    async with outer:
-        cursor = conn.cursor(
-            "SELECT body FROM ledger_transactions WHERE idx >= $1 ORDER BY idx", snapshot_index
-        )
-        async for row in cursor:
-            committed = decode_transaction(row["body"])
-            if committed.index != state.next_index:
-                raise LedgerCorrupt(
-                    f"journal has transaction {committed.index} where {state.next_index} belongs"
-                )
-            replay_into(state, committed)
-            dirty.add(committed)
+    async for row in cursor:
+        committed = decode_transaction(row["body"])
+        if committed.index != state.next_index:
+            raise LedgerCorrupt(
+                f"journal has transaction {committed.index} where {state.next_index} belongs"
+            )
+        replay_into(state, committed)
+        dirty.add(committed)
     return state, ids, dirty
 
 
@@ -215,75 +222,54 @@ async def write_batch(
         )
 
 
-async def write_snapshot(
-    conn: asyncpg.Connection, state: LedgerState, ids: AccountIds, dirty: Dirty
-) -> None:
-    """Bring the snapshot tables up to the state's current index (inside a transaction).
+@dataclass(slots=True)
+class Snapshot:
+    """Balances and holds as of `next_index`, copied out of memory to be written."""
 
-    Only what changed since the last snapshot (`dirty`) is written. Recovery
-    loads this snapshot and replays the journal after `next_index`.
-    """
-    if dirty.accounts:
-        known = {a: ids.ids[a] for a in dirty.accounts}
-        existing = {
-            r["account_id"]
-            for r in await conn.fetch(
-                "SELECT account_id FROM ledger_balances WHERE account_id = ANY($1::bigint[])",
-                list(known.values()),
-            )
-        }
-        await _write_balances(conn, {i: a for a, i in known.items()}, existing, state)
-    if dirty.holds:
-        hold_ids = sorted(dirty.holds)
-        remaining = [_remaining(state, h) for h in hold_ids]
+    next_index: int
+    balances: tuple[list[int], list[int], list[int], list[bool]]
+    holds: tuple[list[str], list[int]]
+
+
+def take_snapshot(
+    state: LedgerState, ids: AccountIds, dirty: Dirty, *, full: bool = False
+) -> Snapshot:
+    """What changed since the last snapshot (`dirty`), or everything (`full`): a copy,
+    so it can be written while the state moves on."""
+    accounts = state.balances.keys() if full else dirty.accounts
+    balances: tuple[list[int], list[int], list[int], list[bool]] = ([], [], [], [])
+    for account in accounts:
+        available, held = state.balances.get(account, (0, 0))
+        balances[0].append(ids.ids[account])
+        balances[1].append(available)
+        balances[2].append(held)
+        balances[3].append(may_go_negative(account))
+    hold_ids = sorted({*state.holds, *state.closed_holds}) if full else sorted(dirty.holds)
+    remaining = [_remaining(state, h) for h in hold_ids]
+    return Snapshot(state.next_index, balances, (hold_ids, remaining))
+
+
+async def write_snapshot(conn: asyncpg.Connection, snapshot: Snapshot) -> None:
+    """Write a snapshot (inside a transaction). Recovery loads it and replays the
+    journal from `next_index`."""
+    if snapshot.balances[0]:
+        await conn.execute(
+            """INSERT INTO ledger_balances (account_id, available, held, may_go_negative)
+               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[])
+               ON CONFLICT (account_id) DO UPDATE
+                  SET available = EXCLUDED.available, held = EXCLUDED.held""",
+            *snapshot.balances,
+        )
+    if snapshot.holds[0]:
         await conn.execute(
             """INSERT INTO ledger_hold_state (hold_id, remaining)
                SELECT * FROM unnest($1::text[], $2::bigint[])
                ON CONFLICT (hold_id) DO UPDATE SET remaining = EXCLUDED.remaining""",
-            hold_ids,
-            remaining,
+            *snapshot.holds,
         )
-    await conn.execute("UPDATE ledger_snapshot SET next_index = $1", state.next_index)
-
-
-async def _write_balances(
-    conn: asyncpg.Connection,
-    touched: dict[int, Account],
-    existing: set[int],
-    state: LedgerState,
-) -> None:
-    """Set the balance rows of the touched accounts to what the state holds now.
-
-    Existing rows take a plain UPDATE from arrays (cheaper than INSERT ... ON
-    CONFLICT for the common case of known accounts); new accounts an INSERT.
-    """
-    balances = state.balances
-    update: tuple[list[int], list[int], list[int]] = ([], [], [])
-    insert: tuple[list[int], list[int], list[int], list[bool]] = ([], [], [], [])
-    for account_id, account in touched.items():
-        available, held = balances[account]
-        if account_id not in existing:
-            insert[0].append(account_id)
-            insert[1].append(available)
-            insert[2].append(held)
-            insert[3].append(may_go_negative(account))
-        else:
-            update[0].append(account_id)
-            update[1].append(available)
-            update[2].append(held)
-    if update[0]:
-        await conn.execute(
-            """UPDATE ledger_balances b SET available = u.available, held = u.held
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, available, held)
-                WHERE b.account_id = u.id""",
-            *update,
-        )
-    if insert[0]:
-        await conn.execute(
-            """INSERT INTO ledger_balances (account_id, available, held, may_go_negative)
-               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[])""",
-            *insert,
-        )
+    await conn.execute(
+        "UPDATE ledger_snapshot SET next_index = $1 WHERE next_index < $1", snapshot.next_index
+    )
 
 
 def _remaining(state: LedgerState, hold_id: str) -> int:

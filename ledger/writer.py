@@ -40,8 +40,10 @@ from ledger.store import (
     Dirty,
     PriorOutcome,
     Rejection,
+    Snapshot,
     load_state,
     prior_outcomes,
+    take_snapshot,
     write_batch,
     write_snapshot,
 )
@@ -88,6 +90,9 @@ class Ledger:
         hooks: Sequence[CommitHook] = (),
     ) -> None:
         self._conn = conn
+        self._snapshot_conn: asyncpg.Connection | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._full_snapshot = False
         self._dsn: str | None = None  # set by `open`; lets the writer reconnect
         self._broken = False  # the state could not be reloaded: reload before any batch
         self._dirty = dirty
@@ -153,15 +158,60 @@ class Ledger:
         finally:
             with contextlib.suppress(Exception):
                 await self._conn.close()
+            if self._snapshot_conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._snapshot_conn.close()
 
     async def snapshot(self) -> None:
-        """Write the balances and holds changed since the last snapshot (shortens recovery)."""
+        """Write the balances and holds changed since the last snapshot, now (recovery
+        then replays less). Also waits for a snapshot being written in the background."""
         async with self._lock:
-            if not self._dirty.transactions or self._conn.is_closed():
+            await self._settle_snapshot_task()
+            if (not self._dirty.transactions and not self._full_snapshot) or self._conn.is_closed():
                 return
+            snap = take_snapshot(self._state, self._ids, self._dirty, full=self._full_snapshot)
             async with self._conn.transaction():
-                await write_snapshot(self._conn, self._state, self._ids, self._dirty)
+                await write_snapshot(self._conn, snap)
             self._dirty = Dirty()
+            self._full_snapshot = False
+
+    async def wait_for_snapshot(self) -> None:
+        """Wait until a snapshot being written in the background is done (or failed)."""
+        await self._settle_snapshot_task()
+
+    async def _settle_snapshot_task(self) -> None:
+        task = self._snapshot_task
+        if task is not None:
+            self._snapshot_task = None
+            with contextlib.suppress(Exception):
+                await task
+
+    def _start_snapshot(self) -> None:
+        """Copy what changed out of memory and write it on a connection of its own, so
+        the writer goes on with the next batch (a snapshot of 50,000 transactions' worth
+        of accounts and holds would otherwise stall it for a good fraction of a second)."""
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return  # one at a time; this batch's changes go into the next one
+        snap = take_snapshot(self._state, self._ids, self._dirty, full=self._full_snapshot)
+        self._dirty = Dirty()
+        self._full_snapshot = False
+        self._snapshot_task = asyncio.create_task(self._write_snapshot(snap))
+
+    async def _write_snapshot(self, snap: Snapshot) -> None:
+        try:
+            if self._snapshot_conn is None or self._snapshot_conn.is_closed():
+                if self._dsn is None:
+                    raise LedgerUnavailable("no database address for the snapshot connection")
+                self._snapshot_conn = await asyncpg.connect(self._dsn)
+            async with self._snapshot_conn.transaction():
+                await write_snapshot(self._snapshot_conn, snap)
+        except Exception:
+            # Nothing is lost (the journal has it); the next snapshot writes everything.
+            log.warning("background snapshot failed; the next one is full", exc_info=True)
+            self._full_snapshot = True
+            if self._snapshot_conn is not None:
+                self._snapshot_conn.terminate()
+                self._snapshot_conn = None
 
     # -- reads of the committed in-memory state -----------------------------------
 
@@ -286,12 +336,9 @@ class Ledger:
         dirty = self._dirty
         for committed, _, _ in write.committed:
             dirty.add(committed)
-        snapshot = dirty.transactions >= self._snapshot_every
         try:
             async with self._conn.transaction():
                 await write_batch(self._conn, write, self._ids, state)
-                if snapshot:
-                    await write_snapshot(self._conn, state, self._ids, dirty)
                 if self._hooks:
                     leaves = [body for _, _, body in write.committed]
                     for hook in self._hooks:
@@ -303,8 +350,8 @@ class Ledger:
             if isinstance(exc, asyncpg.PostgresError | OSError | ConnectionError):
                 raise LedgerUnavailable(f"the batch could not be committed: {exc}") from exc
             raise
-        if snapshot:
-            self._dirty = Dirty()
+        if dirty.transactions >= self._snapshot_every:
+            self._start_snapshot()
 
     async def _recover(self) -> None:
         """Forget the in-memory state and reload it from the database.

@@ -252,6 +252,7 @@ async def test_a_crash_between_snapshots_loses_nothing_committed(db_url: str) ->
         await writer.submit(transfer(f"t{i}", ALICE, BOB, i + 1))
     before = nonzero((b.account, (b.available, b.held)) for b in writer.balances())
     size = writer.size
+    await writer.wait_for_snapshot()  # snapshots are written in the background
     writer._conn.terminate()  # the process dies: no close, no final snapshot
 
     conn = await asyncpg.connect(db_url)
