@@ -1,6 +1,6 @@
 """Trading API throughput: durable orders acknowledged per second, with latency.
 
-    python -m ops.bench.api [--seconds 10] [--clients 32] [--batch 50]
+    python -m ops.bench.api [--seconds 10] [--clients 48] [--batch 50]
 
 Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or
 DATABASE_URL), creates an instrument, providers and buyers, then drives it on
@@ -226,7 +226,7 @@ async def _bench(url: str, port: int, seconds: float, clients: int, batch: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=48)
     parser.add_argument("--batch", type=int, default=50)
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="tokex-api-bench-"))
