@@ -7,7 +7,8 @@ tokex accounts create --role ROLE --name NAME [--public-key FILE] [--out FILE] [
     private key written to `--out` (default `<data-dir>/keys/<account_id>.pem`): unencrypted
     PKCS#8 PEM, mode 0600, never overwriting a file; `TokexClient.from_key_file` loads it.
     Prints what was created; `--json` prints one line
-    `{"account_id": ..., "key_id": ...[, "key_file": ...]}`.
+    `{"account_id": ..., "key_id": ...}` (where a generated key went, on stderr; by
+    default `<data-dir>/keys/<account_id>.pem`).
 
 Migrations are applied first, so this works on a fresh data dir.
 """
@@ -87,10 +88,10 @@ def _create_command(args: argparse.Namespace) -> int:
         _create(url, Role(args.role), args.name, public_key, out, settings.data_path / "keys")
     )
     if args.json:
-        line: dict[str, str] = {"account_id": created.account_id, "key_id": created.key_id}
-        if path is not None:
-            line["key_file"] = str(path)
+        line = {"account_id": created.account_id, "key_id": created.key_id}
         sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
+        if path is not None:  # stdout stays exactly the one line scripts parse
+            print(f"private key written to {path} (mode 0600)", file=sys.stderr)
     else:
         print(f"account {created.account_id} ({created.role} {created.name!r})")
         print(f"key     {created.key_id}")

@@ -28,8 +28,9 @@ async def test_create_operator_and_use_its_key(server: str, db_url: str, tmp_pat
     lines = result.stdout.splitlines()
     assert len(lines) == 1
     line = json.loads(lines[0])
-    key_file = Path(line["key_file"])
-    assert key_file == (data_dir / "keys" / f"{line['account_id']}.pem").resolve()
+    assert set(line) == {"account_id", "key_id"}  # exactly the one line the issue names
+    key_file = (data_dir / "keys" / f"{line['account_id']}.pem").resolve()
+    assert str(key_file) in result.stderr  # where the key went, said on stderr
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert key_file.read_text().startswith("-----BEGIN PRIVATE KEY-----")
 
