@@ -132,8 +132,9 @@ def _check_withdrawal_ids(account_id: str, withdrawal_id: str) -> None:
 
 
 def _check_side(principal: Principal, side: Side) -> None:
-    if side is Side.BUY and principal.role is not Role.BUYER:
-        raise WrongSide("only buyers place buy orders")
+    """Only providers sell (they list the capacity they sell). Buyers buy, and so may
+    providers — to buy back capacity they cannot serve; then self-trade prevention
+    keeps them from trading with their own offers."""
     if side is Side.SELL and principal.role is not Role.PROVIDER:
         raise WrongSide("only providers place sell orders")
 

@@ -144,11 +144,27 @@ async def test_trading_session_balances_holds_and_fills_to_the_unit(market: Mark
 
 
 async def test_self_trade_prevention_over_the_api(market: Market) -> None:
-    p0 = market.providers[0]
+    """A provider buying back capacity never trades with its own offer."""
+    p0, p1 = market.providers
     await market.operator.deposit("dep-p0", market.ids["p0"], 1_000_000)
-    # A provider may not buy at all here: buyers buy, providers sell.
+    own_ask = await p0.place_order(order("ask", Side.SELL, 5_000, 5_000))
+    other_ask = await p1.place_order(order("ask", Side.SELL, 5_000, 5_100))
+    # cancel_oldest: p0's own resting ask is cancelled, the bid goes on to p1's ask.
+    bid = await p0.place_order(order("bid", Side.BUY, 5_000, 5_100, stp=StpMode.CANCEL_OLDEST))
+    assert [(f.price, f.quantity) for f in bid.fills] == [(5_100, 5_000)]
+    assert (await p0.order(own_ask.order_id)).status == "cancelled"
+    assert (await p1.order(other_ask.order_id)).status == "filled"
+    assert await capacity(p0) == (100_000, 0)  # the cancelled ask's capacity came back
+    # cancel_newest: the incoming order is cancelled, the resting one stays.
+    rest = await p0.place_order(order("ask2", Side.SELL, 1_000, 6_000))
+    newest = await p0.place_order(
+        order("bid2", Side.BUY, 1_000, 6_000, stp=StpMode.CANCEL_NEWEST, tif=TimeInForce.IOC)
+    )
+    assert newest.filled_quantity == 0 and newest.status == "cancelled"
+    assert (await p0.order(rest.order_id)).status == "open"
+    # A buyer still cannot sell.
     with pytest.raises(TokexApiError) as wrong_side:
-        await p0.place_order(order("x", Side.BUY, 1_000, 5_000, stp=StpMode.CANCEL_BOTH))
+        await market.buyers[0].place_order(order("x", Side.SELL, 1_000, 5_000))
     assert wrong_side.value.status == 403
 
 
