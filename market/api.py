@@ -9,7 +9,8 @@ and balances from the sequencer's memory.
 Who may do what:
 - operator: create instruments, credit deposits, close (settle) an instrument,
   mark withdrawals paid or failed, see every withdrawal;
-- provider: list capacity, place sell orders, report deliveries;
+- provider: list capacity, place sell orders (and buy orders, to buy capacity back),
+  report deliveries;
 - buyer: place buy orders;
 - buyer and provider: withdraw available cash;
 - everyone signed: their own orders, fills, balances, entitlements,
