@@ -94,20 +94,24 @@ BEGIN
 END;
 $$;
 
-DO $$
+-- Make a table append-only: a row trigger refuses UPDATE and DELETE, a statement
+-- trigger refuses TRUNCATE, and PUBLIC loses those rights. Later migrations call it
+-- for their own entry tables.
+CREATE FUNCTION ledger_make_append_only(t regclass) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
-    t text;
+    name text := (SELECT relname FROM pg_class WHERE oid = t);
 BEGIN
-    FOREACH t IN ARRAY ARRAY['ledger_accounts', 'ledger_transactions', 'ledger_entries',
-                             'ledger_holds', 'ledger_rejections']
-    LOOP
-        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I
-                        FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()',
-                       t || '_append_only', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I
-                        FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()',
-                       t || '_no_truncate', t);
-        EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON %I FROM PUBLIC', t);
-    END LOOP;
+    EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()',
+                   name || '_append_only', t);
+    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()',
+                   name || '_no_truncate', t);
+    EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON %s FROM PUBLIC', t);
 END;
 $$;
+
+SELECT ledger_make_append_only(t)
+  FROM unnest(ARRAY['ledger_accounts', 'ledger_transactions', 'ledger_entries',
+                    'ledger_holds', 'ledger_rejections']::regclass[]) AS t;

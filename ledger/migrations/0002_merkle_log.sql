@@ -38,19 +38,5 @@ CREATE TABLE ledger_keys (
     announced_in_tx bigint UNIQUE
 );
 
-DO $$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['ledger_merkle_nodes', 'ledger_checkpoints', 'ledger_keys']
-    LOOP
-        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I
-                        FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()',
-                       t || '_append_only', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I
-                        FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()',
-                       t || '_no_truncate', t);
-        EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON %I FROM PUBLIC', t);
-    END LOOP;
-END;
-$$;
+SELECT ledger_make_append_only(t)
+  FROM unnest(ARRAY['ledger_merkle_nodes', 'ledger_checkpoints', 'ledger_keys']::regclass[]) AS t;

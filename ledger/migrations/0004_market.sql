@@ -76,19 +76,5 @@ CREATE INDEX market_fills_maker ON market_fills (maker_account, time_ms);
 CREATE INDEX market_fills_taker ON market_fills (taker_account, time_ms);
 CREATE INDEX market_fills_time ON market_fills (instrument, time_ms);
 
-DO $$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['market_instruments', 'market_journal', 'market_fills']
-    LOOP
-        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I
-                        FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()',
-                       t || '_append_only', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I
-                        FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()',
-                       t || '_no_truncate', t);
-        EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON %I FROM PUBLIC', t);
-    END LOOP;
-END;
-$$;
+SELECT ledger_make_append_only(t)
+  FROM unnest(ARRAY['market_instruments', 'market_journal', 'market_fills']::regclass[]) AS t;

@@ -40,22 +40,8 @@ CREATE TABLE market_settlements (
     capacity_burned    bigint NOT NULL CHECK (capacity_burned >= 0)
 );
 
-DO $$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['market_deliveries', 'market_settlements']
-    LOOP
-        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I
-                        FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()',
-                       t || '_append_only', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I
-                        FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()',
-                       t || '_no_truncate', t);
-        EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON %I FROM PUBLIC', t);
-    END LOOP;
-END;
-$$;
+SELECT ledger_make_append_only(t)
+  FROM unnest(ARRAY['market_deliveries', 'market_settlements']::regclass[]) AS t;
 
 CREATE TABLE market_withdrawals (
     account_id     text   NOT NULL,
