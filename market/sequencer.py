@@ -65,7 +65,7 @@ import asyncpg
 import msgspec
 
 from ledger import settlement
-from ledger.errors import LedgerUnavailable
+from ledger.errors import IdempotencyConflict, LedgerUnavailable
 from ledger.settlement import Terms
 from ledger.writer import CommitHook, Ledger, LedgerBatch
 from market.engine import MatchingEngine
@@ -170,11 +170,6 @@ class OrderRefused(DomainError):
 
     code = "order_refused"
     kind = ErrorKind.REJECTED
-
-
-class IdempotencyConflict(DomainError):
-    code = "idempotency_conflict"
-    kind = ErrorKind.CONFLICT
 
 
 class TransactionRefused(DomainError):
