@@ -7,8 +7,9 @@ holds and fills are checked to the unit; then the security rules and a crash.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -40,6 +41,21 @@ async def _operator(db_url: str, base_url: str) -> TokexClient:
         await conn.close()
     assert key is not None
     return TokexClient(base_url, created.key_id, key)
+
+
+@pytest.fixture
+def server_process(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server whose per-key rate limit lets one client send 200 requests at once."""
+    proc = ServerProcess(
+        database_url=db_url,
+        data_dir=tmp_path,
+        env={"TOKEX_RATE_LIMIT": "10000", "TOKEX_RATE_BURST": "10000"},
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture
@@ -191,22 +207,31 @@ async def test_a_provider_cannot_sell_capacity_it_has_not_listed(market: Market)
 
 
 async def test_200_concurrent_orders_over_one_balance(market: Market) -> None:
-    b0 = market.buyers[0]
-    # Each reserves 10 lots * 5,000 + 20 bps = 50,100: 19 fit in 1,000,000. Sent as
-    # four concurrent batches of 50 (one key's rate limit is 100 requests at once).
-    batches = await asyncio.gather(
-        *(
-            b0.place_orders([order(f"c{k}-{i}", Side.BUY, 10_000, 5_000) for i in range(50)])
-            for k in range(4)
-        )
+    """Each reserves 10 lots * 5,000 + 20 bps = 50,100: 19 fit in 1,000,000. Sent as 200
+    concurrent requests (one key's default rate limit is a burst of 100, so this test's
+    server allows more), then again as four concurrent batches of 50 by another buyer."""
+    b0, b1 = market.buyers[0], market.buyers[1]
+    results = await asyncio.gather(
+        *(b0.place_order(order(f"c{i}", Side.BUY, 10_000, 5_000)) for i in range(200)),
+        return_exceptions=True,
     )
-    results = [r for batch in batches for r in batch]
-    accepted = [r for r in results if r.order is not None]
-    refused = [r for r in results if r.order is None]
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, TokexApiError)]
     assert len(accepted) == 19 and len(refused) == 181
     assert {r.code for r in refused} == {"insufficient_funds"}
     assert await cash(b0) == (1_000_000 - 19 * 50_100, 19 * 50_100)
     assert len(await b0.orders()) == 19
+
+    batches = await asyncio.gather(
+        *(
+            b1.place_orders([order(f"c{k}-{i}", Side.BUY, 10_000, 5_000) for i in range(50)])
+            for k in range(4)
+        )
+    )
+    in_batches = [r for batch in batches for r in batch]
+    assert sum(r.order is not None for r in in_batches) == 19
+    assert {r.code for r in in_batches if r.order is None} == {"insufficient_funds"}
+    assert await cash(b1) == (1_000_000 - 19 * 50_100, 19 * 50_100)
 
 
 async def test_client_order_id_idempotency_survives_a_crash(market: Market) -> None:
