@@ -167,6 +167,8 @@ class Ledger:
         then replays less). Also waits for a snapshot being written in the background."""
         async with self._lock:
             await self._settle_snapshot_task()
+            if self._broken:  # memory may hold a batch that never committed: write nothing
+                return
             if (not self._dirty.transactions and not self._full_snapshot) or self._conn.is_closed():
                 return
             snap = take_snapshot(self._state, self._ids, self._dirty, full=self._full_snapshot)
@@ -180,11 +182,15 @@ class Ledger:
         await self._settle_snapshot_task()
 
     async def _settle_snapshot_task(self) -> None:
+        # The task stays registered until it is done: while it runs, `_start_snapshot`
+        # starts no other. Snapshots are written one at a time, in the order taken, so an
+        # older one never lands over a newer one.
         task = self._snapshot_task
         if task is not None:
-            self._snapshot_task = None
             with contextlib.suppress(Exception):
-                await task
+                await asyncio.shield(task)
+            if self._snapshot_task is task:
+                self._snapshot_task = None
 
     def _start_snapshot(self) -> None:
         """Copy what changed out of memory and write it on a connection of its own, so
@@ -346,7 +352,12 @@ class Ledger:
                 for extra in batch.extra:
                     await extra(self._conn)
         except BaseException as exc:
-            await self._recover()
+            try:
+                await self._recover()
+            except Exception as reload_error:  # still broken: reloads before the next batch
+                raise LedgerUnavailable(
+                    f"the batch could not be committed ({exc}) and the state not reloaded"
+                ) from reload_error
             if isinstance(exc, asyncpg.PostgresError | OSError | ConnectionError):
                 raise LedgerUnavailable(f"the batch could not be committed: {exc}") from exc
             raise

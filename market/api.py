@@ -406,12 +406,18 @@ async def my_deliveries(
 @get("/entitlements")
 async def my_entitlements(sequencer: Seq, pool: Pool, principal: Caller) -> list[EntitlementView]:
     """Per instrument and counterparty: tokens still owed, escrow, delivered so far."""
-    await sequencer.committed()
-    views = {(v.instrument, v.buyer, v.provider): v for v in sequencer.entitlements_of(
-        principal.account_id
-    )}  # fmt: skip
-    async with pool.acquire() as conn:
-        totals = await delivered_totals(conn, principal.account_id)
+    # Balances come from memory, delivered totals from the database: read both with no
+    # commit in between (a delivery between them would mix two moments), else again.
+    for _ in range(10):
+        await sequencer.committed()
+        mark = sequencer.commits
+        views = {(v.instrument, v.buyer, v.provider): v for v in sequencer.entitlements_of(
+            principal.account_id
+        )}  # fmt: skip
+        async with pool.acquire() as conn:
+            totals = await delivered_totals(conn, principal.account_id)
+        if sequencer.commits == mark:
+            break
     for key, (tokens, released) in totals.items():
         view = views.get(key)
         if view is None:

@@ -373,6 +373,9 @@ class Sequencer:
         # state that is not committed, or that a failed commit takes back.
         self._idle = asyncio.Event()
         self._idle.set()
+        #: How many batches have committed: a reader that also reads the database can
+        #: tell whether a commit came between its two reads (and read again).
+        self.commits = 0
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -509,7 +512,7 @@ class Sequencer:
                 continue
             now = max(self._last_time, self._clock())
             due = self._gtd and min(self._gtd.values()) <= now
-            if due or self._needs_recovery or self._next_window_event() <= now:
+            if due or not self.healthy or self._next_window_event() <= now:
                 with contextlib.suppress(SequencerStopped, DomainError):
                     await self.submit(TickOp())
 
@@ -545,8 +548,14 @@ class Sequencer:
 
     async def committed(self) -> None:
         """Wait until no batch is in flight; then, until the next await, memory holds only
-        committed state. Read the sequencer's memory right after this, with no await."""
+        committed state. Read the sequencer's memory right after this, with no await.
+
+        While the state could not be rebuilt after a failed commit (the database is
+        unreachable), memory may still hold that batch: then this raises 503 rather than
+        let anyone read it."""
         await self._idle.wait()
+        if not self.healthy:
+            raise LedgerUnavailable("the exchange is rebuilding its state; try again shortly")
 
     async def _process(self, ops: list[Op]) -> None:
         # Readers woken when the last batch ended run first (FIFO), then this batch starts.
@@ -616,6 +625,7 @@ class Sequencer:
                     op.future.set_exception(error)
             return
         # Durable: apply the batch's effects on the sequencer's memory, answer, publish.
+        self.commits += 1
         for row in batch.orders.values():
             if row.status == "open":
                 self._live[row.order_id] = row

@@ -297,3 +297,31 @@ async def test_a_retry_at_a_later_time_is_the_same_request(ledger: Ledger) -> No
     assert retry == first and ledger.balance(ALICE).available == 100
     refused = await ledger.submit(transfer("pay", ALICE, BOB, 500, time=11))
     assert (await ledger.submit(transfer("pay", ALICE, BOB, 500, time=12))) == refused
+
+
+async def test_snapshots_land_in_order_while_batches_keep_coming(db_url: str) -> None:
+    """Background snapshots are written one at a time, in the order taken: what recovery
+    loads (snapshot + journal) is always the committed truth."""
+    writer = await Ledger.open(db_url, snapshot_every=2)
+    try:
+        await writer.submit(transfer("deposit", BANK, ALICE, 10_000))
+        for i in range(40):
+            await asyncio.gather(
+                writer.apply_batch(
+                    [transfer(f"a{i}", ALICE, BOB, 7), transfer(f"b{i}", BOB, ALICE, 2)]
+                ),
+                writer.wait_for_snapshot(),
+            )
+        await writer.wait_for_snapshot()
+        conn = await asyncpg.connect(db_url)
+        try:
+            recovered, _, _ = await load_state(conn)
+            recomputed = nonzero((await recomputed_balances(conn)).items())
+        finally:
+            await conn.close()
+        assert nonzero((b.account, (b.available, b.held)) for b in recovered.all_balances()) == (
+            recomputed
+        )
+        assert writer.balance(BOB).available == 40 * 5
+    finally:
+        await writer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -470,4 +471,67 @@ async def test_reads_never_see_a_batch_before_its_commit(db_url: str) -> None:
         assert balances == [("cash", 1_000_000, 0)] and bids == []  # the failed batch is gone
     finally:
         gate.armed = False
+        await s.close()
+
+
+class Outage:
+    """A commit hook that, when armed, cuts the database off mid-commit: no new
+    connections, every existing one terminated. The batch fails and so does the rebuild."""
+
+    def __init__(self, admin_url: str, dbname: str) -> None:
+        self.admin_url, self.dbname, self.armed = admin_url, dbname, False
+
+    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+        if not self.armed:
+            return
+        self.armed = False
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'ALTER DATABASE "{self.dbname}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                self.dbname,
+            )
+        finally:
+            await admin.close()
+        await conn.execute("SELECT 1")  # the batch's own connection is gone
+
+    async def heal(self) -> None:
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'ALTER DATABASE "{self.dbname}" ALLOW_CONNECTIONS true')
+        finally:
+            await admin.close()
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        return None
+
+
+async def test_during_an_outage_reads_refuse_and_the_exchange_heals_by_itself(
+    db_url: str, pg: PgServer
+) -> None:
+    dbname = urlsplit(db_url).path.lstrip("/")
+    outage = Outage(pg.url("postgres"), dbname)
+    s = await Sequencer.open(db_url, clock=Clock(), hooks=[outage])
+    try:
+        await setup_market(s)
+        outage.armed = True
+        with pytest.raises(LedgerUnavailable):
+            await place(s, "b1", order("o", Side.BUY, 10_000, 5_000))
+        # Memory may still hold the failed batch: nobody may read it.
+        assert not s.healthy
+        with pytest.raises(LedgerUnavailable):
+            await s.committed()
+        await outage.heal()
+        for _ in range(100):  # no traffic: the clock task retries the rebuild
+            await asyncio.sleep(0.05)
+            if s.healthy:
+                break
+        assert s.healthy
+        await s.committed()
+        assert cash(s, "b1") == (1_000_000, 0)  # the failed order left nothing
+        assert s.engine.book(SYM).depth(10).bids == []
+        await assert_books_balance(s, db_url)
+    finally:
+        await outage.heal()
         await s.close()
