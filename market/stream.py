@@ -136,7 +136,11 @@ async def _handle(
     if instrument is None:
         raise _invalid(f"subscribe to {message.channel} needs an instrument")
     if instrument not in hub:
-        _discover(socket, hub, instrument)
+        sequencer = getattr(socket.app.state, "sequencer", None)
+        if sequencer is not None:
+            await sequencer.committed()  # the engine then holds only committed state
+        if instrument not in hub:
+            _discover(socket, hub, instrument)
     if message.channel is Channel.BOOK:
         hub.subscribe_book(sub, instrument)
     else:
