@@ -375,7 +375,6 @@ class _Verifier:
         self.frontier = MerkleFrontier()
         self.next_index = 0
         self.balances: dict[tuple[str, str, str], list[int]] = {}
-        self.opening_done = False
         self.closing: list[BalanceRow] = []
         self.entries = 0
         self.checkpoints = 0

@@ -29,7 +29,6 @@ from ledger.errors import (
     HoldExpired,
     InsufficientFunds,
     InvalidTransaction,
-    TransactionRejected,
     Unbalanced,
     UnknownHold,
 )
@@ -312,14 +311,6 @@ class LedgerState:
             )
             for _, hold_id in due
         ]
-
-
-def try_apply(state: LedgerState, tx: Transaction) -> CommittedTransaction | TransactionRejected:
-    """`state.apply(tx)`, with a rejection returned rather than raised."""
-    try:
-        return state.apply(tx)
-    except TransactionRejected as rejected:
-        return rejected
 
 
 def replay_into(state: LedgerState, committed: CommittedTransaction) -> None:

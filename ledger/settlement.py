@@ -135,12 +135,25 @@ def hold_generation(hold_id: str) -> int:
     return int(parts[2]) if len(parts) == 3 else 0
 
 
+def deposit_tx_id(deposit_id: str) -> str:
+    return f"deposit:{deposit_id}"
+
+
+def listing_tx_id(listing_id: str) -> str:
+    return f"listing:{listing_id}"
+
+
+def listing_key(provider: str, listing_id: str) -> str:
+    """A provider's listing id made unique across providers (the `listing_id` of `listing`)."""
+    return f"{provider}:{listing_id}"
+
+
 # -- transactions ---------------------------------------------------------------------
 
 
 def deposit(deposit_id: str, account_id: str, amount: int, currency: str, time: int) -> Transaction:
     return Transaction(
-        id=f"deposit:{deposit_id}",
+        id=deposit_tx_id(deposit_id),
         code="deposit",
         time=time,
         postings=(Posting(bank(currency), -amount), Posting(cash(account_id, currency), amount)),
@@ -150,7 +163,7 @@ def deposit(deposit_id: str, account_id: str, amount: int, currency: str, time: 
 
 def listing(listing_id: str, provider: str, symbol: str, quantity: int, time: int) -> Transaction:
     return Transaction(
-        id=f"listing:{listing_id}",
+        id=listing_tx_id(listing_id),
         code="listing",
         time=time,
         postings=(
@@ -394,6 +407,12 @@ def withdrawal_hold_id(account_id: str, withdrawal_id: str) -> str:
     return f"withdrawal:{account_id}:{withdrawal_id}"
 
 
+def withdrawal_outcome_id(account_id: str, withdrawal_id: str, *, paid: bool) -> str:
+    """The transaction that pays a withdrawal out, or voids it."""
+    outcome = "paid" if paid else "failed"
+    return f"withdrawal-{outcome}:{account_id}:{withdrawal_id}"
+
+
 def withdrawal_request(
     account_id: str, withdrawal_id: str, amount: int, currency: str, time: int
 ) -> Transaction:
@@ -414,7 +433,7 @@ def withdrawal_paid(
     """The operator paid it out: the hold is posted to the operator's bank."""
     hold_id = withdrawal_hold_id(account_id, withdrawal_id)
     return Transaction(
-        id=f"withdrawal-paid:{account_id}:{withdrawal_id}",
+        id=withdrawal_outcome_id(account_id, withdrawal_id, paid=True),
         code="withdrawal_paid",
         time=time,
         postings=(Posting(bank(currency), amount),),
@@ -427,7 +446,7 @@ def withdrawal_failed(account_id: str, withdrawal_id: str, time: int) -> Transac
     """The payout failed: the hold is voided, the cash is available again."""
     hold_id = withdrawal_hold_id(account_id, withdrawal_id)
     return Transaction(
-        id=f"withdrawal-failed:{account_id}:{withdrawal_id}",
+        id=withdrawal_outcome_id(account_id, withdrawal_id, paid=False),
         code="withdrawal_failed",
         time=time,
         holds=(HoldVoid(hold_id=hold_id),),

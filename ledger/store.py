@@ -150,6 +150,15 @@ async def _load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds
     return state, ids, dirty
 
 
+async def connection_alive(conn: asyncpg.Connection) -> bool:
+    """Whether a trivial query still goes through on `conn` (else: use a new one)."""
+    try:
+        await conn.fetchval("SELECT 1")
+    except Exception:  # any failure of a trivial query means: use a new connection
+        return False
+    return True
+
+
 async def prior_outcomes(
     conn: asyncpg.Connection, tx_ids: Sequence[str]
 ) -> dict[str, PriorOutcome]:

@@ -41,6 +41,7 @@ from ledger.store import (
     PriorOutcome,
     Rejection,
     Snapshot,
+    connection_alive,
     load_state,
     prior_outcomes,
     take_snapshot,
@@ -374,7 +375,7 @@ class Ledger:
         log.warning("ledger reloading its state from the database")
         self._broken = True
         try:
-            if self._conn.is_closed() or not await self._alive():
+            if self._conn.is_closed() or not await connection_alive(self._conn):
                 await self._reconnect()
             self._state, self._ids, self._dirty = await load_state(self._conn)
             for hook in self._hooks:
@@ -383,13 +384,6 @@ class Ledger:
             log.exception("ledger could not reload its state; will retry before the next batch")
             raise
         self._broken = False
-
-    async def _alive(self) -> bool:
-        try:
-            await self._conn.fetchval("SELECT 1")
-        except Exception:  # any failure of a trivial query means: use a new connection
-            return False
-        return True
 
     async def _reconnect(self) -> None:
         if self._dsn is None:

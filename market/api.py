@@ -41,6 +41,7 @@ from market.sequencer import (
     DeliveryOp,
     DepositOp,
     ListingOp,
+    OrderRefused,
     PlaceOp,
     Sequencer,
     UnknownOrder,
@@ -95,12 +96,6 @@ class ExchangeNotRunning(DomainError):
     kind = ErrorKind.UNAVAILABLE
 
 
-class OrderRejected(DomainError):
-    """The order was refused; `code` is the reason (e.g. `insufficient_funds`)."""
-
-    kind = ErrorKind.REJECTED
-
-
 class WrongSide(DomainError):
     code = "forbidden_side"
     kind = ErrorKind.FORBIDDEN
@@ -143,7 +138,7 @@ def _check_side(principal: Principal, side: Side) -> None:
 def _refuse_if_rejected(order: OrderView) -> OrderView:
     if order.status == "rejected":
         reason = order.reject_reason or "rejected"
-        raise OrderRejected(f"order {order.client_order_id} rejected: {reason}", code=reason)
+        raise OrderRefused(f"order {order.client_order_id} rejected: {reason}", code=reason)
     return order
 
 

@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 #: Websocket close codes (application range 4000-4999).
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_SLOW_CONSUMER_REASON: Final = "slow consumer: fell behind; reconnect and resubscribe"
-CLOSE_SHUTDOWN: Final = 1001
 
 DEFAULT_QUEUE_LIMIT: Final = 4096  # frames queued per subscriber before it is dropped
 DEFAULT_TRADES_KEPT: Final = 1000  # recent trades kept per instrument

@@ -67,6 +67,7 @@ import msgspec
 from ledger import settlement
 from ledger.errors import IdempotencyConflict, LedgerUnavailable
 from ledger.settlement import Terms
+from ledger.store import connection_alive
 from ledger.writer import CommitHook, Ledger, LedgerBatch
 from market.engine import MatchingEngine
 from market.errors import DuplicateInstrument, InvalidInstrument, UnknownInstrument
@@ -79,17 +80,17 @@ from market.store import (
     WithdrawalRow,
     encode_entry,
     find_deliveries,
+    find_orders,
     find_withdrawals,
     journal,
     load_live_orders,
     load_settlements,
     load_terms,
     next_order_id,
-    order_from_record,
     write_market_batch,
 )
 from schemas.errors import DomainError, ErrorKind
-from schemas.ledger import Account, Balance
+from schemas.ledger import Balance
 from schemas.market import (
     AdvanceTime,
     Command,
@@ -143,14 +144,6 @@ MAX_LISTED_CAPACITY = 10**15
 
 Publish = Callable[[Sequence[Event]], None]
 Clock = Callable[[], int]
-
-
-async def _alive(conn: asyncpg.Connection) -> bool:
-    try:
-        await conn.fetchval("SELECT 1")
-    except Exception:  # any failure of a trivial query means: use a new connection
-        return False
-    return True
 
 
 def wall_clock_ms() -> int:
@@ -438,7 +431,7 @@ class Sequencer:
         the sequencer refuses batches (503) and tries again before each next one.
         """
         self._needs_recovery = True
-        if self._conn.is_closed() or not await _alive(self._conn):
+        if self._conn.is_closed() or not await connection_alive(self._conn):
             self._conn.terminate()
             self._conn = await asyncpg.connect(self._dsn)
         conn = self._conn
@@ -580,16 +573,17 @@ class Sequencer:
         now = max(self._last_time, self._clock())
         self._last_time = now
         outcomes: list[Any] = []
-        external = [f"deposit:{op.request.deposit_id}" for op in ops if isinstance(op, DepositOp)]
-        external += [
-            f"listing:{op.account_id}:{op.request.listing_id}"
-            for op in ops
-            if isinstance(op, ListingOp)
-        ]
-        external += self._external_ids(ops)
+        external = self._external_ids(ops)
         try:
             prior = _Prior(
-                orders=await self._prior_orders(ops),
+                orders=await find_orders(
+                    self._conn,
+                    [
+                        (op.account_id, op.request.client_order_id)
+                        for op in ops
+                        if isinstance(op, PlaceOp)
+                    ],
+                ),
                 deliveries=await find_deliveries(
                     self._conn,
                     [
@@ -663,36 +657,25 @@ class Sequencer:
 
     @staticmethod
     def _external_ids(ops: Sequence[Op]) -> list[str]:
-        """Ledger ids of this batch's deliveries and withdrawals, looked up by the ledger
-        first: an id the ledger once refused keeps its outcome instead of failing the batch
-        on the unique index."""
+        """Ledger ids of this batch's deposits, listings, deliveries and withdrawals, looked
+        up by the ledger first: a retry gets its first outcome, and an id the ledger once
+        refused keeps its outcome instead of failing the batch on the unique index."""
         ids: list[str] = []
         for op in ops:
-            if isinstance(op, DeliveryOp):
+            if isinstance(op, DepositOp):
+                ids.append(settlement.deposit_tx_id(op.request.deposit_id))
+            elif isinstance(op, ListingOp):
+                key = settlement.listing_key(op.account_id, op.request.listing_id)
+                ids.append(settlement.listing_tx_id(key))
+            elif isinstance(op, DeliveryOp):
                 ids.append(settlement.delivery_id(op.provider_account, op.request.report_id))
             elif isinstance(op, WithdrawOp):
                 ids.append(settlement.withdrawal_hold_id(op.account_id, op.request.withdrawal_id))
             elif isinstance(op, WithdrawalOutcomeOp):
-                hold = settlement.withdrawal_hold_id(op.account_id, op.withdrawal_id)
-                ids.append(f"{hold}:{'paid' if op.paid else 'failed'}")
+                ids.append(
+                    settlement.withdrawal_outcome_id(op.account_id, op.withdrawal_id, paid=op.paid)
+                )
         return ids
-
-    async def _prior_orders(self, ops: Sequence[Op]) -> dict[tuple[str, str], OrderRow]:
-        """Orders already placed under the client order ids of this batch (idempotency)."""
-        keys = [
-            (op.account_id, op.request.client_order_id) for op in ops if isinstance(op, PlaceOp)
-        ]
-        if not keys:
-            return {}
-        rows = await self._conn.fetch(
-            """SELECT o.* FROM market_orders o
-                 JOIN unnest($1::text[], $2::text[]) AS k(account_id, client_order_id)
-                   ON o.account_id = k.account_id AND o.client_order_id = k.client_order_id""",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-        )
-        found = [order_from_record(r) for r in rows]
-        return {(o.account_id, o.client_order_id): o for o in found}
 
     async def _write(self, conn: asyncpg.Connection, batch: _Batch) -> None:
         await write_market_batch(
@@ -826,8 +809,8 @@ class Sequencer:
                 f"quantity must be a multiple of the lot, {terms.lot_size}", code="qty_off_lot"
             )
         tx = settlement.listing(
-            f"{op.account_id}:{req.listing_id}", op.account_id, req.instrument, req.quantity,
-            batch.time,
+            settlement.listing_key(op.account_id, req.listing_id), op.account_id,
+            req.instrument, req.quantity, batch.time,
         )  # fmt: skip
         if not batch.ledger.seen(tx.id):  # a retry gets its first receipt, cap or not
             listed = batch.ledger.state.balance(settlement.capacity(op.account_id, req.instrument))
@@ -1410,9 +1393,6 @@ class Sequencer:
                 )
             )  # fmt: skip
         return out
-
-    def account(self, owner: str, asset: str, kind: str) -> Balance:
-        return self.ledger.balance(Account(owner, asset, kind))
 
 
 @dataclass(slots=True)

@@ -299,15 +299,30 @@ async def load_terms(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return list(await conn.fetch("SELECT * FROM market_instruments ORDER BY symbol"))
 
 
-async def find_client_order(
-    conn: asyncpg.Connection, account_id: str, client_order_id: str
-) -> OrderRow | None:
-    row = await conn.fetchrow(
-        "SELECT * FROM market_orders WHERE account_id = $1 AND client_order_id = $2",
-        account_id,
-        client_order_id,
+async def _rows_by_pairs(
+    conn: asyncpg.Connection, table: str, columns: tuple[str, str], keys: Sequence[tuple[str, str]]
+) -> list[asyncpg.Record]:
+    """The rows of `table` whose two key `columns` match one of `keys`, in one query."""
+    if not keys:
+        return []
+    a, b = columns
+    return list(
+        await conn.fetch(
+            f"""SELECT t.* FROM {table} t
+                  JOIN unnest($1::text[], $2::text[]) AS k(a, b) ON t.{a} = k.a AND t.{b} = k.b""",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
     )
-    return None if row is None else order_from_record(row)
+
+
+async def find_orders(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], OrderRow]:
+    """Orders already placed under these (account, client order id) keys."""
+    rows = await _rows_by_pairs(conn, "market_orders", ("account_id", "client_order_id"), keys)
+    found = [order_from_record(r) for r in rows]
+    return {(o.account_id, o.client_order_id): o for o in found}
 
 
 async def get_order(conn: asyncpg.Connection, account_id: str, order_id: int) -> OrderRow | None:
@@ -403,15 +418,7 @@ async def find_deliveries(
     conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], DeliveryRow]:
     """Deliveries already accepted under these (provider, report id) keys."""
-    if not keys:
-        return {}
-    rows = await conn.fetch(
-        """SELECT d.* FROM market_deliveries d
-             JOIN unnest($1::text[], $2::text[]) AS k(provider, report_id)
-               ON d.provider = k.provider AND d.report_id = k.report_id""",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    )
+    rows = await _rows_by_pairs(conn, "market_deliveries", ("provider", "report_id"), keys)
     found = [delivery_from_record(r) for r in rows]
     return {(d.provider, d.report_id): d for d in found}
 
@@ -463,15 +470,7 @@ async def find_withdrawals(
     conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], WithdrawalRow]:
     """Withdrawals under these (account, withdrawal id) keys."""
-    if not keys:
-        return {}
-    rows = await conn.fetch(
-        """SELECT w.* FROM market_withdrawals w
-             JOIN unnest($1::text[], $2::text[]) AS k(account_id, withdrawal_id)
-               ON w.account_id = k.account_id AND w.withdrawal_id = k.withdrawal_id""",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    )
+    rows = await _rows_by_pairs(conn, "market_withdrawals", ("account_id", "withdrawal_id"), keys)
     found = [withdrawal_from_record(r) for r in rows]
     return {(w.account_id, w.withdrawal_id): w for w in found}
 

@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -170,6 +171,12 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
+
+
+def with_database(url: str, dbname: str) -> str:
+    """`url` with its database name replaced (keeps user, host, `?host=/socket/dir`)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
 
 
 async def connect(url: str) -> asyncpg.Connection:

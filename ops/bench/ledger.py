@@ -27,7 +27,7 @@ from ledger.log import MerkleLog
 from ledger.note import Signer
 from ledger.writer import Ledger
 from ops.config import Settings
-from ops.database import database_url
+from ops.database import database_url, with_database
 from schemas.ledger import Account, Posting, Transaction
 
 
@@ -40,19 +40,13 @@ async def _fresh_database(base_url: str) -> str:
         await conn.close()
     from ledger.migrate import migrate  # the project's migration runner
 
-    dsn = _with_database(base_url, name)
+    dsn = with_database(base_url, name)
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)
     finally:
         await conn.close()
     return dsn
-
-
-def _with_database(url: str, name: str) -> str:
-    head, sep, query = url.partition("?")
-    scheme_host, _, _db = head.rpartition("/")
-    return f"{scheme_host}/{name}{sep}{query}"
 
 
 async def run(base_url: str, transfers: int, accounts: int, *, with_log: bool = False) -> None:

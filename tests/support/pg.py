@@ -9,17 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ops.database import _import_pgserver
-
-
-def with_database(url: str, dbname: str) -> str:
-    """`url` with its database name replaced (keeps user, host, `?host=/socket/dir`)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + dbname))
+from ops.database import _import_pgserver, with_database
 
 
 def quote_ident(name: str) -> str:
