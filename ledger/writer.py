@@ -41,6 +41,7 @@ from ledger.store import (
     PriorOutcome,
     Rejection,
     Snapshot,
+    connect_writer,
     connection_alive,
     load_state,
     prior_outcomes,
@@ -122,7 +123,7 @@ class Ledger:
 
         Each hook's `reload` runs once here too, so it starts from the database.
         """
-        conn: asyncpg.Connection = await asyncpg.connect(dsn)
+        conn = await connect_writer(dsn)
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK_KEY):
                 raise LedgerBusy("another process is already the ledger's writer")
@@ -209,7 +210,7 @@ class Ledger:
             if self._snapshot_conn is None or self._snapshot_conn.is_closed():
                 if self._dsn is None:
                     raise LedgerUnavailable("no database address for the snapshot connection")
-                self._snapshot_conn = await asyncpg.connect(self._dsn)
+                self._snapshot_conn = await connect_writer(self._dsn)
             async with self._snapshot_conn.transaction():
                 await write_snapshot(self._snapshot_conn, snap)
         except Exception:
@@ -389,7 +390,7 @@ class Ledger:
         if self._dsn is None:
             raise LedgerUnavailable("the ledger's connection is gone and it cannot reconnect")
         self._conn.terminate()
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        conn = await connect_writer(self._dsn)
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK_KEY):
             await conn.close()
             raise LedgerBusy("another process became the ledger's writer")

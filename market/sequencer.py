@@ -67,7 +67,7 @@ import msgspec
 from ledger import settlement
 from ledger.errors import IdempotencyConflict, LedgerUnavailable
 from ledger.settlement import Terms
-from ledger.store import connection_alive
+from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger, LedgerBatch
 from market.engine import MatchingEngine
 from market.errors import DuplicateInstrument, InvalidInstrument, UnknownInstrument
@@ -386,7 +386,7 @@ class Sequencer:
         """Become the exchange's writer: open the ledger, rebuild the books, start."""
         ledger = await Ledger.open(dsn, hooks=hooks)
         try:
-            conn: asyncpg.Connection = await asyncpg.connect(dsn)
+            conn = await connect_writer(dsn)
         except BaseException:
             await ledger.close()
             raise
@@ -433,7 +433,7 @@ class Sequencer:
         self._needs_recovery = True
         if self._conn.is_closed() or not await connection_alive(self._conn):
             self._conn.terminate()
-            self._conn = await asyncpg.connect(self._dsn)
+            self._conn = await connect_writer(self._dsn)
         conn = self._conn
         engine = MatchingEngine()
         terms: dict[str, Terms] = {}
