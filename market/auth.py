@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -57,6 +56,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from market.signatures import SignatureChecker
 from schemas.accounts import Role
 from schemas.errors import DomainError, ErrorKind
 
@@ -272,8 +272,12 @@ class Authenticator:
         cache_size: int = 100_000,
         replay: ReplayWindow | None = None,
         started_ms: int | None = None,
+        checker: SignatureChecker | None = None,
     ) -> None:
         self._load_key = load_key
+        #: Where signatures are checked: in this process until `checker.start()` (the app's
+        #: lifespan starts it), then in a helper process (`market.signatures`).
+        self.checker = checker or SignatureChecker()
         self.started_ms = now_ms() if started_ms is None else started_ms
         self.window_ms = window_ms
         self.cache_ttl_s = cache_ttl_s
@@ -355,16 +359,13 @@ class Authenticator:
         record = await self._key(key_id) if _KEY_ID_RE.fullmatch(key_id) else None
         if record is None or record.revoked:
             raise AuthError(f"unknown or revoked key {key_id[:40]!r}", code="unknown_key")
-        try:
-            record.public_key.verify(
-                raw_signature, request_message(ts, method, path_with_query, body)
-            )
-        except InvalidSignature:
+        message = request_message(ts, method, path_with_query, body)
+        if not await self.checker.verify(record.public_key, raw_signature, message):
             raise AuthError(
                 "signature does not match the request (method, path with query, body, "
                 "timestamp) under this key",
                 code="bad_signature",
-            ) from None
+            )
         # Ed25519 is deterministic and OpenSSL rejects non-canonical signatures, so the
         # signature bytes identify (key, message): the same bytes again are a replay.
         if not self.replay.check_and_add(raw_signature, ts, now_ms):

@@ -113,10 +113,13 @@ def _pool_lifespan(settings: Settings, pool_factory: PoolFactory) -> Lifespan:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await pool_factory(settings)
         app.state.pool = pool
-        app.state.authenticator = Authenticator.from_pool(pool)
+        authenticator = Authenticator.from_pool(pool)
+        app.state.authenticator = authenticator
+        await authenticator.checker.start()
         try:
             yield
         finally:
+            await authenticator.checker.close()
             try:
                 await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
             except TimeoutError:
