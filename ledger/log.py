@@ -1,12 +1,12 @@
 """The Merkle log of the ledger, persisted with every batch (a `ledger.writer.CommitHook`).
 
-Inside each batch's database transaction `MerkleLog.write`:
+For each batch `MerkleLog.write` stages, in the rows the batch writes in one statement:
 
-1. appends the leaf hash of each committed transaction's canonical bytes to an in-memory
-   `MerkleFrontier` (a copy: the live one is swapped in only once everything is written);
-2. writes every perfect node those leaves completed (the leaves themselves at level 0, about
-   two rows per leaf) to ``ledger_merkle_nodes`` with one binary COPY;
-3. signs one C2SP checkpoint for the new tree size and inserts it in ``ledger_checkpoints``.
+1. the leaf hash of each committed transaction's canonical bytes, appended to an in-memory
+   `MerkleFrontier` (a copy, swapped in once everything is staged);
+2. every perfect node those leaves completed (the leaves themselves at level 0, about
+   two rows per leaf), for ``ledger_merkle_nodes``;
+3. one C2SP checkpoint signed for the new tree size, for ``ledger_checkpoints``.
 
 So a committed transaction is always in a signed checkpoint, and a failed commit leaves
 nothing behind; the writer then calls `reload`, which rebuilds the frontier from the stored
@@ -48,6 +48,7 @@ from ledger.merkle import (
     tree_root,
 )
 from ledger.note import Signer, Verifier
+from ledger.rows import BatchRows
 from ledger.writer import Ledger
 from schemas.errors import DomainError, ErrorKind
 
@@ -203,7 +204,14 @@ class MerkleLog:
 
     # -- CommitHook -----------------------------------------------------------------
 
-    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+    async def write(
+        self, conn: asyncpg.Connection, rows: BatchRows, leaves: Sequence[bytes]
+    ) -> None:
+        self.stage_leaves(rows, leaves)
+
+    def stage_leaves(self, rows: BatchRows, leaves: Sequence[bytes]) -> None:
+        """Stage the nodes `leaves` complete, any key they rotate to and the new signed
+        checkpoint; the log's memory moves on now (a failed commit reloads it)."""
         if not leaves:
             return
         frontier = self._frontier.copy()
@@ -225,24 +233,21 @@ class MerkleLog:
                 signer = self._rotate(body, signer)
                 new_keys.append((signer.verifier(), head.index + 1, head.index))
             extend(append(sha(b"\x00" + body).digest()))
-        await conn.copy_records_to_table(
-            "ledger_merkle_nodes", records=records, columns=("level", "idx", "hash")
+        rows.insert("ledger_merkle_nodes", ("level", "idx", "hash"), records)
+        rows.insert(
+            "ledger_keys",
+            _KEY_COLUMNS,
+            [_key_record(key, valid_from, tx_index) for key, valid_from, tx_index in new_keys],
         )
-        for key, valid_from, tx_index in new_keys:
-            await _insert_key(conn, key, valid_from, tx_index)
         root = frontier.root()
         note = sign_checkpoint(
             Checkpoint(origin=self.origin, size=frontier.size, root_hash=root, time_ms=time_ms),
             signer,
         )
-        await conn.execute(
-            "INSERT INTO ledger_checkpoints (tree_size, note, root, time_ms, key) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            frontier.size,
-            note,
-            root,
-            time_ms,
-            signer.verifier().encode(),
+        rows.insert(
+            "ledger_checkpoints",
+            ("tree_size", "note", "root", "time_ms", "key"),
+            [(frontier.size, note, root, time_ms, signer.verifier().encode())],
         )
         self._frontier = frontier
         self._signer = signer
@@ -291,7 +296,9 @@ class MerkleLog:
                     start,
                     min(ledger_size, start + BACKFILL_CHUNK),
                 )
-                await self.write(conn, [bytes(r["body"]) for r in rows])
+                staged = BatchRows()
+                self.stage_leaves(staged, [bytes(r["body"]) for r in rows])
+                await staged.execute(conn)
 
     async def _current_signer(self, conn: asyncpg.Connection) -> Signer:
         row = await conn.fetchrow(
@@ -310,19 +317,21 @@ class MerkleLog:
         return signer
 
 
+_KEY_COLUMNS = ("key", "name", "key_id", "public_key", "valid_from_size", "announced_in_tx")
+
+
+def _key_record(
+    key: Verifier, valid_from_size: int, tx_index: int | None
+) -> tuple[str, str, int, bytes, int, int | None]:
+    return (key.encode(), key.name, key.key_id, key.public_key, valid_from_size, tx_index)
+
+
 async def _insert_key(
     conn: asyncpg.Connection, key: Verifier, valid_from_size: int, tx_index: int | None
 ) -> None:
-    await conn.execute(
-        "INSERT INTO ledger_keys (key, name, key_id, public_key, valid_from_size, "
-        "announced_in_tx) VALUES ($1, $2, $3, $4, $5, $6)",
-        key.encode(),
-        key.name,
-        key.key_id,
-        key.public_key,
-        valid_from_size,
-        tx_index,
-    )
+    staged = BatchRows()
+    staged.insert("ledger_keys", _KEY_COLUMNS, [_key_record(key, valid_from_size, tx_index)])
+    await staged.execute(conn)
 
 
 async def open_ledger(

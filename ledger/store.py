@@ -1,9 +1,10 @@
 """PostgreSQL persistence of the ledger (asyncpg).
 
-Only the single writer (`ledger.writer.Ledger`) calls `write_batch`; it has
+Only the single writer (`ledger.writer.Ledger`) calls `stage_batch`; it has
 already applied the batch to its in-memory `LedgerState`, so the database
-work is bulk inserts (binary COPY) into the append-only entry tables, inside
-the caller's database transaction. The entries are the truth and the journal.
+work is bulk inserts into the append-only entry tables, staged in the batch's
+`BatchRows` (one statement with the rest of the batch: `ledger.rows`). The
+entries are the truth and the journal.
 
 Balances and hold state are also kept as a snapshot (`write_snapshot`, every
 so many transactions and on close): start-up loads the snapshot and replays
@@ -23,6 +24,7 @@ import asyncpg
 from ledger.accounts import may_go_negative
 from ledger.canonical import decode_transaction
 from ledger.errors import LedgerCorrupt
+from ledger.rows import BatchRows
 from ledger.rules import LedgerState, replay_into
 from schemas.ledger import Account, CommittedTransaction, Hold
 
@@ -193,10 +195,8 @@ async def prior_outcomes(
     return found
 
 
-async def write_batch(
-    conn: asyncpg.Connection, batch: BatchWrite, ids: AccountIds, state: LedgerState
-) -> None:
-    """Insert a batch's rows into the append-only tables; call inside a transaction."""
+def stage_batch(rows: BatchRows, batch: BatchWrite, ids: AccountIds) -> None:
+    """Stage a batch's rows for the append-only tables (new accounts get their ids)."""
     new_accounts: list[tuple[int, Account]] = []
     tx_rows: list[tuple[int, str, str, int, bytes, bytes]] = []
     entry_rows: list[tuple[int, int, int, int, int]] = []
@@ -214,35 +214,25 @@ async def write_batch(
                 account_id = assign(op.account, new_accounts)
                 hold_rows.append((op.hold_id, account_id, op.amount, op.expires_at, index))
 
-    if new_accounts:
-        await conn.copy_records_to_table(
-            "ledger_accounts",
-            records=[(i, a.owner, a.asset, a.kind, may_go_negative(a)) for i, a in new_accounts],
-            columns=("id", "owner", "asset", "kind", "may_go_negative"),
-        )
-    if tx_rows:
-        await conn.copy_records_to_table(
-            "ledger_transactions",
-            records=tx_rows,
-            columns=("idx", "tx_id", "code", "time_ms", "request_digest", "body"),
-        )
-        await conn.copy_records_to_table(
-            "ledger_entries",
-            records=entry_rows,
-            columns=("tx_idx", "n", "account_id", "bucket", "amount"),
-        )
-    if hold_rows:
-        await conn.copy_records_to_table(
-            "ledger_holds",
-            records=hold_rows,
-            columns=("hold_id", "account_id", "amount", "expires_at", "created_idx"),
-        )
-    if batch.rejections:
-        await conn.copy_records_to_table(
-            "ledger_rejections",
-            records=[(r.tx_id, r.digest, r.code, r.message, r.time) for r in batch.rejections],
-            columns=("tx_id", "request_digest", "code", "message", "time_ms"),
-        )
+    rows.insert(
+        "ledger_accounts",
+        ("id", "owner", "asset", "kind", "may_go_negative"),
+        [(i, a.owner, a.asset, a.kind, may_go_negative(a)) for i, a in new_accounts],
+    )
+    rows.insert(
+        "ledger_transactions",
+        ("idx", "tx_id", "code", "time_ms", "request_digest", "body"),
+        tx_rows,
+    )
+    rows.insert("ledger_entries", ("tx_idx", "n", "account_id", "bucket", "amount"), entry_rows)
+    rows.insert(
+        "ledger_holds", ("hold_id", "account_id", "amount", "expires_at", "created_idx"), hold_rows
+    )
+    rows.insert(
+        "ledger_rejections",
+        ("tx_id", "request_digest", "code", "message", "time_ms"),
+        [(r.tx_id, r.digest, r.code, r.message, r.time) for r in batch.rejections],
+    )
 
 
 @dataclass(slots=True)

@@ -8,8 +8,8 @@ refused instead of racing it.
 Callers either hand it a whole batch (`apply_batch`, what the sequencer does)
 or `submit` one transaction and await its result; submitted transactions are
 queued and drained in batches of up to `max_batch`, each batch applied in
-memory, written in one database transaction and committed before any of its
-callers is answered. Nothing is acknowledged before it is durable.
+memory, written in one SQL statement (`ledger.rows`: one round trip, atomic) and
+committed before any of its callers is answered. Nothing is acknowledged before it is durable.
 
 Balances and holds are snapshotted every `snapshot_every` transactions (and
 on close); start-up loads the snapshot and replays the journal after it.
@@ -32,6 +32,7 @@ import asyncpg
 
 from ledger.canonical import request_digest, transaction_bytes
 from ledger.errors import IdempotencyConflict, LedgerBusy, LedgerUnavailable, TransactionRejected
+from ledger.rows import BatchRows
 from ledger.rules import LedgerState
 from ledger.store import (
     WRITER_LOCK_KEY,
@@ -45,8 +46,8 @@ from ledger.store import (
     connection_alive,
     load_state,
     prior_outcomes,
+    stage_batch,
     take_snapshot,
-    write_batch,
     write_snapshot,
 )
 from schemas.ledger import Account, Balance, Hold, Transaction, TransactionResult
@@ -57,21 +58,25 @@ log = logging.getLogger(__name__)
 #: replays at most about this many from the journal.
 SNAPSHOT_EVERY = 50_000
 
-#: Extra writes a caller (the sequencer) makes in the same database transaction.
-ExtraWrite = Callable[[asyncpg.Connection], Awaitable[None]]
+#: Rows a caller (the sequencer) adds to a batch, written in the same statement. It may
+#: read on the connection; it must not write there (that would not be part of the batch).
+ExtraWrite = Callable[[asyncpg.Connection, BatchRows], Awaitable[None]]
 
 
 class CommitHook(Protocol):
     """Something that must be written with every batch, atomically with it.
 
     The Merkle log is one: the leaves of a batch, the tree nodes they complete
-    and the signed checkpoint go into the same database transaction as the
-    entries, so a committed transaction is always in the log.
+    and the signed checkpoint are written by the same statement as the entries,
+    so a committed transaction is always in the log.
     """
 
-    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
-        """Called inside the batch's database transaction with the canonical bytes of
-        the batch's committed transactions, in index order (possibly none)."""
+    async def write(
+        self, conn: asyncpg.Connection, rows: BatchRows, leaves: Sequence[bytes]
+    ) -> None:
+        """Stage in `rows` what goes with a batch whose committed transactions have these
+        canonical bytes, in index order (possibly none). `rows` is written in one
+        statement with the batch; `conn` is there to read, not to write."""
 
     async def reload(self, conn: asyncpg.Connection) -> None:
         """Called after a failed commit: drop in-memory state, reload it from the database."""
@@ -284,11 +289,11 @@ class Ledger:
     async def apply_batch(
         self, txs: Sequence[Transaction], extra: ExtraWrite | None = None
     ) -> list[TransactionResult]:
-        """Apply, persist and commit `txs` in one database transaction.
+        """Apply, persist and commit `txs` together (one statement).
 
         Each transaction is committed or rejected on its own; a replayed id
-        gets its first outcome back; `extra` runs inside the same database
-        transaction. Returns one result per transaction, in order. Raises
+        gets its first outcome back; `extra` stages rows written in the same
+        statement. Returns one result per transaction, in order. Raises
         `LedgerUnavailable` (having changed nothing) if the commit fails.
         """
         async with self.batch(tx.id for tx in txs) as batch:
@@ -340,19 +345,20 @@ class Ledger:
         write = batch.write
         if not write.committed and not write.rejections and not batch.extra:
             return
-        state = self._state
         dirty = self._dirty
         for committed, _, _ in write.committed:
             dirty.add(committed)
         try:
-            async with self._conn.transaction():
-                await write_batch(self._conn, write, self._ids, state)
-                if self._hooks:
-                    leaves = [body for _, _, body in write.committed]
-                    for hook in self._hooks:
-                        await hook.write(self._conn, leaves)
-                for extra in batch.extra:
-                    await extra(self._conn)
+            rows = BatchRows()
+            stage_batch(rows, write, self._ids)
+            if self._hooks:
+                leaves = [body for _, _, body in write.committed]
+                for hook in self._hooks:
+                    await hook.write(self._conn, rows, leaves)
+            for extra in batch.extra:
+                await extra(self._conn, rows)
+            # One statement, so one round trip and its own transaction: all or nothing.
+            await rows.execute(self._conn)
         except BaseException as exc:
             try:
                 await self._recover()
@@ -450,7 +456,7 @@ class LedgerBatch:
         return tx_id in self._prior or tx_id in self._seen
 
     def also_write(self, extra: ExtraWrite) -> None:
-        """Run `extra(conn)` inside the batch's database transaction, after the entries."""
+        """Have `extra(conn, rows)` stage rows written with the batch (same statement)."""
         self.changed = True
         self.extra.append(extra)
 

@@ -10,8 +10,8 @@ here. One task drains the queue in batches; for each batch it
    engine's events turn into (`ledger.settlement`: holds, delivery versus
    payment per fill, releases);
 2. writes the batch — journal of engine commands, orders, fills, ledger
-   entries, Merkle leaves and checkpoint — in one PostgreSQL transaction and
-   commits;
+   entries, Merkle leaves and checkpoint — as one SQL statement (`ledger.rows`),
+   which commits it all or nothing;
 3. only then answers every command of the batch and publishes the events.
 
 If anything fails before the commit, nothing of the batch is kept: the
@@ -46,7 +46,7 @@ Delivery reports (`DeliveryOp`) burn entitlement and release escrow pro rata
 (`ledger.settlement.delivery`); withdrawals (`WithdrawOp`, `WithdrawalOutcomeOp`)
 hold cash, then post it to the operator's bank or void the hold. Both are
 idempotent by their caller's id, kept in `market_deliveries` and
-`market_withdrawals` in the same database transaction as the ledger entries.
+`market_withdrawals`, written in the same statement as the ledger entries.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ import msgspec
 
 from ledger import settlement
 from ledger.errors import IdempotencyConflict, LedgerUnavailable
+from ledger.rows import BatchRows
 from ledger.settlement import Terms
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger, LedgerBatch
@@ -87,7 +88,7 @@ from market.store import (
     load_settlements,
     load_terms,
     next_order_id,
-    write_market_batch,
+    stage_market_batch,
 )
 from schemas.errors import DomainError, ErrorKind
 from schemas.ledger import Balance
@@ -602,7 +603,7 @@ class Sequencer:
                 for op in ops:
                     outcomes.append(self._apply(op, batch, prior, seen))
                 rows = batch
-                lb.also_write(lambda conn: self._write(conn, rows))
+                lb.also_write(lambda conn, staged: self._write(conn, staged, rows))
         except Exception as exc:
             log.warning("batch of %d commands not committed: %s", len(ops), exc)
             try:
@@ -677,9 +678,10 @@ class Sequencer:
                 )
         return ids
 
-    async def _write(self, conn: asyncpg.Connection, batch: _Batch) -> None:
-        await write_market_batch(
-            conn,
+    @staticmethod
+    async def _write(conn: asyncpg.Connection, rows: BatchRows, batch: _Batch) -> None:
+        stage_market_batch(
+            rows,
             journal=batch.journal,
             instruments=batch.instruments,
             orders=list(batch.orders.values()),

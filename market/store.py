@@ -1,7 +1,7 @@
 """PostgreSQL persistence of the market (asyncpg): instruments, journal, orders, fills,
 deliveries, settlements and withdrawals.
 
-Only the sequencer writes (inside its batch's database transaction); the API
+Only the sequencer writes (staged into its batch's one statement); the API
 reads orders and fills from here, so what it shows is always committed.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger.rows import BatchRows
 from schemas.market import Command, Instrument, OrderType, Side, TimeInForce
 from schemas.trading import DeliveryView, FillView, OrderView, SettlementView, WithdrawalView
 
@@ -103,6 +104,11 @@ ORDER_COLUMNS = (
     "cancelled_quantity", "status", "reject_reason", "hold_id", "expire_at", "created_ms",
     "updated_ms",
 )  # fmt: skip
+# An order's row is rewritten as it fills, is cancelled or expires (the first five columns
+# never change).
+_ORDER_UPSERT = "ON CONFLICT (order_id) DO UPDATE SET " + ", ".join(
+    f"{c} = EXCLUDED.{c}" for c in ORDER_COLUMNS[5:]
+)
 
 FILL_COLUMNS = (
     "instrument", "seq", "time_ms", "maker_order_id", "taker_order_id", "maker_account",
@@ -212,8 +218,8 @@ def order_from_record(r: asyncpg.Record) -> OrderRow:
     )
 
 
-async def write_market_batch(
-    conn: asyncpg.Connection,
+def stage_market_batch(
+    rows: BatchRows,
     *,
     journal: Sequence[tuple[int, int, bytes]],
     instruments: Sequence[tuple[Any, ...]],
@@ -223,60 +229,46 @@ async def write_market_batch(
     settlements: Sequence[SettlementView] = (),
     withdrawals: Sequence[WithdrawalRow] = (),
 ) -> None:
-    """Write one batch's market rows (inside the batch's database transaction)."""
-    if instruments:
-        await conn.copy_records_to_table(
-            "market_instruments",
-            records=instruments,
-            columns=(
-                "symbol", "model", "window_start", "duration", "lot_size", "tick_size",
-                "price_min", "price_max", "maker_fee_bps", "taker_fee_bps", "provider_fee_bps",
-                "currency", "created_ms", "delivery_grace_seconds",
-            ),
-        )  # fmt: skip
-    if journal:
-        await conn.copy_records_to_table(
-            "market_journal", records=journal, columns=("seq", "time_ms", "body")
-        )
-    if fills:
-        await conn.copy_records_to_table("market_fills", records=fills, columns=FILL_COLUMNS)
-    if orders:
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ORDER_COLUMNS[5:])
-        await conn.executemany(
-            f"""INSERT INTO market_orders ({", ".join(ORDER_COLUMNS)})
-                VALUES ({", ".join(f"${i + 1}" for i in range(len(ORDER_COLUMNS)))})
-                ON CONFLICT (order_id) DO UPDATE SET {updates}""",
-            [o.as_record() for o in orders],
-        )
-    if deliveries:
-        await conn.copy_records_to_table(
-            "market_deliveries",
-            records=[d.as_record() for d in deliveries],
-            columns=DELIVERY_COLUMNS,
-        )
-    if settlements:
-        await conn.copy_records_to_table(
-            "market_settlements",
-            records=[
-                (
-                    s.instrument, s.reason, s.time, s.entitlement_burned, s.refunded,
-                    s.capacity_burned,
-                )
-                for s in settlements
-            ],
-            columns=(
-                "instrument", "reason", "time_ms", "entitlement_burned", "refunded",
-                "capacity_burned",
-            ),
-        )  # fmt: skip
-    if withdrawals:
-        await conn.executemany(
-            f"""INSERT INTO market_withdrawals ({", ".join(WITHDRAWAL_COLUMNS)})
-                VALUES ({", ".join(f"${i + 1}" for i in range(len(WITHDRAWAL_COLUMNS)))})
-                ON CONFLICT (account_id, withdrawal_id)
-                DO UPDATE SET status = EXCLUDED.status, updated_ms = EXCLUDED.updated_ms""",
-            [w.as_record() for w in withdrawals],
-        )
+    """Stage one batch's market rows, written in the same statement as its ledger rows."""
+    rows.insert(
+        "market_instruments",
+        (
+            "symbol", "model", "window_start", "duration", "lot_size", "tick_size",
+            "price_min", "price_max", "maker_fee_bps", "taker_fee_bps", "provider_fee_bps",
+            "currency", "created_ms", "delivery_grace_seconds",
+        ),
+        instruments,
+    )  # fmt: skip
+    rows.insert("market_journal", ("seq", "time_ms", "body"), journal)
+    rows.insert("market_fills", FILL_COLUMNS, fills)
+    rows.insert(
+        "market_orders",
+        ORDER_COLUMNS,
+        [o.as_record() for o in orders],
+        on_conflict=_ORDER_UPSERT,
+    )
+    rows.insert("market_deliveries", DELIVERY_COLUMNS, [d.as_record() for d in deliveries])
+    rows.insert(
+        "market_settlements",
+        (
+            "instrument", "reason", "time_ms", "entitlement_burned", "refunded",
+            "capacity_burned",
+        ),
+        [
+            (
+                s.instrument, s.reason, s.time, s.entitlement_burned, s.refunded,
+                s.capacity_burned,
+            )
+            for s in settlements
+        ],
+    )  # fmt: skip
+    rows.insert(
+        "market_withdrawals",
+        WITHDRAWAL_COLUMNS,
+        [w.as_record() for w in withdrawals],
+        on_conflict="""ON CONFLICT (account_id, withdrawal_id)
+            DO UPDATE SET status = EXCLUDED.status, updated_ms = EXCLUDED.updated_ms""",
+    )
 
 
 async def journal(conn: asyncpg.Connection) -> AsyncIterator[tuple[int, JournalEntry]]:

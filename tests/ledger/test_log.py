@@ -20,6 +20,7 @@ from ledger.log import (
 )
 from ledger.merkle import leaf_hash, root_from_leaf_hashes, verify_consistency, verify_inclusion
 from ledger.note import Signer
+from ledger.rows import BatchRows
 from ledger.store import committed_transactions
 from ledger.writer import Ledger
 from schemas.ledger import Account, Posting, Transaction
@@ -101,8 +102,8 @@ async def test_failed_commit_leaves_the_log_consistent(
         await add_batches(ledger, batches=2, per_batch=10, tag="ok")
         before = (log.size, log.root, log.latest_checkpoint)
 
-        async def broken(conn: asyncpg.Connection) -> None:
-            await conn.execute("SELECT * FROM no_such_table")
+        async def broken(conn: asyncpg.Connection, rows: BatchRows) -> None:
+            rows.insert("ledger_rejections", ("tx_id",), [(None,)])  # NOT NULL: write fails
 
         with pytest.raises(LedgerUnavailable):
             await ledger.apply_batch([deposit("lost-1", USERS[0], 5)], extra=broken)

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from ledger.errors import LedgerBusy, LedgerUnavailable
+from ledger.rows import BatchRows
 from ledger.store import load_state, nonzero, recomputed_balances, stored_balances
 from ledger.writer import Ledger
 from schemas.ledger import Account, HoldCreate, HoldPost, Posting, Transaction
@@ -183,8 +184,8 @@ async def test_a_failed_commit_leaves_no_trace_in_memory_or_database(
 ) -> None:
     await ledger.submit(transfer("deposit", BANK, ALICE, 100))
 
-    async def failing(conn: asyncpg.Connection) -> None:
-        await conn.execute("SELECT 1 / 0")
+    async def failing(conn: asyncpg.Connection, rows: BatchRows) -> None:
+        rows.insert("ledger_rejections", ("tx_id",), [(None,)])  # NOT NULL: the write fails
 
     with pytest.raises(LedgerUnavailable):
         await ledger.apply_batch([transfer("lost", ALICE, BOB, 60)], extra=failing)

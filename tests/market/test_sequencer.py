@@ -12,6 +12,7 @@ import pytest
 
 from ledger import settlement
 from ledger.errors import LedgerUnavailable
+from ledger.rows import BatchRows
 from ledger.store import load_state, nonzero, recomputed_balances
 from market.sequencer import (
     AmendOp,
@@ -328,7 +329,9 @@ class FailOnce:
     def __init__(self) -> None:
         self.armed = False
 
-    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+    async def write(
+        self, conn: asyncpg.Connection, rows: BatchRows, leaves: Sequence[bytes]
+    ) -> None:
         if self.armed:
             self.armed = False
             await conn.execute("SELECT 1 / 0")
@@ -436,7 +439,9 @@ class Gate:
         self.fail = False
         self.armed = False
 
-    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+    async def write(
+        self, conn: asyncpg.Connection, rows: BatchRows, leaves: Sequence[bytes]
+    ) -> None:
         if self.armed:
             self.entered.set()
             await self.release.wait()
@@ -481,7 +486,9 @@ class Outage:
     def __init__(self, admin_url: str, dbname: str) -> None:
         self.admin_url, self.dbname, self.armed = admin_url, dbname, False
 
-    async def write(self, conn: asyncpg.Connection, leaves: Sequence[bytes]) -> None:
+    async def write(
+        self, conn: asyncpg.Connection, rows: BatchRows, leaves: Sequence[bytes]
+    ) -> None:
         if not self.armed:
             return
         self.armed = False
