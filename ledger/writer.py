@@ -334,12 +334,18 @@ class Ledger:
                 raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
             batch = LedgerBatch(self._state, prior)
             try:
-                yield batch
-            except BaseException:
-                if batch.changed:
-                    await self._recover()
-                raise
-            await self._commit(batch)
+                try:
+                    yield batch
+                except BaseException:
+                    if batch.changed:
+                        await self._recover()
+                    raise
+                await self._commit(batch)
+            finally:
+                # An extra write usually closes over the caller's batch, which holds this
+                # one: a reference cycle that would leave the whole batch (entries, orders,
+                # fills) to the cycle collector, whose pauses then grow to tens of ms.
+                batch.extra.clear()
 
     async def _commit(self, batch: LedgerBatch) -> None:
         write = batch.write
