@@ -12,8 +12,12 @@ is one statement: one round trip, and outside a transaction block its own atomic
 Column types come from the catalog (once per table and process), so callers name only
 columns. Rows that give every column of their table, in order, travel as one array of the
 table's row type (`unnest($1::table[])`), which asyncpg encodes several times faster than
-an array per column. An upsert passes its `ON CONFLICT` clause; a table may appear more
-than once.
+an array per column. An upsert passes its `ON CONFLICT` clause.
+
+Every part of the statement sees the same snapshot, and none sees another's rows: stage
+each key at most once per statement (an upsert of the same row twice fails the whole
+statement). The catalog is read again after `forget_table_layouts` (the writer calls it
+when a batch fails: a migration may have changed a table under a running server).
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ import asyncpg
 #: first use.
 _column_types: dict[tuple[str, str], str] = {}
 _table_columns: dict[str, tuple[str, ...]] = {}
+
+
+class UnknownTable(LookupError):
+    """A table the catalog does not have (not visible on the connection's search path)."""
+
+
+def forget_table_layouts() -> None:
+    """Read tables' columns from the catalog again on next use (after a failed batch)."""
+    _column_types.clear()
+    _table_columns.clear()
 
 
 class BatchRows:
@@ -88,10 +102,12 @@ async def _load_types(conn: asyncpg.Connection, tables: set[str]) -> None:
     missing = sorted(t for t in tables if t not in _table_columns)
     if not missing:
         return
+    # The bare type (format_type without the modifier): a cast to varchar(n) would cut
+    # a longer value short silently, where the insert itself refuses it.
     rows = await conn.fetch(
-        """SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) AS type
+        """SELECT c.relname, a.attname, format_type(a.atttypid, NULL) AS type
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-            WHERE c.relname = ANY($1::text[]) AND c.relkind = 'r'
+            WHERE c.relname = ANY($1::text[]) AND c.relkind IN ('r', 'p')
               AND a.attnum > 0 AND NOT a.attisdropped
               AND pg_table_is_visible(c.oid)
             ORDER BY c.relname, a.attnum""",
@@ -99,7 +115,11 @@ async def _load_types(conn: asyncpg.Connection, tables: set[str]) -> None:
     )
     columns: dict[str, list[str]] = {table: [] for table in missing}
     for row in rows:
-        _column_types[row["relname"], row["attname"]] = row["type"]
         columns[row["relname"]].append(row["attname"])
+    absent = sorted(table for table, names in columns.items() if not names)
+    if absent:
+        raise UnknownTable(f"no such table: {', '.join(absent)}")
+    for row in rows:
+        _column_types[row["relname"], row["attname"]] = row["type"]
     for table, names in columns.items():
         _table_columns[table] = tuple(names)

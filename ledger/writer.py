@@ -32,7 +32,7 @@ import asyncpg
 
 from ledger.canonical import request_digest, transaction_bytes
 from ledger.errors import IdempotencyConflict, LedgerBusy, LedgerUnavailable, TransactionRejected
-from ledger.rows import BatchRows
+from ledger.rows import BatchRows, forget_table_layouts
 from ledger.rules import LedgerState
 from ledger.store import (
     WRITER_LOCK_KEY,
@@ -390,6 +390,9 @@ class Ledger:
         try:
             if self._conn.is_closed() or not await connection_alive(self._conn):
                 await self._reconnect()
+            else:  # a migration may have changed a table: read the catalog again
+                await self._conn.reload_schema_state()
+            forget_table_layouts()
             self._state, self._ids, self._dirty = await load_state(self._conn)
             for hook in self._hooks:
                 await hook.reload(self._conn)

@@ -21,6 +21,7 @@ Who may do what:
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, Any
 
@@ -287,7 +288,6 @@ async def place_orders(
 ) -> list[OrderResult]:
     """Place up to 50 orders; each is accepted or refused on its own, in order."""
     sequencer, principal = _trader(request)
-    import asyncio
 
     async def one(order: PlaceOrder) -> OrderResult:
         try:

@@ -493,7 +493,7 @@ class Sequencer:
         if self._stopped:
             raise SequencerStopped("the exchange is shutting down")
         op.future = asyncio.get_running_loop().create_future()
-        await self._queue.put(op)
+        self._queue.put_nowait(op)  # unbounded: never waits
         return await op.future
 
     async def _tick(self) -> None:
@@ -613,7 +613,10 @@ class Sequencer:
             error = (
                 exc
                 if isinstance(exc, LedgerUnavailable)
-                else LedgerUnavailable("the batch could not be committed; nothing was applied")
+                else LedgerUnavailable(
+                    "the batch could not be committed; retrying with the same ids is safe "
+                    "(had it committed after all, a retry returns its first outcome)"
+                )
             )
             for op in ops:
                 if not op.future.done():
