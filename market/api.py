@@ -21,7 +21,6 @@ Who may do what:
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Annotated, Any
 
@@ -136,10 +135,14 @@ def _check_side(principal: Principal, side: Side) -> None:
         raise WrongSide("only providers place sell orders")
 
 
+def _rejection(order: OrderView) -> OrderRefused:
+    reason = order.reject_reason or "rejected"
+    return OrderRefused(f"order {order.client_order_id} rejected: {reason}", code=reason)
+
+
 def _refuse_if_rejected(order: OrderView) -> OrderView:
     if order.status == "rejected":
-        reason = order.reject_reason or "rejected"
-        raise OrderRefused(f"order {order.client_order_id} rejected: {reason}", code=reason)
+        raise _rejection(order)
     return order
 
 
@@ -288,19 +291,34 @@ async def place_orders(
 ) -> list[OrderResult]:
     """Place up to 50 orders; each is accepted or refused on its own, in order."""
     sequencer, principal = _trader(request)
-
-    async def one(order: PlaceOrder) -> OrderResult:
+    outcomes: list[Any] = []
+    ops: list[PlaceOp] = []
+    for order in data.orders:
         try:
             _check_side(principal, order.side)
-            view: OrderView = await sequencer.submit(PlaceOp(principal.account_id, order))
-            _refuse_if_rejected(view)
-            return OrderResult(client_order_id=order.client_order_id, order=view)
         except DomainError as exc:
-            return OrderResult(
-                client_order_id=order.client_order_id, code=exc.code, message=exc.message
-            )
-
-    return list(await asyncio.gather(*(one(o) for o in data.orders)))
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+            ops.append(PlaceOp(principal.account_id, order))
+    placed = iter(await sequencer.submit_all(ops))
+    results: list[OrderResult] = []
+    for order, refused in zip(data.orders, outcomes, strict=True):
+        outcome = refused or next(placed)
+        if isinstance(outcome, OrderView) and outcome.status == "rejected":
+            outcome = _rejection(outcome)
+        if isinstance(outcome, DomainError):
+            results.append(
+                OrderResult(
+                    client_order_id=order.client_order_id, code=outcome.code,
+                    message=outcome.message,
+                )
+            )  # fmt: skip
+        elif isinstance(outcome, BaseException):
+            raise outcome  # not the order's fault (the exchange is unavailable, a bug)
+        else:
+            results.append(OrderResult(client_order_id=order.client_order_id, order=outcome))
+    return results
 
 
 @get("/orders")

@@ -496,6 +496,17 @@ class Sequencer:
         self._queue.put_nowait(op)  # unbounded: never waits
         return await op.future
 
+    async def submit_all(self, ops: Sequence[Op]) -> list[Any]:
+        """Queue `ops` together, in order; return each one's outcome, or the exception it
+        raised, once durable (one request's batch of orders: no task per order)."""
+        if self._stopped:
+            raise SequencerStopped("the exchange is shutting down")
+        loop = asyncio.get_running_loop()
+        for op in ops:
+            op.future = loop.create_future()
+            self._queue.put_nowait(op)
+        return list(await asyncio.gather(*(op.future for op in ops), return_exceptions=True))
+
     async def _tick(self) -> None:
         """Queue a tick when a resting GTD order or an instrument's window end (or its
         settlement time) has come due, so it happens on time on a quiet exchange; and

@@ -234,6 +234,35 @@ async def test_200_concurrent_orders_over_one_balance(market: Market) -> None:
     assert await cash(b1) == (1_000_000 - 19 * 50_100, 19 * 50_100)
 
 
+async def test_a_batch_answers_each_order_on_its_own_in_order(market: Market) -> None:
+    p0 = market.providers[0]  # a provider may sell and buy
+    b0 = market.buyers[0]
+    orders = [
+        order("ok-1", Side.BUY, 1_000, 4_000),
+        order("dup", Side.BUY, 1_000, 4_000),
+        order("dup", Side.BUY, 2_000, 4_000),  # the same id for another order
+        order("ok-2", Side.BUY, 1_000, 4_005),
+        order("too-big", Side.BUY, 10**9, 4_000),
+    ]
+    first = await b0.place_orders([*orders, order("sell", Side.SELL, 1_000, 6_000)])
+    assert [r.client_order_id for r in first] == ["ok-1", "dup", "dup", "ok-2", "too-big", "sell"]
+    assert [r.code for r in first] == [
+        None, None, "idempotency_conflict", None, "insufficient_funds", "forbidden_side",
+    ]  # fmt: skip
+    assert all(r.message for r in first if r.code is not None)
+    placed = {r.client_order_id: r.order.order_id for r in first if r.order is not None}
+    assert len(set(placed.values())) == 3
+    # The whole batch again: the same orders, the same refusals.
+    again = await b0.place_orders(orders)
+    assert [r.order.order_id if r.order else r.code for r in again] == [
+        placed["ok-1"], placed["dup"], "idempotency_conflict", placed["ok-2"],
+        "insufficient_funds",
+    ]  # fmt: skip
+    # A provider's batch may sell.
+    sold = await p0.place_orders([order("ask-b", Side.SELL, 1_000, 6_000)])
+    assert sold[0].order is not None and sold[0].order.status == "open"
+
+
 async def test_client_order_id_idempotency_survives_a_crash(market: Market) -> None:
     b0, p0 = market.buyers[0], market.providers[0]
     placed = await b0.place_order(order("keep", Side.BUY, 10_000, 4_000))
