@@ -13,8 +13,17 @@ public key (32 bytes), the signature (64 bytes), the message length (u32) and th
 Back: frame id (u32), count (u32), one byte per check (1 valid, 0 not), in order.
 
 The answer does not depend on the helper being there: before `start`, after `close`, and
-for the checks in flight when the helper dies, the check runs here, in this process
-(the helper is then started again for the next checks).
+for the checks in flight when the helper is lost, the check runs here, in this process.
+The helper is lost when it dies (EOF on its stdout), when a frame goes unanswered for
+FRAME_DEADLINE_S (it is stopped or starved: it is killed), or when an answer frame does
+not match a frame in flight (id or count: it is killed; such answers are never used). It
+is then started again, at once if it had lived RESTART_AFTER_S, else after a delay that
+doubles from RESTART_DELAY_S up to MAX_RESTART_DELAY_S; checks run here meanwhile.
+
+The helper runs in its own session, so a Ctrl-C to the server's process group does not
+reach it; it exits when its stdin closes (the server closed it, or died). It writes its
+answers on a copy of fd 1 and points fd 1 and `sys.stdout` at stderr, so a stray print
+cannot corrupt the answer frames.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import struct
 import sys
 from typing import BinaryIO
@@ -35,11 +45,19 @@ _HEADER = struct.Struct("<II")  # frame id, number of checks
 _CHECK = struct.Struct("<32s64sI")  # public key, signature, message length
 #: Most checks in one frame: a frame is answered as a whole, so keep them short.
 MAX_FRAME_CHECKS = 256
-#: A helper that stops sooner than this after its start is not started again (it would
-#: only stop again); the checks then stay in this process.
+#: A frame not answered within this many seconds: the helper is killed and its checks are
+#: done here.
+FRAME_DEADLINE_S = 1.0
+#: A helper that lived this long is started again at once when it stops; one that stopped
+#: sooner is started again after a delay, doubled each time (from RESTART_DELAY_S to at
+#: most MAX_RESTART_DELAY_S) until one lives this long.
 RESTART_AFTER_S = 10.0
+RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 60.0
 #: Public keys the helper keeps parsed (one per active signing key).
 MAX_CACHED_KEYS = 100_000
+#: How the helper is started.
+HELPER_COMMAND = (sys.executable, "-m", "market.signatures")
 
 
 def verify_here(key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
@@ -61,38 +79,44 @@ class SignatureChecker:
     def __init__(self) -> None:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._restarting: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._queued: list[_Check] = []
-        self._in_flight: dict[int, list[_Check]] = {}
+        #: frame id -> (loop time it was sent, its checks), oldest first
+        self._in_flight: dict[int, tuple[float, list[_Check]]] = {}
         self._next_frame = 0
         self._flush_scheduled = False
-        self._closing = False
+        self._closed = False
         self._started_at = 0.0
+        self._restart_delay = RESTART_DELAY_S
 
     @property
     def running(self) -> bool:
         return self._process is not None
 
     async def start(self) -> None:
-        """Start the helper process (its checks begin with the next `verify`)."""
-        self._closing = False
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "market.signatures",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        self._process = process
-        self._started_at = asyncio.get_running_loop().time()
-        self._reader = asyncio.create_task(self._read(process), name="signature-answers")
+        """Start the helper process (its checks begin with the next `verify`); nothing if
+        it runs already."""
+        self._closed = False
+        if self._process is None:
+            await self._spawn()
 
     async def close(self) -> None:
-        """Stop the helper; what it still had is checked here."""
-        self._closing = True
+        """Stop the helper (and any restart of it); what it still had is checked here."""
+        self._closed = True
+        for task in (self._reader, self._restarting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reader = self._restarting = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         process, self._process = self._process, None
+        self._fail_over()
         if process is None:
             return
-        self._fail_over()
         assert process.stdin is not None
         process.stdin.close()
         try:
@@ -100,10 +124,6 @@ class SignatureChecker:
         except TimeoutError:
             process.kill()
             await process.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
 
     async def verify(self, key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
         """Whether `signature` (64 bytes) is `key`'s Ed25519 signature of `message`."""
@@ -118,6 +138,36 @@ class SignatureChecker:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return await future
+
+    async def _spawn(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *HELPER_COMMAND,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C to the server's group is not for it
+        )
+        if self._closed or self._process is not None:  # closed (or started) meanwhile
+            process.kill()
+            await process.wait()
+            return
+        self._process = process
+        self._started_at = asyncio.get_running_loop().time()
+        self._reader = asyncio.create_task(self._read(process), name="signature-answers")
+
+    async def _restart(self, delay: float) -> None:
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn()
+                return
+            except OSError:
+                log.exception("signature helper could not be restarted; checking here")
+            delay = self._next_delay()
+
+    def _next_delay(self) -> float:
+        delay = self._restart_delay
+        self._restart_delay = min(delay * 2, MAX_RESTART_DELAY_S)
+        return delay
 
     def _flush(self) -> None:
         """Send what was queued in this turn of the loop as one frame."""
@@ -135,8 +185,28 @@ class SignatureChecker:
         for key, signature, message, _ in checks:
             parts.append(_CHECK.pack(key.public_bytes_raw(), signature, len(message)))
             parts.append(message)
-        self._in_flight[frame] = checks
+        loop = asyncio.get_running_loop()
+        self._in_flight[frame] = (loop.time(), checks)
         process.stdin.write(b"".join(parts))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(FRAME_DEADLINE_S, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        """Kill a helper whose oldest frame in flight is overdue (its reader then answers
+        the checks here); else look again when the oldest one is due."""
+        self._watchdog = None
+        process = self._process
+        if process is None or not self._in_flight:
+            return
+        sent, _ = next(iter(self._in_flight.values()))
+        loop = asyncio.get_running_loop()
+        due = sent + FRAME_DEADLINE_S - loop.time()
+        if due > 0:
+            self._watchdog = loop.call_later(due, self._check_deadline)
+            return
+        log.warning("signature helper did not answer within %ss; killing it", FRAME_DEADLINE_S)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         stdout = process.stdout
@@ -144,31 +214,39 @@ class SignatureChecker:
         try:
             while True:
                 frame, count = _HEADER.unpack(await stdout.readexactly(_HEADER.size))
+                if frame not in self._in_flight or len(self._in_flight[frame][1]) != count:
+                    self._lose(process, f"answered frame {frame} of {count}, not one sent")
+                    return  # its answers are not read, let alone used
                 answers = await stdout.readexactly(count)
-                checks = self._in_flight.pop(frame, [])
+                _, checks = self._in_flight.pop(frame)
                 for (_, _, _, future), answer in zip(checks, answers, strict=True):
                     if not future.done():  # the request may be gone (client went away)
                         future.set_result(answer == 1)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as exc:
-            if self._closing or self._process is not process:
-                return
-            self._process = None
-            self._fail_over()
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            if asyncio.get_running_loop().time() - self._started_at < RESTART_AFTER_S:
-                log.error("signature helper stopped right after its start (%s); checking here", exc)
-                return
-            log.warning("signature helper stopped (%s); checking here and restarting it", exc)
-            try:
-                await self.start()
-            except OSError:
-                log.exception("signature helper could not be restarted; checking here")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            self._lose(process, f"stopped: {exc!r}")
+
+    def _lose(self, process: asyncio.subprocess.Process, why: str) -> None:
+        """Give the helper up: answer its checks here, kill it, start another one later."""
+        if self._process is not process:
+            return
+        self._process = None
+        self._fail_over()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        if self._closed:
+            return
+        if asyncio.get_running_loop().time() - self._started_at >= RESTART_AFTER_S:
+            self._restart_delay = RESTART_DELAY_S
+            delay = 0.0
+        else:
+            delay = self._next_delay()
+        log.warning("signature helper %s; checking here, restarting it in %gs", why, delay)
+        self._restarting = asyncio.create_task(self._restart(delay), name="signature-restart")
 
     def _fail_over(self) -> None:
         """Answer every check the helper has not answered, here."""
         in_flight, self._in_flight = self._in_flight, {}
-        for checks in in_flight.values():
+        for _, checks in in_flight.values():
             self._answer_here(checks)
         queued, self._queued = self._queued, []
         self._answer_here(queued)
@@ -207,4 +285,9 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    # The answers get their own copy of fd 1; fd 1 and sys.stdout become stderr, so a
+    # stray print (ours or a library's) cannot land in the answer frames.
+    with os.fdopen(os.dup(1), "wb") as answers:
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        serve(sys.stdin.buffer, answers)

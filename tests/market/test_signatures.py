@@ -4,15 +4,25 @@ to the helper."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
 import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, cast
 
+import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from litestar import Litestar
 
 from market.signatures import SignatureChecker, serve
+from ops.app import _pool_lifespan
+from ops.config import Settings
 
 
 def _cases(n: int) -> list[tuple[Ed25519PrivateKey, bytes, bytes, bool]]:
@@ -78,20 +88,199 @@ async def test_checks_in_flight_when_the_helper_dies_are_answered_and_it_restart
         await checker.close()
 
 
-async def test_a_helper_that_dies_at_once_is_not_restarted() -> None:
+async def _wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        assert loop.time() < deadline, "not within the time allowed"
+        await asyncio.sleep(0)  # every turn of the loop: a restart at once is quick
+
+
+async def test_a_helper_that_dies_at_once_is_restarted_after_a_doubling_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("market.signatures.RESTART_AFTER_S", 1.0)
+    monkeypatch.setattr("market.signatures.RESTART_DELAY_S", 0.2)
+    checker = SignatureChecker()
+    await checker.start()
+    loop = asyncio.get_running_loop()
+    key, signature, message, _ = _cases(1)[0]
+    try:
+        for delay in (0.2, 0.4):  # each dies within RESTART_AFTER_S of its start
+            process = checker._process
+            assert process is not None
+            os.kill(process.pid, signal.SIGKILL)
+            await _wait_for(lambda: not checker.running)
+            stopped = loop.time()
+            assert await checker.verify(key.public_key(), signature, message)  # here meanwhile
+            await _wait_for(lambda: checker.running)
+            assert loop.time() - stopped >= delay * 0.9
+            assert checker._process is not process
+        await asyncio.sleep(1.0)  # this one lives RESTART_AFTER_S: started again at once
+        process = checker._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        await _wait_for(lambda: checker._process not in (None, process), within=0.5)  # not 0.8
+        assert checker._restart_delay == 0.2  # the doubling starts over
+        assert await checker.verify(key.public_key(), signature, message)
+    finally:
+        await checker.close()
+
+
+async def test_an_unanswered_frame_is_checked_here_after_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("market.signatures.FRAME_DEADLINE_S", 0.2)
+    checker = SignatureChecker()
+    await checker.start()
+    process = checker._process
+    assert process is not None
+    try:
+        os.kill(process.pid, signal.SIGSTOP)  # alive, but answers nothing
+        cases = _cases(30)
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(checker.verify(k.public_key(), s, m) for k, s, m, _ in cases)), 5
+        )
+        assert answers == [valid for *_, valid in cases]
+        assert checker._process is not process
+        await asyncio.wait_for(process.wait(), 5)  # killed
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)
+            os.kill(process.pid, signal.SIGKILL)
+        await checker.close()
+
+
+@pytest.mark.parametrize("restart_after_s", [0.0, 10.0])  # restart at once / after a delay
+async def test_close_while_the_helper_restarts_leaves_no_helper(
+    monkeypatch: pytest.MonkeyPatch, restart_after_s: float
+) -> None:
+    monkeypatch.setattr("market.signatures.RESTART_AFTER_S", restart_after_s)
+    monkeypatch.setattr("market.signatures.RESTART_DELAY_S", 0.1)
+    started: list[asyncio.subprocess.Process] = []
+    create = asyncio.create_subprocess_exec
+
+    async def create_and_note(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        process = await create(*args, **kwargs)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", create_and_note)
     checker = SignatureChecker()
     await checker.start()
     process = checker._process
     assert process is not None
     os.kill(process.pid, signal.SIGKILL)
-    for _ in range(100):
-        if not checker.running:
-            break
-        await asyncio.sleep(0.05)
-    assert not checker.running  # stopped within RESTART_AFTER_S of its start: checks stay here
-    key, signature, message, _ = _cases(1)[0]
-    assert await checker.verify(key.public_key(), signature, message)
+    await _wait_for(lambda: not checker.running)  # its reader saw it stop
     await checker.close()
+    await asyncio.sleep(0.3)  # past the restart delay
+    assert not checker.running
+    for helper in started:
+        await asyncio.wait_for(helper.wait(), 1)
+
+
+def _bad_helper(answer: str) -> tuple[str, ...]:
+    """A helper that reads one frame and answers it with `answer` (a Python expression of
+    the frame id and count giving (id, count) of the answer frame, all answers 1)."""
+    script = f"""
+import struct, sys
+r, w = sys.stdin.buffer, sys.stdout.buffer
+frame, count = struct.unpack("<II", r.read(8))
+for _ in range(count):
+    r.read(struct.unpack("<32s64sI", r.read(100))[2])
+frame, count = {answer}
+w.write(struct.pack("<II", frame, count) + bytes([1]) * count)
+w.flush()
+r.read()
+"""
+    return (sys.executable, "-c", script)
+
+
+@pytest.mark.parametrize("answer", ["frame + 1, count", "frame, count + 1", "frame, count - 1"])
+async def test_an_answer_frame_that_matches_no_frame_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    monkeypatch.setattr("market.signatures.HELPER_COMMAND", _bad_helper(answer))
+    checker = SignatureChecker()
+    await checker.start()
+    process = checker._process
+    assert process is not None
+    try:
+        cases = _cases(12)
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(checker.verify(k.public_key(), s, m) for k, s, m, _ in cases)), 5
+        )
+        assert answers == [valid for *_, valid in cases]
+        assert checker._process is not process
+        await asyncio.wait_for(process.wait(), 5)  # killed
+    finally:
+        await checker.close()
+
+
+async def test_the_helper_runs_in_its_own_session() -> None:
+    checker = SignatureChecker()
+    await checker.start()
+    try:
+        process = checker._process
+        assert process is not None
+        assert os.getpgid(process.pid) != os.getpgid(0)  # Ctrl-C to our group misses it
+        assert os.getsid(process.pid) == process.pid
+    finally:
+        await checker.close()
+
+
+def test_a_stray_print_in_the_helper_does_not_reach_the_answers() -> None:
+    key = Ed25519PrivateKey.generate()
+    message = b"hello"
+    frame = struct.pack("<II", 3, 1)
+    frame += struct.pack(
+        "<32s64sI", key.public_key().public_bytes_raw(), key.sign(message), len(message)
+    )
+    frame += message
+    script = """
+import os, runpy
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+parse = Ed25519PublicKey.from_public_bytes
+def noisy(raw):
+    print("stray print")
+    os.write(1, b"stray write\\n")
+    return parse(raw)
+Ed25519PublicKey.from_public_bytes = staticmethod(noisy)
+runpy.run_module("market.signatures", run_name="__main__")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=frame, capture_output=True, timeout=30, check=True
+    )
+    assert done.stdout == struct.pack("<II", 3, 1) + bytes([1])
+    assert b"stray print" in done.stderr and b"stray write" in done.stderr
+
+
+async def test_the_app_starts_and_closes_its_pool_when_the_helper_cannot_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def cannot_start(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        raise OSError("no processes left")
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", cannot_start)
+
+    class Pool:
+        closed = False
+
+        async def close(self) -> None:
+            self.closed = True
+
+    pool = Pool()
+
+    async def factory(settings: Settings) -> asyncpg.Pool:
+        return cast(asyncpg.Pool, pool)
+
+    app = SimpleNamespace(state=SimpleNamespace())
+    async with _pool_lifespan(Settings(), factory)(cast(Litestar, app)):
+        checker = app.state.authenticator.checker
+        assert not checker.running
+        key, signature, message, _ = _cases(1)[0]
+        assert await checker.verify(key.public_key(), signature, message)  # here
+    assert pool.closed
 
 
 def test_helper_loop_refuses_a_key_that_is_not_a_curve_point() -> None:
