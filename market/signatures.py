@@ -118,12 +118,14 @@ class SignatureChecker:
         if process is None:
             return
         assert process.stdin is not None
-        process.stdin.close()
+        process.stdin.close()  # the helper exits at the end of its input
         try:
             await asyncio.wait_for(process.wait(), 5)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        except (TimeoutError, asyncio.CancelledError):
+            # Stuck, or a hard shutdown (a second Ctrl-C) cancels the app's clean-up:
+            # don't wait for it, stop it (the child watcher reaps it).
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
 
     async def verify(self, key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
         """Whether `signature` (64 bytes) is `key`'s Ed25519 signature of `message`."""
