@@ -127,6 +127,20 @@ async def test_a_helper_that_dies_at_once_is_restarted_after_a_doubling_delay(
         await checker.close()
 
 
+async def _answered_without(
+    checker: SignatureChecker, process: asyncio.subprocess.Process, n: int
+) -> None:
+    """n checks get the right answers within 5 s although `process` fails them; it is
+    given up (killed) and no longer the checker's helper."""
+    cases = _cases(n)
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(checker.verify(k.public_key(), s, m) for k, s, m, _ in cases)), 5
+    )
+    assert answers == [valid for *_, valid in cases]
+    assert checker._process is not process
+    await asyncio.wait_for(process.wait(), 5)  # killed
+
+
 async def test_an_unanswered_frame_is_checked_here_after_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -137,13 +151,7 @@ async def test_an_unanswered_frame_is_checked_here_after_the_deadline(
     assert process is not None
     try:
         os.kill(process.pid, signal.SIGSTOP)  # alive, but answers nothing
-        cases = _cases(30)
-        answers = await asyncio.wait_for(
-            asyncio.gather(*(checker.verify(k.public_key(), s, m) for k, s, m, _ in cases)), 5
-        )
-        assert answers == [valid for *_, valid in cases]
-        assert checker._process is not process
-        await asyncio.wait_for(process.wait(), 5)  # killed
+        await _answered_without(checker, process, 30)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGCONT)
@@ -206,13 +214,7 @@ async def test_an_answer_frame_that_matches_no_frame_is_not_used(
     process = checker._process
     assert process is not None
     try:
-        cases = _cases(12)
-        answers = await asyncio.wait_for(
-            asyncio.gather(*(checker.verify(k.public_key(), s, m) for k, s, m, _ in cases)), 5
-        )
-        assert answers == [valid for *_, valid in cases]
-        assert checker._process is not process
-        await asyncio.wait_for(process.wait(), 5)  # killed
+        await _answered_without(checker, process, 12)
     finally:
         await checker.close()
 
