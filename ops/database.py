@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -106,6 +107,17 @@ def embedded_server(data_dir: Path, *, stop_on_exit: bool = True) -> PostgresSer
     _handles[pg_path] = server
     log.info("embedded PostgreSQL running in %s", pg_path)
     return server
+
+
+def remove_embedded(data_dir: Path) -> None:
+    """Stop this process's embedded PostgreSQL in `data_dir` (if no other process still
+    uses it) and delete the directory: for scratch data dirs (benchmarks), whose
+    database grows by gigabytes a run."""
+    pg_path = data_dir.expanduser().resolve() / "pg"
+    server = _handles.pop(pg_path, None)
+    if server is not None:
+        server.cleanup()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def database_url(settings: Settings, *, stop_on_exit: bool = True) -> str:

@@ -33,7 +33,7 @@ from market.accounts import create_account
 from market.auth import sign_request
 from market.client import TokexClient
 from ops.config import Settings
-from ops.database import database_url
+from ops.database import database_url, remove_embedded
 from schemas.accounts import Role
 from schemas.market import Side
 from schemas.trading import CreateInstrument, OrderResult, PlaceOrder, PlaceOrders
@@ -228,6 +228,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=48)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the data dir (database, server.log)"
+    )
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="tokex-api-bench-"))
     os.chmod(data_dir, 0o755)
@@ -239,6 +242,10 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+        if args.keep:
+            print(f"data dir kept: {data_dir}")
+        else:  # a run leaves gigabytes of database behind
+            remove_embedded(data_dir)
 
 
 if __name__ == "__main__":

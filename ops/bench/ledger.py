@@ -20,6 +20,7 @@ import random
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 
@@ -27,7 +28,7 @@ from ledger.log import MerkleLog
 from ledger.note import Signer
 from ledger.writer import Ledger
 from ops.config import Settings
-from ops.database import database_url, with_database
+from ops.database import database_url, remove_embedded, with_database
 from schemas.ledger import Account, Posting, Transaction
 
 
@@ -113,11 +114,17 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL")
+    scratch = None
     if url is None:
         data_dir = args.data_dir or tempfile.mkdtemp(prefix="tokex-bench-")
+        scratch = None if args.data_dir else Path(data_dir)
         os.chmod(data_dir, 0o755)
         url = database_url(Settings(data_dir=data_dir))
-    asyncio.run(run(url, args.transfers, args.accounts, with_log=args.with_log))
+    try:
+        asyncio.run(run(url, args.transfers, args.accounts, with_log=args.with_log))
+    finally:
+        if scratch is not None:  # a run leaves hundreds of MB of database behind
+            remove_embedded(scratch)
 
 
 if __name__ == "__main__":
