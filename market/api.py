@@ -304,7 +304,7 @@ async def place_orders(
     placed = iter(await sequencer.submit_all(ops))
     results: list[OrderResult] = []
     for order, refused in zip(data.orders, outcomes, strict=True):
-        outcome = refused or next(placed)
+        outcome = refused if refused is not None else next(placed)
         if isinstance(outcome, OrderView) and outcome.status == "rejected":
             outcome = _rejection(outcome)
         if isinstance(outcome, DomainError):
@@ -315,7 +315,7 @@ async def place_orders(
                 )
             )  # fmt: skip
         elif isinstance(outcome, BaseException):
-            raise outcome  # not the order's fault (the exchange is unavailable, a bug)
+            raise outcome  # a bug, not the order's fault: 500 (a retry with the ids is safe)
         else:
             results.append(OrderResult(client_order_id=order.client_order_id, order=outcome))
     return results

@@ -497,10 +497,11 @@ class Sequencer:
         return await op.future
 
     async def submit_all(self, ops: Sequence[Op]) -> list[Any]:
-        """Queue `ops` together, in order; return each one's outcome, or the exception it
-        raised, once durable (one request's batch of orders: no task per order)."""
+        """Queue `ops` one after the other (they may still land in different batches);
+        return each one's outcome, or the exception it raised, once durable. For one
+        request's batch of orders: futures, not a task per order."""
         if self._stopped:
-            raise SequencerStopped("the exchange is shutting down")
+            return [SequencerStopped("the exchange is shutting down") for _ in ops]
         loop = asyncio.get_running_loop()
         for op in ops:
             op.future = loop.create_future()
@@ -543,8 +544,12 @@ class Sequencer:
                 ops.append(queue.get_nowait())
             try:
                 await self._process(ops)
-            except Exception:  # never let the writer die; each op was answered
+            except Exception:  # a bug: never let the writer die, and answer every op
                 log.exception("sequencer batch failed")
+                error = LedgerUnavailable("the exchange could not process this; try again")
+                for op in ops:
+                    if not op.future.done():
+                        op.future.set_exception(error)
             finally:
                 for _ in ops:
                     queue.task_done()

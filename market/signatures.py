@@ -96,10 +96,18 @@ class SignatureChecker:
 
     async def start(self) -> None:
         """Start the helper process (its checks begin with the next `verify`); nothing if
-        it runs already."""
+        it runs already. If it cannot start, checks are done here and it is tried again
+        later, like a helper that died."""
         self._closed = False
-        if self._process is None:
+        if self._process is not None or (self._restarting and not self._restarting.done()):
+            return
+        try:
             await self._spawn()
+        except OSError as exc:
+            delay = self._next_delay()
+            log.warning("signature helper did not start (%s); checking here, retry in %gs",
+                        exc, delay)  # fmt: skip
+            self._restarting = asyncio.create_task(self._restart(delay), name="signature-restart")
 
     async def close(self) -> None:
         """Stop the helper (and any restart of it); what it still had is checked here."""
@@ -107,8 +115,7 @@ class SignatureChecker:
         for task in (self._reader, self._restarting):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task])  # a cancel of close() itself still propagates
         self._reader = self._restarting = None
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -121,11 +128,16 @@ class SignatureChecker:
         process.stdin.close()  # the helper exits at the end of its input
         try:
             await asyncio.wait_for(process.wait(), 5)
-        except (TimeoutError, asyncio.CancelledError):
-            # Stuck, or a hard shutdown (a second Ctrl-C) cancels the app's clean-up:
-            # don't wait for it, stop it (the child watcher reaps it).
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
+        except asyncio.CancelledError:
+            # A hard shutdown (a second Ctrl-C) cancels the app's clean-up: stop the
+            # helper rather than wait for it (the child watcher reaps it), and go on
+            # being cancelled.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            raise
 
     async def verify(self, key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
         """Whether `signature` (64 bytes) is `key`'s Ed25519 signature of `message`."""

@@ -116,10 +116,7 @@ def _pool_lifespan(settings: Settings, pool_factory: PoolFactory) -> Lifespan:
         authenticator = Authenticator.from_pool(pool)
         app.state.authenticator = authenticator
         try:
-            try:
-                await authenticator.checker.start()
-            except OSError as exc:  # signatures are then checked in this process
-                log.warning("signature helper did not start (%s); checking here", exc)
+            await authenticator.checker.start()  # if it cannot, checks run here meanwhile
             yield
         finally:
             await authenticator.checker.close()

@@ -109,15 +109,26 @@ def embedded_server(data_dir: Path, *, stop_on_exit: bool = True) -> PostgresSer
     return server
 
 
-def remove_embedded(data_dir: Path) -> None:
-    """Stop this process's embedded PostgreSQL in `data_dir` (if no other process still
-    uses it) and delete the directory: for scratch data dirs (benchmarks), whose
-    database grows by gigabytes a run."""
+def remove_embedded(data_dir: Path) -> bool:
+    """Give up this process's handle on the embedded PostgreSQL in `data_dir` and, once it
+    has stopped, delete the directory: for scratch data dirs (benchmarks), whose database
+    grows by gigabytes a run. If the server still runs (another process holds a handle),
+    nothing is deleted. Returns whether the directory is gone."""
     pg_path = data_dir.expanduser().resolve() / "pg"
     server = _handles.pop(pg_path, None)
     if server is not None:
-        server.cleanup()
-    shutil.rmtree(data_dir, ignore_errors=True)
+        server.cleanup()  # stops it if ours was the last handle
+    if (pg_path / "postmaster.pid").exists():  # PostgreSQL removes it when it stops
+        log.warning("PostgreSQL in %s still runs; not deleting %s", pg_path, data_dir)
+        return False
+    try:
+        shutil.rmtree(data_dir)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not delete %s: %s", data_dir, exc)
+        return False
+    return True
 
 
 def database_url(settings: Settings, *, stop_on_exit: bool = True) -> str:

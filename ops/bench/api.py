@@ -1,6 +1,6 @@
 """Trading API throughput: durable orders acknowledged per second, with latency.
 
-    python -m ops.bench.api [--seconds 10] [--clients 48] [--batch 50]
+    python -m ops.bench.api [--seconds 10] [--clients 48] [--batch 50] [--keep]
 
 Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or
 DATABASE_URL), creates an instrument, providers and buyers, then drives it on
@@ -8,7 +8,9 @@ loopback with concurrent signed clients (one account each): first single
 orders (`POST /v1/orders`), then batches (`POST /v1/orders/batch`). Every
 order counted was acknowledged, and so durable. The mix: resting bids and
 asks around the middle with a share that crosses (about one in five), so the
-sequencer also settles fills. Server, database and load share this machine.
+sequencer also settles fills. Server, database and load share this machine. The
+temporary data dir (gigabytes of database) is deleted afterwards, unless `--keep` or the
+run failed (its `server.log` says why).
 """
 
 from __future__ import annotations
@@ -234,16 +236,26 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="tokex-api-bench-"))
     os.chmod(data_dir, 0o755)
-    url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
-    port = _free_port()
-    server = _start_server(url, data_dir, port)
+    keep = args.keep
+    server: subprocess.Popen[bytes] | None = None
     try:
+        url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
+        port = _free_port()
+        server = _start_server(url, data_dir, port)
         asyncio.run(_bench(url, port, args.seconds, args.clients, args.batch))
+    except BaseException:
+        keep = True  # for its server.log
+        raise
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
-        if args.keep:
-            print(f"data dir kept: {data_dir}")
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        if keep:
+            print(f"data dir kept: {data_dir}", file=sys.stderr)
         else:  # a run leaves gigabytes of database behind
             remove_embedded(data_dir)
 

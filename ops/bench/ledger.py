@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -52,6 +53,17 @@ async def _fresh_database(base_url: str) -> str:
 
 async def run(base_url: str, transfers: int, accounts: int, *, with_log: bool = False) -> None:
     dsn = await _fresh_database(base_url)
+    try:
+        await _measure(dsn, transfers, accounts, with_log=with_log)
+    finally:  # the bench database is hundreds of MB: don't leave it behind
+        conn = await asyncpg.connect(base_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(dsn).path.lstrip("/")}"')
+        finally:
+            await conn.close()
+
+
+async def _measure(dsn: str, transfers: int, accounts: int, *, with_log: bool) -> None:
     hooks = [MerkleLog(Signer.generate("bench.tokex/ledger"))] if with_log else []
     ledger = await Ledger.open(dsn, max_batch=1000, hooks=hooks)
     rng = random.Random(7)
@@ -115,15 +127,15 @@ def main() -> None:
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL")
     scratch = None
-    if url is None:
-        data_dir = args.data_dir or tempfile.mkdtemp(prefix="tokex-bench-")
-        scratch = None if args.data_dir else Path(data_dir)
-        os.chmod(data_dir, 0o755)
-        url = database_url(Settings(data_dir=data_dir))
     try:
+        if url is None:
+            data_dir = args.data_dir or tempfile.mkdtemp(prefix="tokex-bench-")
+            scratch = None if args.data_dir else Path(data_dir)
+            os.chmod(data_dir, 0o755)
+            url = database_url(Settings(data_dir=data_dir))
         asyncio.run(run(url, args.transfers, args.accounts, with_log=args.with_log))
     finally:
-        if scratch is not None:  # a run leaves hundreds of MB of database behind
+        if scratch is not None:  # a scratch dir of ours: stop its PostgreSQL, delete it
             remove_embedded(scratch)
 
 

@@ -364,6 +364,20 @@ async def test_a_committed_batch_leaves_no_reference_cycles(seq: Sequencer) -> N
     assert ours == []
 
 
+async def test_a_bug_in_a_batch_answers_its_requests_and_the_exchange_goes_on(
+    seq: Sequencer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(ops: object) -> None:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(seq, "_process_batch", broken)
+        with pytest.raises(LedgerUnavailable):
+            await asyncio.wait_for(place(seq, "b1", order("o1", Side.BUY, 1_000, 5_000)), 5)
+    placed = await place(seq, "b1", order("o1", Side.BUY, 1_000, 5_000))
+    assert placed.status == "open"
+
+
 async def test_a_batch_whose_commit_fails_leaves_no_trace(db_url: str) -> None:
     hook = FailOnce()
     s = await Sequencer.open(db_url, clock=Clock(), hooks=[hook])

@@ -280,6 +280,7 @@ async def test_the_app_starts_and_closes_its_pool_when_the_helper_cannot_start(
     async with _pool_lifespan(Settings(), factory)(cast(Litestar, app)):
         checker = app.state.authenticator.checker
         assert not checker.running
+        assert checker._restarting is not None  # it will be tried again later
         key, signature, message, _ = _cases(1)[0]
         assert await checker.verify(key.public_key(), signature, message)  # here
     assert pool.closed
