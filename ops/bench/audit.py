@@ -29,7 +29,7 @@ from pathlib import Path
 from ledger.audit import verify_file
 from ledger.log import open_ledger
 from ledger.note import Signer
-from ops.bench.ledger import _fresh_database
+from ops.bench.ledger import drop_database, fresh_database
 from ops.database import _import_pgserver
 from schemas.ledger import Account, Posting, Transaction
 
@@ -113,7 +113,14 @@ def main() -> None:
         data_dir = args.data_dir or tempfile.mkdtemp(prefix="tokex-bench-")
         server = pgserver.get_server(data_dir, cleanup_mode="stop" if args.data_dir else "delete")
         url = server.get_uri()
-    dsn = asyncio.run(_fresh_database(url))
+    dsn = asyncio.run(fresh_database(url))
+    try:
+        _measure(dsn, args)
+    finally:
+        asyncio.run(drop_database(url, dsn))
+
+
+def _measure(dsn: str, args: argparse.Namespace) -> None:
     signer = Signer.generate(ORIGIN)
     rate = asyncio.run(fill(dsn, signer, args.transactions, args.accounts, args.batch))
     total = args.transactions + args.accounts

@@ -33,7 +33,8 @@ from ops.database import database_url, remove_embedded, with_database
 from schemas.ledger import Account, Posting, Transaction
 
 
-async def _fresh_database(base_url: str) -> str:
+async def fresh_database(base_url: str) -> str:
+    """A new, migrated database beside `base_url`'s; its DSN. Drop it with `drop_database`."""
     name = f"bench_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(base_url)
     try:
@@ -51,16 +52,21 @@ async def _fresh_database(base_url: str) -> str:
     return dsn
 
 
+async def drop_database(base_url: str, dsn: str) -> None:
+    """Drop a database made by `fresh_database` (a bench's is hundreds of MB or more)."""
+    conn = await asyncpg.connect(base_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(dsn).path.lstrip("/")}"')
+    finally:
+        await conn.close()
+
+
 async def run(base_url: str, transfers: int, accounts: int, *, with_log: bool = False) -> None:
-    dsn = await _fresh_database(base_url)
+    dsn = await fresh_database(base_url)
     try:
         await _measure(dsn, transfers, accounts, with_log=with_log)
-    finally:  # the bench database is hundreds of MB: don't leave it behind
-        conn = await asyncpg.connect(base_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(dsn).path.lstrip("/")}"')
-        finally:
-            await conn.close()
+    finally:
+        await drop_database(base_url, dsn)
 
 
 async def _measure(dsn: str, transfers: int, accounts: int, *, with_log: bool) -> None:

@@ -19,12 +19,11 @@ import httpx
 import pytest
 
 from ledger.store import load_state, nonzero, recomputed_balances
-from market.accounts import create_account
 from market.client import TokexApiError, TokexClient
 from schemas.accounts import Role
 from schemas.market import Side
 from schemas.trading import CreateInstrument, OrderView, PlaceOrder
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, operator_client
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"  # far ahead of the wall clock: its window closes at its end
 CRASHES = 10
@@ -49,13 +48,7 @@ def server_process(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
 async def clients(
     db_url: str, server_process: ServerProcess
 ) -> AsyncIterator[tuple[TokexClient, list[TokexClient]]]:
-    conn = await asyncpg.connect(db_url)
-    try:
-        created, key = await create_account(conn, Role.OPERATOR, "root", None)
-    finally:
-        await conn.close()
-    assert key is not None
-    operator = TokexClient(server_process.base_url, created.key_id, key)
+    operator = await operator_client(db_url, server_process.base_url)
     await operator.create_instrument(
         CreateInstrument(symbol=SYM, lot_size=1000, tick_size=1, price_min=1, price_max=1000)
     )

@@ -6,15 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import asyncpg
 import pytest
 
-from market.accounts import create_account
 from market.client import TokexApiError, TokexClient
 from schemas.accounts import Role
 from schemas.market import Side
 from schemas.trading import CreateInstrument, PlaceOrder
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, operator_client
 
 # A window far in the future: the server's clock is the wall clock.
 SYM = "llama-3.1-70b/2030-01-01T00Z/1h"
@@ -31,13 +29,7 @@ class Market:
 
 @pytest.fixture
 async def market(db_url: str, server_process: ServerProcess) -> AsyncIterator[Market]:
-    conn = await asyncpg.connect(db_url)
-    try:
-        created, key = await create_account(conn, Role.OPERATOR, "root", None)
-    finally:
-        await conn.close()
-    assert key is not None
-    operator = TokexClient(server_process.base_url, created.key_id, key)
+    operator = await operator_client(db_url, server_process.base_url)
     await operator.create_instrument(
         CreateInstrument(
             symbol=SYM, lot_size=1000, tick_size=1, price_min=1, price_max=100_000,

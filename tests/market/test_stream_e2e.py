@@ -13,17 +13,15 @@ import json
 import random
 from typing import Any
 
-import asyncpg
 from websockets.asyncio.client import ClientConnection, connect
 
-from market.accounts import create_account
 from market.auth import now_ms, request_message
 from market.client import TokexApiError, TokexClient
 from schemas.accounts import Role
 from schemas.market import Depth, DepthLevel, Side
 from schemas.trading import CreateInstrument, PlaceOrder
 from tests.market.feed_support import ClientBook
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, operator_client
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"  # a window far ahead of the real clock
 TIMEOUT = 10.0
@@ -32,16 +30,6 @@ TIMEOUT = 10.0
 async def recv(ws: ClientConnection) -> dict[str, Any]:
     msg: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
     return msg
-
-
-async def _operator(db_url: str, base_url: str) -> TokexClient:
-    conn = await asyncpg.connect(db_url)
-    try:
-        created, key = await create_account(conn, Role.OPERATOR, "root", None)
-    finally:
-        await conn.close()
-    assert key is not None
-    return TokexClient(base_url, created.key_id, key)
 
 
 def _signed_subscribe(client: TokexClient) -> dict[str, Any]:
@@ -62,7 +50,7 @@ def _rest_depth(view: Any) -> Depth:
 
 
 async def test_rest_book_equals_websocket_book(db_url: str, server_process: ServerProcess) -> None:
-    operator = await _operator(db_url, server_process.base_url)
+    operator = await operator_client(db_url, server_process.base_url)
     try:
         await operator.create_instrument(
             CreateInstrument(symbol=SYM, lot_size=1000, tick_size=5, price_min=5,

@@ -11,15 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from market.accounts import create_account
 from market.client import TokexApiError, TokexClient
 from schemas.accounts import Role
 from schemas.market import OrderType, Side, StpMode, TimeInForce
 from schemas.trading import CreateInstrument, PlaceOrder
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, operator_client
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"  # far ahead of the wall clock: its window closes at its end
 
@@ -31,16 +29,6 @@ class Market:
     providers: list[TokexClient]
     buyers: list[TokexClient]
     ids: dict[str, str]
-
-
-async def _operator(db_url: str, base_url: str) -> TokexClient:
-    conn = await asyncpg.connect(db_url)
-    try:
-        created, key = await create_account(conn, Role.OPERATOR, "root", None)
-    finally:
-        await conn.close()
-    assert key is not None
-    return TokexClient(base_url, created.key_id, key)
 
 
 @pytest.fixture
@@ -60,7 +48,7 @@ def server_process(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def market(db_url: str, server_process: ServerProcess) -> AsyncIterator[Market]:
-    operator = await _operator(db_url, server_process.base_url)
+    operator = await operator_client(db_url, server_process.base_url)
     await operator.create_instrument(
         CreateInstrument(
             symbol=SYM, lot_size=1000, tick_size=5, price_min=5, price_max=100_000,

@@ -20,7 +20,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import asyncpg
 import httpx
+
+from market.accounts import create_account
+from market.client import TokexClient
+from schemas.accounts import Role
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,3 +150,15 @@ class ServerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+async def operator_client(db_url: str, base_url: str) -> TokexClient:
+    """A client for a new operator account, created straight in the database (the way
+    `tokex accounts create` makes the first operator)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        created, key = await create_account(conn, Role.OPERATOR, "root", None)
+    finally:
+        await conn.close()
+    assert key is not None
+    return TokexClient(base_url, created.key_id, key)
