@@ -44,8 +44,14 @@ def _engine() -> MatchingEngine:
     """Two books with orders and used client order ids; A then closed (as at settlement)."""
     engine = MatchingEngine([instrument(A), instrument(B)])
     for n, (symbol, side, price) in enumerate(
-        [(A, Side.BUY, 500), (A, Side.SELL, 510), (B, Side.BUY, 495), (B, Side.SELL, 505),
-         (A, Side.BUY, 510), (B, Side.SELL, 520)],  # fmt: skip
+        [
+            (A, Side.BUY, 500),
+            (A, Side.SELL, 510),
+            (B, Side.BUY, 495),
+            (B, Side.SELL, 505),
+            (A, Side.BUY, 510),
+            (B, Side.SELL, 520),
+        ],
         start=1,
     ):
         engine.process(_order(symbol, n, side, price, owner=f"o{n % 3}"))
@@ -84,8 +90,12 @@ def test_a_settled_book_keeps_only_its_instrument_and_seq() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [MassCancel(time=3_000, owner="o1"), MassCancel(time=3_000, owner=None),
-     AdvanceTime(time=9_999), MassCancel(time=3_000, owner="o2", instrument=A)],  # fmt: skip
+    [
+        MassCancel(time=3_000, owner="o1"),
+        MassCancel(time=3_000, owner=None),
+        AdvanceTime(time=9_999),
+        MassCancel(time=3_000, owner="o2", instrument=A),
+    ],
 )
 def test_what_still_reaches_a_settled_book_does_the_same_to_a_reduced_one(
     command: Command,
