@@ -70,9 +70,11 @@ from ledger.rows import BatchRows
 from ledger.settlement import Terms
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger, LedgerBatch
-from market.engine import MatchingEngine
 from market.errors import DuplicateInstrument, InvalidInstrument, UnknownInstrument
 from market.instruments import make_instrument
+from market.replay import RebuildSummary, rebuild_books
+from market.snapshot_writer import SnapshotPolicy, SnapshotWriter
+from market.snapshots import SettlingEngine
 from market.store import (
     DeliveryRow,
     JournalEntry,
@@ -83,7 +85,6 @@ from market.store import (
     find_deliveries,
     find_orders,
     find_withdrawals,
-    journal,
     load_live_orders,
     load_settlements,
     load_terms,
@@ -337,15 +338,17 @@ class Sequencer:
         publish: Publish | None,
         clock: Clock,
         max_batch: int,
+        snapshots: SnapshotPolicy | None = None,
     ) -> None:
         self._dsn = dsn
+        self._snapshots = SnapshotWriter(dsn, snapshots or SnapshotPolicy())
         self.ledger = ledger
         self._conn = conn
         self.currency = currency
         self._publish = publish
         self._clock = clock
         self._max_batch = max_batch
-        self.engine = MatchingEngine()
+        self.engine = SettlingEngine()
         self.terms: dict[str, Terms] = {}
         self._instrument_meta: dict[str, tuple[int, int, int, str]] = {}
         self._grace: dict[str, int] = {}  # symbol -> delivery grace, seconds
@@ -367,6 +370,8 @@ class Sequencer:
         # state that is not committed, or that a failed commit takes back.
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Where the last rebuild of the books started and how much of the journal it read.
+        self.last_rebuild: RebuildSummary | None = None
         #: How many batches have committed: a reader that also reads the database can
         #: tell whether a commit came between its two reads (and read again).
         self.commits = 0
@@ -383,8 +388,12 @@ class Sequencer:
         clock: Clock = wall_clock_ms,
         hooks: Sequence[CommitHook] = (),
         max_batch: int = 500,
+        snapshots: SnapshotPolicy | None = None,
     ) -> Sequencer:
-        """Become the exchange's writer: open the ledger, rebuild the books, start."""
+        """Become the exchange's writer: open the ledger, rebuild the books, start.
+
+        `snapshots`: how often the books are snapshotted (`market.snapshot_writer`);
+        recovery starts from the newest snapshot and replays only the journal after it."""
         ledger = await Ledger.open(dsn, hooks=hooks)
         try:
             conn = await connect_writer(dsn)
@@ -392,8 +401,9 @@ class Sequencer:
             await ledger.close()
             raise
         sequencer = cls(
-            dsn, ledger, conn, currency=currency, publish=publish, clock=clock, max_batch=max_batch
-        )
+            dsn, ledger, conn, currency=currency, publish=publish, clock=clock,
+            max_batch=max_batch, snapshots=snapshots,
+        )  # fmt: skip
         try:
             await sequencer._recover()
         except BaseException:
@@ -416,6 +426,9 @@ class Sequencer:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+        await self._snapshots.close(
+            None if self._needs_recovery else self.engine, self._next_journal_seq, self._last_time
+        )
         with contextlib.suppress(Exception):
             await self._conn.close()
         await self.ledger.close()
@@ -436,7 +449,6 @@ class Sequencer:
             self._conn.terminate()
             self._conn = await connect_writer(self._dsn)
         conn = self._conn
-        engine = MatchingEngine()
         terms: dict[str, Terms] = {}
         meta: dict[str, tuple[int, int, int, str]] = {}
         grace: dict[str, int] = {}
@@ -456,19 +468,28 @@ class Sequencer:
                 r["provider_fee_bps"],
                 r["currency"],
             )
-        next_seq = 0
-        last_time = 0
+        snapshots = self._snapshots
+        memory = snapshots.memory
         async with conn.transaction(readonly=True, isolation="repeatable_read"):
-            async for seq, entry in journal(conn):
-                if isinstance(entry, ListInstrument):
-                    engine.add_instrument(entry.instrument)
-                else:
-                    engine.process(entry)
-                next_seq = seq + 1
-                last_time = max(last_time, entry.time)
+            settled = {s.instrument: s for s in await load_settlements(conn)}
+            # Start-up: from the newest stored snapshot; after a failed commit: from the
+            # last one taken (memory). Either way, then the journal after it.
+            rebuilt = await rebuild_books(
+                conn, settled, start=memory, stored=snapshots.policy.enabled
+            )
             live = await load_live_orders(conn)
             order_id = await next_order_id(conn)
-            settled = {s.instrument: s for s in await load_settlements(conn)}
+        engine = rebuilt.engine
+        next_seq, last_time = rebuilt.journal_seq, rebuilt.time_ms
+        snapshots.reset(rebuilt.base, stored=rebuilt.base is not memory)
+        self.last_rebuild = rebuilt.summary()
+        log.info(
+            "books rebuilt from %s and %d journal entries after it",
+            "the first row"
+            if rebuilt.base is None
+            else f"the snapshot at {rebuilt.base.journal_seq}",
+            rebuilt.replayed,
+        )
         self.engine = engine
         self.terms = terms
         self._instrument_meta = meta
@@ -485,6 +506,8 @@ class Sequencer:
         self._next_journal_seq = next_seq
         self._last_time = max(self._last_time, last_time)
         self._needs_recovery = False
+        if rebuilt.replayed >= snapshots.policy.interval_entries:  # e.g. a first start-up
+            snapshots.after_commit(engine, next_seq, self._last_time)
 
     # -- submitting -------------------------------------------------------------------
 
@@ -648,6 +671,9 @@ class Sequencer:
             else:
                 self._live.pop(row.order_id, None)
                 self._gtd.pop(row.order_id, None)
+        # A settled book keeps only what can still matter (as recovery leaves it).
+        self.engine.reduce_settled([v.instrument for v in batch.settlements])
+        self._snapshots.after_commit(self.engine, self._next_journal_seq, self._last_time)
         for op, outcome in zip(ops, outcomes, strict=True):
             if op.future.done():
                 continue

@@ -9,7 +9,7 @@ Recovery loads the newest row it can decode and replays the journal from its
 `journal_seq`; with none, from the first row.
 
 Settled instruments are never replayed: once an instrument has settled, its book is
-reduced to what can still matter (`compact_settled`): its instrument, closed, and its
+reduced to what can still matter (`SettlingEngine.reduce_settled`): its instrument, closed, and its
 next seq. Nothing reaches a settled book any more but the engine-wide commands (a mass
 cancel answers it with a reject, which takes a seq), so that is all it needs; the client
 order ids it had seen are dropped (the sequencer refuses orders on a settled instrument
@@ -27,18 +27,17 @@ from typing import Final
 import asyncpg
 import msgspec
 
-from market.engine import ENGINE_SNAPSHOT_VERSION, MatchingEngine
+from market.book import OrderBook
+from market.engine import MatchingEngine
 from market.errors import InvalidSnapshot
 from market.store import JournalEntry, decode_entry
-from schemas.market import BookSnapshot, EngineSnapshot
+from schemas.market import BookSnapshot
 
 #: Version of what a row of `market_snapshots` means (the engine bytes carry their own).
 SNAPSHOT_FORMAT: Final = 1
 
 #: Snapshots kept: the newest, and one to fall back on if it does not decode.
 KEEP_SNAPSHOTS: Final = 2
-
-_engine_encoder = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +48,9 @@ class MarketSnapshot:
     time_ms: int
     engine: bytes
 
-    def restore(self) -> MatchingEngine:
+    def restore(self) -> SettlingEngine:
         """The engine as it was; `InvalidSnapshot` if the bytes do not decode."""
-        return MatchingEngine.restore(self.engine)
+        return SettlingEngine.restore_from(self.engine)
 
 
 def take(engine: MatchingEngine, journal_seq: int, time_ms: int) -> MarketSnapshot:
@@ -63,23 +62,30 @@ def _compact(book: BookSnapshot) -> BookSnapshot:
     return msgspec.structs.replace(book, bids=[], asks=[], client_order_ids=[])
 
 
-def compact_settled(engine: MatchingEngine, settled: Collection[str]) -> MatchingEngine | None:
-    """The engine with the books of `settled` instruments reduced (see the module doc), or
-    None if they already are. A settled book holds no orders: one that does is a bug."""
-    books = [book.to_snapshot() for book in engine.books()]
-    changed = False
-    for n, book in enumerate(books):
-        if book.instrument.symbol not in settled:
-            continue
-        if book.bids or book.asks:
-            raise InvalidSnapshot(f"settled instrument {book.instrument.symbol} has orders")
-        if book.client_order_ids:
-            books[n] = _compact(book)
-            changed = True
-    if not changed:
-        return None
-    data = _engine_encoder.encode(EngineSnapshot(version=ENGINE_SNAPSHOT_VERSION, books=books))
-    return MatchingEngine.restore(data)
+class SettlingEngine(MatchingEngine):
+    """The matching engine, able to reduce a settled instrument's book in place."""
+
+    __slots__ = ()
+
+    @classmethod
+    def restore_from(cls, data: bytes) -> SettlingEngine:
+        engine = cls.restore(data)
+        assert isinstance(engine, SettlingEngine)
+        return engine
+
+    def reduce_settled(self, settled: Collection[str]) -> int:
+        """Reduce the books of `settled` instruments (see the module doc) that are not
+        yet; return how many were. A settled book with orders is a bug: refused."""
+        reduced = 0
+        for symbol in settled:
+            book = self.book(symbol).to_snapshot()
+            if book.bids or book.asks:
+                raise InvalidSnapshot(f"settled instrument {symbol} has orders")
+            if book.client_order_ids:
+                # The engine has no public way to swap a book; this subclass is its own.
+                self._books[symbol] = OrderBook.from_snapshot(_compact(book))
+                reduced += 1
+        return reduced
 
 
 # -- PostgreSQL ------------------------------------------------------------------------
@@ -110,15 +116,31 @@ async def write_snapshot(conn: asyncpg.Connection, snap: MarketSnapshot, now_ms:
 
 async def load_snapshots(conn: asyncpg.Connection) -> list[MarketSnapshot]:
     """The stored snapshots of this format, newest first (none: replay from the start)."""
-    rows = await conn.fetch(
-        """SELECT journal_seq, time_ms, engine FROM market_snapshots
-            WHERE format = $1 ORDER BY journal_seq DESC""",
+    return [snap async for snap in stored_snapshots(conn)]
+
+
+async def stored_snapshots(conn: asyncpg.Connection) -> AsyncIterator[MarketSnapshot]:
+    """The stored snapshots of this format, newest first, each read only when asked for
+    (one is megabytes: recovery reads the second only if the first does not decode)."""
+    positions = await conn.fetch(
+        "SELECT journal_seq FROM market_snapshots WHERE format = $1 ORDER BY journal_seq DESC",
         SNAPSHOT_FORMAT,
     )
-    return [
-        MarketSnapshot(journal_seq=r["journal_seq"], time_ms=r["time_ms"], engine=r["engine"])
-        for r in rows
-    ]
+    for position in positions:
+        row = await conn.fetchrow(
+            "SELECT journal_seq, time_ms, engine FROM market_snapshots WHERE journal_seq = $1",
+            position["journal_seq"],
+        )
+        if row is not None:
+            yield MarketSnapshot(
+                journal_seq=row["journal_seq"], time_ms=row["time_ms"], engine=row["engine"]
+            )
+
+
+async def journal_size(conn: asyncpg.Connection) -> int:
+    """The seq the next journal entry gets (entries are numbered from 0 without gaps)."""
+    size: int = await conn.fetchval("SELECT coalesce(max(seq) + 1, 0) FROM market_journal")
+    return size
 
 
 async def journal_from(

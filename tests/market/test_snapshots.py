@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from market.engine import MatchingEngine
 from market.errors import InvalidSnapshot
 from market.snapshots import (
     KEEP_SNAPSHOTS,
     MarketSnapshot,
-    compact_settled,
+    SettlingEngine,
     journal_from,
     load_snapshots,
     take,
@@ -40,9 +39,9 @@ def _order(symbol: str, order_id: int, side: Side, price: int, owner: str = "m")
     )  # fmt: skip
 
 
-def _engine() -> MatchingEngine:
+def _engine() -> SettlingEngine:
     """Two books with orders and used client order ids; A then closed (as at settlement)."""
-    engine = MatchingEngine([instrument(A), instrument(B)])
+    engine = SettlingEngine([instrument(A), instrument(B)])
     for n, (symbol, side, price) in enumerate(
         [
             (A, Side.BUY, 500),
@@ -76,8 +75,8 @@ def test_undecodable_snapshot_bytes_are_refused() -> None:
 
 def test_a_settled_book_keeps_only_its_instrument_and_seq() -> None:
     engine = _engine()
-    compacted = compact_settled(engine, {A})
-    assert compacted is not None
+    compacted = _engine()
+    assert compacted.reduce_settled({A}) == 1
     book, full = compacted.book(A), engine.book(A)
     assert book.trading_state is TradingState.CLOSED
     assert book.next_seq == full.next_seq
@@ -85,7 +84,7 @@ def test_a_settled_book_keeps_only_its_instrument_and_seq() -> None:
     assert full.to_snapshot().client_order_ids != []
     # The live instrument is untouched; reducing twice changes nothing more.
     assert compacted.book(B).state_hash() == engine.book(B).state_hash()
-    assert compact_settled(compacted, {A}) is None
+    assert compacted.reduce_settled({A}) == 0
 
 
 @pytest.mark.parametrize(
@@ -101,20 +100,20 @@ def test_what_still_reaches_a_settled_book_does_the_same_to_a_reduced_one(
     command: Command,
 ) -> None:
     """Reduce then replay, or replay then reduce: the same books (what recovery relies on)."""
-    engine = _engine()
-    compacted = compact_settled(engine, {A})
-    assert compacted is not None
+    engine, compacted = _engine(), _engine()
+    compacted.reduce_settled({A})
     assert [type(e) for e in engine.process(command)] == [
         type(e) for e in compacted.process(command)
     ]
-    again = compact_settled(engine, {A})
-    assert again is not None and again.state_hash() == compacted.state_hash()
+    assert engine.state_hash() != compacted.state_hash()
+    engine.reduce_settled({A})
+    assert engine.state_hash() == compacted.state_hash()
 
 
 def test_a_settled_book_with_orders_is_refused() -> None:
     engine = _engine()
     with pytest.raises(InvalidSnapshot, match="has orders"):
-        compact_settled(engine, {B})
+        engine.reduce_settled({B})
 
 
 async def test_snapshots_are_stored_newest_first_and_pruned(db_conn: asyncpg.Connection) -> None:
