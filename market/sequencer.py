@@ -204,6 +204,15 @@ class WithdrawalSettled(DomainError):
     kind = ErrorKind.CONFLICT
 
 
+#: Refusals recorded under a command's id, by code: their replay raises the same type.
+_REFUSALS: dict[str, type[DomainError]] = {
+    InstrumentSettled.code: InstrumentSettled,
+    "instrument_not_open": OrderRefused,
+    "qty_off_lot": OrderRefused,
+    "capacity_limit": OrderRefused,
+}
+
+
 # -- operations (what the API queues) ---------------------------------------------------
 
 
@@ -843,37 +852,45 @@ class Sequencer:
         return self._ledger_receipt(batch, tx)
 
     def _listing(self, op: ListingOp, batch: _Batch) -> LedgerReceipt:
+        """List capacity. The listing id pins its outcome: a retry gets the first receipt
+        or the first refusal, which is recorded as the ledger records its own
+        (`LedgerBatch.refuse`). An unknown instrument (404) records nothing."""
         req = op.request
         terms = self._terms(req.instrument)
-        self._refuse_if_settled(req.instrument)
-        book = self.engine.book(req.instrument)
-        if book.trading_state is not TradingState.OPEN:
-            raise OrderRefused(
-                f"instrument {req.instrument} is {book.trading_state}", code="instrument_not_open"
-            )
-        if req.quantity % terms.lot_size:
-            raise OrderRefused(
-                f"quantity must be a multiple of the lot, {terms.lot_size}", code="qty_off_lot"
-            )
         tx = settlement.listing(
             settlement.listing_key(op.account_id, req.listing_id), op.account_id,
             req.instrument, req.quantity, batch.time,
         )  # fmt: skip
-        if not batch.ledger.seen(tx.id):  # a retry gets its first receipt, cap or not
-            listed = batch.ledger.state.balance(settlement.capacity(op.account_id, req.instrument))
-            if listed.total + req.quantity > MAX_LISTED_CAPACITY:
-                raise OrderRefused(
-                    f"a provider may list at most {MAX_LISTED_CAPACITY:,} tokens of an instrument",
-                    code="capacity_limit",
-                )
+        if not batch.ledger.seen(tx.id):
+            refusal = self._listing_refusal(op, batch, terms)
+            if refusal is not None:
+                self._checked(batch.ledger.refuse(tx, refusal.code, refusal.message))
         return self._ledger_receipt(batch, tx)
+
+    def _listing_refusal(self, op: ListingOp, batch: _Batch, terms: Terms) -> DomainError | None:
+        req = op.request
+        if req.instrument in self._settled:
+            return InstrumentSettled(f"instrument {req.instrument} is settled")
+        book = self.engine.book(req.instrument)
+        if book.trading_state is not TradingState.OPEN:
+            return OrderRefused(
+                f"instrument {req.instrument} is {book.trading_state}", code="instrument_not_open"
+            )
+        if req.quantity % terms.lot_size:
+            return OrderRefused(
+                f"quantity must be a multiple of the lot, {terms.lot_size}", code="qty_off_lot"
+            )
+        listed = batch.ledger.state.balance(settlement.capacity(op.account_id, req.instrument))
+        if listed.total + req.quantity > MAX_LISTED_CAPACITY:
+            return OrderRefused(
+                f"a provider may list at most {MAX_LISTED_CAPACITY:,} tokens of an instrument",
+                code="capacity_limit",
+            )
+        return None
 
     def _ledger_receipt(self, batch: _Batch, tx: Any) -> LedgerReceipt:
         result = batch.ledger.apply(tx)
-        if not result.committed:
-            if result.code == "idempotency_conflict":
-                raise IdempotencyConflict(result.message or "id already used with another body")
-            raise TransactionRefused(result.message or "refused", code=result.code or "refused")
+        self._checked(result)
         assert result.index is not None
         return LedgerReceipt(transaction_id=tx.id, ledger_index=result.index)
 
@@ -1178,15 +1195,15 @@ class Sequencer:
                     f"withdrawal id {req.withdrawal_id} was used for another withdrawal"
                 )
             return earlier.view()
-        account = settlement.cash(op.account_id, self.currency)
-        available = batch.ledger.state.balance(account).available
-        if req.amount > available:
-            raise TransactionRefused(
-                f"{available} available, cannot withdraw {req.amount}", code="insufficient_funds"
-            )
         tx = settlement.withdrawal_request(
             op.account_id, req.withdrawal_id, req.amount, self.currency, batch.time
         )
+        # A refusal is recorded with the ledger's (`LedgerBatch.refuse`): the id stays
+        # refused, even once the account has the cash (a retry gets the same 422).
+        available = batch.ledger.state.balance(settlement.cash(op.account_id, self.currency))
+        if not batch.ledger.seen(tx.id) and req.amount > available.available:
+            message = f"{available.available} available, cannot withdraw {req.amount}"
+            self._checked(batch.ledger.refuse(tx, "insufficient_funds", message))
         self._checked(batch.ledger.apply(tx))
         row = WithdrawalRow(
             account_id=op.account_id, withdrawal_id=req.withdrawal_id, request_digest=digest,
@@ -1223,11 +1240,13 @@ class Sequencer:
 
     @staticmethod
     def _checked(result: Any) -> None:
-        """A transaction of a user's request: its refusal is the user's error."""
+        """A transaction of a user's request: its refusal is the user's error (the same
+        error type for a refusal and for its replay under the same id)."""
         if not result.committed:
-            if result.code == "idempotency_conflict":
-                raise IdempotencyConflict(result.message or "id already used with another body")
-            raise TransactionRefused(result.message or "refused", code=result.code or "refused")
+            message, code = result.message or "refused", result.code or "refused"
+            if code == IdempotencyConflict.code:
+                raise IdempotencyConflict(message)
+            raise _REFUSALS.get(code, TransactionRefused)(message, code=code)
 
     # -- events -> ledger and orders ------------------------------------------------------
 
