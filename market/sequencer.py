@@ -442,6 +442,10 @@ class Sequencer:
             await self._conn.close()
         await self.ledger.close()
 
+    async def wait_for_snapshot(self) -> None:
+        """Until the books' snapshot being written in the background (if any) is written."""
+        await self._snapshots.wait()
+
     @property
     def healthy(self) -> bool:
         """False while the sequencer or its ledger cannot reach the database to rebuild."""
