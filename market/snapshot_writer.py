@@ -42,6 +42,10 @@ class SnapshotPolicy:
     interval_seconds: float = 300.0
     enabled: bool = True
 
+    def __post_init__(self) -> None:
+        if self.interval_entries < 1 or not self.interval_seconds > 0:
+            raise ValueError("snapshot intervals must be positive")
+
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000

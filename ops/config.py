@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -43,6 +44,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit: float = 50.0
     #: Requests a key may make at once above the steady rate.
     rate_burst: int = 100
+    #: The books are snapshotted every this many journal entries, or after this many
+    #: seconds if the journal moved (`market.snapshot_writer`): a restart replays at most
+    #: about that much of the journal.
+    snapshot_interval_entries: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    snapshot_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
     @property
     def data_path(self) -> Path:

@@ -22,6 +22,7 @@ from litestar import Litestar
 from ledger.keys import load_or_create_signer
 from ledger.log import MerkleLog
 from market.sequencer import Sequencer
+from market.snapshot_writer import SnapshotPolicy
 from ops.config import Settings
 from ops.database import database_url
 
@@ -49,6 +50,10 @@ def exchange_lifespan(
             url,
             hooks=[MerkleLog(signer, settings.exchange_name)],
             publish=None if hub is None else hub.publish,
+            snapshots=SnapshotPolicy(
+                interval_entries=settings.snapshot_interval_entries,
+                interval_seconds=settings.snapshot_interval_seconds,
+            ),
         )
         if hub is not None and hasattr(hub, "load"):
             hub.load(book.depth(1_000_000) for book in sequencer.engine.books())
