@@ -6,7 +6,8 @@ For each N: a fresh database is filled with N `market_journal` entries through t
 sequencer (in-process, batches of `--batch` commands, the Merkle log and a signed
 checkpoint per batch as `tokex serve` writes them): a rolling set of instruments, buyers
 and providers placing limit orders around a mid price (about one in five trades), GTD
-orders that expire, cancels, amends, mass cancels, deposits, withdrawals, and every
+orders that expire, cancels, amends, mass cancels (more of them while the books are
+deeper than about 20,000 resting orders), deposits, withdrawals, and every
 `--settle-every` entries the oldest instrument closed and settled and a new one listed.
 The filler is then killed (kill -9: no shutdown snapshot), and a fresh process opens the
 exchange as `tokex serve` does (ledger, Merkle log, sequencer recovery, market data) and
@@ -77,6 +78,7 @@ LIVE_INSTRUMENTS = 6
 BUYERS = 60
 PROVIDERS = 60
 MODELS = ("llama-3.1-70b", "qwen-2.5-72b", "mistral-large")
+RESTING = 20_000
 
 
 # -- filling ---------------------------------------------------------------------------
@@ -176,7 +178,10 @@ class Filler:
             ids = self.resting[account]
             if ids:
                 ops.append(AmendOp(account, rng.choice(ids), AmendOrder(quantity=LOT)))
-        for _ in range(2):
+        # The books stay about `RESTING` orders deep, as a live exchange's do: what a
+        # restart must load of them is then the same after 100,000 entries or 1,000,000.
+        over = sum(len(book) for book in self.seq.engine.books()) - RESTING
+        for _ in range(2 + min(30, max(0, over) // 400)):
             account = rng.choice(accounts) if accounts else "b0"
             ops.append(CancelAllOp(account, None))
             self.resting.pop(account, None)
