@@ -13,7 +13,9 @@ quantities are JSON integers and nothing else, so (wired by `ops.app.create_app`
 * `strict_query_integers`, the app's `before_request`: an integer query parameter must be
   written in decimal digits (optionally after a minus sign), else 400 `invalid_request`
   naming it: `?limit=1e3` or `?limit=10.0` are refused instead of read as 1000 or 10.
-  Limits (`ge`, `le`) stay the routes' own, checked by Litestar as before.
+  Limits (`ge`, `le`) stay the routes' own, checked by Litestar as before. Litestar runs
+  the `before_request` of the layer closest to the handler only: a router or handler that
+  sets its own must call this one too.
 """
 
 from __future__ import annotations
