@@ -4,11 +4,11 @@ Every signed request costs one strict Ed25519 verify (`ledger.ed25519.verify`, t
 function wherever tokex checks a signature: ~45 µs of libsodium; it was 60-90 µs of
 OpenSSL when this helper was written). The server's event loop also runs the sequencer,
 so at a few thousand requests a second the checks were a quarter of the loop's time
-(`python -m ops.bench.api`: 3,000 orders/s with them, 4,000
-without). A thread does not help: the loop rarely lets go of the GIL, so the thread's
-answers wait. A helper process does the checks on the machine's other core: the loop
-packs the checks that arrive together into one frame on the helper's stdin (a few µs
-each) and reads the answers back in one frame.
+(`python -m ops.bench.api`: 3,000 orders/s with them, 4,000 without). A thread does not
+help: the loop rarely lets go of the GIL, so the thread's answers wait. A helper process
+does the checks on the machine's other core: the loop packs the checks that arrive
+together into one frame on the helper's stdin (a few µs each) and reads the answers back
+in one frame.
 
 Frames (little-endian). To the helper: frame id (u32), count (u32), then per check the
 public key (32 bytes), the signature (64 bytes), the message length (u32) and the message.
