@@ -46,6 +46,7 @@ from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
 from ops.middleware import RefuseNulBytes
+from ops.wire import StrictRequest, strict_query_integers
 from schemas.errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ def create_app(
         dependencies=dependencies,
         exception_handlers=exception_handlers(),
         middleware=[RefuseNulBytes, AuthMiddleware(limiter)],
+        # integers strictly on the wire: JSON bodies and integer query parameters (ops.wire)
+        request_class=StrictRequest,
+        before_request=strict_query_integers,
         lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
         openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,
