@@ -40,8 +40,11 @@ from market.sequencer import (
     CreateInstrumentOp,
     DeliveryOp,
     DepositOp,
+    Done,
+    Failed,
     ListingOp,
     OrderRefused,
+    Outcome,
     PlaceOp,
     Sequencer,
     UnknownOrder,
@@ -289,35 +292,37 @@ async def place_order(data: JSONBody[PlaceOrder], request: Request[Any, Any, Any
 async def place_orders(
     data: JSONBody[PlaceOrders], request: Request[Any, Any, Any]
 ) -> list[OrderResult]:
-    """Place up to 50 orders; each is accepted or refused on its own, in order."""
+    """Place up to 50 orders; each is accepted or refused on its own, in order.
+
+    The orders are queued all together or not at all: if the sequencer's queue has no
+    room for every one, the whole request answers 503 `exchange_busy` (none placed)."""
     sequencer, principal = _trader(request)
-    outcomes: list[Any] = []
+    refusals: list[DomainError | None] = []
     ops: list[PlaceOp] = []
     for order in data.orders:
         try:
             _check_side(principal, order.side)
         except DomainError as exc:
-            outcomes.append(exc)
+            refusals.append(exc)
         else:
-            outcomes.append(None)
+            refusals.append(None)
             ops.append(PlaceOp(principal.account_id, order))
     placed = iter(await sequencer.submit_all(ops))
     results: list[OrderResult] = []
-    for order, refused in zip(data.orders, outcomes, strict=True):
-        outcome = refused if refused is not None else next(placed)
-        if isinstance(outcome, OrderView) and outcome.status == "rejected":
-            outcome = _rejection(outcome)
-        if isinstance(outcome, DomainError):
-            results.append(
-                OrderResult(
-                    client_order_id=order.client_order_id, code=outcome.code,
-                    message=outcome.message,
-                )
-            )  # fmt: skip
-        elif isinstance(outcome, BaseException):
-            raise outcome  # a bug, not the order's fault: 500 (a retry with the ids is safe)
-        else:
-            results.append(OrderResult(client_order_id=order.client_order_id, order=outcome))
+    for order, refused in zip(data.orders, refusals, strict=True):
+        outcome: Outcome[OrderView] = Failed(refused) if refused is not None else next(placed)
+        if isinstance(outcome, Done) and outcome.value.status == "rejected":
+            outcome = Failed(_rejection(outcome.value))
+        match outcome:
+            case Done(value=view):
+                results.append(OrderResult(client_order_id=order.client_order_id, order=view))
+            case Failed(error=error):
+                results.append(
+                    OrderResult(
+                        client_order_id=order.client_order_id, code=error.code,
+                        message=error.message,
+                    )
+                )  # fmt: skip
     return results
 
 

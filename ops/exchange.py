@@ -61,7 +61,7 @@ def exchange_lifespan(
         gc.set_threshold(50_000, 20, 50)
         log.info(
             "exchange open: %d instruments, ledger size %d",
-            len(sequencer.terms),
+            len(sequencer.market.instruments),
             sequencer.ledger.size,
         )
         try:
