@@ -11,7 +11,7 @@ import pytest
 from ledger.errors import LedgerBusy, LedgerUnavailable
 from ledger.rows import BatchRows
 from ledger.store import load_state, nonzero, recomputed_balances, stored_balances
-from ledger.writer import Ledger
+from ledger.writer import Ledger, WriterState
 from schemas.ledger import Account, HoldCreate, HoldPost, Posting, Transaction
 from tests.ledger.writer_support import holds, submit
 from tests.support.pg import PgServer
@@ -335,3 +335,19 @@ async def test_snapshots_land_in_order_while_batches_keep_coming(db_url: str) ->
         assert writer.balance(BOB).available == 40 * 5
     finally:
         await writer.close()
+
+
+async def test_the_writer_says_where_it_is_and_a_closed_one_writes_nothing(db_url: str) -> None:
+    writer = await Ledger.open(db_url)
+    assert (writer.state, writer.healthy) == (WriterState.OPEN, True)
+
+    async def failing(conn: asyncpg.Connection, rows: BatchRows) -> None:
+        rows.insert("ledger_rejections", ("tx_id",), [(None,)])  # NOT NULL: the write fails
+
+    with pytest.raises(LedgerUnavailable):
+        await writer.apply_batch([transfer("deposit", BANK, ALICE, 100)], extra=failing)
+    assert writer.state is WriterState.OPEN  # reloaded from the database: nothing lost
+    await writer.close()
+    assert (writer.state, writer.healthy) == (WriterState.CLOSED, False)
+    with pytest.raises(LedgerUnavailable):
+        await writer.apply_batch([transfer("deposit", BANK, ALICE, 100)])

@@ -23,10 +23,13 @@ from market.sequencer import (
     DepositOp,
     Done,
     ExchangeBusy,
+    Failed,
     IdempotencyConflict,
     ListingOp,
     PlaceOp,
     Sequencer,
+    SequencerState,
+    SequencerStopped,
     UnknownOrder,
 )
 from schemas.market import OrderType, Side, StpMode, TimeInForce
@@ -619,3 +622,14 @@ async def test_a_full_queue_refuses_at_once_and_a_batch_of_orders_whole(db_url: 
         gate.armed = False
         gate.release.set()
         await s.close()
+
+
+async def test_a_closed_sequencer_says_so_and_refuses_at_once(db_url: str) -> None:
+    s = await Sequencer.open(db_url, clock=Clock())
+    assert (s.state, s.healthy) == (SequencerState.RUNNING, True)
+    await s.close()
+    assert (s.state, s.healthy) == (SequencerState.STOPPED, False)
+    with pytest.raises(SequencerStopped):
+        await s.submit(DepositOp(Deposit(deposit_id="late", account_id="b1", amount=1)))
+    (refused,) = await s.submit_all([PlaceOp("b1", order("late", Side.BUY, 1_000, 5_000))])
+    assert isinstance(refused, Failed) and refused.error.code == "sequencer_stopped"
