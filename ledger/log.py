@@ -335,9 +335,9 @@ async def _insert_key(
 
 
 async def open_ledger(
-    dsn: str, signer: Signer, origin: str | None = None, *, max_batch: int = 1000
+    dsn: str, signer: Signer, origin: str | None = None
 ) -> tuple[Ledger, MerkleLog]:
     """Open the single writer with the Merkle log installed."""
     log = MerkleLog(signer, origin)
-    ledger = await Ledger.open(dsn, max_batch=max_batch, hooks=[log])
+    ledger = await Ledger.open(dsn, hooks=[log])
     return ledger, log

@@ -21,7 +21,7 @@ from litestar import Litestar
 
 from ledger.keys import load_or_create_signer
 from ledger.log import MerkleLog
-from market.sequencer import Sequencer
+from market.sequencer import QUEUE_MAX, Sequencer
 from ops.config import Settings
 from ops.database import database_url
 
@@ -49,6 +49,7 @@ def exchange_lifespan(
             url,
             hooks=[MerkleLog(signer, settings.exchange_name)],
             publish=None if hub is None else hub.publish,
+            queue_max=settings.queue_max or QUEUE_MAX,
         )
         if hub is not None and hasattr(hub, "load"):
             hub.load(book.depth(1_000_000) for book in sequencer.engine.books())
@@ -61,7 +62,7 @@ def exchange_lifespan(
         gc.set_threshold(50_000, 20, 50)
         log.info(
             "exchange open: %d instruments, ledger size %d",
-            len(sequencer.terms),
+            len(sequencer.market.instruments),
             sequencer.ledger.size,
         )
         try:

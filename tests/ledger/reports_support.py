@@ -144,7 +144,7 @@ async def build_activity(db_url: str) -> Activity:
             "close:1", b1, p1, TERMS, 5_000, 25_000, T0 + DAY + HOUR
         )
         for tx in (d1, d2, close):
-            result = await ledger.submit(tx)
+            (result,) = await ledger.apply_batch([tx])
             assert result.committed, result
     finally:
         await ledger.close()

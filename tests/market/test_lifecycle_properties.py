@@ -217,7 +217,7 @@ def check_invariants(s: Sequencer, model: Model) -> None:
             pairs.setdefault(a.owner, [0, 0])[1] = b.total
     for owner, (ent, esc) in pairs.items():
         assert (ent == 0) == (esc == 0), (owner, ent, esc)
-    terms = s.terms[SYM]
+    terms = s.market.instrument(SYM).terms
     for (buyer, provider), tokens in model.ent.items():
         assert s.ledger.balance(settlement.entitlement(buyer, provider, SYM)).total == tokens
         escrow = s.ledger.balance(settlement.escrow(buyer, provider, terms)).total
