@@ -64,12 +64,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger import settlement
 from ledger.errors import IdempotencyConflict, LedgerUnavailable
 from ledger.rows import BatchRows
-from ledger.settlement import Terms
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger, LedgerBatch
+from market.clearing import rules as settlement
+from market.clearing.rules import Terms
 from market.engine import MatchingEngine
 from market.errors import DuplicateInstrument, InvalidInstrument, UnknownInstrument
 from market.instruments import make_instrument

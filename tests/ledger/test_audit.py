@@ -10,21 +10,20 @@ import asyncpg
 import msgspec
 import pytest
 
-from ledger.audit import (
+from ledger.audit.export import ExportEmpty, export
+from ledger.audit.records import (
     AuditFailure,
     Balances,
     CheckpointRecord,
     End,
     Entries,
-    ExportEmpty,
+    FrameWriter,
     Header,
     Keys,
     Record,
-    _frames,
-    _FrameWriter,
-    export,
-    verify_file,
+    read_frames,
 )
+from ledger.audit.verify import verify_file
 from ledger.canonical import decode_transaction, transaction_bytes
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.keys import rotate
@@ -114,13 +113,13 @@ async def export_bytes(url: str, from_index: int = 0, to_index: int | None = Non
 def records(data: bytes) -> list[Record]:
     import hashlib
 
-    return [r for r, _ in _frames(io.BytesIO(data), hashlib.sha256())]
+    return [r for r, _ in read_frames(io.BytesIO(data), hashlib.sha256())]
 
 
 def rebuild(recs: list[Record]) -> bytes:
     """Re-serialise records, recomputing the end record as a careful forger would."""
     out = io.BytesIO()
-    w = _FrameWriter(out)
+    w = FrameWriter(out)
     entries = sum(len(r.bodies) for r in recs if isinstance(r, Entries))
     cps = sum(isinstance(r, CheckpointRecord) for r in recs)
     for r in recs:
