@@ -78,6 +78,8 @@ class _Verifier:
         self.next_index = 0
         self.balances: dict[tuple[str, str, str], list[int]] = {}
         self.closing: list[BalanceRow] = []
+        self.opening_rows = 0
+        self._last_opening: BalanceRow | None = None
         self.entries = 0
         self.checkpoints = 0
         self.last_cp_size = -1
@@ -128,11 +130,14 @@ class _Verifier:
         if self.header.from_index == 0:
             raise AuditFailure("opening balances", "present in an export from index 0")
         balances = self.balances
+        previous = _check_order("opening", rec.rows, self.opening_rows, self._last_opening)
         for owner, asset, kind, available, held in rec.rows:
             key = (owner, asset, kind)
             if key in balances or not (available or held):
                 raise AuditFailure("opening balances", f"repeated or zero row for {key}")
             balances[key] = [available, held]
+        self.opening_rows += len(rec.rows)
+        self._last_opening = previous
 
     def entries_record(self, rec: Entries) -> None:
         if rec.start != self.next_index:
@@ -256,6 +261,8 @@ class _Verifier:
         self.checkpoints += 1
 
     def closing_record(self, rec: Balances) -> None:
+        last = self.closing[-1] if self.closing else None
+        _check_order("closing", rec.rows, len(self.closing), last)
         self.closing.extend(rec.rows)
 
     def finish_body(self) -> None:
@@ -283,6 +290,24 @@ class _Verifier:
                 f"account {diff[0]}|{diff[1]}|{diff[2]})",
             )
         return len(exported)
+
+
+def _check_order(
+    which: str, rows: list[BalanceRow], first: int, previous: BalanceRow | None
+) -> BalanceRow | None:
+    """Balance rows come in the documented order: ascending by (owner, asset, kind), each
+    account once, across all the chunks of one kind (`first` numbers the rows before these,
+    `previous` is the last of them). Raises naming the first row out of order; returns the
+    last row."""
+    for n, row in enumerate(rows, start=first):
+        if previous is not None and row[:3] <= previous[:3]:
+            raise AuditFailure(
+                f"{which} balances row {n}",
+                f"account {row[0]}|{row[1]}|{row[2]} is out of order (not after "
+                f"{previous[0]}|{previous[1]}|{previous[2]}): rows are sorted by account",
+            )
+        previous = row
+    return previous
 
 
 def verify_file(f: BinaryIO, trusted: Verifier | None = None) -> VerifyReport:

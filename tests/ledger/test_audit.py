@@ -278,6 +278,38 @@ async def test_appended_forged_entry(books: Books) -> None:
     assert "after the last checkpoint" in err.reason or err.where.startswith("entry")
 
 
+async def test_closing_balances_out_of_order_are_refused(books: Books) -> None:
+    """Closing rows are documented sorted: the same rows in another order (every balance
+    still right) are refused, naming the first row out of order, also across chunks."""
+    recs = records(await export_bytes(books.url))
+    pos = next(i for i, r in enumerate(recs) if isinstance(r, Balances) and r.which == "closing")
+    closing = recs[pos]
+    assert isinstance(closing, Balances) and len(closing.rows) > 3
+    rows = closing.rows
+    verify(rebuild(recs), books.keys[0])  # rebuilt as it was: verifies
+    swapped = [rows[0], rows[2], rows[1], *rows[3:]]
+    recs[pos] = Balances("closing", swapped)
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where == "closing balances row 2"
+    assert f"{rows[1][0]}|{rows[1][1]}|{rows[1][2]} is out of order" in err.reason
+    # Two chunks, each sorted, the second starting before the end of the first.
+    recs[pos : pos + 1] = [Balances("closing", rows[2:]), Balances("closing", rows[:2])]
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where == f"closing balances row {len(rows) - 2}"
+    # A repeated row is out of order too (not after itself).
+    recs[pos : pos + 2] = [Balances("closing", [*rows, rows[-1]])]
+    assert failure(rebuild(recs), books.keys[0]).where == f"closing balances row {len(rows)}"
+
+
+async def test_opening_balances_out_of_order_are_refused(books: Books) -> None:
+    recs = records(await export_bytes(books.url, 40))
+    pos = next(i for i, r in enumerate(recs) if isinstance(r, Balances) and r.which == "opening")
+    opening = recs[pos]
+    assert isinstance(opening, Balances) and len(opening.rows) > 1
+    recs[pos] = Balances("opening", opening.rows[::-1])
+    assert failure(rebuild(recs), books.keys[0]).where == "opening balances row 1"
+
+
 async def test_random_byte_flips_never_verify(books: Books) -> None:
     data = await export_bytes(books.url)
     rng = random.Random(2024)
