@@ -184,7 +184,8 @@ COMMAND_GROUPS: list[Callable[[Any], None]] = [
 ]
 
 
-#: The group that registers each top-level command: `main` builds only that one.
+#: The group that registers each top-level command: `main` builds only that one. A command
+#: missing here still works (`main` then builds every group), it just loads them all.
 GROUP_OF: dict[str, Callable[[Any], None]] = {
     "serve": register_core,
     "migrate": register_core,
