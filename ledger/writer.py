@@ -261,8 +261,8 @@ class Ledger:
 
         `ids` are the transaction ids that callers chose (deposit ids, ...),
         looked up first so that a replay gets its first outcome. Ids the caller
-        derives itself and knows to be new (from order ids, fill sequence
-        numbers) need not be listed; should one exist after all, the commit
+        derives itself and knows to be new (from its own sequence numbers)
+        need not be listed; should one exist after all, the commit
         fails on the unique index and nothing of the batch is applied.
 
         Inside the block, `batch.apply(tx)` applies at once to the in-memory
@@ -296,8 +296,8 @@ class Ledger:
                 await self._commit(batch)
             finally:
                 # An extra write usually closes over the caller's batch, which holds this
-                # one: a reference cycle that would leave the whole batch (entries, orders,
-                # fills) to the cycle collector, whose pauses then grow to tens of ms.
+                # one: a reference cycle that would leave the whole batch (entries and the
+                # caller's rows) to the cycle collector, whose pauses then grow to tens of ms.
                 batch.extra.clear()
 
     async def _commit(self, batch: LedgerBatch) -> None:

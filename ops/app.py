@@ -36,10 +36,10 @@ from litestar.types import ControllerRouterHandler
 
 from ledger.api import ledger_router
 from ledger.migrate import schema_version
-from ledger.reports_api import reports_router
 from market.accounts_api import accounts_router
 from market.api import trading_router
 from market.auth import Authenticator, AuthMiddleware, RateLimiter, provide_principal
+from market.clearing.reports_api import reports_router
 from market.feed import MarketData
 from market.stream import market_stream
 from ops.config import Settings

@@ -21,8 +21,8 @@ next step).
 
 from __future__ import annotations
 
-from ledger import settlement
-from ledger.settlement import Terms
+from market.clearing import rules as settlement
+from market.clearing.rules import Terms
 from market.instruments import make_instrument
 from market.sequencer.batch import Batch, must
 from market.sequencer.errors import DuplicateInstrument

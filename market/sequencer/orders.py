@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ledger import settlement
+from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, digest, replayed
 from market.sequencer.errors import InstrumentSettled, OrderRefused, UnknownOrder
 from market.sequencer.settle import apply_events

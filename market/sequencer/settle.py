@@ -1,7 +1,7 @@
 """Engine events -> ledger transactions and order rows (the stage after matching).
 
 `apply_events` takes what the engine said of a command — accepted, rejected, filled,
-cancelled, expired, amended — and stages, through `ledger.settlement`, the hold an
+cancelled, expired, amended — and stages, through `market.clearing.rules`, the hold an
 accepted order takes, delivery versus payment per fill, the releases of what a done
 order no longer needs and the re-hold of an amended one; and updates the batch's
 order rows to match. Every transaction here was made certain by the pre-trade check:
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ledger import settlement
+from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, must
 from market.store import OrderRow
 from schemas.market import (

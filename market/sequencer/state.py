@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ledger.settlement import Terms
 from market.book import OrderBook
+from market.clearing.rules import Terms
 from market.engine import MatchingEngine
 from market.errors import UnknownInstrument
 from market.store import OrderRow

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from ledger import settlement
+from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, checked, digest, replayed
 from market.sequencer.errors import (
     EntitlementExceeded,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ledger import settlement
+from market.clearing import rules as settlement
 from market.sequencer.state import InstrumentState, MarketState
 from schemas.ledger import Balance
 from schemas.trading import EntitlementView, InstrumentView, SettlementView

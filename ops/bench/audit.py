@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger.audit import verify_file
+from ledger.audit.verify import verify_file
 from ledger.log import open_ledger
 from ledger.note import Signer
 from ops.bench.ledger import drop_database, fresh_database

@@ -41,7 +41,7 @@ async def fresh_database(base_url: str) -> str:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    from ledger.migrate import migrate  # the project's migration runner
+    from market.schema import migrate  # the exchange's migrations
 
     dsn = with_database(base_url, name)
     conn = await asyncpg.connect(dsn)

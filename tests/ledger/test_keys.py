@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ledger.audit import export, verify_file
+from ledger.audit.export import export
+from ledger.audit.verify import verify_file
 from ledger.canonical import decode_transaction
 from ledger.checkpoint import verify_checkpoint
 from ledger.keys import (

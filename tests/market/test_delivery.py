@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
-from ledger import settlement
+from market.clearing import rules as settlement
 from market.sequencer import (
     CloseInstrumentOp,
     CreateInstrumentOp,

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from ledger import settlement
 from ledger.errors import LedgerUnavailable
 from ledger.rows import BatchRows
 from ledger.store import load_state, nonzero, recomputed_balances
+from market.clearing import rules as settlement
 from market.sequencer import (
     AmendOp,
     CancelAllOp,
