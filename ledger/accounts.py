@@ -1,6 +1,6 @@
 """Account rules: which accounts may go below zero, and how names are checked.
 
-User accounts (cash, capacity, entitlement, escrow, fees...) may never go below
+User accounts (every kind but the system ones below) may never go below
 zero on either bucket. System accounts are the exchange's sources and sinks of
 value, the other side of money entering or leaving the ledger: `issuance`
 (where token capacity is minted from and burned back to) and `bank` (the

@@ -1,6 +1,6 @@
 """The public, read-only API of the verifiable ledger (``/v1/ledger/...``).
 
-Everything here is read from the database the single writer fills (``ledger_transactions``
+Everything here is read from the database the single writer writes (``ledger_transactions``
 and the Merkle log tables of migration 0002), so it works in any process that has the pool.
 Nothing needs authentication: checkpoints, proofs and entries are what an auditor checks.
 

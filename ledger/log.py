@@ -53,7 +53,7 @@ from ledger.writer import Ledger
 from schemas.errors import DomainError, ErrorKind
 
 __all__ = [
-    "BACKFILL_CHUNK",
+    "CATCH_UP_CHUNK",
     "LogInconsistent",
     "MerkleLog",
     "SigningKeyNotCurrent",
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-BACKFILL_CHUNK = 10_000
+CATCH_UP_CHUNK = 10_000
 _PLACEHOLDER = bytes(32)
 
 
@@ -294,7 +294,7 @@ class MerkleLog:
                     "SELECT body FROM ledger_transactions WHERE idx >= $1 AND idx < $2 "
                     "ORDER BY idx",
                     start,
-                    min(ledger_size, start + BACKFILL_CHUNK),
+                    min(ledger_size, start + CATCH_UP_CHUNK),
                 )
                 staged = BatchRows()
                 self.stage_leaves(staged, [bytes(r["body"]) for r in rows])
@@ -335,9 +335,9 @@ async def _insert_key(
 
 
 async def open_ledger(
-    dsn: str, signer: Signer, origin: str | None = None, *, max_batch: int = 1000
+    dsn: str, signer: Signer, origin: str | None = None
 ) -> tuple[Ledger, MerkleLog]:
     """Open the single writer with the Merkle log installed."""
     log = MerkleLog(signer, origin)
-    ledger = await Ledger.open(dsn, max_batch=max_batch, hooks=[log])
+    ledger = await Ledger.open(dsn, hooks=[log])
     return ledger, log

@@ -1,7 +1,12 @@
 """The schema migration runner.
 
-Migrations are numbered SQL files, `ledger/migrations/NNNN_<name>.sql`,
-shipped as package data and applied in order:
+Migrations are numbered SQL files, `<package>/migrations/NNNN_<name>.sql`,
+shipped as package data. A schema may be made of several directories (an
+application built on the ledger adds its own after the ledger's): their files
+form one numbered sequence, 1..N across all of them, and are applied in that
+order. A migration is recorded by number, name and checksum only, so moving a
+file to another directory changes nothing for a database that applied it.
+Applying works the same for one directory or several:
 
 * under a session-level advisory lock, so concurrent runners (two `tokex`
   processes starting at once) apply each file exactly once;
@@ -86,32 +91,37 @@ class Migration:
         )
 
 
-def default_directory() -> Traversable:
-    """The migrations shipped with the package."""
-    return resources.files("ledger") / "migrations"
+Directory = Traversable | Path | str
+#: Where migrations come from: one directory, several, or the migrations themselves.
+Source = Directory | Iterable[Directory] | Sequence[Migration]
 
 
-def load_migrations(directory: Traversable | Path | str | None = None) -> list[Migration]:
-    """Read and check the `*.sql` files of `directory` (default: the package's).
+def package_directory(package: str) -> Traversable:
+    """The `migrations` directory shipped (as package data) inside `package`."""
+    return resources.files(package) / "migrations"
 
-    Raises `MigrationError` if a file is misnamed, a number repeats, or the
-    numbers are not contiguous from 1: a gap usually means a lost file.
-    """
-    root: Traversable = (
-        default_directory()
-        if directory is None
-        else Path(directory)
-        if isinstance(directory, str)
-        else directory
-    )
+
+def _files(directory: Directory) -> list[Migration]:
+    root: Traversable = Path(directory) if isinstance(directory, str) else directory
     if not root.is_dir():
         return []
-    found = [
+    return [
         Migration.from_text(entry.name, entry.read_bytes())
         for entry in root.iterdir()
         if entry.name.endswith(".sql") and entry.is_file()
     ]
-    return check_sequence(found)
+
+
+def load_migrations(directories: Directory | Iterable[Directory]) -> list[Migration]:
+    """Read and check the `*.sql` files of one directory or of several, as one sequence.
+
+    Raises `MigrationError` if a file is misnamed, a number repeats (within a
+    directory or across two), or the numbers are not contiguous from 1: a gap
+    usually means a lost file (or a directory left out).
+    """
+    if isinstance(directories, (str, Path, Traversable)):
+        directories = [directories]
+    return check_sequence(m for directory in directories for m in _files(directory))
 
 
 def check_sequence(migrations: Iterable[Migration]) -> list[Migration]:
@@ -135,19 +145,23 @@ async def schema_version(conn: asyncpg.Connection) -> int:
     return int(version)
 
 
-async def migrate(
-    conn: asyncpg.Connection,
-    migrations: Sequence[Migration] | Traversable | Path | str | None = None,
-) -> int:
+def _resolve(source: Source) -> list[Migration]:
+    if isinstance(source, (str, Path, Traversable)):
+        return load_migrations(source)
+    given = [item for item in source if isinstance(item, Migration)]
+    directories = [item for item in source if not isinstance(item, Migration)]
+    if given and directories:
+        raise MigrationError("give migrations or directories of them, not both")
+    return check_sequence(given) if given else load_migrations(directories)
+
+
+async def migrate(conn: asyncpg.Connection, migrations: Source) -> int:
     """Apply pending migrations; return the schema version afterwards.
 
-    `migrations`: the package's files by default, or a directory, or a list
-    (tests feed their own). `conn` must not be inside a transaction.
+    `migrations`: a directory, several (one numbered sequence across them), or a
+    list of `Migration` (tests feed their own). `conn` must not be inside a transaction.
     """
-    if migrations is None or isinstance(migrations, (str, Path, Traversable)):
-        pending_all = load_migrations(migrations)
-    else:
-        pending_all = check_sequence(migrations)
+    pending_all = _resolve(migrations)
     if conn.is_in_transaction():
         raise MigrationError("migrate() needs a connection outside any transaction")
 

@@ -46,12 +46,9 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger import ed25519
 from schemas.errors import DomainError, ErrorKind
 
 __all__ = [
@@ -167,7 +164,8 @@ def _parse_key_id(hex_id: str) -> int:
 
 
 class Verifier:
-    """A named Ed25519 public key that can check note signatures."""
+    """A named Ed25519 public key that can check note signatures (strictly, see
+    `ledger.ed25519`); a malformed or weak (small-order) key is refused: `KeyInvalid`."""
 
     __slots__ = ("_key", "key_id", "name", "public_key")
 
@@ -175,10 +173,14 @@ class Verifier:
         _check_name(name)
         if len(public_key) != 32:
             raise KeyInvalid("Ed25519 public key must be 32 bytes")
+        try:
+            ed25519.check_public_key(public_key)
+        except (ed25519.MalformedKey, ed25519.WeakKey) as exc:
+            raise KeyInvalid(f"Ed25519 public key refused: {exc}") from None
         self.name = name
         self.public_key = bytes(public_key)
         self.key_id = key_id(name, self.public_key)
-        self._key = Ed25519PublicKey.from_public_bytes(self.public_key)
+        self._key = self.public_key  # what `verify` checks against
 
     @classmethod
     def parse(cls, vkey: str) -> Verifier:
@@ -205,11 +207,7 @@ class Verifier:
         return f"{self.name}+{self.key_id:08x}+{b64}"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
-        try:
-            self._key.verify(signature, message)
-        except InvalidSignature:
-            return False
-        return True
+        return ed25519.verify(self._key, signature, message)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Verifier):

@@ -1,13 +1,13 @@
 """The rows a batch adds to many tables, written by one SQL statement.
 
-A batch of the exchange touches up to a dozen tables (transactions, entries, holds,
-Merkle nodes, the checkpoint, the journal, orders, fills, ...). Written table by table,
-that was some fifteen round trips to PostgreSQL per batch (a binary COPY is two), and on a
-busy event loop each round trip waits its turn behind the requests being served: the
-commit took most of the sequencer's cycle. Here every table's rows become one
-data-modifying CTE, `INSERT ... SELECT * FROM unnest($1::type[], ...)`, and the whole batch
-is one statement: one round trip, and outside a transaction block its own atomic commit
-(all of it or none of it).
+A batch of the exchange touches up to a dozen tables (transactions, entries, holds, Merkle
+nodes, the checkpoint, and the application's own rows through `also_write`). Written table
+by table, that was some fifteen round trips to PostgreSQL per batch (a binary COPY is two),
+and on a busy event loop each round trip waits its turn behind the requests being served:
+the commit took most of the sequencer's cycle. Here every table's rows become one
+data-modifying CTE, `INSERT ... SELECT * FROM unnest($1::type[], ...)`, and the whole batch is
+one statement: one round trip, and outside a transaction block its own atomic commit (all of
+it or none of it).
 
 Column types come from the catalog (once per table and process), so callers name only
 columns. Rows that give every column of their table, in order, travel as one array of the

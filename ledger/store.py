@@ -160,7 +160,7 @@ async def _load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds
 #: thousands of times while the tables grow from empty; PostgreSQL's cached generic plan,
 #: made when a table was small, can keep scanning the whole table on every batch (a join
 #: against unnest() of the batch's keys did: the API bench fell from 3,300 to 2,000 orders/s
-#: as market_orders grew). A custom plan per execution sees each table's current size.
+#: as the tables grew). A custom plan per execution sees each table's current size.
 WRITER_SETTINGS = {"application_name": "tokex-writer", "plan_cache_mode": "force_custom_plan"}
 
 

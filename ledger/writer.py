@@ -5,11 +5,11 @@ thing that writes ledger entries. It takes a session advisory lock on its own
 connection, so a second writer (another process on the same database) is
 refused instead of racing it.
 
-Callers either hand it a whole batch (`apply_batch`, what the sequencer does)
-or `submit` one transaction and await its result; submitted transactions are
-queued and drained in batches of up to `max_batch`, each batch applied in
-memory, written in one SQL statement (`ledger.rows`: one round trip, atomic) and
-committed before any of its callers is answered. Nothing is acknowledged before it is durable.
+Callers stage a batch (`batch()`, what the sequencer does: apply transactions to
+memory as they come, with pre-trade checks against the in-memory state in between)
+or hand it a list (`apply_batch`); each batch is written in one SQL statement
+(`ledger.rows`: one round trip, atomic) and committed before its caller hears of
+it. Nothing is acknowledged before it is durable.
 
 Balances and holds are snapshotted every `snapshot_every` transactions (and
 on close); start-up loads the snapshot and replays the journal after it.
@@ -17,7 +17,7 @@ on close); start-up loads the snapshot and replays the journal after it.
 If writing a batch fails, the in-memory state may hold changes the database
 never got, so the writer throws it away and reloads from the database (the
 same path as start-up), then answers every caller of that batch with
-`LedgerUnavailable`.
+`LedgerUnavailable`. Where the writer is in that life is one `WriterState`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from enum import Enum
 from typing import Protocol
 
 import asyncpg
@@ -50,7 +51,7 @@ from ledger.store import (
     take_snapshot,
     write_snapshot,
 )
-from schemas.ledger import Account, Balance, Hold, Transaction, TransactionResult
+from schemas.ledger import Account, Balance, Transaction, TransactionResult
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,17 @@ class CommitHook(Protocol):
         """Called after a failed commit: drop in-memory state, reload it from the database."""
 
 
+class WriterState(Enum):
+    """Where the writer is: OPEN; a failed commit: OPEN -> RECOVERING (reloading from
+    the database) -> OPEN, or BROKEN if the reload fails (retried before the next
+    batch; nothing is written until then); `close`: -> CLOSED."""
+
+    OPEN = "open"
+    RECOVERING = "recovering"
+    BROKEN = "broken"  # memory may hold a batch that never committed
+    CLOSED = "closed"
+
+
 class Ledger:
     """The one writer of the ledger: applies, persists and answers, in batches."""
 
@@ -92,7 +104,6 @@ class Ledger:
         ids: AccountIds,
         dirty: Dirty,
         *,
-        max_batch: int,
         snapshot_every: int = SNAPSHOT_EVERY,
         hooks: Sequence[CommitHook] = (),
     ) -> None:
@@ -101,26 +112,19 @@ class Ledger:
         self._snapshot_task: asyncio.Task[None] | None = None
         self._full_snapshot = False
         self._dsn: str | None = None  # set by `open`; lets the writer reconnect
-        self._broken = False  # the state could not be reloaded: reload before any batch
+        self._state = WriterState.OPEN
         self._dirty = dirty
         self._snapshot_every = snapshot_every
         self._hooks = tuple(hooks)
-        self._state = state
+        self._memory = state
         self._ids = ids
-        self._max_batch = max_batch
         self._lock = asyncio.Lock()
-        self._queue: asyncio.Queue[tuple[Transaction, asyncio.Future[TransactionResult]]] = (
-            asyncio.Queue()
-        )
-        self._drainer: asyncio.Task[None] | None = None
-        self._closed = False
 
     @classmethod
     async def open(
         cls,
         dsn: str,
         *,
-        max_batch: int = 1000,
         snapshot_every: int = SNAPSHOT_EVERY,
         hooks: Sequence[CommitHook] = (),
     ) -> Ledger:
@@ -138,51 +142,42 @@ class Ledger:
         except BaseException:
             await conn.close()
             raise
-        ledger = cls(
-            conn,
-            state,
-            ids,
-            dirty,
-            max_batch=max_batch,
-            snapshot_every=snapshot_every,
-            hooks=hooks,
-        )
+        ledger = cls(conn, state, ids, dirty, snapshot_every=snapshot_every, hooks=hooks)
         ledger._dsn = dsn
         return ledger
 
     async def close(self) -> None:
-        """Answer what is queued, write a snapshot, release the writer lock."""
-        self._closed = True
-        if self._drainer is not None:
-            await self._queue.join()
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
-        try:
-            await self.snapshot()
-        except Exception:  # the journal has it all; the snapshot only shortens recovery
-            log.warning("no snapshot on close: the database is unreachable", exc_info=True)
-        finally:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
-            if self._snapshot_conn is not None:
+        """Wait for the batch under way, write a snapshot, release the writer lock."""
+        async with self._lock:
+            try:
+                await self._snapshot()
+            except Exception:  # the journal has it all; the snapshot only shortens recovery
+                log.warning("no snapshot on close: the database is unreachable", exc_info=True)
+            finally:
+                self._state = WriterState.CLOSED
                 with contextlib.suppress(Exception):
-                    await self._snapshot_conn.close()
+                    await self._conn.close()
+                if self._snapshot_conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._snapshot_conn.close()
 
     async def snapshot(self) -> None:
         """Write the balances and holds changed since the last snapshot, now (recovery
         then replays less). Also waits for a snapshot being written in the background."""
         async with self._lock:
-            await self._settle_snapshot_task()
-            if self._broken:  # memory may hold a batch that never committed: write nothing
-                return
-            if (not self._dirty.transactions and not self._full_snapshot) or self._conn.is_closed():
-                return
-            snap = take_snapshot(self._state, self._ids, self._dirty, full=self._full_snapshot)
-            async with self._conn.transaction():
-                await write_snapshot(self._conn, snap)
-            self._dirty = Dirty()
-            self._full_snapshot = False
+            await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        await self._settle_snapshot_task()
+        if self._state is not WriterState.OPEN:  # memory may hold a failed batch: write nothing
+            return
+        if (not self._dirty.transactions and not self._full_snapshot) or self._conn.is_closed():
+            return
+        snap = take_snapshot(self._memory, self._ids, self._dirty, full=self._full_snapshot)
+        async with self._conn.transaction():
+            await write_snapshot(self._conn, snap)
+        self._dirty = Dirty()
+        self._full_snapshot = False
 
     async def wait_for_snapshot(self) -> None:
         """Wait until a snapshot being written in the background is done (or failed)."""
@@ -205,7 +200,7 @@ class Ledger:
         of accounts and holds would otherwise stall it for a good fraction of a second)."""
         if self._snapshot_task is not None and not self._snapshot_task.done():
             return  # one at a time; this batch's changes go into the next one
-        snap = take_snapshot(self._state, self._ids, self._dirty, full=self._full_snapshot)
+        snap = take_snapshot(self._memory, self._ids, self._dirty, full=self._full_snapshot)
         self._dirty = Dirty()
         self._full_snapshot = False
         self._snapshot_task = asyncio.create_task(self._write_snapshot(snap))
@@ -229,62 +224,20 @@ class Ledger:
     # -- reads of the committed in-memory state -----------------------------------
 
     def balance(self, account: Account) -> Balance:
-        return self._state.balance(account)
+        return self._memory.balance(account)
 
     def balances(self) -> list[Balance]:
-        return self._state.all_balances()
-
-    def hold(self, hold_id: str) -> Hold | None:
-        return self._state.holds.get(hold_id)
-
-    def open_holds(self) -> list[Hold]:
-        return list(self._state.holds.values())
+        return self._memory.all_balances()
 
     @property
     def size(self) -> int:
         """How many transactions are committed (the next leaf index)."""
-        return self._state.next_index
+        return self._memory.next_index
 
     def asset_totals(self) -> dict[str, int]:
-        return self._state.asset_totals()
+        return self._memory.asset_totals()
 
     # -- writes -------------------------------------------------------------------
-
-    async def submit(self, tx: Transaction) -> TransactionResult:
-        """Queue one transaction for the next group commit and await its outcome."""
-        if self._closed:
-            raise LedgerUnavailable("the ledger is closed")
-        if self._drainer is None:
-            self._drainer = asyncio.create_task(self._drain(), name="ledger-group-commit")
-        future: asyncio.Future[TransactionResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put((tx, future))
-        return await future
-
-    async def _drain(self) -> None:
-        queue = self._queue
-        while True:
-            items = [await queue.get()]
-            while len(items) < self._max_batch and not queue.empty():
-                items.append(queue.get_nowait())
-            try:
-                results = await self.apply_batch([tx for tx, _ in items])
-            except Exception as exc:  # answered to every caller of the batch
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for (_, future), result in zip(items, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-            finally:
-                for _ in items:
-                    queue.task_done()
-
-    async def expire_holds(self, now: int) -> list[TransactionResult]:
-        """Void every open hold whose expiry time has come by `now`."""
-        async with self._lock:
-            due = self._state.expiries(now)
-        return await self.apply_batch(due) if due else []
 
     async def apply_batch(
         self, txs: Sequence[Transaction], extra: ExtraWrite | None = None
@@ -308,8 +261,8 @@ class Ledger:
 
         `ids` are the transaction ids that callers chose (deposit ids, ...),
         looked up first so that a replay gets its first outcome. Ids the caller
-        derives itself and knows to be new (from order ids, fill sequence
-        numbers) need not be listed; should one exist after all, the commit
+        derives itself and knows to be new (from its own sequence numbers)
+        need not be listed; should one exist after all, the commit
         fails on the unique index and nothing of the batch is applied.
 
         Inside the block, `batch.apply(tx)` applies at once to the in-memory
@@ -319,9 +272,9 @@ class Ledger:
         remains anywhere. A failed commit raises `LedgerUnavailable`.
         """
         async with self._lock:
-            if self._closed:
+            if self._state is WriterState.CLOSED:
                 raise LedgerUnavailable("the ledger is closed")
-            if self._broken:
+            if self._state is WriterState.BROKEN:
                 try:
                     await self._recover()
                 except Exception as exc:
@@ -330,9 +283,9 @@ class Ledger:
             try:
                 prior = await prior_outcomes(self._conn, wanted) if wanted else {}
             except Exception as exc:
-                self._broken = True  # reconnect and reload before the next batch
+                self._state = WriterState.BROKEN  # reconnect and reload before the next batch
                 raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
-            batch = LedgerBatch(self._state, prior)
+            batch = LedgerBatch(self._memory, prior)
             try:
                 try:
                     yield batch
@@ -343,8 +296,8 @@ class Ledger:
                 await self._commit(batch)
             finally:
                 # An extra write usually closes over the caller's batch, which holds this
-                # one: a reference cycle that would leave the whole batch (entries, orders,
-                # fills) to the cycle collector, whose pauses then grow to tens of ms.
+                # one: a reference cycle that would leave the whole batch (entries and the
+                # caller's rows) to the cycle collector, whose pauses then grow to tens of ms.
                 batch.extra.clear()
 
     async def _commit(self, batch: LedgerBatch) -> None:
@@ -386,20 +339,21 @@ class Ledger:
         again before the next batch; nothing is written until it has reloaded.
         """
         log.warning("ledger reloading its state from the database")
-        self._broken = True
+        self._state = WriterState.RECOVERING
         try:
             if self._conn.is_closed() or not await connection_alive(self._conn):
                 await self._reconnect()
             else:  # a migration may have changed a table: read the catalog again
                 await self._conn.reload_schema_state()
             forget_table_layouts()
-            self._state, self._ids, self._dirty = await load_state(self._conn)
+            self._memory, self._ids, self._dirty = await load_state(self._conn)
             for hook in self._hooks:
                 await hook.reload(self._conn)
-        except Exception:
+        except BaseException:
+            self._state = WriterState.BROKEN
             log.exception("ledger could not reload its state; will retry before the next batch")
             raise
-        self._broken = False
+        self._state = WriterState.OPEN
 
     async def _reconnect(self) -> None:
         if self._dsn is None:
@@ -412,9 +366,13 @@ class Ledger:
         self._conn = conn
 
     @property
+    def state(self) -> WriterState:
+        return self._state
+
+    @property
     def healthy(self) -> bool:
         """False while the writer could not reload its state after a failure."""
-        return not self._broken and not self._closed
+        return self._state is WriterState.OPEN
 
 
 class LedgerBatch:

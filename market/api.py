@@ -40,8 +40,11 @@ from market.sequencer import (
     CreateInstrumentOp,
     DeliveryOp,
     DepositOp,
+    Done,
+    Failed,
     ListingOp,
     OrderRefused,
+    Outcome,
     PlaceOp,
     Sequencer,
     UnknownOrder,
@@ -152,8 +155,7 @@ def _refuse_if_rejected(order: OrderView) -> OrderView:
 @post("/instruments", guards=[requires_role(Role.OPERATOR)], status_code=201)
 async def create_instrument(data: JSONBody[CreateInstrument], sequencer: Seq) -> InstrumentView:
     """List a new instrument (operator)."""
-    result: InstrumentView = await sequencer.submit(CreateInstrumentOp(data))
-    return result
+    return await sequencer.submit(CreateInstrumentOp(data))
 
 
 @get("/instruments", opt=PUBLIC)
@@ -224,8 +226,7 @@ async def deposit(data: JSONBody[Deposit], sequencer: Seq, pool: Pool) -> Ledger
         )
     if not exists:
         raise UnknownAccount(f"no account {data.account_id}")
-    result: LedgerReceipt = await sequencer.submit(DepositOp(data))
-    return result
+    return await sequencer.submit(DepositOp(data))
 
 
 @post("/listings", guards=[requires_role(Role.PROVIDER)], status_code=201)
@@ -233,8 +234,7 @@ async def list_capacity(
     data: JSONBody[Listing], sequencer: Seq, principal: Caller
 ) -> LedgerReceipt:
     """List token capacity of an instrument (provider). Idempotent per `listing_id`."""
-    result: LedgerReceipt = await sequencer.submit(ListingOp(principal.account_id, data))
-    return result
+    return await sequencer.submit(ListingOp(principal.account_id, data))
 
 
 @get("/balances")
@@ -281,43 +281,44 @@ async def place_order(data: JSONBody[PlaceOrder], request: Request[Any, Any, Any
     """Place an order. Retrying with the same `client_order_id` and body returns the same order."""
     sequencer, principal = _trader(request)
     _check_side(principal, data.side)
-    order: OrderView = await sequencer.submit(PlaceOp(principal.account_id, data))
-    return _refuse_if_rejected(order)
+    return _refuse_if_rejected(await sequencer.submit(PlaceOp(principal.account_id, data)))
 
 
 @post("/orders/batch", status_code=200)
 async def place_orders(
     data: JSONBody[PlaceOrders], request: Request[Any, Any, Any]
 ) -> list[OrderResult]:
-    """Place up to 50 orders; each is accepted or refused on its own, in order."""
+    """Place up to 50 orders; each is accepted or refused on its own, in order.
+
+    The orders are queued all together or not at all: if the sequencer's queue has no
+    room for every one, the whole request answers 503 `exchange_busy` (none placed)."""
     sequencer, principal = _trader(request)
-    outcomes: list[Any] = []
+    refusals: list[DomainError | None] = []
     ops: list[PlaceOp] = []
     for order in data.orders:
         try:
             _check_side(principal, order.side)
         except DomainError as exc:
-            outcomes.append(exc)
+            refusals.append(exc)
         else:
-            outcomes.append(None)
+            refusals.append(None)
             ops.append(PlaceOp(principal.account_id, order))
     placed = iter(await sequencer.submit_all(ops))
     results: list[OrderResult] = []
-    for order, refused in zip(data.orders, outcomes, strict=True):
-        outcome = refused if refused is not None else next(placed)
-        if isinstance(outcome, OrderView) and outcome.status == "rejected":
-            outcome = _rejection(outcome)
-        if isinstance(outcome, DomainError):
-            results.append(
-                OrderResult(
-                    client_order_id=order.client_order_id, code=outcome.code,
-                    message=outcome.message,
-                )
-            )  # fmt: skip
-        elif isinstance(outcome, BaseException):
-            raise outcome  # a bug, not the order's fault: 500 (a retry with the ids is safe)
-        else:
-            results.append(OrderResult(client_order_id=order.client_order_id, order=outcome))
+    for order, refused in zip(data.orders, refusals, strict=True):
+        outcome: Outcome[OrderView] = Failed(refused) if refused is not None else next(placed)
+        if isinstance(outcome, Done) and outcome.value.status == "rejected":
+            outcome = Failed(_rejection(outcome.value))
+        match outcome:
+            case Done(value=view):
+                results.append(OrderResult(client_order_id=order.client_order_id, order=view))
+            case Failed(error=error):
+                results.append(
+                    OrderResult(
+                        client_order_id=order.client_order_id, code=error.code,
+                        message=error.message,
+                    )
+                )  # fmt: skip
     return results
 
 
@@ -354,8 +355,7 @@ async def my_order(order_id: FromPath[int], pool: Pool, principal: Caller) -> Or
 @delete("/orders/{order_id:int}", status_code=200)
 async def cancel_order(order_id: FromPath[int], request: Request[Any, Any, Any]) -> OrderView:
     sequencer, principal = _trader(request)
-    result: OrderView = await sequencer.submit(CancelOp(principal.account_id, order_id))
-    return result
+    return await sequencer.submit(CancelOp(principal.account_id, order_id))
 
 
 @patch("/orders/{order_id:int}")
@@ -364,18 +364,14 @@ async def amend_order(
 ) -> OrderView:
     """Change a resting order's price and/or open quantity (a decrease keeps priority)."""
     sequencer, principal = _trader(request)
-    result: OrderView = await sequencer.submit(AmendOp(principal.account_id, order_id, data))
-    return result
+    return await sequencer.submit(AmendOp(principal.account_id, order_id, data))
 
 
 @post("/orders/cancel-all", status_code=200)
 async def cancel_all(data: JSONBody[CancelAll], request: Request[Any, Any, Any]) -> CancelledOrders:
     """Cancel every open order of the caller (in one instrument, or all)."""
     sequencer, principal = _trader(request)
-    result: CancelledOrders = await sequencer.submit(
-        CancelAllOp(principal.account_id, data.instrument)
-    )
-    return result
+    return await sequencer.submit(CancelAllOp(principal.account_id, data.instrument))
 
 
 @get("/fills")
@@ -399,8 +395,7 @@ async def report_delivery(
     """Tokens served to a buyer (provider): burns that much of the buyer's entitlement from
     this provider and pays the provider its share of the escrow, less the provider fee.
     Idempotent per `report_id`; above the remaining entitlement: 422 `entitlement_exceeded`."""
-    result: DeliveryView = await sequencer.submit(DeliveryOp(principal.account_id, data))
-    return result
+    return await sequencer.submit(DeliveryOp(principal.account_id, data))
 
 
 @get("/deliveries")
@@ -449,8 +444,7 @@ async def close_instrument(data: JSONBody[CloseInstrument], sequencer: Seq) -> S
     """Close an instrument's window now and settle it (operator): open orders cancelled,
     remaining entitlement burned and escrow refunded, unsold capacity burned. Idempotent:
     closing a settled instrument answers its settlement."""
-    result: SettlementView = await sequencer.submit(CloseInstrumentOp(data.instrument))
-    return result
+    return await sequencer.submit(CloseInstrumentOp(data.instrument))
 
 
 @get("/settlements", opt=PUBLIC)
@@ -466,8 +460,7 @@ async def withdraw(
 ) -> WithdrawalView:
     """Ask to withdraw available cash: it is held until the operator pays it out.
     Idempotent per `withdrawal_id`."""
-    result: WithdrawalView = await sequencer.submit(WithdrawOp(principal.account_id, data))
-    return result
+    return await sequencer.submit(WithdrawOp(principal.account_id, data))
 
 
 @get("/withdrawals")
@@ -499,10 +492,7 @@ async def withdrawal_paid(
     """The operator paid it out: the hold is posted to the operator's bank. Idempotent;
     409 `withdrawal_settled` if it was marked failed."""
     _check_withdrawal_ids(account_id, withdrawal_id)
-    result: WithdrawalView = await sequencer.submit(
-        WithdrawalOutcomeOp(account_id, withdrawal_id, paid=True)
-    )
-    return result
+    return await sequencer.submit(WithdrawalOutcomeOp(account_id, withdrawal_id, paid=True))
 
 
 @post("/withdrawals/{account_id:str}/{withdrawal_id:str}/failed", guards=_operator, status_code=200)
@@ -511,10 +501,7 @@ async def withdrawal_failed(
 ) -> WithdrawalView:
     """The payout failed: the hold is voided. Idempotent; 409 `withdrawal_settled` if paid."""
     _check_withdrawal_ids(account_id, withdrawal_id)
-    result: WithdrawalView = await sequencer.submit(
-        WithdrawalOutcomeOp(account_id, withdrawal_id, paid=False)
-    )
-    return result
+    return await sequencer.submit(WithdrawalOutcomeOp(account_id, withdrawal_id, paid=False))
 
 
 def _dependencies() -> dict[str, Any]:

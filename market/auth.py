@@ -1,20 +1,18 @@
 """Signed-request authentication, role guards and per-key rate limits.
 
-Every non-public request carries three headers:
-
-    X-Tokex-Key:        the key id (`key_<16 hex>`, see `market.accounts`)
-    X-Tokex-Timestamp:  Unix time in milliseconds
-    X-Tokex-Signature:  base64 Ed25519 signature of `request_message(...)`:
-                        "{timestamp}\\n{METHOD}\\n{path with query}\\n{hex SHA-256 of the body}"
-
-The path with query is the request target exactly as sent (percent-encoding and parameter
-order included); the body hash is over the exact bytes sent (empty body: SHA-256 of b"").
+Every non-public request carries three headers, `X-Tokex-Key`, `X-Tokex-Timestamp` and
+`X-Tokex-Signature`, signing `request_message(...)`:
+"{timestamp}\\n{METHOD}\\n{path with query}\\n{hex SHA-256 of the body}" (defined, with the
+header names and the client's `sign_request`, in `market.signing`, which both this module
+and `market.client` use; re-exported here). Signatures are checked strictly
+(`ledger.ed25519.verify`: no small-order key or R, no S >= L, no non-canonical encodings).
 
 `Authenticator.authenticate` is the check, independent of Litestar (the websocket stream
 reuses it for its signed subscribe message). It refuses, as `AuthError` (401), in this order:
 `missing_signature` (a header absent), `stale_timestamp` (not an integer, or more than 30 s
-from the server's clock either way), `unknown_key` (no such key, or revoked), `bad_signature`
-(does not verify: other key, altered method, path, query or body), `replayed_signature`
+from the server's clock either way), `unknown_key` (no such key, a malformed key id, or
+revoked), `bad_signature` (not base64 of 64 bytes, or does not verify: other key, altered
+method, path, query or body, or a signature the strict check refuses), `replayed_signature`
 (the same signature already accepted within the window). Replay detection holds accepted
 signatures in memory until their timestamp leaves the window: it is per process, so more
 than one server process behind a balancer would need a shared store (not needed yet).
@@ -35,9 +33,6 @@ answer 404 (not 403) for another account's ids, so ids of others are not even co
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import heapq
 import math
 import re
@@ -48,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
@@ -57,6 +52,15 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from market.signatures import SignatureChecker
+from market.signing import (
+    HEADER_KEY,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    decode_signature,
+    now_ms,
+    request_message,
+    sign_request,
+)
 from schemas.accounts import Role
 from schemas.errors import DomainError, ErrorKind
 
@@ -83,10 +87,6 @@ __all__ = [
     "requires_role",
     "sign_request",
 ]
-
-HEADER_KEY: Final = "X-Tokex-Key"
-HEADER_TIMESTAMP: Final = "X-Tokex-Timestamp"
-HEADER_SIGNATURE: Final = "X-Tokex-Signature"
 
 #: A timestamp more than this far from the server's clock (either way) is refused.
 WINDOW_MS: Final = 30_000
@@ -136,36 +136,6 @@ class RateLimited(DomainError):
         return {"Retry-After": str(self.retry_after)}
 
 
-# --------------------------------------------------------------------------- signing
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def request_message(timestamp_ms: int, method: str, path_with_query: str, body: bytes) -> bytes:
-    """The exact bytes that are signed (the method is upper-cased)."""
-    digest = hashlib.sha256(body).hexdigest()
-    return f"{timestamp_ms}\n{method.upper()}\n{path_with_query}\n{digest}".encode()
-
-
-def sign_request(
-    private_key: Ed25519PrivateKey,
-    key_id: str,
-    method: str,
-    path_with_query: str,
-    body: bytes,
-    timestamp_ms: int,
-) -> dict[str, str]:
-    """The three authentication headers for one request."""
-    signature = private_key.sign(request_message(timestamp_ms, method, path_with_query, body))
-    return {
-        HEADER_KEY: key_id,
-        HEADER_TIMESTAMP: str(timestamp_ms),
-        HEADER_SIGNATURE: base64.b64encode(signature).decode("ascii"),
-    }
-
-
 # --------------------------------------------------------------------------- principal
 
 
@@ -185,7 +155,7 @@ class KeyRecord:
     key_id: str
     account_id: str
     role: Role
-    public_key: Ed25519PublicKey
+    public_key: bytes | Ed25519PublicKey  # raw 32 bytes (from the database), or a key object
     revoked: bool = False
 
 
@@ -209,7 +179,7 @@ def pool_key_loader(pool: asyncpg.Pool) -> KeyLoader:
             key_id=key_id,
             account_id=row["account_id"],
             role=Role(row["role"]),
-            public_key=Ed25519PublicKey.from_public_bytes(bytes(row["public_key"])),
+            public_key=bytes(row["public_key"]),
             revoked=row["revoked"],
         )
 
@@ -348,17 +318,19 @@ class Authenticator:
                 f"(at most {self.window_ms / 1000:g} s allowed)",
                 code="stale_timestamp",
             )
-        try:
-            raw_signature = base64.b64decode(signature, validate=True)
-        except (binascii.Error, ValueError):
-            raw_signature = b""
-        if len(raw_signature) != 64:
+        if not _KEY_ID_RE.fullmatch(key_id):
+            raise AuthError(
+                f"{HEADER_KEY} {key_id[:40]!r} is not a key id (key_ and 16 hex digits)",
+                code="unknown_key",
+            )
+        record = await self._key(key_id)
+        if record is None or record.revoked:
+            raise AuthError(f"unknown or revoked key {key_id[:40]!r}", code="unknown_key")
+        raw_signature = decode_signature(signature)
+        if raw_signature is None:
             raise AuthError(
                 f"{HEADER_SIGNATURE} is not a base64 Ed25519 signature", code="bad_signature"
             )
-        record = await self._key(key_id) if _KEY_ID_RE.fullmatch(key_id) else None
-        if record is None or record.revoked:
-            raise AuthError(f"unknown or revoked key {key_id[:40]!r}", code="unknown_key")
         message = request_message(ts, method, path_with_query, body)
         if not await self.checker.verify(record.public_key, raw_signature, message):
             raise AuthError(
@@ -366,8 +338,8 @@ class Authenticator:
                 "timestamp) under this key",
                 code="bad_signature",
             )
-        # Ed25519 is deterministic and OpenSSL rejects non-canonical signatures, so the
-        # signature bytes identify (key, message): the same bytes again are a replay.
+        # Ed25519 is deterministic and the strict check refuses non-canonical S and R, so
+        # the signature bytes identify (key, message): the same bytes again are a replay.
         if not self.replay.check_and_add(raw_signature, ts, now_ms):
             raise AuthError("this signature was already used", code="replayed_signature")
         return Principal(account_id=record.account_id, role=record.role, key_id=key_id)

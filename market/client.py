@@ -27,8 +27,8 @@ import httpx
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from market.accounts import load_private_key, private_key_pem, public_key_b64
-from market.auth import now_ms, sign_request
+from market.keys import load_private_key, private_key_pem, public_key_b64
+from market.signing import now_ms, sign_request
 from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
 from schemas.trading import (
     AmendOrder,

@@ -1,12 +1,14 @@
 """Ed25519 checks of signed requests, in a helper process beside the event loop.
 
-Every signed request costs one Ed25519 verify, 60-90 µs of OpenSSL. The server's event
-loop also runs the sequencer, so at a few thousand requests a second the checks were a
-quarter of the loop's time (`python -m ops.bench.api`: 3,000 orders/s with them, 4,000
-without). A thread does not help: the loop rarely lets go of the GIL, so the thread's
-answers wait. A helper process does the checks on the machine's other core: the loop
-packs the checks that arrive together into one frame on the helper's stdin (a few µs
-each) and reads the answers back in one frame.
+Every signed request costs one strict Ed25519 verify (`ledger.ed25519.verify`, the same
+function wherever tokex checks a signature: ~45 µs of libsodium; it was 60-90 µs of
+OpenSSL when this helper was written). The server's event loop also runs the sequencer,
+so at a few thousand requests a second the checks were a quarter of the loop's time
+(`python -m ops.bench.api`: 3,000 orders/s with them, 4,000 without). A thread does not
+help: the loop rarely lets go of the GIL, so the thread's answers wait. A helper process
+does the checks on the machine's other core: the loop packs the checks that arrive
+together into one frame on the helper's stdin (a few µs each) and reads the answers back
+in one frame.
 
 Frames (little-endian). To the helper: frame id (u32), count (u32), then per check the
 public key (32 bytes), the signature (64 bytes), the message length (u32) and the message.
@@ -36,8 +38,9 @@ import struct
 import sys
 from typing import BinaryIO
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ledger import ed25519
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +57,21 @@ FRAME_DEADLINE_S = 1.0
 RESTART_AFTER_S = 10.0
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 60.0
-#: Public keys the helper keeps parsed (one per active signing key).
-MAX_CACHED_KEYS = 100_000
 #: How the helper is started.
 HELPER_COMMAND = (sys.executable, "-m", "market.signatures")
 
 
-def verify_here(key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
-    """The check itself, in this process."""
-    try:
-        key.verify(signature, message)
-    except InvalidSignature:
-        return False
-    return True
+def raw_key(key: Ed25519PublicKey | bytes) -> bytes:
+    """The raw 32 bytes of a public key."""
+    return key if isinstance(key, bytes) else key.public_bytes_raw()
 
 
-_Check = tuple[Ed25519PublicKey, bytes, bytes, "asyncio.Future[bool]"]
+def verify_here(key: Ed25519PublicKey | bytes, signature: bytes, message: bytes) -> bool:
+    """The check itself, in this process (strict: `ledger.ed25519.verify`)."""
+    return ed25519.verify(raw_key(key), signature, message)
+
+
+_Check = tuple[bytes, bytes, bytes, "asyncio.Future[bool]"]  # raw key, signature, message
 
 
 class SignatureChecker:
@@ -139,13 +141,15 @@ class SignatureChecker:
                 process.kill()
             raise
 
-    async def verify(self, key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
-        """Whether `signature` (64 bytes) is `key`'s Ed25519 signature of `message`."""
-        if self._process is None or len(signature) != 64:
-            return verify_here(key, signature, message)
+    async def verify(self, key: Ed25519PublicKey | bytes, signature: bytes, message: bytes) -> bool:
+        """Whether `signature` (64 bytes) is `key`'s strict Ed25519 signature of `message`
+        (`key`: raw 32 bytes, or a `cryptography` public key)."""
+        public_key = raw_key(key)
+        if self._process is None or len(signature) != 64 or len(public_key) != 32:
+            return verify_here(public_key, signature, message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._queued.append((key, signature, message, future))
+        self._queued.append((public_key, signature, message, future))
         if len(self._queued) >= MAX_FRAME_CHECKS:
             self._flush()
         elif not self._flush_scheduled:
@@ -197,7 +201,7 @@ class SignatureChecker:
         self._next_frame = (frame + 1) & 0xFFFFFFFF
         parts = [_HEADER.pack(frame, len(checks))]
         for key, signature, message, _ in checks:
-            parts.append(_CHECK.pack(key.public_bytes_raw(), signature, len(message)))
+            parts.append(_CHECK.pack(key, signature, len(message)))
             parts.append(message)
         loop = asyncio.get_running_loop()
         self._in_flight[frame] = (loop.time(), checks)
@@ -274,7 +278,6 @@ class SignatureChecker:
 
 def serve(requests: BinaryIO, answers: BinaryIO) -> None:
     """The helper's loop: read frames of checks, write frames of answers, until EOF."""
-    keys: dict[bytes, Ed25519PublicKey | None] = {}
     while True:
         header = requests.read(_HEADER.size)
         if len(header) < _HEADER.size:
@@ -282,17 +285,9 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
         frame, count = _HEADER.unpack(header)
         results = bytearray(count)
         for i in range(count):
-            raw_key, signature, length = _CHECK.unpack(requests.read(_CHECK.size))
+            key, signature, length = _CHECK.unpack(requests.read(_CHECK.size))
             message = requests.read(length)
-            if raw_key not in keys:
-                if len(keys) >= MAX_CACHED_KEYS:
-                    keys.clear()
-                try:
-                    keys[raw_key] = Ed25519PublicKey.from_public_bytes(raw_key)
-                except ValueError:
-                    keys[raw_key] = None
-            key = keys[raw_key]
-            if key is not None and verify_here(key, signature, message):
+            if ed25519.verify(key, signature, message):
                 results[i] = 1
         answers.write(_HEADER.pack(frame, count) + bytes(results))
         answers.flush()

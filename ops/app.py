@@ -36,16 +36,17 @@ from litestar.types import ControllerRouterHandler
 
 from ledger.api import ledger_router
 from ledger.migrate import schema_version
-from ledger.reports_api import reports_router
 from market.accounts_api import accounts_router
 from market.api import trading_router
 from market.auth import Authenticator, AuthMiddleware, RateLimiter, provide_principal
+from market.clearing.reports_api import reports_router
 from market.feed import MarketData
 from market.stream import market_stream
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
 from ops.middleware import RefuseNulBytes
+from ops.wire import StrictRequest, strict_query_integers
 from schemas.errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ def create_app(
         dependencies=dependencies,
         exception_handlers=exception_handlers(),
         middleware=[RefuseNulBytes, AuthMiddleware(limiter)],
+        # integers strictly on the wire: JSON bodies and integer query parameters (ops.wire)
+        request_class=StrictRequest,
+        before_request=strict_query_integers,
         lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
         openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,

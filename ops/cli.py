@@ -6,6 +6,10 @@ and sets `handler=` (a function of the parsed args returning an exit status).
 lives in its own module and is appended there. Commands that touch the
 database take `--data-dir` (via `add_database_options`) and honour
 `DATABASE_URL` (via `settings_from_args`).
+
+`main` imports only the group of the command it runs (`GROUP_OF`), and this module
+imports nothing that talks to a database at its top: so `tokex audit verify`, which
+needs none, loads no database driver (asyncpg) and no web framework.
 """
 
 from __future__ import annotations
@@ -20,9 +24,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.migrate import migrate
 from ops.config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
-from ops.database import connect, database_url, durability_problems
 from schemas.errors import DomainError
 
 log = logging.getLogger("tokex")
@@ -49,6 +51,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 async def run_migrations(url: str) -> int:
+    from market.schema import migrate
+    from ops.database import connect
+
     conn = await connect(url)
     try:
         return await migrate(conn)
@@ -63,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ops.app import create_app
+    from ops.database import database_url
 
     settings = settings_from_args(args)
     url = database_url(settings)
@@ -96,6 +102,9 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 async def _prepare(url: str) -> tuple[int, list[str]]:
+    from market.schema import migrate
+    from ops.database import connect, durability_problems
+
     conn = await connect(url)
     try:
         return await migrate(conn), await durability_problems(conn)
@@ -104,12 +113,16 @@ async def _prepare(url: str) -> tuple[int, list[str]]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from ops.database import database_url
+
     url = database_url(settings_from_args(args))
     print(asyncio.run(run_migrations(url)))
     return 0
 
 
 def _db_url(args: argparse.Namespace) -> int:
+    from ops.database import database_url
+
     # Leave the embedded server running: the DSN is printed to be used after we exit.
     print(database_url(settings_from_args(args), stop_on_exit=False))
     return 0
@@ -192,19 +205,43 @@ COMMAND_GROUPS: list[Callable[[Any], None]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The group that registers each top-level command: `main` builds only that one. A command
+#: missing here still works (`main` then builds every group), it just loads them all.
+GROUP_OF: dict[str, Callable[[Any], None]] = {
+    "serve": register_core,
+    "migrate": register_core,
+    "db-url": register_core,
+    "keys": _register_keys,
+    "audit": _register_audit,
+    "accounts": _register_accounts,
+    "report": _register_report,
+    "demo": _register_demo,
+}
+
+
+def build_parser(groups: Sequence[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
+    """The parser of `groups` (default: every group, `COMMAND_GROUPS`)."""
     parser = argparse.ArgumentParser(
         prog="tokex", description="tokex: an exchange for AI inference tokens"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in COMMAND_GROUPS:
+    for register in groups or COMMAND_GROUPS:
         register(subparsers)
     return parser
 
 
+def _parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """Only the named command's group when the first word names one (so running a command
+    imports what it needs and no more); every group otherwise (help, a usage error)."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    group = GROUP_OF.get(command) if command is not None else None
+    return build_parser([group] if group is not None else [])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = _parser_for(words).parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

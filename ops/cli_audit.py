@@ -5,6 +5,8 @@
 
 `verify` needs no database: exit 0 when everything holds, 1 naming the first bad entry or
 checkpoint and why (never a traceback), 2 on bad usage. See `ledger.audit`.
+
+`verify` loads no database driver: only `export` imports asyncpg and the exporter, when run.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from ledger.audit import AuditFailure, VerifyReport, export, stderr_progress, verify_file
+from ledger.audit.verify import AuditFailure, VerifyReport, verify_file
 from ledger.note import Verifier
 from ops.cli import add_database_options, settings_from_args
-from ops.database import database_url
 from schemas.errors import DomainError
 
 
 async def _export(url: str, out: Path, from_index: int, to_index: int | None) -> str:
+    import asyncpg
+
+    from ledger.audit.export import export, stderr_progress
+
     conn = await asyncpg.connect(url)
     partial = out.with_name(out.name + ".partial")
     try:
@@ -44,6 +47,8 @@ async def _export(url: str, out: Path, from_index: int, to_index: int | None) ->
 
 
 def _export_cmd(args: argparse.Namespace) -> int:
+    from ops.database import database_url
+
     url = database_url(settings_from_args(args))
     print(asyncio.run(_export(url, Path(args.out), args.from_index, args.to_index)))
     return 0

@@ -10,7 +10,7 @@
 Each takes `--format json|csv` (default json), `--out FILE` (default stdout) and
 `--data-dir`, and honours DATABASE_URL. Times are Unix milliseconds or ISO-8601 (UTC).
 The bytes are those of the `/v1/reports/...` route for the same query (both call
-`ledger.reports.report_chunks`); the CLI reads everything, like an operator. With
+`market.clearing.reports.report_chunks`); the CLI reads everything, like an operator. With
 `--out`, the file appears only once complete.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import asyncpg
 
-from ledger.reports import parse_time, report_chunks
+from market.clearing.reports import parse_time, report_chunks
 from ops.cli import add_database_options, settings_from_args
 from ops.database import database_url
 from schemas.reports import (

@@ -2,8 +2,9 @@
 
 One immutable value built once (by the CLI, or by a test) and handed down to
 the app factory and the database helpers. Only `DATABASE_URL` is read from the
-environment (and the rate limit, from `TOKEX_RATE_LIMIT` / `TOKEX_RATE_BURST`, handy for
-tests and load runs); everything else comes from command-line flags or their defaults.
+environment (and, handy for tests and load runs, the rate limit from `TOKEX_RATE_LIMIT` /
+`TOKEX_RATE_BURST` and the sequencer's queue bound from `TOKEX_QUEUE_MAX`); everything
+else comes from command-line flags or their defaults.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit: float = 50.0
     #: Requests a key may make at once above the steady rate.
     rate_burst: int = 100
+    #: Ops the sequencer's queue holds at most (beyond: 503 `exchange_busy` with
+    #: Retry-After); None: the sequencer's default, `market.sequencer.QUEUE_MAX`.
+    queue_max: int | None = None
     #: The books are snapshotted every this many journal entries, or after this many
     #: seconds if the journal moved (`market.snapshot_writer`): a restart replays at most
     #: about that much of the journal.
@@ -69,7 +73,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {"database_url": env.get("DATABASE_URL") or None}
-        for name, var in (("rate_limit", "TOKEX_RATE_LIMIT"), ("rate_burst", "TOKEX_RATE_BURST")):
+        for name, var in (
+            ("rate_limit", "TOKEX_RATE_LIMIT"),
+            ("rate_burst", "TOKEX_RATE_BURST"),
+            ("queue_max", "TOKEX_QUEUE_MAX"),
+        ):
             if env.get(var):
                 values[name] = env[var]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -39,11 +39,12 @@ from typing import Any
 import asyncpg
 import httpx
 
-from ledger.audit import export, verify_file
+from ledger.audit.export import export
+from ledger.audit.verify import verify_file
 from ledger.keys import load_signer
-from ledger.migrate import migrate
 from market.accounts import create_account
 from market.client import TokexClient
+from market.schema import migrate
 from ops.config import Settings
 from ops.database import database_url
 from schemas.accounts import Role

@@ -1,6 +1,8 @@
 """The one place where exceptions become JSON errors `{"code": ..., "message": ...}`.
 
-* `DomainError`: its `code`, its message, the status of its `kind`.
+* `DomainError`: its `code`, its message, the status of its `kind`; a `Retry-After`
+  header for the errors a retry soon can cure (`RETRY_AFTER_S`, e.g. 503
+  `exchange_busy` when the sequencer's queue is full).
 * Litestar's HTTP exceptions (validation, unknown route, wrong method, body too
   large, ...): a stable code per status, e.g. 400 `invalid_request` with the
   decoder's words on which field is wrong.
@@ -22,6 +24,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
+from market.sequencer.errors import ExchangeBusy
 from schemas.errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,11 @@ CODE_OF_STATUS: dict[int, str] = {
 
 INTERNAL_MESSAGE = "internal error; it has been logged"
 
+#: Seconds to wait before a retry, sent as `Retry-After`, for errors that carry none.
+RETRY_AFTER_S: dict[type[DomainError], int] = {
+    ExchangeBusy: 1,  # the queue drains a full batch in a few ms
+}
+
 
 class ErrorBody(msgspec.Struct, frozen=True):
     """The body of every error response."""
@@ -82,6 +90,9 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
         log.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
     # A DomainError may carry response headers (e.g. Retry-After on rate_limited).
     headers: dict[str, str] | None = getattr(exc, "headers", None)
+    retry_after_s = RETRY_AFTER_S.get(type(exc))
+    if headers is None and retry_after_s is not None:
+        headers = {"Retry-After": str(retry_after_s)}
     return error_response(status, exc.code, exc.message, headers)
 
 

@@ -21,7 +21,7 @@ from litestar import Litestar
 
 from ledger.keys import load_or_create_signer
 from ledger.log import MerkleLog
-from market.sequencer import Sequencer
+from market.sequencer import QUEUE_MAX, Sequencer
 from market.snapshot_writer import SnapshotPolicy
 from ops.config import Settings
 from ops.database import database_url
@@ -50,6 +50,7 @@ def exchange_lifespan(
             url,
             hooks=[MerkleLog(signer, settings.exchange_name)],
             publish=None if hub is None else hub.publish,
+            queue_max=settings.queue_max or QUEUE_MAX,
             snapshots=SnapshotPolicy(
                 interval_entries=settings.snapshot_interval_entries,
                 interval_seconds=settings.snapshot_interval_seconds,
@@ -66,7 +67,7 @@ def exchange_lifespan(
         gc.set_threshold(50_000, 20, 50)
         log.info(
             "exchange open: %d instruments, ledger size %d",
-            len(sequencer.terms),
+            len(sequencer.market.instruments),
             sequencer.ledger.size,
         )
         try:

@@ -1,4 +1,4 @@
-"""Settlement reports: the queries and the rows (see `ledger.reports`).
+"""Settlement reports: the queries and the rows (see `market.clearing.reports`).
 
 Every row type has a fixed field order: it is the column order of the CSV form
 and the key order of the JSON form. Amounts are integers (minor currency units

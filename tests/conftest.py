@@ -25,7 +25,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ledger.migrate import migrate
+from market.schema import migrate
 from ops.database import open_pool
 from tests.support.pg import PgServer, quote_ident
 from tests.support.server import ServerProcess

@@ -32,8 +32,8 @@ import httpx
 import msgspec
 
 from market.accounts import create_account
-from market.auth import sign_request
 from market.client import TokexClient
+from market.signing import sign_request
 from ops.config import Settings
 from ops.database import database_url, remove_embedded
 from schemas.accounts import Role

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger.audit import verify_file
+from ledger.audit.verify import verify_file
 from ledger.log import open_ledger
 from ledger.note import Signer
 from ops.bench.ledger import drop_database, fresh_database
@@ -38,7 +38,7 @@ ORIGIN = "bench.tokex/ledger"
 
 async def fill(dsn: str, signer: Signer, transactions: int, accounts: int, batch: int) -> float:
     """Write the transfers; return transfers/s (durable, with the Merkle log)."""
-    ledger, _ = await open_ledger(dsn, signer, max_batch=batch)
+    ledger, _ = await open_ledger(dsn, signer)
     rng = random.Random(7)
     bank = Account("exchange", "USD", "bank")
     users = [Account(f"user-{i}", "USD", "cash") for i in range(accounts)]

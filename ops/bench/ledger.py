@@ -41,7 +41,7 @@ async def fresh_database(base_url: str) -> str:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    from ledger.migrate import migrate  # the project's migration runner
+    from market.schema import migrate  # the exchange's migrations
 
     dsn = with_database(base_url, name)
     conn = await asyncpg.connect(dsn)
@@ -71,7 +71,7 @@ async def run(base_url: str, transfers: int, accounts: int, *, with_log: bool = 
 
 async def _measure(dsn: str, transfers: int, accounts: int, *, with_log: bool) -> None:
     hooks = [MerkleLog(Signer.generate("bench.tokex/ledger"))] if with_log else []
-    ledger = await Ledger.open(dsn, max_batch=1000, hooks=hooks)
+    ledger = await Ledger.open(dsn, hooks=hooks)
     rng = random.Random(7)
     bank = Account("exchange", "USD", "bank")
     users = [Account(f"user-{i}", "USD", "cash") for i in range(accounts)]

@@ -43,13 +43,14 @@ from ledger.log import MerkleLog
 from market.feed import MarketData
 from market.sequencer import (
     AmendOp,
+    AnyOp,
     CancelAllOp,
     CancelOp,
     CloseInstrumentOp,
     CreateInstrumentOp,
     DepositOp,
+    Done,
     ListingOp,
-    Op,
     PlaceOp,
     Sequencer,
     WithdrawalOutcomeOp,
@@ -104,7 +105,7 @@ class Filler:
         return f"{model}/2031-{1 + day // 28:02d}-{1 + day % 28:02d}T{hour:02d}Z/1h"
 
     async def setup(self) -> None:
-        ops: list[Op] = [
+        ops: list[AnyOp] = [
             DepositOp(Deposit(deposit_id=f"fund-b{i}", account_id=f"b{i}", amount=10**14))
             for i in range(BUYERS)
         ]
@@ -158,10 +159,10 @@ class Filler:
             ),
         )  # fmt: skip
 
-    def _others(self) -> list[Op]:
+    def _others(self) -> list[AnyOp]:
         """Cancels, amends, a few mass cancels, deposits and withdrawals."""
         rng = self.rng
-        ops: list[Op] = []
+        ops: list[AnyOp] = []
         accounts = list(self.resting)
         for _ in range(self.batch // 10):
             if not accounts:
@@ -199,35 +200,33 @@ class Filler:
 
     async def step(self) -> None:
         now_ms = time.time_ns() // 1_000_000
-        ops: list[Op] = self._others()
+        ops: list[AnyOp] = self._others()
         ops += [self._place(now_ms) for _ in range(self.batch - len(ops))]
         for op, outcome in zip(ops, await self._submit(ops), strict=True):
+            view = outcome.value if isinstance(outcome, Done) else None
             if (
                 isinstance(op, PlaceOp)
-                and isinstance(outcome, OrderView)
-                and outcome.status == "open"
+                and isinstance(view, OrderView)
+                and view.status == "open"
                 and op.request.tif is not TimeInForce.GTD
             ):
-                self.resting.setdefault(op.account_id, []).append(outcome.order_id)
+                self.resting.setdefault(op.account_id, []).append(view.order_id)
 
-    async def _submit(self, ops: Sequence[Op]) -> list[Any]:
+    async def _submit(self, ops: Sequence[AnyOp]) -> list[Any]:
         return await self.seq.submit_all(ops)
 
 
 def state_digest(seq: Sequencer) -> dict[str, str]:
-    """What a restart must rebuild exactly: the books, balances and holds, settlements."""
+    """What a restart must rebuild exactly: the books, balances (available and held),
+    settlements, the ledger's size."""
     balances = hashlib.sha256()
     for b in sorted(seq.ledger.balances(), key=lambda b: (b.account.owner, b.account.asset,
                                                            b.account.kind)):  # fmt: skip
         balances.update(f"{b.account}|{b.available}|{b.held}\n".encode())
-    holds = hashlib.sha256()
-    for h in sorted(seq.ledger.open_holds(), key=lambda h: h.hold_id):
-        holds.update(f"{h.hold_id}|{h.remaining}\n".encode())
     settled = hashlib.sha256(repr(seq.settlements()).encode())
     return {
         "books": seq.engine.state_hash().hex(),
         "balances": balances.hexdigest(),
-        "holds": holds.hexdigest(),
         "settlements": settled.hexdigest(),
         "ledger_size": str(seq.ledger.size),
     }

@@ -10,21 +10,20 @@ import asyncpg
 import msgspec
 import pytest
 
-from ledger.audit import (
+from ledger.audit.export import ExportEmpty, export
+from ledger.audit.records import (
     AuditFailure,
     Balances,
     CheckpointRecord,
     End,
     Entries,
-    ExportEmpty,
+    FrameWriter,
     Header,
     Keys,
     Record,
-    _frames,
-    _FrameWriter,
-    export,
-    verify_file,
+    read_frames,
 )
+from ledger.audit.verify import verify_file
 from ledger.canonical import decode_transaction, transaction_bytes
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.keys import rotate
@@ -114,13 +113,13 @@ async def export_bytes(url: str, from_index: int = 0, to_index: int | None = Non
 def records(data: bytes) -> list[Record]:
     import hashlib
 
-    return [r for r, _ in _frames(io.BytesIO(data), hashlib.sha256())]
+    return [r for r, _ in read_frames(io.BytesIO(data), hashlib.sha256())]
 
 
 def rebuild(recs: list[Record]) -> bytes:
     """Re-serialise records, recomputing the end record as a careful forger would."""
     out = io.BytesIO()
-    w = _FrameWriter(out)
+    w = FrameWriter(out)
     entries = sum(len(r.bodies) for r in recs if isinstance(r, Entries))
     cps = sum(isinstance(r, CheckpointRecord) for r in recs)
     for r in recs:
@@ -277,6 +276,38 @@ async def test_appended_forged_entry(books: Books) -> None:
     recs[0] = msgspec.structs.replace(header, to_index=header.to_index + 1)
     err = failure(rebuild(recs), books.keys[0])
     assert "after the last checkpoint" in err.reason or err.where.startswith("entry")
+
+
+async def test_closing_balances_out_of_order_are_refused(books: Books) -> None:
+    """Closing rows are documented sorted: the same rows in another order (every balance
+    still right) are refused, naming the first row out of order, also across chunks."""
+    recs = records(await export_bytes(books.url))
+    pos = next(i for i, r in enumerate(recs) if isinstance(r, Balances) and r.which == "closing")
+    closing = recs[pos]
+    assert isinstance(closing, Balances) and len(closing.rows) > 3
+    rows = closing.rows
+    verify(rebuild(recs), books.keys[0])  # rebuilt as it was: verifies
+    swapped = [rows[0], rows[2], rows[1], *rows[3:]]
+    recs[pos] = Balances("closing", swapped)
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where == "closing balances row 2"
+    assert f"{rows[1][0]}|{rows[1][1]}|{rows[1][2]} is out of order" in err.reason
+    # Two chunks, each sorted, the second starting before the end of the first.
+    recs[pos : pos + 1] = [Balances("closing", rows[2:]), Balances("closing", rows[:2])]
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.where == f"closing balances row {len(rows) - 2}"
+    # A repeated row is out of order too (not after itself).
+    recs[pos : pos + 2] = [Balances("closing", [*rows, rows[-1]])]
+    assert failure(rebuild(recs), books.keys[0]).where == f"closing balances row {len(rows)}"
+
+
+async def test_opening_balances_out_of_order_are_refused(books: Books) -> None:
+    recs = records(await export_bytes(books.url, 40))
+    pos = next(i for i, r in enumerate(recs) if isinstance(r, Balances) and r.which == "opening")
+    opening = recs[pos]
+    assert isinstance(opening, Balances) and len(opening.rows) > 1
+    recs[pos] = Balances("opening", opening.rows[::-1])
+    assert failure(rebuild(recs), books.keys[0]).where == "opening balances row 1"
 
 
 async def test_random_byte_flips_never_verify(books: Books) -> None:

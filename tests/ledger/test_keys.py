@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import os
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ledger.audit import export, verify_file
+from ledger.audit.export import export
+from ledger.audit.verify import verify_file
 from ledger.canonical import decode_transaction
 from ledger.checkpoint import verify_checkpoint
 from ledger.keys import (
@@ -22,15 +24,16 @@ from ledger.keys import (
     load_or_create_signer,
     load_signer,
     rotate,
+    rotation_message,
     rotation_metadata,
     write_key_file,
 )
 from ledger.log import SigningKeyNotCurrent, open_ledger
-from ledger.note import NoteUnverified, Signer, Verifier
+from ledger.note import KeyInvalid, NoteUnverified, Signer, Verifier, key_id
 from ledger.store import committed_transactions
 from ops.cli import main as tokex_main
 from ops.config import DEFAULT_EXCHANGE_NAME
-from schemas.ledger import Account, Posting, Transaction
+from schemas.ledger import Account, CommittedTransaction, Posting, Transaction
 
 ORIGIN = "test.tokex/ledger"
 BANK = Account("exchange", "USD", "bank")
@@ -196,3 +199,22 @@ async def test_cli_rotate_replaces_the_default_key_and_auditors_follow(
     report = verify_file(io.BytesIO(out.getvalue()), first.verifier())
     assert report.keys == [first.verifier().encode(), new.verifier().encode()]
     assert report.entries == 3
+
+
+def test_rotation_to_a_weak_key_is_refused() -> None:
+    """Even signed by the current key, an announcement of a small-order key (under which
+    anyone could sign checkpoints) is refused; so is such a key given to trust."""
+    old = Signer.generate(ORIGIN)
+    for weak in (bytes([1]) + bytes(31), bytes(32)):
+        b64 = base64.b64encode(b"\x01" + weak).decode()
+        vkey = f"{ORIGIN}+{key_id(ORIGIN, weak):08x}+{b64}"
+        with pytest.raises(KeyInvalid):
+            Verifier.parse(vkey)
+        signature = old.sign(rotation_message(ORIGIN, vkey, 8))
+        tx = CommittedTransaction(
+            index=7, id="rot", code=KEY_ROTATION_CODE, time=1, entries=(), holds=(),
+            metadata={"key": vkey, "valid_from_size": "8",
+                      "signature": base64.b64encode(signature).decode()},
+        )  # fmt: skip
+        with pytest.raises(KeyRotationInvalid, match="malformed key"):
+            check_rotation(tx, old.verifier(), ORIGIN)

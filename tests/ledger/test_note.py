@@ -254,3 +254,16 @@ def test_parse_note_syntax() -> None:
     ):
         with pytest.raises(NoteMalformed):
             parse_note(TEXT + "\n" + bad_line)
+
+
+def test_weak_verifier_keys_are_refused_and_forgeries_fail() -> None:
+    """The identity key would verify R = identity, S = 0 for every note; it is no key here,
+    and a forged signature line never verifies under a real one."""
+    identity = bytes([1]) + bytes(31)
+    for weak in (identity, bytes(32)):
+        with pytest.raises(KeyInvalid, match="refused"):
+            Verifier("tokex", weak)
+    forged = base64.b64encode(peter_v.key_id.to_bytes(4, "big") + identity + bytes(32)).decode()
+    note = TEXT + "\n" + f"\u2014 {peter_v.name} {forged}\n"
+    with pytest.raises(NoteSignatureInvalid):
+        open_note(note, [peter_v])

@@ -9,6 +9,7 @@ from ledger.errors import LedgerUnavailable
 from ledger.rows import BatchRows, UnknownTable, forget_table_layouts
 from ledger.writer import Ledger
 from tests.ledger.test_writer import ALICE, BANK, BOB, assert_books_agree, transfer
+from tests.ledger.writer_support import submit
 
 CREATE = """CREATE TABLE rows_probe (
     id    bigint PRIMARY KEY,
@@ -75,7 +76,7 @@ async def test_a_column_added_under_a_running_writer(db_url: str) -> None:
     table's new layout and goes on."""
     ledger = await Ledger.open(db_url)
     try:
-        await ledger.submit(transfer("deposit", BANK, ALICE, 100))
+        await submit(ledger, transfer("deposit", BANK, ALICE, 100))
         admin = await asyncpg.connect(db_url)
         try:
             await admin.execute(
@@ -84,10 +85,10 @@ async def test_a_column_added_under_a_running_writer(db_url: str) -> None:
         finally:
             await admin.close()
         try:
-            await ledger.submit(transfer("t1", ALICE, BOB, 10))
+            await submit(ledger, transfer("t1", ALICE, BOB, 10))
         except LedgerUnavailable:
-            await ledger.submit(transfer("t1", ALICE, BOB, 10))
-        await ledger.submit(transfer("t2", ALICE, BOB, 5))
+            await submit(ledger, transfer("t1", ALICE, BOB, 10))
+        await submit(ledger, transfer("t2", ALICE, BOB, 5))
         assert ledger.balance(ALICE).available == 85 and ledger.balance(BOB).available == 15
         await assert_books_agree(db_url, ledger)
     finally:

@@ -19,6 +19,7 @@ from ledger.store import nonzero, recomputed_balances, stored_balances
 from ledger.writer import Ledger
 from schemas.ledger import Transaction
 from tests.ledger.strategies import steps
+from tests.ledger.writer_support import submit
 
 _namespaces = itertools.count()
 
@@ -45,7 +46,7 @@ async def test_books_balance_after_every_step_on_the_database(
     ns = f"n{next(_namespaces)}."
     txs: list[Transaction] = data.draw(steps(ns))
     for tx in txs:
-        await writer.submit(tx)
+        await submit(writer, tx)
         assert all(total == 0 for total in writer.asset_totals().values())
         await writer.snapshot()
         stored = nonzero((await stored_balances(conn)).items())

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
-from ledger import settlement
+from market.clearing import rules as settlement
 from market.sequencer import (
     CloseInstrumentOp,
     CreateInstrumentOp,
@@ -330,7 +330,7 @@ async def test_the_clock_closes_trading_then_settles_after_the_grace(db_url: str
         assert s.instrument_view(SYM).state == "closed"
         clock.now = WINDOW_END + 600_000
         await wait_for(lambda: s.instrument_view(SYM).state == "settled", "settlement")
-        settled = s.settlement_of(SYM)
+        settled = {v.instrument: v for v in s.settlements()}.get(SYM)
         assert settled is not None
         assert (settled.reason, settled.entitlement_burned, settled.refunded) == (
             "window",

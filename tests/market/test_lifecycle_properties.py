@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ledger import settlement
 from ledger.accounts import may_go_negative
+from market.clearing import rules as settlement
 from market.sequencer import (
     CancelOp,
     CloseInstrumentOp,
@@ -217,7 +217,7 @@ def check_invariants(s: Sequencer, model: Model) -> None:
             pairs.setdefault(a.owner, [0, 0])[1] = b.total
     for owner, (ent, esc) in pairs.items():
         assert (ent == 0) == (esc == 0), (owner, ent, esc)
-    terms = s.terms[SYM]
+    terms = s.market.instrument(SYM).terms
     for (buyer, provider), tokens in model.ent.items():
         assert s.ledger.balance(settlement.entitlement(buyer, provider, SYM)).total == tokens
         escrow = s.ledger.balance(settlement.escrow(buyer, provider, terms)).total
@@ -410,7 +410,7 @@ async def test_random_lifecycles_keep_the_books(
 
 @pytest.mark.parametrize("tokens", [1, 2, 3])
 def test_the_model_rule_is_the_ledger_rule(tokens: int) -> None:
-    """The model's statement of the rule agrees with `ledger.settlement` on a small case."""
+    """The model's statement of the rule agrees with `market.clearing.rules` on a small case."""
     model = Model(provider_bps=333, ent={("b", "p"): 3}, esc={("b", "p"): 10})
     split = settlement.delivery_split(tokens, 3, 10, 333)
     assert model.deliver("b", "p", tokens) == (split.released, split.fee)

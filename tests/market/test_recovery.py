@@ -115,7 +115,13 @@ async def trade_a_while(s: Sequencer, clock: Clock) -> None:
 
 def state(s: Sequencer) -> tuple[object, ...]:
     balances = nonzero((b.account, (b.available, b.held)) for b in s.ledger.balances())
-    return (s.engine.state_hash(), balances, s.settlements(), sorted(s._live), s._next_order_id)
+    return (
+        s.engine.state_hash(),
+        balances,
+        s.settlements(),
+        sorted(s.market.live),
+        s.market.next_order_id,
+    )
 
 
 async def test_a_snapshot_and_the_tail_rebuild_what_the_first_row_does(db_url: str) -> None:
@@ -131,7 +137,8 @@ async def test_a_snapshot_and_the_tail_rebuild_what_the_first_row_does(db_url: s
         rebuilt = s.last_rebuild
         assert rebuilt is not None and rebuilt.base_seq is not None
         assert (
-            0 < rebuilt.replayed < 25 and rebuilt.base_seq + rebuilt.replayed == s._next_journal_seq
+            0 < rebuilt.replayed < 25
+            and rebuilt.base_seq + rebuilt.replayed == s.market.next_journal_seq
         )
         # The settled book is only its instrument and seq; it still answers, closed.
         assert s.engine.book(A).to_snapshot().client_order_ids == []
@@ -217,7 +224,7 @@ async def test_a_snapshot_written_while_batches_go_on_is_its_journal_position(
     finally:
         await s.close()  # a clean stop writes a last snapshot: at the journal's end
     positions = await stored_snapshots_match_the_journal(db_url, [A])
-    assert max(positions) == s._next_journal_seq
+    assert max(positions) == s.market.next_journal_seq
 
 
 class FailOnce:
@@ -258,7 +265,7 @@ async def test_a_failed_commit_rebuilds_from_the_snapshot_in_memory(db_url: str)
         rebuilt = s.last_rebuild
         assert rebuilt is not None
         assert rebuilt.base_seq == memory.journal_seq  # not the first row
-        assert rebuilt.replayed == s._next_journal_seq - memory.journal_seq
+        assert rebuilt.replayed == s.market.next_journal_seq - memory.journal_seq
         retry = await place(s, "b1", "lost", Side.BUY, 1, 120)
         assert retry.status == "filled"
     finally:
@@ -284,9 +291,9 @@ async def test_a_database_without_snapshots_recovers_by_replaying_everything(
         assert state(s) == before
         rebuilt = s.last_rebuild
         assert rebuilt is not None and rebuilt.base_seq is None
-        assert rebuilt.replayed == s._next_journal_seq > 20
+        assert rebuilt.replayed == s.market.next_journal_seq > 20
         await s.wait_for_snapshot()  # a long replay is followed by a snapshot at once
-        assert await stored_snapshots_match_the_journal(db_url, [A]) == [s._next_journal_seq]
+        assert await stored_snapshots_match_the_journal(db_url, [A]) == [s.market.next_journal_seq]
     finally:
         await crash(s)
     s = await open_seq(db_url, clock, every(20))

@@ -11,20 +11,25 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from ledger import settlement
 from ledger.errors import LedgerUnavailable
 from ledger.rows import BatchRows
 from ledger.store import load_state, nonzero, recomputed_balances
+from market.clearing import rules as settlement
 from market.sequencer import (
     AmendOp,
     CancelAllOp,
     CancelOp,
     CreateInstrumentOp,
     DepositOp,
+    Done,
+    ExchangeBusy,
+    Failed,
     IdempotencyConflict,
     ListingOp,
     PlaceOp,
     Sequencer,
+    SequencerState,
+    SequencerStopped,
     UnknownOrder,
 )
 from schemas.market import OrderType, Side, StpMode, TimeInForce
@@ -580,3 +585,51 @@ async def test_during_an_outage_reads_refuse_and_the_exchange_heals_by_itself(
     finally:
         await outage.heal()
         await s.close()
+
+
+async def test_a_full_queue_refuses_at_once_and_a_batch_of_orders_whole(db_url: str) -> None:
+    """The queue is bounded: beyond it a submit is refused at once (`ExchangeBusy`, 503
+    `exchange_busy`), and a request's orders are queued all together or not at all."""
+    gate = Gate()
+    s = await Sequencer.open(db_url, clock=Clock(), hooks=[gate], queue_max=3)
+    try:
+        await setup_market(s)
+
+        def bid(coid: str) -> PlaceOrder:
+            return order(coid, Side.BUY, 1_000, 5_000)
+
+        gate.armed = True
+        first = asyncio.create_task(place(s, "b1", bid("q0")))
+        await gate.entered.wait()  # that batch is in its commit, the queue empty behind it
+        queued = [asyncio.create_task(place(s, "b1", bid(f"q{i}"))) for i in (1, 2)]
+        await asyncio.sleep(0)  # both are queued: room for one more
+        with pytest.raises(ExchangeBusy):
+            await s.submit_all([PlaceOp("b2", bid("w0")), PlaceOp("b2", bid("w1"))])
+        queued.append(asyncio.create_task(place(s, "b2", bid("q3"))))
+        await asyncio.sleep(0)  # the queue is full
+        with pytest.raises(ExchangeBusy):
+            await place(s, "b2", bid("q4"))
+        gate.armed = False
+        gate.release.set()
+        done = [await first] + [await task for task in queued]
+        assert [o.status for o in done] == ["open"] * 4
+        # Nothing of the refused ones was placed: their ids are new, and they rest now.
+        again = await s.submit_all([PlaceOp("b2", bid("w0")), PlaceOp("b2", bid("w1"))])
+        assert all(isinstance(r, Done) and r.value.status == "open" for r in again)
+        assert len(s.engine.book(SYM).open_orders()) == 6
+        await assert_books_balance(s, db_url)
+    finally:
+        gate.armed = False
+        gate.release.set()
+        await s.close()
+
+
+async def test_a_closed_sequencer_says_so_and_refuses_at_once(db_url: str) -> None:
+    s = await Sequencer.open(db_url, clock=Clock())
+    assert (s.state, s.healthy) == (SequencerState.RUNNING, True)
+    await s.close()
+    assert (s.state, s.healthy) == (SequencerState.STOPPED, False)
+    with pytest.raises(SequencerStopped):
+        await s.submit(DepositOp(Deposit(deposit_id="late", account_id="b1", amount=1)))
+    (refused,) = await s.submit_all([PlaceOp("b1", order("late", Side.BUY, 1_000, 5_000))])
+    assert isinstance(refused, Failed) and refused.error.code == "sequencer_stopped"

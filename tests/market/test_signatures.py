@@ -241,13 +241,13 @@ def test_a_stray_print_in_the_helper_does_not_reach_the_answers() -> None:
     frame += message
     script = """
 import os, runpy
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-parse = Ed25519PublicKey.from_public_bytes
-def noisy(raw):
+import nacl.bindings
+check = nacl.bindings.crypto_sign_open  # what the helper's verify calls (ledger.ed25519)
+def noisy(signed, raw):
     print("stray print")
     os.write(1, b"stray write\\n")
-    return parse(raw)
-Ed25519PublicKey.from_public_bytes = staticmethod(noisy)
+    return check(signed, raw)
+nacl.bindings.crypto_sign_open = noisy
 runpy.run_module("market.signatures", run_name="__main__")
 """
     done = subprocess.run(
@@ -300,3 +300,20 @@ def test_helper_loop_refuses_a_key_that_is_not_a_curve_point() -> None:
     out = io.BytesIO()
     serve(io.BytesIO(frame), out)
     assert out.getvalue() == struct.pack("<II", 7, 3) + bytes([1, 0, 0])
+
+
+async def test_helper_is_strict_like_the_check_here() -> None:
+    """The helper process answers the "Taming the many EdDSAs" vectors and the weak-key
+    forgery exactly as `ledger.ed25519.verify` does (only vector 3 passes)."""
+    from tests.ledger.test_ed25519 import EXPECTED, FORGED, IDENTITY, ZERO, _cases
+
+    checks = [*_cases(), (IDENTITY, FORGED, b"any request"), (ZERO, FORGED, b"")]
+    expected = [accept for accept, _ in EXPECTED] + [False, False]
+    checker = SignatureChecker()
+    await checker.start()
+    try:
+        assert checker.running
+        answers = await asyncio.gather(*(checker.verify(k, s, m) for k, s, m in checks))
+    finally:
+        await checker.close()
+    assert answers == expected

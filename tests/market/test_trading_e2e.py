@@ -276,3 +276,32 @@ async def test_market_orders_are_protected_and_never_rest(market: Market) -> Non
     m = await b0.place_order(order("m", Side.BUY, 5_000, 6_000, order_type=OrderType.MARKET))
     assert (m.filled_quantity, m.cancelled_quantity) == (2_000, 3_000)  # capped at 6,000
     assert (await cash(b0))[1] == 0
+
+
+async def test_a_full_queue_answers_503_exchange_busy_and_places_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    """With room for one op (TOKEX_QUEUE_MAX=1), a batch of two orders can never be
+    queued whole: 503 `exchange_busy` with Retry-After, and none of it is placed."""
+    proc = ServerProcess(database_url=db_url, data_dir=tmp_path, env={"TOKEX_QUEUE_MAX": "1"})
+    proc.start()
+    operator = await operator_client(db_url, proc.base_url)
+    try:
+        await operator.create_instrument(
+            CreateInstrument(
+                symbol=SYM, lot_size=1000, tick_size=5, price_min=5, price_max=100_000,
+            )
+        )  # fmt: skip
+        created = await operator.create_account(Role.BUYER, "buyer")
+        await operator.deposit("dep", created.account_id, 1_000_000)
+        buyer = operator.as_account(created)
+        bids = [order("a", Side.BUY, 1000, 5_000), order("b", Side.BUY, 1000, 5_000)]
+        with pytest.raises(TokexApiError) as busy:
+            await buyer.place_orders(bids)
+        assert (busy.value.status, busy.value.code) == (503, "exchange_busy")
+        assert busy.value.retry_after == 1
+        assert await buyer.orders(status="all") == []
+        assert (await buyer.place_order(bids[0])).status == "open"  # one at a time fits
+    finally:
+        await operator.aclose()
+        proc.stop()

@@ -12,8 +12,8 @@ from litestar import Router, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.testing import AsyncTestClient
 
-from ledger.migrate import load_migrations
 from market.auth import PUBLIC
+from market.schema import load_migrations
 from ops.app import create_app
 from ops.config import Settings
 from ops.database import open_pool

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.migrate import load_migrations
+from market.schema import load_migrations
 from ops.cli import build_parser
 from tests.support.server import REPO_ROOT
 

@@ -83,3 +83,53 @@ async def test_export_then_verify_offline(db_url: str, tmp_path: Path) -> None:
         r = tokex("audit", "verify", *args)
         assert r.returncode == 1, args
         assert r.stdout.startswith("FAIL: ") and "Traceback" not in r.stdout + r.stderr
+
+
+#: Run `tokex <args>` in a fresh interpreter; print its exit status and which of the
+#: database-side modules it loaded, as JSON on the last line.
+_LOADED = """
+import json, sys
+from ops.cli import main
+status = main(sys.argv[1:])
+watched = ("asyncpg", "litestar", "ledger.audit.export", "ledger.store", "ops.database")
+print(json.dumps([status, [m for m in watched if m in sys.modules]]))
+"""
+
+
+def loaded_by(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    full_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    full_env.update(env or {})
+    r = subprocess.run(
+        [sys.executable, "-c", _LOADED, *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    status, modules = json.loads(r.stdout.splitlines()[-1])
+    return status, modules
+
+
+async def test_verify_loads_no_database_driver(db_url: str, tmp_path: Path) -> None:
+    """`tokex audit verify` works where no database (or its driver) is: it never imports
+    asyncpg, the exporter or the web framework, while `export` does load the driver."""
+    signer = Signer.generate(ORIGIN)
+    ledger, _ = await open_ledger(db_url, signer)
+    bank, bob = Account("exchange", "USD", "bank"), Account("bob", "USD", "cash")
+    try:
+        await ledger.apply_batch(
+            [
+                Transaction(
+                    id="d", code="deposit", time=1, postings=(Posting(bank, -5), Posting(bob, 5))
+                )
+            ]
+        )
+    finally:
+        await ledger.close()
+    out = tmp_path / "audit.tokex"
+    status, modules = loaded_by("audit", "export", "--out", str(out), env={"DATABASE_URL": db_url})
+    assert status == 0 and "asyncpg" in modules  # the check sees the driver when it is loaded
+    assert loaded_by("audit", "verify", str(out), "--json") == (0, [])
+    assert loaded_by("-v", "audit", "verify", str(out)) == (0, [])

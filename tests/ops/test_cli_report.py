@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from market.auth import now_ms, sign_request
 from ops.app import create_app
 from ops.config import Settings
-from tests.ledger.reports_support import SYM, T0, Activity, build_activity
+from tests.market.clearing.reports_support import SYM, T0, Activity, build_activity
 from tests.support.pg import PgServer
 from tests.support.server import REPO_ROOT
 

@@ -17,6 +17,7 @@ from ledger.migrate import (
     migrate,
     schema_version,
 )
+from market import schema
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
@@ -161,9 +162,60 @@ async def test_list_of_migrations_is_accepted(empty_db_url: str) -> None:
 
 
 def test_package_migrations_are_well_formed() -> None:
-    # Whatever ships in ledger/migrations must load (names, numbering).
-    load_migrations()
+    # Whatever ships in ledger/migrations and market/migrations must load (names, numbering).
+    schema.load_migrations()
 
 
 async def test_template_database_is_fully_migrated(db_conn: asyncpg.Connection) -> None:
-    assert await schema_version(db_conn) == len(load_migrations())
+    assert await schema_version(db_conn) == len(schema.load_migrations())
+
+
+# The exchange's files as main recorded them before they were split between ledger/ and
+# market/ (sha256 of each file at commit 7cbf26d): a database that applied them must
+# find the same names and checksums, or the runner would refuse it.
+RECORDED = [
+    (1, "ledger", "ledger/migrations"),
+    (2, "merkle_log", "ledger/migrations"),
+    (3, "accounts", "market/migrations"),
+    (4, "market", "market/migrations"),
+    (5, "settlement", "market/migrations"),
+    (6, "market_snapshots", "market/migrations"),
+    (7, "open_holds", "ledger/migrations"),
+]
+
+
+def test_exchange_migrations_keep_their_numbers_names_and_places() -> None:
+    found = schema.load_migrations()
+    assert [(m.version, m.name) for m in found] == [(v, n) for v, n, _ in RECORDED]
+    for migration, (version, name, where) in zip(found, RECORDED, strict=True):
+        path = Path(__file__).parents[2] / where / f"{version:04d}_{name}.sql"
+        assert path.read_text() == migration.sql
+
+
+def test_several_directories_are_one_sequence(tmp_path: Path) -> None:
+    write(tmp_path / "low", {"0001_a.sql": "SELECT 1;", "0003_c.sql": "SELECT 3;"})
+    write(tmp_path / "high", {"0002_b.sql": "SELECT 2;"})
+    both = load_migrations([tmp_path / "high", tmp_path / "low"])
+    assert [(m.version, m.name) for m in both] == [(1, "a"), (2, "b"), (3, "c")]
+    with pytest.raises(MigrationError, match="expected 0002"):
+        load_migrations(tmp_path / "low")  # one directory alone has a gap
+    write(tmp_path / "clash", {"0002_other.sql": "SELECT 2;"})
+    with pytest.raises(MigrationError, match="repeats"):
+        load_migrations([tmp_path / "low", tmp_path / "high", tmp_path / "clash"])
+
+
+async def test_several_directories_are_applied_in_one_order(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Numbers decide the order, not directories: 0002 of the second directory runs before
+    0003 of the first (it creates the table 0003 alters)."""
+    write(tmp_path / "a", {"0001_a.sql": "CREATE TABLE a (id int);",
+                           "0003_c.sql": "ALTER TABLE b ADD COLUMN c int;"})  # fmt: skip
+    write(tmp_path / "b", {"0002_b.sql": "CREATE TABLE b (id int);"})
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        assert await migrate(conn, [tmp_path / "a", tmp_path / "b"]) == 3
+        rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY 1")
+        assert [(r["version"], r["name"]) for r in rows] == [(1, "a"), (2, "b"), (3, "c")]
+    finally:
+        await conn.close()

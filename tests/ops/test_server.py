@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from ledger.migrate import load_migrations
+from market.schema import load_migrations
 from tests.support.server import REPO_ROOT, ServerProcess
 
 

@@ -9,7 +9,7 @@
 Every route takes `format=json|csv` (default json; CSV is `text/csv`). Times are Unix
 milliseconds or ISO-8601 (UTC unless an offset is given); index and time ranges are
 half-open. The body is streamed (`Stream`), read from one database snapshot; the bytes
-are exactly those of `tokex report ...` for the same query (see `ledger.reports`).
+are exactly those of `tokex report ...` for the same query (see `market.clearing.reports`).
 
 Who sees what: operators and auditors every report of everyone. A buyer or provider
 only its own statement and payouts (another account's: 403 `report_forbidden`), and of
@@ -17,7 +17,7 @@ an instrument only the pairs it bought or sold in; fee revenue and the trial bal
 are the exchange's own books (403 for them).
 
 The caller comes from the app's `principal` dependency (`market.auth`); this module
-only needs its account id and role (`Caller`), so `ledger` imports nothing of `market`.
+only needs its account id and role (`Caller`), not the authenticator's types.
 Query checks that can fail (bad range, unknown instrument) run before the first byte,
 so they answer a proper error instead of a cut stream.
 """
@@ -33,7 +33,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
-from ledger.reports import ReportForbidden, check_query, parse_time, report_chunks
+from market.clearing.reports import ReportForbidden, check_query, parse_time, report_chunks
 from schemas.accounts import Role
 from schemas.reports import (
     FeesQuery,

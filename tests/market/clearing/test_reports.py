@@ -17,7 +17,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from ledger.reports import (
+from ledger.store import recomputed_balances
+from market.auth import sign_request
+from market.clearing.reports import (
     InvalidReportQuery,
     UnknownReportInstrument,
     iso_ms,
@@ -26,8 +28,6 @@ from ledger.reports import (
     report_rows,
     resolve_query,
 )
-from ledger.store import recomputed_balances
-from market.auth import sign_request
 from ops.app import create_app
 from ops.config import Settings
 from schemas.ledger import Account
@@ -46,7 +46,7 @@ from schemas.reports import (
     TrialBalanceQuery,
     TrialBalanceRow,
 )
-from tests.ledger.reports_support import DAY, HOUR, SYM, T0, Activity, Key, build_activity
+from tests.market.clearing.reports_support import DAY, HOUR, SYM, T0, Activity, Key, build_activity
 from tests.support.pg import PgServer
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -435,12 +435,12 @@ async def test_output_does_not_depend_on_chunking(
     market: tuple[str, Activity], conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Streamed in many small chunks (as a large range is), the bytes are the same."""
-    import ledger.reports
+    from market.clearing import reports
 
     _, a = market
     whole = {(q, f): await render(conn, q, f) for q in queries(a) for f in ReportFormat}
-    monkeypatch.setattr(ledger.reports, "CHUNK_ROWS", 2)
-    monkeypatch.setattr(ledger.reports, "PREFETCH", 3)
+    monkeypatch.setattr(reports, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(reports, "PREFETCH", 3)
     for (query, fmt), expected in whole.items():
         chunks = [chunk async for chunk in report_chunks(conn, query, fmt)]
         assert b"".join(chunks) == expected
@@ -463,7 +463,7 @@ async def test_reports_follow_the_sequencers_own_deliveries_close_and_withdrawal
     )
     from schemas.market import Side
     from schemas.trading import DeliveryReport, PlaceOrder, WithdrawalRequest
-    from tests.ledger.reports_support import Clock, setup_market
+    from tests.market.clearing.reports_support import Clock, setup_market
 
     clock = Clock()
     seq = await Sequencer.open(db_url, clock=clock)

@@ -1,4 +1,7 @@
-"""Settlement posting rules: what each market event does to the ledger. Pure.
+"""The market's posting rules: what each market event does to the ledger. Pure.
+
+(The ledger's own rules, `ledger.rules`, say how any transaction applies; these say
+which transaction each event of the market is.)
 
 Accounts (owner | asset | kind), with `C` the currency and `tok:<symbol>`
 the token asset of an instrument:

@@ -1,302 +1,35 @@
-"""Audit export (from the database) and offline verification (no database).
-
-File format ``tokex-audit/v1``
-------------------------------
-The magic line ``TOKEX-AUDIT/1\\n``, then frames: a 4-byte big-endian length and one
-MessagePack record (msgspec, structs as arrays, the first element naming the record)::
-
-    header      format, origin, from_index, to_index, frontier (the Merkle frontier of the
-                tree of from_index leaves, `MerkleFrontier.to_bytes`; empty tree for 0)
-    keys        every checkpoint key: verifier key string, valid_from_size, announced_in_tx
-    balances*   "opening" balances at from_index (only when from_index > 0), in chunks
-    entries     start index and the canonical bytes of up to 1000 consecutive transactions
-    checkpoint  a signed checkpoint note, right after the entry that completes its tree
-    ...         (entries and checkpoints interleaved, in index order)
-    balances*   "closing" balances at to_index (at the end: as the writer recovers them), in chunks
-    end         counts, and the SHA-256 of every byte of the file before this frame
-
-Balance rows are ``(owner, asset, kind, available, held)``, sorted, non-zero only. The
-export ends at a checkpoint (``to_index`` is rounded down to the largest checkpoint size not
-above it), so every exported entry is under a signature. It is written in constant memory
-(windows of `WINDOW` entries in one REPEATABLE READ snapshot) and is a pure function of the
-ledger and the range: rerunning it gives the same bytes.
-
-Verification (`verify_file`)
-----------------------------
-Streaming, in one pass, and stopping at the first problem (`AuditFailure`, which says
-where: ``entry 123``, ``checkpoint 456``, ``header``...):
-
-- every entry decodes, has the next index, sums to zero per asset (both buckets together);
-- every checkpoint comes exactly where the recomputed tree reaches its size, has the
-  header's origin, is signed by the key valid at its size, and its root equals the root
-  recomputed from the entries; sizes grow, times never go backwards and are not earlier
-  than any entry before them. All roots come from one append-only sequence of leaves, so
-  each checkpoint is consistent with the one before (the same tree, extended);
-- keys: trust starts at ``--public-key`` (or, without one, the export's first key, which
-  the report says). A later key is trusted only from a ``key_rotation`` entry, signed by
-  the key before it (`ledger.keys.check_rotation`), that the key list agrees with;
-- the balances recomputed from the (opening balances and the) entries equal the exported
-  closing balances;
-- the end record's counts and file digest match, and nothing follows it.
-
-A root mismatch cannot say which entry of the range was altered (only the checkpoints are
-signed), so it names the range and the checkpoint. For ``from_index > 0`` the opening
-balances are not covered by any signature and are taken as given; the frontier is
-(a wrong one cannot reproduce a signed root).
-"""
+"""Offline verification of a ``tokex-audit/v1`` file (see `ledger.audit`): no database,
+no database driver (this module and what it imports never load asyncpg)."""
 
 from __future__ import annotations
 
 import hashlib
-import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
-import asyncpg
 import msgspec
 
+from ledger.audit.records import (
+    FORMAT,
+    AuditFailure,
+    BalanceRow,
+    Balances,
+    CheckpointRecord,
+    End,
+    Entries,
+    Header,
+    KeyRecord,
+    Keys,
+    read_frames,
+)
 from ledger.canonical import TRANSACTION_PREFIX, decode_transaction
 from ledger.checkpoint import Checkpoint
 from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
-from ledger.log import with_nodes
 from ledger.merkle import MerkleFrontier
 from ledger.note import NoteError, Verifier, open_note
-from ledger.store import load_state
-from schemas.errors import DomainError, ErrorKind
+from schemas.errors import DomainError
 
-__all__ = [
-    "FORMAT",
-    "MAGIC",
-    "AuditFailure",
-    "ExportEmpty",
-    "ExportSummary",
-    "VerifyReport",
-    "export",
-    "verify_file",
-]
-
-FORMAT = "tokex-audit/v1"
-MAGIC = b"TOKEX-AUDIT/1\n"
-WINDOW = 10_000  # entries fetched per query while exporting
-CHUNK = 1000  # entries per record
-BALANCE_CHUNK = 10_000
-MAX_FRAME = 1 << 26  # 64 MiB: far above any record this module writes
-
-BalanceRow = tuple[str, str, str, int, int]
-
-
-# --------------------------------------------------------------------------- records
-
-
-class Header(msgspec.Struct, array_like=True, tag="header"):
-    format: str
-    origin: str
-    from_index: int
-    to_index: int
-    frontier: bytes
-
-
-class KeyRecord(msgspec.Struct, array_like=True):
-    key: str
-    valid_from_size: int
-    announced_in_tx: int | None
-
-
-class Keys(msgspec.Struct, array_like=True, tag="keys"):
-    keys: list[KeyRecord]
-
-
-class Balances(msgspec.Struct, array_like=True, tag="balances"):
-    which: Literal["opening", "closing"]
-    rows: list[BalanceRow]
-
-
-class Entries(msgspec.Struct, array_like=True, tag="entries"):
-    start: int
-    bodies: list[bytes]
-
-
-class CheckpointRecord(msgspec.Struct, array_like=True, tag="checkpoint"):
-    note: str
-
-
-class End(msgspec.Struct, array_like=True, tag="end"):
-    entries: int
-    checkpoints: int
-    digest: bytes
-
-
-Record = Header | Keys | Balances | Entries | CheckpointRecord | End
-
-
-class AuditFailure(DomainError):
-    """The audit file does not verify. ``where`` names the first bad part."""
-
-    code = "audit_failed"
-    kind = ErrorKind.INVALID
-
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"{where}: {reason}")
-        self.where = where
-        self.reason = reason
-
-
-class ExportEmpty(DomainError):
-    """There is no checkpoint in the requested range: nothing signed to export."""
-
-    code = "audit_export_empty"
-    kind = ErrorKind.NOT_FOUND
-
-
-# --------------------------------------------------------------------------- export
-
-
-@dataclass(slots=True)
-class ExportSummary:
-    origin: str
-    from_index: int
-    to_index: int
-    entries: int = 0
-    checkpoints: int = 0
-    bytes: int = 0
-
-
-class _FrameWriter:
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
-        self._hash = hashlib.sha256(MAGIC)
-        self._encoder = msgspec.msgpack.Encoder()
-        self.bytes = len(MAGIC)
-        out.write(MAGIC)
-
-    def write(self, record: Record) -> None:
-        data = self._encoder.encode(record)
-        frame = len(data).to_bytes(4, "big") + data
-        self._hash.update(frame)
-        self._out.write(frame)
-        self.bytes += len(frame)
-
-    def digest(self) -> bytes:
-        return self._hash.digest()
-
-
-_BALANCES_UPTO = """
-SELECT a.owner, a.asset, a.kind,
-       coalesce(sum(e.amount) FILTER (WHERE e.bucket = 0), 0)::bigint AS available,
-       coalesce(sum(e.amount) FILTER (WHERE e.bucket = 1), 0)::bigint AS held
-  FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id
- WHERE e.tx_idx < $1
- GROUP BY a.owner, a.asset, a.kind
-"""
-
-
-async def _balances(conn: asyncpg.Connection, upto: int, ledger_size: int) -> list[BalanceRow]:
-    """Balances after the first ``upto`` transactions: the stored balances when that is the
-    whole ledger (so the audit checks what the exchange actually holds), else summed from
-    the stored entries."""
-    if upto == ledger_size:
-        # What the exchange holds: its balance snapshot rolled forward through the
-        # journal after it, exactly as the writer recovers it (ledger.store.load_state).
-        state, _, _ = await load_state(conn)
-        held = [(a.owner, a.asset, a.kind, b[0], b[1]) for a, b in state.balances.items()]
-        return sorted(r for r in held if r[3] or r[4])
-    else:
-        rows = await conn.fetch(_BALANCES_UPTO, upto)
-    out = [(r["owner"], r["asset"], r["kind"], r["available"], r["held"]) for r in rows]
-    return sorted(r for r in out if r[3] or r[4])
-
-
-def _write_balances(
-    w: _FrameWriter, which: Literal["opening", "closing"], rows: list[BalanceRow]
-) -> None:
-    for i in range(0, len(rows), BALANCE_CHUNK):
-        w.write(Balances(which, rows[i : i + BALANCE_CHUNK]))
-
-
-async def export(
-    conn: asyncpg.Connection,
-    out: BinaryIO,
-    from_index: int = 0,
-    to_index: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> ExportSummary:
-    """Write the audit file of entries [from_index, to_index) to ``out``.
-
-    ``to_index`` (default: the latest checkpoint) is rounded down to a checkpoint size.
-    ``progress(done, total)`` is called after each window of entries.
-    """
-    if from_index < 0 or (to_index is not None and to_index < 0):
-        raise ExportEmpty("indices must not be negative")
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        row = await conn.fetchrow(
-            "SELECT tree_size, note FROM ledger_checkpoints "
-            "WHERE ($1::bigint IS NULL OR tree_size <= $1) ORDER BY tree_size DESC LIMIT 1",
-            to_index,
-        )
-        if row is None or row["tree_size"] <= from_index:
-            raise ExportEmpty(
-                f"no checkpoint between index {from_index} and {to_index}: nothing to export"
-            )
-        end: int = row["tree_size"]
-        origin = str(row["note"]).split("\n", 1)[0]
-        ledger_size = int(
-            await conn.fetchval("SELECT coalesce(max(idx) + 1, 0) FROM ledger_transactions")
-        )
-        frontier = await with_nodes(conn, lambda get: MerkleFrontier.from_nodes(from_index, get))
-        summary = ExportSummary(origin, from_index, end)
-        w = _FrameWriter(out)
-        w.write(Header(FORMAT, origin, from_index, end, frontier.to_bytes()))
-        keys = await conn.fetch(
-            "SELECT key, valid_from_size, announced_in_tx FROM ledger_keys ORDER BY valid_from_size"
-        )
-        w.write(
-            Keys([KeyRecord(k["key"], k["valid_from_size"], k["announced_in_tx"]) for k in keys])
-        )
-        if from_index > 0:
-            _write_balances(w, "opening", await _balances(conn, from_index, ledger_size))
-
-        pos = from_index
-        while pos < end:
-            stop = min(end, pos + WINDOW)
-            bodies = [
-                bytes(r["body"])
-                for r in await conn.fetch(
-                    "SELECT body FROM ledger_transactions WHERE idx >= $1 AND idx < $2 "
-                    "ORDER BY idx",
-                    pos,
-                    stop,
-                )
-            ]
-            if len(bodies) != stop - pos:
-                raise ExportEmpty(f"entries {pos}..{stop} are missing from the ledger")
-            cps = await conn.fetch(
-                "SELECT tree_size, note FROM ledger_checkpoints "
-                "WHERE tree_size > $1 AND tree_size <= $2 ORDER BY tree_size",
-                pos,
-                stop,
-            )
-            at = pos
-            for cp in [*cps, None]:
-                upto = stop if cp is None else cp["tree_size"]
-                while at < upto:
-                    n = min(CHUNK, upto - at)
-                    w.write(Entries(at, bodies[at - pos : at - pos + n]))
-                    at += n
-                if cp is not None:
-                    w.write(CheckpointRecord(cp["note"]))
-                    summary.checkpoints += 1
-            summary.entries += stop - pos
-            pos = stop
-            if progress is not None:
-                progress(pos - from_index, end - from_index)
-        _write_balances(w, "closing", await _balances(conn, end, ledger_size))
-        w.write(End(summary.entries, summary.checkpoints, w.digest()))
-        summary.bytes = w.bytes
-    return summary
-
-
-# --------------------------------------------------------------------------- verify
+__all__ = ["AuditFailure", "VerifyReport", "verify_file"]
 
 
 class _Tx(msgspec.Struct, array_like=True, gc=False):
@@ -311,7 +44,6 @@ class _Tx(msgspec.Struct, array_like=True, gc=False):
     metadata: msgspec.Raw
 
 
-_record_decoder = msgspec.msgpack.Decoder(Record)
 _tx_decoder = msgspec.msgpack.Decoder(_Tx)
 _PREFIX = TRANSACTION_PREFIX
 _PREFIX_LEN = len(TRANSACTION_PREFIX)
@@ -334,36 +66,6 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _frames(f: BinaryIO, digest: Any) -> Iterator[tuple[Record, bytes]]:
-    """Records of the file, each with the digest of every byte before its frame."""
-    magic = f.read(len(MAGIC))
-    if magic != MAGIC:
-        raise AuditFailure("file", "not a tokex audit file (bad magic line)")
-    digest.update(magic)
-    n = 0
-    while True:
-        head = f.read(4)
-        if not head:
-            return
-        if len(head) < 4:
-            raise AuditFailure("file", "truncated (partial frame header)")
-        size = int.from_bytes(head, "big")
-        if size > MAX_FRAME:
-            raise AuditFailure(f"record {n}", f"frame of {size} bytes is implausibly large")
-        data = f.read(size)
-        if len(data) < size:
-            raise AuditFailure("file", "truncated (partial record)")
-        before = digest.digest()
-        digest.update(head)
-        digest.update(data)
-        try:
-            record = _record_decoder.decode(data)
-        except (msgspec.DecodeError, ValueError) as exc:
-            raise AuditFailure(f"record {n}", f"undecodable: {exc}") from None
-        yield record, before
-        n += 1
-
-
 class _Verifier:
     def __init__(self, trusted: Verifier | None) -> None:
         self.trusted_arg = trusted
@@ -376,6 +78,8 @@ class _Verifier:
         self.next_index = 0
         self.balances: dict[tuple[str, str, str], list[int]] = {}
         self.closing: list[BalanceRow] = []
+        self.opening_rows = 0
+        self._last_opening: BalanceRow | None = None
         self.entries = 0
         self.checkpoints = 0
         self.last_cp_size = -1
@@ -426,11 +130,14 @@ class _Verifier:
         if self.header.from_index == 0:
             raise AuditFailure("opening balances", "present in an export from index 0")
         balances = self.balances
+        previous = _check_order("opening", rec.rows, self.opening_rows, self._last_opening)
         for owner, asset, kind, available, held in rec.rows:
             key = (owner, asset, kind)
             if key in balances or not (available or held):
                 raise AuditFailure("opening balances", f"repeated or zero row for {key}")
             balances[key] = [available, held]
+        self.opening_rows += len(rec.rows)
+        self._last_opening = previous
 
     def entries_record(self, rec: Entries) -> None:
         if rec.start != self.next_index:
@@ -554,6 +261,8 @@ class _Verifier:
         self.checkpoints += 1
 
     def closing_record(self, rec: Balances) -> None:
+        last = self.closing[-1] if self.closing else None
+        _check_order("closing", rec.rows, len(self.closing), last)
         self.closing.extend(rec.rows)
 
     def finish_body(self) -> None:
@@ -583,13 +292,31 @@ class _Verifier:
         return len(exported)
 
 
+def _check_order(
+    which: str, rows: list[BalanceRow], first: int, previous: BalanceRow | None
+) -> BalanceRow | None:
+    """Balance rows come in the documented order: ascending by (owner, asset, kind), each
+    account once, across all the chunks of one kind (`first` numbers the rows before these,
+    `previous` is the last of them). Raises naming the first row out of order; returns the
+    last row."""
+    for n, row in enumerate(rows, start=first):
+        if previous is not None and row[:3] <= previous[:3]:
+            raise AuditFailure(
+                f"{which} balances row {n}",
+                f"account {row[0]}|{row[1]}|{row[2]} is out of order (not after "
+                f"{previous[0]}|{previous[1]}|{previous[2]}): rows are sorted by account",
+            )
+        previous = row
+    return previous
+
+
 def verify_file(f: BinaryIO, trusted: Verifier | None = None) -> VerifyReport:
     """Verify an audit file; return what was established or raise `AuditFailure`."""
     v = _Verifier(trusted)
     digest = hashlib.sha256()
     accounts = 0
     end: End | None = None
-    for record, before in _frames(f, digest):
+    for record, before in read_frames(f, digest):
         state = v.state
         if end is not None:
             raise AuditFailure("file", "data after the end record")
@@ -652,15 +379,3 @@ def verify_file(f: BinaryIO, trusted: Verifier | None = None) -> VerifyReport:
         accounts=accounts,
         notes=notes,
     )
-
-
-def stderr_progress() -> Callable[[int, int], None] | None:
-    """A progress printer for exports, or None when stderr is not a terminal."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        print(f"\rexported {done:,} / {total:,} entries", end=end, file=sys.stderr, flush=True)
-
-    return show

@@ -1,5 +1,4 @@
--- Bounded recovery: snapshots of the books, so that recovery replays only the journal's
--- tail, and an index of the open holds, so that the ledger loads only those.
+-- Snapshots of the books, so that recovery replays only the journal's tail.
 --
 -- market_snapshots: the matching engine's state (MatchingEngine.snapshot(), the books of
 -- every instrument; a settled instrument's book is reduced to its instrument and its
@@ -19,8 +18,3 @@ CREATE TABLE market_snapshots (
     engine      bytea   NOT NULL,
     created_ms  bigint  NOT NULL
 );
-
--- Recovery loads only the open holds (ledger.store.load_state): most rows of
--- ledger_hold_state are holds long closed (remaining 0), and a scan of them all made
--- start-up grow with history.
-CREATE INDEX ledger_hold_state_open ON ledger_hold_state (hold_id) WHERE remaining > 0;

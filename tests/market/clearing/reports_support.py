@@ -8,7 +8,7 @@ Trades (lot 1,000 tokens; maker 10 bps, taker 20 bps, provider fee 100 bps):
     b2 takes 10,000 from p1 at 5,000     notional  50,000  taker fee 100
     b2 takes 20,000 from p2 at 5,500     notional 110,000  taker fee 220
     b1 (maker) gets 5,000 from p2 at 4,800  notional 24,000  maker fee 24
-Then, by the ledger writer (`ledger.settlement.delivery` and `close_entitlement`):
+Then, by the ledger writer (`market.clearing.rules.delivery` and `close_entitlement`):
     delivery b1@p1: 15,000 tokens, escrow 75,000 -> p1 74,250 + fee 750    (day 1, +1 h)
     delivery b2@p2: 20,000 tokens, escrow 110,000 -> p2 108,900 + fee 1,100 (day 2)
     close_refund b1@p1: 5,000 tokens burned, 25,000 refunded to b1          (day 2, +1 h)
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger import settlement
 from ledger.writer import Ledger
 from market.accounts import create_account
+from market.clearing import rules as settlement
 from market.sequencer import CreateInstrumentOp, DepositOp, ListingOp, PlaceOp, Sequencer
 from schemas.accounts import Role
 from schemas.market import Side
@@ -144,7 +144,7 @@ async def build_activity(db_url: str) -> Activity:
             "close:1", b1, p1, TERMS, 5_000, 25_000, T0 + DAY + HOUR
         )
         for tx in (d1, d2, close):
-            result = await ledger.submit(tx)
+            (result,) = await ledger.apply_batch([tx])
             assert result.committed, result
     finally:
         await ledger.close()

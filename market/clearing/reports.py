@@ -5,7 +5,7 @@ One entry point, `report_chunks(conn, query, fmt)`, yields the bytes of a report
 reads in one read-only REPEATABLE READ transaction (one snapshot: the totals of a
 report agree with each other even while the sequencer writes) and streams the
 entries through a server-side cursor, so a statement over millions of entries is
-never in memory. The HTTP routes (`ledger.reports_api`) and `tokex report` both
+never in memory. The HTTP routes (`market.clearing.reports_api`) and `tokex report` both
 call it, so the same query gives the same bytes through either.
 
 Deterministic, so a rerun over the same ledger range is byte-identical: every
@@ -19,9 +19,10 @@ report exactly.
 Reports are driven by ledger entries and transaction codes, not by the market's
 code: a delivery is any transaction whose code is in `DELIVERY_CODES`; escrow or
 entitlement leaving its account in any *other* transaction (window close, refund,
-burn) counts as refunded or undelivered. Only the instrument report reads the
-market's tables (`market_instruments` for the lot and currency, `market_fills`
-for volume and prices), by SQL, so `ledger` still imports nothing of `market`.
+burn) counts as refunded or undelivered. Accounts are read by the names of the
+posting rules (`market.clearing.rules`: `b@p` pairs, the exchange's fee account).
+Only the instrument report reads the market's tables (`market_instruments` for the
+lot and currency, `market_fills` for volume and prices).
 
 Formats:
 - CSV: a header row of the row type's fields in declared order, then one line per
@@ -50,7 +51,7 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
-from ledger.settlement import EXCHANGE, token_asset
+from market.clearing.rules import EXCHANGE, parse_pair, token_asset
 from schemas.errors import DomainError, ErrorKind
 from schemas.reports import (
     PERIOD_MS,
@@ -487,9 +488,9 @@ class _Pair:
         )  # fmt: skip
 
 
-def _split_pair(owner: str) -> tuple[str, str]:
-    """(provider, buyer) of an escrow or entitlement owner `buyer@provider`."""
-    buyer, _, provider = owner.partition("@")
+def _pair_key(owner: str) -> tuple[str, str]:
+    """The report's key, (provider, buyer), of an escrow or entitlement owner `buyer@provider`."""
+    buyer, provider = parse_pair(owner)
     return provider, buyer
 
 
@@ -533,7 +534,7 @@ async def _instrument(conn: asyncpg.Connection, query: InstrumentQuery) -> list[
         escrow_kind,
         list(DELIVERY_CODES),
     ):
-        p = pair(_split_pair(r["owner"]))
+        p = pair(_pair_key(r["owner"]))
         debit = _int(r["debit"])
         if r["tokens"]:
             if r["delivery"]:
@@ -566,7 +567,7 @@ async def _instrument(conn: asyncpg.Connection, query: InstrumentQuery) -> list[
         list(DELIVERY_CODES),
         EXCHANGE,
     ):
-        pair(_split_pair(r["owner"])).provider_fees += _int(r["fees"])
+        pair(_pair_key(r["owner"])).provider_fees += _int(r["fees"])
     keys = sorted(k for k in pairs if query.party is None or query.party in k)
     total = _Pair()
     for key in keys:

@@ -1,0 +1,53 @@
+"""The audit file: export (from the database) and offline verification (no database).
+
+Three modules, so that verifying needs no database driver:
+
+- `ledger.audit.records`: the file's records and frames, and `AuditFailure` (no I/O);
+- `ledger.audit.export`: `export`, the file of a range of the ledger, read from PostgreSQL;
+- `ledger.audit.verify`: `verify_file`, offline; it imports neither asyncpg nor `export`.
+
+File format ``tokex-audit/v1``
+------------------------------
+The magic line ``TOKEX-AUDIT/1\\n``, then frames: a 4-byte big-endian length and one
+MessagePack record (msgspec, structs as arrays, the first element naming the record)::
+
+    header      format, origin, from_index, to_index, frontier (the Merkle frontier of the
+                tree of from_index leaves, `MerkleFrontier.to_bytes`; empty tree for 0)
+    keys        every checkpoint key: verifier key string, valid_from_size, announced_in_tx
+    balances*   "opening" balances at from_index (only when from_index > 0), in chunks
+    entries     start index and the canonical bytes of up to 1000 consecutive transactions
+    checkpoint  a signed checkpoint note, right after the entry that completes its tree
+    ...         (entries and checkpoints interleaved, in index order)
+    balances*   "closing" balances at to_index (at the end: as the writer recovers them), in chunks
+    end         counts, and the SHA-256 of every byte of the file before this frame
+
+Balance rows are ``(owner, asset, kind, available, held)``, sorted (ascending, by the whole
+row, across the chunks of one kind), non-zero only. The
+export ends at a checkpoint (``to_index`` is rounded down to the largest checkpoint size not
+above it), so every exported entry is under a signature. It is written in constant memory
+(windows of `WINDOW` entries in one REPEATABLE READ snapshot) and is a pure function of the
+ledger and the range: rerunning it gives the same bytes.
+
+Verification (`ledger.audit.verify.verify_file`)
+----------------------------
+Streaming, in one pass, and stopping at the first problem (`AuditFailure`, which says
+where: ``entry 123``, ``checkpoint 456``, ``header``...):
+
+- every entry decodes, has the next index, sums to zero per asset (both buckets together);
+- every checkpoint comes exactly where the recomputed tree reaches its size, has the
+  header's origin, is signed by the key valid at its size, and its root equals the root
+  recomputed from the entries; sizes grow, times never go backwards and are not earlier
+  than any entry before them. All roots come from one append-only sequence of leaves, so
+  each checkpoint is consistent with the one before (the same tree, extended);
+- keys: trust starts at ``--public-key`` (or, without one, the export's first key, which
+  the report says). A later key is trusted only from a ``key_rotation`` entry, signed by
+  the key before it (`ledger.keys.check_rotation`), that the key list agrees with;
+- the balances recomputed from the (opening balances and the) entries equal the exported
+  closing balances;
+- the end record's counts and file digest match, and nothing follows it.
+
+A root mismatch cannot say which entry of the range was altered (only the checkpoints are
+signed), so it names the range and the checkpoint. For ``from_index > 0`` the opening
+balances are not covered by any signature and are taken as given; the frontier is
+(a wrong one cannot reproduce a signed root).
+"""

@@ -1,0 +1,178 @@
+"""Audit export: the ``tokex-audit/v1`` file of a range of the ledger, read from PostgreSQL
+(see `ledger.audit` for the format)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO, Literal
+
+import asyncpg
+
+from ledger.audit.records import (
+    BALANCE_CHUNK,
+    CHUNK,
+    FORMAT,
+    BalanceRow,
+    Balances,
+    CheckpointRecord,
+    End,
+    Entries,
+    FrameWriter,
+    Header,
+    KeyRecord,
+    Keys,
+)
+from ledger.log import with_nodes
+from ledger.merkle import MerkleFrontier
+from ledger.store import load_state
+from schemas.errors import DomainError, ErrorKind
+
+__all__ = ["WINDOW", "ExportEmpty", "ExportSummary", "export", "stderr_progress"]
+
+WINDOW = 10_000  # entries fetched per query while exporting
+
+
+class ExportEmpty(DomainError):
+    """There is no checkpoint in the requested range: nothing signed to export."""
+
+    code = "audit_export_empty"
+    kind = ErrorKind.NOT_FOUND
+
+
+@dataclass(slots=True)
+class ExportSummary:
+    origin: str
+    from_index: int
+    to_index: int
+    entries: int = 0
+    checkpoints: int = 0
+    bytes: int = 0
+
+
+_BALANCES_UPTO = """
+SELECT a.owner, a.asset, a.kind,
+       coalesce(sum(e.amount) FILTER (WHERE e.bucket = 0), 0)::bigint AS available,
+       coalesce(sum(e.amount) FILTER (WHERE e.bucket = 1), 0)::bigint AS held
+  FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id
+ WHERE e.tx_idx < $1
+ GROUP BY a.owner, a.asset, a.kind
+"""
+
+
+async def _balances(conn: asyncpg.Connection, upto: int, ledger_size: int) -> list[BalanceRow]:
+    """Balances after the first ``upto`` transactions: the stored balances when that is the
+    whole ledger (so the audit checks what the exchange actually holds), else summed from
+    the stored entries."""
+    if upto == ledger_size:
+        # What the exchange holds: its balance snapshot rolled forward through the
+        # journal after it, exactly as the writer recovers it (ledger.store.load_state).
+        state, _, _ = await load_state(conn)
+        held = [(a.owner, a.asset, a.kind, b[0], b[1]) for a, b in state.balances.items()]
+        return sorted(r for r in held if r[3] or r[4])
+    else:
+        rows = await conn.fetch(_BALANCES_UPTO, upto)
+    out = [(r["owner"], r["asset"], r["kind"], r["available"], r["held"]) for r in rows]
+    return sorted(r for r in out if r[3] or r[4])
+
+
+def _write_balances(
+    w: FrameWriter, which: Literal["opening", "closing"], rows: list[BalanceRow]
+) -> None:
+    for i in range(0, len(rows), BALANCE_CHUNK):
+        w.write(Balances(which, rows[i : i + BALANCE_CHUNK]))
+
+
+async def export(
+    conn: asyncpg.Connection,
+    out: BinaryIO,
+    from_index: int = 0,
+    to_index: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportSummary:
+    """Write the audit file of entries [from_index, to_index) to ``out``.
+
+    ``to_index`` (default: the latest checkpoint) is rounded down to a checkpoint size.
+    ``progress(done, total)`` is called after each window of entries.
+    """
+    if from_index < 0 or (to_index is not None and to_index < 0):
+        raise ExportEmpty("indices must not be negative")
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(
+            "SELECT tree_size, note FROM ledger_checkpoints "
+            "WHERE ($1::bigint IS NULL OR tree_size <= $1) ORDER BY tree_size DESC LIMIT 1",
+            to_index,
+        )
+        if row is None or row["tree_size"] <= from_index:
+            raise ExportEmpty(
+                f"no checkpoint between index {from_index} and {to_index}: nothing to export"
+            )
+        end: int = row["tree_size"]
+        origin = str(row["note"]).split("\n", 1)[0]
+        ledger_size = int(
+            await conn.fetchval("SELECT coalesce(max(idx) + 1, 0) FROM ledger_transactions")
+        )
+        frontier = await with_nodes(conn, lambda get: MerkleFrontier.from_nodes(from_index, get))
+        summary = ExportSummary(origin, from_index, end)
+        w = FrameWriter(out)
+        w.write(Header(FORMAT, origin, from_index, end, frontier.to_bytes()))
+        keys = await conn.fetch(
+            "SELECT key, valid_from_size, announced_in_tx FROM ledger_keys ORDER BY valid_from_size"
+        )
+        w.write(
+            Keys([KeyRecord(k["key"], k["valid_from_size"], k["announced_in_tx"]) for k in keys])
+        )
+        if from_index > 0:
+            _write_balances(w, "opening", await _balances(conn, from_index, ledger_size))
+
+        pos = from_index
+        while pos < end:
+            stop = min(end, pos + WINDOW)
+            bodies = [
+                bytes(r["body"])
+                for r in await conn.fetch(
+                    "SELECT body FROM ledger_transactions WHERE idx >= $1 AND idx < $2 "
+                    "ORDER BY idx",
+                    pos,
+                    stop,
+                )
+            ]
+            if len(bodies) != stop - pos:
+                raise ExportEmpty(f"entries {pos}..{stop} are missing from the ledger")
+            cps = await conn.fetch(
+                "SELECT tree_size, note FROM ledger_checkpoints "
+                "WHERE tree_size > $1 AND tree_size <= $2 ORDER BY tree_size",
+                pos,
+                stop,
+            )
+            at = pos
+            for cp in [*cps, None]:
+                upto = stop if cp is None else cp["tree_size"]
+                while at < upto:
+                    n = min(CHUNK, upto - at)
+                    w.write(Entries(at, bodies[at - pos : at - pos + n]))
+                    at += n
+                if cp is not None:
+                    w.write(CheckpointRecord(cp["note"]))
+                    summary.checkpoints += 1
+            summary.entries += stop - pos
+            pos = stop
+            if progress is not None:
+                progress(pos - from_index, end - from_index)
+        _write_balances(w, "closing", await _balances(conn, end, ledger_size))
+        w.write(End(summary.entries, summary.checkpoints, w.digest()))
+        summary.bytes = w.bytes
+    return summary
+
+
+def stderr_progress() -> Callable[[int, int], None] | None:
+    """A progress printer for exports, or None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        print(f"\rexported {done:,} / {total:,} entries", end=end, file=sys.stderr, flush=True)
+
+    return show

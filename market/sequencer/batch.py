@@ -1,0 +1,150 @@
+"""The batch context: what one batch's handlers share while they stage it.
+
+A `Batch` holds the batch's time, the market's memory, the ledger batch (its
+in-memory balances answer the pre-trade checks), the journal of engine commands and
+every row the batch writes (orders, fills, deliveries, settlements, withdrawals).
+Handlers take it and return their result; they never touch the loop. `stage` puts
+the rows into the batch's one SQL statement (`ledger.rows`), with the ledger's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncpg
+import msgspec
+
+from ledger.errors import IdempotencyConflict
+from ledger.rows import BatchRows
+from ledger.writer import LedgerBatch
+from market.sequencer.errors import InstrumentSettled, OrderRefused, TransactionRefused
+from market.sequencer.state import MarketState
+from market.store import (
+    DeliveryRow,
+    JournalEntry,
+    OrderRow,
+    WithdrawalRow,
+    encode_entry,
+    stage_market_batch,
+)
+from schemas.errors import DomainError
+from schemas.ledger import TransactionResult
+from schemas.market import Command, Event
+from schemas.trading import FillView, OrderView, SettlementView
+
+Key = tuple[str, str]  # (account, the caller's id)
+
+
+@dataclass(slots=True)
+class Prior:
+    """What the database already holds for the idempotency keys of a batch."""
+
+    orders: dict[Key, OrderRow] = field(default_factory=dict)
+    deliveries: dict[Key, DeliveryRow] = field(default_factory=dict)
+    withdrawals: dict[Key, WithdrawalRow] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Batch:
+    market: MarketState
+    ledger: LedgerBatch
+    time_ms: int
+    currency: str
+    prior: Prior
+    journal: list[tuple[int, int, bytes]] = field(default_factory=list)
+    instruments: list[tuple[Any, ...]] = field(default_factory=list)
+    orders: dict[int, OrderRow] = field(default_factory=dict)
+    #: Orders placed in this batch, by (account, client order id).
+    placed: dict[Key, OrderRow] = field(default_factory=dict)
+    fills: list[tuple[Any, ...]] = field(default_factory=list)
+    fill_views: dict[int, list[FillView]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    deliveries: dict[Key, DeliveryRow] = field(default_factory=dict)
+    settlements: list[SettlementView] = field(default_factory=list)
+    withdrawals: dict[Key, WithdrawalRow] = field(default_factory=dict)
+
+    def record(self, entry: JournalEntry) -> None:
+        """Journal an entry (engine command or listing) under the next sequence number."""
+        market = self.market
+        self.journal.append((market.next_journal_seq, entry.time, encode_entry(entry)))
+        market.next_journal_seq += 1
+
+    def run_engine(self, command: Command) -> list[Event]:
+        """Journal `command`, feed it to the engine, keep its events for publishing."""
+        self.record(command)
+        events = self.market.engine.process(command)
+        self.events.extend(events)
+        return events
+
+    def order_view(self, row: OrderRow) -> OrderView:
+        """The order as the batch leaves it (later commands of the batch may fill it)."""
+        done = self.orders.get(row.order_id, row)
+        return done.view(self.fill_views.get(done.order_id, ()))
+
+    async def stage(self, conn: asyncpg.Connection, rows: BatchRows) -> None:
+        """Add the market's rows of this batch to the batch's statement."""
+        stage_market_batch(
+            rows,
+            journal=self.journal,
+            instruments=self.instruments,
+            orders=list(self.orders.values()),
+            fills=self.fills,
+            deliveries=list(self.deliveries.values()),
+            settlements=self.settlements,
+            withdrawals=list(self.withdrawals.values()),
+        )
+
+
+_digest_encoder = msgspec.msgpack.Encoder(order="sorted")
+
+
+def digest(request: msgspec.Struct) -> bytes:
+    """What identifies a request's body, for idempotency by the caller's id."""
+    return hashlib.sha256(_digest_encoder.encode(request)).digest()
+
+
+class _Digested(Protocol):
+    @property
+    def request_digest(self) -> bytes: ...
+
+
+def replayed(earlier: _Digested | None, request_digest: bytes, conflict: str) -> bool:
+    """Whether the request is a retry of `earlier` (same id): True if the same body,
+    `IdempotencyConflict(conflict)` if another; False if the id is new."""
+    if earlier is None:
+        return False
+    if earlier.request_digest != request_digest:
+        raise IdempotencyConflict(conflict)
+    return True
+
+
+#: Refusals recorded under a command's id (`LedgerBatch.refuse`), by code: a replay of
+#: one raises the type the first refusal had.
+_REFUSALS: dict[str, type[DomainError]] = {
+    InstrumentSettled.code: InstrumentSettled,
+    "instrument_not_open": OrderRefused,
+    "qty_off_lot": OrderRefused,
+    "capacity_limit": OrderRefused,
+}
+
+
+def checked(result: TransactionResult) -> int:
+    """A transaction of a user's request: its refusal is the user's error (of the same
+    type when it is a refusal replayed under its id). Its index."""
+    if not result.committed:
+        message, code = result.message or "refused", result.code or "refused"
+        if code == IdempotencyConflict.code:
+            raise IdempotencyConflict(message or "id already used with another body")
+        raise _REFUSALS.get(code, TransactionRefused)(message, code=code)
+    assert result.index is not None
+    return result.index
+
+
+def must(result: TransactionResult) -> None:
+    """A settlement transaction the pre-trade checks made certain: refusal is a bug."""
+    if not result.committed:
+        raise RuntimeError(
+            f"settlement transaction {result.id} refused: {result.code} {result.message}"
+        )

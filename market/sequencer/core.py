@@ -1,0 +1,548 @@
+"""The sequencer: the one writer of every state change of the exchange.
+
+Every command that changes state (list an instrument, deposit, list capacity, place,
+cancel, amend, mass cancel, delivery reports, window closes, withdrawals, and the
+clock's GTD expiries and window ends) is an op (`ops`) queued here. The queue is
+bounded (`queue_max`): when it is full, `submit` refuses at once with
+`ExchangeBusy` (503 `exchange_busy`), and nothing of the request is queued. One task
+drains the queue in batches; for each batch it
+
+1. stages everything in memory (`dispatch`, one `match` over the ops, calls the
+   stage's handler with the batch context, `batch.Batch`): the clock's expiries and
+   window closes (`orders.expire_due`, `lifecycle.due`), then each op: pre-trade
+   checks against the ledger's in-memory balances and the matching engine
+   (`orders`), the ledger transactions the engine's events turn into (`settle`),
+   deposits, listings, deliveries and withdrawals (`treasury`), listings and
+   settlements of instruments (`lifecycle`);
+2. writes the batch — journal of engine commands, orders, fills, ledger entries,
+   Merkle leaves and checkpoint — as one SQL statement (`ledger.rows`), which commits
+   it all or nothing;
+3. only then answers every op of the batch and publishes the events.
+
+If anything fails before the commit, nothing of the batch is kept: the ledger
+reloads itself and the sequencer rebuilds the market from the database
+(`recovery.recover`, the same path as start-up after a crash), and every op of the
+batch is answered with `ledger_unavailable` (503).
+
+The engine is pure and deterministic: the journal holds every command it was fed
+with the ids and times the sequencer assigned, so replaying it rebuilds exactly the
+same books. Commands refused before the engine (unknown instrument, insufficient
+funds, idempotent replays) are not journaled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time as _time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Generic, TypeVar, assert_never, cast
+
+import asyncpg
+
+from ledger.errors import LedgerUnavailable
+from ledger.store import connect_writer, connection_alive
+from ledger.writer import CommitHook, Ledger
+from market.replay import RebuildSummary, Rebuilt
+from market.sequencer import lifecycle, orders, treasury, views
+from market.sequencer.batch import Batch, Prior
+from market.sequencer.errors import ExchangeBusy, SequencerStopped
+from market.sequencer.ops import (
+    AmendOp,
+    AnyOp,
+    CancelAllOp,
+    CancelOp,
+    CloseInstrumentOp,
+    CreateInstrumentOp,
+    DeliveryOp,
+    DepositOp,
+    Done,
+    Failed,
+    ListingOp,
+    Op,
+    Outcome,
+    PlaceOp,
+    TickOp,
+    WithdrawalOutcomeOp,
+    WithdrawOp,
+)
+from market.sequencer.recovery import recover
+from market.sequencer.state import MarketState
+from market.snapshot_writer import SnapshotPolicy, SnapshotWriter
+from market.snapshots import MarketSnapshot, SettlingEngine
+from market.store import find_deliveries, find_orders, find_withdrawals
+from schemas.errors import DomainError
+from schemas.ledger import Balance
+from schemas.market import Event
+from schemas.trading import EntitlementView, InstrumentView, SettlementView
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Publish = Callable[[Sequence[Event]], None]
+Clock = Callable[[], int]
+
+#: Ops the queue holds at most (a batch takes up to `max_batch` of them at a time).
+QUEUE_MAX = 10_000
+#: How long the clock task sleeps between looks at what has come due (s).
+TICK_S = 0.25
+
+
+def wall_clock_ms() -> int:
+    return _time.time_ns() // 1_000_000
+
+
+class SequencerState(Enum):
+    """Where the sequencer is in its life (`Sequencer.state`).
+
+    STARTING -> RUNNING; a failed commit: RUNNING -> RECOVERING -> RUNNING, or BROKEN
+    if the rebuild fails too (it is retried before the next batch, and the clock queues
+    batches for that). `close`: -> STOPPING (finishes what is queued) -> STOPPED.
+    """
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RECOVERING = "recovering"  # rebuilding the market from the database
+    BROKEN = "broken"  # memory may hold a batch that never committed: rebuild first
+    STOPPING = "stopping"  # refuses new ops, finishes the queued ones
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class _Ticket(Generic[T]):
+    """A queued op and the future its outcome goes to."""
+
+    op: Op[T]
+    future: asyncio.Future[Outcome[T]]
+
+
+Answer = Callable[[], object]
+
+
+def dispatch(op: AnyOp, batch: Batch) -> Answer:
+    """Hand `op` to its stage's handler; return how to read its result once the whole
+    batch is staged (an order's view waits for the fills later ops of the batch make)."""
+    match op:
+        case PlaceOp(account_id=account, request=req):
+            placed = orders.place(batch, account, req)
+            return lambda: batch.order_view(placed)
+        case CancelOp(account_id=account, order_id=order_id):
+            cancelled = orders.cancel(batch, account, order_id)
+            return lambda: batch.order_view(cancelled)
+        case AmendOp(account_id=account, order_id=order_id, request=req):
+            amended = orders.amend(batch, account, order_id, req)
+            return lambda: batch.order_view(amended)
+        case CancelAllOp(account_id=account, instrument=symbol):
+            result: object = orders.cancel_all(batch, account, symbol)
+        case DepositOp(request=req):
+            result = treasury.deposit(batch, req)
+        case ListingOp(account_id=account, request=req):
+            result = treasury.listing(batch, account, req)
+        case CreateInstrumentOp(request=req):
+            result = views.instrument_view(lifecycle.create_instrument(batch, req))
+        case DeliveryOp(provider_account=provider, request=req):
+            result = treasury.deliver(batch, provider, req)
+        case CloseInstrumentOp(symbol=symbol):
+            state = batch.market.instrument(symbol)
+            result = lifecycle.settle_instrument(batch, state, "operator")
+        case WithdrawOp(account_id=account, request=req):
+            result = treasury.withdraw(batch, account, req)
+        case WithdrawalOutcomeOp(account_id=account, withdrawal_id=wid, paid=paid):
+            result = treasury.withdrawal_outcome(batch, account, wid, paid=paid)
+        case TickOp():
+            result = None
+        case _:
+            assert_never(op)
+    return lambda: result
+
+
+async def _prior(conn: asyncpg.Connection, ops: Sequence[AnyOp]) -> Prior:
+    """What the database holds for the caller-chosen ids of the batch's ops."""
+    placed, delivered, withdrawn = [], [], []
+    for op in ops:
+        match op:
+            case PlaceOp(account_id=account, request=req):
+                placed.append((account, req.client_order_id))
+            case DeliveryOp(provider_account=provider, request=req):
+                delivered.append((provider, req.report_id))
+            case WithdrawOp(account_id=account, request=req):
+                withdrawn.append((account, req.withdrawal_id))
+            case WithdrawalOutcomeOp(account_id=account, withdrawal_id=wid):
+                withdrawn.append((account, wid))
+    return Prior(
+        orders=await find_orders(conn, placed),
+        deliveries=await find_deliveries(conn, delivered),
+        withdrawals=await find_withdrawals(conn, withdrawn),
+    )
+
+
+def _answer_all(tickets: Sequence[_Ticket[Any]], outcomes: Sequence[Outcome[Any]]) -> None:
+    for ticket, outcome in zip(tickets, outcomes, strict=True):
+        if not ticket.future.done():
+            ticket.future.set_result(outcome)
+
+
+def _fail_all(tickets: Sequence[_Ticket[Any]], error: DomainError) -> None:
+    """Answer every op of a batch that did not commit with the same error."""
+    _answer_all(tickets, [Failed(error)] * len(tickets))
+
+
+class Sequencer:
+    """Owns the books, the live orders and (through the ledger) the balances."""
+
+    def __init__(
+        self,
+        dsn: str,
+        ledger: Ledger,
+        conn: asyncpg.Connection,
+        *,
+        currency: str,
+        publish: Publish | None,
+        clock: Clock,
+        max_batch: int,
+        queue_max: int,
+        snapshots: SnapshotPolicy | None = None,
+    ) -> None:
+        if queue_max < 1:
+            raise ValueError("the sequencer's queue must hold at least one op")
+        self._dsn = dsn
+        #: When the books are snapshotted; the last snapshot taken stays in its memory.
+        self._snapshots = SnapshotWriter(dsn, snapshots or SnapshotPolicy())
+        #: Where the last rebuild of the books started and how much of the journal it read.
+        self.last_rebuild: RebuildSummary | None = None
+        self.ledger = ledger
+        self._conn = conn
+        self.currency = currency
+        self._publish = publish
+        self._clock = clock
+        self._max_batch = max_batch
+        #: The market's memory; replaced whole by every rebuild.
+        self.market = MarketState(engine=SettlingEngine())
+        self._last_time_ms = 0
+        self._queue: asyncio.Queue[_Ticket[Any]] = asyncio.Queue(maxsize=queue_max)
+        self._runner: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._state = SequencerState.STARTING
+        # Set while no batch is in flight. A batch is applied to memory before its commit,
+        # so reads of memory (balances, book, entitlements) wait for this: they never see
+        # state that is not committed, or that a failed commit takes back.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: How many batches have committed: a reader that also reads the database can
+        #: tell whether a commit came between its two reads (and read again).
+        self.commits = 0
+
+    # -- life cycle ------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        currency: str = "USD",
+        publish: Publish | None = None,
+        clock: Clock = wall_clock_ms,
+        hooks: Sequence[CommitHook] = (),
+        max_batch: int = 500,
+        queue_max: int = QUEUE_MAX,
+        snapshots: SnapshotPolicy | None = None,
+    ) -> Sequencer:
+        """Become the exchange's writer: open the ledger, rebuild the books, start.
+
+        `snapshots`: how often the books are snapshotted (`market.snapshot_writer`);
+        recovery starts from the newest snapshot and replays only the journal after it."""
+        ledger = await Ledger.open(dsn, hooks=hooks)
+        try:
+            conn = await connect_writer(dsn)
+        except BaseException:
+            await ledger.close()
+            raise
+        sequencer = cls(
+            dsn, ledger, conn, currency=currency, publish=publish, clock=clock,
+            max_batch=max_batch, queue_max=queue_max, snapshots=snapshots,
+        )  # fmt: skip
+        try:
+            await sequencer._rebuild()
+        except BaseException:
+            await conn.close()
+            await ledger.close()
+            raise
+        sequencer._runner = asyncio.create_task(sequencer._run(), name="sequencer")
+        sequencer._ticker = asyncio.create_task(sequencer._tick(), name="sequencer-clock")
+        return sequencer
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop and release the database."""
+        broken = self._state is SequencerState.BROKEN
+        self._state = SequencerState.STOPPED if broken else SequencerState.STOPPING
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._runner is not None:
+            await self._queue.join()
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        # A last snapshot of the books, unless memory may hold a batch that never committed.
+        trusted = not broken and self._state is SequencerState.STOPPING
+        market = self.market
+        self._state = SequencerState.STOPPED
+        await self._snapshots.close(
+            market.engine if trusted else None, market.next_journal_seq, self._last_time_ms
+        )
+        with contextlib.suppress(Exception):
+            await self._conn.close()
+        await self.ledger.close()
+
+    async def wait_for_snapshot(self) -> None:
+        """Until the books' snapshot being written in the background (if any) is written."""
+        await self._snapshots.wait()
+
+    @property
+    def state(self) -> SequencerState:
+        return self._state
+
+    @property
+    def healthy(self) -> bool:
+        """False while the sequencer or its ledger cannot reach the database to rebuild."""
+        return self._state is SequencerState.RUNNING and self.ledger.healthy
+
+    @property
+    def engine(self) -> SettlingEngine:
+        return self.market.engine
+
+    async def _rebuild(self) -> None:
+        """Rebuild books, live orders and counters from the database (start-up, failure).
+
+        A lost connection (PostgreSQL restarted) is replaced first. If the rebuild fails,
+        the sequencer is BROKEN: it refuses batches (503) and tries again before each next
+        one. While stopping, it stays STOPPING (or STOPPED, if the rebuild fails).
+        """
+        if self._state is not SequencerState.STOPPING:
+            self._state = SequencerState.RECOVERING
+        try:
+            if self._conn.is_closed() or not await connection_alive(self._conn):
+                self._conn.terminate()
+                self._conn = await connect_writer(self._dsn)
+            # Start-up: from the newest stored snapshot; after a failed commit: from the
+            # last one taken (memory). Either way, then the journal after it.
+            memory = self._snapshots.memory
+            recovered = await recover(
+                self._conn, start=memory, stored=self._snapshots.policy.enabled
+            )
+        except BaseException:
+            stopping = self._state is SequencerState.STOPPING
+            self._state = SequencerState.STOPPED if stopping else SequencerState.BROKEN
+            raise
+        self.market = recovered.market
+        self._last_time_ms = max(self._last_time_ms, recovered.last_time_ms)
+        self._books_rebuilt(recovered.books, memory)
+        if self._state is SequencerState.RECOVERING:
+            self._state = SequencerState.RUNNING
+
+    def _books_rebuilt(self, books: Rebuilt, memory: MarketSnapshot | None) -> None:
+        """Where the snapshots go on from after a rebuild of the books."""
+        self._snapshots.reset(books.base, stored=books.base is not memory)
+        self.last_rebuild = books.summary()
+        base = (
+            "the first row" if books.base is None else f"the snapshot at {books.base.journal_seq}"
+        )
+        log.info("books rebuilt from %s and %d journal entries after it", base, books.replayed)
+        if books.replayed >= self._snapshots.policy.interval_entries:  # e.g. a first start
+            self._snapshots.after_commit(self.market.engine, books.journal_seq, self._last_time_ms)
+
+    # -- submitting -------------------------------------------------------------------
+
+    def _enqueue(self, ops: Sequence[Op[T]]) -> list[asyncio.Future[Outcome[T]]]:
+        """Queue all of `ops` or none: refused whole if the queue has no room for them."""
+        if self._state in (SequencerState.STOPPING, SequencerState.STOPPED):
+            raise SequencerStopped("the exchange is shutting down")
+        queue = self._queue
+        if queue.maxsize - queue.qsize() < len(ops):
+            raise ExchangeBusy("the exchange is busy; try again shortly")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Outcome[T]]] = []
+        for op in ops:
+            future: asyncio.Future[Outcome[T]] = loop.create_future()
+            queue.put_nowait(_Ticket(op, future))
+            futures.append(future)
+        return futures
+
+    async def submit(self, op: Op[T]) -> T:
+        """Queue `op`; return its outcome once its batch is durable (or raise its error).
+        Refused at once: `SequencerStopped` while closing, `ExchangeBusy` if the queue
+        is full."""
+        (future,) = self._enqueue([op])
+        outcome = await future
+        return outcome.unwrap()
+
+    async def submit_all(self, ops: Sequence[Op[T]]) -> list[Outcome[T]]:
+        """Queue `ops` one after the other (they may still land in different batches);
+        return each one's outcome once durable. For one request's batch of orders.
+
+        All are queued or none: if the queue has no room for every one, this raises
+        `ExchangeBusy` for the whole. While closing, each is `Failed(SequencerStopped)`."""
+        try:
+            futures = self._enqueue(ops)
+        except SequencerStopped as stopped:
+            return [Failed(stopped) for _ in ops]
+        return list(await asyncio.gather(*futures))
+
+    async def _tick(self) -> None:
+        """Queue a tick when a resting GTD order or an instrument's window end (or its
+        settlement time) has come due, so it happens on time on a quiet exchange; and
+        while the state must be rebuilt (the database was lost), so it is retried."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            if not self._queue.empty():
+                continue
+            now = max(self._last_time_ms, self._clock())
+            market = self.market
+            if market.gtd_due(now) or not self.healthy or market.next_window_event_ms() <= now:
+                with contextlib.suppress(DomainError):
+                    await self.submit(TickOp())
+
+    # -- one batch ----------------------------------------------------------------------
+
+    async def committed(self) -> None:
+        """Wait until no batch is in flight; then, until the next await, memory holds only
+        committed state. Read the sequencer's memory right after this, with no await.
+
+        While the state could not be rebuilt after a failed commit (the database is
+        unreachable), memory may still hold that batch: then this raises 503 rather than
+        let anyone read it."""
+        await self._idle.wait()
+        if not self.healthy:
+            raise LedgerUnavailable("the exchange is rebuilding its state; try again shortly")
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            tickets = [await queue.get()]
+            while len(tickets) < self._max_batch and not queue.empty():
+                tickets.append(queue.get_nowait())
+            try:
+                await self._process(tickets)
+            except Exception:  # a bug: never let the writer die, and answer every op
+                log.exception("sequencer batch failed")
+                _fail_all(
+                    tickets, LedgerUnavailable("the exchange could not process this; try again")
+                )
+            finally:
+                for _ in tickets:
+                    queue.task_done()
+
+    async def _process(self, tickets: list[_Ticket[Any]]) -> None:
+        # Readers woken when the last batch ended run first (FIFO), then this batch starts.
+        await asyncio.sleep(0)
+        self._idle.clear()
+        try:
+            await self._process_batch(tickets)
+        finally:
+            self._idle.set()
+
+    async def _process_batch(self, tickets: list[_Ticket[Any]]) -> None:
+        """Stage, commit, then answer and publish one batch."""
+        if not await self._ready():
+            _fail_all(
+                tickets, LedgerUnavailable("the exchange cannot reach its database; try again")
+            )
+            return
+        now = max(self._last_time_ms, self._clock())
+        self._last_time_ms = now
+        try:
+            batch, staged = await self._stage(tickets, now)
+        except Exception as exc:
+            await self._rebuild_after_failure(exc, tickets)
+            return
+        # Durable: keep the batch's orders in memory, answer, publish.
+        self.commits += 1
+        market = self.market
+        market.committed(batch.orders.values())
+        market.reduce_settled(v.instrument for v in batch.settlements)
+        self._snapshots.after_commit(market.engine, market.next_journal_seq, self._last_time_ms)
+        _answer_all(tickets, [s if isinstance(s, Failed) else Done(s()) for s in staged])
+        if self._publish is not None and batch.events:
+            try:
+                self._publish(batch.events)
+            except Exception:
+                log.exception("publishing market data failed")
+
+    async def _ready(self) -> bool:
+        """Whether memory can be trusted for a batch: rebuilt first if it was BROKEN."""
+        if self._state is SequencerState.STOPPED:  # broken while stopping: memory untrusted
+            return False
+        if self._state is SequencerState.BROKEN:
+            try:
+                await self._rebuild()
+            except Exception as exc:
+                log.warning("sequencer still cannot rebuild its state: %s", exc)
+                return False
+        return True
+
+    async def _stage(
+        self, tickets: Sequence[_Ticket[Any]], now_ms: int
+    ) -> tuple[Batch, list[Answer | Failed]]:
+        """Stage the batch's ops in memory and commit them with the ledger's entries."""
+        ops = [cast(AnyOp, ticket.op) for ticket in tickets]
+        prior = await _prior(self._conn, ops)
+        async with self.ledger.batch(treasury.external_ids(ops)) as lb:
+            batch = Batch(
+                market=self.market, ledger=lb, time_ms=now_ms, currency=self.currency,
+                prior=prior,
+            )  # fmt: skip
+            orders.expire_due(batch)
+            lifecycle.due(batch)
+            staged = [_staged(op, batch) for op in ops]
+            lb.also_write(batch.stage)
+        return batch, staged
+
+    async def _rebuild_after_failure(self, exc: Exception, tickets: Sequence[_Ticket[Any]]) -> None:
+        """A batch did not commit: take its effects back by rebuilding memory from the
+        database, and answer each of its ops with 503 (a retry with the same ids is safe)."""
+        log.warning("batch of %d commands not committed: %s", len(tickets), exc)
+        try:
+            await self._rebuild()
+        except Exception:
+            log.exception("sequencer could not rebuild its state; will retry")
+        error = (
+            exc
+            if isinstance(exc, LedgerUnavailable)
+            else LedgerUnavailable(
+                "the batch could not be committed; retrying with the same ids is safe "
+                "(had it committed after all, a retry returns its first outcome)"
+            )
+        )
+        _fail_all(tickets, error)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def instrument_view(self, symbol: str) -> InstrumentView:
+        return views.instrument_view(self.market.instrument(symbol))
+
+    def instruments(self) -> list[InstrumentView]:
+        return views.instruments(self.market)
+
+    def settlements(self) -> list[SettlementView]:
+        return views.settlements(self.market)
+
+    def balances_of(self, account_id: str) -> list[Balance]:
+        """Every ledger account of this owner (and the escrows and entitlements it is party to)."""
+        return views.balances_of(self.ledger.balances(), account_id)
+
+    def entitlements_of(self, account_id: str) -> list[EntitlementView]:
+        """Entitlement and escrow the account is party to (see `views.entitlements_of`)."""
+        return views.entitlements_of(self.ledger.balances(), account_id)
+
+
+def _staged(op: AnyOp, batch: Batch) -> Answer | Failed:
+    """Stage one op: how to read its result, or the error that refused it."""
+    try:
+        return dispatch(op, batch)
+    except DomainError as exc:
+        return Failed(exc)

@@ -1,0 +1,89 @@
+"""What the sequencer refuses, by stage: each a `DomainError` with a stable code;
+`ops.errors` maps them to HTTP answers (the one place that does)."""
+
+from __future__ import annotations
+
+from ledger.errors import IdempotencyConflict, LedgerUnavailable
+from market.errors import DuplicateInstrument, InvalidInstrument, UnknownInstrument
+from schemas.errors import DomainError, ErrorKind
+
+__all__ = [
+    "DuplicateInstrument",
+    "EntitlementExceeded",
+    "ExchangeBusy",
+    "IdempotencyConflict",
+    "InstrumentSettled",
+    "InvalidInstrument",
+    "LedgerUnavailable",
+    "OrderRefused",
+    "SequencerStopped",
+    "TransactionRefused",
+    "UnknownInstrument",
+    "UnknownOrder",
+    "UnknownWithdrawal",
+    "WithdrawalSettled",
+]
+
+# -- taking a command in ------------------------------------------------------------------
+
+
+class SequencerStopped(DomainError):
+    code = "sequencer_stopped"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class ExchangeBusy(DomainError):
+    """The sequencer's queue is full: nothing of the request was queued; retry shortly."""
+
+    code = "exchange_busy"
+    kind = ErrorKind.UNAVAILABLE
+
+
+# -- orders (pre-trade check and engine) ---------------------------------------------------
+
+
+class UnknownOrder(DomainError):
+    code = "unknown_order"
+    kind = ErrorKind.NOT_FOUND
+
+
+class OrderRefused(DomainError):
+    """The engine or a pre-trade check refused a cancel or an amend."""
+
+    code = "order_refused"
+    kind = ErrorKind.REJECTED
+
+
+# -- treasury and lifecycle ------------------------------------------------------------------
+
+
+class TransactionRefused(DomainError):
+    """A deposit or listing the ledger refused (its code says why)."""
+
+    kind = ErrorKind.REJECTED
+
+
+class InstrumentSettled(DomainError):
+    """The instrument's window is closed and settled: nothing more happens on it."""
+
+    code = "instrument_settled"
+    kind = ErrorKind.REJECTED
+
+
+class EntitlementExceeded(DomainError):
+    """A delivery report above what the buyer still holds of this provider (refused whole)."""
+
+    code = "entitlement_exceeded"
+    kind = ErrorKind.REJECTED
+
+
+class UnknownWithdrawal(DomainError):
+    code = "unknown_withdrawal"
+    kind = ErrorKind.NOT_FOUND
+
+
+class WithdrawalSettled(DomainError):
+    """The withdrawal was already marked the other way (paid after failed, or the reverse)."""
+
+    code = "withdrawal_settled"
+    kind = ErrorKind.CONFLICT

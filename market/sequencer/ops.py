@@ -1,0 +1,161 @@
+"""What the API queues: one tagged union of operations, and the outcome each gets back.
+
+Every op is an `Op[T]`, T being what it produces once its batch is durable
+(`PlaceOp` is an `Op[OrderView]`), so `Sequencer.submit(op: Op[T]) -> T` is typed.
+`core.dispatch` handles the union `AnyOp` with one `match` (as msgspec's asyncio-kv
+example does its requests).
+
+An outcome travels one way: a handler returns its value or raises a `DomainError`;
+the batch turns that into `Done(value)` or `Failed(error)`, the future carries the
+outcome (never an exception), and `submit` unwraps it (returns or raises).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, NoReturn, TypeVar
+
+from schemas.errors import DomainError
+from schemas.trading import (
+    AmendOrder,
+    CancelledOrders,
+    CreateInstrument,
+    DeliveryReport,
+    DeliveryView,
+    Deposit,
+    InstrumentView,
+    LedgerReceipt,
+    Listing,
+    OrderView,
+    PlaceOrder,
+    SettlementView,
+    WithdrawalRequest,
+    WithdrawalView,
+)
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Op(Generic[T_co]):
+    """Base of every operation; `T_co` is what it produces."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class CreateInstrumentOp(Op[InstrumentView]):
+    request: CreateInstrument
+
+
+@dataclass(slots=True)
+class DepositOp(Op[LedgerReceipt]):
+    request: Deposit
+
+
+@dataclass(slots=True)
+class ListingOp(Op[LedgerReceipt]):
+    account_id: str
+    request: Listing
+
+
+@dataclass(slots=True)
+class PlaceOp(Op[OrderView]):
+    account_id: str
+    request: PlaceOrder
+
+
+@dataclass(slots=True)
+class CancelOp(Op[OrderView]):
+    account_id: str
+    order_id: int
+
+
+@dataclass(slots=True)
+class AmendOp(Op[OrderView]):
+    account_id: str
+    order_id: int
+    request: AmendOrder
+
+
+@dataclass(slots=True)
+class CancelAllOp(Op[CancelledOrders]):
+    account_id: str
+    instrument: str | None
+
+
+@dataclass(slots=True)
+class DeliveryOp(Op[DeliveryView]):
+    """A provider reports tokens served to a buyer."""
+
+    provider_account: str
+    request: DeliveryReport
+
+
+@dataclass(slots=True)
+class CloseInstrumentOp(Op[SettlementView]):
+    """Close an instrument's window now and settle it (operator)."""
+
+    symbol: str
+
+
+@dataclass(slots=True)
+class WithdrawOp(Op[WithdrawalView]):
+    """An account asks to withdraw available cash."""
+
+    account_id: str
+    request: WithdrawalRequest
+
+
+@dataclass(slots=True)
+class WithdrawalOutcomeOp(Op[WithdrawalView]):
+    """The operator marks a withdrawal paid (posted to bank) or failed (hold voided)."""
+
+    account_id: str
+    withdrawal_id: str
+    paid: bool
+
+
+@dataclass(slots=True)
+class TickOp(Op[None]):
+    """Nothing but the passing of time: lets GTD orders expire on a quiet book."""
+
+
+#: The tagged union the sequencer handles (the dataclass is the tag).
+AnyOp = (
+    CreateInstrumentOp
+    | DepositOp
+    | ListingOp
+    | PlaceOp
+    | CancelOp
+    | AmendOp
+    | CancelAllOp
+    | DeliveryOp
+    | CloseInstrumentOp
+    | WithdrawOp
+    | WithdrawalOutcomeOp
+    | TickOp
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    """The op committed (or was an idempotent replay): its value."""
+
+    value: T
+
+    def unwrap(self) -> T:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The op was refused, or its batch did not commit: the error to answer."""
+
+    error: DomainError
+
+    def unwrap(self) -> NoReturn:
+        raise self.error
+
+
+Outcome = Done[T] | Failed

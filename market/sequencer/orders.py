@@ -1,0 +1,162 @@
+"""Orders: the pre-trade check, then the engine (place, cancel, amend, mass cancel,
+and the clock's GTD expiries). Each handler returns the order's row as this batch
+has it; `Batch.order_view` answers from it once the whole batch is staged.
+
+The pre-trade check asks the ledger batch's in-memory balances whether the hold an
+order needs is available now; what the engine then says is turned into ledger
+transactions by `settle.apply_events`. Refusals before the engine (unknown or settled
+instrument, closed book, insufficient funds) are rejected orders, not journaled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from market.clearing import rules as settlement
+from market.sequencer.batch import Batch, digest, replayed
+from market.sequencer.errors import InstrumentSettled, OrderRefused, UnknownOrder
+from market.sequencer.settle import apply_events
+from market.store import OrderRow
+from schemas.market import (
+    AdvanceTime,
+    Event,
+    MassCancel,
+    NewOrder,
+    OrderCancelled,
+    OrderRejected,
+    OrderType,
+    RejectReason,
+    Side,
+)
+from schemas.market import AmendOrder as EngineAmend
+from schemas.market import CancelOrder as EngineCancel
+from schemas.trading import AmendOrder, CancelledOrders, PlaceOrder
+
+
+def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
+    """Place an order, or answer a retry (same client order id) with the first one."""
+    key = (account_id, req.client_order_id)
+    request_digest = digest(req)
+    conflict = f"client order id {req.client_order_id} was used for another order"
+    earlier = batch.prior.orders.get(key) or batch.placed.get(key)
+    if replayed(earlier, request_digest, conflict):
+        assert earlier is not None
+        return batch.market.live.get(earlier.order_id, earlier)
+    market = batch.market
+    order_id = market.next_order_id
+    market.next_order_id += 1
+    row = OrderRow(
+        order_id=order_id, account_id=account_id, client_order_id=req.client_order_id,
+        request_digest=request_digest, instrument=req.instrument, side=req.side,
+        order_type=req.order_type, tif=req.tif, price=req.price, quantity=req.quantity,
+        open_quantity=0, filled_quantity=0, cancelled_quantity=0, status="rejected",
+        reject_reason=None, hold_id=None, expire_at=req.expire_at, created_ms=batch.time_ms,
+        updated_ms=batch.time_ms,
+    )  # fmt: skip
+    batch.orders[order_id] = row
+    batch.placed[key] = row
+    row.reject_reason = _refusal(batch, account_id, req)
+    if row.reject_reason is not None:
+        return row
+    command = NewOrder(
+        instrument=req.instrument, order_id=order_id, owner=account_id, side=req.side,
+        quantity=req.quantity, time=batch.time_ms, price=req.price, order_type=req.order_type,
+        tif=req.tif, expire_at=req.expire_at, post_only=req.post_only, stp=req.stp,
+        client_order_id=req.client_order_id,
+    )  # fmt: skip
+    apply_events(batch, batch.run_engine(command), placed=row)
+    return row
+
+
+def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | None:
+    """Why the order is rejected before the engine, if it is: the pre-trade check."""
+    state = batch.market.instruments.get(req.instrument)
+    if state is None:
+        return "unknown_instrument"
+    if state.settlement is not None:
+        return InstrumentSettled.code
+    if state.trading_closed:  # before funds: the clearer reason
+        return RejectReason.INSTRUMENT_CLOSED
+    instrument = state.instrument
+    if req.price is not None:
+        price = req.price
+    elif req.order_type is OrderType.MARKET:
+        price = instrument.price_max if req.side is Side.BUY else instrument.price_min
+    else:
+        return None  # the engine refuses it (price required)
+    if req.quantity > 0:
+        need = settlement.reservation(req.side, req.quantity, price, state.terms)
+        account = settlement.hold_account(req.side, account_id, state.terms)
+        if need > batch.ledger.state.balance(account).available:
+            return "insufficient_funds" if req.side is Side.BUY else "insufficient_capacity"
+    return None
+
+
+def _owned(batch: Batch, account_id: str, order_id: int) -> OrderRow:
+    """The caller's open order, as this batch has it so far."""
+    row = batch.orders.get(order_id) or batch.market.live.get(order_id)
+    if row is None or row.account_id != account_id or row.status != "open":
+        raise UnknownOrder(f"no open order {order_id}")
+    return row
+
+
+def cancel(batch: Batch, account_id: str, order_id: int) -> OrderRow:
+    row = _owned(batch, account_id, order_id)
+    command = EngineCancel(
+        instrument=row.instrument, order_id=order_id, owner=account_id, time=batch.time_ms
+    )
+    events = batch.run_engine(command)
+    apply_events(batch, events)
+    _raise_reject(events, order_id)
+    return row
+
+
+def amend(batch: Batch, account_id: str, order_id: int, req: AmendOrder) -> OrderRow:
+    """Change price and/or open quantity, if the rebuilt hold is available."""
+    row = _owned(batch, account_id, order_id)
+    terms = batch.market.instrument(row.instrument).terms
+    new_price = req.price if req.price is not None else row.price
+    new_open = req.quantity if req.quantity is not None else row.open_quantity
+    assert new_price is not None
+    need = settlement.reservation(row.side, new_open, new_price, terms)
+    state = batch.ledger.state
+    hold = state.holds.get(row.hold_id or "")
+    held = 0 if hold is None else hold.remaining
+    account = settlement.hold_account(row.side, account_id, terms)
+    if need > held + state.balance(account).available:
+        raise OrderRefused(
+            "not enough available to amend the order",
+            code="insufficient_funds" if row.side is Side.BUY else "insufficient_capacity",
+        )
+    command = EngineAmend(
+        instrument=row.instrument, order_id=order_id, owner=account_id, time=batch.time_ms,
+        price=req.price, quantity=req.quantity,
+    )  # fmt: skip
+    events = batch.run_engine(command)
+    apply_events(batch, events)
+    _raise_reject(events, order_id)
+    return row
+
+
+def cancel_all(batch: Batch, account_id: str, instrument: str | None) -> CancelledOrders:
+    if instrument is not None:
+        batch.market.instrument(instrument)
+    events = batch.run_engine(
+        MassCancel(time=batch.time_ms, owner=account_id, instrument=instrument)
+    )
+    apply_events(batch, events)
+    return CancelledOrders(cancelled=[e.order_id for e in events if isinstance(e, OrderCancelled)])
+
+
+def expire_due(batch: Batch) -> None:
+    """Expire the GTD orders whose time has come (the engine's clock)."""
+    if batch.market.gtd_due(batch.time_ms):
+        apply_events(batch, batch.run_engine(AdvanceTime(time=batch.time_ms)))
+
+
+def _raise_reject(events: Iterable[Event], order_id: int) -> None:
+    for event in events:
+        if isinstance(event, OrderRejected) and event.order_id == order_id:
+            if event.reason == "unknown_order":
+                raise UnknownOrder(f"no open order {order_id}")
+            raise OrderRefused(f"refused: {event.reason}", code=event.reason)

@@ -1,0 +1,137 @@
+"""The sequencer's memory of the market: one `InstrumentState` per instrument, the
+matching engine, the open orders and the counters. Built by `recovery` from the
+database (start-up, failed commit) and changed only by a batch's handlers, which a
+failed commit takes back by rebuilding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from market.book import OrderBook
+from market.clearing.rules import Terms
+from market.errors import UnknownInstrument
+from market.snapshots import SettlingEngine
+from market.store import OrderRow
+from schemas.market import Instrument, TradingState
+from schemas.trading import SettlementView
+
+
+@dataclass(slots=True)
+class InstrumentState:
+    """Everything the sequencer knows of one instrument: its book (in the engine), the
+    terms settlement needs, its window and grace, and its settlement once settled."""
+
+    book: OrderBook
+    terms: Terms
+    delivery_grace_s: int
+    #: The window's end: trading closes (ms).
+    window_end_ms: int
+    #: The window's end plus the delivery grace: the instrument settles (ms).
+    settle_at_ms: int
+    settlement: SettlementView | None = None
+
+    @classmethod
+    def build(
+        cls,
+        book: OrderBook,
+        terms: Terms,
+        delivery_grace_s: int,
+        settlement: SettlementView | None = None,
+    ) -> InstrumentState:
+        """The one place an instrument's state is made (listing it, or recovery)."""
+        i = book.instrument
+        end_ms = (i.window_start + i.duration) * 1000
+        return cls(
+            book=book,
+            terms=terms,
+            delivery_grace_s=delivery_grace_s,
+            window_end_ms=end_ms,
+            settle_at_ms=end_ms + delivery_grace_s * 1000,
+            settlement=settlement,
+        )
+
+    @property
+    def symbol(self) -> str:
+        return self.terms.symbol
+
+    @property
+    def instrument(self) -> Instrument:
+        return self.book.instrument
+
+    @property
+    def trading_closed(self) -> bool:
+        return self.book.trading_state is TradingState.CLOSED
+
+    @property
+    def next_event_ms(self) -> int:
+        """When this instrument's next step comes due: its close, or else its settlement."""
+        return self.settle_at_ms if self.trading_closed else self.window_end_ms
+
+
+def terms_of(record: asyncpg.Record) -> Terms:
+    """An instrument's terms from its `market_instruments` row."""
+    return Terms(
+        symbol=record["symbol"],
+        lot_size=record["lot_size"],
+        currency=record["currency"],
+        maker_fee_bps=record["maker_fee_bps"],
+        taker_fee_bps=record["taker_fee_bps"],
+        provider_fee_bps=record["provider_fee_bps"],
+    )
+
+
+@dataclass(slots=True)
+class MarketState:
+    engine: SettlingEngine
+    instruments: dict[str, InstrumentState] = field(default_factory=dict)
+    #: The instruments not yet settled (an index of `instruments`, for the clock).
+    unsettled: dict[str, InstrumentState] = field(default_factory=dict)
+    live: dict[int, OrderRow] = field(default_factory=dict)  # open orders
+    gtd: dict[int, int] = field(default_factory=dict)  # open GTD order id -> expire_at
+    next_order_id: int = 1
+    next_journal_seq: int = 0
+
+    def add(self, state: InstrumentState) -> None:
+        self.instruments[state.symbol] = state
+        if state.settlement is None:
+            self.unsettled[state.symbol] = state
+
+    def instrument(self, symbol: str) -> InstrumentState:
+        state = self.instruments.get(symbol)
+        if state is None:
+            raise UnknownInstrument(f"unknown instrument {symbol!r}")
+        return state
+
+    def settled(self, state: InstrumentState, view: SettlementView) -> None:
+        state.settlement = view
+        self.unsettled.pop(state.symbol, None)
+
+    def reduce_settled(self, symbols: Iterable[str]) -> None:
+        """Once their settlement is committed: the books of these instruments keep only
+        their instrument and seq (`SettlingEngine.reduce_settled`), as recovery leaves
+        them."""
+        symbols = list(symbols)
+        if symbols and self.engine.reduce_settled(symbols):
+            for symbol in symbols:
+                self.instruments[symbol].book = self.engine.book(symbol)
+
+    def next_window_event_ms(self) -> int | float:
+        """When the next window closes or settles (ms); infinity if none is pending."""
+        return min((s.next_event_ms for s in self.unsettled.values()), default=float("inf"))
+
+    def gtd_due(self, now_ms: int) -> bool:
+        return bool(self.gtd) and min(self.gtd.values()) <= now_ms
+
+    def committed(self, orders: Iterable[OrderRow]) -> None:
+        """A batch's orders are durable: keep the open ones, forget the others."""
+        for row in orders:
+            if row.status == "open":
+                self.live[row.order_id] = row
+                if row.expire_at is not None:
+                    self.gtd[row.order_id] = row.expire_at
+            else:
+                self.live.pop(row.order_id, None)
+                self.gtd.pop(row.order_id, None)

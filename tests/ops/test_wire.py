@@ -1,0 +1,138 @@
+"""Integers strictly on the wire (`ops.wire`), against a real `tokex serve`: `"10"`, `10.0`,
+`1e3`, `"1e3"` and booleans are refused (400 `invalid_request` naming the field) wherever
+money or a quantity is sent, and nothing is applied; JSON integers go through."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+import pytest
+
+from market.client import TokexApiError, TokexClient
+from schemas.accounts import Role
+from schemas.market import Side
+from schemas.trading import CreateInstrument, PlaceOrder
+from tests.support.server import ServerProcess, operator_client
+
+SYM = "strict-model/2030-12-01T00Z/1h"
+
+#: Each lenient form of 1000 (or 10), as raw JSON, and the type msgspec names for it.
+LENIENT = [('"10"', "str"), ("10.0", "float"), ("1e3", "float"), ('"1e3"', "str"),
+           ("true", "bool")]  # fmt: skip
+
+
+@dataclass
+class Parties:
+    operator: TokexClient
+    provider: TokexClient
+    buyer: TokexClient
+    buyer_id: str
+
+
+@pytest.fixture
+async def parties(db_url: str, server_process: ServerProcess) -> AsyncIterator[Parties]:
+    operator = await operator_client(db_url, server_process.base_url)
+    await operator.create_instrument(
+        CreateInstrument(symbol=SYM, lot_size=10, tick_size=5, price_min=5, price_max=100_000)
+    )
+    provider = operator.as_account(await operator.create_account(Role.PROVIDER, "p"))
+    created = await operator.create_account(Role.BUYER, "b")
+    buyer = operator.as_account(created)
+    await provider.list_capacity("cap-0", SYM, 1_000)
+    await operator.deposit("dep-0", created.account_id, 1_000_000)
+    yield Parties(operator, provider, buyer, created.account_id)
+    await operator.aclose()
+
+
+async def refused(client: TokexClient, method: str, path: str, raw: str) -> TokexApiError:
+    with pytest.raises(TokexApiError) as info:
+        await client.request(method, path, json=msgspec.Raw(raw.encode()))
+    return info.value
+
+
+def bodies(parties: Parties) -> list[tuple[TokexClient, str, str, str, str]]:
+    """(client, method, path, JSON body with {v} for the number, the field's JSON path);
+    the expected type is `int` (`int | null` for the optional price)."""
+    p = parties
+    return [
+        (p.buyer, "POST", "/v1/orders", '{"client_order_id": "o1", "instrument": "' + SYM
+         + '", "side": "buy", "quantity": {v}, "price": 5}', "$.quantity"),
+        (p.buyer, "POST", "/v1/orders", '{"client_order_id": "o2", "instrument": "' + SYM
+         + '", "side": "buy", "quantity": 10, "price": {v}}', "$.price"),
+        (p.buyer, "POST", "/v1/orders/batch", '{"orders": [{"client_order_id": "o3", '
+         '"instrument": "' + SYM + '", "side": "buy", "quantity": {v}, "price": 5}]}',
+         "$.orders[0].quantity"),
+        (p.operator, "POST", "/v1/deposits", '{"deposit_id": "d1", "account_id": "'
+         + p.buyer_id + '", "amount": {v}}', "$.amount"),
+        (p.provider, "POST", "/v1/listings", '{"listing_id": "l1", "instrument": "' + SYM
+         + '", "quantity": {v}}', "$.quantity"),
+        (p.buyer, "POST", "/v1/withdrawals", '{"withdrawal_id": "w1", "amount": {v}}',
+         "$.amount"),
+        (p.provider, "POST", "/v1/deliveries", '{"report_id": "r1", "instrument": "' + SYM
+         + '", "buyer": "' + p.buyer_id + '", "tokens": {v}}', "$.tokens"),
+    ]  # fmt: skip
+
+
+async def test_lenient_numbers_are_refused_naming_the_field(parties: Parties) -> None:
+    before = await parties.buyer.balances()
+    for client, method, path, template, field in bodies(parties):
+        for raw, got in LENIENT:
+            error = await refused(client, method, path, template.replace("{v}", raw))
+            assert (error.status, error.code) == (400, "invalid_request"), (path, raw, error)
+            expected = "int | null" if field == "$.price" else "int"
+            assert error.message == f"Expected `{expected}`, got `{got}` - at `{field}`", error
+    assert await parties.buyer.balances() == before  # nothing was applied
+    assert await parties.buyer.orders() == []
+
+
+async def test_json_integers_go_through(parties: Parties) -> None:
+    order = await parties.buyer.request(
+        "POST", "/v1/orders", json=msgspec.Raw(
+            b'{"client_order_id": "ok", "instrument": "' + SYM.encode()
+            + b'", "side": "buy", "quantity": 10, "price": 5}'
+        ),
+    )  # fmt: skip
+    assert order["quantity"] == 10 and order["price"] == 5
+    assert (await parties.buyer.place_order(
+        PlaceOrder(client_order_id="ok2", instrument=SYM, side=Side.BUY, quantity=20, price=5)
+    )).quantity == 20  # fmt: skip
+    receipt = await parties.operator.request(
+        "POST", "/v1/deposits",
+        json={"deposit_id": "d-int", "account_id": parties.buyer_id, "amount": 1000},
+    )  # fmt: skip
+    assert receipt["ledger_index"] > 0
+
+
+async def test_amend_and_instrument_fields_are_strict(parties: Parties) -> None:
+    order = await parties.buyer.place_order(
+        PlaceOrder(client_order_id="am", instrument=SYM, side=Side.BUY, quantity=10, price=5)
+    )
+    for raw, got in LENIENT:
+        error = await refused(
+            parties.buyer, "PATCH", f"/v1/orders/{order.order_id}", '{"quantity": ' + raw + "}"
+        )
+        assert error.message == f"Expected `int | null`, got `{got}` - at `$.quantity`", error
+        error = await refused(
+            parties.operator, "POST", "/v1/instruments",
+            '{"symbol": "x/2031-01-01T00Z/1h", "lot_size": ' + raw + ', "tick_size": 1, '
+            '"price_min": 1, "price_max": 10}',
+        )  # fmt: skip
+        assert error.message == f"Expected `int`, got `{got}` - at `$.lot_size`", error
+    assert (await parties.buyer.order(order.order_id)).quantity == 10
+
+
+@pytest.mark.parametrize("value", ["1e3", "10.0", "+5", "0x10", "1_000", " 5", "true", ""])
+async def test_integer_query_parameters_are_decimal_digits(parties: Parties, value: str) -> None:
+    with pytest.raises(TokexApiError) as info:
+        await parties.buyer.request("GET", "/v1/orders", params={"limit": value})
+    assert (info.value.status, info.value.code) == (400, "invalid_request")
+    assert info.value.message == "Expected `int`, got `str` (query limit)"
+
+
+async def test_decimal_query_integers_still_work(parties: Parties) -> None:
+    assert await parties.buyer.request("GET", "/v1/orders", params={"limit": "10"}) == []
+    with pytest.raises(TokexApiError) as info:  # the route's own limits, as before
+        await parties.buyer.request("GET", "/v1/orders", params={"limit": "0"})
+    assert info.value.status == 400
