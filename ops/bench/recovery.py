@@ -12,7 +12,10 @@ deeper than about 20,000 resting orders), deposits, withdrawals, and every
 The filler is then killed (kill -9: no shutdown snapshot), and a fresh process opens the
 exchange as `tokex serve` does (ledger, Merkle log, sequencer recovery, market data) and
 reports the time from start to ready and whether the state it rebuilt (books' state hash,
-balances, settlements) equals the one before the kill.
+balances, settlements) equals the one before the kill; then the same after a clean stop
+(the books' and the ledger's last snapshots written: nothing left to replay). Each is
+measured with snapshots ("after") and with their loading off, the journal replayed from
+its first row ("before").
 
 Uses DATABASE_URL when set, else the embedded PostgreSQL in a temporary data directory
 (or --data-dir). Each bench database is dropped at the end (--keep keeps them).
@@ -261,10 +264,26 @@ async def fill(dsn: str, data_dir: Path, entries: int, batch: int, settle_every:
 # -- restarting ------------------------------------------------------------------------
 
 
-async def reopen(dsn: str, data_dir: Path, options: dict[str, Any]) -> None:
-    """Open the exchange as `tokex serve` does; print the time to ready and the state."""
+async def ledger_tail(dsn: str) -> int:
+    """Ledger transactions after the ledger's own last snapshot (what its start replays)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        tail: int = await conn.fetchval(
+            """SELECT (SELECT coalesce(max(idx) + 1, 0) FROM ledger_transactions)
+                    - (SELECT next_index FROM ledger_snapshot)"""
+        )
+    finally:
+        await conn.close()
+    return tail
+
+
+async def reopen(dsn: str, data_dir: Path, options: dict[str, Any], *, stop: bool) -> None:
+    """Open the exchange as `tokex serve` does; print the time to ready and the state.
+    Then die by SIGKILL (the database stays as it was for the next run), or with `stop`
+    close cleanly: the books' and the ledger's last snapshots are written."""
     signer = load_or_create_signer(None, data_dir, EXCHANGE)
     hub = MarketData()
+    tail = await ledger_tail(dsn)
     started = time.perf_counter()
     seq = await Sequencer.open(
         dsn, hooks=[MerkleLog(signer, EXCHANGE)], snapshots=SnapshotPolicy(**options)
@@ -277,10 +296,14 @@ async def reopen(dsn: str, data_dir: Path, options: dict[str, Any]) -> None:
         "seconds": round(elapsed, 3),
         "state": state_digest(seq),
         "replayed": rebuilt.replayed,
+        "ledger_tail": tail,
         "resting": sum(len(b) for b in seq.engine.books()),
     }
+    if stop:
+        await seq.close()
     print(json.dumps(report), flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)  # leave the database as it was for the next run
+    if not stop:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _child(args: Sequence[str]) -> dict[str, Any]:
@@ -318,33 +341,36 @@ async def _measure(base_url: str, data_dir: Path, args: argparse.Namespace) -> N
                 f"{int(filled['state']['ledger_size']):,})",
                 flush=True,
             )
-            for name, options in MODES.items():
-                seconds: list[float] = []
-                same = True
-                for _ in range(args.repeat):
-                    opened = _child(["open", dsn, str(data_dir), json.dumps(options)])
-                    seconds.append(opened["seconds"])
-                    same = same and opened["state"] == filled["state"]
-                best = min(seconds)
-                figures.append((filled["entries"], name, best, same))
-                print(f"  {name}: ready in {best:.2f} s (best of {len(seconds)}), "
-                      f"{opened['replayed']:,} journal entries replayed, "
-                      f"{opened['resting']:,} resting orders; "
-                      f"state {'equal' if same else 'DIFFERENT'}", flush=True)  # fmt: skip
+            for how in ("after kill -9", "after a clean stop"):
+                if how != "after kill -9":  # open and stop cleanly: the last snapshots
+                    _child(["stop", dsn, str(data_dir), "{}"])
+                print(f"  restart {how}:", flush=True)
+                for name, options in MODES.items():
+                    seconds: list[float] = []
+                    same = True
+                    for _ in range(args.repeat):
+                        opened = _child(["open", dsn, str(data_dir), json.dumps(options)])
+                        seconds.append(opened["seconds"])
+                        same = same and opened["state"] == filled["state"]
+                    best = min(seconds)
+                    figures.append((filled["entries"], f"{name}, {how}", best, same))
+                    print(f"    {name}: ready in {best:.2f} s (best of {len(seconds)}); "
+                          f"replayed {opened['replayed']:,} journal entries and "
+                          f"{opened['ledger_tail']:,} ledger transactions; "
+                          f"{opened['resting']:,} resting orders; "
+                          f"state {'equal' if same else 'DIFFERENT'}", flush=True)  # fmt: skip
         finally:
             if not args.keep:
                 await drop_database(base_url, dsn)
     print("\nrestart to ready (s):")
-    names = list(MODES)
-    print(f"{'journal entries':>16} " + " ".join(f"{n:>28}" for n in names))
-    for entries in sorted({f[0] for f in figures}):
-        row = {f[1]: f for f in figures if f[0] == entries}
-        cells = [f"{row[n][2]:>22.2f} {'same' if row[n][3] else 'DIFF':>5}" for n in names]
-        print(f"{entries:>16,} " + " ".join(cells))
+    for name in dict.fromkeys(f[1] for f in figures):
+        cells = [f"{f[0]:,}: {f[2]:.2f} ({'same' if f[3] else 'DIFF'})"
+                 for f in figures if f[1] == name]  # fmt: skip
+        print(f"  {name:<55} " + "   ".join(cells))
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("fill", "open"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("fill", "open", "stop"):
         _child_main(sys.argv[1:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -375,7 +401,7 @@ def _child_main(argv: Sequence[str]) -> None:
     if what == "fill":
         asyncio.run(fill(dsn, data_dir, int(argv[3]), int(argv[4]), int(argv[5])))
     else:
-        asyncio.run(reopen(dsn, data_dir, json.loads(argv[3])))
+        asyncio.run(reopen(dsn, data_dir, json.loads(argv[3]), stop=what == "stop"))
 
 
 if __name__ == "__main__":
