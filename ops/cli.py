@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ops.app import create_app
+    from ops.limits import uvicorn_options
 
     settings = settings_from_args(args)
     url = database_url(settings)
@@ -78,12 +79,15 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # No access log: a line per order is a tenth of the server's time at full load, and
     # the exchange's record of what happened is its journal and its signed ledger.
+    # Deadlines and a connection cap uvicorn lacks (and its keep-alive and ws ping).
+    limits = uvicorn_options(settings.connection_limits)
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        **limits,
     )
     return 0
 
