@@ -45,7 +45,8 @@ from market.stream import market_stream
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
-from ops.middleware import RefuseNulBytes
+from ops.middleware import DatabaseGate, RefuseNulBytes
+from ops.supervisor import DatabaseState
 from schemas.errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,14 @@ async def health(pool: NamedDependency[asyncpg.Pool], state: State) -> Health:
     connection, whose failure says nothing about the database now. Where the exchange
     runs in this process, its sequencer must be able to write too: after losing the
     database it rebuilds itself, and until then this answers 503 `exchange_unavailable`.
+    While the database supervisor (`ops.supervisor`) has the database down this answers
+    503 `database_unreachable`, and while it reopens the exchange `exchange_unavailable`.
     """
+    supervisor = state.get("database_supervisor")
+    if supervisor is not None and supervisor.state is DatabaseState.REOPENING:
+        raise ExchangeUnavailable("the exchange is reopening on its database after losing it")
+    if supervisor is not None and not supervisor.ready:
+        raise DatabaseUnreachable("database unreachable")
     sequencer = state.get("sequencer")
     if sequencer is not None and not sequencer.healthy:
         raise ExchangeUnavailable("the exchange is rebuilding its state from the database")
@@ -158,7 +166,7 @@ def create_app(
         route_handlers=[health, *routes],
         dependencies=dependencies,
         exception_handlers=exception_handlers(),
-        middleware=[RefuseNulBytes, AuthMiddleware(limiter)],
+        middleware=[RefuseNulBytes, DatabaseGate, AuthMiddleware(limiter)],
         lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
         openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,
