@@ -30,6 +30,8 @@ class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
     #: From a connection's first byte (or its previous response) to the end of the
     #: request's headers; then 408 and closed. Also how long a new silent connection lives.
     header_timeout_ms: int = 10_000
+    #: A request's line and headers at most (431 `headers_too_large` beyond, then closed).
+    max_header_bytes: int = 65_536
     #: From the end of a request's headers to the end of its body; then closed.
     body_timeout_ms: int = 30_000
     #: Open HTTP connections at most (lowered to fit the open-file limit); past it the
@@ -48,6 +50,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "keep_alive_timeout_ms": "TOKEX_KEEP_ALIVE_TIMEOUT_MS",
     "header_timeout_ms": "TOKEX_HEADER_TIMEOUT_MS",
     "body_timeout_ms": "TOKEX_BODY_TIMEOUT_MS",
+    "max_header_bytes": "TOKEX_MAX_HEADER_BYTES",
     "max_connections": "TOKEX_MAX_CONNECTIONS",
     "ws_ping_interval_ms": "TOKEX_WS_PING_INTERVAL_MS",
     "ws_ping_timeout_ms": "TOKEX_WS_PING_TIMEOUT_MS",
@@ -82,6 +85,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     keep_alive_timeout_ms: int = _DEFAULT_LIMITS.keep_alive_timeout_ms
     header_timeout_ms: int = _DEFAULT_LIMITS.header_timeout_ms
     body_timeout_ms: int = _DEFAULT_LIMITS.body_timeout_ms
+    max_header_bytes: int = _DEFAULT_LIMITS.max_header_bytes
     max_connections: int = _DEFAULT_LIMITS.max_connections
     ws_ping_interval_ms: int = _DEFAULT_LIMITS.ws_ping_interval_ms
     ws_ping_timeout_ms: int = _DEFAULT_LIMITS.ws_ping_timeout_ms

@@ -15,6 +15,9 @@ client (`/health` too) gets a reset.
   previous response, after uvicorn's keep-alive timeout would have closed an idle
   one) to the end of the request's headers, at most `header_timeout_ms`; past it
   the client gets 408 (if it began a request) and the connection is closed;
+* a cap on the size of a request's head (request line and headers),
+  `max_header_bytes`: past it 431 `headers_too_large`, then closed (what
+  `h11_max_incomplete_event_size` does for h11; httptools has no such cap);
 * a body deadline: the request's body must have arrived `body_timeout_ms` after
   its headers, else the connection is closed (the handler sees a disconnect);
 * a cap of `max_connections` (further lowered to fit the open-file limit): a new
@@ -83,6 +86,10 @@ REFUSED = _raw_response(
     ),
     b"retry-after: 1\r\n",
 )
+HEADERS_TOO_LARGE = _raw_response(
+    b"431 Request Header Fields Too Large",
+    ErrorBody(code="headers_too_large", message="the request's headers are too large"),
+)
 HEADER_TIMEOUT = _raw_response(
     b"408 Request Timeout",
     ErrorBody(code="request_timeout", message="the request's headers took too long to arrive"),
@@ -133,6 +140,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._in_headers = False
+        self._head_bytes = 0  # bytes of the request head so far
 
     @property
     def evictable(self) -> bool:
@@ -184,7 +192,13 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self.registry.touch(self)
+        if self.evictable:  # no request in the app: these bytes begin the next one
+            self._head_bytes += len(data)
         super().data_received(data)
+        if self._in_headers and self._head_bytes > self.limits.max_header_bytes:
+            if not self.transport.is_closing():
+                self.transport.write(HEADERS_TOO_LARGE)
+            self.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -194,6 +208,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._head_bytes = 0
         self._arm(self.limits.body_timeout_ms, self._body_too_slow)
         super().on_headers_complete()
 

@@ -74,6 +74,23 @@ def test_a_silent_connection_and_a_half_sent_request_are_closed(
         assert httpx.get(proc.base_url + "/health").status_code == 200
 
 
+def test_a_request_head_past_the_cap_is_refused(db_url: str, tmp_path: Path) -> None:
+    with serving(db_url, tmp_path, env={"TOKEX_MAX_HEADER_BYTES": 4096}) as proc:
+        big = connect(proc)
+        big.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(10):  # 10 KiB of headers, never ending
+                big.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+                time.sleep(0.01)
+        except OSError:
+            pass  # closed on us: what we are here to see
+        answer = read_until_closed(big)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 431 ")
+        assert b'"code":"headers_too_large"' in answer
+        fine = httpx.get(proc.base_url + "/health", headers={"X-Filler": "a" * 3000})
+        assert fine.status_code == 200
+
+
 def test_a_stalled_body_and_an_idle_keep_alive_connection_are_closed(
     db_url: str, tmp_path: Path
 ) -> None:

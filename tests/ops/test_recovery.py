@@ -144,6 +144,25 @@ async def assert_nothing_lost(ex: Exchange) -> None:
     assert usd.held >= len(ex.withdrawals)
 
 
+async def load(ex: Exchange, tag: str, seen: list[str], stop: asyncio.Event) -> None:
+    """Orders and balance reads as fast as they go, beside the rounds of `exercise`;
+    `seen` gets every answer that was not a success."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            view = await ex.buyer.place_order(
+                PlaceOrder(client_order_id=f"{tag}-{n}", instrument=SYM, side=Side.BUY,
+                           quantity=1000, price=5)
+            )  # fmt: skip
+            ex.orders[f"{tag}-{n}"] = view.order_id
+            await ex.buyer.balances()
+        except TokexApiError as exc:
+            seen.append(f"{exc.status} {exc.code}")
+            assert exc.status != 503 or exc.retry_after is not None
+            await asyncio.sleep(0.05)
+
+
 def postmaster_pid(pg_path: Path) -> int:
     return int((pg_path / "postmaster.pid").read_text().split("\n", 1)[0])
 
@@ -160,9 +179,19 @@ async def test_kill_9_of_the_embedded_postgresql_is_survived(pg_data_dir: Path) 
         pg_path = pg_data_dir / "pg"
         ex = await set_up(embedded_url(pg_path), proc.base_url)
         assert set((await exercise(ex)).values()) == {200}
+        stop = asyncio.Event()
+        seen: list[str] = []
+        loads = [asyncio.create_task(load(ex, f"load{i}", seen, stop)) for i in range(4)]
+        await asyncio.sleep(0.5)
         killed = postmaster_pid(pg_path)
         os.kill(killed, signal.SIGKILL)
-        codes = await ride_out_the_outage(ex)
+        try:
+            codes = await ride_out_the_outage(ex)
+        finally:
+            stop.set()
+            await asyncio.gather(*loads)  # re-raises a load's failed assertion or error
+        assert all(code.startswith("503 ") for code in seen), sorted(set(seen))
+        print("codes under load:", sorted(set(seen)))
         print("codes during the outage:", sorted(codes))
         assert "503 database_unavailable" in codes, codes
         assert postmaster_pid(pg_path) != killed  # tokex started a new one
