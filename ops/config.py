@@ -27,7 +27,7 @@ class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
 
     #: An idle keep-alive connection is closed this long after its last response.
     keep_alive_timeout_ms: int = 5_000
-    #: From a connection's first byte (or its previous response) to the end of the
+    #: From a connection's opening (or a later request's first byte) to the end of the
     #: request's headers; then 408 and closed. Also how long a new silent connection lives.
     header_timeout_ms: int = 10_000
     #: A request's line and headers at most (431 `headers_too_large` beyond, then closed).

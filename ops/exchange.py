@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import asyncpg
 from litestar import Litestar
 
 from ledger.keys import load_or_create_signer
@@ -89,13 +90,14 @@ def exchange_lifespan(
 
         async def reopen() -> None:
             """After an outage: the start-up path again, on what is committed."""
-            old = app.state.get("sequencer")
+            old: Sequencer | None = app.state.get("sequencer")
             if old is not None:
                 await _close_sequencer(old)
+                app.state.sequencer = None  # closed: a failed open below must not close it again
             await _open_sequencer(app, url, signer, settings)
-            pool = app.state.get("pool")
+            pool: asyncpg.Pool | None = app.state.get("pool")
             if pool is not None:
-                pool.expire_connections()  # connections from before the outage are dead
+                await pool.expire_connections()  # connections from before the outage are dead
 
         supervisor = DatabaseSupervisor(
             url, embedded=embedded_handle(settings.data_path), reopen=reopen

@@ -11,9 +11,9 @@ client (`/health` too) gets a reset.
 
 `guarded_protocol(limits)` is uvicorn's httptools protocol with:
 
-* a header deadline: from the connection's first byte (or from the end of the
-  previous response, after uvicorn's keep-alive timeout would have closed an idle
-  one) to the end of the request's headers, at most `header_timeout_ms`; past it
+* a header deadline: from the connection's opening (for its first request) or a
+  later request's first byte (an idle connection between requests is uvicorn's
+  keep-alive timeout's) to the end of the request's headers, `header_timeout_ms`; past it
   the client gets 408 (if it began a request) and the connection is closed;
 * a cap on the size of a request's head (request line and headers),
   `max_header_bytes`: past it 431 `headers_too_large`, then closed (what

@@ -105,12 +105,13 @@ class DatabaseSupervisor:
                 async with asyncio.timeout(self.probe_interval_ms / 1000):
                     await self._wake.wait()
             self._wake.clear()
-            if await self.probe():
-                continue
-            self.outages += 1
-            self.state = DatabaseState.DOWN
-            log.error("database unreachable: answering 503 until it is back")
-            try:
+            if self.state is DatabaseState.UP:
+                if await self.probe():
+                    continue
+                self.outages += 1
+                self.state = DatabaseState.DOWN
+                log.error("database unreachable: answering 503 until it is back")
+            try:  # also after a failed attempt (the state is not UP): until it is back
                 await self._bring_back()
             except asyncio.CancelledError:
                 raise
@@ -119,13 +120,14 @@ class DatabaseSupervisor:
 
     async def _bring_back(self) -> None:
         """Until the database answers and the exchange is reopened on it."""
-        attempt = 0
+        attempt = reopen_failures = 0
         while True:
             if await self.probe():
                 self.state = DatabaseState.REOPENING
                 try:
                     await self._reopen()
                 except Exception as exc:
+                    reopen_failures += 1
                     log.warning("supervisor: the exchange could not reopen yet: %s", exc)
                     self.state = DatabaseState.DOWN
                 else:
@@ -142,7 +144,7 @@ class DatabaseSupervisor:
                     "embedded PostgreSQL did not come back after %d attempts; still probing",
                     attempt,
                 )
-            await asyncio.sleep(self._backoff_s(attempt))
+            await asyncio.sleep(self._backoff_s(max(attempt, reopen_failures)))
 
     def _backoff_s(self, attempt: int) -> float:
         doubled: int = self.first_backoff_ms * 2 ** max(0, attempt - 1)

@@ -27,6 +27,8 @@ from tests.support.server import ServerProcess, operator_client
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"
 OUTAGE_LIMIT_S = 60.0  # the exchange must be back within this (bounded test)
+#: The load must meet the database's absence, not the per-key rate limit (429).
+NO_RATE_LIMIT = {"TOKEX_RATE_LIMIT": "100000", "TOKEX_RATE_BURST": "100000"}
 
 
 @dataclass
@@ -173,7 +175,7 @@ def embedded_url(pg_path: Path) -> str:
 
 
 async def test_kill_9_of_the_embedded_postgresql_is_survived(pg_data_dir: Path) -> None:
-    proc = ServerProcess(database_url=None, data_dir=pg_data_dir)
+    proc = ServerProcess(database_url=None, data_dir=pg_data_dir, env=NO_RATE_LIMIT)
     proc.start()
     try:
         pg_path = pg_data_dir / "pg"
@@ -208,7 +210,7 @@ async def test_a_database_url_server_stopped_and_started_is_survived(
 ) -> None:
     if not pg.embedded:
         pg.stop()  # skips: the test must be able to stop and start the server
-    proc = ServerProcess(database_url=db_url, data_dir=tmp_path)
+    proc = ServerProcess(database_url=db_url, data_dir=tmp_path, env=NO_RATE_LIMIT)
     proc.start()
     try:
         ex = await set_up(db_url, proc.base_url)
