@@ -175,10 +175,6 @@ class EmbeddedPostgres:
         self._server = server
 
     @property
-    def pgdata(self) -> Path:
-        return self.pg_path
-
-    @property
     def system_user(self) -> str | None:
         user: str | None = self._server.system_user
         return user

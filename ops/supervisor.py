@@ -8,7 +8,8 @@
   503 `database_unavailable` with `Retry-After` (`ops.middleware.DatabaseGate`);
 * if tokex started this PostgreSQL (the embedded one, no `DATABASE_URL`) it starts it
   again (`RESTARTING`), with a doubling delay between attempts, at most
-  `restart_attempts` times (then `GAVE_UP`: it still probes, so a PostgreSQL someone
+  `restart_attempts` times (a postmaster that runs but does not answer yet, replaying
+  its WAL, is waited for, not counted) (then `GAVE_UP`: it still probes, so a PostgreSQL someone
   else starts brings the exchange back); a server given by `DATABASE_URL` is only
   probed until it answers again;
 * once the database answers, the exchange is reopened (`REOPENING`) through its
@@ -30,7 +31,12 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ops.database import CONNECTION_ERRORS, EmbeddedPostgres
+from ops.database import (
+    CONNECTION_ERRORS,
+    EmbeddedPostgres,
+    PostmasterState,
+    postmaster_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,8 @@ class DatabaseSupervisor:
                     self.state = DatabaseState.UP
                     log.warning("database back, exchange reopened (outage %d)", self.outages)
                     return
+            elif self.embedded is not None and self._postmaster_runs():
+                pass  # started, not answering yet (replaying its WAL): no restart to count
             elif self.embedded is not None and attempt < self.restart_attempts:
                 attempt += 1
                 self.state = DatabaseState.RESTARTING
@@ -149,6 +157,10 @@ class DatabaseSupervisor:
     def _backoff_s(self, attempt: int) -> float:
         doubled: int = self.first_backoff_ms * 2 ** max(0, attempt - 1)
         return min(self.max_backoff_ms, doubled) / 1000
+
+    def _postmaster_runs(self) -> bool:
+        assert self.embedded is not None
+        return postmaster_state(self.embedded.pg_path) is PostmasterState.RUNNING
 
     async def _restart_embedded(self, attempt: int) -> None:
         assert self.embedded is not None
