@@ -11,6 +11,7 @@ from litestar.types import (
     Receive,
     Scope,
     Send,
+    WebSocketAcceptEvent,
     WebSocketCloseEvent,
 )
 
@@ -68,8 +69,9 @@ GATE_EXEMPT_PREFIXES = ("/health", "/schema")
 class DatabaseGate:
     """While the database supervisor (`app.state.database_supervisor`, see `ops.supervisor`)
     says the database is not back, answer 503 `database_unavailable` with `Retry-After`,
-    before authentication or any handler touches the database; a websocket is closed
-    with 1013 (try again later)."""
+    before authentication or any handler touches the database; a websocket is accepted
+    and closed at once with 1013 (try again later: a refusal before the accept would reach
+    the client as a bare 403)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -103,7 +105,18 @@ class DatabaseGate:
                 await send(start)
                 await send(chunk)
             else:
-                close: WebSocketCloseEvent = {"type": "websocket.close", "code": 1013, "reason": ""}
+                await receive()  # websocket.connect
+                accept: WebSocketAcceptEvent = {
+                    "type": "websocket.accept",
+                    "subprotocol": None,
+                    "headers": [],
+                }
+                close: WebSocketCloseEvent = {
+                    "type": "websocket.close",
+                    "code": 1013,
+                    "reason": DATABASE_UNAVAILABLE_CODE,
+                }
+                await send(accept)
                 await send(close)
             return
         await self.app(scope, receive, send)

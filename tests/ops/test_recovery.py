@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from market.client import TokexApiError, TokexClient
 from schemas.accounts import Role
@@ -165,6 +167,24 @@ async def load(ex: Exchange, tag: str, seen: list[str], stop: asyncio.Event) -> 
             await asyncio.sleep(0.05)
 
 
+async def assert_the_stream_says_try_again(proc: ServerProcess) -> None:
+    """Once the outage is noticed, the websocket stream is closed with 1013 (try again later)."""
+    url = proc.base_url.replace("http://", "ws://") + "/v1/stream"
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        async with connect(url) as ws:
+            try:
+                await asyncio.wait_for(ws.recv(), 0.5)
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None
+                assert (closed.rcvd.code, closed.rcvd.reason) == (1013, "database_unavailable")
+                return
+            except TimeoutError:
+                pass  # not noticed yet: the stream still serves
+        await asyncio.sleep(0.1)
+    raise AssertionError("the stream was never closed with 1013")
+
+
 def postmaster_pid(pg_path: Path) -> int:
     return int((pg_path / "postmaster.pid").read_text().split("\n", 1)[0])
 
@@ -216,6 +236,7 @@ async def test_a_database_url_server_stopped_and_started_is_survived(
         ex = await set_up(db_url, proc.base_url)
         pg.stop(mode="immediate")
         try:
+            await assert_the_stream_says_try_again(proc)
             codes = await ride_out_the_outage(ex, restore=pg.start)
         finally:
             pg.start()  # idempotent: leaves the session's server running for other tests
