@@ -4,21 +4,28 @@ No I/O, no clock, no randomness: the output (events) and the state depend only
 on the starting state and the commands, so a replay gives the same events and
 the same `state_hash()`.
 
-Layout, chosen for a lean hot path:
+Layout, chosen so that no command's cost grows with the depth of the book
+(see `market.level` for the queue of one price):
 
-- each side is a dict `key -> deque[RestingOrder]` (FIFO within a price) and a
-  binary heap of keys; the key is the price for asks and minus the price for
-  bids, so on both sides the best level is the smallest key (`heap[0]`) and
-  "crosses a limit" is `key <= limit_key` with `limit_key = +/- limit`;
+- each side is a dict `key -> Level` and a binary heap of keys; the key is the
+  price for asks and minus the price for bids, so on both sides the best level
+  is the smallest key (`heap[0]`) and "crosses a limit" is `key <= limit_key`
+  with `limit_key = +/- limit`. A `Level` is FIFO by arrival and removes any
+  order by id in O(1), so cancel, amend and expiry cost the same at the front
+  of a queue of thousands as at its back;
 - a key is in the dict exactly when it is in the heap (once). A level emptied
   by a fill leaves both at once (it is at the top); one emptied deeper in the
-  book (cancel, amend, expiry) stays as an empty deque until it reaches the top
+  book (cancel, amend, expiry) stays as an empty level until it reaches the top
   or gets a new order, so nothing is ever removed from the middle of a heap.
   The top of each heap is always a non-empty level (restored after every
   change), so the best price is `heap[0]`. Empty levels are dropped by
-  snapshot/restore and by `_compact` when a heap reaches twice the live levels
+  snapshot/restore and by `compact` when a heap reaches twice the live levels
   (at least 1,024 keys);
-- `orders` maps order id -> the resting order (mutable `RestingOrder`).
+- `orders` maps order id -> the resting order (mutable `RestingOrder`),
+  `by_owner` owner -> the ids of its resting orders (mass cancel and an
+  owner's open orders visit only that owner's orders), `gtd` is a heap of
+  (expire_at, order id) with stale entries skipped (expiry visits only what
+  expires).
 
 Rules as built (see also `schemas.market`):
 
@@ -53,14 +60,23 @@ Rules as built (see also `schemas.market`):
 from __future__ import annotations
 
 import hashlib
-from collections import deque
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 from typing import Final
 
 import msgspec
 
+from market.book_state import SNAPSHOT_VERSION, snapshot_order_problem
 from market.errors import InvalidSnapshot
 from market.instruments import validate_instrument
+from market.level import (
+    Level,
+    compact,
+    depth_side,
+    drop_empty_top,
+    fillable,
+    in_priority_order,
+    put_front,
+)
 from schemas.errors import DomainError
 from schemas.market import (
     AdvanceTime,
@@ -71,7 +87,6 @@ from schemas.market import (
     Command,
     CommandKind,
     Depth,
-    DepthLevel,
     Event,
     Fill,
     Instrument,
@@ -90,12 +105,11 @@ from schemas.market import (
     Side,
     StpMode,
     TimeInForce,
-    TopOfBook,
     TradingState,
     TradingStateChanged,
 )
 
-SNAPSHOT_VERSION: Final = 1
+__all__ = ["SNAPSHOT_VERSION", "OrderBook", "default_tif"]
 
 # Module-level aliases: a global lookup is cheaper than an Enum attribute lookup.
 _BUY: Final = Side.BUY
@@ -118,27 +132,16 @@ _R = RejectReason
 _C = CancelReason
 _STP: Final = CancelReason.SELF_TRADE
 
-_COMPACT_MIN: Final = 1_024
+_COMPACT_MIN: Final = 1_024  # smallest heap size that triggers compaction
 
 _encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
 
-Level = deque[RestingOrder]
 
-
-def _keys_up_to(heap: list[int], limit: int) -> list[int]:
-    """Keys <= limit in a binary heap, visiting only those (a child is never
-    smaller than its parent, so a branch stops at the first key above limit)."""
-    out: list[int] = []
-    n = len(heap)
-    stack = [0] if n and heap[0] <= limit else []
-    while stack:
-        i = stack.pop()
-        out.append(heap[i])
-        for child in (2 * i + 1, 2 * i + 2):
-            if child < n and heap[child] <= limit:
-                stack.append(child)
-    return out
+def default_tif(order_type: OrderType) -> TimeInForce:
+    """The time in force of an order that names none: IOC for a market order,
+    GTC for a limit order. The one place this default lives."""
+    return _IOC if order_type is _MARKET else _GTC
 
 
 class OrderBook:
@@ -150,6 +153,7 @@ class OrderBook:
         "_asks",
         "_bid_heap",
         "_bids",
+        "_by_owner",
         "_client_ids",
         "_compact_at",
         "_gtd",
@@ -179,10 +183,11 @@ class OrderBook:
         self._asks: dict[int, Level] = {}  # key = price
         self._ask_heap: list[int] = []
         self._orders: dict[int, RestingOrder] = {}
+        self._by_owner: dict[str, set[int]] = {}  # owner -> ids of its resting orders
         # owner -> client order ids used in this book (strings: no GC-tracked keys)
         self._client_ids: dict[str, set[str]] = {}
         self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
-        self._compact_at = _COMPACT_MIN  # heap size that triggers _compact
+        self._compact_at = _COMPACT_MIN  # heap size that triggers compaction
 
     # ------------------------------------------------------------------ dispatch
 
@@ -212,62 +217,24 @@ class OrderBook:
     def new_order(self, cmd: NewOrder) -> list[Event]:
         t = cmd.time
         events: list[Event] = []
-        gtd = self._gtd
-        if gtd and gtd[0][0] <= t:
+        if self._gtd and self._gtd[0][0] <= t:
             self._expire(t, events)
-
-        oid = cmd.order_id
-        owner = cmd.owner
         side = cmd.side
-        qty = cmd.quantity
         price = cmd.price
         tif = cmd.tif
-        order_type = cmd.order_type
-        coid = cmd.client_order_id
-        expire_at = cmd.expire_at
-        post_only = cmd.post_only
-        stp = cmd.stp
-        used: set[str] | None = None
-        if order_type is _MARKET:
+        if cmd.order_type is _MARKET:
             if tif is None:
                 tif = _IOC
             if price is None:
                 price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
         elif tif is None:
             tif = _GTC
-
-        state = self._state
-        reason: str | None = None
-        if state is not _OPEN:
-            reason = _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
-        elif oid in self._orders:
-            reason = _R.DUPLICATE_ORDER_ID
-        elif qty <= 0:
-            reason = _R.QTY_INVALID
-        elif qty % self._lot:
-            reason = _R.QTY_OFF_LOT
-        elif price is None:
-            reason = _R.PRICE_REQUIRED
-        elif price % self._tick:
-            reason = _R.PRICE_OFF_TICK
-        elif price < self._pmin or price > self._pmax:
-            reason = _R.PRICE_OUT_OF_BAND
-        elif order_type is _MARKET and (tif is _GTC or tif is _GTD):
-            reason = _R.INVALID_TIME_IN_FORCE
-        elif (tif is _GTD) is (expire_at is None):
-            reason = _R.INVALID_EXPIRE_AT
-        elif expire_at is not None and expire_at <= t:
-            reason = _R.EXPIRE_AT_IN_PAST
-        elif post_only and (order_type is _MARKET or tif is _IOC or tif is _FOK):
-            reason = _R.POST_ONLY_NOT_ALLOWED
-        elif coid is not None:
-            used = self._client_ids.get(owner)
-            if used is not None and coid in used:
-                reason = _R.DUPLICATE_CLIENT_ORDER_ID
+        reason = self._new_reason(cmd, price, tif)
         if reason is not None:
             return self._reject_new(cmd, reason, events)
         assert price is not None
 
+        owner = cmd.owner
         if side is _BUY:
             opp_heap = self._ask_heap
             lim_key = price
@@ -276,37 +243,31 @@ class OrderBook:
             lim_key = -price
         crosses = bool(opp_heap) and opp_heap[0] <= lim_key
         if crosses:
-            if post_only:
+            if cmd.post_only:
                 return self._reject_new(cmd, _R.POST_ONLY_WOULD_TAKE, events)
-            if tif is _FOK and not self._fok_fillable(owner, stp, qty, side, lim_key):
+            if tif is _FOK and not self._fok_fillable(owner, cmd.stp, cmd.quantity, side, lim_key):
                 return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
         elif tif is _FOK:
             return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
 
+        oid = cmd.order_id
+        coid = cmd.client_order_id
         if coid is not None:
+            used = self._client_ids.get(owner)
             if used is None:
                 used = self._client_ids[owner] = set()
             used.add(coid)
+        qty = cmd.quantity
+        expire_at = cmd.expire_at
+        stp = cmd.stp
         seq = self._seq
         # positional build (hot path); field order as declared in OrderAccepted
         events.append(
             OrderAccepted(
-                seq,
-                t,
-                self._symbol,
-                oid,
-                owner,
-                coid,
-                side,
-                order_type,
-                price,
-                qty,
-                tif,
-                expire_at,
-                post_only,
-                stp,
+                seq, t, self._symbol, oid, owner, coid, side, cmd.order_type, price, qty, tif,
+                expire_at, cmd.post_only, stp,
             )
-        )
+        )  # fmt: skip
         self._seq = seq + 1
 
         rem = qty
@@ -316,38 +277,14 @@ class OrderBook:
         if not rem:
             return events
         if tif is _GTC or tif is _GTD:
-            order = RestingOrder(
-                oid,
-                owner,
-                coid,
-                side,
-                price,
-                qty,
-                rem,
-                qty - rem - decremented,
-                decremented,
-                tif,
-                expire_at,
-                stp,
-            )
-            if side is _BUY:
-                levels = self._bids
-                heap = self._bid_heap
-                key = -price
-            else:
-                levels = self._asks
-                heap = self._ask_heap
-                key = price
-            level = levels.get(key)
-            if level is None:
-                if len(heap) >= self._compact_at:
-                    self._compact()
-                level = levels[key] = deque()
-                heappush(heap, key)
-            level.append(order)
-            self._orders[oid] = order
+            self._append(
+                RestingOrder(
+                    oid, owner, coid, side, price, qty, rem, qty - rem - decremented,
+                    decremented, tif, expire_at, stp,
+                )
+            )  # fmt: skip
             if expire_at is not None:
-                heappush(gtd, (expire_at, oid))
+                heappush(self._gtd, (expire_at, oid))
         else:  # IOC / FOK / market: the remainder never rests
             seq = self._seq
             events.append(
@@ -357,6 +294,41 @@ class OrderBook:
             )
             self._seq = seq + 1
         return events
+
+    def _new_reason(self, cmd: NewOrder, price: int | None, tif: TimeInForce) -> str | None:
+        """Why a new order is refused before it meets the book (see the module
+        notes for the order of the checks), or None."""
+        state = self._state
+        qty = cmd.quantity
+        expire_at = cmd.expire_at
+        if state is not _OPEN:
+            return _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
+        if cmd.order_id in self._orders:
+            return _R.DUPLICATE_ORDER_ID
+        if qty <= 0:
+            return _R.QTY_INVALID
+        if qty % self._lot:
+            return _R.QTY_OFF_LOT
+        if price is None:
+            return _R.PRICE_REQUIRED
+        if price % self._tick:
+            return _R.PRICE_OFF_TICK
+        if price < self._pmin or price > self._pmax:
+            return _R.PRICE_OUT_OF_BAND
+        if cmd.order_type is _MARKET and (tif is _GTC or tif is _GTD):
+            return _R.INVALID_TIME_IN_FORCE
+        if (tif is _GTD) is (expire_at is None):
+            return _R.INVALID_EXPIRE_AT
+        if expire_at is not None and expire_at <= cmd.time:
+            return _R.EXPIRE_AT_IN_PAST
+        if cmd.post_only and (cmd.order_type is _MARKET or tif is _IOC or tif is _FOK):
+            return _R.POST_ONLY_NOT_ALLOWED
+        coid = cmd.client_order_id
+        if coid is not None:
+            used = self._client_ids.get(cmd.owner)
+            if used is not None and coid in used:
+                return _R.DUPLICATE_CLIENT_ORDER_ID
+        return None
 
     def _reject_new(self, cmd: NewOrder, reason: str, events: list[Event]) -> list[Event]:
         seq = self._seq
@@ -381,18 +353,7 @@ class OrderBook:
             levels, heap = self._asks, self._ask_heap
         else:
             levels, heap = self._bids, self._bid_heap
-        need = qty
-        skip_own = stp is _CANCEL_OLDEST
-        for key in sorted(_keys_up_to(heap, lim_key)):
-            for maker in levels[key]:
-                if maker.owner == owner:
-                    if skip_own:
-                        continue
-                    return False
-                need -= maker.open
-                if need <= 0:
-                    return True
-        return False
+        return fillable(levels, heap, owner, stp is _CANCEL_OLDEST, qty, lim_key)
 
     def _match(
         self,
@@ -410,12 +371,18 @@ class OrderBook:
         Returns (open remainder, quantity removed from the taker by STP
         decrements). If STP cancelled the taker's remainder, the remainder is 0
         and its `OrderCancelled` has been emitted.
+
+        Longer than the house's 80 lines on purpose: this loop runs once per
+        maker met by every taker, and splitting the STP branches into methods
+        costs a call per maker; locals are bound once per taker for the same
+        reason.
         """
         if side is _BUY:
             levels, heap = self._asks, self._ask_heap
         else:
             levels, heap = self._bids, self._bid_heap
         orders = self._orders
+        by_owner = self._by_owner
         sym = self._symbol
         seq = self._seq
         decremented = 0
@@ -426,8 +393,9 @@ class OrderBook:
             if key > lim_key:
                 break
             level = levels[key]
+            popfront = level.popitem
             while level:
-                maker = level[0]
+                moid, maker = popfront(False)
                 if maker.owner != owner:
                     mopen = maker.open
                     if mopen <= rem:
@@ -435,80 +403,56 @@ class OrderBook:
                         rem -= mopen
                         maker.open = 0
                         maker.filled += fq
-                        level.popleft()
-                        del orders[maker.order_id]
+                        del orders[moid]
+                        by_owner[maker.owner].discard(moid)
                     else:
                         fq = rem
                         rem = 0
                         maker.open = mopen - fq
                         maker.filled += fq
+                        put_front(level, maker)
                     events.append(
                         Fill(
-                            seq,
-                            t,
-                            sym,
-                            maker.order_id,
-                            oid,
-                            maker.owner,
-                            owner,
-                            side,
-                            maker.price,
-                            fq,
-                            maker.open,
-                            rem,
+                            seq, t, sym, moid, oid, maker.owner, owner, side, maker.price, fq,
+                            maker.open, rem,
                         )
-                    )
+                    )  # fmt: skip
                     seq += 1
                     if not rem:
                         stop = True
                         break
                     continue
-                # self-trade prevention
+                # self-trade prevention (the maker is the taker's owner's)
                 if stp is _CANCEL_OLDEST or stp is _CANCEL_BOTH:
-                    level.popleft()
-                    del orders[maker.order_id]
+                    del orders[moid]
+                    by_owner[owner].discard(moid)
                     mopen = maker.open
                     maker.cancelled += mopen
                     maker.open = 0
                     events.append(
                         OrderCancelled(
-                            seq,
-                            t,
-                            sym,
-                            maker.order_id,
-                            owner,
-                            maker.side,
-                            maker.price,
-                            mopen,
-                            0,
-                            _STP,
+                            seq, t, sym, moid, owner, maker.side, maker.price, mopen, 0, _STP
                         )
                     )
                     seq += 1
                     if stp is _CANCEL_OLDEST:
                         continue
-                if stp is _DECREMENT:
+                elif stp is _DECREMENT:
                     mopen = maker.open
                     dq = mopen if mopen <= rem else rem
                     maker.open = mopen - dq
                     maker.cancelled += dq
-                    if not maker.open:
-                        level.popleft()
-                        del orders[maker.order_id]
+                    if maker.open:
+                        put_front(level, maker)
+                    else:
+                        del orders[moid]
+                        by_owner[owner].discard(moid)
                     events.append(
                         OrderCancelled(
-                            seq,
-                            t,
-                            sym,
-                            maker.order_id,
-                            owner,
-                            maker.side,
-                            maker.price,
-                            dq,
-                            maker.open,
+                            seq, t, sym, moid, owner, maker.side, maker.price, dq, maker.open,
                             _STP,
                         )
-                    )
+                    )  # fmt: skip
                     seq += 1
                     rem -= dq
                     decremented += dq
@@ -520,6 +464,8 @@ class OrderBook:
                         stop = True
                         break
                     continue
+                else:  # cancel_newest: the maker stays where it was
+                    put_front(level, maker)
                 # cancel_newest, or cancel_both after the maker went: kill the taker
                 events.append(
                     OrderCancelled(seq, t, sym, oid, owner, side, taker_price, rem, 0, _STP)
@@ -553,28 +499,28 @@ class OrderBook:
         orders = self._orders
         oid = cmd.order_id
         order = orders.get(oid)
-        if order is None or order.owner != cmd.owner:
-            return self._reject(events, t, CommandKind.CANCEL, oid, cmd.owner, _R.UNKNOWN_ORDER)
+        owner = cmd.owner
+        if order is None or order.owner != owner:
+            return self._reject(events, t, CommandKind.CANCEL, oid, owner, _R.UNKNOWN_ORDER)
         # inlined _remove and _cancel_event (hot path)
         price = order.price
-        if order.side is _BUY:
+        side = order.side
+        if side is _BUY:
             levels, heap, key = self._bids, self._bid_heap, -price
         else:
             levels, heap, key = self._asks, self._ask_heap, price
         level = levels[key]
-        level.remove(order)
+        del level[oid]
         del orders[oid]
+        self._by_owner[owner].discard(oid)
         if not level and heap[0] == key:
-            while heap and not levels[heap[0]]:
-                del levels[heappop(heap)]
+            drop_empty_top(levels, heap)
         qty = order.open
         order.cancelled += qty
         order.open = 0
         seq = self._seq
         events.append(
-            OrderCancelled(
-                seq, t, self._symbol, oid, order.owner, order.side, price, qty, 0, _C.USER
-            )
+            OrderCancelled(seq, t, self._symbol, oid, owner, side, price, qty, 0, _C.USER)
         )
         self._seq = seq + 1
         return events
@@ -585,32 +531,13 @@ class OrderBook:
         if self._gtd and self._gtd[0][0] <= t:
             self._expire(t, events)
         oid = cmd.order_id
-        state = self._state
-        reason: str | None = None
         order = self._orders.get(oid)
-        new_price = new_open = 0
-        if state is not _OPEN:
-            reason = _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
-        elif order is None or order.owner != cmd.owner:
-            reason = _R.UNKNOWN_ORDER
+        if order is None or order.owner != cmd.owner or self._state is not _OPEN:
+            new_price = new_open = 0
         else:
             new_price = order.price if cmd.price is None else cmd.price
             new_open = order.open if cmd.quantity is None else cmd.quantity
-            if new_open <= 0:
-                reason = _R.QTY_INVALID
-            elif new_open % self._lot:
-                reason = _R.QTY_OFF_LOT
-            elif new_price % self._tick:
-                reason = _R.PRICE_OFF_TICK
-            elif new_price < self._pmin or new_price > self._pmax:
-                reason = _R.PRICE_OUT_OF_BAND
-            elif new_price == order.price and new_open == order.open:
-                reason = _R.AMEND_NO_CHANGE
-            elif order.side is _BUY:
-                if self._ask_heap and self._ask_heap[0] <= new_price:
-                    reason = _R.AMEND_WOULD_CROSS
-            elif self._bid_heap and -self._bid_heap[0] >= new_price:
-                reason = _R.AMEND_WOULD_CROSS
+        reason = self._amend_reason(order, cmd.owner, new_price, new_open)
         if reason is not None:
             return self._reject(events, t, CommandKind.AMEND, oid, cmd.owner, reason)
         assert order is not None
@@ -627,21 +554,38 @@ class OrderBook:
         seq = self._seq
         events.append(
             OrderAmended(
-                seq,
-                t,
-                self._symbol,
-                oid,
-                order.owner,
-                order.side,
-                old_price,
-                new_price,
-                old_open,
-                new_open,
-                keep,
+                seq, t, self._symbol, oid, order.owner, order.side, old_price, new_price,
+                old_open, new_open, keep,
             )
-        )
+        )  # fmt: skip
         self._seq = seq + 1
         return events
+
+    def _amend_reason(
+        self, order: RestingOrder | None, owner: str, new_price: int, new_open: int
+    ) -> str | None:
+        """Why an amend is refused (first failure wins), or None."""
+        state = self._state
+        if state is not _OPEN:
+            return _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
+        if order is None or order.owner != owner:
+            return _R.UNKNOWN_ORDER
+        if new_open <= 0:
+            return _R.QTY_INVALID
+        if new_open % self._lot:
+            return _R.QTY_OFF_LOT
+        if new_price % self._tick:
+            return _R.PRICE_OFF_TICK
+        if new_price < self._pmin or new_price > self._pmax:
+            return _R.PRICE_OUT_OF_BAND
+        if new_price == order.price and new_open == order.open:
+            return _R.AMEND_NO_CHANGE
+        if order.side is _BUY:
+            if self._ask_heap and self._ask_heap[0] <= new_price:
+                return _R.AMEND_WOULD_CROSS
+        elif self._bid_heap and -self._bid_heap[0] >= new_price:
+            return _R.AMEND_WOULD_CROSS
+        return None
 
     # ------------------------------------------------------------------ bulk, state, time
 
@@ -706,11 +650,8 @@ class OrderBook:
             self._seq = seq + 1
 
     def _cancel_all(self, events: list[Event], t: int, owner: str | None, reason: str) -> None:
-        if owner is None:
-            victims = sorted(self._orders)
-        else:
-            victims = sorted(oid for oid, o in self._orders.items() if o.owner == owner)
         orders = self._orders
+        victims = sorted(orders) if owner is None else sorted(self._by_owner.get(owner, ()))
         for oid in victims:
             order = orders[oid]
             self._remove(order)
@@ -740,35 +681,28 @@ class OrderBook:
         seq = self._seq
         events.append(
             OrderCancelled(
-                seq,
-                t,
-                self._symbol,
-                order.order_id,
-                order.owner,
-                order.side,
-                order.price,
-                qty,
-                0,
-                reason,
+                seq, t, self._symbol, order.order_id, order.owner, order.side, order.price, qty,
+                0, reason,
             )
-        )
+        )  # fmt: skip
         self._seq = seq + 1
 
     def _remove(self, order: RestingOrder) -> None:
-        """Take a resting order out of its level and the order index."""
+        """Take a resting order out of its level and the indexes: O(1)."""
         if order.side is _BUY:
             levels, heap, key = self._bids, self._bid_heap, -order.price
         else:
             levels, heap, key = self._asks, self._ask_heap, order.price
         level = levels[key]
-        level.remove(order)
-        del self._orders[order.order_id]
+        oid = order.order_id
+        del level[oid]
+        del self._orders[oid]
+        self._by_owner[order.owner].discard(oid)
         if not level and heap[0] == key:
-            while heap and not levels[heap[0]]:
-                del levels[heappop(heap)]
+            drop_empty_top(levels, heap)
 
     def _append(self, order: RestingOrder) -> None:
-        """Put an order at the back of its price level and into the index."""
+        """Put an order at the back of its price level and into the indexes."""
         if order.side is _BUY:
             levels, heap, key = self._bids, self._bid_heap, -order.price
         else:
@@ -776,24 +710,17 @@ class OrderBook:
         level = levels.get(key)
         if level is None:
             if len(heap) >= self._compact_at:
-                self._compact()
-            level = levels[key] = deque()
+                sides = ((self._bids, self._bid_heap), (self._asks, self._ask_heap))
+                self._compact_at = compact(sides, _COMPACT_MIN)
+            level = levels[key] = Level()
             heappush(heap, key)
-        level.append(order)
-        self._orders[order.order_id] = order
-
-    def _compact(self) -> None:
-        """Drop the empty levels left deep in the book (see the module notes) once a
-        side's heap has grown to `_compact_at` keys, so memory follows the live
-        levels, not every price ever used. Amortised O(1) per new level."""
-        live = 0
-        for levels, heap in ((self._bids, self._bid_heap), (self._asks, self._ask_heap)):
-            for key in [k for k, level in levels.items() if not level]:
-                del levels[key]
-            heap[:] = list(levels)
-            heapify(heap)
-            live = max(live, len(heap))
-        self._compact_at = max(_COMPACT_MIN, 2 * live)
+        oid = order.order_id
+        level[oid] = order
+        self._orders[oid] = order
+        owned = self._by_owner.get(order.owner)
+        if owned is None:
+            owned = self._by_owner[order.owner] = set()
+        owned.add(oid)
 
     # ------------------------------------------------------------------ queries
 
@@ -815,43 +742,20 @@ class OrderBook:
     def best_ask(self) -> int | None:
         return self._ask_heap[0] if self._ask_heap else None
 
-    def top_of_book(self) -> TopOfBook:
-        bid = self.best_bid()
-        ask = self.best_ask()
-        return TopOfBook(
-            instrument=self._symbol,
-            bid_price=bid,
-            bid_quantity=0 if bid is None else sum(o.open for o in self._bids[-bid]),
-            ask_price=ask,
-            ask_quantity=0 if ask is None else sum(o.open for o in self._asks[ask]),
-        )
-
     def depth(self, levels: int = 10) -> Depth:
         """Aggregated price levels, best first, at most `levels` per side."""
         return Depth(
             instrument=self._symbol,
             seq=self._seq - 1,
-            bids=self._depth_side(self._bids, levels, -1),
-            asks=self._depth_side(self._asks, levels, 1),
+            bids=depth_side(self._bids, levels, -1),
+            asks=depth_side(self._asks, levels, 1),
         )
-
-    @staticmethod
-    def _depth_side(side: dict[int, Level], n: int, sign: int) -> list[DepthLevel]:
-        out: list[DepthLevel] = []
-        for key in sorted(k for k, level in side.items() if level):
-            if len(out) >= n:
-                break
-            level = side[key]
-            out.append(DepthLevel(sign * key, sum(o.open for o in level), len(level)))
-        return out
 
     def open_orders(self, owner: str | None = None) -> list[OpenOrder]:
         """Open orders of `owner` (None: everyone), in order id order."""
-        return [
-            self._open_order(o)
-            for _, o in sorted(self._orders.items())
-            if owner is None or o.owner == owner
-        ]
+        orders = self._orders
+        ids = sorted(orders) if owner is None else sorted(self._by_owner.get(owner, ()))
+        return [self._open_order(orders[oid]) for oid in ids]
 
     def get_order(self, order_id: int) -> OpenOrder | None:
         order = self._orders.get(order_id)
@@ -886,8 +790,8 @@ class OrderBook:
             version=SNAPSHOT_VERSION,
             instrument=self.instrument,
             next_seq=self._seq,
-            bids=[o for k in sorted(self._bids) for o in self._bids[k]],
-            asks=[o for k in sorted(self._asks) for o in self._asks[k]],
+            bids=in_priority_order(self._bids),
+            asks=in_priority_order(self._asks),
             client_order_ids=sorted(
                 (owner, coid) for owner, used in self._client_ids.items() for coid in used
             ),
@@ -901,30 +805,6 @@ class OrderBook:
         """SHA-256 of the canonical snapshot: equal for books in the same state
         (same queue order, orders, seq, trading state, used client ids)."""
         return hashlib.sha256(self.snapshot()).digest()
-
-    def _snapshot_order_problem(
-        self, order: RestingOrder, side: Side, last_price: int | None
-    ) -> str | None:
-        if order.side is not side:
-            return "on the wrong side"
-        if order.order_id in self._orders:
-            return "appears twice"
-        if order.open <= 0 or order.filled < 0 or order.cancelled < 0:
-            return "bad quantities"
-        if order.filled + order.open + order.cancelled != order.quantity:
-            return "quantity not conserved"
-        if order.open % self._lot:
-            return "open quantity off the lot"
-        price = order.price
-        if price % self._tick or not self._pmin <= price <= self._pmax:
-            return "price off the tick or out of the band"
-        if last_price is not None and (price > last_price if side is _BUY else price < last_price):
-            return "out of priority order"
-        if order.tif is not _GTC and order.tif is not _GTD:
-            return "time in force cannot rest"
-        if (order.tif is _GTD) is (order.expire_at is None):
-            return "expire_at does not match the time in force"
-        return None
 
     @classmethod
     def restore(cls, data: bytes) -> OrderBook:
@@ -950,7 +830,9 @@ class OrderBook:
         for side, orders in ((_BUY, snap.bids), (_SELL, snap.asks)):
             last: int | None = None
             for order in orders:
-                problem = book._snapshot_order_problem(order, side, last)
+                problem = snapshot_order_problem(
+                    snap.instrument, order, side, last, order.order_id in book._orders
+                )
                 if problem is not None:
                     raise InvalidSnapshot(f"order {order.order_id} in snapshot: {problem}")
                 last = order.price
