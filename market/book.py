@@ -22,8 +22,8 @@ Layout, chosen so that no command's cost grows with the depth of the book
   snapshot/restore and by `compact` when a heap reaches twice the live levels
   (at least 1,024 keys);
 - `orders` maps order id -> the resting order (mutable `RestingOrder`),
-  `by_owner` owner -> the ids of its resting orders (mass cancel and an
-  owner's open orders visit only that owner's orders), `gtd` is a heap of
+  `by_owner` owner -> the ids of the orders it rested, pruned lazily (mass
+  cancel and an owner's open orders visit only that owner's orders), `gtd` is a heap of
   (expire_at, order id) with stale entries skipped (expiry visits only what
   expires).
 
@@ -70,12 +70,13 @@ from market.errors import InvalidSnapshot
 from market.instruments import validate_instrument
 from market.level import (
     Level,
+    bury,
     compact,
     depth_side,
     drop_empty_top,
     fillable,
     in_priority_order,
-    put_front,
+    new_level,
 )
 from schemas.errors import DomainError
 from schemas.market import (
@@ -159,6 +160,7 @@ class OrderBook:
         "_gtd",
         "_lot",
         "_orders",
+        "_owner_limit",
         "_pmax",
         "_pmin",
         "_seq",
@@ -183,7 +185,10 @@ class OrderBook:
         self._asks: dict[int, Level] = {}  # key = price
         self._ask_heap: list[int] = []
         self._orders: dict[int, RestingOrder] = {}
-        self._by_owner: dict[str, set[int]] = {}  # owner -> ids of its resting orders
+        # owner -> ids of orders it rested; gone ones are pruned when the list
+        # reaches `_owner_limit` (twice what was live at the last pruning)
+        self._by_owner: dict[str, list[int]] = {}
+        self._owner_limit: dict[str, int] = {}
         # owner -> client order ids used in this book (strings: no GC-tracked keys)
         self._client_ids: dict[str, set[str]] = {}
         self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
@@ -382,7 +387,6 @@ class OrderBook:
         else:
             levels, heap = self._bids, self._bid_heap
         orders = self._orders
-        by_owner = self._by_owner
         sym = self._symbol
         seq = self._seq
         decremented = 0
@@ -393,28 +397,29 @@ class OrderBook:
             if key > lim_key:
                 break
             level = levels[key]
-            popfront = level.popitem
             while level:
-                moid, maker = popfront(False)
+                maker = level[0]
+                mopen = maker.open
+                if not mopen:  # a tombstone that reached the front
+                    level.popleft()
+                    continue
                 if maker.owner != owner:
-                    mopen = maker.open
                     if mopen <= rem:
                         fq = mopen
                         rem -= mopen
                         maker.open = 0
                         maker.filled += fq
-                        del orders[moid]
-                        by_owner[maker.owner].discard(moid)
+                        level.popleft()
+                        del orders[maker.order_id]
                     else:
                         fq = rem
                         rem = 0
                         maker.open = mopen - fq
                         maker.filled += fq
-                        put_front(level, maker)
                     events.append(
                         Fill(
-                            seq, t, sym, moid, oid, maker.owner, owner, side, maker.price, fq,
-                            maker.open, rem,
+                            seq, t, sym, maker.order_id, oid, maker.owner, owner, side,
+                            maker.price, fq, maker.open, rem,
                         )
                     )  # fmt: skip
                     seq += 1
@@ -424,33 +429,30 @@ class OrderBook:
                     continue
                 # self-trade prevention (the maker is the taker's owner's)
                 if stp is _CANCEL_OLDEST or stp is _CANCEL_BOTH:
-                    del orders[moid]
-                    by_owner[owner].discard(moid)
-                    mopen = maker.open
+                    level.popleft()
+                    del orders[maker.order_id]
                     maker.cancelled += mopen
                     maker.open = 0
                     events.append(
                         OrderCancelled(
-                            seq, t, sym, moid, owner, maker.side, maker.price, mopen, 0, _STP
+                            seq, t, sym, maker.order_id, owner, maker.side, maker.price, mopen,
+                            0, _STP,
                         )
-                    )
+                    )  # fmt: skip
                     seq += 1
                     if stp is _CANCEL_OLDEST:
                         continue
                 elif stp is _DECREMENT:
-                    mopen = maker.open
                     dq = mopen if mopen <= rem else rem
                     maker.open = mopen - dq
                     maker.cancelled += dq
-                    if maker.open:
-                        put_front(level, maker)
-                    else:
-                        del orders[moid]
-                        by_owner[owner].discard(moid)
+                    if not maker.open:
+                        level.popleft()
+                        del orders[maker.order_id]
                     events.append(
                         OrderCancelled(
-                            seq, t, sym, moid, owner, maker.side, maker.price, dq, maker.open,
-                            _STP,
+                            seq, t, sym, maker.order_id, owner, maker.side, maker.price, dq,
+                            maker.open, _STP,
                         )
                     )  # fmt: skip
                     seq += 1
@@ -464,9 +466,8 @@ class OrderBook:
                         stop = True
                         break
                     continue
-                else:  # cancel_newest: the maker stays where it was
-                    put_front(level, maker)
-                # cancel_newest, or cancel_both after the maker went: kill the taker
+                # cancel_newest (the maker stays), or cancel_both after the maker
+                # went: kill the taker
                 events.append(
                     OrderCancelled(seq, t, sym, oid, owner, side, taker_price, rem, 0, _STP)
                 )
@@ -474,6 +475,9 @@ class OrderBook:
                 rem = 0
                 stop = True
                 break
+            if stop:  # the front may now be a tombstone
+                while level and not level[0].open:
+                    level.popleft()
             if not level:
                 heappop(heap)
                 del levels[key]
@@ -502,7 +506,11 @@ class OrderBook:
         owner = cmd.owner
         if order is None or order.owner != owner:
             return self._reject(events, t, CommandKind.CANCEL, oid, owner, _R.UNKNOWN_ORDER)
-        # inlined _remove and _cancel_event (hot path)
+        # inlined _cancel_event and _unlink (hot path)
+        qty = order.open
+        order.cancelled += qty
+        order.open = 0
+        del orders[oid]
         price = order.price
         side = order.side
         if side is _BUY:
@@ -510,14 +518,9 @@ class OrderBook:
         else:
             levels, heap, key = self._asks, self._ask_heap, price
         level = levels[key]
-        del level[oid]
-        del orders[oid]
-        self._by_owner[owner].discard(oid)
+        bury(level, order)
         if not level and heap[0] == key:
             drop_empty_top(levels, heap)
-        qty = order.open
-        order.cancelled += qty
-        order.open = 0
         seq = self._seq
         events.append(
             OrderCancelled(seq, t, self._symbol, oid, owner, side, price, qty, 0, _C.USER)
@@ -546,11 +549,13 @@ class OrderBook:
         old_open = order.open
         keep = new_price == old_price and new_open < old_open
         order.quantity += new_open - old_open
-        order.open = new_open
-        if not keep:
-            self._remove(order)
-            order.price = new_price
-            self._append(order)
+        if keep:
+            order.open = new_open
+        else:  # to the back of the queue: a copy, the old place becomes a tombstone
+            moved = msgspec.structs.replace(order, price=new_price, open=new_open)
+            order.open = 0
+            self._unlink(order)
+            self._append(moved)
         seq = self._seq
         events.append(
             OrderAmended(
@@ -639,10 +644,10 @@ class OrderBook:
             order = orders.get(oid)
             if order is None or order.expire_at != expire_at:
                 continue  # already gone (filled, cancelled): a stale entry
-            self._remove(order)
             qty = order.open
             order.cancelled += qty
             order.open = 0
+            self._unlink(order)
             seq = self._seq
             events.append(
                 OrderExpired(seq, t, self._symbol, oid, order.owner, order.side, order.price, qty)
@@ -651,11 +656,10 @@ class OrderBook:
 
     def _cancel_all(self, events: list[Event], t: int, owner: str | None, reason: str) -> None:
         orders = self._orders
-        victims = sorted(orders) if owner is None else sorted(self._by_owner.get(owner, ()))
-        for oid in victims:
+        for oid in sorted(orders) if owner is None else self._owned(owner):
             order = orders[oid]
-            self._remove(order)
             self._cancel_event(events, t, order, reason)
+            self._unlink(order)
 
     # ------------------------------------------------------------------ helpers
 
@@ -674,7 +678,7 @@ class OrderBook:
         return events
 
     def _cancel_event(self, events: list[Event], t: int, order: RestingOrder, reason: str) -> None:
-        """Cancel the whole open quantity of an order already removed from the book."""
+        """Cancel the whole open quantity of a resting order (`_unlink` it next)."""
         qty = order.open
         order.cancelled += qty
         order.open = 0
@@ -687,17 +691,16 @@ class OrderBook:
         )  # fmt: skip
         self._seq = seq + 1
 
-    def _remove(self, order: RestingOrder) -> None:
-        """Take a resting order out of its level and the indexes: O(1)."""
+    def _unlink(self, order: RestingOrder) -> None:
+        """Take a resting order whose open quantity was just set to 0 out of the
+        order index and its level (see `market.level.bury`): O(1)."""
         if order.side is _BUY:
             levels, heap, key = self._bids, self._bid_heap, -order.price
         else:
             levels, heap, key = self._asks, self._ask_heap, order.price
+        del self._orders[order.order_id]
         level = levels[key]
-        oid = order.order_id
-        del level[oid]
-        del self._orders[oid]
-        self._by_owner[order.owner].discard(oid)
+        bury(level, order)
         if not level and heap[0] == key:
             drop_empty_top(levels, heap)
 
@@ -712,15 +715,36 @@ class OrderBook:
             if len(heap) >= self._compact_at:
                 sides = ((self._bids, self._bid_heap), (self._asks, self._ask_heap))
                 self._compact_at = compact(sides, _COMPACT_MIN)
-            level = levels[key] = Level()
+            level = levels[key] = new_level()
             heappush(heap, key)
+        level.append(order)
         oid = order.order_id
-        level[oid] = order
         self._orders[oid] = order
-        owned = self._by_owner.get(order.owner)
-        if owned is None:
-            owned = self._by_owner[order.owner] = set()
-        owned.add(oid)
+        ids = self._by_owner.get(order.owner)
+        if ids is None:
+            ids = self._by_owner[order.owner] = []
+        ids.append(oid)
+        if not len(ids) & 63:
+            self._prune_owner(order.owner, ids)
+
+    def _prune_owner(self, owner: str, ids: list[int]) -> None:
+        """Drop the ids of an owner's orders that are gone, once its list has
+        reached twice what was live at the last pruning: amortised O(1)."""
+        if len(ids) < self._owner_limit.get(owner, 64):
+            return
+        ids[:] = self._owned(owner)
+        self._owner_limit[owner] = max(64, 2 * len(ids))
+
+    def _owned(self, owner: str) -> list[int]:
+        """Ids of `owner`'s resting orders, ascending."""
+        orders = self._orders
+        return sorted(
+            {
+                oid
+                for oid in self._by_owner.get(owner, ())
+                if oid in orders and orders[oid].owner == owner
+            }
+        )
 
     # ------------------------------------------------------------------ queries
 
@@ -754,7 +778,7 @@ class OrderBook:
     def open_orders(self, owner: str | None = None) -> list[OpenOrder]:
         """Open orders of `owner` (None: everyone), in order id order."""
         orders = self._orders
-        ids = sorted(orders) if owner is None else sorted(self._by_owner.get(owner, ()))
+        ids = sorted(orders) if owner is None else self._owned(owner)
         return [self._open_order(orders[oid]) for oid in ids]
 
     def get_order(self, order_id: int) -> OpenOrder | None:

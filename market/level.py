@@ -1,39 +1,85 @@
 """The queue of one price level, and the walks over one side of a book.
 
-A `Level` is an `OrderedDict` order id -> resting order: FIFO by arrival (the
-front is the oldest order, so time priority), with removal of any order by id
-in O(1) (CPython's `OrderedDict` is a hash table threaded on a doubly linked
-list, both in C). It replaced a `deque`, whose `remove` scans the queue: on a
-deep book (hundreds of orders per price) a cancel cost about 4x a new order.
-Lazy deletion was measured too (a deque of orders with cancelled ones left as
-tombstones, skipped at the front and compacted per level): the same cost per
-order in a build/cancel/drain cycle (~97 ns against ~98 ns), but every walk
-(snapshot, depth, FOK check) must skip tombstones and a re-queued order must
-be copied, so the simpler structure won.
+A `Level` is a deque of resting orders, FIFO by arrival (the front is the
+oldest order: time priority). Taking an order out from the middle is lazy, so
+that cancel, amend and expiry cost O(1) however long the queue: the order's
+open quantity is set to 0 (a live resting order always has open > 0) and it
+stays in the deque as a tombstone. Tombstones are
 
-The front of a level is taken with `popitem(last=False)`; an order that stays
-(a partial fill, a maker kept by STP) goes back to the front with `put_front`.
+- popped as soon as they reach the front, so the front of a non-empty level is
+  always a live order (an empty deque is exactly an empty level);
+- skipped by every walk over a level (`live`, depth, snapshot, FOK check);
+- dropped by `compact_level` once a level has counted more than
+  `LEVEL_COMPACT_MIN` of them and they could be half of its deque (amortised
+  O(1) per cancel, and a level never holds more tombstones than live orders
+  plus that minimum).
+
+Measured against the alternative (an `OrderedDict` per level, deleting by id):
+a new resting order costs ~1.0 us here against ~1.6 us there (an `OrderedDict`
+insert allocates a linked-list node; a deque append does not), and a cancel
+about the same. Both replaced `deque.remove`, which scans the queue: on a deep
+book (hundreds of orders per price) a cancel cost 10x a new order.
 
 Sides: a dict key -> Level plus a binary heap of the keys (see `market.book`).
-The helpers here are pure functions of those two structures; the book's hot
-paths (new order, matching, cancel) inline what they need instead.
+The helpers here are pure functions of those structures; the book's hot paths
+(new order, matching, cancel) inline what they need instead.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
+from collections.abc import Iterator
 from heapq import heapify, heappop
+from typing import Final
 
 from schemas.market import DepthLevel, RestingOrder
 
-Level = OrderedDict[int, RestingOrder]
+LEVEL_COMPACT_MIN: Final = 32  # tombstones a level may always hold
 
 
-def put_front(level: Level, order: RestingOrder) -> None:
-    """Put back at the front an order just taken with `popitem(last=False)`."""
-    oid = order.order_id
-    level[oid] = order
-    level.move_to_end(oid, last=False)
+class Level(deque[RestingOrder]):
+    """FIFO of one price with tombstones (see the module notes). `dead` counts
+    orders taken out behind the front since the last `compact_level` (an upper
+    bound on the tombstones inside)."""
+
+    __slots__ = ("dead",)
+
+    dead: int
+
+
+def new_level() -> Level:
+    level = Level()
+    level.dead = 0
+    return level
+
+
+def bury(level: Level, order: RestingOrder) -> None:
+    """Take `order` (already open == 0) out of `level`: pop it (and any
+    tombstones behind it) if it is at the front, else leave it as a tombstone,
+    compacting the level when they could be half of it."""
+    if level[0] is order:
+        level.popleft()
+        while level and not level[0].open:
+            level.popleft()
+        return
+    dead = level.dead + 1
+    if dead > LEVEL_COMPACT_MIN and 2 * dead > len(level):
+        compact_level(level)
+    else:
+        level.dead = dead
+
+
+def compact_level(level: Level) -> None:
+    """Drop every tombstone from `level`, keeping the order of the rest."""
+    live = [o for o in level if o.open]
+    level.clear()
+    level.extend(live)
+    level.dead = 0
+
+
+def live(level: Level) -> Iterator[RestingOrder]:
+    """The live orders of a level, front first."""
+    return (o for o in level if o.open)
 
 
 def drop_empty_top(levels: dict[int, Level], heap: list[int]) -> None:
@@ -65,7 +111,9 @@ def fillable(
     or past own orders when `skip_own` (STP cancel_oldest would cancel them)."""
     need = qty
     for key in sorted(keys_up_to(heap, lim_key)):
-        for maker in levels[key].values():
+        for maker in levels[key]:
+            if not maker.open:
+                continue
             if maker.owner == owner:
                 if skip_own:
                     continue
@@ -82,8 +130,8 @@ def depth_side(levels: dict[int, Level], n: int, sign: int) -> list[DepthLevel]:
     for key in sorted(k for k, level in levels.items() if level):
         if len(out) >= n:
             break
-        level = levels[key]
-        out.append(DepthLevel(sign * key, sum(o.open for o in level.values()), len(level)))
+        opens = [o.open for o in levels[key] if o.open]
+        out.append(DepthLevel(sign * key, sum(opens), len(opens)))
     return out
 
 
@@ -91,16 +139,16 @@ def compact(sides: tuple[tuple[dict[int, Level], list[int]], ...], min_keys: int
     """Drop the empty levels left deep in the book and rebuild the heaps; return
     the heap size at which to compact next (twice the live levels, at least
     `min_keys`), so this is amortised O(1) per new level."""
-    live = 0
+    most = 0
     for levels, heap in sides:
         for key in [k for k, level in levels.items() if not level]:
             del levels[key]
         heap[:] = list(levels)
         heapify(heap)
-        live = max(live, len(heap))
-    return max(min_keys, 2 * live)
+        most = max(most, len(heap))
+    return max(min_keys, 2 * most)
 
 
 def in_priority_order(levels: dict[int, Level]) -> list[RestingOrder]:
-    """Every order of a side, best level first, FIFO within a level."""
-    return [o for key in sorted(levels) for o in levels[key].values()]
+    """Every live order of a side, best level first, FIFO within a level."""
+    return [o for key in sorted(levels) for o in levels[key] if o.open]

@@ -13,14 +13,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
-from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
-from schemas.market import Command, Event, Instrument
+from ops.bench.engine_runs import Engine
+from schemas.market import Instrument
 
 BASELINE_COMMIT = "7cbf26d"  # main before the constant-time book
-
-ProcessFn = Callable[[Command], list[Event]]
 
 
 class Baseline:
@@ -30,8 +29,8 @@ class Baseline:
         self.commit = commit
         self.engine_cls = engine_cls
 
-    def make(self, instruments: list[Instrument]) -> object:
-        return self.engine_cls(instruments)
+    def make(self, instruments: list[Instrument]) -> Engine:
+        return cast(Engine, self.engine_cls(instruments))
 
 
 def _source(commit: str, path: str) -> str:

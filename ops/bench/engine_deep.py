@@ -16,10 +16,13 @@ cancel and amend names an order that really rests.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 
+from market.book import OrderBook
 from market.engine import MatchingEngine
-from ops.bench.engine import SYMBOL, _Live, _track, make_engine
+from ops.bench.engine import SYMBOL, _Live, _print_throughput, _track, make_engine
+from ops.bench.engine_runs import Factory, interleaved, latencies, pct_us
 from schemas.market import (
     AdvanceTime,
     AmendOrder,
@@ -58,8 +61,11 @@ def kind_of(cmd: Command) -> str:
 class DeepStream:
     """A generated deep-book stream and what it led to."""
 
-    def __init__(self, cmds: list[Command], state_hash: bytes, resting_before: list[int]) -> None:
+    def __init__(
+        self, cmds: list[Command], state_hash: bytes, resting_before: list[int], burst: int
+    ) -> None:
         self.cmds = cmds
+        self.burst = burst  # orders expired by the expiry burst
         self.state_hash = state_hash
         # resting orders in the book before each command (for "cancel p99 at N resting")
         self.resting_before = resting_before
@@ -80,6 +86,7 @@ def generate_deep(n: int, seed: int, cap: int | None = None) -> DeepStream:
     cmds: list[Command] = []
     resting_before: list[int] = []
     next_id = 1
+    burst = 0
     for i in range(n):
         t = T0 + i
         resting_before.append(len(book))
@@ -87,13 +94,16 @@ def generate_deep(n: int, seed: int, cap: int | None = None) -> DeepStream:
         if isinstance(cmd, NewOrder):
             next_id += 1
         cmds.append(cmd)
-        _track(engine.process(cmd), live)
-    return DeepStream(cmds, engine.state_hash(), resting_before)
+        events = engine.process(cmd)
+        if isinstance(cmd, AdvanceTime):
+            burst = len(events)
+        _track(events, live)
+    return DeepStream(cmds, engine.state_hash(), resting_before, burst)
 
 
 def _next_command(
     rng: random.Random,
-    book: object,
+    book: OrderBook,
     live: _Live,
     owners: list[str],
     stp_modes: list[StpMode],
@@ -103,9 +113,6 @@ def _next_command(
     n: int,
     cap: int | None,
 ) -> Command:
-    from market.book import OrderBook
-
-    assert isinstance(book, OrderBook)
     i = t - T0
     if t == burst_at:
         return AdvanceTime(time=t)
@@ -139,11 +146,11 @@ def _next_command(
         order_type, tif = OrderType.MARKET, TimeInForce.IOC
         price = None if rng.random() < 0.5 else mid + sign * 10
     else:
-        offset = -rng.randint(0, 3) if kind < 0.10 else rng.randint(1, 50)
+        offset = -rng.randint(0, 3) if kind < 0.02 else rng.randint(1, 50)
         price = mid - sign * offset
-        if kind > 0.96:
+        if kind > 0.98:
             tif = TimeInForce.GTD
-            expire_at = burst_at if kind > 0.992 else t + rng.randint(1, n // 4)
+            expire_at = burst_at if kind > 0.995 else t + rng.randint(1, n // 4)
     return NewOrder(
         instrument=SYMBOL, order_id=next_id, owner=owners[rng.randrange(len(owners))],
         side=side, quantity=LOT * rng.randint(1, 20), time=t, price=price,
@@ -156,4 +163,77 @@ def mix(cmds: list[Command]) -> Counter[str]:
     return Counter(kind_of(c) for c in cmds)
 
 
-__all__ = ["DeepStream", "MatchingEngine", "generate_deep", "kind_of", "mix"]
+def _describe(stream: DeepStream, seed: int, gen_s: float) -> None:
+    cmds = stream.cmds
+    counts = mix(cmds)
+    print(
+        f"deep-book workload: {len(cmds):,} commands, seed {seed}, {ACCOUNTS:,} accounts, "
+        f"generated in {gen_s:.1f}s"
+    )
+    print("  mix: " + ", ".join(f"{k} {v / len(cmds):.1%}" for k, v in sorted(counts.items())))
+    engine = make_engine()
+    for cmd in cmds:
+        engine.process(cmd)
+    book = engine.book(SYMBOL)
+    full = book.depth(10**9)
+    sizes = [lv.orders for lv in full.bids + full.asks]
+    print(
+        f"  book at end: {len(book):,} resting orders on {len(full.bids)} bid + "
+        f"{len(full.asks)} ask levels ({len(book) / max(1, len(sizes)):,.0f} orders per level "
+        f"on average, {max(sizes, default=0):,} at most); an expiry burst of "
+        f"{stream.burst:,} orders"
+    )
+
+
+def _kind_table(lat_by_engine: dict[str, dict[str, list[int]]]) -> None:
+    print("  latency by command kind (timer around each call, separate pass), us:")
+    names = list(lat_by_engine)
+    header = "    {:<13} {:>8}".format("kind", "count")
+    for name in names:
+        header += f" | {name + ' p50':>9} {'p99':>8} {'p99.9':>8}"
+    print(header)
+    for kind, values in sorted(lat_by_engine["new"].items()):
+        line = f"    {kind:<13} {len(values):>8,}"
+        for name in names:
+            v = lat_by_engine[name][kind]
+            line += f" | {pct_us(v, 0.5):>9.2f} {pct_us(v, 0.99):>8.2f} {pct_us(v, 0.999):>8.2f}"
+        print(line)
+
+
+def _cancel_p99_at(cap: int, n: int, seed: int, engines: dict[str, Factory]) -> str:
+    """Cancel latency with the book held near `cap` resting orders."""
+    stream = generate_deep(n, seed, cap)
+    held = [i for i, r in enumerate(stream.resting_before) if r >= (cap * 95) // 100]
+    if not held:
+        return f"{cap:,} resting: n/a (the book never reached it in {n:,} commands)"
+    first = held[0]
+    picked = [i for i in held if i >= first and isinstance(stream.cmds[i], CancelOrder)]
+    parts = []
+    for name, make in engines.items():
+        lat, _ = latencies(make, stream.cmds, stream.state_hash, kind_of, f"{name} at {cap}")
+        values = sorted(lat[i] for i in picked)
+        parts.append(
+            f"{name} p50 {pct_us(values, 0.5):.2f} / p99 {pct_us(values, 0.99):.2f} / "
+            f"p99.9 {pct_us(values, 0.999):.2f} us"
+        )
+    return f"{cap:,} resting ({len(picked):,} cancels): " + "; ".join(parts)
+
+
+def run_deep(n: int, seed: int, repeat: int, engines: dict[str, Factory]) -> None:
+    """The deep-book scenario of `ops.bench.engine`, printed."""
+    t0 = time.perf_counter()
+    stream = generate_deep(n, seed)
+    _describe(stream, seed, time.perf_counter() - t0)
+    runs = interleaved(engines, stream.cmds, stream.state_hash, repeat)
+    _print_throughput(len(stream.cmds), runs, repeat)
+    lat_by_engine = {
+        name: latencies(make, stream.cmds, stream.state_hash, kind_of, name)[1]
+        for name, make in engines.items()
+    }
+    _kind_table(lat_by_engine)
+    print("  cancel latency with the book held near a size (cancel share raised once there):")
+    for cap, length in ((1_000, 40_000), (100_000, n + n // 8)):
+        print("    " + _cancel_p99_at(cap, length, seed, engines))
+
+
+__all__ = ["DeepStream", "MatchingEngine", "generate_deep", "kind_of", "mix", "run_deep"]
