@@ -59,26 +59,19 @@ Rules as built (see also `schemas.market`):
 
 from __future__ import annotations
 
-import hashlib
 from heapq import heappop, heappush
 from typing import Final
 
 import msgspec
 
-from market.book_state import SNAPSHOT_VERSION, snapshot_order_problem
-from market.errors import InvalidSnapshot
-from market.instruments import validate_instrument
+from market.book_state import SNAPSHOT_VERSION, BookState
 from market.level import (
-    Level,
-    bury,
-    compact,
-    depth_side,
+    COMPACT_MIN,
+    LEVEL_COMPACT_MIN,
+    SHORT,
+    compact_level,
     drop_empty_top,
-    fillable,
-    in_priority_order,
-    new_level,
 )
-from schemas.errors import DomainError
 from schemas.market import (
     AdvanceTime,
     AmendOrder,
@@ -87,13 +80,11 @@ from schemas.market import (
     CancelReason,
     Command,
     CommandKind,
-    Depth,
     Event,
     Fill,
     Instrument,
     MassCancel,
     NewOrder,
-    OpenOrder,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
@@ -133,7 +124,7 @@ _R = RejectReason
 _C = CancelReason
 _STP: Final = CancelReason.SELF_TRADE
 
-_COMPACT_MIN: Final = 1_024  # smallest heap size that triggers compaction
+_COMPACT_MIN: Final = COMPACT_MIN  # smallest heap size that triggers compaction
 
 _encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
@@ -145,54 +136,15 @@ def default_tif(order_type: OrderType) -> TimeInForce:
     return _IOC if order_type is _MARKET else _GTC
 
 
-class OrderBook:
+class OrderBook(BookState):
     """One instrument's book. Feed it commands with `process` (or the per-command
-    methods); each returns the ordered events it caused."""
+    methods); each returns the ordered events it caused. What it holds and
+    answers (queries, snapshot) is `market.book_state.BookState`."""
 
-    __slots__ = (
-        "_ask_heap",
-        "_asks",
-        "_bid_heap",
-        "_bids",
-        "_by_owner",
-        "_client_ids",
-        "_compact_at",
-        "_gtd",
-        "_lot",
-        "_orders",
-        "_owner_limit",
-        "_pmax",
-        "_pmin",
-        "_seq",
-        "_state",
-        "_symbol",
-        "_tick",
-        "instrument",
-    )
+    __slots__ = ()
 
     def __init__(self, instrument: Instrument) -> None:
-        validate_instrument(instrument)
-        self.instrument = instrument
-        self._symbol = instrument.symbol
-        self._state = instrument.state
-        self._lot = instrument.lot_size
-        self._tick = instrument.tick_size
-        self._pmin = instrument.price_min
-        self._pmax = instrument.price_max
-        self._seq = 1  # the seq of the next event
-        self._bids: dict[int, Level] = {}  # key = -price
-        self._bid_heap: list[int] = []
-        self._asks: dict[int, Level] = {}  # key = price
-        self._ask_heap: list[int] = []
-        self._orders: dict[int, RestingOrder] = {}
-        # owner -> ids of orders it rested; gone ones are pruned when the list
-        # reaches `_owner_limit` (twice what was live at the last pruning)
-        self._by_owner: dict[str, list[int]] = {}
-        self._owner_limit: dict[str, int] = {}
-        # owner -> client order ids used in this book (strings: no GC-tracked keys)
-        self._client_ids: dict[str, set[str]] = {}
-        self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
-        self._compact_at = _COMPACT_MIN  # heap size that triggers compaction
+        super().__init__(instrument, _COMPACT_MIN)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -227,54 +179,54 @@ class OrderBook:
         side = cmd.side
         price = cmd.price
         tif = cmd.tif
-        if cmd.order_type is _MARKET:
+        order_type = cmd.order_type
+        if order_type is _MARKET:
             if tif is None:
                 tif = _IOC
             if price is None:
                 price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
         elif tif is None:
             tif = _GTC
-        reason = self._new_reason(cmd, price, tif)
-        if reason is not None:
-            return self._reject_new(cmd, reason, events)
-        assert price is not None
-
-        owner = cmd.owner
-        if side is _BUY:
-            opp_heap = self._ask_heap
-            lim_key = price
-        else:
-            opp_heap = self._bid_heap
-            lim_key = -price
-        crosses = bool(opp_heap) and opp_heap[0] <= lim_key
-        if crosses:
-            if cmd.post_only:
-                return self._reject_new(cmd, _R.POST_ONLY_WOULD_TAKE, events)
-            if tif is _FOK and not self._fok_fillable(owner, cmd.stp, cmd.quantity, side, lim_key):
-                return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
-        elif tif is _FOK:
-            return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
-
         oid = cmd.order_id
-        coid = cmd.client_order_id
-        if coid is not None:
-            used = self._client_ids.get(owner)
-            if used is None:
-                used = self._client_ids[owner] = set()
-            used.add(coid)
+        owner = cmd.owner
         qty = cmd.quantity
+        coid = cmd.client_order_id
         expire_at = cmd.expire_at
+        post_only = cmd.post_only
+        rec = self._owners.get(owner)
+        # all of `_new_reason`'s checks in one expression: a valid order pays no call
+        valid = (
+            self._state is _OPEN and oid not in self._orders and qty > 0 and not qty % self._lot
+            and price is not None and not price % self._tick and self._pmin <= price <= self._pmax
+            and (order_type is _LIMIT or tif is _IOC or tif is _FOK)
+            and (tif is _GTD) is (expire_at is not None) and (expire_at is None or expire_at > t)
+            and (not post_only or (order_type is _LIMIT and (tif is _GTC or tif is _GTD)))
+            and (coid is None or rec is None or coid not in rec[0])
+        )  # fmt: skip
+        if not valid:
+            return self._reject_new(cmd, self._new_reason(cmd, price, tif), events)
+        assert price is not None
+        if side is _BUY:
+            opp_heap, lim_key, key = self._ask_heap, price, -price
+        else:
+            opp_heap, lim_key, key = self._bid_heap, -price, price
+        crosses = bool(opp_heap) and opp_heap[0] <= lim_key
+        if (post_only or tif is _FOK) and (reason := self._taker_reason(cmd, crosses, lim_key)):
+            return self._reject_new(cmd, reason, events)
         stp = cmd.stp
+        if rec is None:
+            rec = self._owners[owner] = (set(), [])
+        if coid is not None:
+            rec[0].add(coid)
         seq = self._seq
-        # positional build (hot path); field order as declared in OrderAccepted
+        # positional builds (hot path); field order as declared in the structs
         events.append(
             OrderAccepted(
-                seq, t, self._symbol, oid, owner, coid, side, cmd.order_type, price, qty, tif,
-                expire_at, cmd.post_only, stp,
+                seq, t, self._symbol, oid, owner, coid, side, order_type, price, qty, tif,
+                expire_at, post_only, stp,
             )
         )  # fmt: skip
         self._seq = seq + 1
-
         rem = qty
         decremented = 0
         if crosses:
@@ -282,58 +234,33 @@ class OrderBook:
         if not rem:
             return events
         if tif is _GTC or tif is _GTD:
-            self._append(
-                RestingOrder(
-                    oid, owner, coid, side, price, qty, rem, qty - rem - decremented,
-                    decremented, tif, expire_at, stp,
-                )
+            order = RestingOrder(
+                oid, owner, coid, side, price, qty, rem, qty - rem - decremented, decremented,
+                tif, expire_at, stp,
             )  # fmt: skip
+            level = (self._bids if side is _BUY else self._asks).get(key)  # inlined _append
+            if level is None:
+                level = self._new_level(side, key)
+            level.append(order)
+            self._orders[oid] = order
+            ids = rec[1]
+            ids.append(oid)
+            if not len(ids) & 63:
+                self._prune_owner(owner, ids)
             if expire_at is not None:
                 heappush(self._gtd, (expire_at, oid))
         else:  # IOC / FOK / market: the remainder never rests
-            seq = self._seq
-            events.append(
-                OrderCancelled(
-                    seq, t, self._symbol, oid, owner, side, price, rem, 0, _C.IOC_REMAINDER
-                )
-            )
-            self._seq = seq + 1
+            self._cancel_remainder(events, t, oid, owner, side, price, rem)
         return events
 
-    def _new_reason(self, cmd: NewOrder, price: int | None, tif: TimeInForce) -> str | None:
-        """Why a new order is refused before it meets the book (see the module
-        notes for the order of the checks), or None."""
-        state = self._state
-        qty = cmd.quantity
-        expire_at = cmd.expire_at
-        if state is not _OPEN:
-            return _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
-        if cmd.order_id in self._orders:
-            return _R.DUPLICATE_ORDER_ID
-        if qty <= 0:
-            return _R.QTY_INVALID
-        if qty % self._lot:
-            return _R.QTY_OFF_LOT
-        if price is None:
-            return _R.PRICE_REQUIRED
-        if price % self._tick:
-            return _R.PRICE_OFF_TICK
-        if price < self._pmin or price > self._pmax:
-            return _R.PRICE_OUT_OF_BAND
-        if cmd.order_type is _MARKET and (tif is _GTC or tif is _GTD):
-            return _R.INVALID_TIME_IN_FORCE
-        if (tif is _GTD) is (expire_at is None):
-            return _R.INVALID_EXPIRE_AT
-        if expire_at is not None and expire_at <= cmd.time:
-            return _R.EXPIRE_AT_IN_PAST
-        if cmd.post_only and (cmd.order_type is _MARKET or tif is _IOC or tif is _FOK):
-            return _R.POST_ONLY_NOT_ALLOWED
-        coid = cmd.client_order_id
-        if coid is not None:
-            used = self._client_ids.get(cmd.owner)
-            if used is not None and coid in used:
-                return _R.DUPLICATE_CLIENT_ORDER_ID
-        return None
+    def _cancel_remainder(
+        self, events: list[Event], t: int, oid: int, owner: str, side: Side, price: int, rem: int
+    ) -> None:
+        seq = self._seq
+        events.append(
+            OrderCancelled(seq, t, self._symbol, oid, owner, side, price, rem, 0, _C.IOC_REMAINDER)
+        )
+        self._seq = seq + 1
 
     def _reject_new(self, cmd: NewOrder, reason: str, events: list[Event]) -> list[Event]:
         seq = self._seq
@@ -351,14 +278,6 @@ class OrderBook:
         )
         self._seq = seq + 1
         return events
-
-    def _fok_fillable(self, owner: str, stp: StpMode, qty: int, side: Side, lim_key: int) -> bool:
-        """Could `qty` fill entirely now? See the module notes for the STP rule."""
-        if side is _BUY:
-            levels, heap = self._asks, self._ask_heap
-        else:
-            levels, heap = self._bids, self._bid_heap
-        return fillable(levels, heap, owner, stp is _CANCEL_OLDEST, qty, lim_key)
 
     def _match(
         self,
@@ -481,12 +400,13 @@ class OrderBook:
             if not level:
                 heappop(heap)
                 del levels[key]
+                self._dead.pop(key, None)
             if stop:
                 break
         self._seq = seq
         # a level emptied deeper in the book may now be at the top
-        while heap and not levels[heap[0]]:
-            del levels[heappop(heap)]
+        if heap and not levels[heap[0]]:
+            drop_empty_top(levels, heap, self._dead)
         return rem, decremented
 
     # ------------------------------------------------------------------ cancel, amend
@@ -518,9 +438,21 @@ class OrderBook:
         else:
             levels, heap, key = self._asks, self._ask_heap, price
         level = levels[key]
-        bury(level, order)
-        if not level and heap[0] == key:
-            drop_empty_top(levels, heap)
+        if level[0] is order:  # inlined _unlink (hot path)
+            level.popleft()
+            while level and not level[0].open:
+                level.popleft()
+            if not level and heap[0] == key:
+                drop_empty_top(levels, heap, self._dead)
+        elif len(level) <= SHORT:
+            level.remove(order)
+        else:
+            dead = self._dead
+            n = dead.get(key, 0) + 1
+            if n > LEVEL_COMPACT_MIN and 2 * n > len(level):
+                compact_level(level)
+                n = 0
+            dead[key] = n
         seq = self._seq
         events.append(
             OrderCancelled(seq, t, self._symbol, oid, owner, side, price, qty, 0, _C.USER)
@@ -534,13 +466,32 @@ class OrderBook:
         if self._gtd and self._gtd[0][0] <= t:
             self._expire(t, events)
         oid = cmd.order_id
+        state = self._state
+        reason: str | None = None
         order = self._orders.get(oid)
-        if order is None or order.owner != cmd.owner or self._state is not _OPEN:
-            new_price = new_open = 0
+        new_price = new_open = 0
+        if state is not _OPEN:
+            reason = _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
+        elif order is None or order.owner != cmd.owner:
+            reason = _R.UNKNOWN_ORDER
         else:
             new_price = order.price if cmd.price is None else cmd.price
             new_open = order.open if cmd.quantity is None else cmd.quantity
-        reason = self._amend_reason(order, cmd.owner, new_price, new_open)
+            if new_open <= 0:
+                reason = _R.QTY_INVALID
+            elif new_open % self._lot:
+                reason = _R.QTY_OFF_LOT
+            elif new_price % self._tick:
+                reason = _R.PRICE_OFF_TICK
+            elif new_price < self._pmin or new_price > self._pmax:
+                reason = _R.PRICE_OUT_OF_BAND
+            elif new_price == order.price and new_open == order.open:
+                reason = _R.AMEND_NO_CHANGE
+            elif order.side is _BUY:
+                if self._ask_heap and self._ask_heap[0] <= new_price:
+                    reason = _R.AMEND_WOULD_CROSS
+            elif self._bid_heap and -self._bid_heap[0] >= new_price:
+                reason = _R.AMEND_WOULD_CROSS
         if reason is not None:
             return self._reject(events, t, CommandKind.AMEND, oid, cmd.owner, reason)
         assert order is not None
@@ -551,11 +502,20 @@ class OrderBook:
         order.quantity += new_open - old_open
         if keep:
             order.open = new_open
-        else:  # to the back of the queue: a copy, the old place becomes a tombstone
-            moved = msgspec.structs.replace(order, price=new_price, open=new_open)
+        else:  # to the back of the queue (a copy if the old place stays a tombstone)
             order.open = 0
-            self._unlink(order)
-            self._append(moved)
+            if self._unlink(order):
+                order.open = new_open
+                order.price = new_price
+                self._append(order)
+            else:
+                self._append(
+                    RestingOrder(
+                        oid, order.owner, order.client_order_id, order.side, new_price,
+                        order.quantity, new_open, order.filled, order.cancelled, order.tif,
+                        order.expire_at, order.stp,
+                    )
+                )  # fmt: skip
         seq = self._seq
         events.append(
             OrderAmended(
@@ -565,32 +525,6 @@ class OrderBook:
         )  # fmt: skip
         self._seq = seq + 1
         return events
-
-    def _amend_reason(
-        self, order: RestingOrder | None, owner: str, new_price: int, new_open: int
-    ) -> str | None:
-        """Why an amend is refused (first failure wins), or None."""
-        state = self._state
-        if state is not _OPEN:
-            return _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
-        if order is None or order.owner != owner:
-            return _R.UNKNOWN_ORDER
-        if new_open <= 0:
-            return _R.QTY_INVALID
-        if new_open % self._lot:
-            return _R.QTY_OFF_LOT
-        if new_price % self._tick:
-            return _R.PRICE_OFF_TICK
-        if new_price < self._pmin or new_price > self._pmax:
-            return _R.PRICE_OUT_OF_BAND
-        if new_price == order.price and new_open == order.open:
-            return _R.AMEND_NO_CHANGE
-        if order.side is _BUY:
-            if self._ask_heap and self._ask_heap[0] <= new_price:
-                return _R.AMEND_WOULD_CROSS
-        elif self._bid_heap and -self._bid_heap[0] >= new_price:
-            return _R.AMEND_WOULD_CROSS
-        return None
 
     # ------------------------------------------------------------------ bulk, state, time
 
@@ -690,182 +624,3 @@ class OrderBook:
             )
         )  # fmt: skip
         self._seq = seq + 1
-
-    def _unlink(self, order: RestingOrder) -> None:
-        """Take a resting order whose open quantity was just set to 0 out of the
-        order index and its level (see `market.level.bury`): O(1)."""
-        if order.side is _BUY:
-            levels, heap, key = self._bids, self._bid_heap, -order.price
-        else:
-            levels, heap, key = self._asks, self._ask_heap, order.price
-        del self._orders[order.order_id]
-        level = levels[key]
-        bury(level, order)
-        if not level and heap[0] == key:
-            drop_empty_top(levels, heap)
-
-    def _append(self, order: RestingOrder) -> None:
-        """Put an order at the back of its price level and into the indexes."""
-        if order.side is _BUY:
-            levels, heap, key = self._bids, self._bid_heap, -order.price
-        else:
-            levels, heap, key = self._asks, self._ask_heap, order.price
-        level = levels.get(key)
-        if level is None:
-            if len(heap) >= self._compact_at:
-                sides = ((self._bids, self._bid_heap), (self._asks, self._ask_heap))
-                self._compact_at = compact(sides, _COMPACT_MIN)
-            level = levels[key] = new_level()
-            heappush(heap, key)
-        level.append(order)
-        oid = order.order_id
-        self._orders[oid] = order
-        ids = self._by_owner.get(order.owner)
-        if ids is None:
-            ids = self._by_owner[order.owner] = []
-        ids.append(oid)
-        if not len(ids) & 63:
-            self._prune_owner(order.owner, ids)
-
-    def _prune_owner(self, owner: str, ids: list[int]) -> None:
-        """Drop the ids of an owner's orders that are gone, once its list has
-        reached twice what was live at the last pruning: amortised O(1)."""
-        if len(ids) < self._owner_limit.get(owner, 64):
-            return
-        ids[:] = self._owned(owner)
-        self._owner_limit[owner] = max(64, 2 * len(ids))
-
-    def _owned(self, owner: str) -> list[int]:
-        """Ids of `owner`'s resting orders, ascending."""
-        orders = self._orders
-        return sorted(
-            {
-                oid
-                for oid in self._by_owner.get(owner, ())
-                if oid in orders and orders[oid].owner == owner
-            }
-        )
-
-    # ------------------------------------------------------------------ queries
-
-    @property
-    def symbol(self) -> str:
-        return self._symbol
-
-    @property
-    def trading_state(self) -> TradingState:
-        return self._state
-
-    @property
-    def next_seq(self) -> int:
-        return self._seq
-
-    def best_bid(self) -> int | None:
-        return -self._bid_heap[0] if self._bid_heap else None
-
-    def best_ask(self) -> int | None:
-        return self._ask_heap[0] if self._ask_heap else None
-
-    def depth(self, levels: int = 10) -> Depth:
-        """Aggregated price levels, best first, at most `levels` per side."""
-        return Depth(
-            instrument=self._symbol,
-            seq=self._seq - 1,
-            bids=depth_side(self._bids, levels, -1),
-            asks=depth_side(self._asks, levels, 1),
-        )
-
-    def open_orders(self, owner: str | None = None) -> list[OpenOrder]:
-        """Open orders of `owner` (None: everyone), in order id order."""
-        orders = self._orders
-        ids = sorted(orders) if owner is None else self._owned(owner)
-        return [self._open_order(orders[oid]) for oid in ids]
-
-    def get_order(self, order_id: int) -> OpenOrder | None:
-        order = self._orders.get(order_id)
-        return None if order is None else self._open_order(order)
-
-    def _open_order(self, o: RestingOrder) -> OpenOrder:
-        return OpenOrder(
-            instrument=self._symbol,
-            order_id=o.order_id,
-            owner=o.owner,
-            client_order_id=o.client_order_id,
-            side=o.side,
-            price=o.price,
-            quantity=o.quantity,
-            open_quantity=o.open,
-            filled_quantity=o.filled,
-            cancelled_quantity=o.cancelled,
-            tif=o.tif,
-            expire_at=o.expire_at,
-        )
-
-    def __len__(self) -> int:
-        """Number of resting orders."""
-        return len(self._orders)
-
-    # ------------------------------------------------------------------ state
-
-    def to_snapshot(self) -> BookSnapshot:
-        """The canonical state: queue order of both sides, next seq, instrument
-        (with its trading state), used client order ids."""
-        return BookSnapshot(
-            version=SNAPSHOT_VERSION,
-            instrument=self.instrument,
-            next_seq=self._seq,
-            bids=in_priority_order(self._bids),
-            asks=in_priority_order(self._asks),
-            client_order_ids=sorted(
-                (owner, coid) for owner, used in self._client_ids.items() for coid in used
-            ),
-        )
-
-    def snapshot(self) -> bytes:
-        """Serialize the book (msgpack); `OrderBook.restore` rebuilds it exactly."""
-        return _encoder.encode(self.to_snapshot())
-
-    def state_hash(self) -> bytes:
-        """SHA-256 of the canonical snapshot: equal for books in the same state
-        (same queue order, orders, seq, trading state, used client ids)."""
-        return hashlib.sha256(self.snapshot()).digest()
-
-    @classmethod
-    def restore(cls, data: bytes) -> OrderBook:
-        try:
-            snap = _snapshot_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise InvalidSnapshot(f"cannot decode book snapshot: {exc}") from exc
-        return cls.from_snapshot(snap)
-
-    @classmethod
-    def from_snapshot(cls, snap: BookSnapshot) -> OrderBook:
-        """Rebuild a book; refuse (`InvalidSnapshot`) anything the book itself
-        could not have produced, rather than resume from a broken state."""
-        if snap.version != SNAPSHOT_VERSION:
-            raise InvalidSnapshot(f"unsupported book snapshot version {snap.version}")
-        try:
-            book = cls(snap.instrument)
-        except DomainError as exc:
-            raise InvalidSnapshot(f"snapshot instrument: {exc.message}") from exc
-        if snap.next_seq < 1:
-            raise InvalidSnapshot(f"next seq {snap.next_seq} < 1")
-        book._seq = snap.next_seq
-        for side, orders in ((_BUY, snap.bids), (_SELL, snap.asks)):
-            last: int | None = None
-            for order in orders:
-                problem = snapshot_order_problem(
-                    snap.instrument, order, side, last, order.order_id in book._orders
-                )
-                if problem is not None:
-                    raise InvalidSnapshot(f"order {order.order_id} in snapshot: {problem}")
-                last = order.price
-                book._append(msgspec.structs.replace(order))
-                if order.expire_at is not None:
-                    heappush(book._gtd, (order.expire_at, order.order_id))
-        bid, ask = book.best_bid(), book.best_ask()
-        if bid is not None and ask is not None and bid >= ask:
-            raise InvalidSnapshot(f"crossed book in snapshot: bid {bid} >= ask {ask}")
-        for owner, coid in snap.client_order_ids:
-            book._client_ids.setdefault(owner, set()).add(coid)
-        return book
