@@ -5,14 +5,17 @@ on the starting state and the commands, so a replay gives the same events and
 the same `state_hash()`.
 
 Layout, chosen so that no command's cost grows with the depth of the book
-(see `market.level` for the queue of one price):
+(the storage is `market.book_state.BookState`, the queue of one price
+`market.level`):
 
 - each side is a dict `key -> Level` and a binary heap of keys; the key is the
   price for asks and minus the price for bids, so on both sides the best level
   is the smallest key (`heap[0]`) and "crosses a limit" is `key <= limit_key`
-  with `limit_key = +/- limit`. A `Level` is FIFO by arrival and removes any
-  order by id in O(1), so cancel, amend and expiry cost the same at the front
-  of a queue of thousands as at its back;
+  with `limit_key = +/- limit`. A `Level` is a FIFO deque by arrival; an order
+  taken out behind its front is left as a tombstone (open quantity 0), so
+  cancel, amend and expiry cost the same at the front of a queue of thousands
+  as at its back (see `market.level`: tombstones are popped at the front,
+  skipped by every walk, compacted per level);
 - a key is in the dict exactly when it is in the heap (once). A level emptied
   by a fill leaves both at once (it is at the top); one emptied deeper in the
   book (cancel, amend, expiry) stays as an empty level until it reaches the top
@@ -21,11 +24,11 @@ Layout, chosen so that no command's cost grows with the depth of the book
   change), so the best price is `heap[0]`. Empty levels are dropped by
   snapshot/restore and by `compact` when a heap reaches twice the live levels
   (at least 1,024 keys);
-- `orders` maps order id -> the resting order (mutable `RestingOrder`),
-  `by_owner` owner -> the ids of the orders it rested, pruned lazily (mass
-  cancel and an owner's open orders visit only that owner's orders), `gtd` is a heap of
-  (expire_at, order id) with stale entries skipped (expiry visits only what
-  expires).
+- `orders` maps order id -> the resting order (mutable `RestingOrder`);
+  `owners` maps owner -> (client order ids used, ids of orders it rested,
+  pruned lazily), so mass cancel and an owner's open orders visit only that
+  owner's orders; `gtd` is a heap of (expire_at, order id) with stale entries
+  skipped, so expiry visits only what expires.
 
 Rules as built (see also `schemas.market`):
 
