@@ -23,11 +23,12 @@ BASELINE_COMMIT = "7cbf26d"  # main before the constant-time book
 
 
 class Baseline:
-    """The old `MatchingEngine` class and where it came from."""
+    """The old `MatchingEngine` and `OrderBook` classes and where they came from."""
 
-    def __init__(self, commit: str, engine_cls: type) -> None:
+    def __init__(self, commit: str, engine_cls: type, book_cls: type) -> None:
         self.commit = commit
         self.engine_cls = engine_cls
+        self.book_cls = book_cls
 
     def make(self, instruments: list[Instrument]) -> Engine:
         return cast(Engine, self.engine_cls(instruments))
@@ -62,4 +63,4 @@ def load(commit: str = BASELINE_COMMIT) -> tuple[Baseline | None, str]:
     book = _module(f"_baseline_book_{commit}", book_src, f"{commit}:market/book.py")
     engine = _module(f"_baseline_engine_{commit}", engine_src, f"{commit}:market/engine.py")
     engine.OrderBook = book.OrderBook  # type: ignore[attr-defined]
-    return Baseline(commit, engine.MatchingEngine), ""
+    return Baseline(commit, engine.MatchingEngine, book.OrderBook), ""
