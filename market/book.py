@@ -200,9 +200,9 @@ class OrderBook(BookState):
         # all of `_new_reason`'s checks in one expression: a valid order pays no call
         valid = (
             self._state is _OPEN and oid not in self._orders and qty > 0 and not qty % self._lot
-            and price is not None and not price % self._tick and self._pmin <= price <= self._pmax
+            and price is not None and price in self._prices  # on the tick, in the band
             and (order_type is _LIMIT or tif is _IOC or tif is _FOK)
-            and (tif is _GTD) is (expire_at is not None) and (expire_at is None or expire_at > t)
+            and (tif is not _GTD if expire_at is None else tif is _GTD and expire_at > t)
             and (not post_only or (order_type is _LIMIT and (tif is _GTC or tif is _GTD)))
             and (coid is None or rec is None or coid not in rec[0])
         )  # fmt: skip
@@ -210,10 +210,10 @@ class OrderBook(BookState):
             return self._reject_new(cmd, self._new_reason(cmd, price, tif), events)
         assert price is not None
         if side is _BUY:
-            opp_heap, lim_key, key = self._ask_heap, price, -price
+            own, opp_heap, lim_key, key = self._bids, self._ask_heap, price, -price
         else:
-            opp_heap, lim_key, key = self._bid_heap, -price, price
-        crosses = bool(opp_heap) and opp_heap[0] <= lim_key
+            own, opp_heap, lim_key, key = self._asks, self._bid_heap, -price, price
+        crosses = opp_heap[0] <= lim_key if opp_heap else False
         if (post_only or tif is _FOK) and (reason := self._taker_reason(cmd, crosses, lim_key)):
             return self._reject_new(cmd, reason, events)
         stp = cmd.stp
@@ -230,8 +230,7 @@ class OrderBook(BookState):
             )
         )  # fmt: skip
         self._seq = seq + 1
-        rem = qty
-        decremented = 0
+        rem, decremented = qty, 0
         if crosses:
             rem, decremented = self._match(t, oid, owner, side, stp, qty, lim_key, events)
         if not rem:
@@ -241,7 +240,7 @@ class OrderBook(BookState):
                 oid, owner, coid, side, price, qty, rem, qty - rem - decremented, decremented,
                 tif, expire_at, stp,
             )  # fmt: skip
-            level = (self._bids if side is _BUY else self._asks).get(key)  # inlined _append
+            level = own.get(key)  # inlined _append
             if level is None:
                 level = self._new_level(side, key)
             level.append(order)
