@@ -509,14 +509,15 @@ class OrderBook(BookState):
             if self._unlink(order):
                 order.open = new_open
                 order.price = new_price
-                self._append(order)
+                self._append(order, True)
             else:
                 self._append(
                     RestingOrder(
                         oid, order.owner, order.client_order_id, order.side, new_price,
                         order.quantity, new_open, order.filled, order.cancelled, order.tif,
                         order.expire_at, order.stp,
-                    )
+                    ),
+                    True,
                 )  # fmt: skip
         seq = self._seq
         events.append(

@@ -231,8 +231,9 @@ class BookState:
         dead[key] = n
         return False
 
-    def _append(self, order: RestingOrder) -> None:
-        """Put an order at the back of its price level and into the indexes."""
+    def _append(self, order: RestingOrder, requeued: bool = False) -> None:
+        """Put an order at the back of its price level and into the indexes
+        (`requeued`: an amended order, already in its owner's index)."""
         if order.side is _BUY:
             levels, key = self._bids, -order.price
         else:
@@ -243,6 +244,8 @@ class BookState:
         level.append(order)
         oid = order.order_id
         self._orders[oid] = order
+        if requeued:
+            return
         rec = self._owners.get(order.owner)
         if rec is None:
             rec = self._owners[order.owner] = (set(), [])
