@@ -39,9 +39,9 @@ from typing import Final
 
 from schemas.market import DepthLevel, RestingOrder
 
-LEVEL_COMPACT_MIN: Final = 32  # tombstones a level may always hold
+LEVEL_COMPACT_MIN: Final = 16  # tombstones a level may always hold
 COMPACT_MIN: Final = 1_024  # heap size below which a side's empty levels stay
-SHORT: Final = 16  # a level this long is scanned rather than left with a tombstone
+SHORT: Final = 32  # a level this long is scanned rather than left with a tombstone
 
 
 Level = deque[RestingOrder]
