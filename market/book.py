@@ -200,7 +200,7 @@ class OrderBook(BookState):
         # all of `_new_reason`'s checks in one expression: a valid order pays no call
         valid = (
             self._state is _OPEN and oid not in self._orders and qty > 0 and not qty % self._lot
-            and price is not None and price in self._prices  # on the tick, in the band
+            and price is not None and not price % self._tick and self._pmin <= price <= self._pmax
             and (order_type is _LIMIT or tif is _IOC or tif is _FOK)
             and (tif is not _GTD if expire_at is None else tif is _GTD and expire_at > t)
             and (not post_only or (order_type is _LIMIT and (tif is _GTC or tif is _GTD)))

@@ -86,7 +86,6 @@ class BookState:
         "_owners",
         "_pmax",
         "_pmin",
-        "_prices",
         "_seq",
         "_state",
         "_symbol",
@@ -103,8 +102,6 @@ class BookState:
         self._tick = instrument.tick_size
         self._pmin = instrument.price_min
         self._pmax = instrument.price_max
-        # the valid prices (`in` is O(1) on a range of ints): pmin is on the tick
-        self._prices = range(self._pmin, self._pmax + 1, self._tick)
         self._seq = 1  # the seq of the next event
         self._bids: dict[int, Level] = {}  # key = -price
         self._bid_heap: list[int] = []
