@@ -1,5 +1,7 @@
-"""Matching-engine benchmark: seeded command streams on one instrument, the
-current engine beside the one before the constant-time book.
+"""Matching-engine benchmark: seeded streams, the engine beside the old book.
+
+Both run the same command streams on one instrument; the old book is the one
+before the constant-time levels.
 
     python -m ops.bench.engine [--commands N] [--deep-commands D] [--seed S]
                                [--resting R] [--repeat K] [--scenario both|shallow|deep]
