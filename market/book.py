@@ -183,13 +183,10 @@ class OrderBook(BookState):
         price = cmd.price
         tif = cmd.tif
         order_type = cmd.order_type
-        if order_type is _MARKET:
-            if tif is None:
-                tif = _IOC
-            if price is None:
-                price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
-        elif tif is None:
-            tif = _GTC
+        if tif is None:
+            tif = default_tif(order_type)
+        if price is None and order_type is _MARKET:
+            price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
         oid = cmd.order_id
         owner = cmd.owner
         qty = cmd.quantity
