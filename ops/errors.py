@@ -1,13 +1,19 @@
 """The one place where exceptions become JSON errors `{"code": ..., "message": ...}`.
 
 * `DomainError`: its `code`, its message, the status of its `kind`; a `Retry-After`
-  header for the errors a retry soon can cure (`RETRY_AFTER_S`, e.g. 503
+  header for the errors a retry soon can cure (`RETRY_AFTER_BY_ERROR_S`, e.g. 503
   `exchange_busy` when the sequencer's queue is full).
 * Litestar's HTTP exceptions (validation, unknown route, wrong method, body too
   large, ...): a stable code per status, e.g. 400 `invalid_request` with the
   decoder's words on which field is wrong.
 * `asyncpg.DataError` (a value the database refuses: NUL in text, an integer
   beyond 64 bits): 400 `invalid_request`.
+* The database out of reach (`DATABASE_DOWN`: refused or lost connections, a
+  PostgreSQL shutting down or starting up, out of connections, asyncpg's "another
+  operation is in progress" on a connection a failure left behind): 503
+  `database_unavailable` with `Retry-After`; the database supervisor (if the
+  exchange runs here) is told, so it probes at once.
+* Every 503 carries `Retry-After` (1 s unless the error says otherwise).
 * Anything else: 500 `internal_error` with a generic message; the traceback
   goes to the log, never to the client.
 """
@@ -19,6 +25,7 @@ from http import HTTPStatus
 from typing import Any
 
 import asyncpg
+import asyncpg.exceptions._base as asyncpg_base
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
@@ -55,9 +62,27 @@ CODE_OF_STATUS: dict[int, str] = {
 }
 
 INTERNAL_MESSAGE = "internal error; it has been logged"
+RETRY_AFTER_S = 1
+
+#: Exceptions that mean the database cannot be reached now, not that a request is wrong.
+#: (TimeoutError is an OSError: a query that timed out is one the database did not answer.)
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+CLIENT_FAULTS: tuple[type[Exception], ...] = (
+    asyncpg_base.ClientConfigurationError,
+    asyncpg_base.UnsupportedClientFeatureError,
+    asyncpg_base.UnsupportedServerFeatureError,
+)
+DATABASE_UNAVAILABLE_CODE = "database_unavailable"
+DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; try again shortly"
 
 #: Seconds to wait before a retry, sent as `Retry-After`, for errors that carry none.
-RETRY_AFTER_S: dict[type[DomainError], int] = {
+RETRY_AFTER_BY_ERROR_S: dict[type[DomainError], int] = {
     ExchangeBusy: 1,  # the queue drains a full batch in a few ms
 }
 
@@ -90,9 +115,11 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
         log.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
     # A DomainError may carry response headers (e.g. Retry-After on rate_limited).
     headers: dict[str, str] | None = getattr(exc, "headers", None)
-    retry_after_s = RETRY_AFTER_S.get(type(exc))
-    if headers is None and retry_after_s is not None:
-        headers = {"Retry-After": str(retry_after_s)}
+    retry_after_s = RETRY_AFTER_BY_ERROR_S.get(type(exc))
+    if retry_after_s is None and status == 503:
+        retry_after_s = RETRY_AFTER_S
+    if retry_after_s is not None and not (headers and "Retry-After" in headers):
+        headers = {**(headers or {}), "Retry-After": str(retry_after_s)}
     return error_response(status, exc.code, exc.message, headers)
 
 
@@ -130,7 +157,33 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         message = f"method {request.method} not allowed on {request.url.path}"
     else:
         message = exc.detail or HTTPStatus(status).phrase
-    return error_response(status, code, message, exc.headers)
+    headers = exc.headers
+    if status == 503 and not (headers and "Retry-After" in headers):
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
+    return error_response(status, code, message, headers)
+
+
+def database_unavailable(retry_after_s: int = RETRY_AFTER_S) -> Response[ErrorBody]:
+    return error_response(
+        503,
+        DATABASE_UNAVAILABLE_CODE,
+        DATABASE_UNAVAILABLE_MESSAGE,
+        {"Retry-After": str(retry_after_s)},
+    )
+
+
+def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.warning(
+        "%s %s -> 503: database unreachable: %s: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc,
+    )
+    supervisor = request.app.state.get("database_supervisor")
+    if supervisor is not None:
+        supervisor.report_failure()
+    return database_unavailable()
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -138,7 +191,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
     return error_response(500, "internal_error", INTERNAL_MESSAGE)
 
 
-def _data_error(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[ErrorBody]:
+def _data_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """A value the database cannot take (a NUL byte in text, an integer beyond 64 bits):
     the client's input, so a 400, never a 500."""
     log.info("%s %s: value refused by the database: %s", request.method, request.url.path, exc)
@@ -153,5 +206,9 @@ def exception_handlers() -> ExceptionHandlersMap:
         DomainError: _domain_error,
         HTTPException: _http_exception,
         asyncpg.DataError: _data_error,
+        **dict.fromkeys(DATABASE_DOWN, _database_down),
+        # InterfaceErrors that are about the request or the code, not the connection:
+        asyncpg_base.DataError: _data_error,  # "invalid input for query argument"
+        **dict.fromkeys(CLIENT_FAULTS, _unexpected),
         Exception: _unexpected,
     }

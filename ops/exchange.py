@@ -17,16 +17,52 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import asyncpg
 from litestar import Litestar
 
 from ledger.keys import load_or_create_signer
 from ledger.log import MerkleLog
+from ledger.note import Signer
 from market.sequencer import QUEUE_MAX, Sequencer
 from market.snapshot_writer import SnapshotPolicy
 from ops.config import Settings
-from ops.database import database_url
+from ops.database import database_url, embedded_handle
+from ops.supervisor import DatabaseSupervisor
 
 log = logging.getLogger(__name__)
+
+
+#: How long closing a sequencer that lost its database may take before it is abandoned.
+CLOSE_TIMEOUT_S = 15.0
+
+
+async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Settings) -> Sequencer:
+    """Open the sequencer on `url`, load its books into the market data hub, publish it on
+    `app.state.sequencer`."""
+    hub = app.state.get("market_data")
+    sequencer = await Sequencer.open(
+        url,
+        hooks=[MerkleLog(signer, settings.exchange_name)],
+        publish=None if hub is None else hub.publish,
+        queue_max=settings.queue_max or QUEUE_MAX,
+        snapshots=SnapshotPolicy(
+            interval_entries=settings.snapshot_interval_entries,
+            interval_seconds=settings.snapshot_interval_seconds,
+        ),
+    )
+    if hub is not None and hasattr(hub, "load"):
+        hub.load(book.depth(1_000_000) for book in sequencer.engine.books())
+    app.state.sequencer = sequencer
+    return sequencer
+
+
+async def _close_sequencer(sequencer: Sequencer) -> None:
+    try:
+        await asyncio.wait_for(sequencer.close(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("the sequencer did not close within %ss", CLOSE_TIMEOUT_S)
+    except Exception:
+        log.warning("closing the sequencer failed", exc_info=True)
 
 
 def exchange_lifespan(
@@ -45,20 +81,7 @@ def exchange_lifespan(
             settings.data_path,
             settings.exchange_name,
         )
-        hub = app.state.get("market_data")
-        sequencer = await Sequencer.open(
-            url,
-            hooks=[MerkleLog(signer, settings.exchange_name)],
-            publish=None if hub is None else hub.publish,
-            queue_max=settings.queue_max or QUEUE_MAX,
-            snapshots=SnapshotPolicy(
-                interval_entries=settings.snapshot_interval_entries,
-                interval_seconds=settings.snapshot_interval_seconds,
-            ),
-        )
-        if hub is not None and hasattr(hub, "load"):
-            hub.load(book.depth(1_000_000) for book in sequencer.engine.books())
-        app.state.sequencer = sequencer
+        sequencer = await _open_sequencer(app, url, signer, settings)
         # The books, balances and holds are long-lived objects by the hundred thousand:
         # move what start-up built out of the collector's sight, and collect the young
         # generation less often, so collections do not show up as latency spikes.
@@ -70,10 +93,31 @@ def exchange_lifespan(
             len(sequencer.market.instruments),
             sequencer.ledger.size,
         )
+
+        async def reopen() -> None:
+            """After an outage: the start-up path again, on what is committed."""
+            old: Sequencer | None = app.state.get("sequencer")
+            if old is not None:
+                await _close_sequencer(old)
+                app.state.sequencer = None  # closed: a failed open below must not close it again
+            await _open_sequencer(app, url, signer, settings)
+            pool: asyncpg.Pool | None = app.state.get("pool")
+            if pool is not None:
+                await pool.expire_connections()  # connections from before the outage are dead
+
+        supervisor = DatabaseSupervisor(
+            url, embedded=embedded_handle(settings.data_path), reopen=reopen
+        )
+        app.state.database_supervisor = supervisor
+        supervisor.start()
         try:
             yield
         finally:
+            await supervisor.close()
+            app.state.database_supervisor = None
+            current: Sequencer | None = app.state.get("sequencer")
             app.state.sequencer = None
-            await sequencer.close()
+            if current is not None:
+                await current.close()
 
     return lifespan

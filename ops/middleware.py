@@ -11,10 +11,11 @@ from litestar.types import (
     Receive,
     Scope,
     Send,
+    WebSocketAcceptEvent,
     WebSocketCloseEvent,
 )
 
-from ops.errors import ErrorBody
+from ops.errors import DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE, ErrorBody
 
 _BODY = ErrorBody(
     code="invalid_request", message="NUL characters are not allowed in paths or queries"
@@ -55,6 +56,67 @@ class RefuseNulBytes:
                 await send(chunk)
             else:
                 close: WebSocketCloseEvent = {"type": "websocket.close", "code": 1008, "reason": ""}
+                await send(close)
+            return
+        await self.app(scope, receive, send)
+
+
+#: Paths the database gate lets through: /health says itself why it is 503, and the
+#: OpenAPI schema needs no database.
+GATE_EXEMPT_PREFIXES = ("/health", "/schema")
+
+
+class DatabaseGate:
+    """While the database supervisor (`app.state.database_supervisor`, see `ops.supervisor`)
+    says the database is not back, answer 503 `database_unavailable` with `Retry-After`,
+    before authentication or any handler touches the database; a websocket is accepted
+    and closed at once with 1013 (try again later: a refusal before the accept would reach
+    the client as a bare 403)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        supervisor = scope["app"].state.get("database_supervisor")
+        if (
+            supervisor is not None
+            and not supervisor.ready
+            and scope["type"] in (ScopeType.HTTP, ScopeType.WEBSOCKET)
+            and not scope.get("path", "").startswith(GATE_EXEMPT_PREFIXES)
+        ):
+            if scope["type"] == ScopeType.HTTP:
+                body = msgspec.json.encode(
+                    ErrorBody(code=DATABASE_UNAVAILABLE_CODE, message=DATABASE_UNAVAILABLE_MESSAGE)
+                )
+                start: HTTPResponseStartEvent = {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", str(supervisor.retry_after_s).encode()),
+                    ],
+                }
+                chunk: HTTPResponseBodyEvent = {
+                    "type": "http.response.body",
+                    "body": body,
+                    "more_body": False,
+                }
+                await send(start)
+                await send(chunk)
+            else:
+                await receive()  # websocket.connect
+                accept: WebSocketAcceptEvent = {
+                    "type": "websocket.accept",
+                    "subprotocol": None,
+                    "headers": [],
+                }
+                close: WebSocketCloseEvent = {
+                    "type": "websocket.close",
+                    "code": 1013,
+                    "reason": DATABASE_UNAVAILABLE_CODE,
+                }
+                await send(accept)
                 await send(close)
             return
         await self.app(scope, receive, send)

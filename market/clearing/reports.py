@@ -42,6 +42,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -499,14 +500,22 @@ async def _instrument(conn: asyncpg.Connection, query: InstrumentQuery) -> list[
     in memory and sorted."""
     symbol = query.instrument
     lot, currency = await _instrument_terms(conn, symbol)
-    pairs: dict[tuple[str, str], _Pair] = {}
+    pairs: defaultdict[tuple[str, str], _Pair] = defaultdict(_Pair)
+    await _add_fills(conn, pairs, symbol, lot)
+    await _add_deliveries_and_refunds(conn, pairs, symbol, currency)
+    await _add_provider_fees(conn, pairs, symbol, currency)
+    keys = sorted(k for k in pairs if query.party is None or query.party in k)
+    total = _Pair()
+    for key in keys:
+        total.add(pairs[key])
+    rows = [total.row("total", symbol, None, None, lot)]
+    rows.extend(pairs[k].row("pair", symbol, k[0], k[1], lot) for k in keys)
+    return rows
 
-    def pair(key: tuple[str, str]) -> _Pair:
-        found = pairs.get(key)
-        if found is None:
-            found = pairs[key] = _Pair()
-        return found
 
+async def _add_fills(
+    conn: asyncpg.Connection, pairs: defaultdict[tuple[str, str], _Pair], symbol: str, lot: int
+) -> None:
     for r in await conn.fetch(
         """SELECT CASE WHEN aggressor_side = 'buy' THEN maker_account ELSE taker_account END
                       AS provider,
@@ -518,10 +527,18 @@ async def _instrument(conn: asyncpg.Connection, query: InstrumentQuery) -> list[
         symbol,
         lot,
     ):
-        p = pair((r["provider"], r["buyer"]))
+        p = pairs[(r["provider"], r["buyer"])]
         p.fills, p.volume = r["fills"], _int(r["volume"])
         p.notional, p.buyer_fees = _int(r["notional"]), _int(r["buyer_fees"])
-    escrow_kind = f"escrow:{symbol}"
+
+
+async def _add_deliveries_and_refunds(
+    conn: asyncpg.Connection,
+    pairs: defaultdict[tuple[str, str], _Pair],
+    symbol: str,
+    currency: str,
+) -> None:
+    """Tokens delivered or burned undelivered, escrow paid out, refunded or still held."""
     for r in await conn.fetch(
         """SELECT a.owner, a.kind = 'entitlement' AS tokens, t.code = ANY($4::text[]) AS delivery,
                   sum(-e.amount) FILTER (WHERE e.amount < 0) AS debit, sum(e.amount) AS net
@@ -531,10 +548,10 @@ async def _instrument(conn: asyncpg.Connection, query: InstrumentQuery) -> list[
             GROUP BY 1, 2, 3""",
         token_asset(symbol),
         currency,
-        escrow_kind,
+        f"escrow:{symbol}",
         list(DELIVERY_CODES),
     ):
-        p = pair(_pair_key(r["owner"]))
+        p = pairs[_pair_key(r["owner"])]
         debit = _int(r["debit"])
         if r["tokens"]:
             if r["delivery"]:
@@ -547,9 +564,17 @@ async def _instrument(conn: asyncpg.Connection, query: InstrumentQuery) -> list[
                 p.paid += debit
             else:
                 p.refunded += debit
-    # Provider fees: the fee revenue of each delivery transaction, given to the pair whose
-    # escrow it released (a delivery settles one buyer, provider and instrument; were there
-    # more, the first pair in code point order takes the fee).
+
+
+async def _add_provider_fees(
+    conn: asyncpg.Connection,
+    pairs: defaultdict[tuple[str, str], _Pair],
+    symbol: str,
+    currency: str,
+) -> None:
+    """The fee revenue of each delivery transaction, given to the pair whose escrow it
+    released (a delivery settles one buyer, provider and instrument; were there more, the
+    first pair in code point order takes the fee)."""
     for r in await conn.fetch(
         """WITH d AS (
                SELECT DISTINCT ON (e.tx_idx) e.tx_idx, a.owner
@@ -563,18 +588,11 @@ async def _instrument(conn: asyncpg.Connection, query: InstrumentQuery) -> list[
             WHERE a.owner = $4 AND a.kind = 'fees' AND a.asset = $1
             GROUP BY d.owner""",
         currency,
-        escrow_kind,
+        f"escrow:{symbol}",
         list(DELIVERY_CODES),
         EXCHANGE,
     ):
-        pair(_pair_key(r["owner"])).provider_fees += _int(r["fees"])
-    keys = sorted(k for k in pairs if query.party is None or query.party in k)
-    total = _Pair()
-    for key in keys:
-        total.add(pairs[key])
-    rows = [total.row("total", symbol, None, None, lot)]
-    rows.extend(pairs[k].row("pair", symbol, k[0], k[1], lot) for k in keys)
-    return rows
+        pairs[_pair_key(r["owner"])].provider_fees += _int(r["fees"])
 
 
 # --------------------------------------------------------------------------- fees

@@ -1,30 +1,45 @@
-"""Matching-engine benchmark: a seeded command stream on one instrument.
+"""Matching-engine benchmark: seeded streams, the engine beside the old book.
 
-    python -m ops.bench.engine [--commands N] [--seed S] [--resting R] [--repeat K]
+Both run the same command streams on one instrument; the old book is the one
+before the constant-time levels.
 
-The workload is shaped like the usual exchange benchmarks: about R (1,000)
-resting orders over several hundred price levels; mostly new limit orders
-near the touch, a share of them crossing; cancels; amends (size down, price
-moves); some IOC, FOK and market orders; 20 owners with mixed STP modes;
-every order has a client order id.
+    python -m ops.bench.engine [--commands N] [--deep-commands D] [--seed S]
+                               [--resting R] [--repeat K] [--scenario both|shallow|deep]
+                               [--no-baseline]
 
-The stream is generated beforehand by driving a scratch engine (so cancels and
+Two workloads:
+
+- shallow (N commands, 1,000,000): shaped like the usual exchange benchmarks,
+  about R (1,000) resting orders over several hundred price levels; mostly new
+  limit orders near the touch, a share of them crossing; cancels; amends (size
+  down, price moves); some IOC, FOK and market orders; 20 owners with mixed
+  STP modes; every order has a client order id;
+- deep (D commands, 300,000; see `ops.bench.engine_deep`): a token market
+  whose levels hold hundreds of orders, ending with 100,000+ resting, 25%
+  cancels spread over queue positions, mass cancels and an expiry burst;
+  latency by command kind, and cancel latency with the book held near 1,000
+  and near 100,000 resting orders.
+
+Each stream is generated beforehand by driving a scratch engine (so cancels and
 amends name orders that really rest), then replayed on fresh engines:
 
-1. throughput: one `perf_counter_ns` around the whole replay loop, K times
-   (best and median; on a shared machine the best is the least disturbed, and
-   the figure by process CPU time is shown too);
-2. latency: a second replay with `perf_counter_ns` around every command (the
+1. throughput: one `perf_counter_ns` around the whole replay loop, K rounds,
+   each round replaying on the new engine and on the baseline in turn (best and
+   median; on a shared machine the best is the least disturbed, and the figure
+   by process CPU time is shown too). The baseline is `market/book.py` and
+   `market/engine.py` at commit `ops.bench.baseline.BASELINE_COMMIT`, read with
+   `git show` (nothing old ships in the package); without git it is skipped;
+2. latency: a separate replay with `perf_counter_ns` around every command (the
    timer calls cost ~100 ns each, so this pass is slower and is not used for
    the throughput figure).
 
-Both passes check that the replay gives the generator's final state hash.
+Every pass checks that the replay gives the generator's final state hash (so
+both engines reach the same book, byte for byte).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import sys
 import time
@@ -32,12 +47,24 @@ from collections import Counter
 
 from market.engine import MatchingEngine
 from market.instruments import make_instrument
+from ops.bench.baseline import BASELINE_COMMIT
+from ops.bench.baseline import load as load_baseline
+from ops.bench.engine_runs import (
+    Factory,
+    HashMismatch,
+    Replay,
+    interleaved,
+    latencies,
+    rate,
+    summary_us,
+)
 from schemas.market import (
     AmendOrder,
     CancelOrder,
     Command,
     Event,
     Fill,
+    Instrument,
     NewOrder,
     OrderAccepted,
     OrderCancelled,
@@ -54,10 +81,12 @@ LOT = 1_000
 MID = 50_000  # price units per lot, tick 1
 
 
+def bench_instrument() -> Instrument:
+    return make_instrument(SYMBOL, lot_size=LOT, tick_size=1, price_min=1, price_max=1_000_000)
+
+
 def make_engine() -> MatchingEngine:
-    return MatchingEngine(
-        [make_instrument(SYMBOL, lot_size=LOT, tick_size=1, price_min=1, price_max=1_000_000)]
-    )
+    return MatchingEngine([bench_instrument()])
 
 
 class _Live:
@@ -195,28 +224,14 @@ def _track(events: list[Event], live: _Live) -> None:
             live.discard(ev.order_id)
 
 
-def _pct(sorted_ns: list[int], q: float) -> float:
-    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000.0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--commands", type=int, default=1_000_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--resting", type=int, default=1_000)
-    parser.add_argument("--repeat", type=int, default=3, help="throughput passes")
-    args = parser.parse_args(argv)
-
-    t0 = time.perf_counter()
-    cmds, expected_hash, stats = generate(args.commands, args.seed, args.resting)
-    gen_s = time.perf_counter() - t0
+def _describe_shallow(cmds: list[Command], seed: int, gen_s: float, stats: Counter[str]) -> None:
     mix = Counter(
         str(c.tif) if isinstance(c, NewOrder) and c.order_type is OrderType.LIMIT
         else "market" if isinstance(c, NewOrder)
         else type(c).__name__
         for c in cmds
     )  # fmt: skip
-    print(f"workload: {len(cmds):,} commands, seed {args.seed}, generated in {gen_s:.1f}s")
+    print(f"workload: {len(cmds):,} commands, seed {seed}, generated in {gen_s:.1f}s")
     print("  mix: " + ", ".join(f"{k} {v / len(cmds):.1%}" for k, v in sorted(mix.items())))
     rejects = ", ".join(
         f"{k.removeprefix('reject ')} {v:,}" for k, v in sorted(stats.items()) if k[:7] == "reject "
@@ -226,60 +241,88 @@ def main(argv: list[str] | None = None) -> int:
         f"trade; rejects: {rejects or 'none'}"
     )
 
-    # pass 1: throughput, `--repeat` fresh replays
-    walls: list[int] = []
-    cpus: list[int] = []
-    n_events = 0
-    for _ in range(args.repeat):
-        engine = make_engine()
-        process = engine.process
-        gc.collect()
-        cpu0 = time.process_time_ns()
-        start = time.perf_counter_ns()
-        n_events = 0
-        for cmd in cmds:
-            n_events += len(process(cmd))
-        walls.append(time.perf_counter_ns() - start)
-        cpus.append(time.process_time_ns() - cpu0)
-        if engine.state_hash() != expected_hash:
-            print("state hash differs from the generator's run", file=sys.stderr)
-            return 1
+
+def _print_throughput(n: int, runs: dict[str, list[Replay]], repeat: int) -> None:
+    """The new engine's line, then the baseline's and the ratio (best of each)."""
+    best, median, cpu = rate(n, runs["new"])
+    print(
+        f"throughput: {best:,.0f} commands/s best of {repeat} (median {median:,.0f}; by "
+        f"process CPU time {cpu:,.0f}); one perf_counter_ns around the whole loop, events "
+        "built and returned, no per-command timer"
+    )
+    if "old" in runs:
+        old_best, old_median, old_cpu = rate(n, runs["old"])
+        print(
+            f"  baseline {BASELINE_COMMIT} (old book, same stream, passes interleaved): "
+            f"{old_best:,.0f} commands/s best (median {old_median:,.0f}; CPU {old_cpu:,.0f}); "
+            f"new/old {best / old_best:.2f}x best, {median / old_median:.2f}x median"
+        )
+
+
+def _engines(baseline: bool) -> dict[str, Factory]:
+    engines: dict[str, Factory] = {"new": make_engine}
+    if baseline:
+        old, why = load_baseline(BASELINE_COMMIT)
+        if old is None:
+            print(f"(no baseline: {why})")
+        else:
+            engines["old"] = lambda: old.make([bench_instrument()])
+    return engines
+
+
+def _shallow(args: argparse.Namespace, engines: dict[str, Factory]) -> None:
+    t0 = time.perf_counter()
+    cmds, expected_hash, stats = generate(args.commands, args.seed, args.resting)
+    _describe_shallow(cmds, args.seed, time.perf_counter() - t0, stats)
+    runs = interleaved(engines, cmds, expected_hash, args.repeat)
+    engine = runs["new"][-1].engine
+    assert isinstance(engine, MatchingEngine)
     book = engine.book(SYMBOL)
     full = book.depth(10**9)
-    bid_levels, ask_levels = len(full.bids), len(full.asks)
+    n_events = runs["new"][-1].n_events
     print(
-        f"book at end: {len(book)} resting orders on {bid_levels} bid + {ask_levels} ask levels; "
-        f"{n_events:,} events ({n_events / len(cmds):.2f}/command)"
+        f"book at end: {len(book)} resting orders on {len(full.bids)} bid + {len(full.asks)} "
+        f"ask levels; {n_events:,} events ({n_events / len(cmds):.2f}/command)"
     )
-    walls.sort()
-    cpus.sort()
-    n = len(cmds)
-    print(
-        f"throughput: {n / (walls[0] / 1e9):,.0f} commands/s best of {args.repeat} "
-        f"(median {n / (walls[len(walls) // 2] / 1e9):,.0f}; by process CPU time "
-        f"{n / (cpus[0] / 1e9):,.0f}); one perf_counter_ns around the whole loop, "
-        "events built and returned, no per-command timer"
-    )
-
-    # pass 2: latency, a timer around every command
-    engine = make_engine()
-    process = engine.process
-    clock = time.perf_counter_ns
-    lat = [0] * len(cmds)
-    gc.collect()
-    for i, cmd in enumerate(cmds):
-        t = clock()
-        process(cmd)
-        lat[i] = clock() - t
-    if engine.state_hash() != expected_hash:
-        print("state hash differs in the latency pass", file=sys.stderr)
-        return 1
+    _print_throughput(len(cmds), runs, args.repeat)
+    lat, _ = latencies(make_engine, cmds, expected_hash, lambda c: "", "latency pass")
     lat.sort()
     print(
-        f"latency per command (perf_counter_ns around each call, separate pass): "
-        f"p50 {_pct(lat, 0.5):.2f} us, p99 {_pct(lat, 0.99):.2f} us, "
-        f"p99.9 {_pct(lat, 0.999):.2f} us, max {lat[-1] / 1000:.1f} us"
+        "latency per command (perf_counter_ns around each call, separate pass): " + summary_us(lat)
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--commands", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--resting", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=3, help="throughput passes")
+    parser.add_argument(
+        "--deep-commands",
+        type=int,
+        default=None,
+        help="deep-book stream length (default: 30%% of --commands, so 300,000)",
+    )
+    parser.add_argument(
+        "--scenario", choices=["both", "shallow", "deep"], default="both", help="what to run"
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help=f"do not load the old book ({BASELINE_COMMIT})"
+    )
+    args = parser.parse_args(argv)
+    engines = _engines(not args.no_baseline)
+    try:
+        if args.scenario != "deep":
+            _shallow(args, engines)
+        if args.scenario != "shallow":
+            from ops.bench.engine_deep import run_deep
+
+            deep_n = args.deep_commands or max(1_000, (args.commands * 3) // 10)
+            run_deep(deep_n, args.seed, args.repeat, engines)
+    except HashMismatch as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -33,3 +33,47 @@ def test_benchmark_workload_matches_the_reference() -> None:
     assert engine.book(bench.SYMBOL).open_orders() == ref.open_orders()
     assert engine.state_hash() == expected_hash
     assert len(engine.book(bench.SYMBOL)) > 100
+
+
+def test_deep_workload_matches_the_reference() -> None:
+    """The deep-book stream (every command kind, an expiry burst, mass cancels)
+    gives exactly the reference's events."""
+    from ops.bench.engine_deep import generate_deep, kind_of
+    from tests.market.reference import ReferenceBook
+
+    stream = generate_deep(3_000, seed=5)
+    kinds = {kind_of(c) for c in stream.cmds}
+    assert {"cancel", "amend", "market", "new gtc", "new gtd", "expiry burst"} <= kinds
+    assert stream.burst > 0
+    engine = bench.make_engine()
+    ref = ReferenceBook(engine.book(bench.SYMBOL).instrument)
+    for cmd in stream.cmds:
+        assert engine.process(cmd) == ref.process(cmd)
+    assert engine.state_hash() == stream.state_hash
+
+
+def test_baseline_is_the_old_book_and_agrees_with_the_new() -> None:
+    """The bench's baseline really is the book before this change, and on both
+    workloads it emits the same events as the new one, so the side-by-side
+    figures compare the same work."""
+    from ops.bench.baseline import BASELINE_COMMIT, load
+    from ops.bench.engine_deep import generate_deep
+
+    old, why = load(BASELINE_COMMIT)
+    assert old is not None, why
+    from market.book import OrderBook
+    from market.engine import MatchingEngine
+
+    # the old book had top_of_book (removed by this change); the new one has not
+    assert hasattr(old.book_cls, "top_of_book") and not hasattr(OrderBook, "top_of_book")
+    shallow, _, _ = bench.generate(2_000, seed=3, resting=200)
+    for cmds in (shallow, generate_deep(2_000, seed=4).cmds):
+        old_engine, new_engine = old.make([bench.bench_instrument()]), bench.make_engine()
+        for cmd in cmds:
+            assert old_engine.process(cmd) == new_engine.process(cmd)
+        assert old_engine.state_hash() == new_engine.state_hash()
+        # the snapshot format is unchanged: each restores the other's, byte for byte
+        old_bytes = old_engine.snapshot()  # type: ignore[attr-defined]
+        assert new_engine.snapshot() == old_bytes
+        assert MatchingEngine.restore(old_bytes).snapshot() == old_bytes
+        assert old.engine_cls.restore(new_engine.snapshot()).snapshot() == old_bytes

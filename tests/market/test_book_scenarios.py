@@ -26,7 +26,6 @@ from schemas.market import (
     Side,
     StpMode,
     TimeInForce,
-    TopOfBook,
     TradingState,
     TradingStateChanged,
 )
@@ -65,9 +64,8 @@ def test_limit_order_rests_and_is_accepted_with_everything_settlement_needs(d: D
         )
     ]
     assert d.book.best_bid() == 500 and d.book.best_ask() is None
-    assert d.book.top_of_book() == TopOfBook(
-        instrument=SYMBOL, bid_price=500, bid_quantity=3 * LOT, ask_price=None, ask_quantity=0
-    )
+    top = d.book.depth(1)
+    assert (top.bids, top.asks) == ([DepthLevel(price=500, quantity=3 * LOT, orders=1)], [])
     [o] = d.book.open_orders("alice")
     assert (o.order_id, o.open_quantity, o.filled_quantity, o.client_order_id) == (
         1,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
-from ops.database import _import_pgserver, with_database
+from ops.database import EmbeddedPostgres, open_embedded, with_database
 
 
 def quote_ident(name: str) -> str:
@@ -20,17 +20,16 @@ def quote_ident(name: str) -> str:
 
 
 class PgServer:
-    """Either an embedded pgserver cluster in a temp dir (deleted at the end), or the
+    """Either an embedded PostgreSQL cluster in a temp dir (deleted at the end), or the
     server named by DATABASE_URL (left as found; `restart` unsupported)."""
 
     def __init__(self, external_url: str | None = None) -> None:
         self.external_url = external_url
-        self._server: Any = None
+        self._server: EmbeddedPostgres | None = None
         self._tmp: Path | None = None
         if external_url is None:
-            pgserver = _import_pgserver()
             self._tmp = Path(tempfile.mkdtemp(prefix="tokex-pg-"))
-            self._server = pgserver.get_server(self._tmp / "pg", cleanup_mode="delete")
+            self._server = open_embedded(self._tmp / "pg", cleanup_mode="delete")
 
     @property
     def embedded(self) -> bool:
@@ -39,34 +38,33 @@ class PgServer:
     def url(self, dbname: str = "postgres") -> str:
         if self.external_url is not None:
             return with_database(self.external_url, dbname)
-        return str(self._server.get_uri(dbname))
+        assert self._server is not None
+        return self._server.url(dbname)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop PostgreSQL (`mode="immediate"` is a crash: no checkpoint, WAL replay on start)."""
-        self._require_embedded()
-        pg_ctl = _import_pgserver()._commands.pg_ctl  # generated at import: invisible to mypy
-        pg_ctl(
-            ["-w", "-m", mode, "stop"], pgdata=self._server.pgdata, user=self._server.system_user
-        )
+        server = self._require_embedded()
+        server.pg_ctl("-w", "-m", mode, "stop")
 
     def start(self) -> None:
-        self._require_embedded()
-        with self._server._lock:
-            self._server.ensure_postgres_running()
+        server = self._require_embedded()
+        while not server.ensure_running():  # a killed postmaster not yet reaped
+            time.sleep(0.05)
 
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
         self.start()
 
-    def _require_embedded(self) -> None:
-        if not self.embedded:
+    def _require_embedded(self) -> EmbeddedPostgres:
+        if self._server is None:
             import pytest
 
             pytest.skip("restarting PostgreSQL is only supported on the embedded server")
+        return self._server
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.cleanup()
+            self._server.release()
             self._server = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)

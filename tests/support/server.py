@@ -11,6 +11,7 @@ proc.stop()                   # SIGTERM, then SIGKILL after a grace period
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -57,6 +58,7 @@ class ServerProcess:
         data_dir: Path | None = None,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        open_file_limit: int | None = None,
     ) -> None:
         self.database_url = database_url
         self.host = host
@@ -64,6 +66,8 @@ class ServerProcess:
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tokex-serve-"))
         self.extra_args = extra_args
         self.extra_env = env or {}
+        #: RLIMIT_NOFILE (soft and hard) of the server process; None: inherited.
+        self.open_file_limit = open_file_limit
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "server.log"
 
@@ -91,10 +95,20 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                cmd,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=self._limit_open_files if self.open_file_limit else None,
             )
         self.wait_healthy(timeout)
         return self
+
+    def _limit_open_files(self) -> None:
+        assert self.open_file_limit is not None
+        limit = self.open_file_limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Poll GET /health until 200; fail early if the process died."""

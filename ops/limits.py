@@ -1,0 +1,247 @@
+"""Connection limits uvicorn lacks: header and body read deadlines, a cap on connections.
+
+uvicorn (read in its `protocols/http/httptools_impl.py`, 0.30 to 0.54) arms its
+keep-alive timeout only once a response is complete: a connection that sends
+nothing, or half a request, is never closed (a slowloris holds a file descriptor
+forever). It has no header-read or body-read timeout at all. `limit_concurrency`
+counts every open connection, idle ones included, and answers 503 to the
+*request* that exceeds it: 5,000 idle sockets would turn every real request into
+a 503. And at the process's open-file limit the accept loop fails, so every new
+client (`/health` too) gets a reset.
+
+`guarded_protocol(limits)` is uvicorn's httptools protocol with:
+
+* a header deadline: from the connection's opening (for its first request) or a
+  later request's first byte (an idle connection between requests is uvicorn's
+  keep-alive timeout's) to the end of the request's headers, `header_timeout_ms`; past it
+  the client gets 408 (if it began a request) and the connection is closed;
+* a cap on the size of a request's head (request line and headers),
+  `max_header_bytes`: past it 431 `headers_too_large`, then closed (what
+  `h11_max_incomplete_event_size` does for h11; httptools has no such cap);
+* a body deadline: the request's body must have arrived `body_timeout_ms` after
+  its headers, else the connection is closed (the handler sees a disconnect);
+* a cap of `max_connections` (further lowered to fit the open-file limit): a new
+  connection past the cap closes the longest-quiet connection that has no request
+  in the app (idle, or still sending its headers); only when every connection is
+  in the app is the new one refused, with 503 `too_many_connections` and
+  `Retry-After`, then closed.
+
+Websocket connections leave the cap and these deadlines when they upgrade; they
+keep uvicorn's own ping interval and timeout (`ws_ping_interval_ms`,
+`ws_ping_timeout_ms`). The settings are `ops.config.ConnectionLimits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ops.config import ConnectionLimits
+from ops.errors import ErrorBody
+
+log = logging.getLogger(__name__)
+
+#: File descriptors kept for everything but client sockets (database, files, helper).
+FD_RESERVE = 256
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit to %s: %s", target, exc)
+    return soft
+
+
+def effective_max_connections(limits: ConnectionLimits, open_file_limit: int) -> int:
+    """The cap, lowered so that client sockets can never use up the open-file limit."""
+    return max(1, min(limits.max_connections, open_file_limit - FD_RESERVE))
+
+
+def _raw_response(status: bytes, body: ErrorBody, extra: bytes = b"") -> bytes:
+    payload = msgspec.json.encode(body)
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(payload)).encode() + b"\r\n" + extra +
+        b"connection: close\r\n\r\n" + payload
+    )  # fmt: skip
+
+
+REFUSED = _raw_response(
+    b"503 Service Unavailable",
+    ErrorBody(
+        code="too_many_connections",
+        message="the server holds as many connections as it may; try again shortly",
+    ),
+    b"retry-after: 1\r\n",
+)
+HEADERS_TOO_LARGE = _raw_response(
+    b"431 Request Header Fields Too Large",
+    ErrorBody(code="headers_too_large", message="the request's headers are too large"),
+)
+HEADER_TIMEOUT = _raw_response(
+    b"408 Request Timeout",
+    ErrorBody(code="request_timeout", message="the request's headers took too long to arrive"),
+)
+
+
+class ConnectionRegistry:
+    """The open HTTP connections of one server, longest-quiet first."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self._open: OrderedDict[GuardedProtocol, None] = OrderedDict()
+        self.evicted = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, protocol: GuardedProtocol) -> bool:
+        """Make room for `protocol` (closing the longest-quiet evictable connection) and add it;
+        False if every connection is in the app."""
+        if len(self._open) >= self.max_connections:
+            victim = next((p for p in self._open if p.evictable), None)
+            if victim is None:
+                self.refused += 1
+                return False
+            self.evicted += 1
+            self.drop(victim)
+            victim.close()
+        self._open[protocol] = None
+        return True
+
+    def touch(self, protocol: GuardedProtocol) -> None:
+        if protocol in self._open:
+            self._open.move_to_end(protocol)
+
+    def drop(self, protocol: GuardedProtocol) -> None:
+        self._open.pop(protocol, None)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with deadlines and a connection cap (module docstring)."""
+
+    limits: ConnectionLimits
+    registry: ConnectionRegistry
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_headers = False
+        self._head_bytes = 0  # bytes of the request head so far
+
+    @property
+    def evictable(self) -> bool:
+        """No request of this connection is in the app (idle, or its headers still coming)."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def close(self) -> None:
+        self._cancel_deadline()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _arm(self, delay_ms: int, on_expiry: Any) -> None:
+        self._cancel_deadline()
+        self._deadline = self.loop.call_later(delay_ms / 1000, on_expiry)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = None
+        # A request begun gets 408; a connection that never sent a byte is just closed.
+        begun = self._in_headers and self.evictable
+        if begun and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(HEADER_TIMEOUT)
+        self.close()
+
+    def _body_too_slow(self) -> None:
+        self._deadline = None
+        log.info("closing a connection whose request body stalled (%s)", self.client)
+        self.close()
+
+    # -- uvicorn's protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.registry.admit(self):
+            transport.write(REFUSED)
+            transport.close()
+            return
+        # Nothing sent yet: it has as long as a request's headers take.
+        self._arm(self.limits.header_timeout_ms, self._headers_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        self.registry.drop(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.registry.touch(self)
+        if self.evictable:  # no request in the app: these bytes begin the next one
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_headers and self._head_bytes > self.limits.max_header_bytes:
+            if not self.transport.is_closing():
+                self.transport.write(HEADERS_TOO_LARGE)
+            self.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_headers:
+            self._in_headers = True
+            self._arm(self.limits.header_timeout_ms, self._headers_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._head_bytes = 0
+        self._arm(self.limits.body_timeout_ms, self._body_too_slow)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_deadline()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self.registry.touch(self)
+        super().on_response_complete()  # arms uvicorn's keep-alive timeout
+
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_deadline()
+        self.registry.drop(self)  # a websocket keeps its own ping and timeout
+        super().handle_websocket_upgrade()
+
+
+def guarded_protocol(
+    limits: ConnectionLimits, max_connections: int | None = None
+) -> type[GuardedProtocol]:
+    """A protocol class for `uvicorn.run(http=...)`, with its own connection registry."""
+    registry = ConnectionRegistry(max_connections or limits.max_connections)
+    return type("GuardedHttpProtocol", (GuardedProtocol,), {"limits": limits, "registry": registry})
+
+
+def uvicorn_options(limits: ConnectionLimits) -> dict[str, Any]:
+    """Everything `uvicorn.run` needs for these limits (raises the open-file limit)."""
+    cap = effective_max_connections(limits, raise_open_file_limit())
+    if cap < limits.max_connections:
+        log.warning("at most %d connections: the open-file limit leaves no room for more", cap)
+    return {
+        "http": guarded_protocol(limits, cap),
+        "timeout_keep_alive": limits.keep_alive_timeout_ms / 1000,  # call_later takes a float
+        "ws_ping_interval": limits.ws_ping_interval_ms / 1000,
+        "ws_ping_timeout": limits.ws_ping_timeout_ms / 1000,
+    }

@@ -1,0 +1,172 @@
+"""Deep price levels against the reference matcher: cancels, amends and
+expiries at random queue positions in levels of hundreds of orders (where the
+book leaves tombstones behind and compacts them), takers sweeping through
+them, mass cancels, and snapshot/restore in the middle."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+
+from market.book import OrderBook
+from market.instruments import make_instrument
+from market.level import LEVEL_COMPACT_MIN
+from schemas.market import (
+    AdvanceTime,
+    AmendOrder,
+    CancelOrder,
+    Command,
+    MassCancel,
+    NewOrder,
+    OrderType,
+    Side,
+    StpMode,
+    TimeInForce,
+)
+from tests.market.reference import ReferenceBook
+
+SYMBOL = "m/2026-12-01T00Z/1h"
+LOT = 10
+OWNERS = ["a", "b", "c", "d", "e"]
+BIDS = [96, 97, 98]
+ASKS = [102, 103, 104]
+
+
+class _Pair:
+    """The book and the reference, fed the same commands."""
+
+    def __init__(self) -> None:
+        inst = make_instrument(SYMBOL, lot_size=LOT, tick_size=1, price_min=90, price_max=110)
+        self.book = OrderBook(inst)
+        self.ref = ReferenceBook(inst)
+        self.t = 1_000
+        self.next_id = 1
+
+    def apply(self, cmd: Command) -> None:
+        got = self.book.process(cmd)
+        want = self.ref.process(cmd)
+        assert got == want, f"{cmd}\n got {got}\n want {want}"
+
+    def new(self, side: Side, price: int, qty_lots: int, owner: str, gtd: int | None) -> None:
+        self.t += 1
+        self.apply(
+            NewOrder(
+                instrument=SYMBOL, order_id=self.next_id, owner=owner, side=side,
+                quantity=qty_lots * LOT, time=self.t, price=price,
+                tif=TimeInForce.GTD if gtd is not None else TimeInForce.GTC,
+                expire_at=None if gtd is None else self.t + gtd,
+                stp=StpMode.CANCEL_OLDEST, client_order_id=f"c{self.next_id}",
+            )
+        )  # fmt: skip
+        self.next_id += 1
+
+    def same_state(self) -> None:
+        assert self.book.open_orders() == self.ref.open_orders()
+        snap = self.book.to_snapshot()
+        assert [o.order_id for o in snap.bids] == self.ref.queue_ids(Side.BUY)
+        assert [o.order_id for o in snap.asks] == self.ref.queue_ids(Side.SELL)
+        depth = self.book.depth(100)
+        assert depth.bids == self.ref.depth(Side.BUY)
+        assert depth.asks == self.ref.depth(Side.SELL)
+
+
+def _pick(pair: _Pair, roll: int) -> int | None:
+    """The order at a position spread over one side's whole queue."""
+    side = Side.BUY if roll % 2 else Side.SELL
+    queue = pair.ref.queue_ids(side)
+    return queue[(roll // 2) % len(queue)] if queue else None
+
+
+def _step(pair: _Pair, kind: int, roll: int) -> None:
+    pair.t += 1
+    t = pair.t
+    oid = _pick(pair, roll)
+    order = None if oid is None else pair.book.get_order(oid)
+    if kind < 6 and order is not None:  # cancel anywhere in the queue
+        pair.apply(
+            CancelOrder(instrument=SYMBOL, order_id=order.order_id, owner=order.owner, time=t)
+        )
+    elif kind == 6 and order is not None:  # amend: smaller in place, or to another price
+        if roll % 3 and order.open_quantity > LOT:
+            amend = AmendOrder(
+                instrument=SYMBOL, order_id=order.order_id, owner=order.owner, time=t,
+                quantity=order.open_quantity - LOT,
+            )  # fmt: skip
+        else:
+            prices = BIDS if order.side is Side.BUY else ASKS
+            amend = AmendOrder(
+                instrument=SYMBOL, order_id=order.order_id, owner=order.owner, time=t,
+                price=prices[roll % len(prices)],
+            )  # fmt: skip
+        pair.apply(amend)
+    elif kind == 7:  # a taker through the front of one side (tombstones there)
+        side = Side.BUY if roll % 2 else Side.SELL
+        pair.apply(
+            NewOrder(
+                instrument=SYMBOL, order_id=pair.next_id, owner=OWNERS[roll % len(OWNERS)],
+                side=side, quantity=LOT * (1 + roll % 60), time=t,
+                order_type=OrderType.MARKET, stp=StpMode(list(StpMode)[roll % len(StpMode)]),
+            )
+        )  # fmt: skip
+        pair.next_id += 1
+    elif kind == 8:
+        pair.apply(MassCancel(instrument=SYMBOL, owner=OWNERS[roll % len(OWNERS)], time=t))
+    elif kind == 9:
+        pair.t += roll % 40
+        pair.apply(AdvanceTime(time=pair.t))
+    else:  # a new passive order at the back of a deep level
+        side = Side.BUY if roll % 2 else Side.SELL
+        prices = BIDS if side is Side.BUY else ASKS
+        gtd = 5 + roll % 200 if roll % 4 == 0 else None
+        pair.new(side, prices[roll % 3], 1 + roll % 5, OWNERS[roll % len(OWNERS)], gtd)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    per_level=st.integers(20, 160),
+    steps=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 10**6)), max_size=250),
+    restore_at=st.integers(0, 250),
+)
+def test_deep_levels_match_the_reference(
+    per_level: int, steps: list[tuple[int, int]], restore_at: int
+) -> None:
+    pair = _Pair()
+    for i in range(per_level):
+        for side, prices in ((Side.BUY, BIDS), (Side.SELL, ASKS)):
+            for price in prices:
+                gtd = 50 + i if i % 7 == 0 else None
+                pair.new(side, price, 1 + i % 4, OWNERS[(i + price) % len(OWNERS)], gtd)
+    pair.same_state()
+    for n, (kind, roll) in enumerate(steps):
+        if n == restore_at:
+            before = pair.book.state_hash()
+            pair.book = OrderBook.restore(pair.book.snapshot())
+            assert pair.book.state_hash() == before
+        _step(pair, kind, roll)
+        if n % 25 == 0:
+            pair.same_state()
+    pair.same_state()
+
+
+def test_cancels_deep_in_a_level_keep_its_memory_bounded() -> None:
+    """Cancelling most of a long queue from its middle leaves tombstones, and the
+    level is compacted so it never holds more than its live orders plus the
+    minimum; the survivors keep their order."""
+    pair = _Pair()
+    for i in range(2_000):
+        pair.new(Side.BUY, 98, 1, OWNERS[i % len(OWNERS)], None)
+    level = pair.book._bids[-98]
+    kept = []
+    for oid in range(1, 2_001):
+        if oid % 10 == 0 or oid == 1:
+            kept.append(oid)
+            continue
+        pair.apply(
+            CancelOrder(instrument=SYMBOL, order_id=oid, owner=OWNERS[(oid - 1) % 5], time=pair.t)
+        )
+        live = sum(1 for o in level if o.open)
+        assert len(level) <= 2 * live + 2 * LEVEL_COMPACT_MIN + 2
+    assert (
+        [o.order_id for o in pair.book.to_snapshot().bids] == kept == pair.ref.queue_ids(Side.BUY)
+    )
+    assert pair.book.depth(1).bids[0].orders == len(kept)
