@@ -416,6 +416,24 @@ class LedgerBatch:
         self._seen[tx.id] = (digest, result)
         return result
 
+    def refuse(self, tx: Transaction, code: str, message: str) -> TransactionResult:
+        """Refuse `tx` on the caller's own check, as if the rules had: the refusal is
+        written with the batch (`ledger_rejections`), so the id stays refused — a retry of
+        the same body gets this outcome back, another body under it is a conflict. An id
+        used before gets its first outcome instead."""
+        digest = request_digest(tx)
+        earlier = self._prior.get(tx.id)
+        if earlier is not None:
+            return _replayed(tx.id, digest, earlier)
+        first = self._seen.get(tx.id)
+        if first is not None:
+            return first[1] if first[0] == digest else _conflict(tx.id)
+        self.changed = True
+        self.write.rejections.append(Rejection(tx.id, digest, code, message, tx.time))
+        result = TransactionResult(id=tx.id, committed=False, code=code, message=message)
+        self._seen[tx.id] = (digest, result)
+        return result
+
     def seen(self, tx_id: str) -> bool:
         """Whether `tx_id` was used before (committed or refused), here or in the database.
 

@@ -3,7 +3,8 @@
 `ledger/migrations` holds the generic ledger's tables (0001 entries, holds and
 balance snapshots; 0002 the Merkle log, checkpoints and keys); `market/migrations`
 the market's (0003 accounts and their keys, 0004 instruments, journal, orders and
-fills, 0005 deliveries, settlements and withdrawals). Their files are one numbered
+fills, 0005 deliveries, settlements and withdrawals, 0006 snapshots of the books;
+then the ledger's 0007, an index of the open holds). Their files are one numbered
 sequence, applied in that order by `ledger.migrate` and recorded by number, name
 and checksum, exactly as when they all lived in `ledger/migrations`.
 A new migration takes the next number, in the directory of the layer whose tables

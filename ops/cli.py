@@ -43,7 +43,10 @@ def add_database_options(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment (DATABASE_URL) and whichever flags this command has."""
-    names = ("data_dir", "host", "port", "exchange_name")
+    names = (
+        "data_dir", "host", "port", "exchange_name", "snapshot_interval_entries",
+        "snapshot_interval_seconds",
+    )  # fmt: skip
     return Settings.from_env(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
@@ -129,10 +132,28 @@ def _db_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+
+    return parse
+
+
 def register_core(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="apply migrations and run the exchange")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
+    serve.add_argument(
+        "--snapshot-interval-entries", type=_positive(int), default=None, metavar="N",
+        help="snapshot the books every N journal entries (default: 50000)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--snapshot-interval-seconds", type=_positive(float), default=None, metavar="T",
+        help="... or after T seconds if the journal moved (default: 300)",
+    )  # fmt: skip
     add_database_options(serve)
     serve.set_defaults(handler=_serve)
 

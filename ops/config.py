@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -86,6 +87,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Ops the sequencer's queue holds at most (beyond: 503 `exchange_busy` with
     #: Retry-After); None: the sequencer's default, `market.sequencer.QUEUE_MAX`.
     queue_max: int | None = None
+    #: The books are snapshotted every this many journal entries, or after this many
+    #: seconds if the journal moved (`market.snapshot_writer`): a restart replays at most
+    #: about that much of the journal.
+    snapshot_interval_entries: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    snapshot_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
     #: Connection limits (see `ConnectionLimits`, where each is described).
     keep_alive_timeout_ms: int = _DEFAULT_LIMITS.keep_alive_timeout_ms

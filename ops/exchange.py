@@ -24,6 +24,7 @@ from ledger.keys import load_or_create_signer
 from ledger.log import MerkleLog
 from ledger.note import Signer
 from market.sequencer import QUEUE_MAX, Sequencer
+from market.snapshot_writer import SnapshotPolicy
 from ops.config import Settings
 from ops.database import database_url, embedded_handle
 from ops.supervisor import DatabaseSupervisor
@@ -44,6 +45,10 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
         hooks=[MerkleLog(signer, settings.exchange_name)],
         publish=None if hub is None else hub.publish,
         queue_max=settings.queue_max or QUEUE_MAX,
+        snapshots=SnapshotPolicy(
+            interval_entries=settings.snapshot_interval_entries,
+            interval_seconds=settings.snapshot_interval_seconds,
+        ),
     )
     if hub is not None and hasattr(hub, "load"):
         hub.load(book.depth(1_000_000) for book in sequencer.engine.books())

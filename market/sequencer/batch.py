@@ -19,7 +19,7 @@ import msgspec
 from ledger.errors import IdempotencyConflict
 from ledger.rows import BatchRows
 from ledger.writer import LedgerBatch
-from market.sequencer.errors import TransactionRefused
+from market.sequencer.errors import InstrumentSettled, OrderRefused, TransactionRefused
 from market.sequencer.state import MarketState
 from market.store import (
     DeliveryRow,
@@ -29,6 +29,7 @@ from market.store import (
     encode_entry,
     stage_market_batch,
 )
+from schemas.errors import DomainError
 from schemas.ledger import TransactionResult
 from schemas.market import Command, Event
 from schemas.trading import FillView, OrderView, SettlementView
@@ -119,12 +120,24 @@ def replayed(earlier: _Digested | None, request_digest: bytes, conflict: str) ->
     return True
 
 
+#: Refusals recorded under a command's id (`LedgerBatch.refuse`), by code: a replay of
+#: one raises the type the first refusal had.
+_REFUSALS: dict[str, type[DomainError]] = {
+    InstrumentSettled.code: InstrumentSettled,
+    "instrument_not_open": OrderRefused,
+    "qty_off_lot": OrderRefused,
+    "capacity_limit": OrderRefused,
+}
+
+
 def checked(result: TransactionResult) -> int:
-    """A transaction of a user's request: its refusal is the user's error. Its index."""
+    """A transaction of a user's request: its refusal is the user's error (of the same
+    type when it is a refusal replayed under its id). Its index."""
     if not result.committed:
-        if result.code == "idempotency_conflict":
-            raise IdempotencyConflict(result.message or "id already used with another body")
-        raise TransactionRefused(result.message or "refused", code=result.code or "refused")
+        message, code = result.message or "refused", result.code or "refused"
+        if code == IdempotencyConflict.code:
+            raise IdempotencyConflict(message or "id already used with another body")
+        raise _REFUSALS.get(code, TransactionRefused)(message, code=code)
     assert result.index is not None
     return result.index
 

@@ -46,7 +46,7 @@ import asyncpg
 from ledger.errors import LedgerUnavailable
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger
-from market.engine import MatchingEngine
+from market.replay import RebuildSummary, Rebuilt
 from market.sequencer import lifecycle, orders, treasury, views
 from market.sequencer.batch import Batch, Prior
 from market.sequencer.errors import ExchangeBusy, SequencerStopped
@@ -71,6 +71,8 @@ from market.sequencer.ops import (
 )
 from market.sequencer.recovery import recover
 from market.sequencer.state import MarketState
+from market.snapshot_writer import SnapshotPolicy, SnapshotWriter
+from market.snapshots import MarketSnapshot, SettlingEngine
 from market.store import find_deliveries, find_orders, find_withdrawals
 from schemas.errors import DomainError
 from schemas.ledger import Balance
@@ -203,10 +205,15 @@ class Sequencer:
         clock: Clock,
         max_batch: int,
         queue_max: int,
+        snapshots: SnapshotPolicy | None = None,
     ) -> None:
         if queue_max < 1:
             raise ValueError("the sequencer's queue must hold at least one op")
         self._dsn = dsn
+        #: When the books are snapshotted; the last snapshot taken stays in its memory.
+        self._snapshots = SnapshotWriter(dsn, snapshots or SnapshotPolicy())
+        #: Where the last rebuild of the books started and how much of the journal it read.
+        self.last_rebuild: RebuildSummary | None = None
         self.ledger = ledger
         self._conn = conn
         self.currency = currency
@@ -214,7 +221,7 @@ class Sequencer:
         self._clock = clock
         self._max_batch = max_batch
         #: The market's memory; replaced whole by every rebuild.
-        self.market = MarketState(engine=MatchingEngine())
+        self.market = MarketState(engine=SettlingEngine())
         self._last_time_ms = 0
         self._queue: asyncio.Queue[_Ticket[Any]] = asyncio.Queue(maxsize=queue_max)
         self._runner: asyncio.Task[None] | None = None
@@ -242,8 +249,12 @@ class Sequencer:
         hooks: Sequence[CommitHook] = (),
         max_batch: int = 500,
         queue_max: int = QUEUE_MAX,
+        snapshots: SnapshotPolicy | None = None,
     ) -> Sequencer:
-        """Become the exchange's writer: open the ledger, rebuild the books, start."""
+        """Become the exchange's writer: open the ledger, rebuild the books, start.
+
+        `snapshots`: how often the books are snapshotted (`market.snapshot_writer`);
+        recovery starts from the newest snapshot and replays only the journal after it."""
         ledger = await Ledger.open(dsn, hooks=hooks)
         try:
             conn = await connect_writer(dsn)
@@ -252,7 +263,7 @@ class Sequencer:
             raise
         sequencer = cls(
             dsn, ledger, conn, currency=currency, publish=publish, clock=clock,
-            max_batch=max_batch, queue_max=queue_max,
+            max_batch=max_batch, queue_max=queue_max, snapshots=snapshots,
         )  # fmt: skip
         try:
             await sequencer._rebuild()
@@ -277,10 +288,20 @@ class Sequencer:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+        # A last snapshot of the books, unless memory may hold a batch that never committed.
+        trusted = not broken and self._state is SequencerState.STOPPING
+        market = self.market
         self._state = SequencerState.STOPPED
+        await self._snapshots.close(
+            market.engine if trusted else None, market.next_journal_seq, self._last_time_ms
+        )
         with contextlib.suppress(Exception):
             await self._conn.close()
         await self.ledger.close()
+
+    async def wait_for_snapshot(self) -> None:
+        """Until the books' snapshot being written in the background (if any) is written."""
+        await self._snapshots.wait()
 
     @property
     def state(self) -> SequencerState:
@@ -292,7 +313,7 @@ class Sequencer:
         return self._state is SequencerState.RUNNING and self.ledger.healthy
 
     @property
-    def engine(self) -> MatchingEngine:
+    def engine(self) -> SettlingEngine:
         return self.market.engine
 
     async def _rebuild(self) -> None:
@@ -308,15 +329,32 @@ class Sequencer:
             if self._conn.is_closed() or not await connection_alive(self._conn):
                 self._conn.terminate()
                 self._conn = await connect_writer(self._dsn)
-            recovered = await recover(self._conn)
+            # Start-up: from the newest stored snapshot; after a failed commit: from the
+            # last one taken (memory). Either way, then the journal after it.
+            memory = self._snapshots.memory
+            recovered = await recover(
+                self._conn, start=memory, stored=self._snapshots.policy.enabled
+            )
         except BaseException:
             stopping = self._state is SequencerState.STOPPING
             self._state = SequencerState.STOPPED if stopping else SequencerState.BROKEN
             raise
         self.market = recovered.market
         self._last_time_ms = max(self._last_time_ms, recovered.last_time_ms)
+        self._books_rebuilt(recovered.books, memory)
         if self._state is SequencerState.RECOVERING:
             self._state = SequencerState.RUNNING
+
+    def _books_rebuilt(self, books: Rebuilt, memory: MarketSnapshot | None) -> None:
+        """Where the snapshots go on from after a rebuild of the books."""
+        self._snapshots.reset(books.base, stored=books.base is not memory)
+        self.last_rebuild = books.summary()
+        base = (
+            "the first row" if books.base is None else f"the snapshot at {books.base.journal_seq}"
+        )
+        log.info("books rebuilt from %s and %d journal entries after it", base, books.replayed)
+        if books.replayed >= self._snapshots.policy.interval_entries:  # e.g. a first start
+            self._snapshots.after_commit(self.market.engine, books.journal_seq, self._last_time_ms)
 
     # -- submitting -------------------------------------------------------------------
 
@@ -424,7 +462,10 @@ class Sequencer:
             return
         # Durable: keep the batch's orders in memory, answer, publish.
         self.commits += 1
-        self.market.committed(batch.orders.values())
+        market = self.market
+        market.committed(batch.orders.values())
+        market.reduce_settled(v.instrument for v in batch.settlements)
+        self._snapshots.after_commit(market.engine, market.next_journal_seq, self._last_time_ms)
         _answer_all(tickets, [s if isinstance(s, Failed) else Done(s()) for s in staged])
         if self._publish is not None and batch.events:
             try:

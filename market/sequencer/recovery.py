@@ -2,10 +2,12 @@
 
 The same path serves start-up (after a clean stop or a crash) and the rebuild after
 a failed commit. `recover` reads, in one repeatable-read transaction, the listed
-instruments, the journal of engine commands (replayed through a fresh engine by
-`replay`, its own step: the engine is deterministic, so the books come out exactly
-as they were), the open orders, the next order id and the settlements; and builds
-one `InstrumentState` per instrument from them.
+instruments, the settlements, the books (`market.replay.rebuild_books`: the snapshot it
+is given — the one the sequencer keeps in memory — or else the newest stored one, then
+the journal after it; the engine is deterministic, so the books come out exactly as they
+were), the open orders and the next order id; and builds one `InstrumentState` per
+instrument from them. What it reads is bounded by the live state and the journal since
+the snapshot, not by all of history.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from market.engine import MatchingEngine
+from market.replay import Rebuilt, rebuild_books
 from market.sequencer.state import InstrumentState, MarketState, terms_of
+from market.snapshots import MarketSnapshot
 from market.store import (
-    ListInstrument,
-    journal,
     load_live_orders,
     load_settlements,
     load_terms,
@@ -27,49 +28,31 @@ from market.store import (
 
 
 @dataclass(frozen=True, slots=True)
-class Replayed:
-    """Where the journal ends: the next sequence number and the latest time in it (ms)."""
-
-    next_seq: int
-    last_time_ms: int
-
-
-async def replay(conn: asyncpg.Connection, engine: MatchingEngine) -> Replayed:
-    """Feed every journaled command (and listing) to `engine`, in order. Run it inside a
-    transaction: the journal is read with a cursor."""
-    next_seq = 0
-    last_time_ms = 0
-    async for seq, entry in journal(conn):
-        if isinstance(entry, ListInstrument):
-            engine.add_instrument(entry.instrument)
-        else:
-            engine.process(entry)
-        next_seq = seq + 1
-        last_time_ms = max(last_time_ms, entry.time)
-    return Replayed(next_seq=next_seq, last_time_ms=last_time_ms)
-
-
-@dataclass(frozen=True, slots=True)
 class Recovered:
     market: MarketState
     last_time_ms: int
+    books: Rebuilt  # where the books' rebuild started and what it replayed
 
 
-async def recover(conn: asyncpg.Connection) -> Recovered:
-    """The market as the database has it: books, instruments, open orders, counters."""
-    engine = MatchingEngine()
+async def recover(
+    conn: asyncpg.Connection, *, start: MarketSnapshot | None = None, stored: bool = True
+) -> Recovered:
+    """The market as the database has it: books, instruments, open orders, counters.
+    `start`: the snapshot to rebuild the books from (else the newest stored one, unless
+    `stored` is False: then the journal from its first row)."""
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         listed = {r["symbol"]: r for r in await load_terms(conn)}
-        end = await replay(conn, engine)
+        settled = {s.instrument: s for s in await load_settlements(conn)}
+        books = await rebuild_books(conn, settled, start=start, stored=stored)
         live = await load_live_orders(conn)
         order_id = await next_order_id(conn)
-        settled = {s.instrument: s for s in await load_settlements(conn)}
+    engine = books.engine
     market = MarketState(
         engine=engine,
         live={o.order_id: o for o in live},
         gtd={o.order_id: o.expire_at for o in live if o.expire_at is not None},
         next_order_id=order_id,
-        next_journal_seq=end.next_seq,
+        next_journal_seq=books.journal_seq,
     )
     for book in engine.books():
         row = listed[book.symbol]
@@ -77,4 +60,4 @@ async def recover(conn: asyncpg.Connection) -> Recovered:
             book, terms_of(row), row["delivery_grace_seconds"], settled.get(book.symbol)
         )
         market.add(state)
-    return Recovered(market=market, last_time_ms=end.last_time_ms)
+    return Recovered(market=market, last_time_ms=books.time_ms, books=books)

@@ -12,8 +12,8 @@ import asyncpg
 
 from market.book import OrderBook
 from market.clearing.rules import Terms
-from market.engine import MatchingEngine
 from market.errors import UnknownInstrument
+from market.snapshots import SettlingEngine
 from market.store import OrderRow
 from schemas.market import Instrument, TradingState
 from schemas.trading import SettlementView
@@ -85,7 +85,7 @@ def terms_of(record: asyncpg.Record) -> Terms:
 
 @dataclass(slots=True)
 class MarketState:
-    engine: MatchingEngine
+    engine: SettlingEngine
     instruments: dict[str, InstrumentState] = field(default_factory=dict)
     #: The instruments not yet settled (an index of `instruments`, for the clock).
     unsettled: dict[str, InstrumentState] = field(default_factory=dict)
@@ -108,6 +108,15 @@ class MarketState:
     def settled(self, state: InstrumentState, view: SettlementView) -> None:
         state.settlement = view
         self.unsettled.pop(state.symbol, None)
+
+    def reduce_settled(self, symbols: Iterable[str]) -> None:
+        """Once their settlement is committed: the books of these instruments keep only
+        their instrument and seq (`SettlingEngine.reduce_settled`), as recovery leaves
+        them."""
+        symbols = list(symbols)
+        if symbols and self.engine.reduce_settled(symbols):
+            for symbol in symbols:
+                self.instruments[symbol].book = self.engine.book(symbol)
 
     def next_window_event_ms(self) -> int | float:
         """When the next window closes or settles (ms); infinity if none is pending."""

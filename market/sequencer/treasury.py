@@ -3,7 +3,9 @@
 Each is idempotent by its caller's id: deposits and listings by their ledger
 transaction id (the ledger answers a retry with its first outcome), deliveries and
 withdrawals by their rows in `market_deliveries` / `market_withdrawals`, written in
-the same statement as the ledger entries.
+the same statement as the ledger entries. A refused withdrawal or listing stays
+refused: its refusal is recorded under its ledger transaction id (`LedgerBatch.refuse`).
+A refused delivery report is not recorded: its id stays free for the corrected report.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from market.sequencer.errors import (
     EntitlementExceeded,
     InstrumentSettled,
     OrderRefused,
-    TransactionRefused,
     UnknownWithdrawal,
     WithdrawalSettled,
 )
@@ -31,6 +32,7 @@ from market.sequencer.ops import (
 )
 from market.sequencer.state import InstrumentState
 from market.store import DeliveryRow, WithdrawalRow
+from schemas.errors import DomainError
 from schemas.ledger import Transaction
 from schemas.market import TradingState
 from schemas.trading import (
@@ -91,26 +93,41 @@ def deposit(batch: Batch, req: Deposit) -> LedgerReceipt:
 
 
 def listing(batch: Batch, account_id: str, req: Listing) -> LedgerReceipt:
-    """List token capacity of an open instrument, up to `MAX_LISTED_CAPACITY`."""
-    state = _unsettled(batch, req.instrument)
-    trading = state.book.trading_state
-    if trading is not TradingState.OPEN:
-        raise OrderRefused(f"instrument {req.instrument} is {trading}", code="instrument_not_open")
-    lot = state.terms.lot_size
-    if req.quantity % lot:
-        raise OrderRefused(f"quantity must be a multiple of the lot, {lot}", code="qty_off_lot")
+    """List token capacity of an open instrument, up to `MAX_LISTED_CAPACITY`.
+
+    The listing id pins its outcome: a retry gets the first receipt or the first
+    refusal, which is recorded as the ledger records its own (`LedgerBatch.refuse`). An
+    unknown instrument (404) records nothing."""
+    state = batch.market.instrument(req.instrument)
     tx = settlement.listing(
         settlement.listing_key(account_id, req.listing_id), account_id, req.instrument,
         req.quantity, batch.time_ms,
     )  # fmt: skip
-    if not batch.ledger.seen(tx.id):  # a retry gets its first receipt, cap or not
-        listed = batch.ledger.state.balance(settlement.capacity(account_id, req.instrument))
-        if listed.total + req.quantity > MAX_LISTED_CAPACITY:
-            raise OrderRefused(
-                f"a provider may list at most {MAX_LISTED_CAPACITY:,} tokens of an instrument",
-                code="capacity_limit",
-            )
+    if not batch.ledger.seen(tx.id):
+        refusal = _listing_refusal(batch, state, account_id, req)
+        if refusal is not None:
+            checked(batch.ledger.refuse(tx, refusal.code, refusal.message))
     return _receipt(batch, tx)
+
+
+def _listing_refusal(
+    batch: Batch, state: InstrumentState, account_id: str, req: Listing
+) -> DomainError | None:
+    if state.settlement is not None:
+        return InstrumentSettled(f"instrument {req.instrument} is settled")
+    trading = state.book.trading_state
+    if trading is not TradingState.OPEN:
+        return OrderRefused(f"instrument {req.instrument} is {trading}", code="instrument_not_open")
+    lot = state.terms.lot_size
+    if req.quantity % lot:
+        return OrderRefused(f"quantity must be a multiple of the lot, {lot}", code="qty_off_lot")
+    listed = batch.ledger.state.balance(settlement.capacity(account_id, req.instrument))
+    if listed.total + req.quantity > MAX_LISTED_CAPACITY:
+        return OrderRefused(
+            f"a provider may list at most {MAX_LISTED_CAPACITY:,} tokens of an instrument",
+            code="capacity_limit",
+        )
+    return None
 
 
 def deliver(batch: Batch, provider: str, req: DeliveryReport) -> DeliveryView:
@@ -154,14 +171,15 @@ def withdraw(batch: Batch, account_id: str, req: WithdrawalRequest) -> Withdrawa
         assert earlier is not None
         return earlier.view()
     currency = batch.currency
-    available = batch.ledger.state.balance(settlement.cash(account_id, currency)).available
-    if req.amount > available:
-        raise TransactionRefused(
-            f"{available} available, cannot withdraw {req.amount}", code="insufficient_funds"
-        )
     tx = settlement.withdrawal_request(
         account_id, req.withdrawal_id, req.amount, currency, batch.time_ms
     )
+    # A refusal is recorded with the ledger's (`LedgerBatch.refuse`): the id stays
+    # refused, even once the account has the cash (a retry gets the same 422).
+    available = batch.ledger.state.balance(settlement.cash(account_id, currency)).available
+    if not batch.ledger.seen(tx.id) and req.amount > available:
+        message = f"{available} available, cannot withdraw {req.amount}"
+        checked(batch.ledger.refuse(tx, "insufficient_funds", message))
     checked(batch.ledger.apply(tx))
     row = WithdrawalRow(
         account_id=account_id, withdrawal_id=req.withdrawal_id, request_digest=request_digest,

@@ -376,9 +376,9 @@ async def test_withdrawals_hold_then_pay_or_fail_idempotently(seq: Sequencer, db
     assert await withdraw(seq, "b1", "w1", 300_000) == w
     with pytest.raises(IdempotencyConflict):
         await withdraw(seq, "b1", "w1", 1)
-    # more than is available: refused, and the id stays free
+    # more than is available: refused (and that id stays refused: test_pinned_refusals)
     with pytest.raises(TransactionRefused) as short:
-        await withdraw(seq, "b1", "w2", 700_001)
+        await withdraw(seq, "b1", "short", 700_001)
     assert short.value.code == "insufficient_funds"
     w2 = await withdraw(seq, "b1", "w2", 200_000)
     assert cash(seq, "b1") == (500_000, 500_000)

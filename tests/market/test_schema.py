@@ -53,17 +53,19 @@ async def main_db(empty_db_url: str) -> str:
     return empty_db_url
 
 
-async def test_mains_database_migrates_with_nothing_to_do(
+async def test_mains_database_migrates_only_what_came_after_it(
     main_db: str, main_facts: dict[str, Any]
 ) -> None:
     conn = await asyncpg.connect(main_db)
     try:
-        assert await schema.migrate(conn) == len(main_facts["migrations"]) == 5
+        assert len(main_facts["migrations"]) == 5
+        assert await schema.migrate(conn) == len(schema.load_migrations())
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY 1")
     finally:
         await conn.close()
     recorded = [list(r.values()) for r in rows]
-    assert recorded == sorted(main_facts["migrations"])  # nothing re-applied or rewritten
+    # Main's five as they were (nothing re-applied or rewritten), then the newer ones.
+    assert recorded[:5] == sorted(main_facts["migrations"])
     assert recorded == [[m.version, m.name, m.checksum] for m in schema.load_migrations()]
 
 

@@ -179,6 +179,8 @@ RECORDED = [
     (3, "accounts", "market/migrations"),
     (4, "market", "market/migrations"),
     (5, "settlement", "market/migrations"),
+    (6, "market_snapshots", "market/migrations"),
+    (7, "open_holds", "ledger/migrations"),
 ]
 
 
