@@ -47,6 +47,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Ops the sequencer's queue holds at most (beyond: 503 `exchange_busy` with
     #: Retry-After); None: the sequencer's default, `market.sequencer.QUEUE_MAX`.
     queue_max: int | None = None
+    #: Hosts a provider's endpoint may point at although they resolve to non-global
+    #: addresses (comma-separated; `TOKEX_ENDPOINT_ALLOW_HOSTS`; see market.gateway.ssrf).
+    endpoint_allow_hosts: str = ""
+    #: Seconds between health probes of the providers' endpoints.
+    endpoint_health_interval_s: float = 10.0
 
     @property
     def data_path(self) -> Path:
@@ -71,6 +76,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("rate_limit", "TOKEX_RATE_LIMIT"),
             ("rate_burst", "TOKEX_RATE_BURST"),
             ("queue_max", "TOKEX_QUEUE_MAX"),
+            ("endpoint_allow_hosts", "TOKEX_ENDPOINT_ALLOW_HOSTS"),
+            ("endpoint_health_interval_s", "TOKEX_ENDPOINT_HEALTH_INTERVAL_S"),
         ):
             if env.get(var):
                 values[name] = env[var]
