@@ -74,15 +74,13 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("database durability is OFF: %s; commits may be lost on a crash", problem)
     log.info("schema version %d", version)
     from ops.exchange import exchange_lifespan
+    from ops.gateway import gateway_lifespans
 
     settings = msgspec.structs.replace(settings, database_url=url)
-    from market.gateway.health import health_lifespan
-    from market.gateway.ssrf import parse_allow_hosts
 
-    health = health_lifespan(
-        parse_allow_hosts(settings.endpoint_allow_hosts), settings.endpoint_health_interval_s
+    app = create_app(
+        settings, lifespans=[exchange_lifespan(settings), *gateway_lifespans(settings)]
     )
-    app = create_app(settings, lifespans=[exchange_lifespan(settings), health])
     log.info("tokex listening on http://%s:%d (OpenAPI at /schema)", settings.host, settings.port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; by default that
     # kills the process before atexit hooks run, and the embedded PostgreSQL handle would

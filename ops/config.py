@@ -52,6 +52,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     endpoint_allow_hosts: str = ""
     #: Seconds between health probes of the providers' endpoints.
     endpoint_health_interval_s: float = 10.0
+    #: How often the gateway charges its metered calls through the sequencer (ms).
+    gateway_flush_ms: int = 1000
+    #: How long the gateway waits on an upstream (connect, each read) before a 502.
+    gateway_upstream_timeout_s: float = 60.0
 
     @property
     def data_path(self) -> Path:
@@ -78,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("queue_max", "TOKEX_QUEUE_MAX"),
             ("endpoint_allow_hosts", "TOKEX_ENDPOINT_ALLOW_HOSTS"),
             ("endpoint_health_interval_s", "TOKEX_ENDPOINT_HEALTH_INTERVAL_S"),
+            ("gateway_flush_ms", "TOKEX_GATEWAY_FLUSH_MS"),
+            ("gateway_upstream_timeout_s", "TOKEX_GATEWAY_UPSTREAM_TIMEOUT_S"),
         ):
             if env.get(var):
                 values[name] = env[var]

@@ -76,3 +76,42 @@ class InferenceKeyCreated(msgspec.Struct, frozen=True, kw_only=True):
     models: list[str] | None
     token_budget: int | None
     expires_ms: int | None
+
+
+class GatewayReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """One metered call through the gateway (a row of `gateway_receipts`, append-only).
+
+    `tokens` is what the call was charged (see market/gateway/metering.py for the rule);
+    the token counts are what the upstream reported. `request_sha256` is the hash of the
+    bytes the gateway sent upstream, `response_sha256` of the bytes it sent the buyer.
+    """
+
+    receipt_id: str
+    key_id: str
+    buyer: str
+    provider: str
+    instrument: str
+    endpoint_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    tokens: int
+    started_ms: int
+    ended_ms: int
+    request_sha256: bytes
+    response_sha256: bytes
+
+
+class GatewayDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """What one (buyer, provider, instrument) group of a charge became: a delivery
+    transaction (None when nothing was charged or the charge was refused)."""
+
+    buyer: str
+    provider: str
+    instrument: str
+    report_id: str
+    tokens: int
+    transaction_id: str | None
+    refused: str | None = None  # the error code, when the group could not be charged

@@ -43,3 +43,40 @@ CREATE TABLE gateway_inference_keys (
 );
 
 CREATE INDEX gateway_inference_keys_buyer_idx ON gateway_inference_keys (buyer);
+
+-- gateway_receipts: one row per metered call (schemas.gateway.GatewayReceipt), written by
+-- the sequencer in the same statement as the delivery transaction that charged it
+-- (`transaction_id`; NULL when the call was charged nothing or its charge was refused).
+-- Append-only: a trigger refuses UPDATE and DELETE.
+CREATE TABLE gateway_receipts (
+    receipt_id        text    PRIMARY KEY CHECK (receipt_id ~ '^rcp_[0-9a-f]{24}$'),
+    key_id            text    NOT NULL,
+    buyer             text    NOT NULL,
+    provider          text    NOT NULL,
+    instrument        text    NOT NULL,
+    endpoint_id       text    NOT NULL,
+    model             text    NOT NULL,
+    prompt_tokens     bigint  NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens bigint  NOT NULL CHECK (completion_tokens >= 0),
+    cached_tokens     bigint  NOT NULL CHECK (cached_tokens >= 0),
+    reasoning_tokens  bigint  NOT NULL CHECK (reasoning_tokens >= 0),
+    tokens            bigint  NOT NULL CHECK (tokens >= 0),
+    started_ms        bigint  NOT NULL,
+    ended_ms          bigint  NOT NULL CHECK (ended_ms >= started_ms),
+    request_sha256    bytea   NOT NULL CHECK (length(request_sha256) = 32),
+    response_sha256   bytea   NOT NULL CHECK (length(response_sha256) = 32),
+    transaction_id    text
+);
+
+CREATE INDEX gateway_receipts_key_idx ON gateway_receipts (key_id);
+CREATE INDEX gateway_receipts_buyer_idx ON gateway_receipts (buyer, started_ms);
+CREATE INDEX gateway_receipts_provider_idx ON gateway_receipts (provider, started_ms);
+
+CREATE FUNCTION gateway_receipts_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'gateway_receipts is append-only';
+END $$;
+
+CREATE TRIGGER gateway_receipts_append_only
+    BEFORE UPDATE OR DELETE ON gateway_receipts
+    FOR EACH ROW EXECUTE FUNCTION gateway_receipts_append_only();

@@ -172,11 +172,11 @@ class Upstream:
             data = [{"id": m, "object": "model", "owned_by": "provider"} for m in upstream.models]
             return Response({"object": "list", "data": data})
 
-        @post("/v1/chat/completions")
+        @post("/v1/chat/completions", status_code=200)
         async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
             return await upstream.answer(request, chat=True)
 
-        @post("/v1/completions")
+        @post("/v1/completions", status_code=200)
         async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
             return await upstream.answer(request, chat=False)
 
