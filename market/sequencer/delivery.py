@@ -11,7 +11,8 @@ batch's one statement.
 
 Idempotent: a group's transaction id derives from its first receipt, and the gateway
 resubmits the same op after a batch that failed to commit; a group whose transaction the
-ledger already holds is skipped whole (its rows were written with it).
+ledger already holds is skipped whole (its rows were written with it), and a receipt
+already stored (one charged nothing) is not written again.
 
 A group is never refused for the whole op: one that cannot be charged (its instrument
 settled meanwhile, or less entitlement than charged, which the gateway's reservations
@@ -124,7 +125,12 @@ def charge(batch: Batch, receipts: Sequence[GatewayReceipt]) -> list[GatewayDeli
     if records:
 
         async def stage(conn: asyncpg.Connection, rows: BatchRows) -> None:
-            rows.insert("gateway_receipts", RECEIPT_COLUMNS, records)
+            # A receipt charged nothing has no transaction to recognise it by on a
+            # resubmission whose first try committed after all: the key does.
+            rows.insert(
+                "gateway_receipts", RECEIPT_COLUMNS, records,
+                on_conflict="ON CONFLICT (receipt_id) DO NOTHING",
+            )  # fmt: skip
 
         batch.ledger.also_write(stage)
     return done

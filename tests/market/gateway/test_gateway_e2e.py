@@ -207,3 +207,47 @@ async def test_concurrent_calls_never_overdraw(small: Market, db_url: str) -> No
     left = (await m.entitlement()).entitlement
     assert left >= 0 and 1_000 - left == sum(ok)
     assert sum(r["tokens"] for r in await receipts(db_url)) == 1_000 - left
+
+
+async def test_unhealthy_endpoints_get_no_traffic(market: Market, db_url: str) -> None:
+    m = market
+    client = sdk(m, await m.key())
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("UPDATE gateway_endpoints SET health = 'unhealthy'")  # as a probe would
+        calls = len(m.upstream.requests)
+        with pytest.raises(openai.APIStatusError) as down:
+            await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
+        assert (down.value.status_code, down.value.code) == (503, "no_healthy_endpoint")
+        assert len(m.upstream.requests) == calls
+        await conn.execute("UPDATE gateway_endpoints SET health = 'healthy'")
+        await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
+    finally:
+        await conn.close()
+
+
+async def test_a_buyer_who_hangs_up_mid_stream_is_charged_what_was_streamed(
+    market: Market, db_url: str
+) -> None:
+    m = market
+    key = await m.key()
+    m.upstream.max_completion = 64
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 64, "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(timeout=10) as http,
+        http.stream("POST", m.openai_url + "/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        async for _ in r.aiter_bytes():
+            break  # hang up after the first bytes
+    await m.settled()
+    for _ in range(50):
+        rows = await receipts(db_url)
+        if rows and rows[0]["transaction_id"] is not None:
+            break
+        await asyncio.sleep(0.2)
+    (r,) = rows
+    # the upstream's usage (3 + 64) if it arrived before the gateway stopped reading, else
+    # the chunks passed on; never more than the reservation
+    assert 1 <= r["tokens"] <= 3 + 64
