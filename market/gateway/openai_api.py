@@ -44,7 +44,9 @@ def provide_gateway(state: State) -> Gateway:
     return gateway
 
 
-async def provide_grant(request: Request[Any, Any, Any], pool: asyncpg.Pool) -> keys.KeyGrant:
+async def provide_grant(
+    request: Request[Any, Any, Any], pool: NamedDependency[asyncpg.Pool]
+) -> keys.KeyGrant:
     secret = keys.bearer_secret(request.headers.get("authorization"))
     async with pool.acquire() as conn:
         return await keys.authenticate(conn, secret, now_ms())

@@ -308,7 +308,11 @@ class Gateway:
             raise UpstreamFailed(
                 f"the upstream answered {response.status_code}; nothing was charged"
             )
-        return Stream(self._relay(call, response, wants_usage), media_type="text/event-stream",
+        relay = self._relay(call, response, wants_usage)
+        # Started here, not when the response is first sent: a started generator's cleanup
+        # (which ends the call) runs even if the buyer is gone before anything is sent.
+        first = await anext(relay)
+        return Stream(_chain(first, relay), media_type="text/event-stream",
                       headers={"Cache-Control": "no-cache"})  # fmt: skip
 
     async def _relay(
@@ -335,6 +339,12 @@ class Gateway:
         finally:
             self.finish(call, usage, chunks, served=True)
             await response.aclose()
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:

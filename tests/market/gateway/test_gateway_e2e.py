@@ -158,6 +158,11 @@ async def test_bearer_keys(market: Market) -> None:
     assert response.json()["error"]["code"] == "invalid_api_key"
 
     key = await m.key()
+    async with httpx.AsyncClient() as http:  # and a bearer key admits nothing outside it
+        other = await http.get(
+            m.proc.base_url + "/v1/balances", headers={"Authorization": f"Bearer {key}"}
+        )
+    assert (other.status_code, other.json()["code"]) == (401, "missing_signature")
     listed = await m.buyer.request("GET", "/v1/inference-keys")
     assert key not in str(listed) and listed[0]["revoked"] is False
     await m.buyer.request("DELETE", f"/v1/inference-keys/{listed[0]['key_id']}")
