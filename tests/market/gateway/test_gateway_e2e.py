@@ -204,10 +204,10 @@ async def test_concurrent_calls_never_overdraw(small: Market, db_url: str) -> No
         assert answer.usage is not None
         return answer.usage.total_tokens
 
-    served = await asyncio.gather(*(one() for _ in range(120)))  # 120 x 11 > 1,000
+    served = await asyncio.gather(*(one() for _ in range(200)))  # 200 x 11 > 1,000
     ok = [n for n in served if n]
     # Near the end a call gets max_tokens lowered to what is left: fewer tokens, not more.
-    assert all(1 <= n <= 11 for n in ok) and 0 < len(ok) < 120
+    assert all(1 <= n <= 11 for n in ok) and 0 < len(ok) < 200
     await m.settled()
     left = (await m.entitlement()).entitlement
     assert left >= 0 and 1_000 - left == sum(ok)
@@ -256,3 +256,13 @@ async def test_a_buyer_who_hangs_up_mid_stream_is_charged_what_was_streamed(
     # the upstream's usage (3 + 64) if it arrived before the gateway stopped reading, else
     # the chunks passed on; never more than the reservation
     assert 1 <= r["tokens"] <= 3 + 64
+
+
+async def test_prompts_larger_than_the_exchanges_64_kib_limit(market: Market) -> None:
+    client = sdk(market, await market.key())
+    prompt = "word " * 14_000  # 70 KB: the gateway takes bodies up to 4 MiB
+    done = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
+    assert done.usage is not None and done.usage.prompt_tokens == 14_000
+    with pytest.raises(openai.APIStatusError) as big:  # 120 KB: more than is left
+        await client.completions.create(model=MODEL, prompt=prompt * 2, max_tokens=2)
+    assert (big.value.status_code, big.value.code) == (402, "insufficient_entitlement")
