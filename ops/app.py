@@ -41,6 +41,9 @@ from market.api import trading_router
 from market.auth import Authenticator, AuthMiddleware, RateLimiter, provide_principal
 from market.clearing.reports_api import reports_router
 from market.feed import MarketData
+from market.gateway.endpoints_api import endpoints_router
+from market.gateway.keys_api import keys_router
+from market.gateway.openai_api import openai_router
 from market.stream import market_stream
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
@@ -108,7 +111,10 @@ async def health(pool: NamedDependency[asyncpg.Pool], state: State) -> Health:
 
 def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
-    return [ledger_router, accounts_router, trading_router, market_stream, reports_router]
+    return [
+        ledger_router, accounts_router, trading_router, market_stream, reports_router,
+        endpoints_router, keys_router, openai_router,
+    ]  # fmt: skip
 
 
 async def default_pool_factory(settings: Settings) -> asyncpg.Pool:

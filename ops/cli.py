@@ -78,9 +78,13 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("database durability is OFF: %s; commits may be lost on a crash", problem)
     log.info("schema version %d", version)
     from ops.exchange import exchange_lifespan
+    from ops.gateway import gateway_lifespans
 
     settings = msgspec.structs.replace(settings, database_url=url)
-    app = create_app(settings, lifespans=[exchange_lifespan(settings)])
+
+    app = create_app(
+        settings, lifespans=[exchange_lifespan(settings), *gateway_lifespans(settings)]
+    )
     log.info("tokex listening on http://%s:%d (OpenAPI at /schema)", settings.host, settings.port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; by default that
     # kills the process before atexit hooks run, and the embedded PostgreSQL handle would

@@ -50,6 +50,10 @@ ENV_OVERRIDES: dict[str, str] = {
     "rate_limit": "TOKEX_RATE_LIMIT",
     "rate_burst": "TOKEX_RATE_BURST",
     "queue_max": "TOKEX_QUEUE_MAX",
+    "endpoint_allow_hosts": "TOKEX_ENDPOINT_ALLOW_HOSTS",
+    "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
+    "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
+    "gateway_upstream_timeout_s": "TOKEX_GATEWAY_UPSTREAM_TIMEOUT_S",
     "keep_alive_timeout_ms": "TOKEX_KEEP_ALIVE_TIMEOUT_MS",
     "header_timeout_ms": "TOKEX_HEADER_TIMEOUT_MS",
     "body_timeout_ms": "TOKEX_BODY_TIMEOUT_MS",
@@ -105,6 +109,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def connection_limits(self) -> ConnectionLimits:
         return ConnectionLimits(**{name: getattr(self, name) for name in _LIMIT_FIELDS})
+
+    #: Hosts a provider's endpoint may point at although they resolve to non-global
+    #: addresses (comma-separated; `TOKEX_ENDPOINT_ALLOW_HOSTS`; see market.gateway.ssrf).
+    endpoint_allow_hosts: str = ""
+    #: Seconds between health probes of the providers' endpoints.
+    endpoint_health_interval_s: float = 10.0
+    #: How often the gateway charges its metered calls through the sequencer (ms).
+    gateway_flush_ms: int = 1000
+    #: How long the gateway waits on an upstream (connect, each read) before a 502.
+    gateway_upstream_timeout_s: float = 60.0
 
     @property
     def data_path(self) -> Path:

@@ -47,7 +47,7 @@ from ledger.errors import LedgerUnavailable
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger
 from market.replay import RebuildSummary, Rebuilt
-from market.sequencer import lifecycle, orders, treasury, views
+from market.sequencer import delivery, lifecycle, orders, treasury, views
 from market.sequencer.batch import Batch, Prior
 from market.sequencer.errors import ExchangeBusy, SequencerStopped
 from market.sequencer.ops import (
@@ -61,6 +61,7 @@ from market.sequencer.ops import (
     DepositOp,
     Done,
     Failed,
+    GatewayChargeOp,
     ListingOp,
     Op,
     Outcome,
@@ -153,6 +154,8 @@ def dispatch(op: AnyOp, batch: Batch) -> Answer:
             result = treasury.withdraw(batch, account, req)
         case WithdrawalOutcomeOp(account_id=account, withdrawal_id=wid, paid=paid):
             result = treasury.withdrawal_outcome(batch, account, wid, paid=paid)
+        case GatewayChargeOp(receipts=receipts):
+            result = delivery.charge(batch, receipts)
         case TickOp():
             result = None
         case _:
@@ -491,7 +494,8 @@ class Sequencer:
         """Stage the batch's ops in memory and commit them with the ledger's entries."""
         ops = [cast(AnyOp, ticket.op) for ticket in tickets]
         prior = await _prior(self._conn, ops)
-        async with self.ledger.batch(treasury.external_ids(ops)) as lb:
+        ids = [*treasury.external_ids(ops), *delivery.external_ids(ops)]
+        async with self.ledger.batch(ids) as lb:
             batch = Batch(
                 market=self.market, ledger=lb, time_ms=now_ms, currency=self.currency,
                 prior=prior,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, NoReturn, TypeVar
 
 from schemas.errors import DomainError
+from schemas.gateway import GatewayDelivery, GatewayReceipt
 from schemas.trading import (
     AmendOrder,
     CancelledOrders,
@@ -117,6 +118,14 @@ class WithdrawalOutcomeOp(Op[WithdrawalView]):
 
 
 @dataclass(slots=True)
+class GatewayChargeOp(Op[list[GatewayDelivery]]):
+    """The gateway's metered calls since its last flush: their receipts, charged as one
+    delivery per (buyer, provider, instrument) (`market.sequencer.delivery`)."""
+
+    receipts: tuple[GatewayReceipt, ...]
+
+
+@dataclass(slots=True)
 class TickOp(Op[None]):
     """Nothing but the passing of time: lets GTD orders expire on a quiet book."""
 
@@ -134,6 +143,7 @@ AnyOp = (
     | CloseInstrumentOp
     | WithdrawOp
     | WithdrawalOutcomeOp
+    | GatewayChargeOp
     | TickOp
 )
 

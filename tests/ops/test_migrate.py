@@ -181,6 +181,7 @@ RECORDED = [
     (5, "settlement", "market/migrations"),
     (6, "market_snapshots", "market/migrations"),
     (7, "open_holds", "ledger/migrations"),
+    (8, "gateway", "market/migrations"),
 ]
 
 

@@ -1,0 +1,112 @@
+"""Errors of `/openai/v1`, in OpenAI's shape: `{"error": {"message", "type", "code"}}`.
+
+Any OpenAI SDK raises them as its own exceptions (`openai.APIStatusError` and subclasses,
+by status). The router installs `openai_exception_handlers()`; every other route keeps
+tokex's `{"code", "message"}` (ops.errors).
+
+* 400 `invalid_request_error` (a malformed body, an unsupported parameter),
+* 401 `invalid_api_key` (no key, unknown, revoked, expired),
+* 402 `insufficient_entitlement` (no entitlement left for this model now, or the key's
+  budget is spent),
+* 404 `model_not_found`, 413 `payload_too_large`,
+* 502 `upstream_error` / `upstream_timeout` (nothing charged),
+* 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable` (with Retry-After).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from litestar.types import ExceptionHandlersMap
+
+from schemas.errors import DomainError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+_STATUS_OF_KIND = {
+    ErrorKind.INVALID: 400, ErrorKind.UNAUTHORIZED: 401, ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404, ErrorKind.CONFLICT: 409, ErrorKind.REJECTED: 422,
+    ErrorKind.RATE_LIMITED: 429, ErrorKind.UNAVAILABLE: 503,
+}  # fmt: skip
+_TYPE_OF_STATUS = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+    403: "permission_error", 404: "not_found_error", 409: "conflict_error",
+    413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+    502: "upstream_error", 503: "service_unavailable",
+}  # fmt: skip
+_CODE_OF_STATUS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+                   413: "payload_too_large", 415: "unsupported_media_type"}  # fmt: skip
+
+
+class GatewayError(DomainError):
+    """An error of the gateway with an HTTP status of its own (402, 502)."""
+
+    status = 400
+
+
+class InsufficientEntitlement(GatewayError):
+    code = "insufficient_entitlement"
+    kind = ErrorKind.REJECTED
+    status = 402
+
+
+class UpstreamFailed(GatewayError):
+    code = "upstream_error"
+    kind = ErrorKind.UNAVAILABLE
+    status = 502
+
+
+class NoEndpoint(GatewayError):
+    code = "no_healthy_endpoint"
+    kind = ErrorKind.UNAVAILABLE
+    status = 503
+
+
+class UnsupportedParameter(GatewayError):
+    code = "unsupported_parameter"
+    kind = ErrorKind.INVALID
+    status = 400
+
+
+class ModelNotFound(GatewayError):
+    code = "model_not_found"
+    kind = ErrorKind.NOT_FOUND
+    status = 404
+
+
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    kind = _TYPE_OF_STATUS.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
+def status_of(exc: DomainError) -> int:
+    if isinstance(exc, GatewayError):
+        return exc.status
+    return _STATUS_OF_KIND.get(exc.kind, 400)
+
+
+def _domain(_: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    status = status_of(exc)
+    headers = dict(getattr(exc, "headers", {}) or {})
+    if status == 503:
+        headers.setdefault("Retry-After", "1")
+    return Response(error_body(status, exc.code, exc.message), status_code=status, headers=headers)
+
+
+def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    code = _CODE_OF_STATUS.get(status, "error")
+    return Response(error_body(status, code, str(exc.detail)), status_code=status)
+
+
+def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("gateway: unexpected %s", type(exc).__name__, exc_info=exc)
+    body = error_body(500, "internal_error", "internal error; it has been logged")
+    return Response(body, status_code=500)
+
+
+def openai_exception_handlers() -> ExceptionHandlersMap:
+    return {DomainError: _domain, HTTPException: _http, Exception: _internal}

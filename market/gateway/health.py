@@ -1,0 +1,137 @@
+"""Health of providers' endpoints: `GET {base_url}/models`, at registration and periodically.
+
+An endpoint is healthy when that answers 200 with a JSON object (OpenAI's model list,
+`{"object": "list", "data": [...]}`, as vLLM, llama.cpp server, Ollama, SGLang and TGI
+serve it) within `PROBE_TIMEOUT_S`. Redirects are not followed (a redirect could point the
+exchange at an address the SSRF check refused). The base URL is checked again before each
+probe (`ssrf.resolve`), so an endpoint whose name now resolves to a refused address turns
+unhealthy. Only healthy endpoints get calls.
+
+`HealthMonitor` probes every endpoint every `interval_s` seconds (`tokex serve` runs it,
+`TOKEX_ENDPOINT_HEALTH_INTERVAL_S`, default 10 s); probes run concurrently, at most
+`MAX_PROBES_IN_FLIGHT` at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+
+from market.gateway import endpoints as store
+from market.gateway.ssrf import EndpointRefused, Target, resolve
+from schemas.gateway import Health
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 5.0
+MAX_PROBES_IN_FLIGHT = 16
+
+
+def upstream_headers(target: Target, credential: str | None) -> dict[str, str]:
+    """Headers of a request to the endpoint: its Host, and its credential if it has one."""
+    headers = target.headers
+    if credential is not None:
+        headers["Authorization"] = f"Bearer {credential}"
+    return headers
+
+
+async def probe(
+    target: Target, credential: str | None, timeout_s: float = PROBE_TIMEOUT_S
+) -> tuple[Health, str]:
+    """Probe one checked target: (health, a short reason when unhealthy)."""
+    try:
+        async with httpx.AsyncClient(
+            timeout=timeout_s, follow_redirects=False, trust_env=False
+        ) as client:
+            response = await client.get(
+                target.url + "/models",
+                headers=upstream_headers(target, credential),
+                extensions=target.extensions,
+            )
+    except httpx.HTTPError as exc:
+        return Health.UNHEALTHY, f"GET /models failed: {type(exc).__name__}"
+    if response.status_code != 200:
+        return Health.UNHEALTHY, f"GET /models answered {response.status_code}"
+    try:
+        body = response.json()
+    except ValueError:
+        return Health.UNHEALTHY, "GET /models did not answer JSON"
+    if not isinstance(body, dict):
+        return Health.UNHEALTHY, "GET /models did not answer a JSON object"
+    return Health.HEALTHY, ""
+
+
+async def check(
+    base_url: str, credential: str | None, allow_hosts: frozenset[str]
+) -> tuple[Health, str]:
+    """Check the base URL again (SSRF), then probe it."""
+    try:
+        target = await resolve(base_url, allow_hosts)
+    except EndpointRefused as exc:
+        return Health.UNHEALTHY, f"{exc.code}: {exc.message}"
+    return await probe(target, credential)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class HealthMonitor:
+    """Probes every registered endpoint every `interval_s` seconds and records the result."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, allow_hosts: frozenset[str], interval_s: float,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:  # fmt: skip
+        self._pool = pool
+        self._allow_hosts = allow_hosts
+        self.interval_s = interval_s
+        self._clock = clock
+        self._limit = asyncio.Semaphore(MAX_PROBES_IN_FLIGHT)
+
+    async def _one(self, row: store.EndpointRow) -> None:
+        async with self._limit:
+            health, detail = await check(row.base_url, row.credential, self._allow_hosts)
+        async with self._pool.acquire() as conn:
+            await store.set_health(conn, row, health, detail, self._clock())
+
+    async def sweep(self) -> None:
+        """Probe every endpoint once."""
+        async with self._pool.acquire() as conn:
+            rows = await store.all_endpoints(conn)
+        await asyncio.gather(*(self._one(row) for row in rows))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database may be down: try again next time
+                log.warning("endpoint health sweep failed: %s", type(exc).__name__)
+
+
+def health_lifespan(
+    allow_hosts: frozenset[str], interval_s: float
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A Litestar lifespan running a `HealthMonitor` on `app.state.pool`."""
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        monitor = HealthMonitor(app.state.pool, allow_hosts, interval_s)
+        task = asyncio.create_task(monitor.run(), name="endpoint-health")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return lifespan

@@ -1,0 +1,55 @@
+"""Inference key routes (`/v1/inference-keys`, buyer only; Ed25519-signed like every /v1 route).
+
+- `POST /v1/inference-keys`: `{}` gives a key for every model the buyer holds; optional
+  `models`, `token_budget`, `expires_ms`. 201 with the secret `tkx_...`, shown this once.
+- `GET /v1/inference-keys`: the buyer's keys (never a secret: only their hashes are kept).
+- `DELETE /v1/inference-keys/{key_id}`: revoke at once; 200 with the key; 404 if not its own.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from litestar import Router, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from market.auth import Principal, requires_role
+from market.gateway import keys
+from schemas.accounts import Role
+from schemas.gateway import CreateInferenceKey, InferenceKeyCreated, InferenceKeyView
+
+
+@post("/", status_code=201, summary="Make an inference key for /openai/v1 (buyer)")
+async def create_key(
+    data: JSONBody[CreateInferenceKey],
+    principal: NamedDependency[Principal],
+    pool: NamedDependency[asyncpg.Pool],
+) -> InferenceKeyCreated:
+    async with pool.acquire() as conn:
+        return await keys.create_key(conn, principal.account_id, data)
+
+
+@get("/", summary="Your inference keys, without secrets (buyer)")
+async def list_keys(
+    principal: NamedDependency[Principal], pool: NamedDependency[asyncpg.Pool]
+) -> list[InferenceKeyView]:
+    async with pool.acquire() as conn:
+        return await keys.keys_of(conn, principal.account_id)
+
+
+@delete("/{key_id:str}", status_code=200, summary="Revoke an inference key (buyer)")
+async def revoke_key(
+    key_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    pool: NamedDependency[asyncpg.Pool],
+) -> InferenceKeyView:
+    async with pool.acquire() as conn:
+        return await keys.revoke(conn, principal.account_id, key_id)
+
+
+keys_router = Router(
+    "/v1/inference-keys",
+    route_handlers=[create_key, list_keys, revoke_key],
+    guards=[requires_role(Role.BUYER)],
+    tags=["gateway"],
+)

@@ -1,0 +1,129 @@
+"""What a call reserves and what it is charged (pure: no I/O, no clock).
+
+Reservation, before the call is forwarded (`plan`):
+
+* the prompt estimate is an upper bound of its tokens: the UTF-8 bytes of the JSON of
+  its `messages` (or `prompt`) and `tools`/`functions`, plus `PROMPT_OVERHEAD` for the
+  chat template (a token is at least one byte of text);
+* the completion cap is the call's `max_tokens` (or `max_completion_tokens`; absent:
+  `DEFAULT_MAX_TOKENS`), lowered to what the entitlement has left after the prompt
+  estimate; the upstream is sent that cap as `max_tokens`, so it cannot produce more;
+* reserved = prompt estimate + completion cap. Nothing left for at least one completion
+  token: 402 `insufficient_entitlement`.
+
+Charge, once the call ends (`charge`), never more than was reserved:
+
+* the upstream reported `usage`: prompt tokens capped at the estimate, completion tokens
+  capped at the completion cap (a usage that claims more is not believed beyond them);
+  by default prompt and completion tokens count alike (OpenAI's `total_tokens`);
+* no usage arrived (the upstream sent none, the stream was cut, or the buyer went away
+  before it came): the completion chunks the gateway passed on, one token each (servers
+  stream a token per chunk), and no prompt tokens: an upstream that will not say what it
+  served is paid only for what the gateway saw. A non-streamed answer without usage is
+  charged nothing;
+* the upstream failed (an error status, a timeout or a cut before any chunk): nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+PROMPT_OVERHEAD = 16
+DEFAULT_MAX_TOKENS = 4096
+_PROMPT_FIELDS = ("messages", "prompt", "tools", "functions")
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    prompt_cap: int
+    completion_cap: int
+
+    @property
+    def reserved(self) -> int:
+        return self.prompt_cap + self.completion_cap
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+NOTHING = Charge(0, 0, 0, 0)
+
+
+def prompt_estimate(body: dict[str, Any]) -> int:
+    parts = [body.get(name) for name in _PROMPT_FIELDS]
+    return len(_encoder.encode(parts)) + PROMPT_OVERHEAD
+
+
+def requested_max_tokens(body: dict[str, Any]) -> int | None:
+    """The call's own cap (`max_tokens`, else `max_completion_tokens`), None if absent."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def plan(body: dict[str, Any], available: int) -> Plan | None:
+    """The reservation of a call, or None if `available` tokens cannot cover its prompt
+    estimate and one completion token."""
+    estimate = prompt_estimate(body)
+    wanted = requested_max_tokens(body)
+    cap = min(DEFAULT_MAX_TOKENS if wanted is None else wanted, available - estimate)
+    if cap < 1:
+        return None
+    return Plan(prompt_cap=estimate, completion_cap=cap)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62:
+        return value
+    return None
+
+
+def parse_usage(value: Any) -> Usage | None:
+    """OpenAI's `usage` object, or None if absent or malformed (counts must be integers)."""
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = _count(value.get("prompt_tokens")), _count(value.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    details = value.get("prompt_tokens_details") or {}
+    done = value.get("completion_tokens_details") or {}
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    reasoning = _count(done.get("reasoning_tokens")) if isinstance(done, dict) else None
+    return Usage(prompt, completion, cached or 0, reasoning or 0)
+
+
+def charge(p: Plan, usage: Usage | None, streamed_chunks: int) -> Charge:
+    """What the call is charged (see the module docstring)."""
+    if usage is None:
+        return Charge(0, min(streamed_chunks, p.completion_cap), 0, 0)
+    prompt = min(usage.prompt_tokens, p.prompt_cap)
+    completion = min(usage.completion_tokens, p.completion_cap)
+    return Charge(
+        prompt,
+        completion,
+        min(usage.cached_tokens, prompt),
+        min(usage.reasoning_tokens, completion),
+    )

@@ -1,0 +1,89 @@
+"""`/openai/v1`: the OpenAI-compatible gateway (bearer inference keys, not Ed25519).
+
+Any OpenAI SDK works unchanged with `base_url=http://HOST:PORT/openai/v1` and an inference
+key (`POST /v1/inference-keys`) as its API key:
+
+- `GET /openai/v1/models`: the models this key may use now;
+- `POST /openai/v1/chat/completions`, `POST /openai/v1/completions`: forwarded to a
+  provider's endpoint (`service.Gateway.call`), streaming or not.
+
+The router is public to the signed-request middleware (`opt=PUBLIC`): a signature neither
+admits nor is needed here; every route's `grant` dependency checks the bearer key
+(401 `invalid_api_key` otherwise). Errors are in OpenAI's shape (`errors`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar import Request, Router, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.response import Response, Stream
+
+from market.auth import PUBLIC
+from market.gateway import keys
+from market.gateway.errors import openai_exception_handlers
+from market.gateway.service import Gateway, now_ms
+from schemas.errors import DomainError, ErrorKind
+
+#: Prompts are larger than orders: the gateway's routes take bodies up to this.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class GatewayNotRunning(DomainError):
+    code = "exchange_unavailable"
+    kind = ErrorKind.UNAVAILABLE
+
+
+def provide_gateway(state: State) -> Gateway:
+    gateway: Gateway | None = state.get("gateway")
+    if gateway is None:
+        raise GatewayNotRunning("the gateway is not running in this process")
+    return gateway
+
+
+async def provide_grant(
+    request: Request[Any, Any, Any], pool: NamedDependency[asyncpg.Pool]
+) -> keys.KeyGrant:
+    secret = keys.bearer_secret(request.headers.get("authorization"))
+    async with pool.acquire() as conn:
+        return await keys.authenticate(conn, secret, now_ms())
+
+
+Grant = NamedDependency[keys.KeyGrant]
+Gw = NamedDependency[Gateway]
+
+
+@get("/models", summary="The models this key may use now")
+async def list_models(grant: Grant, gateway: Gw) -> dict[str, Any]:
+    return {"object": "list", "data": await gateway.models(grant)}
+
+
+@post("/chat/completions", status_code=200, summary="Chat completion, metered")
+async def chat_completions(
+    request: Request[Any, Any, Any], grant: Grant, gateway: Gw
+) -> Response[Any] | Stream:
+    return await gateway.call(grant, "/chat/completions", await request.body())
+
+
+@post("/completions", status_code=200, summary="Text completion, metered")
+async def completions(
+    request: Request[Any, Any, Any], grant: Grant, gateway: Gw
+) -> Response[Any] | Stream:
+    return await gateway.call(grant, "/completions", await request.body())
+
+
+openai_router = Router(
+    "/openai/v1",
+    route_handlers=[list_models, chat_completions, completions],
+    dependencies={
+        "grant": Provide(provide_grant),
+        "gateway": Provide(provide_gateway, sync_to_thread=False),
+    },
+    exception_handlers=openai_exception_handlers(),
+    opt=PUBLIC,
+    request_max_body_size=MAX_BODY_BYTES,
+    tags=["gateway"],
+)

@@ -1,0 +1,94 @@
+"""Which instrument, provider and endpoint serve a call (pure: time is an argument).
+
+The rule, for a buyer calling model M at time t:
+
+1. instruments of M whose delivery window contains t (window start <= t < window end)
+   and that are not settled;
+2. of those, the (instrument, provider) pairs where the buyer has entitlement left
+   (the ledger's balance less what the gateway has reserved or charged but not yet
+   settled) and the provider has a healthy endpoint for M with room (calls in flight
+   below its `max_concurrency`);
+3. the instrument whose window ends first (use the tokens that expire first), then the
+   provider with the most entitlement left, then the smaller provider id; and that
+   provider's endpoint with the fewest calls in flight, then the smaller endpoint id.
+
+No pair with entitlement left: 402 `insufficient_entitlement`. Entitlement left but no
+healthy endpoint: 503 `no_healthy_endpoint`; healthy endpoints but all full: 503
+`endpoints_busy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from schemas.trading import InstrumentView
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    provider: str
+    endpoint_id: str
+    max_concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    instrument: str
+    provider: str
+    endpoint: Endpoint
+    available: int
+
+
+class NoRoute(Enum):
+    NO_ENTITLEMENT = "no_entitlement"
+    NO_ENDPOINT = "no_endpoint"
+    BUSY = "busy"
+
+
+def window_end_ms(i: InstrumentView) -> int:
+    return (i.window_start + i.duration) * 1000
+
+
+def live(instruments: Iterable[InstrumentView], model: str, now_ms: int) -> list[InstrumentView]:
+    """Instruments of `model` whose window contains `now_ms`, not settled, by window end."""
+    found = [
+        i for i in instruments
+        if i.model == model and i.state != "settled"
+        and i.window_start * 1000 <= now_ms < window_end_ms(i)
+    ]  # fmt: skip
+    return sorted(found, key=lambda i: (window_end_ms(i), i.symbol))
+
+
+def choose(
+    instruments: Sequence[InstrumentView],
+    providers_of: Callable[[str], Mapping[str, int]],
+    endpoints: Sequence[Endpoint],
+    in_flight: Mapping[tuple[str, str], int],
+) -> Route | NoRoute:
+    """Apply the rule to live `instruments` (from `live`). `providers_of(symbol)` is the
+    entitlement left per provider; `in_flight` counts calls per (provider, endpoint id)."""
+    by_provider: dict[str, list[Endpoint]] = {}
+    for e in endpoints:
+        by_provider.setdefault(e.provider, []).append(e)
+    outcome = NoRoute.NO_ENTITLEMENT
+    for instrument in instruments:
+        left = sorted(
+            ((p, n) for p, n in providers_of(instrument.symbol).items() if n > 0),
+            key=lambda pn: (-pn[1], pn[0]),
+        )
+        for provider, available in left:
+            mine = by_provider.get(provider, [])
+            room = [
+                e for e in mine if in_flight.get((provider, e.endpoint_id), 0) < e.max_concurrency
+            ]
+            if room:
+                best = min(room, key=lambda e: (in_flight.get((provider, e.endpoint_id), 0),
+                                                e.endpoint_id))  # fmt: skip
+                return Route(instrument.symbol, provider, best, available)
+            if mine:
+                outcome = NoRoute.BUSY
+            elif outcome is NoRoute.NO_ENTITLEMENT:
+                outcome = NoRoute.NO_ENDPOINT
+    return outcome

@@ -1,0 +1,117 @@
+"""The gateway's wire forms: providers' inference endpoints and buyers' inference keys.
+
+An endpoint is a provider's OpenAI-compatible server (vLLM, llama.cpp server, Ollama,
+SGLang, TGI) for one model; its upstream credential goes in, never out (no view has it).
+An inference key is a buyer's bearer secret `tkx_...` for `/openai/v1`, shown once.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import msgspec
+
+EndpointId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+BaseUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+Credential = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Concurrency = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+Tokens = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
+TimeMs = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class RegisterEndpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/endpoints` (provider)."""
+
+    endpoint_id: EndpointId
+    model: ModelName
+    base_url: BaseUrl
+    #: Sent upstream as `Authorization: Bearer ...`; stored, never returned nor logged.
+    credential: Credential | None = None
+    max_concurrency: Concurrency = 16
+
+
+class EndpointView(msgspec.Struct, frozen=True, kw_only=True):
+    endpoint_id: str
+    model: str
+    base_url: str
+    has_credential: bool
+    max_concurrency: int
+    health: Health
+    health_detail: str
+    checked_ms: int
+
+
+class CreateInferenceKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/inference-keys` (buyer). `{}`: every model the buyer holds, no budget,
+    no expiry."""
+
+    models: Annotated[list[ModelName], msgspec.Meta(min_length=1, max_length=100)] | None = None
+    #: The most tokens the key may have metered in all (on top of the entitlement's limit).
+    token_budget: Tokens | None = None
+    #: Unix time (ms) after which the key is refused.
+    expires_ms: TimeMs | None = None
+
+
+class InferenceKeyView(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    models: list[str] | None
+    token_budget: int | None
+    expires_ms: int | None
+    created_at: str  # RFC 3339, UTC
+    revoked: bool
+
+
+class InferenceKeyCreated(msgspec.Struct, frozen=True, kw_only=True):
+    """The one answer that carries the secret: store it, the exchange keeps only its hash."""
+
+    key_id: str
+    secret: str
+    models: list[str] | None
+    token_budget: int | None
+    expires_ms: int | None
+
+
+class GatewayReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """One metered call through the gateway (a row of `gateway_receipts`, append-only).
+
+    `tokens` is what the call was charged (see market/gateway/metering.py for the rule);
+    the token counts are what the upstream reported. `request_sha256` is the hash of the
+    bytes the gateway sent upstream, `response_sha256` of the bytes it sent the buyer.
+    """
+
+    receipt_id: str
+    key_id: str
+    buyer: str
+    provider: str
+    instrument: str
+    endpoint_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    tokens: int
+    started_ms: int
+    ended_ms: int
+    request_sha256: bytes
+    response_sha256: bytes
+
+
+class GatewayDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """What one (buyer, provider, instrument) group of a charge became: a delivery
+    transaction (None when nothing was charged or the charge was refused)."""
+
+    buyer: str
+    provider: str
+    instrument: str
+    report_id: str
+    tokens: int
+    transaction_id: str | None
+    refused: str | None = None  # the error code, when the group could not be charged

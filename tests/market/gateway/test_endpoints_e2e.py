@@ -1,0 +1,163 @@
+"""Providers' endpoints on `tokex serve`: register, list, delete, health, SSRF refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from market.client import TokexApiError, TokexClient
+from schemas.accounts import Role
+from tests.support.server import ServerProcess, operator_client
+from tests.support.upstream import Mode, Upstream
+
+ALLOW = {"TOKEX_ENDPOINT_ALLOW_HOSTS": "127.0.0.1,localhost"}
+SECRET = "sk-upstream-very-secret-credential"
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    with Upstream(models=["llama-3.1-70b"]) as up:
+        yield up
+
+
+def serve(db_url: str, tmp_path: Path, env: dict[str, str]) -> ServerProcess:
+    return ServerProcess(database_url=db_url, data_dir=tmp_path, env=env).start()
+
+
+@pytest.fixture
+async def provider(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[TokexClient, ServerProcess]]:
+    env = {**ALLOW, "TOKEX_ENDPOINT_HEALTH_INTERVAL_S": "0.2"}
+    proc = await asyncio.to_thread(serve, db_url, tmp_path, env)
+    operator = await operator_client(db_url, proc.base_url)
+    created = await operator.create_account(Role.PROVIDER, "provider")
+    try:
+        yield operator.as_account(created), proc
+    finally:
+        await operator.aclose()
+        await asyncio.to_thread(proc.stop)
+
+
+def body(base_url: str, endpoint_id: str = "e1", **extra: Any) -> dict[str, Any]:
+    return {"endpoint_id": endpoint_id, "model": "llama-3.1-70b", "base_url": base_url, **extra}
+
+
+async def refused(client: TokexClient, payload: dict[str, Any]) -> tuple[int, str]:
+    with pytest.raises(TokexApiError) as info:
+        await client.request("POST", "/v1/endpoints", json=payload)
+    return info.value.status, info.value.code
+
+
+async def test_register_list_delete(
+    provider: tuple[TokexClient, ServerProcess], upstream: Upstream
+) -> None:
+    client, proc = provider
+    made = await client.request(
+        "POST", "/v1/endpoints", json=body(upstream.base_url, credential=SECRET, max_concurrency=4)
+    )
+    assert made["health"] == "healthy" and made["has_credential"] is True
+    assert made["max_concurrency"] == 4 and "credential" not in made
+    probe = upstream.requests[-1]
+    assert (probe.path, probe.headers["authorization"]) == ("/v1/models", f"Bearer {SECRET}")
+
+    listed = await client.request("GET", "/v1/endpoints")
+    assert [e["endpoint_id"] for e in listed] == ["e1"]
+    assert SECRET not in str(listed) and SECRET not in proc.log()
+    assert await refused(client, body(upstream.base_url)) == (409, "endpoint_exists")
+
+    await client.request("DELETE", "/v1/endpoints/e1")
+    assert await client.request("GET", "/v1/endpoints") == []
+    with pytest.raises(TokexApiError) as gone:
+        await client.request("DELETE", "/v1/endpoints/e1")
+    assert (gone.value.status, gone.value.code) == (404, "endpoint_not_found")
+
+
+async def test_only_providers_and_only_their_own(
+    db_url: str, provider: tuple[TokexClient, ServerProcess], upstream: Upstream
+) -> None:
+    client, proc = provider
+    await client.request("POST", "/v1/endpoints", json=body(upstream.base_url))
+    operator = await operator_client(db_url, proc.base_url)
+    try:
+        other = operator.as_account(await operator.create_account(Role.PROVIDER, "other"))
+        buyer = operator.as_account(await operator.create_account(Role.BUYER, "buyer"))
+        assert await other.request("GET", "/v1/endpoints") == []
+        with pytest.raises(TokexApiError) as not_theirs:
+            await other.request("DELETE", "/v1/endpoints/e1")
+        assert not_theirs.value.status == 404
+        await other.request("POST", "/v1/endpoints", json=body(upstream.base_url))  # own ids
+        assert await refused(buyer, body(upstream.base_url, "b1")) == (403, "forbidden_role")
+    finally:
+        await operator.aclose()
+
+
+async def test_ssrf_refusals_with_clear_codes(provider: tuple[TokexClient, ServerProcess]) -> None:
+    client, _ = provider
+    for url, code in [
+        ("http://169.254.169.254/latest", "endpoint_address_refused"),
+        ("http://10.0.0.1:8000/v1", "endpoint_address_refused"),
+        ("http://[::1]:8000/v1", "endpoint_address_refused"),  # loopback, not in the allow list
+        ("file:///etc/passwd", "endpoint_scheme"),
+        ("http://no-such-host.invalid/v1", "endpoint_unresolvable"),
+    ]:
+        assert await refused(client, body(url)) == (400, code), url
+    assert await client.request("GET", "/v1/endpoints") == []
+
+
+async def test_loopback_names_refused_unless_allowed(
+    db_url: str, tmp_path: Path, upstream: Upstream
+) -> None:
+    proc = await asyncio.to_thread(serve, db_url, tmp_path, {})  # no allow list
+    operator = await operator_client(db_url, proc.base_url)
+    try:
+        client = operator.as_account(await operator.create_account(Role.PROVIDER, "p"))
+        url = upstream.base_url.replace("127.0.0.1", "localhost")
+        assert await refused(client, body(url)) == (400, "endpoint_address_refused")
+        assert await refused(client, body(upstream.base_url)) == (400, "endpoint_address_refused")
+        assert upstream.requests == []  # refused before any connection
+    finally:
+        await operator.aclose()
+        await asyncio.to_thread(proc.stop)
+
+
+async def test_unhealthy_at_registration_is_refused(
+    provider: tuple[TokexClient, ServerProcess], upstream: Upstream
+) -> None:
+    client, _ = provider
+    upstream.mode = Mode.ERROR_500
+    assert await refused(client, body(upstream.base_url)) == (422, "endpoint_unhealthy")
+    dead = upstream.base_url.replace(str(upstream.port), str(upstream.port + 1))
+    assert await refused(client, body(dead)) == (422, "endpoint_unhealthy")
+
+
+async def test_periodic_probes_mark_unhealthy_and_healthy_again(
+    db_url: str, provider: tuple[TokexClient, ServerProcess], upstream: Upstream
+) -> None:
+    client, _ = provider
+    await client.request("POST", "/v1/endpoints", json=body(upstream.base_url))
+
+    async def health_becomes(value: str) -> dict[str, Any]:
+        for _ in range(100):
+            (endpoint,) = await client.request("GET", "/v1/endpoints")
+            if endpoint["health"] == value:
+                return dict(endpoint)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"health never became {value}")
+
+    upstream.mode = Mode.ERROR_500
+    sick = await health_becomes("unhealthy")
+    assert "500" in sick["health_detail"]
+    upstream.mode = Mode.OK
+    assert (await health_becomes("healthy"))["health_detail"] == ""
+    conn = await asyncpg.connect(db_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM gateway_endpoints WHERE health = 'healthy'"
+        )
+    finally:
+        await conn.close()
+    assert stored == 1

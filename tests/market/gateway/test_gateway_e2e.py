@@ -1,0 +1,268 @@
+"""The gateway with the official `openai` SDK against `tokex serve` and the stand-in
+upstream: entitlement falls by exactly the metered tokens, the provider is paid pro rata
+less its fee, failures are OpenAI-style errors with nothing charged (or the cut-stream
+rule), concurrent calls never overdraw."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import openai
+import pytest
+
+from market.clearing.rules import delivery_split
+from tests.market.gateway.gateway_support import FEE_BPS, MODEL, Market, open_market
+from tests.support.upstream import Mode, Upstream
+
+CHAT = [{"role": "user", "content": "one two three"}]  # 3 prompt tokens upstream
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    with Upstream(models=[MODEL]) as up:
+        yield up
+
+
+@pytest.fixture
+async def market(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
+    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000):
+        yield m
+
+
+def sdk(m: Market, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=m.openai_url, api_key=key, max_retries=0, timeout=20)
+
+
+async def receipts(db_url: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch("SELECT * FROM gateway_receipts ORDER BY started_ms, receipt_id")
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
+async def test_chat_is_metered_exactly_and_pays_the_provider(market: Market, db_url: str) -> None:
+    m = market
+    client = sdk(m, await m.key())
+    models = await client.models.list()
+    assert [x.id for x in models.data] == [MODEL]
+    before, cash_before = await m.entitlement(), await m.provider_cash()
+
+    answer = await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+    assert answer.choices[0].message.content == "w0 w1 w2 w3 w4"
+    assert answer.usage is not None and answer.usage.total_tokens == 8
+    sent = m.upstream.requests[-1]
+    assert sent.headers["authorization"] == "Bearer sk-up" and sent.body["max_tokens"] == 5
+
+    await m.settled()
+    after = await m.entitlement()
+    assert before.entitlement - after.entitlement == 8
+    split = delivery_split(8, before.entitlement, before.escrow, FEE_BPS)
+    assert await m.provider_cash() - cash_before == split.paid
+    assert (after.delivered, after.released) == (8, split.released)
+    (r,) = await receipts(db_url)
+    assert (r["buyer"], r["provider"], r["instrument"], r["endpoint_id"], r["model"]) == (
+        m.buyer_id, m.provider_id, m.symbol, "e1", MODEL)  # fmt: skip
+    assert (r["prompt_tokens"], r["completion_tokens"], r["tokens"]) == (3, 5, 8)
+    assert r["transaction_id"] is not None and len(r["response_sha256"]) == 32
+
+
+async def test_streaming_and_completions(market: Market, db_url: str) -> None:
+    m = market
+    client = sdk(m, await m.key())
+    before = (await m.entitlement()).entitlement
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=4, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "w0 w1 w2 w3"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 7
+
+    plain = await client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=2, stream=True
+    )
+    assert all(c.usage is None for c in [c async for c in plain])  # not asked: not passed on
+    asked = m.upstream.requests[-1].body
+    assert asked["stream_options"] == {"include_usage": True}  # but the gateway asked
+
+    done = await client.completions.create(model=MODEL, prompt="a b", max_tokens=3)
+    assert done.choices[0].text == "w0 w1 w2" and done.usage is not None
+    streamed = await client.completions.create(model=MODEL, prompt="a", max_tokens=2, stream=True)
+    assert "".join([c.choices[0].text async for c in streamed if c.choices]) == "w0 w1"
+
+    await m.settled()
+    charged = 7 + (3 + 2) + (2 + 3) + (1 + 2)
+    assert before - (await m.entitlement()).entitlement == charged
+    assert sum(r["tokens"] for r in await receipts(db_url)) == charged
+
+
+async def test_upstream_failures(market: Market, db_url: str) -> None:
+    m = market
+    client = sdk(m, await m.key())
+    before = (await m.entitlement()).entitlement
+
+    m.upstream.mode = Mode.ERROR_500
+    with pytest.raises(openai.APIStatusError) as failed:
+        await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+    assert failed.value.status_code == 502 and failed.value.code == "upstream_error"
+
+    m.upstream.mode, m.upstream.hang_s = Mode.TIMEOUT, 4.0
+    with pytest.raises(openai.APIStatusError) as slow:
+        await client.completions.create(model=MODEL, prompt="a", max_tokens=5)
+    assert slow.value.status_code == 502 and slow.value.code == "upstream_timeout"
+
+    m.upstream.mode = Mode.CUT_STREAM  # 3 of 6 words, then the connection drops
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=6, stream=True
+    )
+    got: list[str] = []
+    with pytest.raises(openai.APIError, match="broke off"):
+        async for chunk in stream:
+            got.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(got) == "w0 w1 w2"
+
+    m.upstream.mode = Mode.NO_USAGE
+    await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+    quiet = await client.completions.create(model=MODEL, prompt="a", max_tokens=4, stream=True)
+    assert len([c async for c in quiet]) == 4
+
+    m.upstream.mode = Mode.LYING_USAGE  # claims 10 x 5 completion tokens
+    lie = await client.completions.create(model=MODEL, prompt="a b", max_tokens=5)
+    assert lie.usage is not None and lie.usage.completion_tokens == 50
+
+    await m.settled()
+    # 500, timeout: nothing. Cut: 3 streamed chunks. No usage: nothing (not streamed),
+    # 4 chunks (streamed). Lying: 2 + at most the 5 forwarded as max_tokens.
+    charged = 3 + 0 + 4 + (2 + 5)
+    assert before - (await m.entitlement()).entitlement == charged
+    rows = await receipts(db_url)
+    assert [r["tokens"] for r in rows] == [3, 0, 4, 7]  # one receipt per served call
+    assert len({r["receipt_id"] for r in rows}) == 4
+
+
+async def test_bearer_keys(market: Market) -> None:
+    m = market
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(m, "tkx_" + "0" * 64).models.list()
+    async with httpx.AsyncClient() as http:  # a valid Ed25519 signature is no bearer key
+        response = await http.send(m.buyer.build_request("GET", m.openai_url + "/models"))
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+    key = await m.key()
+    async with httpx.AsyncClient() as http:  # and a bearer key admits nothing outside it
+        other = await http.get(
+            m.proc.base_url + "/v1/balances", headers={"Authorization": f"Bearer {key}"}
+        )
+    assert (other.status_code, other.json()["code"]) == (401, "missing_signature")
+    listed = await m.buyer.request("GET", "/v1/inference-keys")
+    assert key not in str(listed) and listed[0]["revoked"] is False
+    await m.buyer.request("DELETE", f"/v1/inference-keys/{listed[0]['key_id']}")
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(m, key).models.list()
+
+    other = sdk(m, await m.key(models=["another-model"]))
+    assert (await other.models.list()).data == []
+    with pytest.raises(openai.NotFoundError):
+        await other.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
+
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        await sdk(m, await m.key(expires_ms=1)).models.list()
+
+    small = sdk(m, await m.key(token_budget=80))  # one call reserves 3 words' bytes + 16 + 5
+    await small.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+    with pytest.raises(openai.APIStatusError) as spent:
+        for _ in range(20):
+            await small.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+    assert spent.value.status_code == 402 and spent.value.code == "insufficient_entitlement"
+
+
+@pytest.fixture
+async def small(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
+    async for m in open_market(db_url, tmp_path, upstream, tokens=1_000):
+        yield m
+
+
+async def test_concurrent_calls_never_overdraw(small: Market, db_url: str) -> None:
+    m = small
+    client = sdk(m, await m.key())
+
+    async def one() -> int:
+        try:
+            answer = await client.completions.create(model=MODEL, prompt="x", max_tokens=10)
+        except openai.APIStatusError as exc:
+            assert (exc.status_code, exc.code) == (402, "insufficient_entitlement")
+            return 0
+        assert answer.usage is not None
+        return answer.usage.total_tokens
+
+    served = await asyncio.gather(*(one() for _ in range(200)))  # 200 x 11 > 1,000
+    ok = [n for n in served if n]
+    # Near the end a call gets max_tokens lowered to what is left: fewer tokens, not more.
+    assert all(1 <= n <= 11 for n in ok) and 0 < len(ok) < 200
+    await m.settled()
+    left = (await m.entitlement()).entitlement
+    assert left >= 0 and 1_000 - left == sum(ok)
+    assert sum(r["tokens"] for r in await receipts(db_url)) == 1_000 - left
+
+
+async def test_unhealthy_endpoints_get_no_traffic(market: Market, db_url: str) -> None:
+    m = market
+    client = sdk(m, await m.key())
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("UPDATE gateway_endpoints SET health = 'unhealthy'")  # as a probe would
+        calls = len(m.upstream.requests)
+        with pytest.raises(openai.APIStatusError) as down:
+            await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
+        assert (down.value.status_code, down.value.code) == (503, "no_healthy_endpoint")
+        assert len(m.upstream.requests) == calls
+        await conn.execute("UPDATE gateway_endpoints SET health = 'healthy'")
+        await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
+    finally:
+        await conn.close()
+
+
+async def test_a_buyer_who_hangs_up_mid_stream_is_charged_what_was_streamed(
+    market: Market, db_url: str
+) -> None:
+    m = market
+    key = await m.key()
+    m.upstream.max_completion = 64
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 64, "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(timeout=10) as http,
+        http.stream("POST", m.openai_url + "/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        async for _ in r.aiter_bytes():
+            break  # hang up after the first bytes
+    await m.settled()
+    for _ in range(50):
+        rows = await receipts(db_url)
+        if rows and rows[0]["transaction_id"] is not None:
+            break
+        await asyncio.sleep(0.2)
+    (r,) = rows
+    # the upstream's usage (3 + 64) if it arrived before the gateway stopped reading, else
+    # the chunks passed on; never more than the reservation
+    assert 1 <= r["tokens"] <= 3 + 64
+
+
+async def test_prompts_larger_than_the_exchanges_64_kib_limit(market: Market) -> None:
+    client = sdk(market, await market.key())
+    prompt = "word " * 14_000  # 70 KB: the gateway takes bodies up to 4 MiB
+    done = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
+    assert done.usage is not None and done.usage.prompt_tokens == 14_000
+    with pytest.raises(openai.APIStatusError) as big:  # 120 KB: more than is left
+        await client.completions.create(model=MODEL, prompt=prompt * 2, max_tokens=2)
+    assert (big.value.status_code, big.value.code) == (402, "insufficient_entitlement")

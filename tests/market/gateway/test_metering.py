@@ -1,0 +1,97 @@
+"""The gateway's pure rules: reservation and charge, routing, SSE reading, reservations."""
+
+from __future__ import annotations
+
+from market.gateway import metering, routing
+from market.gateway.meter import Reservations
+from market.gateway.sse import EventReader
+from schemas.trading import InstrumentView
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 10}
+
+
+def test_plan_caps_the_completion_by_what_is_left() -> None:
+    estimate = metering.prompt_estimate(BODY)
+    assert estimate >= len("hello there") + metering.PROMPT_OVERHEAD
+    full = metering.plan(BODY, 1_000)
+    assert full == metering.Plan(estimate, 10) and full.reserved == estimate + 10
+    assert metering.plan(BODY, estimate + 4) == metering.Plan(estimate, 4)
+    assert metering.plan(BODY, estimate) is None  # not even one completion token
+    no_cap = {k: v for k, v in BODY.items() if k != "max_tokens"}
+    assert metering.plan(no_cap, 10**9) == metering.Plan(estimate, metering.DEFAULT_MAX_TOKENS)
+
+
+def test_charge_never_exceeds_the_reservation() -> None:
+    p = metering.Plan(prompt_cap=20, completion_cap=10)
+    honest = metering.Usage(prompt_tokens=5, completion_tokens=7, cached_tokens=2)
+    assert metering.charge(p, honest, 99) == metering.Charge(5, 7, 2, 0)
+    lying = metering.Usage(prompt_tokens=500, completion_tokens=700, cached_tokens=900)
+    assert metering.charge(p, lying, 0) == metering.Charge(20, 10, 20, 0)
+    assert metering.charge(p, None, 4).tokens == 4  # no usage: the streamed chunks
+    assert metering.charge(p, None, 40).tokens == 10
+
+
+def test_usage_must_be_integers() -> None:
+    assert metering.parse_usage({"prompt_tokens": 1, "completion_tokens": 2}) == metering.Usage(
+        1, 2
+    )
+    for bad in ({"prompt_tokens": "1", "completion_tokens": 2},
+                {"prompt_tokens": 1.0, "completion_tokens": 2},
+                {"prompt_tokens": True, "completion_tokens": 2},
+                {"prompt_tokens": -1, "completion_tokens": 2}, None, []):  # fmt: skip
+        assert metering.parse_usage(bad) is None
+
+
+def instrument(symbol: str, start_s: int, duration_s: int, state: str = "open") -> InstrumentView:
+    return InstrumentView(
+        symbol=symbol, model="m", window_start=start_s, duration=duration_s, lot_size=1,
+        tick_size=1, price_min=1, price_max=10, maker_fee_bps=0, taker_fee_bps=0,
+        provider_fee_bps=0, currency="USD", state=state,
+    )  # fmt: skip
+
+
+def test_routing_rule() -> None:
+    now_ms = 10_000_000
+    early = instrument("m/early", 9_000, 3_600)  # ends first
+    late = instrument("m/late", 9_000, 7_200)
+    future = instrument("m/future", 20_000, 3_600)
+    settled = instrument("m/settled", 9_000, 3_600, state="settled")
+    live = routing.live([late, future, settled, early], "m", now_ms)
+    assert [i.symbol for i in live] == ["m/early", "m/late"]
+
+    held = {"m/early": {"p1": 5, "p2": 50}, "m/late": {"p1": 1_000}}
+    eps = [routing.Endpoint("p1", "a", 2), routing.Endpoint("p2", "b", 1),
+           routing.Endpoint("p2", "c", 1)]  # fmt: skip
+    route = routing.choose(live, lambda s: held.get(s, {}), eps, {})
+    assert route == routing.Route("m/early", "p2", eps[1], 50)  # most left on the first to end
+    busy = routing.choose(live, lambda s: held.get(s, {}), eps, {("p2", "b"): 1})
+    assert isinstance(busy, routing.Route) and busy.endpoint.endpoint_id == "c"
+    full = {("p2", "b"): 1, ("p2", "c"): 1}
+    assert routing.choose(live, lambda s: held.get(s, {}), eps, full).provider == "p1"  # type: ignore[union-attr]
+    assert routing.choose(live, lambda s: {}, eps, {}) is routing.NoRoute.NO_ENTITLEMENT
+    assert routing.choose(live, lambda s: held.get(s, {}), [], {}) is routing.NoRoute.NO_ENDPOINT
+    all_full = {("p1", "a"): 2, **full}
+    assert routing.choose(live, lambda s: held.get(s, {}), eps, all_full) is routing.NoRoute.BUSY
+
+
+def test_sse_events_split_across_reads() -> None:
+    reader = EventReader()
+    first = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: {"choi'
+    assert [e.has_content for e in reader.feed(first)] == [True]
+    rest = (
+        b'ces": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}\r\n\r\ndata: [DONE]\n\n'
+    )
+    usage, done = reader.feed(rest)
+    assert usage.usage_only and usage.usage == metering.Usage(1, 1) and not usage.has_content
+    assert done.done and done.raw == b"data: [DONE]\n\n"
+
+
+def test_reservations() -> None:
+    r = Reservations()
+    g = ("b", "p", "i")
+    r.reserve(g, "k", 30)
+    assert r.left(g, 100) == 70 and r.key_left("k", 50) == 20 and r.key_left("k", None) is None
+    r.finish(g, "k", 30, 12)  # 18 released, 12 charged but not yet in the ledger
+    assert r.left(g, 100) == 88 and r.key_left("k", 50) == 38
+    r.settled(g, 12)  # the ledger's balance now says 88
+    assert r.left(g, 88) == 88 and r.outstanding == {}

@@ -1,0 +1,100 @@
+"""The gateway's charge op through the sequencer on a real PostgreSQL: one delivery per
+(buyer, provider, instrument) with the delivery posting rules, receipts written with it,
+idempotent on resubmission, refusals that keep the receipts, append-only receipts."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from market.clearing import rules as settlement
+from market.sequencer import CloseInstrumentOp, Sequencer
+from market.sequencer.ops import GatewayChargeOp
+from schemas.gateway import GatewayReceipt
+from tests.market.test_delivery import SYM, TERMS, Clock, open_market, trade
+
+
+@pytest.fixture
+async def seq(db_url: str) -> AsyncIterator[Sequencer]:
+    s = await open_market(db_url, Clock())
+    await trade(s, "b1", "p1", 10_000, 3_000, "1")
+    await trade(s, "b2", "p1", 5_000, 3_000, "2")
+    yield s
+    await s.close()
+
+
+def receipt(buyer: str, tokens: int, provider: str = "p1") -> GatewayReceipt:
+    return GatewayReceipt(
+        receipt_id="rcp_" + secrets.token_hex(12), key_id="ik_0000000000000000", buyer=buyer,
+        provider=provider, instrument=SYM, endpoint_id="e1", model="llama-3.1-70b",
+        prompt_tokens=tokens // 2, completion_tokens=tokens - tokens // 2, cached_tokens=0,
+        reasoning_tokens=0, tokens=tokens, started_ms=1, ended_ms=2,
+        request_sha256=hashlib.sha256(b"q").digest(), response_sha256=hashlib.sha256(b"a").digest(),
+    )  # fmt: skip
+
+
+def held(s: Sequencer, buyer: str) -> tuple[int, int]:
+    e = s.ledger.balance(settlement.entitlement(buyer, "p1", SYM)).total
+    return e, s.ledger.balance(settlement.escrow(buyer, "p1", TERMS)).total
+
+
+async def test_charges_become_deliveries_with_their_receipts(
+    seq: Sequencer, db_conn: asyncpg.Connection
+) -> None:
+    (e1, x1), (e2, x2) = held(seq, "b1"), held(seq, "b2")
+    cash = seq.ledger.balance(settlement.cash("p1", "USD")).total
+    op = GatewayChargeOp((receipt("b1", 30), receipt("b2", 7), receipt("b1", 12)))
+    done = await seq.submit(op)
+    assert [(d.buyer, d.tokens, d.refused) for d in done] == [("b1", 42, None), ("b2", 7, None)]
+    s1 = settlement.delivery_split(42, e1, x1, TERMS.provider_fee_bps)
+    s2 = settlement.delivery_split(7, e2, x2, TERMS.provider_fee_bps)
+    assert held(seq, "b1") == (e1 - 42, x1 - s1.released)
+    assert held(seq, "b2") == (e2 - 7, x2 - s2.released)
+    assert seq.ledger.balance(settlement.cash("p1", "USD")).total == cash + s1.paid + s2.paid
+
+    rows = await db_conn.fetch("SELECT receipt_id, transaction_id FROM gateway_receipts")
+    by_id = {r["receipt_id"]: r["transaction_id"] for r in rows}
+    assert by_id == {
+        op.receipts[0].receipt_id: done[0].transaction_id,
+        op.receipts[1].receipt_id: done[1].transaction_id,
+        op.receipts[2].receipt_id: done[0].transaction_id,
+    }
+    reports = await db_conn.fetch("SELECT report_id, tokens FROM market_deliveries ORDER BY 2")
+    first, second = (r.receipt_id for r in op.receipts[:2])
+    assert [(r["report_id"], r["tokens"]) for r in reports] == [
+        ("gw:" + second, 7),
+        ("gw:" + first, 42),
+    ]
+
+    assert await seq.submit(op) == []  # resubmitted (after a failed commit): nothing again
+    assert held(seq, "b1") == (e1 - 42, x1 - s1.released)
+    assert await db_conn.fetchval("SELECT count(*) FROM gateway_receipts") == 3
+
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await db_conn.execute("UPDATE gateway_receipts SET tokens = 0")
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await db_conn.execute("DELETE FROM gateway_receipts")
+
+
+async def test_nothing_to_charge_and_refusals_keep_the_receipts(
+    seq: Sequencer, db_conn: asyncpg.Connection
+) -> None:
+    before = held(seq, "b1")
+    zero = GatewayChargeOp((receipt("b1", 0),))
+    (free,) = await seq.submit(zero)
+    assert (free.tokens, free.transaction_id, free.refused) == (0, None, None)
+    await seq.submit(zero)  # resubmitted: its receipt is not written twice (nor refused)
+    (over,) = await seq.submit(GatewayChargeOp((receipt("b1", 10**9),)))
+    assert over.refused == "entitlement_exceeded" and over.transaction_id is None
+    (stranger,) = await seq.submit(GatewayChargeOp((receipt("b1", 5, provider="p2"),)))
+    assert stranger.refused == "entitlement_exceeded"  # b1 holds nothing of p2
+    assert held(seq, "b1") == before
+    await seq.submit(CloseInstrumentOp(SYM))
+    (late,) = await seq.submit(GatewayChargeOp((receipt("b1", 5),)))
+    assert late.refused == "instrument_settled"
+    rows = await db_conn.fetch("SELECT transaction_id FROM gateway_receipts")
+    assert len(rows) == 4 and all(r["transaction_id"] is None for r in rows)

@@ -1,0 +1,216 @@
+"""A stand-in for a provider's OpenAI-compatible server (vLLM, llama.cpp server, Ollama...).
+
+In production an endpoint points at the provider's own inference server; tests (and the
+demo) point it at this one, which answers deterministically and can be told to fail:
+
+    with Upstream(models=["llama-3.1-70b"]) as up:   # a thread serving 127.0.0.1:<port>
+        up.base_url                                   # "http://127.0.0.1:<port>/v1"
+        up.mode = Mode.ERROR_500                      # how the next requests are answered
+        up.requests                                   # what it received
+
+Routes (under /v1): `GET /models`, `POST /chat/completions`, `POST /completions`, each
+non-streaming or streaming (SSE, `data: {...}` lines, then `data: [DONE]`; the usage
+chunk, with empty `choices`, only when `stream_options.include_usage` is true, as OpenAI
+and vLLM do).
+
+Deterministic output: the prompt's tokens are its whitespace-separated words (of every
+message's content, or of `prompt`); the completion is the words `w0 w1 ... w{n-1}`, n =
+`max_tokens` (default 16) capped at `max_completion` (a class setting), one word per
+stream chunk; `usage` reports exactly those counts (`cached_tokens` 0).
+
+Failure modes (`Mode`): ERROR_500 (500 with an OpenAI error body, also for /models),
+TIMEOUT (answers nothing for `hang_s` seconds), CUT_STREAM (streams half of the words,
+then drops the connection with no usage and no [DONE]; non-streaming: drops the
+connection before any answer), NO_USAGE (no usage chunk, no `usage` field), LYING_USAGE
+(usage claims `lie_factor` times the completion tokens actually sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from litestar import Litestar, Request, get, post
+from litestar.response import Response, Stream
+
+from tests.support.server import free_port
+
+
+class Mode(Enum):
+    OK = "ok"
+    ERROR_500 = "error_500"
+    TIMEOUT = "timeout"
+    CUT_STREAM = "cut_stream"
+    NO_USAGE = "no_usage"
+    LYING_USAGE = "lying_usage"
+
+
+class _Cut(Exception):
+    """Raised mid-answer: uvicorn drops the connection."""
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def prompt_words(body: dict[str, Any]) -> int:
+    if "messages" in body:
+        text = " ".join(str(m.get("content") or "") for m in body["messages"])
+    else:
+        prompt = body.get("prompt", "")
+        text = " ".join(prompt) if isinstance(prompt, list) else str(prompt)
+    return len(text.split())
+
+
+class Upstream:
+    max_completion = 64
+    hang_s = 30.0
+    lie_factor = 10
+
+    def __init__(self, models: list[str] | None = None, host: str = "127.0.0.1") -> None:
+        self.models = models or ["llama-3.1-70b"]
+        self.host = host
+        self.port = free_port(host)
+        self.mode = Mode.OK
+        self.requests: list[Received] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- answers -------------------------------------------------------------------
+
+    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        claimed = completion * self.lie_factor if self.mode is Mode.LYING_USAGE else completion
+        return {
+            "prompt_tokens": prompt, "completion_tokens": claimed,
+            "total_tokens": prompt + claimed,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }  # fmt: skip
+
+    def _error(self) -> Response[Any]:
+        body = {"error": {"message": "upstream failed", "type": "server_error", "code": None}}
+        return Response(body, status_code=500)
+
+    def _choice(self, chat: bool, text: str, *, delta: bool, finish: str | None) -> dict[str, Any]:
+        if not chat:
+            return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        key = "delta" if delta else "message"
+        return {"index": 0, key: {"role": "assistant", "content": text}, "finish_reason": finish}
+
+    async def answer(self, request: Request[Any, Any, Any], chat: bool) -> Response[Any]:
+        body = await request.json()
+        self.requests.append(
+            Received(request.method, request.url.path, dict(request.headers), body)
+        )
+        if self.mode is Mode.ERROR_500:
+            return self._error()
+        if self.mode is Mode.TIMEOUT:
+            await asyncio.sleep(self.hang_s)
+        n = min(int(body.get("max_tokens") or 16), self.max_completion)
+        words = [f"w{i}" for i in range(n)]
+        prompt = prompt_words(body)
+        kind = "chat.completion" if chat else "text_completion"
+        head = {"id": f"cmpl-{len(self.requests)}", "created": int(time.time()),
+                "model": body.get("model")}  # fmt: skip
+        if body.get("stream"):
+            include = bool((body.get("stream_options") or {}).get("include_usage"))
+            return Stream(self._chunks(head, chat, words, prompt, include),
+                          media_type="text/event-stream")  # fmt: skip
+        if self.mode is Mode.CUT_STREAM:
+            raise _Cut
+        out: dict[str, Any] = {
+            **head, "object": kind,
+            "choices": [self._choice(chat, " ".join(words), delta=False, finish="length")],
+        }  # fmt: skip
+        if self.mode is not Mode.NO_USAGE:
+            out["usage"] = self._usage(prompt, n)
+        return Response(out)
+
+    async def _chunks(
+        self, head: dict[str, Any], chat: bool, words: list[str], prompt: int, include: bool
+    ) -> AsyncIterator[bytes]:
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        cut = len(words) // 2 if self.mode is Mode.CUT_STREAM else None
+        for i, word in enumerate(words):
+            if i == cut:
+                raise _Cut
+            finish = "length" if i == len(words) - 1 else None
+            text = word if i == 0 else " " + word
+            chunk = {**head, "object": kind,
+                     "choices": [self._choice(chat, text, delta=True, finish=finish)]}  # fmt: skip
+            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await asyncio.sleep(0)
+        if include and self.mode is not Mode.NO_USAGE:
+            usage = {**head, "object": kind, "choices": [],
+                     "usage": self._usage(prompt, len(words))}  # fmt: skip
+            yield b"data: " + json.dumps(usage).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    def app(self) -> Litestar:
+        upstream = self
+
+        @get("/v1/models")
+        async def models(request: Request[Any, Any, Any]) -> Response[Any]:
+            upstream.requests.append(Received("GET", "/v1/models", dict(request.headers)))
+            if upstream.mode is Mode.ERROR_500:
+                return upstream._error()
+            data = [{"id": m, "object": "model", "owned_by": "provider"} for m in upstream.models]
+            return Response({"object": "list", "data": data})
+
+        @post("/v1/chat/completions", status_code=200)
+        async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
+            return await upstream.answer(request, chat=True)
+
+        @post("/v1/completions", status_code=200)
+        async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
+            return await upstream.answer(request, chat=False)
+
+        return Litestar([models, chat, completions], logging_config=None)
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self) -> Upstream:
+        config = uvicorn.Config(
+            self.app(), host=self.host, port=self.port, log_level="critical",
+            access_log=False, lifespan="off", timeout_graceful_shutdown=1,
+        )  # fmt: skip
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="upstream", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the stand-in upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
+
+    def __enter__(self) -> Upstream:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
