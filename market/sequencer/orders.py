@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from market.book import default_tif
 from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, digest, replayed
 from market.sequencer.errors import InstrumentSettled, OrderRefused, UnknownOrder
@@ -48,10 +49,10 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
     row = OrderRow(
         order_id=order_id, account_id=account_id, client_order_id=req.client_order_id,
         request_digest=request_digest, instrument=req.instrument, side=req.side,
-        order_type=req.order_type, tif=req.tif, price=req.price, quantity=req.quantity,
-        open_quantity=0, filled_quantity=0, cancelled_quantity=0, status="rejected",
-        reject_reason=None, hold_id=None, expire_at=req.expire_at, created_ms=batch.time_ms,
-        updated_ms=batch.time_ms,
+        order_type=req.order_type, tif=req.tif or default_tif(req.order_type), price=req.price,
+        quantity=req.quantity, open_quantity=0, filled_quantity=0, cancelled_quantity=0,
+        status="rejected", reject_reason=None, hold_id=None, expire_at=req.expire_at,
+        created_ms=batch.time_ms, updated_ms=batch.time_ms,
     )  # fmt: skip
     batch.orders[order_id] = row
     batch.placed[key] = row

@@ -209,6 +209,15 @@ async def test_orders_beyond_cash_or_capacity_are_refused_before_the_book(
     await assert_books_balance(seq, db_url)
 
 
+async def test_a_refused_order_shows_the_time_in_force_it_would_have_had(seq: Sequencer) -> None:
+    limit = await place(seq, "b1", order("big-limit", Side.BUY, 200_000, 5_000))
+    market = await place(
+        seq, "b1", order("big-market", Side.BUY, 200_000, None, order_type=OrderType.MARKET)
+    )
+    assert (limit.status, limit.tif) == ("rejected", "gtc")
+    assert (market.status, market.tif) == ("rejected", "ioc")
+
+
 async def test_200_concurrent_orders_overcommitting_one_balance(
     seq: Sequencer, db_url: str
 ) -> None:
