@@ -148,8 +148,9 @@ async def schema_version(conn: asyncpg.Connection) -> int:
 def _resolve(source: Source) -> list[Migration]:
     if isinstance(source, (str, Path, Traversable)):
         return load_migrations(source)
-    given = [item for item in source if isinstance(item, Migration)]
-    directories = [item for item in source if not isinstance(item, Migration)]
+    items = list(source)  # read twice below: a generator would be empty the second time
+    given = [item for item in items if isinstance(item, Migration)]
+    directories = [item for item in items if not isinstance(item, Migration)]
     if given and directories:
         raise MigrationError("give migrations or directories of them, not both")
     return check_sequence(given) if given else load_migrations(directories)

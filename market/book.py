@@ -67,7 +67,7 @@ from typing import Final
 
 import msgspec
 
-from market.book_state import SNAPSHOT_VERSION, BookState
+from market.book_state import BookState
 from market.level import (
     COMPACT_MIN,
     LEVEL_COMPACT_MIN,
@@ -78,7 +78,6 @@ from market.level import (
 from schemas.market import (
     AdvanceTime,
     AmendOrder,
-    BookSnapshot,
     CancelOrder,
     CancelReason,
     Command,
@@ -104,11 +103,10 @@ from schemas.market import (
     TradingStateChanged,
 )
 
-__all__ = ["SNAPSHOT_VERSION", "OrderBook", "default_tif"]
+__all__ = ["OrderBook", "default_tif"]
 
 # Module-level aliases: a global lookup is cheaper than an Enum attribute lookup.
 _BUY: Final = Side.BUY
-_SELL: Final = Side.SELL
 _LIMIT: Final = OrderType.LIMIT
 _MARKET: Final = OrderType.MARKET
 _GTC: Final = TimeInForce.GTC
@@ -116,9 +114,7 @@ _IOC: Final = TimeInForce.IOC
 _FOK: Final = TimeInForce.FOK
 _GTD: Final = TimeInForce.GTD
 _OPEN: Final = TradingState.OPEN
-_HALTED: Final = TradingState.HALTED
 _CLOSED: Final = TradingState.CLOSED
-_CANCEL_NEWEST: Final = StpMode.CANCEL_NEWEST
 _CANCEL_OLDEST: Final = StpMode.CANCEL_OLDEST
 _CANCEL_BOTH: Final = StpMode.CANCEL_BOTH
 _DECREMENT: Final = StpMode.DECREMENT_AND_CANCEL
@@ -128,9 +124,6 @@ _C = CancelReason
 _STP: Final = CancelReason.SELF_TRADE
 
 _COMPACT_MIN: Final = COMPACT_MIN  # smallest heap size that triggers compaction
-
-_encoder = msgspec.msgpack.Encoder()
-_snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
 
 
 def default_tif(order_type: OrderType) -> TimeInForce:

@@ -243,10 +243,7 @@ class BookState:
         self._orders[oid] = order
         if requeued:
             return
-        rec = self._owners.get(order.owner)
-        if rec is None:
-            rec = self._owners[order.owner] = (set(), [])
-        ids = rec[1]
+        ids = self._owner(order.owner)[1]
         ids.append(oid)
         if not len(ids) & 63:
             self._prune_owner(order.owner, ids)

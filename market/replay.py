@@ -23,11 +23,10 @@ from market.errors import InvalidSnapshot
 from market.snapshots import (
     MarketSnapshot,
     SettlingEngine,
-    journal_from,
     journal_size,
     stored_snapshots,
 )
-from market.store import JournalEntry, ListInstrument
+from market.store import JournalEntry, ListInstrument, journal_from
 
 log = logging.getLogger(__name__)
 

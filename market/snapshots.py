@@ -30,7 +30,6 @@ import msgspec
 from market.book import OrderBook
 from market.engine import MatchingEngine
 from market.errors import InvalidSnapshot
-from market.store import JournalEntry, decode_entry
 from schemas.market import BookSnapshot
 
 #: Version of what a row of `market_snapshots` means (the engine bytes carry their own).
@@ -141,13 +140,3 @@ async def journal_size(conn: asyncpg.Connection) -> int:
     """The seq the next journal entry gets (entries are numbered from 0 without gaps)."""
     size: int = await conn.fetchval("SELECT coalesce(max(seq) + 1, 0) FROM market_journal")
     return size
-
-
-async def journal_from(
-    conn: asyncpg.Connection, start: int
-) -> AsyncIterator[tuple[int, JournalEntry]]:
-    """The journal entries from seq `start` on, in order (run it inside a transaction)."""
-    async for row in conn.cursor(
-        "SELECT seq, body FROM market_journal WHERE seq >= $1 ORDER BY seq", start
-    ):
-        yield row["seq"], decode_entry(row["body"])

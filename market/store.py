@@ -271,9 +271,14 @@ def stage_market_batch(
     )
 
 
-async def journal(conn: asyncpg.Connection) -> AsyncIterator[tuple[int, JournalEntry]]:
-    """Every journal entry in order (needs to run inside a transaction: a cursor)."""
-    async for row in conn.cursor("SELECT seq, body FROM market_journal ORDER BY seq"):
+async def journal_from(
+    conn: asyncpg.Connection, start: int = 0
+) -> AsyncIterator[tuple[int, JournalEntry]]:
+    """The journal entries from seq `start` on, in order (run it inside a transaction:
+    a cursor)."""
+    async for row in conn.cursor(
+        "SELECT seq, body FROM market_journal WHERE seq >= $1 ORDER BY seq", start
+    ):
         yield row["seq"], decode_entry(row["body"])
 
 

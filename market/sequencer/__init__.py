@@ -14,7 +14,7 @@ A package by stage (see `core` for the path of one batch):
 - `errors`: what the sequencer refuses.
 """
 
-from market.sequencer.core import QUEUE_MAX, Sequencer, SequencerState, dispatch, wall_clock_ms
+from market.sequencer.core import QUEUE_MAX, Sequencer, SequencerState, dispatch
 from market.sequencer.errors import (
     EntitlementExceeded,
     ExchangeBusy,
@@ -49,6 +49,7 @@ from market.sequencer.ops import (
 )
 from market.sequencer.state import InstrumentState, MarketState
 from market.sequencer.treasury import MAX_LISTED_CAPACITY
+from market.snapshot_writer import wall_clock_ms
 
 __all__ = [
     "MAX_LISTED_CAPACITY",

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time as _time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -72,7 +71,7 @@ from market.sequencer.ops import (
 )
 from market.sequencer.recovery import recover
 from market.sequencer.state import MarketState
-from market.snapshot_writer import SnapshotPolicy, SnapshotWriter
+from market.snapshot_writer import SnapshotPolicy, SnapshotWriter, wall_clock_ms
 from market.snapshots import MarketSnapshot, SettlingEngine
 from market.store import find_deliveries, find_orders, find_withdrawals
 from schemas.errors import DomainError
@@ -91,10 +90,6 @@ Clock = Callable[[], int]
 QUEUE_MAX = 10_000
 #: How long the clock task sleeps between looks at what has come due (s).
 TICK_S = 0.25
-
-
-def wall_clock_ms() -> int:
-    return _time.time_ns() // 1_000_000
 
 
 class SequencerState(Enum):
@@ -467,14 +462,30 @@ class Sequencer:
         self.commits += 1
         market = self.market
         market.committed(batch.orders.values())
-        market.reduce_settled(v.instrument for v in batch.settlements)
-        self._snapshots.after_commit(market.engine, market.next_journal_seq, self._last_time_ms)
         _answer_all(tickets, [s if isinstance(s, Failed) else Done(s()) for s in staged])
+        self._after_commit(batch)
         if self._publish is not None and batch.events:
             try:
                 self._publish(batch.events)
             except Exception:
                 log.exception("publishing market data failed")
+
+    def _after_commit(self, batch: Batch) -> None:
+        """Housekeeping of a committed (and answered) batch: settled books reduced, a
+        snapshot taken when due. A failure here must not answer a durable batch with an
+        error: a half-reduced memory is rebuilt from the database before the next batch,
+        and a snapshot not taken is only taken later."""
+        market = self.market
+        try:
+            market.reduce_settled(v.instrument for v in batch.settlements)
+        except Exception:
+            log.exception("reducing settled books failed; rebuilding before the next batch")
+            self._state = SequencerState.BROKEN
+            return
+        try:
+            self._snapshots.after_commit(market.engine, market.next_journal_seq, self._last_time_ms)
+        except Exception:
+            log.exception("taking a snapshot of the books failed; the next one is taken later")
 
     async def _ready(self) -> bool:
         """Whether memory can be trusted for a batch: rebuilt first if it was BROKEN."""

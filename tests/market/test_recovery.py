@@ -26,7 +26,8 @@ from market.sequencer import (
     Sequencer,
 )
 from market.snapshot_writer import SnapshotPolicy
-from market.snapshots import SettlingEngine, journal_from, load_snapshots
+from market.snapshots import SettlingEngine, load_snapshots
+from market.store import journal_from
 from schemas.market import Side, TimeInForce, TradingState
 from schemas.trading import CreateInstrument, Deposit, Listing, OrderView, PlaceOrder
 

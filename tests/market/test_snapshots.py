@@ -11,12 +11,11 @@ from market.snapshots import (
     KEEP_SNAPSHOTS,
     MarketSnapshot,
     SettlingEngine,
-    journal_from,
     load_snapshots,
     take,
     write_snapshot,
 )
-from market.store import encode_entry
+from market.store import encode_entry, journal_from
 from schemas.market import (
     AdvanceTime,
     Command,
