@@ -21,8 +21,9 @@ from litestar.params import FromPath, JSONBody
 
 from market.auth import Principal, requires_role
 from market.gateway import endpoints as store
-from market.gateway.health import now_ms, probe
+from market.gateway.health import probe
 from market.gateway.ssrf import parse_allow_hosts, resolve
+from market.signing import now_ms
 from schemas.accounts import Role
 from schemas.gateway import EndpointView, Health, RegisterEndpoint
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -27,6 +26,7 @@ import httpx
 
 from market.gateway import endpoints as store
 from market.gateway.ssrf import EndpointRefused, Target, resolve
+from market.signing import now_ms
 from schemas.gateway import Health
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,6 @@ async def check(
     except EndpointRefused as exc:
         return Health.UNHEALTHY, f"{exc.code}: {exc.message}"
     return await probe(target, credential)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class HealthMonitor:

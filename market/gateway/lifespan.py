@@ -16,8 +16,8 @@ def gateway_lifespan(
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         gateway = Gateway(
-            app.state.pool, app.state.sequencer, allow_hosts=allow_hosts, flush_s=flush_s,
-            upstream_timeout_s=upstream_timeout_s,
+            app.state.pool, lambda: app.state.get("sequencer"), allow_hosts=allow_hosts,
+            flush_s=flush_s, upstream_timeout_s=upstream_timeout_s,
         )  # fmt: skip
         gateway.meter.start()
         app.state.gateway = gateway

@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from market.sequencer import Sequencer
+from market.sequencer.errors import SequencerStopped
 from market.sequencer.ops import GatewayChargeOp
 from schemas.errors import DomainError
 from schemas.gateway import GatewayReceipt
@@ -74,8 +75,24 @@ class Reservations:
             counts.pop(key, None)
 
 
+#: Where the gateway finds the running sequencer: read at every use, because after a
+#: database outage the exchange reopens with a new one (`ops.exchange`), and None while
+#: it does.
+SequencerSource = Callable[[], Sequencer | None]
+
+
+def current(source: SequencerSource) -> Sequencer:
+    """The running sequencer, or 503 `sequencer_stopped` while the exchange reopens."""
+    sequencer = source()
+    if sequencer is None:
+        raise SequencerStopped("the exchange is reopening; try again")
+    return sequencer
+
+
 class Meter:
-    def __init__(self, sequencer: Sequencer, reservations: Reservations, flush_s: float) -> None:
+    def __init__(
+        self, sequencer: SequencerSource, reservations: Reservations, flush_s: float
+    ) -> None:
         self._sequencer = sequencer
         self._reservations = reservations
         self.flush_s = flush_s
@@ -102,7 +119,7 @@ class Meter:
             if op is None:
                 return
             try:
-                await self._sequencer.submit(op)
+                await current(self._sequencer).submit(op)
             except DomainError as exc:
                 log.warning("gateway charge of %d calls not committed: %s", len(op.receipts), exc)
                 return

@@ -25,7 +25,8 @@ from litestar.response import Response, Stream
 from market.auth import PUBLIC
 from market.gateway import keys
 from market.gateway.errors import openai_exception_handlers
-from market.gateway.service import Gateway, now_ms
+from market.gateway.service import Gateway
+from market.signing import now_ms
 from schemas.errors import DomainError, ErrorKind
 
 #: Prompts are larger than orders: the gateway's routes take bodies up to this.

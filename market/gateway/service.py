@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,18 +44,15 @@ from market.gateway.errors import (
 )
 from market.gateway.health import upstream_headers
 from market.gateway.keys import KeyGrant
-from market.gateway.meter import Group, Meter, Reservations
+from market.gateway.meter import Group, Meter, Reservations, SequencerSource, current
 from market.gateway.sse import EventReader
 from market.gateway.ssrf import EndpointRefused, Target, resolve
 from market.sequencer import Sequencer
+from market.signing import now_ms
 from schemas.gateway import GatewayReceipt
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -107,11 +103,11 @@ def upstream_body(body: dict[str, Any], plan: metering.Plan) -> bytes:
 
 class Gateway:
     def __init__(
-        self, pool: asyncpg.Pool, sequencer: Sequencer, *, allow_hosts: frozenset[str],
+        self, pool: asyncpg.Pool, sequencer: SequencerSource, *, allow_hosts: frozenset[str],
         flush_s: float, upstream_timeout_s: float,
     ) -> None:  # fmt: skip
         self.pool = pool
-        self.sequencer = sequencer
+        self._sequencer = sequencer
         self.allow_hosts = allow_hosts
         self.reservations = Reservations()
         self.meter = Meter(sequencer, self.reservations, flush_s)
@@ -121,6 +117,11 @@ class Gateway:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         )  # fmt: skip
         self._endpoints: dict[tuple[str, str], store.EndpointRow] = {}
+
+    @property
+    def sequencer(self) -> Sequencer:
+        """The exchange's sequencer now (a new one after a reopen)."""
+        return current(self._sequencer)
 
     async def close(self) -> None:
         await self.meter.close()
@@ -154,17 +155,16 @@ class Gateway:
         return [{"id": m, "object": "model", "created": c, "owned_by": "tokex"}
                 for m, c in sorted(seen.items())]  # fmt: skip
 
-    async def _key_left(self, grant: KeyGrant) -> int | None:
-        if grant.token_budget is None:
-            return None
-        if grant.key_id not in self.reservations.key_used:
+    async def _load_key_used(self, grant: KeyGrant) -> None:
+        """What a budgeted key has used so far, read once per process; what is left is
+        computed after the last await before the reservation (`Reservations.key_left`)."""
+        if grant.token_budget is not None and grant.key_id not in self.reservations.key_used:
             async with self.pool.acquire() as conn:
                 used = await conn.fetchval(
                     "SELECT coalesce(sum(tokens), 0) FROM gateway_receipts WHERE key_id = $1",
                     grant.key_id,
                 )
             self.reservations.key_used.setdefault(grant.key_id, int(used))
-        return self.reservations.key_left(grant.key_id, grant.token_budget)
 
     async def open_call(self, grant: KeyGrant, body: dict[str, Any]) -> Call:
         """Route the call and reserve for it (or raise 402/404/503)."""
@@ -173,9 +173,11 @@ class Gateway:
             raise ModelNotFound(f"this key may not use model {model!r}")
         async with self.pool.acquire() as conn:
             rows = await store.healthy_endpoints(conn, model)
-        key_left = await self._key_left(grant)
+        await self._load_key_used(grant)
         await self.sequencer.committed()
-        # From here to the reservation: no await, so no other call sees the same balance.
+        # From here to the reservation: no await, so no other call sees the same balance
+        # (of the entitlement or of the key's budget).
+        key_left = self.reservations.key_left(grant.key_id, grant.token_budget)
         for row in rows:
             self._endpoints[(row.provider, row.endpoint_id)] = row
         endpoints = [routing.Endpoint(r.provider, r.endpoint_id, r.max_concurrency) for r in rows]

@@ -95,3 +95,40 @@ def test_reservations() -> None:
     assert r.left(g, 100) == 88 and r.key_left("k", 50) == 38
     r.settled(g, 12)  # the ledger's balance now says 88
     assert r.left(g, 88) == 88 and r.outstanding == {}
+
+
+async def test_the_meter_keeps_its_charges_while_the_exchange_reopens() -> None:
+    """After a database outage the exchange reopens with a new sequencer: the meter finds
+    it at each flush, and the calls metered meanwhile are charged once, by the new one."""
+    from market.gateway.meter import Meter
+    from market.sequencer.ops import GatewayChargeOp
+    from schemas.gateway import GatewayReceipt
+
+    class Reopened:  # the sequencer after the reopen: records what it is asked to commit
+        def __init__(self) -> None:
+            self.committed: list[GatewayChargeOp] = []
+
+        async def submit(self, op: GatewayChargeOp) -> None:
+            self.committed.append(op)
+
+    group = ("b", "p", "m/2030-01-01T00Z/1h")
+    reservations = Reservations()
+    reservations.reserve(group, "k", 10)
+    reservations.finish(group, "k", 10, 7)
+    current: list[object] = [None]  # reopening: no sequencer yet
+    meter = Meter(lambda: current[0], reservations, flush_s=1.0)  # type: ignore[arg-type,return-value]
+    receipt = GatewayReceipt(
+        receipt_id="rcp_1", key_id="k", buyer="b", provider="p", instrument=group[2],
+        endpoint_id="e", model="m", prompt_tokens=3, completion_tokens=4, cached_tokens=0,
+        reasoning_tokens=0, tokens=7, started_ms=1, ended_ms=2, request_sha256=b"\0" * 32,
+        response_sha256=b"\1" * 32,
+    )  # fmt: skip
+    meter.add(receipt)
+    await meter.flush()
+    assert meter.backlog == 1 and reservations.outstanding[group] == 7
+    new = Reopened()
+    current[0] = new
+    await meter.flush()
+    await meter.flush()
+    assert [op.receipts for op in new.committed] == [(receipt,)]
+    assert meter.backlog == 0 and reservations.outstanding.get(group, 0) == 0
