@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from ops.database import (
-    CONNECTION_ERRORS,
     EmbeddedPostgres,
     PostmasterState,
     postmaster_state,
@@ -173,8 +172,15 @@ class DatabaseSupervisor:
             log.info("embedded PostgreSQL: the dead postmaster is not reaped yet")
 
     async def probe(self) -> bool:
-        """Does the database answer? (On its own connection, opened again if it broke.)"""
+        """Does the database answer? (On its own connection, opened again if it broke.)
+
+        An embedded one whose postmaster is gone is down even if the probe's backend still
+        answers: backends outlive a killed postmaster for a while. Any failure of the probe
+        means down (a probe cut by a timeout can leave its connection unusable)."""
         timeout_s = self.probe_timeout_ms / 1000
+        if self.embedded is not None and not self._postmaster_runs():
+            await self._drop_probe()
+            return False
         for _ in (1, 2):  # a connection broken by a past outage says nothing about now
             try:
                 if self._conn is None or self._conn.is_closed():
@@ -185,7 +191,7 @@ class DatabaseSupervisor:
                     )
                 await self._conn.fetchval("SELECT 1", timeout=timeout_s)
                 return True
-            except (*CONNECTION_ERRORS, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # down, whatever broke: the next probe starts afresh
                 log.debug("probe failed: %s: %s", type(exc).__name__, exc)
                 await self._drop_probe()
         return False
