@@ -52,11 +52,13 @@ from market.sequencer import (
     WithdrawalOutcomeOp,
     WithdrawOp,
 )
+from market.signing import now_ms
 from market.store import (
     delivered_totals,
     deliveries_for,
     fills_for,
     get_order,
+    get_order_by_client_id,
     list_orders,
     list_withdrawals,
     recent_trades,
@@ -85,6 +87,7 @@ from schemas.trading import (
     OrderView,
     PlaceOrder,
     PlaceOrders,
+    ServerTime,
     SettlementView,
     TradeView,
     WithdrawalRequest,
@@ -215,6 +218,12 @@ async def trades(
 
 
 # -- money and capacity ----------------------------------------------------------------------
+
+
+@get("/time", opt=PUBLIC)
+async def server_time() -> ServerTime:
+    """The server's clock in Unix ms: sign requests within 30 s of it."""
+    return ServerTime(server_time_ms=now_ms())
 
 
 @post("/deposits", guards=[requires_role(Role.OPERATOR)], status_code=201)
@@ -350,6 +359,40 @@ async def my_order(order_id: FromPath[int], pool: Pool, principal: Caller) -> Or
             raise UnknownOrder(f"no order {order_id}")
         fills = await fills_for(conn, principal.account_id, order_id=order_id)
     return row.view(list(reversed(fills)))
+
+
+@get("/orders/by-client-id/{client_order_id:path}")
+async def my_order_by_client_id(
+    client_order_id: FromPath[str], pool: Pool, principal: Caller
+) -> OrderView:
+    """The caller's order with this `client_order_id` (each is used once per account;
+    percent-encode it in the path: a client id may hold `/`, `?` or `%`)."""
+    client_order_id = client_order_id.removeprefix("/")
+    async with pool.acquire() as conn:
+        row = await get_order_by_client_id(conn, principal.account_id, client_order_id)
+        if row is None:
+            raise UnknownOrder(f"no order with client_order_id {client_order_id!r}")
+        fills = await fills_for(conn, principal.account_id, order_id=row.order_id)
+    return row.view(list(reversed(fills)))
+
+
+@delete("/orders/by-client-id/{client_order_id:path}", status_code=200)
+async def cancel_order_by_client_id(
+    client_order_id: FromPath[str], request: Request[Any, Any, Any]
+) -> OrderView:
+    """Cancel the caller's order with this `client_order_id`.
+
+    The id is looked up among the caller's committed orders (an order is visible only
+    once durable, and its id never changes), then cancelled by the sequencer as by id.
+    """
+    sequencer, principal = _trader(request)
+    client_order_id = client_order_id.removeprefix("/")
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        row = await get_order_by_client_id(conn, principal.account_id, client_order_id)
+    if row is None:
+        raise UnknownOrder(f"no order with client_order_id {client_order_id!r}")
+    return await sequencer.submit(CancelOp(principal.account_id, row.order_id))
 
 
 @delete("/orders/{order_id:int}", status_code=200)
@@ -516,6 +559,7 @@ trading_router = Router(
         get_instrument,
         book,
         trades,
+        server_time,
         deposit,
         list_capacity,
         balances,
@@ -523,6 +567,8 @@ trading_router = Router(
         place_orders,
         my_orders,
         my_order,
+        my_order_by_client_id,
+        cancel_order_by_client_id,
         cancel_order,
         amend_order,
         cancel_all,

@@ -50,6 +50,7 @@ from schemas.trading import (
     OrderView,
     PlaceOrder,
     PlaceOrders,
+    ServerTime,
     SettlementView,
     TradeView,
     WithdrawalRequest,
@@ -269,6 +270,19 @@ class TokexClient:
 
     async def order(self, order_id: int) -> OrderView:
         return msgspec.convert(await self.request("GET", f"/v1/orders/{order_id}"), OrderView)
+
+    async def order_by_client_id(self, client_order_id: str) -> OrderView:
+        path = f"/v1/orders/by-client-id/{quote(client_order_id, safe='')}"
+        return msgspec.convert(await self.request("GET", path), OrderView)
+
+    async def cancel_by_client_id(self, client_order_id: str) -> OrderView:
+        path = f"/v1/orders/by-client-id/{quote(client_order_id, safe='')}"
+        return msgspec.convert(await self.request("DELETE", path), OrderView)
+
+    async def server_time_ms(self) -> int:
+        """The server's clock (Unix ms), which signed requests must be within 30 s of."""
+        answer = await self.request("GET", "/v1/time")
+        return msgspec.convert(answer, ServerTime).server_time_ms
 
     async def orders(self, status: str = "open", instrument: str | None = None) -> list[OrderView]:
         params: dict[str, Any] = {"status": status}

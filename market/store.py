@@ -331,6 +331,17 @@ async def get_order(conn: asyncpg.Connection, account_id: str, order_id: int) ->
     return None if row is None else order_from_record(row)
 
 
+async def get_order_by_client_id(
+    conn: asyncpg.Connection, account_id: str, client_order_id: str
+) -> OrderRow | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM market_orders WHERE account_id = $1 AND client_order_id = $2",
+        account_id,
+        client_order_id,
+    )
+    return None if row is None else order_from_record(row)
+
+
 async def list_orders(
     conn: asyncpg.Connection,
     account_id: str,
@@ -394,7 +405,26 @@ async def fills_for(
                 fee=r["buyer_fee"] if side is Side.BUY else 0,
             )
         )
+    await _add_client_ids(conn, account_id, views)
     return views
+
+
+async def _add_client_ids(
+    conn: asyncpg.Connection, account_id: str, views: list[FillView]
+) -> None:
+    """Fill in each fill's `client_order_id` from the account's orders (one query)."""
+    if not views:
+        return
+    ids = sorted({v.order_id for v in views})
+    rows = await conn.fetch(
+        """SELECT order_id, client_order_id FROM market_orders
+            WHERE account_id = $1 AND order_id = ANY($2::bigint[])""",
+        account_id,
+        ids,
+    )
+    by_id = {r["order_id"]: r["client_order_id"] for r in rows}
+    for view in views:
+        view.client_order_id = by_id.get(view.order_id, "")
 
 
 async def recent_trades(conn: asyncpg.Connection, instrument: str, limit: int) -> list[Any]:

@@ -144,6 +144,7 @@ def _filled(batch: Batch, event: Fill) -> None:
                 instrument=event.instrument, seq=event.seq, time=event.time,
                 order_id=row.order_id, side=row.side, role=role, price=event.price,
                 quantity=event.quantity, fee=buyer_fee if row.side is Side.BUY else 0,
+                client_order_id=row.client_order_id,
             )
         )  # fmt: skip
         if open_quantity == 0:
