@@ -32,6 +32,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from market.auth import PUBLIC, ForbiddenRole, Principal, provide_principal, requires_role
 from market.errors import UnknownInstrument
+from market.pages import Page, decode_cursor, page_of
 from market.sequencer import (
     AmendOp,
     CancelAllOp,
@@ -54,6 +55,9 @@ from market.sequencer import (
 )
 from market.signing import now_ms
 from market.store import (
+    DeliveryRow,
+    OrderRow,
+    WithdrawalRow,
     delivered_totals,
     deliveries_for,
     fills_for,
@@ -110,6 +114,18 @@ class WrongSide(DomainError):
 class UnknownAccount(DomainError):
     code = "unknown_account"
     kind = ErrorKind.NOT_FOUND
+
+
+#: A list route's page size, and its cursor (`market.pages`).
+Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(description="from a page's next_cursor (older) or prev_cursor (newer)"),
+]
+
+
+def _same(fill: FillView) -> FillView:
+    return fill
 
 
 def provide_sequencer(state: State) -> Sequencer:
@@ -199,22 +215,21 @@ async def book(
 async def trades(
     instrument: FromQuery[str],
     pool: Pool,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-) -> list[TradeView]:
-    """Recent trades of an instrument, newest first (no owners: they are private)."""
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[TradeView]:
+    """Trades of an instrument, newest first (no owners: they are private); paginated."""
+    keyset = decode_cursor(cursor, 1, (int,))
     async with pool.acquire() as conn:
-        rows = await recent_trades(conn, instrument, limit)
-    return [
-        TradeView(
-            instrument=instrument,
-            seq=r["seq"],
-            time=r["time_ms"],
-            price=r["price"],
-            quantity=r["quantity"],
-            aggressor_side=Side(r["aggressor_side"]),
-        )
-        for r in rows
-    ]
+        rows = await recent_trades(conn, instrument, limit + 1, keyset)
+
+    def view(r: Any) -> TradeView:
+        return TradeView(
+            instrument=instrument, seq=r["seq"], time=r["time_ms"], price=r["price"],
+            quantity=r["quantity"], aggressor_side=Side(r["aggressor_side"]),
+        )  # fmt: skip
+
+    return page_of(rows, limit, keyset, lambda r: (r["seq"],), view)
 
 
 # -- money and capacity ----------------------------------------------------------------------
@@ -337,18 +352,22 @@ async def my_orders(
     principal: Caller,
     status: FromQuery[str | None] = "open",
     instrument: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[OrderView]:
-    """The caller's orders (default: open ones), newest first. `status=all` for every one."""
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[OrderView]:
+    """The caller's orders (default: open ones), newest first by id; `status=all` for
+    every one. Paginated: follow `next_cursor` for older ones, `prev_cursor` for newer."""
+    keyset = decode_cursor(cursor, 1, (int,))
     async with pool.acquire() as conn:
         rows = await list_orders(
             conn,
             principal.account_id,
             status=None if status == "all" else status,
             instrument=instrument,
-            limit=limit,
+            limit=limit + 1,
+            keyset=keyset,
         )
-    return [r.view() for r in rows]
+    return page_of(rows, limit, keyset, lambda r: (r.order_id,), OrderRow.view)
 
 
 @get("/orders/{order_id:int}")
@@ -422,10 +441,16 @@ async def my_fills(
     pool: Pool,
     principal: Caller,
     instrument: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[FillView]:
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[FillView]:
+    """The caller's fills, newest first by (time, instrument, seq); paginated."""
+    keyset = decode_cursor(cursor, 3, (int, str, int))
     async with pool.acquire() as conn:
-        return await fills_for(conn, principal.account_id, instrument=instrument, limit=limit)
+        rows = await fills_for(
+            conn, principal.account_id, instrument=instrument, limit=limit + 1, keyset=keyset
+        )
+    return page_of(rows, limit, keyset, lambda f: (f.time, f.instrument, f.seq), _same)
 
 
 # -- delivery, settlement, withdrawals ------------------------------------------------------
@@ -446,12 +471,16 @@ async def my_deliveries(
     pool: Pool,
     principal: Caller,
     instrument: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[DeliveryView]:
-    """Deliveries the caller made (provider) or received (buyer), newest first."""
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[DeliveryView]:
+    """Deliveries the caller made (provider) or received (buyer), newest first; paginated."""
+    keyset = decode_cursor(cursor, 2, (int, str))
     async with pool.acquire() as conn:
-        rows = await deliveries_for(conn, principal.account_id, instrument=instrument, limit=limit)
-    return [r.view() for r in rows]
+        rows = await deliveries_for(
+            conn, principal.account_id, instrument=instrument, limit=limit + 1, keyset=keyset
+        )
+    return page_of(rows, limit, keyset, lambda d: (d.time_ms, d.transaction_id), DeliveryRow.view)
 
 
 @get("/entitlements")
@@ -511,18 +540,25 @@ async def my_withdrawals(
     pool: Pool,
     principal: Caller,
     status: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[WithdrawalView]:
-    """The caller's withdrawals, newest first; the operator sees everyone's."""
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[WithdrawalView]:
+    """The caller's withdrawals, newest first; the operator sees everyone's. Paginated."""
     everyone = principal.role is Role.OPERATOR
+    keyset = decode_cursor(cursor, 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_withdrawals(
             conn,
             account_id=None if everyone else principal.account_id,
             status=status,
-            limit=limit,
+            limit=limit + 1,
+            keyset=keyset,
         )
-    return [r.view() for r in rows]
+
+    def key(w: WithdrawalRow) -> tuple[int, str, str]:
+        return (w.created_ms, w.account_id, w.withdrawal_id)
+
+    return page_of(rows, limit, keyset, key, WithdrawalRow.view)
 
 
 _operator = [requires_role(Role.OPERATOR)]
