@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar, assert_never, cast
@@ -77,13 +77,15 @@ from market.store import find_deliveries, find_orders, find_withdrawals
 from schemas.errors import DomainError
 from schemas.ledger import Balance
 from schemas.market import Event
-from schemas.trading import EntitlementView, InstrumentView, SettlementView
+from schemas.trading import EntitlementView, FillView, InstrumentView, SettlementView
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Publish = Callable[[Sequence[Event]], None]
+#: After a commit: the batch's engine events, and per order id the fill views of the
+#: batch (with fees and client order ids) for the private fill messages.
+Publish = Callable[[Sequence[Event], Mapping[int, Sequence[FillView]]], None]
 Clock = Callable[[], int]
 
 #: Ops the queue holds at most (a batch takes up to `max_batch` of them at a time).
@@ -466,7 +468,7 @@ class Sequencer:
         self._after_commit(batch)
         if self._publish is not None and batch.events:
             try:
-                self._publish(batch.events)
+                self._publish(batch.events, batch.fill_views)
             except Exception:
                 log.exception("publishing market data failed")
 

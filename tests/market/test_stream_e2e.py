@@ -126,7 +126,11 @@ async def test_rest_book_equals_websocket_book(db_url: str, server_process: Serv
                     frames.append(json.loads(await asyncio.wait_for(private.recv(), 0.5)))
                 except TimeoutError:
                     break
-            assert any(m["type"] == "fill" for m in frames), "the buyer traded"
+            fills = [m for m in frames if m["type"] == "fill"]
+            assert fills, "the buyer traded"
+            # a fill frame says the buyer's own client order id and the fee it paid
+            assert all(m["client_order_id"].startswith("o") for m in fills)
+            assert any(m["fee"] > 0 for m in fills)
             for msg in frames:
                 if msg["type"] == "order":
                     assert msg["event"]["owner"] == buyer_id
