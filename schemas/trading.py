@@ -91,6 +91,9 @@ class PlaceOrder(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expire_at: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None
     post_only: bool = False
     stp: StpMode = StpMode.CANCEL_NEWEST
+    #: A market buy only: spend at most this on the tokens (fees on top); it buys what
+    #: that pays for at the asks, at most `quantity`.
+    max_notional: Amount | None = None
 
 
 class PlaceOrders(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -100,8 +100,19 @@ class Batch:
 _digest_encoder = msgspec.msgpack.Encoder(order="sorted")
 
 
+#: Optional fields added to a request after orders were first stored: left out of the
+#: digest while unset, so a retry of a request made before they existed still matches.
+_LATER_FIELDS = ("max_notional",)
+
+
 def digest(request: msgspec.Struct) -> bytes:
     """What identifies a request's body, for idempotency by the caller's id."""
+    if any(getattr(request, f, 0) is None for f in _LATER_FIELDS):
+        fields = msgspec.structs.asdict(request)
+        for name in _LATER_FIELDS:
+            if fields.get(name, 0) is None:
+                del fields[name]
+        return hashlib.sha256(_digest_encoder.encode(fields)).digest()
     return hashlib.sha256(_digest_encoder.encode(request)).digest()
 
 
