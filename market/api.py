@@ -35,6 +35,7 @@ from market.errors import UnknownInstrument
 from market.pages import Page, decode_cursor, page_of
 from market.sequencer import (
     AmendOp,
+    CancelAfterOp,
     CancelAllOp,
     CancelOp,
     CloseInstrumentOp,
@@ -75,6 +76,8 @@ from schemas.trading import (
     BalanceView,
     BookLevel,
     BookView,
+    CancelAfter,
+    CancelAfterView,
     CancelAll,
     CancelledOrders,
     CloseInstrument,
@@ -429,6 +432,16 @@ async def amend_order(
     return await sequencer.submit(AmendOp(principal.account_id, order_id, data))
 
 
+@post("/orders/cancel-after", status_code=200)
+async def cancel_after(
+    data: JSONBody[CancelAfter], request: Request[Any, Any, Any]
+) -> CancelAfterView:
+    """The dead-man switch: unless called again within `timeout_ms`, every open order of
+    the caller is cancelled (within about 250 ms of the deadline); 0 disarms it."""
+    sequencer, principal = _trader(request)
+    return await sequencer.submit(CancelAfterOp(principal.account_id, data.timeout_ms))
+
+
 @post("/orders/cancel-all", status_code=200)
 async def cancel_all(data: JSONBody[CancelAll], request: Request[Any, Any, Any]) -> CancelledOrders:
     """Cancel every open order of the caller (in one instrument, or all)."""
@@ -607,6 +620,7 @@ trading_router = Router(
         cancel_order_by_client_id,
         cancel_order,
         amend_order,
+        cancel_after,
         cancel_all,
         my_fills,
         report_delivery,

@@ -36,6 +36,8 @@ from schemas.trading import (
     AmendOrder,
     BalanceView,
     BookView,
+    CancelAfter,
+    CancelAfterView,
     CancelAll,
     CancelledOrders,
     CloseInstrument,
@@ -265,6 +267,14 @@ class TokexClient:
         body = AmendOrder(price=price, quantity=quantity)
         answer = await self.request("PATCH", f"/v1/orders/{order_id}", json=body)
         return msgspec.convert(answer, OrderView)
+
+    async def cancel_after(self, timeout_ms: int) -> CancelAfterView:
+        """The dead-man switch: cancel every open order unless called again within
+        `timeout_ms`; 0 disarms it."""
+        answer = await self.request(
+            "POST", "/v1/orders/cancel-after", json=CancelAfter(timeout_ms=timeout_ms)
+        )
+        return msgspec.convert(answer, CancelAfterView)
 
     async def cancel_all(self, instrument: str | None = None) -> CancelledOrders:
         answer = await self.request(

@@ -87,6 +87,9 @@ class Subscribe(msgspec.Struct, kw_only=True, frozen=True, tag="subscribe", tag_
     key_id: str | None = None
     timestamp: int | None = None
     signature: str | None = None
+    #: `orders` only: when this connection drops (not after an unsubscribe from the
+    #: orders channel), cancel every open order of the account.
+    cancel_on_disconnect: bool = False
 
 
 class Unsubscribe(msgspec.Struct, kw_only=True, frozen=True, tag="unsubscribe", tag_field="op"):

@@ -152,6 +152,20 @@ class OrderResult(msgspec.Struct, kw_only=True):
     message: str | None = None
 
 
+class CancelAfter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Arm the caller's dead-man switch for `timeout_ms` (refresh by calling again), or
+    disarm it with 0; at most a day."""
+
+    timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)]
+
+
+class CancelAfterView(msgspec.Struct, kw_only=True):
+    """The switch after the call: armed until `deadline_ms`, or not armed (null)."""
+
+    deadline_ms: int | None
+    server_time_ms: int
+
+
 class ServerTime(msgspec.Struct, kw_only=True):
     """The server's clock, the one signed requests are checked against (within 30 s)."""
 

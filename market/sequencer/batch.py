@@ -64,6 +64,8 @@ class Batch:
     deliveries: dict[Key, DeliveryRow] = field(default_factory=dict)
     settlements: list[SettlementView] = field(default_factory=list)
     withdrawals: dict[Key, WithdrawalRow] = field(default_factory=dict)
+    #: Dead-man switches armed, refreshed or disarmed (`sequencer.deadman`), by account.
+    cancel_after: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
     def record(self, entry: JournalEntry) -> None:
         """Journal an entry (engine command or listing) under the next sequence number."""
@@ -95,6 +97,12 @@ class Batch:
             settlements=self.settlements,
             withdrawals=list(self.withdrawals.values()),
         )
+        rows.insert(
+            "market_cancel_after", ("account_id", "deadline_ms", "updated_ms"),
+            list(self.cancel_after.values()),
+            on_conflict="ON CONFLICT (account_id) DO UPDATE SET deadline_ms = "
+            "EXCLUDED.deadline_ms, updated_ms = EXCLUDED.updated_ms",
+        )  # fmt: skip
 
 
 _digest_encoder = msgspec.msgpack.Encoder(order="sorted")

@@ -46,12 +46,13 @@ from ledger.errors import LedgerUnavailable
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger
 from market.replay import RebuildSummary, Rebuilt
-from market.sequencer import delivery, lifecycle, orders, treasury, views
+from market.sequencer import deadman, delivery, lifecycle, orders, treasury, views
 from market.sequencer.batch import Batch, Prior
 from market.sequencer.errors import ExchangeBusy, SequencerStopped
 from market.sequencer.ops import (
     AmendOp,
     AnyOp,
+    CancelAfterOp,
     CancelAllOp,
     CancelOp,
     CloseInstrumentOp,
@@ -153,6 +154,8 @@ def dispatch(op: AnyOp, batch: Batch) -> Answer:
             result = treasury.withdrawal_outcome(batch, account, wid, paid=paid)
         case GatewayChargeOp(receipts=receipts):
             result = delivery.charge(batch, receipts)
+        case CancelAfterOp(account_id=account, timeout_ms=timeout_ms):
+            result = deadman.arm(batch, account, timeout_ms)
         case TickOp():
             result = None
         case _:
@@ -403,7 +406,10 @@ class Sequencer:
                 continue
             now = max(self._last_time_ms, self._clock())
             market = self.market
-            if market.gtd_due(now) or not self.healthy or market.next_window_event_ms() <= now:
+            if (
+                market.gtd_due(now) or market.cancel_after_due(now) or not self.healthy
+                or market.next_window_event_ms() <= now
+            ):  # fmt: skip
                 with contextlib.suppress(DomainError):
                     await self.submit(TickOp())
 
@@ -514,6 +520,7 @@ class Sequencer:
                 prior=prior,
             )  # fmt: skip
             orders.expire_due(batch)
+            deadman.due(batch)
             lifecycle.due(batch)
             staged = [_staged(op, batch) for op in ops]
             lb.also_write(batch.stage)
