@@ -71,7 +71,7 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
     quantity, price, hold = req.quantity, req.price, None
     if refusal is not None:  # a market buy, priced on the book (sequencer.protection)
         if req.tif is not TimeInForce.FOK:  # a FOK keeps its quantity: all or nothing
-            quantity = row.quantity = refusal.quantity
+            quantity = refusal.quantity
         price, hold = refusal.protection, refusal.hold
     command = NewOrder(
         instrument=req.instrument, order_id=order_id, owner=account_id, side=req.side,
@@ -80,6 +80,10 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
         client_order_id=req.client_order_id,
     )  # fmt: skip
     apply_events(batch, batch.run_engine(command), placed=row, hold=hold)
+    if quantity < req.quantity and row.status in ("filled", "cancelled"):
+        # What the book could not give a market buy is its IOC remainder, as before.
+        row.cancelled_quantity += req.quantity - quantity
+        row.status = "cancelled"
     return row
 
 

@@ -113,11 +113,8 @@ async def test_max_notional_spends_at_most_that_and_concurrent_buys_never_overdr
 ) -> None:
     await place(seq, "p1", order("a1", Side.SELL, 100_000, 610))
     capped = await place(seq, "b1", _market("m1", 100_000, max_notional=30_500))
-    assert (capped.status, capped.quantity, capped.filled_quantity) == (
-        "filled",
-        50 * LOT,
-        50 * LOT,
-    )
+    assert (capped.status, capped.quantity) == ("cancelled", 100 * LOT)  # it asked for 100 lots
+    assert (capped.filled_quantity, capped.cancelled_quantity) == (50 * LOT, 50 * LOT)
     assert cash(seq, "b1") == (1_000_000 - 30_500 - 30_500 * 20 // 10_000, 0)
     limit = await place(seq, "b1", order("l1", Side.BUY, LOT, 610, max_notional=5))
     assert (limit.status, limit.reject_reason) == ("rejected", "max_notional_not_allowed")
