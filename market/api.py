@@ -32,8 +32,10 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from market.auth import PUBLIC, ForbiddenRole, Principal, provide_principal, requires_role
 from market.errors import UnknownInstrument
+from market.pages import Page, decode_cursor, page_of
 from market.sequencer import (
     AmendOp,
+    CancelAfterOp,
     CancelAllOp,
     CancelOp,
     CloseInstrumentOp,
@@ -52,11 +54,16 @@ from market.sequencer import (
     WithdrawalOutcomeOp,
     WithdrawOp,
 )
+from market.signing import now_ms
 from market.store import (
+    DeliveryRow,
+    OrderRow,
+    WithdrawalRow,
     delivered_totals,
     deliveries_for,
     fills_for,
     get_order,
+    get_order_by_client_id,
     list_orders,
     list_withdrawals,
     recent_trades,
@@ -69,6 +76,8 @@ from schemas.trading import (
     BalanceView,
     BookLevel,
     BookView,
+    CancelAfter,
+    CancelAfterView,
     CancelAll,
     CancelledOrders,
     CloseInstrument,
@@ -85,6 +94,7 @@ from schemas.trading import (
     OrderView,
     PlaceOrder,
     PlaceOrders,
+    ServerTime,
     SettlementView,
     TradeView,
     WithdrawalRequest,
@@ -107,6 +117,18 @@ class WrongSide(DomainError):
 class UnknownAccount(DomainError):
     code = "unknown_account"
     kind = ErrorKind.NOT_FOUND
+
+
+#: A list route's page size, and its cursor (`market.pages`).
+Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(description="from a page's next_cursor (older) or prev_cursor (newer)"),
+]
+
+
+def _same(fill: FillView) -> FillView:
+    return fill
 
 
 def provide_sequencer(state: State) -> Sequencer:
@@ -196,25 +218,30 @@ async def book(
 async def trades(
     instrument: FromQuery[str],
     pool: Pool,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-) -> list[TradeView]:
-    """Recent trades of an instrument, newest first (no owners: they are private)."""
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[TradeView]:
+    """Trades of an instrument, newest first (no owners: they are private); paginated."""
+    keyset = decode_cursor(cursor, 1, (int,))
     async with pool.acquire() as conn:
-        rows = await recent_trades(conn, instrument, limit)
-    return [
-        TradeView(
-            instrument=instrument,
-            seq=r["seq"],
-            time=r["time_ms"],
-            price=r["price"],
-            quantity=r["quantity"],
-            aggressor_side=Side(r["aggressor_side"]),
-        )
-        for r in rows
-    ]
+        rows = await recent_trades(conn, instrument, limit + 1, keyset)
+
+    def view(r: Any) -> TradeView:
+        return TradeView(
+            instrument=instrument, seq=r["seq"], time=r["time_ms"], price=r["price"],
+            quantity=r["quantity"], aggressor_side=Side(r["aggressor_side"]),
+        )  # fmt: skip
+
+    return page_of(rows, limit, keyset, lambda r: (r["seq"],), view)
 
 
 # -- money and capacity ----------------------------------------------------------------------
+
+
+@get("/time", opt=PUBLIC)
+async def server_time() -> ServerTime:
+    """The server's clock in Unix ms: sign requests within 30 s of it."""
+    return ServerTime(server_time_ms=now_ms())
 
 
 @post("/deposits", guards=[requires_role(Role.OPERATOR)], status_code=201)
@@ -328,18 +355,22 @@ async def my_orders(
     principal: Caller,
     status: FromQuery[str | None] = "open",
     instrument: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[OrderView]:
-    """The caller's orders (default: open ones), newest first. `status=all` for every one."""
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[OrderView]:
+    """The caller's orders (default: open ones), newest first by id; `status=all` for
+    every one. Paginated: follow `next_cursor` for older ones, `prev_cursor` for newer."""
+    keyset = decode_cursor(cursor, 1, (int,))
     async with pool.acquire() as conn:
         rows = await list_orders(
             conn,
             principal.account_id,
             status=None if status == "all" else status,
             instrument=instrument,
-            limit=limit,
+            limit=limit + 1,
+            keyset=keyset,
         )
-    return [r.view() for r in rows]
+    return page_of(rows, limit, keyset, lambda r: (r.order_id,), OrderRow.view)
 
 
 @get("/orders/{order_id:int}")
@@ -350,6 +381,40 @@ async def my_order(order_id: FromPath[int], pool: Pool, principal: Caller) -> Or
             raise UnknownOrder(f"no order {order_id}")
         fills = await fills_for(conn, principal.account_id, order_id=order_id)
     return row.view(list(reversed(fills)))
+
+
+@get("/orders/by-client-id/{client_order_id:path}")
+async def my_order_by_client_id(
+    client_order_id: FromPath[str], pool: Pool, principal: Caller
+) -> OrderView:
+    """The caller's order with this `client_order_id` (each is used once per account;
+    percent-encode it in the path: a client id may hold `/`, `?` or `%`)."""
+    client_order_id = client_order_id.removeprefix("/")
+    async with pool.acquire() as conn:
+        row = await get_order_by_client_id(conn, principal.account_id, client_order_id)
+        if row is None:
+            raise UnknownOrder(f"no order with client_order_id {client_order_id!r}")
+        fills = await fills_for(conn, principal.account_id, order_id=row.order_id)
+    return row.view(list(reversed(fills)))
+
+
+@delete("/orders/by-client-id/{client_order_id:path}", status_code=200)
+async def cancel_order_by_client_id(
+    client_order_id: FromPath[str], request: Request[Any, Any, Any]
+) -> OrderView:
+    """Cancel the caller's order with this `client_order_id`.
+
+    The id is looked up among the caller's committed orders (an order is visible only
+    once durable, and its id never changes), then cancelled by the sequencer as by id.
+    """
+    sequencer, principal = _trader(request)
+    client_order_id = client_order_id.removeprefix("/")
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        row = await get_order_by_client_id(conn, principal.account_id, client_order_id)
+    if row is None:
+        raise UnknownOrder(f"no order with client_order_id {client_order_id!r}")
+    return await sequencer.submit(CancelOp(principal.account_id, row.order_id))
 
 
 @delete("/orders/{order_id:int}", status_code=200)
@@ -367,6 +432,16 @@ async def amend_order(
     return await sequencer.submit(AmendOp(principal.account_id, order_id, data))
 
 
+@post("/orders/cancel-after", status_code=200)
+async def cancel_after(
+    data: JSONBody[CancelAfter], request: Request[Any, Any, Any]
+) -> CancelAfterView:
+    """The dead-man switch: unless called again within `timeout_ms`, every open order of
+    the caller is cancelled (within about 250 ms of the deadline); 0 disarms it."""
+    sequencer, principal = _trader(request)
+    return await sequencer.submit(CancelAfterOp(principal.account_id, data.timeout_ms))
+
+
 @post("/orders/cancel-all", status_code=200)
 async def cancel_all(data: JSONBody[CancelAll], request: Request[Any, Any, Any]) -> CancelledOrders:
     """Cancel every open order of the caller (in one instrument, or all)."""
@@ -379,10 +454,16 @@ async def my_fills(
     pool: Pool,
     principal: Caller,
     instrument: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[FillView]:
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[FillView]:
+    """The caller's fills, newest first by (time, instrument, seq); paginated."""
+    keyset = decode_cursor(cursor, 3, (int, str, int))
     async with pool.acquire() as conn:
-        return await fills_for(conn, principal.account_id, instrument=instrument, limit=limit)
+        rows = await fills_for(
+            conn, principal.account_id, instrument=instrument, limit=limit + 1, keyset=keyset
+        )
+    return page_of(rows, limit, keyset, lambda f: (f.time, f.instrument, f.seq), _same)
 
 
 # -- delivery, settlement, withdrawals ------------------------------------------------------
@@ -403,12 +484,16 @@ async def my_deliveries(
     pool: Pool,
     principal: Caller,
     instrument: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[DeliveryView]:
-    """Deliveries the caller made (provider) or received (buyer), newest first."""
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[DeliveryView]:
+    """Deliveries the caller made (provider) or received (buyer), newest first; paginated."""
+    keyset = decode_cursor(cursor, 2, (int, str))
     async with pool.acquire() as conn:
-        rows = await deliveries_for(conn, principal.account_id, instrument=instrument, limit=limit)
-    return [r.view() for r in rows]
+        rows = await deliveries_for(
+            conn, principal.account_id, instrument=instrument, limit=limit + 1, keyset=keyset
+        )
+    return page_of(rows, limit, keyset, lambda d: (d.time_ms, d.transaction_id), DeliveryRow.view)
 
 
 @get("/entitlements")
@@ -468,18 +553,25 @@ async def my_withdrawals(
     pool: Pool,
     principal: Caller,
     status: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[WithdrawalView]:
-    """The caller's withdrawals, newest first; the operator sees everyone's."""
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[WithdrawalView]:
+    """The caller's withdrawals, newest first; the operator sees everyone's. Paginated."""
     everyone = principal.role is Role.OPERATOR
+    keyset = decode_cursor(cursor, 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_withdrawals(
             conn,
             account_id=None if everyone else principal.account_id,
             status=status,
-            limit=limit,
+            limit=limit + 1,
+            keyset=keyset,
         )
-    return [r.view() for r in rows]
+
+    def key(w: WithdrawalRow) -> tuple[int, str, str]:
+        return (w.created_ms, w.account_id, w.withdrawal_id)
+
+    return page_of(rows, limit, keyset, key, WithdrawalRow.view)
 
 
 _operator = [requires_role(Role.OPERATOR)]
@@ -516,6 +608,7 @@ trading_router = Router(
         get_instrument,
         book,
         trades,
+        server_time,
         deposit,
         list_capacity,
         balances,
@@ -523,8 +616,11 @@ trading_router = Router(
         place_orders,
         my_orders,
         my_order,
+        my_order_by_client_id,
+        cancel_order_by_client_id,
         cancel_order,
         amend_order,
+        cancel_after,
         cancel_all,
         my_fills,
         report_delivery,

@@ -49,7 +49,7 @@ from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from market.signatures import SignatureChecker
 from market.signing import (
@@ -77,6 +77,7 @@ __all__ = [
     "ForbiddenRole",
     "KeyRecord",
     "Principal",
+    "Quota",
     "RateLimited",
     "RateLimiter",
     "ReplayWindow",
@@ -126,14 +127,41 @@ class RateLimited(DomainError):
     code = "rate_limited"
     kind = ErrorKind.RATE_LIMITED
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
+    def __init__(self, message: str, *, retry_after: int, quota: Quota | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.quota = quota
 
     @property
     def headers(self) -> dict[str, str]:
         """Response headers (`ops.errors` adds a DomainError's `headers` to its response)."""
-        return {"Retry-After": str(self.retry_after)}
+        headers = {"Retry-After": str(self.retry_after)}
+        if self.quota is not None:
+            headers.update(self.quota.headers())
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A key's rate-limit bucket after a request: what the `X-RateLimit-*` headers say.
+
+    `limit` is the burst (the bucket's size), `remaining` the whole requests left in it
+    now, `reset_s` the whole seconds until it is full again.
+    """
+
+    limit: int
+    remaining: int
+    reset_s: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_s),
+        }
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(k.lower().encode(), v.encode()) for k, v in self.headers().items()]
 
 
 # --------------------------------------------------------------------------- principal
@@ -372,8 +400,9 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
 
-    def acquire(self, key: str) -> None:
-        """Take one token for `key`, or raise `RateLimited` with the seconds to wait."""
+    def acquire(self, key: str) -> Quota:
+        """Take one token for `key` and say what is left, or raise `RateLimited` with
+        the seconds to wait."""
         now = self._clock()
         tokens, at = self._buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - at) * self.rate)
@@ -383,11 +412,18 @@ class RateLimiter:
             raise RateLimited(
                 f"rate limit of {self.rate:g}/s (burst {self.burst}) exceeded for this key",
                 retry_after=retry_after,
+                quota=self._quota(tokens),
             )
-        self._buckets[key] = (tokens - 1.0, now)
+        tokens -= 1.0
+        self._buckets[key] = (tokens, now)
         self._buckets.move_to_end(key)
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
+        return self._quota(tokens)
+
+    def _quota(self, tokens: float) -> Quota:
+        reset_s = math.ceil((self.burst - tokens) / self.rate)
+        return Quota(limit=self.burst, remaining=int(tokens), reset_s=reset_s)
 
 
 # --------------------------------------------------------------------------- Litestar
@@ -449,14 +485,22 @@ class AuthMiddleware(ASGIMiddleware):
             body,
             self.clock(),
         )
-        if self.limiter is not None:
-            self.limiter.acquire(principal.key_id)
         state = scope.get("state")
         if state is None:
             state = {}
             scope["state"] = state
         state[_PRINCIPAL_STATE_KEY] = principal
-        await next_app(scope, receive, send)
+        if self.limiter is None:
+            await next_app(scope, receive, send)
+            return
+        extra = self.limiter.acquire(principal.key_id).raw_headers()
+
+        async def send_with_quota(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await next_app(scope, receive, send_with_quota)
 
 
 def provide_principal(request: Request[Any, Any, Any]) -> Principal:

@@ -18,9 +18,10 @@ and converting the answer to its schema with `msgspec.convert` (see `create_acco
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -28,12 +29,15 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from market.keys import load_private_key, private_key_pem, public_key_b64
+from market.pages import Page
 from market.signing import now_ms, sign_request
 from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
 from schemas.trading import (
     AmendOrder,
     BalanceView,
     BookView,
+    CancelAfter,
+    CancelAfterView,
     CancelAll,
     CancelledOrders,
     CloseInstrument,
@@ -50,6 +54,7 @@ from schemas.trading import (
     OrderView,
     PlaceOrder,
     PlaceOrders,
+    ServerTime,
     SettlementView,
     TradeView,
     WithdrawalRequest,
@@ -57,6 +62,8 @@ from schemas.trading import (
 )
 
 __all__ = ["TokexApiError", "TokexClient"]
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -261,6 +268,14 @@ class TokexClient:
         answer = await self.request("PATCH", f"/v1/orders/{order_id}", json=body)
         return msgspec.convert(answer, OrderView)
 
+    async def cancel_after(self, timeout_ms: int) -> CancelAfterView:
+        """The dead-man switch: cancel every open order unless called again within
+        `timeout_ms`; 0 disarms it."""
+        answer = await self.request(
+            "POST", "/v1/orders/cancel-after", json=CancelAfter(timeout_ms=timeout_ms)
+        )
+        return msgspec.convert(answer, CancelAfterView)
+
     async def cancel_all(self, instrument: str | None = None) -> CancelledOrders:
         answer = await self.request(
             "POST", "/v1/orders/cancel-all", json=CancelAll(instrument=instrument)
@@ -270,18 +285,63 @@ class TokexClient:
     async def order(self, order_id: int) -> OrderView:
         return msgspec.convert(await self.request("GET", f"/v1/orders/{order_id}"), OrderView)
 
+    async def order_by_client_id(self, client_order_id: str) -> OrderView:
+        path = f"/v1/orders/by-client-id/{quote(client_order_id, safe='')}"
+        return msgspec.convert(await self.request("GET", path), OrderView)
+
+    async def cancel_by_client_id(self, client_order_id: str) -> OrderView:
+        path = f"/v1/orders/by-client-id/{quote(client_order_id, safe='')}"
+        return msgspec.convert(await self.request("DELETE", path), OrderView)
+
+    async def server_time_ms(self) -> int:
+        """The server's clock (Unix ms), which signed requests must be within 30 s of."""
+        answer = await self.request("GET", "/v1/time")
+        return msgspec.convert(answer, ServerTime).server_time_ms
+
+    # ------------------------------------------------------------------ lists (paginated)
+
+    async def page(
+        self, path: str, item: type[T], params: dict[str, Any] | None = None, *,
+        cursor: str | None = None, limit: int | None = None,
+    ) -> Page[T]:  # fmt: skip
+        """One page of a list route: `cursor` from a page's `next_cursor` or `prev_cursor`."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        if cursor is not None:
+            query["cursor"] = cursor
+        if limit is not None:
+            query["limit"] = limit
+        return msgspec.convert(await self.request("GET", path, params=query), Page[item])  # type: ignore[valid-type]  # a runtime type
+
+    async def iterate(
+        self, path: str, item: type[T], params: dict[str, Any] | None = None, *,
+        limit: int = 200, newer: bool = False, cursor: str | None = None,
+    ) -> AsyncIterator[T]:  # fmt: skip
+        """Every record of a list route, page by page: older ones from the newest (or
+        from `cursor`), or with `newer`, newer ones from `cursor` up to the newest."""
+        while True:
+            page = await self.page(path, item, params, cursor=cursor, limit=limit)
+            for record in page.items:
+                yield record
+            cursor = page.prev_cursor if newer else page.next_cursor
+            if cursor is None or not page.items:
+                return
+
+    def iter_orders(
+        self, status: str = "open", instrument: str | None = None, **kw: Any
+    ) -> AsyncIterator[OrderView]:
+        params = {"status": status, "instrument": instrument}
+        return self.iterate("/v1/orders", OrderView, params, **kw)
+
+    def iter_fills(self, instrument: str | None = None, **kw: Any) -> AsyncIterator[FillView]:
+        return self.iterate("/v1/fills", FillView, {"instrument": instrument}, **kw)
+
     async def orders(self, status: str = "open", instrument: str | None = None) -> list[OrderView]:
-        params: dict[str, Any] = {"status": status}
-        if instrument is not None:
-            params["instrument"] = instrument
-        answer = await self.request("GET", "/v1/orders", params=params)
-        return msgspec.convert(answer, list[OrderView])
+        """Every order of the caller with this status (`all`: any), newest first."""
+        return [o async for o in self.iter_orders(status, instrument)]
 
     async def fills(self, instrument: str | None = None) -> list[FillView]:
-        params = {} if instrument is None else {"instrument": instrument}
-        return msgspec.convert(
-            await self.request("GET", "/v1/fills", params=params), list[FillView]
-        )
+        """Every fill of the caller, newest first."""
+        return [f async for f in self.iter_fills(instrument)]
 
     async def balances(self) -> list[BalanceView]:
         return msgspec.convert(await self.request("GET", "/v1/balances"), list[BalanceView])
@@ -293,10 +353,9 @@ class TokexClient:
         return msgspec.convert(answer, BookView)
 
     async def trades(self, instrument: str, limit: int = 100) -> list[TradeView]:
-        answer = await self.request(
-            "GET", "/v1/trades", params={"instrument": instrument, "limit": limit}
-        )
-        return msgspec.convert(answer, list[TradeView])
+        """The newest `limit` trades of an instrument (`page` / `iterate` for more)."""
+        page = await self.page("/v1/trades", TradeView, {"instrument": instrument}, limit=limit)
+        return page.items
 
     # ------------------------------------------------------------------ delivery and settlement
 
@@ -312,9 +371,9 @@ class TokexClient:
         )
 
     async def deliveries(self, instrument: str | None = None) -> list[DeliveryView]:
-        params = {} if instrument is None else {"instrument": instrument}
-        answer = await self.request("GET", "/v1/deliveries", params=params)
-        return msgspec.convert(answer, list[DeliveryView])
+        """Every delivery the caller made or received, newest first."""
+        params = {"instrument": instrument}
+        return [d async for d in self.iterate("/v1/deliveries", DeliveryView, params)]
 
     async def entitlements(self) -> list[EntitlementView]:
         """`GET /v1/entitlements`: tokens owed, escrow and delivered, per counterparty."""
@@ -341,9 +400,8 @@ class TokexClient:
 
     async def withdrawals(self, status: str | None = None) -> list[WithdrawalView]:
         """The caller's withdrawals (the operator: everyone's)."""
-        params = {} if status is None else {"status": status}
-        answer = await self.request("GET", "/v1/withdrawals", params=params)
-        return msgspec.convert(answer, list[WithdrawalView])
+        params = {"status": status}
+        return [w async for w in self.iterate("/v1/withdrawals", WithdrawalView, params)]
 
     async def mark_withdrawal(
         self, account_id: str, withdrawal_id: str, paid: bool

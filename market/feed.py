@@ -26,9 +26,10 @@ Messages are encoded once per publish and shared by every subscriber.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -49,6 +50,7 @@ from schemas.market import (
     TradingStateChanged,
 )
 from schemas.stream import (
+    CHECKSUM_LEVELS,
     BookDeltaMessage,
     BookSnapshotMessage,
     Channel,
@@ -61,7 +63,9 @@ from schemas.stream import (
     Subscribed,
     TradeMessage,
     Unsubscribed,
+    book_checksum,
 )
+from schemas.trading import FillView
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,18 @@ def encode(message: ServerMessage) -> str:
 
 
 # --------------------------------------------------------------------------- DepthBook
+
+
+_NO_FILLS: Mapping[int, Sequence[FillView]] = {}
+
+
+def _view_of(views: Mapping[int, Sequence[FillView]], order_id: int, seq: int) -> FillView | None:
+    """The sequencer's view of this fill for this order (an order fills at most a few
+    times in one batch, so a scan of its list)."""
+    for view in views.get(order_id, ()):
+        if view.seq == seq:
+            return view
+    return None
 
 
 class BookChanges(msgspec.Struct, frozen=True):
@@ -257,6 +273,14 @@ class DepthBook:
             asks=[DepthLevel(p, *self._asks[p]) for p in sorted(self._asks)],
         )
 
+    def checksum(self) -> int:
+        """`schemas.stream.book_checksum` of the top levels now."""
+        bids = heapq.nlargest(CHECKSUM_LEVELS, self._bids)
+        asks = heapq.nsmallest(CHECKSUM_LEVELS, self._asks)
+        return book_checksum(
+            ((p, self._bids[p][0]) for p in bids), ((p, self._asks[p][0]) for p in asks)
+        )
+
     def take_changes(self) -> BookChanges:
         """The levels whose (quantity, orders) differ from the last call, and reset."""
         bids: list[DepthLevel] = []
@@ -383,12 +407,16 @@ class MarketData:
             if subs:
                 self._fanout(subs, encode(self._snapshot(book)))
 
-    def publish(self, events: Sequence[Event]) -> None:
-        """Fan out one committed batch (its events in order). Never raises, never blocks."""
+    def publish(
+        self, events: Sequence[Event], fills: Mapping[int, Sequence[FillView]] = _NO_FILLS
+    ) -> None:
+        """Fan out one committed batch (its events in order; `fills`: the batch's fill
+        views by order id, for the fee and client order id of the private fill messages).
+        Never raises, never blocks."""
         touched: dict[str, DepthBook] = {}
         for event in events:
             try:
-                self._event(event, touched)
+                self._event(event, touched, fills)
             except Exception:  # a bug here must not take down the sequencer
                 log.exception("market data: cannot publish %r", event)
         for sym, book in touched.items():
@@ -404,11 +432,14 @@ class MarketData:
                         prev_seq=changes.prev_seq,
                         bids=changes.bids,
                         asks=changes.asks,
+                        checksum=book.checksum(),
                     )
                 )
                 self._fanout(subs, frame)
 
-    def _event(self, event: Event, touched: dict[str, DepthBook]) -> None:
+    def _event(
+        self, event: Event, touched: dict[str, DepthBook], fills: Mapping[int, Sequence[FillView]]
+    ) -> None:
         sym = event.instrument
         if event.seq > 0:
             book = self._books.get(sym)
@@ -428,7 +459,7 @@ class MarketData:
                     self._mark_unavailable(sym)
         if type(event) is Fill:
             assert isinstance(event, Fill)
-            self._fill(event)
+            self._fill(event, fills)
         elif type(event) is not TradingStateChanged:
             owner = event.owner  # type: ignore[union-attr]
             if owner is not None:
@@ -436,7 +467,7 @@ class MarketData:
                 if subs:
                     self._fanout(subs, encode(OrderMessage(event=event)))  # type: ignore[arg-type]
 
-    def _fill(self, fill: Fill) -> None:
+    def _fill(self, fill: Fill, views: Mapping[int, Sequence[FillView]]) -> None:
         trade = TradeMessage(
             instrument=fill.instrument,
             seq=fill.seq,
@@ -461,6 +492,7 @@ class MarketData:
         ):  # fmt: skip
             subs = orders.get(owner)
             if subs:
+                view = _view_of(views, order_id, fill.seq)
                 msg = FillMessage(
                     instrument=fill.instrument,
                     seq=fill.seq,
@@ -471,6 +503,8 @@ class MarketData:
                     price=fill.price,
                     quantity=fill.quantity,
                     open_quantity=open_qty,
+                    fee=0 if view is None else view.fee,
+                    client_order_id="" if view is None else view.client_order_id,
                 )
                 self._fanout(subs, encode(msg))
 
@@ -572,8 +606,9 @@ class MarketData:
     def _snapshot(book: DepthBook) -> BookSnapshotMessage:
         depth = book.levels()
         return BookSnapshotMessage(
-            instrument=depth.instrument, seq=depth.seq, bids=depth.bids, asks=depth.asks
-        )
+            instrument=depth.instrument, seq=depth.seq, bids=depth.bids, asks=depth.asks,
+            checksum=book.checksum(),
+        )  # fmt: skip
 
     def _add(self, sub: Subscriber, channel: Channel, key: str) -> None:
         if (channel, key) not in sub.subs and len(sub.subs) >= self.max_subscriptions:

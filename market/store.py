@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from ledger.rows import BatchRows
+from market.pages import Keyset
 from schemas.market import Command, Instrument, OrderType, Side, TimeInForce
 from schemas.trading import DeliveryView, FillView, OrderView, SettlementView, WithdrawalView
 
@@ -331,6 +332,23 @@ async def get_order(conn: asyncpg.Connection, account_id: str, order_id: int) ->
     return None if row is None else order_from_record(row)
 
 
+#: The first page of a list: its newest records.
+FIRST_PAGE = Keyset()
+#: A fill's place in an account's list of fills.
+FILL_KEY = "(time_ms, instrument, seq)"
+
+
+async def get_order_by_client_id(
+    conn: asyncpg.Connection, account_id: str, client_order_id: str
+) -> OrderRow | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM market_orders WHERE account_id = $1 AND client_order_id = $2",
+        account_id,
+        client_order_id,
+    )
+    return None if row is None else order_from_record(row)
+
+
 async def list_orders(
     conn: asyncpg.Connection,
     account_id: str,
@@ -338,17 +356,22 @@ async def list_orders(
     status: str | None,
     instrument: str | None,
     limit: int,
+    keyset: Keyset = FIRST_PAGE,
 ) -> list[OrderRow]:
+    """An account's orders by id, newest first (`keyset`: from where)."""
+    where, order, key = keyset.sql("(order_id)", 5)
     rows = await conn.fetch(
-        """SELECT * FROM market_orders
+        f"""SELECT * FROM market_orders
             WHERE account_id = $1
               AND ($2::text IS NULL OR status = $2)
               AND ($3::text IS NULL OR instrument = $3)
-            ORDER BY order_id DESC LIMIT $4""",
+              AND {where}
+            ORDER BY {order} LIMIT $4""",
         account_id,
         status,
         instrument,
         limit,
+        *key,
     )
     return [order_from_record(r) for r in rows]
 
@@ -360,18 +383,23 @@ async def fills_for(
     instrument: str | None = None,
     order_id: int | None = None,
     limit: int = 500,
+    keyset: Keyset = FIRST_PAGE,
 ) -> list[FillView]:
-    """An account's fills, newest first, from its own point of view."""
+    """An account's fills, newest first by (time, instrument, seq), from its own point of
+    view (`keyset`: from where)."""
+    where, order, key = keyset.sql(FILL_KEY, 5)
     rows = await conn.fetch(
-        """SELECT * FROM market_fills
+        f"""SELECT * FROM market_fills
             WHERE (maker_account = $1 OR taker_account = $1)
               AND ($2::text IS NULL OR instrument = $2)
               AND ($3::bigint IS NULL OR maker_order_id = $3 OR taker_order_id = $3)
-            ORDER BY time_ms DESC, instrument, seq DESC LIMIT $4""",
+              AND {where}
+            ORDER BY {order} LIMIT $4""",
         account_id,
         instrument,
         order_id,
         limit,
+        *key,
     )
     views: list[FillView] = []
     for r in rows:
@@ -394,16 +422,38 @@ async def fills_for(
                 fee=r["buyer_fee"] if side is Side.BUY else 0,
             )
         )
+    await _add_client_ids(conn, account_id, views)
     return views
 
 
-async def recent_trades(conn: asyncpg.Connection, instrument: str, limit: int) -> list[Any]:
+async def _add_client_ids(conn: asyncpg.Connection, account_id: str, views: list[FillView]) -> None:
+    """Fill in each fill's `client_order_id` from the account's orders (one query)."""
+    if not views:
+        return
+    ids = sorted({v.order_id for v in views})
+    rows = await conn.fetch(
+        """SELECT order_id, client_order_id FROM market_orders
+            WHERE account_id = $1 AND order_id = ANY($2::bigint[])""",
+        account_id,
+        ids,
+    )
+    by_id = {r["order_id"]: r["client_order_id"] for r in rows}
+    for view in views:
+        view.client_order_id = by_id.get(view.order_id, "")
+
+
+async def recent_trades(
+    conn: asyncpg.Connection, instrument: str, limit: int, keyset: Keyset = FIRST_PAGE
+) -> list[Any]:
+    """An instrument's trades by seq, newest first (`keyset`: from where)."""
+    where, order, key = keyset.sql("(seq)", 3)
     return list(
         await conn.fetch(
-            """SELECT seq, time_ms, price, quantity, aggressor_side FROM market_fills
-                WHERE instrument = $1 ORDER BY seq DESC LIMIT $2""",
+            f"""SELECT seq, time_ms, price, quantity, aggressor_side FROM market_fills
+                WHERE instrument = $1 AND {where} ORDER BY {order} LIMIT $2""",
             instrument,
             limit,
+            *key,
         )
     )
 
@@ -426,16 +476,21 @@ async def deliveries_for(
     *,
     instrument: str | None = None,
     limit: int = 500,
+    keyset: Keyset = FIRST_PAGE,
 ) -> list[DeliveryRow]:
-    """Deliveries an account made (provider) or received (buyer), newest first."""
+    """Deliveries an account made (provider) or received (buyer), newest first by
+    (time, transaction id) (`keyset`: from where)."""
+    where, order, key = keyset.sql("(time_ms, transaction_id)", 4)
     rows = await conn.fetch(
-        """SELECT * FROM market_deliveries
+        f"""SELECT * FROM market_deliveries
             WHERE (provider = $1 OR buyer = $1)
               AND ($2::text IS NULL OR instrument = $2)
-            ORDER BY time_ms DESC, transaction_id DESC LIMIT $3""",
+              AND {where}
+            ORDER BY {order} LIMIT $3""",
         account_id,
         instrument,
         limit,
+        *key,
     )
     return [delivery_from_record(r) for r in rows]
 
@@ -478,15 +533,20 @@ async def list_withdrawals(
     account_id: str | None,
     status: str | None,
     limit: int,
+    keyset: Keyset = FIRST_PAGE,
 ) -> list[WithdrawalRow]:
-    """Withdrawals of one account (or of all, for the operator), newest first."""
+    """Withdrawals of one account (or of all, for the operator), newest first by
+    (created, account, withdrawal id) (`keyset`: from where)."""
+    where, order, key = keyset.sql("(created_ms, account_id, withdrawal_id)", 4)
     rows = await conn.fetch(
-        """SELECT * FROM market_withdrawals
+        f"""SELECT * FROM market_withdrawals
             WHERE ($1::text IS NULL OR account_id = $1)
               AND ($2::text IS NULL OR status = $2)
-            ORDER BY created_ms DESC, account_id, withdrawal_id LIMIT $3""",
+              AND {where}
+            ORDER BY {order} LIMIT $3""",
         account_id,
         status,
         limit,
+        *key,
     )
     return [withdrawal_from_record(r) for r in rows]

@@ -20,6 +20,14 @@ back as `error` frames with the auth codes (`missing_signature`,
 
 The upgrade request itself needs no signature (public market data): the
 HTTP auth middleware does not see websocket scopes.
+
+Cancel on disconnect: an `orders` subscribe with `cancel_on_disconnect: true` arms it
+for that account on this connection; an unsubscribe from `orders` disarms it. When the
+connection ends while armed (dropped, closed, or the server dropped a slow consumer),
+every open order of the account is cancelled through the sequencer (`CancelAllOp`),
+as `POST /v1/orders/cancel-all` would. A bot that wants its orders to outlive a
+dropped connection leaves it off; one that wants a timeout rather than a connection
+uses the dead-man switch (`POST /v1/orders/cancel-after`).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from market.auth import PUBLIC, Authenticator, AuthError, now_ms
 from market.feed import MarketData, Subscriber, encode
+from market.sequencer.ops import CancelAllOp
 from schemas.errors import DomainError
 from schemas.market import Depth
 from schemas.stream import (
@@ -60,7 +69,8 @@ async def market_stream(socket: WebSocket[Any, Any, Any]) -> None:
     hub: MarketData = socket.app.state.market_data
     await socket.accept()
     sub = hub.connect()
-    receiver = asyncio.create_task(_receive(socket, hub, sub))
+    guarded: set[str] = set()  # accounts whose orders go when this connection does
+    receiver = asyncio.create_task(_receive(socket, hub, sub, guarded))
     sender = asyncio.create_task(_send(socket, sub))
     try:
         await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
@@ -72,6 +82,23 @@ async def market_stream(socket: WebSocket[Any, Any, Any]) -> None:
         for task in (receiver, sender):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await _cancel_on_disconnect(socket, guarded)
+
+
+async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], accounts: set[str]) -> None:
+    sequencer = getattr(socket.app.state, "sequencer", None)
+    for account_id in sorted(accounts):
+        if sequencer is None:
+            log.warning("stream: cannot cancel %s's orders on disconnect: no sequencer", account_id)
+            continue
+        try:
+            result = await sequencer.submit(CancelAllOp(account_id, None))
+        except Exception:
+            log.exception("stream: cancel on disconnect of %s failed", account_id)
+        else:
+            log.info(
+                "stream: disconnect cancelled %d orders of %s", len(result.cancelled), account_id
+            )
 
 
 async def _send(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> None:
@@ -89,7 +116,9 @@ async def _send(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> None:
         await socket.close(code=sub.close_code, reason=sub.close_reason)
 
 
-async def _receive(socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber) -> None:
+async def _receive(
+    socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber, guarded: set[str]
+) -> None:
     while True:
         event = await socket.receive()
         if event["type"] == "websocket.disconnect":
@@ -111,7 +140,7 @@ async def _receive(socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subsc
             _error(sub, StreamErrorCode.INVALID_MESSAGE, str(exc))
             continue
         try:
-            await _handle(socket, hub, sub, message)
+            await _handle(socket, hub, sub, message, guarded)
         except DomainError as exc:
             _error(sub, exc.code, exc.message)
         except Exception:  # never let one message kill the connection
@@ -120,18 +149,27 @@ async def _receive(socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subsc
 
 
 async def _handle(
-    socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber, message: ClientMessage
-) -> None:
+    socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber, message: ClientMessage,
+    guarded: set[str],
+) -> None:  # fmt: skip
     if isinstance(message, Unsubscribe):
         if message.channel is not Channel.ORDERS and message.instrument is None:
             raise _invalid(f"unsubscribe from {message.channel} needs an instrument")
         hub.unsubscribe(sub, message.channel, message.instrument)
+        if message.channel is Channel.ORDERS:
+            guarded.clear()  # a clean unsubscribe: the orders stay
         return
     assert isinstance(message, Subscribe)
     if message.channel is Channel.ORDERS:
         account_id = await _authenticate(socket, message)
         hub.subscribe_orders(sub, account_id)
+        if message.cancel_on_disconnect:
+            guarded.add(account_id)
+        else:
+            guarded.discard(account_id)
         return
+    if message.cancel_on_disconnect:
+        raise _invalid("cancel_on_disconnect is for the orders channel")
     instrument = message.instrument
     if instrument is None:
         raise _invalid(f"subscribe to {message.channel} needs an instrument")

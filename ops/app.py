@@ -50,7 +50,7 @@ from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, o
 from ops.errors import exception_handlers
 from ops.middleware import DatabaseGate, RefuseNulBytes
 from ops.supervisor import DatabaseState
-from ops.wire import StrictRequest, strict_query_integers
+from ops.wire import StrictRequest, strict_query
 from schemas.errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def create_app(
         middleware=[RefuseNulBytes, DatabaseGate, AuthMiddleware(limiter)],
         # integers strictly on the wire: JSON bodies and integer query parameters (ops.wire)
         request_class=StrictRequest,
-        before_request=strict_query_integers,
+        before_request=strict_query,
         lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
         openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,

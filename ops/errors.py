@@ -32,6 +32,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
 from market.sequencer.errors import ExchangeBusy
+from ops.wire import query_alias
 from schemas.errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,9 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return error_response(status, exc.code, exc.message, headers)
 
 
-def _validation_message(exc: HTTPException) -> str:
-    """Say which field is wrong, from Litestar's `extra` list of decoder complaints."""
+def _validation_message(request: Request[Any, Any, Any], exc: HTTPException) -> str:
+    """Say which field is wrong, from Litestar's `extra` list of decoder complaints, by
+    the name the client sent (a query parameter's alias, not the handler's argument)."""
     parts = []
     if isinstance(exc.extra, list):
         for item in exc.extra:
@@ -132,6 +134,8 @@ def _validation_message(exc: HTTPException) -> str:
                 text = str(item.get("message", "")).strip()
                 key, source = item.get("key"), item.get("source")
                 source = getattr(source, "value", source)  # ParamType enum -> "query"
+                if source == "query" and isinstance(key, str):
+                    key = query_alias(request, key)
                 where = f"{source} {key}" if source and key else (key or source)
                 if where and (not text or str(key) not in text):
                     text = f"{text} ({where})" if text else str(where)
@@ -150,7 +154,7 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         log.error("%s %s -> %s", request.method, request.url.path, status, exc_info=exc)
         message = INTERNAL_MESSAGE if status == 500 else HTTPStatus(status).phrase.lower()
     elif status == 400:
-        message = _validation_message(exc)
+        message = _validation_message(request, exc)
     elif status == 404 and exc.detail == HTTPStatus.NOT_FOUND.phrase:
         message = f"no such resource: {request.method} {request.url.path}"
     elif status == 405:

@@ -10,12 +10,16 @@ quantities are JSON integers and nothing else, so (wired by `ops.app.create_app`
   exponent form or a boolean is no integer; a string is no number), and answered 400
   `invalid_request` naming the field, e.g. "Expected `int`, got `str` - at `$.quantity`".
   Litestar's own lax conversion then passes the decoded value through unchanged.
-* `strict_query_integers`, the app's `before_request`: an integer query parameter must be
-  written in decimal digits (optionally after a minus sign), else 400 `invalid_request`
-  naming it: `?limit=1e3` or `?limit=10.0` are refused instead of read as 1000 or 10.
-  Limits (`ge`, `le`) stay the routes' own, checked by Litestar as before. Litestar runs
-  the `before_request` of the layer closest to the handler only: a router or handler that
-  sets its own must call this one too.
+* `strict_query`, the app's `before_request`: a query parameter the route does not take
+  is refused 400 `unknown_query_parameter` naming it as the client sent it (Litestar
+  ignores them, so `?client_order_id=x` on a list route silently listed everything); an
+  integer query parameter must be written in decimal digits (optionally after a minus
+  sign), else 400 `invalid_request` naming it: `?limit=1e3` or `?limit=10.0` are refused
+  instead of read as 1000 or 10. Limits (`ge`, `le`) stay the routes' own, checked by
+  Litestar as before. Litestar runs the `before_request` of the layer closest to the
+  handler only: a router or handler that sets its own must call this one too.
+* `query_alias`: the name a client sends for a route's parameter (`format` for the
+  report routes' `fmt`), so error messages say what the client wrote.
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from litestar.types import Empty
 
 from schemas.errors import DomainError, ErrorKind
 
-__all__ = ["InvalidRequest", "StrictRequest", "strict_query_integers"]
+__all__ = [
+    "InvalidRequest",
+    "StrictRequest",
+    "UnknownQueryParameter",
+    "query_alias",
+    "strict_query",
+]
 
 _DECIMAL = re.compile(r"-?[0-9]+")
 
@@ -47,12 +57,22 @@ class InvalidRequest(DomainError):
     kind = ErrorKind.INVALID
 
 
+class UnknownQueryParameter(DomainError):
+    """A query parameter the route does not take (400)."""
+
+    code = "unknown_query_parameter"
+    kind = ErrorKind.INVALID
+
+
 #: Per route handler: the strict decoder of its JSON body (None: it takes none), and the
 #: names of its integer query parameters.
 _BODY_DECODERS: weakref.WeakKeyDictionary[BaseRouteHandler, msgspec.json.Decoder[Any] | None]
 _BODY_DECODERS = weakref.WeakKeyDictionary()
 _INT_QUERIES: weakref.WeakKeyDictionary[BaseRouteHandler, tuple[str, ...]]
 _INT_QUERIES = weakref.WeakKeyDictionary()
+#: Per route handler: its query parameters, field name -> the name a client sends.
+_QUERY_ALIASES: weakref.WeakKeyDictionary[BaseRouteHandler, dict[str, str]]
+_QUERY_ALIASES = weakref.WeakKeyDictionary()
 
 
 def _body_decoder(handler: BaseRouteHandler) -> msgspec.json.Decoder[Any] | None:
@@ -112,13 +132,38 @@ def _int_queries(handler: BaseRouteHandler) -> tuple[str, ...]:
     return names
 
 
-async def strict_query_integers(request: Request[Any, Any, Any]) -> None:
-    """Refuse an integer query parameter that is not written in decimal digits."""
-    names = _int_queries(request.route_handler)
-    if not names:
-        return
+def _query_aliases(handler: BaseRouteHandler, path_params: Any) -> dict[str, str]:
+    """The handler's query parameters (its own and its dependencies'), from the same
+    kwargs model Litestar builds for it."""
+    aliases = _QUERY_ALIASES.get(handler)
+    if aliases is None:
+        # Only the path parameters' names are read (to tell them from query ones).
+        names: dict[str, Any] = dict.fromkeys(path_params)
+        model = handler.create_kwargs_model(path_parameters=names)
+        aliases = {p.field_name: p.field_alias for p in model.expected_query_params}
+        _QUERY_ALIASES[handler] = aliases
+    return aliases
+
+
+def query_alias(request: Request[Any, Any, Any], name: str) -> str:
+    """The name the client sends for the route's query parameter `name`."""
+    return _query_aliases(request.route_handler, request.path_params).get(name, name)
+
+
+async def strict_query(request: Request[Any, Any, Any]) -> None:
+    """Refuse a query parameter the route does not take, and an integer one that is not
+    written in decimal digits."""
     query = request.query_params
-    for name in names:
+    if not query:
+        return
+    allowed = _query_aliases(request.route_handler, request.path_params).values()
+    for sent in query:
+        if sent not in allowed:
+            takes = ", ".join(sorted(allowed)) or "none"
+            raise UnknownQueryParameter(
+                f"unknown query parameter {sent!r} (this route takes: {takes})"
+            )
+    for name in _int_queries(request.route_handler):
         for value in query.getall(name, ()):
             if not _DECIMAL.fullmatch(value):
                 # Litestar's own words for `?limit=lots`, now also for 1e3 and 10.0

@@ -14,6 +14,13 @@ with their new totals; quantity 0 means the level is gone. A delta may list
 no level at all (the batch only rejected or changed the trading state): it
 still advances `seq`.
 
+Every book message carries `checksum`: Kraken's rule, for integers. Take the 10 best
+asks (lowest price first), then the 10 best bids (highest first); for each level write
+its price then its quantity in decimal digits; the checksum is the CRC32 (as zlib
+computes it, unsigned) of all of that as ASCII. `book_checksum` computes it: a client
+that rebuilt its book from the snapshot and the deltas compares it with each message's
+and subscribes again when they differ.
+
 Trades channel (`"trades"`, per instrument): one `trade` per fill, without
 owners or order ids.
 
@@ -25,6 +32,8 @@ account's orders; `fill` messages tell the account its side of a trade
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterable
 from enum import StrEnum
 
 import msgspec
@@ -78,6 +87,9 @@ class Subscribe(msgspec.Struct, kw_only=True, frozen=True, tag="subscribe", tag_
     key_id: str | None = None
     timestamp: int | None = None
     signature: str | None = None
+    #: `orders` only: when this connection drops (not after an unsubscribe from the
+    #: orders channel), cancel every open order of the account.
+    cancel_on_disconnect: bool = False
 
 
 class Unsubscribe(msgspec.Struct, kw_only=True, frozen=True, tag="unsubscribe", tag_field="op"):
@@ -110,6 +122,7 @@ class BookSnapshotMessage(msgspec.Struct, kw_only=True, frozen=True, tag="snapsh
     seq: int
     bids: list[DepthLevel]
     asks: list[DepthLevel]
+    checksum: int = 0  # `book_checksum` of the book as of `seq`
 
 
 class BookDeltaMessage(msgspec.Struct, kw_only=True, frozen=True, tag="delta"):
@@ -121,6 +134,7 @@ class BookDeltaMessage(msgspec.Struct, kw_only=True, frozen=True, tag="delta"):
     prev_seq: int
     bids: list[DepthLevel]
     asks: list[DepthLevel]
+    checksum: int = 0  # `book_checksum` of the whole book after this delta
 
 
 class TradeMessage(msgspec.Struct, kw_only=True, frozen=True, tag="trade"):
@@ -159,6 +173,23 @@ class FillMessage(msgspec.Struct, kw_only=True, frozen=True, tag="fill"):
     price: int
     quantity: int
     open_quantity: int
+    fee: int = 0  # what this account paid in fees on this fill (the buyer's side)
+    client_order_id: str = ""  # the client id of this account's order
+
+
+CHECKSUM_LEVELS = 10
+
+
+def book_checksum(bids: Iterable[tuple[int, int]], asks: Iterable[tuple[int, int]]) -> int:
+    """CRC32 of the top levels: `bids` best (highest) first and `asks` best (lowest)
+    first, each as (price, quantity); only the first `CHECKSUM_LEVELS` of each count."""
+    parts: list[str] = []
+    for levels in (asks, bids):
+        for n, (price, quantity) in enumerate(levels):
+            if n == CHECKSUM_LEVELS:
+                break
+            parts.append(f"{price}{quantity}")
+    return zlib.crc32("".join(parts).encode("ascii"))
 
 
 class StreamError(msgspec.Struct, kw_only=True, frozen=True, tag="error"):

@@ -32,6 +32,10 @@ class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     provider_fee_bps: Bps = 0
     #: Deliveries are still accepted this long after the window ends; then it settles.
     delivery_grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)] = 0
+    #: A window that has already started is refused (`window_started`) unless this is
+    #: true: listing into a running window is an operator's explicit choice. A window
+    #: that has ended is always refused (`window_over`).
+    allow_started: bool = False
 
 
 class InstrumentView(msgspec.Struct, kw_only=True):
@@ -87,6 +91,9 @@ class PlaceOrder(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expire_at: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None
     post_only: bool = False
     stp: StpMode = StpMode.CANCEL_NEWEST
+    #: A market buy only: spend at most this on the tokens (fees on top); it buys what
+    #: that pays for at the asks, at most `quantity`.
+    max_notional: Amount | None = None
 
 
 class PlaceOrders(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -114,6 +121,7 @@ class FillView(msgspec.Struct, kw_only=True):
     price: int
     quantity: int
     fee: int  # what this account paid in fees on this fill (buyer side; providers pay on delivery)
+    client_order_id: str = ""  # the client id of this account's order (`order_id`)
 
 
 class OrderView(msgspec.Struct, kw_only=True):
@@ -142,6 +150,26 @@ class OrderResult(msgspec.Struct, kw_only=True):
     order: OrderView | None = None
     code: str | None = None
     message: str | None = None
+
+
+class CancelAfter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Arm the caller's dead-man switch for `timeout_ms` (refresh by calling again), or
+    disarm it with 0; at most a day."""
+
+    timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)]
+
+
+class CancelAfterView(msgspec.Struct, kw_only=True):
+    """The switch after the call: armed until `deadline_ms`, or not armed (null)."""
+
+    deadline_ms: int | None
+    server_time_ms: int
+
+
+class ServerTime(msgspec.Struct, kw_only=True):
+    """The server's clock, the one signed requests are checked against (within 30 s)."""
+
+    server_time_ms: int
 
 
 class CancelledOrders(msgspec.Struct, kw_only=True):

@@ -178,8 +178,17 @@ def listing(listing_id: str, provider: str, symbol: str, quantity: int, time: in
 
 
 def order_hold(
-    order_id: int, owner: str, side: Side, quantity: int, price: int, terms: Terms, time: int
+    order_id: int,
+    owner: str,
+    side: Side,
+    quantity: int,
+    price: int,
+    terms: Terms,
+    time: int,
+    amount: int | None = None,
 ) -> Transaction:
+    """The hold an accepted order takes: its `reservation`, or `amount` when the
+    sequencer priced it otherwise (a market buy holds what it can really spend)."""
     return Transaction(
         id=f"order:{order_id}",
         code="order_hold",
@@ -188,7 +197,7 @@ def order_hold(
             HoldCreate(
                 hold_id=order_hold_id(order_id),
                 account=hold_account(side, owner, terms),
-                amount=reservation(side, quantity, price, terms),
+                amount=reservation(side, quantity, price, terms) if amount is None else amount,
             ),
         ),
         metadata={"order": str(order_id), "instrument": terms.symbol},

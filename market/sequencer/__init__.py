@@ -31,6 +31,7 @@ from market.sequencer.errors import (
 from market.sequencer.ops import (
     AmendOp,
     AnyOp,
+    CancelAfterOp,
     CancelAllOp,
     CancelOp,
     CloseInstrumentOp,
@@ -56,6 +57,7 @@ __all__ = [
     "QUEUE_MAX",
     "AmendOp",
     "AnyOp",
+    "CancelAfterOp",
     "CancelAllOp",
     "CancelOp",
     "CloseInstrumentOp",

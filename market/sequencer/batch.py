@@ -64,6 +64,8 @@ class Batch:
     deliveries: dict[Key, DeliveryRow] = field(default_factory=dict)
     settlements: list[SettlementView] = field(default_factory=list)
     withdrawals: dict[Key, WithdrawalRow] = field(default_factory=dict)
+    #: Dead-man switches armed, refreshed or disarmed (`sequencer.deadman`), by account.
+    cancel_after: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
     def record(self, entry: JournalEntry) -> None:
         """Journal an entry (engine command or listing) under the next sequence number."""
@@ -95,13 +97,30 @@ class Batch:
             settlements=self.settlements,
             withdrawals=list(self.withdrawals.values()),
         )
+        rows.insert(
+            "market_cancel_after", ("account_id", "deadline_ms", "updated_ms"),
+            list(self.cancel_after.values()),
+            on_conflict="ON CONFLICT (account_id) DO UPDATE SET deadline_ms = "
+            "EXCLUDED.deadline_ms, updated_ms = EXCLUDED.updated_ms",
+        )  # fmt: skip
 
 
 _digest_encoder = msgspec.msgpack.Encoder(order="sorted")
 
 
+#: Optional fields added to a request after orders were first stored: left out of the
+#: digest while unset, so a retry of a request made before they existed still matches.
+_LATER_FIELDS = ("max_notional",)
+
+
 def digest(request: msgspec.Struct) -> bytes:
     """What identifies a request's body, for idempotency by the caller's id."""
+    if any(getattr(request, f, 0) is None for f in _LATER_FIELDS):
+        fields = msgspec.structs.asdict(request)
+        for name in _LATER_FIELDS:
+            if fields.get(name, 0) is None:
+                del fields[name]
+        return hashlib.sha256(_digest_encoder.encode(fields)).digest()
     return hashlib.sha256(_digest_encoder.encode(request)).digest()
 
 

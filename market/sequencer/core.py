@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar, assert_never, cast
@@ -46,12 +46,13 @@ from ledger.errors import LedgerUnavailable
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger
 from market.replay import RebuildSummary, Rebuilt
-from market.sequencer import delivery, lifecycle, orders, treasury, views
+from market.sequencer import deadman, delivery, lifecycle, orders, treasury, views
 from market.sequencer.batch import Batch, Prior
 from market.sequencer.errors import ExchangeBusy, SequencerStopped
 from market.sequencer.ops import (
     AmendOp,
     AnyOp,
+    CancelAfterOp,
     CancelAllOp,
     CancelOp,
     CloseInstrumentOp,
@@ -77,13 +78,15 @@ from market.store import find_deliveries, find_orders, find_withdrawals
 from schemas.errors import DomainError
 from schemas.ledger import Balance
 from schemas.market import Event
-from schemas.trading import EntitlementView, InstrumentView, SettlementView
+from schemas.trading import EntitlementView, FillView, InstrumentView, SettlementView
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Publish = Callable[[Sequence[Event]], None]
+#: After a commit: the batch's engine events, and per order id the fill views of the
+#: batch (with fees and client order ids) for the private fill messages.
+Publish = Callable[[Sequence[Event], Mapping[int, Sequence[FillView]]], None]
 Clock = Callable[[], int]
 
 #: Ops the queue holds at most (a batch takes up to `max_batch` of them at a time).
@@ -151,6 +154,8 @@ def dispatch(op: AnyOp, batch: Batch) -> Answer:
             result = treasury.withdrawal_outcome(batch, account, wid, paid=paid)
         case GatewayChargeOp(receipts=receipts):
             result = delivery.charge(batch, receipts)
+        case CancelAfterOp(account_id=account, timeout_ms=timeout_ms):
+            result = deadman.arm(batch, account, timeout_ms)
         case TickOp():
             result = None
         case _:
@@ -401,7 +406,10 @@ class Sequencer:
                 continue
             now = max(self._last_time_ms, self._clock())
             market = self.market
-            if market.gtd_due(now) or not self.healthy or market.next_window_event_ms() <= now:
+            if (
+                market.gtd_due(now) or market.cancel_after_due(now) or not self.healthy
+                or market.next_window_event_ms() <= now
+            ):  # fmt: skip
                 with contextlib.suppress(DomainError):
                     await self.submit(TickOp())
 
@@ -466,7 +474,7 @@ class Sequencer:
         self._after_commit(batch)
         if self._publish is not None and batch.events:
             try:
-                self._publish(batch.events)
+                self._publish(batch.events, batch.fill_views)
             except Exception:
                 log.exception("publishing market data failed")
 
@@ -512,6 +520,7 @@ class Sequencer:
                 prior=prior,
             )  # fmt: skip
             orders.expire_due(batch)
+            deadman.due(batch)
             lifecycle.due(batch)
             staged = [_staged(op, batch) for op in ops]
             lb.also_write(batch.stage)

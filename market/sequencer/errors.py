@@ -21,6 +21,8 @@ __all__ = [
     "UnknownInstrument",
     "UnknownOrder",
     "UnknownWithdrawal",
+    "WindowOver",
+    "WindowStarted",
     "WithdrawalSettled",
 ]
 
@@ -67,6 +69,20 @@ class InstrumentSettled(DomainError):
     """The instrument's window is closed and settled: nothing more happens on it."""
 
     code = "instrument_settled"
+    kind = ErrorKind.REJECTED
+
+
+class WindowOver(DomainError):
+    """An instrument whose delivery window has already ended cannot be listed."""
+
+    code = "window_over"
+    kind = ErrorKind.REJECTED
+
+
+class WindowStarted(DomainError):
+    """An instrument whose window has started is listed only with `allow_started`."""
+
+    code = "window_started"
     kind = ErrorKind.REJECTED
 
 

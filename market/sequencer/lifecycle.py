@@ -25,7 +25,7 @@ from market.clearing import rules as settlement
 from market.clearing.rules import Terms
 from market.instruments import make_instrument
 from market.sequencer.batch import Batch, must
-from market.sequencer.errors import DuplicateInstrument
+from market.sequencer.errors import DuplicateInstrument, WindowOver, WindowStarted
 from market.sequencer.settle import apply_events
 from market.sequencer.state import InstrumentState
 from market.store import ListInstrument
@@ -45,6 +45,7 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
     market = batch.market
     if instrument.symbol in market.engine:
         raise DuplicateInstrument(f"instrument {req.symbol!r} already exists")
+    _check_window(instrument.window_start, instrument.duration, batch.time_ms, req)
     batch.record(
         ListInstrument(
             instrument=instrument, maker_fee_bps=req.maker_fee_bps,
@@ -71,6 +72,20 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
         )
     )  # fmt: skip
     return state
+
+
+def _check_window(start_s: int, duration_s: int, now_ms: int, req: CreateInstrument) -> None:
+    """Refuse a window that has ended, and one that has started unless asked for."""
+    end_ms = (start_s + duration_s) * 1_000
+    if end_ms <= now_ms:
+        raise WindowOver(
+            f"the delivery window of {req.symbol!r} ended at {end_ms} ms (now {now_ms} ms)"
+        )
+    if start_s * 1_000 <= now_ms and not req.allow_started:
+        raise WindowStarted(
+            f"the delivery window of {req.symbol!r} has started; list it into a running "
+            "window only with allow_started: true"
+        )
 
 
 def due(batch: Batch) -> None:

@@ -19,6 +19,7 @@ from schemas.errors import DomainError
 from schemas.gateway import GatewayDelivery, GatewayReceipt
 from schemas.trading import (
     AmendOrder,
+    CancelAfterView,
     CancelledOrders,
     CreateInstrument,
     DeliveryReport,
@@ -126,6 +127,14 @@ class GatewayChargeOp(Op[list[GatewayDelivery]]):
 
 
 @dataclass(slots=True)
+class CancelAfterOp(Op[CancelAfterView]):
+    """Arm, refresh (timeout_ms > 0) or disarm (0) the account's dead-man switch."""
+
+    account_id: str
+    timeout_ms: int
+
+
+@dataclass(slots=True)
 class TickOp(Op[None]):
     """Nothing but the passing of time: lets GTD orders expire on a quiet book."""
 
@@ -144,6 +153,7 @@ AnyOp = (
     | WithdrawOp
     | WithdrawalOutcomeOp
     | GatewayChargeOp
+    | CancelAfterOp
     | TickOp
 )
 

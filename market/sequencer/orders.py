@@ -10,16 +10,19 @@ instrument, closed book, insufficient funds) are rejected orders, not journaled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from market.book import default_tif
+from market.book import OrderBook, default_tif
 from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, digest, replayed
 from market.sequencer.errors import InstrumentSettled, OrderRefused, UnknownOrder
+from market.sequencer.protection import BuyPlan, plan_market_buy
 from market.sequencer.settle import apply_events
+from market.sequencer.state import InstrumentState
 from market.store import OrderRow
 from schemas.market import (
     AdvanceTime,
+    DepthLevel,
     Event,
     MassCancel,
     NewOrder,
@@ -28,10 +31,15 @@ from schemas.market import (
     OrderType,
     RejectReason,
     Side,
+    TimeInForce,
 )
 from schemas.market import AmendOrder as EngineAmend
 from schemas.market import CancelOrder as EngineCancel
 from schemas.trading import AmendOrder, CancelledOrders, PlaceOrder
+
+#: Reject reasons of the pre-trade check for market buys (`sequencer.protection`).
+NO_LIQUIDITY = "no_liquidity"
+MAX_NOTIONAL_NOT_ALLOWED = "max_notional_not_allowed"
 
 
 def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
@@ -56,21 +64,32 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
     )  # fmt: skip
     batch.orders[order_id] = row
     batch.placed[key] = row
-    row.reject_reason = _refusal(batch, account_id, req)
-    if row.reject_reason is not None:
+    refusal = _refusal(batch, account_id, req)
+    if isinstance(refusal, str):
+        row.reject_reason = refusal
         return row
+    quantity, price, hold = req.quantity, req.price, None
+    if refusal is not None:  # a market buy, priced on the book (sequencer.protection)
+        if req.tif is not TimeInForce.FOK:  # a FOK keeps its quantity: all or nothing
+            quantity = refusal.quantity
+        price, hold = refusal.protection, refusal.hold
     command = NewOrder(
         instrument=req.instrument, order_id=order_id, owner=account_id, side=req.side,
-        quantity=req.quantity, time=batch.time_ms, price=req.price, order_type=req.order_type,
+        quantity=quantity, time=batch.time_ms, price=price, order_type=req.order_type,
         tif=req.tif, expire_at=req.expire_at, post_only=req.post_only, stp=req.stp,
         client_order_id=req.client_order_id,
     )  # fmt: skip
-    apply_events(batch, batch.run_engine(command), placed=row)
+    apply_events(batch, batch.run_engine(command), placed=row, hold=hold)
+    if quantity < req.quantity and row.status in ("filled", "cancelled"):
+        # What the book could not give a market buy is its IOC remainder, as before.
+        row.cancelled_quantity += req.quantity - quantity
+        row.status = "cancelled"
     return row
 
 
-def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | None:
-    """Why the order is rejected before the engine, if it is: the pre-trade check."""
+def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | BuyPlan | None:
+    """Why the order is rejected before the engine, if it is: the pre-trade check. A
+    market buy that passes gets its plan (what it sends and holds)."""
     state = batch.market.instruments.get(req.instrument)
     if state is None:
         return "unknown_instrument"
@@ -78,7 +97,13 @@ def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | None:
         return InstrumentSettled.code
     if state.trading_closed:  # before funds: the clearer reason
         return RejectReason.INSTRUMENT_CLOSED
+    market_buy = req.order_type is OrderType.MARKET and req.side is Side.BUY
+    if req.max_notional is not None and not market_buy:
+        return MAX_NOTIONAL_NOT_ALLOWED
     instrument = state.instrument
+    lot = instrument.lot_size
+    if market_buy and req.quantity > 0 and not req.quantity % lot:
+        return _market_buy(batch, account_id, req, state)
     if req.price is not None:
         price = req.price
     elif req.order_type is OrderType.MARKET:
@@ -91,6 +116,34 @@ def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | None:
         if need > batch.ledger.state.balance(account).available:
             return "insufficient_funds" if req.side is Side.BUY else "insufficient_capacity"
     return None
+
+
+def _market_buy(
+    batch: Batch, account_id: str, req: PlaceOrder, state: InstrumentState
+) -> str | BuyPlan:
+    """A market buy priced on the asks as they stand: its plan, or why it is refused."""
+    book = batch.market.engine.book(req.instrument)
+    plan = plan_market_buy(
+        _asks(book), req.quantity, state.terms, cap=req.price, max_notional=req.max_notional,
+        stp=req.stp,
+    )  # fmt: skip
+    if plan is None:
+        return NO_LIQUIDITY
+    account = settlement.hold_account(Side.BUY, account_id, state.terms)
+    if plan.hold > batch.ledger.state.balance(account).available:
+        return "insufficient_funds"
+    return plan
+
+
+def _asks(book: OrderBook) -> Iterator[DepthLevel]:
+    """The book's asks, best first, read in growing slices (a walk rarely goes deep)."""
+    shown, levels = 0, 16
+    while True:
+        asks = book.depth(levels).asks
+        yield from asks[shown:]
+        if len(asks) < levels:
+            return
+        shown, levels = len(asks), levels * 4
 
 
 def _owned(batch: Batch, account_id: str, order_id: int) -> OrderRow:

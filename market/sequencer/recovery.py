@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from market.replay import Rebuilt, rebuild_books
+from market.sequencer import deadman
 from market.sequencer.state import InstrumentState, MarketState, terms_of
 from market.snapshots import MarketSnapshot
 from market.store import (
@@ -46,6 +47,7 @@ async def recover(
         books = await rebuild_books(conn, settled, start=start, stored=stored)
         live = await load_live_orders(conn)
         order_id = await next_order_id(conn)
+        switches = await deadman.load(conn)
     engine = books.engine
     market = MarketState(
         engine=engine,
@@ -53,6 +55,7 @@ async def recover(
         gtd={o.order_id: o.expire_at for o in live if o.expire_at is not None},
         next_order_id=order_id,
         next_journal_seq=books.journal_seq,
+        cancel_after=switches,
     )
     for book in engine.books():
         row = listed[book.symbol]

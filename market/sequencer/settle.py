@@ -28,13 +28,17 @@ from schemas.market import (
 from schemas.trading import FillView
 
 
-def apply_events(batch: Batch, events: Sequence[Event], placed: OrderRow | None = None) -> None:
+def apply_events(
+    batch: Batch, events: Sequence[Event], placed: OrderRow | None = None,
+    hold: int | None = None,
+) -> None:  # fmt: skip
     """Turn the engine's events into ledger transactions and order updates. `placed` is
-    the row of the order a `NewOrder` command placed, if that is what ran."""
+    the row of the order a `NewOrder` command placed, if that is what ran; `hold`, the
+    cash it holds if not its reservation (a market buy's, `sequencer.protection`)."""
     for event in events:
         if isinstance(event, OrderAccepted):
             assert placed is not None and placed.order_id == event.order_id
-            _accepted(batch, event, placed)
+            _accepted(batch, event, placed, hold)
         elif isinstance(event, OrderRejected):
             if placed is not None and event.order_id == placed.order_id:
                 placed.status = "rejected"
@@ -54,13 +58,13 @@ def apply_events(batch: Batch, events: Sequence[Event], placed: OrderRow | None 
             _amended(batch, event)
 
 
-def _accepted(batch: Batch, event: OrderAccepted, placed: OrderRow) -> None:
+def _accepted(batch: Batch, event: OrderAccepted, placed: OrderRow, hold: int | None) -> None:
     terms = batch.market.instruments[event.instrument].terms
     must(
         batch.ledger.apply(
             settlement.order_hold(
                 event.order_id, event.owner, event.side, event.quantity, event.price, terms,
-                event.time,
+                event.time, hold,
             )
         )
     )  # fmt: skip
@@ -144,6 +148,7 @@ def _filled(batch: Batch, event: Fill) -> None:
                 instrument=event.instrument, seq=event.seq, time=event.time,
                 order_id=row.order_id, side=row.side, role=role, price=event.price,
                 quantity=event.quantity, fee=buyer_fee if row.side is Side.BUY else 0,
+                client_order_id=row.client_order_id,
             )
         )  # fmt: skip
         if open_quantity == 0:

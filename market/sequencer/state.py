@@ -91,6 +91,8 @@ class MarketState:
     unsettled: dict[str, InstrumentState] = field(default_factory=dict)
     live: dict[int, OrderRow] = field(default_factory=dict)  # open orders
     gtd: dict[int, int] = field(default_factory=dict)  # open GTD order id -> expire_at
+    #: Armed dead-man switches: account -> deadline (ms) (`sequencer.deadman`).
+    cancel_after: dict[str, int] = field(default_factory=dict)
     next_order_id: int = 1
     next_journal_seq: int = 0
 
@@ -124,6 +126,9 @@ class MarketState:
 
     def gtd_due(self, now_ms: int) -> bool:
         return bool(self.gtd) and min(self.gtd.values()) <= now_ms
+
+    def cancel_after_due(self, now_ms: int) -> bool:
+        return bool(self.cancel_after) and min(self.cancel_after.values()) <= now_ms
 
     def committed(self, orders: Iterable[OrderRow]) -> None:
         """A batch's orders are durable: keep the open ones, forget the others."""

@@ -27,6 +27,7 @@ from schemas.market import (
     TimeInForce,
     TradingState,
 )
+from schemas.stream import book_checksum
 
 SYM_A = "llama-3.1-70b/2026-12-01T00Z/1h"
 SYM_B = "mistral-7b/2026-12-01T01Z/30m"
@@ -135,13 +136,24 @@ def command_lists(draw: st.DrawFn, max_size: int = 60) -> list[Command]:
     return out
 
 
+class ChecksumMismatch(AssertionError):
+    """The rebuilt book's checksum is not the message's: the client's book drifted."""
+
+
 class ClientBook:
-    """What a websocket client does: a snapshot, then deltas, checking the chain."""
+    """What a websocket client does: a snapshot, then deltas, checking the chain and,
+    after each message, the book's checksum (`schemas.stream.book_checksum`)."""
 
     def __init__(self) -> None:
         self.seq: int | None = None
         self.bids: dict[int, tuple[int, int]] = {}
         self.asks: dict[int, tuple[int, int]] = {}
+        self.checked = 0  # messages whose checksum matched
+
+    def checksum(self) -> int:
+        bids = [(p, self.bids[p][0]) for p in sorted(self.bids, reverse=True)]
+        asks = [(p, self.asks[p][0]) for p in sorted(self.asks)]
+        return book_checksum(bids, asks)
 
     def on_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "snapshot":
@@ -160,6 +172,10 @@ class ClientBook:
                         del side[p]
                     else:
                         side[p] = (q, n)
+        if msg["type"] in ("snapshot", "delta"):
+            if self.checksum() != msg["checksum"]:
+                raise ChecksumMismatch(f"book checksum differs at seq {msg['seq']}")
+            self.checked += 1
 
     def depth(self, symbol: str) -> Depth:
         assert self.seq is not None

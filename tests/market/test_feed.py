@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
+import zlib
 from typing import Any
 
 import msgspec
@@ -20,6 +22,7 @@ from market.feed import (
     Subscriber,
 )
 from schemas.market import (
+    CancelOrder,
     Command,
     Depth,
     Event,
@@ -29,11 +32,13 @@ from schemas.market import (
     Side,
     TradingStateChanged,
 )
+from schemas.stream import book_checksum
 from tests.market.feed_support import (
     LOT,
     OWNERS,
     SYM_A,
     SYM_B,
+    ChecksumMismatch,
     ClientBook,
     command_lists,
     engine,
@@ -194,7 +199,8 @@ def test_subscribe_book_acks_then_snapshots_and_resubscribe_resyncs() -> None:
     assert ack == {"type": "subscribed", "channel": "book", "instrument": SYM_A,
                    "account_id": None}  # fmt: skip
     assert snap == {"type": "snapshot", "channel": "book", "instrument": SYM_A, "seq": 1,
-                    "bids": [], "asks": [[160, LOT, 1]]}  # fmt: skip
+                    "bids": [], "asks": [[160, LOT, 1]],
+                    "checksum": zlib.crc32(f"160{LOT}".encode())}  # fmt: skip
     hub.subscribe_book(sub, SYM_A)
     assert [m["type"] for m in frames(sub)] == ["subscribed", "snapshot"]
     hub.publish(eng.process(
@@ -407,7 +413,7 @@ def test_fill_tells_each_side_its_own_role_only() -> None:
     assert a == [{
         "type": "fill", "channel": "orders", "instrument": SYM_A, "seq": 3, "time": 1,
         "order_id": 2, "side": "sell", "liquidity": "maker", "price": 150, "quantity": LOT,
-        "open_quantity": LOT,
+        "open_quantity": LOT, "fee": 0, "client_order_id": "",
     }]  # fmt: skip
     assert b[0]["order_id"] == 3 and b[0]["side"] == "buy" and b[0]["liquidity"] == "taker"
     assert b[0]["open_quantity"] == 0
@@ -440,3 +446,66 @@ def test_depth_of_unknown_instrument() -> None:
     assert hub.instruments() == []
     hub.load([Depth(instrument=SYM_A, seq=0, bids=[], asks=[])])
     assert hub.instruments() == [SYM_A]
+
+
+# --------------------------------------------------------------------------- book checksum
+
+
+def test_the_book_checksum_is_krakens_rule_over_integers() -> None:
+    """The 10 best asks from the lowest, then the 10 best bids from the highest, each as
+    price then quantity in digits, CRC32 of the whole as ASCII."""
+    asks = [(100 + i, 7) for i in range(12)]
+    bids = [(99 - i, 3) for i in range(12)]
+    text = "".join(f"{p}{q}" for p, q in asks[:10]) + "".join(f"{p}{q}" for p, q in bids[:10])
+    assert book_checksum(bids, asks) == zlib.crc32(text.encode("ascii"))
+    assert book_checksum([], []) == zlib.crc32(b"") == 0
+    assert book_checksum(bids, asks) != book_checksum(bids, asks[1:])
+
+
+def test_a_client_rebuilds_the_book_from_a_snapshot_and_1000_deltas_by_checksum() -> None:
+    """Random orders, cancels and crosses on a deep book, one batch each: the client's
+    book, rebuilt from the snapshot and every delta, matches every message's checksum;
+    and a book that drifts (one level off) is caught at the next message."""
+    hub, eng = _hub_with_engine()
+    sub = hub.connect()
+    hub.subscribe_book(sub, SYM_A)
+    client = ClientBook()
+    rng = random.Random(7)
+    resting: list[tuple[int, str]] = []
+    for n in range(1, 1_001):
+        if resting and rng.random() < 0.25:
+            order_id, owner = resting.pop(rng.randrange(len(resting)))
+            cmd: Command = CancelOrder(
+                instrument=SYM_A, order_id=order_id, owner=owner, time=n
+            )  # a cancel of an order filled meanwhile is a reject: no level changes
+        else:
+            side = rng.choice((Side.BUY, Side.SELL))
+            owner = OWNERS[n % 3]
+            price = 150 + 5 * rng.randint(-8, 8)
+            cmd = NewOrder(instrument=SYM_A, order_id=n, owner=owner, side=side,
+                           quantity=LOT * rng.randint(1, 4), price=price, time=n)  # fmt: skip
+            resting.append((n, owner))
+        hub.publish(eng.process(cmd))
+        for msg in frames(sub):
+            client.on_message(msg)
+    assert client.checked >= 1_000  # the snapshot and a delta per batch, each checked
+    assert client.depth(SYM_A) == full_depth(eng, SYM_A)
+    best = max(client.bids)
+    quantity, orders = client.bids[best]
+    client.bids[best] = (quantity + LOT, orders)  # drift
+    hub.publish(
+        eng.process(
+            NewOrder(
+                instrument=SYM_A,
+                order_id=5_000,
+                owner=OWNERS[1],
+                side=Side.SELL,
+                quantity=LOT,
+                price=195,
+                time=2_000,
+            )
+        )
+    )
+    with pytest.raises(ChecksumMismatch):
+        for msg in frames(sub):
+            client.on_message(msg)

@@ -27,6 +27,7 @@ from ops.app import create_app
 from ops.config import Settings
 from schemas.accounts import Role
 from schemas.market import Event, NewOrder, Side
+from schemas.stream import book_checksum
 from tests.market.feed_support import (
     LOT,
     SYM_A,
@@ -125,7 +126,8 @@ def test_snapshot_then_deltas_rebuild_the_engine_book(exchange: Exchange) -> Non
     with ex.client.websocket_connect("/v1/stream") as ws:
         snap = subscribe(ws, "book")
         assert snap == {"type": "snapshot", "channel": "book", "instrument": SYM_A, "seq": 2,
-                        "bids": [[140, LOT, 1]], "asks": [[160, 2 * LOT, 1]]}  # fmt: skip
+                        "bids": [[140, LOT, 1]], "asks": [[160, 2 * LOT, 1]],
+                        "checksum": book_checksum([(140, LOT)], [(160, 2 * LOT)])}  # fmt: skip
         book = ClientBook()
         book.on_message(snap)
         batches: list[Callable[[], list[Event]]] = [
@@ -254,7 +256,9 @@ def test_private_channel_shows_only_the_accounts_own_orders_and_fills(exchange: 
         fill = recv(ws)
         assert fill == {"type": "fill", "channel": "orders", "instrument": SYM_A, "seq": 4,
                         "time": 3, "order_id": 2, "side": "sell", "liquidity": "maker",
-                        "price": 150, "quantity": LOT, "open_quantity": LOT}  # fmt: skip
+                        "price": 150, "quantity": LOT, "open_quantity": LOT,
+                        # the engine's events alone (no sequencer here) carry no fee or client id
+                        "fee": 0, "client_order_id": ""}  # fmt: skip
         ex.publish(ex.order("alice", Side.BUY, 100, 1, client_order_id="a-1"))  # duplicate
         rejected = recv(ws)
         assert rejected["event"]["type"] == "rejected"

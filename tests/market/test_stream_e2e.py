@@ -126,7 +126,11 @@ async def test_rest_book_equals_websocket_book(db_url: str, server_process: Serv
                     frames.append(json.loads(await asyncio.wait_for(private.recv(), 0.5)))
                 except TimeoutError:
                     break
-            assert any(m["type"] == "fill" for m in frames), "the buyer traded"
+            fills = [m for m in frames if m["type"] == "fill"]
+            assert fills, "the buyer traded"
+            # a fill frame says the buyer's own client order id and the fee it paid
+            assert all(m["client_order_id"].startswith("o") for m in fills)
+            assert any(m["fee"] > 0 for m in fills)
             for msg in frames:
                 if msg["type"] == "order":
                     assert msg["event"]["owner"] == buyer_id
@@ -142,3 +146,57 @@ async def test_stream_errors_over_a_real_server(server: str) -> None:
         assert (await recv(ws))["code"] == "invalid_message"
         await ws.send(json.dumps({"op": "subscribe", "channel": "book", "instrument": SYM}))
         assert (await recv(ws))["code"] == "unknown_instrument"
+
+
+async def _resting_buyer(db_url: str, base_url: str) -> tuple[TokexClient, TokexClient, int]:
+    operator = await operator_client(db_url, base_url)
+    await operator.create_instrument(
+        CreateInstrument(symbol=SYM, lot_size=1000, tick_size=5, price_min=5, price_max=100_000)
+    )
+    created = await operator.create_account(Role.BUYER, "buyer")
+    await operator.deposit("dep", created.account_id, 10_000_000)
+    buyer = operator.as_account(created)
+    order = PlaceOrder(client_order_id="rest", instrument=SYM, side=Side.BUY, quantity=1000,
+                       price=4_000)  # fmt: skip
+    return operator, buyer, (await buyer.place_order(order)).order_id
+
+
+async def _status_soon(buyer: TokexClient, order_id: int, want: str) -> str:
+    for _ in range(50):
+        status = (await buyer.order(order_id)).status
+        if status == want:
+            break
+        await asyncio.sleep(0.05)
+    return status
+
+
+async def test_cancel_on_disconnect_cancels_on_a_dropped_connection(
+    db_url: str, server_process: ServerProcess
+) -> None:
+    operator, buyer, order_id = await _resting_buyer(db_url, server_process.base_url)
+    try:
+        url = server_process.base_url.replace("http://", "ws://") + "/v1/stream"
+        ws = await connect(url)
+        await ws.send(json.dumps({**_signed_subscribe(buyer), "cancel_on_disconnect": True}))
+        assert (await recv(ws))["type"] == "subscribed"
+        ws.transport.abort()  # the connection drops: no close frame, no unsubscribe
+        assert await _status_soon(buyer, order_id, "cancelled") == "cancelled"
+    finally:
+        await operator.aclose()
+
+
+async def test_cancel_on_disconnect_spares_a_clean_unsubscribe(
+    db_url: str, server_process: ServerProcess
+) -> None:
+    operator, buyer, order_id = await _resting_buyer(db_url, server_process.base_url)
+    try:
+        url = server_process.base_url.replace("http://", "ws://") + "/v1/stream"
+        async with connect(url) as ws:
+            await ws.send(json.dumps({**_signed_subscribe(buyer), "cancel_on_disconnect": True}))
+            assert (await recv(ws))["type"] == "subscribed"
+            await ws.send(json.dumps({"op": "unsubscribe", "channel": "orders"}))
+            assert (await recv(ws))["type"] == "unsubscribed"
+        await asyncio.sleep(0.5)
+        assert (await buyer.order(order_id)).status == "open"
+    finally:
+        await operator.aclose()

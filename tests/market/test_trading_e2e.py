@@ -7,10 +7,12 @@ holds and fills are checked to the unit; then the security rules and a crash.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from market.client import TokexApiError, TokexClient
@@ -305,3 +307,88 @@ async def test_a_full_queue_answers_503_exchange_busy_and_places_nothing(
     finally:
         await operator.aclose()
         proc.stop()
+
+
+async def test_a_window_that_has_ended_or_started_is_refused_unless_the_operator_says_so(
+    market: Market,
+) -> None:
+    """An instrument whose window is over is refused `window_over` (it would settle at
+    once); one whose window is running is refused `window_started` unless the request
+    says `allow_started: true`, which lists it open."""
+    op = market.operator
+    over = "llama-3.1-70b/2020-01-01T00Z/1h"
+    with pytest.raises(TokexApiError) as refused:
+        await op.create_instrument(CreateInstrument(
+            symbol=over, lot_size=1000, tick_size=5, price_min=5, price_max=100_000,
+            allow_started=True,
+        ))  # fmt: skip
+    assert (refused.value.status, refused.value.code) == (422, "window_over")
+    hour = int(time.time()) // 3600 * 3600
+    running = f"llama-3.1-70b/{time.strftime('%Y-%m-%dT%HZ', time.gmtime(hour))}/2h"
+    terms = CreateInstrument(
+        symbol=running, lot_size=1000, tick_size=5, price_min=5, price_max=100_000
+    )
+    with pytest.raises(TokexApiError) as refused:
+        await op.create_instrument(terms)
+    assert (refused.value.status, refused.value.code) == (422, "window_started")
+    listed = await op.create_instrument(msgspec.structs.replace(terms, allow_started=True))
+    assert (listed.symbol, listed.state) == (running, "open")
+    assert {i.symbol for i in await op.instruments()} == {SYM, running}
+
+
+async def test_an_order_is_found_and_cancelled_by_its_client_order_id(market: Market) -> None:
+    """`GET` and `DELETE /v1/orders/by-client-id/{id}` act on the caller's own order by the
+    id the client chose (percent-encoded: this one holds a slash and a percent sign); the
+    fill views carry it too; another account's id is not found."""
+    p0 = market.providers[0]
+    b0, b1 = market.buyers[:2]
+    coid = "bot/7%a"
+    placed = await b0.place_order(order(coid, Side.BUY, 10_000, 4_000))
+    found = await b0.order_by_client_id(coid)
+    assert (found.order_id, found.client_order_id, found.status) == (placed.order_id, coid, "open")
+    with pytest.raises(TokexApiError) as other:
+        await b1.order_by_client_id(coid)
+    assert (other.value.status, other.value.code) == (404, "unknown_order")
+    with pytest.raises(TokexApiError) as other:
+        await b1.cancel_by_client_id(coid)
+    assert (other.value.status, other.value.code) == (404, "unknown_order")
+    sold = await p0.place_order(order("ask/1", Side.SELL, 4_000, 4_000))
+    assert [f.client_order_id for f in sold.fills] == ["ask/1"]
+    assert [f.client_order_id for f in await b0.fills()] == [coid]
+    assert [f.client_order_id for f in await p0.fills()] == ["ask/1"]
+    cancelled = await b0.cancel_by_client_id(coid)
+    assert (cancelled.order_id, cancelled.status) == (placed.order_id, "cancelled")
+    assert cancelled.filled_quantity == 4_000
+    assert (await b0.order_by_client_id(coid)).status == "cancelled"
+
+
+async def test_unknown_query_parameters_are_refused_by_the_name_sent(market: Market) -> None:
+    """A query parameter a route does not take is a 400 naming it (it used to be ignored:
+    `?client_order_id=x` listed every order); a bad value names the parameter as sent."""
+    b0 = market.buyers[0]
+    with pytest.raises(TokexApiError) as unknown:
+        await b0.request("GET", "/v1/orders", params={"client_order_id": "x"})
+    assert (unknown.value.status, unknown.value.code) == (400, "unknown_query_parameter")
+    assert "'client_order_id'" in unknown.value.message
+    page = await b0.request("GET", "/v1/orders", params={"status": "all", "limit": 5})
+    assert page["items"] == []
+    with pytest.raises(TokexApiError) as bad:
+        await b0.request("GET", "/v1/reports/statement", params={"format": "pdf"})
+    assert (bad.value.status, bad.value.code) == (400, "invalid_request")
+    assert "format" in bad.value.message and "fmt" not in bad.value.message
+
+
+async def test_server_time_and_rate_limit_headers(market: Market) -> None:
+    """`GET /v1/time` is the clock signatures are checked against; every signed answer
+    says the key's rate-limit bucket: its size, what is left, and when it is full."""
+    b0 = market.buyers[0]
+    before = int(time.time() * 1000)
+    server_ms = await b0.server_time_ms()
+    assert before - 1_000 <= server_ms <= int(time.time() * 1000) + 1_000
+    first = await b0._http.send(b0.build_request("GET", "/v1/balances"))
+    second = await b0._http.send(b0.build_request("GET", "/v1/orders/999999"))
+    assert first.status_code == 200 and second.status_code == 404
+    assert first.headers["x-ratelimit-limit"] == second.headers["x-ratelimit-limit"] == "10000"
+    left = int(first.headers["x-ratelimit-remaining"])
+    assert int(second.headers["x-ratelimit-remaining"]) in (left - 1, left)
+    assert int(first.headers["x-ratelimit-reset"]) >= 0

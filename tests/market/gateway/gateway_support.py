@@ -91,7 +91,7 @@ async def open_market(
         symbol = live_symbol()
         await operator.create_instrument(CreateInstrument(
             symbol=symbol, lot_size=1, tick_size=1, price_min=1, price_max=1000,
-            provider_fee_bps=FEE_BPS,
+            provider_fee_bps=FEE_BPS, allow_started=True,
         ))  # fmt: skip
         p = await operator.create_account(Role.PROVIDER, "provider")
         b = await operator.create_account(Role.BUYER, "buyer")
