@@ -1,0 +1,84 @@
+"""A real headless Chromium (Debian's `chromium`, driven by Playwright) for the dashboard.
+
+browser      (session)  the launched Chromium; skipped where it is not installed, but a
+                        failure under CI=true (.ci/run installs it with apt-get).
+page         (function) a fresh context and page; uncaught errors of the page's scripts
+                        fail the test; a screenshot of the end state is kept.
+screenshots  (function) `await screenshots(page, "name")`: a full-page PNG kept as a test
+                        artifact, under $TOKEX_TEST_ARTIFACTS if set, else pytest's tmp dir.
+
+Playwright's own browser download is never used (`executable_path`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Error, Page, async_playwright
+
+CHROMIUM = Path(os.environ.get("TOKEX_CHROMIUM", "/usr/bin/chromium"))
+
+Screenshot = Callable[[Page, str], Awaitable[Path]]
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM.exists():
+        message = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    async with async_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"]
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+def artifacts_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = os.environ.get("TOKEX_TEST_ARTIFACTS")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    if base:
+        path = Path(base) / "dashboard" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp(f"screenshots-{name}"[:60])
+
+
+@pytest.fixture
+def screenshots(artifacts_dir: Path) -> Screenshot:
+    async def take(page: Page, name: str) -> Path:
+        path = artifacts_dir / f"{name}.png"
+        await page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+@pytest.fixture
+async def page(browser: Browser, screenshots: Screenshot) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1300, "height": 900})
+    opened = await context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    opened.on(
+        "console",
+        lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None,
+    )
+    try:
+        yield opened
+        assert errors == [], f"the page's scripts failed: {errors}"
+    finally:
+        with contextlib.suppress(Error):  # a page that crashed has nothing to show
+            await screenshots(opened, "end")
+        await context.close()
