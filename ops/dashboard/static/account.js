@@ -7,7 +7,7 @@ import { formatAsset, formatInteger, formatMoney, formatTime } from "./format.js
 import { marketHref } from "./market.js";
 import { Stream } from "./stream.js";
 
-const REFRESH_DELAY_MS = 150;
+const REFRESH_DELAY_MS = 400; // one refresh (5 signed GETs) per burst of events: well inside 50/s
 const FILLS_SHOWN = 100;
 
 // The signed-in session, in this page's memory only (gone on reload or sign-out).

@@ -108,7 +108,9 @@ async def test_market_page_ladder_is_the_book_and_follows_it_live(
     await market.provider.place_order(order("s3", Side.SELL, 1_000, 5_500))
     await market.buyer.place_order(order("b1", Side.BUY, 4_000, 4_800))
 
-    await page.goto(f"{market.base_url}/#/market/{quote(SYM, safe='')}")
+    await page.goto(f"{market.base_url}/")  # the instruments list, then the instrument's page
+    await page.click(f'#instruments tr[data-symbol="{SYM}"] a')
+    await expect(page).to_have_url(f"{market.base_url}/#/market/{quote(SYM, safe='')}")
     book = await wait_ladder_is_book(page, market.buyer)
     assert [lv.price for lv in book.asks] == [5_000, 5_500]  # the book is what was placed
     assert [(lv.quantity, lv.orders) for lv in book.asks] == [(3_000, 1), (3_000, 2)]
