@@ -79,8 +79,10 @@ async function renderSignedInNodes(session) {
   });
   const view = new AccountView(session, sections);
   session.stream?.close();
+  let connections = 0;
   session.stream = new Stream((state) => {
     status.textContent = state;
+    if (state === "connected" && ++connections > 1) view.scheduleRefresh(); // missed meanwhile
   });
   session.stream.subscribe("orders", null, (msg) => view.onMessage(msg, status), () => session.ordersSubscription());
   await view.refresh();

@@ -145,9 +145,17 @@ export async function renderMarket(main, symbol) {
     renderTrades(tradesEl, list, currency);
     clear(prices).append(priceChart(list.slice(0, TRADES_KEPT), fmt, formatTime));
   };
+  const loadTrades = async () => {
+    const path = `/v1/trades?instrument=${encodeURIComponent(symbol)}&limit=${TRADES_SHOWN}`;
+    for (const t of await getJson(path)) trades.set(t.seq, t);
+    drawTrades();
+  };
+  let connections = 0;
   const stream = new Stream((state) => {
     status.textContent = state;
     status.dataset.state = state;
+    // after a reconnect, the trades made while it was down (the book comes as a snapshot)
+    if (state === "connected" && ++connections > 1) loadTrades().catch(() => {});
   });
   new LiveBook(stream, symbol, (book) => {
     const levels = book.levels();
@@ -161,9 +169,11 @@ export async function renderMarket(main, symbol) {
     trades.set(msg.seq, msg);
     drawTrades();
   });
-  for (const t of await getJson(`/v1/trades?instrument=${encodeURIComponent(symbol)}&limit=${TRADES_SHOWN}`)) {
-    trades.set(t.seq, t);
+  try {
+    await loadTrades();
+  } catch (err) {
+    stream.close();
+    throw err;
   }
-  drawTrades();
   return () => stream.close();
 }

@@ -19,7 +19,7 @@ export class Stream {
     this.ws = new WebSocket(`${scheme}//${location.host}/v1/stream`);
     this.ws.addEventListener("open", () => {
       this.retryMs = 250;
-      this.onStatus("live");
+      this.onStatus("connected"); // "live" once a subscription is acknowledged
       for (const key of this.subs.keys()) this.send(key);
     });
     this.ws.addEventListener("message", (event) => this.dispatch(parseJson(event.data)));

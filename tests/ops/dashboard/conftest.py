@@ -3,7 +3,8 @@
 browser      (session)  the launched Chromium; skipped where it is not installed, but a
                         failure under CI=true (.ci/run installs it with apt-get).
 page         (function) a fresh context and page; uncaught errors of the page's scripts
-                        fail the test; a screenshot of the end state is kept.
+                        and console errors fail the test (but those matching a pattern of
+                        `expected_console_errors`); a screenshot of the end state is kept.
 screenshots  (function) `await screenshots(page, "name")`: a full-page PNG kept as a test
                         artifact, under $TOKEX_TEST_ARTIFACTS if set, else pytest's tmp dir.
 
@@ -66,7 +67,16 @@ def screenshots(artifacts_dir: Path) -> Screenshot:
 
 
 @pytest.fixture
-async def page(browser: Browser, screenshots: Screenshot) -> AsyncIterator[Page]:
+def expected_console_errors() -> list[str]:
+    """Patterns (regular expressions) of console errors a test expects, e.g. the browser's
+    own report of a refused websocket while the test has the server down."""
+    return []
+
+
+@pytest.fixture
+async def page(
+    browser: Browser, screenshots: Screenshot, expected_console_errors: list[str]
+) -> AsyncIterator[Page]:
     context = await browser.new_context(viewport={"width": 1300, "height": 900})
     opened = await context.new_page()
     errors: list[str] = []
@@ -77,6 +87,7 @@ async def page(browser: Browser, screenshots: Screenshot) -> AsyncIterator[Page]
     )
     try:
         yield opened
+        errors = [e for e in errors if not any(re.search(p, e) for p in expected_console_errors)]
         assert errors == [], f"the page's scripts failed: {errors}"
     finally:
         with contextlib.suppress(Error):  # a page that crashed has nothing to show

@@ -255,3 +255,29 @@ async def test_ledger_page_verifies_a_real_entry_and_refuses_a_tampered_proof(
     await expect(result).to_have_attribute("data-state", "failed")
     await expect(result).to_contain_text("note_signature_invalid")
     await screenshots(page, "ledger-forged-checkpoint")
+
+
+async def test_market_page_catches_up_after_the_server_restarts(
+    market: Market,
+    server_process: ServerProcess,
+    page: Page,
+    screenshots: Screenshot,
+    expected_console_errors: list[str],
+) -> None:
+    expected_console_errors.append(r"WebSocket connection to .* failed")  # while it is down
+    await market.provider.place_order(order("s1", Side.SELL, 2_000, 5_000))
+    await page.goto(f"{market.base_url}/#/market/{quote(SYM, safe='')}")
+    await wait_ladder_is_book(page, market.buyer)
+
+    server_process.stop()
+    await expect(page.locator("#stream-status")).to_have_text("reconnecting")
+    server_process.start()
+    # Orders and a trade while the page reconnects: it shows them without a reload.
+    await market.provider.place_order(order("s2", Side.SELL, 1_000, 5_500))
+    await market.buyer.place_order(order("b1", Side.BUY, 1_000, 5_000))
+    await wait_ladder_is_book(page, market.buyer)
+    trades = await market.buyer.trades(SYM)
+    await expect(page.locator(f'#trades tr[data-seq="{trades[0].seq}"]')).to_have_count(
+        1, timeout=LIVE_TIMEOUT_MS
+    )
+    await screenshots(page, "market-after-restart")
