@@ -31,7 +31,7 @@ function renderSignIn(main) {
     "form",
     { id: "sign-in", class: "panel" },
     h("label", {}, "Key id ", keyId),
-    h("label", {}, "Private key (PKCS#8 PEM as `tokex accounts create` writes it) ", secret),
+    h("label", {}, "Private key (the PKCS#8 PEM file that tokex accounts create wrote) ", secret),
     h("label", {}, "or a key file ", file),
     h("button", { type: "submit", id: "sign-in-button" }, "Sign in"),
     error,

@@ -3,7 +3,7 @@
 import { ApiError, getJson, getText } from "./api.js";
 import { b64decode, b64encode } from "./bytes.js";
 import { clear, h, table } from "./dom.js";
-import { formatInteger, formatTime } from "./format.js";
+import { formatAsset, formatInteger, formatTime } from "./format.js";
 import { leafHash, openNote, parseCheckpoint, parseVerifierKey, VerifyError, verifyInclusion } from "./verify.js";
 
 const PIN_STORAGE_KEY = "tokex.ledger.verifierKey";
@@ -71,14 +71,14 @@ function entryPanel({ entry, hashes }) {
       h("td", {}, e.account.asset),
       h("td", {}, e.account.kind),
       h("td", {}, e.bucket),
-      h("td", { class: "num" }, formatInteger(e.amount)),
+      h("td", { class: "num" }, formatAsset(e.amount, e.account.asset)),
     ),
   );
   return h(
     "div",
     { class: "panel" },
     h("p", {}, `entry ${tx.index} · ${tx.code} · ${tx.id} · ${formatTime(tx.time)} · proof of ${hashes.length} hashes`),
-    table(["owner", "asset", "kind", "bucket", "amount (minor units / tokens)"], rows),
+    table(["owner", "asset", "kind", "bucket", "amount"], rows),
   );
 }
 

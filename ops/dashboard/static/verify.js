@@ -106,7 +106,11 @@ export function parseCheckpoint(text) {
     throw new VerifyError("checkpoint_malformed", `root hash: ${err.message}`);
   }
   if (root.length !== 32) throw new VerifyError("checkpoint_malformed", "the root hash must be 32 bytes");
-  const time = ext[0]?.startsWith("time ") ? BigInt(ext[0].slice(5)) : null;
+  let time = null;
+  if (ext[0]?.startsWith("time ")) {
+    if (!DECIMAL.test(ext[0].slice(5))) throw new VerifyError("checkpoint_malformed", "the time is not a canonical decimal");
+    time = BigInt(ext[0].slice(5));
+  }
   return { origin, size: BigInt(sizeText), root, timeMs: time };
 }
 
