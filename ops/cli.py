@@ -85,7 +85,11 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(
         settings, lifespans=[exchange_lifespan(settings), *gateway_lifespans(settings)]
     )
-    log.info("tokex listening on http://%s:%d (OpenAPI at /schema)", settings.host, settings.port)
+    log.info(
+        "tokex listening on http://%s:%d (dashboard at /, OpenAPI at /schema)",
+        settings.host,
+        settings.port,
+    )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; by default that
     # kills the process before atexit hooks run, and the embedded PostgreSQL handle would
     # never be released. Turn the re-raised SIGTERM into a normal exit instead.

@@ -1,0 +1,1 @@
+"""The web dashboard: `/` and its assets (`static/`), plain ES modules and CSS, no build step."""
