@@ -144,11 +144,12 @@ class AccountView {
       // amounts then fall back to USD
     }
     await Promise.all([
-      this.load("orders", "/v1/orders?status=open", (rows) => this.drawOrders(rows)),
-      this.load("fills", "/v1/fills", (rows) => this.drawFills(rows)),
+      // list routes answer a page {items, next_cursor, prev_cursor}: the newest page here
+      this.load("orders", "/v1/orders?status=open", (page) => this.drawOrders(page.items)),
+      this.load("fills", "/v1/fills", (page) => this.drawFills(page.items)),
       this.load("balances", "/v1/balances", (rows) => this.drawBalances(rows)),
       this.load("entitlements", "/v1/entitlements", (rows) => this.drawEntitlements(rows)),
-      this.load("deliveries", "/v1/deliveries", (rows) => this.drawDeliveries(rows)),
+      this.load("deliveries", "/v1/deliveries", (page) => this.drawDeliveries(page.items)),
     ]);
   }
 

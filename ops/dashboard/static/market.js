@@ -147,7 +147,7 @@ export async function renderMarket(main, symbol) {
   };
   const loadTrades = async () => {
     const path = `/v1/trades?instrument=${encodeURIComponent(symbol)}&limit=${TRADES_SHOWN}`;
-    for (const t of await getJson(path)) trades.set(t.seq, t);
+    for (const t of (await getJson(path)).items) trades.set(t.seq, t);
     drawTrades();
   };
   let connections = 0;
