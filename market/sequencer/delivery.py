@@ -9,6 +9,14 @@ buyer's entitlement, the escrow released pro rata to the provider less its fee),
 entitlement views count it) and the group's receipts in `gateway_receipts`, all in the
 batch's one statement.
 
+The delivery's signed body commits to its receipts (`ledger.receipts.commitment`: their
+count, token total, the Merkle root of their hashes in the group's order, and the
+instrument's completion weight, in the transaction's metadata), and
+`gateway_delivery_receipts` records which receipt is which leaf of that tree, so an
+auditor can check offline that every unit of escrow the gateway released is backed by
+receipts (`tokex audit verify`) and a buyer can prove one receipt in its delivery
+(`GET /v1/receipts/{id}/proof`).
+
 Idempotent: a group's transaction id derives from its first receipt, and the gateway
 resubmits the same op after a batch that failed to commit; a group whose transaction the
 ledger already holds is skipped whole (its rows were written with it), and a receipt
@@ -25,7 +33,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 import asyncpg
+import msgspec
 
+from ledger.receipts import commitment
 from ledger.rows import BatchRows
 from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, checked
@@ -38,6 +48,8 @@ RECEIPT_COLUMNS = (
     "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "tokens",
     "started_ms", "ended_ms", "request_sha256", "response_sha256", "transaction_id",
 )  # fmt: skip
+
+LINK_COLUMNS = ("transaction_id", "position", "receipt_id")
 
 Group = tuple[str, str, str]  # (buyer, provider, instrument)
 
@@ -81,8 +93,9 @@ def _refusal(batch: Batch, group: Group, tokens: int) -> str | None:
 
 
 def _charge_group(
-    batch: Batch, group: Group, receipts: list[GatewayReceipt], records: list[tuple[object, ...]]
-) -> GatewayDelivery | None:
+    batch: Batch, group: Group, receipts: list[GatewayReceipt], records: list[tuple[object, ...]],
+    links: list[tuple[object, ...]],
+) -> GatewayDelivery | None:  # fmt: skip
     buyer, provider, symbol = group
     rid = report_id(receipts)
     tx_id = settlement.delivery_id(provider, rid)
@@ -102,6 +115,8 @@ def _charge_group(
     tx, split = settlement.delivery(
         rid, buyer, provider, terms, tokens, held, escrowed, batch.time_ms
     )
+    evidence = commitment(receipts, terms.completion_weight).metadata()
+    tx = msgspec.structs.replace(tx, metadata={**tx.metadata, **evidence})
     checked(batch.ledger.apply(tx))
     digest = hashlib.sha256("\n".join(r.receipt_id for r in receipts).encode()).digest()
     batch.deliveries[(provider, rid)] = DeliveryRow(
@@ -110,6 +125,7 @@ def _charge_group(
         transaction_id=tx.id, time_ms=batch.time_ms,
     )  # fmt: skip
     records.extend(_record(r, tx.id) for r in receipts)
+    links.extend((tx.id, n, r.receipt_id) for n, r in enumerate(receipts))
     return GatewayDelivery(buyer=buyer, provider=provider, instrument=symbol, report_id=rid,
                            tokens=tokens, transaction_id=tx.id)  # fmt: skip
 
@@ -117,9 +133,10 @@ def _charge_group(
 def charge(batch: Batch, receipts: Sequence[GatewayReceipt]) -> list[GatewayDelivery]:
     """Charge the receipts, one delivery per group; stage their rows with the batch."""
     records: list[tuple[object, ...]] = []
+    links: list[tuple[object, ...]] = []
     done: list[GatewayDelivery] = []
     for group, members in groups(receipts).items():
-        outcome = _charge_group(batch, group, members, records)
+        outcome = _charge_group(batch, group, members, records, links)
         if outcome is not None:
             done.append(outcome)
     if records:
@@ -131,6 +148,7 @@ def charge(batch: Batch, receipts: Sequence[GatewayReceipt]) -> list[GatewayDeli
                 "gateway_receipts", RECEIPT_COLUMNS, records,
                 on_conflict="ON CONFLICT (receipt_id) DO NOTHING",
             )  # fmt: skip
+            rows.insert("gateway_delivery_receipts", LINK_COLUMNS, links)
 
         batch.ledger.also_write(stage)
     return done
