@@ -89,22 +89,29 @@ async def page(
     return ReceiptPage(receipts=[_view(r) for r in rows], next_cursor=next_cursor)
 
 
-async def _owned(conn: asyncpg.Connection, account_id: str, receipt_id: str) -> GatewayReceipt:
-    row = await conn.fetchrow(
-        "SELECT * FROM gateway_receipts WHERE receipt_id = $1 AND (buyer = $2 OR provider = $2)",
-        receipt_id,
-        account_id,
-    )
+_ONE = """
+SELECT r.*, coalesce(l.transaction_id, r.transaction_id) AS charged_in
+  FROM gateway_receipts r LEFT JOIN gateway_delivery_receipts l USING (receipt_id)
+ WHERE r.receipt_id = $1 AND (r.buyer = $2 OR r.provider = $2)
+"""
+
+
+async def _owned(conn: asyncpg.Connection, account_id: str, receipt_id: str) -> asyncpg.Record:
+    row = await conn.fetchrow(_ONE, receipt_id, account_id)
     if row is None:
         raise ReceiptNotFound(f"no receipt {receipt_id!r} of yours")
-    return receipt_of(row)
+    return row
+
+
+async def view(conn: asyncpg.Connection, account_id: str, receipt_id: str) -> ReceiptView:
+    return _view(await _owned(conn, account_id, receipt_id))
 
 
 async def proof(conn: asyncpg.Connection, account_id: str, receipt_id: str) -> ReceiptProof:
     """The receipt's inclusion proof in its delivery's receipt tree, and the delivery's
     ledger entry (`ledger.receipts.verify_receipt_proof` checks it)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        receipt = await _owned(conn, account_id, receipt_id)
+        receipt = receipt_of(await _owned(conn, account_id, receipt_id))
         link = await conn.fetchrow(
             "SELECT transaction_id, position FROM gateway_delivery_receipts WHERE receipt_id = $1",
             receipt_id,
