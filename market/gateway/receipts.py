@@ -70,10 +70,16 @@ def parse_cursor(cursor: str | None) -> int:
     return int(cursor)
 
 
+# As buyer and as provider: two walks of their (party, seq) indexes, merged.
 _PAGE = """
+WITH page AS (
+    (SELECT seq FROM gateway_receipts WHERE buyer = $1 AND seq > $2 ORDER BY seq LIMIT $3)
+    UNION
+    (SELECT seq FROM gateway_receipts WHERE provider = $1 AND seq > $2 ORDER BY seq LIMIT $3)
+)
 SELECT r.*, coalesce(l.transaction_id, r.transaction_id) AS charged_in
-  FROM gateway_receipts r LEFT JOIN gateway_delivery_receipts l USING (receipt_id)
- WHERE (r.buyer = $1 OR r.provider = $1) AND r.seq > $2
+  FROM page JOIN gateway_receipts r USING (seq)
+  LEFT JOIN gateway_delivery_receipts l USING (receipt_id)
  ORDER BY r.seq LIMIT $3
 """
 

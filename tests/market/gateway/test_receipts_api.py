@@ -5,6 +5,7 @@ checkpoint, tampered ones fail. On an instrument whose completion weight is 3.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -46,9 +47,13 @@ async def test_receipts_are_listed_proved_and_private(market: Market) -> None:
     for n in range(1, 6):
         answer = await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=n)
         assert answer.usage is not None and answer.usage.completion_tokens == n
-    m.upstream.mode = Mode.NO_USAGE  # charged nothing: a receipt in no delivery
-    await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
     await m.settled()
+    m.upstream.mode = Mode.NO_USAGE  # charged nothing, flushed alone: a receipt in no delivery
+    await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
+    for _ in range(50):
+        if len((await m.buyer.receipts()).receipts) == 6:
+            break
+        await asyncio.sleep(0.1)
     # Charged tokens = prompt + 3 x completion, and the entitlement fell by exactly that.
     charged = sum(3 + WEIGHT * n for n in range(1, 6))
     assert before - (await m.entitlement()).entitlement == charged
