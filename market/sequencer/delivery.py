@@ -24,7 +24,8 @@ already stored (one charged nothing) is not written again.
 
 A group is never refused for the whole op: one that cannot be charged (its instrument
 settled meanwhile, or less entitlement than charged, which the gateway's reservations
-rule out) keeps its receipts, with no transaction, and says why (`GatewayDelivery.refused`).
+rule out, or a receipt whose tokens are not prompt + weight x completion, which no audit
+would pass) keeps its receipts, with no transaction, and says why (`GatewayDelivery.refused`).
 """
 
 from __future__ import annotations
@@ -81,13 +82,18 @@ def _record(r: GatewayReceipt, transaction_id: str | None) -> tuple[object, ...]
     return (*values, transaction_id)
 
 
-def _refusal(batch: Batch, group: Group, tokens: int) -> str | None:
+def _refusal(
+    batch: Batch, group: Group, receipts: Sequence[GatewayReceipt], tokens: int
+) -> str | None:
     buyer, provider, symbol = group
     state = batch.market.instruments.get(symbol)
     if state is None:
         return "unknown_instrument"
     if state.settlement is not None:
         return "instrument_settled"
+    w = state.terms.completion_weight
+    if any(r.tokens != r.prompt_tokens + w * r.completion_tokens for r in receipts):
+        return "receipt_inconsistent"  # charged otherwise than the weight: no audit would pass
     held = batch.ledger.state.balance(settlement.entitlement(buyer, provider, symbol)).available
     return "entitlement_exceeded" if tokens > held else None
 
@@ -102,7 +108,7 @@ def _charge_group(
     if batch.ledger.seen(tx_id):
         return None  # resubmitted after it committed: nothing again
     tokens = sum(r.tokens for r in receipts)
-    why = _refusal(batch, group, tokens) if tokens else None
+    why = _refusal(batch, group, receipts, tokens) if tokens else None
     out = GatewayDelivery(buyer=buyer, provider=provider, instrument=symbol, report_id=rid,
                           tokens=tokens, transaction_id=None, refused=why)  # fmt: skip
     if tokens == 0 or why is not None:

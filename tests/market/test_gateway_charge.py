@@ -173,6 +173,9 @@ async def test_completion_weight_is_a_term_stored_journaled_and_recovered(
     r = msgspec.structs.replace(
         receipt("b1", 0), instrument=WEIGHTED, prompt_tokens=4, completion_tokens=6, tokens=22
     )
+    unweighted = msgspec.structs.replace(receipt("b1", 10), instrument=WEIGHTED)  # 5 + 5
+    (refused,) = await seq.submit(GatewayChargeOp((unweighted,)))
+    assert (refused.refused, refused.transaction_id) == ("receipt_inconsistent", None)
     (d,) = await seq.submit(GatewayChargeOp((r,)))
     assert d.tokens == 22
     body = await db_conn.fetchval(
