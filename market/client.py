@@ -28,10 +28,16 @@ import httpx
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger.checkpoint import Checkpoint, CheckpointOriginMismatch
+from ledger.merkle import verify_inclusion
+from ledger.note import Verifier, open_note
+from ledger.receipts import verify_receipt_proof
 from market.keys import load_private_key, private_key_pem, public_key_b64
 from market.pages import Page
 from market.signing import now_ms, sign_request
 from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
+from schemas.gateway import ReceiptProof, ReceiptView
+from schemas.ledger_proofs import InclusionProof
 from schemas.trading import (
     AmendOrder,
     BalanceView,
@@ -389,6 +395,52 @@ class TokexClient:
     async def settlements(self) -> list[SettlementView]:
         answer = await self.request("GET", "/v1/settlements")
         return msgspec.convert(answer, list[SettlementView])
+
+    # ------------------------------------------------------------------ receipts
+
+    async def receipts(self, limit: int = 100, cursor: str | None = None) -> Page[ReceiptView]:
+        """`GET /v1/receipts`: a page of your receipts (as buyer or provider), newest first."""
+        return await self.page("/v1/receipts", ReceiptView, cursor=cursor, limit=limit)
+
+    def all_receipts(self, page_size: int = 1000) -> AsyncIterator[ReceiptView]:
+        """Every receipt of yours, newest first, page by page (`next_cursor`)."""
+        return self.iterate("/v1/receipts", ReceiptView, limit=page_size)
+
+    async def receipt(self, receipt_id: str) -> ReceiptView:
+        answer = await self.request("GET", f"/v1/receipts/{quote(receipt_id, safe='')}")
+        return msgspec.convert(answer, ReceiptView)
+
+    async def receipt_proof(self, receipt_id: str) -> ReceiptProof:
+        """`GET /v1/receipts/{id}/proof`, checked here before it is returned
+        (`ledger.receipts.verify_receipt_proof`: raises `ReceiptMismatch` or
+        `InvalidProof` if the exchange's answer does not prove the receipt)."""
+        answer = await self.request("GET", f"/v1/receipts/{quote(receipt_id, safe='')}/proof")
+        proof = msgspec.convert(answer, ReceiptProof)
+        verify_receipt_proof(proof)
+        return proof
+
+    async def prove_receipt(
+        self, receipt_id: str, exchange_key: Verifier, origin: str | None = None
+    ) -> Checkpoint:
+        """The whole chain: the receipt is in its delivery (`receipt_proof`), and the
+        delivery's entry is in the ledger's log under the latest checkpoint, signed by
+        `exchange_key` (and of `origin`, if given). Returns that checkpoint; raises the
+        proof's, the note's or the checkpoint's error if any link does not hold."""
+        proof = await self.receipt_proof(receipt_id)
+        response = await self._http.send(self.build_request("GET", "/v1/ledger/checkpoint"))
+        if not response.is_success:
+            _decode(response)  # raises TokexApiError
+        text, _ = open_note(response.text, [exchange_key])
+        cp = Checkpoint.parse(text)
+        if origin is not None and cp.origin != origin:
+            raise CheckpointOriginMismatch(f"checkpoint of {cp.origin!r}, not {origin!r}")
+        index = proof.delivery.index
+        answer = await self.request(
+            "GET", "/v1/ledger/proof/inclusion", params={"index": index, "size": cp.size}
+        )
+        path = msgspec.convert(answer, InclusionProof)
+        verify_inclusion(proof.delivery.leaf_hash, index, cp.size, path.hashes, cp.root_hash)
+        return cp
 
     # ------------------------------------------------------------------ withdrawals
 

@@ -29,6 +29,7 @@ class ListInstrument(msgspec.Struct, kw_only=True, frozen=True, tag="list_instru
     provider_fee_bps: int
     currency: str
     time: int
+    completion_weight: int = 1  # absent from entries written before the term existed
 
 
 JournalEntry = Command | ListInstrument
@@ -236,7 +237,7 @@ def stage_market_batch(
         (
             "symbol", "model", "window_start", "duration", "lot_size", "tick_size",
             "price_min", "price_max", "maker_fee_bps", "taker_fee_bps", "provider_fee_bps",
-            "currency", "created_ms", "delivery_grace_seconds",
+            "currency", "created_ms", "delivery_grace_seconds", "completion_weight",
         ),
         instruments,
     )  # fmt: skip

@@ -44,6 +44,7 @@ from market.feed import MarketData
 from market.gateway.endpoints_api import endpoints_router
 from market.gateway.keys_api import keys_router
 from market.gateway.openai_api import openai_router
+from market.gateway.receipts_api import receipts_router
 from market.stream import market_stream
 from ops.config import Settings
 from ops.dashboard.routes import dashboard_routes
@@ -114,7 +115,7 @@ def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
     return [
         ledger_router, accounts_router, trading_router, market_stream, reports_router,
-        endpoints_router, keys_router, openai_router, *dashboard_routes,
+        endpoints_router, keys_router, openai_router, receipts_router, *dashboard_routes,
     ]  # fmt: skip
 
 

@@ -3,8 +3,12 @@
     tokex audit export --out FILE [--from-index N] [--to-index M] [--data-dir DIR]
     tokex audit verify FILE [--public-key FILE] [--json]
 
-`verify` needs no database: exit 0 when everything holds, 1 naming the first bad entry or
-checkpoint and why (never a traceback), 2 on bad usage. See `ledger.audit`.
+`export` includes the receipts of the range's gateway deliveries; `verify` checks that each
+gateway delivery is backed by receipts matching the count, token total and Merkle root its
+signed body commits to (`ledger.receipts`), naming the delivery that is not.
+
+`verify` needs no database: exit 0 when everything holds, 1 naming the first bad entry,
+checkpoint or delivery and why (never a traceback), 2 on bad usage. See `ledger.audit`.
 
 `verify` loads no database driver: only `export` imports asyncpg and the exporter, when run.
 """
@@ -29,19 +33,23 @@ async def _export(url: str, out: Path, from_index: int, to_index: int | None) ->
     import asyncpg
 
     from ledger.audit.export import export, stderr_progress
+    from market.gateway.receipts import delivery_receipts
 
     conn = await asyncpg.connect(url)
     partial = out.with_name(out.name + ".partial")
     try:
         with open(partial, "wb") as f:
-            summary = await export(conn, f, from_index, to_index, stderr_progress())
+            summary = await export(
+                conn, f, from_index, to_index, stderr_progress(), receipts=delivery_receipts
+            )
         os.replace(partial, out)
     finally:
         await conn.close()
         partial.unlink(missing_ok=True)
     return (
         f"exported entries {summary.from_index}..{summary.to_index - 1} "
-        f"({summary.entries} entries, {summary.checkpoints} checkpoints, {summary.bytes} bytes) "
+        f"({summary.entries} entries, {summary.checkpoints} checkpoints, "
+        f"{summary.receipts} receipts, {summary.bytes} bytes) "
         f"of {summary.origin} to {out}"
     )
 
@@ -89,7 +97,8 @@ def _verify_cmd(args: argparse.Namespace) -> int:
             f"OK: {report.origin}: entries {report.from_index}..{report.to_index - 1} "
             f"({report.entries} entries, {report.checkpoints} checkpoints) verified; "
             f"root {report.root} at size {report.to_index}; balances of {report.accounts} "
-            f"accounts match; keys {', '.join(report.keys)}"
+            f"accounts match; {report.gateway_deliveries} gateway deliveries backed by "
+            f"{report.receipts} receipts; keys {', '.join(report.keys)}"
         )
         for note in report.notes:
             print(f"note: {note}")

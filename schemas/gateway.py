@@ -3,6 +3,7 @@
 An endpoint is a provider's OpenAI-compatible server (vLLM, llama.cpp server, Ollama,
 SGLang, TGI) for one model; its upstream credential goes in, never out (no view has it).
 An inference key is a buyer's bearer secret `tkx_...` for `/openai/v1`, shown once.
+A receipt is one metered call; its hash, tree and proof are defined in `ledger.receipts`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from enum import StrEnum
 from typing import Annotated
 
 import msgspec
+
+from schemas.ledger_api import LedgerEntry
+from schemas.ledger_proofs import InclusionProof
 
 EndpointId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -115,3 +119,26 @@ class GatewayDelivery(msgspec.Struct, frozen=True, kw_only=True):
     tokens: int
     transaction_id: str | None
     refused: str | None = None  # the error code, when the group could not be charged
+
+
+class ReceiptView(msgspec.Struct, frozen=True, kw_only=True):
+    """One receipt as `GET /v1/receipts` lists it: the receipt, its hash
+    (`ledger.receipts.receipt_hash`) and the delivery transaction that charged it (None
+    while it is not charged yet, or if it was charged nothing)."""
+
+    receipt: GatewayReceipt
+    receipt_sha256: bytes
+    transaction_id: str | None
+
+
+class ReceiptProof(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /v1/receipts/{receipt_id}/proof`: the receipt is leaf `proof.leaf_index` of
+    the `proof.tree_size` receipts whose root the delivery's signed body commits to
+    (`delivery`: its ledger entry, canonical bytes). Check it offline with
+    `ledger.receipts.verify_receipt_proof`, then the entry in the ledger's log with
+    `GET /v1/ledger/proof/inclusion?index={delivery.index}`."""
+
+    receipt: GatewayReceipt
+    receipt_sha256: bytes
+    proof: InclusionProof
+    delivery: LedgerEntry

@@ -14,6 +14,7 @@ from schemas.market import OrderType, Side, StpMode, TimeInForce
 
 Amount = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
 Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
+CompletionWeight = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
 AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -36,6 +37,9 @@ class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     #: true: listing into a running window is an operator's explicit choice. A window
     #: that has ended is always refused (`window_over`).
     allow_started: bool = False
+    #: What a completion token counts for: tokens charged = prompt + weight * completion
+    #: (1: both alike, the upstream's total_tokens). Providers price output higher.
+    completion_weight: CompletionWeight = 1
 
 
 class InstrumentView(msgspec.Struct, kw_only=True):
@@ -53,6 +57,7 @@ class InstrumentView(msgspec.Struct, kw_only=True):
     currency: str
     state: str  # open | halted | closed (trading over, deliveries in grace) | settled
     delivery_grace_seconds: int = 0
+    completion_weight: int = 1
 
 
 class Deposit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

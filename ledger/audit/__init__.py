@@ -6,10 +6,11 @@ Three modules, so that verifying needs no database driver:
 - `ledger.audit.export`: `export`, the file of a range of the ledger, read from PostgreSQL;
 - `ledger.audit.verify`: `verify_file`, offline; it imports neither asyncpg nor `export`.
 
-File format ``tokex-audit/v1``
+File format ``tokex-audit/v2``
 ------------------------------
-The magic line ``TOKEX-AUDIT/1\\n``, then frames: a 4-byte big-endian length and one
-MessagePack record (msgspec, structs as arrays, the first element naming the record)::
+(v2 added the receipts records.) The magic line ``TOKEX-AUDIT/2\\n``, then frames: a
+4-byte big-endian length and one MessagePack record (msgspec, structs as arrays, the first
+element naming the record)::
 
     header      format, origin, from_index, to_index, frontier (the Merkle frontier of the
                 tree of from_index leaves, `MerkleFrontier.to_bytes`; empty tree for 0)
@@ -19,6 +20,9 @@ MessagePack record (msgspec, structs as arrays, the first element naming the rec
     checkpoint  a signed checkpoint note, right after the entry that completes its tree
     ...         (entries and checkpoints interleaved, in index order)
     balances*   "closing" balances at to_index (at the end: as the writer recovers them), in chunks
+    receipts*   the receipts of each gateway delivery in the range (`ledger.receipts`), by
+                delivery in index order: transaction id, first leaf, up to 1000 canonical
+                receipts (only when the exporter is given a `ReceiptSource`)
     end         counts, and the SHA-256 of every byte of the file before this frame
 
 Balance rows are ``(owner, asset, kind, available, held)``, sorted (ascending, by the whole
@@ -44,6 +48,10 @@ where: ``entry 123``, ``checkpoint 456``, ``header``...):
   the key before it (`ledger.keys.check_rotation`), that the key list agrees with;
 - the balances recomputed from the (opening balances and the) entries equal the exported
   closing balances;
+- every gateway delivery (a ``delivery`` whose metadata commits to receipts) has its
+  receipts, in order, and they match what it commits to (`ledger.receipts.check_receipts`:
+  count, total, weight, parties, root, and the tokens its entries burned); a failure
+  names ``delivery <tx id> (entry N)``. No receipt is in two deliveries;
 - the end record's counts and file digest match, and nothing follows it.
 
 A root mismatch cannot say which entry of the range was altered (only the checkpoints are

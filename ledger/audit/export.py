@@ -1,10 +1,14 @@
-"""Audit export: the ``tokex-audit/v1`` file of a range of the ledger, read from PostgreSQL
-(see `ledger.audit` for the format)."""
+"""Audit export: the ``tokex-audit/v2`` file of a range of the ledger, read from PostgreSQL
+(see `ledger.audit` for the format).
+
+The ledger knows receipts only as evidence a transaction commits to (`ledger.receipts`);
+where they are stored is the application's: it passes a `ReceiptSource` (the exchange's is
+`market.gateway.receipts.delivery_receipts`), read in the export's one snapshot."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
@@ -23,15 +27,27 @@ from ledger.audit.records import (
     Header,
     KeyRecord,
     Keys,
+    Receipts,
 )
 from ledger.log import with_nodes
 from ledger.merkle import MerkleFrontier
 from ledger.store import load_state
 from schemas.errors import DomainError, ErrorKind
 
-__all__ = ["WINDOW", "ExportEmpty", "ExportSummary", "export", "stderr_progress"]
+__all__ = [
+    "WINDOW",
+    "ExportEmpty",
+    "ExportSummary",
+    "ReceiptSource",
+    "export",
+    "stderr_progress",
+]
 
 WINDOW = 10_000  # entries fetched per query while exporting
+
+#: The receipts of the deliveries at ledger indices [from, to), as (transaction id,
+#: canonical receipt bytes) in index order, each delivery's in the order of its tree.
+ReceiptSource = Callable[[asyncpg.Connection, int, int], AsyncIterator[tuple[str, bytes]]]
 
 
 class ExportEmpty(DomainError):
@@ -48,6 +64,7 @@ class ExportSummary:
     to_index: int
     entries: int = 0
     checkpoints: int = 0
+    receipts: int = 0
     bytes: int = 0
 
 
@@ -84,17 +101,38 @@ def _write_balances(
         w.write(Balances(which, rows[i : i + BALANCE_CHUNK]))
 
 
+async def _write_receipts(
+    w: FrameWriter, source: AsyncIterator[tuple[str, bytes]], summary: ExportSummary
+) -> None:
+    """Receipts records, at most `CHUNK` receipts each, one delivery's per record."""
+    tx_id: str | None = None
+    start = 0
+    bodies: list[bytes] = []
+    async for delivery, body in source:
+        if delivery != tx_id or len(bodies) == CHUNK:
+            if tx_id is not None:
+                w.write(Receipts(tx_id, start, bodies))
+            start = start + len(bodies) if delivery == tx_id else 0
+            tx_id, bodies = delivery, []
+        bodies.append(body)
+        summary.receipts += 1
+    if tx_id is not None:
+        w.write(Receipts(tx_id, start, bodies))
+
+
 async def export(
     conn: asyncpg.Connection,
     out: BinaryIO,
     from_index: int = 0,
     to_index: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    receipts: ReceiptSource | None = None,
 ) -> ExportSummary:
     """Write the audit file of entries [from_index, to_index) to ``out``.
 
     ``to_index`` (default: the latest checkpoint) is rounded down to a checkpoint size.
-    ``progress(done, total)`` is called after each window of entries.
+    ``progress(done, total)`` is called after each window of entries. ``receipts``: where
+    the receipts of the range's deliveries are read (none without it).
     """
     if from_index < 0 or (to_index is not None and to_index < 0):
         raise ExportEmpty("indices must not be negative")
@@ -161,6 +199,8 @@ async def export(
             if progress is not None:
                 progress(pos - from_index, end - from_index)
         _write_balances(w, "closing", await _balances(conn, end, ledger_size))
+        if receipts is not None:
+            await _write_receipts(w, receipts(conn, from_index, end), summary)
         w.write(End(summary.entries, summary.checkpoints, w.digest()))
         summary.bytes = w.bytes
     return summary

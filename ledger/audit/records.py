@@ -1,4 +1,4 @@
-"""The records of a ``tokex-audit/v1`` file and its framing (see `ledger.audit`). No I/O
+"""The records of a ``tokex-audit/v2`` file and its framing (see `ledger.audit`). No I/O
 beyond the file object given, no database."""
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ __all__ = [
     "Header",
     "KeyRecord",
     "Keys",
+    "Receipts",
     "Record",
     "read_frames",
 ]
 
-FORMAT = "tokex-audit/v1"
-MAGIC = b"TOKEX-AUDIT/1\n"
+FORMAT = "tokex-audit/v2"  # v2: receipts of gateway deliveries
+MAGIC = b"TOKEX-AUDIT/2\n"
 CHUNK = 1000  # entries per record
 BALANCE_CHUNK = 10_000
 MAX_FRAME = 1 << 26  # 64 MiB: far above any record this module writes
@@ -71,13 +72,22 @@ class CheckpointRecord(msgspec.Struct, array_like=True, tag="checkpoint"):
     note: str
 
 
+class Receipts(msgspec.Struct, array_like=True, tag="receipts"):
+    """Receipts of one gateway delivery (`transaction_id`), leaves `start`.. of its tree,
+    as their canonical bytes (`ledger.receipts.receipt_bytes`)."""
+
+    transaction_id: str
+    start: int
+    bodies: list[bytes]
+
+
 class End(msgspec.Struct, array_like=True, tag="end"):
     entries: int
     checkpoints: int
     digest: bytes
 
 
-Record = Header | Keys | Balances | Entries | CheckpointRecord | End
+Record = Header | Keys | Balances | Entries | CheckpointRecord | Receipts | End
 
 
 class AuditFailure(DomainError):

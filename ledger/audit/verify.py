@@ -1,4 +1,4 @@
-"""Offline verification of a ``tokex-audit/v1`` file (see `ledger.audit`): no database,
+"""Offline verification of a ``tokex-audit/v2`` file (see `ledger.audit`): no database,
 no database driver (this module and what it imports never load asyncpg)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ledger.audit.records import (
     Header,
     KeyRecord,
     Keys,
+    Receipts,
     read_frames,
 )
 from ledger.canonical import TRANSACTION_PREFIX, decode_transaction
@@ -27,7 +28,9 @@ from ledger.checkpoint import Checkpoint
 from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
 from ledger.merkle import MerkleFrontier
 from ledger.note import NoteError, Verifier, open_note
+from ledger.receipts import ReceiptMismatch, check_receipts, commitment_of, decode_receipt
 from schemas.errors import DomainError
+from schemas.gateway import GatewayReceipt
 
 __all__ = ["AuditFailure", "VerifyReport", "verify_file"]
 
@@ -45,6 +48,9 @@ class _Tx(msgspec.Struct, array_like=True, gc=False):
 
 
 _tx_decoder = msgspec.msgpack.Decoder(_Tx)
+_id_decoder = msgspec.msgpack.Decoder(str)
+_metadata_decoder = msgspec.msgpack.Decoder(dict[str, str])
+DELIVERY_CODE = "delivery"
 _PREFIX = TRANSACTION_PREFIX
 _PREFIX_LEN = len(TRANSACTION_PREFIX)
 
@@ -63,7 +69,25 @@ class VerifyReport:
     trust_from_file: bool
     root: str
     accounts: int
+    #: Gateway deliveries in the range, each backed by the receipts it commits to.
+    gateway_deliveries: int = 0
+    receipts: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """A gateway delivery seen among the entries, waiting for its receipts."""
+
+    tx_id: str
+    index: int
+    metadata: dict[str, str]
+    burned: int  # tokens its entries take from the entitlement
+    receipts: list[GatewayReceipt] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"delivery {self.tx_id} (entry {self.index})"
 
 
 class _Verifier:
@@ -85,7 +109,12 @@ class _Verifier:
         self.last_cp_size = -1
         self.last_cp_time = 0
         self.max_time = 0
-        self.state = "header"  # header -> keys -> body -> closing -> end -> done
+        self.pending: dict[str, _Delivery] = {}  # gateway deliveries, in index order
+        self.current: _Delivery | None = None  # the one whose receipts are being read
+        self.receipt_ids: set[str] = set()
+        self.gateway_deliveries = 0
+        self.receipts = 0
+        self.state = "header"  # header -> keys -> body -> closing -> receipts -> end
 
     # -- records --------------------------------------------------------------------
 
@@ -193,6 +222,8 @@ class _Verifier:
                     raise AuditFailure(f"entry {index}", "entries do not sum to zero per asset")
             if tx.code == KEY_ROTATION_CODE:
                 self._rotation(body, index)
+            elif tx.code == DELIVERY_CODE:
+                self._delivery(tx, index)
             push(sha(b"\x00" + body).digest())
             index += 1
         self.frontier.extend(leaves)
@@ -215,6 +246,63 @@ class _Verifier:
         if new != self.key_verifiers[pos + 1]:
             raise AuditFailure(where, "announces another key than the export's key list")
         self.accepted_upto = pos + 1
+
+    def _delivery(self, tx: _Tx, index: int) -> None:
+        """A delivery: if the gateway's (its metadata commits to receipts), keep it until
+        its receipts come."""
+        try:
+            metadata = _metadata_decoder.decode(tx.metadata)
+            c = commitment_of(metadata)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise AuditFailure(f"entry {index}", f"undecodable metadata: {exc}") from None
+        except ReceiptMismatch as exc:
+            raise AuditFailure(f"entry {index}", exc.message) from None
+        if c is None:
+            return
+        tx_id = _id_decoder.decode(tx.id)
+        burned = sum(-x for (_, _, kind), _, x in tx.entries if kind == "entitlement" and x < 0)
+        self.pending[tx_id] = _Delivery(tx_id, index, metadata, burned)
+
+    def receipts_record(self, rec: Receipts) -> None:
+        d = self.current
+        if d is None or d.tx_id != rec.transaction_id:
+            self.finish_delivery()
+            first = next(iter(self.pending.values()), None)
+            if first is None or first.tx_id != rec.transaction_id:
+                if first is not None and rec.transaction_id in self.pending:
+                    raise AuditFailure(first.where, "no receipts (its receipts were removed)")
+                raise AuditFailure(
+                    f"receipts of {rec.transaction_id}",
+                    "not a gateway delivery among the entries (or its receipts are repeated)",
+                )
+            d = self.current = self.pending.pop(rec.transaction_id)
+        if rec.start != len(d.receipts):
+            raise AuditFailure(d.where, f"receipts record starts at {rec.start}")
+        for n, body in enumerate(rec.bodies, start=rec.start):
+            try:
+                r = decode_receipt(body)
+            except ValueError as exc:
+                raise AuditFailure(d.where, f"receipt {n}: {exc}") from None
+            if r.receipt_id in self.receipt_ids:
+                raise AuditFailure(d.where, f"receipt {r.receipt_id} is in another delivery too")
+            self.receipt_ids.add(r.receipt_id)
+            d.receipts.append(r)
+
+    def finish_delivery(self) -> None:
+        d, self.current = self.current, None
+        if d is None:
+            return
+        try:
+            check_receipts(d.metadata, d.burned, d.receipts)
+        except ReceiptMismatch as exc:
+            raise AuditFailure(d.where, exc.message) from None
+        self.gateway_deliveries += 1
+        self.receipts += len(d.receipts)
+
+    def finish_receipts(self) -> None:
+        self.finish_delivery()
+        for d in self.pending.values():
+            raise AuditFailure(d.where, "no receipts (its receipts were removed)")
 
     def _origin(self) -> str:
         assert self.header is not None
@@ -346,9 +434,15 @@ def verify_file(f: BinaryIO, trusted: Verifier | None = None) -> VerifyReport:
                 v.finish_body()
             v.closing_record(record)
             v.state = "closing"
-        elif isinstance(record, End) and state in ("body", "closing"):
+        elif isinstance(record, Receipts) and state in ("body", "closing", "receipts"):
             if state == "body":
                 v.finish_body()
+            v.receipts_record(record)
+            v.state = "receipts"
+        elif isinstance(record, End) and state in ("body", "closing", "receipts"):
+            if state == "body":
+                v.finish_body()
+            v.finish_receipts()
             accounts = v.check_balances()
             if (record.entries, record.checkpoints) != (v.entries, v.checkpoints):
                 raise AuditFailure("end", "entry or checkpoint count does not match")
@@ -377,5 +471,7 @@ def verify_file(f: BinaryIO, trusted: Verifier | None = None) -> VerifyReport:
         trust_from_file=trusted is None,
         root=v.frontier.root().hex(),
         accounts=accounts,
+        gateway_deliveries=v.gateway_deliveries,
+        receipts=v.receipts,
         notes=notes,
     )

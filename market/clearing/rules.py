@@ -66,6 +66,8 @@ class Terms:
     maker_fee_bps: int = 0
     taker_fee_bps: int = 0
     provider_fee_bps: int = 0
+    #: Tokens charged for a call = prompt + completion_weight * completion.
+    completion_weight: int = 1
 
     @property
     def token_asset(self) -> str:

@@ -7,15 +7,17 @@ Reservation, before the call is forwarded (`plan`):
   chat template (a token is at least one byte of text);
 * the completion cap is the call's `max_tokens` (or `max_completion_tokens`; absent:
   `DEFAULT_MAX_TOKENS`), lowered to what the entitlement has left after the prompt
-  estimate; the upstream is sent that cap as `max_tokens`, so it cannot produce more;
-* reserved = prompt estimate + completion cap. Nothing left for at least one completion
-  token: 402 `insufficient_entitlement`.
+  estimate, divided by the instrument's `completion_weight` (rounded down); the upstream
+  is sent that cap as `max_tokens`, so it cannot produce more;
+* reserved = prompt estimate + weight x completion cap. Nothing left for at least one
+  completion token: 402 `insufficient_entitlement`.
 
 Charge, once the call ends (`charge`), never more than was reserved:
 
 * the upstream reported `usage`: prompt tokens capped at the estimate, completion tokens
   capped at the completion cap (a usage that claims more is not believed beyond them);
-  by default prompt and completion tokens count alike (OpenAI's `total_tokens`);
+  the tokens charged are prompt + weight x completion, the weight being the instrument's
+  `completion_weight` term (default 1: both count alike, OpenAI's `total_tokens`);
 * no usage arrived (the upstream sent none, the stream was cut, or the buyer went away
   before it came): the completion chunks the gateway passed on, one token each (servers
   stream a token per chunk), and no prompt tokens: an upstream that will not say what it
@@ -41,10 +43,11 @@ _encoder = msgspec.json.Encoder()
 class Plan:
     prompt_cap: int
     completion_cap: int
+    completion_weight: int = 1
 
     @property
     def reserved(self) -> int:
-        return self.prompt_cap + self.completion_cap
+        return self.prompt_cap + self.completion_weight * self.completion_cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +64,12 @@ class Charge:
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    completion_weight: int = 1
 
     @property
     def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+        """What the call is charged: prompt + weight x completion tokens."""
+        return self.prompt_tokens + self.completion_weight * self.completion_tokens
 
 
 NOTHING = Charge(0, 0, 0, 0)
@@ -84,15 +89,16 @@ def requested_max_tokens(body: dict[str, Any]) -> int | None:
     return None
 
 
-def plan(body: dict[str, Any], available: int) -> Plan | None:
+def plan(body: dict[str, Any], available: int, completion_weight: int = 1) -> Plan | None:
     """The reservation of a call, or None if `available` tokens cannot cover its prompt
-    estimate and one completion token."""
+    estimate and one (weighted) completion token."""
     estimate = prompt_estimate(body)
     wanted = requested_max_tokens(body)
-    cap = min(DEFAULT_MAX_TOKENS if wanted is None else wanted, available - estimate)
+    room = (available - estimate) // completion_weight
+    cap = min(DEFAULT_MAX_TOKENS if wanted is None else wanted, room)
     if cap < 1:
         return None
-    return Plan(prompt_cap=estimate, completion_cap=cap)
+    return Plan(prompt_cap=estimate, completion_cap=cap, completion_weight=completion_weight)
 
 
 def _count(value: Any) -> int | None:
@@ -117,8 +123,9 @@ def parse_usage(value: Any) -> Usage | None:
 
 def charge(p: Plan, usage: Usage | None, streamed_chunks: int) -> Charge:
     """What the call is charged (see the module docstring)."""
+    w = p.completion_weight
     if usage is None:
-        return Charge(0, min(streamed_chunks, p.completion_cap), 0, 0)
+        return Charge(0, min(streamed_chunks, p.completion_cap), 0, 0, w)
     prompt = min(usage.prompt_tokens, p.prompt_cap)
     completion = min(usage.completion_tokens, p.completion_cap)
     return Charge(
@@ -126,4 +133,5 @@ def charge(p: Plan, usage: Usage | None, streamed_chunks: int) -> Charge:
         completion,
         min(usage.cached_tokens, prompt),
         min(usage.reasoning_tokens, completion),
+        w,
     )

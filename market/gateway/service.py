@@ -194,7 +194,8 @@ class Gateway:
                 f"every endpoint of {model!r} is at its concurrency", code="endpoints_busy"
             )
         available = route.available if key_left is None else min(route.available, key_left)
-        plan = metering.plan(body, available)
+        weight = next(i.completion_weight for i in live if i.symbol == route.instrument)
+        plan = metering.plan(body, available, weight)
         if plan is None:
             left = (
                 "this key's budget"

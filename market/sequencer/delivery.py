@@ -9,6 +9,14 @@ buyer's entitlement, the escrow released pro rata to the provider less its fee),
 entitlement views count it) and the group's receipts in `gateway_receipts`, all in the
 batch's one statement.
 
+The delivery's signed body commits to its receipts (`ledger.receipts.commitment`: their
+count, token total, the Merkle root of their hashes in the group's order, and the
+instrument's completion weight, in the transaction's metadata), and
+`gateway_delivery_receipts` records which receipt is which leaf of that tree, so an
+auditor can check offline that every unit of escrow the gateway released is backed by
+receipts (`tokex audit verify`) and a buyer can prove one receipt in its delivery
+(`GET /v1/receipts/{id}/proof`).
+
 Idempotent: a group's transaction id derives from its first receipt, and the gateway
 resubmits the same op after a batch that failed to commit; a group whose transaction the
 ledger already holds is skipped whole (its rows were written with it), and a receipt
@@ -16,7 +24,8 @@ already stored (one charged nothing) is not written again.
 
 A group is never refused for the whole op: one that cannot be charged (its instrument
 settled meanwhile, or less entitlement than charged, which the gateway's reservations
-rule out) keeps its receipts, with no transaction, and says why (`GatewayDelivery.refused`).
+rule out, or a receipt whose tokens are not prompt + weight x completion, which no audit
+would pass) keeps its receipts, with no transaction, and says why (`GatewayDelivery.refused`).
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 import asyncpg
+import msgspec
 
+from ledger.receipts import commitment
 from ledger.rows import BatchRows
 from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, checked
@@ -38,6 +49,8 @@ RECEIPT_COLUMNS = (
     "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "tokens",
     "started_ms", "ended_ms", "request_sha256", "response_sha256", "transaction_id",
 )  # fmt: skip
+
+LINK_COLUMNS = ("transaction_id", "position", "receipt_id")
 
 Group = tuple[str, str, str]  # (buyer, provider, instrument)
 
@@ -69,27 +82,33 @@ def _record(r: GatewayReceipt, transaction_id: str | None) -> tuple[object, ...]
     return (*values, transaction_id)
 
 
-def _refusal(batch: Batch, group: Group, tokens: int) -> str | None:
+def _refusal(
+    batch: Batch, group: Group, receipts: Sequence[GatewayReceipt], tokens: int
+) -> str | None:
     buyer, provider, symbol = group
     state = batch.market.instruments.get(symbol)
     if state is None:
         return "unknown_instrument"
     if state.settlement is not None:
         return "instrument_settled"
+    w = state.terms.completion_weight
+    if any(r.tokens != r.prompt_tokens + w * r.completion_tokens for r in receipts):
+        return "receipt_inconsistent"  # charged otherwise than the weight: no audit would pass
     held = batch.ledger.state.balance(settlement.entitlement(buyer, provider, symbol)).available
     return "entitlement_exceeded" if tokens > held else None
 
 
 def _charge_group(
-    batch: Batch, group: Group, receipts: list[GatewayReceipt], records: list[tuple[object, ...]]
-) -> GatewayDelivery | None:
+    batch: Batch, group: Group, receipts: list[GatewayReceipt], records: list[tuple[object, ...]],
+    links: list[tuple[object, ...]],
+) -> GatewayDelivery | None:  # fmt: skip
     buyer, provider, symbol = group
     rid = report_id(receipts)
     tx_id = settlement.delivery_id(provider, rid)
     if batch.ledger.seen(tx_id):
         return None  # resubmitted after it committed: nothing again
     tokens = sum(r.tokens for r in receipts)
-    why = _refusal(batch, group, tokens) if tokens else None
+    why = _refusal(batch, group, receipts, tokens) if tokens else None
     out = GatewayDelivery(buyer=buyer, provider=provider, instrument=symbol, report_id=rid,
                           tokens=tokens, transaction_id=None, refused=why)  # fmt: skip
     if tokens == 0 or why is not None:
@@ -102,6 +121,8 @@ def _charge_group(
     tx, split = settlement.delivery(
         rid, buyer, provider, terms, tokens, held, escrowed, batch.time_ms
     )
+    evidence = commitment(receipts, terms.completion_weight).metadata()
+    tx = msgspec.structs.replace(tx, metadata={**tx.metadata, **evidence})
     checked(batch.ledger.apply(tx))
     digest = hashlib.sha256("\n".join(r.receipt_id for r in receipts).encode()).digest()
     batch.deliveries[(provider, rid)] = DeliveryRow(
@@ -110,6 +131,7 @@ def _charge_group(
         transaction_id=tx.id, time_ms=batch.time_ms,
     )  # fmt: skip
     records.extend(_record(r, tx.id) for r in receipts)
+    links.extend((tx.id, n, r.receipt_id) for n, r in enumerate(receipts))
     return GatewayDelivery(buyer=buyer, provider=provider, instrument=symbol, report_id=rid,
                            tokens=tokens, transaction_id=tx.id)  # fmt: skip
 
@@ -117,9 +139,10 @@ def _charge_group(
 def charge(batch: Batch, receipts: Sequence[GatewayReceipt]) -> list[GatewayDelivery]:
     """Charge the receipts, one delivery per group; stage their rows with the batch."""
     records: list[tuple[object, ...]] = []
+    links: list[tuple[object, ...]] = []
     done: list[GatewayDelivery] = []
     for group, members in groups(receipts).items():
-        outcome = _charge_group(batch, group, members, records)
+        outcome = _charge_group(batch, group, members, records, links)
         if outcome is not None:
             done.append(outcome)
     if records:
@@ -131,6 +154,7 @@ def charge(batch: Batch, receipts: Sequence[GatewayReceipt]) -> list[GatewayDeli
                 "gateway_receipts", RECEIPT_COLUMNS, records,
                 on_conflict="ON CONFLICT (receipt_id) DO NOTHING",
             )  # fmt: skip
+            rows.insert("gateway_delivery_receipts", LINK_COLUMNS, links)
 
         batch.ledger.also_write(stage)
     return done

@@ -51,12 +51,13 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
             instrument=instrument, maker_fee_bps=req.maker_fee_bps,
             taker_fee_bps=req.taker_fee_bps, provider_fee_bps=req.provider_fee_bps,
             currency=batch.currency, time=batch.time_ms,
+            completion_weight=req.completion_weight,
         )
     )  # fmt: skip
     terms = Terms(
         symbol=instrument.symbol, lot_size=instrument.lot_size, currency=batch.currency,
         maker_fee_bps=req.maker_fee_bps, taker_fee_bps=req.taker_fee_bps,
-        provider_fee_bps=req.provider_fee_bps,
+        provider_fee_bps=req.provider_fee_bps, completion_weight=req.completion_weight,
     )  # fmt: skip
     state = InstrumentState.build(
         market.engine.add_instrument(instrument), terms, req.delivery_grace_seconds
@@ -68,7 +69,7 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
             instrument.duration, instrument.lot_size, instrument.tick_size,
             instrument.price_min, instrument.price_max, req.maker_fee_bps,
             req.taker_fee_bps, req.provider_fee_bps, batch.currency, batch.time_ms,
-            req.delivery_grace_seconds,
+            req.delivery_grace_seconds, req.completion_weight,
         )
     )  # fmt: skip
     return state

@@ -80,6 +80,7 @@ def terms_of(record: asyncpg.Record) -> Terms:
         maker_fee_bps=record["maker_fee_bps"],
         taker_fee_bps=record["taker_fee_bps"],
         provider_fee_bps=record["provider_fee_bps"],
+        completion_weight=record["completion_weight"],
     )
 
 

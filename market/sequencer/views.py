@@ -24,7 +24,7 @@ def instrument_view(state: InstrumentState) -> InstrumentView:
         taker_fee_bps=terms.taker_fee_bps, provider_fee_bps=terms.provider_fee_bps,
         currency=terms.currency,
         state="settled" if state.settlement is not None else state.book.trading_state.value,
-        delivery_grace_seconds=state.delivery_grace_s,
+        delivery_grace_seconds=state.delivery_grace_s, completion_weight=terms.completion_weight,
     )  # fmt: skip
 
 

@@ -182,7 +182,8 @@ RECORDED = [
     (6, "market_snapshots", "market/migrations"),
     (7, "open_holds", "ledger/migrations"),
     (8, "gateway", "market/migrations"),
-    (9, "cancel_after", "market/migrations"),
+    (9, "receipts_evidence", "market/migrations"),
+    (10, "cancel_after", "market/migrations"),
 ]
 
 

@@ -81,7 +81,7 @@ class Market:
 
 
 async def open_market(
-    db_url: str, tmp_path: Path, upstream: Upstream, tokens: int
+    db_url: str, tmp_path: Path, upstream: Upstream, tokens: int, completion_weight: int = 1
 ) -> AsyncIterator[Market]:
     proc = await asyncio.to_thread(
         ServerProcess(database_url=db_url, data_dir=tmp_path, env=ENV).start
@@ -91,7 +91,8 @@ async def open_market(
         symbol = live_symbol()
         await operator.create_instrument(CreateInstrument(
             symbol=symbol, lot_size=1, tick_size=1, price_min=1, price_max=1000,
-            provider_fee_bps=FEE_BPS, allow_started=True,
+            provider_fee_bps=FEE_BPS, completion_weight=completion_weight,
+            allow_started=True,
         ))  # fmt: skip
         p = await operator.create_account(Role.PROVIDER, "provider")
         b = await operator.create_account(Role.BUYER, "buyer")

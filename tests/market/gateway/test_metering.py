@@ -132,3 +132,18 @@ async def test_the_meter_keeps_its_charges_while_the_exchange_reopens() -> None:
     await meter.flush()
     assert [op.receipts for op in new.committed] == [(receipt,)]
     assert meter.backlog == 0 and reservations.outstanding.get(group, 0) == 0
+
+
+def test_a_completion_weight_counts_completion_tokens_that_many_times() -> None:
+    estimate = metering.prompt_estimate(BODY)
+    p = metering.plan(BODY, 1_000, completion_weight=3)
+    assert p == metering.Plan(estimate, 10, 3) and p.reserved == estimate + 30
+    # What is left after the prompt estimate buys a third as many completion tokens.
+    assert metering.plan(BODY, estimate + 20, completion_weight=3) == metering.Plan(estimate, 6, 3)
+    assert metering.plan(BODY, estimate + 2, completion_weight=3) is None
+    usage = metering.Usage(prompt_tokens=5, completion_tokens=7)
+    assert metering.charge(p, usage, 0).tokens == 5 + 3 * 7
+    assert metering.charge(p, None, 4).tokens == 12  # streamed chunks are completion tokens
+    capped = metering.charge(p, metering.Usage(10**6, 10**6), 0)
+    assert capped.tokens == p.reserved  # never more than was reserved
+    assert metering.charge(metering.plan(BODY, 1_000), usage, 0).tokens == 12  # default 1

@@ -1,0 +1,201 @@
+"""Receipts as evidence of a delivery: their hash, their tree, the commitment a delivery's
+signed body makes to them, and the offline check of a receipt's proof. Pure: no I/O.
+
+A receipt (`schemas.gateway.GatewayReceipt`) is one metered call through the gateway.
+
+* Canonical bytes: ``b"tokex/receipt/v1\\x00"`` then the receipt as MessagePack from
+  msgspec with sorted keys (`receipt_bytes`); its hash is SHA-256 of those bytes
+  (`receipt_hash`).
+* A gateway delivery's receipts, in the order the delivery lists them, form an RFC 6962
+  tree (`ledger.merkle`): leaf i is ``leaf_hash(receipt_hash(r_i))``.
+* The delivery transaction's metadata commits to them (`commitment`): ``receipts`` (the
+  count), ``receipt_tokens`` (the sum of their charged `tokens`), ``receipts_root`` (the
+  tree's root, hex) and ``completion_weight`` (the instrument's term by which each
+  receipt's tokens are prompt + weight * completion). That metadata is part of the
+  transaction's canonical bytes, a leaf of the ledger's signed Merkle log, so a receipt
+  cannot be dropped, added or altered after the fact without breaking a signed root.
+
+`check_receipts` is the auditor's rule for one delivery (used by `tokex audit verify`);
+`verify_receipt_proof` checks one receipt's inclusion in its delivery (the answer of
+``GET /v1/receipts/{id}/proof``); the delivery entry's own place in the log is then proved
+by the ledger's inclusion proof of its index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from ledger.canonical import decode_transaction
+from ledger.merkle import InvalidProof, leaf_hash, root_from_leaf_hashes, verify_inclusion
+from schemas.errors import DomainError, ErrorKind
+from schemas.gateway import GatewayReceipt, ReceiptProof
+from schemas.ledger import CommittedTransaction
+
+__all__ = [
+    "RECEIPT_PREFIX",
+    "Commitment",
+    "ReceiptMismatch",
+    "check_receipts",
+    "commitment",
+    "commitment_of",
+    "decode_receipt",
+    "receipt_bytes",
+    "receipt_hash",
+    "receipts_root",
+    "verify_receipt_proof",
+]
+
+RECEIPT_PREFIX = b"tokex/receipt/v1\x00"
+SOURCE = "gateway"
+
+_encoder = msgspec.msgpack.Encoder(order="sorted")
+_decoder = msgspec.msgpack.Decoder(GatewayReceipt)
+
+
+class ReceiptMismatch(DomainError):
+    """Receipts do not back the delivery that commits to them (or a proof is wrong)."""
+
+    code = "receipts_mismatch"
+    kind = ErrorKind.INVALID
+
+
+def receipt_bytes(r: GatewayReceipt) -> bytes:
+    return RECEIPT_PREFIX + _encoder.encode(r)
+
+
+def decode_receipt(data: bytes) -> GatewayReceipt:
+    """Inverse of `receipt_bytes`; raises `ValueError` on anything else."""
+    if not data.startswith(RECEIPT_PREFIX):
+        raise ValueError("not a tokex receipt (bad prefix)")
+    try:
+        return _decoder.decode(data[len(RECEIPT_PREFIX) :])
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"malformed receipt: {exc}") from exc
+
+
+def receipt_hash(r: GatewayReceipt) -> bytes:
+    return hashlib.sha256(receipt_bytes(r)).digest()
+
+
+def receipts_root(hashes: Sequence[bytes]) -> bytes:
+    """The root of the tree whose leaves are these receipt hashes, in order."""
+    return root_from_leaf_hashes([leaf_hash(h) for h in hashes])
+
+
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """What a gateway delivery's signed body says of its receipts."""
+
+    count: int
+    tokens: int
+    root: bytes
+    completion_weight: int
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "source": SOURCE,
+            "receipts": str(self.count),
+            "receipt_tokens": str(self.tokens),
+            "receipts_root": self.root.hex(),
+            "completion_weight": str(self.completion_weight),
+        }
+
+
+def commitment(receipts: Sequence[GatewayReceipt], completion_weight: int) -> Commitment:
+    return Commitment(
+        count=len(receipts),
+        tokens=sum(r.tokens for r in receipts),
+        root=receipts_root([receipt_hash(r) for r in receipts]),
+        completion_weight=completion_weight,
+    )
+
+
+def commitment_of(metadata: Mapping[str, str]) -> Commitment | None:
+    """The commitment in a transaction's metadata; None if it is not a gateway delivery.
+    Raises `ReceiptMismatch` if it claims to be one but the fields are malformed."""
+    if metadata.get("source") != SOURCE:
+        return None
+    try:
+        root = bytes.fromhex(metadata["receipts_root"])
+        out = Commitment(
+            count=int(metadata["receipts"]),
+            tokens=int(metadata["receipt_tokens"]),
+            root=root,
+            completion_weight=int(metadata["completion_weight"]),
+        )
+    except (KeyError, ValueError):
+        raise ReceiptMismatch("a gateway delivery without a well-formed commitment") from None
+    if len(root) != 32 or out.count < 1 or out.tokens < 0 or out.completion_weight < 1:
+        raise ReceiptMismatch("a gateway delivery without a well-formed commitment")
+    return out
+
+
+def _check_parties(r: GatewayReceipt, metadata: Mapping[str, str], weight: int) -> None:
+    who = (metadata.get("buyer"), metadata.get("provider"), metadata.get("instrument"))
+    if (r.buyer, r.provider, r.instrument) != who:
+        raise ReceiptMismatch(
+            f"receipt {r.receipt_id} is of {r.buyer}/{r.provider}/{r.instrument}, "
+            f"not of this delivery's {who[0]}/{who[1]}/{who[2]}"
+        )
+    if r.tokens != r.prompt_tokens + weight * r.completion_tokens:
+        raise ReceiptMismatch(
+            f"receipt {r.receipt_id} charges {r.tokens} tokens, not prompt + "
+            f"{weight} x completion = {r.prompt_tokens + weight * r.completion_tokens}"
+        )
+
+
+def check_receipts(
+    metadata: Mapping[str, str], burned: int, receipts: Sequence[GatewayReceipt]
+) -> Commitment:
+    """The auditor's rule for one gateway delivery: its receipts are as many as it says,
+    charge what it says and what it burned of the entitlement (`burned`), are each the
+    buyer's, provider's and instrument's of the delivery and counted by its weight, and
+    hash to its root. Raises `ReceiptMismatch` saying what differs."""
+    c = commitment_of(metadata)
+    if c is None:
+        raise ReceiptMismatch("not a gateway delivery")
+    if len(receipts) != c.count:
+        raise ReceiptMismatch(f"{len(receipts)} receipts where the delivery commits to {c.count}")
+    for r in receipts:
+        _check_parties(r, metadata, c.completion_weight)
+    total = sum(r.tokens for r in receipts)
+    if total != c.tokens or burned != c.tokens:
+        raise ReceiptMismatch(
+            f"receipts total {total} tokens; the delivery commits to {c.tokens} and burned {burned}"
+        )
+    if receipts_root([receipt_hash(r) for r in receipts]) != c.root:
+        raise ReceiptMismatch("receipts do not hash to the delivery's receipts_root")
+    return c
+
+
+def verify_receipt_proof(p: ReceiptProof) -> CommittedTransaction:
+    """Check, offline, that `p.receipt` is leaf `p.proof.leaf_index` of the receipts its
+    delivery transaction (`p.delivery`, canonical bytes) commits to. Returns the delivery
+    as committed (its index is the leaf to prove in the ledger's log next). Raises
+    `ReceiptMismatch` or `InvalidProof`."""
+    h = receipt_hash(p.receipt)
+    if h != p.receipt_sha256:
+        raise ReceiptMismatch("the receipt does not hash to receipt_sha256")
+    body = p.delivery.canonical
+    if leaf_hash(body) != p.delivery.leaf_hash:
+        raise ReceiptMismatch("the delivery's canonical bytes do not hash to its leaf_hash")
+    try:
+        tx = decode_transaction(body)
+    except ValueError as exc:
+        raise ReceiptMismatch(f"the delivery's canonical bytes: {exc}") from None
+    if tx.index != p.delivery.index:
+        raise ReceiptMismatch(f"the delivery says it is entry {tx.index}, not {p.delivery.index}")
+    c = commitment_of(tx.metadata)
+    if c is None:
+        raise ReceiptMismatch(f"entry {tx.index} is not a gateway delivery")
+    _check_parties(p.receipt, tx.metadata, c.completion_weight)
+    if p.proof.tree_size != c.count:
+        raise InvalidProof(
+            "root_mismatch", f"proof for {p.proof.tree_size} receipts; the delivery has {c.count}"
+        )
+    verify_inclusion(leaf_hash(h), p.proof.leaf_index, p.proof.tree_size, p.proof.hashes, c.root)
+    return tx

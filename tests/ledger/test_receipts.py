@@ -1,0 +1,142 @@
+"""Receipts as evidence (ledger.receipts): the hash covers every field, the tree commits to
+the receipts and their order, the auditor's rule for one delivery, and receipt proofs."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import pytest
+
+from ledger.canonical import decode_transaction, transaction_bytes
+from ledger.merkle import InvalidProof, MemoryNodeStore, leaf_hash
+from ledger.receipts import (
+    ReceiptMismatch,
+    check_receipts,
+    commitment,
+    decode_receipt,
+    receipt_bytes,
+    receipt_hash,
+    receipts_root,
+    verify_receipt_proof,
+)
+from schemas.gateway import GatewayReceipt, ReceiptProof
+from schemas.ledger import Account, Bucket, CommittedTransaction, Entry
+from schemas.ledger_api import LedgerEntry, TransactionView
+from schemas.ledger_proofs import InclusionProof
+
+
+def receipt(n: int, prompt: int = 3, completion: int = 5, weight: int = 1) -> GatewayReceipt:
+    return GatewayReceipt(
+        receipt_id=f"rcp_{n:024x}", key_id="ik_0000000000000000", buyer="b", provider="p",
+        instrument="m/1/1", endpoint_id="e1", model="m", prompt_tokens=prompt,
+        completion_tokens=completion, cached_tokens=0, reasoning_tokens=0,
+        tokens=prompt + weight * completion, started_ms=1, ended_ms=2,
+        request_sha256=hashlib.sha256(b"q%d" % n).digest(),
+        response_sha256=hashlib.sha256(b"a%d" % n).digest(),
+    )  # fmt: skip
+
+
+def delivery(receipts: list[GatewayReceipt], weight: int = 1, index: int = 7) -> bytes:
+    c = commitment(receipts, weight)
+    burn = Account("b@p", "tok:m/1/1", "entitlement")
+    mint = Account("exchange", "tok:m/1/1", "issuance")
+    tx = CommittedTransaction(
+        index, "delivery:p:gw:x", "delivery", 5,
+        (Entry(burn, Bucket.AVAILABLE, -c.tokens), Entry(mint, Bucket.AVAILABLE, c.tokens)),
+        (), {"buyer": "b", "provider": "p", "instrument": "m/1/1", **c.metadata()},
+    )  # fmt: skip
+    return transaction_bytes(tx)
+
+
+def test_the_hash_covers_every_field_and_the_bytes_round_trip() -> None:
+    r = receipt(1)
+    assert decode_receipt(receipt_bytes(r)) == r
+    assert receipt_hash(r) == hashlib.sha256(receipt_bytes(r)).digest()
+    for name, value in msgspec.structs.asdict(r).items():
+        other = (
+            b"\x00" * 32
+            if isinstance(value, bytes)
+            else (value + 1 if isinstance(value, int) else value + "x")
+        )
+        changed = msgspec.structs.replace(r, **{name: other})
+        assert receipt_hash(changed) != receipt_hash(r), name
+    with pytest.raises(ValueError):
+        decode_receipt(receipt_bytes(r)[1:])
+
+
+def test_the_root_commits_to_the_receipts_and_their_order() -> None:
+    rs = [receipt(i) for i in range(5)]
+    hashes = [receipt_hash(r) for r in rs]
+    assert receipts_root(hashes) == MemoryNodeStore(leaf_hash(h) for h in hashes).root()
+    assert receipts_root(hashes[::-1]) != receipts_root(hashes)
+    assert receipts_root(hashes[:4]) != receipts_root(hashes)
+
+
+def test_the_auditors_rule_for_one_delivery() -> None:
+    rs = [receipt(i, weight=3) for i in range(4)]
+    meta = {"buyer": "b", "provider": "p", "instrument": "m/1/1", **commitment(rs, 3).metadata()}
+    total = sum(r.tokens for r in rs)
+    assert total == 4 * (3 + 15)
+    assert check_receipts(meta, total, rs).count == 4
+    bad = {
+        "one removed": (rs[:3], total),
+        "one altered": (
+            [*rs[:3], msgspec.structs.replace(rs[3], response_sha256=b"\x01" * 32)],
+            total,
+        ),
+        "reordered": ([rs[1], rs[0], *rs[2:]], total),
+        "burned other than receipts": (rs, total - 1),
+        "tokens not by the weight": ([*rs[:3], receipt(3, weight=1)], total),
+        "another buyer's": ([*rs[:3], msgspec.structs.replace(rs[3], buyer="x")], total),
+    }
+    for why, (receipts, burned) in bad.items():
+        with pytest.raises(ReceiptMismatch):
+            check_receipts(meta, burned, receipts)
+            pytest.fail(why)
+    with pytest.raises(ReceiptMismatch, match="commitment"):
+        check_receipts({**meta, "receipts_root": "zz"}, total, rs)
+
+
+def proof_of(rs: list[GatewayReceipt], n: int, body: bytes) -> ReceiptProof:
+    store = MemoryNodeStore(leaf_hash(receipt_hash(r)) for r in rs)
+    tx = decode_transaction(body)
+    return ReceiptProof(
+        receipt=rs[n], receipt_sha256=receipt_hash(rs[n]),
+        proof=InclusionProof(leaf_index=n, tree_size=len(rs), hashes=store.inclusion_proof(n)),
+        delivery=LedgerEntry(index=tx.index, canonical=body, leaf_hash=leaf_hash(body),
+                             transaction=TransactionView.of(tx)),
+    )  # fmt: skip
+
+
+def test_receipt_proofs_verify_and_tampered_ones_fail() -> None:
+    rs = [receipt(i) for i in range(6)]
+    body = delivery(rs)
+    for n in range(6):
+        assert verify_receipt_proof(proof_of(rs, n, body)).index == 7
+    good = proof_of(rs, 4, body)
+    other = proof_of(rs, 2, body)
+    forged = msgspec.structs.replace(rs[4], tokens=1, prompt_tokens=0, completion_tokens=1)
+    tampered = {
+        "receipt altered": msgspec.structs.replace(good, receipt=forged),
+        "receipt and its hash altered": msgspec.structs.replace(
+            good, receipt=forged, receipt_sha256=receipt_hash(forged)
+        ),
+        "wrong leaf": msgspec.structs.replace(good, proof=other.proof),
+        "hash flipped": msgspec.structs.replace(
+            good, proof=InclusionProof(4, 6, [b"\x00" * 32, *good.proof.hashes[1:]])
+        ),
+        "another delivery": msgspec.structs.replace(
+            good, delivery=proof_of(rs[:5], 4, delivery(rs[:5])).delivery
+        ),
+        "delivery bytes altered": msgspec.structs.replace(
+            good,
+            delivery=msgspec.structs.replace(
+                good.delivery, canonical=good.delivery.canonical[:-1] + b"\x00"
+            ),
+        ),
+    }
+    for why, p in tampered.items():
+        with pytest.raises((ReceiptMismatch, InvalidProof)):
+            verify_receipt_proof(p)
+            pytest.fail(why)
