@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -395,6 +395,30 @@ class TokexClient:
     async def settlements(self) -> list[SettlementView]:
         answer = await self.request("GET", "/v1/settlements")
         return msgspec.convert(answer, list[SettlementView])
+
+    # ------------------------------------------------------------------ audit
+
+    async def audit_export(
+        self, out: BinaryIO, from_index: int = 0, to_index: int | None = None
+    ) -> int:
+        """`GET /v1/audit/export` (operator, auditor): write the audit file of the range
+        to `out`, as `tokex audit export` writes it from the database; the bytes written."""
+        params: dict[str, Any] = {"from_index": from_index}
+        if to_index is not None:
+            params["to_index"] = to_index
+        request = self.build_request("GET", "/v1/audit/export", params=params)
+        response = await self._http.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                _decode(response)  # raises TokexApiError with the server's code
+            written = 0
+            async for chunk in response.aiter_bytes():
+                out.write(chunk)
+                written += len(chunk)
+            return written
+        finally:
+            await response.aclose()
 
     # ------------------------------------------------------------------ receipts
 

@@ -46,6 +46,7 @@ from market.gateway.keys_api import keys_router
 from market.gateway.openai_api import openai_router
 from market.gateway.receipts_api import receipts_router
 from market.stream import market_stream
+from ops.audit_api import audit_router
 from ops.config import Settings
 from ops.dashboard.routes import dashboard_routes
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
@@ -115,7 +116,8 @@ def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
     return [
         ledger_router, accounts_router, trading_router, market_stream, reports_router,
-        endpoints_router, keys_router, openai_router, receipts_router, *dashboard_routes,
+        endpoints_router, keys_router, openai_router, receipts_router, audit_router,
+        *dashboard_routes,
     ]  # fmt: skip
 
 

@@ -1,7 +1,19 @@
 """`tokex audit ...`: export the signed ledger to one file; verify such a file offline.
 
     tokex audit export --out FILE [--from-index N] [--to-index M] [--data-dir DIR]
-    tokex audit verify FILE [--public-key FILE] [--json]
+    tokex audit export --out FILE --from-url URL --key-id K --key-file PEM [...]
+    tokex audit verify FILE (--public-key FILE | --pin FILE) [--json]
+
+`export --from-url` asks a running exchange for the same file (`GET /v1/audit/export`,
+signed by an operator or auditor key: `--key-id`/`--key-file`, or env `TOKEX_KEY_ID`,
+`TOKEX_KEY_FILE`): byte for byte what `export` writes from the database, with no
+database access.
+
+`verify` says OK only against a key the auditor trusts: `--public-key FILE`, or
+`--pin FILE` (trust on first use: when FILE does not exist, the export's first key is
+trusted, written to FILE and a warning says so; afterwards FILE is the trusted key).
+Without either it refuses (exit 2): an export checked only against its own first key
+proves nothing about who signed it.
 
 `export` includes the receipts of the range's gateway deliveries; `verify` checks that each
 gateway delivery is backed by receipts matching the count, token total and Merkle root its
@@ -20,6 +32,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +67,39 @@ async def _export(url: str, out: Path, from_index: int, to_index: int | None) ->
     )
 
 
+async def _export_from_url(args: argparse.Namespace, out: Path) -> str:
+    from market.client import TokexClient
+
+    if not args.key_id or not args.key_file:
+        raise _Usage("--from-url needs a signed key: --key-id and --key-file")
+    partial = out.with_name(out.name + ".partial")
+    async with TokexClient.from_key_file(args.from_url, args.key_id, args.key_file) as client:
+        try:
+            with open(partial, "wb") as f:
+                written = await client.audit_export(f, args.from_index, args.to_index)
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
+    return f"exported {written} bytes from {args.from_url} to {out}"
+
+
+class _Usage(Exception):
+    pass
+
+
 def _export_cmd(args: argparse.Namespace) -> int:
+    if args.from_url is not None:
+        from market.client import TokexApiError
+
+        try:
+            print(asyncio.run(_export_from_url(args, Path(args.out))))
+        except _Usage as exc:
+            print(f"tokex: error: {exc}")
+            return 2
+        except TokexApiError as exc:
+            print(f"tokex: error: {exc.code}: {exc.message}")
+            return 1
+        return 0
     from ops.database import database_url
 
     url = database_url(settings_from_args(args))
@@ -71,12 +116,16 @@ def _fail(args: argparse.Namespace, where: str, reason: str, code: str) -> int:
 
 
 def _verify_cmd(args: argparse.Namespace) -> int:
+    key_file = args.public_key or args.pin
+    if key_file is None or (args.public_key and args.pin):
+        print("tokex: error: verify needs the key you trust: --public-key FILE, or --pin FILE")
+        return 2
     trusted = None
-    if args.public_key is not None:
+    if args.public_key is not None or Path(args.pin).exists():
         try:
-            trusted = Verifier.parse(Path(args.public_key).read_text(encoding="ascii").strip())
+            trusted = Verifier.parse(Path(key_file).read_text(encoding="ascii").strip())
         except (OSError, UnicodeDecodeError) as exc:
-            return _fail(args, "public key", f"cannot read {args.public_key}: {exc}", "usage")
+            return _fail(args, "public key", f"cannot read {key_file}: {exc}", "usage")
         except DomainError as exc:
             return _fail(args, "public key", exc.message, exc.code)
     try:
@@ -90,6 +139,13 @@ def _verify_cmd(args: argparse.Namespace) -> int:
         return _fail(args, "file", exc.message, exc.code)
     except Exception as exc:  # a verifier must answer, never crash: anything odd is a failure
         return _fail(args, "file", f"unexpected {type(exc).__name__}: {exc}", "audit_failed")
+    if trusted is None:  # --pin FILE, first use: trust the export's first key from now on
+        Path(args.pin).write_text(report.keys[0] + "\n", encoding="ascii")
+        print(
+            f"warning: no key was pinned; trusting the export's own first key "
+            f"{report.keys[0]} on first use, pinned in {args.pin}",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(_report_dict(report)))
     else:
@@ -122,9 +178,28 @@ def register(subparsers: Any) -> None:
         help="end of the range (exclusive), rounded down to a checkpoint (default: latest)",
     )
     add_database_options(exp)
+    exp.add_argument(
+        "--from-url", default=None,
+        help="ask this running exchange for the file instead (GET /v1/audit/export)",
+    )  # fmt: skip
+    exp.add_argument(
+        "--key-id",
+        default=os.environ.get("TOKEX_KEY_ID"),
+        help="with --from-url: an operator's or auditor's key id (env TOKEX_KEY_ID)",
+    )
+    exp.add_argument(
+        "--key-file",
+        default=os.environ.get("TOKEX_KEY_FILE"),
+        help="with --from-url: its private key, PEM (env TOKEX_KEY_FILE)",
+    )
     exp.set_defaults(handler=_export_cmd)
     ver = sub.add_parser("verify", help="verify an audit file offline (no database)")
     ver.add_argument("file")
     ver.add_argument("--public-key", default=None, help="file with the trusted verifier key")
+    ver.add_argument(
+        "--pin", default=None,
+        help="trust on first use: the key in this file, or (no file yet) the export's first, "
+        "written here",
+    )  # fmt: skip
     ver.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ver.set_defaults(handler=_verify_cmd)

@@ -254,7 +254,9 @@ async def _session(
         f"{report.accounts} accounts; every transaction sums to zero and the balances "
         "follow from the entries."
     )
-    print(f"\nTo check it yourself: tokex audit verify {audit_file}")
+    pub_file = data_dir / "exchange.pub"
+    pub_file.write_text(verifier.encode() + "\n", encoding="ascii")
+    print(f"\nTo check it yourself: tokex audit verify {audit_file} --public-key {pub_file}")
     _say(f"done in {time.monotonic() - began:.1f} s")
     return 0
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ledger.log import open_ledger
 from ledger.note import Signer
+from market.client import TokexApiError
+from schemas.accounts import Role
 from schemas.ledger import Account, Posting, Transaction
-from tests.support.server import REPO_ROOT
+from schemas.trading import CreateInstrument
+from tests.support.server import REPO_ROOT, ServerProcess, operator_client
 
 ORIGIN = "cli.tokex/ledger"
+SYM = "llama-3.1-70b/2030-12-01T00Z/1h"
 
 
 def tokex(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -61,10 +68,19 @@ async def test_export_then_verify_offline(db_url: str, tmp_path: Path) -> None:
     assert (r.returncode, r.stderr) == (0, ""), r.stdout
     assert r.stdout.startswith("OK: cli.tokex/ledger: entries 0..29")
 
+    # No trusted key: refused, never OK on the export's own word.
     r = tokex("audit", "verify", str(out), "--json")
+    assert r.returncode == 2 and "--public-key" in r.stdout and "OK" not in r.stdout
+    # Trust on first use: the export's first key is pinned, with a warning; then it is
+    # the trusted key, and an export signed by another key fails against it.
+    pin = tmp_path / "pinned.pub"
+    r = tokex("audit", "verify", str(out), "--pin", str(pin), "--json")
     report = json.loads(r.stdout)
     assert (r.returncode, report["ok"], report["entries"]) == (0, True, 30)
-    assert report["trust_from_file"] is True
+    assert "warning" in r.stderr and str(pin) in r.stderr
+    assert pin.read_text().strip() == pub.read_text().strip()
+    r = tokex("audit", "verify", str(out), "--pin", str(pin))
+    assert (r.returncode, r.stderr) == (0, "") and r.stdout.startswith("OK: ")
 
     data = bytearray(out.read_bytes())
     data[len(data) // 2] ^= 0x10
@@ -78,8 +94,9 @@ async def test_export_then_verify_offline(db_url: str, tmp_path: Path) -> None:
 
     other = tmp_path / "other.pub"
     other.write_text(Signer.generate(ORIGIN).verifier().encode())
-    for args in ([str(out), "--public-key", str(other)], [str(tmp_path / "missing")],
-                 [str(pub)]):  # fmt: skip
+    for args in ([str(out), "--public-key", str(other)], [str(out), "--pin", str(other)],
+                 [str(tmp_path / "missing"), "--public-key", str(pub)],
+                 [str(pub), "--public-key", str(pub)]):  # fmt: skip
         r = tokex("audit", "verify", *args)
         assert r.returncode == 1, args
         assert r.stdout.startswith("FAIL: ") and "Traceback" not in r.stdout + r.stderr
@@ -131,5 +148,46 @@ async def test_verify_loads_no_database_driver(db_url: str, tmp_path: Path) -> N
     out = tmp_path / "audit.tokex"
     status, modules = loaded_by("audit", "export", "--out", str(out), env={"DATABASE_URL": db_url})
     assert status == 0 and "asyncpg" in modules  # the check sees the driver when it is loaded
-    assert loaded_by("audit", "verify", str(out), "--json") == (0, [])
-    assert loaded_by("-v", "audit", "verify", str(out)) == (0, [])
+    pin = str(tmp_path / "pinned.pub")
+    assert loaded_by("audit", "verify", str(out), "--json", "--pin", pin) == (0, [])
+    assert loaded_by("-v", "audit", "verify", str(out), "--pin", pin) == (0, [])
+
+
+async def test_export_from_url_is_byte_identical_to_the_database_export(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An auditor with a signed key and no database access gets, from a running exchange,
+    the very file the operator exports from the database; it verifies against the pinned
+    key; a buyer's key may not fetch it."""
+    proc = ServerProcess(database_url=db_url, data_dir=tmp_path / "server")
+    proc.start()
+    operator = await operator_client(db_url, proc.base_url)
+    try:
+        await operator.create_instrument(CreateInstrument(
+            symbol=SYM, lot_size=1000, tick_size=5, price_min=5, price_max=100_000,
+        ))  # fmt: skip
+        buyer = await operator.create_account(Role.BUYER, "buyer")
+        for n in range(5):
+            await operator.deposit(f"dep-{n}", buyer.account_id, 1_000 + n)
+        auditor = await operator.create_account(Role.AUDITOR, "outside")
+        assert auditor.private_key is not None and buyer.private_key is not None
+        key_file = tmp_path / "auditor.pem"
+        key_file.write_text(auditor.private_key)
+        from_db, from_url = tmp_path / "db.tokex", tmp_path / "url.tokex"
+        r = tokex("audit", "export", "--out", str(from_db), env={"DATABASE_URL": db_url})
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = tokex("audit", "export", "--out", str(from_url), "--from-url", proc.base_url,
+                  "--key-id", auditor.key_id, "--key-file", str(key_file))  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert from_url.read_bytes() == from_db.read_bytes() and from_db.stat().st_size > 0
+        keys = await operator.request("GET", "/v1/ledger/public-keys")
+        pub = tmp_path / "exchange.pub"
+        pub.write_text(keys["keys"][0]["key"])
+        r = tokex("audit", "verify", str(from_url), "--public-key", str(pub))
+        assert r.returncode == 0 and r.stdout.startswith("OK: "), r.stdout
+        with pytest.raises(TokexApiError) as refused:
+            await operator.as_account(buyer).audit_export(io.BytesIO())
+        assert (refused.value.status, refused.value.code) == (403, "forbidden_role")
+    finally:
+        await operator.aclose()
+        proc.stop()

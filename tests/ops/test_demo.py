@@ -27,7 +27,8 @@ def test_demo_runs_end_to_end_and_its_audit_verifies(tmp_path: Path) -> None:
         assert totals and all(row[-3:] == ["0", "0", "0"] for row in totals)
         # And the file it wrote verifies again through the CLI, with no database.
         again = subprocess.run(
-            [sys.executable, "-m", "ops", "audit", "verify", str(data_dir / "audit.tokex")],
+            [sys.executable, "-m", "ops", "audit", "verify", str(data_dir / "audit.tokex"),
+             "--public-key", str(data_dir / "exchange.pub")],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert again.returncode == 0, again.stdout + again.stderr
