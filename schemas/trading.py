@@ -32,6 +32,9 @@ class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     provider_fee_bps: Bps = 0
     #: Deliveries are still accepted this long after the window ends; then it settles.
     delivery_grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)] = 0
+    #: A provider's own delivery report is pending (the buyer may dispute it) this long
+    #: before it settles. None: the delivery grace.
+    dispute_period_seconds: Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)] | None = None
 
 
 class InstrumentView(msgspec.Struct, kw_only=True):
@@ -49,6 +52,7 @@ class InstrumentView(msgspec.Struct, kw_only=True):
     currency: str
     state: str  # open | halted | closed (trading over, deliveries in grace) | settled
     delivery_grace_seconds: int = 0
+    dispute_period_seconds: int = 0
 
 
 class Deposit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -192,7 +196,12 @@ class DeliveryReport(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class DeliveryView(msgspec.Struct, kw_only=True):
-    """A delivery as settled: tokens burned, escrow released, provider fee, provider paid."""
+    """A delivery: tokens burned, escrow released, provider fee, provider paid.
+
+    A provider's own report is `pending` until its dispute period ends (`settles_at`):
+    its tokens and escrow are held, `transaction_id` is the hold's; then `settled` (the
+    delivery's transaction), or `disputed` by the buyer and resolved by the operator
+    (`paid` or `refunded`). Vouchers and gateway deliveries are `settled` at once."""
 
     report_id: str
     instrument: str
@@ -204,6 +213,9 @@ class DeliveryView(msgspec.Struct, kw_only=True):
     paid: int
     transaction_id: str
     time: int
+    status: str = "settled"  # pending | settled | disputed | paid | refunded
+    settles_at: int | None = None  # a pending report: when its dispute period ends (ms)
+    dispute_id: str | None = None
 
 
 class EntitlementView(msgspec.Struct, kw_only=True):
@@ -216,6 +228,10 @@ class EntitlementView(msgspec.Struct, kw_only=True):
     escrow: int  # cash paid for them, held until delivery (refunded at settlement)
     delivered: int  # tokens delivered so far
     released: int  # escrow released to the provider so far (before its fee)
+    #: Of a provider's reports still pending or disputed: tokens and escrow held for them
+    #: (not in `entitlement` and `escrow`, which are what is free).
+    pending_tokens: int = 0
+    pending_escrow: int = 0
 
 
 class CloseInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
