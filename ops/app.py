@@ -45,6 +45,7 @@ from market.gateway.endpoints_api import endpoints_router
 from market.gateway.keys_api import keys_router
 from market.gateway.openai_api import openai_router
 from market.stream import market_stream
+from market.vouchers_api import vouchers_router
 from ops.config import Settings
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
@@ -113,7 +114,7 @@ def default_route_handlers() -> list[ControllerRouterHandler]:
     """Every route of the exchange (besides /health and /schema). Register new routers here."""
     return [
         ledger_router, accounts_router, trading_router, market_stream, reports_router,
-        endpoints_router, keys_router, openai_router,
+        endpoints_router, keys_router, openai_router, vouchers_router,
     ]  # fmt: skip
 
 

@@ -17,7 +17,6 @@ import pytest
 from market.clearing import rules as settlement
 from market.sequencer import (
     CloseInstrumentOp,
-    TickOp,
     CreateInstrumentOp,
     DeliveryOp,
     DepositOp,
@@ -27,6 +26,7 @@ from market.sequencer import (
     ListingOp,
     PlaceOp,
     Sequencer,
+    TickOp,
     TransactionRefused,
     UnknownWithdrawal,
     WithdrawalOutcomeOp,
