@@ -388,10 +388,10 @@ class TokexClient:
         """Vouchers the caller signed (buyer) or submitted (provider), newest first."""
         return msgspec.convert(await self.request("GET", "/v1/vouchers"), list[VoucherView])
 
-    async def reports(self, status: str = "pending") -> list[DeliveryView]:
-        """`GET /v1/reports`: providers' own reports the caller made or received, in a
+    async def delivery_reports(self, status: str = "pending") -> list[DeliveryView]:
+        """`GET /v1/delivery-reports`: providers' own reports the caller made or received, in a
         state (`pending`, `disputed`, ..., or `all`)."""
-        answer = await self.request("GET", "/v1/reports", params={"status": status})
+        answer = await self.request("GET", "/v1/delivery-reports", params={"status": status})
         return msgspec.convert(answer, list[DeliveryView])
 
     async def dispute(self, provider: str, report_id: str, reason: str) -> DisputeView:

@@ -1,4 +1,4 @@
-"""Voucher, report and dispute routes (`/v1/vouchers`, `/v1/reports`, `/v1/disputes`).
+"""Voucher, report and dispute routes: `/v1/vouchers`, `/v1/delivery-reports`, `/v1/disputes`.
 
 - `POST /v1/vouchers` (provider): a buyer's signed voucher (`schemas.disputes.SignedVoucher`).
   Checked here, in this order: it names the caller as provider (403 `voucher_not_yours`);
@@ -11,9 +11,10 @@
   `instrument_settled`), the new tokens within the free entitlement (422
   `entitlement_exceeded`). 201 with what it released.
 - `GET /v1/vouchers`: the vouchers the caller signed (buyer) or submitted (provider).
-- `GET /v1/reports?status=pending` (buyer, provider, operator): providers' own reports the
-  caller made or received (the operator: all), in a state: `pending` (default: disputable
-  until `settles_at`), `disputed`, `settled`, `paid`, `refunded`, or `all`.
+- `GET /v1/delivery-reports?status=pending` (buyer, provider, operator): providers' own
+  reports the caller made or received (the operator: all), in a state: `pending`
+  (default: disputable until `settles_at`), `disputed`, `settled`, `paid`, `refunded`, or
+  `all`.
 - `POST /v1/disputes` (buyer): dispute a pending report of its own (404 `unknown_report`
   for another buyer's, 409 `report_not_disputable` once settled); idempotent.
 - `GET /v1/disputes`: the caller's disputes (buyer or provider; the operator: all).
@@ -121,8 +122,8 @@ async def my_vouchers(
     return [r.view() for r in rows]
 
 
-@get("/reports")
-async def my_reports(
+@get("/delivery-reports")
+async def my_delivery_reports(
     pool: Pool,
     principal: Caller,
     status: FromQuery[str] = "pending",
@@ -177,7 +178,7 @@ vouchers_router = Router(
     route_handlers=[
         submit_voucher,
         my_vouchers,
-        my_reports,
+        my_delivery_reports,
         open_dispute,
         my_disputes,
         resolve_dispute,

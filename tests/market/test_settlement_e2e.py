@@ -71,7 +71,8 @@ async def test_deliver_close_and_withdraw_over_http(market: Market) -> None:
     assert (d.released, d.fee, d.paid, d.provider) == (9_999, 249, 9_750, m.provider_id)
     assert d.status == "pending" and d.settles_at == d.time + DISPUTE_S * 1000
     # the buyer sees it pending (and could dispute it until `settles_at`)
-    assert [(x.report_id, x.status) for x in await m.buyer.reports()] == [("r1", "pending")]
+    pending = await m.buyer.delivery_reports()
+    assert [(x.report_id, x.status) for x in pending] == [("r1", "pending")]
     again = await m.provider.report_delivery("r1", SYM, m.buyer_id, 3_000)
     assert (again.report_id, again.tokens, again.released) == (d.report_id, d.tokens, d.released)
     with pytest.raises(TokexApiError) as conflict:
@@ -90,7 +91,7 @@ async def test_deliver_close_and_withdraw_over_http(market: Market) -> None:
         await asyncio.sleep(0.1)
     settled = await m.provider.report_delivery("r1", SYM, m.buyer_id, 3_000)
     assert (settled.status, settled.released) == ("settled", 9_999)
-    assert await m.buyer.reports() == []
+    assert await m.buyer.delivery_reports() == []
     (mine,) = await m.buyer.entitlements()
     assert (mine.provider, mine.entitlement, mine.escrow, mine.delivered, mine.released) == (
         m.provider_id, 7_000, 23_331, 3_000, 9_999,

@@ -169,10 +169,10 @@ async def test_a_dispute_over_http(market: Market) -> None:
     r2 = await m.provider.report_delivery("r2", SYM, b2, 3_000)
     assert (r1.status, r1.settles_at) == ("pending", r1.time + 3_600_000)
     # each buyer sees its own pending reports; the provider both; the operator all
-    assert [x.report_id for x in await m.buyer.reports()] == ["r1"]
-    assert sorted(x.report_id for x in await m.provider.reports()) == ["r1", "r2"]
-    assert sorted(x.report_id for x in await m.operator.reports()) == ["r1", "r2"]
-    assert (await refused(m.buyer.reports(status="nope")))[0] == 400
+    assert [x.report_id for x in await m.buyer.delivery_reports()] == ["r1"]
+    assert sorted(x.report_id for x in await m.provider.delivery_reports()) == ["r1", "r2"]
+    assert sorted(x.report_id for x in await m.operator.delivery_reports()) == ["r1", "r2"]
+    assert (await refused(m.buyer.delivery_reports(status="nope")))[0] == 400
     (mine,) = [e for e in await m.buyer.entitlements() if e.instrument == SYM]
     assert (mine.entitlement, mine.pending_tokens, mine.pending_escrow) == (8_000, 2_000, 2_000)
 
@@ -180,7 +180,7 @@ async def test_a_dispute_over_http(market: Market) -> None:
     assert (await refused(m.provider.dispute(p, "r1", "providers cannot")))[0] == 403
     d1 = await m.buyer.dispute(p, "r1", "the endpoint was down all hour")
     assert (d1.status, d1.reason, d1.tokens) == ("open", "the endpoint was down all hour", 2_000)
-    assert [x.status for x in await m.buyer.reports(status="disputed")] == ["disputed"]
+    assert [x.status for x in await m.buyer.delivery_reports(status="disputed")] == ["disputed"]
     assert [x.dispute_id for x in await m.provider.disputes()] == [d1.dispute_id]
     assert [x.dispute_id for x in await m.other_buyer.disputes()] == []
 
@@ -196,4 +196,4 @@ async def test_a_dispute_over_http(market: Market) -> None:
         409, "dispute_resolved",
     )  # fmt: skip
     assert await cash(m.provider) == 0  # r2 is still pending: nothing paid yet
-    assert [x.report_id for x in await m.other_buyer.reports()] == [r2.report_id]
+    assert [x.report_id for x in await m.other_buyer.delivery_reports()] == [r2.report_id]
