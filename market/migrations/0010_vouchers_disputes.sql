@@ -2,7 +2,8 @@
 --
 -- market_instruments.dispute_period_seconds: how long a provider's own report stays
 -- pending (disputable by the buyer) before it settles; an instrument's term, by default
--- its delivery grace (existing instruments get their grace).
+-- its delivery grace. NULL for the instruments listed before this migration (the table is
+-- append-only, so they are not rewritten): their delivery grace.
 --
 -- market_reports: every provider's own report (POST /v1/deliveries) from its acceptance:
 -- the split fixed when it was made (`released`, `fee`: held in the ledger by the
@@ -19,9 +20,7 @@
 -- voucher per (buyer, provider, instrument) is the one with the most tokens.
 
 ALTER TABLE market_instruments
-    ADD COLUMN dispute_period_seconds bigint NOT NULL DEFAULT 0
-        CHECK (dispute_period_seconds >= 0);
-UPDATE market_instruments SET dispute_period_seconds = delivery_grace_seconds;
+    ADD COLUMN dispute_period_seconds bigint CHECK (dispute_period_seconds >= 0);
 
 CREATE TABLE market_reports (
     provider       text   NOT NULL,

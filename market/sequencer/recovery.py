@@ -60,7 +60,7 @@ async def recover(
         row = listed[book.symbol]
         state = InstrumentState.build(
             book, terms_of(row), row["delivery_grace_seconds"], settled.get(book.symbol),
-            dispute_period_s=row["dispute_period_seconds"],
+            dispute_period_s=row["dispute_period_seconds"],  # NULL: listed before 0010
         )  # fmt: skip
         market.add(state)
     for report in pending:  # providers' reports still in their dispute period
