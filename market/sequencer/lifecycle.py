@@ -65,10 +65,9 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
         maker_fee_bps=req.maker_fee_bps, taker_fee_bps=req.taker_fee_bps,
         provider_fee_bps=req.provider_fee_bps,
     )  # fmt: skip
-    period_s = req.dispute_period_seconds
-    state = InstrumentState.build(
+    state = InstrumentState.build(  # no dispute period given: the delivery grace
         market.engine.add_instrument(instrument), terms, req.delivery_grace_seconds,
-        dispute_period_s=req.delivery_grace_seconds if period_s is None else period_s,
+        dispute_period_s=req.dispute_period_seconds,
     )  # fmt: skip
     market.add(state)
     batch.instruments.append(
