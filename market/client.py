@@ -35,7 +35,16 @@ from ledger.receipts import verify_receipt_proof
 from market.keys import load_private_key, private_key_pem, public_key_b64
 from market.pages import Page
 from market.signing import now_ms, sign_request
+from market.vouchers import sign_voucher
 from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
+from schemas.disputes import (
+    DisputeRequest,
+    DisputeResolution,
+    DisputeView,
+    SignedVoucher,
+    Voucher,
+    VoucherView,
+)
 from schemas.gateway import ReceiptProof, ReceiptView
 from schemas.ledger_proofs import InclusionProof
 from schemas.trading import (
@@ -487,6 +496,52 @@ class TokexClient:
         path = f"/v1/withdrawals/{quote(account_id, safe='')}/{quote(withdrawal_id, safe='')}"
         answer = await self.request("POST", f"{path}/{outcome}")
         return msgspec.convert(answer, WithdrawalView)
+
+    # ------------------------------------------------------------------ vouchers and disputes
+
+    def sign_voucher(
+        self, buyer: str, provider: str, instrument: str, tokens: int, version: int
+    ) -> SignedVoucher:
+        """A voucher signed with this client's key (the buyer's own account key): `buyer`
+        acknowledges `tokens` in all delivered by `provider` on `instrument`. Made here,
+        offline; the buyer hands it to the provider, who submits it (`submit_voucher`)."""
+        if self.private_key is None or self.key_id is None:
+            raise ValueError("signing a voucher needs the buyer's key")
+        voucher = Voucher(
+            buyer=buyer, provider=provider, instrument=instrument, tokens=tokens,
+            version=version, key_id=self.key_id,
+        )  # fmt: skip
+        return sign_voucher(self.private_key, voucher)
+
+    async def submit_voucher(self, voucher: SignedVoucher) -> VoucherView:
+        """`POST /v1/vouchers` (provider): escrow released at once up to the voucher."""
+        answer = await self.request("POST", "/v1/vouchers", json=voucher)
+        return msgspec.convert(answer, VoucherView)
+
+    async def vouchers(self) -> list[VoucherView]:
+        """Vouchers the caller signed (buyer) or submitted (provider), newest first."""
+        return msgspec.convert(await self.request("GET", "/v1/vouchers"), list[VoucherView])
+
+    async def delivery_reports(self, status: str = "pending") -> list[DeliveryView]:
+        """`GET /v1/delivery-reports`: providers' own reports the caller made or received, in a
+        state (`pending`, `disputed`, ..., or `all`)."""
+        answer = await self.request("GET", "/v1/delivery-reports", params={"status": status})
+        return msgspec.convert(answer, list[DeliveryView])
+
+    async def dispute(self, provider: str, report_id: str, reason: str) -> DisputeView:
+        """`POST /v1/disputes` (buyer): dispute a pending report; its escrow stays held."""
+        body = DisputeRequest(provider=provider, report_id=report_id, reason=reason)
+        return msgspec.convert(await self.request("POST", "/v1/disputes", json=body), DisputeView)
+
+    async def disputes(self) -> list[DisputeView]:
+        """The caller's disputes (the operator: everyone's), newest first."""
+        return msgspec.convert(await self.request("GET", "/v1/disputes"), list[DisputeView])
+
+    async def resolve_dispute(self, dispute_id: str, outcome: str) -> DisputeView:
+        """`POST /v1/disputes/{id}/resolve` (operator): `pay` or `refund`; idempotent."""
+        body = DisputeResolution(outcome=outcome)
+        path = f"/v1/disputes/{quote(dispute_id, safe='')}/resolve"
+        return msgspec.convert(await self.request("POST", path, json=body), DisputeView)
 
 
 def _decode(response: httpx.Response) -> Any:

@@ -238,6 +238,7 @@ def stage_market_batch(
             "symbol", "model", "window_start", "duration", "lot_size", "tick_size",
             "price_min", "price_max", "maker_fee_bps", "taker_fee_bps", "provider_fee_bps",
             "currency", "created_ms", "delivery_grace_seconds", "completion_weight",
+            "dispute_period_seconds",
         ),
         instruments,
     )  # fmt: skip

@@ -46,6 +46,7 @@ from market.gateway.keys_api import keys_router
 from market.gateway.openai_api import openai_router
 from market.gateway.receipts_api import receipts_router
 from market.stream import market_stream
+from market.vouchers_api import vouchers_router
 from ops.audit_api import audit_router
 from ops.config import Settings
 from ops.dashboard.routes import dashboard_routes
@@ -117,7 +118,7 @@ def default_route_handlers() -> list[ControllerRouterHandler]:
     return [
         ledger_router, accounts_router, trading_router, market_stream, reports_router,
         endpoints_router, keys_router, openai_router, receipts_router, audit_router,
-        *dashboard_routes,
+        vouchers_router, *dashboard_routes,
     ]  # fmt: skip
 
 

@@ -201,6 +201,12 @@ def _register_report(subparsers: Any) -> None:
     register(subparsers)
 
 
+def _register_voucher(subparsers: Any) -> None:
+    from ops.cli_voucher import register
+
+    register(subparsers)
+
+
 def _register_demo(subparsers: Any) -> None:
     from ops.demo import register
 
@@ -213,6 +219,7 @@ COMMAND_GROUPS: list[Callable[[Any], None]] = [
     _register_audit,
     _register_accounts,
     _register_report,
+    _register_voucher,
     _register_demo,
 ]
 
@@ -227,6 +234,7 @@ GROUP_OF: dict[str, Callable[[Any], None]] = {
     "audit": _register_audit,
     "accounts": _register_accounts,
     "report": _register_report,
+    "voucher": _register_voucher,
     "demo": _register_demo,
 }
 

@@ -40,6 +40,9 @@ class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     #: What a completion token counts for: tokens charged = prompt + weight * completion
     #: (1: both alike, the upstream's total_tokens). Providers price output higher.
     completion_weight: CompletionWeight = 1
+    #: A provider's own delivery report is pending (the buyer may dispute it) this long
+    #: before it settles. None: the delivery grace.
+    dispute_period_seconds: Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)] | None = None
 
 
 class InstrumentView(msgspec.Struct, kw_only=True):
@@ -58,6 +61,7 @@ class InstrumentView(msgspec.Struct, kw_only=True):
     state: str  # open | halted | closed (trading over, deliveries in grace) | settled
     delivery_grace_seconds: int = 0
     completion_weight: int = 1
+    dispute_period_seconds: int = 0
 
 
 class Deposit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -225,7 +229,12 @@ class DeliveryReport(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class DeliveryView(msgspec.Struct, kw_only=True):
-    """A delivery as settled: tokens burned, escrow released, provider fee, provider paid."""
+    """A delivery: tokens burned, escrow released, provider fee, provider paid.
+
+    A provider's own report is `pending` until its dispute period ends (`settles_at`):
+    its tokens and escrow are held, `transaction_id` is the hold's; then `settled` (the
+    delivery's transaction), or `disputed` by the buyer and resolved by the operator
+    (`paid` or `refunded`). Vouchers and gateway deliveries are `settled` at once."""
 
     report_id: str
     instrument: str
@@ -237,6 +246,9 @@ class DeliveryView(msgspec.Struct, kw_only=True):
     paid: int
     transaction_id: str
     time: int
+    status: str = "settled"  # pending | settled | disputed | paid | refunded
+    settles_at: int | None = None  # a pending report: when its dispute period ends (ms)
+    dispute_id: str | None = None
 
 
 class EntitlementView(msgspec.Struct, kw_only=True):
@@ -249,6 +261,10 @@ class EntitlementView(msgspec.Struct, kw_only=True):
     escrow: int  # cash paid for them, held until delivery (refunded at settlement)
     delivered: int  # tokens delivered so far
     released: int  # escrow released to the provider so far (before its fee)
+    #: Of a provider's reports still pending or disputed: tokens and escrow held for them
+    #: (not in `entitlement` and `escrow`, which are what is free).
+    pending_tokens: int = 0
+    pending_escrow: int = 0
 
 
 class CloseInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

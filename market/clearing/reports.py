@@ -540,12 +540,18 @@ async def _add_deliveries_and_refunds(
 ) -> None:
     """Tokens delivered or burned undelivered, escrow paid out, refunded or still held."""
     for r in await conn.fetch(
-        """SELECT a.owner, a.kind = 'entitlement' AS tokens, t.code = ANY($4::text[]) AS delivery,
-                  sum(-e.amount) FILTER (WHERE e.amount < 0) AS debit, sum(e.amount) AS net
-             FROM ledger_accounts a JOIN ledger_entries e ON e.account_id = a.id
-             JOIN ledger_transactions t ON t.idx = e.tx_idx
-            WHERE (a.asset = $1 AND a.kind = 'entitlement') OR (a.asset = $2 AND a.kind = $3)
-            GROUP BY 1, 2, 3""",
+        # Per transaction and account first: a hold moves value between an account's own
+        # buckets (a pending delivery report's), which is not a debit; its post is.
+        """WITH per_tx AS (
+               SELECT a.owner, a.kind = 'entitlement' AS tokens,
+                      t.code = ANY($4::text[]) AS delivery, sum(e.amount) AS net
+                 FROM ledger_accounts a JOIN ledger_entries e ON e.account_id = a.id
+                 JOIN ledger_transactions t ON t.idx = e.tx_idx
+                WHERE (a.asset = $1 AND a.kind = 'entitlement') OR (a.asset = $2 AND a.kind = $3)
+                GROUP BY e.tx_idx, a.id, a.owner, a.kind, t.code)
+           SELECT owner, tokens, delivery, sum(-net) FILTER (WHERE net < 0) AS debit,
+                  sum(net) AS net
+             FROM per_tx GROUP BY 1, 2, 3""",
         token_asset(symbol),
         currency,
         f"escrow:{symbol}",

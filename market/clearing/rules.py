@@ -33,6 +33,16 @@ so a replay or a retry cannot apply one twice):
   into issuance(i); release escrow(b, p, i) pro rata (`delivery_split`: floor,
   and the last delivery of an entitlement releases exactly what is left) to
   cash(p) less the provider fee, which goes to fees.
+- a provider's own report of t tokens (`report_hold`): pending for the
+  instrument's dispute period; the split is fixed when it is made (on the
+  available balances) and held: t of entitlement(b, p, i) and the released
+  escrow of escrow(b, p, i) go to their held buckets. When the period ends
+  undisputed, or the operator resolves a dispute to pay, the holds are posted
+  as a delivery (`report_paid`, code `delivery`); a dispute resolved to refund
+  posts the tokens to issuance (burned) and the escrow to cash(b)
+  (`report_refunded`, code `dispute_refund`). Both carry the dispute id.
+- a buyer's voucher: a delivery (`delivery`, code `delivery`) of what the
+  voucher acknowledges beyond the buyer's last accepted voucher.
 - settlement of an instrument (window close): per (b, p), the remaining
   entitlement is burned and the remaining escrow refunded to cash(b)
   (`close_entitlement`); unsold capacity is burned (`close_capacity`).
@@ -472,3 +482,112 @@ def parse_pair(owner: str) -> tuple[str, str]:
     """`b@p` (the owner of an entitlement or escrow) -> (b, p). Account ids hold no `@`."""
     buyer, _, provider = owner.partition("@")
     return buyer, provider
+
+
+# -- pending reports and disputes ---------------------------------------------------------
+
+
+def report_key(provider: str, report_id: str) -> str:
+    return f"{provider}:{report_id}"
+
+
+def report_hold_id(provider: str, report_id: str) -> str:
+    """The pending report's transaction, and the prefix of its two holds."""
+    return f"report:{report_key(provider, report_id)}"
+
+
+def dispute_pay_id(dispute_id: str) -> str:
+    return f"dispute-pay:{dispute_id}"
+
+
+def dispute_refund_id(dispute_id: str) -> str:
+    return f"dispute-refund:{dispute_id}"
+
+
+def _report_holds(provider: str, report_id: str) -> tuple[str, str]:
+    base = report_hold_id(provider, report_id)
+    return f"{base}:tokens", f"{base}:escrow"
+
+
+def report_hold(
+    report_id: str, buyer: str, provider: str, terms: Terms, split: DeliverySplit, time: int
+) -> Transaction:
+    """A provider's report made pending: its tokens and its share of the escrow held."""
+    tokens_hold, escrow_hold = _report_holds(provider, report_id)
+    holds = [HoldCreate(hold_id=tokens_hold, account=entitlement(buyer, provider, terms.symbol),
+                        amount=split.tokens)]  # fmt: skip
+    if split.released:
+        holds.append(
+            HoldCreate(hold_id=escrow_hold, account=escrow(buyer, provider, terms),
+                       amount=split.released)
+        )  # fmt: skip
+    return Transaction(
+        id=report_hold_id(provider, report_id),
+        code="delivery_report",
+        time=time,
+        holds=tuple(holds),
+        metadata={
+            "instrument": terms.symbol, "buyer": buyer, "provider": provider,
+            "report": report_id, "tokens": str(split.tokens), "released": str(split.released),
+            "fee": str(split.fee),
+        },
+    )  # fmt: skip
+
+
+def _posted_holds(provider: str, report_id: str, split: DeliverySplit) -> tuple[HoldPost, ...]:
+    tokens_hold, escrow_hold = _report_holds(provider, report_id)
+    posts = [HoldPost(hold_id=tokens_hold, amount=split.tokens)]
+    if split.released:
+        posts.append(HoldPost(hold_id=escrow_hold, amount=split.released))
+    return tuple(posts)
+
+
+def report_paid(
+    report_id: str, buyer: str, provider: str, terms: Terms, split: DeliverySplit, time: int,
+    dispute_id: str | None = None,
+) -> Transaction:  # fmt: skip
+    """A pending report settles as a delivery: its held tokens burned, its held escrow
+    paid to the provider less the fee. Without a dispute its id is the delivery's
+    (`delivery_id`); a dispute resolved to pay has `dispute_pay_id`."""
+    postings = [Posting(issuance(terms.symbol), split.tokens)]
+    if split.paid:
+        postings.append(Posting(cash(provider, terms.currency), split.paid))
+    if split.fee:
+        postings.append(Posting(fees(terms.currency), split.fee))
+    metadata = {
+        "instrument": terms.symbol, "buyer": buyer, "provider": provider, "report": report_id,
+        "tokens": str(split.tokens), "released": str(split.released), "fee": str(split.fee),
+    }  # fmt: skip
+    if dispute_id is not None:
+        metadata["dispute"] = dispute_id
+    return Transaction(
+        id=delivery_id(provider, report_id) if dispute_id is None else dispute_pay_id(dispute_id),
+        code="delivery",
+        time=time,
+        postings=tuple(postings),
+        holds=_posted_holds(provider, report_id, split),
+        metadata=metadata,
+    )
+
+
+def report_refunded(
+    report_id: str, buyer: str, provider: str, terms: Terms, split: DeliverySplit, time: int,
+    dispute_id: str,
+) -> Transaction:  # fmt: skip
+    """A dispute resolved to refund: the report's held tokens are burned undelivered and
+    its held escrow goes back to the buyer's cash."""
+    postings = [Posting(issuance(terms.symbol), split.tokens)]
+    if split.released:
+        postings.append(Posting(cash(buyer, terms.currency), split.released))
+    return Transaction(
+        id=dispute_refund_id(dispute_id),
+        code="dispute_refund",
+        time=time,
+        postings=tuple(postings),
+        holds=_posted_holds(provider, report_id, split),
+        metadata={
+            "instrument": terms.symbol, "buyer": buyer, "provider": provider,
+            "report": report_id, "dispute": dispute_id, "burned": str(split.tokens),
+            "refunded": str(split.released),
+        },
+    )  # fmt: skip

@@ -11,6 +11,8 @@ A package by stage (see `core` for the path of one batch):
   withdrawals; `lifecycle`: instrument listing, window close, settlement;
 - `state`: the market's memory (one `InstrumentState` per instrument);
   `recovery`: that memory rebuilt from the database; `views`: reads of it;
+- `disputes`: providers' reports pending for their dispute period, disputes and their
+  resolution; `vouchers`: buyer vouchers; `delivery`: the gateway's charges;
 - `errors`: what the sequencer refuses.
 """
 
@@ -38,13 +40,16 @@ from market.sequencer.ops import (
     CreateInstrumentOp,
     DeliveryOp,
     DepositOp,
+    DisputeOp,
     Done,
     Failed,
     ListingOp,
     Op,
     Outcome,
     PlaceOp,
+    ResolveDisputeOp,
     TickOp,
+    VoucherOp,
     WithdrawalOutcomeOp,
     WithdrawOp,
 )
@@ -64,6 +69,7 @@ __all__ = [
     "CreateInstrumentOp",
     "DeliveryOp",
     "DepositOp",
+    "DisputeOp",
     "Done",
     "EntitlementExceeded",
     "ExchangeBusy",
@@ -78,6 +84,7 @@ __all__ = [
     "OrderRefused",
     "Outcome",
     "PlaceOp",
+    "ResolveDisputeOp",
     "Sequencer",
     "SequencerState",
     "SequencerStopped",
@@ -85,6 +92,7 @@ __all__ = [
     "TransactionRefused",
     "UnknownOrder",
     "UnknownWithdrawal",
+    "VoucherOp",
     "WithdrawOp",
     "WithdrawalOutcomeOp",
     "WithdrawalSettled",

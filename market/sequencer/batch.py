@@ -19,6 +19,7 @@ import msgspec
 from ledger.errors import IdempotencyConflict
 from ledger.rows import BatchRows
 from ledger.writer import LedgerBatch
+from market.report_store import ReportRow, Triple, VoucherRow, stage_report_rows
 from market.sequencer.errors import InstrumentSettled, OrderRefused, TransactionRefused
 from market.sequencer.state import MarketState
 from market.store import (
@@ -44,6 +45,10 @@ class Prior:
     orders: dict[Key, OrderRow] = field(default_factory=dict)
     deliveries: dict[Key, DeliveryRow] = field(default_factory=dict)
     withdrawals: dict[Key, WithdrawalRow] = field(default_factory=dict)
+    #: Providers' reports by (provider, report id), and those named by a dispute id.
+    reports: dict[Key, ReportRow] = field(default_factory=dict)
+    #: The last accepted voucher of each (buyer, provider, instrument) of the batch.
+    vouchers: dict[Triple, VoucherRow] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -66,6 +71,15 @@ class Batch:
     withdrawals: dict[Key, WithdrawalRow] = field(default_factory=dict)
     #: Dead-man switches armed, refreshed or disarmed (`sequencer.deadman`), by account.
     cancel_after: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    #: Reports made or stepped (settled, disputed, resolved) by this batch.
+    reports: dict[Key, ReportRow] = field(default_factory=dict)
+    #: Vouchers accepted by this batch, by (buyer, provider, instrument) (the last one).
+    vouchers: dict[Triple, VoucherRow] = field(default_factory=dict)
+    voucher_rows: list[VoucherRow] = field(default_factory=list)
+
+    def report(self, key: Key) -> ReportRow | None:
+        """A report as this batch leaves it so far (or as the database had it)."""
+        return self.reports.get(key) or self.prior.reports.get(key)
 
     def record(self, entry: JournalEntry) -> None:
         """Journal an entry (engine command or listing) under the next sequence number."""
@@ -103,6 +117,7 @@ class Batch:
             on_conflict="ON CONFLICT (account_id) DO UPDATE SET deadline_ms = "
             "EXCLUDED.deadline_ms, updated_ms = EXCLUDED.updated_ms",
         )  # fmt: skip
+        stage_report_rows(rows, list(self.reports.values()), self.voucher_rows)
 
 
 _digest_encoder = msgspec.msgpack.Encoder(order="sorted")

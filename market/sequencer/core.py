@@ -46,7 +46,17 @@ from ledger.errors import LedgerUnavailable
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger
 from market.replay import RebuildSummary, Rebuilt
-from market.sequencer import deadman, delivery, lifecycle, orders, treasury, views
+from market.report_store import find_reports, latest_vouchers
+from market.sequencer import (
+    deadman,
+    delivery,
+    disputes,
+    lifecycle,
+    orders,
+    treasury,
+    views,
+    vouchers,
+)
 from market.sequencer.batch import Batch, Prior
 from market.sequencer.errors import ExchangeBusy, SequencerStopped
 from market.sequencer.ops import (
@@ -59,6 +69,7 @@ from market.sequencer.ops import (
     CreateInstrumentOp,
     DeliveryOp,
     DepositOp,
+    DisputeOp,
     Done,
     Failed,
     GatewayChargeOp,
@@ -66,7 +77,9 @@ from market.sequencer.ops import (
     Op,
     Outcome,
     PlaceOp,
+    ResolveDisputeOp,
     TickOp,
+    VoucherOp,
     WithdrawalOutcomeOp,
     WithdrawOp,
 )
@@ -156,6 +169,12 @@ def dispatch(op: AnyOp, batch: Batch) -> Answer:
             result = delivery.charge(batch, receipts)
         case CancelAfterOp(account_id=account, timeout_ms=timeout_ms):
             result = deadman.arm(batch, account, timeout_ms)
+        case VoucherOp(provider_account=provider, voucher=voucher, signature=signature):
+            result = vouchers.redeem(batch, provider, voucher, signature)
+        case DisputeOp(buyer_account=buyer, request=req):
+            result = disputes.dispute(batch, buyer, req)
+        case ResolveDisputeOp(dispute_id=wanted, pay=pay):
+            result = disputes.resolve(batch, wanted, pay=pay)
         case TickOp():
             result = None
         case _:
@@ -166,12 +185,20 @@ def dispatch(op: AnyOp, batch: Batch) -> Answer:
 async def _prior(conn: asyncpg.Connection, ops: Sequence[AnyOp]) -> Prior:
     """What the database holds for the caller-chosen ids of the batch's ops."""
     placed, delivered, withdrawn = [], [], []
+    reported, disputed, triples = [], [], []
     for op in ops:
         match op:
             case PlaceOp(account_id=account, request=req):
                 placed.append((account, req.client_order_id))
             case DeliveryOp(provider_account=provider, request=req):
                 delivered.append((provider, req.report_id))
+                reported.append((provider, req.report_id))
+            case DisputeOp(request=req):
+                reported.append((req.provider, req.report_id))
+            case ResolveDisputeOp(dispute_id=wanted):
+                disputed.append(wanted)
+            case VoucherOp(provider_account=provider, voucher=v):
+                triples.append((v.buyer, provider, v.instrument))
             case WithdrawOp(account_id=account, request=req):
                 withdrawn.append((account, req.withdrawal_id))
             case WithdrawalOutcomeOp(account_id=account, withdrawal_id=wid):
@@ -180,6 +207,8 @@ async def _prior(conn: asyncpg.Connection, ops: Sequence[AnyOp]) -> Prior:
         orders=await find_orders(conn, placed),
         deliveries=await find_deliveries(conn, delivered),
         withdrawals=await find_withdrawals(conn, withdrawn),
+        reports=await find_reports(conn, reported, disputed),
+        vouchers=await latest_vouchers(conn, triples),
     )
 
 

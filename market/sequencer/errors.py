@@ -103,3 +103,68 @@ class WithdrawalSettled(DomainError):
 
     code = "withdrawal_settled"
     kind = ErrorKind.CONFLICT
+
+
+# -- vouchers and disputes ---------------------------------------------------------------
+
+
+class VoucherReplayed(DomainError):
+    """A voucher that does not go beyond the buyer's last accepted one (tokens and version
+    must both grow): a replay, or an older voucher."""
+
+    code = "voucher_replayed"
+    kind = ErrorKind.CONFLICT
+
+
+class DeliveryClosed(DomainError):
+    """A provider's report after the delivery grace: the instrument only waits for the
+    reports already pending, then settles."""
+
+    code = "delivery_closed"
+    kind = ErrorKind.REJECTED
+
+
+class ReportsPending(DomainError):
+    """The operator's close of an instrument while reports are in their dispute period."""
+
+    code = "reports_pending"
+    kind = ErrorKind.CONFLICT
+
+
+class UnknownReport(DomainError):
+    code = "unknown_report"
+    kind = ErrorKind.NOT_FOUND
+
+
+class ReportNotDisputable(DomainError):
+    """The report is no longer pending (settled, or disputed already)."""
+
+    code = "report_not_disputable"
+    kind = ErrorKind.CONFLICT
+
+
+class UnknownDispute(DomainError):
+    code = "unknown_dispute"
+    kind = ErrorKind.NOT_FOUND
+
+
+class DisputeResolved(DomainError):
+    """The dispute was already resolved the other way."""
+
+    code = "dispute_resolved"
+    kind = ErrorKind.CONFLICT
+
+
+class ReservedReportId(DomainError):
+    """Report ids starting `gw:` or `voucher:` are the exchange's own (gateway charges,
+    vouchers) in the same namespace as providers' reports."""
+
+    code = "reserved_report_id"
+    kind = ErrorKind.INVALID
+
+
+class VoucherNotYours(DomainError):
+    """A voucher names another provider than the one submitting it."""
+
+    code = "voucher_not_yours"
+    kind = ErrorKind.FORBIDDEN

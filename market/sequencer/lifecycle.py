@@ -7,9 +7,16 @@ and woken by the sequencer's clock:
 - window end (window_start + duration): trading closes — the engine's
   `SetTradingState(CLOSED)`, journaled like any command, cancels every open order
   and `settle.apply_events` voids their holds. Deliveries are still accepted.
-- window end + `delivery_grace_seconds`: settlement (`settle_instrument`): for each
-  (buyer, provider) the remaining entitlement is burned and the remaining escrow
-  refunded to the buyer; unsold capacity is burned. The instrument is then settled
+- a provider's own report is pending for `dispute_period_seconds` after it is made
+  (`disputes`): at the start of every batch the reports whose period has ended are
+  settled first (`disputes.mature_due`). Reports are accepted until window end +
+  grace; vouchers and gateway charges until the instrument settles.
+- window end + `delivery_grace_seconds`, once no report is pending: settlement
+  (`settle_instrument`): for each (buyer, provider) the remaining free entitlement is
+  burned and the remaining free escrow refunded to the buyer; unsold capacity is
+  burned. What disputed reports hold stays held, across the settlement, until the
+  operator resolves them. The operator's close refuses (409 `reports_pending`) while
+  reports are pending. The instrument is then settled
   (a row of `market_settlements`, which is what recovery reads): orders, listings
   and deliveries on it are refused with `instrument_settled`.
 
@@ -24,8 +31,9 @@ from __future__ import annotations
 from market.clearing import rules as settlement
 from market.clearing.rules import Terms
 from market.instruments import make_instrument
+from market.sequencer import disputes
 from market.sequencer.batch import Batch, must
-from market.sequencer.errors import DuplicateInstrument, WindowOver, WindowStarted
+from market.sequencer.errors import DuplicateInstrument, ReportsPending, WindowOver, WindowStarted
 from market.sequencer.settle import apply_events
 from market.sequencer.state import InstrumentState
 from market.store import ListInstrument
@@ -59,9 +67,10 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
         maker_fee_bps=req.maker_fee_bps, taker_fee_bps=req.taker_fee_bps,
         provider_fee_bps=req.provider_fee_bps, completion_weight=req.completion_weight,
     )  # fmt: skip
-    state = InstrumentState.build(
-        market.engine.add_instrument(instrument), terms, req.delivery_grace_seconds
-    )
+    state = InstrumentState.build(  # no dispute period given: the delivery grace
+        market.engine.add_instrument(instrument), terms, req.delivery_grace_seconds,
+        dispute_period_s=req.dispute_period_seconds,
+    )  # fmt: skip
     market.add(state)
     batch.instruments.append(
         (
@@ -69,7 +78,7 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
             instrument.duration, instrument.lot_size, instrument.tick_size,
             instrument.price_min, instrument.price_max, req.maker_fee_bps,
             req.taker_fee_bps, req.provider_fee_bps, batch.currency, batch.time_ms,
-            req.delivery_grace_seconds, req.completion_weight,
+            req.delivery_grace_seconds, req.completion_weight, state.dispute_period_s,
         )
     )  # fmt: skip
     return state
@@ -90,13 +99,15 @@ def _check_window(start_s: int, duration_s: int, now_ms: int, req: CreateInstrum
 
 
 def due(batch: Batch) -> None:
-    """Close trading on instruments whose window has ended; settle those past grace."""
+    """Settle the reports whose dispute period has ended; close trading on instruments
+    whose window has ended; settle those past grace with no report pending."""
     market = batch.market
     if market.next_window_event_ms() > batch.time_ms:
         return
     for symbol in sorted(market.unsettled):
         state = market.unsettled[symbol]
-        if state.settle_at_ms <= batch.time_ms:
+        disputes.mature_due(batch, state)
+        if state.settle_at_ms <= batch.time_ms and not state.pending:
             settle_instrument(batch, state, "window")
         elif state.window_end_ms <= batch.time_ms:
             _close_trading(batch, state)
@@ -113,9 +124,16 @@ def _close_trading(batch: Batch, state: InstrumentState) -> None:
 
 
 def settle_instrument(batch: Batch, state: InstrumentState, reason: str) -> SettlementView:
-    """Close trading if still open, then burn and refund what is left; idempotent."""
+    """Close trading if still open, then burn and refund what is left; idempotent.
+    Refused while reports are pending (the clock's settlement waits for them)."""
     if state.settlement is not None:
         return state.settlement
+    if state.pending:
+        last = max(r.due_ms for r in state.pending.values())
+        raise ReportsPending(
+            f"{len(state.pending)} delivery reports on {state.symbol} are in their dispute "
+            f"period until {last}; the instrument can be settled after that"
+        )
     _close_trading(batch, state)
     terms = state.terms
     pairs, capacities = _leftovers(batch, terms)
@@ -148,18 +166,20 @@ def settle_instrument(batch: Batch, state: InstrumentState, reason: str) -> Sett
 
 def _leftovers(batch: Batch, terms: Terms) -> tuple[dict[str, list[int]], list[tuple[str, int]]]:
     """What is left of an instrument once trading is closed: per "buyer@provider" pair
-    [entitlement, escrow], and per provider its unsold capacity."""
+    [entitlement, escrow] free (what disputed reports hold stays held), and per provider
+    its unsold capacity."""
     token, escrow_kind = terms.token_asset, f"escrow:{terms.symbol}"
     pairs: dict[str, list[int]] = {}
     capacities: list[tuple[str, int]] = []
     for account, (available, held) in batch.ledger.state.balances.items():
-        total = available + held
-        if not total:
+        if not available + held:
             continue
         if account.asset == token and account.kind == "entitlement":
-            pairs.setdefault(account.owner, [0, 0])[0] = total
+            if available:
+                pairs.setdefault(account.owner, [0, 0])[0] = available
         elif account.kind == escrow_kind and account.asset == terms.currency:
-            pairs.setdefault(account.owner, [0, 0])[1] = total
+            if available:
+                pairs.setdefault(account.owner, [0, 0])[1] = available
         elif account.asset == token and account.kind == "capacity":
             if held:  # every order was cancelled and released just above
                 raise RuntimeError(f"{account} still holds {held} after the close")

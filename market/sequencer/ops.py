@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, NoReturn, TypeVar
 
+from schemas.disputes import DisputeRequest, DisputeView, Voucher, VoucherView
 from schemas.errors import DomainError
 from schemas.gateway import GatewayDelivery, GatewayReceipt
 from schemas.trading import (
@@ -135,6 +136,32 @@ class CancelAfterOp(Op[CancelAfterView]):
 
 
 @dataclass(slots=True)
+class VoucherOp(Op[VoucherView]):
+    """A provider submits a buyer's voucher whose signature the API checked
+    (`market.vouchers_api`): escrow is released up to its tokens at once."""
+
+    provider_account: str
+    voucher: Voucher
+    signature: bytes
+
+
+@dataclass(slots=True)
+class DisputeOp(Op[DisputeView]):
+    """A buyer disputes a provider's pending report."""
+
+    buyer_account: str
+    request: DisputeRequest
+
+
+@dataclass(slots=True)
+class ResolveDisputeOp(Op[DisputeView]):
+    """The operator resolves a dispute: pay the provider, or refund the buyer."""
+
+    dispute_id: str
+    pay: bool
+
+
+@dataclass(slots=True)
 class TickOp(Op[None]):
     """Nothing but the passing of time: lets GTD orders expire on a quiet book."""
 
@@ -154,6 +181,9 @@ AnyOp = (
     | WithdrawalOutcomeOp
     | GatewayChargeOp
     | CancelAfterOp
+    | VoucherOp
+    | DisputeOp
+    | ResolveDisputeOp
     | TickOp
 )
 

@@ -5,9 +5,9 @@ a failed commit. `recover` reads, in one repeatable-read transaction, the listed
 instruments, the settlements, the books (`market.replay.rebuild_books`: the snapshot it
 is given — the one the sequencer keeps in memory — or else the newest stored one, then
 the journal after it; the engine is deterministic, so the books come out exactly as they
-were), the open orders and the next order id; and builds one `InstrumentState` per
-instrument from them. What it reads is bounded by the live state and the journal since
-the snapshot, not by all of history.
+were), the open orders, the next order id and the providers' reports still pending; and
+builds one `InstrumentState` per instrument from them. What it reads is bounded by the
+live state and the journal since the snapshot, not by all of history.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from market.replay import Rebuilt, rebuild_books
+from market.report_store import load_pending_reports
 from market.sequencer import deadman
 from market.sequencer.state import InstrumentState, MarketState, terms_of
 from market.snapshots import MarketSnapshot
@@ -48,6 +49,7 @@ async def recover(
         live = await load_live_orders(conn)
         order_id = await next_order_id(conn)
         switches = await deadman.load(conn)
+        pending = await load_pending_reports(conn)
     engine = books.engine
     market = MarketState(
         engine=engine,
@@ -60,7 +62,10 @@ async def recover(
     for book in engine.books():
         row = listed[book.symbol]
         state = InstrumentState.build(
-            book, terms_of(row), row["delivery_grace_seconds"], settled.get(book.symbol)
-        )
+            book, terms_of(row), row["delivery_grace_seconds"], settled.get(book.symbol),
+            dispute_period_s=row["dispute_period_seconds"],  # NULL: listed before 0010
+        )  # fmt: skip
         market.add(state)
+    for report in pending:  # providers' reports still in their dispute period
+        market.instruments[report.instrument].pending[report.key] = report
     return Recovered(market=market, last_time_ms=books.time_ms, books=books)

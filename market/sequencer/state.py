@@ -13,6 +13,7 @@ import asyncpg
 from market.book import OrderBook
 from market.clearing.rules import Terms
 from market.errors import UnknownInstrument
+from market.report_store import ReportRow
 from market.snapshots import SettlingEngine
 from market.store import OrderRow
 from schemas.market import Instrument, TradingState
@@ -29,9 +30,14 @@ class InstrumentState:
     delivery_grace_s: int
     #: The window's end: trading closes (ms).
     window_end_ms: int
-    #: The window's end plus the delivery grace: the instrument settles (ms).
+    #: The window's end plus the delivery grace: the instrument settles (ms), once no
+    #: report is pending on it.
     settle_at_ms: int
+    #: How long a provider's own report is pending (disputable) before it settles.
+    dispute_period_s: int = 0
     settlement: SettlementView | None = None
+    #: Providers' own reports still in their dispute period, by (provider, report id).
+    pending: dict[tuple[str, str], ReportRow] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -40,8 +46,10 @@ class InstrumentState:
         terms: Terms,
         delivery_grace_s: int,
         settlement: SettlementView | None = None,
+        dispute_period_s: int | None = None,
     ) -> InstrumentState:
-        """The one place an instrument's state is made (listing it, or recovery)."""
+        """The one place an instrument's state is made (listing it, or recovery).
+        `dispute_period_s` None: the delivery grace."""
         i = book.instrument
         end_ms = (i.window_start + i.duration) * 1000
         return cls(
@@ -50,6 +58,7 @@ class InstrumentState:
             delivery_grace_s=delivery_grace_s,
             window_end_ms=end_ms,
             settle_at_ms=end_ms + delivery_grace_s * 1000,
+            dispute_period_s=delivery_grace_s if dispute_period_s is None else dispute_period_s,
             settlement=settlement,
         )
 
@@ -66,9 +75,17 @@ class InstrumentState:
         return self.book.trading_state is TradingState.CLOSED
 
     @property
-    def next_event_ms(self) -> int:
-        """When this instrument's next step comes due: its close, or else its settlement."""
-        return self.settle_at_ms if self.trading_closed else self.window_end_ms
+    def next_report_due_ms(self) -> int | float:
+        """When the first pending report's dispute period ends; infinity if none."""
+        return min((r.due_ms for r in self.pending.values()), default=float("inf"))
+
+    @property
+    def next_event_ms(self) -> int | float:
+        """When this instrument's next step comes due: a pending report settling, its
+        close, or else its settlement (which waits for every pending report)."""
+        if not self.trading_closed:
+            return min(self.window_end_ms, self.next_report_due_ms)
+        return self.next_report_due_ms if self.pending else self.settle_at_ms
 
 
 def terms_of(record: asyncpg.Record) -> Terms:

@@ -6,6 +6,8 @@ withdrawals by their rows in `market_deliveries` / `market_withdrawals`, written
 the same statement as the ledger entries. A refused withdrawal or listing stays
 refused: its refusal is recorded under its ledger transaction id (`LedgerBatch.refuse`).
 A refused delivery report is not recorded: its id stays free for the corrected report.
+A provider's accepted report is pending for the instrument's dispute period
+(`market.sequencer.disputes`), idempotent by its row in `market_reports`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import dataclasses
 from collections.abc import Iterable
 
 from market.clearing import rules as settlement
+from market.sequencer import disputes
 from market.sequencer.batch import Batch, checked, digest, replayed
 from market.sequencer.errors import (
-    EntitlementExceeded,
     InstrumentSettled,
     OrderRefused,
     UnknownWithdrawal,
@@ -31,7 +33,7 @@ from market.sequencer.ops import (
     WithdrawOp,
 )
 from market.sequencer.state import InstrumentState
-from market.store import DeliveryRow, WithdrawalRow
+from market.store import WithdrawalRow
 from schemas.errors import DomainError
 from schemas.ledger import Transaction
 from schemas.market import TradingState
@@ -66,7 +68,7 @@ def external_ids(ops: Iterable[AnyOp]) -> list[str]:
                     settlement.listing_tx_id(settlement.listing_key(account, req.listing_id))
                 )
             case DeliveryOp(provider_account=provider, request=req):
-                ids.append(settlement.delivery_id(provider, req.report_id))
+                ids.append(settlement.report_hold_id(provider, req.report_id))
             case WithdrawOp(account_id=account, request=req):
                 ids.append(settlement.withdrawal_hold_id(account, req.withdrawal_id))
             case WithdrawalOutcomeOp(account_id=account, withdrawal_id=wid, paid=paid):
@@ -131,34 +133,10 @@ def _listing_refusal(
 
 
 def deliver(batch: Batch, provider: str, req: DeliveryReport) -> DeliveryView:
-    """Burn delivered tokens of the buyer's entitlement and pay the provider pro rata."""
-    key = (provider, req.report_id)
-    request_digest = digest(req)
-    earlier = batch.deliveries.get(key) or batch.prior.deliveries.get(key)
-    if replayed(
-        earlier, request_digest, f"report id {req.report_id} was used for another delivery"
-    ):
-        assert earlier is not None
-        return earlier.view()
-    terms = _unsettled(batch, req.instrument).terms
-    state = batch.ledger.state
-    held = state.balance(settlement.entitlement(req.buyer, provider, req.instrument)).available
-    if req.tokens > held:
-        raise EntitlementExceeded(
-            f"{req.buyer} holds {held} tokens of {provider} on {req.instrument}, not {req.tokens}"
-        )
-    escrowed = state.balance(settlement.escrow(req.buyer, provider, terms)).available
-    tx, split = settlement.delivery(
-        req.report_id, req.buyer, provider, terms, req.tokens, held, escrowed, batch.time_ms
-    )
-    checked(batch.ledger.apply(tx))
-    row = DeliveryRow(
-        provider=provider, report_id=req.report_id, request_digest=request_digest,
-        instrument=req.instrument, buyer=req.buyer, tokens=split.tokens,
-        released=split.released, fee=split.fee, transaction_id=tx.id, time_ms=batch.time_ms,
-    )  # fmt: skip
-    batch.deliveries[key] = row
-    return row.view()
+    """A provider's own report: pending for the instrument's dispute period, its tokens
+    and escrow held; it settles (burn, pro-rata release less the provider fee) when the
+    period ends undisputed (`market.sequencer.disputes`)."""
+    return disputes.report(batch, provider, req)
 
 
 def withdraw(batch: Batch, account_id: str, req: WithdrawalRequest) -> WithdrawalView:

@@ -25,6 +25,7 @@ def instrument_view(state: InstrumentState) -> InstrumentView:
         currency=terms.currency,
         state="settled" if state.settlement is not None else state.book.trading_state.value,
         delivery_grace_seconds=state.delivery_grace_s, completion_weight=terms.completion_weight,
+        dispute_period_seconds=state.dispute_period_s,
     )  # fmt: skip
 
 
@@ -62,21 +63,26 @@ def balances_of(balances: Iterable[Balance], account_id: str) -> list[Balance]:
 def entitlements_of(balances: Iterable[Balance], account_id: str) -> list[EntitlementView]:
     """Entitlement and escrow of every (instrument, buyer, provider) the account is
     party to, from the in-memory balances (delivered and released are left at 0: the
-    API adds them from `market_deliveries`)."""
-    found: dict[tuple[str, str], list[int]] = {}  # (symbol, "b@p") -> [tokens, escrow]
+    API adds them from `market_deliveries`). What providers' pending or disputed reports
+    hold is apart (`pending_tokens`, `pending_escrow`): `entitlement` is what is free."""
+    # (symbol, "b@p") -> [tokens, escrow, held tokens, held escrow]
+    found: dict[tuple[str, str], list[int]] = {}
     for balance in _party_to(balances, account_id):
         a = balance.account
         if a.kind == "entitlement" and a.asset.startswith("tok:"):
-            found.setdefault((a.asset[4:], a.owner), [0, 0])[0] = balance.total
+            item = found.setdefault((a.asset[4:], a.owner), [0, 0, 0, 0])
+            item[0], item[2] = balance.available, balance.held
         elif a.kind.startswith("escrow:"):
-            found.setdefault((a.kind[7:], a.owner), [0, 0])[1] = balance.total
+            item = found.setdefault((a.kind[7:], a.owner), [0, 0, 0, 0])
+            item[1], item[3] = balance.available, balance.held
     out: list[EntitlementView] = []
-    for (symbol, owner), (tokens, escrowed) in sorted(found.items()):
+    for (symbol, owner), (tokens, escrowed, held_tokens, held_escrow) in sorted(found.items()):
         buyer, provider = settlement.parse_pair(owner)
         out.append(
             EntitlementView(
                 instrument=symbol, buyer=buyer, provider=provider, entitlement=tokens,
-                escrow=escrowed, delivered=0, released=0,
+                escrow=escrowed, delivered=0, released=0, pending_tokens=held_tokens,
+                pending_escrow=held_escrow,
             )
         )  # fmt: skip
     return out

@@ -1,6 +1,10 @@
 """Delivery reports, window close (settlement) and withdrawals, through the sequencer on a
 real PostgreSQL: pro-rata release to the unit, no dust, refusals, idempotency, settlement
-by the operator and by the clock (with a grace period), withdrawals paid and failed."""
+by the operator and by the clock (with a grace period), withdrawals paid and failed.
+
+A provider's report is pending for the instrument's dispute period (`DISPUTE_S` here)
+before it settles: `deliver` reports, moves the fake clock past the period, lets the
+sequencer's clock settle it, and returns the settled report."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from market.sequencer import (
     ListingOp,
     PlaceOp,
     Sequencer,
+    TickOp,
     TransactionRefused,
     UnknownWithdrawal,
     WithdrawalOutcomeOp,
@@ -61,14 +66,20 @@ class Clock:
         return self.now
 
 
-async def open_market(db_url: str, clock: Clock, grace: int = 0) -> Sequencer:
+#: The test instrument's dispute period: a provider's report settles this long after it.
+DISPUTE_S = 5
+
+
+async def open_market(
+    db_url: str, clock: Clock, grace: int = 0, dispute_s: int = DISPUTE_S
+) -> Sequencer:
     s = await Sequencer.open(db_url, clock=clock)
     await s.submit(
         CreateInstrumentOp(
             CreateInstrument(
                 symbol=SYM, lot_size=LOT, tick_size=1, price_min=1, price_max=100_000,
                 maker_fee_bps=10, taker_fee_bps=20, provider_fee_bps=250,
-                delivery_grace_seconds=grace,
+                delivery_grace_seconds=grace, dispute_period_seconds=dispute_s,
             )
         )
     )  # fmt: skip
@@ -82,8 +93,13 @@ async def open_market(db_url: str, clock: Clock, grace: int = 0) -> Sequencer:
 
 
 @pytest.fixture
-async def seq(db_url: str) -> AsyncIterator[Sequencer]:
-    s = await open_market(db_url, Clock())
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def seq(db_url: str, clock: Clock) -> AsyncIterator[Sequencer]:
+    s = await open_market(db_url, clock)
     yield s
     await s.close()
 
@@ -108,17 +124,45 @@ async def trade(s: Sequencer, buyer: str, provider: str, qty: int, price: int, t
     assert bought.status == "filled"
 
 
-async def deliver(
-    s: Sequencer, provider: str, report: str, buyer: str, tokens: int
+async def report(
+    s: Sequencer, provider: str, report_id: str, buyer: str, tokens: int
 ) -> DeliveryView:
+    """A provider's report as the sequencer answers it (pending, or its state now)."""
     result = await s.submit(
         DeliveryOp(
             provider,
-            DeliveryReport(report_id=report, instrument=SYM, buyer=buyer, tokens=tokens),
+            DeliveryReport(report_id=report_id, instrument=SYM, buyer=buyer, tokens=tokens),
         )
     )
     assert isinstance(result, DeliveryView)
     return result
+
+
+async def pass_dispute_period(s: Sequencer, clock: Clock, pending: DeliveryView) -> None:
+    """Move the clock to the end of the report's dispute period; a batch settles it."""
+    assert pending.status == "pending" and pending.settles_at is not None
+    clock.now = max(clock.now, pending.settles_at)
+    await s.submit(TickOp())
+
+
+async def deliver(
+    s: Sequencer, clock: Clock, provider: str, report_id: str, buyer: str, tokens: int
+) -> DeliveryView:
+    """Report, wait out the dispute period, and return the report settled (a retry of a
+    settled report answers it as it is)."""
+    pending = await report(s, provider, report_id, buyer, tokens)
+    if pending.status == "settled":
+        return pending
+    assert pending.settles_at == pending.time + DISPUTE_S * 1000
+    # pending: the tokens and the escrow are held, nothing is paid yet
+    assert s.ledger.balance(settlement.entitlement(buyer, provider, SYM)).held >= tokens
+    await pass_dispute_period(s, clock, pending)
+    settled = await report(s, provider, report_id, buyer, tokens)  # a retry: its state now
+    assert settled.status == "settled"
+    assert (settled.tokens, settled.released, settled.fee) == (
+        pending.tokens, pending.released, pending.fee,
+    )  # fmt: skip
+    return settled
 
 
 def bal(s: Sequencer, account: Account) -> tuple[int, int]:
@@ -170,27 +214,29 @@ def test_delivery_split_floors_and_the_last_delivery_takes_the_rest() -> None:
 # -- deliveries ---------------------------------------------------------------------------
 
 
-async def test_deliveries_release_escrow_pro_rata_to_the_unit(seq: Sequencer, db_url: str) -> None:
+async def test_deliveries_release_escrow_pro_rata_to_the_unit(
+    seq: Sequencer, clock: Clock, db_url: str
+) -> None:
     await trade(seq, "b1", "p1", 10_000, 3_333, "t")
     # notional 10 lots * 3,333 = 33,330; taker fee 20 bps = 66
     assert (ent(seq, "b1", "p1"), esc(seq, "b1", "p1")) == (10_000, 33_330)
     assert cash(seq, "b1") == (1_000_000 - 33_396, 0)
     fees_before = fees(seq)
 
-    d1 = await deliver(seq, "p1", "r1", "b1", 3_000)
+    d1 = await deliver(seq, clock, "p1", "r1", "b1", 3_000)
     # floor(33,330 * 3,000 / 10,000) = 9,999; fee floor(9,999 * 250 / 10,000) = 249
     assert (d1.tokens, d1.released, d1.fee, d1.paid) == (3_000, 9_999, 249, 9_750)
     assert (ent(seq, "b1", "p1"), esc(seq, "b1", "p1")) == (7_000, 23_331)
     assert cash(seq, "p1") == (9_750, 0)
     assert fees(seq) == fees_before + 249
 
-    d2 = await deliver(seq, "p1", "r2", "b1", 3_333)
+    d2 = await deliver(seq, clock, "p1", "r2", "b1", 3_333)
     # floor(23,331 * 3,333 / 7,000) = 11,108; fee 277
     assert (d2.released, d2.fee) == (11_108, 277)
     assert (ent(seq, "b1", "p1"), esc(seq, "b1", "p1")) == (3_667, 12_223)
 
     # The last delivery releases exactly what is left: no dust.
-    d3 = await deliver(seq, "p1", "r3", "b1", 3_667)
+    d3 = await deliver(seq, clock, "p1", "r3", "b1", 3_667)
     assert (d3.released, d3.fee) == (12_223, 305)
     assert (ent(seq, "b1", "p1"), esc(seq, "b1", "p1")) == (0, 0)
     assert d1.released + d2.released + d3.released == 33_330
@@ -211,19 +257,21 @@ async def test_deliveries_release_escrow_pro_rata_to_the_unit(seq: Sequencer, db
         await conn.close()
 
 
-async def test_a_delivery_above_the_entitlement_is_refused_whole(seq: Sequencer) -> None:
+async def test_a_delivery_above_the_entitlement_is_refused_whole(
+    seq: Sequencer, clock: Clock
+) -> None:
     await trade(seq, "b1", "p1", 5_000, 100, "t")
     with pytest.raises(EntitlementExceeded):
-        await deliver(seq, "p1", "r1", "b1", 5_001)
+        await deliver(seq, clock, "p1", "r1", "b1", 5_001)
     # p2 sold b1 nothing; b2 bought nothing
     with pytest.raises(EntitlementExceeded):
-        await deliver(seq, "p2", "r1", "b1", 1)
+        await deliver(seq, clock, "p2", "r1", "b1", 1)
     with pytest.raises(EntitlementExceeded):
-        await deliver(seq, "p1", "r2", "b2", 1)
+        await deliver(seq, clock, "p1", "r2", "b2", 1)
     assert (ent(seq, "b1", "p1"), esc(seq, "b1", "p1")) == (5_000, 500)
     assert cash(seq, "p1") == (0, 0)
     # the refused report id was never used: it can carry a valid report
-    assert (await deliver(seq, "p1", "r1", "b1", 5_000)).released == 500
+    assert (await deliver(seq, clock, "p1", "r1", "b1", 5_000)).released == 500
 
 
 async def test_a_report_id_is_idempotent_across_restarts(db_url: str) -> None:
@@ -231,22 +279,22 @@ async def test_a_report_id_is_idempotent_across_restarts(db_url: str) -> None:
     s = await open_market(db_url, clock)
     try:
         await trade(s, "b1", "p1", 10_000, 1_000, "t")
-        first = await deliver(s, "p1", "r1", "b1", 4_000)
-        again = await deliver(s, "p1", "r1", "b1", 4_000)
+        first = await deliver(s, clock, "p1", "r1", "b1", 4_000)
+        again = await deliver(s, clock, "p1", "r1", "b1", 4_000)
         assert again == first
         assert ent(s, "b1", "p1") == 6_000
         with pytest.raises(IdempotencyConflict):
-            await deliver(s, "p1", "r1", "b1", 1_000)
+            await deliver(s, clock, "p1", "r1", "b1", 1_000)
         # two of the same in one batch: applied once
         both = await asyncio.gather(
-            deliver(s, "p1", "r2", "b1", 1_000), deliver(s, "p1", "r2", "b1", 1_000)
+            deliver(s, clock, "p1", "r2", "b1", 1_000), deliver(s, clock, "p1", "r2", "b1", 1_000)
         )
         assert both[0] == both[1] and ent(s, "b1", "p1") == 5_000
     finally:
         await s.close()
     s = await Sequencer.open(db_url, clock=clock)
     try:
-        assert await deliver(s, "p1", "r1", "b1", 4_000) == first
+        assert await deliver(s, clock, "p1", "r1", "b1", 4_000) == first
         assert ent(s, "b1", "p1") == 5_000
         await assert_books_balance(s, db_url)
     finally:
@@ -256,10 +304,12 @@ async def test_a_report_id_is_idempotent_across_restarts(db_url: str) -> None:
 # -- window close ----------------------------------------------------------------------------
 
 
-async def test_operator_close_cancels_refunds_and_burns(seq: Sequencer, db_url: str) -> None:
+async def test_operator_close_cancels_refunds_and_burns(
+    seq: Sequencer, clock: Clock, db_url: str
+) -> None:
     await trade(seq, "b1", "p1", 10_000, 3_333, "t1")  # escrow 33,330
     await trade(seq, "b2", "p2", 4_000, 2_000, "t2")  # escrow 8,000
-    await deliver(seq, "p1", "r1", "b1", 3_000)  # releases 9,999
+    await deliver(seq, clock, "p1", "r1", "b1", 3_000)  # releases 9,999
     bid = await place(seq, "b1", "rest-bid", Side.BUY, 2_000, 1_000)
     ask = await place(seq, "p2", "rest-ask", Side.SELL, 6_000, 9_000)
     assert cash(seq, "b1")[1] > 0 and bal(seq, settlement.capacity("p2", SYM))[1] == 6_000
@@ -295,7 +345,7 @@ async def test_operator_close_cancels_refunds_and_burns(seq: Sequencer, db_url: 
     refused = await place(seq, "b2", "late", Side.BUY, 1_000, 1_000)
     assert (refused.status, refused.reject_reason) == ("rejected", "instrument_settled")
     with pytest.raises(InstrumentSettled):
-        await deliver(seq, "p1", "r2", "b1", 1)
+        await deliver(seq, clock, "p1", "r2", "b1", 1)
     with pytest.raises(InstrumentSettled):
         await seq.submit(ListingOp("p1", Listing(listing_id="l2", instrument=SYM, quantity=1_000)))
     assert await seq.submit(CloseInstrumentOp(SYM)) == view
@@ -309,16 +359,19 @@ async def test_the_clock_closes_trading_then_settles_after_the_grace(db_url: str
         await place(s, "b2", "rest", Side.BUY, 1_000, 500)
         assert s.instrument_view(SYM).delivery_grace_seconds == 600
         clock.now = WINDOW_END - 1
-        await deliver(s, "p1", "r1", "b1", 2_000)
-        assert s.instrument_view(SYM).state == "open"
+        r1 = await report(s, "p1", "r1", "b1", 2_000)
+        assert r1.status == "pending" and s.instrument_view(SYM).state == "open"
 
         clock.now = WINDOW_END  # trading closes on its own: no command needed
         await wait_for(lambda: s.instrument_view(SYM).state == "closed", "trading to close")
         assert cash(s, "b2") == (1_000_000, 0)  # the resting bid was cancelled, its hold voided
         late = await place(s, "b2", "late", Side.BUY, 1_000, 500)
         assert late.reject_reason == "instrument_closed"
-        # within the grace period deliveries still count
-        assert (await deliver(s, "p1", "r2", "b1", 3_000)).released == 3_000
+        # within the grace period deliveries still count (r1's 2,000 are held: the split
+        # is on the 8,000 tokens and 8,000 of escrow left free)
+        assert (await deliver(s, clock, "p1", "r2", "b1", 3_000)).released == 3_000
+        # the clock passed r1's dispute period too: it settled on its own
+        assert (await report(s, "p1", "r1", "b1", 2_000)).status == "settled"
         clock.now = WINDOW_END + 600_000 - 1
         await asyncio.sleep(0.6)
         assert s.instrument_view(SYM).state == "closed"
@@ -339,7 +392,7 @@ async def test_the_clock_closes_trading_then_settles_after_the_grace(db_url: str
         )
         assert cash(s, "b1")[0] == 1_000_000 - 10_020 + 5_000
         with pytest.raises(InstrumentSettled):
-            await deliver(s, "p1", "r3", "b1", 1)
+            await deliver(s, clock, "p1", "r3", "b1", 1)
         await assert_books_balance(s, db_url)
     finally:
         await s.close()

@@ -60,6 +60,8 @@ from tests.support.pg import PgServer
 SYM = "m/2030-01-01T00Z/1h"
 WINDOW_END = 1_893_459_600_000  # 2030-01-01T01:00Z, ms
 GRACE = 600  # seconds
+#: A provider's report is pending this long (s); the program's clock then passes it.
+DISPUTE_S = 1
 LOT = 1000
 BUYERS = ("b0", "b1", "b2")
 PROVIDERS = ("p0", "p1")
@@ -302,6 +304,9 @@ async def run_step(
         else:
             assert isinstance(view, DeliveryView)
             assert model.phase != "settled" and 0 < tokens <= held
+            assert view.status == "pending" and view.settles_at == clock.now + DISPUTE_S * 1000
+            clock.now = view.settles_at  # the dispute period passes: the report settles
+            await s.submit(TickOp())
             assert (view.released, view.fee) == model.deliver(buyer, provider, tokens)
             event("partial delivery" if model.ent[(buyer, provider)] else "last delivery")
     elif kind == "withdraw":
@@ -374,7 +379,7 @@ async def test_random_lifecycles_keep_the_books(
                     CreateInstrument(
                         symbol=SYM, lot_size=LOT, tick_size=1, price_min=1, price_max=1_000,
                         maker_fee_bps=maker, taker_fee_bps=taker, provider_fee_bps=provider_bps,
-                        delivery_grace_seconds=GRACE,
+                        delivery_grace_seconds=GRACE, dispute_period_seconds=DISPUTE_S,
                     )
                 )
             )  # fmt: skip

@@ -37,9 +37,12 @@ class Market:
 @pytest.fixture
 async def market(db_url: str, server_process: ServerProcess) -> AsyncIterator[Market]:
     operator = await operator_client(db_url, server_process.base_url)
-    await operator.create_instrument(
-        CreateInstrument(symbol=SYM, lot_size=LOT, tick_size=1, price_min=1, price_max=100_000)
-    )
+    await operator.create_instrument(  # a report stays pending (disputable) for an hour
+        CreateInstrument(
+            symbol=SYM, lot_size=LOT, tick_size=1, price_min=1, price_max=100_000,
+            dispute_period_seconds=3600,
+        )
+    )  # fmt: skip
     p = await operator.create_account(Role.PROVIDER, "provider")
     b = await operator.create_account(Role.BUYER, "buyer")
     provider, buyer = operator.as_account(p), operator.as_account(b)
@@ -119,7 +122,7 @@ async def test_a_refused_delivery_report_id_stays_free_for_the_corrected_report(
     assert await refused(lambda: report(2 * LOT)) == (422, "entitlement_exceeded")
     await m.buyer.place_order(order("bid2", Side.BUY, LOT, 100))  # now 2,000 tokens
     delivered = await report(2 * LOT)  # the same report now holds: it was never recorded
-    assert delivered.tokens == 2 * LOT
+    assert (delivered.tokens, delivered.status) == (2 * LOT, "pending")
     assert await report(2 * LOT) == delivered
 
 

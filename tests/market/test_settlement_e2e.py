@@ -1,8 +1,10 @@
-"""End to end on `tokex serve`: delivery reports, an operator's window close and
-withdrawals through TokexClient, with the roles and error codes the API promises."""
+"""End to end on `tokex serve`: delivery reports (pending for the instrument's dispute
+period, then settled by the server's clock), an operator's window close and withdrawals
+through TokexClient, with the roles and error codes the API promises."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,6 +18,8 @@ from tests.support.server import ServerProcess, operator_client
 
 # A window far in the future: the server's clock is the wall clock.
 SYM = "llama-3.1-70b/2030-01-01T00Z/1h"
+#: A provider's report is pending this long before it settles (s).
+DISPUTE_S = 3
 
 
 @dataclass
@@ -34,6 +38,7 @@ async def market(db_url: str, server_process: ServerProcess) -> AsyncIterator[Ma
         CreateInstrument(
             symbol=SYM, lot_size=1000, tick_size=1, price_min=1, price_max=100_000,
             taker_fee_bps=20, provider_fee_bps=250, delivery_grace_seconds=3600,
+            dispute_period_seconds=DISPUTE_S,
         )
     )  # fmt: skip
     p = await operator.create_account(Role.PROVIDER, "provider")
@@ -64,7 +69,12 @@ async def test_deliver_close_and_withdraw_over_http(market: Market) -> None:
 
     d = await m.provider.report_delivery("r1", SYM, m.buyer_id, 3_000)
     assert (d.released, d.fee, d.paid, d.provider) == (9_999, 249, 9_750, m.provider_id)
-    assert await m.provider.report_delivery("r1", SYM, m.buyer_id, 3_000) == d
+    assert d.status == "pending" and d.settles_at == d.time + DISPUTE_S * 1000
+    # the buyer sees it pending (and could dispute it until `settles_at`)
+    pending = await m.buyer.delivery_reports()
+    assert [(x.report_id, x.status) for x in pending] == [("r1", "pending")]
+    again = await m.provider.report_delivery("r1", SYM, m.buyer_id, 3_000)
+    assert (again.report_id, again.tokens, again.released) == (d.report_id, d.tokens, d.released)
     with pytest.raises(TokexApiError) as conflict:
         await m.provider.report_delivery("r1", SYM, m.buyer_id, 2_000)
     assert (conflict.value.status, conflict.value.code) == (409, "idempotency_conflict")
@@ -75,6 +85,13 @@ async def test_deliver_close_and_withdraw_over_http(market: Market) -> None:
         await m.buyer.report_delivery("r3", SYM, m.buyer_id, 1)
     assert role.value.status == 403
 
+    for _ in range(100):  # the server's clock settles it when the period ends
+        if await m.buyer.deliveries():
+            break
+        await asyncio.sleep(0.1)
+    settled = await m.provider.report_delivery("r1", SYM, m.buyer_id, 3_000)
+    assert (settled.status, settled.released) == ("settled", 9_999)
+    assert await m.buyer.delivery_reports() == []
     (mine,) = await m.buyer.entitlements()
     assert (mine.provider, mine.entitlement, mine.escrow, mine.delivered, mine.released) == (
         m.provider_id, 7_000, 23_331, 3_000, 9_999,

@@ -184,6 +184,7 @@ RECORDED = [
     (8, "gateway", "market/migrations"),
     (9, "receipts_evidence", "market/migrations"),
     (10, "cancel_after", "market/migrations"),
+    (11, "vouchers_disputes", "market/migrations"),
 ]
 
 

@@ -458,6 +458,7 @@ async def test_reports_follow_the_sequencers_own_deliveries_close_and_withdrawal
         DeliveryOp,
         PlaceOp,
         Sequencer,
+        TickOp,
         WithdrawalOutcomeOp,
         WithdrawOp,
     )
@@ -478,6 +479,9 @@ async def test_reports_follow_the_sequencers_own_deliveries_close_and_withdrawal
         await seq.submit(
             DeliveryOp("p", DeliveryReport(report_id="r", instrument=SYM, buyer="b", tokens=5_000))
         )
+        # the report was pending (held) for the instrument's dispute period, 0 s here (its
+        # delivery grace): the next batch settles it, and then the window can be closed
+        await seq.submit(TickOp())
         await seq.submit(CloseInstrumentOp(SYM))
         await seq.submit(WithdrawOp("p", WithdrawalRequest(withdrawal_id="w", amount=10_000)))
         await seq.submit(WithdrawalOutcomeOp("p", "w", paid=True))
@@ -487,7 +491,7 @@ async def test_reports_follow_the_sequencers_own_deliveries_close_and_withdrawal
     try:
         ledger = await recomputed_balances(c)
         codes = {r["code"] for r in await c.fetch("SELECT DISTINCT code FROM ledger_transactions")}
-        assert {"delivery", "withdrawal", "withdrawal_paid"} <= codes
+        assert {"delivery_report", "delivery", "withdrawal", "withdrawal_paid"} <= codes
         [total, pair] = await rows(c, InstrumentQuery(instrument=SYM))
         assert total == msgspec.structs.replace(pair, scope="total", provider=None, buyer=None)
         assert (total.volume, total.notional, total.delivered) == (20_000, 100_000, 5_000)
