@@ -520,13 +520,13 @@ class TokexClient:
 
     async def vouchers(self) -> list[VoucherView]:
         """Vouchers the caller signed (buyer) or submitted (provider), newest first."""
-        return msgspec.convert(await self.request("GET", "/v1/vouchers"), list[VoucherView])
+        return [v async for v in self.iterate("/v1/vouchers", VoucherView)]
 
     async def delivery_reports(self, status: str = "pending") -> list[DeliveryView]:
         """`GET /v1/delivery-reports`: providers' own reports the caller made or received, in a
         state (`pending`, `disputed`, ..., or `all`)."""
-        answer = await self.request("GET", "/v1/delivery-reports", params={"status": status})
-        return msgspec.convert(answer, list[DeliveryView])
+        params = {"status": status}
+        return [d async for d in self.iterate("/v1/delivery-reports", DeliveryView, params)]
 
     async def dispute(self, provider: str, report_id: str, reason: str) -> DisputeView:
         """`POST /v1/disputes` (buyer): dispute a pending report; its escrow stays held."""
@@ -535,7 +535,7 @@ class TokexClient:
 
     async def disputes(self) -> list[DisputeView]:
         """The caller's disputes (the operator: everyone's), newest first."""
-        return msgspec.convert(await self.request("GET", "/v1/disputes"), list[DisputeView])
+        return [d async for d in self.iterate("/v1/disputes", DisputeView)]
 
     async def resolve_dispute(self, dispute_id: str, outcome: str) -> DisputeView:
         """`POST /v1/disputes/{id}/resolve` (operator): `pay` or `refund`; idempotent."""

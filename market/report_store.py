@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from ledger.rows import BatchRows
+from market.pages import Keyset
 from schemas.disputes import DisputeView, VoucherView
 from schemas.trading import DeliveryView
 
@@ -184,18 +185,24 @@ async def latest_vouchers(
     return {(v.buyer, v.provider, v.instrument): v for v in found}
 
 
+#: The first page of a list (its newest records).
+FIRST = Keyset()
+
+
 async def list_vouchers(
-    conn: asyncpg.Connection, account_id: str, *, limit: int
+    conn: asyncpg.Connection, account_id: str, *, limit: int, keyset: Keyset = FIRST
 ) -> list[VoucherRow]:
-    """Vouchers an account signed (buyer) or submitted (provider), newest first, with what
-    their deliveries released (from `market_deliveries`)."""
+    """Vouchers an account signed (buyer) or submitted (provider), newest first by
+    (time, transaction id), with what their deliveries released (`market_deliveries`)."""
+    where, order, key = keyset.sql("(v.time_ms, v.transaction_id)", 3)
     rows = await conn.fetch(
-        """SELECT v.*, d.released, d.fee FROM market_vouchers v
+        f"""SELECT v.*, d.released, d.fee FROM market_vouchers v
              JOIN market_deliveries d ON d.transaction_id = v.transaction_id
-            WHERE v.buyer = $1 OR v.provider = $1
-            ORDER BY v.time_ms DESC, v.transaction_id DESC LIMIT $2""",
+            WHERE (v.buyer = $1 OR v.provider = $1) AND {where}
+            ORDER BY {order} LIMIT $2""",
         account_id,
         limit,
+        *key,
     )
     return [
         VoucherRow(**{c: r[c] for c in VOUCHER_COLUMNS}, released=r["released"], fee=r["fee"])
@@ -210,18 +217,22 @@ async def list_reports(
     statuses: Sequence[str],
     disputed_only: bool = False,
     limit: int,
+    keyset: Keyset = FIRST,
 ) -> list[ReportRow]:
     """Reports an account made or received (None: everyone's), in these states, newest
-    first; `disputed_only`: those that were disputed."""
+    first by (created, provider, report id); `disputed_only`: those that were disputed."""
+    where, order, key = keyset.sql("(created_ms, provider, report_id)", 5)
     rows = await conn.fetch(
-        """SELECT * FROM market_reports
+        f"""SELECT * FROM market_reports
             WHERE ($1::text IS NULL OR provider = $1 OR buyer = $1)
               AND status = ANY($2::text[])
               AND (NOT $3 OR dispute_id IS NOT NULL)
-            ORDER BY updated_ms DESC, provider, report_id LIMIT $4""",
+              AND {where}
+            ORDER BY {order} LIMIT $4""",
         account_id,
         list(statuses),
         disputed_only,
         limit,
+        *key,
     )
     return [report_from_record(r) for r in rows]

@@ -24,16 +24,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 from litestar import Request, Router, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
-from market.api import provide_sequencer
+from market.api import Cursor, Limit, provide_sequencer
 from market.auth import Authenticator, Principal, pool_key_loader, requires_role
-from market.report_store import list_reports, list_vouchers
+from market.pages import Page, decode_cursor, page_of
+from market.report_store import ReportRow, VoucherRow, list_reports, list_vouchers
 from market.sequencer import Sequencer
 from market.sequencer.errors import UnknownDispute, VoucherNotYours
 from market.sequencer.ops import DisputeOp, ResolveDisputeOp, VoucherOp
@@ -115,11 +116,13 @@ async def submit_voucher(
 
 @get("/vouchers")
 async def my_vouchers(
-    pool: Pool, principal: Caller, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200
-) -> list[VoucherView]:
+    pool: Pool, principal: Caller, limit: Limit = 200, cursor: Cursor = None
+) -> Page[VoucherView]:
+    """Vouchers the caller signed (buyer) or submitted (provider), newest first; paginated."""
+    keyset = decode_cursor(cursor, 2, (int, str))
     async with pool.acquire() as conn:
-        rows = await list_vouchers(conn, principal.account_id, limit=limit)
-    return [r.view() for r in rows]
+        rows = await list_vouchers(conn, principal.account_id, limit=limit + 1, keyset=keyset)
+    return page_of(rows, limit, keyset, lambda v: (v.time_ms, v.transaction_id), VoucherRow.view)
 
 
 @get("/delivery-reports")
@@ -127,18 +130,22 @@ async def my_delivery_reports(
     pool: Pool,
     principal: Caller,
     status: FromQuery[str] = "pending",
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-) -> list[DeliveryView]:
-    """Providers' own reports the caller made or received (operator: all), newest first."""
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> Page[DeliveryView]:
+    """Providers' own reports the caller made or received (operator: all), newest first;
+    paginated."""
     if status != "all" and status not in REPORT_STATES:
         raise UnknownReportState(f"status is one of {', '.join(REPORT_STATES)} or all")
     everyone = principal.role is Role.OPERATOR
+    keyset = decode_cursor(cursor, 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_reports(
             conn, None if everyone else principal.account_id,
-            statuses=REPORT_STATES if status == "all" else (status,), limit=limit,
+            statuses=REPORT_STATES if status == "all" else (status,), limit=limit + 1,
+            keyset=keyset,
         )  # fmt: skip
-    return [r.view() for r in rows]
+    return page_of(rows, limit, keyset, _report_key, ReportRow.view)
 
 
 @post("/disputes", guards=[requires_role(Role.BUYER)], status_code=201)
@@ -151,15 +158,22 @@ async def open_dispute(
 
 @get("/disputes")
 async def my_disputes(
-    pool: Pool, principal: Caller, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200
-) -> list[DisputeView]:
+    pool: Pool, principal: Caller, limit: Limit = 200, cursor: Cursor = None
+) -> Page[DisputeView]:
+    """The caller's disputes (the operator: all), newest first by report; paginated."""
     everyone = principal.role is Role.OPERATOR
+    keyset = decode_cursor(cursor, 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_reports(
             conn, None if everyone else principal.account_id,
-            statuses=("disputed", "paid", "refunded"), disputed_only=True, limit=limit,
+            statuses=("disputed", "paid", "refunded"), disputed_only=True, limit=limit + 1,
+            keyset=keyset,
         )  # fmt: skip
-    return [r.dispute_view() for r in rows]
+    return page_of(rows, limit, keyset, _report_key, ReportRow.dispute_view)
+
+
+def _report_key(r: ReportRow) -> tuple[int, str, str]:
+    return (r.created_ms, r.provider, r.report_id)
 
 
 @post("/disputes/{dispute_id:str}/resolve", guards=[requires_role(Role.OPERATOR)], status_code=200)
