@@ -47,6 +47,7 @@ from market.gateway.keys_api import keys_router
 from market.gateway.openai_api import openai_router
 from market.stream import market_stream
 from ops.config import Settings
+from ops.currencies import currencies
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
 from ops.metrics import metrics
@@ -174,7 +175,7 @@ def create_app(
     }
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     app = Litestar(
-        route_handlers=[health, ready, metrics, *routes],
+        route_handlers=[health, ready, metrics, currencies, *routes],
         dependencies=dependencies,
         exception_handlers=exception_handlers(),
         middleware=[RefuseNulBytes, DatabaseGate, AuthMiddleware(limiter)],

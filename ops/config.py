@@ -50,6 +50,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "rate_limit": "TOKEX_RATE_LIMIT",
     "rate_burst": "TOKEX_RATE_BURST",
     "queue_max": "TOKEX_QUEUE_MAX",
+    "currency_scale": "TOKEX_CURRENCY_SCALE",
     "endpoint_allow_hosts": "TOKEX_ENDPOINT_ALLOW_HOSTS",
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
@@ -96,6 +97,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: about that much of the journal.
     snapshot_interval_entries: Annotated[int, msgspec.Meta(ge=1)] = 50_000
     snapshot_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    #: Digits of minor units per unit of the exchange's currency, for people (`$21,098.75`;
+    #: `GET /v1/currencies`); None: the currency's usual one (USD 2). The wire and the
+    #: ledger hold integers of minor units whatever this says.
+    currency_scale: Annotated[int, msgspec.Meta(ge=0, le=18)] | None = None
 
     #: Connection limits (see `ConnectionLimits`, where each is described).
     keep_alive_timeout_ms: int = _DEFAULT_LIMITS.keep_alive_timeout_ms
