@@ -17,11 +17,15 @@ from typing import Annotated
 
 import msgspec
 
+from market.money import Currency, currency
+
 DEFAULT_DATA_DIR = ".tokex"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 #: Origin line of the ledger's signed checkpoints (C2SP signed-note format).
 DEFAULT_EXCHANGE_NAME = "tokex.local/ledger"
+#: The exchange's currency code (the sequencer's and the ledger's cash asset).
+EXCHANGE_CURRENCY = "USD"
 
 
 class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +128,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_flush_ms: int = 1000
     #: How long the gateway waits on an upstream (connect, each read) before a 502.
     gateway_upstream_timeout_s: float = 60.0
+
+    @property
+    def money(self) -> Currency:
+        """The exchange's currency with the scale it was set up with (for showing amounts)."""
+        return currency(EXCHANGE_CURRENCY, self.currency_scale)
 
     @property
     def data_path(self) -> Path:

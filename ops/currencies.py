@@ -13,20 +13,12 @@ from litestar import get
 from litestar.datastructures import State
 
 from market.auth import PUBLIC
-from market.money import Currency, currency
 from ops.config import Settings
 from schemas.trading import CurrencyView
-
-#: The exchange's currency code (the sequencer's and the ledger's cash asset).
-EXCHANGE_CURRENCY = "USD"
-
-
-def exchange_currency(settings: Settings) -> Currency:
-    return currency(EXCHANGE_CURRENCY, settings.currency_scale)
 
 
 @get("/v1/currencies", opt=PUBLIC, tags=["market"], summary="The exchange's currency and scale")
 async def currencies(state: State) -> list[CurrencyView]:
     settings: Settings = state.settings
-    money = exchange_currency(settings)
+    money = settings.money
     return [CurrencyView(code=money.code, scale=money.scale, symbol=money.symbol)]
