@@ -17,7 +17,7 @@ from typing import Annotated
 import asyncpg
 from litestar import Router, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from market.accounts import create_account, get_account, list_accounts, parse_public_key
 from market.auth import Principal, requires_role
@@ -79,8 +79,8 @@ async def account_by_id(
 )
 async def accounts_list(
     pool: NamedDependency[asyncpg.Pool],
-    role: Role | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+    role: FromQuery[Role | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
 ) -> list[AccountView]:
     async with pool.acquire() as conn:
         return await list_accounts(conn, role, limit)

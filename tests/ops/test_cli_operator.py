@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from market.accounts import create_account
-from market.client import TokexClient
+from market.client import TokexApiError, TokexClient
 from market.keys import private_key_pem
 from ops.cli import build_parser, main
 from schemas.accounts import Role
@@ -85,6 +85,14 @@ async def test_operator_commands_against_a_running_server(
         assert [a["account_id"] for a in accounts] == [buyer.account_id]  # type: ignore[union-attr,index]
         code, out = await cli("accounts", "list")
         assert code == 0 and "root" in out and "acme" in out and "operator" in out
+        for params, status in (({"limit": 0}, 400), ({"role": "admin"}, 400)):
+            with pytest.raises(TokexApiError) as bad:
+                await operator.request("GET", "/v1/accounts", params=params)
+            assert (bad.value.status, bad.value.code) == (status, "invalid_request")
+        async with operator.as_account(buyer) as acme:
+            with pytest.raises(TokexApiError) as forbidden:
+                await acme.accounts()
+            assert forbidden.value.code == "forbidden_role"
 
         code, out = await cli(
             "deposits", "create", "--account", buyer.account_id, "--amount", "2109875",
