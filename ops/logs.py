@@ -14,6 +14,7 @@ not log such things in the first place; this is the net under it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -42,12 +43,24 @@ _SECRET_TEXT = re.compile(
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+#: Substrings without which `_SECRET_TEXT` cannot match (a cheap test first: most text
+#: of most lines holds none of them).
+_SECRET_HINTS = ("tkx_", "-----BEGIN", "earer", "EARER")
+
+
 def scrub_text(text: str) -> str:
-    return _SECRET_TEXT.sub(REDACTED, text)
+    if any(hint in text for hint in _SECRET_HINTS):
+        return _SECRET_TEXT.sub(REDACTED, text)
+    return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
+    return _SECRET_NAME.search(name) is not None
 
 
 def _scrub(name: str, value: Any) -> Any:
-    if _SECRET_NAME.search(name):
+    if _secret_name(name):
         return REDACTED
     if isinstance(value, str):
         return scrub_text(value)
@@ -60,10 +73,15 @@ def _scrub(name: str, value: Any) -> Any:
     return scrub_text(str(value))
 
 
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def _timestamp(created: float) -> str:
     seconds = int(created)
     millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_second(seconds)}.{millis:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,3 +111,9 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # What a line does not show is not gathered for it: the caller's file and line (a walk
+    # of the stack per record), thread, process (logging's documented optimisations).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
