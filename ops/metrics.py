@@ -17,6 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from market.auth import PUBLIC
 from market.metrics import REGISTRY
 
+#: Prometheus' content type without its charset: Litestar adds `; charset=utf-8` to a
+#: text/* type itself (it would be there twice).
+MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
 
 def _state_registry(state: State) -> CollectorRegistry:
     """A registry of this scrape's gauges, read from the running exchange (absent ones
@@ -50,8 +54,8 @@ def _state_registry(state: State) -> CollectorRegistry:
     opt=PUBLIC,
     tags=["ops"],
     summary="Prometheus metrics (text exposition format)",
-    media_type=CONTENT_TYPE_LATEST,
+    media_type=MEDIA_TYPE,
 )
 async def metrics(state: State) -> Response[bytes]:
     body = generate_latest(REGISTRY) + generate_latest(_state_registry(state))
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(body, media_type=MEDIA_TYPE)

@@ -8,6 +8,7 @@ import asyncio
 import httpx
 import pytest
 import websockets
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from market.client import TokexApiError
@@ -21,7 +22,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def scrape(base_url: str) -> Samples:
     response = httpx.get(base_url + "/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
     samples: Samples = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
