@@ -194,6 +194,11 @@ class MerkleLog:
         return self._signer
 
     @property
+    def checkpoint_time_ms(self) -> int:
+        """The time (Unix ms) of the latest signed checkpoint; 0 for an empty log."""
+        return self._time_ms
+
+    @property
     def latest_checkpoint(self) -> str | None:
         """The latest signed checkpoint note (None for an empty log)."""
         return self._latest_note

@@ -183,6 +183,15 @@ async def connection_alive(conn: asyncpg.Connection) -> bool:
     return True
 
 
+async def writer_held(conn: asyncpg.Connection) -> bool:
+    """Whether another session holds the ledger's writer lock now (a look: taken and at
+    once released if free). Another process may still become the writer right after."""
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK_KEY):
+        return True
+    await conn.fetchval("SELECT pg_advisory_unlock($1)", WRITER_LOCK_KEY)
+    return False
+
+
 async def prior_outcomes(
     conn: asyncpg.Connection, tx_ids: Sequence[str]
 ) -> dict[str, PriorOutcome]:

@@ -113,25 +113,41 @@ async def create_account(
     return created, private_key
 
 
-async def get_account(conn: asyncpg.Connection, account_id: str) -> AccountView:
-    """The account with its active key ids, or `AccountNotFound`."""
-    row = await conn.fetchrow(
-        """SELECT a.role, a.name, a.created_at,
+_ACCOUNT_VIEW_SQL = """SELECT a.account_id, a.role, a.name, a.created_at,
                   coalesce(array_agg(k.key_id ORDER BY k.created_at, k.key_id)
                            FILTER (WHERE k.key_id IS NOT NULL AND k.revoked_at IS NULL),
                            '{}') AS key_ids
-           FROM accounts a LEFT JOIN account_keys k USING (account_id)
-           WHERE a.account_id = $1
-           GROUP BY a.account_id""",
-        account_id,
+           FROM accounts a LEFT JOIN account_keys k USING (account_id)"""
+
+
+def _account_view(row: asyncpg.Record) -> AccountView:
+    return AccountView(
+        account_id=row["account_id"],
+        role=Role(row["role"]),
+        name=row["name"],
+        created_at=row["created_at"].isoformat().replace("+00:00", "Z"),
+        key_ids=list(row["key_ids"]),
+    )
+
+
+async def get_account(conn: asyncpg.Connection, account_id: str) -> AccountView:
+    """The account with its active key ids, or `AccountNotFound`."""
+    row = await conn.fetchrow(
+        f"{_ACCOUNT_VIEW_SQL} WHERE a.account_id = $1 GROUP BY a.account_id", account_id
     )
     if row is None:
         raise AccountNotFound(f"no account {account_id[:40]!r}")
-    created_at = row["created_at"].isoformat().replace("+00:00", "Z")
-    return AccountView(
-        account_id=account_id,
-        role=Role(row["role"]),
-        name=row["name"],
-        created_at=created_at,
-        key_ids=list(row["key_ids"]),
+    return _account_view(row)
+
+
+async def list_accounts(
+    conn: asyncpg.Connection, role: Role | None = None, limit: int = 1000
+) -> list[AccountView]:
+    """Accounts in the order they were made (of one role, if given), at most `limit`."""
+    rows = await conn.fetch(
+        f"""{_ACCOUNT_VIEW_SQL} WHERE $1::text IS NULL OR a.role = $1
+            GROUP BY a.account_id ORDER BY a.created_at, a.account_id LIMIT $2""",
+        None if role is None else role.value,
+        limit,
     )
+    return [_account_view(row) for row in rows]

@@ -6,16 +6,20 @@
   201 `AccountCreated` (with `private_key` null).
 - `GET /v1/accounts/me` (any role): the caller's own account.
 - `GET /v1/accounts/{account_id}` (operator, auditor): any account; 404 if none.
+- `GET /v1/accounts?role=&limit=` (operator, auditor): accounts in the order they were
+  made, of one role if given, at most `limit` (1 to 10,000; default 1,000).
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import asyncpg
 from litestar import Router, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from market.accounts import create_account, get_account, parse_public_key
+from market.accounts import create_account, get_account, list_accounts, parse_public_key
 from market.auth import Principal, requires_role
 from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
 from schemas.errors import DomainError, ErrorKind
@@ -68,8 +72,22 @@ async def account_by_id(
         return await get_account(conn, account_id)
 
 
+@get(
+    "/",
+    guards=[requires_role(Role.OPERATOR, Role.AUDITOR)],
+    summary="Every account, oldest first (operator, auditor)",
+)
+async def accounts_list(
+    pool: NamedDependency[asyncpg.Pool],
+    role: FromQuery[Role | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+) -> list[AccountView]:
+    async with pool.acquire() as conn:
+        return await list_accounts(conn, role, limit)
+
+
 accounts_router = Router(
     "/v1/accounts",
-    route_handlers=[create_account_route, my_account, account_by_id],
+    route_handlers=[create_account_route, accounts_list, my_account, account_by_id],
     tags=["accounts"],
 )

@@ -57,6 +57,7 @@ from schemas.trading import (
     CancelledOrders,
     CloseInstrument,
     CreateInstrument,
+    CurrencyView,
     DeliveryReport,
     DeliveryView,
     Deposit,
@@ -214,6 +215,11 @@ class TokexClient:
         result: dict[str, Any] = await self.request("GET", "/health")
         return result
 
+    async def currencies(self) -> list[CurrencyView]:
+        """`GET /v1/currencies`: the exchange's currency and its scale (for showing amounts)."""
+        answer = await self.request("GET", "/v1/currencies")
+        return msgspec.convert(answer, list[CurrencyView])
+
     # ------------------------------------------------------------------ accounts
 
     async def create_account(
@@ -237,6 +243,12 @@ class TokexClient:
     async def me(self) -> AccountView:
         """`GET /v1/accounts/me`."""
         return msgspec.convert(await self.request("GET", "/v1/accounts/me"), AccountView)
+
+    async def accounts(self, role: Role | str | None = None) -> list[AccountView]:
+        """`GET /v1/accounts` (operator, auditor): every account, oldest first."""
+        params = {} if role is None else {"role": Role(role).value}
+        answer = await self.request("GET", "/v1/accounts", params=params)
+        return msgspec.convert(answer, list[AccountView])
 
     async def get_account(self, account_id: str) -> AccountView:
         """`GET /v1/accounts/{account_id}` (operator, auditor)."""

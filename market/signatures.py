@@ -41,6 +41,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger import ed25519
+from market.metrics import SIGNATURE_HELPER_RESTARTS
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,8 @@ class SignatureChecker:
             await asyncio.sleep(delay)
             try:
                 await self._spawn()
+                if self._process is not None:
+                    SIGNATURE_HELPER_RESTARTS.inc()
                 return
             except OSError:
                 log.exception("signature helper could not be restarted; checking here")

@@ -2,10 +2,11 @@
 
 Extension point: routes. `default_route_handlers()` is the one list of every
 route of the exchange (market and ledger routers are added there); a test may
-pass its own `route_handlers` instead. `/health` and the OpenAPI schema at
-`/schema` are always there. Start-up work that needs the database (the
-sequencer, recovery) goes in `lifespans`, which run after the pool is open and
-can reach it as `app.state.pool`.
+pass its own `route_handlers` instead. `/health`, `/ready` (`ops.ready`), `/metrics`
+(`ops.metrics`) and the OpenAPI schema at `/schema` are always there; every request
+goes through `ops.observe` (request id, access log line, request metrics). Start-up
+work that needs the database (the sequencer, recovery) goes in `lifespans`, which run
+after the pool is open and can reach it as `app.state.pool`.
 
 Handlers get the pool and the settings as dependencies named `pool` and
 `settings` (declare them as `NamedDependency[asyncpg.Pool]`), and raise
@@ -49,10 +50,14 @@ from market.stream import market_stream
 from market.vouchers_api import vouchers_router
 from ops.audit_api import audit_router
 from ops.config import Settings
+from ops.currencies import currencies
 from ops.dashboard.routes import dashboard_routes
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
+from ops.metrics import metrics
 from ops.middleware import DatabaseGate, RefuseNulBytes
+from ops.observe import observe
+from ops.ready import ready
 from ops.supervisor import DatabaseState
 from ops.wire import StrictRequest, strict_query
 from schemas.errors import DomainError, ErrorKind
@@ -174,8 +179,8 @@ def create_app(
         "principal": Provide(provide_principal, sync_to_thread=False),
     }
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
-    return Litestar(
-        route_handlers=[health, *routes],
+    app = Litestar(
+        route_handlers=[health, ready, metrics, currencies, *routes],
         dependencies=dependencies,
         exception_handlers=exception_handlers(),
         middleware=[RefuseNulBytes, DatabaseGate, AuthMiddleware(limiter)],
@@ -190,6 +195,8 @@ def create_app(
         debug=debug,
         logging_config=None,  # logging is the process's business (the CLI sets it up)
     )
+    # request ids, the access log and request metrics, around everything (ops.observe)
+    return observe(app)
 
 
 def _version() -> str:

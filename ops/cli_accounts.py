@@ -11,6 +11,9 @@ tokex accounts create --role ROLE --name NAME [--public-key FILE] [--out FILE] [
     default `<data-dir>/keys/<account_id>.pem`).
 
 Migrations are applied first, so this works on a fresh data dir.
+
+tokex accounts list [--role ROLE] [--json] (--url, --key-id, --key-file: `ops.cli_api`)
+    Every account, oldest first, over the API (operator or auditor key).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from market.accounts import create_account, parse_public_key, private_key_pem
+from market.client import TokexClient
 from ops.cli import add_database_options, run_migrations, settings_from_args
+from ops.cli_api import add_client_options, emit_json, emit_table, run
 from ops.database import connect, database_url
-from schemas.accounts import AccountCreated, Role
+from schemas.accounts import AccountCreated, AccountView, Role
 from schemas.errors import DomainError, ErrorKind
 
 
@@ -124,3 +129,23 @@ def register(subparsers: Any) -> None:
     create.add_argument("--json", action="store_true", help="print one JSON line")
     add_database_options(create)
     create.set_defaults(handler=_create_command)
+    listing = sub.add_parser(
+        "list", help="every account, oldest first (operator, auditor; over the API)"
+    )
+    listing.add_argument("--role", choices=[r.value for r in Role])
+    add_client_options(listing)
+    listing.set_defaults(handler=_list_command)
+
+
+def _list_command(args: argparse.Namespace) -> int:
+    async def call(client: TokexClient) -> list[AccountView]:
+        return await client.accounts(args.role)
+
+    views = run(args, call)
+    if args.json:
+        emit_json(views)
+    else:
+        rows = [[v.account_id, v.role.value, v.name, v.created_at, ",".join(v.key_ids)]
+                for v in views]  # fmt: skip
+        emit_table(("ACCOUNT", "ROLE", "NAME", "CREATED", "KEYS"), rows)
+    return 0

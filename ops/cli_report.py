@@ -1,4 +1,4 @@
-"""`tokex report ...`: settlement reports straight from the database, as JSON or CSV.
+"""`tokex report ...`: settlement reports straight from the database, as JSON, CSV or text.
 
     tokex report statement --account ID [--asset A] [--from-index N] [--to-index M]
                            [--from-time T] [--to-time T]
@@ -7,9 +7,11 @@
     tokex report fees [--period day|hour] [--from-time T] [--to-time T]
     tokex report trial-balance [--to-index M]
 
-Each takes `--format json|csv` (default json), `--out FILE` (default stdout) and
-`--data-dir`, and honours DATABASE_URL. Times are Unix milliseconds or ISO-8601 (UTC).
-The bytes are those of the `/v1/reports/...` route for the same query (both call
+Each takes `--format json|csv|text` (default json; text: aligned columns for people, money
+as `$21,098.75` in the scale of `TOKEX_CURRENCY_SCALE`, default the currency's usual one),
+`--out FILE` (default stdout) and `--data-dir`, and honours DATABASE_URL. Times are Unix
+milliseconds or ISO-8601 (UTC). The JSON and CSV bytes are those of the `/v1/reports/...`
+route for the same query (both call
 `market.clearing.reports.report_chunks`); the CLI reads everything, like an operator. With
 `--out`, the file appears only once complete.
 """
@@ -18,14 +20,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import asyncpg
+import msgspec
 
+from market.clearing.report_text import render_report
 from market.clearing.reports import parse_time, report_chunks
+from market.money import Currency
 from ops.cli import add_database_options, settings_from_args
 from ops.database import database_url
 from schemas.reports import (
@@ -75,10 +81,25 @@ async def write_report(url: str, query: ReportQuery, fmt: ReportFormat, out: Bin
         await conn.close()
 
 
+def _text(url: str, query: ReportQuery, money: Currency) -> str:
+    """The report as text for people (`market.clearing.report_text`), amounts in `money`."""
+    doc = io.BytesIO()
+    asyncio.run(write_report(url, query, ReportFormat.JSON, doc))
+    return render_report(msgspec.json.decode(doc.getvalue()), money) + "\n"
+
+
 def _run(args: argparse.Namespace) -> int:
     query = query_from_args(args)  # parse times before starting a database
+    settings = settings_from_args(args)
+    url = database_url(settings)
+    if args.format == TEXT:
+        text = _text(url, query, settings.money)
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            Path(args.out).write_text(text, encoding="utf-8")
+        return 0
     fmt = ReportFormat(args.format)
-    url = database_url(settings_from_args(args))
     if args.out is None:
         asyncio.run(write_report(url, query, fmt, sys.stdout.buffer))
         sys.stdout.buffer.flush()
@@ -101,10 +122,16 @@ def _index(text: str) -> int:
     return value
 
 
+#: The format for people: aligned columns, money in the currency's units (not a wire format).
+TEXT = "text"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--format", choices=[f.value for f in ReportFormat], default="json", help="(default: json)"
-    )
+        "--format", choices=[*(f.value for f in ReportFormat), TEXT], default="json",
+        help="json, csv (integers of minor units, as the API) or text (for people: "
+        "$21,098.75; the scale from TOKEX_CURRENCY_SCALE) (default: json)",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help="file to write (default: stdout)")
     add_database_options(parser)
     parser.set_defaults(handler=_run)

@@ -17,11 +17,15 @@ from typing import Annotated
 
 import msgspec
 
+from market.money import Currency, currency
+
 DEFAULT_DATA_DIR = ".tokex"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 #: Origin line of the ledger's signed checkpoints (C2SP signed-note format).
 DEFAULT_EXCHANGE_NAME = "tokex.local/ledger"
+#: The exchange's currency code (the sequencer's and the ledger's cash asset).
+EXCHANGE_CURRENCY = "USD"
 
 
 class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +54,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "rate_limit": "TOKEX_RATE_LIMIT",
     "rate_burst": "TOKEX_RATE_BURST",
     "queue_max": "TOKEX_QUEUE_MAX",
+    "currency_scale": "TOKEX_CURRENCY_SCALE",
     "endpoint_allow_hosts": "TOKEX_ENDPOINT_ALLOW_HOSTS",
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
@@ -96,6 +101,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: about that much of the journal.
     snapshot_interval_entries: Annotated[int, msgspec.Meta(ge=1)] = 50_000
     snapshot_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    #: Digits of minor units per unit of the exchange's currency, for people (`$21,098.75`;
+    #: `GET /v1/currencies`); None: the currency's usual one (USD 2). The wire and the
+    #: ledger hold integers of minor units whatever this says.
+    currency_scale: Annotated[int, msgspec.Meta(ge=0, le=18)] | None = None
 
     #: Connection limits (see `ConnectionLimits`, where each is described).
     keep_alive_timeout_ms: int = _DEFAULT_LIMITS.keep_alive_timeout_ms
@@ -119,6 +128,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_flush_ms: int = 1000
     #: How long the gateway waits on an upstream (connect, each read) before a 502.
     gateway_upstream_timeout_s: float = 60.0
+
+    @property
+    def money(self) -> Currency:
+        """The exchange's currency with the scale it was set up with (for showing amounts)."""
+        return currency(EXCHANGE_CURRENCY, self.currency_scale)
 
     @property
     def data_path(self) -> Path:

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,9 @@ from ledger.audit.export import export
 from ledger.audit.verify import verify_file
 from ledger.keys import load_signer
 from market.accounts import create_account
+from market.clearing.report_text import render_report
 from market.client import TokexClient
+from market.money import Currency, format_count, format_money
 from market.schema import migrate
 from ops.config import Settings
 from ops.database import database_url
@@ -54,6 +55,8 @@ from schemas.trading import CreateInstrument, PlaceOrder
 MODELS = ("llama-3.1-70b", "qwen-2.5-72b")
 LOT = 1_000  # tokens per lot
 MID = 600  # minor units (cents) per 1,000 tokens
+CAPACITY = 5_000_000  # tokens each provider lists per instrument
+FUNDING = 10_000_000  # minor units each buyer deposits ($100,000.00)
 
 
 def _say(message: str) -> None:
@@ -114,26 +117,6 @@ class Server:
                 self.proc.kill()
 
 
-def _table(
-    doc: Any, names: dict[str, str], skip: Callable[[dict[str, Any]], bool] | None = None
-) -> str:
-    """A report's JSON document as aligned text columns, account ids shown by name."""
-    head: list[str] = list(doc["columns"])
-
-    def cell(value: Any) -> str:
-        text = "" if value is None else str(value)
-        for account_id, name in names.items():
-            text = text.replace(account_id, name)
-        return text
-
-    rows = [[cell(row[c]) for c in head] for row in doc["rows"] if skip is None or not skip(row)]
-    widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    for r in rows:
-        lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
-    return "\n".join(lines)
-
-
 async def _run(url: str, data_dir: Path, orders: int, seed: int) -> int:
     began = time.monotonic()
     rng = random.Random(seed)
@@ -172,15 +155,20 @@ async def _session(
         account = await operator.create_account(Role.PROVIDER, f"provider-{i}")
         client = operator.as_account(account)
         for j, symbol in enumerate(symbols):
-            await client.list_capacity(f"capacity-{j}", symbol, 5_000_000)
+            await client.list_capacity(f"capacity-{j}", symbol, CAPACITY)
         providers.append((account.account_id, client))
     for i in range(3):
         account = await operator.create_account(Role.BUYER, f"buyer-{i}")
-        await operator.deposit(f"funding-{i}", account.account_id, 10_000_000)
+        await operator.deposit(f"funding-{i}", account.account_id, FUNDING)
         buyers.append((account.account_id, operator.as_account(account)))
     names = {pid: f"provider-{i}" for i, (pid, _) in enumerate(providers)}
     names.update({bid: f"buyer-{i}" for i, (bid, _) in enumerate(buyers)})
-    _say("2 providers listed 5,000,000 tokens per instrument; 3 buyers deposited $100,000 each")
+    (shown,) = await operator.currencies()
+    money = Currency(shown.code, shown.scale, shown.symbol)
+    _say(
+        f"2 providers listed {format_count(CAPACITY)} tokens per instrument; 3 buyers "
+        f"deposited {format_money(FUNDING, money)} each"
+    )
 
     placed = filled = 0
     traders = [(c, Side.SELL) for _, c in providers] + [(c, Side.BUY) for _, c in buyers]
@@ -231,10 +219,14 @@ async def _session(
             "GET", "/v1/reports/instrument", params={"instrument": symbol, "format": "json"}
         )
         print(f"\n{symbol}")
-        print(_table(doc, names))
+        print(render_report(doc, money, names))
     print("\n== Trial balance (accounts with a balance; each asset totals zero) ==\n")
     trial = await operator.request("GET", "/v1/reports/trial-balance", params={"format": "json"})
-    print(_table(trial, names, skip=lambda row: row["row"] == "account" and row["total"] == 0))
+    print(
+        render_report(
+            trial, money, names, skip=lambda row: row["row"] == "account" and row["total"] == 0
+        )
+    )
 
     audit_file = data_dir / "audit.tokex"
     conn = await asyncpg.connect(url)

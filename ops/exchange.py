@@ -40,9 +40,11 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
     """Open the sequencer on `url`, load its books into the market data hub, publish it on
     `app.state.sequencer`."""
     hub = app.state.get("market_data")
+    merkle_log = MerkleLog(signer, settings.exchange_name)
+    app.state.merkle_log = merkle_log  # for /metrics: tree size, last checkpoint
     sequencer = await Sequencer.open(
         url,
-        hooks=[MerkleLog(signer, settings.exchange_name)],
+        hooks=[merkle_log],
         publish=None if hub is None else hub.publish,
         queue_max=settings.queue_max or QUEUE_MAX,
         snapshots=SnapshotPolicy(

@@ -61,9 +61,10 @@ class RefuseNulBytes:
         await self.app(scope, receive, send)
 
 
-#: Paths the database gate lets through: /health says itself why it is 503, and the
-#: OpenAPI schema needs no database.
-GATE_EXEMPT_PREFIXES = ("/health", "/schema")
+#: Paths the database gate lets through: /health and /ready say themselves why they are
+#: 503, and the OpenAPI schema and /metrics need no database (an outage is when metrics
+#: matter most).
+GATE_EXEMPT_PREFIXES = ("/health", "/ready", "/schema", "/metrics")
 
 
 class DatabaseGate:

@@ -64,6 +64,15 @@ class InstrumentView(msgspec.Struct, kw_only=True):
     dispute_period_seconds: int = 0
 
 
+class CurrencyView(msgspec.Struct, kw_only=True):
+    """A currency of the exchange: amounts on the wire are integers of its minor units,
+    `scale` digits of them per unit (USD 2: 2109875 is $21,098.75)."""
+
+    code: str
+    scale: int
+    symbol: str
+
+
 class Deposit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Credit cash to an account (operator). `deposit_id` makes it idempotent."""
 

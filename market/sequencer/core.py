@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -45,8 +46,10 @@ import asyncpg
 from ledger.errors import LedgerUnavailable
 from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger
+from market import metrics
 from market.replay import RebuildSummary, Rebuilt
 from market.report_store import find_reports, latest_vouchers
+from market.request_context import REQUEST_ID
 from market.sequencer import (
     deadman,
     delivery,
@@ -130,6 +133,8 @@ class _Ticket(Generic[T]):
 
     op: Op[T]
     future: asyncio.Future[Outcome[T]]
+    #: The request that queued it (`market.request_context`), for the batch's log lines.
+    request_id: str | None = None
 
 
 Answer = Callable[[], object]
@@ -267,6 +272,8 @@ class Sequencer:
         #: How many batches have committed: a reader that also reads the database can
         #: tell whether a commit came between its two reads (and read again).
         self.commits = 0
+        #: How many batches were started (the `batch` number of the log lines).
+        self._batches = 0
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -340,6 +347,11 @@ class Sequencer:
         return self._state
 
     @property
+    def queue_depth(self) -> int:
+        """Ops queued and not yet taken into a batch."""
+        return self._queue.qsize()
+
+    @property
     def healthy(self) -> bool:
         """False while the sequencer or its ledger cannot reach the database to rebuild."""
         return self._state is SequencerState.RUNNING and self.ledger.healthy
@@ -398,10 +410,11 @@ class Sequencer:
         if queue.maxsize - queue.qsize() < len(ops):
             raise ExchangeBusy("the exchange is busy; try again shortly")
         loop = asyncio.get_running_loop()
+        request_id = REQUEST_ID.get()
         futures: list[asyncio.Future[Outcome[T]]] = []
         for op in ops:
             future: asyncio.Future[Outcome[T]] = loop.create_future()
-            queue.put_nowait(_Ticket(op, future))
+            queue.put_nowait(_Ticket(op, future, request_id))
             futures.append(future)
         return futures
 
@@ -490,16 +503,31 @@ class Sequencer:
             return
         now = max(self._last_time_ms, self._clock())
         self._last_time_ms = now
+        self._batches += 1
+        number, request_ids = self._batches, _request_ids(tickets)
+        _log_batch("batch", number, request_ids, ops=len(tickets))
+        started = time.perf_counter()
         try:
             batch, staged = await self._stage(tickets, now)
         except Exception as exc:
+            metrics.BATCHES_FAILED.inc()
+            _log_batch("batch_failed", number, request_ids, error=type(exc).__name__)
             await self._rebuild_after_failure(exc, tickets)
             return
+        commit_s = time.perf_counter() - started
         # Durable: keep the batch's orders in memory, answer, publish.
         self.commits += 1
         market = self.market
         market.committed(batch.orders.values())
         _answer_all(tickets, [s if isinstance(s, Failed) else Done(s()) for s in staged])
+        metrics.batch_committed(
+            len(tickets), commit_s,
+            ((row.status, row.reject_reason) for row in batch.placed.values()), len(batch.fills),
+        )  # fmt: skip
+        _log_batch(
+            "commit", number, request_ids, commit_ms=round(commit_s * 1000, 3),
+            ledger_size=self.ledger.size, journal_seq=market.next_journal_seq - 1,
+        )  # fmt: skip
         self._after_commit(batch)
         if self._publish is not None and batch.events:
             try:
@@ -591,6 +619,20 @@ class Sequencer:
     def entitlements_of(self, account_id: str) -> list[EntitlementView]:
         """Entitlement and escrow the account is party to (see `views.entitlements_of`)."""
         return views.entitlements_of(self.ledger.balances(), account_id)
+
+
+def _request_ids(tickets: Sequence[_Ticket[Any]]) -> list[str]:
+    """The distinct request ids of a batch's ops, in queue order."""
+    return list(dict.fromkeys(t.request_id for t in tickets if t.request_id is not None))
+
+
+def _log_batch(event: str, number: int, request_ids: list[str], **fields: object) -> None:
+    """One structured line of a batch (`batch`, `commit`, `batch_failed`) naming the
+    requests whose ops it holds, so that a grep for a request id finds its batch. A
+    batch of the clock alone (no request) is logged at debug level."""
+    level = logging.INFO if request_ids else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(level, event, extra={"batch": number, "request_ids": request_ids, **fields})
 
 
 def _staged(op: AnyOp, batch: Batch) -> Answer | Failed:

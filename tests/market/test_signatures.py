@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar import Litestar
 
+from market.metrics import SIGNATURE_HELPER_RESTARTS
 from market.signatures import SignatureChecker, serve
 from ops.app import _pool_lifespan
 from ops.config import Settings
@@ -65,6 +66,7 @@ async def test_checks_in_flight_when_the_helper_dies_are_answered_and_it_restart
     monkeypatch.setattr("market.signatures.RESTART_AFTER_S", 0.0)
     checker = SignatureChecker()
     await checker.start()
+    restarts = SIGNATURE_HELPER_RESTARTS._value.get()
     try:
         process = checker._process
         assert process is not None
@@ -81,6 +83,7 @@ async def test_checks_in_flight_when_the_helper_dies_are_answered_and_it_restart
                 break
             await asyncio.sleep(0.05)
         assert checker._process is not None and checker._process is not process
+        assert SIGNATURE_HELPER_RESTARTS._value.get() == restarts + 1  # /metrics counts it
         key, signature, message, _ = cases[0]
         assert await checker.verify(key.public_key(), signature, message)
         assert not await checker.verify(key.public_key(), signature, message + b"!")

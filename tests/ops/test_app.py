@@ -74,6 +74,24 @@ async def test_health_reports_schema_version(client: AsyncTestClient) -> None:  
     }
 
 
+async def test_ready_is_503_without_a_running_exchange(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    """This app runs no sequencer (no writer): alive and healthy, but not ready."""
+    assert (await client.get("/health")).status_code == 200
+    response = await client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["code"] == "exchange_not_running"
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["x-request-id"].startswith("req_")
+
+
+async def test_currencies_and_the_scale_set_up(db_url: str) -> None:
+    for scale, expected in ((None, 2), (4, 4)):
+        app = create_app(Settings(database_url=db_url, currency_scale=scale), route_handlers=[])
+        async with AsyncTestClient(app) as client:
+            response = await client.get("/v1/currencies")
+        assert response.json() == [{"code": "USD", "scale": expected, "symbol": "$"}]
+
+
 @pytest.mark.parametrize(
     ("kind", "status"),
     [

@@ -89,3 +89,23 @@ async def test_cli_trial_balance_and_errors(market: tuple[str, Activity]) -> Non
     assert b"Traceback" not in r.stderr
     r = tokex("report", "payouts", "--from-time", "soon", url=url)
     assert r.returncode == 1 and b"invalid_report_query" in r.stderr
+
+
+async def test_cli_text_shows_money_in_units(market: tuple[str, Activity]) -> None:
+    """`--format text`: the JSON report's numbers, money as dollars and cents in the scale
+    set up (TOKEX_CURRENCY_SCALE), tokens as counts."""
+    url, _ = market
+    raw = json.loads(tokex("report", "trial-balance", "--format", "json", url=url).stdout)
+    r = tokex("report", "trial-balance", "--format", "text", url=url)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0].split() == raw["columns"]
+    assert len(lines) == 1 + len(raw["rows"])
+    for line, row in zip(lines[1:], raw["rows"], strict=True):
+        if row["asset"] == "USD":
+            cents = row["available"]
+            sign, dollars = ("-" if cents < 0 else ""), f"{abs(cents) // 100:,}"
+            assert f"{sign}${dollars}.{abs(cents) % 100:02d}" in line.split()
+        else:
+            assert f"{row['available']:,}" in line.split()
+    assert any("$" in line for line in lines[1:])

@@ -22,9 +22,14 @@ def test_demo_runs_end_to_end_and_its_audit_verifies(tmp_path: Path) -> None:
         out = done.stdout
         assert "== Instrument settlement ==" in out
         assert "asset_total" in out and "verified offline" in out
-        # Every asset totals zero in the printed trial balance.
+        # Every asset totals zero in the printed trial balance: money in dollars and cents,
+        # tokens as counts.
         totals = [line.split() for line in out.splitlines() if line.startswith("asset_total")]
-        assert totals and all(row[-3:] == ["0", "0", "0"] for row in totals)
+        assert totals and all(row[-3:] in (["0"] * 3, ["$0.00"] * 3) for row in totals)
+        assert any(row[1] == "USD" and row[-1] == "$0.00" for row in totals)
+        assert "3 buyers deposited $100,000.00 each" in done.stderr
+        # amounts with units: the bank's cash went out as the buyers' deposits, -$300,000.00
+        assert "-$300,000.00" in out and "-30000000" not in out
         # And the file it wrote verifies again through the CLI, with no database.
         again = subprocess.run(
             [sys.executable, "-m", "ops", "audit", "verify", str(data_dir / "audit.tokex"),

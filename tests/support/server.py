@@ -82,11 +82,7 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         if self.running:
             raise RuntimeError("server already running")
-        env = {**os.environ, **self.extra_env}
-        env.pop("DATABASE_URL", None)
-        if self.database_url is not None:
-            env["DATABASE_URL"] = self.database_url
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env = self.env()
         cmd = [
             sys.executable, "-m", "ops", "serve",
             "--host", self.host, "--port", str(self.port),
@@ -104,6 +100,15 @@ class ServerProcess:
             )
         self.wait_healthy(timeout)
         return self
+
+    def env(self) -> dict[str, str]:
+        """The environment the server runs in (for another `tokex` process beside it)."""
+        env = {**os.environ, **self.extra_env}
+        env.pop("DATABASE_URL", None)
+        if self.database_url is not None:
+            env["DATABASE_URL"] = self.database_url
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        return env
 
     def _limit_open_files(self) -> None:
         assert self.open_file_limit is not None

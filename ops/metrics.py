@@ -1,0 +1,61 @@
+"""`GET /metrics`: the exchange's metrics in Prometheus' text format.
+
+The counters and histograms are `market.metrics.REGISTRY`'s, moved where the work is
+done (requests by `ops.observe`, batches, orders and fills by the sequencer, restarts of
+the signature helper by `market.signatures`). The gauges of state the exchange holds
+anyway are read here, at scrape time, from the app: the sequencer's queue depth and
+state, the Merkle log's tree size and the time of its latest checkpoint. Public, like
+/health (no signature): it says nothing about any account.
+"""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from market.auth import PUBLIC
+from market.metrics import REGISTRY
+
+#: Prometheus' content type without its charset: Litestar adds `; charset=utf-8` to a
+#: text/* type itself (it would be there twice).
+MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
+
+def _state_registry(state: State) -> CollectorRegistry:
+    """A registry of this scrape's gauges, read from the running exchange (absent ones
+    are not reported: an app without the exchange has no queue)."""
+    registry = CollectorRegistry(auto_describe=True)
+    sequencer = state.get("sequencer")
+    if sequencer is not None:
+        Gauge(
+            "tokex_sequencer_queue_depth", "Ops queued, not yet in a batch", registry=registry
+        ).set(sequencer.queue_depth)
+        Gauge(
+            "tokex_sequencer_healthy",
+            "1 while the sequencer runs on a ledger that can write, else 0",
+            registry=registry,
+        ).set(1 if sequencer.healthy else 0)
+    merkle_log = state.get("merkle_log")
+    if merkle_log is not None:
+        Gauge(
+            "tokex_ledger_tree_size", "Entries in the ledger's Merkle log", registry=registry
+        ).set(merkle_log.size)
+        Gauge(
+            "tokex_ledger_last_checkpoint_timestamp_seconds",
+            "Unix time of the latest signed checkpoint (0: none yet)",
+            registry=registry,
+        ).set(merkle_log.checkpoint_time_ms / 1000)
+    return registry
+
+
+@get(
+    "/metrics",
+    opt=PUBLIC,
+    tags=["ops"],
+    summary="Prometheus metrics (text exposition format)",
+    media_type=MEDIA_TYPE,
+)
+async def metrics(state: State) -> Response[bytes]:
+    body = generate_latest(REGISTRY) + generate_latest(_state_registry(state))
+    return Response(body, media_type=MEDIA_TYPE)

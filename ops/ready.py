@@ -1,0 +1,54 @@
+"""`GET /ready`: whether this process serves the exchange now (beside `/health`).
+
+`/health` says the process is alive and its database answers; `/ready` says more: the
+exchange's state has been rebuilt from the database and this process holds the ledger's
+writer lock (its sequencer runs and its ledger can write), so a state change sent now
+will be taken. 200 `{"status": "ready", "ledger_size": N}`, else 503 with `Retry-After`:
+`exchange_not_running` (this app runs no exchange), `database_unreachable` (the
+supervisor has the database down) or `exchange_not_ready` (starting, rebuilding,
+reopening after an outage, or stopping). It reads only memory: no database round trip.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import get
+from litestar.datastructures import State
+
+from market.api import ExchangeNotRunning
+from market.auth import PUBLIC
+from ops.database import DatabaseUnreachable
+from ops.supervisor import DatabaseState
+from schemas.errors import DomainError, ErrorKind
+
+
+class ExchangeNotReady(DomainError):
+    code = "exchange_not_ready"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class Ready(msgspec.Struct, frozen=True):
+    status: str
+    ledger_size: int
+
+
+def readiness(state: State) -> Ready:
+    """Ready, or the error that says why not (see the module docstring)."""
+    supervisor = state.get("database_supervisor")
+    if supervisor is not None and supervisor.state is DatabaseState.REOPENING:
+        raise ExchangeNotReady("the exchange is reopening on its database after losing it")
+    if supervisor is not None and not supervisor.ready:
+        raise DatabaseUnreachable("database unreachable")
+    sequencer = state.get("sequencer")
+    if sequencer is None:
+        raise ExchangeNotRunning("this process runs no exchange (no sequencer, no writer)")
+    if not sequencer.healthy:
+        raise ExchangeNotReady(
+            f"the exchange is not ready ({sequencer.state.value}); try again shortly"
+        )
+    return Ready(status="ready", ledger_size=sequencer.ledger.size)
+
+
+@get("/ready", opt=PUBLIC, tags=["ops"], summary="Readiness: state rebuilt, writer held")
+async def ready(state: State) -> Ready:
+    return readiness(state)
