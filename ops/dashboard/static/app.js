@@ -1,7 +1,8 @@
 // The dashboard's router: #/ (instruments), #/market/<symbol>, #/account, #/ledger.
-import { ApiError } from "./api.js";
+import { ApiError, getJson } from "./api.js";
 import { renderAccount } from "./account.js";
 import { clear, h } from "./dom.js";
+import { loadCurrencies } from "./format.js";
 import { renderLedger } from "./ledger.js";
 import { renderInstruments, renderMarket } from "./market.js";
 
@@ -40,4 +41,4 @@ async function show() {
 }
 
 window.addEventListener("hashchange", show);
-show();
+loadCurrencies(getJson).then(show);

@@ -1,15 +1,26 @@
 // Amounts and quantities as people read them. Integers only: BigInt arithmetic, never a
 // float (the API's numbers are integers; big ones arrive as BigInt, see api.js).
 
-// Minor units per unit, as a power of ten, per currency. The one place to point at a
-// scale the server serves once it does (issue 14 item 6); until then USD has cents.
-const ASSUMED_SCALES = new Map([["USD", 2]]);
+// Minor units per unit, as a power of ten, per currency, and its symbol: what the
+// exchange serves at GET /v1/currencies (`loadCurrencies`, once at start); USD with
+// cents until then.
+const SCALES = new Map([["USD", 2]]);
+const SYMBOLS = new Map([["USD", "$"]]);
 
-export function currencyScale(currency) {
-  return ASSUMED_SCALES.get(currency) ?? 0;
+export async function loadCurrencies(getJson) {
+  try {
+    for (const c of await getJson("/v1/currencies")) {
+      SCALES.set(c.code, Number(c.scale));
+      if (c.symbol) SYMBOLS.set(c.code, c.symbol);
+    }
+  } catch {
+    // keep the defaults: amounts still show, in cents for USD
+  }
 }
 
-const SYMBOLS = new Map([["USD", "$"]]);
+export function currencyScale(currency) {
+  return SCALES.get(currency) ?? 0;
+}
 
 function groupDigits(digits) {
   return digits.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
@@ -43,7 +54,7 @@ export function formatTime(ms) {
 
 // Whether an asset name is a currency (cash, escrow, fees) rather than a token asset.
 export function isCurrency(asset) {
-  return ASSUMED_SCALES.has(asset) || /^[A-Z]{3}$/.test(asset);
+  return SCALES.has(asset) || /^[A-Z]{3}$/.test(asset);
 }
 
 // A balance amount of `asset`: money in its units, tokens as a plain count.
