@@ -16,6 +16,8 @@ then replaces everything else, in one place, for every route:
   signing rule) on every signed route, `security: []` on public ones, and bearer
   inference keys on `/openai/v1`.
 * examples: request bodies of the main commands (`REQUEST_EXAMPLES`).
+* structs sent as JSON arrays (a book level `[price, quantity, orders]`) are documented
+  as arrays (`ARRAY_LIKE`), not as the objects Litestar takes them for.
 
 The docs page (`/schema`, also `/schema/swagger`) is Swagger UI, its script, styles and
 icon served from this package (`ops/openapi_ui/`, Apache-2.0, its LICENSE and NOTICE
@@ -29,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 from litestar import Litestar, Request
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
@@ -46,6 +49,7 @@ from ops.openapi_errors import (
     ROUTE_ERRORS,
     ErrorSpec,
 )
+from schemas.trading import BookLevel
 
 __all__ = ["ASSETS_DIR", "ASSETS_PATH", "document", "openapi_config"]
 
@@ -106,6 +110,9 @@ _RETRY_AFTER: Final = {
     "description": "Seconds to wait before retrying",
     "schema": {"type": "integer", "minimum": 0},
 }
+
+#: Structs encoded as JSON arrays (`array_like=True`), by component schema name.
+ARRAY_LIKE: Final[dict[str, type[msgspec.Struct]]] = {"BookLevel": BookLevel}
 
 #: Example request bodies, by component schema name.
 REQUEST_EXAMPLES: Final[dict[str, dict[str, Any]]] = {
@@ -180,6 +187,12 @@ def finish(generated: dict[str, Any], handlers: dict[str, HTTPRouteHandler]) -> 
     schemas = components.setdefault("schemas", {})
     schemas.update(_error_schemas())
     components["securitySchemes"] = _security_schemes()
+    _, array_like = msgspec.json.schema_components(
+        ARRAY_LIKE.values(), ref_template="#/components/schemas/{name}"
+    )
+    for name in ARRAY_LIKE:  # Litestar documents them as objects
+        if name in schemas:
+            schemas[name] = array_like[name]
     for name, example in REQUEST_EXAMPLES.items():
         if name in schemas:
             schemas[name]["examples"] = [example]
