@@ -9,27 +9,27 @@ must also have answered a success to some caller, so the check is not only of re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from market.keys import public_key_b64
 from ops.openapi_errors import OPENAI_ERRORS, ROUTE_ERRORS
-from tests.support.api_world import (
+from tests.support.api_world import (  # noqa: F401 (the module's fixtures)
     MODEL,
     SYM,
     SYM2,
     Caller,
     World,
-    build_world,
+    doc_fixture,
+    module_db_fixture,
+    module_server_fixture,
     uid,
     undocumented,
+    upstream_fixture,
+    world_fixture,
 )
-from tests.support.pg import PgServer
-from tests.support.server import ServerProcess
-from tests.support.upstream import Upstream
 
 ROLES = ("anonymous", "buyer", "provider", "operator")
 
@@ -186,53 +186,6 @@ def _new_key() -> str:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     return public_key_b64(Ed25519PrivateKey.generate().public_key())
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with Upstream(models=[MODEL]) as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-async def module_db(pg: PgServer, pg_template: str) -> AsyncIterator[str]:
-    async with pg.fresh_database(pg_template) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def module_server(module_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc = ServerProcess(
-        database_url=module_db,
-        data_dir=Path(tmp_path_factory.mktemp("conformance")),
-        env={
-            "TOKEX_RATE_LIMIT": "10000", "TOKEX_RATE_BURST": "10000",
-            "TOKEX_ENDPOINT_ALLOW_HOSTS": "127.0.0.1,localhost",
-        },
-    )  # fmt: skip
-    proc.start()
-    try:
-        yield proc.base_url
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-async def world(module_db: str, module_server: str, upstream: Upstream) -> AsyncIterator[World]:
-    world = await build_world(module_db, module_server, upstream.base_url)
-    world.ids["upstream"] = upstream.base_url
-    spare = await world["buyer"].client.request("POST", "/v1/inference-keys", json={})
-    world.ids["spare_key"] = spare["key_id"]
-    yield world
-    await world.aclose()
-
-
-@pytest.fixture(scope="module")
-async def doc(world: World) -> dict[str, Any]:
-    response = await world["anonymous"].call("GET", "/schema/openapi.json")
-    assert response.status_code == 200
-    document: dict[str, Any] = response.json()
-    return document
 
 
 def _headers(world: World, caller: Caller, key: str) -> dict[str, str]:

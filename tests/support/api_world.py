@@ -1,29 +1,38 @@
 """A small market on a running server, and a check of answers against the OpenAPI document.
 
-`build_world(db_url, base_url)` makes an operator (straight in the database), a buyer and a
-provider (over the API), two instruments, cash, capacity, a fill, resting orders, a
-delivery, a withdrawal, an inference key and an endpoint on an `Upstream`, so that the
-routes have something real to answer about. `Caller`s sign like `TokexClient` (its
-`build_request`); `undocumented(doc, key, response)` says how an answer breaks what the
+`build_world(db_url, base_url, upstream_url)` makes an operator (straight in the
+database), a buyer and a provider (over the API), two instruments, cash, capacity, a
+fill, resting orders, a delivery, withdrawals, inference keys and an endpoint on an
+`Upstream`, so that the routes have something real to answer about. `Caller`s sign like
+`TokexClient`; `undocumented(doc, key, response)` says how an answer breaks what the
 document says of that route (nothing: an empty list).
+
+Module-scoped fixtures, for a test module to import (`doc_fixture`, `world_fixture` and
+the three they depend on): `world` (on a server and database of the module's own) and
+`doc` (the document that server serves).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema_rs
 import msgspec
+import pytest
 
 from market.client import TokexClient
 from market.signing import now_ms, sign_request
 from schemas.accounts import Role
 from schemas.market import Side
 from schemas.trading import CreateInstrument, PlaceOrder
-from tests.support.server import operator_client
+from tests.support.pg import PgServer
+from tests.support.server import ServerProcess, operator_client
+from tests.support.upstream import Upstream
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"  # far ahead: its window is open all along
 SYM2 = "llama-3.1-70b/2030-12-02T00Z/1h"  # closed (settled) by the conformance test
@@ -119,6 +128,9 @@ async def build_world(db_url: str, base_url: str, upstream_url: str | None = Non
         "inference_key": key["key_id"],
         "inference_secret": key["secret"],
     }
+    spare = await buyer.request("POST", "/v1/inference-keys", json={})
+    ids["spare_key"] = spare["key_id"]  # one to revoke
+    ids["upstream"] = upstream_url
     if upstream_url is not None:
         await provider.request(
             "POST", "/v1/endpoints",
@@ -137,6 +149,58 @@ def _order(coid: str, side: Side, quantity: int, price: int) -> PlaceOrder:
     return PlaceOrder(
         client_order_id=coid, instrument=SYM, side=side, quantity=quantity, price=price
     )
+
+
+# --------------------------------------------------------------------------- fixtures
+# Module-scoped: a test module imports them (one server and one world per module).
+
+
+@pytest.fixture(scope="module", name="upstream")
+def upstream_fixture() -> Iterator[Upstream]:
+    with Upstream(models=[MODEL]) as up:
+        yield up
+
+
+@pytest.fixture(scope="module", name="module_db")
+async def module_db_fixture(pg: PgServer, pg_template: str) -> AsyncIterator[str]:
+    async with pg.fresh_database(pg_template) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", name="module_server")
+def module_server_fixture(
+    module_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    proc = ServerProcess(
+        database_url=module_db,
+        data_dir=Path(tmp_path_factory.mktemp("conformance")),
+        env={
+            "TOKEX_RATE_LIMIT": "10000", "TOKEX_RATE_BURST": "10000",
+            "TOKEX_ENDPOINT_ALLOW_HOSTS": "127.0.0.1,localhost",
+        },
+    )  # fmt: skip
+    proc.start()
+    try:
+        yield proc.base_url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module", name="world")
+async def world_fixture(
+    module_db: str, module_server: str, upstream: Upstream
+) -> AsyncIterator[World]:
+    world = await build_world(module_db, module_server, upstream.base_url)
+    yield world
+    await world.aclose()
+
+
+@pytest.fixture(scope="module", name="doc")
+async def doc_fixture(world: World) -> dict[str, Any]:
+    response = await world["anonymous"].call("GET", "/schema/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.json()
+    return document
 
 
 # --------------------------------------------------------------------------- checking
