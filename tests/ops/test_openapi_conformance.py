@@ -194,6 +194,10 @@ def _headers(world: World, caller: Caller, key: str) -> dict[str, str]:
     return {}
 
 
+def test_every_route_of_the_error_table_has_a_request_here() -> None:
+    assert set(GOOD) == {*ROUTE_ERRORS, *OPENAI_ERRORS}
+
+
 @pytest.mark.parametrize("key", sorted({*ROUTE_ERRORS, *OPENAI_ERRORS}))
 async def test_the_route_answers_only_what_is_documented(
     key: str, world: World, doc: dict[str, Any]

@@ -3,9 +3,10 @@
 For every route, schemathesis generates requests from the document (valid ones and, in
 negative mode, ones that break it) and each is sent signed as the buyer, the provider
 and the operator (`Signer`, a requests auth: it signs the exact path with query and body
-bytes that are sent), to a server on a small real market (tests/support/api_world.py).
-Checks: no 5xx, every status, content type, header and body as documented. Bounded:
-`MAX_EXAMPLES` per route and mode (`TOKEX_SCHEMATHESIS_EXAMPLES` overrides it).
+bytes that are sent; the buyer also sends its inference key for /openai/v1), to a server
+on a small real market (tests/support/api_world.py). Checks: no 5xx, every status,
+content type, header and body as documented. Bounded: `MAX_EXAMPLES` per route and mode
+(`TOKEX_SCHEMATHESIS_EXAMPLES` overrides it).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def sessions(world: World) -> dict[str, requests.Session]:
         assert client.key_id is not None and client.private_key is not None
         session = requests.Session()
         session.auth = Signer(client.key_id, client.private_key)
+        if role == "buyer":  # /openai/v1 takes the buyer's inference key; /v1 ignores it
+            session.headers["Authorization"] = f"Bearer {world.ids['inference_secret']}"
         out[role] = session
     return out
 
