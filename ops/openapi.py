@@ -15,7 +15,8 @@ then replaces everything else, in one place, for every route:
   `X-Tokex-Timestamp`, `X-Tokex-Signature`, all three required together, with the
   signing rule) on every signed route, `security: []` on public ones, and bearer
   inference keys on `/openai/v1`.
-* examples: request bodies of the main commands (`REQUEST_EXAMPLES`).
+* examples: request bodies of the main commands (`REQUEST_EXAMPLES`); summaries in words
+  (the docstring's first sentence) where Litestar made one of the handler's name.
 * structs sent as JSON arrays (a book level `[price, quantity, orders]`) are documented
   as arrays (`ARRAY_LIKE`), not as the objects Litestar takes them for.
 
@@ -145,6 +146,15 @@ REQUEST_EXAMPLES: Final[dict[str, dict[str, Any]]] = {
     "CreateInferenceKey": {"token_budget": 100000},
 }
 
+#: Summaries of routes whose handler has neither a summary nor a docstring.
+SUMMARIES: Final = {
+    "GET /v1/instruments": "Every instrument",
+    "GET /v1/instruments/{symbol}": "One instrument",
+    "GET /v1/orders/{order_id}": "One of your orders, with its fills",
+    "DELETE /v1/orders/{order_id}": "Cancel one of your orders",
+    "GET /v1/fills": "Your fills, newest first",
+}
+
 _OPENAI_REQUEST: Final = {
     "type": "object",
     "required": ["model"],
@@ -271,6 +281,7 @@ def _finish_operation(
             "required": True,
             "content": {"application/json": {"schema": _OPENAI_REQUEST}},
         }
+    _summarize(key, operation)
     responses: dict[str, Any] = operation.get("responses", {})
     kept = {status: r for status, r in responses.items() if status.startswith("2")}
     if path.startswith("/v1/reports/"):
@@ -288,6 +299,22 @@ def _finish_operation(
         Auth.SIGNED: [SIGNED],
         Auth.BEARER: [{"InferenceKey": []}],
     }[auth]
+
+
+def _summarize(key: str, operation: dict[str, Any]) -> None:
+    """A summary in words where Litestar made one of the handler's name ("PlaceOrder"):
+    the first sentence of the handler's docstring, or `SUMMARIES`'."""
+    summary, description = operation.get("summary", ""), operation.get("description")
+    if " " in summary:
+        return
+    if key in SUMMARIES:
+        operation["summary"] = SUMMARIES[key]
+    elif description:
+        paragraph = " ".join(description.split("\n\n", 1)[0].split())
+        sentence = paragraph.split(". ", 1)[0].rstrip(".")
+        if len(sentence) > 80:  # the part before a colon says what the route does
+            sentence = sentence.split(": ", 1)[0]
+        operation["summary"] = sentence if len(sentence) <= 100 else sentence[:97] + "..."
 
 
 def _error_response(status: int, codes: list[str], ref: str, openai: bool) -> dict[str, Any]:
@@ -412,5 +439,6 @@ def openapi_config(version: str) -> OpenAPIConfig:
         title="tokex",
         version=version,
         path=SCHEMA_PATH,
+        use_handler_docstrings=True,  # a handler's docstring is its operation's description
         render_plugins=[DocsPage(), DocumentJson(path="/openapi.json")],
     )

@@ -164,3 +164,11 @@ def test_the_assets_and_their_licence_are_package_data() -> None:
     assert {"openapi_ui/LICENSE", "openapi_ui/swagger-ui-bundle.js"} <= set(files)
     for name in files:
         assert any(fnmatch(name, pattern) for pattern in patterns), name
+
+
+async def test_every_operation_is_summarised_in_words(doc: dict[str, Any]) -> None:
+    for key, op in operations(doc).items():
+        assert " " in op["summary"], (key, op["summary"])  # not "PlaceOrder"
+    place = operations(doc)["POST /v1/orders"]
+    assert place["summary"] == "Place an order"
+    assert "client_order_id" in place["description"]  # the handler's docstring
