@@ -42,6 +42,7 @@ from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 
 from market.auth import PUBLIC_OPT_KEY, PUBLIC_PATH_PREFIXES
+from market.gateway.errors import error_body
 from market.signing import HEADER_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP
 from ops.openapi_errors import (
     AUTH_401_CODES,
@@ -321,10 +322,7 @@ def _error_response(status: int, codes: list[str], ref: str, openai: bool) -> di
     examples = {}
     for code in codes:
         message = _MESSAGES.get(code, code.replace("_", " "))
-        if openai:
-            value: dict[str, Any] = {"error": {"message": message, "type": "", "code": code}}
-        else:
-            value = {"code": code, "message": message}
+        value = error_body(status, code, message) if openai else {"code": code, "message": message}
         examples[code] = {"value": value}
     listed = ", ".join(f"`{code}`" for code in codes)
     response: dict[str, Any] = {

@@ -21,18 +21,19 @@ from ops.app import create_app
 from ops.config import Settings
 from ops.openapi import ASSETS_DIR, ASSETS_PATH
 from ops.openapi_errors import OPENAI_ERRORS, ROUTE_ERRORS
+from tests.support.api_world import module_db_fixture  # noqa: F401 (a fixture)
 from tests.support.server import REPO_ROOT
 
 METHODS = ("get", "put", "post", "delete", "patch")
 
 
-@pytest.fixture
-async def client(db_url: str) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
-    async with AsyncTestClient(create_app(Settings(database_url=db_url))) as client:
+@pytest.fixture(scope="module")
+async def client(module_db: str) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    async with AsyncTestClient(create_app(Settings(database_url=module_db))) as client:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def doc(client: AsyncTestClient) -> dict[str, Any]:  # type: ignore[type-arg]
     response = await client.get("/schema/openapi.json")
     assert response.status_code == 200
