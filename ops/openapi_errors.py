@@ -189,7 +189,12 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
 
 #: `/openai/v1`, in OpenAI's error shape (`market.gateway.errors`): status -> codes.
 OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
-    "GET /openai/v1/models": ((401, "invalid_api_key"), (503, "exchange_unavailable")),
+    "GET /openai/v1/models": (
+        (400, "invalid_request"),
+        (401, "invalid_api_key"),
+        (503, "exchange_unavailable"),
+        (503, "database_unavailable"),
+    ),
     **dict.fromkeys(
         ("POST /openai/v1/chat/completions", "POST /openai/v1/completions"),
         (
@@ -204,6 +209,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
             (503, "no_healthy_endpoint"),
             (503, "endpoints_busy"),
             (503, "exchange_unavailable"),
+            (503, "database_unavailable"),
         ),
     ),
 }

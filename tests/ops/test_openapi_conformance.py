@@ -230,3 +230,21 @@ async def test_the_route_answers_only_what_is_documented(
     assert not problems, "\n".join(problems)
     if key not in NO_SUCCESS_HERE:
         assert any(200 <= s < 300 for s in statuses), f"{key}: no success in {sorted(statuses)}"
+
+
+async def test_answers_made_before_any_route_keep_the_shape_of_the_routes_path(
+    world: World, doc: dict[str, Any]
+) -> None:
+    """The middleware's refusals (a NUL in the query) answer /openai/v1 in OpenAI's shape
+    and every other path in tokex's, as the document says."""
+    openai = await world["buyer"].call(
+        "GET",
+        "/openai/v1/models?x=%00",
+        headers=_headers(world, world["buyer"], "GET /openai/v1/models"),
+    )
+    assert openai.status_code == 400
+    assert openai.json()["error"]["code"] == "invalid_request"
+    assert undocumented(doc, "GET /openai/v1/models", openai) == []
+    tokex = await world["buyer"].call("GET", "/v1/balances?x=%00")
+    assert tokex.status_code == 400 and tokex.json()["code"] == "invalid_request"
+    assert undocumented(doc, "GET /v1/balances", tokex) == []
