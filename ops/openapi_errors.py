@@ -137,7 +137,12 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     "GET /v1/balances": _SEQ,
     "GET /v1/entitlements": _SEQ,
     # orders
-    "POST /v1/orders": (*_TRADER, *specs(WrongSide), *_ORDER_REFUSALS, *_SEQ),
+    "POST /v1/orders": (
+        *_TRADER,
+        *specs(WrongSide, IdempotencyConflict),
+        *_ORDER_REFUSALS,
+        *_SEQ,
+    ),
     "POST /v1/orders/batch": (*_TRADER, *_SEQ),
     "GET /v1/orders": (),
     "GET /v1/orders/{order_id}": specs(UnknownOrder),

@@ -162,6 +162,19 @@ GOOD: dict[str, Callable[[World], Request]] = {
     ),
 }
 
+#: More requests of a route, after the good ones: a retry under the same id with another
+#: body (409 idempotency_conflict where the route is idempotent per id).
+MORE: dict[str, Callable[[World], list[Request]]] = {
+    "POST /v1/orders": lambda w: [
+        ("/v1/orders", None, {**_buy("same-id"), "price": 20}),
+        ("/v1/orders", None, {**_buy("same-id"), "price": 25}),
+    ],
+    "POST /v1/deposits": lambda w: [
+        ("/v1/deposits", None, {"deposit_id": "same", "account_id": w.ids["buyer"], "amount": n})
+        for n in (1, 2)
+    ],
+}
+
 #: Routes whose success needs more than this world has: an entitlement in a window that is
 #: open now (SYM's is in 2030). They answer documented refusals here.
 NO_SUCCESS_HERE = {"POST /openai/v1/chat/completions", "POST /openai/v1/completions"}
@@ -221,6 +234,8 @@ async def test_the_route_answers_only_what_is_documented(
         fresh_path, fresh_params, fresh_body = GOOD[key](world)  # new ids for each caller
         await send(world[role], fresh_path, fresh_params, fresh_body)
     for role in ("buyer", "provider", "operator"):
+        for more_path, more_params, more_body in MORE.get(key, lambda w: [])(world):
+            await send(world[role], more_path, more_params, more_body)
         if body is not None:
             await send(world[role], path, params, b'{"quantity": "12"')  # does not decode
             await send(world[role], path, params, {"unknown_field": 1})
