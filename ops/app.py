@@ -32,7 +32,6 @@ import msgspec
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
 from ledger.api import ledger_router
@@ -57,6 +56,7 @@ from ops.errors import exception_handlers
 from ops.metrics import metrics
 from ops.middleware import DatabaseGate, RefuseNulBytes
 from ops.observe import observe
+from ops.openapi import openapi_config
 from ops.ready import ready
 from ops.supervisor import DatabaseState
 from ops.wire import StrictRequest, strict_query
@@ -188,7 +188,7 @@ def create_app(
         request_class=StrictRequest,
         before_request=strict_query,
         lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
-        openapi_config=OpenAPIConfig(title="tokex", version=_version(), path="/schema"),
+        openapi_config=openapi_config(_version()),  # ops.openapi: errors, security, docs page
         request_max_body_size=MAX_BODY_BYTES,
         # the market data hub exists before any lifespan, so the sequencer's can feed it
         state=State({"settings": settings, "market_data": MarketData()}),

@@ -14,6 +14,9 @@
   `database_unavailable` with `Retry-After`; the database supervisor (if the
   exchange runs here) is told, so it probes at once.
 * Every 503 carries `Retry-After` (1 s unless the error says otherwise).
+* Under `/openai/v1` the gateway's own handlers (`market.gateway.errors`) answer in
+  OpenAI's shape; so do the answers made here for those paths before a route runs
+  (`error_bytes`: the middleware's 400 and 503) and a database out of reach.
 * Anything else: 500 `internal_error` with a generic message; the traceback
   goes to the log, never to the client.
 """
@@ -31,6 +34,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
+from market.gateway.errors import error_body as openai_error_body
 from market.sequencer.errors import ExchangeBusy
 from ops.wire import query_alias
 from schemas.errors import DomainError, ErrorKind
@@ -63,6 +67,7 @@ CODE_OF_STATUS: dict[int, str] = {
 }
 
 INTERNAL_MESSAGE = "internal error; it has been logged"
+OPENAI_PREFIX = "/openai/v1"  # the gateway's routes answer in OpenAI's error shape
 RETRY_AFTER_S = 1
 
 #: Exceptions that mean the database cannot be reached now, not that a request is wrong.
@@ -104,6 +109,15 @@ def error_response(
         headers=headers,
         media_type="application/json",
     )
+
+
+def error_bytes(path: str, status: int, code: str, message: str) -> bytes:
+    """An error body for a response made before any route runs (ASGI middleware, the
+    database being out of reach): OpenAI's shape under `/openai/v1` (its clients parse
+    that), `{"code", "message"}` everywhere else."""
+    if path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):
+        return msgspec.json.encode(openai_error_body(status, code, message))
+    return msgspec.json.encode(ErrorBody(code=code, message=message))
 
 
 def status_of(error: DomainError) -> int:
@@ -176,7 +190,7 @@ def database_unavailable(retry_after_s: int = RETRY_AFTER_S) -> Response[ErrorBo
     )
 
 
-def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.warning(
         "%s %s -> 503: database unreachable: %s: %s",
         request.method,
@@ -187,6 +201,12 @@ def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[
     supervisor = request.app.state.get("database_supervisor")
     if supervisor is not None:
         supervisor.report_failure()
+    if request.url.path.startswith(OPENAI_PREFIX + "/"):  # the gateway's clients: its shape
+        return Response(
+            openai_error_body(503, DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return database_unavailable()
 
 

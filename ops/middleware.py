@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
@@ -15,11 +14,9 @@ from litestar.types import (
     WebSocketCloseEvent,
 )
 
-from ops.errors import DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE, ErrorBody
+from ops.errors import DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE, error_bytes
 
-_BODY = ErrorBody(
-    code="invalid_request", message="NUL characters are not allowed in paths or queries"
-)
+_NUL_MESSAGE = "NUL characters are not allowed in paths or queries"
 
 
 class RefuseNulBytes:
@@ -38,7 +35,7 @@ class RefuseNulBytes:
             "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"")
         ):
             if scope["type"] == ScopeType.HTTP:
-                body = msgspec.json.encode(_BODY)
+                body = error_bytes(scope["path"], 400, "invalid_request", _NUL_MESSAGE)
                 start: HTTPResponseStartEvent = {
                     "type": "http.response.start",
                     "status": 400,
@@ -86,8 +83,8 @@ class DatabaseGate:
             and not scope.get("path", "").startswith(GATE_EXEMPT_PREFIXES)
         ):
             if scope["type"] == ScopeType.HTTP:
-                body = msgspec.json.encode(
-                    ErrorBody(code=DATABASE_UNAVAILABLE_CODE, message=DATABASE_UNAVAILABLE_MESSAGE)
+                body = error_bytes(
+                    scope["path"], 503, DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE
                 )
                 start: HTTPResponseStartEvent = {
                     "type": "http.response.start",
