@@ -53,6 +53,7 @@ class Batch:
     time_ms: int
     currency: str
     prior: Prior
+    max_open_orders: int
     journal: list[tuple[int, int, bytes]] = field(default_factory=list)
     instruments: list[tuple[Any, ...]] = field(default_factory=list)
     orders: dict[int, OrderRow] = field(default_factory=dict)
@@ -64,6 +65,8 @@ class Batch:
     deliveries: dict[Key, DeliveryRow] = field(default_factory=dict)
     settlements: list[SettlementView] = field(default_factory=list)
     withdrawals: dict[Key, WithdrawalRow] = field(default_factory=dict)
+    #: Orders placed in this batch that rest, by account (on top of `market.open_count`).
+    opened: dict[str, int] = field(default_factory=dict)
 
     def record(self, entry: JournalEntry) -> None:
         """Journal an entry (engine command or listing) under the next sequence number."""

@@ -5,7 +5,8 @@ has it; `Batch.order_view` answers from it once the whole batch is staged.
 The pre-trade check asks the ledger batch's in-memory balances whether the hold an
 order needs is available now; what the engine then says is turned into ledger
 transactions by `settle.apply_events`. Refusals before the engine (unknown or settled
-instrument, closed book, insufficient funds) are rejected orders, not journaled.
+instrument, closed book, too many open orders, insufficient funds) are rejected orders,
+not journaled.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from schemas.market import (
     OrderType,
     RejectReason,
     Side,
+    TimeInForce,
 )
 from schemas.market import AmendOrder as EngineAmend
 from schemas.market import CancelOrder as EngineCancel
@@ -66,7 +68,16 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
         client_order_id=req.client_order_id,
     )  # fmt: skip
     apply_events(batch, batch.run_engine(command), placed=row)
+    if row.status == "open":
+        batch.opened[account_id] = batch.opened.get(account_id, 0) + 1
     return row
+
+
+TOO_MANY_OPEN_ORDERS = "too_many_open_orders"
+
+
+def _may_rest(req: PlaceOrder) -> bool:
+    return (req.tif or default_tif(req.order_type)) in (TimeInForce.GTC, TimeInForce.GTD)
 
 
 def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | None:
@@ -78,6 +89,12 @@ def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | None:
         return InstrumentSettled.code
     if state.trading_closed:  # before funds: the clearer reason
         return RejectReason.INSTRUMENT_CLOSED
+    market = batch.market
+    if _may_rest(req) and (
+        market.open_count.get(account_id, 0) + batch.opened.get(account_id, 0)
+        >= batch.max_open_orders
+    ):
+        return TOO_MANY_OPEN_ORDERS
     instrument = state.instrument
     if req.price is not None:
         price = req.price
