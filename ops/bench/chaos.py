@@ -160,8 +160,11 @@ async def cycle(c: Campaign, n: int) -> None:
     size = c.checkpoints[-1][0] if c.checkpoints else 0
     c.rows.append(Row(n, fault, load_s, down_s, c.history.commands - acked_before,
                       c.retried, size, len(found)))  # fmt: skip
+    row = c.rows[-1]
+    print(f"cycle {n} {fault}: down {down_s:.1f} s, acked {row.acked}, retried {row.retried}, "
+          f"violations {len(found)}", file=sys.stderr, flush=True)  # fmt: skip
     for v in found[:5]:
-        print(f"  cycle {n}: {v}", file=sys.stderr)
+        print(f"  cycle {n}: {v}", file=sys.stderr, flush=True)
 
 
 async def _wait_postgres_back(proc: ExchangeProcess, killed: int | None) -> None:
