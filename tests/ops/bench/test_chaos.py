@@ -5,9 +5,13 @@ and of PostgreSQL under load finds nothing."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from ledger.merkle import MemoryNodeStore
+from market.client import TokexApiError
 from ops.bench.chaos import campaign
 from ops.bench.chaos_check import (
     History,
@@ -18,6 +22,7 @@ from ops.bench.chaos_check import (
     check_consistency,
     check_retry,
 )
+from ops.bench.chaos_load import Retries, send
 
 
 def _sound() -> tuple[History, Observed]:
@@ -59,7 +64,7 @@ def test_the_checker_flags_a_lost_acknowledged_order() -> None:
 
 
 def test_the_checker_flags_changed_outcomes() -> None:
-    cases = {
+    cases: dict[str, Callable[[Observed], object]] = {
         "fill lost": lambda o: o.orders.update(
             {("b1", "o-1"): ObservedOrder(7, "cancelled", 100, 5000, 1000, None)}
         ),
@@ -115,3 +120,29 @@ async def test_a_short_campaign_of_kill_9s_under_load_finds_nothing(pg_data_dir:
     assert c.history.orders and c.history.deposits and c.history.withdrawals
     assert sum(r.retried for r in c.rows) >= 100
     assert len(c.checkpoints) == 4 and c.checkpoints[-1][0] > c.checkpoints[0][0]
+
+
+async def test_a_command_is_sent_until_it_gets_an_answer_and_a_500_is_a_violation() -> None:
+    answers: list[Exception | tuple[str, int]] = [
+        httpx.ConnectError("down"),
+        TokexApiError(503, "database_unavailable", "later", retry_after=1.0),
+        TokexApiError(500, "internal_error", "oops"),
+        TokexApiError(503, "exchange_busy", "no Retry-After"),
+        ("deposit", 7),
+    ]
+
+    async def call() -> tuple[str, int]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    retries = Retries()
+    assert await send(call, retries, "deposit d-1") == ("deposit", 7)
+    assert retries.doubts == 4
+    assert [b.split(":")[1].split()[0] for b in retries.bad_answers] == ["500", "503"]
+
+    async def refused() -> tuple[str, int]:
+        raise TokexApiError(422, "insufficient_funds", "no")
+
+    assert await send(refused, retries, "w-1") == ("refused", 422, "insufficient_funds")
