@@ -159,10 +159,10 @@ async def calibrate(traders: list[Trader], seconds: float) -> float:
             try:
                 await t.place(crossing=t.rng.random() < 0.2)
                 counts[i] += 1
+                if len(t.open) > KEEP_OPEN:
+                    await t.client.cancel_order(t.open.pop(0))
             except TokexApiError:
-                pass
-            if len(t.open) > KEEP_OPEN:
-                await t.client.cancel_order(t.open.pop(0))
+                pass  # refused, or the order to cancel filled meanwhile
 
     await asyncio.gather(*(run(i, t) for i, t in enumerate(traders)))
     return sum(counts) / seconds
