@@ -55,6 +55,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "rate_burst": "TOKEX_RATE_BURST",
     "queue_max": "TOKEX_QUEUE_MAX",
     "currency_scale": "TOKEX_CURRENCY_SCALE",
+    "max_open_orders": "TOKEX_MAX_OPEN_ORDERS",
     "endpoint_allow_hosts": "TOKEX_ENDPOINT_ALLOW_HOSTS",
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
@@ -96,6 +97,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Ops the sequencer's queue holds at most (beyond: 503 `exchange_busy` with
     #: Retry-After); None: the sequencer's default, `market.sequencer.QUEUE_MAX`.
     queue_max: int | None = None
+    #: Open (resting) orders one account may have at most; a limit order that could rest
+    #: beyond it is refused 422 `too_many_open_orders` (`market.sequencer.orders`).
+    max_open_orders: Annotated[int, msgspec.Meta(ge=1)] = 5_000
     #: The books are snapshotted every this many journal entries, or after this many
     #: seconds if the journal moved (`market.snapshot_writer`): a restart replays at most
     #: about that much of the journal.

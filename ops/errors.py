@@ -75,6 +75,9 @@ RETRY_AFTER_S = 1
 DATABASE_DOWN: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.InterfaceError,
+    # "cannot switch to state N; another operation (M) is in progress": a pooled
+    # connection a lost database left mid-query, failing again when it is released.
+    asyncpg_base.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,

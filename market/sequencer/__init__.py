@@ -16,7 +16,7 @@ A package by stage (see `core` for the path of one batch):
 - `errors`: what the sequencer refuses.
 """
 
-from market.sequencer.core import QUEUE_MAX, Sequencer, SequencerState, dispatch
+from market.sequencer.core import MAX_OPEN_ORDERS, QUEUE_MAX, Sequencer, SequencerState, dispatch
 from market.sequencer.errors import (
     EntitlementExceeded,
     ExchangeBusy,
@@ -59,6 +59,7 @@ from market.snapshot_writer import wall_clock_ms
 
 __all__ = [
     "MAX_LISTED_CAPACITY",
+    "MAX_OPEN_ORDERS",
     "QUEUE_MAX",
     "AmendOp",
     "AnyOp",

@@ -58,6 +58,7 @@ class Batch:
     time_ms: int
     currency: str
     prior: Prior
+    max_open_orders: int
     journal: list[tuple[int, int, bytes]] = field(default_factory=list)
     instruments: list[tuple[Any, ...]] = field(default_factory=list)
     orders: dict[int, OrderRow] = field(default_factory=dict)
@@ -80,6 +81,9 @@ class Batch:
     def report(self, key: Key) -> ReportRow | None:
         """A report as this batch leaves it so far (or as the database had it)."""
         return self.reports.get(key) or self.prior.reports.get(key)
+
+    #: Orders placed in this batch that rest, by account (on top of `market.open_count`).
+    opened: dict[str, int] = field(default_factory=dict)
 
     def record(self, entry: JournalEntry) -> None:
         """Journal an entry (engine command or listing) under the next sequence number."""

@@ -107,6 +107,9 @@ Clock = Callable[[], int]
 
 #: Ops the queue holds at most (a batch takes up to `max_batch` of them at a time).
 QUEUE_MAX = 10_000
+#: Open orders one account may have at most (`orders.place` refuses more with
+#: `too_many_open_orders`): with the number of accounts, it bounds the books' memory.
+MAX_OPEN_ORDERS = 5_000
 #: How long the clock task sleeps between looks at what has come due (s).
 TICK_S = 0.25
 
@@ -243,6 +246,7 @@ class Sequencer:
         max_batch: int,
         queue_max: int,
         snapshots: SnapshotPolicy | None = None,
+        max_open_orders: int = MAX_OPEN_ORDERS,
     ) -> None:
         if queue_max < 1:
             raise ValueError("the sequencer's queue must hold at least one op")
@@ -257,6 +261,7 @@ class Sequencer:
         self._publish = publish
         self._clock = clock
         self._max_batch = max_batch
+        self.max_open_orders = max_open_orders
         #: The market's memory; replaced whole by every rebuild.
         self.market = MarketState(engine=SettlingEngine())
         self._last_time_ms = 0
@@ -289,6 +294,7 @@ class Sequencer:
         max_batch: int = 500,
         queue_max: int = QUEUE_MAX,
         snapshots: SnapshotPolicy | None = None,
+        max_open_orders: int = MAX_OPEN_ORDERS,
     ) -> Sequencer:
         """Become the exchange's writer: open the ledger, rebuild the books, start.
 
@@ -303,6 +309,7 @@ class Sequencer:
         sequencer = cls(
             dsn, ledger, conn, currency=currency, publish=publish, clock=clock,
             max_batch=max_batch, queue_max=queue_max, snapshots=snapshots,
+            max_open_orders=max_open_orders,
         )  # fmt: skip
         try:
             await sequencer._rebuild()
@@ -574,7 +581,7 @@ class Sequencer:
         async with self.ledger.batch(ids) as lb:
             batch = Batch(
                 market=self.market, ledger=lb, time_ms=now_ms, currency=self.currency,
-                prior=prior,
+                prior=prior, max_open_orders=self.max_open_orders,
             )  # fmt: skip
             orders.expire_due(batch)
             deadman.due(batch)

@@ -5,7 +5,8 @@ has it; `Batch.order_view` answers from it once the whole batch is staged.
 The pre-trade check asks the ledger batch's in-memory balances whether the hold an
 order needs is available now; what the engine then says is turned into ledger
 transactions by `settle.apply_events`. Refusals before the engine (unknown or settled
-instrument, closed book, insufficient funds) are rejected orders, not journaled.
+instrument, closed book, too many open orders, insufficient funds) are rejected orders,
+not journaled.
 """
 
 from __future__ import annotations
@@ -84,7 +85,16 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
         # What the book could not give a market buy is its IOC remainder, as before.
         row.cancelled_quantity += req.quantity - quantity
         row.status = "cancelled"
+    if row.status == "open":
+        batch.opened[account_id] = batch.opened.get(account_id, 0) + 1
     return row
+
+
+TOO_MANY_OPEN_ORDERS = "too_many_open_orders"
+
+
+def _may_rest(req: PlaceOrder) -> bool:
+    return (req.tif or default_tif(req.order_type)) in (TimeInForce.GTC, TimeInForce.GTD)
 
 
 def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | BuyPlan | None:
@@ -100,6 +110,12 @@ def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | BuyPlan | 
     market_buy = req.order_type is OrderType.MARKET and req.side is Side.BUY
     if req.max_notional is not None and not market_buy:
         return MAX_NOTIONAL_NOT_ALLOWED
+    market = batch.market
+    if _may_rest(req) and (
+        market.open_count.get(account_id, 0) + batch.opened.get(account_id, 0)
+        >= batch.max_open_orders
+    ):
+        return TOO_MANY_OPEN_ORDERS
     instrument = state.instrument
     lot = instrument.lot_size
     if market_buy and req.quantity > 0 and not req.quantity % lot:

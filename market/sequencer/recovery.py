@@ -12,6 +12,7 @@ live state and the journal since the snapshot, not by all of history.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import asyncpg
@@ -55,6 +56,7 @@ async def recover(
         engine=engine,
         live={o.order_id: o for o in live},
         gtd={o.order_id: o.expire_at for o in live if o.expire_at is not None},
+        open_count=dict(Counter(o.account_id for o in live)),
         next_order_id=order_id,
         next_journal_seq=books.journal_seq,
         cancel_after=switches,

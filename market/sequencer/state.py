@@ -111,6 +111,7 @@ class MarketState:
     gtd: dict[int, int] = field(default_factory=dict)  # open GTD order id -> expire_at
     #: Armed dead-man switches: account -> deadline (ms) (`sequencer.deadman`).
     cancel_after: dict[str, int] = field(default_factory=dict)
+    open_count: dict[str, int] = field(default_factory=dict)  # account -> its open orders
     next_order_id: int = 1
     next_journal_seq: int = 0
 
@@ -150,11 +151,18 @@ class MarketState:
 
     def committed(self, orders: Iterable[OrderRow]) -> None:
         """A batch's orders are durable: keep the open ones, forget the others."""
+        counts = self.open_count
         for row in orders:
+            account = row.account_id
             if row.status == "open":
+                if row.order_id not in self.live:
+                    counts[account] = counts.get(account, 0) + 1
                 self.live[row.order_id] = row
                 if row.expire_at is not None:
                     self.gtd[row.order_id] = row.expire_at
             else:
-                self.live.pop(row.order_id, None)
+                if self.live.pop(row.order_id, None) is not None:
+                    counts[account] -= 1
+                    if not counts[account]:
+                        del counts[account]
                 self.gtd.pop(row.order_id, None)

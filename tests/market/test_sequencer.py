@@ -643,3 +643,37 @@ async def test_a_closed_sequencer_says_so_and_refuses_at_once(db_url: str) -> No
         await s.submit(DepositOp(Deposit(deposit_id="late", account_id="b1", amount=1)))
     (refused,) = await s.submit_all([PlaceOp("b1", order("late", Side.BUY, 1_000, 5_000))])
     assert isinstance(refused, Failed) and refused.error.code == "sequencer_stopped"
+
+
+async def test_an_account_may_have_at_most_max_open_orders(db_url: str) -> None:
+    """Resting orders beyond the cap are refused (`too_many_open_orders`, pinned to their
+    client order id), in one batch and across batches and a restart; an IOC order, another
+    account and a freed slot are not held back."""
+    clock = Clock()
+    s = await Sequencer.open(db_url, clock=clock, max_open_orders=3)
+    try:
+        await setup_market(s)
+        outcomes = await s.submit_all(
+            [PlaceOp("b1", order(f"r{i}", Side.BUY, LOT, 100)) for i in range(4)]
+        )
+        views = [o.value for o in outcomes if isinstance(o, Done)]
+        assert [v.status for v in views] == ["open", "open", "open", "rejected"]
+        assert views[3].reject_reason == "too_many_open_orders"
+        assert (await place(s, "b1", order("r4", Side.BUY, LOT, 100))).status == "rejected"
+        ioc = await place(s, "b1", order("ioc", Side.BUY, LOT, 100, tif=TimeInForce.IOC))
+        assert ioc.reject_reason is None  # cancelled unfilled, but not refused
+        assert (await place(s, "b2", order("other", Side.BUY, LOT, 100))).status == "open"
+        await s.submit(CancelOp("b1", views[0].order_id))
+        assert (await place(s, "b1", order("r5", Side.BUY, LOT, 100))).status == "open"
+    finally:
+        await s.close()
+    s = await Sequencer.open(db_url, clock=clock, max_open_orders=3)  # counts recovered
+    try:
+        assert (await place(s, "b1", order("r6", Side.BUY, LOT, 100))).status == "rejected"
+        retry = await place(s, "b1", order("r3", Side.BUY, LOT, 100))
+        assert retry.reject_reason == "too_many_open_orders"  # a refusal stays one
+        fill = await place(s, "p1", order("sell", Side.SELL, LOT, 100))
+        assert fill.filled_quantity == LOT  # one of b1's orders filled: a slot is free
+        assert (await place(s, "b1", order("r7", Side.BUY, LOT, 100))).status == "open"
+    finally:
+        await s.close()

@@ -48,13 +48,24 @@ async def boom() -> None:
     raise RuntimeError("secret internal detail: password=hunter2")
 
 
+@get("/test/left-mid-query")
+async def left_mid_query() -> None:
+    # What asyncpg raises releasing a pooled connection a killed PostgreSQL left mid-query
+    # (seen by the chaos campaign, ops/bench/chaos.py, as a 500 on POST /v1/deposits).
+    raise asyncpg.exceptions._base.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+
+
 @post("/test/orders")
 async def place(data: JSONBody[Order]) -> Order:
     return data
 
 
 # Public (no signed request needed): these tests are about the app, not authentication.
-TEST_ROUTES = [Router("/", route_handlers=[raise_domain, raise_funds, boom, place], opt=PUBLIC)]
+TEST_ROUTES = [
+    Router("/", route_handlers=[raise_domain, raise_funds, boom, left_mid_query, place], opt=PUBLIC)
+]
 
 
 @pytest.fixture
@@ -132,6 +143,15 @@ async def test_unexpected_exception_is_500_without_details(
     assert body["code"] == "internal_error"
     assert "hunter2" not in response.text and "RuntimeError" not in response.text
     assert any("hunter2" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+async def test_a_connection_left_mid_query_by_a_lost_database_is_503_not_500(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+) -> None:
+    response = await client.get("/test/left-mid-query")
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+    assert response.headers["retry-after"]
 
 
 async def test_unknown_route_is_404_json(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
