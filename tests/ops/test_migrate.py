@@ -182,6 +182,8 @@ RECORDED = [
     (6, "market_snapshots", "market/migrations"),
     (7, "open_holds", "ledger/migrations"),
     (8, "gateway", "market/migrations"),
+    (9, "retired_accounts", "ledger/migrations"),
+    (10, "retire_settled_accounts", "market/migrations"),
 ]
 
 
