@@ -64,6 +64,19 @@ class DuplicateHold(TransactionRejected):
     kind = ErrorKind.CONFLICT
 
 
+class AccountRetired(TransactionRejected):
+    """The account was retired (closed at zero for good, e.g. an escrow of a settled
+    instrument): nothing may be posted to it or held on it again."""
+
+    code = "account_retired"
+
+
+class AccountNotEmpty(TransactionRejected):
+    """An account can be retired only at zero, available and held."""
+
+    code = "account_not_empty"
+
+
 class IdempotencyConflict(DomainError):
     """The transaction id was used before with a different body."""
 

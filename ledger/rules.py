@@ -9,7 +9,12 @@ hold, and applies one `Transaction` at a time, whole or not at all:
    postings of the same transaction saying where the value goes);
 3. the entries must sum to zero per asset;
 4. no user account may end below zero on either bucket (system accounts, see
-   `ledger.accounts`, may), and no balance may leave the bigint range.
+   `ledger.accounts`, may), and no balance may leave the bigint range;
+5. nothing is posted to or held on a retired account.
+
+An account at zero (available and held) can be retired (`retire`): it leaves memory
+and is never opened again (the market retires the escrow, entitlement and token
+accounts of an instrument when it settles, so recovery does not load them).
 
 Only when every check passes is anything changed. There is no clock and no
 I/O here: the store (`ledger.store`) loads this state from PostgreSQL and
@@ -23,6 +28,8 @@ from collections.abc import Iterable
 
 from ledger.accounts import MAX_AMOUNT, may_go_negative, valid_account
 from ledger.errors import (
+    AccountNotEmpty,
+    AccountRetired,
     DuplicateHold,
     HoldClosed,
     HoldExceeded,
@@ -66,12 +73,17 @@ def _amount(value: object, what: str) -> int:
 class LedgerState:
     """Balances and holds in memory, changed only through `apply`."""
 
-    __slots__ = ("_checked_accounts", "balances", "closed_holds", "holds", "next_index")
+    __slots__ = (
+        "_checked_accounts", "balances", "closed_holds", "holds", "next_index", "retired"
+    )  # fmt: skip
 
     def __init__(self, next_index: int = 0) -> None:
         self.balances: dict[Account, list[int]] = {}  # account -> [available, held]
         self.holds: dict[str, Hold] = {}  # open holds (remaining > 0)
         self.closed_holds: set[str] = set()  # ids of holds fully posted or voided
+        #: Accounts retired since this state was loaded (those retired before are not
+        #: loaded at all: the database refuses to open one again, see `ledger.store`).
+        self.retired: set[Account] = set()
         self.next_index = next_index
         self._checked_accounts: set[Account] = set()
 
@@ -274,7 +286,31 @@ class LedgerState:
     def _check_account(self, account: Account) -> None:
         if not valid_account(account):
             raise InvalidTransaction(f"malformed account {account!r}")
+        if account in self.retired:
+            raise AccountRetired(f"{account} is retired")
         self._checked_accounts.add(account)
+
+    # -- retirement --------------------------------------------------------------
+
+    def retire(self, accounts: Iterable[Account]) -> list[Account]:
+        """Retire every account of `accounts` that is open, whole or not at all: each
+        must be at zero, available and held (so no open hold is on it), else
+        `AccountNotEmpty` and nothing changes. Retired accounts leave `balances`, and a
+        later posting or hold on one is refused (`AccountRetired`). Returns the accounts
+        retired now, in order (unknown and already retired ones are skipped)."""
+        balances = self.balances
+        found = [a for a in dict.fromkeys(accounts) if a in balances]
+        for account in found:
+            available, held = balances[account]
+            if available or held:
+                raise AccountNotEmpty(
+                    f"{account} holds {available} available and {held} held: not retired"
+                )
+        for account in found:
+            del balances[account]
+            self._checked_accounts.discard(account)
+            self.retired.add(account)
+        return found
 
     @staticmethod
     def _check_hold_id(hold_id: object) -> None:

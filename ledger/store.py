@@ -34,28 +34,41 @@ WRITER_LOCK_KEY = 0x746F6B6578_01  # "tokex" 01
 
 @dataclass(slots=True)
 class AccountIds:
-    """The numeric id of every account, assigned in order of first use."""
+    """The numeric id of every open account, assigned in order of first use.
+
+    Retired accounts are not here (they are not loaded), but their ids are never given
+    again: a new account gets `next_id`, one more than the largest id ever assigned."""
 
     ids: dict[Account, int] = field(default_factory=dict)
     by_id: dict[int, Account] = field(default_factory=dict)
+    next_id: int = 1
 
     def get_or_assign(self, account: Account, new: list[tuple[int, Account]]) -> int:
         account_id = self.ids.get(account)
         if account_id is None:
-            account_id = len(self.ids) + 1
+            account_id = self.next_id
+            self.next_id = account_id + 1
             self.ids[account] = account_id
             self.by_id[account_id] = account
             new.append((account_id, account))
         return account_id
 
+    def forget(self, account: Account) -> int:
+        """Drop a retired account; its id, which is not given again."""
+        account_id = self.ids.pop(account)
+        del self.by_id[account_id]
+        return account_id
+
 
 @dataclass(slots=True)
 class Dirty:
-    """Accounts and holds changed since the last snapshot, and how many transactions."""
+    """Accounts and holds changed since the last snapshot, and how many transactions;
+    the ids of the accounts retired since (their balance rows go)."""
 
     accounts: set[Account] = field(default_factory=set)
     holds: set[str] = field(default_factory=set)
     transactions: int = 0
+    retired: list[int] = field(default_factory=list)
 
     def add(self, committed: CommittedTransaction) -> None:
         self.transactions += 1
@@ -92,6 +105,8 @@ class BatchWrite:
     committed: list[tuple[CommittedTransaction, bytes, bytes]] = field(default_factory=list)
     """(transaction, request digest, canonical bytes) in index order."""
     rejections: list[Rejection] = field(default_factory=list)
+    retired: list[tuple[Account, int]] = field(default_factory=list)
+    """(account, the ledger's next index when it was retired), in order."""
 
 
 async def load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds, Dirty]:
@@ -113,15 +128,48 @@ async def load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds,
 
 
 async def _load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds, Dirty]:
-    ids = AccountIds()
-    for row in await conn.fetch("SELECT id, owner, asset, kind FROM ledger_accounts ORDER BY id"):
+    snapshot_index = await conn.fetchval("SELECT next_index FROM ledger_snapshot") or 0
+    last_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM ledger_accounts")
+    ids = AccountIds(next_id=last_id + 1)
+    # The accounts retired by the snapshot's index are not loaded at all (after a long
+    # history, most accounts ever opened: an escrow and an entitlement per buyer,
+    # provider and settled instrument): at zero as of that index, and no transaction
+    # after it touches them. Those retired later are, for the replay.
+    for row in await conn.fetch(
+        """SELECT id, owner, asset, kind FROM ledger_accounts a
+            WHERE NOT EXISTS (SELECT 1 FROM ledger_retired_accounts r
+                               WHERE r.account_id = a.id AND r.retired_idx <= $1)""",
+        snapshot_index,
+    ):
         account = Account(row["owner"], row["asset"], row["kind"])
         ids.ids[account] = row["id"]
         ids.by_id[row["id"]] = account
-    snapshot_index = await conn.fetchval("SELECT next_index FROM ledger_snapshot") or 0
     state = LedgerState(next_index=snapshot_index)
-    for row in await conn.fetch("SELECT account_id, available, held FROM ledger_balances"):
+    for row in await conn.fetch(
+        """SELECT account_id, available, held FROM ledger_balances b
+            WHERE NOT EXISTS (SELECT 1 FROM ledger_retired_accounts r
+                               WHERE r.account_id = b.account_id AND r.retired_idx <= $1)""",
+        snapshot_index,
+    ):
         state.balances[ids.by_id[row["account_id"]]] = [row["available"], row["held"]]
+    await _load_open_holds(conn, state, ids)
+    dirty = Dirty()
+    cursor = conn.cursor(
+        "SELECT body FROM ledger_transactions WHERE idx >= $1 ORDER BY idx", snapshot_index
+    )
+    async for row in cursor:
+        committed = decode_transaction(row["body"])
+        if committed.index != state.next_index:
+            raise LedgerCorrupt(
+                f"journal has transaction {committed.index} where {state.next_index} belongs"
+            )
+        replay_into(state, committed)
+        dirty.add(committed)
+    await _retire_replayed(conn, state, ids, dirty, snapshot_index)
+    return state, ids, dirty
+
+
+async def _load_open_holds(conn: asyncpg.Connection, state: LedgerState, ids: AccountIds) -> None:
     # Open holds only (a partial index finds them): the holds closed before the snapshot
     # are most holds ever made, and loading them made start-up grow with all of history.
     # `closed_holds` then knows the holds closed since; an id closed before is refused by
@@ -145,19 +193,26 @@ async def _load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds
             expires_at=row["expires_at"],
             created_index=row["created_idx"],
         )
-    dirty = Dirty()
-    cursor = conn.cursor(
-        "SELECT body FROM ledger_transactions WHERE idx >= $1 ORDER BY idx", snapshot_index
-    )
-    async for row in cursor:
-        committed = decode_transaction(row["body"])
-        if committed.index != state.next_index:
-            raise LedgerCorrupt(
-                f"journal has transaction {committed.index} where {state.next_index} belongs"
-            )
-        replay_into(state, committed)
-        dirty.add(committed)
-    return state, ids, dirty
+
+
+async def _retire_replayed(
+    conn: asyncpg.Connection, state: LedgerState, ids: AccountIds, dirty: Dirty, since: int
+) -> None:
+    """The accounts retired after the snapshot's index (`since`), now that the journal
+    is replayed: each must be at zero; it leaves memory as it did when it was retired."""
+    for row in await conn.fetch(
+        "SELECT account_id FROM ledger_retired_accounts WHERE retired_idx > $1 ORDER BY 1",
+        since,
+    ):
+        account = ids.by_id.get(row["account_id"])
+        if account is None:
+            raise LedgerCorrupt(f"retired account {row['account_id']} is not in ledger_accounts")
+        balance = state.balances.pop(account, None)
+        if balance is not None and (balance[0] or balance[1]):
+            raise LedgerCorrupt(f"retired account {account} holds {balance} after the replay")
+        dirty.accounts.discard(account)
+        dirty.retired.append(ids.forget(account))
+        state.retired.add(account)
 
 
 #: Session settings of the writer's connections. Its statements are prepared once and run
@@ -212,8 +267,9 @@ async def prior_outcomes(
     return found
 
 
-def stage_batch(rows: BatchRows, batch: BatchWrite, ids: AccountIds) -> None:
-    """Stage a batch's rows for the append-only tables (new accounts get their ids)."""
+def stage_batch(rows: BatchRows, batch: BatchWrite, ids: AccountIds) -> list[int]:
+    """Stage a batch's rows for the append-only tables (new accounts get their ids;
+    retired accounts leave `ids`). Returns the ids of the accounts retired."""
     new_accounts: list[tuple[int, Account]] = []
     tx_rows: list[tuple[int, str, str, int, bytes, bytes]] = []
     entry_rows: list[tuple[int, int, int, int, int]] = []
@@ -250,6 +306,9 @@ def stage_batch(rows: BatchRows, batch: BatchWrite, ids: AccountIds) -> None:
         ("tx_id", "request_digest", "code", "message", "time_ms"),
         [(r.tx_id, r.digest, r.code, r.message, r.time) for r in batch.rejections],
     )
+    retired = [(ids.forget(account), index) for account, index in batch.retired]
+    rows.insert("ledger_retired_accounts", ("account_id", "retired_idx"), retired)
+    return [account_id for account_id, _ in retired]
 
 
 @dataclass(slots=True)
@@ -259,6 +318,9 @@ class Snapshot:
     next_index: int
     balances: tuple[list[int], list[int], list[int], list[bool]]
     holds: tuple[list[str], list[int]]
+    retired: list[int]
+    """Ids of accounts retired since the last snapshot: their balance rows are deleted."""
+    full: bool = False
 
 
 def take_snapshot(
@@ -278,7 +340,7 @@ def take_snapshot(
     hold_ids = list({*state.holds, *state.closed_holds} if full else dirty.holds)
     open_holds = state.holds
     remaining = [0 if (hold := open_holds.get(h)) is None else hold.remaining for h in hold_ids]
-    return Snapshot(state.next_index, balances, (hold_ids, remaining))
+    return Snapshot(state.next_index, balances, (hold_ids, remaining), list(dirty.retired), full)
 
 
 async def write_snapshot(conn: asyncpg.Connection, snapshot: Snapshot) -> None:
@@ -298,6 +360,18 @@ async def write_snapshot(conn: asyncpg.Connection, snapshot: Snapshot) -> None:
                SELECT * FROM unnest($1::text[], $2::bigint[])
                ON CONFLICT (hold_id) DO UPDATE SET remaining = EXCLUDED.remaining""",
             *snapshot.holds,
+        )
+    if snapshot.full:  # the retirements of a snapshot that failed were lost with it
+        # Only accounts retired by this snapshot's index: one retired later (by a batch
+        # committed while this is written) may still hold a balance as of this index.
+        await conn.execute(
+            """DELETE FROM ledger_balances b USING ledger_retired_accounts r
+                WHERE r.account_id = b.account_id AND r.retired_idx <= $1""",
+            snapshot.next_index,
+        )
+    elif snapshot.retired:
+        await conn.execute(
+            "DELETE FROM ledger_balances WHERE account_id = ANY($1::bigint[])", snapshot.retired
         )
     await conn.execute(
         "UPDATE ledger_snapshot SET next_index = $1 WHERE next_index < $1", snapshot.next_index

@@ -302,14 +302,16 @@ class Ledger:
 
     async def _commit(self, batch: LedgerBatch) -> None:
         write = batch.write
-        if not write.committed and not write.rejections and not batch.extra:
+        if not write.committed and not write.rejections and not write.retired and not batch.extra:
             return
         dirty = self._dirty
         for committed, _, _ in write.committed:
             dirty.add(committed)
+        for account, _ in write.retired:
+            dirty.accounts.discard(account)
         try:
             rows = BatchRows()
-            stage_batch(rows, write, self._ids)
+            dirty.retired += stage_batch(rows, write, self._ids)
             if self._hooks:
                 leaves = [body for _, _, body in write.committed]
                 for hook in self._hooks:
@@ -433,6 +435,19 @@ class LedgerBatch:
         result = TransactionResult(id=tx.id, committed=False, code=code, message=message)
         self._seen[tx.id] = (digest, result)
         return result
+
+    def retire(self, accounts: Iterable[Account]) -> list[Account]:
+        """Retire the accounts of `accounts` that are open, all at zero (else
+        `AccountNotEmpty`, nothing changed): written with the batch
+        (`ledger_retired_accounts`), they are not loaded by a restart, and nothing can be
+        posted to or held on them again (`AccountRetired`; after a restart, the
+        database's unique account names refuse a batch that tries). Returns them."""
+        retired = self.state.retire(accounts)
+        if retired:
+            self.changed = True
+            index = self.state.next_index
+            self.write.retired += [(account, index) for account in retired]
+        return retired
 
     def seen(self, tx_id: str) -> bool:
         """Whether `tx_id` was used before (committed or refused), here or in the database.

@@ -67,7 +67,7 @@ from typing import Final
 
 import msgspec
 
-from market.book_state import BookState
+from market.book_state import NO_EXPIRY, BookState
 from market.level import (
     COMPACT_MIN,
     LEVEL_COMPACT_MIN,
@@ -122,6 +122,8 @@ _DECREMENT: Final = StpMode.DECREMENT_AND_CANCEL
 _R = RejectReason
 _C = CancelReason
 _STP: Final = CancelReason.SELF_TRADE
+_USER: Final = CancelReason.USER
+_IOC_REMAINDER: Final = CancelReason.IOC_REMAINDER
 
 _COMPACT_MIN: Final = COMPACT_MIN  # smallest heap size that triggers compaction
 
@@ -168,42 +170,51 @@ class OrderBook(BookState):
     # ------------------------------------------------------------------ new order
 
     def new_order(self, cmd: NewOrder) -> list[Event]:
+        """Written for the interpreter (this runs for most commands): every comparison
+        of the checks is in an `if` (so it is CPython's specialised int compare and
+        jump, not a generic compare), the attributes used once are read where used,
+        and the common path (a limit order that rests without crossing) takes no call
+        but the event's and the order's constructors."""
         t = cmd.time
         events: list[Event] = []
-        if self._gtd and self._gtd[0][0] <= t:
+        if self._next_expiry <= t:
             self._expire(t, events)
-        side = cmd.side
         price = cmd.price
         tif = cmd.tif
         order_type = cmd.order_type
         if tif is None:
-            tif = default_tif(order_type)
+            tif = _IOC if order_type is _MARKET else _GTC  # `default_tif`, inlined
         if price is None and order_type is _MARKET:
-            price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
+            price = self._pmax if cmd.side is _BUY else self._pmin  # protection: the band edge
         oid = cmd.order_id
-        owner = cmd.owner
         qty = cmd.quantity
-        coid = cmd.client_order_id
         expire_at = cmd.expire_at
         post_only = cmd.post_only
+        owner = cmd.owner
+        coid = cmd.client_order_id
         rec = self._owners.get(owner)
-        # all of `_new_reason`'s checks in one expression: a valid order pays no call
-        valid = (
-            self._state is _OPEN and oid not in self._orders and qty > 0 and not qty % self._lot
-            and price is not None and not price % self._tick and self._pmin <= price <= self._pmax
+        # all of `_new_reason`'s checks in one condition: a valid order pays no call
+        if not (
+            self._state is _OPEN and oid not in self._orders and qty > 0
+            and qty % self._lot == 0 and price is not None and price % self._tick == 0
+            and price >= self._pmin and price <= self._pmax
             and (order_type is _LIMIT or tif is _IOC or tif is _FOK)
             and (tif is not _GTD if expire_at is None else tif is _GTD and expire_at > t)
             and (not post_only or (order_type is _LIMIT and (tif is _GTC or tif is _GTD)))
             and (coid is None or rec is None or coid not in rec[0])
-        )  # fmt: skip
-        if not valid:
+        ):  # fmt: skip
             return self._reject_new(cmd, self._new_reason(cmd, price, tif), events)
         assert price is not None
+        side = cmd.side
         if side is _BUY:
-            own, opp_heap, lim_key, key = self._bids, self._ask_heap, price, -price
+            opp_heap = self._ask_heap
+            lim_key = price
         else:
-            own, opp_heap, lim_key, key = self._asks, self._bid_heap, -price, price
-        crosses = opp_heap[0] <= lim_key if opp_heap else False
+            opp_heap = self._bid_heap
+            lim_key = -price
+        crosses = False
+        if opp_heap and opp_heap[0] <= lim_key:
+            crosses = True
         if (post_only or tif is _FOK) and (reason := self._taker_reason(cmd, crosses, lim_key)):
             return self._reject_new(cmd, reason, events)
         stp = cmd.stp
@@ -220,27 +231,35 @@ class OrderBook(BookState):
             )
         )  # fmt: skip
         self._seq = seq + 1
-        rem, decremented = qty, 0
+        rem = qty
+        filled = decremented = 0  # decremented: taken off the taker by STP
         if crosses:
             rem, decremented = self._match(t, oid, owner, side, stp, qty, lim_key, events)
-        if not rem:
-            return events
+            if rem == 0:
+                return events
+            filled = qty - rem - decremented
         if tif is _GTC or tif is _GTD:
             order = RestingOrder(
-                oid, owner, coid, side, price, qty, rem, qty - rem - decremented, decremented,
-                tif, expire_at, stp,
-            )  # fmt: skip
-            level = own.get(key)  # inlined _append
-            if level is None:
-                level = self._new_level(side, key)
+                oid, owner, coid, side, price, qty, rem, filled, decremented, tif, expire_at, stp
+            )
+            if side is _BUY:  # inlined _append
+                level = self._bids.get(-price)
+                if level is None:
+                    level = self._new_level(side, -price)
+            else:
+                level = self._asks.get(price)
+                if level is None:
+                    level = self._new_level(side, price)
             level.append(order)
             self._orders[oid] = order
-            ids = rec[1]
-            ids.append(oid)
-            if not len(ids) & 63:
-                self._prune_owner(owner, ids)
+            rested = rec[1]
+            rested.append(order)
+            if len(rested) & 63 == 0:
+                self._prune_owner(owner, rested)
             if expire_at is not None:
                 heappush(self._gtd, (expire_at, oid))
+                if expire_at < self._next_expiry:
+                    self._next_expiry = expire_at
         else:  # IOC / FOK / market: the remainder never rests
             self._cancel_remainder(events, t, oid, owner, side, price, rem)
         return events
@@ -250,7 +269,7 @@ class OrderBook(BookState):
     ) -> None:
         seq = self._seq
         events.append(
-            OrderCancelled(seq, t, self._symbol, oid, owner, side, price, rem, 0, _C.IOC_REMAINDER)
+            OrderCancelled(seq, t, self._symbol, oid, owner, side, price, rem, 0, _IOC_REMAINDER)
         )
         self._seq = seq + 1
 
@@ -406,39 +425,38 @@ class OrderBook(BookState):
     def cancel_order(self, cmd: CancelOrder) -> list[Event]:
         t = cmd.time
         events: list[Event] = []
-        if self._gtd and self._gtd[0][0] <= t:
+        if self._next_expiry <= t:
             self._expire(t, events)
-        if self._state is _CLOSED:
-            return self._reject(
-                events, t, CommandKind.CANCEL, cmd.order_id, cmd.owner, _R.INSTRUMENT_CLOSED
-            )
-        orders = self._orders
-        oid = cmd.order_id
-        order = orders.get(oid)
-        owner = cmd.owner
-        if order is None or order.owner != owner:
-            return self._reject(events, t, CommandKind.CANCEL, oid, owner, _R.UNKNOWN_ORDER)
+        order = self._orders.get(cmd.order_id)
+        if order is None or order.owner != cmd.owner or self._state is _CLOSED:
+            reason = _R.INSTRUMENT_CLOSED if self._state is _CLOSED else _R.UNKNOWN_ORDER
+            return self._reject(events, t, CommandKind.CANCEL, cmd.order_id, cmd.owner, reason)
         # inlined _cancel_event and _unlink (hot path)
+        oid = order.order_id
         qty = order.open
         order.cancelled += qty
         order.open = 0
-        del orders[oid]
+        del self._orders[oid]
         price = order.price
         side = order.side
         if side is _BUY:
-            levels, heap, key = self._bids, self._bid_heap, -price
+            levels = self._bids
+            key = -price
         else:
-            levels, heap, key = self._asks, self._ask_heap, price
+            levels = self._asks
+            key = price
         level = levels[key]
-        if level[0] is order:  # inlined _unlink (hot path)
+        if level[0] is order:
             level.popleft()
-            while level and not level[0].open:
+            while level and level[0].open == 0:
                 level.popleft()
-            if not level and heap[0] == key:
-                drop_empty_top(levels, heap, self._dead)
+            if not level:
+                heap = self._bid_heap if side is _BUY else self._ask_heap
+                if heap[0] == key:
+                    drop_empty_top(levels, heap, self._dead)
         elif len(level) <= SHORT:
             level.remove(order)
-        else:
+        else:  # a tombstone (see `market.level`)
             dead = self._dead
             n = dead.get(key, 0) + 1
             if n > LEVEL_COMPACT_MIN and 2 * n > len(level):
@@ -447,7 +465,7 @@ class OrderBook(BookState):
             dead[key] = n
         seq = self._seq
         events.append(
-            OrderCancelled(seq, t, self._symbol, oid, owner, side, price, qty, 0, _C.USER)
+            OrderCancelled(seq, t, self._symbol, oid, order.owner, side, price, qty, 0, _USER)
         )
         self._seq = seq + 1
         return events
@@ -455,7 +473,7 @@ class OrderBook(BookState):
     def amend_order(self, cmd: AmendOrder) -> list[Event]:
         t = cmd.time
         events: list[Event] = []
-        if self._gtd and self._gtd[0][0] <= t:
+        if self._next_expiry <= t:
             self._expire(t, events)
         oid = cmd.order_id
         state = self._state
@@ -500,14 +518,13 @@ class OrderBook(BookState):
                 order.open = new_open
                 order.price = new_price
                 self._append(order, True)
-            else:
+            else:  # a new object: into its owner's list as well
                 self._append(
                     RestingOrder(
                         oid, order.owner, order.client_order_id, order.side, new_price,
                         order.quantity, new_open, order.filled, order.cancelled, order.tif,
                         order.expire_at, order.stp,
-                    ),
-                    True,
+                    )
                 )  # fmt: skip
         seq = self._seq
         events.append(
@@ -524,7 +541,7 @@ class OrderBook(BookState):
     def mass_cancel(self, time: int, owner: str | None = None) -> list[Event]:
         """Cancel every open order of `owner` (None: of everyone), in order id order."""
         events: list[Event] = []
-        if self._gtd and self._gtd[0][0] <= time:
+        if self._next_expiry <= time:
             self._expire(time, events)
         if self._state is _CLOSED:
             return self._reject(
@@ -536,7 +553,7 @@ class OrderBook(BookState):
     def set_trading_state(self, state: TradingState, time: int) -> list[Event]:
         """Open or halt; closing is final and cancels every open order."""
         events: list[Event] = []
-        if self._gtd and self._gtd[0][0] <= time:
+        if self._next_expiry <= time:
             self._expire(time, events)
         old = self._state
         if old is _CLOSED:
@@ -559,7 +576,7 @@ class OrderBook(BookState):
     def advance_time(self, time: int) -> list[Event]:
         """Expire resting GTD orders whose time has come; nothing else."""
         events: list[Event] = []
-        if self._gtd and self._gtd[0][0] <= time:
+        if self._next_expiry <= time:
             self._expire(time, events)
         return events
 
@@ -580,6 +597,7 @@ class OrderBook(BookState):
                 OrderExpired(seq, t, self._symbol, oid, order.owner, order.side, order.price, qty)
             )
             self._seq = seq + 1
+        self._next_expiry = gtd[0][0] if gtd else NO_EXPIRY
 
     def _cancel_all(self, events: list[Event], t: int, owner: str | None, reason: str) -> None:
         orders = self._orders

@@ -48,6 +48,7 @@ from schemas.market import (
 )
 
 SNAPSHOT_VERSION: Final = 1
+NO_EXPIRY: Final = 2**63  # `_next_expiry` while no GTD order rests (after any time)
 
 _BUY: Final = Side.BUY
 _SELL: Final = Side.SELL
@@ -81,6 +82,7 @@ class BookState:
         "_dead",
         "_gtd",
         "_lot",
+        "_next_expiry",
         "_orders",
         "_owner_limit",
         "_owners",
@@ -109,11 +111,12 @@ class BookState:
         self._ask_heap: list[int] = []
         self._dead: dict[int, int] = {}  # level key -> tombstones counted (market.level)
         self._orders: dict[int, RestingOrder] = {}
-        # owner -> (client order ids it used in this book, ids of the orders it
-        # rested); gone order ids are pruned when the list reaches `_owner_limit`
-        self._owners: dict[str, tuple[set[str], list[int]]] = {}
+        # owner -> (client order ids it used in this book, the orders it rested);
+        # orders gone (open 0) are pruned when the list reaches `_owner_limit`
+        self._owners: dict[str, tuple[set[str], list[RestingOrder]]] = {}
         self._owner_limit: dict[str, int] = {}
         self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
+        self._next_expiry = NO_EXPIRY  # the top of `_gtd` (stale or not), or NO_EXPIRY
         self._compact_min = compact_min
         self._compact_at = compact_min  # heap size that triggers compaction (market.level)
 
@@ -168,31 +171,29 @@ class BookState:
 
     # ------------------------------------------------------------------ owners
 
-    def _owner(self, owner: str) -> tuple[set[str], list[int]]:
+    def _owner(self, owner: str) -> tuple[set[str], list[RestingOrder]]:
         rec = self._owners.get(owner)
         if rec is None:
             rec = self._owners[owner] = (set(), [])
         return rec
 
-    def _prune_owner(self, owner: str, ids: list[int]) -> None:
-        """Drop the ids of orders that are gone from an owner's list, once it has
-        reached four times what was live at the last pruning: amortised O(1)
-        (each pruning visits at most 4/3 ids per id appended since the last)."""
-        if len(ids) < self._owner_limit.get(owner, 64):
+    def _prune_owner(self, owner: str, rested: list[RestingOrder]) -> None:
+        """Drop the orders that are gone (open 0: filled, cancelled, expired, or the
+        old place of an amended order) from an owner's list, once it has reached four
+        times what was live at the last pruning: amortised O(1) (each pruning visits
+        at most 4/3 orders per order appended since the last). The list holds the
+        orders themselves, not their ids: a pruning then reads each order once, where
+        an id cost a look-up in `_orders` besides (measured: the pruning was a tenth
+        of a deep book's time)."""
+        if len(rested) < self._owner_limit.get(owner, 64):
             return
-        ids[:] = filter(self._orders.__contains__, ids)
-        self._owner_limit[owner] = max(64, 4 * len(ids))
+        rested[:] = [o for o in rested if o.open]
+        self._owner_limit[owner] = max(64, 4 * len(rested))
 
     def _owned(self, owner: str) -> list[int]:
-        """Ids of `owner`'s resting orders, ascending."""
-        orders = self._orders
-        return sorted(
-            {
-                oid
-                for oid in self._owners.get(owner, ((), ()))[1]
-                if oid in orders and orders[oid].owner == owner
-            }
-        )
+        """Ids of `owner`'s resting orders, ascending (a live order has open > 0 and
+        is in its owner's list once)."""
+        return sorted([o.order_id for o in self._owners.get(owner, ((), ()))[1] if o.open])
 
     # ------------------------------------------------------------------ storage
 
@@ -230,7 +231,7 @@ class BookState:
 
     def _append(self, order: RestingOrder, requeued: bool = False) -> None:
         """Put an order at the back of its price level and into the indexes
-        (`requeued`: an amended order, already in its owner's index)."""
+        (`requeued`: an amended order whose object is already in its owner's list)."""
         if order.side is _BUY:
             levels, key = self._bids, -order.price
         else:
@@ -243,10 +244,10 @@ class BookState:
         self._orders[oid] = order
         if requeued:
             return
-        ids = self._owner(order.owner)[1]
-        ids.append(oid)
-        if not len(ids) & 63:
-            self._prune_owner(order.owner, ids)
+        rested = self._owner(order.owner)[1]
+        rested.append(order)
+        if not len(rested) & 63:
+            self._prune_owner(order.owner, rested)
 
     def _new_level(self, side: Side, key: int) -> Level:
         """An empty level at `key`, in the side's dict and heap."""
@@ -380,6 +381,8 @@ class BookState:
                 book._append(msgspec.structs.replace(order))
                 if order.expire_at is not None:
                     heappush(book._gtd, (order.expire_at, order.order_id))
+        if book._gtd:
+            book._next_expiry = book._gtd[0][0]
         bid, ask = book.best_bid(), book.best_ask()
         if bid is not None and ask is not None and bid >= ask:
             raise InvalidSnapshot(f"crossed book in snapshot: bid {bid} >= ask {ask}")

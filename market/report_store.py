@@ -1,5 +1,5 @@
 """PostgreSQL persistence of providers' pending reports, their disputes, and buyer
-vouchers (migration 0010). Written only by the sequencer, staged into its batch's one
+vouchers (migration 0011). Written only by the sequencer, staged into its batch's one
 statement (`stage_report_rows`); read by recovery (pending reports) and the API."""
 
 from __future__ import annotations

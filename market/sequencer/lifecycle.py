@@ -18,7 +18,10 @@ and woken by the sequencer's clock:
   operator resolves them. The operator's close refuses (409 `reports_pending`) while
   reports are pending. The instrument is then settled
   (a row of `market_settlements`, which is what recovery reads): orders, listings
-  and deliveries on it are refused with `instrument_settled`.
+  and deliveries on it are refused with `instrument_settled`. Its accounts — every
+  account of its token (entitlements, capacities, its issuance) and its escrows, all
+  at zero now — are retired in the same batch (`LedgerBatch.retire`): a restart does
+  not load them, and nothing is ever posted to them again.
 
 To find what to settle, settlement scans the ledger's in-memory balances for the
 instrument's token and escrow accounts: one pass per settled instrument, which is
@@ -37,6 +40,7 @@ from market.sequencer.errors import DuplicateInstrument, ReportsPending, WindowO
 from market.sequencer.settle import apply_events
 from market.sequencer.state import InstrumentState
 from market.store import ListInstrument
+from schemas.ledger import Account
 from schemas.market import SetTradingState, TradingState
 from schemas.trading import CreateInstrument, SettlementView
 
@@ -136,7 +140,7 @@ def settle_instrument(batch: Batch, state: InstrumentState, reason: str) -> Sett
         )
     _close_trading(batch, state)
     terms = state.terms
-    pairs, capacities = _leftovers(batch, terms)
+    pairs, capacities, accounts = _leftovers(batch, terms)
     n = burned = refunded = capacity_burned = 0
     for owner in sorted(pairs):
         buyer, provider = settlement.parse_pair(owner)
@@ -155,6 +159,12 @@ def settle_instrument(batch: Batch, state: InstrumentState, reason: str) -> Sett
         must(batch.ledger.apply(tx))
         n += 1
         capacity_burned += amount
+    # Retired: every account of the instrument at zero now; what a disputed report still
+    # holds keeps its accounts (and the token's issuance) live until it is resolved.
+    state_now = batch.ledger.state
+    batch.ledger.retire(
+        [a for a in accounts if not (b := state_now.balance(a)).available and not b.held]
+    )
     view = SettlementView(
         instrument=terms.symbol, reason=reason, time=batch.time_ms, entitlement_burned=burned,
         refunded=refunded, capacity_burned=capacity_burned,
@@ -164,24 +174,32 @@ def settle_instrument(batch: Batch, state: InstrumentState, reason: str) -> Sett
     return view
 
 
-def _leftovers(batch: Batch, terms: Terms) -> tuple[dict[str, list[int]], list[tuple[str, int]]]:
+def _leftovers(
+    batch: Batch, terms: Terms
+) -> tuple[dict[str, list[int]], list[tuple[str, int]], list[Account]]:
     """What is left of an instrument once trading is closed: per "buyer@provider" pair
-    [entitlement, escrow] free (what disputed reports hold stays held), and per provider
-    its unsold capacity."""
+    [entitlement, escrow] free (what disputed reports hold stays held), per provider its
+    unsold capacity; and every account of the instrument (its token's and its escrows)."""
     token, escrow_kind = terms.token_asset, f"escrow:{terms.symbol}"
     pairs: dict[str, list[int]] = {}
     capacities: list[tuple[str, int]] = []
+    accounts: list[Account] = []
     for account, (available, held) in batch.ledger.state.balances.items():
+        is_token = account.asset == token
+        is_escrow = account.kind == escrow_kind and account.asset == terms.currency
+        if not (is_token or is_escrow):
+            continue
+        accounts.append(account)
         if not available + held:
             continue
-        if account.asset == token and account.kind == "entitlement":
+        if is_token and account.kind == "entitlement":
             if available:
                 pairs.setdefault(account.owner, [0, 0])[0] = available
-        elif account.kind == escrow_kind and account.asset == terms.currency:
+        elif is_escrow:
             if available:
                 pairs.setdefault(account.owner, [0, 0])[1] = available
-        elif account.asset == token and account.kind == "capacity":
+        elif is_token and account.kind == "capacity":
             if held:  # every order was cancelled and released just above
                 raise RuntimeError(f"{account} still holds {held} after the close")
             capacities.append((account.owner, available))
-    return pairs, capacities
+    return pairs, capacities, accounts

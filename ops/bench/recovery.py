@@ -220,12 +220,14 @@ class Filler:
 
 
 def state_digest(seq: Sequencer) -> dict[str, str]:
-    """What a restart must rebuild exactly: the books, balances (available and held),
+    """What a restart must rebuild exactly: the books, balances (available and held; the
+    accounts at zero are left out, so a version that retires them compares equal),
     settlements, the ledger's size."""
     balances = hashlib.sha256()
     for b in sorted(seq.ledger.balances(), key=lambda b: (b.account.owner, b.account.asset,
                                                            b.account.kind)):  # fmt: skip
-        balances.update(f"{b.account}|{b.available}|{b.held}\n".encode())
+        if b.available or b.held:
+            balances.update(f"{b.account}|{b.available}|{b.held}\n".encode())
     settled = hashlib.sha256(repr(seq.settlements()).encode())
     return {
         "books": seq.engine.state_hash().hex(),
@@ -298,6 +300,7 @@ async def reopen(dsn: str, data_dir: Path, options: dict[str, Any], *, stop: boo
         "replayed": rebuilt.replayed,
         "ledger_tail": tail,
         "resting": sum(len(b) for b in seq.engine.books()),
+        "accounts_loaded": len(seq.ledger.balances()),
     }
     if stop:
         await seq.close()

@@ -170,3 +170,23 @@ def test_cancels_deep_in_a_level_keep_its_memory_bounded() -> None:
         [o.order_id for o in pair.book.to_snapshot().bids] == kept == pair.ref.queue_ids(Side.BUY)
     )
     assert pair.book.depth(1).bids[0].orders == len(kept)
+
+
+def test_amends_that_requeue_deep_in_a_level_keep_the_owner_index_bounded() -> None:
+    """An amend that moves an order deep in a long queue leaves its old place as a
+    tombstone and rests a new copy; the owner's index drops the old ones as it grows,
+    and a mass cancel still cancels each live order once, like the reference."""
+    pair = _Pair()
+    for i in range(200):
+        pair.new(Side.BUY, 98, 1, "a" if i % 2 else "b", None)
+    owned = pair.book._owners["a"][1]
+    for n in range(2_000):
+        oid = 2 * (n % 100) + 2  # a's orders, all behind b's first one
+        price = 97 if (n // 100) % 2 == 0 else 98
+        pair.t += 1
+        pair.apply(AmendOrder(instrument=SYMBOL, order_id=oid, owner="a", time=pair.t,
+                              price=price))  # fmt: skip
+        assert len(owned) <= 4 * 100 + 64  # never more than 4x the live ones (plus slack)
+    pair.t += 1
+    pair.apply(MassCancel(instrument=SYMBOL, owner="a", time=pair.t))
+    assert [o.owner for o in pair.book.open_orders()] == ["b"] * 100

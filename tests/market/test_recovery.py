@@ -28,6 +28,7 @@ from market.sequencer import (
 from market.snapshot_writer import SnapshotPolicy
 from market.snapshots import SettlingEngine, load_snapshots
 from market.store import journal_from
+from schemas.errors import DomainError
 from schemas.market import Side, TimeInForce, TradingState
 from schemas.trading import CreateInstrument, Deposit, Listing, OrderView, PlaceOrder
 
@@ -303,3 +304,55 @@ async def test_a_database_without_snapshots_recovers_by_replaying_everything(
         assert state(s) == before
     finally:
         await s.close()
+
+
+def accounts_of(s: Sequencer, symbol: str) -> list[object]:
+    """The ledger accounts in memory that belong to `symbol`: its token's and escrows."""
+    return [
+        b.account
+        for b in s.ledger.balances()
+        if b.account.asset == f"tok:{symbol}" or b.account.kind == f"escrow:{symbol}"
+    ]
+
+
+async def test_a_settled_instruments_accounts_are_retired_and_recovery_does_not_load_them(
+    db_url: str,
+) -> None:
+    clock = Clock()
+    s = await open_seq(db_url, clock, every(25))
+    await trade_a_while(s, clock)
+    assert accounts_of(s, A) == [] and accounts_of(s, B) != []  # retired when A settled
+    before = state(s)
+    opened = len(s.ledger.balances())
+    await crash(s)
+    conn = await asyncpg.connect(db_url)
+    try:
+        ever = await conn.fetchval("SELECT count(*) FROM ledger_accounts")
+        retired = await conn.fetchval(
+            """SELECT count(*) FROM ledger_retired_accounts r
+                 JOIN ledger_accounts a ON a.id = r.account_id
+                WHERE a.asset = $1 OR a.kind = $2""",
+            f"tok:{A}", f"escrow:{A}",
+        )  # fmt: skip
+        # A's entitlement and escrow (b1 bought from p1), capacities (p1, p2) and
+        # issuance: all of A's accounts, and only them.
+        assert retired == 5 == await conn.fetchval("SELECT count(*) FROM ledger_retired_accounts")
+        assert retired == await conn.fetchval(
+            "SELECT count(*) FROM ledger_accounts WHERE asset = $1 OR kind = $2",
+            f"tok:{A}", f"escrow:{A}",
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    for restart in ("after a crash", "after a clean stop"):
+        s = await open_seq(db_url, clock, every(25))
+        try:
+            assert state(s) == before, restart
+            assert len(s.ledger.balances()) == opened == ever - retired
+            assert accounts_of(s, A) == []
+            assert all(total == 0 for total in s.ledger.asset_totals().values())
+            with pytest.raises(DomainError) as refused:
+                await s.submit(ListingOp("p1", Listing(listing_id="late", instrument=A,
+                                                       quantity=LOT)))  # fmt: skip
+            assert refused.value.code == "instrument_settled"
+        finally:
+            await s.close()

@@ -185,6 +185,8 @@ RECORDED = [
     (9, "receipts_evidence", "market/migrations"),
     (10, "cancel_after", "market/migrations"),
     (11, "vouchers_disputes", "market/migrations"),
+    (12, "retired_accounts", "ledger/migrations"),
+    (13, "retire_settled_accounts", "market/migrations"),
 ]
 
 
