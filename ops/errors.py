@@ -32,20 +32,9 @@ from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
 from market.sequencer.errors import ExchangeBusy
-from schemas.errors import DomainError, ErrorKind
+from schemas.errors import STATUS_OF_KIND, DomainError
 
 log = logging.getLogger(__name__)
-
-STATUS_OF_KIND: dict[ErrorKind, int] = {
-    ErrorKind.INVALID: 400,
-    ErrorKind.UNAUTHORIZED: 401,
-    ErrorKind.FORBIDDEN: 403,
-    ErrorKind.NOT_FOUND: 404,
-    ErrorKind.CONFLICT: 409,
-    ErrorKind.REJECTED: 422,
-    ErrorKind.RATE_LIMITED: 429,
-    ErrorKind.UNAVAILABLE: 503,
-}
 
 #: Codes for errors raised by the framework itself rather than by our code.
 CODE_OF_STATUS: dict[int, str] = {

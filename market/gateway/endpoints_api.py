@@ -42,7 +42,8 @@ async def register_endpoint(
     state: State,
 ) -> EndpointView:
     target = await resolve(data.base_url, allow_hosts(state))
-    health, detail = await probe(target, data.credential)
+    monitor = state.get("health_monitor")
+    health, detail = await probe(target, data.credential, getattr(monitor, "client", None))
     if health is not Health.HEALTHY:
         raise store.EndpointUnhealthy(f"{data.base_url.rstrip('/')}/models: {detail}")
     async with pool.acquire() as conn:

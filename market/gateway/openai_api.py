@@ -9,7 +9,8 @@ key (`POST /v1/inference-keys`) as its API key:
 
 The router is public to the signed-request middleware (`opt=PUBLIC`): a signature neither
 admits nor is needed here; every route's `grant` dependency checks the bearer key
-(401 `invalid_api_key` otherwise). Errors are in OpenAI's shape (`errors`).
+(401 `invalid_api_key` otherwise) and its rate (a token bucket per key, 429 `rate_limited`
+with Retry-After). Errors are in OpenAI's shape (`errors`).
 """
 
 from __future__ import annotations
@@ -45,16 +46,19 @@ def provide_gateway(state: State) -> Gateway:
     return gateway
 
 
-async def provide_grant(
-    request: Request[Any, Any, Any], pool: NamedDependency[asyncpg.Pool]
-) -> keys.KeyGrant:
-    secret = keys.bearer_secret(request.headers.get("authorization"))
-    async with pool.acquire() as conn:
-        return await keys.authenticate(conn, secret, now_ms())
-
-
 Grant = NamedDependency[keys.KeyGrant]
 Gw = NamedDependency[Gateway]
+
+
+async def provide_grant(
+    request: Request[Any, Any, Any], pool: NamedDependency[asyncpg.Pool], gateway: Gw
+) -> keys.KeyGrant:
+    """The key's grant (401 `invalid_api_key`), within its rate (429 `rate_limited`)."""
+    secret = keys.bearer_secret(request.headers.get("authorization"))
+    async with pool.acquire() as conn:
+        grant = await keys.authenticate(conn, secret, now_ms())
+    gateway.limiter.acquire(grant.key_id)
+    return grant
 
 
 @get("/models", summary="The models this key may use now")

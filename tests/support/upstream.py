@@ -78,6 +78,8 @@ class Upstream:
     max_completion = 64
     hang_s = 30.0
     lie_factor = 10
+    #: Seconds between stream chunks (0: one turn of the event loop).
+    chunk_delay_s = 0.0
 
     def __init__(self, models: list[str] | None = None, host: str = "127.0.0.1") -> None:
         self.models = models or ["llama-3.1-70b"]
@@ -154,7 +156,7 @@ class Upstream:
             chunk = {**head, "object": kind,
                      "choices": [self._choice(chat, text, delta=True, finish=finish)]}  # fmt: skip
             yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.chunk_delay_s)
         if include and self.mode is not Mode.NO_USAGE:
             usage = {**head, "object": kind, "choices": [],
                      "usage": self._usage(prompt, len(words))}  # fmt: skip
