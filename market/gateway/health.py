@@ -96,12 +96,13 @@ class HealthMonitor:
 
     def __init__(
         self, pool: asyncpg.Pool, allow_hosts: frozenset[str], interval_s: float,
-        clock: Callable[[], int] = now_ms,
+        clock: Callable[[], int] = now_ms, on_change: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         self._pool = pool
         self._allow_hosts = allow_hosts
         self.interval_s = interval_s
         self._clock = clock
+        self._on_change = on_change
         self._limit = asyncio.Semaphore(MAX_PROBES_IN_FLIGHT)
         self.client = probe_client()
 
@@ -115,6 +116,8 @@ class HealthMonitor:
             )
         async with self._pool.acquire() as conn:
             await store.set_health(conn, row, health, detail, self._clock())
+        if health is not row.health and self._on_change is not None:
+            self._on_change()
 
     async def sweep(self) -> None:
         """Probe every endpoint once."""
@@ -138,7 +141,12 @@ def health_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        monitor = HealthMonitor(app.state.pool, allow_hosts, interval_s)
+        def changed() -> None:  # the gateway keeps healthy endpoints for a moment
+            gateway = app.state.get("gateway")
+            if gateway is not None:
+                gateway.endpoints_changed()
+
+        monitor = HealthMonitor(app.state.pool, allow_hosts, interval_s, on_change=changed)
         task = asyncio.create_task(monitor.run(), name="endpoint-health")
         app.state.health_monitor = monitor
         try:

@@ -8,9 +8,9 @@ concurrent calls can never together overdraw the entitlement. Per key, it keeps 
 tokens metered (loaded from the receipts once, then counted here) and reserved, against
 the key's `token_budget`.
 
-`Meter` is the receipts' group commit: a call's receipt goes to the sequencer as soon as
-the meter is free, with every receipt filed meanwhile, as one `GatewayChargeOp` (one op
-per commit however many calls end, so the gateway never floods the sequencer's queue).
+`Meter` is the receipts' group commit: a call's receipt goes to the sequencer at once,
+with every receipt filed meanwhile, as one `GatewayChargeOp` (at most `PIPELINE` ops in
+the sequencer however many calls end, so the gateway never floods the sequencer's queue).
 The call sends its last bytes (a stream's last events and `[DONE]`, or a whole
 non-streamed body) only once its receipt's commit is done (`Meter.charge`). Once it
 commits, the charged tokens are in the ledger and leave the reservations. If it fails
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -95,18 +96,24 @@ def current(source: SequencerSource) -> Sequencer:
     return sequencer
 
 
-class Meter:
-    """Group commit of receipts: a receipt goes to the sequencer as soon as the meter is
-    free, with every other receipt filed meanwhile, as one `GatewayChargeOp`.
+#: Charges the meter has in the sequencer at once: one being committed and the next
+#: queued behind it, so that the sequencer starts the next group commit the moment the
+#: last one ends (the receipts filed meanwhile wait for a slot and go together).
+PIPELINE = 2
 
-    At most one charge is in the sequencer at a time: receipts filed while it commits wait
-    for it and go together in the next one (the group commit), so however many calls end,
-    the sequencer gets one op per commit, and a call waits at its end for at most the
-    commit in flight and its own. `charge(receipt)` returns a future that is done once the
-    receipt is durable (or failed with the sequencer's error: the call then sends the
-    buyer an error in place of its tail). A charge that failed is kept and submitted again
-    (the same op: its deliveries are idempotent by their ids) with the next group, and at
-    least every `flush_s` seconds while none comes.
+
+class Meter:
+    """Group commit of receipts: a receipt goes to the sequencer at once, with every other
+    receipt filed meanwhile, as one `GatewayChargeOp`.
+
+    At most `PIPELINE` charges are in the sequencer at a time: receipts filed while they
+    are wait for a slot and go together in the next one (the group commit), so however
+    many calls end, the sequencer gets an op or two per commit, and a call waits at its
+    end for at most the commit in flight and its own. `charge(receipt)` returns a future
+    that is done once the receipt is durable (or failed with the sequencer's error: the
+    call then sends the buyer an error in place of its tail). A charge that failed is
+    kept and submitted again (the same op: its deliveries are idempotent by their ids)
+    with the next group, and at least every `flush_s` seconds while none comes.
     """
 
     def __init__(
@@ -122,10 +129,12 @@ class Meter:
         self._retry: list[GatewayChargeOp] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(PIPELINE)
+        self._flushing: set[asyncio.Task[None]] = set()
         #: Group commits done, and per receipt waited for: how many sequencer batches
         #: committed between its filing and its commit -> how many receipts (ops/bench).
         self.charges = 0
+        self.charge_s = 0.0  # time spent in them
         self.waited: dict[int, int] = {}
 
     def add(self, receipt: GatewayReceipt) -> None:
@@ -151,29 +160,42 @@ class Meter:
 
     async def flush(self) -> None:
         """Submit what failed before and what is pending, together (one sequencer batch)."""
-        async with self._lock:
-            pending, waiting = self._pending, self._waiting
-            self._pending, self._waiting = [], []
-            ops = list(self._retry)
-            if pending:
-                ops.append(GatewayChargeOp(receipts=tuple(pending)))
-            if not ops:
-                return
-            try:
-                outcomes = await current(self._sequencer).submit_all(ops)
-            except DomainError as exc:  # nothing queued: the queue is full, or it reopens
-                outcomes = [Failed(exc) for _ in ops]
-            self._retry = []
-            for op, outcome in zip(ops, outcomes, strict=True):
-                if isinstance(outcome, Failed):
-                    log.warning("gateway charge of %d calls not committed: %s",
-                                len(op.receipts), outcome.error)  # fmt: skip
-                    self._retry.append(op)
-                else:
-                    self._settle(op.receipts)
-            self.charges += 1
-            if pending:
-                self._answer(waiting, outcomes[-1])
+        async with self._slots:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        pending, waiting = self._pending, self._waiting
+        self._pending, self._waiting = [], []
+        ops, self._retry = self._retry, []
+        if pending:
+            ops.append(GatewayChargeOp(receipts=tuple(pending)))
+        if not ops:
+            return
+        began = time.perf_counter()
+        try:
+            outcomes = await current(self._sequencer).submit_all(ops)
+        except DomainError as exc:  # nothing queued: the queue is full, or it reopens
+            outcomes = [Failed(exc) for _ in ops]
+        self.charge_s += time.perf_counter() - began
+        for op, outcome in zip(ops, outcomes, strict=True):
+            if isinstance(outcome, Failed):
+                log.warning("gateway charge of %d calls not committed: %s",
+                            len(op.receipts), outcome.error)  # fmt: skip
+                self._retry.append(op)
+            else:
+                self._settle(op.receipts)
+        self.charges += 1
+        if pending:
+            self._answer(waiting, outcomes[-1])
+
+    async def _flush_in(self) -> None:
+        """One flush in a slot taken by `_run` (released when it is done)."""
+        try:
+            await self._flush()
+        except Exception:  # a bug: keep metering, say so
+            log.exception("gateway flush failed")
+        finally:
+            self._slots.release()
 
     def _answer(
         self, waiting: list[tuple[asyncio.Future[None] | None, int]], outcome: object
@@ -201,11 +223,11 @@ class Meter:
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_s)
-            self._wake.clear()
-            try:
-                await self.flush()
-            except Exception:  # a bug: keep metering, say so
-                log.exception("gateway flush failed")
+            await self._slots.acquire()
+            self._wake.clear()  # what is pending now goes with this flush
+            task = asyncio.create_task(self._flush_in(), name="gateway-charge")
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gateway-meter")
@@ -216,11 +238,14 @@ class Meter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
         for _ in range(attempts):
             await self.flush()
             if not self.backlog:
                 break
         else:
             log.error("gateway: %d metered calls not charged at shutdown", self.backlog)
-        log.info("gateway meter: %d group commits; receipts by batches waited for: %s",
-                 self.charges, dict(sorted(self.waited.items())))  # fmt: skip
+        log.info("gateway meter: %d group commits; receipts by batches waited for: %s; "
+                 "%.1f ms a commit", self.charges, dict(sorted(self.waited.items())),
+                 self.charge_s * 1000 / max(1, self.charges))  # fmt: skip

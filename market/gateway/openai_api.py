@@ -53,10 +53,20 @@ Gw = NamedDependency[Gateway]
 async def provide_grant(
     request: Request[Any, Any, Any], pool: NamedDependency[asyncpg.Pool], gateway: Gw
 ) -> keys.KeyGrant:
-    """The key's grant (401 `invalid_api_key`), within its rate (429 `rate_limited`)."""
+    """The key's grant (401 `invalid_api_key`), within its rate (429 `rate_limited`).
+    Grants are kept for `service.GRANTS_CACHE_S` (a revocation here clears them at once);
+    a key's expiry is checked on every call."""
     secret = keys.bearer_secret(request.headers.get("authorization"))
-    async with pool.acquire() as conn:
-        grant = await keys.authenticate(conn, secret, now_ms())
+    digest = keys.secret_hash(secret)
+    now = now_ms()
+
+    async def load() -> keys.KeyGrant:
+        async with pool.acquire() as conn:
+            return await keys.authenticate(conn, secret, now)
+
+    grant = await gateway.grants.get_or_load(digest, load)
+    if grant.expires_ms is not None and now >= grant.expires_ms:
+        raise keys.InvalidInferenceKey("this inference key has expired")
     gateway.limiter.acquire(grant.key_id)
     return grant
 
