@@ -31,6 +31,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
+from ledger.errors import CLIENT_FAULTS, DATABASE_DOWN
 from market.sequencer.errors import ExchangeBusy
 from schemas.errors import STATUS_OF_KIND, DomainError
 
@@ -53,20 +54,6 @@ CODE_OF_STATUS: dict[int, str] = {
 INTERNAL_MESSAGE = "internal error; it has been logged"
 RETRY_AFTER_S = 1
 
-#: Exceptions that mean the database cannot be reached now, not that a request is wrong.
-#: (TimeoutError is an OSError: a query that timed out is one the database did not answer.)
-DATABASE_DOWN: tuple[type[Exception], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-CLIENT_FAULTS: tuple[type[Exception], ...] = (
-    asyncpg_base.ClientConfigurationError,
-    asyncpg_base.UnsupportedClientFeatureError,
-    asyncpg_base.UnsupportedServerFeatureError,
-)
 DATABASE_UNAVAILABLE_CODE = "database_unavailable"
 DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; try again shortly"
 

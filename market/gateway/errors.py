@@ -13,7 +13,8 @@ tokex's `{"code", "message"}` (ops.errors).
   `TOKEX_GATEWAY_RATE_BURST`) and `too_many_calls_in_flight` (the account's calls in
   flight, `TOKEX_GATEWAY_MAX_IN_FLIGHT`), with Retry-After,
 * 502 `upstream_error` / `upstream_timeout` (nothing charged),
-* 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable`, `charge_unavailable`
+* 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable`, `database_unavailable`,
+  `charge_unavailable`
   (the answer was served but its charge could not be committed: in place of the body, or
   of a stream's last events) (with Retry-After).
 """
@@ -27,6 +28,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
+from ledger.errors import CLIENT_FAULTS, DATABASE_DOWN
 from schemas.errors import STATUS_OF_KIND, DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
@@ -129,5 +131,19 @@ def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return Response(body, status_code=500)
 
 
+def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("gateway: database unreachable: %s: %s", type(exc).__name__, exc)
+    supervisor = request.app.state.get("database_supervisor")
+    if supervisor is not None:
+        supervisor.report_failure()
+    body = error_body(503, "database_unavailable", "the database is unavailable; try again")
+    return Response(body, status_code=503, headers={"Retry-After": "1"})
+
+
 def openai_exception_handlers() -> ExceptionHandlersMap:
-    return {DomainError: _domain, HTTPException: _http, Exception: _internal}
+    return {
+        DomainError: _domain, HTTPException: _http,
+        **dict.fromkeys(DATABASE_DOWN, _database_down),
+        **dict.fromkeys(CLIENT_FAULTS, _internal),
+        Exception: _internal,
+    }  # fmt: skip
