@@ -11,6 +11,8 @@ the key's `token_budget`.
 `Meter` is the receipts' group commit: a call's receipt goes to the sequencer at once,
 with every receipt filed meanwhile, as one `GatewayChargeOp` (at most `PIPELINE` ops in
 the sequencer however many calls end, so the gateway never floods the sequencer's queue).
+After each commit the gateway reads the charged groups' balances again (`on_commit`), so
+the next calls route on the committed view without waiting for the next batch.
 The call sends its last bytes (a stream's last events and `[DONE]`, or a whole
 non-streamed body) only once its receipt's commit is done (`Meter.charge`). Once it
 commits, the charged tokens are in the ledger and leave the reservations. If it fails
@@ -96,20 +98,22 @@ def current(source: SequencerSource) -> Sequencer:
     return sequencer
 
 
-#: Charges the meter has in the sequencer at once: one being committed and the next
-#: queued behind it, so that the sequencer starts the next group commit the moment the
-#: last one ends (the receipts filed meanwhile wait for a slot and go together).
-PIPELINE = 2
+#: Charges the meter has in the sequencer at once. One: a receipt filed while a charge
+#: commits goes into the very next one, started the moment that one ends, so a call
+#: waits at its end for the rest of the commit in flight and its own, never more. (With
+#: two, one committing and the next queued, the sequencer never waits for the meter, but
+#: a receipt may wait behind the queued one too: a third batch, measured 2026-12-02.)
+PIPELINE = 1
 
 
 class Meter:
     """Group commit of receipts: a receipt goes to the sequencer at once, with every other
     receipt filed meanwhile, as one `GatewayChargeOp`.
 
-    At most `PIPELINE` charges are in the sequencer at a time: receipts filed while they
-    are wait for a slot and go together in the next one (the group commit), so however
-    many calls end, the sequencer gets an op or two per commit, and a call waits at its
-    end for at most the commit in flight and its own. `charge(receipt)` returns a future
+    At most `PIPELINE` charges are in the sequencer at a time: receipts filed while one
+    commits wait for it and go together in the next one (the group commit), so however
+    many calls end, the sequencer gets one op per commit, and a call waits at its end for
+    at most the rest of the commit in flight and its own. `charge(receipt)` returns a future
     that is done once the receipt is durable (or failed with the sequencer's error: the
     call then sends the buyer an error in place of its tail). A charge that failed is
     kept and submitted again (the same op: its deliveries are idempotent by their ids)
@@ -133,6 +137,9 @@ class Meter:
         self._flushing: set[asyncio.Task[None]] = set()
         #: Group commits done, and per receipt waited for: how many sequencer batches
         #: committed between its filing and its commit -> how many receipts (ops/bench).
+        #: called with the groups of each charge that committed (the gateway refreshes
+        #: its view of their balances as of that commit)
+        self.on_commit: Callable[[set[Group]], None] | None = None
         self.charges = 0
         self.charge_s = 0.0  # time spent in them
         self.waited: dict[int, int] = {}
@@ -177,6 +184,7 @@ class Meter:
         except DomainError as exc:  # nothing queued: the queue is full, or it reopens
             outcomes = [Failed(exc) for _ in ops]
         self.charge_s += time.perf_counter() - began
+        committed: set[Group] = set()
         for op, outcome in zip(ops, outcomes, strict=True):
             if isinstance(outcome, Failed):
                 log.warning("gateway charge of %d calls not committed: %s",
@@ -184,6 +192,9 @@ class Meter:
                 self._retry.append(op)
             else:
                 self._settle(op.receipts)
+                committed.update((r.buyer, r.provider, r.instrument) for r in op.receipts)
+        if committed and self.on_commit is not None:
+            self.on_commit(committed)
         self.charges += 1
         if pending:
             self._answer(waiting, outcomes[-1])

@@ -163,6 +163,8 @@ class Gateway:
         self.allow_hosts = config.allow_hosts
         self.reservations = Reservations()
         self.meter = Meter(sequencer, self.reservations, config.flush_s)
+        self.meter.on_commit = self._charged_groups
+        self._refreshing: set[asyncio.Task[None]] = set()
         self.catalog = Catalog()
         self.view = CommittedView()
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
@@ -222,6 +224,24 @@ class Gateway:
                     grant.key_id,
                 )
             self.reservations.key_used.setdefault(grant.key_id, int(used))
+
+    def _charged_groups(self, groups: set[Group]) -> None:
+        """A charge committed: read these balances again as of the commit, so that the
+        next calls of these buyers route at once rather than wait for the next batch."""
+        task = asyncio.create_task(self._refresh(groups), name="gateway-view")
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self, groups: set[Group]) -> None:
+        sequencer = self._sequencer()
+        if sequencer is None:
+            return
+        try:
+            await sequencer.committed()
+        except DomainError:
+            return  # the ledger is rebuilding: calls wait for it themselves
+        for group in groups:  # no await from here: memory holds only committed state
+            self.view.left(sequencer, self.reservations, group, fresh=True)
 
     def _held(self, buyer: str) -> dict[str, dict[str, int]]:
         """Entitlement left per instrument and provider, from every balance of the buyer."""
