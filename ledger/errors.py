@@ -2,27 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
-import asyncpg.exceptions._base as asyncpg_base
-
 from schemas.errors import DomainError, ErrorKind
-
-#: Exceptions that mean the database cannot be reached now, not that a request is wrong
-#: (503 `database_unavailable`: `ops.errors`, and the gateway's OpenAI-shaped errors).
-#: (TimeoutError is an OSError: a query that timed out is one the database did not answer.)
-DATABASE_DOWN: tuple[type[Exception], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-#: InterfaceErrors that are about the request or the code, not the connection (500).
-CLIENT_FAULTS: tuple[type[Exception], ...] = (
-    asyncpg_base.ClientConfigurationError,
-    asyncpg_base.UnsupportedClientFeatureError,
-    asyncpg_base.UnsupportedServerFeatureError,
-)
 
 
 class TransactionRejected(DomainError):

@@ -28,7 +28,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
-from ledger.errors import CLIENT_FAULTS, DATABASE_DOWN
+from ledger.outage import CLIENT_FAULTS, DATABASE_DOWN
 from schemas.errors import STATUS_OF_KIND, DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
