@@ -60,6 +60,9 @@ ENV_OVERRIDES: dict[str, str] = {
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
     "gateway_upstream_timeout_s": "TOKEX_GATEWAY_UPSTREAM_TIMEOUT_S",
+    "gateway_max_in_flight": "TOKEX_GATEWAY_MAX_IN_FLIGHT",
+    "gateway_rate_limit": "TOKEX_GATEWAY_RATE_LIMIT",
+    "gateway_rate_burst": "TOKEX_GATEWAY_RATE_BURST",
     "keep_alive_timeout_ms": "TOKEX_KEEP_ALIVE_TIMEOUT_MS",
     "header_timeout_ms": "TOKEX_HEADER_TIMEOUT_MS",
     "body_timeout_ms": "TOKEX_BODY_TIMEOUT_MS",
@@ -128,10 +131,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     endpoint_allow_hosts: str = ""
     #: Seconds between health probes of the providers' endpoints.
     endpoint_health_interval_s: float = 10.0
-    #: How often the gateway charges its metered calls through the sequencer (ms).
+    #: The gateway commits each call's receipt as soon as it can (a group commit with the
+    #: receipts of other calls ending meanwhile); a charge that failed is submitted again
+    #: at the latest after this long (ms): settlement at least once a second by default.
     gateway_flush_ms: int = 1000
     #: How long the gateway waits on an upstream (connect, each read) before a 502.
     gateway_upstream_timeout_s: float = 60.0
+    #: Calls in flight per buying account through the gateway (429 beyond).
+    gateway_max_in_flight: int = 256
+    #: Calls per second per inference key, on average and in a burst (429 beyond).
+    gateway_rate_limit: float = 100.0
+    gateway_rate_burst: int = 200
 
     @property
     def money(self) -> Currency:

@@ -34,23 +34,13 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
+from ledger.outage import CLIENT_FAULTS, DATABASE_DOWN
 from market.gateway.errors import error_body as openai_error_body
 from market.sequencer.errors import ExchangeBusy
 from ops.wire import query_alias
-from schemas.errors import DomainError, ErrorKind
+from schemas.errors import STATUS_OF_KIND, DomainError
 
 log = logging.getLogger(__name__)
-
-STATUS_OF_KIND: dict[ErrorKind, int] = {
-    ErrorKind.INVALID: 400,
-    ErrorKind.UNAUTHORIZED: 401,
-    ErrorKind.FORBIDDEN: 403,
-    ErrorKind.NOT_FOUND: 404,
-    ErrorKind.CONFLICT: 409,
-    ErrorKind.REJECTED: 422,
-    ErrorKind.RATE_LIMITED: 429,
-    ErrorKind.UNAVAILABLE: 503,
-}
 
 #: Codes for errors raised by the framework itself rather than by our code.
 CODE_OF_STATUS: dict[int, str] = {
@@ -70,23 +60,6 @@ INTERNAL_MESSAGE = "internal error; it has been logged"
 OPENAI_PREFIX = "/openai/v1"  # the gateway's routes answer in OpenAI's error shape
 RETRY_AFTER_S = 1
 
-#: Exceptions that mean the database cannot be reached now, not that a request is wrong.
-#: (TimeoutError is an OSError: a query that timed out is one the database did not answer.)
-DATABASE_DOWN: tuple[type[Exception], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    # "cannot switch to state N; another operation (M) is in progress": a pooled
-    # connection a lost database left mid-query, failing again when it is released.
-    asyncpg_base.InternalClientError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-CLIENT_FAULTS: tuple[type[Exception], ...] = (
-    asyncpg_base.ClientConfigurationError,
-    asyncpg_base.UnsupportedClientFeatureError,
-    asyncpg_base.UnsupportedServerFeatureError,
-)
 DATABASE_UNAVAILABLE_CODE = "database_unavailable"
 DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; try again shortly"
 

@@ -6,16 +6,26 @@ from __future__ import annotations
 
 from market.gateway.health import health_lifespan
 from market.gateway.lifespan import gateway_lifespan
+from market.gateway.service import GatewayConfig
 from market.gateway.ssrf import parse_allow_hosts
 from ops.app import Lifespan
 from ops.config import Settings
 
 
+def gateway_config(settings: Settings) -> GatewayConfig:
+    return GatewayConfig(
+        allow_hosts=parse_allow_hosts(settings.endpoint_allow_hosts),
+        flush_s=settings.gateway_flush_ms / 1000,
+        upstream_timeout_s=settings.gateway_upstream_timeout_s,
+        max_in_flight=settings.gateway_max_in_flight,
+        rate_limit=settings.gateway_rate_limit,
+        rate_burst=settings.gateway_rate_burst,
+    )
+
+
 def gateway_lifespans(settings: Settings) -> list[Lifespan]:
-    allow = parse_allow_hosts(settings.endpoint_allow_hosts)
+    config = gateway_config(settings)
     return [
-        health_lifespan(allow, settings.endpoint_health_interval_s),
-        gateway_lifespan(
-            allow, settings.gateway_flush_ms / 1000, settings.gateway_upstream_timeout_s
-        ),
+        health_lifespan(config.allow_hosts, settings.endpoint_health_interval_s),
+        gateway_lifespan(config),
     ]

@@ -2,7 +2,7 @@
 
 `ROUTE_ERRORS` maps `"METHOD /path"` (the OpenAPI path, e.g. `GET /v1/orders/{order_id}`)
 to the errors that route itself raises, as `DomainError` classes (status from their kind
-in `ops.errors.STATUS_OF_KIND`, code from their `code`) or `(status, code)` pairs for
+in `schemas.errors.STATUS_OF_KIND`, code from their `code`) or `(status, code)` pairs for
 codes that are chosen at run time (a refused order's reason). What every route of a kind
 can answer is not listed here but derived from the route (`ops.openapi`): 401 and 429
 on signed routes, 403 `forbidden_role` behind a role guard, 400 `invalid_request` for
@@ -59,9 +59,8 @@ from market.vouchers_api import (
 )
 from ops.audit_api import AuditExportBusy
 from ops.database import DatabaseUnreachable
-from ops.errors import STATUS_OF_KIND
 from ops.ready import ExchangeNotReady
-from schemas.errors import DomainError
+from schemas.errors import STATUS_OF_KIND, DomainError
 from schemas.market import RejectReason
 
 __all__ = ["OPENAI_ERRORS", "ROUTE_ERRORS", "ErrorSpec", "specs"]

@@ -1,8 +1,9 @@
 """Domain errors: one base type, a stable machine-readable code, a kind.
 
 Every error that a user can cause derives from `DomainError`. The API maps the
-`kind` to an HTTP status in one place (`ops.errors`); the code travels to the
-client unchanged as `{"code": ..., "message": ...}`.
+`kind` to an HTTP status in one place (`STATUS_OF_KIND`, which `ops.errors` and the
+gateway's OpenAI-shaped errors both use); the code travels to the client unchanged
+as `{"code": ..., "message": ...}`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ class ErrorKind(StrEnum):
     REJECTED = "rejected"  # 422: well-formed but refused by a business rule (funds, state)
     RATE_LIMITED = "rate_limited"  # 429
     UNAVAILABLE = "unavailable"  # 503
+
+
+#: The HTTP status of each kind: the one map both error shapes use (tokex's own in
+#: `ops.errors`, OpenAI's in `market.gateway.errors`).
+STATUS_OF_KIND: dict[ErrorKind, int] = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.REJECTED: 422,
+    ErrorKind.RATE_LIMITED: 429,
+    ErrorKind.UNAVAILABLE: 503,
+}
 
 
 class DomainError(Exception):

@@ -34,6 +34,13 @@ def allow_hosts(state: State) -> frozenset[str]:
     return parse_allow_hosts(getattr(settings, "endpoint_allow_hosts", ""))
 
 
+def _changed(state: State) -> None:
+    """The gateway keeps the healthy endpoints for a moment: read them again now."""
+    gateway = state.get("gateway")
+    if gateway is not None:
+        gateway.endpoints_changed()
+
+
 @post("/", status_code=201, summary="Register an inference endpoint (provider)")
 async def register_endpoint(
     data: JSONBody[RegisterEndpoint],
@@ -42,11 +49,13 @@ async def register_endpoint(
     state: State,
 ) -> EndpointView:
     target = await resolve(data.base_url, allow_hosts(state))
-    health, detail = await probe(target, data.credential)
+    monitor = state.get("health_monitor")
+    health, detail = await probe(target, data.credential, getattr(monitor, "client", None))
     if health is not Health.HEALTHY:
         raise store.EndpointUnhealthy(f"{data.base_url.rstrip('/')}/models: {detail}")
     async with pool.acquire() as conn:
         row = await store.register(conn, principal.account_id, data, now_ms())
+    _changed(state)
     return row.view()
 
 
@@ -64,9 +73,11 @@ async def delete_endpoint(
     endpoint_id: FromPath[str],
     principal: NamedDependency[Principal],
     pool: NamedDependency[asyncpg.Pool],
+    state: State,
 ) -> None:
     async with pool.acquire() as conn:
         await store.delete(conn, principal.account_id, endpoint_id)
+    _changed(state)
 
 
 endpoints_router = Router(

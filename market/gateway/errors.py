@@ -9,8 +9,14 @@ tokex's `{"code", "message"}` (ops.errors).
 * 402 `insufficient_entitlement` (no entitlement left for this model now, or the key's
   budget is spent),
 * 404 `model_not_found`, 413 `payload_too_large`,
+* 429 `rate_limited` (the key's calls per second, `TOKEX_GATEWAY_RATE_LIMIT` and
+  `TOKEX_GATEWAY_RATE_BURST`) and `too_many_calls_in_flight` (the account's calls in
+  flight, `TOKEX_GATEWAY_MAX_IN_FLIGHT`), with Retry-After,
 * 502 `upstream_error` / `upstream_timeout` (nothing charged),
-* 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable` (with Retry-After).
+* 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable`, `database_unavailable`,
+  `charge_unavailable`
+  (the answer was served but its charge could not be committed: in place of the body, or
+  of a stream's last events) (with Retry-After).
 """
 
 from __future__ import annotations
@@ -22,15 +28,11 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
-from schemas.errors import DomainError, ErrorKind
+from ledger.outage import CLIENT_FAULTS, DATABASE_DOWN
+from schemas.errors import STATUS_OF_KIND, DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
 
-_STATUS_OF_KIND = {
-    ErrorKind.INVALID: 400, ErrorKind.UNAUTHORIZED: 401, ErrorKind.FORBIDDEN: 403,
-    ErrorKind.NOT_FOUND: 404, ErrorKind.CONFLICT: 409, ErrorKind.REJECTED: 422,
-    ErrorKind.RATE_LIMITED: 429, ErrorKind.UNAVAILABLE: 503,
-}  # fmt: skip
 _TYPE_OF_STATUS = {
     400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
     403: "permission_error", 404: "not_found_error", 409: "conflict_error",
@@ -65,6 +67,27 @@ class NoEndpoint(GatewayError):
     status = 503
 
 
+class ChargeUnavailable(GatewayError):
+    """The call was served but its receipt could not be committed now: the buyer gets this
+    in place of the answer's tail (the charge is retried; see `meter.Meter`)."""
+
+    code = "charge_unavailable"
+    kind = ErrorKind.UNAVAILABLE
+    status = 503
+
+
+class TooManyInFlight(GatewayError):
+    """The account has as many calls in flight as the gateway allows one account."""
+
+    code = "too_many_calls_in_flight"
+    kind = ErrorKind.RATE_LIMITED
+    status = 429
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class UnsupportedParameter(GatewayError):
     code = "unsupported_parameter"
     kind = ErrorKind.INVALID
@@ -85,7 +108,7 @@ def error_body(status: int, code: str, message: str) -> dict[str, Any]:
 def status_of(exc: DomainError) -> int:
     if isinstance(exc, GatewayError):
         return exc.status
-    return _STATUS_OF_KIND.get(exc.kind, 400)
+    return STATUS_OF_KIND.get(exc.kind, 400)
 
 
 def _domain(_: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
@@ -108,5 +131,19 @@ def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return Response(body, status_code=500)
 
 
+def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("gateway: database unreachable: %s: %s", type(exc).__name__, exc)
+    supervisor = request.app.state.get("database_supervisor")
+    if supervisor is not None:
+        supervisor.report_failure()
+    body = error_body(503, "database_unavailable", "the database is unavailable; try again")
+    return Response(body, status_code=503, headers={"Retry-After": "1"})
+
+
 def openai_exception_handlers() -> ExceptionHandlersMap:
-    return {DomainError: _domain, HTTPException: _http, Exception: _internal}
+    return {
+        DomainError: _domain, HTTPException: _http,
+        **dict.fromkeys(DATABASE_DOWN, _database_down),
+        **dict.fromkeys(CLIENT_FAULTS, _internal),
+        Exception: _internal,
+    }  # fmt: skip

@@ -9,7 +9,8 @@ unhealthy. Only healthy endpoints get calls.
 
 `HealthMonitor` probes every endpoint every `interval_s` seconds (`tokex serve` runs it,
 `TOKEX_ENDPOINT_HEALTH_INTERVAL_S`, default 10 s); probes run concurrently, at most
-`MAX_PROBES_IN_FLIGHT` at a time.
+`MAX_PROBES_IN_FLIGHT` at a time, on one client kept for its life (registrations probe on
+it too, `app.state.health_monitor`).
 """
 
 from __future__ import annotations
@@ -43,19 +44,28 @@ def upstream_headers(target: Target, credential: str | None) -> dict[str, str]:
     return headers
 
 
+def probe_client() -> httpx.AsyncClient:
+    """A client for probes, kept by its owner (the monitor, the gateway) and reused."""
+    return httpx.AsyncClient(
+        timeout=PROBE_TIMEOUT_S, follow_redirects=False, trust_env=False,
+        limits=httpx.Limits(max_connections=MAX_PROBES_IN_FLIGHT * 2),
+    )  # fmt: skip
+
+
 async def probe(
-    target: Target, credential: str | None, timeout_s: float = PROBE_TIMEOUT_S
-) -> tuple[Health, str]:
-    """Probe one checked target: (health, a short reason when unhealthy)."""
+    target: Target, credential: str | None, client: httpx.AsyncClient | None = None,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> tuple[Health, str]:  # fmt: skip
+    """Probe one checked target: (health, a short reason when unhealthy). With no
+    `client`, a client for this probe alone."""
+    if client is None:
+        async with probe_client() as own:
+            return await probe(target, credential, own, timeout_s)
     try:
-        async with httpx.AsyncClient(
-            timeout=timeout_s, follow_redirects=False, trust_env=False
-        ) as client:
-            response = await client.get(
-                target.url + "/models",
-                headers=upstream_headers(target, credential),
-                extensions=target.extensions,
-            )
+        response = await client.get(
+            target.url + "/models", headers=upstream_headers(target, credential),
+            extensions=target.extensions, timeout=timeout_s, follow_redirects=False,
+        )  # fmt: skip
     except httpx.HTTPError as exc:
         return Health.UNHEALTHY, f"GET /models failed: {type(exc).__name__}"
     if response.status_code != 200:
@@ -70,14 +80,15 @@ async def probe(
 
 
 async def check(
-    base_url: str, credential: str | None, allow_hosts: frozenset[str]
-) -> tuple[Health, str]:
+    base_url: str, credential: str | None, allow_hosts: frozenset[str],
+    client: httpx.AsyncClient | None = None,
+) -> tuple[Health, str]:  # fmt: skip
     """Check the base URL again (SSRF), then probe it."""
     try:
         target = await resolve(base_url, allow_hosts)
     except EndpointRefused as exc:
         return Health.UNHEALTHY, f"{exc.code}: {exc.message}"
-    return await probe(target, credential)
+    return await probe(target, credential, client)
 
 
 class HealthMonitor:
@@ -85,19 +96,28 @@ class HealthMonitor:
 
     def __init__(
         self, pool: asyncpg.Pool, allow_hosts: frozenset[str], interval_s: float,
-        clock: Callable[[], int] = now_ms,
+        clock: Callable[[], int] = now_ms, on_change: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         self._pool = pool
         self._allow_hosts = allow_hosts
         self.interval_s = interval_s
         self._clock = clock
+        self._on_change = on_change
         self._limit = asyncio.Semaphore(MAX_PROBES_IN_FLIGHT)
+        self.client = probe_client()
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
     async def _one(self, row: store.EndpointRow) -> None:
         async with self._limit:
-            health, detail = await check(row.base_url, row.credential, self._allow_hosts)
+            health, detail = await check(
+                row.base_url, row.credential, self._allow_hosts, self.client
+            )
         async with self._pool.acquire() as conn:
             await store.set_health(conn, row, health, detail, self._clock())
+        if health is not row.health and self._on_change is not None:
+            self._on_change()
 
     async def sweep(self) -> None:
         """Probe every endpoint once."""
@@ -121,13 +141,21 @@ def health_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        monitor = HealthMonitor(app.state.pool, allow_hosts, interval_s)
+        def changed() -> None:  # the gateway keeps healthy endpoints for a moment
+            gateway = app.state.get("gateway")
+            if gateway is not None:
+                gateway.endpoints_changed()
+
+        monitor = HealthMonitor(app.state.pool, allow_hosts, interval_s, on_change=changed)
         task = asyncio.create_task(monitor.run(), name="endpoint-health")
+        app.state.health_monitor = monitor
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            app.state.health_monitor = None
+            await monitor.close()
 
     return lifespan

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncpg
 from litestar import Router, delete, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -42,9 +43,14 @@ async def revoke_key(
     key_id: FromPath[str],
     principal: NamedDependency[Principal],
     pool: NamedDependency[asyncpg.Pool],
+    state: State,
 ) -> InferenceKeyView:
     async with pool.acquire() as conn:
-        return await keys.revoke(conn, principal.account_id, key_id)
+        revoked = await keys.revoke(conn, principal.account_id, key_id)
+    gateway = state.get("gateway")
+    if gateway is not None:  # the gateway keeps grants for a moment: not this one
+        gateway.grants.clear()
+    return revoked
 
 
 keys_router = Router(

@@ -8,8 +8,9 @@ key (`POST /v1/inference-keys`) as its API key:
   provider's endpoint (`service.Gateway.call`), streaming or not.
 
 The router is public to the signed-request middleware (`opt=PUBLIC`): a signature neither
-admits nor is needed here; every route's `grant` dependency checks the bearer key
-(401 `invalid_api_key` otherwise). Errors are in OpenAI's shape (`errors`).
+admits nor is needed here; every route checks the bearer key first (`authorize`)
+(401 `invalid_api_key` otherwise) and its rate (a token bucket per key, 429 `rate_limited`
+with Retry-After). Errors are in OpenAI's shape (`errors`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 import asyncpg
 from litestar import Request, Router, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
 from litestar.response import Response, Stream
 
 from market.auth import PUBLIC
@@ -45,44 +45,51 @@ def provide_gateway(state: State) -> Gateway:
     return gateway
 
 
-async def provide_grant(
-    request: Request[Any, Any, Any], pool: NamedDependency[asyncpg.Pool]
-) -> keys.KeyGrant:
+async def authorize(request: Request[Any, Any, Any]) -> tuple[Gateway, keys.KeyGrant]:
+    """The gateway and the key's grant (401 `invalid_api_key`), within its rate (429
+    `rate_limited`). Grants are kept for `service.GRANTS_CACHE_S` (a revocation here
+    clears them at once); a key's expiry is checked on every call. Called by each route
+    itself rather than through Litestar's dependency injection: a tenth of the gateway's
+    CPU a call went to resolving these."""
+    state = request.app.state
+    gateway = provide_gateway(state)
     secret = keys.bearer_secret(request.headers.get("authorization"))
-    async with pool.acquire() as conn:
-        return await keys.authenticate(conn, secret, now_ms())
+    digest = keys.secret_hash(secret)
+    now = now_ms()
 
+    async def load() -> keys.KeyGrant:
+        pool: asyncpg.Pool = state.pool
+        async with pool.acquire() as conn:
+            return await keys.authenticate(conn, secret, now)
 
-Grant = NamedDependency[keys.KeyGrant]
-Gw = NamedDependency[Gateway]
+    grant = await gateway.grants.get_or_load(digest, load)
+    if grant.expires_ms is not None and now >= grant.expires_ms:
+        raise keys.InvalidInferenceKey("this inference key has expired")
+    gateway.limiter.acquire(grant.key_id)
+    return gateway, grant
 
 
 @get("/models", summary="The models this key may use now")
-async def list_models(grant: Grant, gateway: Gw) -> dict[str, Any]:
+async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    gateway, grant = await authorize(request)
     return {"object": "list", "data": await gateway.models(grant)}
 
 
 @post("/chat/completions", status_code=200, summary="Chat completion, metered")
-async def chat_completions(
-    request: Request[Any, Any, Any], grant: Grant, gateway: Gw
-) -> Response[Any] | Stream:
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
+    gateway, grant = await authorize(request)
     return await gateway.call(grant, "/chat/completions", await request.body())
 
 
 @post("/completions", status_code=200, summary="Text completion, metered")
-async def completions(
-    request: Request[Any, Any, Any], grant: Grant, gateway: Gw
-) -> Response[Any] | Stream:
+async def completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
+    gateway, grant = await authorize(request)
     return await gateway.call(grant, "/completions", await request.body())
 
 
 openai_router = Router(
     "/openai/v1",
     route_handlers=[list_models, chat_completions, completions],
-    dependencies={
-        "grant": Provide(provide_grant),
-        "gateway": Provide(provide_gateway, sync_to_thread=False),
-    },
     exception_handlers=openai_exception_handlers(),
     opt=PUBLIC,
     request_max_body_size=MAX_BODY_BYTES,

@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from schemas.trading import InstrumentView
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """An unsettled instrument's delivery window (`catalog.Catalog` keeps them per model)."""
+
+    symbol: str
+    start_ms: int
+    end_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,35 +54,27 @@ class NoRoute(Enum):
     BUSY = "busy"
 
 
-def window_end_ms(i: InstrumentView) -> int:
-    return (i.window_start + i.duration) * 1000
-
-
-def live(instruments: Iterable[InstrumentView], model: str, now_ms: int) -> list[InstrumentView]:
-    """Instruments of `model` whose window contains `now_ms`, not settled, by window end."""
-    found = [
-        i for i in instruments
-        if i.model == model and i.state != "settled"
-        and i.window_start * 1000 <= now_ms < window_end_ms(i)
-    ]  # fmt: skip
-    return sorted(found, key=lambda i: (window_end_ms(i), i.symbol))
+def live(windows: Iterable[Window], now_ms: int) -> list[str]:
+    """The symbols whose window contains `now_ms`, by window end then symbol."""
+    found = [w for w in windows if w.start_ms <= now_ms < w.end_ms]
+    return [w.symbol for w in sorted(found, key=lambda w: (w.end_ms, w.symbol))]
 
 
 def choose(
-    instruments: Sequence[InstrumentView],
+    instruments: Sequence[str],
     providers_of: Callable[[str], Mapping[str, int]],
     endpoints: Sequence[Endpoint],
     in_flight: Mapping[tuple[str, str], int],
 ) -> Route | NoRoute:
-    """Apply the rule to live `instruments` (from `live`). `providers_of(symbol)` is the
+    """Apply the rule to the live instruments' symbols (from `live`). `providers_of(symbol)` is the
     entitlement left per provider; `in_flight` counts calls per (provider, endpoint id)."""
     by_provider: dict[str, list[Endpoint]] = {}
     for e in endpoints:
         by_provider.setdefault(e.provider, []).append(e)
     outcome = NoRoute.NO_ENTITLEMENT
-    for instrument in instruments:
+    for symbol in instruments:
         left = sorted(
-            ((p, n) for p, n in providers_of(instrument.symbol).items() if n > 0),
+            ((p, n) for p, n in providers_of(symbol).items() if n > 0),
             key=lambda pn: (-pn[1], pn[0]),
         )
         for provider, available in left:
@@ -86,7 +85,7 @@ def choose(
             if room:
                 best = min(room, key=lambda e: (in_flight.get((provider, e.endpoint_id), 0),
                                                 e.endpoint_id))  # fmt: skip
-                return Route(instrument.symbol, provider, best, available)
+                return Route(symbol, provider, best, available)
             if mine:
                 outcome = NoRoute.BUSY
             elif outcome is NoRoute.NO_ENTITLEMENT:

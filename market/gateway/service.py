@@ -1,44 +1,58 @@
-"""The gateway's call path: route, reserve, forward, meter, receipt (`Gateway.call`).
+"""The gateway's call path: admit, route, reserve, forward, meter, commit, tail (`Gateway.call`).
 
 One `Gateway` per process (`app.state.gateway`, started by `gateway_lifespan` after the
 exchange's lifespan, since it needs the sequencer). A call:
 
-1. is refused before anything is reserved if malformed (400), for a model its key does
-   not allow (404 `model_not_found`), or with `n` other than 1 (400);
-2. is routed (`routing`) on the sequencer's committed memory and the endpoints' health,
-   and reserves (`metering.plan`, `meter.Reservations`) in the same step of the event loop;
+1. is admitted by its key's rate (429 `rate_limited`, in `openai_api`) and its account's
+   calls in flight (429 `too_many_calls_in_flight`); refused before anything is reserved
+   if malformed (400), for a model its key does not allow (404 `model_not_found`), or
+   with `n` other than 1 (400);
+2. is routed (`routing`) on the sequencer's committed memory (`catalog`: the model's
+   instruments, the buyer's entitlement by account key) and the endpoints' health, and
+   reserves (`metering.plan`, `meter.Reservations`) in the same step of the event loop;
 3. is forwarded to the endpoint's checked address (`ssrf.resolve` again, per call) with
    the endpoint's credential, `max_tokens` set to the completion cap and, streaming,
-   `stream_options.include_usage` on; the answer goes back as it arrives (SSE events
-   passed on one by one; the usage-only event only if the buyer asked for it);
+   `stream_options.include_usage` on; a stream's events go back as they arrive, but for
+   its tail: the usage-only event (only if the buyer asked for it) and `[DONE]`, or the
+   error event of a stream cut;
 4. ends with its charge (`metering.charge`): the rest of the reservation is released and
-   a receipt goes to the `Meter`, which charges it through the sequencer within a flush.
+   the receipt goes to the `Meter`'s next group commit; only once it is committed does the
+   buyer get the tail (non-streaming: the whole body). If it cannot be committed (the
+   sequencer answers 503), the buyer gets 503 `charge_unavailable` in OpenAI's shape in
+   place of the tail, and the meter retries the charge.
 
 An upstream error status, a timeout or a failure before the answer: 502, nothing charged,
-no receipt. A stream that breaks after it began: the buyer gets an OpenAI-style error
-event, and the call is charged by the rule for a cut stream.
+no receipt. A stream that breaks after it began, or whose buyer goes away: charged by the
+rule for a cut stream (`metering`), the receipt filed without anyone waiting for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncpg
-import httpx
 import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from market.auth import RateLimiter
 from market.gateway import endpoints as store
 from market.gateway import metering, routing
+from market.gateway.cache import TtlCache
+from market.gateway.catalog import Catalog, CommittedView, StaleView
 from market.gateway.errors import (
+    ChargeUnavailable,
     InsufficientEntitlement,
     ModelNotFound,
     NoEndpoint,
+    TooManyInFlight,
     UnsupportedParameter,
     UpstreamFailed,
 )
@@ -49,10 +63,38 @@ from market.gateway.sse import EventReader
 from market.gateway.ssrf import EndpointRefused, Target, resolve
 from market.sequencer import Sequencer
 from market.signing import now_ms
+from schemas.errors import DomainError
 from schemas.gateway import GatewayReceipt
 
+log = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+
+#: The response header naming a call's receipt (`GET /v1/receipts`), sent with the first byte.
+RECEIPT_HEADER = "x-tokex-receipt"
+#: How long the gateway keeps what it read of its configuration (s), and how many entries.
+#: Changes made in this process (a key revoked, an endpoint registered, deleted, probed)
+#: clear it at once; others (a row edited by hand) are seen within this.
+ENDPOINTS_CACHE_S = 1.0
+GRANTS_CACHE_S = 2.0
+TARGETS_CACHE_S = 5.0
+CACHE_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The gateway's settings (`ops.gateway` fills them from `ops.config.Settings`)."""
+
+    allow_hosts: frozenset[str]
+    #: The longest a failed charge waits before it is submitted again (s).
+    flush_s: float = 1.0
+    upstream_timeout_s: float = 60.0
+    #: Calls in flight per buying account (the gateway's memory per account is bounded
+    #: by it): more get 429 `too_many_calls_in_flight`.
+    max_in_flight: int = 256
+    #: Calls per second per inference key, on average and in a burst (429 `rate_limited`).
+    rate_limit: float = 100.0
+    rate_burst: int = 200
 
 
 @dataclass(slots=True)
@@ -62,9 +104,11 @@ class Call:
     grant: KeyGrant
     group: Group
     route: routing.Route
+    row: store.EndpointRow
     model: str
     plan: metering.Plan
     started_ms: int
+    receipt_id: str = field(default_factory=lambda: "rcp_" + secrets.token_hex(12))
     request_bytes: bytes = b""
     response_hash: Any = field(default_factory=hashlib.sha256)
     finished: bool = False
@@ -101,22 +145,45 @@ def upstream_body(body: dict[str, Any], plan: metering.Plan) -> bytes:
     return _encoder.encode(out)
 
 
+def _no_route(route: routing.NoRoute, model: str) -> DomainError:
+    if route is routing.NoRoute.NO_ENTITLEMENT:
+        return InsufficientEntitlement(f"no entitlement left for model {model!r} now")
+    if route is routing.NoRoute.NO_ENDPOINT:
+        return NoEndpoint(f"no healthy endpoint serves model {model!r} for your entitlement")
+    return NoEndpoint(f"every endpoint of {model!r} is at its concurrency", code="endpoints_busy")
+
+
 class Gateway:
     def __init__(
-        self, pool: asyncpg.Pool, sequencer: SequencerSource, *, allow_hosts: frozenset[str],
-        flush_s: float, upstream_timeout_s: float,
-    ) -> None:  # fmt: skip
+        self, pool: asyncpg.Pool, sequencer: SequencerSource, config: GatewayConfig
+    ) -> None:
         self.pool = pool
         self._sequencer = sequencer
-        self.allow_hosts = allow_hosts
+        self.config = config
+        self.allow_hosts = config.allow_hosts
         self.reservations = Reservations()
-        self.meter = Meter(sequencer, self.reservations, flush_s)
+        self.meter = Meter(sequencer, self.reservations, config.flush_s)
+        self.meter.on_commit = self._charged_groups
+        self._refreshing: set[asyncio.Task[None]] = set()
+        self.catalog = Catalog()
+        self.view = CommittedView()
+        self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        #: a model -> its healthy endpoints; a secret's hash -> its key's grant; a base
+        #: URL -> its checked address (`ssrf.resolve`)
+        self.endpoints: TtlCache[str, list[store.EndpointRow]] = TtlCache(
+            ENDPOINTS_CACHE_S, CACHE_ENTRIES
+        )
+        self.grants: TtlCache[bytes, KeyGrant] = TtlCache(GRANTS_CACHE_S, CACHE_ENTRIES)
+        self.targets: TtlCache[str, Target] = TtlCache(TARGETS_CACHE_S, CACHE_ENTRIES)
+        #: calls in flight per (provider, endpoint id) and per buying account (entries
+        #: only while calls are in flight)
         self.in_flight: dict[tuple[str, str], int] = {}
-        self.http = httpx.AsyncClient(
-            timeout=upstream_timeout_s, follow_redirects=False, trust_env=False,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        )  # fmt: skip
-        self._endpoints: dict[tuple[str, str], store.EndpointRow] = {}
+        self.account_in_flight: dict[str, int] = {}
+        #: calls routed on the committed view without waiting, and after waiting for the
+        #: batch in flight (ops/bench)
+        self.routed_at_once = 0
+        self.routed_after_commit = 0
+        self.http = upstream_session(config.upstream_timeout_s)
 
     @property
     def sequencer(self) -> Sequencer:
@@ -124,34 +191,26 @@ class Gateway:
         return current(self._sequencer)
 
     async def close(self) -> None:
+        log.info("gateway: %d calls routed at once, %d after the batch in flight",
+                 self.routed_at_once, self.routed_after_commit)  # fmt: skip
         await self.meter.close()
-        await self.http.aclose()
+        await self.http.close()
 
     # -- which models, which route -----------------------------------------------------
-
-    def held(self, buyer: str) -> dict[str, dict[str, int]]:
-        """Entitlement left per instrument and provider (less the reservations)."""
-        out: dict[str, dict[str, int]] = {}
-        for e in self.sequencer.entitlements_of(buyer):
-            if e.buyer == buyer and e.entitlement > 0:
-                left = self.reservations.left((buyer, e.provider, e.instrument), e.entitlement)
-                out.setdefault(e.instrument, {})[e.provider] = left
-        return out
 
     async def models(self, grant: KeyGrant) -> list[dict[str, Any]]:
         """The models this key may use now: live instruments it holds entitlement on."""
         await self.sequencer.committed()
-        held = self.held(grant.buyer)
-        now = now_ms()
+        sequencer, now = self.sequencer, now_ms()
+        held = self._held(grant.buyer)
         seen: dict[str, int] = {}
-        for i in self.sequencer.instruments():
-            left = held.get(i.symbol, {})
-            if (
-                any(n > 0 for n in left.values())
-                and grant.allows(i.model)
-                and routing.live([i], i.model, now)
-            ):
-                seen.setdefault(i.model, i.window_start)
+        for model in self.catalog.models(sequencer.market):
+            if not grant.allows(model):
+                continue
+            for w in self.catalog.windows(sequencer.market, model):
+                live = w.start_ms <= now < w.end_ms
+                if live and any(n > 0 for n in held.get(w.symbol, {}).values()):
+                    seen.setdefault(model, w.start_ms // 1000)
         return [{"id": m, "object": "model", "created": c, "owned_by": "tokex"}
                 for m, c in sorted(seen.items())]  # fmt: skip
 
@@ -166,37 +225,114 @@ class Gateway:
                 )
             self.reservations.key_used.setdefault(grant.key_id, int(used))
 
+    def _charged_groups(self, groups: set[Group]) -> None:
+        """A charge committed: read these balances again as of the commit, so that the
+        next calls of these buyers route at once rather than wait for the next batch."""
+        task = asyncio.create_task(self._refresh(groups), name="gateway-view")
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self, groups: set[Group]) -> None:
+        sequencer = self._sequencer()
+        if sequencer is None:
+            return
+        try:
+            await sequencer.committed()
+        except DomainError:
+            return  # the ledger is rebuilding: calls wait for it themselves
+        for group in groups:  # no await from here: memory holds only committed state
+            self.view.left(sequencer, self.reservations, group, fresh=True)
+
+    def _held(self, buyer: str) -> dict[str, dict[str, int]]:
+        """Entitlement left per instrument and provider, from every balance of the buyer."""
+        out: dict[str, dict[str, int]] = {}
+        for e in self.sequencer.entitlements_of(buyer):
+            if e.buyer == buyer and e.entitlement > 0:
+                left = self.reservations.left((buyer, e.provider, e.instrument), e.entitlement)
+                out.setdefault(e.instrument, {})[e.provider] = left
+        return out
+
+    def _admit(self, grant: KeyGrant) -> None:
+        if self.account_in_flight.get(grant.buyer, 0) >= self.config.max_in_flight:
+            raise TooManyInFlight(
+                f"your account has {self.config.max_in_flight} calls in flight, the most "
+                "the gateway takes; retry when one ends"
+            )
+
+    def endpoints_changed(self) -> None:
+        """An endpoint was registered, deleted or probed: read them again."""
+        self.endpoints.clear()
+        self.targets.clear()
+
+    async def healthy_endpoints(self, model: str) -> list[store.EndpointRow]:
+        async def load() -> list[store.EndpointRow]:
+            async with self.pool.acquire() as conn:
+                return await store.healthy_endpoints(conn, model)
+
+        # only models that have endpoints are kept: the cache is bounded by them
+        return await self.endpoints.get_or_load(model, load)
+
     async def open_call(self, grant: KeyGrant, body: dict[str, Any]) -> Call:
-        """Route the call and reserve for it (or raise 402/404/503)."""
+        """Route the call and reserve for it (or raise 402/404/429/503)."""
         model: str = body["model"]
         if not grant.allows(model):
             raise ModelNotFound(f"this key may not use model {model!r}")
-        async with self.pool.acquire() as conn:
-            rows = await store.healthy_endpoints(conn, model)
+        self._admit(grant)
+        rows = await self.healthy_endpoints(model)
         await self._load_key_used(grant)
-        await self.sequencer.committed()
+        sequencer = self.sequencer
+        if not sequencer.healthy:
+            await sequencer.committed()  # 503 while memory may hold a failed batch
         # From here to the reservation: no await, so no other call sees the same balance
-        # (of the entitlement or of the key's budget).
+        # (of the entitlement or of the key's budget). The balances as of the last commit
+        # (`CommittedView`), without waiting for a batch in flight; else after it.
+        self._admit(grant)
+        try:
+            call = self._reserve(grant, body, model, rows, fresh=False)
+        except StaleView:
+            pass
+        else:
+            self.routed_at_once += 1
+            return call
+        await self.sequencer.committed()
+        self._admit(grant)
+        self.routed_after_commit += 1
+        return self._reserve(grant, body, model, rows, fresh=True)
+
+    def _reserve(
+        self, grant: KeyGrant, body: dict[str, Any], model: str,
+        rows: list[store.EndpointRow], *, fresh: bool,
+    ) -> Call:  # fmt: skip
+        sequencer, now = self.sequencer, now_ms()
         key_left = self.reservations.key_left(grant.key_id, grant.token_budget)
-        for row in rows:
-            self._endpoints[(row.provider, row.endpoint_id)] = row
         endpoints = [routing.Endpoint(r.provider, r.endpoint_id, r.max_concurrency) for r in rows]
-        now = now_ms()
-        live = routing.live(self.sequencer.instruments(), model, now)
-        held = self.held(grant.buyer)
-        route = routing.choose(live, lambda s: held.get(s, {}), endpoints, self.in_flight)
-        if route is routing.NoRoute.NO_ENTITLEMENT:
-            raise InsufficientEntitlement(f"no entitlement left for model {model!r} now")
-        if route is routing.NoRoute.NO_ENDPOINT:
-            raise NoEndpoint(f"no healthy endpoint serves model {model!r} for your entitlement")
-        if route is routing.NoRoute.BUSY:
-            raise NoEndpoint(
-                f"every endpoint of {model!r} is at its concurrency", code="endpoints_busy"
-            )
+        providers = {e.provider for e in endpoints}
+        live = routing.live(self.catalog.windows(sequencer.market, model), now)
+
+        def providers_of(symbol: str) -> dict[str, int]:
+            return {
+                p: self.view.left(
+                    sequencer, self.reservations, (grant.buyer, p, symbol), fresh=fresh
+                )
+                for p in providers
+            }
+
+        route = routing.choose(live, providers_of, endpoints, self.in_flight)
+        if route is routing.NoRoute.NO_ENTITLEMENT and live:
+            if not fresh:
+                raise StaleView  # decide 402 or 503 on the committed state
+            # None with an endpoint: is it 402, or entitlement with providers that have
+            # no healthy endpoint (503)? Only failures take this scan of the balances.
+            held = self._held(grant.buyer)
+            route = routing.choose(live, lambda s: held.get(s, {}), endpoints, self.in_flight)
+        if isinstance(route, routing.NoRoute):
+            raise _no_route(route, model)
         available = route.available if key_left is None else min(route.available, key_left)
-        weight = next(i.completion_weight for i in live if i.symbol == route.instrument)
+        weight = sequencer.market.instrument(route.instrument).terms.completion_weight
         plan = metering.plan(body, available, weight)
         if plan is None:
+            if not fresh:
+                raise StaleView
             left = (
                 "this key's budget"
                 if key_left is not None and key_left < route.available
@@ -209,26 +345,27 @@ class Gateway:
         self.reservations.reserve(group, grant.key_id, plan.reserved)
         slot = (route.provider, route.endpoint.endpoint_id)
         self.in_flight[slot] = self.in_flight.get(slot, 0) + 1
-        return Call(grant, group, route, model, plan, now)
+        self.account_in_flight[grant.buyer] = self.account_in_flight.get(grant.buyer, 0) + 1
+        row = next(r for r in rows if (r.provider, r.endpoint_id) == slot)
+        return Call(grant, group, route, row, model, plan, now)
 
     def finish(
         self, call: Call, usage: metering.Usage | None, chunks: int, *, served: bool
-    ) -> None:
-        """End a call once: charge it (if it was served), release the rest, file its receipt."""
+    ) -> asyncio.Future[None] | None:
+        """End a call once: charge it (if it was served), release the rest, file its
+        receipt. The future is done once the receipt is committed (None: not served)."""
         if call.finished:
-            return
+            return None
         call.finished = True
-        slot = (call.route.provider, call.route.endpoint.endpoint_id)
-        self.in_flight[slot] -= 1
-        if not self.in_flight[slot]:
-            del self.in_flight[slot]
+        _drop(self.in_flight, (call.route.provider, call.route.endpoint.endpoint_id))
+        _drop(self.account_in_flight, call.grant.buyer)
         charged = metering.charge(call.plan, usage, chunks) if served else metering.NOTHING
         self.reservations.finish(call.group, call.grant.key_id, call.plan.reserved, charged.tokens)
         if not served:
-            return
+            return None
         buyer, provider, instrument = call.group
-        self.meter.add(GatewayReceipt(
-            receipt_id="rcp_" + secrets.token_hex(12), key_id=call.grant.key_id, buyer=buyer,
+        return self.meter.charge(GatewayReceipt(
+            receipt_id=call.receipt_id, key_id=call.grant.key_id, buyer=buyer,
             provider=provider, instrument=instrument, endpoint_id=call.route.endpoint.endpoint_id,
             model=call.model, prompt_tokens=charged.prompt_tokens,
             completion_tokens=charged.completion_tokens, cached_tokens=charged.cached_tokens,
@@ -238,93 +375,114 @@ class Gateway:
             response_sha256=call.response_hash.digest(),
         ))  # fmt: skip
 
+    async def _charged(self, call: Call, usage: metering.Usage | None, chunks: int) -> None:
+        """Finish a served call and wait until its receipt is committed (or raise 503
+        `charge_unavailable`). A buyer gone meanwhile does not cancel the commit."""
+        future = self.finish(call, usage, chunks, served=True)
+        if future is None:
+            return
+        try:
+            await asyncio.shield(future)
+        except DomainError as exc:
+            raise ChargeUnavailable(
+                "your call was served but its charge could not be committed now "
+                f"({exc.code}); it is retried, and you are charged by the rule for a cut "
+                "call: the upstream's usage, else the chunks streamed"
+            ) from None
+
     # -- forwarding ----------------------------------------------------------------------
 
-    async def _target(self, call: Call) -> tuple[Target, store.EndpointRow]:
-        row = self._endpoints[(call.route.provider, call.route.endpoint.endpoint_id)]
+    async def _target(self, call: Call) -> Target:
+        target = self.targets.get(call.row.base_url)
+        if target is not None:
+            return target
         try:
-            return await resolve(row.base_url, self.allow_hosts), row
+            target = await resolve(call.row.base_url, self.allow_hosts)
         except EndpointRefused as exc:
             raise NoEndpoint(f"the endpoint is unusable now: {exc.code}") from None
-
-    def _request(
-        self, target: Target, row: store.EndpointRow, path: str, body: bytes
-    ) -> httpx.Request:
-        headers = upstream_headers(target, row.credential)
-        headers["Content-Type"] = "application/json"
-        return self.http.build_request(
-            "POST", target.url + path, content=body, headers=headers, extensions=target.extensions
-        )
+        self.targets.put(call.row.base_url, target)
+        return target
 
     async def call(self, grant: KeyGrant, path: str, raw: bytes) -> Response[Any] | Stream:
         body = parse_body(raw)
         call = await self.open_call(grant, body)
         try:
-            target, row = await self._target(call)
+            target = await self._target(call)
             call.request_bytes = upstream_body(body, call.plan)
-            request = self._request(target, row, path, call.request_bytes)
+            response = await self._send(target, call, path)
             if body.get("stream"):
-                return await self._stream(call, request, wants_usage=_wants_usage(body))
-            return await self._once(call, request)
+                return await self._stream(call, response, wants_usage=_wants_usage(body))
+            return await self._once(call, response)
         except BaseException:
             self.finish(call, None, 0, served=False)
             raise
 
-    async def _once(self, call: Call, request: httpx.Request) -> Response[Any]:
+    async def _send(self, target: Target, call: Call, path: str) -> aiohttp.ClientResponse:
+        """POST to the endpoint's checked address (its Host, TLS name and credential)."""
+        headers = upstream_headers(target, call.row.credential)
+        headers["Content-Type"] = "application/json"
         try:
-            response = await self.http.send(request)
-        except httpx.TimeoutException:
+            response = await self.http.post(
+                target.url + path, data=call.request_bytes, headers=headers,
+                allow_redirects=False, server_hostname=target.server_hostname,
+            )  # fmt: skip
+        except TimeoutError:
             raise UpstreamFailed(
                 "the upstream timed out; nothing was charged", code="upstream_timeout"
             ) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamFailed(
                 f"the upstream failed ({type(exc).__name__}); nothing was charged"
             ) from None
-        if not 200 <= response.status_code < 300:
+        if not 200 <= response.status < 300:
+            response.close()
+            raise UpstreamFailed(f"the upstream answered {response.status}; nothing was charged")
+        return response
+
+    async def _once(self, call: Call, response: aiohttp.ClientResponse) -> Response[Any]:
+        try:
+            content = await response.read()
+        except TimeoutError:
             raise UpstreamFailed(
-                f"the upstream answered {response.status_code}; nothing was charged"
-            )
-        content = response.content
+                "the upstream timed out; nothing was charged", code="upstream_timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed(
+                f"the upstream failed ({type(exc).__name__}); nothing was charged"
+            ) from None
+        finally:
+            response.release()
         try:
             answer = _decoder.decode(content)
         except msgspec.DecodeError:
             raise UpstreamFailed("the upstream's answer is not JSON; nothing was charged") from None
         usage = metering.parse_usage(answer.get("usage")) if isinstance(answer, dict) else None
         call.response_hash.update(content)
-        self.finish(call, usage, 0, served=True)
-        return Response(content, media_type="application/json")
+        await self._charged(call, usage, 0)  # the body goes only once its receipt is durable
+        return Response(
+            content, media_type="application/json", headers={RECEIPT_HEADER: call.receipt_id}
+        )
 
-    async def _stream(self, call: Call, request: httpx.Request, *, wants_usage: bool) -> Stream:
-        try:
-            response = await self.http.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise UpstreamFailed(
-                "the upstream timed out; nothing was charged", code="upstream_timeout"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise UpstreamFailed(
-                f"the upstream failed ({type(exc).__name__}); nothing was charged"
-            ) from None
-        if not 200 <= response.status_code < 300:
-            await response.aclose()
-            raise UpstreamFailed(
-                f"the upstream answered {response.status_code}; nothing was charged"
-            )
+    async def _stream(
+        self, call: Call, response: aiohttp.ClientResponse, *, wants_usage: bool
+    ) -> Stream:
         relay = self._relay(call, response, wants_usage)
         # Started here, not when the response is first sent: a started generator's cleanup
         # (which ends the call) runs even if the buyer is gone before anything is sent.
         first = await anext(relay)
-        return Stream(_chain(first, relay), media_type="text/event-stream",
-                      headers={"Cache-Control": "no-cache"})  # fmt: skip
+        headers = {"Cache-Control": "no-cache", RECEIPT_HEADER: call.receipt_id}
+        return Stream(_chain(first, relay), media_type="text/event-stream", headers=headers)
 
     async def _relay(
-        self, call: Call, response: httpx.Response, wants_usage: bool
-    ) -> AsyncIterator[bytes]:
+        self, call: Call, response: aiohttp.ClientResponse, wants_usage: bool
+    ) -> AsyncGenerator[bytes, None]:
+        """The stream's events as they come, but its tail ([DONE] and the usage-only
+        event, or the error of a cut) only once the call's receipt is committed."""
         reader, usage, chunks, done = EventReader(), None, 0, False
+        tail: list[bytes] = []
         try:
             try:
-                async for data in response.aiter_raw():
+                async for data in response.content.iter_any():
                     for event in reader.feed(data):
                         usage = event.usage or usage
                         chunks += event.has_content
@@ -332,22 +490,57 @@ class Gateway:
                         if event.usage_only and not wants_usage:
                             continue
                         call.response_hash.update(event.raw)
-                        yield event.raw
-            except httpx.HTTPError:
+                        if tail or event.done or event.usage_only:
+                            tail.append(event.raw)
+                        else:
+                            yield event.raw
+            except (aiohttp.ClientError, TimeoutError):
                 pass
             if not done:
-                cut = _cut_event()
-                call.response_hash.update(cut)
-                yield cut
+                tail.append(_cut_event())
+                call.response_hash.update(tail[-1])
+            try:
+                await self._charged(call, usage, chunks)
+            except ChargeUnavailable as exc:
+                tail = [_error_event(exc.message, "service_unavailable", exc.code)]
+            for raw in tail:
+                yield raw
         finally:
-            self.finish(call, usage, chunks, served=True)
-            await response.aclose()
+            self.finish(call, usage, chunks, served=True)  # the buyer went away: no wait
+            if response.content.at_eof():
+                response.release()  # the connection goes back to the pool
+            else:
+                response.close()
 
 
-async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
+def upstream_session(timeout_s: float) -> aiohttp.ClientSession:
+    """The gateway's client to providers' endpoints: keep-alive connections reused per
+    address (aiohttp's pool finds a free one in O(1); httpx's looked at every connection
+    of the pool on every request, a millisecond and more of CPU a call at 64 in flight).
+    `timeout_s` bounds the connection and each read; a whole call may stream for longer.
+    No redirects (`allow_redirects=False` per request), no proxies from the environment."""
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+    )
+    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+
+
+def _drop(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:  # closed early (the buyer went away): end the call now, not at collection
+        await rest.aclose()
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
@@ -355,8 +548,13 @@ def _wants_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _cut_event() -> bytes:
-    error = {"error": {"message": "the upstream's stream broke off; you are charged for what "
-                       "was streamed (or the upstream's usage, if it came)",
-                       "type": "upstream_error", "code": "upstream_stream_cut"}}  # fmt: skip
+def _error_event(message: str, kind: str, code: str) -> bytes:
+    error = {"error": {"message": message, "type": kind, "code": code}}
     return b"data: " + _encoder.encode(error) + b"\n\n"
+
+
+def _cut_event() -> bytes:
+    return _error_event(
+        "the upstream's stream broke off; you are charged for what was streamed (or the "
+        "upstream's usage, if it came)", "upstream_error", "upstream_stream_cut",
+    )  # fmt: skip

@@ -71,6 +71,11 @@ class Target:
         return {"Host": host if self.port == default else f"{host}:{self.port}"}
 
     @property
+    def server_hostname(self) -> str | None:
+        """The TLS server name (SNI and certificate check) for aiohttp: the host's name."""
+        return self.host if self.scheme == "https" else None
+
+    @property
     def extensions(self) -> dict[str, str]:
         """httpx request extensions: TLS SNI (and certificate name) of the host."""
         return {"sni_hostname": self.host} if self.scheme == "https" else {}

@@ -78,6 +78,10 @@ class Upstream:
     max_completion = 64
     hang_s = 30.0
     lie_factor = 10
+    #: Seconds between stream chunks (0: one turn of the event loop).
+    chunk_delay_s = 0.0
+    #: Whether `requests` records what was received (off for a long benchmark run).
+    keep_requests = True
 
     def __init__(self, models: list[str] | None = None, host: str = "127.0.0.1") -> None:
         self.models = models or ["llama-3.1-70b"]
@@ -114,9 +118,10 @@ class Upstream:
 
     async def answer(self, request: Request[Any, Any, Any], chat: bool) -> Response[Any]:
         body = await request.json()
-        self.requests.append(
-            Received(request.method, request.url.path, dict(request.headers), body)
-        )
+        if self.keep_requests:
+            self.requests.append(
+                Received(request.method, request.url.path, dict(request.headers), body)
+            )
         if self.mode is Mode.ERROR_500:
             return self._error()
         if self.mode is Mode.TIMEOUT:
@@ -154,7 +159,7 @@ class Upstream:
             chunk = {**head, "object": kind,
                      "choices": [self._choice(chat, text, delta=True, finish=finish)]}  # fmt: skip
             yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.chunk_delay_s)
         if include and self.mode is not Mode.NO_USAGE:
             usage = {**head, "object": kind, "choices": [],
                      "usage": self._usage(prompt, len(words))}  # fmt: skip
@@ -214,3 +219,24 @@ class Upstream:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def main() -> None:
+    """`python -m tests.support.upstream --port N`: serve in the foreground (ops/bench)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the stand-in OpenAI-compatible upstream")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", action="append", default=None)
+    args = parser.parse_args()
+    upstream = Upstream(models=args.model)
+    upstream.port = args.port
+    upstream.keep_requests = False
+    uvicorn.run(
+        upstream.app(), host=upstream.host, port=args.port, log_level="warning",
+        access_log=False, lifespan="off",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

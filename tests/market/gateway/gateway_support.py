@@ -28,6 +28,8 @@ ENV = {
     "TOKEX_ENDPOINT_HEALTH_INTERVAL_S": "3600",
     "TOKEX_RATE_LIMIT": "1000",
     "TOKEX_RATE_BURST": "1000",
+    "TOKEX_GATEWAY_RATE_LIMIT": "1000",
+    "TOKEX_GATEWAY_RATE_BURST": "1000",
 }
 
 
@@ -81,10 +83,12 @@ class Market:
 
 
 async def open_market(
-    db_url: str, tmp_path: Path, upstream: Upstream, tokens: int, completion_weight: int = 1
-) -> AsyncIterator[Market]:
+    db_url: str, tmp_path: Path, upstream: Upstream, tokens: int, completion_weight: int = 1,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Market]:  # fmt: skip
+    settings = {**ENV, **(env or {})}
     proc = await asyncio.to_thread(
-        ServerProcess(database_url=db_url, data_dir=tmp_path, env=ENV).start
+        ServerProcess(database_url=db_url, data_dir=tmp_path, env=settings).start
     )
     operator = await operator_client(db_url, proc.base_url)
     try:

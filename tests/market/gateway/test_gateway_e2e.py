@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from market.clearing.rules import delivery_split
+from market.gateway.service import ENDPOINTS_CACHE_S
 from tests.market.gateway.gateway_support import FEE_BPS, MODEL, Market, open_market
 from tests.support.upstream import Mode, Upstream
 
@@ -220,12 +221,14 @@ async def test_unhealthy_endpoints_get_no_traffic(market: Market, db_url: str) -
     conn = await asyncpg.connect(db_url)
     try:
         await conn.execute("UPDATE gateway_endpoints SET health = 'unhealthy'")  # as a probe would
+        await asyncio.sleep(ENDPOINTS_CACHE_S)  # (a probe in the process clears it at once)
         calls = len(m.upstream.requests)
         with pytest.raises(openai.APIStatusError) as down:
             await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
         assert (down.value.status_code, down.value.code) == (503, "no_healthy_endpoint")
         assert len(m.upstream.requests) == calls
         await conn.execute("UPDATE gateway_endpoints SET health = 'healthy'")
+        await asyncio.sleep(ENDPOINTS_CACHE_S)
         await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2)
     finally:
         await conn.close()

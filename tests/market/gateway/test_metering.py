@@ -5,7 +5,6 @@ from __future__ import annotations
 from market.gateway import metering, routing
 from market.gateway.meter import Reservations
 from market.gateway.sse import EventReader
-from schemas.trading import InstrumentView
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 10}
 
@@ -42,22 +41,18 @@ def test_usage_must_be_integers() -> None:
         assert metering.parse_usage(bad) is None
 
 
-def instrument(symbol: str, start_s: int, duration_s: int, state: str = "open") -> InstrumentView:
-    return InstrumentView(
-        symbol=symbol, model="m", window_start=start_s, duration=duration_s, lot_size=1,
-        tick_size=1, price_min=1, price_max=10, maker_fee_bps=0, taker_fee_bps=0,
-        provider_fee_bps=0, currency="USD", state=state,
-    )  # fmt: skip
+def window(symbol: str, start_s: int, duration_s: int) -> routing.Window:
+    return routing.Window(symbol, start_s * 1000, (start_s + duration_s) * 1000)
 
 
 def test_routing_rule() -> None:
     now_ms = 10_000_000
-    early = instrument("m/early", 9_000, 3_600)  # ends first
-    late = instrument("m/late", 9_000, 7_200)
-    future = instrument("m/future", 20_000, 3_600)
-    settled = instrument("m/settled", 9_000, 3_600, state="settled")
-    live = routing.live([late, future, settled, early], "m", now_ms)
-    assert [i.symbol for i in live] == ["m/early", "m/late"]
+    early = window("m/early", 9_000, 3_600)  # ends first
+    late = window("m/late", 9_000, 7_200)
+    future = window("m/future", 20_000, 3_600)
+    past = window("m/past", 1_000, 3_600)
+    live = routing.live([late, future, past, early], now_ms)
+    assert live == ["m/early", "m/late"]
 
     held = {"m/early": {"p1": 5, "p2": 50}, "m/late": {"p1": 1_000}}
     eps = [routing.Endpoint("p1", "a", 2), routing.Endpoint("p2", "b", 1),
@@ -101,15 +96,19 @@ async def test_the_meter_keeps_its_charges_while_the_exchange_reopens() -> None:
     """After a database outage the exchange reopens with a new sequencer: the meter finds
     it at each flush, and the calls metered meanwhile are charged once, by the new one."""
     from market.gateway.meter import Meter
-    from market.sequencer.ops import GatewayChargeOp
+    from market.sequencer.ops import Done, GatewayChargeOp
     from schemas.gateway import GatewayReceipt
 
     class Reopened:  # the sequencer after the reopen: records what it is asked to commit
         def __init__(self) -> None:
             self.committed: list[GatewayChargeOp] = []
 
-        async def submit(self, op: GatewayChargeOp) -> None:
-            self.committed.append(op)
+        commits = 0
+
+        async def submit_all(self, ops: list[GatewayChargeOp]) -> list[Done[list[object]]]:
+            self.committed.extend(ops)
+            self.commits += 1
+            return [Done([]) for _ in ops]
 
     group = ("b", "p", "m/2030-01-01T00Z/1h")
     reservations = Reservations()

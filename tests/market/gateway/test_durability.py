@@ -1,0 +1,130 @@
+"""A call's receipt is durable before its last byte reaches the buyer, and a charge that
+cannot be committed reaches the buyer as an OpenAI-style error in place of the tail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.market.gateway.gateway_support import MODEL, Market, open_market
+from tests.support.upstream import Upstream
+
+CHAT = [{"role": "user", "content": "one two three"}]
+#: Settlement "at least once a minute": a receipt found before the tail can only have
+#: been committed by the call's own group commit, not by the periodic flush.
+SLOW_FLUSH = {"TOKEX_GATEWAY_FLUSH_MS": "60000"}
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    with Upstream(models=[MODEL]) as up:
+        yield up
+
+
+@pytest.fixture
+async def market(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
+    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000, env=SLOW_FLUSH):
+        yield m
+
+
+@pytest.fixture
+async def quick(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
+    """Failed charges retried every 100 ms."""
+    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000):
+        yield m
+
+
+async def receipt(conn: asyncpg.Connection, receipt_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT tokens, transaction_id FROM gateway_receipts WHERE receipt_id = $1", receipt_id
+    )
+
+
+async def test_the_receipt_is_committed_before_the_body_and_before_done(
+    market: Market, db_url: str
+) -> None:
+    m = market
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+            plain = {"model": MODEL, "messages": CHAT, "max_tokens": 5}
+            answer = await http.post("/chat/completions", json=plain)
+            assert answer.status_code == 200 and answer.json()["usage"]["total_tokens"] == 8
+            committed = await receipt(conn, answer.headers["x-tokex-receipt"])
+            assert committed is not None and committed["tokens"] == 8
+            assert committed["transaction_id"] is not None  # charged with it
+
+            m.upstream.chunk_delay_s = 0.05
+            streamed = {**plain, "max_tokens": 4, "stream": True}
+            async with http.stream("POST", "/chat/completions", json=streamed) as r:
+                rid = r.headers["x-tokex-receipt"]
+                seen_before_done: list[asyncpg.Record | None] = []
+                async for line in r.aiter_lines():
+                    if line == "data: [DONE]":
+                        break
+                    if line.startswith("data: "):
+                        seen_before_done.append(await receipt(conn, rid))
+            # While the stream's content came, its receipt was not there yet; the moment
+            # [DONE] arrives it is.
+            assert seen_before_done[0] is None
+            done = await receipt(conn, rid)
+            assert done is not None and done["tokens"] == 3 + 4
+    finally:
+        await conn.close()
+
+
+async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
+    quick: Market, db_url: str
+) -> None:
+    m = quick
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    m.upstream.chunk_delay_s = 0.3
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 4, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    events: list[str] = []
+    async with (
+        httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=20) as http,
+        http.stream("POST", "/chat/completions", json=body) as r,
+    ):
+        rid = r.headers["x-tokex-receipt"]
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(line[6:])
+            if len(events) == 1:  # the stream has begun: cut the exchange off its database
+                admin = await asyncpg.connect(db_url)
+                try:
+                    await admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                finally:
+                    await admin.close()
+    assert "[DONE]" not in events
+    last = json.loads(events[-1])
+    assert last["error"]["code"] == "charge_unavailable"
+    assert last["error"]["type"] == "service_unavailable"
+    content = [json.loads(e) for e in events[:-1]]
+    assert all(c["choices"] for c in content)  # the usage chunk was held back with [DONE]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in content) == "w0 w1 w2 w3"
+
+    # The call was served: the charge is retried and commits once the exchange has healed
+    # (its usage: 3 + 4), once.
+    conn = await asyncpg.connect(db_url)
+    try:
+        for _ in range(100):
+            row = await receipt(conn, rid)
+            if row is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert row is not None and row["tokens"] == 7 and row["transaction_id"] is not None
+        assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 1
+    finally:
+        await conn.close()

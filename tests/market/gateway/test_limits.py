@@ -1,0 +1,57 @@
+"""The gateway's admission: a rate per key and a cap on an account's calls in flight,
+both 429 in OpenAI's shape with Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.market.gateway.gateway_support import MODEL, Market, open_market
+from tests.support.upstream import Upstream
+
+LIMITS = {
+    "TOKEX_GATEWAY_RATE_LIMIT": "0.1",  # one more call every 10 s
+    "TOKEX_GATEWAY_RATE_BURST": "3",
+    "TOKEX_GATEWAY_MAX_IN_FLIGHT": "1",
+}
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    with Upstream(models=[MODEL]) as up:
+        yield up
+
+
+@pytest.fixture
+async def market(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
+    async for m in open_market(db_url, tmp_path, upstream, tokens=10_000, env=LIMITS):
+        yield m
+
+
+async def test_calls_in_flight_per_account_then_the_keys_rate(market: Market) -> None:
+    m = market
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    m.upstream.chunk_delay_s = 0.2
+    async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+        async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as r:
+            assert r.status_code == 200  # call 1 of the burst holds the account's one slot
+            second = await http.post("/chat/completions", json=CHAT)  # call 2
+            async for _ in r.aiter_bytes():
+                pass
+        assert second.status_code == 429 and second.headers["retry-after"] == "1"
+        error = second.json()["error"]
+        assert (error["code"], error["type"]) == ("too_many_calls_in_flight", "rate_limit_error")
+
+        m.upstream.chunk_delay_s = 0.0
+        await asyncio.sleep(0.1)
+        third = await http.post("/chat/completions", json=CHAT)  # the slot is free again
+        assert third.status_code == 200
+        fourth = await http.post("/chat/completions", json=CHAT)  # past the burst of 3
+    assert fourth.status_code == 429
+    assert fourth.json()["error"]["code"] == "rate_limited"
+    assert int(fourth.headers["retry-after"]) >= 1
