@@ -50,6 +50,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "rate_limit": "TOKEX_RATE_LIMIT",
     "rate_burst": "TOKEX_RATE_BURST",
     "queue_max": "TOKEX_QUEUE_MAX",
+    "pipeline_depth": "TOKEX_PIPELINE_DEPTH",
     "endpoint_allow_hosts": "TOKEX_ENDPOINT_ALLOW_HOSTS",
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
@@ -91,6 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Ops the sequencer's queue holds at most (beyond: 503 `exchange_busy` with
     #: Retry-After); None: the sequencer's default, `market.sequencer.QUEUE_MAX`.
     queue_max: int | None = None
+    #: Batches the sequencer has in flight at most: staged while earlier ones commit
+    #: (`market.sequencer.pipeline`); 1 commits strictly one batch after the other.
+    pipeline_depth: Annotated[int, msgspec.Meta(ge=1)] = 2
     #: The books are snapshotted every this many journal entries, or after this many
     #: seconds if the journal moved (`market.snapshot_writer`): a restart replays at most
     #: about that much of the journal.

@@ -45,6 +45,7 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
         hooks=[MerkleLog(signer, settings.exchange_name)],
         publish=None if hub is None else hub.publish,
         queue_max=settings.queue_max or QUEUE_MAX,
+        pipeline_depth=settings.pipeline_depth,
         snapshots=SnapshotPolicy(
             interval_entries=settings.snapshot_interval_entries,
             interval_seconds=settings.snapshot_interval_seconds,

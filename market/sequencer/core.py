@@ -70,6 +70,7 @@ from market.sequencer.ops import (
     WithdrawalOutcomeOp,
     WithdrawOp,
 )
+from market.sequencer.pipeline import PIPELINE_DEPTH, Flight, Pipeline
 from market.sequencer.recovery import recover
 from market.sequencer.state import MarketState
 from market.snapshot_writer import SnapshotPolicy, SnapshotWriter, wall_clock_ms
@@ -209,6 +210,7 @@ class Sequencer:
         max_batch: int,
         queue_max: int,
         snapshots: SnapshotPolicy | None = None,
+        pipeline_depth: int = PIPELINE_DEPTH,
     ) -> None:
         if queue_max < 1:
             raise ValueError("the sequencer's queue must hold at least one op")
@@ -230,11 +232,10 @@ class Sequencer:
         self._runner: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._state = SequencerState.STARTING
-        # Set while no batch is in flight. A batch is applied to memory before its commit,
-        # so reads of memory (balances, book, entitlements) wait for this: they never see
-        # state that is not committed, or that a failed commit takes back.
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # The batches in flight (`pipeline`). A batch is applied to memory before its
+        # commit, so reads of memory (balances, book, entitlements) wait until none is in
+        # flight: they never see state that is not committed, or that a failure takes back.
+        self._pipeline = Pipeline(pipeline_depth)
         #: How many batches have committed: a reader that also reads the database can
         #: tell whether a commit came between its two reads (and read again).
         self.commits = 0
@@ -253,11 +254,13 @@ class Sequencer:
         max_batch: int = 500,
         queue_max: int = QUEUE_MAX,
         snapshots: SnapshotPolicy | None = None,
+        pipeline_depth: int = PIPELINE_DEPTH,
     ) -> Sequencer:
         """Become the exchange's writer: open the ledger, rebuild the books, start.
 
         `snapshots`: how often the books are snapshotted (`market.snapshot_writer`);
-        recovery starts from the newest snapshot and replays only the journal after it."""
+        recovery starts from the newest snapshot and replays only the journal after it.
+        `pipeline_depth`: batches in flight at most (`market.sequencer.pipeline`)."""
         ledger = await Ledger.open(dsn, hooks=hooks)
         try:
             conn = await connect_writer(dsn)
@@ -267,6 +270,7 @@ class Sequencer:
         sequencer = cls(
             dsn, ledger, conn, currency=currency, publish=publish, clock=clock,
             max_batch=max_batch, queue_max=queue_max, snapshots=snapshots,
+            pipeline_depth=pipeline_depth,
         )  # fmt: skip
         try:
             await sequencer._rebuild()
@@ -288,6 +292,7 @@ class Sequencer:
                 await self._ticker
         if self._runner is not None:
             await self._queue.join()
+            await self._pipeline.finished()
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
@@ -422,56 +427,106 @@ class Sequencer:
         While the state could not be rebuilt after a failed commit (the database is
         unreachable), memory may still hold that batch: then this raises 503 rather than
         let anyone read it."""
-        await self._idle.wait()
+        pipeline = self._pipeline
+        pipeline.readers += 1
+        try:
+            await pipeline.idle.wait()
+        finally:
+            pipeline.readers -= 1
         if not self.healthy:
             raise LedgerUnavailable("the exchange is rebuilding its state; try again shortly")
 
     async def _run(self) -> None:
-        queue = self._queue
+        queue, pipeline = self._queue, self._pipeline
         while True:
             tickets = [await queue.get()]
+            await pipeline.room()  # the batch grows while the pipeline is full
             while len(tickets) < self._max_batch and not queue.empty():
                 tickets.append(queue.get_nowait())
+            ops = [cast(AnyOp, ticket.op) for ticket in tickets]
+            if self._state is not SequencerState.RUNNING or pipeline.must_drain(ops):
+                await pipeline.drain()
+            if not pipeline.flights:
+                # Readers woken when the last batch ended run first (FIFO), then this starts.
+                await asyncio.sleep(0)
+            flight = pipeline.begin(tickets)
             try:
-                await self._process(tickets)
-            except Exception:  # a bug: never let the writer die, and answer every op
+                await self._stage_flight(flight)
+            except Exception as exc:  # a bug: never let the writer die, and answer every op
                 log.exception("sequencer batch failed")
-                _fail_all(
-                    tickets, LedgerUnavailable("the exchange could not process this; try again")
-                )
-            finally:
-                for _ in tickets:
-                    queue.task_done()
+                flight.error, flight.rebuild = exc, True
+            pipeline.launch(flight, self._finish)
 
-    async def _process(self, tickets: list[_Ticket[Any]]) -> None:
-        # Readers woken when the last batch ended run first (FIFO), then this batch starts.
-        await asyncio.sleep(0)
-        self._idle.clear()
-        try:
-            await self._process_batch(tickets)
-        finally:
-            self._idle.set()
-
-    async def _process_batch(self, tickets: list[_Ticket[Any]]) -> None:
-        """Stage, commit, then answer and publish one batch."""
+    async def _stage_flight(self, flight: Flight) -> None:
+        """Stage one batch in memory and queue its commit (or note why it failed)."""
+        tickets = flight.tickets
         if not await self._ready():
-            _fail_all(
-                tickets, LedgerUnavailable("the exchange cannot reach its database; try again")
-            )
+            flight.error = LedgerUnavailable("the exchange cannot reach its database; try again")
             return
         now = max(self._last_time_ms, self._clock())
         self._last_time_ms = now
         try:
-            batch, staged = await self._stage(tickets, now)
+            batch, staged, flight.commit = await self._stage(tickets, now)
         except Exception as exc:
-            await self._rebuild_after_failure(exc, tickets)
+            flight.error, flight.rebuild = exc, True
             return
-        # Durable: keep the batch's orders in memory, answer, publish.
+        # Memory runs ahead: the next batch is staged on this one's orders and books.
+        flight.batch = batch
+        self.market.committed(batch.orders.values())
+        flight.outcomes = [s if isinstance(s, Failed) else Done(s()) for s in staged]
+        self._pipeline.quiet = bool(batch.settlements)
+
+    async def _finish(self, flight: Flight) -> None:
+        """Once the batch's commit is done (those before it are finished): answer and
+        publish it; or, if it failed, keep it for the rebuild once nothing is in flight."""
+        pipeline = self._pipeline
+        try:
+            if flight.error is None and flight.commit is not None:
+                try:
+                    await flight.commit
+                except Exception as exc:
+                    flight.error, flight.rebuild = exc, True
+            if flight.error is None:
+                self._committed(flight)
+            elif flight.rebuild or pipeline.broken:
+                pipeline.failed.append(flight)
+            else:
+                _fail_all(flight.tickets, cast(DomainError, flight.error))
+        except Exception as exc:  # a bug: answer every op all the same
+            log.exception("sequencer batch failed")
+            flight.error, flight.rebuild = exc, True
+            pipeline.failed.append(flight)
+        finally:
+            pipeline.end(flight)
+            if not pipeline.flights:
+                await self._after_failures()
+                pipeline.idle.set()
+            for _ in flight.tickets:
+                self._queue.task_done()
+
+    async def _after_failures(self) -> None:
+        """Nothing is in flight: if batches failed, rebuild and answer them all with 503."""
+        pipeline = self._pipeline
+        failed, pipeline.failed = pipeline.failed, []
+        if not failed:
+            return
+        error = failed[0].error
+        assert error is not None
+        tickets = [ticket for flight in failed for ticket in flight.tickets]
+        with contextlib.suppress(Exception):  # still broken: retried before the next batch
+            await self.ledger.recover_if_broken()
+        await self._rebuild_after_failure(error, tickets)
+
+    def _committed(self, flight: Flight) -> None:
+        """The batch is durable: answer, housekeeping, publish."""
+        batch, outcomes = flight.batch, flight.outcomes
+        assert batch is not None and outcomes is not None
         self.commits += 1
-        market = self.market
-        market.committed(batch.orders.values())
-        _answer_all(tickets, [s if isinstance(s, Failed) else Done(s()) for s in staged])
-        self._after_commit(batch)
+        _answer_all(flight.tickets, outcomes)
+        if self._pipeline.last_in_flight(flight):
+            self._after_commit(batch)
+        elif batch.settlements:  # not reduced now: memory holds more; rebuilt next batch
+            self._state = SequencerState.BROKEN
         if self._publish is not None and batch.events:
             try:
                 self._publish(batch.events, batch.fill_views)
@@ -509,12 +564,18 @@ class Sequencer:
 
     async def _stage(
         self, tickets: Sequence[_Ticket[Any]], now_ms: int
-    ) -> tuple[Batch, list[Answer | Failed]]:
-        """Stage the batch's ops in memory and commit them with the ledger's entries."""
+    ) -> tuple[Batch, list[Answer | Failed], asyncio.Future[None] | None]:
+        """Stage the batch's ops in memory, on top of the batches in flight; queue their
+        commit with the ledger's entries (the future it is done with)."""
         ops = [cast(AnyOp, ticket.op) for ticket in tickets]
+        epoch = self.ledger.epoch  # a failure from now on voids this batch
+        ahead = self._pipeline.placed_ahead()  # before the database is read
         prior = await _prior(self._conn, ops)
+        for placed in ahead:  # not in the database yet, if their commit is not done
+            for key, row in placed.items():
+                prior.orders.setdefault(key, row)
         ids = [*treasury.external_ids(ops), *delivery.external_ids(ops)]
-        async with self.ledger.batch(ids) as lb:
+        async with self.ledger.staged(ids, epoch=epoch) as lb:
             batch = Batch(
                 market=self.market, ledger=lb, time_ms=now_ms, currency=self.currency,
                 prior=prior,
@@ -524,7 +585,7 @@ class Sequencer:
             lifecycle.due(batch)
             staged = [_staged(op, batch) for op in ops]
             lb.also_write(batch.stage)
-        return batch, staged
+        return batch, staged, lb.commit
 
     async def _rebuild_after_failure(self, exc: Exception, tickets: Sequence[_Ticket[Any]]) -> None:
         """A batch did not commit: take its effects back by rebuilding memory from the
