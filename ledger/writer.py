@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 #: replays at most about this many from the journal.
 SNAPSHOT_EVERY = 50_000
 
-#: Rows a caller (the sequencer) adds to a batch, written in the same statement. It may
-#: read on the connection; it must not write there (that would not be part of the batch).
+#: Rows a caller (the sequencer) adds to a batch, written in the same statement. It must
+#: not use the connection: an earlier batch's commit may be running on it (`staged`).
 ExtraWrite = Callable[[asyncpg.Connection, BatchRows], Awaitable[None]]
 
 
@@ -119,6 +119,10 @@ class Ledger:
         self._memory = state
         self._ids = ids
         self._lock = asyncio.Lock()
+        #: The commit of the last batch staged (commits run one at a time, in order).
+        self._tail: asyncio.Future[None] | None = None
+        self._staging = False
+        self._epoch = 0
 
     @classmethod
     async def open(
@@ -148,6 +152,7 @@ class Ledger:
 
     async def close(self) -> None:
         """Wait for the batch under way, write a snapshot, release the writer lock."""
+        await self.settled()
         async with self._lock:
             try:
                 await self._snapshot()
@@ -168,6 +173,7 @@ class Ledger:
             await self._snapshot()
 
     async def _snapshot(self) -> None:
+        await self.settled()
         await self._settle_snapshot_task()
         if self._state is not WriterState.OPEN:  # memory may hold a failed batch: write nothing
             return
@@ -271,67 +277,153 @@ class Ledger:
         the in-memory state is reloaded from the database: nothing of the batch
         remains anywhere. A failed commit raises `LedgerUnavailable`.
         """
+        async with self.staged(ids) as batch:
+            yield batch
+        try:
+            await batch.committed()
+        except BaseException as exc:
+            try:  # reload now, so the writer is healthy again when this raises
+                await self.recover_if_broken()
+            except Exception as reload_error:  # still broken: reloads before the next batch
+                raise LedgerUnavailable(
+                    f"the batch could not be committed ({exc}) and the state not reloaded"
+                ) from reload_error
+            raise
+
+    @contextlib.asynccontextmanager
+    async def staged(
+        self, ids: Iterable[str] = (), *, epoch: int | None = None
+    ) -> AsyncIterator[LedgerBatch]:
+        """Stage a batch like `batch`, but do not wait for its commit: on exit its
+        statement is queued behind the batches still committing (one statement at a time,
+        in the order staged) and `batch.committed()` waits for it.
+
+        The batch is staged on top of the batches before it that are not committed yet
+        (memory runs ahead of the database). If one of them fails, every batch staged
+        after it fails too (`LedgerUnavailable`, without writing) and the writer is
+        BROKEN until `recover_if_broken` (or the next batch) reloads it. `epoch`: the
+        caller's `epoch` when it began staging; if a batch failed since, this refuses.
+        """
+        wanted = list(set(ids))
         async with self._lock:
+            if wanted or self._state is not WriterState.OPEN:
+                await self.settled()  # prior outcomes and reloads use the writer's connection
             if self._state is WriterState.CLOSED:
                 raise LedgerUnavailable("the ledger is closed")
+            if epoch is not None and epoch != self._epoch:
+                raise LedgerUnavailable("an earlier batch was not committed")
             if self._state is WriterState.BROKEN:
                 try:
                     await self._recover()
                 except Exception as exc:
                     raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
-            wanted = list(set(ids))
             try:
                 prior = await prior_outcomes(self._conn, wanted) if wanted else {}
             except Exception as exc:
                 self._state = WriterState.BROKEN  # reconnect and reload before the next batch
                 raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
             batch = LedgerBatch(self._memory, prior)
+            self._staging = True
             try:
                 try:
                     yield batch
+                    rows = await self._seal(batch)
                 except BaseException:
+                    self._staging = False
                     if batch.changed:
+                        self._epoch += 1  # what was staged after the last commit is void
+                        await self.settled()
                         await self._recover()
                     raise
-                await self._commit(batch)
+                finally:
+                    self._staging = False
+                if rows is not None:
+                    batch.commit = asyncio.ensure_future(
+                        self._execute(rows, batch, self._tail, self._epoch)
+                    )
+                    self._tail = batch.commit
             finally:
                 # An extra write usually closes over the caller's batch, which holds this
                 # one: a reference cycle that would leave the whole batch (entries and the
                 # caller's rows) to the cycle collector, whose pauses then grow to tens of ms.
                 batch.extra.clear()
 
-    async def _commit(self, batch: LedgerBatch) -> None:
+    @property
+    def epoch(self) -> int:
+        """How many times staged state was thrown away (a failed batch): a batch staged
+        under an older epoch stood on state that never committed."""
+        return self._epoch
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a staged batch is not committed yet (memory is ahead of the database)."""
+        return self._staging or (self._tail is not None and not self._tail.done())
+
+    async def settled(self) -> None:
+        """Wait until every staged batch has committed or failed."""
+        while self._tail is not None and not self._tail.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._tail)
+
+    async def recover_if_broken(self) -> None:
+        """After a failed batch: once nothing is in flight, reload memory from the database."""
+        await self.settled()
+        async with self._lock:
+            if self._state is WriterState.BROKEN:
+                await self._recover()
+
+    async def _seal(self, batch: LedgerBatch) -> BatchRows | None:
+        """The batch's one statement (hooks' and callers' rows with the ledger's), or None
+        if it writes nothing."""
         write = batch.write
         if not write.committed and not write.rejections and not write.retired and not batch.extra:
-            return
-        dirty = self._dirty
-        for committed, _, _ in write.committed:
-            dirty.add(committed)
-        for account, _ in write.retired:
-            dirty.accounts.discard(account)
+            return None
+        rows = BatchRows()
+        batch.retired_ids = stage_batch(rows, write, self._ids)
+        if self._hooks:
+            leaves = [body for _, _, body in write.committed]
+            for hook in self._hooks:
+                await hook.write(self._conn, rows, leaves)
+        for extra in batch.extra:
+            await extra(self._conn, rows)
+        return rows
+
+    async def _execute(
+        self,
+        rows: BatchRows,
+        batch: LedgerBatch,
+        before: asyncio.Future[None] | None,
+        epoch: int,
+    ) -> None:
+        """Write a sealed batch once the one staged before it is written."""
+        if before is not None and not before.done():
+            await asyncio.wait([before])  # its outcome is its own caller's
+        if epoch != self._epoch or self._state is not WriterState.OPEN:
+            raise LedgerUnavailable("an earlier batch was not committed; nothing was written")
         try:
-            rows = BatchRows()
-            dirty.retired += stage_batch(rows, write, self._ids)
-            if self._hooks:
-                leaves = [body for _, _, body in write.committed]
-                for hook in self._hooks:
-                    await hook.write(self._conn, rows, leaves)
-            for extra in batch.extra:
-                await extra(self._conn, rows)
             # One statement, so one round trip and its own transaction: all or nothing.
             await rows.execute(self._conn)
         except BaseException as exc:
-            try:
-                await self._recover()
-            except Exception as reload_error:  # still broken: reloads before the next batch
-                raise LedgerUnavailable(
-                    f"the batch could not be committed ({exc}) and the state not reloaded"
-                ) from reload_error
+            self._epoch += 1
+            self._state = WriterState.BROKEN  # reloaded once nothing is in flight
             if isinstance(exc, asyncpg.PostgresError | OSError | ConnectionError):
                 raise LedgerUnavailable(f"the batch could not be committed: {exc}") from exc
             raise
-        if dirty.transactions >= self._snapshot_every:
+        dirty = self._dirty
+        for committed, _, _ in batch.write.committed:
+            dirty.add(committed)
+        # After the batch's own (and every earlier batch's) accounts were marked: in commit
+        # order, so an account retired here is not marked again by a batch before it.
+        for account, _ in batch.write.retired:
+            dirty.accounts.discard(account)
+        dirty.retired += batch.retired_ids
+        # A snapshot copies memory: only when memory holds nothing beyond this commit.
+        if dirty.transactions >= self._snapshot_every and not self.in_flight_after(batch):
             self._start_snapshot()
+
+    def in_flight_after(self, batch: LedgerBatch) -> bool:
+        """Whether a batch was staged (or is being staged) after `batch`."""
+        return self._staging or self._tail is not batch.commit
 
     async def _recover(self) -> None:
         """Forget the in-memory state and reload it from the database.
@@ -383,7 +475,10 @@ class LedgerBatch:
     Made by `Ledger.batch`; written and committed when its block ends.
     """
 
-    __slots__ = ("_prior", "_seen", "changed", "extra", "results", "state", "write")
+    __slots__ = (
+        "_prior", "_seen", "changed", "commit", "extra", "results", "retired_ids", "state",
+        "write",
+    )  # fmt: skip
 
     def __init__(self, state: LedgerState, prior: dict[str, PriorOutcome]) -> None:
         self.state = state
@@ -392,6 +487,15 @@ class LedgerBatch:
         self.write = BatchWrite()
         self.extra: list[ExtraWrite] = []
         self.changed = False
+        #: Its commit, once staged (None if it writes nothing).
+        self.commit: asyncio.Future[None] | None = None
+        #: The ids of the accounts it retired (`ledger.store.stage_batch`), once sealed.
+        self.retired_ids: list[int] = []
+
+    async def committed(self) -> None:
+        """Wait for this batch's commit (raises `LedgerUnavailable` if it failed)."""
+        if self.commit is not None:
+            await asyncio.shield(self.commit)
 
     def apply(self, tx: Transaction) -> TransactionResult:
         """Commit `tx` to memory (or reject it); the outcome is final once the batch commits."""

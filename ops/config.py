@@ -56,6 +56,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "queue_max": "TOKEX_QUEUE_MAX",
     "currency_scale": "TOKEX_CURRENCY_SCALE",
     "max_open_orders": "TOKEX_MAX_OPEN_ORDERS",
+    "pipeline_depth": "TOKEX_PIPELINE_DEPTH",
     "endpoint_allow_hosts": "TOKEX_ENDPOINT_ALLOW_HOSTS",
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
@@ -103,6 +104,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Open (resting) orders one account may have at most; a limit order that could rest
     #: beyond it is refused 422 `too_many_open_orders` (`market.sequencer.orders`).
     max_open_orders: Annotated[int, msgspec.Meta(ge=1)] = 5_000
+    #: Batches the sequencer has in flight at most: staged while earlier ones commit
+    #: (`market.sequencer.pipeline`); 1 commits strictly one batch after the other.
+    pipeline_depth: Annotated[int, msgspec.Meta(ge=1)] = 2
     #: The books are snapshotted every this many journal entries, or after this many
     #: seconds if the journal moved (`market.snapshot_writer`): a restart replays at most
     #: about that much of the journal.

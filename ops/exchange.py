@@ -48,6 +48,7 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
         publish=None if hub is None else hub.publish,
         queue_max=settings.queue_max or QUEUE_MAX,
         max_open_orders=settings.max_open_orders,
+        pipeline_depth=settings.pipeline_depth,
         snapshots=SnapshotPolicy(
             interval_entries=settings.snapshot_interval_entries,
             interval_seconds=settings.snapshot_interval_seconds,

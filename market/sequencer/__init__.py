@@ -16,7 +16,8 @@ A package by stage (see `core` for the path of one batch):
 - `errors`: what the sequencer refuses.
 """
 
-from market.sequencer.core import MAX_OPEN_ORDERS, QUEUE_MAX, Sequencer, SequencerState, dispatch
+from market.sequencer.core import MAX_OPEN_ORDERS, QUEUE_MAX, Sequencer, SequencerState
+from market.sequencer.dispatch import dispatch
 from market.sequencer.errors import (
     EntitlementExceeded,
     ExchangeBusy,

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, TypeVar, assert_never, cast
+from typing import Any, Generic, TypeVar, cast
 
 import asyncpg
 
@@ -48,49 +48,31 @@ from ledger.store import connect_writer, connection_alive
 from ledger.writer import CommitHook, Ledger
 from market import metrics
 from market.replay import RebuildSummary, Rebuilt
-from market.report_store import find_reports, latest_vouchers
 from market.request_context import REQUEST_ID
 from market.sequencer import (
     deadman,
     delivery,
-    disputes,
     lifecycle,
     orders,
     treasury,
     views,
-    vouchers,
 )
-from market.sequencer.batch import Batch, Prior
+from market.sequencer.batch import Batch
+from market.sequencer.dispatch import Answer, prior_of, staged_op
 from market.sequencer.errors import ExchangeBusy, SequencerStopped
 from market.sequencer.ops import (
-    AmendOp,
     AnyOp,
-    CancelAfterOp,
-    CancelAllOp,
-    CancelOp,
-    CloseInstrumentOp,
-    CreateInstrumentOp,
-    DeliveryOp,
-    DepositOp,
-    DisputeOp,
     Done,
     Failed,
-    GatewayChargeOp,
-    ListingOp,
     Op,
     Outcome,
-    PlaceOp,
-    ResolveDisputeOp,
     TickOp,
-    VoucherOp,
-    WithdrawalOutcomeOp,
-    WithdrawOp,
 )
+from market.sequencer.pipeline import PIPELINE_DEPTH, Flight, Pipeline
 from market.sequencer.recovery import recover
 from market.sequencer.state import MarketState
 from market.snapshot_writer import SnapshotPolicy, SnapshotWriter, wall_clock_ms
 from market.snapshots import MarketSnapshot, SettlingEngine
-from market.store import find_deliveries, find_orders, find_withdrawals
 from schemas.errors import DomainError
 from schemas.ledger import Balance
 from schemas.market import Event
@@ -140,86 +122,6 @@ class _Ticket(Generic[T]):
     request_id: str | None = None
 
 
-Answer = Callable[[], object]
-
-
-def dispatch(op: AnyOp, batch: Batch) -> Answer:
-    """Hand `op` to its stage's handler; return how to read its result once the whole
-    batch is staged (an order's view waits for the fills later ops of the batch make)."""
-    match op:
-        case PlaceOp(account_id=account, request=req):
-            placed = orders.place(batch, account, req)
-            return lambda: batch.order_view(placed)
-        case CancelOp(account_id=account, order_id=order_id):
-            cancelled = orders.cancel(batch, account, order_id)
-            return lambda: batch.order_view(cancelled)
-        case AmendOp(account_id=account, order_id=order_id, request=req):
-            amended = orders.amend(batch, account, order_id, req)
-            return lambda: batch.order_view(amended)
-        case CancelAllOp(account_id=account, instrument=symbol):
-            result: object = orders.cancel_all(batch, account, symbol)
-        case DepositOp(request=req):
-            result = treasury.deposit(batch, req)
-        case ListingOp(account_id=account, request=req):
-            result = treasury.listing(batch, account, req)
-        case CreateInstrumentOp(request=req):
-            result = views.instrument_view(lifecycle.create_instrument(batch, req))
-        case DeliveryOp(provider_account=provider, request=req):
-            result = treasury.deliver(batch, provider, req)
-        case CloseInstrumentOp(symbol=symbol):
-            state = batch.market.instrument(symbol)
-            result = lifecycle.settle_instrument(batch, state, "operator")
-        case WithdrawOp(account_id=account, request=req):
-            result = treasury.withdraw(batch, account, req)
-        case WithdrawalOutcomeOp(account_id=account, withdrawal_id=wid, paid=paid):
-            result = treasury.withdrawal_outcome(batch, account, wid, paid=paid)
-        case GatewayChargeOp(receipts=receipts):
-            result = delivery.charge(batch, receipts)
-        case CancelAfterOp(account_id=account, timeout_ms=timeout_ms):
-            result = deadman.arm(batch, account, timeout_ms)
-        case VoucherOp(provider_account=provider, voucher=voucher, signature=signature):
-            result = vouchers.redeem(batch, provider, voucher, signature)
-        case DisputeOp(buyer_account=buyer, request=req):
-            result = disputes.dispute(batch, buyer, req)
-        case ResolveDisputeOp(dispute_id=wanted, pay=pay):
-            result = disputes.resolve(batch, wanted, pay=pay)
-        case TickOp():
-            result = None
-        case _:
-            assert_never(op)
-    return lambda: result
-
-
-async def _prior(conn: asyncpg.Connection, ops: Sequence[AnyOp]) -> Prior:
-    """What the database holds for the caller-chosen ids of the batch's ops."""
-    placed, delivered, withdrawn = [], [], []
-    reported, disputed, triples = [], [], []
-    for op in ops:
-        match op:
-            case PlaceOp(account_id=account, request=req):
-                placed.append((account, req.client_order_id))
-            case DeliveryOp(provider_account=provider, request=req):
-                delivered.append((provider, req.report_id))
-                reported.append((provider, req.report_id))
-            case DisputeOp(request=req):
-                reported.append((req.provider, req.report_id))
-            case ResolveDisputeOp(dispute_id=wanted):
-                disputed.append(wanted)
-            case VoucherOp(provider_account=provider, voucher=v):
-                triples.append((v.buyer, provider, v.instrument))
-            case WithdrawOp(account_id=account, request=req):
-                withdrawn.append((account, req.withdrawal_id))
-            case WithdrawalOutcomeOp(account_id=account, withdrawal_id=wid):
-                withdrawn.append((account, wid))
-    return Prior(
-        orders=await find_orders(conn, placed),
-        deliveries=await find_deliveries(conn, delivered),
-        withdrawals=await find_withdrawals(conn, withdrawn),
-        reports=await find_reports(conn, reported, disputed),
-        vouchers=await latest_vouchers(conn, triples),
-    )
-
-
 def _answer_all(tickets: Sequence[_Ticket[Any]], outcomes: Sequence[Outcome[Any]]) -> None:
     for ticket, outcome in zip(tickets, outcomes, strict=True):
         if not ticket.future.done():
@@ -247,6 +149,7 @@ class Sequencer:
         queue_max: int,
         snapshots: SnapshotPolicy | None = None,
         max_open_orders: int = MAX_OPEN_ORDERS,
+        pipeline_depth: int = PIPELINE_DEPTH,
     ) -> None:
         if queue_max < 1:
             raise ValueError("the sequencer's queue must hold at least one op")
@@ -269,11 +172,10 @@ class Sequencer:
         self._runner: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._state = SequencerState.STARTING
-        # Set while no batch is in flight. A batch is applied to memory before its commit,
-        # so reads of memory (balances, book, entitlements) wait for this: they never see
-        # state that is not committed, or that a failed commit takes back.
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # The batches in flight (`pipeline`). A batch is applied to memory before its
+        # commit, so reads of memory (balances, book, entitlements) wait until none is in
+        # flight: they never see state that is not committed, or that a failure takes back.
+        self._pipeline = Pipeline(pipeline_depth)
         #: How many batches have committed: a reader that also reads the database can
         #: tell whether a commit came between its two reads (and read again).
         self.commits = 0
@@ -295,11 +197,13 @@ class Sequencer:
         queue_max: int = QUEUE_MAX,
         snapshots: SnapshotPolicy | None = None,
         max_open_orders: int = MAX_OPEN_ORDERS,
+        pipeline_depth: int = PIPELINE_DEPTH,
     ) -> Sequencer:
         """Become the exchange's writer: open the ledger, rebuild the books, start.
 
         `snapshots`: how often the books are snapshotted (`market.snapshot_writer`);
-        recovery starts from the newest snapshot and replays only the journal after it."""
+        recovery starts from the newest snapshot and replays only the journal after it.
+        `pipeline_depth`: batches in flight at most (`market.sequencer.pipeline`)."""
         ledger = await Ledger.open(dsn, hooks=hooks)
         try:
             conn = await connect_writer(dsn)
@@ -310,6 +214,7 @@ class Sequencer:
             dsn, ledger, conn, currency=currency, publish=publish, clock=clock,
             max_batch=max_batch, queue_max=queue_max, snapshots=snapshots,
             max_open_orders=max_open_orders,
+            pipeline_depth=pipeline_depth,
         )  # fmt: skip
         try:
             await sequencer._rebuild()
@@ -331,6 +236,7 @@ class Sequencer:
                 await self._ticker
         if self._runner is not None:
             await self._queue.join()
+            await self._pipeline.finished()
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
@@ -471,42 +377,41 @@ class Sequencer:
         While the state could not be rebuilt after a failed commit (the database is
         unreachable), memory may still hold that batch: then this raises 503 rather than
         let anyone read it."""
-        await self._idle.wait()
+        pipeline = self._pipeline
+        pipeline.readers += 1
+        try:
+            await pipeline.idle.wait()
+        finally:
+            pipeline.readers -= 1
         if not self.healthy:
             raise LedgerUnavailable("the exchange is rebuilding its state; try again shortly")
 
     async def _run(self) -> None:
-        queue = self._queue
+        queue, pipeline = self._queue, self._pipeline
         while True:
             tickets = [await queue.get()]
+            await pipeline.room()  # the batch grows while the pipeline is full
             while len(tickets) < self._max_batch and not queue.empty():
                 tickets.append(queue.get_nowait())
+            ops = [cast(AnyOp, ticket.op) for ticket in tickets]
+            if self._state is not SequencerState.RUNNING or pipeline.must_drain(ops):
+                await pipeline.drain()
+            if not pipeline.flights:
+                # Readers woken when the last batch ended run first (FIFO), then this starts.
+                await asyncio.sleep(0)
+            flight = pipeline.begin(tickets)
             try:
-                await self._process(tickets)
-            except Exception:  # a bug: never let the writer die, and answer every op
+                await self._stage_flight(flight)
+            except Exception as exc:  # a bug: never let the writer die, and answer every op
                 log.exception("sequencer batch failed")
-                _fail_all(
-                    tickets, LedgerUnavailable("the exchange could not process this; try again")
-                )
-            finally:
-                for _ in tickets:
-                    queue.task_done()
+                flight.error, flight.rebuild = exc, True
+            pipeline.launch(flight, self._finish)
 
-    async def _process(self, tickets: list[_Ticket[Any]]) -> None:
-        # Readers woken when the last batch ended run first (FIFO), then this batch starts.
-        await asyncio.sleep(0)
-        self._idle.clear()
-        try:
-            await self._process_batch(tickets)
-        finally:
-            self._idle.set()
-
-    async def _process_batch(self, tickets: list[_Ticket[Any]]) -> None:
-        """Stage, commit, then answer and publish one batch."""
+    async def _stage_flight(self, flight: Flight) -> None:
+        """Stage one batch in memory and queue its commit (or note why it failed)."""
+        tickets = flight.tickets
         if not await self._ready():
-            _fail_all(
-                tickets, LedgerUnavailable("the exchange cannot reach its database; try again")
-            )
+            flight.error = LedgerUnavailable("the exchange cannot reach its database; try again")
             return
         now = max(self._last_time_ms, self._clock())
         self._last_time_ms = now
@@ -515,27 +420,80 @@ class Sequencer:
         _log_batch("batch", number, request_ids, ops=len(tickets))
         started = time.perf_counter()
         try:
-            batch, staged = await self._stage(tickets, now)
+            batch, staged, flight.commit = await self._stage(tickets, now)
         except Exception as exc:
             metrics.BATCHES_FAILED.inc()
             _log_batch("batch_failed", number, request_ids, error=type(exc).__name__)
-            await self._rebuild_after_failure(exc, tickets)
+            flight.error, flight.rebuild = exc, True
             return
-        commit_s = time.perf_counter() - started
-        # Durable: keep the batch's orders in memory, answer, publish.
+        flight.number, flight.request_ids, flight.started = number, request_ids, started
+        # Memory runs ahead: the next batch is staged on this one's orders and books.
+        flight.batch = batch
+        self.market.committed(batch.orders.values())
+        flight.outcomes = [s if isinstance(s, Failed) else Done(s()) for s in staged]
+        self._pipeline.quiet = bool(batch.settlements)
+
+    async def _finish(self, flight: Flight) -> None:
+        """Once the batch's commit is done (those before it are finished): answer and
+        publish it; or, if it failed, keep it for the rebuild once nothing is in flight."""
+        pipeline = self._pipeline
+        try:
+            if flight.error is None and flight.commit is not None:
+                try:
+                    await flight.commit
+                except Exception as exc:
+                    flight.error, flight.rebuild = exc, True
+            if flight.error is None:
+                self._committed(flight)
+            elif flight.rebuild or pipeline.broken:
+                pipeline.failed.append(flight)
+            else:
+                _fail_all(flight.tickets, cast(DomainError, flight.error))
+        except Exception as exc:  # a bug: answer every op all the same
+            log.exception("sequencer batch failed")
+            flight.error, flight.rebuild = exc, True
+            pipeline.failed.append(flight)
+        finally:
+            pipeline.end(flight)
+            if not pipeline.flights:
+                await self._after_failures()
+                pipeline.idle.set()
+            for _ in flight.tickets:
+                self._queue.task_done()
+
+    async def _after_failures(self) -> None:
+        """Nothing is in flight: if batches failed, rebuild and answer them all with 503."""
+        pipeline = self._pipeline
+        failed, pipeline.failed = pipeline.failed, []
+        if not failed:
+            return
+        error = failed[0].error
+        assert error is not None
+        tickets = [ticket for flight in failed for ticket in flight.tickets]
+        with contextlib.suppress(Exception):  # still broken: retried before the next batch
+            await self.ledger.recover_if_broken()
+        await self._rebuild_after_failure(error, tickets)
+
+    def _committed(self, flight: Flight) -> None:
+        """The batch is durable: answer, housekeeping, publish."""
+        batch, outcomes = flight.batch, flight.outcomes
+        assert batch is not None and outcomes is not None
         self.commits += 1
-        market = self.market
-        market.committed(batch.orders.values())
-        _answer_all(tickets, [s if isinstance(s, Failed) else Done(s()) for s in staged])
+        _answer_all(flight.tickets, outcomes)
+        commit_s = time.perf_counter() - flight.started  # staged to durable
         metrics.batch_committed(
-            len(tickets), commit_s,
+            len(flight.tickets), commit_s,
             ((row.status, row.reject_reason) for row in batch.placed.values()), len(batch.fills),
         )  # fmt: skip
+        last_seq = batch.journal[-1][0] if batch.journal else None
         _log_batch(
-            "commit", number, request_ids, commit_ms=round(commit_s * 1000, 3),
-            ledger_size=self.ledger.size, journal_seq=market.next_journal_seq - 1,
+            "commit", flight.number, flight.request_ids, commit_ms=round(commit_s * 1000, 3),
+            ledger_size=self.ledger.size, journal_seq=last_seq,
         )  # fmt: skip
-        self._after_commit(batch)
+        if self._pipeline.last_in_flight(flight):
+            self._after_commit(batch)
+        elif batch.settlements:  # not reduced now: memory holds more; rebuilt next batch
+            self._state = SequencerState.BROKEN
         if self._publish is not None and batch.events:
             try:
                 self._publish(batch.events, batch.fill_views)
@@ -573,12 +531,18 @@ class Sequencer:
 
     async def _stage(
         self, tickets: Sequence[_Ticket[Any]], now_ms: int
-    ) -> tuple[Batch, list[Answer | Failed]]:
-        """Stage the batch's ops in memory and commit them with the ledger's entries."""
+    ) -> tuple[Batch, list[Answer | Failed], asyncio.Future[None] | None]:
+        """Stage the batch's ops in memory, on top of the batches in flight; queue their
+        commit with the ledger's entries (the future it is done with)."""
         ops = [cast(AnyOp, ticket.op) for ticket in tickets]
-        prior = await _prior(self._conn, ops)
+        epoch = self.ledger.epoch  # a failure from now on voids this batch
+        ahead = self._pipeline.placed_ahead()  # before the database is read
+        prior = await prior_of(self._conn, ops)
+        for placed in ahead:  # not in the database yet, if their commit is not done
+            for key, row in placed.items():
+                prior.orders.setdefault(key, row)
         ids = [*treasury.external_ids(ops), *delivery.external_ids(ops)]
-        async with self.ledger.batch(ids) as lb:
+        async with self.ledger.staged(ids, epoch=epoch) as lb:
             batch = Batch(
                 market=self.market, ledger=lb, time_ms=now_ms, currency=self.currency,
                 prior=prior, max_open_orders=self.max_open_orders,
@@ -586,9 +550,9 @@ class Sequencer:
             orders.expire_due(batch)
             deadman.due(batch)
             lifecycle.due(batch)
-            staged = [_staged(op, batch) for op in ops]
+            staged = [staged_op(op, batch) for op in ops]
             lb.also_write(batch.stage)
-        return batch, staged
+        return batch, staged, lb.commit
 
     async def _rebuild_after_failure(self, exc: Exception, tickets: Sequence[_Ticket[Any]]) -> None:
         """A batch did not commit: take its effects back by rebuilding memory from the
@@ -640,11 +604,3 @@ def _log_batch(event: str, number: int, request_ids: list[str], **fields: object
     level = logging.INFO if request_ids else logging.DEBUG
     if log.isEnabledFor(level):
         log.log(level, event, extra={"batch": number, "request_ids": request_ids, **fields})
-
-
-def _staged(op: AnyOp, batch: Batch) -> Answer | Failed:
-    """Stage one op: how to read its result, or the error that refused it."""
-    try:
-        return dispatch(op, batch)
-    except DomainError as exc:
-        return Failed(exc)

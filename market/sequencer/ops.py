@@ -2,7 +2,7 @@
 
 Every op is an `Op[T]`, T being what it produces once its batch is durable
 (`PlaceOp` is an `Op[OrderView]`), so `Sequencer.submit(op: Op[T]) -> T` is typed.
-`core.dispatch` handles the union `AnyOp` with one `match` (as msgspec's asyncio-kv
+`dispatch.dispatch` handles the union `AnyOp` with one `match` (as msgspec's asyncio-kv
 example does its requests).
 
 An outcome travels one way: a handler returns its value or raises a `DomainError`;

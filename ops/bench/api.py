@@ -34,6 +34,7 @@ import msgspec
 from market.accounts import create_account
 from market.client import TokexClient
 from market.signing import sign_request
+from ops.bench.cpu import CpuSample, Group, postmaster_pid
 from ops.config import Settings
 from ops.database import database_url, remove_embedded
 from schemas.accounts import Role
@@ -210,19 +211,51 @@ async def _run_phase(
     return int(counts[0] / elapsed), counts[1], latencies
 
 
-async def _bench(url: str, port: int, seconds: float, clients: int, batch: int) -> None:
+def _process_groups(server_pid: int, pg_data: Path | None) -> dict[str, Group]:
+    """The processes whose CPU is reported: the server's main process, its children (the
+    signature helper), PostgreSQL (postmaster and backends; embedded only) and this one."""
+    groups = {
+        "server": Group(server_pid),
+        "signature helper": Group(server_pid, children=True, only_children=True),
+    }
+    postmaster = postmaster_pid(pg_data) if pg_data is not None else None
+    if postmaster is not None:
+        groups["postgresql"] = Group(postmaster, children=True)
+    groups["load generator"] = Group(os.getpid())
+    return groups
+
+
+def _cpu_line(used_s: dict[str, float], acknowledged: int, seconds: float) -> str:
+    """CPU per acknowledged order (ms) and share of one core, per process group."""
+    parts = [
+        f"{name} {used * 1000 / max(1, acknowledged):.3f} ms ({used / seconds:.0%})"
+        for name, used in used_s.items()
+    ]
+    return "CPU per order (share of a core): " + ", ".join(parts)
+
+
+async def _bench(
+    url: str, port: int, seconds: float, clients: int, batch: int, groups: dict[str, Group]
+) -> None:
     traders = await _setup(url, f"http://127.0.0.1:{port}", clients)
     await _run_phase(traders, port, 1.0, 1, "warm")
     print(f"api bench: {clients} concurrent signed clients on loopback; server, database and")
     print("load on this machine; every order counted was acknowledged after its commit")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for size in (1, batch):
+        before, began = CpuSample.take(groups), time.perf_counter()
         rate, refused, lat = await _run_phase(traders, port, seconds, size, f"b{size}")
+        used, elapsed = CpuSample.take(groups).since(before), time.perf_counter() - began
         what = "single orders" if size == 1 else f"batches of {size}"
         p50, p99 = _percentile(lat, 0.5) * 1000, _percentile(lat, 0.99) * 1000
+        p999 = _percentile(lat, 0.999) * 1000
         print(
             f"  {what:>16}: {rate:>7,} orders/s acknowledged, {len(lat):>6} requests, "
-            f"p50 {p50:6.1f} ms, p99 {p99:6.1f} ms per request ({refused} refused)"
+            f"p50 {p50:6.1f} ms, p99 {p99:6.1f} ms, p99.9 {p999:6.1f} ms per request "
+            f"({refused} refused)"
         )
+        print(f"  {'':>16}  {_cpu_line(used, int(rate * elapsed), elapsed)}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def main() -> None:
@@ -239,10 +272,12 @@ def main() -> None:
     keep = args.keep
     server: subprocess.Popen[bytes] | None = None
     try:
-        url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
+        external = os.environ.get("DATABASE_URL")
+        url = external or database_url(Settings(data_dir=str(data_dir)))
         port = _free_port()
         server = _start_server(url, data_dir, port)
-        asyncio.run(_bench(url, port, args.seconds, args.clients, args.batch))
+        groups = _process_groups(server.pid, None if external else data_dir / "pg")
+        asyncio.run(_bench(url, port, args.seconds, args.clients, args.batch, groups))
     except BaseException:
         keep = True  # for its server.log
         raise

@@ -382,11 +382,11 @@ async def test_a_committed_batch_leaves_no_reference_cycles(seq: Sequencer) -> N
 async def test_a_bug_in_a_batch_answers_its_requests_and_the_exchange_goes_on(
     seq: Sequencer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(ops: object) -> None:
+    async def broken(flight: object) -> None:
         raise RuntimeError("a bug")
 
     with monkeypatch.context() as patch:
-        patch.setattr(seq, "_process_batch", broken)
+        patch.setattr(seq, "_stage_flight", broken)
         with pytest.raises(LedgerUnavailable):
             await asyncio.wait_for(place(seq, "b1", order("o1", Side.BUY, 1_000, 5_000)), 5)
     placed = await place(seq, "b1", order("o1", Side.BUY, 1_000, 5_000))
