@@ -32,6 +32,7 @@ import msgspec
 from schemas.errors import DomainError, ErrorKind
 
 __all__ = [
+    "FIRST_PAGE",
     "Direction",
     "InvalidCursor",
     "Keyset",
@@ -86,6 +87,10 @@ class Keyset:
         return f"{columns} {op} ({marks})", order, list(self.key)
 
 
+#: The first page of a list: its newest records.
+FIRST_PAGE = Keyset()
+
+
 def _names(columns: str) -> list[str]:
     return [c.strip() for c in columns.strip("()").split(",")]
 
@@ -99,7 +104,7 @@ def encode_cursor(direction: Direction, key: Key, *, inclusive: bool = False) ->
 def decode_cursor(cursor: str | None, arity: int, kinds: Sequence[type]) -> Keyset:
     """The keyset a client's cursor names, checked against the list's key shape."""
     if cursor is None:
-        return Keyset()
+        return FIRST_PAGE
     if len(cursor) > MAX_CURSOR_BYTES:
         raise InvalidCursor("the cursor is too long")
     try:

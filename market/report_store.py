@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from ledger.rows import BatchRows
-from market.pages import Keyset
+from market.pages import FIRST_PAGE, Keyset
 from schemas.disputes import DisputeView, VoucherView
 from schemas.trading import DeliveryView
 
@@ -185,12 +185,8 @@ async def latest_vouchers(
     return {(v.buyer, v.provider, v.instrument): v for v in found}
 
 
-#: The first page of a list (its newest records).
-FIRST = Keyset()
-
-
 async def list_vouchers(
-    conn: asyncpg.Connection, account_id: str, *, limit: int, keyset: Keyset = FIRST
+    conn: asyncpg.Connection, account_id: str, *, limit: int, keyset: Keyset = FIRST_PAGE
 ) -> list[VoucherRow]:
     """Vouchers an account signed (buyer) or submitted (provider), newest first by
     (time, transaction id), with what their deliveries released (`market_deliveries`)."""
@@ -217,7 +213,7 @@ async def list_reports(
     statuses: Sequence[str],
     disputed_only: bool = False,
     limit: int,
-    keyset: Keyset = FIRST,
+    keyset: Keyset = FIRST_PAGE,
 ) -> list[ReportRow]:
     """Reports an account made or received (None: everyone's), in these states, newest
     first by (created, provider, report id); `disputed_only`: those that were disputed."""

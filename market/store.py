@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 
 from ledger.rows import BatchRows
-from market.pages import Keyset
+from market.pages import FIRST_PAGE, Keyset
 from schemas.market import Command, Instrument, OrderType, Side, TimeInForce
 from schemas.trading import DeliveryView, FillView, OrderView, SettlementView, WithdrawalView
 
@@ -334,8 +334,6 @@ async def get_order(conn: asyncpg.Connection, account_id: str, order_id: int) ->
     return None if row is None else order_from_record(row)
 
 
-#: The first page of a list: its newest records.
-FIRST_PAGE = Keyset()
 #: A fill's place in an account's list of fills.
 FILL_KEY = "(time_ms, instrument, seq)"
 
