@@ -4,6 +4,7 @@ old request names accepted for a version, and no time field without its unit."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -22,6 +23,7 @@ from schemas.market import (
 from schemas.stream import (
     EVENT_VIEWS,
     ClientMessage,
+    OrderEvent,
     OrderMessage,
     ServerMessage,
     Subscribe,
@@ -54,7 +56,7 @@ def test_the_check_catches_a_time_without_its_unit() -> None:
 
 
 @pytest.mark.parametrize("event_type", list(EVENT_VIEWS))
-def test_an_order_event_view_is_the_engine_event_with_times_renamed(event_type: type) -> None:
+def test_an_order_event_view_is_the_engine_event_with_times_renamed(event_type: Any) -> None:
     view_type = EVENT_VIEWS[event_type]
     engine = [f.name for f in msgspec.structs.fields(event_type)]
     wire = [f.name for f in msgspec.structs.fields(view_type)]
@@ -74,7 +76,7 @@ def test_an_order_frame_carries_the_events_values_under_the_wire_names() -> None
     assert event["time_ms"] == 1_900_000_000_123
     assert event["expire_at_ms"] == 1_900_000_060_000
     assert "time" not in event and "expire_at" not in event
-    others = [
+    others: list[OrderEvent] = [
         OrderRejected(1, 5, "x", "new", 3, "o", "c", "qty_invalid"),
         OrderCancelled(2, 6, "x", 3, "o", Side.SELL, 10, 1, 0, "user"),
         OrderExpired(3, 7, "x", 3, "o", Side.SELL, 10, 1),

@@ -13,9 +13,37 @@ from typing import Any
 
 #: Words (between underscores) that make a name a time or a duration.
 TIME_WORDS = frozenset(
-    "time times timestamp at date expire expires expiry deadline window start started end "
-    "ended duration grace period checked since until ttl timeout settles created updated "
-    "delay interval age epoch".split()
+    [
+        "time",
+        "times",
+        "timestamp",
+        "at",
+        "date",
+        "expire",
+        "expires",
+        "expiry",
+        "deadline",
+        "window",
+        "start",
+        "started",
+        "end",
+        "ended",
+        "duration",
+        "grace",
+        "period",
+        "checked",
+        "since",
+        "until",
+        "ttl",
+        "timeout",
+        "settles",
+        "created",
+        "updated",
+        "delay",
+        "interval",
+        "age",
+        "epoch",
+    ]
 )
 UNIT = re.compile(r"_(ms|s)$")
 #: Names that look like times and are not, each with the reason.
