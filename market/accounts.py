@@ -25,6 +25,7 @@ from market.keys import (
 )
 from schemas.accounts import AccountCreated, AccountView, Role
 from schemas.errors import DomainError, ErrorKind
+from schemas.wire_time import unix_ms
 
 __all__ = [
     "AccountNotFound",
@@ -125,7 +126,7 @@ def _account_view(row: asyncpg.Record) -> AccountView:
         account_id=row["account_id"],
         role=Role(row["role"]),
         name=row["name"],
-        created_at=row["created_at"].isoformat().replace("+00:00", "Z"),
+        created_at_ms=unix_ms(row["created_at"]),
         key_ids=list(row["key_ids"]),
     )
 

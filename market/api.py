@@ -228,7 +228,7 @@ async def trades(
 
     def view(r: Any) -> TradeView:
         return TradeView(
-            instrument=instrument, seq=r["seq"], time=r["time_ms"], price=r["price"],
+            instrument=instrument, seq=r["seq"], time_ms=r["time_ms"], price=r["price"],
             quantity=r["quantity"], aggressor_side=Side(r["aggressor_side"]),
         )  # fmt: skip
 
@@ -463,7 +463,7 @@ async def my_fills(
         rows = await fills_for(
             conn, principal.account_id, instrument=instrument, limit=limit + 1, keyset=keyset
         )
-    return page_of(rows, limit, keyset, lambda f: (f.time, f.instrument, f.seq), _same)
+    return page_of(rows, limit, keyset, lambda f: (f.time_ms, f.instrument, f.seq), _same)
 
 
 # -- delivery, settlement, withdrawals ------------------------------------------------------

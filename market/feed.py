@@ -64,6 +64,7 @@ from schemas.stream import (
     TradeMessage,
     Unsubscribed,
     book_checksum,
+    order_event_view,
 )
 from schemas.trading import FillView
 
@@ -465,13 +466,13 @@ class MarketData:
             if owner is not None:
                 subs = self._channels[Channel.ORDERS].get(owner)
                 if subs:
-                    self._fanout(subs, encode(OrderMessage(event=event)))  # type: ignore[arg-type]
+                    self._fanout(subs, encode(OrderMessage(event=order_event_view(event))))  # type: ignore[arg-type]
 
     def _fill(self, fill: Fill, views: Mapping[int, Sequence[FillView]]) -> None:
         trade = TradeMessage(
             instrument=fill.instrument,
             seq=fill.seq,
-            time=fill.time,
+            time_ms=fill.time,
             price=fill.price,
             quantity=fill.quantity,
             aggressor_side=fill.aggressor_side,
@@ -496,7 +497,7 @@ class MarketData:
                 msg = FillMessage(
                     instrument=fill.instrument,
                     seq=fill.seq,
-                    time=fill.time,
+                    time_ms=fill.time,
                     order_id=order_id,
                     side=side,
                     liquidity=liquidity,

@@ -73,8 +73,8 @@ class ReportRow:
             report_id=self.report_id, instrument=self.instrument, buyer=self.buyer,
             provider=self.provider, tokens=self.tokens, released=self.released, fee=self.fee,
             paid=self.released - self.fee, transaction_id=self.settled_tx or self.hold_id,
-            time=self.created_ms, status=self.status,
-            settles_at=self.due_ms if self.status == PENDING else None,
+            time_ms=self.created_ms, status=self.status,
+            settles_at_ms=self.due_ms if self.status == PENDING else None,
             dispute_id=self.dispute_id,
         )  # fmt: skip
 
@@ -85,7 +85,7 @@ class ReportRow:
             buyer=self.buyer, instrument=self.instrument, tokens=self.tokens,
             released=self.released, reason=self.dispute_reason or "",
             status="open" if self.status == DISPUTED else self.status,
-            created_at=self.disputed_ms, updated_at=self.updated_ms,
+            created_at_ms=self.disputed_ms, updated_at_ms=self.updated_ms,
             transaction_id=self.settled_tx,
         )  # fmt: skip
 
@@ -119,7 +119,7 @@ class VoucherRow:
             buyer=self.buyer, provider=self.provider, instrument=self.instrument,
             tokens=self.tokens, version=self.version, delta=self.delta, released=self.released,
             fee=self.fee, paid=self.released - self.fee, transaction_id=self.transaction_id,
-            time=self.time_ms,
+            time_ms=self.time_ms,
         )  # fmt: skip
 
 

@@ -94,8 +94,8 @@ class OrderRow:
             cancelled_quantity=self.cancelled_quantity,
             status=self.status,
             reject_reason=self.reject_reason,
-            created_at=self.created_ms,
-            updated_at=self.updated_ms,
+            created_at_ms=self.created_ms,
+            updated_at_ms=self.updated_ms,
             fills=list(fills),
         )
 
@@ -151,7 +151,7 @@ class DeliveryRow:
         return DeliveryView(
             report_id=self.report_id, instrument=self.instrument, buyer=self.buyer,
             provider=self.provider, tokens=self.tokens, released=self.released, fee=self.fee,
-            paid=self.released - self.fee, transaction_id=self.transaction_id, time=self.time_ms,
+            paid=self.released - self.fee, transaction_id=self.transaction_id, time_ms=self.time_ms,
         )  # fmt: skip
 
 
@@ -179,8 +179,8 @@ class WithdrawalRow:
     def view(self) -> WithdrawalView:
         return WithdrawalView(
             account_id=self.account_id, withdrawal_id=self.withdrawal_id, amount=self.amount,
-            currency=self.currency, status=self.status, created_at=self.created_ms,
-            updated_at=self.updated_ms,
+            currency=self.currency, status=self.status, created_at_ms=self.created_ms,
+            updated_at_ms=self.updated_ms,
         )  # fmt: skip
 
 
@@ -190,7 +190,7 @@ def withdrawal_from_record(r: asyncpg.Record) -> WithdrawalRow:
 
 def settlement_from_record(r: asyncpg.Record) -> SettlementView:
     return SettlementView(
-        instrument=r["instrument"], reason=r["reason"], time=r["time_ms"],
+        instrument=r["instrument"], reason=r["reason"], time_ms=r["time_ms"],
         entitlement_burned=r["entitlement_burned"], refunded=r["refunded"],
         capacity_burned=r["capacity_burned"],
     )  # fmt: skip
@@ -259,7 +259,7 @@ def stage_market_batch(
         ),
         [
             (
-                s.instrument, s.reason, s.time, s.entitlement_burned, s.refunded,
+                s.instrument, s.reason, s.time_ms, s.entitlement_burned, s.refunded,
                 s.capacity_burned,
             )
             for s in settlements
@@ -413,7 +413,7 @@ async def fills_for(
             FillView(
                 instrument=r["instrument"],
                 seq=r["seq"],
-                time=r["time_ms"],
+                time_ms=r["time_ms"],
                 order_id=r["taker_order_id"] if is_taker else r["maker_order_id"],
                 side=side,
                 role="taker" if is_taker else "maker",

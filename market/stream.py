@@ -214,7 +214,7 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) ->
         name
         for name, value in (
             ("key_id", message.key_id),
-            ("timestamp", message.timestamp),
+            ("timestamp_ms", message.timestamp_ms),
             ("signature", message.signature),
         )
         if not value
@@ -225,7 +225,7 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) ->
             code="missing_signature",
         )
     principal = await authenticator.authenticate(  # AuthError: an error frame with its code
-        message.key_id, str(message.timestamp), message.signature, "GET", STREAM_PATH, b"",
+        message.key_id, str(message.timestamp_ms), message.signature, "GET", STREAM_PATH, b"",
         now_ms(),
     )  # fmt: skip
     return principal.account_id

@@ -13,7 +13,7 @@
 - `GET /v1/vouchers`: the vouchers the caller signed (buyer) or submitted (provider).
 - `GET /v1/delivery-reports?status=pending` (buyer, provider, operator): providers' own
   reports the caller made or received (the operator: all), in a state: `pending`
-  (default: disputable until `settles_at`), `disputed`, `settled`, `paid`, `refunded`, or
+  (default: disputable until `settles_at_ms`), `disputed`, `settled`, `paid`, `refunded`, or
   `all`.
 - `POST /v1/disputes` (buyer): dispute a pending report of its own (404 `unknown_report`
   for another buyer's, 409 `report_not_disputable` once settled); idempotent.

@@ -32,6 +32,7 @@ from market.accounts import create_account, parse_public_key, private_key_pem
 from market.client import TokexClient
 from ops.cli import add_database_options, run_migrations, settings_from_args
 from ops.cli_api import add_client_options, emit_json, emit_table, run
+from ops.cli_operator import iso_time
 from ops.database import connect, database_url
 from schemas.accounts import AccountCreated, AccountView, Role
 from schemas.errors import DomainError, ErrorKind
@@ -145,7 +146,7 @@ def _list_command(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(views)
     else:
-        rows = [[v.account_id, v.role.value, v.name, v.created_at, ",".join(v.key_ids)]
+        rows = [[v.account_id, v.role.value, v.name, iso_time(v.created_at_ms), ",".join(v.key_ids)]
                 for v in views]  # fmt: skip
         emit_table(("ACCOUNT", "ROLE", "NAME", "CREATED", "KEYS"), rows)
     return 0

@@ -68,7 +68,7 @@ def _instruments(args: argparse.Namespace) -> int:
                 price_min=args.price_min, price_max=args.price_max,
                 maker_fee_bps=args.maker_fee_bps, taker_fee_bps=args.taker_fee_bps,
                 provider_fee_bps=args.provider_fee_bps,
-                delivery_grace_seconds=args.delivery_grace_seconds,
+                delivery_grace_s=args.delivery_grace_seconds,
             )  # fmt: skip
             views = [await client.create_instrument(request)]
         else:
@@ -119,7 +119,7 @@ def _settle(args: argparse.Namespace) -> int:
         emit_json(s)
     else:
         print(
-            f"{s.instrument} settled ({s.reason}) at {iso_time(s.time)}: "
+            f"{s.instrument} settled ({s.reason}) at {iso_time(s.time_ms)}: "
             f"{format_count(s.entitlement_burned)} undelivered tokens burned, "
             f"{format_money(s.refunded, money)} refunded to buyers, "
             f"{format_count(s.capacity_burned)} unsold tokens of capacity burned"
@@ -133,7 +133,7 @@ def _settle(args: argparse.Namespace) -> int:
 def _withdrawal_rows(money: Currency, views: list[WithdrawalView]) -> list[list[object]]:
     return [
         [v.account_id, v.withdrawal_id, format_money(v.amount, money), v.status,
-         iso_time(v.created_at), iso_time(v.updated_at)]
+         iso_time(v.created_at_ms), iso_time(v.updated_at_ms)]
         for v in views
     ]  # fmt: skip
 

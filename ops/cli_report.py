@@ -56,18 +56,21 @@ def query_from_args(args: argparse.Namespace) -> ReportQuery:
     if kind == "statement":
         return StatementQuery(
             owner=args.account, asset=args.asset, from_index=args.from_index,
-            to_index=args.to_index, from_time=_time(args.from_time), to_time=_time(args.to_time),
+            to_index=args.to_index, from_time_ms=_time(args.from_time),
+            to_time_ms=_time(args.to_time),
         )  # fmt: skip
     if kind == "payouts":
         return PayoutsQuery(
             provider=args.provider, period=Period(args.period),
-            from_time=_time(args.from_time), to_time=_time(args.to_time),
+            from_time_ms=_time(args.from_time), to_time_ms=_time(args.to_time),
         )  # fmt: skip
     if kind == "instrument":
         return InstrumentQuery(instrument=args.symbol)
     if kind == "fees":
         return FeesQuery(
-            period=Period(args.period), from_time=_time(args.from_time), to_time=_time(args.to_time)
+            period=Period(args.period),
+            from_time_ms=_time(args.from_time),
+            to_time_ms=_time(args.to_time),
         )
     return TrialBalanceQuery(to_index=args.to_index)
 

@@ -52,6 +52,7 @@ from ops.openapi_errors import (
     ErrorSpec,
 )
 from schemas.trading import BookLevel
+from schemas.wire_time import DEPRECATED_FIELDS, DEPRECATED_QUERY_PARAMETERS
 
 __all__ = ["ASSETS_DIR", "ASSETS_PATH", "document", "openapi_config"]
 
@@ -79,6 +80,11 @@ Ed25519 signature of the UTF-8 bytes
 in OpenAI's error shape, so any OpenAI SDK raises its own exceptions.
 
 **Amounts** (money and token quantities) are integers on the wire, never floats.
+
+**Times** are integers of Unix milliseconds, every one named `..._ms`; an instrument's
+window (as in its symbol) and the durations measured against it are seconds, named
+`..._s`. Fields and query parameters marked deprecated are the old names, still accepted
+for one version.
 """
 
 _STATUS_TEXT: Final = {
@@ -212,7 +218,32 @@ def finish(generated: dict[str, Any], handlers: dict[str, HTTPRouteHandler]) -> 
             if method in ("get", "put", "post", "delete", "patch"):
                 key = f"{method.upper()} {path}"
                 _finish_operation(key, path, operation, handlers.get(key))
+    _mark_deprecated(doc)
     return doc
+
+
+def _deprecated(node: dict[str, Any], new: str) -> dict[str, Any]:
+    text = f"Deprecated: the old name of `{new}`, accepted for one version; send `{new}`."
+    return {**node, "deprecated": True, "description": text}
+
+
+def _mark_deprecated(doc: dict[str, Any]) -> None:
+    """The old names of time fields and query parameters (`schemas.wire_time`)."""
+    schemas = doc["components"]["schemas"]
+    for name, renamed in DEPRECATED_FIELDS.items():
+        properties = schemas.get(name, {}).get("properties", {})
+        for old, new in renamed.items():
+            if old in properties:
+                properties[old] = _deprecated(properties[old], new)
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            params = operation.get("parameters", [])
+            for n, param in enumerate(params):
+                to = DEPRECATED_QUERY_PARAMETERS.get(param.get("name", ""))
+                if param.get("in") == "query" and to is not None:
+                    params[n] = _deprecated(param, to)
 
 
 def _handlers(app: Litestar) -> dict[str, HTTPRouteHandler]:

@@ -55,5 +55,5 @@ class AccountView(msgspec.Struct, frozen=True, kw_only=True):
     account_id: str
     role: Role
     name: str
-    created_at: str  # RFC 3339, UTC
+    created_at_ms: int  # Unix ms
     key_ids: list[str]

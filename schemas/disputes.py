@@ -53,7 +53,7 @@ class VoucherView(msgspec.Struct, kw_only=True):
     fee: int
     paid: int
     transaction_id: str
-    time: int
+    time_ms: int
 
 
 class DisputeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -80,6 +80,6 @@ class DisputeView(msgspec.Struct, kw_only=True):
     released: int
     reason: str
     status: str  # open | paid | refunded
-    created_at: int
-    updated_at: int
+    created_at_ms: int
+    updated_at_ms: int
     transaction_id: str | None = None  # the resolution's ledger transaction

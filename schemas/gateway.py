@@ -68,7 +68,7 @@ class InferenceKeyView(msgspec.Struct, frozen=True, kw_only=True):
     models: list[str] | None
     token_budget: int | None
     expires_ms: int | None
-    created_at: str  # RFC 3339, UTC
+    created_at_ms: int  # Unix ms
     revoked: bool
 
 

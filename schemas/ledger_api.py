@@ -24,16 +24,17 @@ class HoldOpView(msgspec.Struct, frozen=True):
     hold_id: str
     account: AccountView
     amount: int
-    expires_at: int | None
+    expires_at_ms: int | None
 
 
 class TransactionView(msgspec.Struct, frozen=True):
-    """A committed transaction as named JSON fields (the canonical form is arrays)."""
+    """A committed transaction as named JSON fields (the canonical form is arrays, and
+    keeps its own names: `time` and a hold's `expires_at` are Unix ms there too)."""
 
     index: int
     id: str
     code: str
-    time: int
+    time_ms: int
     entries: list[EntryView]
     holds: list[HoldOpView]
     metadata: dict[str, str]
@@ -47,7 +48,7 @@ class TransactionView(msgspec.Struct, frozen=True):
             index=tx.index,
             id=tx.id,
             code=tx.code,
-            time=tx.time,
+            time_ms=tx.time,
             entries=[
                 EntryView(account(e.account), "held" if e.bucket else "available", e.amount)
                 for e in tx.entries

@@ -3,7 +3,12 @@
 Every price and quantity is an `int`: quantity in tokens (a multiple of the
 instrument's lot), price in minor currency units per lot (a multiple of the
 tick). Times are integers in the caller's unit (the sequencer uses Unix
-nanoseconds); the engine only compares them and never reads a clock.
+milliseconds); the engine only compares them and never reads a clock.
+
+These are formats of record: commands and `Instrument` are the journal's entries and
+snapshots hold books, so their names stay (`time`, `expire_at`, `window_start`,
+`duration`) for old records to replay. The API sends views of them with the wire's
+names (`time_ms`, `expire_at_ms`, `window_start_s`: `schemas.wire_time`).
 
 Order ids are assigned by the sequencer and arrive with the command, so a
 replay assigns the same ids. Client order ids are chosen by the owner.

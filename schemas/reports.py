@@ -38,7 +38,7 @@ class StatementQuery(msgspec.Struct, frozen=True, kw_only=True, tag="statement")
     """Every account `owner` holds or is a party to (`owner`, `owner@*`, `*@owner`).
 
     The range is a half-open range of ledger indexes; time bounds select the
-    transactions whose time is >= `from_time` and < `to_time` (the sequencer's
+    transactions whose time is >= `from_time_ms` and < `to_time_ms` (the sequencer's
     times never decrease along the ledger, so this is also an index range).
     """
 
@@ -46,15 +46,15 @@ class StatementQuery(msgspec.Struct, frozen=True, kw_only=True, tag="statement")
     asset: str | None = None
     from_index: Index | None = None
     to_index: Index | None = None
-    from_time: TimeMs | None = None
-    to_time: TimeMs | None = None
+    from_time_ms: TimeMs | None = None
+    to_time_ms: TimeMs | None = None
 
 
 class PayoutsQuery(msgspec.Struct, frozen=True, kw_only=True, tag="payouts"):
     provider: str | None = None  # None: every provider
     period: Period = Period.DAY
-    from_time: TimeMs | None = None
-    to_time: TimeMs | None = None
+    from_time_ms: TimeMs | None = None
+    to_time_ms: TimeMs | None = None
 
 
 class InstrumentQuery(msgspec.Struct, frozen=True, kw_only=True, tag="instrument"):
@@ -64,8 +64,8 @@ class InstrumentQuery(msgspec.Struct, frozen=True, kw_only=True, tag="instrument
 
 class FeesQuery(msgspec.Struct, frozen=True, kw_only=True, tag="fees"):
     period: Period = Period.DAY
-    from_time: TimeMs | None = None
-    to_time: TimeMs | None = None
+    from_time_ms: TimeMs | None = None
+    to_time_ms: TimeMs | None = None
 
 
 class TrialBalanceQuery(msgspec.Struct, frozen=True, kw_only=True, tag="trial-balance"):

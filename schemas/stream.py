@@ -1,7 +1,8 @@
 """Market data stream wire forms: the JSON text frames of the websocket `/v1/stream`.
 
 Client -> server messages are tagged by `op`; server -> client messages by
-`type`. Book levels are `[price, quantity, orders]` arrays (`DepthLevel`).
+`type`. Times are Unix milliseconds named `..._ms` (`schemas.wire_time`). Book
+levels are `[price, quantity, orders]` arrays (`DepthLevel`).
 
 Book channel (`"book"`, per instrument): one `snapshot`, then a `delta` per
 committed batch that touched the instrument. Each book message carries `seq`,
@@ -25,9 +26,11 @@ Trades channel (`"trades"`, per instrument): one `trade` per fill, without
 owners or order ids.
 
 Orders channel (`"orders"`, private, per account): `order` messages wrap the
-engine's own event (accepted, rejected, cancelled, expired, amended) for the
-account's orders; `fill` messages tell the account its side of a trade
-(its order id, side, maker or taker) and nothing about the counterparty.
+engine's event (accepted, rejected, cancelled, expired, amended) about one of the
+account's orders, as the API names times (`OrderEventView`: `time_ms`, `expire_at_ms`;
+the engine's own event, which the journal keeps, says `time` and `expire_at`); `fill`
+messages tell the account its side of a trade (its order id, side, maker or taker) and
+nothing about the counterparty.
 """
 
 from __future__ import annotations
@@ -45,8 +48,12 @@ from schemas.market import (
     OrderCancelled,
     OrderExpired,
     OrderRejected,
+    OrderType,
     Side,
+    StpMode,
+    TimeInForce,
 )
+from schemas.wire_time import take_alias
 
 
 class Channel(StrEnum):
@@ -77,19 +84,23 @@ class StreamErrorCode:
 class Subscribe(msgspec.Struct, kw_only=True, frozen=True, tag="subscribe", tag_field="op"):
     """Subscribe to a channel. `instrument` is required for book and trades.
 
-    The private `orders` channel needs `key_id`, `timestamp` (Unix ms) and
+    The private `orders` channel needs `key_id`, `timestamp_ms` (Unix ms) and
     `signature` (base64 Ed25519), signed like an HTTP request `GET /v1/stream`
-    with an empty body.
+    with an empty body. `timestamp` is its deprecated name (one version).
     """
 
     channel: Channel
     instrument: str | None = None
     key_id: str | None = None
-    timestamp: int | None = None
+    timestamp_ms: int | None = None
     signature: str | None = None
     #: `orders` only: when this connection drops (not after an unsubscribe from the
     #: orders channel), cancel every open order of the account.
     cancel_on_disconnect: bool = False
+    timestamp: int | None = None  # deprecated name of `timestamp_ms`
+
+    def __post_init__(self) -> None:
+        take_alias(self, "timestamp", "timestamp_ms")
 
 
 class Unsubscribe(msgspec.Struct, kw_only=True, frozen=True, tag="unsubscribe", tag_field="op"):
@@ -143,7 +154,7 @@ class TradeMessage(msgspec.Struct, kw_only=True, frozen=True, tag="trade"):
     channel: Channel = Channel.TRADES
     instrument: str
     seq: int
-    time: int
+    time_ms: int
     price: int
     quantity: int
     aggressor_side: Side
@@ -151,12 +162,101 @@ class TradeMessage(msgspec.Struct, kw_only=True, frozen=True, tag="trade"):
 
 OrderEvent = OrderAccepted | OrderRejected | OrderCancelled | OrderExpired | OrderAmended
 
+# The engine's order events as the websocket sends them: the same fields in the same
+# order (so `order_event_view` builds one from the other's values), times named `_ms`.
+
+
+class OrderAcceptedView(msgspec.Struct, frozen=True, gc=False, tag="accepted"):
+    seq: int
+    time_ms: int
+    instrument: str
+    order_id: int
+    owner: str
+    client_order_id: str | None
+    side: Side
+    order_type: OrderType
+    price: int
+    quantity: int
+    tif: TimeInForce
+    expire_at_ms: int | None
+    post_only: bool
+    stp: StpMode
+
+
+class OrderRejectedView(msgspec.Struct, frozen=True, gc=False, tag="rejected"):
+    seq: int
+    time_ms: int
+    instrument: str
+    command: str
+    order_id: int | None
+    owner: str | None
+    client_order_id: str | None
+    reason: str
+
+
+class OrderCancelledView(msgspec.Struct, frozen=True, gc=False, tag="cancelled"):
+    seq: int
+    time_ms: int
+    instrument: str
+    order_id: int
+    owner: str
+    side: Side
+    price: int
+    cancelled_quantity: int
+    open_quantity: int
+    reason: str
+
+
+class OrderExpiredView(msgspec.Struct, frozen=True, gc=False, tag="expired"):
+    seq: int
+    time_ms: int
+    instrument: str
+    order_id: int
+    owner: str
+    side: Side
+    price: int
+    expired_quantity: int
+
+
+class OrderAmendedView(msgspec.Struct, frozen=True, gc=False, tag="amended"):
+    seq: int
+    time_ms: int
+    instrument: str
+    order_id: int
+    owner: str
+    side: Side
+    old_price: int
+    new_price: int
+    old_open_quantity: int
+    new_open_quantity: int
+    priority_kept: bool
+
+
+OrderEventView = (
+    OrderAcceptedView | OrderRejectedView | OrderCancelledView | OrderExpiredView
+    | OrderAmendedView
+)  # fmt: skip
+
+#: The engine's event type -> its wire view (field by field, times renamed).
+EVENT_VIEWS: dict[type[OrderEvent], type[OrderEventView]] = {
+    OrderAccepted: OrderAcceptedView,
+    OrderRejected: OrderRejectedView,
+    OrderCancelled: OrderCancelledView,
+    OrderExpired: OrderExpiredView,
+    OrderAmended: OrderAmendedView,
+}
+
+
+def order_event_view(event: OrderEvent) -> OrderEventView:
+    """The engine's `event` as the websocket sends it."""
+    return EVENT_VIEWS[type(event)](*msgspec.structs.astuple(event))
+
 
 class OrderMessage(msgspec.Struct, kw_only=True, frozen=True, tag="order"):
-    """An engine event about one of the account's orders, as the engine emitted it."""
+    """An engine event about one of the account's orders (`order_event_view`)."""
 
     channel: Channel = Channel.ORDERS
-    event: OrderEvent
+    event: OrderEventView
 
 
 class FillMessage(msgspec.Struct, kw_only=True, frozen=True, tag="fill"):
@@ -166,7 +266,7 @@ class FillMessage(msgspec.Struct, kw_only=True, frozen=True, tag="fill"):
     channel: Channel = Channel.ORDERS
     instrument: str
     seq: int
-    time: int
+    time_ms: int
     order_id: int
     side: Side
     liquidity: Liquidity

@@ -1,7 +1,9 @@
 """Trading API request and response forms (REST), shared by the server and the client.
 
 Prices and quantities are integers: quantity in tokens (whole lots), price in
-minor currency units per lot. Times are Unix milliseconds.
+minor currency units per lot. Times are Unix milliseconds, named `..._ms`; an
+instrument's window and the durations measured against it are seconds, `..._s`
+(`schemas.wire_time`: the convention, and the old request names still accepted).
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from typing import Annotated
 import msgspec
 
 from schemas.market import OrderType, Side, StpMode, TimeInForce
+from schemas.wire_time import take_alias
 
 Amount = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
+Seconds = Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)]
+TimeMs = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
 CompletionWeight = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
@@ -22,7 +27,9 @@ AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^
 MAX_BATCH_ORDERS = 50
 
 
-class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class CreateInstrument(
+    msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     symbol: Symbol
     lot_size: Amount
     tick_size: Amount
@@ -32,7 +39,7 @@ class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     taker_fee_bps: Bps = 0
     provider_fee_bps: Bps = 0
     #: Deliveries are still accepted this long after the window ends; then it settles.
-    delivery_grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)] = 0
+    delivery_grace_s: Seconds = 0
     #: A window that has already started is refused (`window_started`) unless this is
     #: true: listing into a running window is an operator's explicit choice. A window
     #: that has ended is always refused (`window_over`).
@@ -42,14 +49,21 @@ class CreateInstrument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     completion_weight: CompletionWeight = 1
     #: A provider's own delivery report is pending (the buyer may dispute it) this long
     #: before it settles. None: the delivery grace.
-    dispute_period_seconds: Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)] | None = None
+    dispute_period_s: Seconds | None = None
+    #: Deprecated names of `delivery_grace_s` and `dispute_period_s` (one version).
+    delivery_grace_seconds: Seconds | None = None
+    dispute_period_seconds: Seconds | None = None
+
+    def __post_init__(self) -> None:
+        take_alias(self, "delivery_grace_seconds", "delivery_grace_s", unset=0)
+        take_alias(self, "dispute_period_seconds", "dispute_period_s")
 
 
 class InstrumentView(msgspec.Struct, kw_only=True):
     symbol: str
     model: str
-    window_start: int
-    duration: int
+    window_start_s: int  # Unix seconds, as in the symbol
+    duration_s: int
     lot_size: int
     tick_size: int
     price_min: int
@@ -59,9 +73,9 @@ class InstrumentView(msgspec.Struct, kw_only=True):
     provider_fee_bps: int
     currency: str
     state: str  # open | halted | closed (trading over, deliveries in grace) | settled
-    delivery_grace_seconds: int = 0
+    delivery_grace_s: int = 0
     completion_weight: int = 1
-    dispute_period_seconds: int = 0
+    dispute_period_s: int = 0
 
 
 class CurrencyView(msgspec.Struct, kw_only=True):
@@ -96,7 +110,7 @@ class LedgerReceipt(msgspec.Struct, kw_only=True):
     ledger_index: int
 
 
-class PlaceOrder(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class PlaceOrder(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """A new order. `client_order_id` is the owner's idempotency key."""
 
     client_order_id: ClientId
@@ -106,12 +120,17 @@ class PlaceOrder(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     price: Amount | None = None
     order_type: OrderType = OrderType.LIMIT
     tif: TimeInForce | None = None  # default: GTC for limit, IOC for market
-    expire_at: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None
+    expire_at_ms: TimeMs | None = None  # GTD only: Unix ms when it expires
     post_only: bool = False
     stp: StpMode = StpMode.CANCEL_NEWEST
     #: A market buy only: spend at most this on the tokens (fees on top); it buys what
     #: that pays for at the asks, at most `quantity`.
     max_notional: Amount | None = None
+    #: Deprecated name of `expire_at_ms` (one version).
+    expire_at: TimeMs | None = None
+
+    def __post_init__(self) -> None:
+        take_alias(self, "expire_at", "expire_at_ms")
 
 
 class PlaceOrders(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -132,7 +151,7 @@ class CancelAll(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class FillView(msgspec.Struct, kw_only=True):
     instrument: str
     seq: int
-    time: int
+    time_ms: int
     order_id: int
     side: Side
     role: str  # "maker" | "taker"
@@ -156,8 +175,8 @@ class OrderView(msgspec.Struct, kw_only=True):
     cancelled_quantity: int
     status: str  # open | filled | cancelled | expired | rejected
     reject_reason: str | None = None
-    created_at: int
-    updated_at: int
+    created_at_ms: int
+    updated_at_ms: int
     fills: list[FillView] = []
 
 
@@ -219,7 +238,7 @@ class BookView(msgspec.Struct, kw_only=True):
 class TradeView(msgspec.Struct, kw_only=True):
     instrument: str
     seq: int
-    time: int
+    time_ms: int
     price: int
     quantity: int
     aggressor_side: Side
@@ -240,7 +259,7 @@ class DeliveryReport(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class DeliveryView(msgspec.Struct, kw_only=True):
     """A delivery: tokens burned, escrow released, provider fee, provider paid.
 
-    A provider's own report is `pending` until its dispute period ends (`settles_at`):
+    A provider's own report is `pending` until its dispute period ends (`settles_at_ms`):
     its tokens and escrow are held, `transaction_id` is the hold's; then `settled` (the
     delivery's transaction), or `disputed` by the buyer and resolved by the operator
     (`paid` or `refunded`). Vouchers and gateway deliveries are `settled` at once."""
@@ -254,9 +273,9 @@ class DeliveryView(msgspec.Struct, kw_only=True):
     fee: int
     paid: int
     transaction_id: str
-    time: int
+    time_ms: int
     status: str = "settled"  # pending | settled | disputed | paid | refunded
-    settles_at: int | None = None  # a pending report: when its dispute period ends (ms)
+    settles_at_ms: int | None = None  # a pending report: when its dispute period ends
     dispute_id: str | None = None
 
 
@@ -285,7 +304,7 @@ class SettlementView(msgspec.Struct, kw_only=True):
 
     instrument: str
     reason: str  # window (the clock passed window end + grace) | operator
-    time: int
+    time_ms: int
     entitlement_burned: int
     refunded: int
     capacity_burned: int
@@ -304,5 +323,5 @@ class WithdrawalView(msgspec.Struct, kw_only=True):
     amount: int
     currency: str
     status: str  # pending | paid | failed
-    created_at: int
-    updated_at: int
+    created_at_ms: int
+    updated_at_ms: int

@@ -186,11 +186,11 @@ async def check_query(conn: asyncpg.Connection, query: ReportQuery) -> None:
     """Refuse a query that cannot be answered, before anything is streamed."""
     if isinstance(query, StatementQuery):
         _check_range(query.from_index, query.to_index, "index")
-        _check_range(query.from_time, query.to_time, "time")
+        _check_range(query.from_time_ms, query.to_time_ms, "time_ms")
         if not query.owner:
             raise InvalidReportQuery("a statement needs an account (owner)")
     elif isinstance(query, PayoutsQuery | FeesQuery):
-        _check_range(query.from_time, query.to_time, "time")
+        _check_range(query.from_time_ms, query.to_time_ms, "time_ms")
     elif isinstance(query, InstrumentQuery):
         await _instrument_terms(conn, query.instrument)
 
@@ -228,11 +228,11 @@ async def resolve_query(conn: asyncpg.Connection, query: ReportQuery) -> ReportQ
     if isinstance(query, StatementQuery):
         size = await _ledger_size(conn)
         end = size if query.to_index is None else min(query.to_index, size)
-        if query.to_time is not None:
-            end = min(end, await _first_index_at(conn, query.to_time, size))
+        if query.to_time_ms is not None:
+            end = min(end, await _first_index_at(conn, query.to_time_ms, size))
         start = query.from_index or 0
-        if query.from_time is not None:
-            start = max(start, await _first_index_at(conn, query.from_time, size))
+        if query.from_time_ms is not None:
+            start = max(start, await _first_index_at(conn, query.from_time_ms, size))
         return msgspec.structs.replace(query, from_index=min(start, end), to_index=end)
     if isinstance(query, TrialBalanceQuery):
         size = await _ledger_size(conn)
@@ -442,8 +442,8 @@ async def _payouts(conn: asyncpg.Connection, query: PayoutsQuery) -> AsyncIterat
             GROUP BY period, provider, currency
             ORDER BY period, provider COLLATE "C", currency COLLATE "C" """,
         list(DELIVERY_CODES),
-        query.from_time,
-        query.to_time,
+        query.from_time_ms,
+        query.to_time_ms,
         period,
         query.provider,
         EXCHANGE,
@@ -618,8 +618,8 @@ async def _fees(conn: asyncpg.Connection, query: FeesQuery) -> AsyncIterator[Fee
             ORDER BY 1, a.asset COLLATE "C", t.code COLLATE "C" """,
         period,
         EXCHANGE,
-        query.from_time,
-        query.to_time,
+        query.from_time_ms,
+        query.to_time_ms,
         prefetch=PREFETCH,
     )
     async for r in cursor:

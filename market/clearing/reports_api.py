@@ -1,15 +1,17 @@
 """Settlement report routes (`/v1/reports/...`), streamed as JSON or CSV.
 
-- `GET /v1/reports/statement?account=&asset=&from_index=&to_index=&from_time=&to_time=`
-- `GET /v1/reports/payouts?provider=&period=day|hour&from_time=&to_time=`
+- `GET /v1/reports/statement?account=&asset=&from_index=&to_index=&from_time_ms=&to_time_ms=`
+- `GET /v1/reports/payouts?provider=&period=day|hour&from_time_ms=&to_time_ms=`
 - `GET /v1/reports/instruments/{symbol}` (or `/v1/reports/instrument?instrument=`)
-- `GET /v1/reports/fees?period=day|hour&from_time=&to_time=`
+- `GET /v1/reports/fees?period=day|hour&from_time_ms=&to_time_ms=`
 - `GET /v1/reports/trial-balance?to_index=`
 
-Every route takes `format=json|csv` (default json; CSV is `text/csv`). Times are Unix
-milliseconds or ISO-8601 (UTC unless an offset is given); index and time ranges are
-half-open. The body is streamed (`Stream`), read from one database snapshot; the bytes
-are exactly those of `tokex report ...` for the same query (see `market.clearing.reports`).
+Every route takes `format=json|csv` (default json; CSV is `text/csv`). Time bounds are
+Unix milliseconds (`from_time_ms`, `to_time_ms`); their deprecated names `from_time` and
+`to_time` are still accepted for one version, as Unix ms or ISO-8601 (UTC unless an
+offset is given). Index and time ranges are half-open. The body is streamed (`Stream`),
+read from one database snapshot; the bytes are exactly those of `tokex report ...` for the
+same query (see `market.clearing.reports`).
 
 Who sees what: operators and auditors every report of everyone. A buyer or provider
 only its own statement and payouts (another account's: 403 `report_forbidden`), and of
@@ -33,7 +35,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
-from market.clearing.reports import ReportForbidden, check_query, parse_time, report_chunks
+from market.clearing.reports import (
+    InvalidReportQuery,
+    ReportForbidden,
+    check_query,
+    parse_time,
+    report_chunks,
+)
 from schemas.accounts import Role
 from schemas.reports import (
     FeesQuery,
@@ -68,12 +76,19 @@ class Caller(Protocol):
 Pool = NamedDependency[asyncpg.Pool]
 Principal = NamedDependency[Caller]
 Fmt = Annotated[ReportFormat, QueryParameter(name="format")]
-Time = Annotated[str | None, QueryParameter(description="Unix ms or ISO-8601 (UTC)")]
+TimeMs = Annotated[int | None, QueryParameter(ge=0, le=2**62, description="Unix ms")]
+OldTime = Annotated[str | None, QueryParameter(description="deprecated: Unix ms or ISO-8601 (UTC)")]
 Idx = Annotated[int | None, QueryParameter(ge=0)]
 
 
-def _time(text: str | None) -> int | None:
-    return None if text is None else parse_time(text)
+def _time(ms: int | None, old: str | None, name: str) -> int | None:
+    """A time bound given as `name` (Unix ms) or by its deprecated name (`name` without
+    `_ms`: Unix ms or ISO-8601), not both."""
+    if old is None:
+        return ms
+    if ms is not None:
+        raise InvalidReportQuery(f"{name.removesuffix('_ms')} is the deprecated name of {name}")
+    return parse_time(old)
 
 
 def _own(caller: Caller, account: str | None, what: str) -> str | None:
@@ -111,14 +126,17 @@ async def statement(
     asset: FromQuery[str | None] = None,
     from_index: Idx = None,
     to_index: Idx = None,
-    from_time: Time = None,
-    to_time: Time = None,
+    from_time_ms: TimeMs = None,
+    to_time_ms: TimeMs = None,
+    from_time: OldTime = None,
+    to_time: OldTime = None,
     fmt: Fmt = ReportFormat.JSON,
 ) -> Stream:
     owner = _own(principal, account, "statement") or principal.account_id
     query = StatementQuery(
         owner=owner, asset=asset, from_index=from_index, to_index=to_index,
-        from_time=_time(from_time), to_time=_time(to_time),
+        from_time_ms=_time(from_time_ms, from_time, "from_time_ms"),
+        to_time_ms=_time(to_time_ms, to_time, "to_time_ms"),
     )  # fmt: skip
     return await _stream(pool, query, fmt)
 
@@ -129,13 +147,16 @@ async def payouts(
     principal: Principal,
     provider: FromQuery[str | None] = None,
     period: FromQuery[Period] = Period.DAY,
-    from_time: Time = None,
-    to_time: Time = None,
+    from_time_ms: TimeMs = None,
+    to_time_ms: TimeMs = None,
+    from_time: OldTime = None,
+    to_time: OldTime = None,
     fmt: Fmt = ReportFormat.JSON,
 ) -> Stream:
     query = PayoutsQuery(
         provider=_own(principal, provider, "payouts"), period=period,
-        from_time=_time(from_time), to_time=_time(to_time),
+        from_time_ms=_time(from_time_ms, from_time, "from_time_ms"),
+        to_time_ms=_time(to_time_ms, to_time, "to_time_ms"),
     )  # fmt: skip
     return await _stream(pool, query, fmt)
 
@@ -164,12 +185,17 @@ async def fee_revenue(
     pool: Pool,
     principal: Principal,
     period: FromQuery[Period] = Period.DAY,
-    from_time: Time = None,
-    to_time: Time = None,
+    from_time_ms: TimeMs = None,
+    to_time_ms: TimeMs = None,
+    from_time: OldTime = None,
+    to_time: OldTime = None,
     fmt: Fmt = ReportFormat.JSON,
 ) -> Stream:
     _privileged(principal, "fee revenue")
-    query = FeesQuery(period=period, from_time=_time(from_time), to_time=_time(to_time))
+    query = FeesQuery(
+        period=period, from_time_ms=_time(from_time_ms, from_time, "from_time_ms"),
+        to_time_ms=_time(to_time_ms, to_time, "to_time_ms"),
+    )  # fmt: skip
     return await _stream(pool, query, fmt)
 
 

@@ -24,6 +24,7 @@ import asyncpg
 
 from schemas.errors import DomainError, ErrorKind
 from schemas.gateway import CreateInferenceKey, InferenceKeyCreated, InferenceKeyView
+from schemas.wire_time import unix_ms
 
 SECRET_PREFIX = "tkx_"
 _SECRET_RE = re.compile(r"tkx_[0-9a-f]{64}")
@@ -65,7 +66,7 @@ def _view(record: asyncpg.Record) -> InferenceKeyView:
         models=None if record["models"] is None else list(record["models"]),
         token_budget=record["token_budget"],
         expires_ms=record["expires_ms"],
-        created_at=record["created_at"].isoformat().replace("+00:00", "Z"),
+        created_at_ms=unix_ms(record["created_at"]),
         revoked=record["revoked_at"] is not None,
     )
 

@@ -132,13 +132,24 @@ _digest_encoder = msgspec.msgpack.Encoder(order="sorted")
 _LATER_FIELDS = ("max_notional",)
 
 
+#: Fields renamed on the wire after requests were first stored (`schemas.wire_time`),
+#: new name -> old: digested under the old name, without the deprecated alias field (None
+#: once decoded), so a retry of a request stored before the rename still matches.
+_RENAMED = {"expire_at_ms": "expire_at"}
+
+
 def digest(request: msgspec.Struct) -> bytes:
     """What identifies a request's body, for idempotency by the caller's id."""
-    if any(getattr(request, f, 0) is None for f in _LATER_FIELDS):
+    renamed = any(hasattr(request, f) for f in _RENAMED)
+    if renamed or any(getattr(request, f, 0) is None for f in _LATER_FIELDS):
         fields = msgspec.structs.asdict(request)
         for name in _LATER_FIELDS:
             if fields.get(name, 0) is None:
                 del fields[name]
+        for new, old in _RENAMED.items():
+            if new in fields:
+                fields.pop(old, None)
+                fields[old] = fields.pop(new)
         return hashlib.sha256(_digest_encoder.encode(fields)).digest()
     return hashlib.sha256(_digest_encoder.encode(request)).digest()
 

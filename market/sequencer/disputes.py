@@ -6,7 +6,7 @@ settled; disputed by the buyer and resolved by the operator.
   report's tokens of the entitlement and its share of the escrow go to their held buckets,
   so nothing else (gateway, vouchers, other reports) can use them. A row of
   `market_reports` says when its period ends (`due_ms` = report time + the instrument's
-  `dispute_period_seconds`). Reports are accepted until the delivery grace ends.
+  `dispute_period_s`). Reports are accepted until the delivery grace ends.
 - `mature_due` (at the start of every batch, `lifecycle.due`, by the batch's time, which is
   the sequencer's clock): every pending report whose period has ended is posted as a
   delivery (`rules.report_paid`) and gets its row in `market_deliveries`. The sequencer's

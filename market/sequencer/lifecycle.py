@@ -7,11 +7,11 @@ and woken by the sequencer's clock:
 - window end (window_start + duration): trading closes — the engine's
   `SetTradingState(CLOSED)`, journaled like any command, cancels every open order
   and `settle.apply_events` voids their holds. Deliveries are still accepted.
-- a provider's own report is pending for `dispute_period_seconds` after it is made
+- a provider's own report is pending for `dispute_period_s` after it is made
   (`disputes`): at the start of every batch the reports whose period has ended are
   settled first (`disputes.mature_due`). Reports are accepted until window end +
   grace; vouchers and gateway charges until the instrument settles.
-- window end + `delivery_grace_seconds`, once no report is pending: settlement
+- window end + `delivery_grace_s`, once no report is pending: settlement
   (`settle_instrument`): for each (buyer, provider) the remaining free entitlement is
   burned and the remaining free escrow refunded to the buyer; unsold capacity is
   burned. What disputed reports hold stays held, across the settlement, until the
@@ -72,8 +72,8 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
         provider_fee_bps=req.provider_fee_bps, completion_weight=req.completion_weight,
     )  # fmt: skip
     state = InstrumentState.build(  # no dispute period given: the delivery grace
-        market.engine.add_instrument(instrument), terms, req.delivery_grace_seconds,
-        dispute_period_s=req.dispute_period_seconds,
+        market.engine.add_instrument(instrument), terms, req.delivery_grace_s,
+        dispute_period_s=req.dispute_period_s,
     )  # fmt: skip
     market.add(state)
     batch.instruments.append(
@@ -82,7 +82,7 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
             instrument.duration, instrument.lot_size, instrument.tick_size,
             instrument.price_min, instrument.price_max, req.maker_fee_bps,
             req.taker_fee_bps, req.provider_fee_bps, batch.currency, batch.time_ms,
-            req.delivery_grace_seconds, req.completion_weight, state.dispute_period_s,
+            req.delivery_grace_s, req.completion_weight, state.dispute_period_s,
         )
     )  # fmt: skip
     return state
@@ -166,7 +166,7 @@ def settle_instrument(batch: Batch, state: InstrumentState, reason: str) -> Sett
         [a for a in accounts if not (b := state_now.balance(a)).available and not b.held]
     )
     view = SettlementView(
-        instrument=terms.symbol, reason=reason, time=batch.time_ms, entitlement_burned=burned,
+        instrument=terms.symbol, reason=reason, time_ms=batch.time_ms, entitlement_burned=burned,
         refunded=refunded, capacity_burned=capacity_burned,
     )  # fmt: skip
     batch.settlements.append(view)

@@ -60,7 +60,7 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
         request_digest=request_digest, instrument=req.instrument, side=req.side,
         order_type=req.order_type, tif=req.tif or default_tif(req.order_type), price=req.price,
         quantity=req.quantity, open_quantity=0, filled_quantity=0, cancelled_quantity=0,
-        status="rejected", reject_reason=None, hold_id=None, expire_at=req.expire_at,
+        status="rejected", reject_reason=None, hold_id=None, expire_at=req.expire_at_ms,
         created_ms=batch.time_ms, updated_ms=batch.time_ms,
     )  # fmt: skip
     batch.orders[order_id] = row
@@ -77,7 +77,7 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
     command = NewOrder(
         instrument=req.instrument, order_id=order_id, owner=account_id, side=req.side,
         quantity=quantity, time=batch.time_ms, price=price, order_type=req.order_type,
-        tif=req.tif, expire_at=req.expire_at, post_only=req.post_only, stp=req.stp,
+        tif=req.tif, expire_at=req.expire_at_ms, post_only=req.post_only, stp=req.stp,
         client_order_id=req.client_order_id,
     )  # fmt: skip
     apply_events(batch, batch.run_engine(command), placed=row, hold=hold)

@@ -145,7 +145,7 @@ def _filled(batch: Batch, event: Fill) -> None:
         row.updated_ms = event.time
         batch.fill_views.setdefault(row.order_id, []).append(
             FillView(
-                instrument=event.instrument, seq=event.seq, time=event.time,
+                instrument=event.instrument, seq=event.seq, time_ms=event.time,
                 order_id=row.order_id, side=row.side, role=role, price=event.price,
                 quantity=event.quantity, fee=buyer_fee if row.side is Side.BUY else 0,
                 client_order_id=row.client_order_id,

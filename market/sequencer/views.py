@@ -18,14 +18,14 @@ def instrument_view(state: InstrumentState) -> InstrumentView:
     i = state.instrument
     terms = state.terms
     return InstrumentView(
-        symbol=i.symbol, model=i.model, window_start=i.window_start, duration=i.duration,
+        symbol=i.symbol, model=i.model, window_start_s=i.window_start, duration_s=i.duration,
         lot_size=i.lot_size, tick_size=i.tick_size, price_min=i.price_min,
         price_max=i.price_max, maker_fee_bps=terms.maker_fee_bps,
         taker_fee_bps=terms.taker_fee_bps, provider_fee_bps=terms.provider_fee_bps,
         currency=terms.currency,
         state="settled" if state.settlement is not None else state.book.trading_state.value,
-        delivery_grace_seconds=state.delivery_grace_s, completion_weight=terms.completion_weight,
-        dispute_period_seconds=state.dispute_period_s,
+        delivery_grace_s=state.delivery_grace_s, completion_weight=terms.completion_weight,
+        dispute_period_s=state.dispute_period_s,
     )  # fmt: skip
 
 

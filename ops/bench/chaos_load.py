@@ -168,7 +168,7 @@ class Trader:
 
         async def call() -> Outcome:
             view = await self.client.withdraw(withdrawal_id, amount)
-            return ("withdrawal", view.amount, view.created_at)
+            return ("withdrawal", view.amount, view.created_at_ms)
 
         outcome = await send(call, self.retries, f"withdrawal {withdrawal_id}")
         key = (self.account_id, withdrawal_id)

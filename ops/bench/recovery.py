@@ -158,7 +158,7 @@ class Filler:
                 client_order_id=f"o{self.orders}", instrument=rng.choice(self.live),
                 side=Side.BUY if buy else Side.SELL, quantity=LOT * rng.randint(1, 5),
                 price=price, tif=TimeInForce.GTD if gtd else None,
-                expire_at=now_ms + rng.randint(200, 3_000) if gtd else None,
+                expire_at_ms=now_ms + rng.randint(200, 3_000) if gtd else None,
             ),
         )  # fmt: skip
 

@@ -79,7 +79,7 @@ async def open_market(
             CreateInstrument(
                 symbol=SYM, lot_size=LOT, tick_size=1, price_min=1, price_max=100_000,
                 maker_fee_bps=10, taker_fee_bps=20, provider_fee_bps=250,
-                delivery_grace_seconds=grace, dispute_period_seconds=dispute_s,
+                delivery_grace_s=grace, dispute_period_s=dispute_s,
             )
         )
     )  # fmt: skip
@@ -140,8 +140,8 @@ async def report(
 
 async def pass_dispute_period(s: Sequencer, clock: Clock, pending: DeliveryView) -> None:
     """Move the clock to the end of the report's dispute period; a batch settles it."""
-    assert pending.status == "pending" and pending.settles_at is not None
-    clock.now = max(clock.now, pending.settles_at)
+    assert pending.status == "pending" and pending.settles_at_ms is not None
+    clock.now = max(clock.now, pending.settles_at_ms)
     await s.submit(TickOp())
 
 
@@ -153,7 +153,7 @@ async def deliver(
     pending = await report(s, provider, report_id, buyer, tokens)
     if pending.status == "settled":
         return pending
-    assert pending.settles_at == pending.time + DISPUTE_S * 1000
+    assert pending.settles_at_ms == pending.time_ms + DISPUTE_S * 1000
     # pending: the tokens and the escrow are held, nothing is paid yet
     assert s.ledger.balance(settlement.entitlement(buyer, provider, SYM)).held >= tokens
     await pass_dispute_period(s, clock, pending)
@@ -317,7 +317,7 @@ async def test_operator_close_cancels_refunds_and_burns(
 
     view = await seq.submit(CloseInstrumentOp(SYM))
     assert view == SettlementView(
-        instrument=SYM, reason="operator", time=view.time,
+        instrument=SYM, reason="operator", time_ms=view.time_ms,
         entitlement_burned=7_000 + 4_000, refunded=23_331 + 8_000,
         capacity_burned=(100_000 - 10_000) + (100_000 - 4_000),
     )  # fmt: skip
@@ -357,7 +357,7 @@ async def test_the_clock_closes_trading_then_settles_after_the_grace(db_url: str
     try:
         await trade(s, "b1", "p1", 10_000, 1_000, "t")  # escrow 10,000
         await place(s, "b2", "rest", Side.BUY, 1_000, 500)
-        assert s.instrument_view(SYM).delivery_grace_seconds == 600
+        assert s.instrument_view(SYM).delivery_grace_s == 600
         clock.now = WINDOW_END - 1
         r1 = await report(s, "p1", "r1", "b1", 2_000)
         assert r1.status == "pending" and s.instrument_view(SYM).state == "open"
@@ -445,7 +445,7 @@ async def test_withdrawals_hold_then_pay_or_fail_idempotently(seq: Sequencer, db
         await mark(seq, "b1", "w1", False)
 
     failed = await mark(seq, "b1", "w2", False)
-    assert (failed.status, failed.created_at) == ("failed", w2.created_at)
+    assert (failed.status, failed.created_at_ms) == ("failed", w2.created_at_ms)
     assert cash(seq, "b1") == (700_000, 0)
     assert await mark(seq, "b1", "w2", False) == failed
     with pytest.raises(WithdrawalSettled):

@@ -105,7 +105,7 @@ async def test_an_undisputed_report_settles_when_its_period_ends(
         pending = await report(s, "p1", "r1", "b1", 3_000)
         # the split is fixed now: floor(33,330 * 3,000 / 10,000) = 9,999; fee 249
         assert (pending.status, pending.released, pending.fee) == ("pending", 9_999, 249)
-        assert pending.settles_at == pending.time + DISPUTE_S * 1000
+        assert pending.settles_at_ms == pending.time_ms + DISPUTE_S * 1000
         assert pending.transaction_id == settlement.report_hold_id("p1", "r1")
         # held, not paid: the buyer's total is unchanged, the free part is smaller
         assert held(s, "b1", "p1") == (3_000, 9_999)
@@ -117,7 +117,7 @@ async def test_an_undisputed_report_settles_when_its_period_ends(
         assert cash(s, "p1") == (0, 0)
         await assert_books_balance(s, db_url)
 
-        clock.now = pending.time + DISPUTE_S * 1000 - 1  # not yet
+        clock.now = pending.time_ms + DISPUTE_S * 1000 - 1  # not yet
         await s.submit(TickOp())
         assert held(s, "b1", "p1") == (3_000, 9_999) and cash(s, "p1") == (0, 0)
 
@@ -234,8 +234,8 @@ async def test_settlement_waits_for_pending_reports(db_url: str) -> None:
         assert s.instrument_view(SYM).state == "closed"
 
         b1_cash, b2_cash = cash(s, "b1")[0], cash(s, "b2")[0]
-        assert r1.settles_at is not None
-        clock.now = r1.settles_at  # r1 settles, then the instrument, in the same batch
+        assert r1.settles_at_ms is not None
+        clock.now = r1.settles_at_ms  # r1 settles, then the instrument, in the same batch
         await s.submit(TickOp())
         assert s.instrument_view(SYM).state == "settled"
         (view,) = s.settlements()
@@ -272,14 +272,14 @@ async def test_a_restart_mid_period_neither_loses_nor_repeats_the_settlement(
         await dispute(s, "b1", "p1", "r2")
     finally:
         await s.close()
-    assert pending.settles_at is not None
-    clock.now = pending.settles_at - 1
+    assert pending.settles_at_ms is not None
+    clock.now = pending.settles_at_ms - 1
     s = await Sequencer.open(db_url, clock=clock)
     try:  # the pending report came back from the database, still pending
         assert held(s, "b1", "p1") == (3_000 + 1_000, 9_999 + disputed.released)
         await s.submit(TickOp())
         assert cash(s, "p1") == (0, 0)
-        clock.now = pending.settles_at
+        clock.now = pending.settles_at_ms
         await s.submit(TickOp())
         assert cash(s, "p1") == (9_750, 0)
     finally:

@@ -28,11 +28,10 @@ from schemas.market import (
     Event,
     Fill,
     NewOrder,
-    OrderAccepted,
     Side,
     TradingStateChanged,
 )
-from schemas.stream import book_checksum
+from schemas.stream import OrderAcceptedView, book_checksum
 from tests.market.feed_support import (
     LOT,
     OWNERS,
@@ -348,13 +347,13 @@ def test_trades_channel_and_recent_trades() -> None:
     hub.publish(events)
     assert frames(sub) == [{
         "type": "trade", "channel": "trades", "instrument": SYM_A, "seq": fill.seq,
-        "time": 1, "price": 150, "quantity": LOT, "aggressor_side": "buy",
+        "time_ms": 1, "price": 150, "quantity": LOT, "aggressor_side": "buy",
     }]  # fmt: skip
     for t in range(2, 6):
         hub.publish(_cross(eng, t))
     recent = hub.recent_trades(SYM_A, 10)
-    assert [tr.time for tr in recent] == [5, 4, 3]  # newest first, bounded
-    assert [tr.time for tr in hub.recent_trades(SYM_A, 2)] == [5, 4]
+    assert [tr.time_ms for tr in recent] == [5, 4, 3]  # newest first, bounded
+    assert [tr.time_ms for tr in hub.recent_trades(SYM_A, 2)] == [5, 4]
     assert hub.recent_trades(SYM_B, 10) == []
     with pytest.raises(UnknownInstrument):
         hub.recent_trades("nope/2026-12-01T00Z/1h", 1)
@@ -411,7 +410,7 @@ def test_fill_tells_each_side_its_own_role_only() -> None:
     a = [m for m in frames(alice) if m["type"] == "fill"]
     b = [m for m in frames(bob) if m["type"] == "fill"]
     assert a == [{
-        "type": "fill", "channel": "orders", "instrument": SYM_A, "seq": 3, "time": 1,
+        "type": "fill", "channel": "orders", "instrument": SYM_A, "seq": 3, "time_ms": 1,
         "order_id": 2, "side": "sell", "liquidity": "maker", "price": 150, "quantity": LOT,
         "open_quantity": LOT, "fee": 0, "client_order_id": "",
     }]  # fmt: skip
@@ -433,8 +432,9 @@ def test_private_rejects_and_accepts_carry_the_engine_event() -> None:
     ))  # fmt: skip
     accepted, rejected = frames(sub)
     assert accepted["type"] == "order"
-    event = msgspec.convert(accepted["event"], OrderAccepted)
+    event = msgspec.convert(accepted["event"], OrderAcceptedView)
     assert event.client_order_id == "c1" and event.owner == "alice"
+    assert (event.time_ms, event.expire_at_ms) == (1, None)  # the wire's names
     assert rejected["event"]["type"] == "rejected"
     assert rejected["event"]["reason"] == "unknown_instrument"
 

@@ -304,8 +304,8 @@ async def run_step(
         else:
             assert isinstance(view, DeliveryView)
             assert model.phase != "settled" and 0 < tokens <= held
-            assert view.status == "pending" and view.settles_at == clock.now + DISPUTE_S * 1000
-            clock.now = view.settles_at  # the dispute period passes: the report settles
+            assert view.status == "pending" and view.settles_at_ms == clock.now + DISPUTE_S * 1000
+            clock.now = view.settles_at_ms  # the dispute period passes: the report settles
             await s.submit(TickOp())
             assert (view.released, view.fee) == model.deliver(buyer, provider, tokens)
             event("partial delivery" if model.ent[(buyer, provider)] else "last delivery")
@@ -379,7 +379,7 @@ async def test_random_lifecycles_keep_the_books(
                     CreateInstrument(
                         symbol=SYM, lot_size=LOT, tick_size=1, price_min=1, price_max=1_000,
                         maker_fee_bps=maker, taker_fee_bps=taker, provider_fee_bps=provider_bps,
-                        delivery_grace_seconds=GRACE, dispute_period_seconds=DISPUTE_S,
+                        delivery_grace_s=GRACE, dispute_period_s=DISPUTE_S,
                     )
                 )
             )  # fmt: skip

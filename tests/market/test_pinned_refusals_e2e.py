@@ -40,7 +40,7 @@ async def market(db_url: str, server_process: ServerProcess) -> AsyncIterator[Ma
     await operator.create_instrument(  # a report stays pending (disputable) for an hour
         CreateInstrument(
             symbol=SYM, lot_size=LOT, tick_size=1, price_min=1, price_max=100_000,
-            dispute_period_seconds=3600,
+            dispute_period_s=3600,
         )
     )  # fmt: skip
     p = await operator.create_account(Role.PROVIDER, "provider")

@@ -106,7 +106,7 @@ async def trade_a_while(s: Sequencer, clock: Clock) -> None:
             await place(s, "p1", f"s{n}", Side.SELL, 2, price, instrument=symbol)
             await place(s, "b1", f"b{n}", Side.BUY, 1, price, instrument=symbol)
             await place(s, "b2", f"r{n}", Side.BUY, 1, price - 50, instrument=symbol)
-    await place(s, "b2", "gtd", Side.BUY, 1, 40, tif=TimeInForce.GTD, expire_at=clock.now + 500)
+    await place(s, "b2", "gtd", Side.BUY, 1, 40, tif=TimeInForce.GTD, expire_at_ms=clock.now + 500)
     await s.submit(CloseInstrumentOp(A))
     clock.now += 1_000
     await s.submit(CancelAllOp("b1", None))  # reaches the settled book too

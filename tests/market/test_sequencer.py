@@ -32,6 +32,7 @@ from market.sequencer import (
     SequencerStopped,
     UnknownOrder,
 )
+from market.sequencer.batch import digest
 from schemas.market import OrderType, Side, StpMode, TimeInForce
 from schemas.trading import (
     AmendOrder,
@@ -243,6 +244,23 @@ async def test_client_order_id_is_idempotent_per_account(seq: Sequencer, db_url:
     assert cash(seq, "b1")[1] == 50_100  # held once
 
 
+def test_an_orders_digest_is_the_one_stored_before_expire_at_was_renamed() -> None:
+    """Digests of orders stored before `expire_at` became `expire_at_ms` on the wire (the
+    hex values are what that version computed): a retry across the upgrade, by either
+    name, is still the same order, not an idempotency conflict."""
+    sym = "m/2030-01-01T00Z/1h"
+    gtd = "18cc9395da94871118baf40e913aacc7e98ac279b65ccdbba71442f4f007e761"
+    for name in ("expire_at_ms", "expire_at"):
+        req = PlaceOrder(client_order_id="c-1", instrument=sym, side=Side.BUY, quantity=1000,
+                         price=100, tif=TimeInForce.GTD, **{name: 1_900_000_000_000})  # type: ignore[arg-type]  # fmt: skip
+        assert digest(req).hex() == gtd
+    plain = PlaceOrder(client_order_id="c-2", instrument=sym, side=Side.BUY, quantity=1000,
+                       price=100)  # fmt: skip
+    assert digest(plain).hex() == (
+        "c1033d72652059879cc318ad9177988edc1425db8be3c716fb8558676585f087"
+    )
+
+
 async def test_ioc_fok_and_market_orders_never_rest_and_release_their_holds(
     seq: Sequencer, db_url: str
 ) -> None:
@@ -299,7 +317,7 @@ async def test_gtd_orders_expire_by_the_clock_and_release(db_url: str) -> None:
         o = await place(
             s,
             "b1",
-            order("g", Side.BUY, 1_000, 5_000, tif=TimeInForce.GTD, expire_at=clock.now + 500),
+            order("g", Side.BUY, 1_000, 5_000, tif=TimeInForce.GTD, expire_at_ms=clock.now + 500),
         )
         assert o.status == "open" and cash(s, "b1")[1] == 5_010
         clock.now += 1_000

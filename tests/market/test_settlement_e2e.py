@@ -37,8 +37,8 @@ async def market(db_url: str, server_process: ServerProcess) -> AsyncIterator[Ma
     await operator.create_instrument(
         CreateInstrument(
             symbol=SYM, lot_size=1000, tick_size=1, price_min=1, price_max=100_000,
-            taker_fee_bps=20, provider_fee_bps=250, delivery_grace_seconds=3600,
-            dispute_period_seconds=DISPUTE_S,
+            taker_fee_bps=20, provider_fee_bps=250, delivery_grace_s=3600,
+            dispute_period_s=DISPUTE_S,
         )
     )  # fmt: skip
     p = await operator.create_account(Role.PROVIDER, "provider")
@@ -63,14 +63,14 @@ async def cash(client: TokexClient) -> tuple[int, int]:
 
 async def test_deliver_close_and_withdraw_over_http(market: Market) -> None:
     m = market
-    assert (await m.operator.instruments())[0].delivery_grace_seconds == 3600
+    assert (await m.operator.instruments())[0].delivery_grace_s == 3600
     await m.provider.place_order(order("ask", Side.SELL, 10_000, 3_333))
     await m.buyer.place_order(order("bid", Side.BUY, 10_000, 3_333))  # escrow 33,330 + fee 66
 
     d = await m.provider.report_delivery("r1", SYM, m.buyer_id, 3_000)
     assert (d.released, d.fee, d.paid, d.provider) == (9_999, 249, 9_750, m.provider_id)
-    assert d.status == "pending" and d.settles_at == d.time + DISPUTE_S * 1000
-    # the buyer sees it pending (and could dispute it until `settles_at`)
+    assert d.status == "pending" and d.settles_at_ms == d.time_ms + DISPUTE_S * 1000
+    # the buyer sees it pending (and could dispute it until `settles_at_ms`)
     pending = await m.buyer.delivery_reports()
     assert [(x.report_id, x.status) for x in pending] == [("r1", "pending")]
     again = await m.provider.report_delivery("r1", SYM, m.buyer_id, 3_000)

@@ -92,7 +92,7 @@ class Exchange:
     def signed(self, key_id: str, timestamp: int | None = None) -> dict[str, Any]:
         ts = now_ms() if timestamp is None else timestamp
         sig = self.keys[key_id].sign(request_message(ts, "GET", "/v1/stream", b""))
-        return {"op": "subscribe", "channel": "orders", "key_id": key_id, "timestamp": ts,
+        return {"op": "subscribe", "channel": "orders", "key_id": key_id, "timestamp_ms": ts,
                 "signature": base64.b64encode(sig).decode()}  # fmt: skip
 
 
@@ -171,7 +171,7 @@ def test_trades_channel(exchange: Exchange) -> None:
         ex.publish(ex.order("alice", Side.SELL, 150, 2) + ex.order("bob", Side.BUY, 155, 1))
         trade = recv(ws)
         assert trade == {"type": "trade", "channel": "trades", "instrument": SYM_A, "seq": 3,
-                         "time": 2, "price": 150, "quantity": LOT,
+                         "time_ms": 2, "price": 150, "quantity": LOT,
                          "aggressor_side": "buy"}  # fmt: skip
     assert [t.seq for t in ex.hub.recent_trades(SYM_A, 5)] == [3]
 
@@ -255,7 +255,7 @@ def test_private_channel_shows_only_the_accounts_own_orders_and_fills(exchange: 
         ex.publish(ex.order("bob", Side.BUY, 150, 1))
         fill = recv(ws)
         assert fill == {"type": "fill", "channel": "orders", "instrument": SYM_A, "seq": 4,
-                        "time": 3, "order_id": 2, "side": "sell", "liquidity": "maker",
+                        "time_ms": 3, "order_id": 2, "side": "sell", "liquidity": "maker",
                         "price": 150, "quantity": LOT, "open_quantity": LOT,
                         # the engine's events alone (no sequencer here) carry no fee or client id
                         "fee": 0, "client_order_id": ""}  # fmt: skip
@@ -267,6 +267,18 @@ def test_private_channel_shows_only_the_accounts_own_orders_and_fills(exchange: 
         assert recv(ws)["type"] == "unsubscribed"
         ex.publish(ex.order("alice", Side.SELL, 190))
         subscribe(ws, "trades")  # next frame: the ack, not alice's order
+
+
+def test_a_subscribe_with_the_deprecated_timestamp_name_still_signs_in(exchange: Exchange) -> None:
+    ex = exchange
+    msg = ex.signed(ALICE_KEY)
+    msg["timestamp"] = msg.pop("timestamp_ms")  # the name before `_ms`, kept for a version
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(msg)
+        assert recv(ws)["type"] == "subscribed"
+        ws.send_json({**ex.signed(BOB_KEY), "timestamp": 1})  # both names: refused
+        error = recv(ws)
+        assert (error["type"], error["code"]) == ("error", "invalid_message"), error
 
 
 @pytest.mark.parametrize("fault", ["bad_signature", "stale_timestamp", "unknown_key", "replay"])

@@ -36,7 +36,7 @@ def _signed_subscribe(client: TokexClient) -> dict[str, Any]:
     assert client.private_key is not None
     ts = now_ms()
     sig = client.private_key.sign(request_message(ts, "GET", "/v1/stream", b""))
-    return {"op": "subscribe", "channel": "orders", "key_id": client.key_id, "timestamp": ts,
+    return {"op": "subscribe", "channel": "orders", "key_id": client.key_id, "timestamp_ms": ts,
             "signature": base64.b64encode(sig).decode()}  # fmt: skip
 
 

@@ -392,3 +392,28 @@ async def test_server_time_and_rate_limit_headers(market: Market) -> None:
     left = int(first.headers["x-ratelimit-remaining"])
     assert int(second.headers["x-ratelimit-remaining"]) in (left - 1, left)
     assert int(first.headers["x-ratelimit-reset"]) >= 0
+
+
+async def test_times_on_the_wire_are_ms_and_the_old_order_name_still_places(
+    market: Market,
+) -> None:
+    """Answers name times `_ms` (window seconds `_s`); a GTD order sent with the old
+    `expire_at` is placed, and its retry under the new name is the same order."""
+    b0 = market.buyers[0]
+    expire_ms = int(time.time() * 1000) + 3_600_000
+    body = {"client_order_id": "gtd-old", "instrument": SYM, "side": "buy", "quantity": 1000,
+            "price": 100, "tif": "gtd"}  # fmt: skip
+    placed = await b0.request("POST", "/v1/orders", json={**body, "expire_at": expire_ms})
+    assert placed["status"] == "open" and placed["created_at_ms"] >= expire_ms - 3_700_000
+    assert "created_at" not in placed and "updated_at" not in placed
+    again = await b0.request("POST", "/v1/orders", json={**body, "expire_at_ms": expire_ms})
+    assert again["order_id"] == placed["order_id"]
+    with pytest.raises(TokexApiError) as both:
+        await b0.request(
+            "POST", "/v1/orders", json={**body, "expire_at": expire_ms, "expire_at_ms": 1}
+        )
+    assert (both.value.status, both.value.code) == (400, "invalid_request")
+    assert "deprecated name of `expire_at_ms`" in both.value.message
+    listed = await b0.request("GET", f"/v1/instruments/{SYM}")
+    assert {"window_start_s", "duration_s", "delivery_grace_s"} <= listed.keys()
+    assert "window_start" not in listed

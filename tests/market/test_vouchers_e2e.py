@@ -44,7 +44,7 @@ async def market(db_url: str, server_process: ServerProcess) -> AsyncIterator[Ma
         await operator.create_instrument(
             CreateInstrument(
                 symbol=symbol, lot_size=1000, tick_size=1, price_min=1, price_max=100_000,
-                provider_fee_bps=250, delivery_grace_seconds=3600, dispute_period_seconds=3600,
+                provider_fee_bps=250, delivery_grace_s=3600, dispute_period_s=3600,
             )
         )  # fmt: skip
     made = {
@@ -167,7 +167,7 @@ async def test_a_dispute_over_http(market: Market) -> None:
     b, b2, p = ids["b"], ids["b2"], ids["p"]
     r1 = await m.provider.report_delivery("r1", SYM, b, 2_000)
     r2 = await m.provider.report_delivery("r2", SYM, b2, 3_000)
-    assert (r1.status, r1.settles_at) == ("pending", r1.time + 3_600_000)
+    assert (r1.status, r1.settles_at_ms) == ("pending", r1.time_ms + 3_600_000)
     # each buyer sees its own pending reports; the provider both; the operator all
     assert [x.report_id for x in await m.buyer.delivery_reports()] == ["r1"]
     assert sorted(x.report_id for x in await m.provider.delivery_reports()) == ["r1", "r2"]

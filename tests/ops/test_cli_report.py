@@ -62,7 +62,7 @@ async def test_cli_writes_the_routes_bytes(market: tuple[str, Activity], tmp_pat
     r = tokex("report", "fees", "--period", "hour", "--from-time", "2027-01-15T08:00:00Z", url=url)
     assert r.returncode == 0, r.stderr
     assert r.stdout == await route_bytes(
-        url, a, "auditor", f"/v1/reports/fees?period=hour&from_time={T0}"
+        url, a, "auditor", f"/v1/reports/fees?period=hour&from_time_ms={T0}"
     )
     assert json.loads(r.stdout)["rows"]
 

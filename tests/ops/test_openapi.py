@@ -23,6 +23,7 @@ from ops.openapi import ASSETS_DIR, ASSETS_PATH
 from ops.openapi_errors import OPENAI_ERRORS, ROUTE_ERRORS
 from tests.support.api_world import module_db_fixture  # noqa: F401 (a fixture)
 from tests.support.server import REPO_ROOT
+from tests.support.wire_time import schema_names, untimed
 
 METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -173,3 +174,21 @@ async def test_every_operation_is_summarised_in_words(doc: dict[str, Any]) -> No
     place = operations(doc)["POST /v1/orders"]
     assert place["summary"] == "Place an order"
     assert "client_order_id" in place["description"]  # the handler's docstring
+
+
+async def test_every_time_on_the_http_wire_names_its_unit(doc: dict[str, Any]) -> None:
+    """Bodies, answers and query parameters: a time is `_ms`, a window's seconds `_s`
+    (`schemas.wire_time`); only the deprecated old names may lack it."""
+    names = list(schema_names(doc["components"]["schemas"]))
+    for key, op in operations(doc).items():
+        if " /openai/" in key:  # OpenAI's own shapes (its `created` is theirs)
+            continue
+        for param in op.get("parameters", []):
+            if param["in"] in ("query", "path") and not param.get("deprecated"):
+                names.append((key, param["name"]))
+    assert len(names) > 300  # the walk saw the document
+    assert untimed(names) == []
+    deprecated = [p["name"] for op in operations(doc).values() for p in op.get("parameters", [])
+                  if p.get("deprecated")]  # fmt: skip
+    assert sorted(set(deprecated)) == ["from_time", "to_time"]
+    assert doc["components"]["schemas"]["PlaceOrder"]["properties"]["expire_at"]["deprecated"]

@@ -104,7 +104,7 @@ async def build_world(db_url: str, base_url: str, upstream_url: str | None = Non
         await operator.create_instrument(
             CreateInstrument(
                 symbol=symbol, lot_size=1000, tick_size=5, price_min=5, price_max=100_000,
-                maker_fee_bps=10, taker_fee_bps=20, dispute_period_seconds=3600,
+                maker_fee_bps=10, taker_fee_bps=20, dispute_period_s=3600,
             )
         )  # fmt: skip
     buyer_account = await operator.create_account(Role.BUYER, "buyer")

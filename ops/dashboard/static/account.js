@@ -194,14 +194,14 @@ class AccountView {
     const listed = new Set(fills.map(fillKey));
     for (const key of listed) this.liveFills.delete(key);
     const all = [...this.liveFills.values(), ...fills]
-      .sort((a, b) => Number(b.time) - Number(a.time) || Number(b.seq) - Number(a.seq))
+      .sort((a, b) => Number(b.time_ms) - Number(a.time_ms) || Number(b.seq) - Number(a.seq))
       .slice(0, FILLS_SHOWN);
     const rows = all.map((f) => {
       const cur = this.currency(f.instrument);
       return h(
         "tr",
         { "data-order-id": String(f.order_id), "data-seq": String(f.seq), class: f.side === "buy" ? "bid" : "ask" },
-        h("td", {}, formatTime(f.time)),
+        h("td", {}, formatTime(f.time_ms)),
         h("td", {}, f.instrument),
         h("td", { class: "num" }, String(f.order_id)),
         h("td", {}, f.side),
@@ -266,7 +266,7 @@ class AccountView {
       return h(
         "tr",
         { "data-report-id": d.report_id },
-        h("td", {}, formatTime(d.time)),
+        h("td", {}, formatTime(d.time_ms)),
         h("td", {}, d.instrument),
         h("td", {}, d.buyer),
         h("td", {}, d.provider),

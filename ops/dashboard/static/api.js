@@ -126,7 +126,7 @@ export class Session {
   // The signed subscribe of the private orders channel: signed like GET /v1/stream.
   async ordersSubscription() {
     const { timestamp, signature } = await this.sign("GET", "/v1/stream", new Uint8Array());
-    return { op: "subscribe", channel: "orders", key_id: this.keyId, timestamp, signature };
+    return { op: "subscribe", channel: "orders", key_id: this.keyId, timestamp_ms: timestamp, signature };
   }
 }
 

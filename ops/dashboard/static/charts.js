@@ -83,7 +83,7 @@ export function priceChart(trades, formatPrice, formatTime) {
     root.append(label(W / 2, H / 2, "no fills yet", "middle"));
     return root;
   }
-  const pts = trades.map((t) => [Number(t.time), Number(t.price)]).sort((p, q) => p[0] - q[0]);
+  const pts = trades.map((t) => [Number(t.time_ms), Number(t.price)]).sort((p, q) => p[0] - q[0]);
   const prices = pts.map((p) => p[1]);
   const lo = Math.min(...prices);
   const hi = Math.max(...prices);

@@ -77,7 +77,7 @@ function entryPanel({ entry, hashes }) {
   return h(
     "div",
     { class: "panel" },
-    h("p", {}, `entry ${tx.index} · ${tx.code} · ${tx.id} · ${formatTime(tx.time)} · proof of ${hashes.length} hashes`),
+    h("p", {}, `entry ${tx.index} · ${tx.code} · ${tx.id} · ${formatTime(tx.time_ms)} · proof of ${hashes.length} hashes`),
     table(["owner", "asset", "kind", "bucket", "amount"], rows),
   );
 }

@@ -22,7 +22,7 @@ export async function renderInstruments(main) {
       { "data-symbol": i.symbol },
       h("td", {}, h("a", { href: marketHref(i.symbol) }, i.symbol)),
       h("td", {}, i.state),
-      h("td", {}, formatTime(BigInt(i.window_start) * 1000n)),
+      h("td", {}, formatTime(BigInt(i.window_start_s) * 1000n)),
       h("td", { class: "num" }, formatInteger(i.lot_size)),
       h("td", { class: "num" }, formatMoney(i.tick_size, i.currency)),
       h("td", {}, i.currency),
@@ -94,7 +94,7 @@ function renderTrades(el, trades, currency) {
     h(
       "tr",
       { "data-seq": String(t.seq), class: t.aggressor_side === "buy" ? "bid" : "ask" },
-      h("td", {}, formatTime(t.time)),
+      h("td", {}, formatTime(t.time_ms)),
       h("td", { class: "num" }, formatMoney(t.price, currency)),
       h("td", { class: "num" }, formatInteger(t.quantity)),
       h("td", {}, t.aggressor_side),

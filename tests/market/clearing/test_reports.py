@@ -167,7 +167,9 @@ async def test_statement_ranges_chain_opening_to_closing(
         entries = [r for r in first + second if r.section == "entry"]
         assert entries == [r for r in whole if r.section == "entry"]
     # a time range: only the delivery of day 1 (an hour after T0) touches p1's accounts
-    paid = await rows(conn, StatementQuery(owner=owner, from_time=T0 + HOUR, to_time=T0 + DAY))
+    paid = await rows(
+        conn, StatementQuery(owner=owner, from_time_ms=T0 + HOUR, to_time_ms=T0 + DAY)
+    )
     assert [(r.code, r.kind, r.amount) for r in paid if r.section == "entry"] == [
         ("delivery", "entitlement", -15_000),
         ("delivery", f"escrow:{SYM}", -75_000),
@@ -278,7 +280,7 @@ async def test_payouts_per_period_are_the_deliveries(
             WHERE t.code = 'delivery' AND a.kind = 'cash'"""
     )
     assert sum(r.net for r in report) == credited
-    assert await rows(conn, PayoutsQuery(from_time=T0 + 2 * DAY)) == []
+    assert await rows(conn, PayoutsQuery(from_time_ms=T0 + 2 * DAY)) == []
 
 
 async def test_fee_revenue_per_period_and_code_sums_to_the_fees_account(
@@ -409,9 +411,9 @@ async def test_routes_stream_the_same_bytes_and_enforce_who_sees_what(
         assert st.content == await render(
             conn, StatementQuery(owner=b2, to_index=10), ReportFormat.CSV
         )
-    fees = await http["auditor"].get(f"/v1/reports/fees?period=hour&from_time={T0}&format=csv")
+    fees = await http["auditor"].get(f"/v1/reports/fees?period=hour&from_time_ms={T0}&format=csv")
     assert fees.content == await render(
-        conn, FeesQuery(period=Period.HOUR, from_time=T0), ReportFormat.CSV
+        conn, FeesQuery(period=Period.HOUR, from_time_ms=T0), ReportFormat.CSV
     )
     # the instrument, by path or by query; a buyer sees only its own pairs
     by_path = await http["operator"].get(f"/v1/reports/instruments/{SYM}?format=csv")
@@ -424,6 +426,13 @@ async def test_routes_stream_the_same_bytes_and_enforce_who_sees_what(
     assert (missing.status_code, missing.json()["code"]) == (404, "unknown_instrument")
     bad = await http["operator"].get("/v1/reports/statement?account=x&from_time=soon")
     assert (bad.status_code, bad.json()["code"]) == (400, "invalid_report_query")
+    # the deprecated names still work for a version (Unix ms or ISO-8601), not with the new
+    old = await http["auditor"].get(f"/v1/reports/fees?period=hour&from_time={T0}&format=csv")
+    assert old.content == fees.content
+    both = await http["operator"].get(f"/v1/reports/fees?from_time={T0}&from_time_ms={T0}")
+    assert (both.status_code, both.json()["code"]) == (400, "invalid_report_query")
+    iso = await http["operator"].get("/v1/reports/fees?from_time_ms=2027-01-15")
+    assert (iso.status_code, iso.json()["code"]) == (400, "invalid_request")
 
 
 async def test_reports_need_a_signed_request(http: dict[str, Signed]) -> None:
