@@ -143,6 +143,7 @@ def _start_stand_in(model: str, data_dir: Path) -> Upstream:
 def open_upstream(url: str | None, model: str, data_dir: Path) -> Iterator[Upstream | None]:
     """The upstream given (`--upstream`), else the tests' stand-in in a process of its
     own (stopped on exit), else None (no stand-in here: the gateway's calls are skipped)."""
+    live_symbol(model, time.time())  # a model name tokex can list, before anything starts
     if url is not None:
         upstream = Upstream(url.rstrip("/"), model, stand_in=False)
         say(f"upstream: {upstream.base_url} (model {model}), the provider's own server")
