@@ -55,7 +55,13 @@ from market.money import Currency, format_count, format_money
 from market.schema import migrate
 from ops.config import Settings
 from ops.database import database_url
-from ops.demo_delivery import DEFAULT_MODEL, open_upstream, run_delivery, server_env
+from ops.demo_delivery import (
+    DEFAULT_MODEL,
+    Upstream,
+    open_upstream,
+    run_delivery,
+    server_env,
+)
 from schemas.accounts import Role
 from schemas.market import Side
 from schemas.trading import CreateInstrument, PlaceOrder
@@ -138,31 +144,33 @@ async def _run(
         await conn.close()
     assert key is not None
     with open_upstream(upstream_url, model, data_dir) as upstream:
-        env = server_env(upstream)
-        if upstream is not None:
-            _say(f"the server allows endpoints on {upstream.host} "
-                 f"(TOKEX_ENDPOINT_ALLOW_HOSTS={env['TOKEX_ENDPOINT_ALLOW_HOSTS']}; its SSRF "
-                 "check refuses loopback and private addresses otherwise)")  # fmt: skip
         _say("starting tokex serve")
-        server = Server(url, data_dir, env)
+        server = Server(url, data_dir, server_env(upstream))
         try:
             async with TokexClient(server.base_url, created.key_id, key) as operator:
-                cast = await _open_market(operator)
-                await _trade(cast, orders, rng)
-                await _deliver(cast, rng)
-                for symbol in cast.symbols:
-                    await operator.close_instrument(symbol)
-                _say("every window closed: open orders cancelled, escrow refunded, "
-                     "unsold capacity burned")  # fmt: skip
-                live = await run_delivery(operator, server.base_url, upstream, model, cast.money)
-                cast.symbols.append(live.symbol)
-                cast.names.update(live.names)
-                await _print_reports(operator, cast)
+                await _session(operator, server.base_url, upstream, model, orders, rng)
                 await _audit(url, data_dir)
         finally:
             server.stop()
     _say(f"done in {time.monotonic() - began:.1f} s")
     return 0
+
+
+async def _session(
+    operator: TokexClient, base_url: str, upstream: Upstream | None, model: str, orders: int,
+    rng: random.Random,
+) -> None:  # fmt: skip
+    """Trading, the providers' reports and window close; delivery; the reports."""
+    cast = await _open_market(operator)
+    await _trade(cast, orders, rng)
+    await _deliver(cast, rng)
+    for symbol in cast.symbols:
+        await operator.close_instrument(symbol)
+    _say("every window closed: open orders cancelled, escrow refunded, unsold capacity burned")
+    live = await run_delivery(operator, base_url, upstream, model, cast.money)
+    cast.symbols.append(live.symbol)
+    cast.names.update(live.names)
+    await _print_reports(operator, cast)
 
 
 @dataclass

@@ -98,10 +98,15 @@ class Upstream:
 
 
 def server_env(upstream: Upstream | None) -> dict[str, str]:
-    """The settings of the demo's `tokex serve` for the gateway part."""
+    """The settings of the demo's `tokex serve` for the gateway part (and says the one
+    that matters for security)."""
     env = {"TOKEX_GATEWAY_FLUSH_MS": "100"}  # charges reach the ledger within 0.1 s
     if upstream is not None:
         env["TOKEX_ENDPOINT_ALLOW_HOSTS"] = upstream.host
+        say(
+            f"the server allows endpoints on {upstream.host} (TOKEX_ENDPOINT_ALLOW_HOSTS="
+            f"{upstream.host}); its SSRF check refuses loopback and private addresses otherwise"
+        )
     return env
 
 
@@ -270,10 +275,9 @@ async def _metered(
     newest = (await _wait_charged(live, calls))[0]
     after, cash_after = await live.entitlement(), await live.cash_of(live.provider)
     tokens = newest.receipt.tokens
-    split = delivery_split(tokens, before.entitlement, before.escrow, FEE_BPS)
     print(f"\n{label}: {text!r}")
     print(
-        f"  usage from the upstream: {usage} tokens; receipt {newest.receipt.receipt_id}: "
+        f"  usage in the answer: {usage} tokens; receipt {newest.receipt.receipt_id}: "
         f"{newest.receipt.prompt_tokens} prompt + {newest.receipt.completion_tokens} "
         f"completion = {tokens} tokens metered"
     )
@@ -281,14 +285,18 @@ async def _metered(
         f"  entitlement {format_count(before.entitlement)} -> "
         f"{format_count(after.entitlement)} tokens (-{before.entitlement - after.entitlement})"
     )
+    if before.entitlement - after.entitlement != tokens:
+        raise DemoFailed(f"the entitlement fell by {before.entitlement - after.entitlement}, "
+                         f"not by the {tokens} tokens metered")  # fmt: skip
+    if tokens == 0:  # no usage from the upstream and nothing streamed: charged nothing
+        print("  charged nothing (the metering rule: market/gateway/metering.py)")
+        return 0
+    split = delivery_split(tokens, before.entitlement, before.escrow, FEE_BPS)
     print(
         f"  escrow released pro rata: {live.cash(split.released)} = {live.cash(before.escrow)}"
         f" x {tokens}/{format_count(before.entitlement)}, less the fee {live.cash(split.fee)};"
         f" provider cash +{live.cash(cash_after - cash_before)}"
     )
-    if before.entitlement - after.entitlement != tokens:
-        raise DemoFailed(f"the entitlement fell by {before.entitlement - after.entitlement}, "
-                         f"not by the {tokens} tokens metered")  # fmt: skip
     if cash_after - cash_before != split.paid:
         raise DemoFailed(f"the provider was paid {cash_after - cash_before}, not {split.paid}")
     return tokens
@@ -350,7 +358,10 @@ async def show_receipts(live: Live) -> None:
             f"{rc.tokens} tokens  {rc.ended_ms - rc.started_ms} ms  "
             f"response sha256 {rc.response_sha256.hex()[:16]}...  in {r.transaction_id}"
         )
-    first = page.items[-1].receipt.receipt_id
+    charged = [r for r in page.items if r.transaction_id is not None]
+    if not charged:
+        raise DemoFailed("no receipt was charged: nothing to prove")
+    first = charged[-1].receipt.receipt_id  # the oldest charged one
     keys = await live.buyer.request("GET", "/v1/ledger/public-keys")
     exchange_key = Verifier.parse(keys["keys"][0]["key"])
     proof = await live.buyer.receipt_proof(first)  # checked offline before it returns
