@@ -12,9 +12,14 @@ is empty), it
 4. has the providers report deliveries of most of what each buyer bought;
 5. closes every window: open orders are cancelled, undelivered escrow goes
    back to the buyers, unsold capacity is burned;
-6. prints the instrument settlement report and the trial balance;
-7. exports the signed audit file and verifies it offline with the exchange's
-   public key.
+6. delivery (ops/demo_delivery.py), on an instrument whose window runs now: a
+   provider's endpoint on an OpenAI-compatible server (`--upstream URL`, or the
+   tests' stand-in), a buyer's calls through `/openai/v1` with the `openai` SDK
+   (entitlement down by the metered tokens, the provider paid pro rata), the
+   receipts and a proof of one, a buyer's voucher, a disputed report refunded;
+7. prints the instrument settlement report and the trial balance;
+8. exports the signed audit file (with the gateway's receipts) and verifies it
+   offline with the exchange's public key.
 
 Progress goes to stderr; the reports to stdout. Exit 0 when every step held.
 """
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +50,18 @@ from ledger.keys import load_signer
 from market.accounts import create_account
 from market.clearing.report_text import render_report
 from market.client import TokexClient
+from market.gateway.receipts import delivery_receipts
 from market.money import Currency, format_count, format_money
 from market.schema import migrate
 from ops.config import Settings
 from ops.database import database_url
+from ops.demo_delivery import (
+    DEFAULT_MODEL,
+    Upstream,
+    open_upstream,
+    run_delivery,
+    server_env,
+)
 from schemas.accounts import Role
 from schemas.market import Side
 from schemas.trading import CreateInstrument, PlaceOrder
@@ -83,11 +97,11 @@ def _windows(now: float) -> list[str]:
 class Server:
     """`tokex serve` as a child process, on the demo's database and data dir."""
 
-    def __init__(self, url: str, data_dir: Path) -> None:
+    def __init__(self, url: str, data_dir: Path, settings: dict[str, str]) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": url, "TOKEX_RATE_LIMIT": "100000",
-               "TOKEX_RATE_BURST": "100000"}  # fmt: skip
+               "TOKEX_RATE_BURST": "100000", **settings}  # fmt: skip
         self.log = data_dir / "server.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -117,7 +131,9 @@ class Server:
                 self.proc.kill()
 
 
-async def _run(url: str, data_dir: Path, orders: int, seed: int) -> int:
+async def _run(
+    url: str, data_dir: Path, orders: int, seed: int, upstream_url: str | None, model: str
+) -> int:
     began = time.monotonic()
     rng = random.Random(seed)
     conn = await asyncpg.connect(url)
@@ -127,19 +143,48 @@ async def _run(url: str, data_dir: Path, orders: int, seed: int) -> int:
     finally:
         await conn.close()
     assert key is not None
-    _say("starting tokex serve")
-    server = Server(url, data_dir)
-    try:
-        async with TokexClient(server.base_url, created.key_id, key) as operator:
-            return await _session(operator, url, data_dir, orders, rng, began)
-    finally:
-        server.stop()
+    with open_upstream(upstream_url, model, data_dir) as upstream:
+        _say("starting tokex serve")
+        server = Server(url, data_dir, server_env(upstream))
+        try:
+            async with TokexClient(server.base_url, created.key_id, key) as operator:
+                await _session(operator, server.base_url, upstream, model, orders, rng)
+                await _audit(url, data_dir)
+        finally:
+            server.stop()
+    _say(f"done in {time.monotonic() - began:.1f} s")
+    return 0
 
 
 async def _session(
-    operator: TokexClient, url: str, data_dir: Path, orders: int, rng: random.Random,
-    began: float,
-) -> int:  # fmt: skip
+    operator: TokexClient, base_url: str, upstream: Upstream | None, model: str, orders: int,
+    rng: random.Random,
+) -> None:  # fmt: skip
+    """Trading, the providers' reports and window close; delivery; the reports."""
+    cast = await _open_market(operator)
+    await _trade(cast, orders, rng)
+    await _deliver(cast, rng)
+    for symbol in cast.symbols:
+        await operator.close_instrument(symbol)
+    _say("every window closed: open orders cancelled, escrow refunded, unsold capacity burned")
+    live = await run_delivery(operator, base_url, upstream, model, cast.money)
+    cast.symbols.append(live.symbol)
+    cast.names.update(live.names)
+    await _print_reports(operator, cast)
+
+
+@dataclass
+class _Cast:
+    """The trading part's market: its instruments and accounts."""
+
+    symbols: list[str]
+    providers: list[tuple[str, TokexClient]]
+    buyers: list[tuple[str, TokexClient]]
+    names: dict[str, str]
+    money: Currency
+
+
+async def _open_market(operator: TokexClient) -> _Cast:
     symbols = _windows(time.time())
     _say(f"listing {len(symbols)} instruments: {', '.join(symbols)}")
     for symbol in symbols:
@@ -169,7 +214,11 @@ async def _session(
         f"2 providers listed {format_count(CAPACITY)} tokens per instrument; 3 buyers "
         f"deposited {format_money(FUNDING, money)} each"
     )
+    return _Cast(symbols, providers, buyers, names, money)
 
+
+async def _trade(cast: _Cast, orders: int, rng: random.Random) -> None:
+    symbols, providers, buyers = cast.symbols, cast.providers, cast.buyers
     placed = filled = 0
     traders = [(c, Side.SELL) for _, c in providers] + [(c, Side.BUY) for _, c in buyers]
     per_batch = 50
@@ -192,6 +241,9 @@ async def _session(
             _say(f"orders: {n + len(batch):,}/{orders:,} placed")
     _say(f"{placed:,} orders accepted, {filled:,} traded on arrival")
 
+
+async def _deliver(cast: _Cast, rng: random.Random) -> None:
+    providers, buyers = cast.providers, cast.buyers
     delivered = 0
     for buyer_id, buyer in buyers:
         for ent in await buyer.entitlements():
@@ -209,10 +261,9 @@ async def _session(
                     delivered += tokens
     _say(f"providers reported {delivered:,} tokens delivered")
 
-    for symbol in symbols:
-        await operator.close_instrument(symbol)
-    _say("every window closed: open orders cancelled, escrow refunded, unsold capacity burned")
 
+async def _print_reports(operator: TokexClient, cast: _Cast) -> None:
+    symbols, money, names = cast.symbols, cast.money, cast.names
     print("\n== Instrument settlement ==")
     for symbol in symbols:
         doc = await operator.request(
@@ -228,14 +279,19 @@ async def _session(
         )
     )
 
+
+async def _audit(url: str, data_dir: Path) -> None:
     audit_file = data_dir / "audit.tokex"
     conn = await asyncpg.connect(url)
     try:
         with open(audit_file, "wb") as out:
-            summary = await export(conn, out)
+            summary = await export(conn, out, receipts=delivery_receipts)
     finally:
         await conn.close()
-    _say(f"audit export: {summary.entries:,} entries, {summary.checkpoints:,} checkpoints")
+    _say(
+        f"audit export: {summary.entries:,} entries, {summary.checkpoints:,} checkpoints, "
+        f"{summary.receipts:,} receipts"
+    )
     key_file = data_dir / "ledger-signing.key"
     verifier = load_signer(key_file).verifier()
     with open(audit_file, "rb") as f:
@@ -246,15 +302,18 @@ async def _session(
         f"{report.accounts} accounts; every transaction sums to zero and the balances "
         "follow from the entries."
     )
+    print(
+        f"{report.gateway_deliveries} gateway deliveries, each backed by the receipts it "
+        f"commits to ({report.receipts} receipts)."
+    )
     pub_file = data_dir / "exchange.pub"
     pub_file.write_text(verifier.encode() + "\n", encoding="ascii")
     print(f"\nTo check it yourself: tokex audit verify {audit_file} --public-key {pub_file}")
-    _say(f"done in {time.monotonic() - began:.1f} s")
-    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # (the openai SDK's httpx)
     if args.data_dir:
         data_dir = Path(args.data_dir).expanduser().resolve()
         if data_dir.exists() and any(data_dir.iterdir()):
@@ -269,7 +328,7 @@ def _demo(args: argparse.Namespace) -> int:
     url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
     if os.environ.get("DATABASE_URL"):
         _say("DATABASE_URL is set: using that database (it should be empty)")
-    return asyncio.run(_run(url, data_dir, args.orders, args.seed))
+    return asyncio.run(_run(url, data_dir, args.orders, args.seed, args.upstream, args.model))
 
 
 def register(subparsers: Any) -> None:
@@ -281,4 +340,13 @@ def register(subparsers: Any) -> None:
     )
     demo.add_argument("--orders", type=int, default=3_000, help="(default: 3000)")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--upstream", default=None, metavar="URL",
+        help="an OpenAI-compatible server for the gateway part, its base URL ending in /v1 "
+        "(vLLM, llama.cpp server, Ollama); default: the tests' stand-in, in a clone",
+    )  # fmt: skip
+    demo.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"the model the upstream serves (default: {DEFAULT_MODEL})",
+    )  # fmt: skip
     demo.set_defaults(handler=_demo)

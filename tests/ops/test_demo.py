@@ -1,8 +1,10 @@
-"""`tokex demo` from the CLI, as a newcomer runs it: exit 0 and a verified audit."""
+"""`tokex demo` from the CLI, as a newcomer runs it: exit 0, the gateway's calls metered
+exactly and paid pro rata, a voucher and a refunded dispute, and a verified audit."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +30,10 @@ def test_demo_runs_end_to_end_and_its_audit_verifies(tmp_path: Path) -> None:
         assert totals and all(row[-3:] in (["0"] * 3, ["$0.00"] * 3) for row in totals)
         assert any(row[1] == "USD" and row[-1] == "$0.00" for row in totals)
         assert "3 buyers deposited $100,000.00 each" in done.stderr
-        # amounts with units: the bank's cash went out as the buyers' deposits, -$300,000.00
-        assert "-$300,000.00" in out and "-30000000" not in out
+        # amounts with units: the bank's cash went out as the buyers' deposits, 3 x
+        # $100,000.00 and app-buyer's $10,000.00
+        assert "-$310,000.00" in out and "-31000000" not in out
+        assert_delivery(out, done.stderr)
         # And the file it wrote verifies again through the CLI, with no database.
         again = subprocess.run(
             [sys.executable, "-m", "ops", "audit", "verify", str(data_dir / "audit.tokex"),
@@ -45,3 +49,31 @@ def test_demo_runs_end_to_end_and_its_audit_verifies(tmp_path: Path) -> None:
         assert refused.returncode == 2
     finally:
         subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+
+
+def assert_delivery(out: str, err: str) -> None:
+    """The delivery part's outcomes, as printed: on the stand-in (said to be one), each
+    call through the SDK took exactly its metered tokens off the entitlement and paid the
+    provider floor($120.00 x tokens / entitlement) less 2.5%; the receipts, a proof, the
+    voucher, the refunded dispute and the close add up; the audit holds the receipts."""
+    assert "a STAND-IN for a provider's own inference server" in err
+    assert "TOKEX_ENDPOINT_ALLOW_HOSTS=127.0.0.1" in err
+    assert "models.list() -> ['llama-3.1-70b']" in out
+    # 6 prompt words + 12 completion words from the stand-in, each call, streamed or not.
+    assert out.count("6 prompt + 12 completion = 18 tokens metered") == 2
+    assert "entitlement 20,000 -> 19,982 tokens (-18)" in out
+    assert "entitlement 19,982 -> 19,964 tokens (-18)" in out
+    # $120.00 x 18 / 20,000 = 10.8 cents: 10 released, fee floor(10 x 2.5%) = 0, paid 10.
+    assert "$0.10 = $120.00 x 18/20,000, less the fee $0.00; provider cash +$0.10" in out
+    assert "entitlement fell by 36 tokens = the metered tokens of the 2 calls (36): exact" in out
+    assert len(re.findall(r"^  rcp_\w+  llama-3.1-70b  6\+12 = 18 tokens", out, re.M)) == 2
+    assert "proof verified offline" in out
+    # 5,000 of the 19,964 tokens left: floor($119.80 x 5,000 / 19,964) = $30.00, less 2.5%.
+    assert "$30.00 of escrow released at once, fee $0.75, provider cash +$29.25" in out
+    assert "dispute period (60 min)" in out and "): dsp_" in out and " open" in out
+    # 2,000 of 14,964 tokens: floor($89.80 x 2,000 / 14,964) = $12.00 held, then refunded.
+    assert "2,000 tokens served outside the gateway (POST /v1/deliveries): pending, $12.00" in out
+    assert re.search(r"resolved dsp_[0-9a-f]{16}: refunded; app-buyer cash \+\$12\.00 ", out)
+    # 20,000 - 36 - 5,000 - 2,000 refunded = 12,964 left, burned at close.
+    assert "12,964 undelivered tokens burned" in out
+    assert "2 gateway deliveries, each backed by the receipts it commits to (2 receipts)" in out
