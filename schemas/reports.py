@@ -90,7 +90,7 @@ class StatementRow(msgspec.Struct, frozen=True, kw_only=True):
     tx_index: int | None
     tx_id: str | None
     code: str | None
-    time: str | None
+    time_ms: int | None
     amount: int | None
     balance: int
 
@@ -102,7 +102,7 @@ class PayoutRow(msgspec.Struct, frozen=True, kw_only=True):
     (the fee revenue of those transactions), `net` = gross - fees, what reached its
     cash account."""
 
-    period_start: str
+    period_start_ms: int
     provider: str
     currency: str
     transactions: int
@@ -144,7 +144,7 @@ class InstrumentRow(msgspec.Struct, frozen=True, kw_only=True):
 class FeeRow(msgspec.Struct, frozen=True, kw_only=True):
     """Fee revenue (entries on the exchange's `fees` accounts) per period, currency, code."""
 
-    period_start: str
+    period_start_ms: int
     currency: str
     code: str
     transactions: int

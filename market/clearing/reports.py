@@ -34,7 +34,8 @@ Formats:
 Integer rules: VWAP = floor(notional * lot / volume), in minor units per lot
 (notional = sum of quantity / lot * price, so this is the volume-weighted mean
 price, rounded down), 0 when nothing traded. Time periods are UTC hours or days:
-period_start = floor(time / period) * period.
+period_start_ms = floor(time_ms / period) * period (Unix ms, like every
+time of the API).
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ __all__ = [
     "ReportForbidden",
     "UnknownReportInstrument",
     "check_query",
-    "iso_ms",
     "parse_time",
     "report_chunks",
     "report_columns",
@@ -136,12 +136,6 @@ def report_name(query: ReportQuery) -> str:
 def report_columns(query: ReportQuery) -> tuple[str, ...]:
     """The fixed column order of the report's rows."""
     return _NAMES[type(query)][1].__struct_fields__
-
-
-def iso_ms(ms: int) -> str:
-    """Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.sssZ` (UTC)."""
-    seconds, millis = divmod(ms, 1000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
 
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -372,7 +366,7 @@ async def _statement(
         asset, owner, kind = accounts[key[0]]
         return StatementRow(
             section=section, asset=asset, owner=owner, kind=kind, bucket=_BUCKETS[key[1]],
-            tx_index=None, tx_id=None, code=None, time=None, amount=None, balance=balances[key],
+            tx_index=None, tx_id=None, code=None, time_ms=None, amount=None, balance=balances[key],
         )  # fmt: skip
 
     for key in order:
@@ -393,7 +387,7 @@ async def _statement(
         asset, owner, kind = accounts[key[0]]
         yield StatementRow(
             section="entry", asset=asset, owner=owner, kind=kind, bucket=_BUCKETS[key[1]],
-            tx_index=r["tx_idx"], tx_id=r["tx_id"], code=r["code"], time=iso_ms(r["time_ms"]),
+            tx_index=r["tx_idx"], tx_id=r["tx_id"], code=r["code"], time_ms=r["time_ms"],
             amount=r["amount"], balance=balances[key],
         )  # fmt: skip
     for key in order:
@@ -452,7 +446,7 @@ async def _payouts(conn: asyncpg.Connection, query: PayoutsQuery) -> AsyncIterat
     async for r in cursor:
         gross, fees = _int(r["gross"]), _int(r["fees"])
         yield PayoutRow(
-            period_start=iso_ms(r["period"]), provider=r["provider"], currency=r["currency"],
+            period_start_ms=r["period"], provider=r["provider"], currency=r["currency"],
             transactions=r["n"], gross=gross, fees=fees, net=gross - fees,
         )  # fmt: skip
 
@@ -624,7 +618,7 @@ async def _fees(conn: asyncpg.Connection, query: FeesQuery) -> AsyncIterator[Fee
     )
     async for r in cursor:
         yield FeeRow(
-            period_start=iso_ms(r["period"]), currency=r["asset"], code=r["code"],
+            period_start_ms=r["period"], currency=r["asset"], code=r["code"],
             transactions=r["n"], amount=_int(r["amount"]),
         )  # fmt: skip
 
