@@ -19,6 +19,8 @@ commits, the charged tokens are in the ledger and leave the reservations. If it 
 (503: the batch did not commit), the call gets an error in place of its tail, and the
 same op is submitted again with the next group, or after `flush_s` seconds at the latest
 (`TOKEX_GATEWAY_FLUSH_MS`, default 1 s): its deliveries are idempotent by their ids.
+A receipt whose call's progress was recorded (`market.gateway.progress`) closes that
+record in the same commit (the op's `closes`).
 
 Served by one process: a second server process would need the reservations shared.
 """
@@ -70,6 +72,12 @@ class Reservations:
         self._take(self.outstanding, group, reserved - charged)
         self._take(self.key_reserved, key_id, reserved)
         self.key_used[key_id] = self.key_used.get(key_id, 0) + charged
+
+    def owed(self, group: Group, key_id: str, tokens: int) -> None:
+        """A charge filed for a call of an earlier process (one cut by a crash): promised
+        away until it commits, and metered against its key (whose count must be loaded)."""
+        self.outstanding[group] = self.outstanding.get(group, 0) + tokens
+        self.key_used[key_id] = self.key_used.get(key_id, 0) + tokens
 
     def settled(self, group: Group, tokens: int) -> None:
         """A charge committed (or was refused): the ledger's balance now says it."""
@@ -127,6 +135,8 @@ class Meter:
         self._reservations = reservations
         self.flush_s = flush_s
         self._pending: list[GatewayReceipt] = []
+        #: receipt ids whose progress rows the next op deletes (`GatewayChargeOp.closes`)
+        self._closes: list[str] = []
         #: per pending receipt: its future (None: nobody waits) and the sequencer's
         #: commit count when it was filed
         self._waiting: list[tuple[asyncio.Future[None] | None, int]] = []
@@ -144,26 +154,38 @@ class Meter:
         self.charge_s = 0.0  # time spent in them
         self.waited: dict[int, int] = {}
 
-    def add(self, receipt: GatewayReceipt) -> None:
-        """File a receipt nobody waits for (its buyer is gone)."""
-        self._file(receipt, None)
+    def add(self, receipt: GatewayReceipt, *, recorded: bool = False) -> None:
+        """File a receipt nobody waits for (its buyer is gone). `recorded`: the call's
+        progress may be in `gateway_calls`, and the receipt's commit deletes it."""
+        self._file(receipt, None, recorded)
 
-    def charge(self, receipt: GatewayReceipt) -> asyncio.Future[None]:
+    def charge(self, receipt: GatewayReceipt, *, recorded: bool = False) -> asyncio.Future[None]:
         """File a receipt; the future is done once it is committed (or failed)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._file(receipt, future)
+        self._file(receipt, future, recorded)
         return future
 
-    def _file(self, receipt: GatewayReceipt, future: asyncio.Future[None] | None) -> None:
+    def forget(self, receipt_ids: Sequence[str]) -> None:
+        """Delete these calls' progress rows with the next commit (their receipts are
+        committed already: rows a restart found)."""
+        self._closes.extend(receipt_ids)
+        self._wake.set()
+
+    def _file(
+        self, receipt: GatewayReceipt, future: asyncio.Future[None] | None, recorded: bool
+    ) -> None:
         sequencer = self._sequencer()
         self._pending.append(receipt)
+        if recorded:
+            self._closes.append(receipt.receipt_id)
         self._waiting.append((future, sequencer.commits if sequencer is not None else 0))
         self._wake.set()
 
     @property
     def backlog(self) -> int:
-        """Receipts not yet committed."""
-        return len(self._pending) + sum(len(op.receipts) for op in self._retry)
+        """Receipts (and progress rows to delete) not yet committed."""
+        retrying = sum(len(op.receipts) + len(op.closes) for op in self._retry)
+        return len(self._pending) + len(self._closes) + retrying
 
     async def flush(self) -> None:
         """Submit what failed before and what is pending, together (one sequencer batch)."""
@@ -171,11 +193,11 @@ class Meter:
             await self._flush()
 
     async def _flush(self) -> None:
-        pending, waiting = self._pending, self._waiting
-        self._pending, self._waiting = [], []
+        pending, waiting, closes = self._pending, self._waiting, self._closes
+        self._pending, self._waiting, self._closes = [], [], []
         ops, self._retry = self._retry, []
-        if pending:
-            ops.append(GatewayChargeOp(receipts=tuple(pending)))
+        if pending or closes:
+            ops.append(GatewayChargeOp(receipts=tuple(pending), closes=tuple(closes)))
         if not ops:
             return
         began = time.perf_counter()

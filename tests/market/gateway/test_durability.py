@@ -35,8 +35,10 @@ async def market(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterat
 
 @pytest.fixture
 async def quick(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
-    """Failed charges retried every 100 ms."""
-    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000):
+    """Failed charges retried every 100 ms; no progress marks (their ops would meet the
+    lost database first, and it would have healed by the call's end)."""
+    env = {"TOKEX_GATEWAY_PROGRESS_MS": "60000"}
+    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000, env=env):
         yield m
 
 
