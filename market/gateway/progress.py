@@ -2,16 +2,19 @@
 restart.
 
 While a streaming call runs, the gateway records how far it has come, so that a crash of
-the exchange does not take its charge with it. Every `period_s` (`TOKEX_GATEWAY_PROGRESS_MS`,
-default 250 ms) `Progress` submits one `GatewayProgressOp` with a mark (`CallMark`) of each
-streaming call whose progress changed since its last committed mark: the call as opened
-(ids, parties, endpoint, model, reservation, start, request hash) and its progress (the
-completion chunks passed on so far, the upstream's usage once seen, the hash of the events
-passed on). Nothing waits for it: the first token is not delayed, no chunk waits for a
-commit, and there is one op per period however many calls stream (at most `MAX_MARKS`
-marks each; one op in the sequencer at a time). A call that ends before its first mark is
-never recorded; one that was has its row deleted by its receipt's commit (`Meter`,
-`GatewayChargeOp.closes`). What is held here is one entry per streaming call in flight.
+the exchange does not take its charge with it. Once every `period_s`
+(`TOKEX_GATEWAY_PROGRESS_MS`, default 250 ms) `Progress` gives the meter one
+`GatewayProgressOp` with a mark (`CallMark`) of each streaming call whose progress changed
+since its last committed mark: the call as opened (ids, parties, endpoint, model,
+reservation, start, request hash) and its progress (the completion chunks passed on so
+far, the upstream's usage once seen, the hash of the events passed on). The op rides with
+the meter's next group commit of receipts (`Meter.rider`: the same sequencer batch), or
+wakes the meter to commit it alone if no receipt comes. Nothing waits for it: the first
+token is not delayed, no chunk waits for a commit, and there is one op per period however
+many calls stream (at most `MAX_MARKS` marks each, one in the sequencer at a time). A call
+that ends before its first mark is never recorded; one that was has its row deleted by its
+receipt's commit (`GatewayChargeOp.closes`). What is held here is one entry per streaming
+call in flight.
 
 At a restart (`close_crashed`, from the gateway's lifespan, before it serves), every call
 with a row and no receipt was cut by a crash: it is closed by the cut-call rule
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,10 +44,9 @@ import asyncpg
 
 from market.gateway import metering, routing
 from market.gateway.keys import KeyGrant
-from market.gateway.meter import Group, Meter, Reservations, SequencerSource
-from market.sequencer.ops import GatewayProgressOp
+from market.gateway.meter import Group, Meter, Reservations
+from market.sequencer.ops import Failed, GatewayProgressOp, Outcome
 from market.signing import now_ms
-from schemas.errors import DomainError
 from schemas.gateway import CallMark, Ending, GatewayReceipt
 
 log = logging.getLogger(__name__)
@@ -120,13 +123,17 @@ def crash_receipt(m: CallMark) -> GatewayReceipt:
 
 
 class Progress:
-    """The periodic group commit of streaming calls' progress marks (see the module)."""
+    """The progress marks of streaming calls, once a period, with the meter's group commits
+    (see the module). `wake`: asks the meter to flush (`Meter.wake`)."""
 
-    def __init__(self, sequencer: SequencerSource, period_s: float) -> None:
-        self._sequencer = sequencer
+    def __init__(self, period_s: float, wake: Callable[[], None]) -> None:
         self.period_s = period_s
+        self._wake = wake
         self._calls: dict[str, _Entry] = {}
         self._task: asyncio.Task[None] | None = None
+        #: The period has passed since the last op was taken; the op in flight.
+        self._due_now = False
+        self._in_flight: tuple[list[tuple[_Entry, State]], int] | None = None
         #: Progress ops committed, and the marks they carried (ops/bench, the log).
         self.commits = 0
         self.marks = 0
@@ -149,36 +156,41 @@ class Progress:
             del due[MAX_MARKS:]
         return due
 
-    async def flush(self) -> int:
-        """Submit the marks due now as one op; how many committed (0 if it failed: they
-        are due again next time)."""
-        sequencer = self._sequencer()
+    def take(self) -> GatewayProgressOp | None:
+        """The marks due, once a period and one op at a time (`meter.Rider`)."""
+        if not self._due_now or self._in_flight is not None:
+            return None
         due = self._due()
-        if sequencer is None or not due:
-            return 0
+        if not due:
+            return None
+        self._due_now = False
         now = now_ms()
-        states = [(e, (e.call.chunks, e.call.usage)) for e in due]
+        self._in_flight = ([(e, (e.call.chunks, e.call.usage)) for e in due], now)
         marks = tuple(mark_of(e.call, e.request_sha256, now) for e in due)
         for e in due:
             e.submitted = True
-        try:
-            await sequencer.submit(GatewayProgressOp(marks=marks))
-        except DomainError as exc:
-            log.warning("gateway progress of %d calls not recorded: %s", len(marks), exc)
-            return 0
+        return GatewayProgressOp(marks=marks)
+
+    def taken(self, op: GatewayProgressOp, outcome: Outcome[int]) -> None:
+        """The op is done: committed marks are recorded; failed ones are due again."""
+        assert self._in_flight is not None
+        states, at = self._in_flight
+        self._in_flight = None
+        if isinstance(outcome, Failed):
+            log.warning("gateway progress of %d calls not recorded: %s",
+                        len(op.marks), outcome.error)  # fmt: skip
+            return
         for e, state in states:
-            e.recorded, e.marked_ms = state, now
+            e.recorded, e.marked_ms = state, at
         self.commits += 1
-        self.marks += len(marks)
-        return len(marks)
+        self.marks += len(op.marks)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.period_s)
-            try:
-                await self.flush()
-            except Exception:  # a bug: keep recording, say so
-                log.exception("gateway progress marks failed")
+            self._due_now = True
+            if self._in_flight is None and self._calls:
+                self._wake()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gateway-progress")
@@ -189,6 +201,7 @@ class Progress:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._due_now = False
         log.info("gateway progress: %d marks in %d commits", self.marks, self.commits)
 
 

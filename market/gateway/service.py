@@ -171,7 +171,8 @@ class Gateway:
         self.reservations = Reservations()
         self.meter = Meter(sequencer, self.reservations, config.flush_s)
         self.meter.on_commit = self._charged_groups
-        self.progress = Progress(sequencer, config.progress_s)
+        self.progress = Progress(config.progress_s, self.meter.wake)
+        self.meter.rider = self.progress
         self._refreshing: set[asyncio.Task[None]] = set()
         self.catalog = Catalog()
         self.view = CommittedView()

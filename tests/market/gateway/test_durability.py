@@ -163,23 +163,33 @@ async def test_a_call_cut_by_a_crash_is_charged_by_its_last_progress_mark_once(
 ) -> None:
     m = marked
     headers = {"Authorization": f"Bearer {await m.key()}"}
-    before, cash_before = await m.entitlement(), await m.provider_cash()
     m.upstream.chunk_delay_s = 0.05  # 60 chunks: 3 s
     body = {"model": MODEL, "messages": CHAT, "max_tokens": 60, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
     conn = await asyncpg.connect(db_url)
     try:
-        async with (
-            httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http,
-            http.stream("POST", "/chat/completions", json=body) as r,
-        ):
-            rid, events = r.headers["x-tokex-receipt"], 0
-            async for line in r.aiter_lines():
-                events += line.startswith("data: ")
-                mark = await recorded(conn, rid) if events >= 5 else None
-                if mark is not None and mark["chunks"] >= 5:
-                    m.proc.kill()  # SIGKILL in the middle of the stream, its progress recorded
-                    break
+        async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+            # A call marked while it streams, then seen to its end: its receipt took its row.
+            async with http.stream(
+                "POST", "/chat/completions", json={**body, "max_tokens": 20}
+            ) as r:
+                done_id, lines, was_marked = r.headers["x-tokex-receipt"], [], False
+                async for line in r.aiter_lines():
+                    lines.append(line)
+                    was_marked = was_marked or await recorded(conn, done_id) is not None
+            assert lines[-2:] == ["data: [DONE]", ""] and was_marked
+            assert await recorded(conn, done_id) is None
+            await m.settled()
+            before, cash_before = await m.entitlement(), await m.provider_cash()
+
+            async with http.stream("POST", "/chat/completions", json=body) as r:
+                rid, events = r.headers["x-tokex-receipt"], 0
+                async for line in r.aiter_lines():
+                    events += line.startswith("data: ")
+                    mark = await recorded(conn, rid) if events >= 5 else None
+                    if mark is not None and mark["chunks"] >= 5:
+                        m.proc.kill()  # SIGKILL mid-stream, its progress recorded
+                        break
         mark = await recorded(conn, rid)  # what the exchange had recorded when it crashed
         assert mark is not None and mark["completion_tokens"] is None  # no usage came
         chunks = mark["chunks"]
@@ -189,20 +199,22 @@ async def test_a_call_cut_by_a_crash_is_charged_by_its_last_progress_mark_once(
         after = await m.entitlement()
         assert before.entitlement - after.entitlement == chunks  # one token a chunk, no prompt
         split = delivery_split(chunks, before.entitlement, before.escrow, FEE_BPS)
-        assert (after.delivered, after.released) == (chunks, split.released)
+        assert (after.delivered - before.delivered, after.released - before.released) == (
+            chunks, split.released)  # fmt: skip
         assert await m.provider_cash() - cash_before == split.paid  # pro rata less the fee
         view = await m.buyer.receipt(rid)
         assert view.receipt.ending is Ending.CRASH and view.transaction_id is not None
         r_ = view.receipt
         assert (r_.prompt_tokens, r_.completion_tokens, r_.tokens) == (0, chunks, chunks)
         assert view.receipt_sha256 == receipt_hash(r_)
-        assert await recorded(conn, rid) is None
+        assert (await m.buyer.receipt(done_id)).receipt.ending is Ending.SEEN
+        assert await conn.fetchval("SELECT count(*) FROM gateway_calls") == 0
         assert set((await zero_sums(conn)).values()) == {0}
 
         m.proc.kill()  # a second crash and restart charge nothing more
         await asyncio.to_thread(m.proc.start)
         assert (await m.entitlement()).entitlement == after.entitlement
         assert await m.provider_cash() - cash_before == split.paid
-        assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 1
+        assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 2
     finally:
         await conn.close()

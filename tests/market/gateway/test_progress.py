@@ -1,12 +1,16 @@
 """Calls cut by a crash (market.gateway.progress): the charge of a call by its last progress
-mark, marks and closes through the sequencer on a real PostgreSQL, the closing of the calls
-a restart finds (once), and the audit of their receipts."""
+mark, marks and closes through the sequencer on a real PostgreSQL, marks riding with the
+meter's group commits, the closing of the calls a restart finds (once), and the audit of
+their receipts."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -14,8 +18,10 @@ import pytest
 
 from ledger.log import MerkleLog
 from market.clearing import rules as settlement
+from market.gateway import metering, routing
+from market.gateway.keys import KeyGrant
 from market.gateway.meter import Meter, Reservations
-from market.gateway.progress import close_crashed, crash_receipt
+from market.gateway.progress import Progress, close_crashed, crash_receipt
 from market.sequencer import CreateInstrumentOp, DepositOp, ListingOp, Sequencer
 from market.sequencer.ops import GatewayChargeOp, GatewayProgressOp
 from schemas.gateway import CallMark, Ending
@@ -146,3 +152,71 @@ async def test_a_restart_closes_the_calls_a_crash_cut_once_and_they_pass_the_aud
     report = verified(await exported(db_url))
     # The finished call's delivery, and one of the three crash receipts (v2 layout).
     assert (report.gateway_deliveries, report.receipts) == (2, 4)
+
+
+GRANT = KeyGrant("ik_0000000000000000", "b1", None, None, None)
+ROUTE = routing.Route(SYM, "p1", routing.Endpoint("p1", "e1", 8), 100)
+PLAN = metering.Plan(40, 20)
+
+
+@dataclass
+class Streaming:
+    """A streaming call as the gateway's service holds it (`progress.Tracked`)."""
+
+    receipt_id: str = field(default_factory=lambda: "rcp_" + secrets.token_hex(12))
+    grant: KeyGrant = GRANT
+    group: tuple[str, str, str] = ("b1", "p1", SYM)
+    route: routing.Route = ROUTE
+    model: str = "llama-3.1-70b"
+    plan: metering.Plan = PLAN
+    started_ms: int = 1_000
+    request_bytes: bytes = b"{}"
+    chunks: int = 0
+    usage: metering.Usage | None = None
+    response_hash: Any = field(default_factory=hashlib.sha256)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "not in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_marks_ride_with_the_meter_once_a_period_until_the_receipt_closes_them(
+    seq: Sequencer, db_conn: asyncpg.Connection
+) -> None:
+    reservations = Reservations()
+    meter = Meter(lambda: seq, reservations, flush_s=60.0)
+    progress = Progress(0.05, meter.wake)
+    meter.rider = progress
+    meter.start()
+    progress.start()
+    try:
+        short, long = Streaming(), Streaming()
+        progress.track(short)
+        assert progress.untrack(short) is False  # ended before its first mark: never written
+        progress.track(long)
+        long.chunks = 3
+        long.response_hash.update(b"data: w0\n\n")
+
+        async def marked(chunks: int) -> bool:
+            return (await open_calls(db_conn)).get(long.receipt_id) == chunks
+
+        await eventually(lambda: marked(3))
+        long.chunks = 9
+        await eventually(lambda: marked(9))
+        row = await db_conn.fetchrow("SELECT * FROM gateway_calls")
+        assert bytes(row["response_sha256"]) == long.response_hash.digest()
+        assert bytes(row["request_sha256"]) == hashlib.sha256(b"{}").digest()
+        commits = progress.commits
+        await asyncio.sleep(0.3)  # nothing changed: nothing more written
+        assert progress.commits == commits
+        # The call ends: its receipt deletes its row in the same commit.
+        done = msgspec.structs.replace(receipt("b1", 9), receipt_id=long.receipt_id)
+        await meter.charge(done, recorded=progress.untrack(long))
+        assert await open_calls(db_conn) == {}
+    finally:
+        await progress.close()
+        await meter.close()
+    assert progress.marks == progress.commits >= 2  # one call, one mark a period it moved
