@@ -142,7 +142,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_flush_ms: int = 1000
     #: How often the gateway records the progress of its streaming calls (ms): a call cut
     #: by a crash is charged by its last record (market.gateway.progress).
-    gateway_progress_ms: int = 250
+    gateway_progress_ms: Annotated[int, msgspec.Meta(ge=1)] = 250
     #: How long the gateway waits on an upstream (connect, each read) before a 502.
     gateway_upstream_timeout_s: float = 60.0
     #: Calls in flight per buying account through the gateway (429 beyond).
