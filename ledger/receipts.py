@@ -3,9 +3,16 @@ signed body makes to them, and the offline check of a receipt's proof. Pure: no 
 
 A receipt (`schemas.gateway.GatewayReceipt`) is one metered call through the gateway.
 
-* Canonical bytes: ``b"tokex/receipt/v1\\x00"`` then the receipt as MessagePack from
-  msgspec with sorted keys (`receipt_bytes`); its hash is SHA-256 of those bytes
-  (`receipt_hash`).
+* Canonical bytes (`receipt_bytes`): a receipt of a call the gateway saw end (`ending`
+  SEEN, every receipt made before the field existed) is ``b"tokex/receipt/v1\\x00"`` then
+  the receipt as MessagePack from msgspec with sorted keys, `ending` left out (layout v1,
+  unchanged); a receipt of a call cut by a crash (`ending` CRASH) is
+  ``b"tokex/receipt/v2\\x00"`` then the same map with `ending` in it (layout v2). Each
+  receipt has one canonical form: a v1 payload naming an `ending`, or a v2 one not naming
+  CRASH, is refused (`decode_receipt`). Its hash is SHA-256 of those bytes
+  (`receipt_hash`), so the hashes, trees and signed roots of every receipt made before v2
+  are unchanged, and a verifier that knows only v1 refuses a v2 receipt by its prefix
+  rather than misread it.
 * A gateway delivery's receipts, in the order the delivery lists them, form an RFC 6962
   tree (`ledger.merkle`): leaf i is ``leaf_hash(receipt_hash(r_i))``.
 * The delivery transaction's metadata commits to them (`commitment`): ``receipts`` (the
@@ -32,11 +39,12 @@ import msgspec
 from ledger.canonical import decode_transaction
 from ledger.merkle import InvalidProof, leaf_hash, root_from_leaf_hashes, verify_inclusion
 from schemas.errors import DomainError, ErrorKind
-from schemas.gateway import GatewayReceipt, ReceiptProof
+from schemas.gateway import Ending, GatewayReceipt, ReceiptProof
 from schemas.ledger import CommittedTransaction
 
 __all__ = [
     "RECEIPT_PREFIX",
+    "RECEIPT_PREFIX_V2",
     "Commitment",
     "ReceiptMismatch",
     "check_receipts",
@@ -50,6 +58,7 @@ __all__ = [
 ]
 
 RECEIPT_PREFIX = b"tokex/receipt/v1\x00"
+RECEIPT_PREFIX_V2 = b"tokex/receipt/v2\x00"
 SOURCE = "gateway"
 
 _encoder = msgspec.msgpack.Encoder(order="sorted")
@@ -64,17 +73,28 @@ class ReceiptMismatch(DomainError):
 
 
 def receipt_bytes(r: GatewayReceipt) -> bytes:
-    return RECEIPT_PREFIX + _encoder.encode(r)
+    # `GatewayReceipt` omits its defaults when encoded: `ending` SEEN is left out (v1).
+    prefix = RECEIPT_PREFIX if r.ending is Ending.SEEN else RECEIPT_PREFIX_V2
+    return prefix + _encoder.encode(r)
 
 
 def decode_receipt(data: bytes) -> GatewayReceipt:
-    """Inverse of `receipt_bytes`; raises `ValueError` on anything else."""
-    if not data.startswith(RECEIPT_PREFIX):
+    """Inverse of `receipt_bytes`; raises `ValueError` on anything else (a payload that is
+    not the canonical form of its receipt under its prefix included)."""
+    if data.startswith(RECEIPT_PREFIX):
+        payload, v2 = data[len(RECEIPT_PREFIX) :], False
+    elif data.startswith(RECEIPT_PREFIX_V2):
+        payload, v2 = data[len(RECEIPT_PREFIX_V2) :], True
+    else:
         raise ValueError("not a tokex receipt (bad prefix)")
     try:
-        return _decoder.decode(data[len(RECEIPT_PREFIX) :])
+        r = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise ValueError(f"malformed receipt: {exc}") from exc
+    if receipt_bytes(r) != data:
+        layout = "v2" if v2 else "v1"
+        raise ValueError(f"not the canonical {layout} bytes of the receipt it decodes to")
+    return r
 
 
 def receipt_hash(r: GatewayReceipt) -> bytes:

@@ -12,12 +12,14 @@ it or none of it).
 Column types come from the catalog (once per table and process), so callers name only
 columns. Rows that give every column of their table, in order, travel as one array of the
 table's row type (`unnest($1::table[])`), which asyncpg encodes several times faster than
-an array per column. An upsert passes its `ON CONFLICT` clause.
+an array per column. An upsert passes its `ON CONFLICT` clause. Rows can be deleted by key
+in the same statement (`delete`: a CTE `DELETE ... WHERE key = ANY($n)`).
 
 Every part of the statement sees the same snapshot, and none sees another's rows: stage
 each key at most once per statement (an upsert of the same row twice fails the whole
-statement). The catalog is read again after `forget_table_layouts` (the writer calls it
-when a batch fails: a migration may have changed a table under a running server).
+statement; a row inserted by one part is not seen by another's delete). The catalog is
+read again after `forget_table_layouts` (the writer calls it when a batch fails: a
+migration may have changed a table under a running server).
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ def forget_table_layouts() -> None:
 class BatchRows:
     """Rows staged for several tables; `execute` writes them all in one statement."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_deletes", "_parts")
 
     def __init__(self) -> None:
         self._parts: list[tuple[str, tuple[str, ...], Sequence[tuple[Any, ...]], str]] = []
+        self._deletes: list[tuple[str, str, Sequence[Any]]] = []
 
     def insert(
         self,
@@ -63,19 +66,24 @@ class BatchRows:
         if records:
             self._parts.append((table, tuple(columns), records, on_conflict))
 
+    def delete(self, table: str, column: str, keys: Sequence[Any]) -> None:
+        """Stage the deletion of `table`'s rows whose `column` is one of `keys`."""
+        if keys:
+            self._deletes.append((table, column, keys))
+
     def __bool__(self) -> bool:
-        return bool(self._parts)
+        return bool(self._parts or self._deletes)
 
     def tables(self) -> list[str]:
-        """The tables staged so far, in order (for tests and logs)."""
-        return [table for table, *_ in self._parts]
+        """The tables staged so far, in order, inserts then deletes (for tests and logs)."""
+        return [table for table, *_ in self._parts] + [table for table, *_ in self._deletes]
 
     async def execute(self, conn: asyncpg.Connection) -> None:
         """Write every staged row in one statement (atomic by itself outside a
         transaction block; inside one, part of it)."""
-        if not self._parts:
+        if not self:
             return
-        await _load_types(conn, {table for table, *_ in self._parts})
+        await _load_types(conn, set(self.tables()))
         ctes: list[str] = []
         args: list[list[Any]] = []
         for n, (table, columns, records, on_conflict) in enumerate(self._parts):
@@ -95,6 +103,10 @@ class BatchRows:
                 f"w{n} AS (INSERT INTO {table} ({', '.join(columns)}) "
                 f"SELECT * FROM unnest({source}) {on_conflict})"
             )
+        for n, (table, column, keys) in enumerate(self._deletes):
+            args.append(list(keys))
+            key = f"${len(args)}::{_column_types[table, column]}[]"
+            ctes.append(f"d{n} AS (DELETE FROM {table} WHERE {column} = ANY({key}))")
         await conn.execute(f"WITH {', '.join(ctes)} SELECT 1", *args)
 
 

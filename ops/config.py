@@ -60,6 +60,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "endpoint_allow_hosts": "TOKEX_ENDPOINT_ALLOW_HOSTS",
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
+    "gateway_progress_ms": "TOKEX_GATEWAY_PROGRESS_MS",
     "gateway_upstream_timeout_s": "TOKEX_GATEWAY_UPSTREAM_TIMEOUT_S",
     "gateway_max_in_flight": "TOKEX_GATEWAY_MAX_IN_FLIGHT",
     "gateway_rate_limit": "TOKEX_GATEWAY_RATE_LIMIT",
@@ -139,6 +140,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: receipts of other calls ending meanwhile); a charge that failed is submitted again
     #: at the latest after this long (ms): settlement at least once a second by default.
     gateway_flush_ms: int = 1000
+    #: How often the gateway records the progress of its streaming calls (ms): a call cut
+    #: by a crash is charged by its last record (market.gateway.progress).
+    gateway_progress_ms: Annotated[int, msgspec.Meta(ge=1)] = 250
     #: How long the gateway waits on an upstream (connect, each read) before a 502.
     gateway_upstream_timeout_s: float = 60.0
     #: Calls in flight per buying account through the gateway (429 beyond).

@@ -16,6 +16,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
     return GatewayConfig(
         allow_hosts=parse_allow_hosts(settings.endpoint_allow_hosts),
         flush_s=settings.gateway_flush_ms / 1000,
+        progress_s=settings.gateway_progress_ms / 1000,
         upstream_timeout_s=settings.gateway_upstream_timeout_s,
         max_in_flight=settings.gateway_max_in_flight,
         rate_limit=settings.gateway_rate_limit,

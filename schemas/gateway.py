@@ -4,6 +4,8 @@ An endpoint is a provider's OpenAI-compatible server (vLLM, llama.cpp server, Ol
 SGLang, TGI) for one model; its upstream credential goes in, never out (no view has it).
 An inference key is a buyer's bearer secret `tkx_...` for `/openai/v1`, shown once.
 A receipt is one metered call; its hash, tree and proof are defined in `ledger.receipts`.
+A call mark is the durable progress of a streaming call (`gateway_calls`), from which a
+call cut by a crash of the exchange is charged when it restarts (`market.gateway.progress`).
 """
 
 from __future__ import annotations
@@ -82,12 +84,27 @@ class InferenceKeyCreated(msgspec.Struct, frozen=True, kw_only=True):
     expires_ms: int | None
 
 
-class GatewayReceipt(msgspec.Struct, frozen=True, kw_only=True):
+class Ending(StrEnum):
+    """How a receipt's call ended, as the exchange knows it."""
+
+    #: The gateway saw the call end: it finished, its stream broke off, its buyer left.
+    SEEN = "seen"
+    #: The exchange crashed during the call: closed when it restarted, by the call's last
+    #: durable progress mark (`CallMark`).
+    CRASH = "crash"
+
+
+class GatewayReceipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One metered call through the gateway (a row of `gateway_receipts`, append-only).
 
     `tokens` is what the call was charged (see market/gateway/metering.py for the rule);
     the token counts are what the upstream reported. `request_sha256` is the hash of the
     bytes the gateway sent upstream, `response_sha256` of the bytes it sent the buyer.
+    A call cut by a crash (`ending` CRASH) is charged by its last progress mark: its
+    `ended_ms` is that mark's time and `response_sha256` the hash of the events the
+    gateway had passed on (or held back for the tail) by then. `ending` is left out of the
+    encoded forms while it is SEEN (its default): such a receipt's canonical bytes are those
+    of a receipt made before the field existed (`ledger.receipts`, layout v1).
     """
 
     receipt_id: str
@@ -106,6 +123,39 @@ class GatewayReceipt(msgspec.Struct, frozen=True, kw_only=True):
     ended_ms: int
     request_sha256: bytes
     response_sha256: bytes
+    ending: Ending = Ending.SEEN
+
+
+class CallMark(msgspec.Struct, frozen=True, kw_only=True):
+    """A streaming call's progress as the exchange last recorded it (a row of
+    `gateway_calls`, replaced by each newer mark, deleted with the call's receipt).
+
+    The call as opened (its ids, parties, endpoint, model, reservation: `prompt_cap`,
+    `completion_cap`, `completion_weight`; its start and the SHA-256 of the request sent
+    upstream) and how far it had come at `marked_ms`: the completion chunks passed on,
+    the upstream's usage if it had arrived (the four counts, or None), and the SHA-256 of
+    the events passed on (or held for the tail) until then.
+    """
+
+    receipt_id: str
+    key_id: str
+    buyer: str
+    provider: str
+    instrument: str
+    endpoint_id: str
+    model: str
+    prompt_cap: int
+    completion_cap: int
+    completion_weight: int
+    started_ms: int
+    request_sha256: bytes
+    chunks: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    response_sha256: bytes
+    marked_ms: int
 
 
 class GatewayDelivery(msgspec.Struct, frozen=True, kw_only=True):

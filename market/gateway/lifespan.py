@@ -1,13 +1,34 @@
 """Start and stop the gateway with the app (after the exchange's lifespan: it needs the
-sequencer): `app.state.gateway`, its meter's group commits, a last flush on shutdown."""
+sequencer): `app.state.gateway`, its meter's group commits and its progress marks; before
+it serves, the calls a crash cut closed by their last progress mark
+(`progress.close_crashed`); a last flush on shutdown."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from market.gateway.progress import close_crashed
 from market.gateway.service import Gateway, GatewayConfig
+
+log = logging.getLogger(__name__)
+
+
+async def _close_crashed(gateway: Gateway) -> None:
+    """Close the calls a crash cut, and wait for their commit. If it fails, their charge
+    is retried by the meter (or, if they could not even be read, at the next start)."""
+    try:
+        closing = await close_crashed(gateway.pool, gateway.meter, gateway.reservations)
+    except Exception:
+        log.exception("gateway: the calls a crash cut could not be read; closed at next start")
+        return
+    for outcome in await asyncio.gather(*closing, return_exceptions=True):
+        if isinstance(outcome, Exception):
+            log.warning("gateway: the charge of calls a crash cut is retried: %s", outcome)
+            return
 
 
 def gateway_lifespan(config: GatewayConfig) -> Callable[[Any], AbstractAsyncContextManager[None]]:
@@ -15,6 +36,8 @@ def gateway_lifespan(config: GatewayConfig) -> Callable[[Any], AbstractAsyncCont
     async def lifespan(app: Any) -> AsyncIterator[None]:
         gateway = Gateway(app.state.pool, lambda: app.state.get("sequencer"), config)
         gateway.meter.start()
+        await _close_crashed(gateway)
+        gateway.progress.start()
         app.state.gateway = gateway
         try:
             yield

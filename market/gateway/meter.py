@@ -19,6 +19,10 @@ commits, the charged tokens are in the ledger and leave the reservations. If it 
 (503: the batch did not commit), the call gets an error in place of its tail, and the
 same op is submitted again with the next group, or after `flush_s` seconds at the latest
 (`TOKEX_GATEWAY_FLUSH_MS`, default 1 s): its deliveries are idempotent by their ids.
+A receipt whose call's progress was recorded (`market.gateway.progress`) closes that
+record in the same commit (the op's `closes`). The progress marks of streaming calls ride
+with these group commits (`rider`: a `GatewayProgressOp` in the same `submit_all`, so in
+the same sequencer batch), once per progress period: on a busy gateway they add no batch.
 
 Served by one process: a second server process would need the reservations shared.
 """
@@ -30,11 +34,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from market.sequencer import Sequencer
 from market.sequencer.errors import SequencerStopped
-from market.sequencer.ops import Failed, GatewayChargeOp
+from market.sequencer.ops import Failed, GatewayChargeOp, GatewayProgressOp, Op, Outcome
 from schemas.errors import DomainError
 from schemas.gateway import GatewayReceipt
 
@@ -71,6 +75,12 @@ class Reservations:
         self._take(self.key_reserved, key_id, reserved)
         self.key_used[key_id] = self.key_used.get(key_id, 0) + charged
 
+    def owed(self, group: Group, key_id: str, tokens: int) -> None:
+        """A charge filed for a call of an earlier process (one cut by a crash): promised
+        away until it commits, and metered against its key (whose count must be loaded)."""
+        self.outstanding[group] = self.outstanding.get(group, 0) + tokens
+        self.key_used[key_id] = self.key_used.get(key_id, 0) + tokens
+
     def settled(self, group: Group, tokens: int) -> None:
         """A charge committed (or was refused): the ledger's balance now says it."""
         self._take(self.outstanding, group, tokens)
@@ -106,6 +116,16 @@ def current(source: SequencerSource) -> Sequencer:
 PIPELINE = 1
 
 
+class Rider(Protocol):
+    """Ops that ride with the meter's group commits (`progress.Progress`)."""
+
+    def take(self) -> GatewayProgressOp | None:
+        """The op to submit with this flush, if one is due."""
+
+    def taken(self, op: GatewayProgressOp, outcome: Outcome[int]) -> None:
+        """How it went."""
+
+
 class Meter:
     """Group commit of receipts: a receipt goes to the sequencer at once, with every other
     receipt filed meanwhile, as one `GatewayChargeOp`.
@@ -127,6 +147,8 @@ class Meter:
         self._reservations = reservations
         self.flush_s = flush_s
         self._pending: list[GatewayReceipt] = []
+        #: receipt ids whose progress rows the next op deletes (`GatewayChargeOp.closes`)
+        self._closes: list[str] = []
         #: per pending receipt: its future (None: nobody waits) and the sequencer's
         #: commit count when it was filed
         self._waiting: list[tuple[asyncio.Future[None] | None, int]] = []
@@ -140,30 +162,47 @@ class Meter:
         #: called with the groups of each charge that committed (the gateway refreshes
         #: its view of their balances as of that commit)
         self.on_commit: Callable[[set[Group]], None] | None = None
+        self.rider: Rider | None = None
         self.charges = 0
         self.charge_s = 0.0  # time spent in them
         self.waited: dict[int, int] = {}
 
-    def add(self, receipt: GatewayReceipt) -> None:
-        """File a receipt nobody waits for (its buyer is gone)."""
-        self._file(receipt, None)
+    def add(self, receipt: GatewayReceipt, *, recorded: bool = False) -> None:
+        """File a receipt nobody waits for (its buyer is gone). `recorded`: the call's
+        progress may be in `gateway_calls`, and the receipt's commit deletes it."""
+        self._file(receipt, None, recorded)
 
-    def charge(self, receipt: GatewayReceipt) -> asyncio.Future[None]:
+    def charge(self, receipt: GatewayReceipt, *, recorded: bool = False) -> asyncio.Future[None]:
         """File a receipt; the future is done once it is committed (or failed)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._file(receipt, future)
+        self._file(receipt, future, recorded)
         return future
 
-    def _file(self, receipt: GatewayReceipt, future: asyncio.Future[None] | None) -> None:
+    def forget(self, receipt_ids: Sequence[str]) -> None:
+        """Delete these calls' progress rows with the next commit (their receipts are
+        committed already: rows a restart found)."""
+        self._closes.extend(receipt_ids)
+        self._wake.set()
+
+    def _file(
+        self, receipt: GatewayReceipt, future: asyncio.Future[None] | None, recorded: bool
+    ) -> None:
         sequencer = self._sequencer()
         self._pending.append(receipt)
+        if recorded:
+            self._closes.append(receipt.receipt_id)
         self._waiting.append((future, sequencer.commits if sequencer is not None else 0))
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Flush now (or right after the flush in flight): a rider has an op due."""
         self._wake.set()
 
     @property
     def backlog(self) -> int:
-        """Receipts not yet committed."""
-        return len(self._pending) + sum(len(op.receipts) for op in self._retry)
+        """Receipts (and progress rows to delete) not yet committed."""
+        retrying = sum(len(op.receipts) + len(op.closes) for op in self._retry)
+        return len(self._pending) + len(self._closes) + retrying
 
     async def flush(self) -> None:
         """Submit what failed before and what is pending, together (one sequencer batch)."""
@@ -171,19 +210,47 @@ class Meter:
             await self._flush()
 
     async def _flush(self) -> None:
-        pending, waiting = self._pending, self._waiting
-        self._pending, self._waiting = [], []
+        pending, waiting, closes = self._pending, self._waiting, self._closes
+        self._pending, self._waiting, self._closes = [], [], []
         ops, self._retry = self._retry, []
-        if pending:
-            ops.append(GatewayChargeOp(receipts=tuple(pending)))
-        if not ops:
+        if pending or closes:
+            ops.append(GatewayChargeOp(receipts=tuple(pending), closes=tuple(closes)))
+        ride = self.rider.take() if self.rider is not None else None
+        if not ops and ride is None:
             return
         began = time.perf_counter()
+        outcomes = await self._submit([*([ride] if ride is not None else []), *ops])
+        committed: set[Group] = set()
+        if ride is not None:
+            first, outcomes = outcomes[0], outcomes[1:]
+            committed |= self._rode(ride, first)
+        if ops:
+            self.charge_s += time.perf_counter() - began
+            committed |= self._charged(ops, outcomes)
+            self.charges += 1
+        if committed and self.on_commit is not None:
+            self.on_commit(committed)
+        if pending:
+            self._answer(waiting, outcomes[-1])
+
+    async def _submit(self, ops: list[Op[Any]]) -> list[Outcome[Any]]:
         try:
-            outcomes = await current(self._sequencer).submit_all(ops)
+            return await current(self._sequencer).submit_all(ops)
         except DomainError as exc:  # nothing queued: the queue is full, or it reopens
-            outcomes = [Failed(exc) for _ in ops]
-        self.charge_s += time.perf_counter() - began
+            return [Failed(exc) for _ in ops]
+
+    def _rode(self, ride: GatewayProgressOp, outcome: Outcome[Any]) -> set[Group]:
+        """The rider's op is done: tell it; the groups whose view to read again."""
+        if self.rider is not None:
+            self.rider.taken(ride, outcome)
+        if isinstance(outcome, Failed):
+            return set()
+        return {(m.buyer, m.provider, m.instrument) for m in ride.marks}
+
+    def _charged(
+        self, ops: Sequence[GatewayChargeOp], outcomes: Sequence[Outcome[Any]]
+    ) -> set[Group]:
+        """The charges are done: settle those committed, keep the others to retry."""
         committed: set[Group] = set()
         for op, outcome in zip(ops, outcomes, strict=True):
             if isinstance(outcome, Failed):
@@ -193,11 +260,7 @@ class Meter:
             else:
                 self._settle(op.receipts)
                 committed.update((r.buyer, r.provider, r.instrument) for r in op.receipts)
-        if committed and self.on_commit is not None:
-            self.on_commit(committed)
-        self.charges += 1
-        if pending:
-            self._answer(waiting, outcomes[-1])
+        return committed
 
     async def _flush_in(self) -> None:
         """One flush in a slot taken by `_run` (released when it is done)."""

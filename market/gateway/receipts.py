@@ -22,7 +22,7 @@ from ledger.merkle import MemoryNodeStore, leaf_hash
 from ledger.receipts import receipt_bytes, receipt_hash
 from market.pages import Page, decode_cursor, page_of
 from schemas.errors import DomainError, ErrorKind
-from schemas.gateway import GatewayReceipt, ReceiptProof, ReceiptView
+from schemas.gateway import Ending, GatewayReceipt, ReceiptProof, ReceiptView
 from schemas.ledger_api import LedgerEntry, TransactionView
 from schemas.ledger_proofs import InclusionProof
 
@@ -48,6 +48,7 @@ def receipt_of(row: asyncpg.Record) -> GatewayReceipt:
     values = {name: row[name] for name in _FIELDS}
     values["request_sha256"] = bytes(values["request_sha256"])
     values["response_sha256"] = bytes(values["response_sha256"])
+    values["ending"] = Ending(values["ending"])
     return GatewayReceipt(**values)
 
 

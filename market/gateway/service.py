@@ -59,6 +59,7 @@ from market.gateway.errors import (
 from market.gateway.health import upstream_headers
 from market.gateway.keys import KeyGrant
 from market.gateway.meter import Group, Meter, Reservations, SequencerSource, current
+from market.gateway.progress import Progress
 from market.gateway.sse import EventReader
 from market.gateway.ssrf import EndpointRefused, Target, resolve
 from market.sequencer import Sequencer
@@ -88,6 +89,8 @@ class GatewayConfig:
     allow_hosts: frozenset[str]
     #: The longest a failed charge waits before it is submitted again (s).
     flush_s: float = 1.0
+    #: How often streaming calls' progress is recorded (s; `market.gateway.progress`).
+    progress_s: float = 0.25
     upstream_timeout_s: float = 60.0
     #: Calls in flight per buying account (the gateway's memory per account is bounded
     #: by it): more get 429 `too_many_calls_in_flight`.
@@ -112,6 +115,10 @@ class Call:
     request_bytes: bytes = b""
     response_hash: Any = field(default_factory=hashlib.sha256)
     finished: bool = False
+    #: A stream's completion chunks passed on and the upstream's usage, so far (read by
+    #: `progress.Progress` for its marks).
+    chunks: int = 0
+    usage: metering.Usage | None = None
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -164,6 +171,8 @@ class Gateway:
         self.reservations = Reservations()
         self.meter = Meter(sequencer, self.reservations, config.flush_s)
         self.meter.on_commit = self._charged_groups
+        self.progress = Progress(config.progress_s, self.meter.wake)
+        self.meter.rider = self.progress
         self._refreshing: set[asyncio.Task[None]] = set()
         self.catalog = Catalog()
         self.view = CommittedView()
@@ -193,6 +202,7 @@ class Gateway:
     async def close(self) -> None:
         log.info("gateway: %d calls routed at once, %d after the batch in flight",
                  self.routed_at_once, self.routed_after_commit)  # fmt: skip
+        await self.progress.close()
         await self.meter.close()
         await self.http.close()
 
@@ -357,11 +367,14 @@ class Gateway:
         if call.finished:
             return None
         call.finished = True
+        recorded = self.progress.untrack(call)
         _drop(self.in_flight, (call.route.provider, call.route.endpoint.endpoint_id))
         _drop(self.account_in_flight, call.grant.buyer)
         charged = metering.charge(call.plan, usage, chunks) if served else metering.NOTHING
         self.reservations.finish(call.group, call.grant.key_id, call.plan.reserved, charged.tokens)
         if not served:
+            if recorded:
+                self.meter.forget([call.receipt_id])
             return None
         buyer, provider, instrument = call.group
         return self.meter.charge(GatewayReceipt(
@@ -373,7 +386,7 @@ class Gateway:
             started_ms=call.started_ms, ended_ms=max(call.started_ms, now_ms()),
             request_sha256=hashlib.sha256(call.request_bytes).digest(),
             response_sha256=call.response_hash.digest(),
-        ))  # fmt: skip
+        ), recorded=recorded)  # fmt: skip
 
     async def _charged(self, call: Call, usage: metering.Usage | None, chunks: int) -> None:
         """Finish a served call and wait until its receipt is committed (or raise 503
@@ -466,6 +479,7 @@ class Gateway:
     async def _stream(
         self, call: Call, response: aiohttp.ClientResponse, *, wants_usage: bool
     ) -> Stream:
+        self.progress.track(call)
         relay = self._relay(call, response, wants_usage)
         # Started here, not when the response is first sent: a started generator's cleanup
         # (which ends the call) runs even if the buyer is gone before anything is sent.
@@ -478,14 +492,14 @@ class Gateway:
     ) -> AsyncGenerator[bytes, None]:
         """The stream's events as they come, but its tail ([DONE] and the usage-only
         event, or the error of a cut) only once the call's receipt is committed."""
-        reader, usage, chunks, done = EventReader(), None, 0, False
+        reader, done = EventReader(), False
         tail: list[bytes] = []
         try:
             try:
                 async for data in response.content.iter_any():
                     for event in reader.feed(data):
-                        usage = event.usage or usage
-                        chunks += event.has_content
+                        call.usage = event.usage or call.usage
+                        call.chunks += event.has_content
                         done = done or event.done
                         if event.usage_only and not wants_usage:
                             continue
@@ -500,13 +514,13 @@ class Gateway:
                 tail.append(_cut_event())
                 call.response_hash.update(tail[-1])
             try:
-                await self._charged(call, usage, chunks)
+                await self._charged(call, call.usage, call.chunks)
             except ChargeUnavailable as exc:
                 tail = [_error_event(exc.message, "service_unavailable", exc.code)]
             for raw in tail:
                 yield raw
         finally:
-            self.finish(call, usage, chunks, served=True)  # the buyer went away: no wait
+            self.finish(call, call.usage, call.chunks, served=True)  # the buyer went away
             if response.content.at_eof():
                 response.release()  # the connection goes back to the pool
             else:

@@ -20,6 +20,7 @@ from ledger.errors import IdempotencyConflict
 from ledger.rows import BatchRows
 from ledger.writer import LedgerBatch
 from market.report_store import ReportRow, Triple, VoucherRow, stage_report_rows
+from market.sequencer.calls import CallRows
 from market.sequencer.errors import InstrumentSettled, OrderRefused, TransactionRefused
 from market.sequencer.state import MarketState
 from market.store import (
@@ -77,6 +78,8 @@ class Batch:
     #: Vouchers accepted by this batch, by (buyer, provider, instrument) (the last one).
     vouchers: dict[Triple, VoucherRow] = field(default_factory=dict)
     voucher_rows: list[VoucherRow] = field(default_factory=list)
+    #: The gateway's streaming calls marked or closed by this batch (`sequencer.calls`).
+    calls: CallRows = field(default_factory=CallRows)
 
     def report(self, key: Key) -> ReportRow | None:
         """A report as this batch leaves it so far (or as the database had it)."""
@@ -122,6 +125,7 @@ class Batch:
             "EXCLUDED.deadline_ms, updated_ms = EXCLUDED.updated_ms",
         )  # fmt: skip
         stage_report_rows(rows, list(self.reports.values()), self.voucher_rows)
+        self.calls.stage(rows)
 
 
 _digest_encoder = msgspec.msgpack.Encoder(order="sorted")

@@ -47,7 +47,7 @@ from schemas.gateway import GatewayDelivery, GatewayReceipt
 RECEIPT_COLUMNS = (
     "receipt_id", "key_id", "buyer", "provider", "instrument", "endpoint_id", "model",
     "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "tokens",
-    "started_ms", "ended_ms", "request_sha256", "response_sha256", "transaction_id",
+    "started_ms", "ended_ms", "request_sha256", "response_sha256", "ending", "transaction_id",
 )  # fmt: skip
 
 LINK_COLUMNS = ("transaction_id", "position", "receipt_id")

@@ -1,7 +1,7 @@
 """The sequencer's one `match`: each op of a batch to its stage's handler.
 
 `dispatch` hands an op (the tagged union `ops.AnyOp`) to the handler of its stage
-(`orders`, `treasury`, `lifecycle`, `delivery`, `deadman`, `vouchers`, `disputes`) with
+(`orders`, `treasury`, `lifecycle`, `delivery`, `calls`, `deadman`, `vouchers`, `disputes`) with
 the batch context, and says how to read its result once the whole batch is staged;
 `staged_op` turns a refusal into `Failed`; `prior_of` reads what the database already
 holds for the caller-chosen ids of a batch's ops (idempotency), before it is staged.
@@ -16,6 +16,7 @@ import asyncpg
 
 from market.report_store import find_reports, latest_vouchers
 from market.sequencer import (
+    calls,
     deadman,
     delivery,
     disputes,
@@ -39,6 +40,7 @@ from market.sequencer.ops import (
     DisputeOp,
     Failed,
     GatewayChargeOp,
+    GatewayProgressOp,
     ListingOp,
     PlaceOp,
     ResolveDisputeOp,
@@ -85,8 +87,11 @@ def dispatch(op: AnyOp, batch: Batch) -> Answer:
             result = treasury.withdraw(batch, account, req)
         case WithdrawalOutcomeOp(account_id=account, withdrawal_id=wid, paid=paid):
             result = treasury.withdrawal_outcome(batch, account, wid, paid=paid)
-        case GatewayChargeOp(receipts=receipts):
+        case GatewayChargeOp(receipts=receipts, closes=closes):
             result = delivery.charge(batch, receipts)
+            calls.close(batch.calls, closes)
+        case GatewayProgressOp(marks=marks):
+            result = calls.mark(batch.calls, marks)
         case CancelAfterOp(account_id=account, timeout_ms=timeout_ms):
             result = deadman.arm(batch, account, timeout_ms)
         case VoucherOp(provider_account=provider, voucher=voucher, signature=signature):

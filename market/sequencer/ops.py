@@ -17,7 +17,7 @@ from typing import Generic, NoReturn, TypeVar
 
 from schemas.disputes import DisputeRequest, DisputeView, Voucher, VoucherView
 from schemas.errors import DomainError
-from schemas.gateway import GatewayDelivery, GatewayReceipt
+from schemas.gateway import CallMark, GatewayDelivery, GatewayReceipt
 from schemas.trading import (
     AmendOrder,
     CancelAfterView,
@@ -122,9 +122,21 @@ class WithdrawalOutcomeOp(Op[WithdrawalView]):
 @dataclass(slots=True)
 class GatewayChargeOp(Op[list[GatewayDelivery]]):
     """The gateway's metered calls since its last flush: their receipts, charged as one
-    delivery per (buyer, provider, instrument) (`market.sequencer.delivery`)."""
+    delivery per (buyer, provider, instrument) (`market.sequencer.delivery`). `closes`:
+    the receipt ids whose progress marks (`gateway_calls`) go with this op's commit (the
+    calls whose progress was recorded, or, at a restart, whose receipt already was)."""
 
     receipts: tuple[GatewayReceipt, ...]
+    closes: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class GatewayProgressOp(Op[int]):
+    """The gateway's streaming calls in flight, as far as each has come: their marks
+    replace what `gateway_calls` held of them (`market.sequencer.calls`). Produces how
+    many were recorded."""
+
+    marks: tuple[CallMark, ...]
 
 
 @dataclass(slots=True)
@@ -180,6 +192,7 @@ AnyOp = (
     | WithdrawOp
     | WithdrawalOutcomeOp
     | GatewayChargeOp
+    | GatewayProgressOp
     | CancelAfterOp
     | VoucherOp
     | DisputeOp

@@ -14,9 +14,9 @@ answers them all `ledger_unavailable` (503). Nothing unacknowledged is ever visi
 readers of memory (`Sequencer.committed`) wait until nothing is in flight, and a
 waiting reader stops the pipeline from staging further ahead until it has read.
 
-Only trading commands are staged ahead (`PIPELINED`): others look up their
-caller-chosen ids in the database, which has not seen the batches in flight, so a
-batch holding one waits for the pipeline to empty first. A batch that settled an
+Only trading commands (and the gateway's progress marks) are staged ahead (`PIPELINED`):
+others look up their caller-chosen ids in the database, which has not seen the batches
+in flight, so a batch holding one waits for the pipeline to empty first. A batch that settled an
 instrument makes the next wait for its commit (its books are reduced then).
 """
 
@@ -34,6 +34,7 @@ from market.sequencer.ops import (
     CancelAfterOp,
     CancelAllOp,
     CancelOp,
+    GatewayProgressOp,
     Outcome,
     PlaceOp,
     TickOp,
@@ -43,8 +44,9 @@ from market.store import OrderRow
 #: Batches in flight by default (`TOKEX_PIPELINE_DEPTH`): 1 is strictly serial.
 PIPELINE_DEPTH = 2
 
-#: Commands a batch may hold and still be staged while earlier batches commit.
-PIPELINED = (PlaceOp, CancelOp, AmendOp, CancelAllOp, CancelAfterOp, TickOp)
+#: Commands a batch may hold and still be staged while earlier batches commit (the
+#: gateway's progress marks read nothing: they only replace rows of calls in flight).
+PIPELINED = (PlaceOp, CancelOp, AmendOp, CancelAllOp, CancelAfterOp, TickOp, GatewayProgressOp)
 
 
 @dataclass(slots=True)

@@ -333,6 +333,7 @@ _METER_LINE = re.compile(
 
 
 _ROUTED_LINE = re.compile(r"gateway: (\d+) calls routed at once, (\d+) after the batch")
+_PROGRESS_LINE = re.compile(r"gateway progress: (\d+) marks in (\d+) commits")
 
 
 def commits_report(log: Path) -> None:
@@ -340,6 +341,9 @@ def commits_report(log: Path) -> None:
     for at_once, after in _ROUTED_LINE.findall(text)[-1:]:
         print(f"  routing: {int(at_once):,} calls on the committed view at once, "
               f"{int(after):,} after waiting for the batch in flight")  # fmt: skip
+    for marks, commits in _PROGRESS_LINE.findall(text)[-1:]:
+        print(f"  progress marks of streaming calls: {int(marks):,} in {int(commits):,} "
+              f"commits (TOKEX_GATEWAY_PROGRESS_MS)")  # fmt: skip
     found = _METER_LINE.findall(text)
     if not found:
         print("  group commits: not in the server's log")

@@ -11,6 +11,8 @@ import pytest
 from ledger.canonical import decode_transaction, transaction_bytes
 from ledger.merkle import InvalidProof, MemoryNodeStore, leaf_hash
 from ledger.receipts import (
+    RECEIPT_PREFIX,
+    RECEIPT_PREFIX_V2,
     ReceiptMismatch,
     check_receipts,
     commitment,
@@ -20,7 +22,7 @@ from ledger.receipts import (
     receipts_root,
     verify_receipt_proof,
 )
-from schemas.gateway import GatewayReceipt, ReceiptProof
+from schemas.gateway import Ending, GatewayReceipt, ReceiptProof
 from schemas.ledger import Account, Bucket, CommittedTransaction, Entry
 from schemas.ledger_api import LedgerEntry, TransactionView
 from schemas.ledger_proofs import InclusionProof
@@ -63,6 +65,56 @@ def test_the_hash_covers_every_field_and_the_bytes_round_trip() -> None:
         assert receipt_hash(changed) != receipt_hash(r), name
     with pytest.raises(ValueError):
         decode_receipt(receipt_bytes(r)[1:])
+
+
+#: A receipt and its hash as computed before receipts had an `ending` (commit edcfb52).
+BEFORE_ENDING = GatewayReceipt(
+    receipt_id="rcp_" + "ab" * 12, key_id="ik_0123456789abcdef", buyer="acc_b",
+    provider="acc_p", instrument="llama-3.1-70b/2030-12-01T00Z/1h", endpoint_id="e1",
+    model="llama-3.1-70b", prompt_tokens=3, completion_tokens=4, cached_tokens=1,
+    reasoning_tokens=0, tokens=7, started_ms=1_700_000_000_000, ended_ms=1_700_000_000_250,
+    request_sha256=hashlib.sha256(b"q").digest(), response_sha256=hashlib.sha256(b"a").digest(),
+)  # fmt: skip
+BEFORE_ENDING_HASH = "f31fbcd6c1e157f295036ffd131455b60d4ff4366d187fcbff3baad210a11688"
+
+
+def _payload(r: GatewayReceipt, **fields: object) -> bytes:
+    values = {**msgspec.structs.asdict(r), **fields}
+    return msgspec.msgpack.Encoder(order="sorted").encode(
+        {k: v for k, v in values.items() if v is not None}
+    )
+
+
+def test_receipts_cut_by_a_crash_take_layout_v2_and_the_others_keep_their_hashes() -> None:
+    r = BEFORE_ENDING
+    assert r.ending is Ending.SEEN
+    assert receipt_hash(r).hex() == BEFORE_ENDING_HASH  # every old receipt still verifies
+    assert receipt_bytes(r).startswith(RECEIPT_PREFIX) and b"ending" not in receipt_bytes(r)
+    crash = msgspec.structs.replace(r, ending=Ending.CRASH)
+    data = receipt_bytes(crash)
+    assert data.startswith(RECEIPT_PREFIX_V2) and b"crash" in data
+    assert decode_receipt(data) == crash and decode_receipt(receipt_bytes(r)) == r
+    assert receipt_hash(crash) != receipt_hash(r)
+    # One canonical form per receipt: the other spellings are refused.
+    forged = {
+        "v1 naming its ending": RECEIPT_PREFIX + _payload(r, ending="seen"),
+        "v1 of a crash": RECEIPT_PREFIX + _payload(r, ending="crash"),
+        "v2 of a call seen to its end": RECEIPT_PREFIX_V2 + _payload(r, ending="seen"),
+        "v2 without an ending": RECEIPT_PREFIX_V2 + _payload(r, ending=None),
+        "v3": b"tokex/receipt/v3\x00" + _payload(r, ending="crash"),
+    }
+    assert RECEIPT_PREFIX + _payload(r, ending=None) == receipt_bytes(r)
+    for why, body in forged.items():
+        with pytest.raises(ValueError):
+            decode_receipt(body)
+            pytest.fail(why)
+    # The auditor's rule holds for a delivery with both layouts.
+    rs = [receipt(1), msgspec.structs.replace(receipt(2), ending=Ending.CRASH)]
+    meta = {"buyer": "b", "provider": "p", "instrument": "m/1/1", **commitment(rs, 1).metadata()}
+    assert check_receipts(meta, 16, rs).count == 2
+    altered = [rs[0], msgspec.structs.replace(rs[1], ending=Ending.SEEN)]
+    with pytest.raises(ReceiptMismatch, match="root"):
+        check_receipts(meta, 16, altered)
 
 
 def test_the_root_commits_to_the_receipts_and_their_order() -> None:

@@ -50,6 +50,34 @@ async def test_whole_rows_and_some_columns_store_the_same(db_conn: asyncpg.Conne
     assert stored == [(1, "a", b"\x00", None, 1), (2, None, None, None, 7), (3, "c", None, None, 7)]
 
 
+async def test_rows_deleted_by_key_in_the_same_statement(db_conn: asyncpg.Connection) -> None:
+    await db_conn.execute(CREATE)
+    rows = BatchRows()
+    rows.insert("rows_probe", ("id", "name"), [(1, "a"), (2, "b"), (3, "c")])
+    rows.delete("rows_probe", "id", [])  # nothing to delete: nothing staged
+    assert rows.tables() == ["rows_probe"]
+    await rows.execute(db_conn)
+    rows = BatchRows()
+    rows.insert("rows_probe", ("id", "name"), [(4, "d")])
+    rows.delete("rows_probe", "id", [1, 3, 3, 99])  # repeated and absent keys are fine
+    rows.delete("rows_probe", "name", ["b"])
+    assert rows.tables() == ["rows_probe", "rows_probe", "rows_probe"]
+    await rows.execute(db_conn)
+    assert [r["id"] for r in await db_conn.fetch("SELECT id FROM rows_probe")] == [4]
+    # Only deletes: a statement all the same; and all or nothing with a failing insert.
+    rows = BatchRows()
+    rows.delete("rows_probe", "id", [4])
+    rows.insert("rows_probe", ("id", "short"), [(5, "abcdef")])
+    with pytest.raises(asyncpg.StringDataRightTruncationError):
+        await rows.execute(db_conn)
+    assert await db_conn.fetchval("SELECT count(*) FROM rows_probe") == 1
+    rows = BatchRows()
+    rows.delete("rows_probe", "id", [4])
+    assert rows
+    await rows.execute(db_conn)
+    assert await db_conn.fetchval("SELECT count(*) FROM rows_probe") == 0
+
+
 async def test_a_value_too_long_is_refused_not_cut(db_conn: asyncpg.Connection) -> None:
     await db_conn.execute(CREATE)
     for columns, record in (

@@ -187,6 +187,7 @@ RECORDED = [
     (11, "vouchers_disputes", "market/migrations"),
     (12, "retired_accounts", "ledger/migrations"),
     (13, "retire_settled_accounts", "market/migrations"),
+    (14, "gateway_calls", "market/migrations"),
 ]
 
 

@@ -1,5 +1,6 @@
-"""A call's receipt is durable before its last byte reaches the buyer, and a charge that
-cannot be committed reaches the buyer as an OpenAI-style error in place of the tail."""
+"""A call's receipt is durable before its last byte reaches the buyer, a charge that
+cannot be committed reaches the buyer as an OpenAI-style error in place of the tail, and
+a call cut by a crash is charged, once, by what the exchange had recorded of it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.market.gateway.gateway_support import MODEL, Market, open_market
+from ledger.receipts import receipt_hash
+from ledger.store import recomputed_balances
+from market.clearing.rules import delivery_split
+from schemas.gateway import Ending
+from tests.market.gateway.gateway_support import FEE_BPS, MODEL, Market, open_market
 from tests.support.upstream import Upstream
 
 CHAT = [{"role": "user", "content": "one two three"}]
@@ -35,8 +40,10 @@ async def market(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterat
 
 @pytest.fixture
 async def quick(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
-    """Failed charges retried every 100 ms."""
-    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000):
+    """Failed charges retried every 100 ms; no progress marks (their ops would meet the
+    lost database first, and it would have healed by the call's end)."""
+    env = {"TOKEX_GATEWAY_PROGRESS_MS": "60000"}
+    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000, env=env):
         yield m
 
 
@@ -126,5 +133,88 @@ async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
             await asyncio.sleep(0.2)
         assert row is not None and row["tokens"] == 7 and row["transaction_id"] is not None
         assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 1
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def marked(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
+    """Streaming calls' progress recorded every 50 ms."""
+    env = {"TOKEX_GATEWAY_PROGRESS_MS": "50"}
+    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000, env=env):
+        yield m
+
+
+async def recorded(conn: asyncpg.Connection, receipt_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT chunks, completion_tokens FROM gateway_calls WHERE receipt_id = $1", receipt_id
+    )
+
+
+async def zero_sums(conn: asyncpg.Connection) -> dict[str, int]:
+    sums: dict[str, int] = {}
+    for account, (available, held) in (await recomputed_balances(conn)).items():
+        sums[account.asset] = sums.get(account.asset, 0) + available + held
+    return sums
+
+
+async def test_a_call_cut_by_a_crash_is_charged_by_its_last_progress_mark_once(
+    marked: Market, db_url: str
+) -> None:
+    m = marked
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    m.upstream.chunk_delay_s = 0.05  # 60 chunks: 3 s
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 60, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+            # A call marked while it streams, then seen to its end: its receipt took its row.
+            async with http.stream(
+                "POST", "/chat/completions", json={**body, "max_tokens": 20}
+            ) as r:
+                done_id, lines, was_marked = r.headers["x-tokex-receipt"], [], False
+                async for line in r.aiter_lines():
+                    lines.append(line)
+                    was_marked = was_marked or await recorded(conn, done_id) is not None
+            assert lines[-2:] == ["data: [DONE]", ""] and was_marked
+            assert await recorded(conn, done_id) is None
+            await m.settled()
+            before, cash_before = await m.entitlement(), await m.provider_cash()
+
+            async with http.stream("POST", "/chat/completions", json=body) as r:
+                rid, events = r.headers["x-tokex-receipt"], 0
+                async for line in r.aiter_lines():
+                    events += line.startswith("data: ")
+                    mark = await recorded(conn, rid) if events >= 5 else None
+                    if mark is not None and mark["chunks"] >= 5:
+                        m.proc.kill()  # SIGKILL mid-stream, its progress recorded
+                        break
+        mark = await recorded(conn, rid)  # what the exchange had recorded when it crashed
+        assert mark is not None and mark["completion_tokens"] is None  # no usage came
+        chunks = mark["chunks"]
+        assert 5 <= chunks < 60
+
+        await asyncio.to_thread(m.proc.start)  # it serves once the cut call is closed
+        after = await m.entitlement()
+        assert before.entitlement - after.entitlement == chunks  # one token a chunk, no prompt
+        split = delivery_split(chunks, before.entitlement, before.escrow, FEE_BPS)
+        assert (after.delivered - before.delivered, after.released - before.released) == (
+            chunks, split.released)  # fmt: skip
+        assert await m.provider_cash() - cash_before == split.paid  # pro rata less the fee
+        view = await m.buyer.receipt(rid)
+        assert view.receipt.ending is Ending.CRASH and view.transaction_id is not None
+        r_ = view.receipt
+        assert (r_.prompt_tokens, r_.completion_tokens, r_.tokens) == (0, chunks, chunks)
+        assert view.receipt_sha256 == receipt_hash(r_)
+        assert (await m.buyer.receipt(done_id)).receipt.ending is Ending.SEEN
+        assert await conn.fetchval("SELECT count(*) FROM gateway_calls") == 0
+        assert set((await zero_sums(conn)).values()) == {0}
+
+        m.proc.kill()  # a second crash and restart charge nothing more
+        await asyncio.to_thread(m.proc.start)
+        assert (await m.entitlement()).entitlement == after.entitlement
+        assert await m.provider_cash() - cash_before == split.paid
+        assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 2
     finally:
         await conn.close()
