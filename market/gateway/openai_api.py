@@ -11,6 +11,11 @@ The router is public to the signed-request middleware (`opt=PUBLIC`): a signatur
 admits nor is needed here; every route checks the bearer key first (`authorize`)
 (401 `invalid_api_key` otherwise) and its rate (a token bucket per key, 429 `rate_limited`
 with Retry-After). Errors are in OpenAI's shape (`errors`).
+
+In the exchange's app (`ops.app.create_app`) the two POST routes are answered by the lean
+path in front of Litestar (`openai_asgi`), with the same functions (`authorize`,
+`Gateway.call`); these handlers make their OpenAPI document and answer them in an app
+built without that dispatcher.
 """
 
 from __future__ import annotations
