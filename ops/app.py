@@ -44,6 +44,7 @@ from market.feed import MarketData
 from market.gateway.endpoints_api import endpoints_router
 from market.gateway.keys_api import keys_router
 from market.gateway.openai_api import openai_router
+from market.gateway.openai_asgi import OpenAICalls, serve_call
 from market.gateway.receipts_api import receipts_router
 from market.stream import market_stream
 from market.vouchers_api import vouchers_router
@@ -195,6 +196,10 @@ def create_app(
         debug=debug,
         logging_config=None,  # logging is the process's business (the CLI sets it up)
     )
+    # the gateway's metered calls, in front of Litestar's router and middleware, with the
+    # NUL check and the database gate (market.gateway.openai_asgi)
+    calls = RefuseNulBytes(DatabaseGate(serve_call))
+    app.asgi_handler = OpenAICalls(app.asgi_handler, calls)
     # request ids, the access log and request metrics, around everything (ops.observe)
     return observe(app)
 

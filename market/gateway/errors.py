@@ -111,12 +111,44 @@ def status_of(exc: DomainError) -> int:
     return STATUS_OF_KIND.get(exc.kind, 400)
 
 
-def _domain(_: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
-    status = status_of(exc)
-    headers = dict(getattr(exc, "headers", {}) or {})
-    if status == 503:
-        headers.setdefault("Retry-After", "1")
-    return Response(error_body(status, exc.code, exc.message), status_code=status, headers=headers)
+class PayloadTooLarge(GatewayError):
+    """A body beyond the gateway's limit (`openai_api.MAX_BODY_BYTES`), read by the lean
+    path (`openai_asgi`); Litestar's own check answers the same through `_http`."""
+
+    code = "payload_too_large"
+    kind = ErrorKind.INVALID
+    status = 413
+
+
+#: An error answer: status, body (OpenAI's shape), headers.
+ErrorAnswer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+def answer_of(exc: BaseException, supervisor: Any = None) -> ErrorAnswer:
+    """What a route of /openai/v1 answers for `exc`: the one mapping of the gateway's
+    errors, used by Litestar's handlers (below) and by the lean path (`openai_asgi`). A
+    lost database is 503 `database_unavailable` (and tells the database supervisor, if
+    any); anything unexpected is 500 `internal_error`, logged."""
+    if isinstance(exc, DomainError):
+        status = status_of(exc)
+        headers = dict(getattr(exc, "headers", {}) or {})
+        if status == 503:
+            headers.setdefault("Retry-After", "1")
+        return status, error_body(status, exc.code, exc.message), headers
+    if isinstance(exc, DATABASE_DOWN) and not isinstance(exc, CLIENT_FAULTS):
+        log.warning("gateway: database unreachable: %s: %s", type(exc).__name__, exc)
+        if supervisor is not None:
+            supervisor.report_failure()
+        body = error_body(503, "database_unavailable", "the database is unavailable; try again")
+        return 503, body, {"Retry-After": "1"}
+    log.error("gateway: unexpected %s", type(exc).__name__, exc_info=exc)
+    return 500, error_body(500, "internal_error", "internal error; it has been logged"), {}
+
+
+def _answer(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    supervisor = request.app.state.get("database_supervisor")
+    status, body, headers = answer_of(exc, supervisor)
+    return Response(body, status_code=status, headers=headers)
 
 
 def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -125,25 +157,10 @@ def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return Response(error_body(status, code, str(exc.detail)), status_code=status)
 
 
-def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.error("gateway: unexpected %s", type(exc).__name__, exc_info=exc)
-    body = error_body(500, "internal_error", "internal error; it has been logged")
-    return Response(body, status_code=500)
-
-
-def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.warning("gateway: database unreachable: %s: %s", type(exc).__name__, exc)
-    supervisor = request.app.state.get("database_supervisor")
-    if supervisor is not None:
-        supervisor.report_failure()
-    body = error_body(503, "database_unavailable", "the database is unavailable; try again")
-    return Response(body, status_code=503, headers={"Retry-After": "1"})
-
-
 def openai_exception_handlers() -> ExceptionHandlersMap:
     return {
-        DomainError: _domain, HTTPException: _http,
-        **dict.fromkeys(DATABASE_DOWN, _database_down),
-        **dict.fromkeys(CLIENT_FAULTS, _internal),
-        Exception: _internal,
+        DomainError: _answer, HTTPException: _http,
+        **dict.fromkeys(DATABASE_DOWN, _answer),
+        **dict.fromkeys(CLIENT_FAULTS, _answer),
+        Exception: _answer,
     }  # fmt: skip

@@ -11,6 +11,11 @@ The router is public to the signed-request middleware (`opt=PUBLIC`): a signatur
 admits nor is needed here; every route checks the bearer key first (`authorize`)
 (401 `invalid_api_key` otherwise) and its rate (a token bucket per key, 429 `rate_limited`
 with Retry-After). Errors are in OpenAI's shape (`errors`).
+
+In the exchange's app (`ops.app.create_app`) the two POST routes are answered by the lean
+path in front of Litestar (`openai_asgi`), with the same functions (`authorize`,
+`Gateway.call`); these handlers make their OpenAPI document and answer them in an app
+built without that dispatcher.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from litestar import Request, Router, get, post
+from litestar import MediaType, Request, Router, get, post
 from litestar.datastructures import State
 from litestar.response import Response, Stream
 
 from market.auth import PUBLIC
 from market.gateway import keys
 from market.gateway.errors import openai_exception_handlers
-from market.gateway.service import Gateway
+from market.gateway.service import RECEIPT_HEADER, Answer, Gateway
 from market.signing import now_ms
 from schemas.errors import DomainError, ErrorKind
 
@@ -45,15 +50,15 @@ def provide_gateway(state: State) -> Gateway:
     return gateway
 
 
-async def authorize(request: Request[Any, Any, Any]) -> tuple[Gateway, keys.KeyGrant]:
-    """The gateway and the key's grant (401 `invalid_api_key`), within its rate (429
-    `rate_limited`). Grants are kept for `service.GRANTS_CACHE_S` (a revocation here
-    clears them at once); a key's expiry is checked on every call. Called by each route
-    itself rather than through Litestar's dependency injection: a tenth of the gateway's
-    CPU a call went to resolving these."""
-    state = request.app.state
+async def authorize(state: State, authorization: str | None) -> tuple[Gateway, keys.KeyGrant]:
+    """The gateway and the grant of the key in the `Authorization` header (401
+    `invalid_api_key`), within its rate (429 `rate_limited`). Grants are kept for
+    `service.GRANTS_CACHE_S` (a revocation here clears them at once); a key's expiry is
+    checked on every call. Called by each route itself (and by `openai_asgi`) rather than
+    through Litestar's dependency injection: a tenth of the gateway's CPU a call went to
+    resolving these."""
     gateway = provide_gateway(state)
-    secret = keys.bearer_secret(request.headers.get("authorization"))
+    secret = keys.bearer_secret(authorization)
     digest = keys.secret_hash(secret)
     now = now_ms()
 
@@ -69,22 +74,34 @@ async def authorize(request: Request[Any, Any, Any]) -> tuple[Gateway, keys.KeyG
     return gateway, grant
 
 
+async def _authorize(request: Request[Any, Any, Any]) -> tuple[Gateway, keys.KeyGrant]:
+    return await authorize(request.app.state, request.headers.get("authorization"))
+
+
+def to_response(answer: Answer) -> Response[Any] | Stream:
+    headers = {RECEIPT_HEADER: answer.receipt_id}
+    if answer.events is None:
+        return Response(answer.body, media_type=MediaType.JSON, headers=headers)
+    headers["Cache-Control"] = "no-cache"
+    return Stream(answer.events, media_type="text/event-stream", headers=headers)
+
+
 @get("/models", summary="The models this key may use now")
 async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    gateway, grant = await authorize(request)
+    gateway, grant = await _authorize(request)
     return {"object": "list", "data": await gateway.models(grant)}
 
 
 @post("/chat/completions", status_code=200, summary="Chat completion, metered")
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
-    gateway, grant = await authorize(request)
-    return await gateway.call(grant, "/chat/completions", await request.body())
+    gateway, grant = await _authorize(request)
+    return to_response(await gateway.call(grant, "/chat/completions", await request.body()))
 
 
 @post("/completions", status_code=200, summary="Text completion, metered")
 async def completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
-    gateway, grant = await authorize(request)
-    return await gateway.call(grant, "/completions", await request.body())
+    gateway, grant = await _authorize(request)
+    return to_response(await gateway.call(grant, "/completions", await request.body()))
 
 
 openai_router = Router(

@@ -32,15 +32,14 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import asyncpg
 import msgspec
-from litestar import Response
-from litestar.response import Stream
+import yarl
 
 from market.auth import RateLimiter
 from market.gateway import endpoints as store
@@ -69,6 +68,13 @@ from schemas.gateway import GatewayReceipt
 
 log = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
+
+
+class _Usage(msgspec.Struct):
+    usage: Any = None  # an answer's other fields are skipped, not decoded
+
+
+_answer_decoder = msgspec.json.Decoder(_Usage)
 _encoder = msgspec.json.Encoder()
 
 #: The response header naming a call's receipt (`GET /v1/receipts`), sent with the first byte.
@@ -98,6 +104,17 @@ class GatewayConfig:
     #: Calls per second per inference key, on average and in a burst (429 `rate_limited`).
     rate_limit: float = 100.0
     rate_burst: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A served call's answer, for whichever path sends it (`openai_asgi`, or Litestar's
+    routes in `openai_api`): a non-streamed body whole, or a stream's SSE bytes (its
+    first event already read; closing the iterator early ends the call)."""
+
+    receipt_id: str
+    body: bytes = b""
+    events: AsyncGenerator[bytes, None] | None = None
 
 
 @dataclass(slots=True)
@@ -193,6 +210,7 @@ class Gateway:
         self.routed_at_once = 0
         self.routed_after_commit = 0
         self.http = upstream_session(config.upstream_timeout_s)
+        self._urls: dict[tuple[Target, str], yarl.URL] = {}
 
     @property
     def sequencer(self) -> Sequencer:
@@ -416,7 +434,7 @@ class Gateway:
         self.targets.put(call.row.base_url, target)
         return target
 
-    async def call(self, grant: KeyGrant, path: str, raw: bytes) -> Response[Any] | Stream:
+    async def call(self, grant: KeyGrant, path: str, raw: bytes) -> Answer:
         body = parse_body(raw)
         call = await self.open_call(grant, body)
         try:
@@ -434,9 +452,14 @@ class Gateway:
         """POST to the endpoint's checked address (its Host, TLS name and credential)."""
         headers = upstream_headers(target, call.row.credential)
         headers["Content-Type"] = "application/json"
+        url = self._urls.get((target, path))
+        if url is None:  # parsed once per address and path, not on every call
+            if len(self._urls) >= CACHE_ENTRIES:
+                self._urls.clear()
+            url = self._urls[target, path] = yarl.URL(target.url + path)
         try:
             response = await self.http.post(
-                target.url + path, data=call.request_bytes, headers=headers,
+                url, data=call.request_bytes, headers=headers,
                 allow_redirects=False, server_hostname=target.server_hostname,
             )  # fmt: skip
         except TimeoutError:
@@ -452,7 +475,7 @@ class Gateway:
             raise UpstreamFailed(f"the upstream answered {response.status}; nothing was charged")
         return response
 
-    async def _once(self, call: Call, response: aiohttp.ClientResponse) -> Response[Any]:
+    async def _once(self, call: Call, response: aiohttp.ClientResponse) -> Answer:
         try:
             content = await response.read()
         except TimeoutError:
@@ -466,59 +489,64 @@ class Gateway:
         finally:
             response.release()
         try:
-            answer = _decoder.decode(content)
+            usage = metering.parse_usage(_answer_decoder.decode(content).usage)
+        except msgspec.ValidationError:  # JSON, but not an object: no usage
+            usage = None
         except msgspec.DecodeError:
             raise UpstreamFailed("the upstream's answer is not JSON; nothing was charged") from None
-        usage = metering.parse_usage(answer.get("usage")) if isinstance(answer, dict) else None
         call.response_hash.update(content)
         await self._charged(call, usage, 0)  # the body goes only once its receipt is durable
-        return Response(
-            content, media_type="application/json", headers={RECEIPT_HEADER: call.receipt_id}
-        )
+        return Answer(call.receipt_id, body=content)
 
     async def _stream(
         self, call: Call, response: aiohttp.ClientResponse, *, wants_usage: bool
-    ) -> Stream:
+    ) -> Answer:
         self.progress.track(call)
         relay = self._relay(call, response, wants_usage)
         # Started here, not when the response is first sent: a started generator's cleanup
         # (which ends the call) runs even if the buyer is gone before anything is sent.
         first = await anext(relay)
-        headers = {"Cache-Control": "no-cache", RECEIPT_HEADER: call.receipt_id}
-        return Stream(_chain(first, relay), media_type="text/event-stream", headers=headers)
+        return Answer(call.receipt_id, events=_chain(first, relay))
 
     async def _relay(
         self, call: Call, response: aiohttp.ClientResponse, wants_usage: bool
     ) -> AsyncGenerator[bytes, None]:
-        """The stream's events as they come, but its tail ([DONE] and the usage-only
-        event, or the error of a cut) only once the call's receipt is committed."""
+        """The stream's events as they come (those of one read from the upstream as one
+        piece), but its tail ([DONE] and the usage-only event, or the error of a cut), as
+        the last piece, only once the call's receipt is committed. The response hash
+        covers the bytes passed on, in order, the tail included. The usage and the chunks
+        passed on live on the call, where its progress marks read them."""
         reader, done = EventReader(), False
         tail: list[bytes] = []
         try:
             try:
                 async for data in response.content.iter_any():
+                    out: list[bytes] = []
                     for event in reader.feed(data):
                         call.usage = event.usage or call.usage
                         call.chunks += event.has_content
                         done = done or event.done
                         if event.usage_only and not wants_usage:
                             continue
-                        call.response_hash.update(event.raw)
                         if tail or event.done or event.usage_only:
                             tail.append(event.raw)
                         else:
-                            yield event.raw
+                            out.append(event.raw)
+                    if out:
+                        piece = out[0] if len(out) == 1 else b"".join(out)
+                        call.response_hash.update(piece)
+                        yield piece
             except (aiohttp.ClientError, TimeoutError):
                 pass
             if not done:
                 tail.append(_cut_event())
-                call.response_hash.update(tail[-1])
+            last = b"".join(tail)
+            call.response_hash.update(last)
             try:
                 await self._charged(call, call.usage, call.chunks)
             except ChargeUnavailable as exc:
-                tail = [_error_event(exc.message, "service_unavailable", exc.code)]
-            for raw in tail:
-                yield raw
+                last = _error_event(exc.message, "service_unavailable", exc.code)
+            yield last  # one piece
         finally:
             self.finish(call, call.usage, call.chunks, served=True)  # the buyer went away
             if response.content.at_eof():
@@ -532,12 +560,16 @@ def upstream_session(timeout_s: float) -> aiohttp.ClientSession:
     address (aiohttp's pool finds a free one in O(1); httpx's looked at every connection
     of the pool on every request, a millisecond and more of CPU a call at 64 in flight).
     `timeout_s` bounds the connection and each read; a whole call may stream for longer.
-    No redirects (`allow_redirects=False` per request), no proxies from the environment."""
+    No redirects (`allow_redirects=False` per request), no proxies from the environment,
+    no cookies (an upstream's cookies are not kept, nor sent to it or to another)."""
     timeout = aiohttp.ClientTimeout(
         total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
     )
     connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )  # fmt: skip
 
 
 def _drop(counts: dict[Any, int], key: Any) -> None:
@@ -548,7 +580,7 @@ def _drop(counts: dict[Any, int], key: Any) -> None:
         counts.pop(key, None)
 
 
-async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     try:
         yield first
         async for chunk in rest:

@@ -34,18 +34,44 @@ class EventReader:
         self._buffer = b""
 
     def feed(self, data: bytes) -> list[Event]:
-        self._buffer += data
+        buffer = self._buffer + data if self._buffer else data
         events: list[Event] = []
-        while (match := _BOUNDARY.search(self._buffer)) is not None:
-            raw = self._buffer[: match.end()]
-            self._buffer = self._buffer[match.end() :]
-            events.append(inspect(raw))
+        start = 0
+        while (match := _BOUNDARY.search(buffer, start)) is not None:
+            events.append(inspect(buffer[start : match.end()]))
+            start = match.end()
+        self._buffer = buffer[start:]
         return events
 
 
 def _data(raw: bytes) -> bytes:
+    if raw.startswith(b"data: ") and raw.endswith(b"\n\n") and raw.count(b"\n") == 2:
+        return raw[6:-2]  # the usual event: one data line (what the loop below makes of it)
     lines = [line for line in raw.splitlines() if line.startswith(b"data:")]
     return b"\n".join(line[5:].lstrip(b" ") for line in lines)
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[Any] | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    text: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    """A chunk as OpenAI-compatible servers send it: decoded into these few fields only
+    (the rest skipped), which is most of the relay's CPU otherwise; a chunk of another
+    shape is read by the generic path of `inspect`."""
+
+    choices: list[_Choice] = []
+    usage: Any = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
 
 
 def _content(choice: Any) -> bool:
@@ -63,6 +89,20 @@ def inspect(raw: bytes) -> Event:
     data = _data(raw)
     if data.strip() == b"[DONE]":
         return Event(raw, done=True)
+    try:
+        chunk = _chunk_decoder.decode(data)
+    except msgspec.DecodeError:  # ValidationError included: another shape
+        pass
+    else:
+        usage = parse_usage(chunk.usage)
+        return Event(
+            raw, usage=usage, usage_only=usage is not None and not chunk.choices,
+            has_content=any(
+                bool(c.delta.content or c.delta.reasoning_content or c.delta.tool_calls)
+                if c.delta is not None else bool(c.text)
+                for c in chunk.choices
+            ),
+        )  # fmt: skip
     try:
         obj = _decoder.decode(data)
     except msgspec.DecodeError:

@@ -60,8 +60,7 @@ class Target:
     @property
     def url(self) -> str:
         """The base URL with the checked address in place of the host name."""
-        ip = ipaddress.ip_address(self.address)
-        shown = f"[{self.address}]" if ip.version == 6 else self.address
+        shown = f"[{self.address}]" if ":" in self.address else self.address  # IPv6
         return f"{self.scheme}://{shown}:{self.port}{self.path}"
 
     @property

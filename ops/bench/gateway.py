@@ -1,6 +1,7 @@
 """The metering gateway's throughput and the latency it adds to a call.
 
     python -m ops.bench.gateway [--seconds 10] [--clients 64] [--mode both] [--keep]
+                                [--profile PREFIX]
 
 Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or DATABASE_URL)
 and the stand-in upstream (`tests.support.upstream`, in a process of its own) on loopback;
@@ -11,8 +12,9 @@ upstream, a buyer holding entitlement from a crossed order and an inference key.
 (`--mode`). It prints, for each: calls per second (through the gateway: metered calls,
 each answered only after its receipt committed), and the time to first byte and total
 time per call (p50, p99), the gateway's added latency being the difference, and the CPU
-the answering process spent per call (the server's: the gateway's own cost; the
-upstream's when called directly; the database's is not counted); and how many
+each process spent per call (ops.bench.cpu: the server with its helper process, the
+gateway's own cost; the upstream; PostgreSQL's postmaster with its backends, when
+embedded; the load generator), the figure that holds on a shared machine; and how many
 sequencer batches a call waited for at its end (from the server's log at shutdown: one
 is the group commit that carries its receipt). Server, upstream, database and load share
 this machine. The data dir is deleted afterwards unless `--keep` or the run failed.
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +44,7 @@ import msgspec
 from market.accounts import create_account
 from market.client import TokexClient
 from market.instruments import format_symbol
+from ops.bench.cpu import CpuSample, Group, postmaster_pid
 from ops.config import Settings
 from ops.database import database_url, remove_embedded
 from schemas.accounts import Role
@@ -202,18 +206,11 @@ def request_head(path: str, length: int, key: str | None) -> bytes:
     ).encode()
 
 
-def cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Phase:
-    cpu_ms: float = 0.0  # CPU of the process answering (the server or the upstream) per call
+    #: CPU per call (ms) of each process group (`groups`): the server, the upstream,
+    #: PostgreSQL (postmaster, backends, workers), the load generator
+    cpu_ms: dict[str, float] = field(default_factory=dict)
     calls: int = 0
     failed: dict[int, int] = field(default_factory=dict)  # status -> calls not complete
     seconds: float = 0.0
@@ -231,9 +228,19 @@ def _complete(stream: bool, status: int, data: bytes) -> bool:
     return data.endswith(b"data: [DONE]\n\n") if stream else b'"usage"' in data
 
 
+def groups(server: int, upstream: int, data_dir: Path | None) -> dict[str, Group]:
+    """The processes whose CPU a phase reports (ops.bench.cpu)."""
+    out = {"server": Group(server, children=True), "upstream": Group(upstream)}
+    postmaster = postmaster_pid(data_dir / "pg") if data_dir is not None else None
+    if postmaster is not None:
+        out["postgresql"] = Group(postmaster, children=True)
+    out["load"] = Group(os.getpid())
+    return out
+
+
 async def run_phase(
     port: int, path: str, key: str | None, clients: int, seconds: float, stream: bool,
-    pid: int = 0,
+    cpu: Mapping[str, Group] | None = None,
 ) -> Phase:  # fmt: skip
     payload: dict[str, object] = {"model": MODEL, "messages": CHAT, "max_tokens": MAX_TOKENS}
     if stream:
@@ -254,10 +261,11 @@ async def run_phase(
             phase.first.append(first)
             phase.total.append(total)
 
-    began, cpu = time.perf_counter(), cpu_s(pid)
+    began, before = time.perf_counter(), CpuSample.take(cpu or {})
     await asyncio.gather(*(worker(c) for c in connections))
     phase.seconds = time.perf_counter() - began
-    phase.cpu_ms = (cpu_s(pid) - cpu) * 1000 / max(1, phase.calls)
+    used = CpuSample.take(cpu or {}).since(before)
+    phase.cpu_ms = {name: s * 1000 / max(1, phase.calls) for name, s in used.items()}
     for conn in connections:
         conn.close()
     return phase
@@ -275,9 +283,10 @@ def report(kind: str, direct: Phase, gateway: Phase) -> None:
             f"    {name:>8}: {p.rate:>7,.0f} calls/s ({p.calls} calls, "
             f"{sum(p.failed.values())} failed{f' {p.failed}' if p.failed else ''}); "
             f"first byte p50 {pct(p.first, 0.5):6.2f} ms p99 {pct(p.first, 0.99):6.2f} ms; "
-            f"total p50 {pct(p.total, 0.5):6.2f} ms p99 {pct(p.total, 0.99):6.2f} ms; "
-            f"CPU {p.cpu_ms:.2f} ms a call"
+            f"total p50 {pct(p.total, 0.5):6.2f} ms p99 {pct(p.total, 0.99):6.2f} ms"
         )
+        cpu = ", ".join(f"{name} {ms:.3f}" for name, ms in p.cpu_ms.items())
+        print(f"              CPU a call (ms): {cpu}")
     for label, q in (("p50", 0.5), ("p99", 0.99)):
         ttfb = pct(gateway.first, q) - pct(direct.first, q)
         total = pct(gateway.total, q) - pct(direct.total, q)
@@ -287,28 +296,30 @@ def report(kind: str, direct: Phase, gateway: Phase) -> None:
 
 async def bench(
     url: str, port: int, upstream_port: int, seconds: float, clients: int, modes: list[bool],
-    pids: tuple[int, int] = (0, 0), profile: str | None = None,
+    cpu: Mapping[str, Group], profile: str | None = None,
 ) -> None:  # fmt: skip
-    """`pids`: of the server and the upstream, for their CPU per call. `profile`: record
-    the server with py-spy during the gateway's phases, to files `profile`-<mode>.txt."""
+    """`cpu`: the processes whose CPU per call is reported (the server's group first).
+    `profile`: record the server with py-spy during the gateway's phases, to files
+    `profile`-<mode>.txt."""
     key = await setup(url, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{upstream_port}/v1")
     print(f"gateway bench: {clients} concurrent clients, {seconds:g} s per phase, chat "
           f"completions of {MAX_TOKENS} tokens; server, upstream, database and load on this "
-          "machine")  # fmt: skip
+          f"machine ({os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")  # fmt: skip
     for stream in modes:
         warm = min(1.0, seconds)
         await run_phase(upstream_port, "/v1/chat/completions", None, clients, warm, stream)
         await run_phase(port, "/openai/v1/chat/completions", key, clients, warm, stream)
         direct = await run_phase(
-            upstream_port, "/v1/chat/completions", None, clients, seconds, stream, pids[1]
+            upstream_port, "/v1/chat/completions", None, clients, seconds, stream, cpu
         )
         spy = (
-            _py_spy(pids[0], seconds, f"{profile}-{'stream' if stream else 'plain'}.txt")
+            _py_spy(cpu["server"].pid, seconds, f"{profile}-{'stream' if stream else 'plain'}.txt")
             if profile
             else None
         )
         through = await run_phase(
-            port, "/openai/v1/chat/completions", key, clients, seconds, stream, pids[0]
+            port, "/openai/v1/chat/completions", key, clients, seconds, stream, cpu
         )
         if spy is not None:
             spy.wait()
@@ -377,9 +388,10 @@ def main() -> None:
         port, upstream_port = _free_port(), _free_port()
         upstream = start_upstream(data_dir, upstream_port)
         server = start_server(url, data_dir, port)
-        pids = (server.pid, upstream.pid)
+        embedded = None if os.environ.get("DATABASE_URL") else data_dir
+        cpu = groups(server.pid, upstream.pid, embedded)
         asyncio.run(
-            bench(url, port, upstream_port, args.seconds, args.clients, modes, pids, args.profile)
+            bench(url, port, upstream_port, args.seconds, args.clients, modes, cpu, args.profile)
         )
         stop(server)
         commits_report(data_dir / "server.log")

@@ -6,6 +6,7 @@ rule), concurrent calls never overdraw."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,7 @@ async def test_a_buyer_who_hangs_up_mid_stream_is_charged_what_was_streamed(
 ) -> None:
     m = market
     key = await m.key()
-    m.upstream.max_completion = 64
+    m.upstream.max_completion, m.upstream.chunk_delay_s = 64, 0.05  # 3 s for all 64 words
     body = {"model": MODEL, "messages": CHAT, "max_tokens": 64, "stream": True}
     headers = {"Authorization": f"Bearer {key}"}
     async with (
@@ -256,9 +257,32 @@ async def test_a_buyer_who_hangs_up_mid_stream_is_charged_what_was_streamed(
             break
         await asyncio.sleep(0.2)
     (r,) = rows
-    # the upstream's usage (3 + 64) if it arrived before the gateway stopped reading, else
-    # the chunks passed on; never more than the reservation
-    assert 1 <= r["tokens"] <= 3 + 64
+    # the gateway stopped reading the upstream at the hang-up, long before its usage
+    # (3 + 64) came: charged the chunks passed on
+    assert 1 <= r["tokens"] < 32
+
+
+async def test_the_receipt_hashes_the_bytes_the_buyer_got(market: Market, db_url: str) -> None:
+    m = market
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    got: list[bytes] = []
+    async with httpx.AsyncClient(timeout=10) as http:
+        for stream in (False, True):
+            body = {"model": MODEL, "messages": CHAT, "max_tokens": 6, "stream": stream,
+                    "stream_options": {"include_usage": True}}  # fmt: skip
+            answer = await http.post(m.openai_url + "/chat/completions", json=body, headers=headers)
+            assert answer.status_code == 200 and answer.headers["x-tokex-receipt"]
+            got.append(answer.content)
+        huge = await http.post(  # beyond the gateway's 4 MiB: refused before anything
+            m.openai_url + "/chat/completions", content=b" " * (4 * 1024 * 1024 + 1),
+            headers={**headers, "Content-Type": "application/json"},
+        )  # fmt: skip
+    assert (huge.status_code, huge.json()["error"]["code"]) == (413, "payload_too_large")
+    assert got[1].endswith(b"data: [DONE]\n\n") and got[1].count(b"data: ") == 8
+    rows = await receipts(db_url)
+    assert sorted(bytes(r["response_sha256"]) for r in rows) == sorted(
+        hashlib.sha256(b).digest() for b in got
+    )
 
 
 async def test_prompts_larger_than_the_exchanges_64_kib_limit(market: Market) -> None:

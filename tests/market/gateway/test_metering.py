@@ -81,6 +81,27 @@ def test_sse_events_split_across_reads() -> None:
     assert done.done and done.raw == b"data: [DONE]\n\n"
 
 
+def test_sse_events_of_every_shape_say_whether_they_carry_content() -> None:
+    cases = {
+        b'data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n': False,
+        b'data: {"choices": [{"delta": {"tool_calls": [{"id": "t"}]}}]}\n\n': True,
+        b'data: {"choices": [{"delta": {"reasoning_content": "hm"}}]}\n\n': True,
+        b'data: {"choices": [{"text": "a", "index": 0, "logprobs": null}]}\n\n': True,
+        b'data: {"choices": [{"delta": null, "text": "a"}]}\n\n': True,
+        b'data: {"choices": [{"delta": {"content": ["odd"]}}]}\n\n': True,  # not a string
+        b'data: {"choices": null, "usage": {"prompt_tokens": 2, "completion_tokens": 3}}\n\n':
+            False,
+        b'data: [1, 2]\n\n': False,
+        b'event: x\ndata: {"choices":\ndata: [{"delta": {"content": "b"}}]}\n\n': True,
+        b": a comment\n\n": False,
+    }  # fmt: skip
+    events = EventReader().feed(b"".join(cases))
+    assert [e.raw for e in events] == list(cases)
+    assert [e.has_content for e in events] == list(cases.values())
+    usage = events[6]
+    assert usage.usage == metering.Usage(2, 3) and usage.usage_only
+
+
 def test_reservations() -> None:
     r = Reservations()
     g = ("b", "p", "i")
