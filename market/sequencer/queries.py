@@ -95,6 +95,16 @@ class DepthsQuery(Query[list[Depth]], frozen=True, tag="depths"):
         return [book.depth(1_000_000) for book in sequencer.engine.books()]
 
 
+class UntradedQuery(Query[bool], frozen=True, tag="untraded"):
+    """Whether the instrument is listed and its book has had no event yet."""
+
+    instrument: str
+
+    def answer(self, sequencer: Sequencer) -> bool:
+        engine = sequencer.engine
+        return self.instrument in engine and engine.book(self.instrument).next_seq == 1
+
+
 class BalancesQuery(Query[list[BalanceView]], frozen=True, tag="balances"):
     account_id: str
 
@@ -150,6 +160,7 @@ AnyQuery = (
     | InstrumentQuery
     | BookQuery
     | DepthsQuery
+    | UntradedQuery
     | BalancesQuery
     | EntitlementsQuery
     | CommitsQuery
