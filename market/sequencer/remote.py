@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from market.request_context import REQUEST_ID
+from market.request_context import REQUEST_ID, SIGNED
 from market.sequencer.ops import Op, Outcome
 from market.sequencer.queries import Query
 from market.sequencer.wire import (
@@ -40,6 +40,9 @@ T = TypeVar("T")
 TIMEOUT_S = 10.0
 #: The header that carries the HTTP request's id to the sequencer's batch log lines.
 REQUEST_ID_HEADER = "Tokex-Request-Id"
+#: The header that carries a command's signed request ("<base64 signature> <timestamp
+#: ms>"), for the sequencer process's replay window (`market.request_context.SIGNED`).
+SIGNED_HEADER = "Tokex-Signed"
 
 
 class SequencerUnreachable(DomainError):
@@ -65,12 +68,17 @@ class RemoteSequencer:
     async def committed(self) -> None:
         """Nothing to wait for here: every query is answered from committed memory."""
 
-    async def _request(self, subject: str, payload: bytes) -> bytes:
+    async def _request(self, subject: str, payload: bytes, *, command: bool = False) -> bytes:
+        headers: dict[str, str] = {}
         request_id = REQUEST_ID.get()
-        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        signed = SIGNED.get() if command else None
+        if signed:
+            headers[SIGNED_HEADER] = signed
         try:
             msg = await self._nats.request(
-                subject, payload, timeout=self._timeout_s, headers=headers
+                subject, payload, timeout=self._timeout_s, headers=headers or None
             )
         except (TimeoutError, NatsTimeout) as exc:
             raise SequencerUnreachable(
@@ -83,7 +91,7 @@ class RemoteSequencer:
 
     async def _command(self, ops: Sequence[Op[Any]]) -> list[Outcome[Any]]:
         name = type(ops[0]).__name__
-        data = await self._request(COMMAND_PREFIX + name, encode(ops))
+        data = await self._request(COMMAND_PREFIX + name, encode(ops), command=True)
         answer = self._codec.answer(name, data)
         if answer.error is not None:
             raise answer.error.error()

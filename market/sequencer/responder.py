@@ -22,11 +22,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from market.auth import AuthError, ReplayWindow
 from market.request_context import REQUEST_ID
 from market.sequencer.errors import SequencerStopped
 from market.sequencer.port import Exchange
 from market.sequencer.queries import AnyQuery, Query
-from market.sequencer.remote import REQUEST_ID_HEADER
+from market.sequencer.remote import REQUEST_ID_HEADER, SIGNED_HEADER
 from market.sequencer.wire import (
     COMMAND_PREFIX,
     MARKET_DATA_SUBJECT,
@@ -40,6 +41,7 @@ from market.sequencer.wire import (
     encode,
     replies_of,
 )
+from market.signing import decode_signature, now_ms
 from schemas.errors import DomainError
 from schemas.market import Event
 from schemas.trading import FillView
@@ -59,6 +61,7 @@ class Responder:
         self._nats = nats
         self._sequencer = sequencer
         self._codec = Codec()
+        self._replay = ReplayWindow()
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: asyncio.Queue[bytes] = asyncio.Queue()
@@ -119,7 +122,20 @@ class Responder:
 
     async def _command(self, msg: Msg) -> Answer[Any]:
         ops = self._codec.ops(msg.subject.removeprefix(COMMAND_PREFIX), msg.data)
+        signed = msg.headers.get(SIGNED_HEADER) if msg.headers else None
+        if signed is not None:
+            self._refuse_replay(signed)
         return replies_of(await self._exchange().submit_all(ops))
+
+    def _refuse_replay(self, signed: str) -> None:
+        """A signed request's command is taken once, whichever gateway it came through
+        (each gateway's own window sees only its own requests)."""
+        signature_b64, _, timestamp = signed.partition(" ")
+        signature = decode_signature(signature_b64)
+        if signature is None or not timestamp.isdigit():
+            return  # checked by the gateway already; nothing to remember it by
+        if not self._replay.check_and_add(signature, int(timestamp), now_ms()):
+            raise AuthError("this signature was already used", code="replayed_signature")
 
     async def _query(self, msg: Msg) -> Answer[Any]:
         query: Query[Any] = _query_decoder.decode(msg.data)

@@ -2,8 +2,8 @@
 
 The whole end-to-end suite runs against `--workers 2` with TOKEX_TEST_SERVE_WORKERS=2
 (tests/support/server.py); here, in every run, the wire between the processes, the
-trading session of the end-to-end suite and the book over the websocket, and a
-gateway killed under load.
+end-to-end test of the book over REST and the websocket, a signed command replayed
+through both gateways, and a gateway killed under load.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -26,29 +26,23 @@ from market.keys import load_private_key
 from market.sequencer import ExchangeBusy, PlaceOp
 from market.sequencer.queries import BookQuery, Query
 from market.sequencer.wire import Answer, Codec, ErrorWire, RemoteError, Reply, encode
+from market.signing import now_ms, sign_request
 from schemas.accounts import Role
 from schemas.errors import DomainError, ErrorKind
 from schemas.market import Side
 from schemas.trading import BookView, CreateInstrument, OrderView, PlaceOrder
 from tests.market.test_stream_e2e import test_rest_book_equals_websocket_book
-from tests.market.test_trading_e2e import (
-    market,
-    test_trading_session_balances_holds_and_fills_to_the_unit,
-)
+from tests.support.pg import PgServer
 from tests.support.server import ServerProcess, operator_client
 
-__all__ = [
-    "market",
-    "test_rest_book_equals_websocket_book",
-    "test_trading_session_balances_holds_and_fills_to_the_unit",
-]
+__all__ = ["test_rest_book_equals_websocket_book"]
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"
 
 
 @pytest.fixture
 def server_process(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    """The end-to-end tests imported above run against this one: two gateways."""
+    """The end-to-end test imported above runs against this one: two gateways."""
     proc = ServerProcess(
         database_url=db_url,
         data_dir=tmp_path,
@@ -97,6 +91,76 @@ def test_ops_and_their_answers_decode_into_their_own_types() -> None:
         Query.result_type()
 
 
+# -- one server with two gateways: a replayed command, then a gateway killed under load
+
+
+class Workers:
+    def __init__(self, proc: ServerProcess, db_url: str, operator: TokexClient) -> None:
+        self.proc, self.db_url, self.operator = proc, db_url, operator
+
+    async def buyer(self, name: str) -> TokexClient:
+        """A funded buyer with its own connections."""
+        created = await self.operator.create_account(Role.BUYER, name)
+        await self.operator.deposit(f"dep-{name}", created.account_id, 10_000_000)
+        assert created.private_key is not None
+        key = load_private_key(created.private_key)
+        return TokexClient(self.proc.base_url, created.key_id, key)
+
+
+async def _both_gateways_up(proc: ServerProcess) -> None:
+    """Healthy is one gateway up; a request signed before the other started would be
+    refused by it as `stale_timestamp` (its replay window starts empty)."""
+    deadline = time.monotonic() + 30
+    while proc.log_path.read_text().count("Application startup complete") < 2:
+        assert time.monotonic() < deadline, proc.log()
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+async def workers(pg: PgServer, pg_template: str, tmp_path_factory: pytest.TempPathFactory
+                  ) -> AsyncIterator[Workers]:  # fmt: skip
+    async with pg.fresh_database(pg_template) as url:
+        proc = ServerProcess(
+            database_url=url,
+            data_dir=tmp_path_factory.mktemp("workers"),
+            extra_args=("--workers", "2"),
+            env={"TOKEX_RATE_LIMIT": "10000", "TOKEX_RATE_BURST": "10000"},
+        )
+        proc.start()
+        await _both_gateways_up(proc)
+        operator = await operator_client(url, proc.base_url)
+        await operator.create_instrument(
+            CreateInstrument(symbol=SYM, lot_size=1000, tick_size=5, price_min=5,
+                             price_max=100_000, maker_fee_bps=10, taker_fee_bps=20)
+        )  # fmt: skip
+        try:
+            yield Workers(proc, url, operator)
+        finally:
+            await operator.aclose()
+            proc.stop()
+
+
+async def test_a_signed_command_replayed_through_every_gateway_is_taken_once(
+    workers: Workers,
+) -> None:
+    buyer = await workers.buyer("replayer")
+    assert buyer.private_key is not None and buyer.key_id is not None
+    order = PlaceOrder(client_order_id="once", instrument=SYM, side=Side.BUY, quantity=1000,
+                       price=5)  # fmt: skip
+    body = msgspec.json.encode(order)
+    headers = {"Content-Type": "application/json", **sign_request(
+        buyer.private_key, buyer.key_id, "POST", "/v1/orders", body, now_ms()
+    )}  # fmt: skip
+    statuses: list[tuple[int, str]] = []
+    for _ in range(8):  # a new connection each: the kernel spreads them over the gateways
+        async with httpx.AsyncClient(base_url=workers.proc.base_url) as fresh:
+            response = await fresh.post("/v1/orders", content=body, headers=headers)
+        statuses.append((response.status_code, response.json().get("code", "")))
+    assert statuses[0][0] == 201
+    assert statuses[1:] == [(401, "replayed_signature")] * 7
+    await buyer.aclose()
+
+
 # -- a gateway killed under load -----------------------------------------------------------
 
 
@@ -130,22 +194,11 @@ async def _load(
 
 
 async def test_a_killed_gateway_is_replaced_while_the_other_keeps_answering(
-    db_url: str, server_process: ServerProcess
+    workers: Workers,
 ) -> None:
-    proc = server_process
-    operator = await operator_client(db_url, proc.base_url)
-    await operator.create_instrument(
-        CreateInstrument(symbol=SYM, lot_size=1000, tick_size=5, price_min=5, price_max=100_000,
-                         maker_fee_bps=10, taker_fee_bps=20)
-    )  # fmt: skip
-    buyers = []
-    for i in range(4):
-        created = await operator.create_account(Role.BUYER, f"buyer-{i}")
-        await operator.deposit(f"dep-{i}", created.account_id, 10_000_000)
-        # each its own connections, so some are on the gateway that dies
-        assert created.private_key is not None
-        key = load_private_key(created.private_key)
-        buyers.append(TokexClient(proc.base_url, created.key_id, key))
+    proc, db_url = workers.proc, workers.db_url
+    # each its own connections, so some are on the gateway that dies
+    buyers = [await workers.buyer(f"buyer-{i}") for i in range(4)]
     before = _gateway_pids(proc)
     assert len(before) == 2
     acked: list[tuple[float, str]] = []
@@ -175,5 +228,5 @@ async def test_a_killed_gateway_is_replaced_while_the_other_keeps_answering(
     assert len(placed) == len(set(placed))
     assert {coid for _, coid in acked} <= set(placed)
     proc.wait_healthy(10)
-    for client in (*buyers, operator):
+    for client in buyers:
         await client.aclose()
