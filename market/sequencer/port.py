@@ -18,8 +18,8 @@ T = TypeVar("T")
 
 @runtime_checkable
 class Exchange(Protocol):
-    @property
-    def healthy(self) -> bool: ...
+    """Methods only: Litestar checks a dependency with `isinstance`, which for a protocol
+    of methods only looks at the class (a property would be evaluated on the instance)."""
 
     async def submit(self, op: Op[T]) -> T: ...
 
