@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -123,9 +124,23 @@ def nats_url_from_env() -> str | None:
     return os.environ.get("NATS_URL") or None
 
 
-async def connect(url: str, *, name: str) -> Client:
+async def connect(
+    url: str, *, name: str, reconnected: Callable[[], Awaitable[None]] | None = None
+) -> Client:
     """A NATS connection that keeps reconnecting (a restarted server, a cluster's other
-    node), and flushes what is published at once rather than on a timer."""
+    node); `reconnected` runs after each reconnect. Connection trouble is one log line."""
+
+    async def error(exc: Exception) -> None:
+        log.warning("NATS (%s): %s: %s", name, type(exc).__name__, exc)
+
+    async def disconnected() -> None:
+        log.warning("NATS (%s): disconnected; reconnecting", name)
+
+    async def on_reconnect() -> None:
+        log.info("NATS (%s): reconnected", name)
+        if reconnected is not None:
+            await reconnected()
+
     return await nats.connect(
         url,
         name=name,
@@ -133,6 +148,9 @@ async def connect(url: str, *, name: str) -> Client:
         reconnect_time_wait=0.2,
         pending_size=64 * 1024 * 1024,
         flush_timeout=5.0,
+        error_cb=error,
+        disconnected_cb=disconnected,
+        reconnected_cb=on_reconnect,
     )
 
 

@@ -34,6 +34,7 @@ from market.sequencer.wire import (
     QUERY_SUBJECT,
     SEQUENCER_QUEUE,
     Answer,
+    BadCommand,
     Codec,
     ErrorWire,
     MarketDataBatch,
@@ -138,7 +139,10 @@ class Responder:
             raise AuthError("this signature was already used", code="replayed_signature")
 
     async def _query(self, msg: Msg) -> Answer[Any]:
-        query: Query[Any] = _query_decoder.decode(msg.data)
+        try:
+            query: Query[Any] = _query_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise BadCommand(f"cannot read the query: {exc}") from exc
         return Answer(replies=[Reply(value=await self._exchange().ask(query))])
 
     # -- market data --------------------------------------------------------------------

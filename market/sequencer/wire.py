@@ -44,6 +44,14 @@ class RemoteError(DomainError):
     """An error from the sequencer process whose class this process does not have."""
 
 
+class BadCommand(DomainError):
+    """A message the sequencer process cannot read (an op type or a field it does not
+    know: a gateway of another version)."""
+
+    code = "bad_command"
+    kind = ErrorKind.INVALID
+
+
 class ErrorWire(msgspec.Struct, array_like=True, frozen=True):
     module: str
     name: str
@@ -127,8 +135,14 @@ class Codec:
     def ops(self, name: str, payload: bytes) -> list[Op[Any]]:
         decoder = self._ops.get(name)
         if decoder is None:
-            decoder = self._ops[name] = msgspec.msgpack.Decoder(list[OP_TYPES[name]])  # type: ignore[valid-type]
-        ops: list[Op[Any]] = decoder.decode(payload)
+            if name not in OP_TYPES:
+                raise BadCommand(f"no such command: {name[:64]!r}")
+            op_type = OP_TYPES[name]
+            decoder = self._ops[name] = msgspec.msgpack.Decoder(list[op_type])  # type: ignore[valid-type]
+        try:
+            ops: list[Op[Any]] = decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise BadCommand(f"cannot read the {name} command: {exc}") from exc
         return ops
 
     def answer(self, name: str, payload: bytes) -> Answer[Any]:

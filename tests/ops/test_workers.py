@@ -25,7 +25,7 @@ from market.client import TokexClient
 from market.keys import load_private_key
 from market.sequencer import ExchangeBusy, PlaceOp
 from market.sequencer.queries import BookQuery, Query
-from market.sequencer.wire import Answer, Codec, ErrorWire, RemoteError, Reply, encode
+from market.sequencer.wire import Answer, BadCommand, Codec, ErrorWire, RemoteError, Reply, encode
 from market.signing import now_ms, sign_request
 from schemas.accounts import Role
 from schemas.errors import DomainError, ErrorKind
@@ -89,6 +89,11 @@ def test_ops_and_their_answers_decode_into_their_own_types() -> None:
     assert decoded.replies[0].value == book
     with pytest.raises(TypeError):
         Query.result_type()
+    # a gateway of another version: refused as such, not a lost request
+    with pytest.raises(BadCommand):
+        codec.ops("NoSuchOp", encode([]))
+    with pytest.raises(BadCommand):
+        codec.ops("PlaceOp", encode([{"account_id": 1}]))
 
 
 # -- one server with two gateways: a replayed command, then a gateway killed under load
