@@ -28,7 +28,6 @@ from market.sequencer.wire import (
     QUERY_SUBJECT,
     Answer,
     Codec,
-    ErrorWire,
     encode,
     outcomes_of,
 )
@@ -126,4 +125,4 @@ class RemoteSequencer:
         return value
 
 
-__all__ = ["ErrorWire", "RemoteSequencer", "SequencerUnreachable"]
+__all__ = ["RemoteSequencer", "SequencerUnreachable"]

@@ -25,8 +25,10 @@ from market.client import TokexClient
 from market.keys import load_private_key
 from market.sequencer import ExchangeBusy, PlaceOp
 from market.sequencer.queries import BookQuery, Query
+from market.sequencer.remote import RemoteSequencer, SequencerUnreachable
 from market.sequencer.wire import Answer, BadCommand, Codec, ErrorWire, RemoteError, Reply, encode
 from market.signing import now_ms, sign_request
+from ops.bus import EmbeddedNats, close, connect
 from schemas.accounts import Role
 from schemas.errors import DomainError, ErrorKind
 from schemas.market import Side
@@ -94,6 +96,26 @@ def test_ops_and_their_answers_decode_into_their_own_types() -> None:
         codec.ops("NoSuchOp", encode([]))
     with pytest.raises(BadCommand):
         codec.ops("PlaceOp", encode([{"account_id": 1}]))
+
+
+async def test_no_sequencer_on_the_bus_is_a_503_at_once(tmp_path: Path) -> None:
+    """The embedded NATS, and a gateway's command with no sequencer process to answer it:
+    503 `sequencer_unreachable` (Retry-After, by its kind) rather than a hang."""
+    embedded = EmbeddedNats(tmp_path)
+    try:
+        nats = await connect(embedded.url, name="test")
+        remote = RemoteSequencer(nats, timeout_s=5.0)
+        began = time.monotonic()
+        with pytest.raises(SequencerUnreachable) as refused:
+            await remote.submit(PlaceOp("acc_1", PlaceOrder(
+                client_order_id="c1", instrument=SYM, side=Side.BUY, quantity=1000, price=5
+            )))  # fmt: skip
+        assert refused.value.kind is ErrorKind.UNAVAILABLE
+        assert time.monotonic() - began < 2.0  # "no responders" at once, not the timeout
+        assert remote.healthy
+        await close(nats)
+    finally:
+        embedded.stop()
 
 
 # -- one server with two gateways: a replayed command, then a gateway killed under load
