@@ -31,7 +31,6 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from market.auth import PUBLIC, ForbiddenRole, Principal, provide_principal, requires_role
-from market.errors import UnknownInstrument
 from market.pages import Page, decode_cursor, page_of
 from market.sequencer import (
     AmendOp,
@@ -48,11 +47,20 @@ from market.sequencer import (
     OrderRefused,
     Outcome,
     PlaceOp,
-    Sequencer,
     UnknownOrder,
     UnknownWithdrawal,
     WithdrawalOutcomeOp,
     WithdrawOp,
+)
+from market.sequencer.port import Exchange
+from market.sequencer.queries import (
+    BalancesQuery,
+    BookQuery,
+    CommitsQuery,
+    EntitlementsQuery,
+    InstrumentQuery,
+    InstrumentsQuery,
+    SettlementsQuery,
 )
 from market.signing import now_ms
 from market.store import (
@@ -74,7 +82,6 @@ from schemas.market import Side
 from schemas.trading import (
     AmendOrder,
     BalanceView,
-    BookLevel,
     BookView,
     CancelAfter,
     CancelAfterView,
@@ -131,14 +138,14 @@ def _same(fill: FillView) -> FillView:
     return fill
 
 
-def provide_sequencer(state: State) -> Sequencer:
-    sequencer: Sequencer | None = state.get("sequencer")
+def provide_sequencer(state: State) -> Exchange:
+    sequencer: Exchange | None = state.get("sequencer")
     if sequencer is None:
         raise ExchangeNotRunning("the exchange's sequencer is not running in this process")
     return sequencer
 
 
-Seq = NamedDependency[Sequencer]
+Seq = NamedDependency[Exchange]
 Pool = NamedDependency[asyncpg.Pool]
 Caller = NamedDependency[Principal]
 
@@ -182,17 +189,12 @@ async def create_instrument(data: JSONBody[CreateInstrument], sequencer: Seq) ->
 
 @get("/instruments", opt=PUBLIC)
 async def list_instruments(sequencer: Seq) -> list[InstrumentView]:
-    await sequencer.committed()
-    return sequencer.instruments()
+    return await sequencer.ask(InstrumentsQuery())
 
 
 @get("/instruments/{symbol:path}", opt=PUBLIC)
 async def get_instrument(symbol: FromPath[str], sequencer: Seq) -> InstrumentView:
-    symbol = symbol.lstrip("/")
-    await sequencer.committed()
-    if symbol not in sequencer.engine:
-        raise UnknownInstrument(f"unknown instrument {symbol!r}")
-    return sequencer.instrument_view(symbol)
+    return await sequencer.ask(InstrumentQuery(symbol.lstrip("/")))
 
 
 @get("/book", opt=PUBLIC)
@@ -202,16 +204,7 @@ async def book(
     levels: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
 ) -> BookView:
     """Aggregated price levels, best first, and the last event seq they reflect."""
-    await sequencer.committed()
-    if instrument not in sequencer.engine:
-        raise UnknownInstrument(f"unknown instrument {instrument!r}")
-    depth = sequencer.engine.book(instrument).depth(levels)
-    return BookView(
-        instrument=instrument,
-        seq=depth.seq,
-        bids=[BookLevel(lv.price, lv.quantity, lv.orders) for lv in depth.bids],
-        asks=[BookLevel(lv.price, lv.quantity, lv.orders) for lv in depth.asks],
-    )
+    return await sequencer.ask(BookQuery(instrument, levels))
 
 
 @get("/trades", opt=PUBLIC)
@@ -267,18 +260,7 @@ async def list_capacity(
 @get("/balances")
 async def balances(sequencer: Seq, principal: Caller) -> list[BalanceView]:
     """The caller's balances: cash, capacity, and the escrows and entitlements it is party to."""
-    await sequencer.committed()
-    return [
-        BalanceView(
-            asset=b.account.asset,
-            kind=b.account.kind,
-            account=b.account.owner,
-            available=b.available,
-            held=b.held,
-            total=b.total,
-        )
-        for b in sequencer.balances_of(principal.account_id)
-    ]
+    return await sequencer.ask(BalancesQuery(principal.account_id))
 
 
 # -- orders -----------------------------------------------------------------------------
@@ -288,7 +270,7 @@ _traders = [requires_role(Role.BUYER, Role.PROVIDER)]
 _TRADER_ROLES = frozenset({Role.BUYER, Role.PROVIDER})
 
 
-def _trader(request: Request[Any, Any, Any]) -> tuple[Sequencer, Principal]:
+def _trader(request: Request[Any, Any, Any]) -> tuple[Exchange, Principal]:
     """The sequencer and the calling trader, for the order routes.
 
     These routes are the hot path, so they skip Litestar's dependency injection and
@@ -502,14 +484,11 @@ async def my_entitlements(sequencer: Seq, pool: Pool, principal: Caller) -> list
     # Balances come from memory, delivered totals from the database: read both with no
     # commit in between (a delivery between them would mix two moments), else again.
     for _ in range(10):
-        await sequencer.committed()
-        mark = sequencer.commits
-        views = {(v.instrument, v.buyer, v.provider): v for v in sequencer.entitlements_of(
-            principal.account_id
-        )}  # fmt: skip
+        marked = await sequencer.ask(EntitlementsQuery(principal.account_id))
+        views = {(v.instrument, v.buyer, v.provider): v for v in marked.value}
         async with pool.acquire() as conn:
             totals = await delivered_totals(conn, principal.account_id)
-        if sequencer.commits == mark:
+        if await sequencer.ask(CommitsQuery()) == marked.commits:
             break
     for key, (tokens, released) in totals.items():
         view = views.get(key)
@@ -535,8 +514,7 @@ async def close_instrument(data: JSONBody[CloseInstrument], sequencer: Seq) -> S
 @get("/settlements", opt=PUBLIC)
 async def settlements(sequencer: Seq) -> list[SettlementView]:
     """Every settled instrument and what its settlement burned and refunded."""
-    await sequencer.committed()
-    return sequencer.settlements()
+    return await sequencer.ask(SettlementsQuery())
 
 
 @post("/withdrawals", guards=_traders, status_code=201)

@@ -51,6 +51,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from market.request_context import SIGNED
 from market.signatures import SignatureChecker
 from market.signing import (
     HEADER_KEY,
@@ -490,6 +491,7 @@ class AuthMiddleware(ASGIMiddleware):
             state = {}
             scope["state"] = state
         state[_PRINCIPAL_STATE_KEY] = principal
+        SIGNED.set(f"{headers.get(HEADER_SIGNATURE)} {headers.get(HEADER_TIMESTAMP)}")
         if self.limiter is None:
             await next_app(scope, receive, send)
             return

@@ -14,6 +14,12 @@ from contextvars import ContextVar
 #: The request id of the request being served in this context (None outside one).
 REQUEST_ID: ContextVar[str | None] = ContextVar("tokex_request_id", default=None)
 
+#: The signature and timestamp of the signed HTTP request being served ("<base64> <ms>",
+#: both already checked), set by `market.auth.AuthMiddleware`: a gateway process sends it
+#: with the request's command, so the sequencer process refuses the same signed request
+#: replayed to another gateway (`market.sequencer.responder`). None outside one.
+SIGNED: ContextVar[str | None] = ContextVar("tokex_signed", default=None)
+
 #: What a client's own request id may be: printable, no spaces or quotes, 1-128 chars.
 #: Anything else is replaced by a new id (a log line never carries what a client chose
 #: to inject into it).

@@ -44,6 +44,7 @@ from litestar.exceptions import WebSocketDisconnect
 from market.auth import PUBLIC, Authenticator, AuthError, now_ms
 from market.feed import MarketData, Subscriber, encode
 from market.sequencer.ops import CancelAllOp
+from market.sequencer.queries import UntradedQuery
 from schemas.errors import DomainError
 from schemas.market import Depth
 from schemas.stream import (
@@ -174,31 +175,28 @@ async def _handle(
     if instrument is None:
         raise _invalid(f"subscribe to {message.channel} needs an instrument")
     if instrument not in hub:
-        sequencer = getattr(socket.app.state, "sequencer", None)
-        if sequencer is not None:
-            await sequencer.committed()  # the engine then holds only committed state
-        if instrument not in hub:
-            _discover(socket, hub, instrument)
+        await _discover(socket, hub, instrument)
     if message.channel is Channel.BOOK:
         hub.subscribe_book(sub, instrument)
     else:
         hub.subscribe_trades(sub, instrument)
 
 
-def _discover(socket: WebSocket[Any, Any, Any], hub: MarketData, instrument: str) -> None:
+async def _discover(socket: WebSocket[Any, Any, Any], hub: MarketData, instrument: str) -> None:
     """Tell the hub of an instrument listed since start-up that has had no event yet.
 
     The hub learns of instruments from `load` and from their first event; one
     listed later, with an empty book, would otherwise be unknown until its
-    first order. Only a book with no event at all is taken from the engine
-    (`app.state.sequencer.engine`, when the exchange runs): its state is then
-    certainly the committed one (empty, seq 0); any other unknown book is in a
-    batch not yet published, and the hub will learn of it from its events.
+    first order. Only a book with no event at all is taken from the sequencer
+    (`UntradedQuery`, in this process or over NATS): its state is then certainly
+    the committed one (empty, seq 0); any other unknown book is in a batch not yet
+    published, and the hub will learn of it from its events. If its first events
+    reached the hub while the answer came, the hub knows it already.
     """
-    engine = getattr(getattr(socket.app.state, "sequencer", None), "engine", None)
-    if engine is None or instrument not in engine:
+    sequencer = getattr(socket.app.state, "sequencer", None)
+    if sequencer is None or not await sequencer.ask(UntradedQuery(instrument)):
         return
-    if engine.book(instrument).next_seq == 1:
+    if instrument not in hub:
         hub.load([Depth(instrument=instrument, seq=0, bids=[], asks=[])])
 
 

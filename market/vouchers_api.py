@@ -35,9 +35,9 @@ from market.api import Cursor, Limit, provide_sequencer
 from market.auth import Authenticator, Principal, pool_key_loader, requires_role
 from market.pages import Page, decode_cursor, page_of
 from market.report_store import ReportRow, VoucherRow, list_reports, list_vouchers
-from market.sequencer import Sequencer
 from market.sequencer.errors import UnknownDispute, VoucherNotYours
 from market.sequencer.ops import DisputeOp, ResolveDisputeOp, VoucherOp
+from market.sequencer.port import Exchange
 from market.vouchers import decode_voucher_signature, voucher_message
 from schemas.accounts import Role
 from schemas.disputes import (
@@ -52,7 +52,7 @@ from schemas.trading import DeliveryView
 
 __all__ = ["vouchers_router"]
 
-Seq = NamedDependency[Sequencer]
+Seq = NamedDependency[Exchange]
 Pool = NamedDependency[asyncpg.Pool]
 Caller = NamedDependency[Principal]
 

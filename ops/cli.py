@@ -81,6 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ops.gateway import gateway_lifespans
 
     settings = msgspec.structs.replace(settings, database_url=url)
+    if args.workers:
+        from ops.workers import run_workers
+
+        return run_workers(settings, args.workers)
 
     app = create_app(
         settings, lifespans=[exchange_lifespan(settings), *gateway_lifespans(settings)]
@@ -175,6 +179,11 @@ def register_core(subparsers: Any) -> None:
         help="digits of minor units per unit of the currency, for showing amounts "
         "(env TOKEX_CURRENCY_SCALE; default: the currency's usual one, USD 2)",
     )  # fmt: skip
+    serve.add_argument(
+        "--workers", type=int, default=0, metavar="N",
+        help="N gateway processes (HTTP, signatures, reads) in front of this one, the "
+        "sequencer, over NATS (NATS_URL, else an embedded nats-server); default: one process",
+    )  # fmt: skip
     add_database_options(serve)
     serve.set_defaults(handler=_serve)
 
@@ -190,6 +199,12 @@ def register_core(subparsers: Any) -> None:
 
 
 #: Every command group, in help order. Append new groups' `register` functions here.
+def _register_gateway_process(subparsers: Any) -> None:
+    from ops.gateway_process import register
+
+    register(subparsers)
+
+
 def _register_keys(subparsers: Any) -> None:
     from ops.cli_keys import register
 
@@ -234,6 +249,7 @@ def _register_demo(subparsers: Any) -> None:
 
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
     register_core,
+    _register_gateway_process,
     _register_keys,
     _register_audit,
     _register_accounts,
@@ -250,6 +266,7 @@ GROUP_OF: dict[str, Callable[[Any], None]] = {
     "serve": register_core,
     "migrate": register_core,
     "db-url": register_core,
+    "serve-gateway": _register_gateway_process,
     "keys": _register_keys,
     "audit": _register_audit,
     "accounts": _register_accounts,
@@ -298,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     args = _parser_for(words).parse_args(words)
     level = logging.DEBUG if args.verbose else logging.INFO
-    if args.command == "serve":  # a server's log is read by machines: JSON lines
+    if args.command in ("serve", "serve-gateway"):  # a server's log is read by machines: JSON lines
         from ops.logs import configure
 
         configure(level)

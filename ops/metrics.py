@@ -27,7 +27,7 @@ def _state_registry(state: State) -> CollectorRegistry:
     are not reported: an app without the exchange has no queue)."""
     registry = CollectorRegistry(auto_describe=True)
     sequencer = state.get("sequencer")
-    if sequencer is not None:
+    if sequencer is not None and hasattr(sequencer, "queue_depth"):  # not in a gateway process
         Gauge(
             "tokex_sequencer_queue_depth", "Ops queued, not yet in a batch", registry=registry
         ).set(sequencer.queue_depth)

@@ -17,6 +17,8 @@ from litestar.datastructures import State
 
 from market.api import ExchangeNotRunning
 from market.auth import PUBLIC
+from market.sequencer.queries import StatusQuery
+from market.sequencer.remote import RemoteSequencer
 from ops.database import DatabaseUnreachable
 from ops.supervisor import DatabaseState
 from schemas.errors import DomainError, ErrorKind
@@ -51,4 +53,10 @@ def readiness(state: State) -> Ready:
 
 @get("/ready", opt=PUBLIC, tags=["ops"], summary="Readiness: state rebuilt, writer held")
 async def ready(state: State) -> Ready:
+    sequencer = state.get("sequencer")
+    if isinstance(sequencer, RemoteSequencer):  # a gateway process: ask the sequencer's
+        status = await sequencer.ask(StatusQuery())
+        if not status.healthy:
+            raise ExchangeNotReady(f"the exchange is not ready ({status.state}); try again shortly")
+        return Ready(status="ready", ledger_size=status.ledger_size)
     return readiness(state)

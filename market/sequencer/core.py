@@ -69,6 +69,7 @@ from market.sequencer.ops import (
     TickOp,
 )
 from market.sequencer.pipeline import PIPELINE_DEPTH, Flight, Pipeline
+from market.sequencer.queries import Query
 from market.sequencer.recovery import recover
 from market.sequencer.state import MarketState
 from market.snapshot_writer import SnapshotPolicy, SnapshotWriter, wall_clock_ms
@@ -573,6 +574,11 @@ class Sequencer:
         _fail_all(tickets, error)
 
     # -- reads ------------------------------------------------------------------------------
+
+    async def ask(self, query: Query[T]) -> T:
+        """The answer to `query` (`market.sequencer.queries`) from committed memory."""
+        await self.committed()
+        return query.answer(self)
 
     def instrument_view(self, symbol: str) -> InstrumentView:
         return views.instrument_view(self.market.instrument(symbol))

@@ -1,6 +1,6 @@
 """Trading API throughput: durable orders acknowledged per second, with latency.
 
-    python -m ops.bench.api [--seconds 10] [--clients 48] [--batch 50] [--keep]
+    python -m ops.bench.api [--seconds 10] [--clients 48] [--batch 50] [--workers N] [--keep]
 
 Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or
 DATABASE_URL), creates an instrument, providers and buyers, then drives it on
@@ -10,7 +10,9 @@ order counted was acknowledged, and so durable. The mix: resting bids and
 asks around the middle with a share that crosses (about one in five), so the
 sequencer also settles fills. Server, database and load share this machine. The
 temporary data dir (gigabytes of database) is deleted afterwards, unless `--keep` or the
-run failed (its `server.log` says why).
+run failed (its `server.log` says why). `--workers N` runs `tokex serve --workers N` (N
+gateway processes and the sequencer process, over an embedded NATS) and reports the CPU
+of each of its processes.
 """
 
 from __future__ import annotations
@@ -50,12 +52,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_server(url: str, data_dir: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": url, "TOKEX_RATE_LIMIT": "1000000",
            "TOKEX_RATE_BURST": "1000000"}  # fmt: skip
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "ops",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            *(("--workers", str(workers)) if workers else ()),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -211,13 +223,38 @@ async def _run_phase(
     return int(counts[0] / elapsed), counts[1], latencies
 
 
-def _process_groups(server_pid: int, pg_data: Path | None) -> dict[str, Group]:
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of the processes whose parent is `pid`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+            if int(rest.split()[1]) == pid:
+                found.append((int(entry.name), name))
+    return sorted(found)
+
+
+def _process_groups(server_pid: int, pg_data: Path | None, workers: int) -> dict[str, Group]:
     """The processes whose CPU is reported: the server's main process, its children (the
-    signature helper), PostgreSQL (postmaster and backends; embedded only) and this one."""
-    groups = {
-        "server": Group(server_pid),
-        "signature helper": Group(server_pid, children=True, only_children=True),
-    }
+    signature helper; with workers: the gateways, each with its signature helper, and
+    NATS), PostgreSQL (postmaster and backends; embedded only) and this one."""
+    if workers:
+        groups = {"sequencer": Group(server_pid)}
+        for n, (pid, name) in enumerate(_children(server_pid)):
+            if name == "nats-server":
+                groups["nats"] = Group(pid)
+            else:
+                groups[f"gateway {n}"] = Group(pid)
+                groups[f"its signature helper {n}"] = Group(pid, children=True, only_children=True)
+    else:
+        groups = {
+            "server": Group(server_pid),
+            "signature helper": Group(server_pid, children=True, only_children=True),
+        }
     postmaster = postmaster_pid(pg_data) if pg_data is not None else None
     if postmaster is not None:
         groups["postgresql"] = Group(postmaster, children=True)
@@ -235,11 +272,20 @@ def _cpu_line(used_s: dict[str, float], acknowledged: int, seconds: float) -> st
 
 
 async def _bench(
-    url: str, port: int, seconds: float, clients: int, batch: int, groups: dict[str, Group]
+    url: str,
+    port: int,
+    seconds: float,
+    clients: int,
+    batch: int,
+    groups: dict[str, Group],
+    workers: int,
 ) -> None:
     traders = await _setup(url, f"http://127.0.0.1:{port}", clients)
     await _run_phase(traders, port, 1.0, 1, "warm")
-    print(f"api bench: {clients} concurrent signed clients on loopback; server, database and")
+    mode = f"serve --workers {workers}" if workers else "serve (one process)"
+    print(
+        f"api bench, {mode}: {clients} concurrent signed clients on loopback; server, database and"
+    )
     print("load on this machine; every order counted was acknowledged after its commit")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for size in (1, batch):
@@ -264,6 +310,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=48)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument(
+        "--workers", type=int, default=0, help="serve --workers N (default: one process)"
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the data dir (database, server.log)"
     )
     args = parser.parse_args()
@@ -275,9 +324,10 @@ def main() -> None:
         external = os.environ.get("DATABASE_URL")
         url = external or database_url(Settings(data_dir=str(data_dir)))
         port = _free_port()
-        server = _start_server(url, data_dir, port)
-        groups = _process_groups(server.pid, None if external else data_dir / "pg")
-        asyncio.run(_bench(url, port, args.seconds, args.clients, args.batch, groups))
+        server = _start_server(url, data_dir, port, args.workers)
+        pg_data = None if external else data_dir / "pg"
+        groups = _process_groups(server.pid, pg_data, args.workers)
+        asyncio.run(_bench(url, port, args.seconds, args.clients, args.batch, groups, args.workers))
     except BaseException:
         keep = True  # for its server.log
         raise

@@ -64,6 +64,11 @@ class ServerProcess:
         self.host = host
         self.port = port or free_port(host)
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tokex-serve-"))
+        # TOKEX_TEST_SERVE_WORKERS=N runs every such server as `serve --workers N`
+        # (the end-to-end suite against gateway processes; tests/ops/test_workers.py).
+        workers = os.environ.get("TOKEX_TEST_SERVE_WORKERS")
+        if workers and "--workers" not in extra_args:
+            extra_args = (*extra_args, "--workers", workers)
         self.extra_args = extra_args
         self.extra_env = env or {}
         #: RLIMIT_NOFILE (soft and hard) of the server process; None: inherited.

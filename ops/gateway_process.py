@@ -1,0 +1,97 @@
+"""One gateway process of `tokex serve --workers N` (`ops.workers` starts each as
+`tokex serve-gateway --fd FD --nats-url URL`).
+
+It serves the whole HTTP API on the socket it inherited: signatures, validation and
+every read that PostgreSQL answers, here; what changes state, and what only the
+sequencer's memory knows (books, balances, instruments), through
+`market.sequencer.remote.RemoteSequencer` on `app.state.sequencer`, over NATS. Its
+websocket clients get market data from its own hub, fed by `market.feed_relay`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+
+from ops.app import Lifespan
+from ops.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def remote_exchange_lifespan(nats_url: str, worker: int) -> Lifespan:
+    """Connect to NATS; the sequencer over it on `app.state.sequencer`; the market data relay."""
+    from contextlib import asynccontextmanager
+
+    from market.feed_relay import FeedRelay
+    from market.sequencer.remote import RemoteSequencer
+    from ops.bus import close, connect
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        relay: FeedRelay | None = None
+
+        async def reconnected() -> None:
+            if relay is not None:
+                relay.reload()
+
+        nats = await connect(nats_url, name=f"tokex-gateway-{worker}")
+        nats._reconnected_cb = reconnected
+        remote = RemoteSequencer(nats)
+        relay = FeedRelay(nats, remote, app.state.market_data)
+        await relay.start()
+        app.state.sequencer = remote
+        try:
+            yield
+        finally:
+            app.state.sequencer = None
+            await relay.close()
+            await close(nats)
+
+    return lifespan
+
+
+def serve_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ops.app import create_app
+    from ops.cli import settings_from_args
+    from ops.limits import uvicorn_options
+
+    settings: Settings = settings_from_args(args)
+    app = create_app(settings, lifespans=[remote_exchange_lifespan(args.nats_url, args.worker)])
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+        **uvicorn_options(settings.connection_limits),
+    )
+    sock = socket.socket(fileno=args.fd)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ops.cli import add_database_options
+
+    parser = subparsers.add_parser(
+        "serve-gateway", help="one gateway process of `serve --workers N` (started by it)"
+    )
+    parser.add_argument("--fd", type=int, required=True, help="the inherited listening socket")
+    parser.add_argument("--nats-url", required=True)
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    add_database_options(parser)
+    parser.set_defaults(handler=serve_gateway)

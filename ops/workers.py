@@ -1,0 +1,183 @@
+"""`tokex serve --workers N`: N gateway processes in front of one sequencer process.
+
+The process started as `tokex serve --workers N` is the sequencer process: it
+migrated the database (`ops.cli`), starts an embedded NATS unless `NATS_URL` is set
+(`ops.bus`), opens the exchange exactly as one process does (`ops.exchange`: the
+sequencer, the ledger writer, recovery, the database supervisor) without serving HTTP,
+answers commands and queries over NATS and publishes market data there
+(`market.sequencer.responder`). It binds the listening socket once and starts N
+gateway processes (`tokex serve-gateway`, `ops.gateway_process`) that inherit it: the
+kernel hands each new connection to one of them. A gateway that exits is started
+again (after a delay that doubles while they keep dying, up to `RESTART_MAX_DELAY_S`),
+while the others keep answering. On SIGTERM: the gateways first (they finish their
+requests), then the responder, then the exchange, then NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from litestar import Litestar
+from litestar.datastructures import State
+
+from ops.bus import EmbeddedNats, close, connect, die_with_parent, nats_url_from_env
+from ops.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: A gateway that ran less than this before exiting counts as dying at start.
+HEALTHY_RUN_S = 10.0
+RESTART_FIRST_DELAY_S = 0.1
+RESTART_MAX_DELAY_S = 5.0
+#: How long a gateway may take to finish its requests on SIGTERM before SIGKILL.
+STOP_GRACE_S = 10.0
+LISTEN_BACKLOG = 2048
+BIND_TIMEOUT_S = 10.0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The one socket every gateway accepts on (inherited by each)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    deadline = time.monotonic() + BIND_TIMEOUT_S
+    while True:  # the gateways of a killed tokex may still hold it for a moment
+        try:
+            sock.bind((host, port))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sock.close()
+                raise
+            time.sleep(0.1)
+    sock.listen(LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Gateways:
+    """N gateway processes on one inherited socket, each restarted when it exits."""
+
+    def __init__(self, count: int, command: list[str], fd: int, env: dict[str, str]) -> None:
+        self._count = count
+        self._command = command
+        self._fd = fd
+        self._env = env
+        self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.restarts = 0
+        self._stopping = False
+
+    def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [*self._command, "--fd", str(self._fd), "--worker", str(slot)],
+            env=self._env,
+            pass_fds=(self._fd,),
+            preexec_fn=die_with_parent,
+            start_new_session=True,  # signals come from here: stopped in order
+        )
+        log.info("gateway %d started (pid %d)", slot, proc.pid)
+        self.processes[slot] = proc
+        return proc
+
+    async def run(self) -> None:
+        """Start every gateway and keep each running until `stop`."""
+        await asyncio.gather(*(self._keep(slot) for slot in range(self._count)))
+
+    async def _keep(self, slot: int) -> None:
+        delay = RESTART_FIRST_DELAY_S
+        while not self._stopping:
+            started = time.monotonic()
+            proc = self._spawn(slot)
+            code = await asyncio.to_thread(proc.wait)
+            if self._stopping:
+                return
+            ran = time.monotonic() - started
+            delay = (
+                RESTART_FIRST_DELAY_S
+                if ran >= HEALTHY_RUN_S
+                else min(delay * 2, RESTART_MAX_DELAY_S)
+            )
+            self.restarts += 1
+            log.warning(
+                "gateway %d (pid %d) exited with %s; restarting in %.1fs",
+                slot,
+                proc.pid,
+                code,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        running = [p for p in self.processes if p is not None and p.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            try:
+                await asyncio.to_thread(proc.wait, STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+
+def gateway_command(settings: Settings, nats_url: str) -> list[str]:
+    return [
+        sys.executable, "-m", "ops", "serve-gateway", "--nats-url", nats_url,
+        "--host", settings.host, "--port", str(settings.port),
+    ]  # fmt: skip
+
+
+def run_workers(settings: Settings, workers: int) -> int:
+    """The sequencer process of `tokex serve --workers N` (see the module docstring)."""
+    assert settings.database_url is not None  # set by `tokex serve` once it migrated
+    embedded: EmbeddedNats | None = None
+    nats_url = nats_url_from_env()
+    if nats_url is None:
+        embedded = EmbeddedNats(Path(settings.data_path) / "nats")
+        nats_url = embedded.url
+    sock = listening_socket(settings.host, settings.port)
+    env = {**os.environ, "DATABASE_URL": settings.database_url}
+    try:
+        asyncio.run(_sequencer_process(settings, nats_url, sock, workers, env))
+    finally:
+        sock.close()
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+async def _sequencer_process(
+    settings: Settings, nats_url: str, sock: socket.socket, workers: int, env: dict[str, str]
+) -> None:
+    from market.sequencer.responder import Responder
+    from ops.exchange import exchange_lifespan
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    nats = await connect(nats_url, name="tokex-sequencer")
+    app = Litestar(route_handlers=[], state=State({}), logging_config=None)
+    responder = Responder(nats, lambda: app.state.get("sequencer"))
+    app.state.market_data = responder  # the sequencer's publish hook: market data to NATS
+    try:
+        async with exchange_lifespan(settings)(app):
+            await responder.start()
+            gateways = Gateways(workers, gateway_command(settings, nats_url), sock.fileno(), env)
+            app.state.gateways = gateways
+            running = asyncio.create_task(gateways.run())
+            log.info("tokex: %d gateways on http://%s:%d", workers, settings.host, settings.port)
+            await stop.wait()
+            log.info("tokex: stopping the gateways, then the exchange")
+            await gateways.stop()
+            await running
+            await responder.close()
+    finally:
+        await close(nats)

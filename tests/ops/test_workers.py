@@ -1,0 +1,259 @@
+"""`tokex serve --workers 2`: gateway processes in front of the sequencer process, over NATS.
+
+The whole end-to-end suite runs against `--workers 2` with TOKEX_TEST_SERVE_WORKERS=2
+(tests/support/server.py); here, in every run, the wire between the processes, the
+end-to-end test of the book over REST and the websocket, a signed command replayed
+through both gateways, and a gateway killed under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from market.client import TokexClient
+from market.keys import load_private_key
+from market.sequencer import ExchangeBusy, PlaceOp
+from market.sequencer.queries import BookQuery, Query
+from market.sequencer.remote import RemoteSequencer, SequencerUnreachable
+from market.sequencer.wire import Answer, BadCommand, Codec, ErrorWire, RemoteError, Reply, encode
+from market.signing import now_ms, sign_request
+from ops.bus import EmbeddedNats, close, connect
+from schemas.accounts import Role
+from schemas.errors import DomainError, ErrorKind
+from schemas.market import Side
+from schemas.trading import BookView, CreateInstrument, OrderView, PlaceOrder
+from tests.market.test_stream_e2e import test_rest_book_equals_websocket_book
+from tests.support.pg import PgServer
+from tests.support.server import ServerProcess, operator_client
+
+__all__ = ["test_rest_book_equals_websocket_book"]
+
+SYM = "llama-3.1-70b/2030-12-01T00Z/1h"
+
+
+@pytest.fixture
+def server_process(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """The end-to-end test imported above runs against this one: two gateways."""
+    proc = ServerProcess(
+        database_url=db_url,
+        data_dir=tmp_path,
+        extra_args=("--workers", "2"),
+        env={"TOKEX_RATE_LIMIT": "10000", "TOKEX_RATE_BURST": "10000"},
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+# -- the wire ------------------------------------------------------------------------------
+
+
+def test_an_error_crosses_as_its_own_class_so_it_maps_to_the_same_response() -> None:
+    busy = ErrorWire.of(ExchangeBusy("the exchange is busy")).error()
+    assert type(busy) is ExchangeBusy
+    assert (busy.code, busy.kind, busy.message) == ("exchange_busy", ErrorKind.UNAVAILABLE,
+                                                    "the exchange is busy")  # fmt: skip
+    refused = DomainError("no funds", code="insufficient_funds")
+    refused.kind = ErrorKind.REJECTED
+    wire = msgspec.msgpack.decode(encode(ErrorWire.of(refused)), type=ErrorWire)
+    assert (wire.error().code, wire.error().kind) == ("insufficient_funds", ErrorKind.REJECTED)
+    unknown = ErrorWire("elsewhere", "Gone", "gone", "not_found", "gone away").error()
+    assert isinstance(unknown, RemoteError)
+    assert (unknown.code, unknown.kind) == ("gone", ErrorKind.NOT_FOUND)
+
+
+def test_ops_and_their_answers_decode_into_their_own_types() -> None:
+    codec = Codec()
+    op = PlaceOp("acc_1", PlaceOrder(client_order_id="c1", instrument=SYM, side=Side.BUY,
+                                     quantity=1000, price=5))  # fmt: skip
+    (back,) = codec.ops("PlaceOp", encode([op]))
+    assert back == op
+    refused = ErrorWire.of(ExchangeBusy("busy"))
+    answer = codec.answer("PlaceOp", encode(Answer[OrderView](replies=[Reply(error=refused)])))
+    assert answer.replies[0].error == refused
+    book = BookView(instrument=SYM, seq=3, bids=[], asks=[])
+    assert BookQuery.result_type() is BookView
+    payload = encode(Answer(replies=[Reply(value=book)]))
+    decoded = msgspec.msgpack.decode(payload, type=Answer[BookView])
+    assert decoded.replies[0].value == book
+    with pytest.raises(TypeError):
+        Query.result_type()
+    # a gateway of another version: refused as such, not a lost request
+    with pytest.raises(BadCommand):
+        codec.ops("NoSuchOp", encode([]))
+    with pytest.raises(BadCommand):
+        codec.ops("PlaceOp", encode([{"account_id": 1}]))
+
+
+async def test_no_sequencer_on_the_bus_is_a_503_at_once(tmp_path: Path) -> None:
+    """The embedded NATS, and a gateway's command with no sequencer process to answer it:
+    503 `sequencer_unreachable` (Retry-After, by its kind) rather than a hang."""
+    embedded = EmbeddedNats(tmp_path)
+    try:
+        nats = await connect(embedded.url, name="test")
+        remote = RemoteSequencer(nats, timeout_s=5.0)
+        began = time.monotonic()
+        with pytest.raises(SequencerUnreachable) as refused:
+            await remote.submit(PlaceOp("acc_1", PlaceOrder(
+                client_order_id="c1", instrument=SYM, side=Side.BUY, quantity=1000, price=5
+            )))  # fmt: skip
+        assert refused.value.kind is ErrorKind.UNAVAILABLE
+        assert time.monotonic() - began < 2.0  # "no responders" at once, not the timeout
+        assert remote.healthy
+        await close(nats)
+    finally:
+        embedded.stop()
+
+
+# -- one server with two gateways: a replayed command, then a gateway killed under load
+
+
+class Workers:
+    def __init__(self, proc: ServerProcess, db_url: str, operator: TokexClient) -> None:
+        self.proc, self.db_url, self.operator = proc, db_url, operator
+
+    async def buyer(self, name: str) -> TokexClient:
+        """A funded buyer with its own connections."""
+        created = await self.operator.create_account(Role.BUYER, name)
+        await self.operator.deposit(f"dep-{name}", created.account_id, 10_000_000)
+        assert created.private_key is not None
+        key = load_private_key(created.private_key)
+        return TokexClient(self.proc.base_url, created.key_id, key)
+
+
+async def _both_gateways_up(proc: ServerProcess) -> None:
+    """Healthy is one gateway up; a request signed before the other started would be
+    refused by it as `stale_timestamp` (its replay window starts empty)."""
+    deadline = time.monotonic() + 30
+    while proc.log_path.read_text().count("Application startup complete") < 2:
+        assert time.monotonic() < deadline, proc.log()
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+async def workers(pg: PgServer, pg_template: str, tmp_path_factory: pytest.TempPathFactory
+                  ) -> AsyncIterator[Workers]:  # fmt: skip
+    async with pg.fresh_database(pg_template) as url:
+        proc = ServerProcess(
+            database_url=url,
+            data_dir=tmp_path_factory.mktemp("workers"),
+            extra_args=("--workers", "2"),
+            env={"TOKEX_RATE_LIMIT": "10000", "TOKEX_RATE_BURST": "10000"},
+        )
+        proc.start()
+        await _both_gateways_up(proc)
+        operator = await operator_client(url, proc.base_url)
+        await operator.create_instrument(
+            CreateInstrument(symbol=SYM, lot_size=1000, tick_size=5, price_min=5,
+                             price_max=100_000, maker_fee_bps=10, taker_fee_bps=20)
+        )  # fmt: skip
+        try:
+            yield Workers(proc, url, operator)
+        finally:
+            await operator.aclose()
+            proc.stop()
+
+
+async def test_a_signed_command_replayed_through_every_gateway_is_taken_once(
+    workers: Workers,
+) -> None:
+    buyer = await workers.buyer("replayer")
+    assert buyer.private_key is not None and buyer.key_id is not None
+    order = PlaceOrder(client_order_id="once", instrument=SYM, side=Side.BUY, quantity=1000,
+                       price=5)  # fmt: skip
+    body = msgspec.json.encode(order)
+    headers = {"Content-Type": "application/json", **sign_request(
+        buyer.private_key, buyer.key_id, "POST", "/v1/orders", body, now_ms()
+    )}  # fmt: skip
+    statuses: list[tuple[int, str]] = []
+    for _ in range(8):  # a new connection each: the kernel spreads them over the gateways
+        async with httpx.AsyncClient(base_url=workers.proc.base_url) as fresh:
+            response = await fresh.post("/v1/orders", content=body, headers=headers)
+        statuses.append((response.status_code, response.json().get("code", "")))
+    assert statuses[0][0] == 201
+    assert statuses[1:] == [(401, "replayed_signature")] * 7
+    await buyer.aclose()
+
+
+# -- a gateway killed under load -----------------------------------------------------------
+
+
+def _gateway_pids(proc: ServerProcess) -> dict[int, int]:
+    """The gateway processes the server's log says it started: slot -> newest pid."""
+    started = re.findall(r"gateway (\d+) started \(pid (\d+)\)", proc.log_path.read_text())
+    return {int(slot): int(pid) for slot, pid in started}
+
+
+async def _load(
+    client: TokexClient, name: str, until: float, acked: list[tuple[float, str]]
+) -> int:
+    """Place resting buys until `until`; a broken connection is retried with the same
+    client_order_id (idempotent). Returns how many attempts failed."""
+    failures, n = 0, 0
+    while time.monotonic() < until:
+        coid = f"{name}-{n}"
+        for _ in range(50):
+            try:
+                order = PlaceOrder(
+                    client_order_id=coid, instrument=SYM, side=Side.BUY, quantity=1000, price=5
+                )
+                await client.place_order(order)
+                acked.append((time.monotonic(), coid))
+                break
+            except httpx.TransportError:
+                failures += 1
+                await asyncio.sleep(0.02)
+        n += 1
+    return failures
+
+
+async def test_a_killed_gateway_is_replaced_while_the_other_keeps_answering(
+    workers: Workers,
+) -> None:
+    proc, db_url = workers.proc, workers.db_url
+    # each its own connections, so some are on the gateway that dies
+    buyers = [await workers.buyer(f"buyer-{i}") for i in range(4)]
+    before = _gateway_pids(proc)
+    assert len(before) == 2
+    acked: list[tuple[float, str]] = []
+    until = time.monotonic() + 4.0
+    load = [asyncio.create_task(_load(b, f"b{i}", until, acked)) for i, b in enumerate(buyers)]
+    await asyncio.sleep(1.0)
+    killed_at = time.monotonic()
+    os.kill(before[0], signal.SIGKILL)
+    await asyncio.gather(*load)
+    assert [t for t, _ in acked if killed_at < t < killed_at + 0.5], (
+        "nobody answered after the kill"
+    )
+    deadline = time.monotonic() + 10
+    while _gateway_pids(proc).get(0) == before[0] and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    after = _gateway_pids(proc)
+    assert after[0] != before[0] and after[1] == before[1]  # slot 0 replaced, slot 1 untouched
+    # every acknowledged order is durable, and no retry placed one twice
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT client_order_id FROM market_orders WHERE instrument = $1", SYM
+        )
+    finally:
+        await conn.close()
+    placed = [r["client_order_id"] for r in rows]
+    assert len(placed) == len(set(placed))
+    assert {coid for _, coid in acked} <= set(placed)
+    proc.wait_healthy(10)
+    for client in buyers:
+        await client.aclose()
