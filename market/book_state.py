@@ -109,7 +109,7 @@ class BookState:
         self._bid_heap: list[int] = []
         self._asks: dict[int, Level] = {}  # key = price
         self._ask_heap: list[int] = []
-        self._dead: dict[int, int] = {}  # level key -> tombstones counted (market.level)
+        self._dead: dict[int, int] = {}  # level key -> its tombstones counted (market.level)
         self._orders: dict[int, RestingOrder] = {}
         # owner -> (client order ids it used in this book, the orders it rested);
         # orders gone (open 0) are pruned when the list reaches `_owner_limit`
@@ -222,7 +222,7 @@ class BookState:
             level.remove(order)
             return True
         dead = self._dead
-        n = dead.get(key, 0) + 1
+        n = dead[key] + 1
         if n > LEVEL_COMPACT_MIN and 2 * n > len(level):
             compact_level(level)
             n = 0
@@ -259,6 +259,7 @@ class BookState:
             sides = ((self._bids, self._bid_heap), (self._asks, self._ask_heap))
             self._compact_at = compact(sides, self._dead, self._compact_min)
         level = levels[key] = Level()
+        self._dead[key] = 0
         heappush(heap, key)
         return level
 
