@@ -170,11 +170,8 @@ class OrderBook(BookState):
     # ------------------------------------------------------------------ new order
 
     def new_order(self, cmd: NewOrder) -> list[Event]:
-        """Written for the interpreter (this runs for most commands): every comparison
-        of the checks is in an `if` (so it is CPython's specialised int compare and
-        jump, not a generic compare), the attributes used once are read where used,
-        and the common path (a limit order that rests without crossing) takes no call
-        but the event's and the order's constructors."""
+        """Written for the interpreter (see the README's engine section): the checks in
+        one `if`, no call on the common path but the two constructors."""
         t = cmd.time
         expired: list[Event] | None = None  # the events list is built with the first event
         if self._next_expiry <= t:
@@ -232,11 +229,8 @@ class OrderBook(BookState):
             post_only, stp,
         )  # fmt: skip
         self._seq = seq + 1
-        if expired is None:  # `[event]` allocates once, `[]` and an append twice
-            events: list[Event] = [accepted]
-        else:
-            events = expired
-            events.append(accepted)
+        # `[event]` allocates once, `[]` and an append twice
+        events: list[Event] = [accepted] if expired is None else [*expired, accepted]
         if crosses:
             # rem: the open remainder; decremented: taken off the taker by STP
             rem, decremented = self._match(t, oid, owner, side, stp, qty, lim_key, events)
@@ -348,33 +342,27 @@ class OrderBook(BookState):
                 if maker.owner != owner:
                     moid = maker.order_id
                     if mopen <= rem:  # the maker leaves the book (not updated further)
+                        fq = mopen
                         rem -= mopen
-                        maker.open = 0
+                        left = maker.open = 0
                         level.popleft()
                         del orders[moid]
-                        events.append(
-                            Fill(
-                                seq, t, sym, moid, oid, maker.owner, owner, side, maker.price,
-                                mopen, 0, rem,
-                            )
-                        )  # fmt: skip
-                        seq += 1
-                        if not rem:
-                            stop = True
-                            break
-                        continue
-                    maker.open = mopen - rem
-                    maker.filled += rem
+                    else:
+                        fq = rem
+                        rem = 0
+                        left = maker.open = mopen - fq
+                        maker.filled += fq
                     events.append(
                         Fill(
-                            seq, t, sym, moid, oid, maker.owner, owner, side, maker.price, rem,
-                            mopen - rem, 0,
+                            seq, t, sym, moid, oid, maker.owner, owner, side, maker.price, fq,
+                            left, rem,
                         )
                     )  # fmt: skip
                     seq += 1
-                    rem = 0
-                    stop = True
-                    break
+                    if not rem:
+                        stop = True
+                        break
+                    continue
                 # self-trade prevention (the maker is the taker's owner's)
                 if stp is _CANCEL_OLDEST or stp is _CANCEL_BOTH:
                     level.popleft()
