@@ -526,12 +526,11 @@ class OrderBook(BookState):
         keep = new_price == old_price and new_open < old_open
         quantity = order.quantity + new_open - old_open
         # (a store into a msgspec Struct is not specialised by the interpreter: each
-        # costs ~100 ns, so the old place of a re-queued order is left as it is)
+        # costs ~100 ns, so none is made that nothing reads)
         if keep:
             order.quantity = quantity
             order.open = new_open
         else:  # to the back of the queue (a copy if the old place stays a tombstone)
-            order.open = 0
             if self._unlink(order):
                 order.quantity = quantity
                 order.open = new_open
@@ -608,8 +607,7 @@ class OrderBook(BookState):
             if order is None or order.expire_at != expire_at:
                 continue  # already gone (filled, cancelled): a stale entry
             qty = order.open
-            order.cancelled += qty
-            order.open = 0
+            order.open = 0  # gone: not updated further (see `cancel_order`)
             self._unlink(order)
             seq = self._seq
             events.append(
@@ -642,9 +640,9 @@ class OrderBook(BookState):
         return events
 
     def _cancel_event(self, events: list[Event], t: int, order: RestingOrder, reason: str) -> None:
-        """Cancel the whole open quantity of a resting order (`_unlink` it next)."""
+        """Cancel the whole open quantity of a resting order (`_unlink` it next; gone,
+        it is not updated further but for its open 0, see `cancel_order`)."""
         qty = order.open
-        order.cancelled += qty
         order.open = 0
         seq = self._seq
         events.append(
