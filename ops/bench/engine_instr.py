@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import pickle
 import re
 import shutil
@@ -65,18 +66,31 @@ def _replay_file(path: str, engine: str, times: int) -> None:
         raise HashMismatch(f"{engine}: state hash differs from the generator's run")
 
 
-def _instructions(path: str, engine: str, times: int) -> int:
-    out = subprocess.run(
+def _start(path: str, engine: str, times: int) -> subprocess.Popen[str]:
+    """A valgrind replay; PYTHONHASHSEED fixed, so that the dicts and sets of the
+    two processes compared collide alike (a random seed moves the count ~1%)."""
+    return subprocess.Popen(
         [
             "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
             sys.executable, "-m", "ops.bench.engine_instr", "--replay", path, engine, str(times),
         ],
-        capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONHASHSEED": "0"},
     )  # fmt: skip
-    match = _REFS.search(out.stderr)
-    if out.returncode != 0 or match is None:
-        raise SystemExit(f"valgrind replay failed ({engine}, x{times}):\n{out.stderr[-2000:]}")
-    return int(match.group(1).replace(",", ""))
+
+
+def _instructions(path: str, engine: str) -> tuple[int, int]:
+    """Instructions of the process replaying once and of the one replaying twice
+    (run side by side)."""
+    procs = [_start(path, engine, times) for times in (1, 2)]
+    counts = []
+    for times, proc in zip((1, 2), procs, strict=True):
+        _, err = proc.communicate()
+        match = _REFS.search(err)
+        if proc.returncode != 0 or match is None:
+            raise SystemExit(f"valgrind replay failed ({engine}, x{times}):\n{err[-2000:]}")
+        counts.append(int(match.group(1).replace(",", "")))
+    return counts[0], counts[1]
 
 
 def _per_command(name: str, cmds: list[Command], expected: bytes, tmp: Path) -> None:
@@ -85,8 +99,7 @@ def _per_command(name: str, cmds: list[Command], expected: bytes, tmp: Path) -> 
         pickle.dump((cmds, expected), f)
     counts = {}
     for engine in ("new", "old"):
-        one = _instructions(path, engine, 1)
-        two = _instructions(path, engine, 2)
+        one, two = _instructions(path, engine)
         counts[engine] = (two - one) / len(cmds)
     new, old = counts["new"], counts["old"]
     print(
