@@ -109,7 +109,7 @@ class BookState:
         self._bid_heap: list[int] = []
         self._asks: dict[int, Level] = {}  # key = price
         self._ask_heap: list[int] = []
-        self._dead: dict[int, int] = {}  # level key -> tombstones counted (market.level)
+        self._dead: dict[int, int] = {}  # level key -> its tombstones counted (market.level)
         self._orders: dict[int, RestingOrder] = {}
         # owner -> (client order ids it used in this book, the orders it rested);
         # orders gone (open 0) are pruned when the list reaches `_owner_limit`
@@ -198,13 +198,15 @@ class BookState:
     # ------------------------------------------------------------------ storage
 
     def _unlink(self, order: RestingOrder) -> bool:
-        """Take a resting order whose open quantity was just set to 0 out of the
-        order index and its level, in O(1). At the front of its level: pop it
-        and any tombstones behind it. In a short level (`SHORT` entries or
-        fewer, where a scan is cheaper than the bookkeeping): remove it. Else
-        leave it as a tombstone and count it in `dead`, compacting the level
-        when they could be half of it (see `market.level`). True if the object
-        left the level (so it may be reused). `cancel_order` inlines this."""
+        """Take a resting order out of the order index and its level, in O(1). At
+        the front of its level: pop it and any tombstones behind it. In a short
+        level (`SHORT` entries or fewer, where a scan is cheaper than the
+        bookkeeping): remove it. Else leave it as a tombstone (open 0, set here if
+        it is not yet) and count it in `dead`, compacting the level when they could
+        be half of it (see `market.level`). True if the object left the level, so
+        that an amend may reuse it; a caller whose order is gone sets its open to 0
+        before (an owner's list tells a gone order by it). `cancel_order` inlines
+        this."""
         if order.side is _BUY:
             levels, heap, key = self._bids, self._bid_heap, -order.price
         else:
@@ -221,8 +223,10 @@ class BookState:
         if len(level) <= SHORT:
             level.remove(order)
             return True
+        if order.open:  # (a load is cheap, a store into a Struct is not)
+            order.open = 0
         dead = self._dead
-        n = dead.get(key, 0) + 1
+        n = dead[key] + 1
         if n > LEVEL_COMPACT_MIN and 2 * n > len(level):
             compact_level(level)
             n = 0
@@ -259,6 +263,7 @@ class BookState:
             sides = ((self._bids, self._bid_heap), (self._asks, self._ask_heap))
             self._compact_at = compact(sides, self._dead, self._compact_min)
         level = levels[key] = Level()
+        self._dead[key] = 0
         heappush(heap, key)
         return level
 

@@ -59,7 +59,7 @@ def drop_empty_top(levels: dict[int, Level], heap: list[int], dead: dict[int, in
     while heap and not levels[heap[0]]:
         key = heappop(heap)
         del levels[key]
-        dead.pop(key, None)
+        del dead[key]
 
 
 def keys_up_to(heap: list[int], limit: int) -> list[int]:
@@ -119,7 +119,7 @@ def compact(
     for levels, heap in sides:
         for key in [k for k, level in levels.items() if not level]:
             del levels[key]
-            dead.pop(key, None)
+            del dead[key]
         heap[:] = list(levels)
         heapify(heap)
         most = max(most, len(heap))

@@ -55,11 +55,15 @@ def replay(make: Factory, cmds: Sequence[Command], expected_hash: bytes, label: 
 def interleaved(
     engines: dict[str, Factory], cmds: Sequence[Command], expected_hash: bytes, repeat: int
 ) -> dict[str, list[Replay]]:
-    """`repeat` rounds, each replaying the stream once on every engine in turn."""
+    """`repeat` rounds, each replaying the stream once on every engine in turn, the
+    order reversed every other round: the place in a round moved a replay's CPU time
+    by ~6% (measured: the shallow stream 0.89x new/old with the new book first in
+    every round, 0.97x with it last)."""
     out: dict[str, list[Replay]] = {name: [] for name in engines}
-    for _ in range(repeat):
-        for name, make in engines.items():
-            out[name].append(replay(make, cmds, expected_hash, name))
+    for i in range(repeat):
+        order = list(engines) if i % 2 == 0 else list(reversed(engines))
+        for name in order:
+            out[name].append(replay(engines[name], cmds, expected_hash, name))
     return out
 
 

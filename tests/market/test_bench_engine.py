@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ops.bench import engine as bench
@@ -77,3 +79,20 @@ def test_baseline_is_the_old_book_and_agrees_with_the_new() -> None:
         assert new_engine.snapshot() == old_bytes
         assert MatchingEngine.restore(old_bytes).snapshot() == old_bytes
         assert old.engine_cls.restore(new_engine.snapshot()).snapshot() == old_bytes
+
+
+def test_instruction_count_replay_checks_the_state(tmp_path: Path) -> None:
+    """The replay `ops.bench.engine_instr` runs under valgrind reproduces the
+    generator's state on both engines, and refuses a stream whose hash differs
+    (so a count is never of a replay that went wrong)."""
+    import pickle
+
+    from ops.bench import engine_instr
+
+    cmds, expected_hash, _ = bench.generate(1_000, seed=5, resting=100)
+    good, bad = tmp_path / "good.pickle", tmp_path / "bad.pickle"
+    good.write_bytes(pickle.dumps((cmds, expected_hash)))
+    bad.write_bytes(pickle.dumps((cmds, b"\0" * 32)))
+    for engine in ("new", "old"):
+        assert engine_instr.main(["--replay", str(good), engine, "2"]) == 0
+        assert engine_instr.main(["--replay", str(bad), engine, "1"]) == 1
