@@ -108,7 +108,7 @@ from schemas.trading import (
     WithdrawalView,
 )
 
-__all__ = ["trading_router"]
+__all__ = ["cancel", "place", "place_many", "trader_exchange", "trading_router"]
 
 
 class ExchangeNotRunning(DomainError):
@@ -280,28 +280,26 @@ def _trader(request: Request[Any, Any, Any]) -> tuple[Exchange, Principal]:
     `requires_role(Role.BUYER, Role.PROVIDER)` and `provide_principal`.
     """
     principal = provide_principal(request)
+    return trader_exchange(request.app.state, principal), principal
+
+
+def trader_exchange(state: State, principal: Principal) -> Exchange:
+    """The sequencer, for a trader (buyer or provider; else 403 `forbidden_role`)."""
     if principal.role not in _TRADER_ROLES:
         raise ForbiddenRole(f"role {principal.role} may not do this (needs: buyer, provider)")
-    return provide_sequencer(request.app.state), principal
+    return provide_sequencer(state)
 
 
-@post("/orders", status_code=201)
-async def place_order(data: JSONBody[PlaceOrder], request: Request[Any, Any, Any]) -> OrderView:
-    """Place an order. Retrying with the same `client_order_id` and body returns the same order."""
-    sequencer, principal = _trader(request)
+async def place(sequencer: Exchange, principal: Principal, data: PlaceOrder) -> OrderView:
+    """`POST /v1/orders` itself (here and on the lean path, `market.orders_asgi`)."""
     _check_side(principal, data.side)
     return _refuse_if_rejected(await sequencer.submit(PlaceOp(principal.account_id, data)))
 
 
-@post("/orders/batch", status_code=200)
-async def place_orders(
-    data: JSONBody[PlaceOrders], request: Request[Any, Any, Any]
+async def place_many(
+    sequencer: Exchange, principal: Principal, data: PlaceOrders
 ) -> list[OrderResult]:
-    """Place up to 50 orders; each is accepted or refused on its own, in order.
-
-    The orders are queued all together or not at all: if the sequencer's queue has no
-    room for every one, the whole request answers 503 `exchange_busy` (none placed)."""
-    sequencer, principal = _trader(request)
+    """`POST /v1/orders/batch` itself (here and on the lean path, `market.orders_asgi`)."""
     refusals: list[DomainError | None] = []
     ops: list[PlaceOp] = []
     for order in data.orders:
@@ -329,6 +327,28 @@ async def place_orders(
                     )
                 )  # fmt: skip
     return results
+
+
+async def cancel(sequencer: Exchange, principal: Principal, order_id: int) -> OrderView:
+    """`DELETE /v1/orders/{order_id}` itself (here and on the lean path)."""
+    return await sequencer.submit(CancelOp(principal.account_id, order_id))
+
+
+@post("/orders", status_code=201)
+async def place_order(data: JSONBody[PlaceOrder], request: Request[Any, Any, Any]) -> OrderView:
+    """Place an order. Retrying with the same `client_order_id` and body returns the same order."""
+    return await place(*_trader(request), data)
+
+
+@post("/orders/batch", status_code=200)
+async def place_orders(
+    data: JSONBody[PlaceOrders], request: Request[Any, Any, Any]
+) -> list[OrderResult]:
+    """Place up to 50 orders; each is accepted or refused on its own, in order.
+
+    The orders are queued all together or not at all: if the sequencer's queue has no
+    room for every one, the whole request answers 503 `exchange_busy` (none placed)."""
+    return await place_many(*_trader(request), data)
 
 
 @get("/orders")
@@ -401,8 +421,7 @@ async def cancel_order_by_client_id(
 
 @delete("/orders/{order_id:int}", status_code=200)
 async def cancel_order(order_id: FromPath[int], request: Request[Any, Any, Any]) -> OrderView:
-    sequencer, principal = _trader(request)
-    return await sequencer.submit(CancelOp(principal.account_id, order_id))
+    return await cancel(*_trader(request), order_id)
 
 
 @patch("/orders/{order_id:int}")

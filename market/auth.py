@@ -82,6 +82,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "ReplayWindow",
+    "authenticate_scope",
     "now_ms",
     "principal_of",
     "provide_principal",
@@ -503,6 +504,38 @@ class AuthMiddleware(ASGIMiddleware):
             await send(message)
 
         await next_app(scope, receive, send_with_quota)
+
+
+_RAW_KEY: Final = HEADER_KEY.lower().encode()
+_RAW_TIMESTAMP: Final = HEADER_TIMESTAMP.lower().encode()
+_RAW_SIGNATURE: Final = HEADER_SIGNATURE.lower().encode()
+
+
+async def authenticate_scope(
+    authenticator: Authenticator, scope: Scope, body: bytes, now_ms: int
+) -> Principal:
+    """`AuthMiddleware`'s check (and its `SIGNED` context) from the raw ASGI scope, for a
+    path that builds no Litestar request (`market.orders_asgi`). The first of a repeated
+    header counts, as with Litestar's headers."""
+    key_id = timestamp = signature = None
+    for name, value in scope["headers"]:
+        if name == _RAW_KEY:
+            key_id = key_id if key_id is not None else value.decode("latin-1")
+        elif name == _RAW_TIMESTAMP:
+            timestamp = timestamp if timestamp is not None else value.decode("latin-1")
+        elif name == _RAW_SIGNATURE:
+            signature = signature if signature is not None else value.decode("latin-1")
+    principal = await authenticator.authenticate(
+        key_id,
+        timestamp,
+        signature,
+        str(scope.get("method")),
+        _path_with_query(scope),
+        body,
+        now_ms,
+    )
+    SIGNED.set(f"{signature} {timestamp}")
+    return principal
 
 
 def provide_principal(request: Request[Any, Any, Any]) -> Principal:

@@ -46,6 +46,7 @@ from market.gateway.keys_api import keys_router
 from market.gateway.openai_api import openai_router
 from market.gateway.openai_asgi import OpenAICalls, serve_call
 from market.gateway.receipts_api import receipts_router
+from market.orders_asgi import OrderCalls
 from market.stream import market_stream
 from market.vouchers_api import vouchers_router
 from ops.audit_api import audit_router
@@ -200,6 +201,14 @@ def create_app(
     # NUL check and the database gate (market.gateway.openai_asgi)
     calls = RefuseNulBytes(DatabaseGate(serve_call))
     app.asgi_handler = OpenAICalls(app.asgi_handler, calls)
+    # the single-order routes likewise, with the same gates and rate limiter as Litestar's
+    # chain (market.orders_asgi)
+    app.asgi_handler = OrderCalls(
+        app.asgi_handler,
+        limiter,
+        MAX_BODY_BYTES,
+        wrap=lambda lean: RefuseNulBytes(DatabaseGate(lean)),
+    )
     # request ids, the access log and request metrics, around everything (ops.observe)
     return observe(app)
 

@@ -1,6 +1,7 @@
 """Trading API throughput: durable orders acknowledged per second, with latency.
 
     python -m ops.bench.api [--seconds 10] [--clients 48] [--batch 50] [--workers N] [--keep]
+                            [--profile FILE]
 
 Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or
 DATABASE_URL), creates an instrument, providers and buyers, then drives it on
@@ -12,7 +13,14 @@ sequencer also settles fills. Server, database and load share this machine. The
 temporary data dir (gigabytes of database) is deleted afterwards, unless `--keep` or the
 run failed (its `server.log` says why). `--workers N` runs `tokex serve --workers N` (N
 gateway processes and the sequencer process, over an embedded NATS) and reports the CPU
-of each of its processes.
+of each of its processes. `--profile FILE` records the server's main process with
+`py-spy` (installed apart: `pip install py-spy`) during the single-order phase, as
+collapsed stacks in FILE (`py-spy record --format raw`; keep it out of the repo).
+
+Old and new side by side: copy this file and `ops/bench/cpu.py` into a checkout of the old
+commit (`git archive <commit> | tar -x -C /tmp/api-before`) and run it from there with this
+venv's python (`-m` puts the current directory first on the path), so each side's client
+speaks its own server's wire; alternate the two runs.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -279,6 +288,7 @@ async def _bench(
     batch: int,
     groups: dict[str, Group],
     workers: int,
+    profile: Path | None,
 ) -> None:
     traders = await _setup(url, f"http://127.0.0.1:{port}", clients)
     await _run_phase(traders, port, 1.0, 1, "warm")
@@ -289,8 +299,11 @@ async def _bench(
     print("load on this machine; every order counted was acknowledged after its commit")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for size in (1, batch):
+        spy = _py_spy(next(iter(groups.values())).pid, profile, seconds) if size == 1 else None
         before, began = CpuSample.take(groups), time.perf_counter()
         rate, refused, lat = await _run_phase(traders, port, seconds, size, f"b{size}")
+        if spy is not None:
+            await asyncio.to_thread(spy.wait)
         used, elapsed = CpuSample.take(groups).since(before), time.perf_counter() - began
         what = "single orders" if size == 1 else f"batches of {size}"
         p50, p99 = _percentile(lat, 0.5) * 1000, _percentile(lat, 0.99) * 1000
@@ -304,6 +317,17 @@ async def _bench(
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
+def _py_spy(pid: int, out: Path | None, seconds: float) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of `pid` for the phase (collapsed stacks in `out`)."""
+    if out is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+               "--rate", "250", "--format", "raw", "--output", str(out),
+               "--nonblocking"]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -315,6 +339,7 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep the data dir (database, server.log)"
     )
+    parser.add_argument("--profile", type=Path, help="py-spy the server into this file")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="tokex-api-bench-"))
     os.chmod(data_dir, 0o755)
@@ -327,7 +352,10 @@ def main() -> None:
         server = _start_server(url, data_dir, port, args.workers)
         pg_data = None if external else data_dir / "pg"
         groups = _process_groups(server.pid, pg_data, args.workers)
-        asyncio.run(_bench(url, port, args.seconds, args.clients, args.batch, groups, args.workers))
+        asyncio.run(
+            _bench(url, port, args.seconds, args.clients, args.batch, groups, args.workers,
+                   args.profile)
+        )  # fmt: skip
     except BaseException:
         keep = True  # for its server.log
         raise
