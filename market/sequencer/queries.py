@@ -45,7 +45,10 @@ class Query(msgspec.Struct, Generic[T], frozen=True, tag=True):
         """T, from the class's `Query[T]` base (how its answer decodes)."""
         for base in getattr(cls, "__orig_bases__", ()):
             if typing.get_origin(base) is Query:
-                return typing.get_args(base)[0]
+                (result,) = typing.get_args(base)
+                if isinstance(result, typing.ForwardRef | str):  # msgspec cannot decode it
+                    raise TypeError(f"{cls.__name__} names its answer as a string: {result}")
+                return result
         raise TypeError(f"{cls.__name__} does not say what it answers")
 
 
@@ -141,17 +144,17 @@ class SettlementsQuery(Query[list[SettlementView]], frozen=True, tag="settlement
         return sequencer.settlements()
 
 
-class StatusQuery(Query["Status"], frozen=True, tag="status"):
-    """The sequencer's state and the ledger's size (for /health and /ready elsewhere)."""
-
-    def answer(self, sequencer: Sequencer) -> Status:
-        return Status(sequencer.state.value, sequencer.healthy, sequencer.ledger.size)
-
-
 class Status(msgspec.Struct, frozen=True):
     state: str
     healthy: bool
     ledger_size: int
+
+
+class StatusQuery(Query[Status], frozen=True, tag="status"):
+    """The sequencer's state and the ledger's size (for /health and /ready elsewhere)."""
+
+    def answer(self, sequencer: Sequencer) -> Status:
+        return Status(sequencer.state.value, sequencer.healthy, sequencer.ledger.size)
 
 
 #: Every query, as the one union the sequencer process decodes.

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+import typing
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from market.client import TokexClient
 from market.keys import load_private_key
 from market.sequencer import ExchangeBusy, PlaceOp
-from market.sequencer.queries import BookQuery, Query
+from market.sequencer.queries import AnyQuery, BookQuery, Query
 from market.sequencer.remote import RemoteSequencer, SequencerUnreachable
 from market.sequencer.wire import Answer, BadCommand, Codec, ErrorWire, RemoteError, Reply, encode
 from market.signing import now_ms, sign_request
@@ -165,6 +166,21 @@ async def workers(pg: PgServer, pg_template: str, tmp_path_factory: pytest.TempP
         finally:
             await operator.aclose()
             proc.stop()
+
+
+def test_every_query_says_a_type_its_answer_decodes_into() -> None:
+    for kind in typing.get_args(AnyQuery):
+        msgspec.msgpack.Decoder(kind.result_type())  # a string (forward) reference fails here
+
+
+async def test_ready_and_health_through_a_gateway(workers: Workers) -> None:
+    async with httpx.AsyncClient(base_url=workers.proc.base_url) as client:
+        for _ in range(4):  # new connections: the kernel spreads them over the gateways
+            ready = await client.get("/ready", headers={"Connection": "close"})
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["status"] == "ready"
+            assert type(ready.json()["ledger_size"]) is int
+            assert (await client.get("/health")).status_code == 200
 
 
 async def test_a_signed_command_replayed_through_every_gateway_is_taken_once(
