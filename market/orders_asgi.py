@@ -40,6 +40,7 @@ from litestar.serialization import default_serializer
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from market.api import cancel, place, place_many, trader_exchange
+from market.asgi import header
 from market.auth import Authenticator, RateLimiter, authenticate_scope
 from market.signing import now_ms
 from schemas.trading import PlaceOrder, PlaceOrders
@@ -106,8 +107,7 @@ class OrderCalls:
         await self._serve(scope, receive, send)
 
     async def _lean(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = route_of(scope)
-        assert route is not None  # __call__ sends only these here
+        route = Route(scope["path_template"])  # set by __call__, which sends only these here
         messages, body = await self._read(scope, receive)
         data = None if body is None else _decoded(route, scope, body)
         if body is None or data is None:  # Litestar's to answer, as if nothing happened
@@ -139,9 +139,9 @@ class OrderCalls:
         self, scope: Scope, receive: Receive
     ) -> tuple[list[ReceiveMessage], bytes | None]:
         """The messages received, and the body (None: over the limit, or the client left)."""
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                return [], None
+        declared = header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return [], None
         messages: list[ReceiveMessage] = []
         parts: list[bytes] = []
         size = 0
@@ -163,12 +163,7 @@ def _decoded(route: Route, scope: Scope, body: bytes) -> Any:
     """The route's argument, or None if it is not plainly good (Litestar then says why)."""
     if route is Route.CANCEL:
         return int(scope["path"][len(_CANCEL_PREFIX) :])
-    content_type = None
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            content_type = value
-            break
-    if content_type != _JSON:
+    if header(scope, b"content-type") != _JSON:
         return None
     try:
         return _DECODERS[route].decode(body)

@@ -32,7 +32,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 
 from ledger.audit.export import export
 from ledger.audit.verify import verify_file
@@ -58,9 +56,11 @@ from ops.database import database_url
 from ops.demo_delivery import (
     DEFAULT_MODEL,
     Upstream,
+    free_port,
     open_upstream,
     run_delivery,
     server_env,
+    wait_answering,
 )
 from schemas.accounts import Role
 from schemas.market import Side
@@ -75,12 +75,6 @@ FUNDING = 10_000_000  # minor units each buyer deposits ($100,000.00)
 
 def _say(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _windows(now: float) -> list[str]:
@@ -98,7 +92,7 @@ class Server:
     """`tokex serve` as a child process, on the demo's database and data dir."""
 
     def __init__(self, url: str, data_dir: Path, settings: dict[str, str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": url, "TOKEX_RATE_LIMIT": "100000",
                "TOKEX_RATE_BURST": "100000", **settings}  # fmt: skip
@@ -109,18 +103,12 @@ class Server:
                  "--data-dir", str(data_dir)],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"tokex serve exited; its log is {self.log}")
-            try:
-                if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit(f"tokex serve did not become healthy; its log is {self.log}")
+        outcome = wait_answering(self.base_url + "/health", self.proc, 60)
+        if outcome == "exited":
+            raise SystemExit(f"tokex serve exited; its log is {self.log}")
+        if outcome == "timeout":
+            self.stop()
+            raise SystemExit(f"tokex serve did not become healthy; its log is {self.log}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

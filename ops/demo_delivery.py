@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -110,28 +111,41 @@ def server_env(upstream: Upstream | None) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback, for a child process of the demo."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_models(upstream: Upstream, log: Path | None) -> None:
-    deadline = time.monotonic() + 30
+def wait_answering(
+    url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float
+) -> Literal["ok", "exited", "timeout"]:
+    """Poll GET `url` until it answers 200, `proc` (the server's process) exits, or
+    `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if upstream.proc is not None and upstream.proc.poll() is not None:
-            raise DemoFailed(f"the stand-in upstream exited; its log is {log}")
+        if proc is not None and proc.poll() is not None:
+            return "exited"
         try:
-            if httpx.get(upstream.base_url + "/models", timeout=2).status_code == 200:
-                return
+            if httpx.get(url, timeout=2).status_code == 200:
+                return "ok"
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise DemoFailed(f"no answer from GET {upstream.base_url}/models")
+    return "timeout"
+
+
+def _wait_models(upstream: Upstream, log: Path | None) -> None:
+    outcome = wait_answering(upstream.base_url + "/models", upstream.proc, 30)
+    if outcome == "exited":
+        raise DemoFailed(f"the stand-in upstream exited; its log is {log}")
+    if outcome == "timeout":
+        raise DemoFailed(f"no answer from GET {upstream.base_url}/models")
 
 
 def _start_stand_in(model: str, data_dir: Path) -> Upstream:
-    port = _free_port()
+    port = free_port()
     root = STAND_IN.parents[2]
     log = data_dir / "upstream.log"
     with open(log, "ab") as out:

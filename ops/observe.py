@@ -25,6 +25,7 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from market.asgi import header
 from market.metrics import HTTP_REQUESTS, WEBSOCKET_CLIENTS
 from market.request_context import REQUEST_ID, accept_request_id
 
@@ -37,10 +38,8 @@ UNMATCHED = "unmatched"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+    value = header(scope, name)
+    return None if value is None else value.decode("latin-1")
 
 
 class Observe:

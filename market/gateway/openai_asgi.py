@@ -32,6 +32,7 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from market.asgi import header
 from market.gateway.errors import PayloadTooLarge, answer_of
 from market.gateway.openai_api import MAX_BODY_BYTES, authorize
 from market.gateway.service import RECEIPT_HEADER, Answer
@@ -69,16 +70,9 @@ class OpenAICalls:
             await self.app(scope, receive, send)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 async def read_body(scope: Scope, receive: Receive) -> bytes | None:
     """The request's body (413 beyond the limit); None if the client went away."""
-    declared = _header(scope, b"content-length")
+    declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
     parts: list[bytes] = []
@@ -100,7 +94,10 @@ async def serve_call(scope: Scope, receive: Receive, send: Send) -> None:
     """One metered call (see the module docstring)."""
     state = scope["app"].state
     try:
-        gateway, grant = await authorize(state, _header(scope, b"authorization"))
+        authorization = header(scope, b"authorization")
+        gateway, grant = await authorize(
+            state, None if authorization is None else authorization.decode("latin-1")
+        )
         raw = await read_body(scope, receive)
         if raw is None:
             return  # nothing reserved yet: nobody to answer
