@@ -12,8 +12,9 @@ outcome (never an exception), and `submit` unwraps it (returns or raises).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from schemas.disputes import DisputeRequest, DisputeView, Voucher, VoucherView
 from schemas.errors import DomainError
@@ -222,3 +223,15 @@ class Failed:
 
 
 Outcome = Done[T] | Failed
+
+
+def type_argument(cls: type, generic: type) -> Any:
+    """T of `cls`'s `generic[T]` base (`Op[T]`, `Query[T]`): the type its answer decodes
+    into. A string there (a forward reference, which msgspec cannot decode) is refused."""
+    for base in getattr(cls, "__orig_bases__", ()):
+        if typing.get_origin(base) is generic:
+            (argument,) = typing.get_args(base)
+            if isinstance(argument, typing.ForwardRef | str):
+                raise TypeError(f"{cls.__name__} names its answer as a string: {argument}")
+            return argument
+    raise TypeError(f"{cls.__name__} does not say what it answers")

@@ -12,12 +12,12 @@ answer decodes.
 
 from __future__ import annotations
 
-import typing
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
 from market.errors import UnknownInstrument
+from market.sequencer.ops import type_argument
 from schemas.market import Depth
 from schemas.trading import (
     BalanceView,
@@ -43,13 +43,7 @@ class Query(msgspec.Struct, Generic[T], frozen=True, tag=True):
     @classmethod
     def result_type(cls) -> Any:
         """T, from the class's `Query[T]` base (how its answer decodes)."""
-        for base in getattr(cls, "__orig_bases__", ()):
-            if typing.get_origin(base) is Query:
-                (result,) = typing.get_args(base)
-                if isinstance(result, typing.ForwardRef | str):  # msgspec cannot decode it
-                    raise TypeError(f"{cls.__name__} names its answer as a string: {result}")
-                return result
-        raise TypeError(f"{cls.__name__} does not say what it answers")
+        return type_argument(cls, Query)
 
 
 class Marked(msgspec.Struct, Generic[T], frozen=True):

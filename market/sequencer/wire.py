@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from market.sequencer.ops import AnyOp, Done, Failed, Op, Outcome
+from market.sequencer.ops import AnyOp, Done, Failed, Op, Outcome, type_argument
 from schemas.errors import DomainError, ErrorKind
 from schemas.market import Event
 from schemas.trading import FillView
@@ -92,14 +92,6 @@ class MarketDataBatch(msgspec.Struct, array_like=True):
     fills: dict[int, list[FillView]]
 
 
-def result_type(op_type: type[Op[Any]]) -> Any:
-    """T of an op type's `Op[T]` base."""
-    for base in getattr(op_type, "__orig_bases__", ()):
-        if typing.get_origin(base) is Op:
-            return typing.get_args(base)[0]
-    raise TypeError(f"{op_type.__name__} does not say what it produces")
-
-
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
 
@@ -148,7 +140,7 @@ class Codec:
     def answer(self, name: str, payload: bytes) -> Answer[Any]:
         decoder = self._answers.get(name)
         if decoder is None:
-            kind = result_type(OP_TYPES[name])
+            kind = type_argument(OP_TYPES[name], Op)
             decoder = self._answers[name] = msgspec.msgpack.Decoder(Answer[kind])  # type: ignore[valid-type]
         answer: Answer[Any] = decoder.decode(payload)
         return answer
