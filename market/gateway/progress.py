@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from market.gateway import metering, routing
+from market.gateway import metering, receipts, routing
 from market.gateway.keys import KeyGrant
 from market.gateway.meter import Group, Meter, Reservations
 from market.sequencer.ops import Failed, GatewayProgressOp, Outcome
@@ -210,10 +210,6 @@ SELECT c.*, r.receipt_id IS NOT NULL AS receipted
   FROM gateway_calls c LEFT JOIN gateway_receipts r USING (receipt_id)
  ORDER BY c.started_ms, c.receipt_id
 """
-_KEYS_USED = """
-SELECT key_id, coalesce(sum(tokens), 0) AS used FROM gateway_receipts
- WHERE key_id = ANY($1::text[]) GROUP BY key_id
-"""
 _MARK_FIELDS = CallMark.__struct_fields__
 
 
@@ -233,7 +229,7 @@ async def close_crashed(
         rows = await conn.fetch(_OPEN_CALLS)
         marks = [_mark_of_row(r) for r in rows if not r["receipted"]]
         keys = sorted({m.key_id for m in marks})
-        used = {r["key_id"]: int(r["used"]) for r in await conn.fetch(_KEYS_USED, keys)}
+        used = await receipts.tokens_used(conn, keys)
     # No await from here to the filing: the keys' counts read above stay exact.
     receipted = [r["receipt_id"] for r in rows if r["receipted"]]
     if receipted:

@@ -71,6 +71,17 @@ SELECT r.*, coalesce(l.transaction_id, r.transaction_id) AS charged_in
 """
 
 
+async def tokens_used(conn: asyncpg.Connection, key_ids: list[str]) -> dict[str, int]:
+    """The tokens charged so far to each of these inference keys (a budget's use);
+    a key with no receipts is absent."""
+    rows = await conn.fetch(
+        """SELECT key_id, coalesce(sum(tokens), 0) AS used FROM gateway_receipts
+            WHERE key_id = ANY($1::text[]) GROUP BY key_id""",
+        key_ids,
+    )
+    return {r["key_id"]: int(r["used"]) for r in rows}
+
+
 async def page(
     conn: asyncpg.Connection, account_id: str, limit: int, cursor: str | None
 ) -> Page[ReceiptView]:

@@ -43,7 +43,7 @@ import yarl
 
 from market.auth import RateLimiter
 from market.gateway import endpoints as store
-from market.gateway import metering, routing
+from market.gateway import metering, receipts, routing
 from market.gateway.cache import TtlCache
 from market.gateway.catalog import Catalog, CommittedView, StaleView
 from market.gateway.errors import (
@@ -247,11 +247,8 @@ class Gateway:
         computed after the last await before the reservation (`Reservations.key_left`)."""
         if grant.token_budget is not None and grant.key_id not in self.reservations.key_used:
             async with self.pool.acquire() as conn:
-                used = await conn.fetchval(
-                    "SELECT coalesce(sum(tokens), 0) FROM gateway_receipts WHERE key_id = $1",
-                    grant.key_id,
-                )
-            self.reservations.key_used.setdefault(grant.key_id, int(used))
+                used = await receipts.tokens_used(conn, [grant.key_id])
+            self.reservations.key_used.setdefault(grant.key_id, used.get(grant.key_id, 0))
 
     def _charged_groups(self, groups: set[Group]) -> None:
         """A charge committed: read these balances again as of the commit, so that the
