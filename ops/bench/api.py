@@ -46,6 +46,7 @@ from market.accounts import create_account
 from market.client import TokexClient
 from market.signing import sign_request
 from ops.bench.cpu import CpuSample, Group, postmaster_pid
+from ops.bench.process import free_port
 from ops.config import Settings
 from ops.database import database_url, remove_embedded
 from schemas.accounts import Role
@@ -53,12 +54,6 @@ from schemas.market import Side
 from schemas.trading import CreateInstrument, OrderResult, PlaceOrder, PlaceOrders
 
 SYM = "bench-model/2030-01-01T00Z/1h"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start_server(url: str, data_dir: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
@@ -348,7 +343,7 @@ def main() -> None:
     try:
         external = os.environ.get("DATABASE_URL")
         url = external or database_url(Settings(data_dir=str(data_dir)))
-        port = _free_port()
+        port = free_port()
         server = _start_server(url, data_dir, port, args.workers)
         pg_data = None if external else data_dir / "pg"
         groups = _process_groups(server.pid, pg_data, args.workers)

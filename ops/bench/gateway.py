@@ -45,6 +45,7 @@ from market.accounts import create_account
 from market.client import TokexClient
 from market.instruments import format_symbol
 from ops.bench.cpu import CpuSample, Group, postmaster_pid
+from ops.bench.process import free_port
 from ops.config import Settings
 from ops.database import database_url, remove_embedded
 from schemas.accounts import Role
@@ -56,12 +57,6 @@ TOKENS = 10**9
 PRICE = 1
 MAX_TOKENS = 4
 CHAT = [{"role": "user", "content": "one two three"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -385,7 +380,7 @@ def main() -> None:
     server = upstream = None
     try:
         url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
-        port, upstream_port = _free_port(), _free_port()
+        port, upstream_port = free_port(), free_port()
         upstream = start_upstream(data_dir, upstream_port)
         server = start_server(url, data_dir, port)
         embedded = None if os.environ.get("DATABASE_URL") else data_dir
