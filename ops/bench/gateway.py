@@ -1,7 +1,7 @@
 """The metering gateway's throughput and the latency it adds to a call.
 
     python -m ops.bench.gateway [--seconds 10] [--clients 64] [--mode both] [--keep]
-                                [--profile PREFIX]
+                                [--profile PREFIX] [--paced 0.5]
 
 Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or DATABASE_URL)
 and the stand-in upstream (`tests.support.upstream`, in a process of its own) on loopback;
@@ -16,8 +16,12 @@ each process spent per call (ops.bench.cpu: the server with its helper process, 
 gateway's own cost; the upstream; PostgreSQL's postmaster with its backends, when
 embedded; the load generator), the figure that holds on a shared machine; and how many
 sequencer batches a call waited for at its end (from the server's log at shutdown: one
-is the group commit that carries its receipt). Server, upstream, database and load share
-this machine. The data dir is deleted afterwards unless `--keep` or the run failed.
+is the group commit that carries its receipt). Then (`--paced SHARE`, default 0.5) each
+mode again, upstream directly and through the gateway, at a fixed rate of that share of the
+gateway's calls/s: at its maximum every closed-loop client waits in the queue of a
+saturated machine, so the latency the gateway adds by its own work shows only below it.
+Server, upstream, database and load share this machine. The data dir is deleted afterwards
+unless `--keep` or the run failed.
 """
 
 from __future__ import annotations
@@ -235,8 +239,13 @@ def groups(server: int, upstream: int, data_dir: Path | None) -> dict[str, Group
 
 async def run_phase(
     port: int, path: str, key: str | None, clients: int, seconds: float, stream: bool,
-    cpu: Mapping[str, Group] | None = None,
+    cpu: Mapping[str, Group] | None = None, rate: float | None = None,
 ) -> Phase:  # fmt: skip
+    """Calls for `seconds` over `clients` connections: each as soon as the last one
+    ended (closed loop), or, with `rate`, `rate` calls/s in all on a fixed schedule (each
+    connection every clients/rate seconds, the connections staggered); a call that starts
+    late because the one before ran over is timed from when it was due, so a queue that
+    builds up shows in its latency (no coordinated omission)."""
     payload: dict[str, object] = {"model": MODEL, "messages": CHAT, "max_tokens": MAX_TOKENS}
     if stream:
         payload |= {"stream": True, "stream_options": {"include_usage": True}}
@@ -246,9 +255,20 @@ async def run_phase(
     connections = [await Connection.open(port) for _ in range(clients)]
     stop_at = time.perf_counter() + seconds
 
-    async def worker(conn: Connection) -> None:
+    interval_s = clients / rate if rate else 0.0
+
+    async def worker(index: int, conn: Connection) -> None:
+        due = time.perf_counter() + interval_s * index / clients
         while time.perf_counter() < stop_at:
+            late = 0.0
+            if rate:
+                late = time.perf_counter() - due
+                if late < 0:
+                    await asyncio.sleep(-late)
+                    late = 0.0
+                due += interval_s
             status, first, total, data = await conn.post(head, body)
+            first, total = first + late, total + late
             if not _complete(stream, status, data):
                 phase.failed[status] = phase.failed.get(status, 0) + 1
                 continue
@@ -257,7 +277,7 @@ async def run_phase(
             phase.total.append(total)
 
     began, before = time.perf_counter(), CpuSample.take(cpu or {})
-    await asyncio.gather(*(worker(c) for c in connections))
+    await asyncio.gather(*(worker(i, c) for i, c in enumerate(connections)))
     phase.seconds = time.perf_counter() - began
     used = CpuSample.take(cpu or {}).since(before)
     phase.cpu_ms = {name: s * 1000 / max(1, phase.calls) for name, s in used.items()}
@@ -291,11 +311,12 @@ def report(kind: str, direct: Phase, gateway: Phase) -> None:
 
 async def bench(
     url: str, port: int, upstream_port: int, seconds: float, clients: int, modes: list[bool],
-    cpu: Mapping[str, Group], profile: str | None = None,
+    cpu: Mapping[str, Group], profile: str | None = None, paced: float = 0.0,
 ) -> None:  # fmt: skip
     """`cpu`: the processes whose CPU per call is reported (the server's group first).
     `profile`: record the server with py-spy during the gateway's phases, to files
-    `profile`-<mode>.txt."""
+    `profile`-<mode>.txt. `paced`: then each mode again at this share of the gateway's
+    closed-loop rate (`_paced`; 0: not)."""
     key = await setup(url, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{upstream_port}/v1")
     print(f"gateway bench: {clients} concurrent clients, {seconds:g} s per phase, chat "
           f"completions of {MAX_TOKENS} tokens; server, upstream, database and load on this "
@@ -318,7 +339,28 @@ async def bench(
         )
         if spy is not None:
             spy.wait()
-        report("streaming" if stream else "not streaming", direct, through)
+        kind = "streaming" if stream else "not streaming"
+        report(kind, direct, through)
+        if paced:
+            rate = through.rate * paced
+            await _paced(port, upstream_port, key, clients, seconds, stream, rate, cpu)
+
+
+async def _paced(
+    port: int, upstream_port: int, key: str, clients: int, seconds: float, stream: bool,
+    rate: float, cpu: Mapping[str, Group],
+) -> None:  # fmt: skip
+    """The same calls at a fixed `rate` below the gateway's maximum, upstream directly and
+    through the gateway: the latency the gateway adds by its own work, not by the queue
+    of a saturated machine (at its maximum, every closed-loop client waits its turn)."""
+    direct = await run_phase(
+        upstream_port, "/v1/chat/completions", None, clients, seconds, stream, cpu, rate
+    )
+    through = await run_phase(
+        port, "/openai/v1/chat/completions", key, clients, seconds, stream, cpu, rate
+    )
+    kind = "streaming" if stream else "not streaming"
+    report(f"{kind}, paced at {rate:,.0f} calls/s offered", direct, through)
 
 
 def _py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen[bytes] | None:
@@ -372,6 +414,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="PREFIX", help="py-spy the server during the gateway's phases"
     )
+    parser.add_argument(
+        "--paced", type=float, default=0.5, metavar="SHARE",
+        help="then each mode at this share of the gateway's calls/s, on a fixed schedule "
+        "(the latency added below saturation); 0: not",
+    )  # fmt: skip
     args = parser.parse_args()
     modes = {"stream": [True], "plain": [False], "both": [True, False]}[args.mode]
     data_dir = Path(tempfile.mkdtemp(prefix="tokex-gateway-bench-"))
@@ -385,9 +432,9 @@ def main() -> None:
         server = start_server(url, data_dir, port)
         embedded = None if os.environ.get("DATABASE_URL") else data_dir
         cpu = groups(server.pid, upstream.pid, embedded)
-        asyncio.run(
-            bench(url, port, upstream_port, args.seconds, args.clients, modes, cpu, args.profile)
-        )
+        run = bench(url, port, upstream_port, args.seconds, args.clients, modes, cpu,
+                    args.profile, args.paced)  # fmt: skip
+        asyncio.run(run)
         stop(server)
         commits_report(data_dir / "server.log")
     except BaseException:

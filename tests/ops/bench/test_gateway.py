@@ -18,6 +18,8 @@ async def test_the_gateway_bench_runs(db_url: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "streaming:" in out and "not streaming:" in out
-    assert len(re.findall(r"calls/s \(\d+ calls, 0 failed\)", out)) == 4
+    # closed loop and then paced at half its rate, each upstream directly and through
+    assert len(re.findall(r"calls/s \(\d+ calls, 0 failed\)", out)) == 8
+    assert "streaming, paced at" in out and "not streaming, paced at" in out
     assert "added by the gateway at p50" in out
     assert "group commits:" in out and "not in the server's log" not in out
