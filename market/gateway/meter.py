@@ -34,6 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from market.sequencer import Sequencer
@@ -153,6 +154,8 @@ class Meter:
         #: commit count when it was filed
         self._waiting: list[tuple[asyncio.Future[None] | None, int]] = []
         self._retry: list[GatewayChargeOp] = []
+        #: a pending receipt may have been submitted before (`GatewayChargeOp.resubmitted`)
+        self._resubmitted = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(PIPELINE)
@@ -172,10 +175,15 @@ class Meter:
         progress may be in `gateway_calls`, and the receipt's commit deletes it."""
         self._file(receipt, None, recorded)
 
-    def charge(self, receipt: GatewayReceipt, *, recorded: bool = False) -> asyncio.Future[None]:
-        """File a receipt; the future is done once it is committed (or failed)."""
+    def charge(
+        self, receipt: GatewayReceipt, *, recorded: bool = False, resubmitted: bool = False
+    ) -> asyncio.Future[None]:
+        """File a receipt; the future is done once it is committed (or failed).
+        `resubmitted`: it may have been submitted before (a call a crash cut, closed at a
+        restart): its charge looks its delivery up first."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._file(receipt, future, recorded)
+        self._resubmitted |= resubmitted
         return future
 
     def forget(self, receipt_ids: Sequence[str]) -> None:
@@ -212,9 +220,10 @@ class Meter:
     async def _flush(self) -> None:
         pending, waiting, closes = self._pending, self._waiting, self._closes
         self._pending, self._waiting, self._closes = [], [], []
+        resubmitted, self._resubmitted = self._resubmitted, False
         ops, self._retry = self._retry, []
         if pending or closes:
-            ops.append(GatewayChargeOp(receipts=tuple(pending), closes=tuple(closes)))
+            ops.append(GatewayChargeOp(tuple(pending), tuple(closes), resubmitted))
         ride = self.rider.take() if self.rider is not None else None
         if not ops and ride is None:
             return
@@ -256,7 +265,7 @@ class Meter:
             if isinstance(outcome, Failed):
                 log.warning("gateway charge of %d calls not committed: %s",
                             len(op.receipts), outcome.error)  # fmt: skip
-                self._retry.append(op)
+                self._retry.append(replace(op, resubmitted=True))  # it may have committed
             else:
                 self._settle(op.receipts)
                 committed.update((r.buyer, r.provider, r.instrument) for r in op.receipts)

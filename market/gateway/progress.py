@@ -239,7 +239,7 @@ async def close_crashed(
         reservations.key_used.setdefault(receipt.key_id, used.get(receipt.key_id, 0))
         group = (receipt.buyer, receipt.provider, receipt.instrument)
         reservations.owed(group, receipt.key_id, receipt.tokens)
-        futures.append(meter.charge(receipt, recorded=True))
+        futures.append(meter.charge(receipt, recorded=True, resubmitted=True))
     if rows:
         log.warning("gateway: %d calls cut by a crash closed by their last progress mark, "
                     "%d that had their receipt forgotten", len(marks), len(receipted))  # fmt: skip

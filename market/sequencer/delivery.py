@@ -67,11 +67,12 @@ def report_id(receipts: Sequence[GatewayReceipt]) -> str:
 
 
 def external_ids(ops: Iterable[AnyOp]) -> list[str]:
-    """The delivery transaction ids of the charges' groups (looked up first: a resubmitted
-    charge that committed after all is recognised, not charged twice)."""
+    """The delivery transaction ids of the resubmitted charges' groups (looked up first: a
+    resubmitted charge that committed after all is recognised, not charged twice; a first
+    submission has none to find: `GatewayChargeOp.resubmitted`)."""
     ids: list[str] = []
     for op in ops:
-        if isinstance(op, GatewayChargeOp):
+        if isinstance(op, GatewayChargeOp) and op.resubmitted:
             for (_, provider, _), receipts in groups(op.receipts).items():
                 ids.append(settlement.delivery_id(provider, report_id(receipts)))
     return ids

@@ -125,10 +125,20 @@ class GatewayChargeOp(Op[list[GatewayDelivery]]):
     """The gateway's metered calls since its last flush: their receipts, charged as one
     delivery per (buyer, provider, instrument) (`market.sequencer.delivery`). `closes`:
     the receipt ids whose progress marks (`gateway_calls`) go with this op's commit (the
-    calls whose progress was recorded, or, at a restart, whose receipt already was)."""
+    calls whose progress was recorded, or, at a restart, whose receipt already was).
+
+    `resubmitted`: these receipts may have been submitted before (a retry after a commit
+    that failed or whose outcome is unknown, or calls a crash cut, closed at a restart), so
+    their deliveries are looked up first and one that committed after all is not charged
+    again. A first submission skips that look-up: its receipt ids are new, so no delivery
+    of them can exist, and the look-up would wait for every commit in flight (it reads on
+    the ledger writer's connection) and add a round trip, which is a second group commit at
+    the end of every metered call. (Were it wrong, the ledger's unique transaction id would
+    still refuse a second delivery: the batch fails, nothing is charged twice.)"""
 
     receipts: tuple[GatewayReceipt, ...]
     closes: tuple[str, ...] = ()
+    resubmitted: bool = False
 
 
 @dataclass(slots=True)

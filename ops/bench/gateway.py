@@ -315,7 +315,7 @@ async def bench(
 ) -> None:  # fmt: skip
     """`cpu`: the processes whose CPU per call is reported (the server's group first).
     `profile`: record the server with py-spy during the gateway's phases, to files
-    `profile`-<mode>.txt. `paced`: then each mode again at this share of the gateway's
+    `profile`-<mode>[-paced].txt. `paced`: then each mode again at this share of the gateway's
     closed-loop rate (`_paced`; 0: not)."""
     key = await setup(url, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{upstream_port}/v1")
     print(f"gateway bench: {clients} concurrent clients, {seconds:g} s per phase, chat "
@@ -343,12 +343,13 @@ async def bench(
         report(kind, direct, through)
         if paced:
             rate = through.rate * paced
-            await _paced(port, upstream_port, key, clients, seconds, stream, rate, cpu)
+            out = f"{profile}-{'stream' if stream else 'plain'}-paced.txt" if profile else None
+            await _paced(port, upstream_port, key, clients, seconds, stream, rate, cpu, out)
 
 
 async def _paced(
     port: int, upstream_port: int, key: str, clients: int, seconds: float, stream: bool,
-    rate: float, cpu: Mapping[str, Group],
+    rate: float, cpu: Mapping[str, Group], profile: str | None = None,
 ) -> None:  # fmt: skip
     """The same calls at a fixed `rate` below the gateway's maximum, upstream directly and
     through the gateway: the latency the gateway adds by its own work, not by the queue
@@ -356,9 +357,12 @@ async def _paced(
     direct = await run_phase(
         upstream_port, "/v1/chat/completions", None, clients, seconds, stream, cpu, rate
     )
+    spy = _py_spy(cpu["server"].pid, seconds, profile) if profile else None
     through = await run_phase(
         port, "/openai/v1/chat/completions", key, clients, seconds, stream, cpu, rate
     )
+    if spy is not None:
+        spy.wait()
     kind = "streaming" if stream else "not streaming"
     report(f"{kind}, paced at {rate:,.0f} calls/s offered", direct, through)
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import asyncpg
 import msgspec
 import pytest
 
 from ledger.canonical import decode_transaction
+from ledger.errors import LedgerUnavailable
 from ledger.receipts import ReceiptMismatch, check_receipts, receipt_hash, receipts_root
 from market.clearing import rules as settlement
 from market.sequencer import CloseInstrumentOp, CreateInstrumentOp, ListingOp, PlaceOp, Sequencer
@@ -76,8 +78,17 @@ async def test_charges_become_deliveries_with_their_receipts(
         ("gw:" + first, 42),
     ]
 
-    assert await seq.submit(op) == []  # resubmitted (after a failed commit): nothing again
+    again = replace(op, resubmitted=True)  # as the meter retries after a failed commit
+    assert await seq.submit(again) == []  # committed after all: nothing again
     assert held(seq, "b1") == (e1 - 42, x1 - s1.released)
+    assert await db_conn.fetchval("SELECT count(*) FROM gateway_receipts") == 3
+    # Sent again as new (the meter never does: it flags every retry), the ledger's unique
+    # transaction id refuses its delivery at the commit: the batch fails, charging nothing.
+    with pytest.raises(LedgerUnavailable):  # a 503: nothing of the batch applied
+        await seq.submit(op)
+    assert await seq.submit(again) == []  # the exchange reloaded from the database
+    assert held(seq, "b1") == (e1 - 42, x1 - s1.released)
+    assert seq.ledger.balance(settlement.cash("p1", "USD")).total == cash + s1.paid + s2.paid
     assert await db_conn.fetchval("SELECT count(*) FROM gateway_receipts") == 3
 
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
@@ -93,7 +104,7 @@ async def test_nothing_to_charge_and_refusals_keep_the_receipts(
     zero = GatewayChargeOp((receipt("b1", 0),))
     (free,) = await seq.submit(zero)
     assert (free.tokens, free.transaction_id, free.refused) == (0, None, None)
-    await seq.submit(zero)  # resubmitted: its receipt is not written twice (nor refused)
+    await seq.submit(replace(zero, resubmitted=True))  # not written twice (nor refused)
     (over,) = await seq.submit(GatewayChargeOp((receipt("b1", 10**9),)))
     assert over.refused == "entitlement_exceeded" and over.transaction_id is None
     (stranger,) = await seq.submit(GatewayChargeOp((receipt("b1", 5, provider="p2"),)))
@@ -133,7 +144,7 @@ async def test_a_delivery_commits_to_its_receipts_in_its_signed_body(
         [(b1.transaction_id, n, r.receipt_id) for n, r in enumerate(mine)]
         + [(b2.transaction_id, 0, op.receipts[1].receipt_id)]
     )
-    assert await seq.submit(op) == []  # resubmitted: no second set of links
+    assert await seq.submit(replace(op, resubmitted=True)) == []  # no second set of links
     assert await db_conn.fetchval("SELECT count(*) FROM gateway_delivery_receipts") == 4
     for statement in (
         "UPDATE gateway_delivery_receipts SET position = 9",
