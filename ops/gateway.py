@@ -76,7 +76,7 @@ def desk_lifespan(
         meter = Meter(source, desk.reservations, config.flush_s)
         meter.on_commit = desk.refresh
         meter.start()
-        server = DeskServer(nats, desk, meter, pool)
+        server = DeskServer(nats, desk, meter, pool, config.max_in_flight)
         monitor = HealthMonitor(pool, config.allow_hosts, settings.endpoint_health_interval_s)
         health = asyncio.create_task(monitor.run(), name="endpoint-health")
         try:

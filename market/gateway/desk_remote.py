@@ -42,6 +42,10 @@ RELEASE_RETRY_S = 1.0
 
 
 async def request(nats: Client, subject: str, payload: bytes, timeout_s: float) -> bytes:
+    """One request to the desk. Not connected to NATS (it reconnects): 503 at once, rather
+    than a request held in the client's buffer until it times out."""
+    if not nats.is_connected:
+        raise SequencerUnreachable("the sequencer's bus is not reachable now; try again shortly")
     headers = None
     request_id = REQUEST_ID.get()
     if request_id:

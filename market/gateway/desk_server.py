@@ -39,7 +39,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from market.gateway import desk_wire as wire
-from market.gateway.desk import Desk, Slot
+from market.gateway.desk import Desk, Slot, drop
+from market.gateway.errors import TooManyInFlight
 from market.gateway.meter import Group, Meter
 from market.gateway.metering import Demand
 from market.gateway.progress import close_crashed
@@ -71,11 +72,17 @@ class _Entry:
 class DeskServer:
     """See the module docstring."""
 
-    def __init__(self, nats: Client, desk: Desk, meter: Meter, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, nats: Client, desk: Desk, meter: Meter, pool: asyncpg.Pool, max_in_flight: int
+    ) -> None:
         self._nats = nats
         self.desk = desk
         self.meter = meter
         self.pool = pool
+        #: calls in flight per buying account through every gateway (429 beyond), the
+        #: cap each gateway process also keeps for itself (`GatewayConfig.max_in_flight`)
+        self.max_in_flight = max_in_flight
+        self._accounts: dict[str, int] = {}
         self._entries: dict[str, _Entry] = {}
         self._gone: set[str] = set()
         self._charging: dict[str, set[asyncio.Task[Any]]] = {}
@@ -138,14 +145,25 @@ class DeskServer:
 
     async def reserve(self, r: wire.ReserveRequest) -> Answer[wire.Reservation]:
         self._refuse_gone(r.instance_id)
+        if self._accounts.get(r.buyer, 0) >= self.max_in_flight:
+            raise TooManyInFlight(
+                f"your account has {self.max_in_flight} calls in flight, the most the "
+                "gateway takes; retry when one ends"
+            )
+        self._accounts[r.buyer] = self._accounts.get(r.buyer, 0) + 1  # its place, taken now
         endpoints = [Endpoint(p, e, n) for p, e, n in r.endpoints]
-        route, plan = await self.desk.reserve(
-            r.receipt_id, r.buyer, r.key_id, r.budget, r.model,
-            Demand(r.prompt_estimate, r.max_tokens), endpoints,
-        )  # fmt: skip
+        try:
+            route, plan = await self.desk.reserve(
+                r.receipt_id, r.buyer, r.key_id, r.budget, r.model,
+                Demand(r.prompt_estimate, r.max_tokens), endpoints,
+            )  # fmt: skip
+        except BaseException:
+            drop(self._accounts, r.buyer)
+            raise
         group = (r.buyer, route.provider, route.instrument)
         slot = (route.provider, route.endpoint.endpoint_id)
         if r.instance_id in self._gone:  # it died while this waited for a commit
+            drop(self._accounts, r.buyer)
             self.desk.ended(r.receipt_id, group, r.key_id, slot, plan.reserved, 0, served=False)
             raise GatewayGone("this gateway process is gone")
         self._entries[r.receipt_id] = _Entry(r.instance_id, group, r.key_id, slot, plan.reserved)
@@ -163,6 +181,7 @@ class DeskServer:
             if entry is None or entry.charged is not None or entry.instance_id != r.instance_id:
                 continue
             del self._entries[receipt_id]
+            drop(self._accounts, entry.group[0])
             self.desk.ended(receipt_id, entry.group, entry.key_id, entry.slot, entry.reserved, 0,
                             served=False)  # fmt: skip
             released += 1
@@ -198,6 +217,7 @@ class DeskServer:
             if entry is None or entry.charged is not None:
                 continue  # a retry, or not reserved here
             entry.charged = min(receipt.tokens, entry.reserved)
+            drop(self._accounts, entry.group[0])
             self.desk.ended(receipt.receipt_id, entry.group, entry.key_id, entry.slot,
                             entry.reserved, entry.charged, served=True)  # fmt: skip
 
@@ -233,6 +253,7 @@ class DeskServer:
             del self._entries[receipt_id]
             dropped += 1
             if entry.charged is None:
+                drop(self._accounts, entry.group[0])
                 self.desk.ended(receipt_id, entry.group, entry.key_id, entry.slot,
                                 entry.reserved, 0, served=False)  # fmt: skip
             else:  # its charge failed and nobody will submit it again: as after a crash
