@@ -71,6 +71,7 @@ def desk_lifespan(
     async def lifespan(app: Any) -> AsyncIterator[DeskServer]:
         assert settings.database_url is not None
         pool = await open_pool(settings.database_url, min_size=1, max_size=DESK_POOL_SIZE)
+        app.state.pool = pool  # the exchange's reopen after an outage expires its connections
         source = lambda: app.state.get("sequencer")  # noqa: E731
         desk = Desk(source, pool)
         meter = Meter(source, desk.reservations, config.flush_s)
@@ -91,6 +92,7 @@ def desk_lifespan(
             await server.close()
             await meter.close()
             desk.close()
+            app.state.pool = None
             await pool.close()
 
     return lifespan

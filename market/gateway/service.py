@@ -1,7 +1,9 @@
 """The gateway's call path: admit, route, reserve, forward, meter, commit, tail (`Gateway.call`).
 
-One `Gateway` per process (`app.state.gateway`, started by `gateway_lifespan` after the
-exchange's lifespan, since it needs the sequencer). A call:
+One `Gateway` per process (`app.state.gateway`): in one process `local_gateway`, started
+by `gateway_lifespan` after the exchange's lifespan, with its `desk.Desk` on the sequencer;
+in a gateway process of `serve --workers N` (`ops.gateway.remote_gateway_lifespan`) with
+the sequencer process's desk over NATS (`desk_remote`). A call:
 
 1. is admitted by its key's rate (429 `rate_limited`, in `openai_api`) and its account's
    calls in flight (429 `too_many_calls_in_flight`); refused before anything is reserved
@@ -9,7 +11,8 @@ exchange's lifespan, since it needs the sequencer). A call:
    with `n` other than 1 (400);
 2. is routed (`routing`) on the sequencer's committed memory (`catalog`: the model's
    instruments, the buyer's entitlement by account key) and the endpoints' health, and
-   reserves (`metering.plan`, `meter.Reservations`) in the same step of the event loop;
+   reserves (`metering.plan`, `meter.Reservations`) in the same step of the event loop,
+   by the desk (`desk`), where the sequencer is;
 3. is forwarded to the endpoint's checked address (`ssrf.resolve` again, per call) with
    the endpoint's credential, `max_tokens` set to the completion cap and, streaming,
    `stream_options.include_usage` on; a stream's events go back as they arrive, but for
