@@ -22,7 +22,7 @@ import pytest
 from schemas.gateway import Ending
 from tests.market.gateway.gateway_support import MODEL, Market, open_market
 from tests.support.server import ServerProcess
-from tests.support.upstream import Upstream
+from tests.support.upstream import Mode, Upstream
 
 CHAT = [{"role": "user", "content": "one two three"}]  # 3 prompt tokens upstream
 TWO = ("--workers", "2")
@@ -170,6 +170,31 @@ async def test_concurrent_calls_through_both_gateways_never_overdraw(
     left = (await m.entitlement()).entitlement
     assert left >= 0 and 1_000 - left == sum(ok)
     assert sum(r["tokens"] for r in await receipts(db_url)) == 1_000 - left
+
+
+async def test_calls_that_fail_upstream_give_their_reservation_back_at_the_desk(
+    small: Market, db_url: str
+) -> None:
+    """Each failed call reserved about a tenth of the entitlement at the desk: had the
+    releases of unserved calls not reached it, the calls after them would get 402."""
+    m = small
+    key = await m.key()
+    clients = [sdk(m, key) for _ in range(3)]
+    m.upstream.mode = Mode.ERROR_500
+    for n in range(30):
+        with pytest.raises(openai.APIStatusError) as failed:
+            await clients[n % 3].completions.create(model=MODEL, prompt="x", max_tokens=60)
+        assert failed.value.status_code == 502
+    m.upstream.mode = Mode.OK
+    await asyncio.sleep(0.5)  # the releases go at once, one request per gateway at a time
+    for n in range(6):
+        done = await clients[n % 3].completions.create(model=MODEL, prompt="x", max_tokens=60)
+        assert done.usage is not None and done.usage.total_tokens == 61
+    await m.settled()
+    assert (await m.entitlement()).entitlement == 1_000 - 6 * 61
+    assert sum(r["tokens"] for r in await receipts(db_url)) == 6 * 61
+    for client in clients:
+        await client.close()
 
 
 class Stream:
