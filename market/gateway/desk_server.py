@@ -102,6 +102,10 @@ class DeskServer:
         }
 
     @property
+    def nats(self) -> Client:
+        return self._nats
+
+    @property
     def calls(self) -> int:
         """Calls reserved here and not yet ended and committed."""
         return len(self._entries)

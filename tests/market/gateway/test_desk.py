@@ -83,7 +83,7 @@ def rid() -> str:
 async def test_two_gateways_reserve_from_one_book_and_a_gone_ones_calls_are_dropped(
     server: DeskServer, seq: Sequencer
 ) -> None:
-    nats = server._nats
+    nats = server.nats
     a, b = RemoteDesk(nats, "gw0-a"), RemoteDesk(nats, "gw1-b")
     symbol = live_symbol()
     call_a, call_b, call_c = rid(), rid(), rid()
@@ -126,7 +126,7 @@ async def test_an_accounts_calls_in_flight_are_counted_for_every_gateway(
     server: DeskServer,
 ) -> None:
     small = metering.Demand(prompt_estimate=10, max_tokens=10)
-    gateways = [RemoteDesk(server._nats, f"gw{n}-x") for n in range(2)]
+    gateways = [RemoteDesk(server.nats, f"gw{n}-x") for n in range(2)]
     calls = [rid() for _ in range(4)]
     for n, call in enumerate(calls):  # the cap is 4, over both gateways
         await gateways[n % 2].reserve(call, "b1", "k1", None, MODEL, small, ENDPOINTS)
@@ -138,7 +138,7 @@ async def test_an_accounts_calls_in_flight_are_counted_for_every_gateway(
 
 
 async def test_a_keys_budget_is_one_budget_over_every_gateway(server: DeskServer) -> None:
-    a, b = RemoteDesk(server._nats, "gw0-k"), RemoteDesk(server._nats, "gw1-k")
+    a, b = RemoteDesk(server.nats, "gw0-k"), RemoteDesk(server.nats, "gw1-k")
     _, plan = await a.reserve(rid(), "b1", "k2", 500, MODEL, WANTS, ENDPOINTS)
     assert plan.reserved == 400
     with pytest.raises(InsufficientEntitlement, match="this key's budget"):
