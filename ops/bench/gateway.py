@@ -19,8 +19,8 @@ sequencer batches a call waited for at its end (from the server's log at shutdow
 is the group commit that carries its receipt). Server, upstream, database and load share
 this machine. The data dir is deleted afterwards unless `--keep` or the run failed.
 `--workers N` runs `tokex serve --workers N`: the CPU of the sequencer process (with the
-gateway's desk) and of the gateway processes (with their signature helpers and NATS)
-apart.
+gateway's desk) and of its children, the gateway processes and NATS, apart (not the
+gateways' signature helpers: bearer-key calls do not use them).
 """
 
 from __future__ import annotations
@@ -234,8 +234,7 @@ def _complete(stream: bool, status: int, data: bytes) -> bool:
 
 def groups(server: int, upstream: int, data_dir: Path | None, workers: int = 0) -> dict[str, Group]:
     """The processes whose CPU a phase reports (ops.bench.cpu); with `workers`, the
-    sequencer process (its desk) and the gateway processes (each with its signature
-    helper) apart, NATS with the gateways' group."""
+    sequencer process (its desk) and its children (the gateway processes and NATS) apart."""
     out = {"server": Group(server, children=True), "upstream": Group(upstream)}
     if workers:
         out = {"sequencer": Group(server), "gateways": Group(server, children=True,
