@@ -1,15 +1,38 @@
-"""The gateway's lifespans for `tokex serve`, from the settings: endpoint health probes
-(`market.gateway.health`) and the gateway itself (`market.gateway.lifespan`; after the
-exchange's lifespan, whose sequencer it uses)."""
+"""The gateway's lifespans for `tokex serve`, from the settings.
+
+* One process: endpoint health probes (`market.gateway.health`) and the gateway with its
+  desk (`market.gateway.lifespan`; after the exchange's lifespan, whose sequencer it uses).
+* `serve --workers N`: in the sequencer process, `desk_lifespan` (the desk and its server
+  on NATS, the one endpoint health checker, the closing of calls a crash cut); in each
+  gateway process, `remote_gateway_lifespan` (the call path, its desk over NATS).
+"""
 
 from __future__ import annotations
 
-from market.gateway.health import health_lifespan
-from market.gateway.lifespan import gateway_lifespan
-from market.gateway.service import GatewayConfig
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from nats.aio.client import Client
+
+from market.gateway.desk import Desk
+from market.gateway.desk_remote import DeskExchange, RemoteDesk
+from market.gateway.desk_server import DeskServer
+from market.gateway.health import HealthMonitor, health_lifespan
+from market.gateway.lifespan import close_all_crashed, gateway_lifespan
+from market.gateway.meter import Meter
+from market.gateway.service import Gateway, GatewayConfig
 from market.gateway.ssrf import parse_allow_hosts
 from ops.app import Lifespan
 from ops.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Connections of the sequencer process's own pool (keys' usage, open calls, health).
+DESK_POOL_SIZE = 4
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:
@@ -30,3 +53,73 @@ def gateway_lifespans(settings: Settings) -> list[Lifespan]:
         health_lifespan(config.allow_hosts, settings.endpoint_health_interval_s),
         gateway_lifespan(config),
     ]
+
+
+def desk_lifespan(
+    settings: Settings, nats: Client
+) -> Callable[[Any], AbstractAsyncContextManager[DeskServer]]:
+    """The sequencer process's part of the gateway (after the exchange's lifespan): a pool
+    of its own, the desk on its sequencer, answered on NATS; before any gateway process
+    starts, every open call closed as cut by a crash (no gateway process is running);
+    the one health checker of providers' endpoints (results in `gateway_endpoints`,
+    which every gateway process reads, kept `service.ENDPOINTS_CACHE_S`)."""
+    from ops.database import open_pool
+
+    config = gateway_config(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[DeskServer]:
+        assert settings.database_url is not None
+        pool = await open_pool(settings.database_url, min_size=1, max_size=DESK_POOL_SIZE)
+        app.state.pool = pool  # the exchange's reopen after an outage expires its connections
+        source = lambda: app.state.get("sequencer")  # noqa: E731
+        desk = Desk(source, pool)
+        meter = Meter(source, desk.reservations, config.flush_s)
+        meter.on_commit = desk.refresh
+        meter.start()
+        server = DeskServer(nats, desk, meter, pool, config.max_in_flight)
+        monitor = HealthMonitor(pool, config.allow_hosts, settings.endpoint_health_interval_s)
+        health = asyncio.create_task(monitor.run(), name="endpoint-health")
+        try:
+            await close_all_crashed(pool, meter, desk.reservations)
+            await server.start()
+            yield server
+        finally:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
+            await monitor.close()
+            await server.close()
+            await meter.close()
+            desk.close()
+            app.state.pool = None
+            await pool.close()
+
+    return lifespan
+
+
+def remote_gateway_lifespan(settings: Settings, instance_id: str) -> Lifespan:
+    """A gateway process's call path (after `remote_exchange_lifespan`, whose NATS
+    connection it uses): its reservations and charges go to the sequencer process's desk.
+    It closes no call a crash cut: the sequencer process does (`desk_lifespan`,
+    `DeskServer.gone`)."""
+    config = gateway_config(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        nats: Client = app.state.nats
+        desk = RemoteDesk(nats, instance_id)
+        exchange = DeskExchange(nats, instance_id)
+        gateway = Gateway(app.state.pool, config, desk, lambda: exchange, instance_id=instance_id)
+        desk.start()
+        gateway.meter.start()
+        gateway.progress.start()
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            app.state.gateway = None
+            await gateway.close()
+            await desk.close()
+
+    return lifespan

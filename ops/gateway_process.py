@@ -5,7 +5,10 @@ It serves the whole HTTP API on the socket it inherited: signatures, validation 
 every read that PostgreSQL answers, here; what changes state, and what only the
 sequencer's memory knows (books, balances, instruments), through
 `market.sequencer.remote.RemoteSequencer` on `app.state.sequencer`, over NATS. Its
-websocket clients get market data from its own hub, fed by `market.feed_relay`.
+websocket clients get market data from its own hub, fed by `market.feed_relay`. It
+serves `/openai/v1` too (`ops.gateway.remote_gateway_lifespan`): its calls reserve and
+are charged at the desk in the sequencer process (`market.gateway.desk_server`), and its
+streaming calls' progress marks carry its instance id (`--instance`, new at every start).
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ def remote_exchange_lifespan(nats_url: str, worker: int) -> Lifespan:
         relay = FeedRelay(nats, remote, app.state.market_data)
         await relay.start()
         app.state.sequencer = remote
+        app.state.nats = nats
         try:
             yield
         finally:
             app.state.sequencer = None
+            app.state.nats = None
             await relay.close()
             await close(nats)
 
@@ -61,10 +66,16 @@ def serve_gateway(args: argparse.Namespace) -> int:
 
     from ops.app import create_app
     from ops.cli import settings_from_args
+    from ops.gateway import remote_gateway_lifespan
     from ops.limits import uvicorn_options
 
     settings: Settings = settings_from_args(args)
-    app = create_app(settings, lifespans=[remote_exchange_lifespan(args.nats_url, args.worker)])
+    instance_id = args.instance or f"gw{args.worker}"
+    lifespans = [
+        remote_exchange_lifespan(args.nats_url, args.worker),
+        remote_gateway_lifespan(settings, instance_id),
+    ]
+    app = create_app(settings, lifespans=lifespans)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     config = uvicorn.Config(
         app,
@@ -91,6 +102,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--fd", type=int, required=True, help="the inherited listening socket")
     parser.add_argument("--nats-url", required=True)
     parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument(
+        "--instance", default="", help="this process's instance id (owner of its open calls)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     add_database_options(parser)

@@ -257,6 +257,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
         (401, "invalid_api_key"),
         (503, "exchange_unavailable"),
         (503, "database_unavailable"),
+        (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
     ),
     **dict.fromkeys(
         ("POST /openai/v1/chat/completions", "POST /openai/v1/completions"),
@@ -273,6 +274,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
             (503, "endpoints_busy"),
             (503, "exchange_unavailable"),
             (503, "database_unavailable"),
+            (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
         ),
     ),
 }

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from litestar import Litestar
@@ -63,27 +65,38 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 class Gateways:
-    """N gateway processes on one inherited socket, each restarted when it exits."""
+    """N gateway processes on one inherited socket, each restarted when it exits.
 
-    def __init__(self, count: int, command: list[str], fd: int, env: dict[str, str]) -> None:
+    Each process started gets an instance id of its own (`--instance`: its slot and random
+    hex), which owns the calls it opens; `on_exit(instance id)` is called when it exits
+    other than by `stop` (the desk closes its calls: `market.gateway.desk_server`)."""
+
+    def __init__(
+        self, count: int, command: list[str], fd: int, env: dict[str, str],
+        on_exit: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
         self._count = count
         self._command = command
         self._fd = fd
         self._env = env
+        self._on_exit = on_exit
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.instances: list[str] = [""] * count
         self.restarts = 0
         self._stopping = False
 
     def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        instance = f"gw{slot}-{secrets.token_hex(6)}"
         proc = subprocess.Popen(
-            [*self._command, "--fd", str(self._fd), "--worker", str(slot)],
+            [*self._command, "--fd", str(self._fd), "--worker", str(slot), "--instance", instance],
             env=self._env,
             pass_fds=(self._fd,),
             preexec_fn=die_with_parent,
             start_new_session=True,  # signals come from here: stopped in order
         )
-        log.info("gateway %d started (pid %d)", slot, proc.pid)
+        log.info("gateway %d started (pid %d) as %s", slot, proc.pid, instance)
         self.processes[slot] = proc
+        self.instances[slot] = instance
         return proc
 
     async def run(self) -> None:
@@ -98,6 +111,8 @@ class Gateways:
             code = await asyncio.to_thread(proc.wait)
             if self._stopping:
                 return
+            if self._on_exit is not None:
+                self._on_exit(self.instances[slot])
             ran = time.monotonic() - started
             delay = (
                 RESTART_FIRST_DELAY_S
@@ -158,6 +173,7 @@ async def _sequencer_process(
 ) -> None:
     from market.sequencer.responder import Responder
     from ops.exchange import exchange_lifespan
+    from ops.gateway import desk_lifespan
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -168,9 +184,17 @@ async def _sequencer_process(
     responder = Responder(nats, lambda: app.state.get("sequencer"))
     app.state.market_data = responder  # the sequencer's publish hook: market data to NATS
     try:
-        async with exchange_lifespan(settings)(app):
+        async with exchange_lifespan(settings)(app), desk_lifespan(settings, nats)(app) as desk:
             await responder.start()
-            gateways = Gateways(workers, gateway_command(settings, nats_url), sock.fileno(), env)
+            closing: set[asyncio.Task[None]] = set()
+
+            def gone(instance_id: str) -> None:  # its open calls: closed as cut by a crash
+                task = asyncio.create_task(desk.gone(instance_id), name="gateway-gone")
+                closing.add(task)
+                task.add_done_callback(closing.discard)
+
+            command = gateway_command(settings, nats_url)
+            gateways = Gateways(workers, command, sock.fileno(), env, on_exit=gone)
             app.state.gateways = gateways
             running = asyncio.create_task(gateways.run())
             log.info("tokex: %d gateways on http://%s:%d", workers, settings.host, settings.port)
@@ -178,6 +202,8 @@ async def _sequencer_process(
             log.info("tokex: stopping the gateways, then the exchange")
             await gateways.stop()
             await running
+            if closing:
+                await asyncio.wait(list(closing))
             await responder.close()
     finally:
         await close(nats)

@@ -134,7 +134,8 @@ class CallMark(msgspec.Struct, frozen=True, kw_only=True):
     `completion_cap`, `completion_weight`; its start and the SHA-256 of the request sent
     upstream) and how far it had come at `marked_ms`: the completion chunks passed on,
     the upstream's usage if it had arrived (the four counts, or None), and the SHA-256 of
-    the events passed on (or held for the tail) until then.
+    the events passed on (or held for the tail) until then; and which gateway process
+    instance owns it (`instance_id`).
     """
 
     receipt_id: str
@@ -156,6 +157,9 @@ class CallMark(msgspec.Struct, frozen=True, kw_only=True):
     reasoning_tokens: int | None
     response_sha256: bytes
     marked_ms: int
+    #: The gateway process instance that owns the call (migration 0015): only its own
+    #: end, or its process's, closes the call as cut by a crash.
+    instance_id: str = ""
 
 
 class GatewayDelivery(msgspec.Struct, frozen=True, kw_only=True):

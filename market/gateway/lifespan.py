@@ -11,17 +11,21 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import asyncpg
+
+from market.gateway.meter import Meter, Reservations
 from market.gateway.progress import close_crashed
-from market.gateway.service import Gateway, GatewayConfig
+from market.gateway.service import GatewayConfig, local_gateway
 
 log = logging.getLogger(__name__)
 
 
-async def _close_crashed(gateway: Gateway) -> None:
-    """Close the calls a crash cut, and wait for their commit. If it fails, their charge
-    is retried by the meter (or, if they could not even be read, at the next start)."""
+async def close_all_crashed(pool: asyncpg.Pool, meter: Meter, reservations: Reservations) -> None:
+    """Close every call a crash cut (the exchange is starting: no gateway owns one), and
+    wait for their commit. If it fails, their charge is retried by the meter (or, if they
+    could not even be read, at the next start)."""
     try:
-        closing = await close_crashed(gateway.pool, gateway.meter, gateway.reservations)
+        closing = await close_crashed(pool, meter, reservations)
     except Exception:
         log.exception("gateway: the calls a crash cut could not be read; closed at next start")
         return
@@ -34,9 +38,9 @@ async def _close_crashed(gateway: Gateway) -> None:
 def gateway_lifespan(config: GatewayConfig) -> Callable[[Any], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        gateway = Gateway(app.state.pool, lambda: app.state.get("sequencer"), config)
+        gateway, desk = local_gateway(app.state.pool, lambda: app.state.get("sequencer"), config)
         gateway.meter.start()
-        await _close_crashed(gateway)
+        await close_all_crashed(gateway.pool, gateway.meter, desk.reservations)
         gateway.progress.start()
         app.state.gateway = gateway
         try:
@@ -44,5 +48,6 @@ def gateway_lifespan(config: GatewayConfig) -> Callable[[Any], AbstractAsyncCont
         finally:
             app.state.gateway = None
             await gateway.close()
+            desk.close()
 
     return lifespan

@@ -24,7 +24,10 @@ record in the same commit (the op's `closes`). The progress marks of streaming c
 with these group commits (`rider`: a `GatewayProgressOp` in the same `submit_all`, so in
 the same sequencer batch), once per progress period: on a busy gateway they add no batch.
 
-Served by one process: a second server process would need the reservations shared.
+The reservations are the desk's (`market.gateway.desk`): in one process the meter
+settles them itself when a charge commits; in a gateway process of `serve --workers N`
+its charges go to the desk in the sequencer process (`desk_remote.DeskExchange`), which
+settles them there, and this meter keeps none (`reservations` None).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 Group = tuple[str, str, str]  # (buyer, provider, instrument)
 K = TypeVar("K")
+S = TypeVar("S")
 
 #: `Meter.waited` counts receipts that waited for this many batches or more under this key.
 WAITED_MAX = 10
@@ -101,12 +105,26 @@ class Reservations:
 SequencerSource = Callable[[], Sequencer | None]
 
 
-def current(source: SequencerSource) -> Sequencer:
+def current(source: Callable[[], S | None]) -> S:
     """The running sequencer, or 503 `sequencer_stopped` while the exchange reopens."""
     sequencer = source()
     if sequencer is None:
         raise SequencerStopped("the exchange is reopening; try again")
     return sequencer
+
+
+class Committer(Protocol):
+    """What the meter submits its charges to: the sequencer, or (in a gateway process)
+    the desk in the sequencer process (`desk_remote.DeskExchange`)."""
+
+    @property
+    def commits(self) -> int:
+        """Batches committed so far (to count how many a receipt waited for)."""
+
+    async def submit_all(self, ops: Sequence[Op[Any]]) -> list[Outcome[Any]]: ...
+
+
+CommitterSource = Callable[[], Committer | None]
 
 
 #: Charges the meter has in the sequencer at once. One: a receipt filed while a charge
@@ -142,7 +160,7 @@ class Meter:
     """
 
     def __init__(
-        self, sequencer: SequencerSource, reservations: Reservations, flush_s: float
+        self, sequencer: CommitterSource, reservations: Reservations | None, flush_s: float
     ) -> None:
         self._sequencer = sequencer
         self._reservations = reservations
@@ -298,6 +316,8 @@ class Meter:
                 future.set_exception(failed)
 
     def _settle(self, receipts: Sequence[GatewayReceipt]) -> None:
+        if self._reservations is None:
+            return  # the desk settles them where it is (a gateway process)
         for r in receipts:
             self._reservations.settled((r.buyer, r.provider, r.instrument), r.tokens)
 

@@ -89,11 +89,29 @@ def requested_max_tokens(body: dict[str, Any]) -> int | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What a call asks for, read from its body before anything is known of the
+    entitlement: its prompt estimate and its own cap (None: absent). All a reservation
+    needs of the body (`plan_of`), so it travels where the reservation is decided."""
+
+    prompt_estimate: int
+    max_tokens: int | None
+
+
+def demand(body: dict[str, Any]) -> Demand:
+    return Demand(prompt_estimate(body), requested_max_tokens(body))
+
+
 def plan(body: dict[str, Any], available: int, completion_weight: int = 1) -> Plan | None:
     """The reservation of a call, or None if `available` tokens cannot cover its prompt
     estimate and one (weighted) completion token."""
-    estimate = prompt_estimate(body)
-    wanted = requested_max_tokens(body)
+    return plan_of(demand(body), available, completion_weight)
+
+
+def plan_of(wants: Demand, available: int, completion_weight: int = 1) -> Plan | None:
+    """`plan`, of a call's `Demand`."""
+    estimate, wanted = wants.prompt_estimate, wants.max_tokens
     room = (available - estimate) // completion_weight
     cap = min(DEFAULT_MAX_TOKENS if wanted is None else wanted, room)
     if cap < 1:

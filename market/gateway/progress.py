@@ -84,8 +84,8 @@ class _Entry:
     submitted: bool = False  # a mark was submitted: a row may exist
 
 
-def mark_of(call: Tracked, request_sha256: bytes, now: int) -> CallMark:
-    """The call's mark now."""
+def mark_of(call: Tracked, request_sha256: bytes, now: int, instance_id: str = "") -> CallMark:
+    """The call's mark now (owned by the gateway process instance `instance_id`)."""
     usage, (buyer, provider, instrument) = call.usage, call.group
     return CallMark(
         receipt_id=call.receipt_id, key_id=call.grant.key_id, buyer=buyer, provider=provider,
@@ -98,7 +98,7 @@ def mark_of(call: Tracked, request_sha256: bytes, now: int) -> CallMark:
         cached_tokens=None if usage is None else usage.cached_tokens,
         reasoning_tokens=None if usage is None else usage.reasoning_tokens,
         response_sha256=call.response_hash.copy().digest(),
-        marked_ms=max(now, call.started_ms),
+        marked_ms=max(now, call.started_ms), instance_id=instance_id,
     )  # fmt: skip
 
 
@@ -126,8 +126,10 @@ class Progress:
     """The progress marks of streaming calls, once a period, with the meter's group commits
     (see the module). `wake`: asks the meter to flush (`Meter.wake`)."""
 
-    def __init__(self, period_s: float, wake: Callable[[], None]) -> None:
+    def __init__(self, period_s: float, wake: Callable[[], None], instance_id: str = "") -> None:
         self.period_s = period_s
+        #: written in every mark: this process owns these calls (`close_crashed`)
+        self.instance_id = instance_id
         self._wake = wake
         self._calls: dict[str, _Entry] = {}
         self._task: asyncio.Task[None] | None = None
@@ -166,7 +168,7 @@ class Progress:
         self._due_now = False
         now = now_ms()
         self._in_flight = ([(e, (e.call.chunks, e.call.usage)) for e in due], now)
-        marks = tuple(mark_of(e.call, e.request_sha256, now) for e in due)
+        marks = tuple(mark_of(e.call, e.request_sha256, now, self.instance_id) for e in due)
         for e in due:
             e.submitted = True
         return GatewayProgressOp(marks=marks)
@@ -208,6 +210,7 @@ class Progress:
 _OPEN_CALLS = """
 SELECT c.*, r.receipt_id IS NOT NULL AS receipted
   FROM gateway_calls c LEFT JOIN gateway_receipts r USING (receipt_id)
+ WHERE $1::text IS NULL OR c.instance_id = $1
  ORDER BY c.started_ms, c.receipt_id
 """
 _MARK_FIELDS = CallMark.__struct_fields__
@@ -221,12 +224,16 @@ def _mark_of_row(row: asyncpg.Record) -> CallMark:
 
 
 async def close_crashed(
-    pool: asyncpg.Pool, meter: Meter, reservations: Reservations
+    pool: asyncpg.Pool, meter: Meter, reservations: Reservations, instance_id: str | None = None
 ) -> list[asyncio.Future[None]]:
     """Close the calls a crash cut (see the module): file their receipts with the meter;
-    the futures are done once they are committed (or failed: the meter retries)."""
+    the futures are done once they are committed (or failed: the meter retries).
+
+    `instance_id` None: every open call (the whole exchange is starting, so no gateway
+    process owns one); else only the calls of that gateway process instance, which is
+    gone (`desk.DeskServer.gone`): never the calls of one still serving."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(_OPEN_CALLS)
+        rows = await conn.fetch(_OPEN_CALLS, instance_id)
         marks = [_mark_of_row(r) for r in rows if not r["receipted"]]
         keys = sorted({m.key_id for m in marks})
         used = await receipts.tokens_used(conn, keys)

@@ -1,7 +1,9 @@
 """The gateway's call path: admit, route, reserve, forward, meter, commit, tail (`Gateway.call`).
 
-One `Gateway` per process (`app.state.gateway`, started by `gateway_lifespan` after the
-exchange's lifespan, since it needs the sequencer). A call:
+One `Gateway` per process (`app.state.gateway`): in one process `local_gateway`, started
+by `gateway_lifespan` after the exchange's lifespan, with its `desk.Desk` on the sequencer;
+in a gateway process of `serve --workers N` (`ops.gateway.remote_gateway_lifespan`) with
+the sequencer process's desk over NATS (`desk_remote`). A call:
 
 1. is admitted by its key's rate (429 `rate_limited`, in `openai_api`) and its account's
    calls in flight (429 `too_many_calls_in_flight`); refused before anything is reserved
@@ -9,7 +11,8 @@ exchange's lifespan, since it needs the sequencer). A call:
    with `n` other than 1 (400);
 2. is routed (`routing`) on the sequencer's committed memory (`catalog`: the model's
    instruments, the buyer's entitlement by account key) and the endpoints' health, and
-   reserves (`metering.plan`, `meter.Reservations`) in the same step of the event loop;
+   reserves (`metering.plan`, `meter.Reservations`) in the same step of the event loop,
+   by the desk (`desk`), where the sequencer is;
 3. is forwarded to the endpoint's checked address (`ssrf.resolve` again, per call) with
    the endpoint's credential, `max_tokens` set to the completion cap and, streaming,
    `stream_options.include_usage` on; a stream's events go back as they arrive, but for
@@ -43,12 +46,11 @@ import yarl
 
 from market.auth import RateLimiter
 from market.gateway import endpoints as store
-from market.gateway import metering, receipts, routing
+from market.gateway import metering, routing
 from market.gateway.cache import TtlCache
-from market.gateway.catalog import Catalog, CommittedView, StaleView
+from market.gateway.desk import Desk, DeskPort, drop
 from market.gateway.errors import (
     ChargeUnavailable,
-    InsufficientEntitlement,
     ModelNotFound,
     NoEndpoint,
     TooManyInFlight,
@@ -57,11 +59,10 @@ from market.gateway.errors import (
 )
 from market.gateway.health import upstream_headers
 from market.gateway.keys import KeyGrant
-from market.gateway.meter import Group, Meter, Reservations, SequencerSource, current
+from market.gateway.meter import CommitterSource, Group, Meter, Reservations, SequencerSource
 from market.gateway.progress import Progress
 from market.gateway.sse import EventReader
 from market.gateway.ssrf import EndpointRefused, Target, resolve
-from market.sequencer import Sequencer
 from market.signing import now_ms
 from schemas.errors import DomainError
 from schemas.gateway import GatewayReceipt
@@ -128,7 +129,7 @@ class Call:
     model: str
     plan: metering.Plan
     started_ms: int
-    receipt_id: str = field(default_factory=lambda: "rcp_" + secrets.token_hex(12))
+    receipt_id: str
     request_bytes: bytes = b""
     response_hash: Any = field(default_factory=hashlib.sha256)
     finished: bool = False
@@ -169,30 +170,25 @@ def upstream_body(body: dict[str, Any], plan: metering.Plan) -> bytes:
     return _encoder.encode(out)
 
 
-def _no_route(route: routing.NoRoute, model: str) -> DomainError:
-    if route is routing.NoRoute.NO_ENTITLEMENT:
-        return InsufficientEntitlement(f"no entitlement left for model {model!r} now")
-    if route is routing.NoRoute.NO_ENDPOINT:
-        return NoEndpoint(f"no healthy endpoint serves model {model!r} for your entitlement")
-    return NoEndpoint(f"every endpoint of {model!r} is at its concurrency", code="endpoints_busy")
-
-
 class Gateway:
+    """The call path of one process (see the module). Its reservations are decided by
+    `desk` (`desk.Desk` here, or the sequencer process's over NATS), its receipts are
+    charged through `exchange` (the sequencer, or that desk); `reservations`: the desk's
+    when it is in this process (the meter settles them at each commit), else None."""
+
     def __init__(
-        self, pool: asyncpg.Pool, sequencer: SequencerSource, config: GatewayConfig
-    ) -> None:
+        self, pool: asyncpg.Pool, config: GatewayConfig, desk: DeskPort,
+        exchange: CommitterSource, *, reservations: Reservations | None = None,
+        instance_id: str = "",
+    ) -> None:  # fmt: skip
         self.pool = pool
-        self._sequencer = sequencer
         self.config = config
         self.allow_hosts = config.allow_hosts
-        self.reservations = Reservations()
-        self.meter = Meter(sequencer, self.reservations, config.flush_s)
-        self.meter.on_commit = self._charged_groups
-        self.progress = Progress(config.progress_s, self.meter.wake)
+        self.desk = desk
+        self.instance_id = instance_id
+        self.meter = Meter(exchange, reservations, config.flush_s)
+        self.progress = Progress(config.progress_s, self.meter.wake, instance_id)
         self.meter.rider = self.progress
-        self._refreshing: set[asyncio.Task[None]] = set()
-        self.catalog = Catalog()
-        self.view = CommittedView()
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
         #: a model -> its healthy endpoints; a secret's hash -> its key's grant; a base
         #: URL -> its checked address (`ssrf.resolve`)
@@ -201,25 +197,12 @@ class Gateway:
         )
         self.grants: TtlCache[bytes, KeyGrant] = TtlCache(GRANTS_CACHE_S, CACHE_ENTRIES)
         self.targets: TtlCache[str, Target] = TtlCache(TARGETS_CACHE_S, CACHE_ENTRIES)
-        #: calls in flight per (provider, endpoint id) and per buying account (entries
-        #: only while calls are in flight)
-        self.in_flight: dict[tuple[str, str], int] = {}
+        #: calls in flight per buying account in this process (entries only while there are)
         self.account_in_flight: dict[str, int] = {}
-        #: calls routed on the committed view without waiting, and after waiting for the
-        #: batch in flight (ops/bench)
-        self.routed_at_once = 0
-        self.routed_after_commit = 0
         self.http = upstream_session(config.upstream_timeout_s)
         self._urls: dict[tuple[Target, str], yarl.URL] = {}
 
-    @property
-    def sequencer(self) -> Sequencer:
-        """The exchange's sequencer now (a new one after a reopen)."""
-        return current(self._sequencer)
-
     async def close(self) -> None:
-        log.info("gateway: %d calls routed at once, %d after the batch in flight",
-                 self.routed_at_once, self.routed_after_commit)  # fmt: skip
         await self.progress.close()
         await self.meter.close()
         await self.http.close()
@@ -228,54 +211,7 @@ class Gateway:
 
     async def models(self, grant: KeyGrant) -> list[dict[str, Any]]:
         """The models this key may use now: live instruments it holds entitlement on."""
-        await self.sequencer.committed()
-        sequencer, now = self.sequencer, now_ms()
-        held = self._held(grant.buyer)
-        seen: dict[str, int] = {}
-        for model in self.catalog.models(sequencer.market):
-            if not grant.allows(model):
-                continue
-            for w in self.catalog.windows(sequencer.market, model):
-                live = w.start_ms <= now < w.end_ms
-                if live and any(n > 0 for n in held.get(w.symbol, {}).values()):
-                    seen.setdefault(model, w.start_ms // 1000)
-        return [{"id": m, "object": "model", "created": c, "owned_by": "tokex"}
-                for m, c in sorted(seen.items())]  # fmt: skip
-
-    async def _load_key_used(self, grant: KeyGrant) -> None:
-        """What a budgeted key has used so far, read once per process; what is left is
-        computed after the last await before the reservation (`Reservations.key_left`)."""
-        if grant.token_budget is not None and grant.key_id not in self.reservations.key_used:
-            async with self.pool.acquire() as conn:
-                used = await receipts.tokens_used(conn, [grant.key_id])
-            self.reservations.key_used.setdefault(grant.key_id, used.get(grant.key_id, 0))
-
-    def _charged_groups(self, groups: set[Group]) -> None:
-        """A charge committed: read these balances again as of the commit, so that the
-        next calls of these buyers route at once rather than wait for the next batch."""
-        task = asyncio.create_task(self._refresh(groups), name="gateway-view")
-        self._refreshing.add(task)
-        task.add_done_callback(self._refreshing.discard)
-
-    async def _refresh(self, groups: set[Group]) -> None:
-        sequencer = self._sequencer()
-        if sequencer is None:
-            return
-        try:
-            await sequencer.committed()
-        except DomainError:
-            return  # the ledger is rebuilding: calls wait for it themselves
-        for group in groups:  # no await from here: memory holds only committed state
-            self.view.left(sequencer, self.reservations, group, fresh=True)
-
-    def _held(self, buyer: str) -> dict[str, dict[str, int]]:
-        """Entitlement left per instrument and provider, from every balance of the buyer."""
-        out: dict[str, dict[str, int]] = {}
-        for e in self.sequencer.entitlements_of(buyer):
-            if e.buyer == buyer and e.entitlement > 0:
-                left = self.reservations.left((buyer, e.provider, e.instrument), e.entitlement)
-                out.setdefault(e.instrument, {})[e.provider] = left
-        return out
+        return await self.desk.models(grant.buyer, grant.models)
 
     def _admit(self, grant: KeyGrant) -> None:
         if self.account_in_flight.get(grant.buyer, 0) >= self.config.max_in_flight:
@@ -304,75 +240,23 @@ class Gateway:
             raise ModelNotFound(f"this key may not use model {model!r}")
         self._admit(grant)
         rows = await self.healthy_endpoints(model)
-        await self._load_key_used(grant)
-        sequencer = self.sequencer
-        if not sequencer.healthy:
-            await sequencer.committed()  # 503 while memory may hold a failed batch
-        # From here to the reservation: no await, so no other call sees the same balance
-        # (of the entitlement or of the key's budget). The balances as of the last commit
-        # (`CommittedView`), without waiting for a batch in flight; else after it.
-        self._admit(grant)
-        try:
-            call = self._reserve(grant, body, model, rows, fresh=False)
-        except StaleView:
-            pass
-        else:
-            self.routed_at_once += 1
-            return call
-        await self.sequencer.committed()
-        self._admit(grant)
-        self.routed_after_commit += 1
-        return self._reserve(grant, body, model, rows, fresh=True)
-
-    def _reserve(
-        self, grant: KeyGrant, body: dict[str, Any], model: str,
-        rows: list[store.EndpointRow], *, fresh: bool,
-    ) -> Call:  # fmt: skip
-        sequencer, now = self.sequencer, now_ms()
-        key_left = self.reservations.key_left(grant.key_id, grant.token_budget)
         endpoints = [routing.Endpoint(r.provider, r.endpoint_id, r.max_concurrency) for r in rows]
-        providers = {e.provider for e in endpoints}
-        live = routing.live(self.catalog.windows(sequencer.market, model), now)
-
-        def providers_of(symbol: str) -> dict[str, int]:
-            return {
-                p: self.view.left(
-                    sequencer, self.reservations, (grant.buyer, p, symbol), fresh=fresh
-                )
-                for p in providers
-            }
-
-        route = routing.choose(live, providers_of, endpoints, self.in_flight)
-        if route is routing.NoRoute.NO_ENTITLEMENT and live:
-            if not fresh:
-                raise StaleView  # decide 402 or 503 on the committed state
-            # None with an endpoint: is it 402, or entitlement with providers that have
-            # no healthy endpoint (503)? Only failures take this scan of the balances.
-            held = self._held(grant.buyer)
-            route = routing.choose(live, lambda s: held.get(s, {}), endpoints, self.in_flight)
-        if isinstance(route, routing.NoRoute):
-            raise _no_route(route, model)
-        available = route.available if key_left is None else min(route.available, key_left)
-        weight = sequencer.market.instrument(route.instrument).terms.completion_weight
-        plan = metering.plan(body, available, weight)
-        if plan is None:
-            if not fresh:
-                raise StaleView
-            left = (
-                "this key's budget"
-                if key_left is not None and key_left < route.available
-                else "entitlement"
-            )
-            raise InsufficientEntitlement(
-                f"{available} tokens of {left} left: not enough for this prompt and a completion"
-            )
-        group = (grant.buyer, route.provider, route.instrument)
-        self.reservations.reserve(group, grant.key_id, plan.reserved)
+        receipt_id = "rcp_" + secrets.token_hex(12)
+        buyer = grant.buyer
+        self._admit(grant)  # and take the place at once: the desk may be awaited
+        self.account_in_flight[buyer] = self.account_in_flight.get(buyer, 0) + 1
+        try:
+            route, plan = await self.desk.reserve(
+                receipt_id, buyer, grant.key_id, grant.token_budget, model,
+                metering.demand(body), endpoints,
+            )  # fmt: skip
+        except BaseException:
+            drop(self.account_in_flight, buyer)
+            raise
         slot = (route.provider, route.endpoint.endpoint_id)
-        self.in_flight[slot] = self.in_flight.get(slot, 0) + 1
-        self.account_in_flight[grant.buyer] = self.account_in_flight.get(grant.buyer, 0) + 1
         row = next(r for r in rows if (r.provider, r.endpoint_id) == slot)
-        return Call(grant, group, route, row, model, plan, now)
+        group = (buyer, route.provider, route.instrument)
+        return Call(grant, group, route, row, model, plan, now_ms(), receipt_id)
 
     def finish(
         self, call: Call, usage: metering.Usage | None, chunks: int, *, served: bool
@@ -383,10 +267,11 @@ class Gateway:
             return None
         call.finished = True
         recorded = self.progress.untrack(call)
-        _drop(self.in_flight, (call.route.provider, call.route.endpoint.endpoint_id))
-        _drop(self.account_in_flight, call.grant.buyer)
+        drop(self.account_in_flight, call.grant.buyer)
         charged = metering.charge(call.plan, usage, chunks) if served else metering.NOTHING
-        self.reservations.finish(call.group, call.grant.key_id, call.plan.reserved, charged.tokens)
+        slot = (call.route.provider, call.route.endpoint.endpoint_id)
+        self.desk.ended(call.receipt_id, call.group, call.grant.key_id, slot,
+                        call.plan.reserved, charged.tokens, served=served)  # fmt: skip
         if not served:
             if recorded:
                 self.meter.forget([call.receipt_id])
@@ -552,6 +437,17 @@ class Gateway:
                 response.close()
 
 
+def local_gateway(
+    pool: asyncpg.Pool, sequencer: SequencerSource, config: GatewayConfig, instance_id: str = ""
+) -> tuple[Gateway, Desk]:
+    """The gateway of one process (`tokex serve`): its desk here, on the sequencer."""
+    desk = Desk(sequencer, pool)
+    gateway = Gateway(pool, config, desk, sequencer, reservations=desk.reservations,
+                      instance_id=instance_id)  # fmt: skip
+    gateway.meter.on_commit = desk.refresh
+    return gateway, desk
+
+
 def upstream_session(timeout_s: float) -> aiohttp.ClientSession:
     """The gateway's client to providers' endpoints: keep-alive connections reused per
     address (aiohttp's pool finds a free one in O(1); httpx's looked at every connection
@@ -567,14 +463,6 @@ def upstream_session(timeout_s: float) -> aiohttp.ClientSession:
         connector=connector, timeout=timeout, trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )  # fmt: skip
-
-
-def _drop(counts: dict[Any, int], key: Any) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
 
 
 async def _chain(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

@@ -1,7 +1,7 @@
 """The metering gateway's throughput and the latency it adds to a call.
 
     python -m ops.bench.gateway [--seconds 10] [--clients 64] [--mode both] [--keep]
-                                [--profile PREFIX] [--paced 0.5]
+                                [--profile PREFIX] [--paced 0.5] [--workers N]
 
 Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or DATABASE_URL)
 and the stand-in upstream (`tests.support.upstream`, in a process of its own) on loopback;
@@ -22,6 +22,9 @@ gateway's calls/s: at its maximum every closed-loop client waits in the queue of
 saturated machine, so the latency the gateway adds by its own work shows only below it.
 Server, upstream, database and load share this machine. The data dir is deleted afterwards
 unless `--keep` or the run failed.
+`--workers N` runs `tokex serve --workers N`: the CPU of the sequencer process (with the
+gateway's desk) and of its children, the gateway processes and NATS, apart (not the
+gateways' signature helpers: bearer-key calls do not use them).
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def start_upstream(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(url: str, data_dir: Path, port: int, workers: int = 0) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "DATABASE_URL": url, "TOKEX_RATE_LIMIT": "1000000",
         "TOKEX_RATE_BURST": "1000000", "TOKEX_ENDPOINT_ALLOW_HOSTS": "127.0.0.1",
@@ -101,10 +104,16 @@ def start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]
     }  # fmt: skip
     log = data_dir / "server.log"
     proc = _spawn(
-        [sys.executable, "-m", "ops", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "ops", "serve", "--port", str(port), "--data-dir", str(data_dir),
+         *(("--workers", str(workers)) if workers else ())],
         env, log,
     )  # fmt: skip
     _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+    deadline = time.monotonic() + 60
+    while log.read_text(errors="replace").count("Application startup complete") < workers:
+        if time.monotonic() > deadline:  # every gateway up, not only the first
+            raise SystemExit(f"the gateways did not start: {log}")
+        time.sleep(0.1)
     return proc
 
 
@@ -227,9 +236,13 @@ def _complete(stream: bool, status: int, data: bytes) -> bool:
     return data.endswith(b"data: [DONE]\n\n") if stream else b'"usage"' in data
 
 
-def groups(server: int, upstream: int, data_dir: Path | None) -> dict[str, Group]:
-    """The processes whose CPU a phase reports (ops.bench.cpu)."""
+def groups(server: int, upstream: int, data_dir: Path | None, workers: int = 0) -> dict[str, Group]:
+    """The processes whose CPU a phase reports (ops.bench.cpu); with `workers`, the
+    sequencer process (its desk) and its children (the gateway processes and NATS) apart."""
     out = {"server": Group(server, children=True), "upstream": Group(upstream)}
+    if workers:
+        out = {"sequencer": Group(server), "gateways": Group(server, children=True,
+               only_children=True), "upstream": Group(upstream)}  # fmt: skip
     postmaster = postmaster_pid(data_dir / "pg") if data_dir is not None else None
     if postmaster is not None:
         out["postgresql"] = Group(postmaster, children=True)
@@ -400,7 +413,7 @@ def commits_report(log: Path) -> None:
     if not found:
         print("  group commits: not in the server's log")
         return
-    charges, waited, commit_ms = found[-1]
+    charges, waited, commit_ms = max(found, key=lambda f: int(f[0]))  # the busiest meter
     counts = {int(k): int(v) for k, v in re.findall(r"(\d+): (\d+)", waited)}
     receipts = sum(counts.values())
     print(f"  group commits: {int(charges):,} for {receipts:,} receipts "
@@ -423,6 +436,9 @@ def main() -> None:
         help="then each mode at this share of the gateway's calls/s, on a fixed schedule "
         "(the latency added below saturation); 0: not",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=0, help="serve --workers N (default: one process)"
+    )
     args = parser.parse_args()
     modes = {"stream": [True], "plain": [False], "both": [True, False]}[args.mode]
     data_dir = Path(tempfile.mkdtemp(prefix="tokex-gateway-bench-"))
@@ -433,9 +449,9 @@ def main() -> None:
         url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
         port, upstream_port = free_port(), free_port()
         upstream = start_upstream(data_dir, upstream_port)
-        server = start_server(url, data_dir, port)
+        server = start_server(url, data_dir, port, args.workers)
         embedded = None if os.environ.get("DATABASE_URL") else data_dir
-        cpu = groups(server.pid, upstream.pid, embedded)
+        cpu = groups(server.pid, upstream.pid, embedded, args.workers)
         run = bench(url, port, upstream_port, args.seconds, args.clients, modes, cpu,
                     args.profile, args.paced)  # fmt: skip
         asyncio.run(run)

@@ -188,6 +188,7 @@ RECORDED = [
     (12, "retired_accounts", "ledger/migrations"),
     (13, "retire_settled_accounts", "market/migrations"),
     (14, "gateway_calls", "market/migrations"),
+    (15, "gateway_call_owner", "market/migrations"),
 ]
 
 

@@ -84,12 +84,12 @@ class Market:
 
 async def open_market(
     db_url: str, tmp_path: Path, upstream: Upstream, tokens: int, completion_weight: int = 1,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, extra_args: tuple[str, ...] = (),
 ) -> AsyncIterator[Market]:  # fmt: skip
     settings = {**ENV, **(env or {})}
-    proc = await asyncio.to_thread(
-        ServerProcess(database_url=db_url, data_dir=tmp_path, env=settings).start
-    )
+    server = ServerProcess(database_url=db_url, data_dir=tmp_path, env=settings,
+                           extra_args=extra_args)  # fmt: skip
+    proc = await asyncio.to_thread(server.start)
     operator = await operator_client(db_url, proc.base_url)
     try:
         symbol = live_symbol()

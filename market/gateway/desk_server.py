@@ -1,0 +1,280 @@
+"""The desk in the sequencer process of `tokex serve --workers N`: it answers the gateway
+processes' reservations, charges and releases over NATS (`desk_wire`), and closes the
+calls of a gateway process that died.
+
+Each call reserved here is kept by its receipt id with the gateway process instance
+that asked (`_Entry`), until it ends:
+
+* served: its receipt arrives in a charge (`tokex.gw.charge`). The desk releases what
+  the call reserved beyond its charge (`Desk.ended`, as one process does when the call
+  ends), submits the charge to the sequencer, and once it commits the charged tokens
+  leave the reservations (the ledger's balance says them now);
+* not served: a release (`tokex.gw.release`) gives back all of it.
+
+So between a call's end and its receipt's arrival (at most the rest of its gateway's
+group commit in flight) it holds its whole reservation, never less: the rule can only
+err by refusing, never by overdrawing.
+
+A gateway process that exits (`gone`, from the supervisor, `ops.workers.Gateways`): its
+instance is marked gone first, so a request of it still on its way is refused; then the
+desk waits for its charges under way in the sequencer, drops its reservations (its
+uncommitted charges too) and closes its open calls by their last progress mark
+(`progress.close_crashed` on its instance id only: the calls of the other gateways are
+not touched), charged through the desk's own meter here, with their tokens owed in the
+reservations until they commit. The new process in its slot has another instance id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from market.gateway import desk_wire as wire
+from market.gateway.desk import Desk, Slot, drop
+from market.gateway.errors import TooManyInFlight
+from market.gateway.meter import Group, Meter
+from market.gateway.metering import Demand
+from market.gateway.progress import close_crashed
+from market.gateway.routing import Endpoint
+from market.sequencer.ops import Failed, GatewayChargeOp, Op, Outcome
+from market.sequencer.wire import SEQUENCER_QUEUE, Answer, ErrorWire, Reply, encode, replies_of
+from schemas.errors import DomainError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+
+class GatewayGone(DomainError):
+    """A request of a gateway process the desk has seen exit (it is no longer answered)."""
+
+    code = "gateway_gone"
+    kind = ErrorKind.UNAVAILABLE
+
+
+@dataclass(slots=True)
+class _Entry:
+    instance_id: str
+    group: Group
+    key_id: str
+    slot: Slot
+    reserved: int
+    charged: int | None = None  # its receipt arrived: what it charges, until committed
+
+
+class DeskServer:
+    """See the module docstring."""
+
+    def __init__(
+        self, nats: Client, desk: Desk, meter: Meter, pool: asyncpg.Pool, max_in_flight: int
+    ) -> None:
+        self._nats = nats
+        self.desk = desk
+        self.meter = meter
+        self.pool = pool
+        #: calls in flight per buying account through every gateway (429 beyond), the
+        #: cap each gateway process also keeps for itself (`GatewayConfig.max_in_flight`)
+        self.max_in_flight = max_in_flight
+        self._accounts: dict[str, int] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._gone: set[str] = set()
+        self._charging: dict[str, set[asyncio.Task[Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscription: Subscription | None = None
+        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {
+            wire.RESERVE: msgspec.msgpack.Decoder(wire.ReserveRequest),
+            wire.CHARGE: msgspec.msgpack.Decoder(wire.ChargeRequest),
+            wire.RELEASE: msgspec.msgpack.Decoder(wire.ReleaseRequest),
+            wire.MODELS: msgspec.msgpack.Decoder(wire.ModelsRequest),
+        }
+        self._handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            wire.RESERVE: self.reserve,
+            wire.CHARGE: self.charge,
+            wire.RELEASE: self.release,
+            wire.MODELS: self.models,
+        }
+
+    @property
+    def nats(self) -> Client:
+        return self._nats
+
+    @property
+    def calls(self) -> int:
+        """Calls reserved here and not yet ended and committed."""
+        return len(self._entries)
+
+    async def start(self) -> None:
+        self._subscription = await self._nats.subscribe(
+            wire.PREFIX + "*", queue=SEQUENCER_QUEUE, cb=self._spawn
+        )
+        await self._nats.flush()
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def _spawn(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        try:
+            decoder = self._decoders.get(msg.subject)
+            if decoder is None:
+                raise GatewayGone(f"no such desk request: {msg.subject[:64]!r}")
+            answer = await self._handlers[msg.subject](decoder.decode(msg.data))
+        except DomainError as exc:
+            answer = Answer(error=ErrorWire.of(exc))
+        except Exception:
+            log.exception("answering %s failed", msg.subject)
+            return  # no answer: the gateway's request times out (503)
+        await msg.respond(encode(answer))
+
+    def _refuse_gone(self, instance_id: str) -> None:
+        if instance_id in self._gone:
+            raise GatewayGone("this gateway process is gone")
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def reserve(self, r: wire.ReserveRequest) -> Answer[wire.Reservation]:
+        self._refuse_gone(r.instance_id)
+        if self._accounts.get(r.buyer, 0) >= self.max_in_flight:
+            raise TooManyInFlight(
+                f"your account has {self.max_in_flight} calls in flight, the most the "
+                "gateway takes; retry when one ends"
+            )
+        self._accounts[r.buyer] = self._accounts.get(r.buyer, 0) + 1  # its place, taken now
+        endpoints = [Endpoint(p, e, n) for p, e, n in r.endpoints]
+        try:
+            route, plan = await self.desk.reserve(
+                r.receipt_id, r.buyer, r.key_id, r.budget, r.model,
+                Demand(r.prompt_estimate, r.max_tokens), endpoints,
+            )  # fmt: skip
+        except BaseException:
+            drop(self._accounts, r.buyer)
+            raise
+        group = (r.buyer, route.provider, route.instrument)
+        slot = (route.provider, route.endpoint.endpoint_id)
+        if r.instance_id in self._gone:  # it died while this waited for a commit
+            drop(self._accounts, r.buyer)
+            self.desk.ended(r.receipt_id, group, r.key_id, slot, plan.reserved, 0, served=False)
+            raise GatewayGone("this gateway process is gone")
+        self._entries[r.receipt_id] = _Entry(r.instance_id, group, r.key_id, slot, plan.reserved)
+        reservation = wire.Reservation(
+            route.instrument, route.provider, route.endpoint.endpoint_id,
+            route.endpoint.max_concurrency, route.available, plan.prompt_cap,
+            plan.completion_cap, plan.completion_weight,
+        )  # fmt: skip
+        return Answer(replies=[Reply(value=reservation)])
+
+    async def release(self, r: wire.ReleaseRequest) -> Answer[int]:
+        released = 0
+        for receipt_id in r.receipt_ids:
+            entry = self._entries.get(receipt_id)
+            if entry is None or entry.charged is not None or entry.instance_id != r.instance_id:
+                continue
+            del self._entries[receipt_id]
+            drop(self._accounts, entry.group[0])
+            self.desk.ended(receipt_id, entry.group, entry.key_id, entry.slot, entry.reserved, 0,
+                            served=False)  # fmt: skip
+            released += 1
+        return Answer(replies=[Reply(value=released)])
+
+    async def models(self, r: wire.ModelsRequest) -> Answer[wire.Models]:
+        allowed = None if r.allowed is None else frozenset(r.allowed)
+        return Answer(replies=[Reply(value=await self.desk.models(r.buyer, allowed))])
+
+    async def charge(self, r: wire.ChargeRequest) -> Answer[Any]:
+        """A gateway's group commit: its calls have ended; submitted as one `submit_all`."""
+        self._refuse_gone(r.instance_id)
+        task = asyncio.current_task()
+        assert task is not None
+        under_way = self._charging.setdefault(r.instance_id, set())
+        under_way.add(task)
+        try:
+            for op in r.charges:
+                self._ended(op)
+            ops: list[Op[Any]] = [*([r.progress] if r.progress is not None else []), *r.charges]
+            outcomes = await self.desk.sequencer.submit_all(ops)
+            self._committed(r.charges, outcomes[len(ops) - len(r.charges) :])
+            return replies_of(outcomes)
+        finally:
+            under_way.discard(task)
+            if not under_way:
+                self._charging.pop(r.instance_id, None)
+
+    def _ended(self, op: GatewayChargeOp) -> None:
+        """Its receipts have arrived: each call releases what it reserved beyond its charge."""
+        for receipt in op.receipts:
+            entry = self._entries.get(receipt.receipt_id)
+            if entry is None or entry.charged is not None:
+                continue  # a retry, or not reserved here
+            entry.charged = min(receipt.tokens, entry.reserved)
+            drop(self._accounts, entry.group[0])
+            self.desk.ended(receipt.receipt_id, entry.group, entry.key_id, entry.slot,
+                            entry.reserved, entry.charged, served=True)  # fmt: skip
+
+    def _committed(
+        self, charges: Sequence[GatewayChargeOp], outcomes: Sequence[Outcome[Any]]
+    ) -> None:
+        """The charges that committed are in the ledger now: out of the reservations."""
+        groups: set[Group] = set()
+        for op, outcome in zip(charges, outcomes, strict=True):
+            if isinstance(outcome, Failed):
+                continue  # the gateway submits it again
+            for receipt in op.receipts:
+                entry = self._entries.pop(receipt.receipt_id, None)
+                if entry is not None and entry.charged is not None:
+                    self.desk.reservations.settled(entry.group, entry.charged)
+                    groups.add(entry.group)
+        if groups:
+            self.desk.refresh(groups)
+
+    # -- a gateway process gone ------------------------------------------------------------
+
+    async def gone(self, instance_id: str) -> None:
+        """The gateway process `instance_id` exited (see the module docstring)."""
+        self._gone.add(instance_id)
+        under_way = list(self._charging.get(instance_id, ()))
+        if under_way:
+            await asyncio.wait(under_way)
+        dropped = 0
+        reservations = self.desk.reservations
+        for receipt_id, entry in list(self._entries.items()):
+            if entry.instance_id != instance_id:
+                continue
+            del self._entries[receipt_id]
+            dropped += 1
+            if entry.charged is None:
+                drop(self._accounts, entry.group[0])
+                self.desk.ended(receipt_id, entry.group, entry.key_id, entry.slot,
+                                entry.reserved, 0, served=False)  # fmt: skip
+            else:  # its charge failed and nobody will submit it again: as after a crash
+                reservations.settled(entry.group, entry.charged)
+                reservations.key_used[entry.key_id] = (
+                    reservations.key_used.get(entry.key_id, 0) - entry.charged
+                )
+        try:
+            closing = await close_crashed(self.pool, self.meter, reservations, instance_id)
+        except Exception:
+            log.exception("gateway %s: its open calls could not be read; closed at next start",
+                          instance_id)  # fmt: skip
+            return
+        log.warning("gateway %s gone: %d calls dropped, %d open calls closed as cut by a crash",
+                    instance_id, dropped, len(closing))  # fmt: skip
+        for outcome in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.warning("gateway %s: the charge of its calls is retried: %s",
+                            instance_id, outcome)  # fmt: skip
+                return

@@ -1,0 +1,77 @@
+"""The desk's messages between a gateway process and the sequencer process (MessagePack
+over NATS request-reply; `desk_remote` sends them, `desk_server` answers).
+
+Subjects, answered in the sequencer's queue group:
+
+* `tokex.gw.reserve`, `ReserveRequest` -> `Reservation`: route and reserve one call (the
+  gateway's only round trip before it forwards the call);
+* `tokex.gw.charge`, `ChargeRequest` -> one reply per op: a gateway's group commit of
+  receipts (and the progress marks riding with it), submitted to the sequencer by the
+  desk as one `submit_all`, so the desk sees each call end (its receipt) and each charge
+  commit;
+* `tokex.gw.release`, `ReleaseRequest` -> the number released: calls that ended unserved
+  (no receipt: an upstream error, a buyer gone before the answer);
+* `tokex.gw.models`, `ModelsRequest` -> the model list of `GET /openai/v1/models`.
+
+Every request names the gateway process instance it comes from: the desk keeps each
+instance's calls apart, and refuses the requests of an instance it knows to be gone.
+Answers are `market.sequencer.wire.Answer`s, errors their `ErrorWire` (so a 402 or a 503
+is raised again in the gateway as the same class).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from market.sequencer.ops import GatewayChargeOp, GatewayProgressOp
+
+PREFIX = "tokex.gw."
+RESERVE = PREFIX + "reserve"
+CHARGE = PREFIX + "charge"
+RELEASE = PREFIX + "release"
+MODELS = PREFIX + "models"
+
+
+class ReserveRequest(msgspec.Struct, array_like=True, frozen=True):
+    instance_id: str
+    receipt_id: str
+    buyer: str
+    key_id: str
+    budget: int | None
+    model: str
+    prompt_estimate: int
+    max_tokens: int | None
+    #: the model's healthy endpoints: (provider, endpoint id, max concurrency)
+    endpoints: list[tuple[str, str, int]]
+
+
+class Reservation(msgspec.Struct, array_like=True, frozen=True):
+    instrument: str
+    provider: str
+    endpoint_id: str
+    max_concurrency: int
+    available: int
+    prompt_cap: int
+    completion_cap: int
+    completion_weight: int
+
+
+class ChargeRequest(msgspec.Struct, array_like=True, frozen=True):
+    instance_id: str
+    progress: GatewayProgressOp | None
+    charges: list[GatewayChargeOp]
+
+
+class ReleaseRequest(msgspec.Struct, array_like=True, frozen=True):
+    instance_id: str
+    receipt_ids: list[str]
+
+
+class ModelsRequest(msgspec.Struct, array_like=True, frozen=True):
+    buyer: str
+    allowed: list[str] | None
+
+
+Models = list[dict[str, Any]]
