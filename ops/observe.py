@@ -28,6 +28,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from market.asgi import header
 from market.metrics import HTTP_REQUESTS, WEBSOCKET_CLIENTS
 from market.request_context import REQUEST_ID, accept_request_id
+from ops.logs import direct_handler
 
 access_log = logging.getLogger("tokex.access")
 
@@ -83,15 +84,18 @@ class Observe:
         route = scope.get("path_template") or UNMATCHED
         method = str(scope.get("method", ""))
         HTTP_REQUESTS.labels(method, route, str(status)).inc()
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "access",
-                extra={
-                    "request_id": request_id, "method": method, "path": scope["path"],
-                    "route": route, "status": status, "duration_ms": round(duration_s * 1000, 3),
-                    "key_id": _header(scope, KEY_HEADER),
-                },
-            )  # fmt: skip
+        direct = direct_handler(access_log, logging.INFO)
+        if direct is None and not access_log.isEnabledFor(logging.INFO):
+            return
+        fields = {
+            "request_id": request_id, "method": method, "path": scope["path"], "route": route,
+            "status": status, "duration_ms": round(duration_s * 1000, 3),
+            "key_id": _header(scope, KEY_HEADER),
+        }  # fmt: skip
+        if direct is not None:  # the line as logging would write it, without the record
+            direct.write_line(logging.INFO, access_log.name, "access", fields)
+        else:
+            access_log.info("access", extra=fields)
 
 
 def observe(app: Litestar) -> Litestar:
