@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from litestar import Litestar
 from litestar.enums import ScopeType
@@ -36,6 +37,20 @@ HEADER = b"x-request-id"
 KEY_HEADER = b"x-tokex-key"
 #: The route label of a request no route matched.
 UNMATCHED = "unmatched"
+
+
+#: The counter of each (method, route, status) seen: `labels` looks one up under a lock and
+#: builds its key anew each time; routes are templates, so this stays small.
+_REQUESTS: dict[tuple[str, str, int], Any] = {}
+
+
+def _count(method: str, route: str, status: int) -> None:
+    counter = _REQUESTS.get((method, route, status))
+    if counter is None:
+        counter = _REQUESTS[method, route, status] = HTTP_REQUESTS.labels(
+            method, route, str(status)
+        )
+    counter.inc()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -83,7 +98,7 @@ class Observe:
     def _record(scope: Scope, request_id: str, status: int, duration_s: float) -> None:
         route = scope.get("path_template") or UNMATCHED
         method = str(scope.get("method", ""))
-        HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        _count(method, route, status)
         direct = direct_handler(access_log, logging.INFO)
         if direct is None and not access_log.isEnabledFor(logging.INFO):
             return
