@@ -106,14 +106,31 @@ def json_line(
     """One line: time, level, logger, event, then `fields` ((name, value) pairs; a name
     taken already is skipped) and `exc`, each scrubbed of secrets."""
     line: dict[str, Any] = {
-        "ts": _timestamp(created), "level": level, "logger": logger, "event": scrub_text(event)
+        "ts": _timestamp(created), "level": level, "logger": logger, "event": event
     }  # fmt: skip
+    plain = exc is None  # every value a scalar under a name that is no secret's
     for name, value in fields:
         if name not in line:
-            line[name] = _scrub(name, value)
+            line[name] = value
+            if plain and (type(value) not in _SCALARS or _secret_name(name)):
+                plain = False
+    if plain:
+        # A hint of a secret in no value (the line holds each as it is: none of the hints'
+        # characters is escaped in JSON) means scrubbing would change nothing: one search
+        # of the line instead of one of each value.
+        text = msgspec.json.encode(line).decode()
+        if _HINT.search(text) is None:
+            return text
+    line["event"] = scrub_text(event)
+    for name in list(line)[4:]:
+        line[name] = _scrub(name, line[name])
     if exc is not None:
         line["exc"] = scrub_text(exc)
     return msgspec.json.encode(line).decode()
+
+
+#: The types of value a line holds as they are (once the line has no secret's hint).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class JsonFormatter(logging.Formatter):
