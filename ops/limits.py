@@ -34,9 +34,9 @@ And one write a response, where uvicorn makes two: it writes a response's head w
 app sends `http.response.start` and its body at `http.response.body`, each a send on the
 socket (a system call, and on loopback the kernel's receive work for the client too).
 A request's cycle writes through `HeadWithBody`, which holds the head until the first
-body write and sends both as one; a head with no body in the same turn of the loop (a
-streamed response's first chunk is still coming, a HEAD) goes out at the loop's next
-turn.
+body write and sends both as one; a head with no body write in the same turn of the
+loop (a streamed response's first chunk is still coming) goes out at the loop's next
+turn, and one whose response is complete without a body write (HEAD) when it completes.
 """
 
 from __future__ import annotations
@@ -268,6 +268,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self.registry.touch(self)
+        writer = self.cycle.transport if self.cycle is not None else None
+        if isinstance(writer, HeadWithBody):  # a head with no body write (HEAD): out now,
+            writer.flush()  # before anything of the protocol's may close the connection
         super().on_response_complete()  # arms uvicorn's keep-alive timeout
 
     def handle_websocket_upgrade(self) -> None:
