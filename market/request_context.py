@@ -7,8 +7,9 @@ command's batch and commit log lines name the request that sent it.
 
 from __future__ import annotations
 
+import os
+import random
 import re
-import secrets
 from contextvars import ContextVar
 
 #: The request id of the request being served in this context (None outside one).
@@ -26,8 +27,16 @@ SIGNED: ContextVar[str | None] = ContextVar("tokex_signed", default=None)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
+#: Where new request ids come from: 64 random bits each, from a generator seeded from the
+#: system's randomness (again in a forked child). An id tells requests apart in the logs;
+#: it is no secret and guards nothing, so it need not cost a system call (os.urandom is
+#: ~6 us here, a tenth of a request's own work).
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(8)
+    return f"req_{_ids.getrandbits(64):016x}"
 
 
 def accept_request_id(client_value: str | None) -> str:

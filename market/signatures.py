@@ -92,6 +92,8 @@ class SignatureChecker:
         self._closed = False
         self._started_at = 0.0
         self._restart_delay = RESTART_DELAY_S
+        #: The loop of the helper's pipes (set when it starts): the one `verify` runs on.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
@@ -146,9 +148,9 @@ class SignatureChecker:
         """Whether `signature` (64 bytes) is `key`'s strict Ed25519 signature of `message`
         (`key`: raw 32 bytes, or a `cryptography` public key)."""
         public_key = raw_key(key)
-        if self._process is None or len(signature) != 64 or len(public_key) != 32:
+        loop = self._loop
+        if self._process is None or loop is None or len(signature) != 64 or len(public_key) != 32:
             return verify_here(public_key, signature, message)
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._queued.append((public_key, signature, message, future))
         if len(self._queued) >= MAX_FRAME_CHECKS:
@@ -170,7 +172,8 @@ class SignatureChecker:
             await process.wait()
             return
         self._process = process
-        self._started_at = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
         self._reader = asyncio.create_task(self._read(process), name="signature-answers")
 
     async def _restart(self, delay: float) -> None:
@@ -206,7 +209,7 @@ class SignatureChecker:
         for key, signature, message, _ in checks:
             parts.append(_CHECK.pack(key, signature, len(message)))
             parts.append(message)
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         self._in_flight[frame] = (loop.time(), checks)
         process.stdin.write(b"".join(parts))
         if self._watchdog is None:

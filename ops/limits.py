@@ -29,6 +29,14 @@ client (`/health` too) gets a reset.
 Websocket connections leave the cap and these deadlines when they upgrade; they
 keep uvicorn's own ping interval and timeout (`ws_ping_interval_ms`,
 `ws_ping_timeout_ms`). The settings are `ops.config.ConnectionLimits`.
+
+And one write a response, where uvicorn makes two: it writes a response's head when the
+app sends `http.response.start` and its body at `http.response.body`, each a send on the
+socket (a system call, and on loopback the kernel's receive work for the client too).
+A request's cycle writes through `HeadWithBody`, which holds the head until the first
+body write and sends both as one; a head with no body write in the same turn of the
+loop (a streamed response's first chunk is still coming) goes out at the loop's next
+turn, and one whose response is complete without a body write (HEAD) when it completes.
 """
 
 from __future__ import annotations
@@ -130,6 +138,45 @@ class ConnectionRegistry:
         self._open.pop(protocol, None)
 
 
+class HeadWithBody:
+    """The transport a request's response cycle writes to (see the module docstring):
+    the first write (the head) is held until the next write, or the loop's next turn,
+    or a close, whichever comes first; everything else is the transport's."""
+
+    __slots__ = ("_first", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._first = True
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif self._first:  # the head: held
+            self._first = False
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with deadlines and a connection cap (module docstring)."""
 
@@ -211,6 +258,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._arm(self.limits.body_timeout_ms, self._body_too_slow)
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a new request's cycle
+            cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._cancel_deadline()
@@ -218,6 +268,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self.registry.touch(self)
+        writer = self.cycle.transport if self.cycle is not None else None
+        if isinstance(writer, HeadWithBody):  # a head with no body write (HEAD): out now,
+            writer.flush()  # before anything of the protocol's may close the connection
         super().on_response_complete()  # arms uvicorn's keep-alive timeout
 
     def handle_websocket_upgrade(self) -> None:

@@ -3,6 +3,7 @@ and commit lines, and no secret in any line."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,7 +14,7 @@ import httpx
 import msgspec
 
 from market.request_context import accept_request_id
-from ops.logs import REDACTED, JsonFormatter
+from ops.logs import REDACTED, JsonFormatter, JsonLinesHandler, configure, direct_handler
 from schemas.market import Side
 from tests.support.market import order, small_market
 from tests.support.server import ServerProcess
@@ -118,3 +119,53 @@ def test_request_ids_a_client_may_choose() -> None:
     for bad in (None, "", "a b", 'x"y', "x" * 129, "é"):
         assert accept_request_id(bad).startswith("req_")
     assert accept_request_id(None) != accept_request_id(None)
+
+
+async def test_the_access_line_written_directly_is_the_formatters_and_held_to_the_turn() -> None:
+    stream = io.StringIO()
+    configure(logging.INFO, stream)
+    try:
+        access = logging.getLogger("tokex.access")
+        direct = direct_handler(access, logging.INFO)
+        assert isinstance(direct, JsonLinesHandler)
+        fields = {
+            "request_id": "tkx_client_chose_this", "method": "POST", "path": "/v1/orders",
+            "route": "/v1/orders", "status": 201, "duration_ms": 1.5, "key_id": None,
+        }  # fmt: skip
+        direct.write_line(logging.INFO, access.name, "access", fields)
+        access.info("access", extra=fields)
+        assert stream.getvalue() == ""  # held until the loop's next turn
+        await asyncio.sleep(0)
+        written, logged = (msgspec.json.decode(line) for line in stream.getvalue().splitlines())
+        assert abs(parse_ts(written.pop("ts")) - parse_ts(logged.pop("ts"))) < 1
+        assert written == logged and list(written) == list(logged)
+        assert written["request_id"] == REDACTED and written["status"] == 201
+        access.warning("at once")  # a warning is not held, nor what was held before it
+        access.info("held")
+        access.warning("now")
+        assert [json.loads(x)["event"] for x in stream.getvalue().splitlines()[2:]] == [
+            "at once", "held", "now",
+        ]  # fmt: skip
+        # Anything else listening (a filter, a test's capture): no direct line.
+        access.addFilter(lambda record: True)
+        assert direct_handler(access, logging.INFO) is None
+        access.filters.clear()
+        assert direct_handler(access, logging.DEBUG) is None  # below the level
+        logging.getLogger().addHandler(logging.NullHandler())
+        assert direct_handler(access, logging.INFO) is None
+    finally:
+        configure(logging.INFO)  # back to stderr, one handler
+
+
+def test_lines_logged_with_no_loop_running_are_written_at_once() -> None:
+    stream = io.StringIO()
+    configure(logging.INFO, stream)
+    try:
+        logging.getLogger("tests.logs_at_once").info("no loop", extra={"batch": 1})
+        assert json.loads(stream.getvalue())["batch"] == 1
+    finally:
+        configure(logging.INFO)
+
+
+def parse_ts(ts: str) -> float:
+    return time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
