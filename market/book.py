@@ -24,7 +24,7 @@ Layout, chosen so that no command's cost grows with the depth of the book
   change), so the best price is `heap[0]`. Empty levels are dropped by
   snapshot/restore and by `compact` when a heap reaches twice the live levels
   (at least 1,024 keys);
-- `orders` maps order id -> the resting order (mutable `RestingOrder`);
+- `orders` maps order id -> the resting order (mutable `market.book_order.Resting`);
   `owners` maps owner -> (client order ids used, ids of orders it rested,
   pruned lazily), so mass cancel and an owner's open orders visit only that
   owner's orders; `gtd` is a heap of (expire_at, order id) with stale entries
@@ -67,6 +67,7 @@ from typing import Final
 
 import msgspec
 
+from market.book_order import Resting
 from market.book_state import NO_EXPIRY, BookState
 from market.level import (
     COMPACT_MIN,
@@ -94,7 +95,6 @@ from schemas.market import (
     OrderRejected,
     OrderType,
     RejectReason,
-    RestingOrder,
     SetTradingState,
     Side,
     StpMode,
@@ -191,7 +191,7 @@ class OrderBook(BookState):
         owner = cmd.owner
         coid = cmd.client_order_id
         try:  # free unless it raises (a new owner), where `dict.get` is a call
-            rec: tuple[set[str], list[RestingOrder]] | None = self._owners[owner]
+            rec: tuple[set[str], list[Resting]] | None = self._owners[owner]
         except KeyError:
             rec = None
         # all of `_new_reason`'s checks in one condition: a valid order pays no call
@@ -239,12 +239,12 @@ class OrderBook(BookState):
             if tif is not _GTC and tif is not _GTD:  # IOC / FOK / market: never rests
                 self._cancel_remainder(events, t, oid, owner, side, price, rem)
                 return events
-            order = RestingOrder(
+            order = Resting(
                 oid, owner, coid, side, price, qty, rem, qty - rem - decremented, decremented,
                 tif, expire_at, stp,
             )  # fmt: skip
         elif tif is _GTC or tif is _GTD:
-            order = RestingOrder(oid, owner, coid, side, price, qty, qty, 0, 0, tif, expire_at, stp)
+            order = Resting(oid, owner, coid, side, price, qty, qty, 0, 0, tif, expire_at, stp)
         else:  # IOC / market that did not cross: cancelled whole
             self._cancel_remainder(events, t, oid, owner, side, price, qty)
             return events
@@ -538,7 +538,7 @@ class OrderBook(BookState):
                 self._append(order, True)
             else:  # a new object: into its owner's list as well
                 self._append(
-                    RestingOrder(
+                    Resting(
                         oid, order.owner, order.client_order_id, order.side, new_price,
                         quantity, new_open, order.filled, order.cancelled, order.tif,
                         order.expire_at, order.stp,
@@ -639,7 +639,7 @@ class OrderBook(BookState):
         self._seq = seq + 1
         return events
 
-    def _cancel_event(self, events: list[Event], t: int, order: RestingOrder, reason: str) -> None:
+    def _cancel_event(self, events: list[Event], t: int, order: Resting, reason: str) -> None:
         """Cancel the whole open quantity of a resting order (`_unlink` it next; gone,
         it is not updated further but for its open 0, see `cancel_order`)."""
         qty = order.open
