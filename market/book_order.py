@@ -6,16 +6,20 @@ lists the book's own objects and `to_wire` is the identity. The optional
 compiled build (`ops.build_engine`) compiles the book modules with
 `market.book_order_native` in place of this module: there the order is a
 native class (typed attributes at fixed offsets), converted at snapshot time.
-Both modules define the same three names with the same meaning.
+Both modules define the same four names with the same meaning.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 import msgspec
 
 from schemas.market import RestingOrder
 
-__all__ = ["Resting", "from_wire", "to_wire"]
+__all__ = ["COMPILED", "Resting", "from_wire", "to_wire"]
+
+COMPILED: Final = False  # True in `market.book_order_native`: the build the book runs in
 
 Resting = RestingOrder  # fields, positional order and meaning: `schemas.market.RestingOrder`
 

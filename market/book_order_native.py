@@ -10,13 +10,15 @@ that it defines what `market.book_order` defines.
 
 from __future__ import annotations
 
-from typing import final
+from typing import Final, final
 
 from mypy_extensions import mypyc_attr
 
 from schemas.market import RestingOrder, Side, StpMode, TimeInForce
 
-__all__ = ["Resting", "from_wire", "to_wire"]
+__all__ = ["COMPILED", "Resting", "from_wire", "to_wire"]
+
+COMPILED: Final = True
 
 
 @final
