@@ -4,7 +4,8 @@ and current, else the pure one (the default: a fresh machine needs no compiler).
 The compiled build is optional and explicit: `python -m ops.build_engine` runs
 mypyc over the book modules (`SOURCES`, with `market.book_order_native` as the
 resting order) and writes the extension modules to `market/_native/` (git-ignored),
-stamped with the SHA-256 of the sources it was built from. At import the stamp is
+stamped with the SHA-256 of the sources it was built from (and of `schemas.market`,
+whose field order it relies on). At import the stamp is
 compared with the sources as they are now: a build that does not match (a source
 edited since, another mypyc) is ignored, never run. `TOKEX_ENGINE=pure` forces the
 pure modules; `TOKEX_ENGINE=compiled` makes a missing or stale build an error
@@ -22,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Final, cast
 
+import schemas.market
 from market.book import OrderBook
 
 __all__ = [
@@ -49,11 +51,15 @@ class CompiledBookUnavailable(RuntimeError):
 
 
 def source_hash(mypyc_version: str) -> str:
-    """What a build is stamped with: the sources' bytes and the compiler's version."""
+    """What a build is stamped with: the sources' bytes, the commands' and events'
+    definitions (the compiled book reads a command's fields by position) and the
+    compiler's version."""
     digest = hashlib.sha256(mypyc_version.encode())
-    for module, filename in SOURCES.items():
-        digest.update(f"\0{module}\0".encode())
-        digest.update((_HERE / filename).read_bytes())
+    files = [(module, _HERE / filename) for module, filename in SOURCES.items()]
+    files.append(("schemas.market", Path(schemas.market.__file__ or "")))
+    for name, path in files:
+        digest.update(f"\0{name}\0".encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
