@@ -7,7 +7,8 @@ Copies the book modules (`market.book_select.SOURCES`: `market/level.py`,
 package) and the C compiler into extension modules there; the copies and the C
 sources are removed after. `market.book_select` then picks the compiled book up
 while the stamp matches the sources. Needs a C compiler and the Python headers;
-without them it fails and the pure book stays in use. `--clean` removes a build.
+without them it fails and the pure book stays in use. mypyc comes with the
+`mypy` package (the `test` extras). `--clean` removes a build.
 
     python -m ops.build_engine [--clean]
 """
