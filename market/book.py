@@ -24,7 +24,7 @@ Layout, chosen so that no command's cost grows with the depth of the book
   change), so the best price is `heap[0]`. Empty levels are dropped by
   snapshot/restore and by `compact` when a heap reaches twice the live levels
   (at least 1,024 keys);
-- `orders` maps order id -> the resting order (mutable `RestingOrder`);
+- `orders` maps order id -> the resting order (mutable `market.book_order.Resting`);
   `owners` maps owner -> (client order ids used, ids of orders it rested,
   pruned lazily), so mass cancel and an owner's open orders visit only that
   owner's orders; `gtd` is a heap of (expire_at, order id) with stale entries
@@ -62,11 +62,13 @@ Rules as built (see also `schemas.market`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from heapq import heappop, heappush
-from typing import Final
+from typing import Final, cast
 
 import msgspec
 
+from market.book_order import COMPILED, Resting
 from market.book_state import NO_EXPIRY, BookState
 from market.level import (
     COMPACT_MIN,
@@ -94,7 +96,6 @@ from schemas.market import (
     OrderRejected,
     OrderType,
     RejectReason,
-    RestingOrder,
     SetTradingState,
     Side,
     StpMode,
@@ -126,6 +127,34 @@ _USER: Final = CancelReason.USER
 _IOC_REMAINDER: Final = CancelReason.IOC_REMAINDER
 
 _COMPACT_MIN: Final = COMPACT_MIN  # smallest heap size that triggers compaction
+
+# Constructors and functions on the hot paths, as Final names: the compiled build reads a
+# Final from a C static, any other global from the module's dict (the interpreter: alike)
+_Accepted: Final = OrderAccepted
+_Cancelled: Final = OrderCancelled
+_Fill: Final = Fill
+_Expired: Final = OrderExpired
+_Amended: Final = OrderAmended
+_heappush: Final = heappush
+_heappop: Final = heappop
+
+# The compiled build (`market.book_order.COMPILED`) reads a command's fields with one C
+# call: there each attribute read of a msgspec Struct is a generic look-up (~100
+# instructions), where the interpreter's is specialised to a slot read; typed as the
+# fields are, in declaration order, so that compiled code unboxes them once.
+_new_fields: Final = cast(
+    Callable[
+        [NewOrder],
+        tuple[
+            str, int, str, Side, int, int, int | None, OrderType, TimeInForce | None,
+            int | None, bool, StpMode, str | None,
+        ],
+    ],
+    msgspec.structs.astuple,
+)  # fmt: skip
+_cancel_fields: Final = cast(
+    Callable[[CancelOrder], tuple[str, int, str, int]], msgspec.structs.astuple
+)
 
 
 def default_tif(order_type: OrderType) -> TimeInForce:
@@ -172,26 +201,36 @@ class OrderBook(BookState):
     def new_order(self, cmd: NewOrder) -> list[Event]:
         """Written for the interpreter (see the README's engine section): the checks in
         one `if`, no call on the common path but the two constructors."""
-        t = cmd.time
+        t: int
+        price: int | None
+        tif: TimeInForce | None
+        if COMPILED:  # one C call for every field (see `_new_fields`)
+            _, oid, owner, side, qty, t, price, order_type, tif, expire_at, post_only, stp, coid = (
+                _new_fields(cmd)
+            )
+        else:
+            t = cmd.time
+            price = cmd.price
+            tif = cmd.tif
+            order_type = cmd.order_type
+            oid = cmd.order_id
+            qty = cmd.quantity
+            expire_at = cmd.expire_at
+            post_only = cmd.post_only
+            owner = cmd.owner
+            coid = cmd.client_order_id
+            side = cmd.side
+            stp = cmd.stp
         expired: list[Event] | None = None  # the events list is built with the first event
         if self._next_expiry <= t:
             expired = []
             self._expire(t, expired)
-        price = cmd.price
-        tif = cmd.tif
-        order_type = cmd.order_type
         if tif is None:
             tif = _IOC if order_type is _MARKET else _GTC  # `default_tif`, inlined
         if price is None and order_type is _MARKET:
-            price = self._pmax if cmd.side is _BUY else self._pmin  # protection: the band edge
-        oid = cmd.order_id
-        qty = cmd.quantity
-        expire_at = cmd.expire_at
-        post_only = cmd.post_only
-        owner = cmd.owner
-        coid = cmd.client_order_id
+            price = self._pmax if side is _BUY else self._pmin  # protection: the band edge
         try:  # free unless it raises (a new owner), where `dict.get` is a call
-            rec: tuple[set[str], list[RestingOrder]] | None = self._owners[owner]
+            rec: tuple[set[str], list[Resting]] | None = self._owners[owner]
         except KeyError:
             rec = None
         # all of `_new_reason`'s checks in one condition: a valid order pays no call
@@ -205,7 +244,6 @@ class OrderBook(BookState):
             and (coid is None or rec is None or coid not in rec[0])
         ):  # fmt: skip
             return self._reject_new(cmd, self._new_reason(cmd, price, tif), expired)
-        side = cmd.side
         if side is _BUY:
             opp_heap = self._ask_heap
             lim_key = price
@@ -217,14 +255,13 @@ class OrderBook(BookState):
             crosses = True
         if (post_only or tif is _FOK) and (reason := self._taker_reason(cmd, crosses, lim_key)):
             return self._reject_new(cmd, reason, expired)
-        stp = cmd.stp
         if rec is None:
             rec = self._owners[owner] = (set(), [])
         if coid is not None:
             rec[0].add(coid)
         seq = self._seq
         # positional builds (hot path); field order as declared in the structs
-        accepted = OrderAccepted(
+        accepted = _Accepted(
             seq, t, self._symbol, oid, owner, coid, side, order_type, price, qty, tif, expire_at,
             post_only, stp,
         )  # fmt: skip
@@ -239,12 +276,12 @@ class OrderBook(BookState):
             if tif is not _GTC and tif is not _GTD:  # IOC / FOK / market: never rests
                 self._cancel_remainder(events, t, oid, owner, side, price, rem)
                 return events
-            order = RestingOrder(
+            order = Resting(
                 oid, owner, coid, side, price, qty, rem, qty - rem - decremented, decremented,
                 tif, expire_at, stp,
             )  # fmt: skip
         elif tif is _GTC or tif is _GTD:
-            order = RestingOrder(oid, owner, coid, side, price, qty, qty, 0, 0, tif, expire_at, stp)
+            order = Resting(oid, owner, coid, side, price, qty, qty, 0, 0, tif, expire_at, stp)
         else:  # IOC / market that did not cross: cancelled whole
             self._cancel_remainder(events, t, oid, owner, side, price, qty)
             return events
@@ -263,7 +300,7 @@ class OrderBook(BookState):
         if not len(rested) & 63:
             self._prune_owner(owner, rested)
         if expire_at is not None:
-            heappush(self._gtd, (expire_at, oid))
+            _heappush(self._gtd, (expire_at, oid))
             if expire_at < self._next_expiry:
                 self._next_expiry = expire_at
         return events
@@ -273,7 +310,7 @@ class OrderBook(BookState):
     ) -> None:
         seq = self._seq
         events.append(
-            OrderCancelled(seq, t, self._symbol, oid, owner, side, price, rem, 0, _IOC_REMAINDER)
+            _Cancelled(seq, t, self._symbol, oid, owner, side, price, rem, 0, _IOC_REMAINDER)
         )
         self._seq = seq + 1
 
@@ -353,7 +390,7 @@ class OrderBook(BookState):
                         left = maker.open = mopen - fq
                         maker.filled += fq
                     events.append(
-                        Fill(
+                        _Fill(
                             seq, t, sym, moid, oid, maker.owner, owner, side, maker.price, fq,
                             left, rem,
                         )
@@ -370,7 +407,7 @@ class OrderBook(BookState):
                     maker.cancelled += mopen
                     maker.open = 0
                     events.append(
-                        OrderCancelled(
+                        _Cancelled(
                             seq, t, sym, maker.order_id, owner, maker.side, maker.price, mopen,
                             0, _STP,
                         )
@@ -386,7 +423,7 @@ class OrderBook(BookState):
                         level.popleft()
                         del orders[maker.order_id]
                     events.append(
-                        OrderCancelled(
+                        _Cancelled(
                             seq, t, sym, maker.order_id, owner, maker.side, maker.price, dq,
                             maker.open, _STP,
                         )
@@ -395,7 +432,7 @@ class OrderBook(BookState):
                     rem -= dq
                     decremented += dq
                     events.append(
-                        OrderCancelled(seq, t, sym, oid, owner, side, taker_price, dq, rem, _STP)
+                        _Cancelled(seq, t, sym, oid, owner, side, taker_price, dq, rem, _STP)
                     )
                     seq += 1
                     if not rem:
@@ -404,9 +441,7 @@ class OrderBook(BookState):
                     continue
                 # cancel_newest (the maker stays), or cancel_both after the maker
                 # went: kill the taker
-                events.append(
-                    OrderCancelled(seq, t, sym, oid, owner, side, taker_price, rem, 0, _STP)
-                )
+                events.append(_Cancelled(seq, t, sym, oid, owner, side, taker_price, rem, 0, _STP))
                 seq += 1
                 rem = 0
                 stop = True
@@ -415,7 +450,7 @@ class OrderBook(BookState):
                 while level and not level[0].open:
                     level.popleft()
             if not level:
-                heappop(heap)
+                _heappop(heap)
                 del levels[key]
                 del self._dead[key]
             if stop:
@@ -429,21 +464,26 @@ class OrderBook(BookState):
     # ------------------------------------------------------------------ cancel, amend
 
     def cancel_order(self, cmd: CancelOrder) -> list[Event]:
-        t = cmd.time
+        t: int
+        if COMPILED:
+            _, oid, cmd_owner, t = _cancel_fields(cmd)
+        else:
+            t = cmd.time
+            oid = cmd.order_id
+            cmd_owner = cmd.owner
         expired: list[Event] | None = None  # the events list is built with the first event
         if self._next_expiry <= t:
             expired = []
             self._expire(t, expired)
         orders = self._orders
-        oid = cmd.order_id
         try:  # free unless it raises, where `dict.get` is a call
             order = orders[oid]
         except KeyError:
             order = None
-        if order is None or order.owner != cmd.owner or self._state is _CLOSED:
+        if order is None or order.owner != cmd_owner or self._state is _CLOSED:
             reason = _R.INSTRUMENT_CLOSED if self._state is _CLOSED else _R.UNKNOWN_ORDER
             events = [] if expired is None else expired
-            return self._reject(events, t, CommandKind.CANCEL, oid, cmd.owner, reason)
+            return self._reject(events, t, CommandKind.CANCEL, oid, cmd_owner, reason)
         # inlined _cancel_event and _unlink (hot path); an order that leaves the book
         # is not updated further (nothing reads a gone order but its open 0)
         qty = order.open
@@ -476,9 +516,7 @@ class OrderBook(BookState):
                 n = 0
             dead[key] = n
         seq = self._seq
-        cancelled = OrderCancelled(
-            seq, t, self._symbol, oid, order.owner, side, price, qty, 0, _USER
-        )
+        cancelled = _Cancelled(seq, t, self._symbol, oid, order.owner, side, price, qty, 0, _USER)
         self._seq = seq + 1
         if expired is None:
             return [cancelled]
@@ -538,7 +576,7 @@ class OrderBook(BookState):
                 self._append(order, True)
             else:  # a new object: into its owner's list as well
                 self._append(
-                    RestingOrder(
+                    Resting(
                         oid, order.owner, order.client_order_id, order.side, new_price,
                         quantity, new_open, order.filled, order.cancelled, order.tif,
                         order.expire_at, order.stp,
@@ -546,7 +584,7 @@ class OrderBook(BookState):
                 )  # fmt: skip
         seq = self._seq
         events.append(
-            OrderAmended(
+            _Amended(
                 seq, t, self._symbol, oid, order.owner, order.side, old_price, new_price,
                 old_open, new_open, keep,
             )
@@ -602,7 +640,7 @@ class OrderBook(BookState):
         gtd = self._gtd
         orders = self._orders
         while gtd and gtd[0][0] <= t:
-            expire_at, oid = heappop(gtd)
+            expire_at, oid = _heappop(gtd)
             order = orders.get(oid)
             if order is None or order.expire_at != expire_at:
                 continue  # already gone (filled, cancelled): a stale entry
@@ -611,7 +649,7 @@ class OrderBook(BookState):
             self._unlink(order)
             seq = self._seq
             events.append(
-                OrderExpired(seq, t, self._symbol, oid, order.owner, order.side, order.price, qty)
+                _Expired(seq, t, self._symbol, oid, order.owner, order.side, order.price, qty)
             )
             self._seq = seq + 1
         self._next_expiry = gtd[0][0] if gtd else NO_EXPIRY
@@ -639,14 +677,14 @@ class OrderBook(BookState):
         self._seq = seq + 1
         return events
 
-    def _cancel_event(self, events: list[Event], t: int, order: RestingOrder, reason: str) -> None:
+    def _cancel_event(self, events: list[Event], t: int, order: Resting, reason: str) -> None:
         """Cancel the whole open quantity of a resting order (`_unlink` it next; gone,
         it is not updated further but for its open 0, see `cancel_order`)."""
         qty = order.open
         order.open = 0
         seq = self._seq
         events.append(
-            OrderCancelled(
+            _Cancelled(
                 seq, t, self._symbol, order.order_id, order.owner, order.side, order.price, qty,
                 0, reason,
             )

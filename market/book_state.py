@@ -17,6 +17,7 @@ from typing import Final, Self
 
 import msgspec
 
+from market.book_order import Resting, from_wire, to_wire
 from market.errors import InvalidSnapshot
 from market.instruments import validate_instrument
 from market.level import (
@@ -110,10 +111,10 @@ class BookState:
         self._asks: dict[int, Level] = {}  # key = price
         self._ask_heap: list[int] = []
         self._dead: dict[int, int] = {}  # level key -> its tombstones counted (market.level)
-        self._orders: dict[int, RestingOrder] = {}
+        self._orders: dict[int, Resting] = {}
         # owner -> (client order ids it used in this book, the orders it rested);
         # orders gone (open 0) are pruned when the list reaches `_owner_limit`
-        self._owners: dict[str, tuple[set[str], list[RestingOrder]]] = {}
+        self._owners: dict[str, tuple[set[str], list[Resting]]] = {}
         self._owner_limit: dict[str, int] = {}
         self._gtd: list[tuple[int, int]] = []  # (expire_at, order_id), lazy
         self._next_expiry = NO_EXPIRY  # the top of `_gtd` (stale or not), or NO_EXPIRY
@@ -171,13 +172,13 @@ class BookState:
 
     # ------------------------------------------------------------------ owners
 
-    def _owner(self, owner: str) -> tuple[set[str], list[RestingOrder]]:
+    def _owner(self, owner: str) -> tuple[set[str], list[Resting]]:
         rec = self._owners.get(owner)
         if rec is None:
             rec = self._owners[owner] = (set(), [])
         return rec
 
-    def _prune_owner(self, owner: str, rested: list[RestingOrder]) -> None:
+    def _prune_owner(self, owner: str, rested: list[Resting]) -> None:
         """Drop the orders that are gone (open 0: filled, cancelled, expired, or the
         old place of an amended order) from an owner's list, once it has reached four
         times what was live at the last pruning: amortised O(1) (each pruning visits
@@ -197,7 +198,7 @@ class BookState:
 
     # ------------------------------------------------------------------ storage
 
-    def _unlink(self, order: RestingOrder) -> bool:
+    def _unlink(self, order: Resting) -> bool:
         """Take a resting order out of the order index and its level, in O(1). At
         the front of its level: pop it and any tombstones behind it. In a short
         level (`SHORT` entries or fewer, where a scan is cheaper than the
@@ -233,7 +234,7 @@ class BookState:
         dead[key] = n
         return False
 
-    def _append(self, order: RestingOrder, requeued: bool = False) -> None:
+    def _append(self, order: Resting, requeued: bool = False) -> None:
         """Put an order at the back of its price level and into the indexes
         (`requeued`: an amended order whose object is already in its owner's list)."""
         if order.side is _BUY:
@@ -308,7 +309,7 @@ class BookState:
         order = self._orders.get(order_id)
         return None if order is None else self._open_order(order)
 
-    def _open_order(self, o: RestingOrder) -> OpenOrder:
+    def _open_order(self, o: Resting) -> OpenOrder:
         return OpenOrder(
             instrument=self._symbol,
             order_id=o.order_id,
@@ -337,8 +338,8 @@ class BookState:
             version=SNAPSHOT_VERSION,
             instrument=self.instrument,
             next_seq=self._seq,
-            bids=in_priority_order(self._bids),
-            asks=in_priority_order(self._asks),
+            bids=to_wire(in_priority_order(self._bids)),
+            asks=to_wire(in_priority_order(self._asks)),
             client_order_ids=sorted(
                 (owner, coid) for owner, (used, _) in self._owners.items() for coid in used
             ),
@@ -383,7 +384,7 @@ class BookState:
                 if problem is not None:
                     raise InvalidSnapshot(f"order {order.order_id} in snapshot: {problem}")
                 last = order.price
-                book._append(msgspec.structs.replace(order))
+                book._append(from_wire(order))
                 if order.expire_at is not None:
                     heappush(book._gtd, (order.expire_at, order.order_id))
         if book._gtd:

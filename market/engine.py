@@ -16,6 +16,7 @@ from typing import Final
 import msgspec
 
 from market.book import OrderBook
+from market.book_select import BOOK
 from market.errors import DuplicateInstrument, InvalidSnapshot, UnknownInstrument
 from schemas.market import (
     AdvanceTime,
@@ -54,7 +55,7 @@ class MatchingEngine:
         """List a new instrument (validated) with an empty book."""
         if instrument.symbol in self._books:
             raise DuplicateInstrument(f"instrument {instrument.symbol!r} already exists")
-        book = OrderBook(instrument)
+        book = BOOK(instrument)  # the compiled book when built (market.book_select)
         self._books[instrument.symbol] = book
         return book
 
@@ -176,5 +177,5 @@ class MatchingEngine:
         for book_snap in snap.books:
             if book_snap.instrument.symbol in engine._books:
                 raise InvalidSnapshot(f"instrument {book_snap.instrument.symbol!r} twice")
-            engine._books[book_snap.instrument.symbol] = OrderBook.from_snapshot(book_snap)
+            engine._books[book_snap.instrument.symbol] = BOOK.from_snapshot(book_snap)
         return engine

@@ -37,14 +37,15 @@ from collections import deque
 from heapq import heapify, heappop
 from typing import Final
 
-from schemas.market import DepthLevel, RestingOrder
+from market.book_order import Resting
+from schemas.market import DepthLevel
 
 LEVEL_COMPACT_MIN: Final = 16  # tombstones a level may always hold
 COMPACT_MIN: Final = 1_024  # heap size below which a side's empty levels stay
 SHORT: Final = 32  # a level this long is scanned rather than left with a tombstone
 
 
-Level = deque[RestingOrder]
+Level = deque[Resting]
 
 
 def compact_level(level: Level) -> None:
@@ -126,6 +127,6 @@ def compact(
     return max(min_keys, 2 * most)
 
 
-def in_priority_order(levels: dict[int, Level]) -> list[RestingOrder]:
+def in_priority_order(levels: dict[int, Level]) -> list[Resting]:
     """Every live order of a side, best level first, FIFO within a level."""
     return [o for key in sorted(levels) for o in levels[key] if o.open]

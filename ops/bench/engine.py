@@ -1,7 +1,9 @@
 """Matching-engine benchmark: seeded streams, the engine beside the old book.
 
-Both run the same command streams on one instrument; the old book is the one
-before the constant-time levels.
+The same command streams on one instrument, replayed on the book in pure
+Python (the default), on the compiled book when it is built and current
+(`python -m ops.build_engine`, see `market.book_select`; skipped otherwise) and
+on the old book, the one before the constant-time levels.
 
     python -m ops.bench.engine [--commands N] [--deep-commands D] [--seed S]
                                [--resting R] [--repeat K] [--scenario both|shallow|deep]
@@ -24,9 +26,9 @@ Each stream is generated beforehand by driving a scratch engine (so cancels and
 amends name orders that really rest), then replayed on fresh engines:
 
 1. throughput: one `perf_counter_ns` around the whole replay loop, K rounds,
-   each round replaying on the new engine and on the baseline in turn (best and
-   median; on a shared machine the best is the least disturbed, and the figure
-   by process CPU time is shown too). The baseline is `market/book.py` and
+   each round replaying on every engine in turn (best and median; on a shared
+   machine the best is the least disturbed, and the figure by process CPU time
+   is shown too, with the ratios to the old book). The baseline is `market/book.py` and
    `market/engine.py` at commit `ops.bench.baseline.BASELINE_COMMIT`, read with
    `git show` (nothing old ships in the package); without git it is skipped;
 2. latency: a separate replay with `perf_counter_ns` around every command (the
@@ -45,6 +47,8 @@ import sys
 import time
 from collections import Counter
 
+from market.book import OrderBook
+from market.book_select import compiled_book
 from market.engine import MatchingEngine
 from market.instruments import make_instrument
 from ops.bench.baseline import BASELINE_COMMIT
@@ -85,8 +89,14 @@ def bench_instrument() -> Instrument:
     return make_instrument(SYMBOL, lot_size=LOT, tick_size=1, price_min=1, price_max=1_000_000)
 
 
-def make_engine() -> MatchingEngine:
-    return MatchingEngine([bench_instrument()])
+def make_engine(book_cls: type[OrderBook] | None = None) -> MatchingEngine:
+    """The engine with the bench's instrument; its book the engine's own choice
+    (`market.book_select`: compiled when built) unless `book_cls` is given."""
+    if book_cls is None:
+        return MatchingEngine([bench_instrument()])
+    engine = MatchingEngine()
+    engine._books[SYMBOL] = book_cls(bench_instrument())
+    return engine
 
 
 class _Live:
@@ -243,24 +253,38 @@ def _describe_shallow(cmds: list[Command], seed: int, gen_s: float, stats: Count
 
 
 def _print_throughput(n: int, runs: dict[str, list[Replay]], repeat: int) -> None:
-    """The new engine's line, then the baseline's and the ratio (best of each)."""
-    best, median, cpu = rate(n, runs["new"])
+    """One line per engine (best of its passes), with the ratios to the old book."""
     print(
-        f"throughput: {best:,.0f} commands/s best of {repeat} (median {median:,.0f}; by "
-        f"process CPU time {cpu:,.0f}); one perf_counter_ns around the whole loop, events "
-        "built and returned, no per-command timer"
+        f"throughput, best of {repeat} passes interleaved (one perf_counter_ns around the "
+        "whole loop, events built and returned; by process CPU time beside it):"
     )
-    if "old" in runs:
-        old_best, old_median, old_cpu = rate(n, runs["old"])
-        print(
-            f"  baseline {BASELINE_COMMIT} (old book, same stream, passes interleaved): "
-            f"{old_best:,.0f} commands/s best (median {old_median:,.0f}; CPU {old_cpu:,.0f}); "
-            f"new/old {best / old_best:.2f}x best, {median / old_median:.2f}x median"
+    old = rate(n, runs["old"]) if "old" in runs else None
+    for name, replays in runs.items():
+        best, median, cpu = rate(n, replays)
+        line = (
+            f"  {ENGINE_NAMES[name]:<38} {best:>10,.0f} commands/s (median {median:,.0f}; "
+            f"CPU {cpu:,.0f})"
         )
+        if old is not None and name != "old":
+            line += f"; x old: {best / old[0]:.2f} best, {cpu / old[2]:.2f} by CPU"
+        print(line)
+
+
+ENGINE_NAMES = {
+    "pure": "new book, pure Python (default)",
+    "compiled": "new book, compiled (ops.build_engine)",
+    "old": f"old book ({BASELINE_COMMIT})",
+}
 
 
 def _engines(baseline: bool) -> dict[str, Factory]:
-    engines: dict[str, Factory] = {"new": make_engine}
+    """pure, compiled (when built and current) and the old book, in that order."""
+    engines: dict[str, Factory] = {"pure": lambda: make_engine(OrderBook)}
+    compiled, why = compiled_book()
+    if compiled is None:
+        print(f"(no compiled book: {why})")
+    else:
+        engines["compiled"] = lambda: make_engine(compiled)
     if baseline:
         old, why = load_baseline(BASELINE_COMMIT)
         if old is None:
@@ -275,21 +299,21 @@ def _shallow(args: argparse.Namespace, engines: dict[str, Factory]) -> None:
     cmds, expected_hash, stats = generate(args.commands, args.seed, args.resting)
     _describe_shallow(cmds, args.seed, time.perf_counter() - t0, stats)
     runs = interleaved(engines, cmds, expected_hash, args.repeat)
-    engine = runs["new"][-1].engine
+    engine = runs["pure"][-1].engine
     assert isinstance(engine, MatchingEngine)
     book = engine.book(SYMBOL)
     full = book.depth(10**9)
-    n_events = runs["new"][-1].n_events
+    n_events = runs["pure"][-1].n_events
     print(
         f"book at end: {len(book)} resting orders on {len(full.bids)} bid + {len(full.asks)} "
         f"ask levels; {n_events:,} events ({n_events / len(cmds):.2f}/command)"
     )
     _print_throughput(len(cmds), runs, args.repeat)
-    lat, _ = latencies(make_engine, cmds, expected_hash, lambda c: "", "latency pass")
-    lat.sort()
-    print(
-        "latency per command (perf_counter_ns around each call, separate pass): " + summary_us(lat)
-    )
+    print("latency per command (perf_counter_ns around each call, separate pass):")
+    for name, make in engines.items():
+        lat, _ = latencies(make, cmds, expected_hash, lambda c: "", f"{name} latency pass")
+        lat.sort()
+        print(f"  {ENGINE_NAMES[name]:<38} {summary_us(lat)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,7 +192,7 @@ def _kind_table(lat_by_engine: dict[str, dict[str, list[int]]]) -> None:
     for name in names:
         header += f" | {name + ' p50':>9} {'p99':>8} {'p99.9':>8}"
     print(header)
-    for kind, values in sorted(lat_by_engine["new"].items()):
+    for kind, values in sorted(lat_by_engine[names[0]].items()):
         line = f"    {kind:<13} {len(values):>8,}"
         for name in names:
             v = lat_by_engine[name][kind]

@@ -1,4 +1,5 @@
-"""Instructions per command of the engine and of the old book, counted by valgrind.
+"""Instructions per command of the book (pure, and compiled when built) and of the
+old book, counted by valgrind.
 
 On a shared machine wall and even CPU time move with the neighbours' load; an
 instruction count does not. This runs each replay under
@@ -30,9 +31,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from market.book import OrderBook
+from market.book_select import compiled_book
 from ops.bench.baseline import BASELINE_COMMIT
 from ops.bench.baseline import load as load_baseline
-from ops.bench.engine import bench_instrument, generate, make_engine
+from ops.bench.engine import ENGINE_NAMES, bench_instrument, generate, make_engine
 from ops.bench.engine_runs import Engine, Factory, HashMismatch
 from schemas.market import Command
 
@@ -40,8 +43,13 @@ _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
 def _factory(engine: str) -> Factory:
-    if engine == "new":
-        return make_engine
+    if engine == "pure":
+        return lambda: make_engine(OrderBook)
+    if engine == "compiled":
+        compiled, why = compiled_book()
+        if compiled is None:
+            raise SystemExit(f"no compiled book: {why}")
+        return lambda: make_engine(compiled)
     old, why = load_baseline(BASELINE_COMMIT)
     if old is None:
         raise SystemExit(f"no baseline: {why}")
@@ -98,14 +106,14 @@ def _per_command(name: str, cmds: list[Command], expected: bytes, tmp: Path) -> 
     with open(path, "wb") as f:
         pickle.dump((cmds, expected), f)
     counts = {}
-    for engine in ("new", "old"):
+    engines = ["pure", "compiled", "old"] if compiled_book()[0] is not None else ["pure", "old"]
+    for engine in engines:
         one, two = _instructions(path, engine)
         counts[engine] = (two - one) / len(cmds)
-    new, old = counts["new"], counts["old"]
-    print(
-        f"{name}: {len(cmds):,} commands; instructions per command: new {new:,.0f}, "
-        f"old book ({BASELINE_COMMIT}) {old:,.0f}; old/new {old / new:.2f}x"
-    )
+    print(f"{name}: {len(cmds):,} commands; instructions per command:")
+    for engine, count in counts.items():
+        ratio = "" if engine == "old" else f"; old/this {counts['old'] / count:.2f}x"
+        print(f"  {ENGINE_NAMES[engine]:<38} {count:>8,.0f}{ratio}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,9 +35,10 @@ ASKS = [102, 103, 104]
 class _Pair:
     """The book and the reference, fed the same commands."""
 
-    def __init__(self) -> None:
+    def __init__(self, book_cls: type[OrderBook] = OrderBook) -> None:
         inst = make_instrument(SYMBOL, lot_size=LOT, tick_size=1, price_min=90, price_max=110)
-        self.book = OrderBook(inst)
+        self.book_cls = book_cls
+        self.book = book_cls(inst)
         self.ref = ReferenceBook(inst)
         self.t = 1_000
         self.next_id = 1
@@ -130,7 +131,14 @@ def _step(pair: _Pair, kind: int, roll: int) -> None:
 def test_deep_levels_match_the_reference(
     per_level: int, steps: list[tuple[int, int]], restore_at: int
 ) -> None:
-    pair = _Pair()
+    deep_levels_match_the_reference(OrderBook, per_level, steps, restore_at)
+
+
+def deep_levels_match_the_reference(
+    book_cls: type[OrderBook], per_level: int, steps: list[tuple[int, int]], restore_at: int
+) -> None:
+    """Levels of `per_level` orders, then `steps`, on a `book_cls` beside the reference."""
+    pair = _Pair(book_cls)
     for i in range(per_level):
         for side, prices in ((Side.BUY, BIDS), (Side.SELL, ASKS)):
             for price in prices:
@@ -140,7 +148,7 @@ def test_deep_levels_match_the_reference(
     for n, (kind, roll) in enumerate(steps):
         if n == restore_at:
             before = pair.book.state_hash()
-            pair.book = OrderBook.restore(pair.book.snapshot())
+            pair.book = pair.book_cls.restore(pair.book.snapshot())
             assert pair.book.state_hash() == before
         _step(pair, kind, roll)
         if n % 25 == 0:

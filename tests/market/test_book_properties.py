@@ -78,12 +78,14 @@ quantities = st.integers(0, 42).map(_quantity)
 
 
 class BookMachine(RuleBasedStateMachine):
+    book_cls: type[OrderBook] = OrderBook  # the pure book (tests/market/test_book_native: both)
+
     def __init__(self) -> None:
         super().__init__()
         self.instrument = make_instrument(
             SYMBOL, lot_size=LOT, tick_size=TICK, price_min=BAND[0], price_max=BAND[1]
         )
-        self.book = OrderBook(self.instrument)
+        self.book = self.book_cls(self.instrument)
         self.ref = ReferenceBook(self.instrument)
         self.t = 1_000
         self.next_id = 1
@@ -97,7 +99,7 @@ class BookMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        assert self.book.state_hash() == OrderBook.restore(self.snapshot).state_hash()
+        assert self.book.state_hash() == self.book_cls.restore(self.snapshot).state_hash()
 
     # -------------------------------------------------------------- driving
 
@@ -263,9 +265,9 @@ class BookMachine(RuleBasedStateMachine):
         """Continue on a book restored from a snapshot; it must be identical."""
         before = self.book.state_hash()
         data = self.book.snapshot()
-        self.book = OrderBook.restore(data)
+        self.book = self.book_cls.restore(data)
         assert self.book.state_hash() == before
-        assert OrderBook.restore(data).snapshot() == data
+        assert self.book_cls.restore(data).snapshot() == data
         self.snapshot = data
         self.since_snapshot = []
 
@@ -334,7 +336,7 @@ class BookMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """Replay everything since the last snapshot: same events, same hash."""
-        replica = OrderBook.restore(self.snapshot)
+        replica = self.book_cls.restore(self.snapshot)
         for cmd, events in self.since_snapshot:
             assert replica.process(cmd) == events
         assert replica.state_hash() == self.book.state_hash()
