@@ -154,6 +154,8 @@ async def test_concurrent_calls_through_both_gateways_never_overdraw(
     served: list[int] = []
     for _ in range(20):  # rounds of 100 at once on new connections, until none is served
         clients = [sdk(m, key) for _ in range(10)]
+        for client in clients:  # a connection each, one after another: a burst of them
+            await client.models.list()  # is often accepted by one gateway process alone
         now = await asyncio.gather(*(one(clients[n % 10]) for n in range(100)))
         for client in clients:
             await client.close()
@@ -244,8 +246,8 @@ async def test_a_gateway_killed_mid_stream_has_only_its_calls_closed_as_cut_by_a
         for _ in range(4):  # until both gateways stream (the kernel picks per connection)
             batch = [Stream(m, key) for _ in range(6)]
             streams += batch
-            tasks += [asyncio.create_task(s.run()) for s in batch]
-            for s in batch:
+            for s in batch:  # one connection after another: a burst of them is often
+                tasks.append(asyncio.create_task(s.run()))  # accepted by one gateway alone
                 await s.started.wait()
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
