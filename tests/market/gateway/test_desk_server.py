@@ -12,7 +12,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -21,6 +20,7 @@ import pytest
 
 from schemas.gateway import Ending
 from tests.market.gateway.gateway_support import MODEL, Market, open_market
+from tests.market.gateway.test_gateway_e2e import receipts, sdk  # each sdk: its own connections
 from tests.support.server import ServerProcess
 from tests.support.upstream import Mode, Upstream
 
@@ -64,20 +64,6 @@ def gateways(proc: ServerProcess) -> dict[str, tuple[int, int]]:
     log = proc.log_path.read_text()
     found = re.findall(r"gateway (\d+) started \(pid (\d+)\) as (\S+?)\"", log)
     return {instance: (int(slot), int(pid)) for slot, pid, instance in found}
-
-
-def sdk(m: Market, key: str) -> openai.AsyncOpenAI:
-    """A client of its own: its own connections, which the kernel spreads over the gateways."""
-    return openai.AsyncOpenAI(base_url=m.openai_url, api_key=key, max_retries=0, timeout=20)
-
-
-async def receipts(db_url: str) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(db_url)
-    try:
-        rows = await conn.fetch("SELECT * FROM gateway_receipts ORDER BY started_ms, receipt_id")
-    finally:
-        await conn.close()
-    return [dict(r) for r in rows]
 
 
 async def test_the_openai_sdk_streaming_and_not_through_the_gateway_processes(
