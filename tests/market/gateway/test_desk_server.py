@@ -34,21 +34,26 @@ def upstream() -> Iterator[Upstream]:
         yield up
 
 
-@pytest.fixture
-async def market(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
+async def two_gateways(
+    db_url: str, tmp_path: Path, upstream: Upstream, tokens: int
+) -> AsyncIterator[Market]:
+    """A market on `serve --workers 2`, once both gateway processes have started."""
     env = {"TOKEX_GATEWAY_PROGRESS_MS": "20"}
-    async for m in open_market(db_url, tmp_path, upstream, tokens=100_000, env=env,
+    async for m in open_market(db_url, tmp_path, upstream, tokens=tokens, env=env,
                                extra_args=TWO):  # fmt: skip
         await both_gateways_up(m.proc)
         yield m
 
 
 @pytest.fixture
+async def market(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
+    async for m in two_gateways(db_url, tmp_path, upstream, tokens=100_000):
+        yield m
+
+
+@pytest.fixture
 async def small(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Market]:
-    env = {"TOKEX_GATEWAY_PROGRESS_MS": "20"}
-    async for m in open_market(db_url, tmp_path, upstream, tokens=1_000, env=env,
-                               extra_args=TWO):  # fmt: skip
-        await both_gateways_up(m.proc)
+    async for m in two_gateways(db_url, tmp_path, upstream, tokens=1_000):
         yield m
 
 
