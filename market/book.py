@@ -74,8 +74,8 @@ from market.level import (
     COMPACT_MIN,
     LEVEL_COMPACT_MIN,
     SHORT,
-    compact_level,
     drop_empty_top,
+    sweep_level,
 )
 from schemas.market import (
     AdvanceTime,
@@ -360,6 +360,7 @@ class OrderBook(BookState):
         else:
             levels, heap = self._bids, self._bid_heap
         orders = self._orders
+        dead = self._dead
         sym = self._symbol
         seq = self._seq
         decremented = 0
@@ -375,6 +376,7 @@ class OrderBook(BookState):
                 mopen = maker.open
                 if not mopen:  # a tombstone that reached the front
                     level.popleft()
+                    dead[key] -= 1
                     continue
                 if maker.owner != owner:
                     moid = maker.order_id
@@ -449,10 +451,11 @@ class OrderBook(BookState):
             if stop:  # the front may now be a tombstone
                 while level and not level[0].open:
                     level.popleft()
+                    dead[key] -= 1
             if not level:
                 _heappop(heap)
                 del levels[key]
-                del self._dead[key]
+                del dead[key]
             if stop:
                 break
         self._seq = seq
@@ -502,6 +505,7 @@ class OrderBook(BookState):
             level.popleft()
             while level and level[0].open == 0:
                 level.popleft()
+                self._dead[key] -= 1
             if not level:
                 heap = self._bid_heap if side is _BUY else self._ask_heap
                 if heap[0] == key:
@@ -512,8 +516,7 @@ class OrderBook(BookState):
             dead = self._dead
             n = dead[key] + 1
             if n > LEVEL_COMPACT_MIN and 2 * n > len(level):
-                compact_level(level)
-                n = 0
+                n -= sweep_level(level, key, self._sweep)
             dead[key] = n
         seq = self._seq
         cancelled = _Cancelled(seq, t, self._symbol, oid, order.owner, side, price, qty, 0, _USER)

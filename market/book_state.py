@@ -26,11 +26,11 @@ from market.level import (
     SHORT,
     Level,
     compact,
-    compact_level,
     depth_side,
     drop_empty_top,
     fillable,
     in_priority_order,
+    sweep_level,
 )
 from schemas.errors import DomainError
 from schemas.market import (
@@ -91,6 +91,7 @@ class BookState:
         "_pmin",
         "_seq",
         "_state",
+        "_sweep",
         "_symbol",
         "_tick",
         "instrument",
@@ -111,6 +112,7 @@ class BookState:
         self._asks: dict[int, Level] = {}  # key = price
         self._ask_heap: list[int] = []
         self._dead: dict[int, int] = {}  # level key -> its tombstones counted (market.level)
+        self._sweep: dict[int, int] = {}  # level key -> where its next sweep starts (a hint)
         self._orders: dict[int, Resting] = {}
         # owner -> (client order ids it used in this book, the orders it rested);
         # orders gone (open 0) are pruned when the list reaches `_owner_limit`
@@ -218,6 +220,7 @@ class BookState:
             level.popleft()
             while level and not level[0].open:
                 level.popleft()
+                self._dead[key] -= 1
             if not level and heap[0] == key:
                 drop_empty_top(levels, heap, self._dead)
             return True
@@ -229,8 +232,7 @@ class BookState:
         dead = self._dead
         n = dead[key] + 1
         if n > LEVEL_COMPACT_MIN and 2 * n > len(level):
-            compact_level(level)
-            n = 0
+            n -= sweep_level(level, key, self._sweep)
         dead[key] = n
         return False
 
@@ -262,7 +264,7 @@ class BookState:
             levels, heap = self._asks, self._ask_heap
         if len(heap) >= self._compact_at:
             sides = ((self._bids, self._bid_heap), (self._asks, self._ask_heap))
-            self._compact_at = compact(sides, self._dead, self._compact_min)
+            self._compact_at = compact(sides, self._dead, self._sweep, self._compact_min)
         level = levels[key] = Level()
         self._dead[key] = 0
         heappush(heap, key)

@@ -5,9 +5,13 @@ them, mass cancels, and snapshot/restore in the middle."""
 
 from __future__ import annotations
 
+import random
+
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, given, settings
 
+import market.level
 from market.book import OrderBook
 from market.instruments import make_instrument
 from market.level import LEVEL_COMPACT_MIN
@@ -69,6 +73,13 @@ class _Pair:
         depth = self.book.depth(100)
         assert depth.bids == self.ref.depth(Side.BUY)
         assert depth.asks == self.ref.depth(Side.SELL)
+        # each level's tombstone count is exact (sweeping starts from it), and
+        # the front of a non-empty level is a live order
+        book = self.book
+        for levels in (book._bids, book._asks):
+            for key, level in levels.items():
+                assert book._dead[key] == sum(1 for o in level if not o.open), key
+                assert not level or level[0].open
 
 
 def _pick(pair: _Pair, roll: int) -> int | None:
@@ -134,6 +145,21 @@ def test_deep_levels_match_the_reference(
     deep_levels_match_the_reference(OrderBook, per_level, steps, restore_at)
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    per_level=st.integers(20, 80),
+    steps=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 10**6)), max_size=400),
+)
+def test_sweeps_a_few_entries_at_a_time_keep_priority(
+    per_level: int, steps: list[tuple[int, int]]
+) -> None:
+    """With a sweep of 7 entries a cancel (so every level is swept in many steps
+    from its cursor, wrapping round), the book still matches the reference."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(market.level, "SWEEP", 7)
+        deep_levels_match_the_reference(OrderBook, per_level, steps, restore_at=10**6)
+
+
 def deep_levels_match_the_reference(
     book_cls: type[OrderBook], per_level: int, steps: list[tuple[int, int]], restore_at: int
 ) -> None:
@@ -178,6 +204,31 @@ def test_cancels_deep_in_a_level_keep_its_memory_bounded() -> None:
         [o.order_id for o in pair.book.to_snapshot().bids] == kept == pair.ref.queue_ids(Side.BUY)
     )
     assert pair.book.depth(1).bids[0].orders == len(kept)
+
+
+def test_a_long_level_is_swept_from_a_cursor_that_wraps_round() -> None:
+    """Cancels at random positions in one long queue, swept 7 entries a cancel:
+    the cursor moves through the level and starts again, the tombstones stay
+    fewer than the live orders plus the minimum, and the queue is the reference's."""
+    rng = random.Random(11)
+    pair = _Pair()
+    for i in range(400):
+        pair.new(Side.BUY, 98, 1, OWNERS[i % len(OWNERS)], None)
+    level, cursors = pair.book._bids[-98], pair.book._sweep
+    starts = set()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(market.level, "SWEEP", 7)
+        for _ in range(360):
+            oid = rng.choice(pair.ref.queue_ids(Side.BUY)[1:])
+            pair.t += 1
+            pair.apply(CancelOrder(instrument=SYMBOL, order_id=oid,
+                                   owner=OWNERS[(oid - 1) % 5], time=pair.t))  # fmt: skip
+            starts.add(cursors.get(-98, 0))
+            live = sum(1 for o in level if o.open)
+            assert len(level) - live <= live + LEVEL_COMPACT_MIN + 1
+            pair.same_state()
+    assert len(starts) > 10 and 0 in starts  # it moved, and wrapped round
+    assert [o.order_id for o in pair.book.to_snapshot().bids] == pair.ref.queue_ids(Side.BUY)
 
 
 def test_amends_that_requeue_deep_in_a_level_keep_the_owner_index_bounded() -> None:
