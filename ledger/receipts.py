@@ -22,7 +22,8 @@ A receipt (`schemas.gateway.GatewayReceipt`) is one metered call through the gat
   transaction's canonical bytes, a leaf of the ledger's signed Merkle log, so a receipt
   cannot be dropped, added or altered after the fact without breaking a signed root.
 
-`check_receipts` is the auditor's rule for one delivery (used by `tokex audit verify`);
+`check_receipts` is the auditor's rule for one delivery (used by `tokex audit verify`),
+with `entitlement_burned`: what it burned, only ever of its own buyer's entitlement;
 `verify_receipt_proof` checks one receipt's inclusion in its delivery (the answer of
 ``GET /v1/receipts/{id}/proof``); the delivery entry's own place in the log is then proved
 by the ledger's inclusion proof of its index.
@@ -47,10 +48,12 @@ __all__ = [
     "RECEIPT_PREFIX_V2",
     "Commitment",
     "ReceiptMismatch",
+    "burned_account",
     "check_receipts",
     "commitment",
     "commitment_of",
     "decode_receipt",
+    "entitlement_burned",
     "receipt_bytes",
     "receipt_hash",
     "receipts_root",
@@ -166,6 +169,39 @@ def _check_parties(r: GatewayReceipt, metadata: Mapping[str, str], weight: int) 
             f"receipt {r.receipt_id} charges {r.tokens} tokens, not prompt + "
             f"{weight} x completion = {r.prompt_tokens + weight * r.completion_tokens}"
         )
+
+
+def burned_account(metadata: Mapping[str, str]) -> tuple[str, str, str]:
+    """(owner, asset, kind) of the account a gateway delivery burns: the entitlement of
+    its buyer from its provider on its instrument, named as the exchange names it
+    (`market.clearing.rules.entitlement`; a test keeps the two the same)."""
+    try:
+        buyer, provider, instrument = (metadata[k] for k in ("buyer", "provider", "instrument"))
+    except KeyError:
+        raise ReceiptMismatch("a gateway delivery that does not name its parties") from None
+    return f"{buyer}@{provider}", f"tok:{instrument}", "entitlement"
+
+
+def entitlement_burned(
+    metadata: Mapping[str, str], entries: Sequence[tuple[tuple[str, str, str], int]]
+) -> int:
+    """The tokens a gateway delivery burns, from its entries ((owner, asset, kind),
+    amount): every entitlement entry must be on `burned_account`, so receipts of one
+    buyer can never back a burn of another's entitlement (or another provider's, or
+    another instrument's). Raises `ReceiptMismatch` naming the other account."""
+    account = burned_account(metadata)
+    burned = 0
+    for key, amount in entries:
+        if key[2] != "entitlement":
+            continue
+        if key != account:
+            raise ReceiptMismatch(
+                f"burns the entitlement {key[0]}/{key[1]}, not its receipts' "
+                f"{account[0]}/{account[1]}"
+            )
+        if amount < 0:
+            burned -= amount
+    return burned
 
 
 def check_receipts(

@@ -28,7 +28,13 @@ from ledger.checkpoint import Checkpoint
 from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
 from ledger.merkle import MerkleFrontier
 from ledger.note import NoteError, Verifier, open_note
-from ledger.receipts import ReceiptMismatch, check_receipts, commitment_of, decode_receipt
+from ledger.receipts import (
+    ReceiptMismatch,
+    check_receipts,
+    commitment_of,
+    decode_receipt,
+    entitlement_burned,
+)
 from schemas.errors import DomainError
 from schemas.gateway import GatewayReceipt
 
@@ -253,14 +259,14 @@ class _Verifier:
         try:
             metadata = _metadata_decoder.decode(tx.metadata)
             c = commitment_of(metadata)
+            if c is None:
+                return
+            burned = entitlement_burned(metadata, [(key, x) for key, _, x in tx.entries])
         except (msgspec.DecodeError, ValueError) as exc:
             raise AuditFailure(f"entry {index}", f"undecodable metadata: {exc}") from None
         except ReceiptMismatch as exc:
             raise AuditFailure(f"entry {index}", exc.message) from None
-        if c is None:
-            return
         tx_id = _id_decoder.decode(tx.id)
-        burned = sum(-x for (_, _, kind), _, x in tx.entries if kind == "entitlement" and x < 0)
         self.pending[tx_id] = _Delivery(tx_id, index, metadata, burned)
 
     def receipts_record(self, rec: Receipts) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from ledger.audit.export import ExportEmpty, export
 from ledger.audit.records import (
+    FORMAT,
     AuditFailure,
     Balances,
     CheckpointRecord,
@@ -19,7 +20,9 @@ from ledger.audit.records import (
     Entries,
     FrameWriter,
     Header,
+    KeyRecord,
     Keys,
+    Receipts,
     Record,
     read_frames,
 )
@@ -28,8 +31,20 @@ from ledger.canonical import decode_transaction, transaction_bytes
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.keys import rotate
 from ledger.log import open_ledger
+from ledger.merkle import MerkleFrontier, leaf_hash
 from ledger.note import Signer, Verifier, parse_note
-from schemas.ledger import Account, Entry, HoldCreate, HoldPost, Posting, Transaction
+from ledger.receipts import commitment, receipt_bytes
+from schemas.gateway import GatewayReceipt
+from schemas.ledger import (
+    Account,
+    Bucket,
+    CommittedTransaction,
+    Entry,
+    HoldCreate,
+    HoldPost,
+    Posting,
+    Transaction,
+)
 
 ORIGIN = "audit.tokex/ledger"
 BANK = Account("exchange", "USD", "bank")
@@ -342,3 +357,51 @@ async def test_export_of_a_running_ledger_verifies(
         assert report.entries == 2 and report.accounts == 3
     finally:
         await ledger.close()
+
+
+def _one_delivery_file(burned_owner: str) -> tuple[bytes, Verifier]:
+    """A signed export of one gateway delivery whose metadata and two receipts are buyer
+    b's from provider p, and whose entries burn the entitlement of `burned_owner`."""
+    signer = Signer.generate(ORIGIN)
+    rs = [_receipt(n) for n in (1, 2)]
+    c = commitment(rs, 1)
+    burn = Account(burned_owner, "tok:m/1/1", "entitlement")
+    mint = Account("exchange", "tok:m/1/1", "issuance")
+    tx = CommittedTransaction(
+        0, "delivery:p:gw:x", "delivery", 5,
+        (Entry(burn, Bucket.AVAILABLE, -c.tokens), Entry(mint, Bucket.AVAILABLE, c.tokens)),
+        (), {"buyer": "b", "provider": "p", "instrument": "m/1/1", **c.metadata()},
+    )  # fmt: skip
+    body = transaction_bytes(tx)
+    tree = MerkleFrontier()
+    tree.extend([leaf_hash(body)])
+    point = Checkpoint(origin=ORIGIN, size=1, root_hash=tree.root(), time_ms=10)
+    out = io.BytesIO()
+    w = FrameWriter(out)
+    w.write(Header(FORMAT, ORIGIN, 0, 1, MerkleFrontier().to_bytes()))
+    w.write(Keys([KeyRecord(signer.verifier().encode(), 0, None)]))
+    w.write(Entries(0, [body]))
+    w.write(CheckpointRecord(sign_checkpoint(point, signer)))
+    rows = sorted([(burned_owner, "tok:m/1/1", "entitlement", -c.tokens, 0),
+                   ("exchange", "tok:m/1/1", "issuance", c.tokens, 0)])  # fmt: skip
+    w.write(Balances("closing", rows))
+    w.write(Receipts(tx.id, 0, [receipt_bytes(r) for r in rs]))
+    w.write(End(1, 1, w.digest()))
+    return out.getvalue(), signer.verifier()
+
+
+def _receipt(n: int) -> GatewayReceipt:
+    return GatewayReceipt(
+        receipt_id=f"rcp_{n:024x}", key_id="ik_0000000000000000", buyer="b", provider="p",
+        instrument="m/1/1", endpoint_id="e1", model="m", prompt_tokens=3,
+        completion_tokens=5, cached_tokens=0, reasoning_tokens=0, tokens=8,
+        started_ms=1, ended_ms=2, request_sha256=bytes(32), response_sha256=bytes(32),
+    )  # fmt: skip
+
+
+def test_receipts_of_one_buyer_never_back_a_burn_of_anothers_entitlement() -> None:
+    data, key = _one_delivery_file("b@p")
+    assert verify_file(io.BytesIO(data), key).receipts == 2
+    data, key = _one_delivery_file("x@p")  # b's receipts, x's entitlement burned
+    with pytest.raises(AuditFailure, match=r"entry 0.*burns the entitlement x@p/tok:m/1/1"):
+        verify_file(io.BytesIO(data), key)

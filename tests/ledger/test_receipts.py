@@ -14,9 +14,11 @@ from ledger.receipts import (
     RECEIPT_PREFIX,
     RECEIPT_PREFIX_V2,
     ReceiptMismatch,
+    burned_account,
     check_receipts,
     commitment,
     decode_receipt,
+    entitlement_burned,
     receipt_bytes,
     receipt_hash,
     receipts_root,
@@ -148,6 +150,22 @@ def test_the_auditors_rule_for_one_delivery() -> None:
             pytest.fail(why)
     with pytest.raises(ReceiptMismatch, match="commitment"):
         check_receipts({**meta, "receipts_root": "zz"}, total, rs)
+
+
+def test_a_delivery_burns_only_its_own_buyers_entitlement() -> None:
+    """Receipts of buyer b from provider p on m/1/1 back a burn of that entitlement and
+    of no other: another buyer's, provider's or instrument's is refused, named."""
+    meta = {"buyer": "b", "provider": "p", "instrument": "m/1/1"}
+    own = burned_account(meta)
+    assert own == ("b@p", "tok:m/1/1", "entitlement")
+    mint = ("exchange", "tok:m/1/1", "issuance")
+    assert entitlement_burned(meta, [(own, -8), (mint, 8)]) == 8
+    for owner, asset in ("x@p", "tok:m/1/1"), ("b@q", "tok:m/1/1"), ("b@p", "tok:m/1/2"):
+        other = (owner, asset, "entitlement")
+        with pytest.raises(ReceiptMismatch, match=f"burns the entitlement {owner}/{asset},"):
+            entitlement_burned(meta, [(own, -4), (other, -4), (mint, 8)])
+    with pytest.raises(ReceiptMismatch, match="name its parties"):
+        burned_account({"buyer": "b", "provider": "p"})
 
 
 def proof_of(rs: list[GatewayReceipt], n: int, body: bytes) -> ReceiptProof:

@@ -18,7 +18,8 @@ from ledger.audit.records import End, FrameWriter, Receipts, Record, read_frames
 from ledger.audit.verify import AuditFailure, VerifyReport, verify_file
 from ledger.log import MerkleLog
 from ledger.note import Signer
-from ledger.receipts import decode_receipt, receipt_bytes
+from ledger.receipts import burned_account, decode_receipt, receipt_bytes
+from market.clearing.rules import entitlement
 from market.gateway.receipts import delivery_receipts
 from market.sequencer import CreateInstrumentOp, DepositOp, ListingOp, Sequencer
 from market.sequencer.ops import GatewayChargeOp
@@ -199,3 +200,12 @@ async def test_a_receipt_removed_or_altered_in_the_database_fails_naming_its_del
     assert r.returncode == 0, r.stderr
     r = tokex("audit", "verify", str(out), "--public-key", str(pub))
     assert r.returncode == 1 and r.stdout.startswith(f"FAIL: {where}: "), r.stdout
+
+
+def test_the_auditor_names_the_entitlement_as_the_exchange_does() -> None:
+    """`tokex audit verify` checks that a gateway delivery burns its buyer's entitlement
+    by the ledger's rule for the account's name (the ledger does not import the market):
+    the two must agree, or every honest delivery would fail its audit."""
+    account = entitlement("acc_b", "acc_p", "llama/2026-12-01T19Z/1h")
+    meta = {"buyer": "acc_b", "provider": "acc_p", "instrument": "llama/2026-12-01T19Z/1h"}
+    assert burned_account(meta) == (account.owner, account.asset, account.kind)
