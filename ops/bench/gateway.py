@@ -87,10 +87,9 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 def start_upstream(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     log = data_dir / "upstream.log"
-    proc = _spawn(
-        [sys.executable, "-m", "tests.support.upstream", "--port", str(port), "--model", MODEL],
-        {**os.environ, "PYTHONPATH": str(Path.cwd())}, log,
-    )  # fmt: skip
+    # the stand-in's answers served lean (its Litestar server took a third of the machine)
+    command = [sys.executable, "-m", "tests.support.upstream_lean", "--port", str(port)]
+    proc = _spawn([*command, "--model", MODEL], {**os.environ, "PYTHONPATH": str(Path.cwd())}, log)
     _wait_http(f"http://127.0.0.1:{port}/v1/models", proc, log)
     return proc
 

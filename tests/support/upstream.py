@@ -106,6 +106,10 @@ class Upstream:
             "prompt_tokens_details": {"cached_tokens": 0},
         }  # fmt: skip
 
+    def models_body(self) -> dict[str, Any]:
+        data = [{"id": m, "object": "model", "owned_by": "provider"} for m in self.models]
+        return {"object": "list", "data": data}
+
     def _error(self) -> Response[Any]:
         body = {"error": {"message": "upstream failed", "type": "server_error", "code": None}}
         return Response(body, status_code=500)
@@ -126,6 +130,16 @@ class Upstream:
             return self._error()
         if self.mode is Mode.TIMEOUT:
             await asyncio.sleep(self.hang_s)
+        if self.mode is Mode.CUT_STREAM and not body.get("stream"):
+            raise _Cut
+        out = self.reply(body, chat)
+        if isinstance(out, dict):
+            return Response(out)
+        return Stream(out, media_type="text/event-stream")
+
+    def reply(self, body: dict[str, Any], chat: bool) -> dict[str, Any] | AsyncIterator[bytes]:
+        """The answer to a completion request `body`: the JSON body, or (streaming) the
+        SSE events (`tests.support.upstream_lean` serves these too)."""
         n = min(int(body.get("max_tokens") or 16), self.max_completion)
         words = [f"w{i}" for i in range(n)]
         prompt = prompt_words(body)
@@ -134,17 +148,14 @@ class Upstream:
                 "model": body.get("model")}  # fmt: skip
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
-            return Stream(self._chunks(head, chat, words, prompt, include),
-                          media_type="text/event-stream")  # fmt: skip
-        if self.mode is Mode.CUT_STREAM:
-            raise _Cut
+            return self._chunks(head, chat, words, prompt, include)
         out: dict[str, Any] = {
             **head, "object": kind,
             "choices": [self._choice(chat, " ".join(words), delta=False, finish="length")],
         }  # fmt: skip
         if self.mode is not Mode.NO_USAGE:
             out["usage"] = self._usage(prompt, n)
-        return Response(out)
+        return out
 
     async def _chunks(
         self, head: dict[str, Any], chat: bool, words: list[str], prompt: int, include: bool
@@ -174,8 +185,7 @@ class Upstream:
             upstream.requests.append(Received("GET", "/v1/models", dict(request.headers)))
             if upstream.mode is Mode.ERROR_500:
                 return upstream._error()
-            data = [{"id": m, "object": "model", "owned_by": "provider"} for m in upstream.models]
-            return Response({"object": "list", "data": data})
+            return Response(upstream.models_body())
 
         @post("/v1/chat/completions", status_code=200)
         async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
