@@ -331,8 +331,10 @@ class Ledger:
                 except BaseException:
                     self._staging = False
                     if batch.changed:
-                        self._epoch += 1  # what was staged after the last commit is void
+                        # The batches staged before this one are sound: let them commit
+                        # first, then void what was staged after the last commit.
                         await self.settled()
+                        self._epoch += 1
                         await self._recover()
                     raise
                 finally:

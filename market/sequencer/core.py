@@ -168,6 +168,10 @@ class Sequencer:
         self.max_open_orders = max_open_orders
         #: The market's memory; replaced whole by every rebuild.
         self.market = MarketState(engine=SettlingEngine())
+        #: The ledger's epoch when `market` was last rebuilt: a batch is staged under it,
+        #: so a failure since (an epoch moved on) refuses every batch until memory is
+        #: rebuilt, however the batches after the failed one were scheduled.
+        self._memory_epoch = -1
         self._last_time_ms = 0
         self._queue: asyncio.Queue[_Ticket[Any]] = asyncio.Queue(maxsize=queue_max)
         self._runner: asyncio.Task[None] | None = None
@@ -283,6 +287,7 @@ class Sequencer:
         """
         if self._state is not SequencerState.STOPPING:
             self._state = SequencerState.RECOVERING
+        epoch = self.ledger.epoch  # what memory will hold: every failure up to here undone
         try:
             if self._conn.is_closed() or not await connection_alive(self._conn):
                 self._conn.terminate()
@@ -298,6 +303,7 @@ class Sequencer:
             self._state = SequencerState.STOPPED if stopping else SequencerState.BROKEN
             raise
         self.market = recovered.market
+        self._memory_epoch = epoch
         self._last_time_ms = max(self._last_time_ms, recovered.last_time_ms)
         self._books_rebuilt(recovered.books, memory)
         if self._state is SequencerState.RECOVERING:
@@ -465,15 +471,18 @@ class Sequencer:
     async def _after_failures(self) -> None:
         """Nothing is in flight: if batches failed, rebuild and answer them all with 503."""
         pipeline = self._pipeline
-        failed, pipeline.failed = pipeline.failed, []
+        failed = pipeline.failed
         if not failed:
             return
         error = failed[0].error
         assert error is not None
         tickets = [ticket for flight in failed for ticket in flight.tickets]
-        with contextlib.suppress(Exception):  # still broken: retried before the next batch
-            await self.ledger.recover_if_broken()
-        await self._rebuild_after_failure(error, tickets)
+        try:  # the pipeline stays broken (the next batch waits) until memory is rebuilt
+            with contextlib.suppress(Exception):  # still broken: retried before the next batch
+                await self.ledger.recover_if_broken()
+            await self._rebuild_after_failure(error, tickets)
+        finally:
+            pipeline.failed = []
 
     def _committed(self, flight: Flight) -> None:
         """The batch is durable: answer, housekeeping, publish."""
@@ -536,7 +545,9 @@ class Sequencer:
         """Stage the batch's ops in memory, on top of the batches in flight; queue their
         commit with the ledger's entries (the future it is done with)."""
         ops = [cast(AnyOp, ticket.op) for ticket in tickets]
-        epoch = self.ledger.epoch  # a failure from now on voids this batch
+        # A failure since memory was rebuilt voids this batch (ledger.staged refuses it):
+        # memory may hold the failed batch, as a batch begun before its finisher ran does.
+        epoch = self._memory_epoch
         ahead = self._pipeline.placed_ahead()  # before the database is read
         prior = await prior_of(self._conn, ops)
         for placed in ahead:  # not in the database yet, if their commit is not done
