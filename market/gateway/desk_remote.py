@@ -6,6 +6,14 @@ decided in the sequencer process (`desk_server`), asked over NATS (`desk_wire`).
   (its receipt, in the meter's next charge, ends it at the desk), one that ends unserved
   is released with the next release request (one in flight at a time, all those ended
   meanwhile together, tried again after a failure);
+* a `reserve` whose answer did not come back (no answer in time, a lost reply, the call
+  cancelled while it waited, an answer that could not be read) is released the same way
+  once it was sent: the desk may have reserved it all the same, and nothing else would
+  ever give that back (the entitlement and the key's budget it holds, the account's
+  place in flight, the endpoint's). A reserve the desk answered with an error (402, 429,
+  503 as its class) reserved nothing and is not released. The release can reach the desk
+  before the reserve does, or while the desk is still deciding it: the desk then undoes
+  or refuses that reserve (`desk_server`, "released before reserved");
 * `DeskExchange` is what this process's meter submits its group commits to: the desk's
   `tokex.gw.charge`, which submits them to the sequencer as one `submit_all`.
 
@@ -41,11 +49,20 @@ log = logging.getLogger(__name__)
 RELEASE_RETRY_S = 1.0
 
 
-async def request(nats: Client, subject: str, payload: bytes, timeout_s: float) -> bytes:
-    """One request to the desk. Not connected to NATS (it reconnects): 503 at once, rather
-    than a request held in the client's buffer until it times out."""
+def refuse_unconnected(nats: Client) -> None:
+    """Not connected to NATS (it reconnects): 503 at once, rather than a request held in
+    the client's buffer until it times out."""
     if not nats.is_connected:
         raise SequencerUnreachable("the sequencer's bus is not reachable now; try again shortly")
+
+
+async def request(nats: Client, subject: str, payload: bytes, timeout_s: float) -> bytes:
+    """One request to the desk (503 at once if not connected)."""
+    refuse_unconnected(nats)
+    return await _sent(nats, subject, payload, timeout_s)
+
+
+async def _sent(nats: Client, subject: str, payload: bytes, timeout_s: float) -> bytes:
     headers = None
     request_id = REQUEST_ID.get()
     if request_id:
@@ -97,8 +114,15 @@ class RemoteDesk:
             self.instance_id, receipt_id, buyer, key_id, budget, model, wants.prompt_estimate,
             wants.max_tokens, [(e.provider, e.endpoint_id, e.max_concurrency) for e in endpoints],
         ))  # fmt: skip
-        data = await request(self._nats, wire.RESERVE, payload, self._timeout_s)
-        r: wire.Reservation = _value(self._reserved.decode(data))
+        refuse_unconnected(self._nats)  # not sent: nothing to release
+        try:
+            answer = self._reserved.decode(
+                await _sent(self._nats, wire.RESERVE, payload, self._timeout_s)
+            )
+        except BaseException:  # sent, but what the desk did is unknown (see the module)
+            self._release(receipt_id)
+            raise
+        r: wire.Reservation = _value(answer)  # an error answered: nothing was reserved
         endpoint = routing.Endpoint(r.provider, r.endpoint_id, r.max_concurrency)
         route = routing.Route(r.instrument, r.provider, endpoint, r.available)
         return route, metering.Plan(r.prompt_cap, r.completion_cap, r.completion_weight)
@@ -108,8 +132,11 @@ class RemoteDesk:
         charged: int, *, served: bool,
     ) -> None:  # fmt: skip
         if not served:  # a served call's receipt ends it at the desk
-            self._releases.append(receipt_id)
-            self._wake.set()
+            self._release(receipt_id)
+
+    def _release(self, receipt_id: str) -> None:
+        self._releases.append(receipt_id)
+        self._wake.set()
 
     # -- releases ------------------------------------------------------------------------
 

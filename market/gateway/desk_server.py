@@ -9,7 +9,26 @@ that asked (`_Entry`), until it ends:
   the call reserved beyond its charge (`Desk.ended`, as one process does when the call
   ends), submits the charge to the sequencer, and once it commits the charged tokens
   leave the reservations (the ledger's balance says them now);
-* not served: a release (`tokex.gw.release`) gives back all of it.
+* not served: a release (`tokex.gw.release`) gives back all of it;
+* its reserve's answer never reached the gateway (no answer in time, a lost reply, the
+  call cancelled while it waited): the gateway releases it all the same
+  (`desk_remote`), as a call ended unserved.
+
+Released before reserved. That release can reach the desk while the reserve is still
+being decided here (it awaits the key's budget, or a commit), or, over NATS, before the
+reserve itself arrives. Either way the desk must not keep the reserve: nobody would
+release it again. A reserve under way is in `_reserving` while it is decided; a release
+of it marks it, and it undoes itself once decided (as one of a gateway gone does). A
+release of a call the desk has neither reserved nor is reserving is remembered
+(`ReleasedEarly`, per gateway instance and receipt id) and the reserve arriving later is
+refused (`CallReleased`, answered to nobody: the gateway stopped waiting). That memory
+is bounded, `RELEASED_EARLY_S` and `RELEASED_EARLY_MAX` entries, the oldest forgotten
+first: a release arrives after its reserve on one NATS connection to one desk, so such
+a reserve overtaken by its release is one rerouted in a NATS cluster, late by far less
+than a minute. This, rather than a deadline in each reserve that the desk checks, needs
+no clock shared between hosts, and is exact for a reserve under way however long it
+takes (a deadline would still need the release, for a reply lost after the desk
+reserved in time).
 
 So between a call's end and its receipt's arrival (at most the rest of its gateway's
 group commit in flight) it holds its whole reservation, never less: the rule can only
@@ -28,6 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +80,50 @@ class GatewayGone(DomainError):
     kind = ErrorKind.UNAVAILABLE
 
 
+#: How long, and how many, releases of calls not reserved here are remembered, for a
+#: reserve arriving after its release (see the module).
+RELEASED_EARLY_S = 60.0
+RELEASED_EARLY_MAX = 10_000
+
+
+class CallReleased(DomainError):
+    """A reserve arriving after the gateway released its call (it stopped waiting for it)."""
+
+    code = "call_released"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class ReleasedEarly:
+    """Calls released before their reserve arrived, by (gateway instance, receipt id):
+    each kept `ttl_s`, at most `size` of them, the oldest forgotten first."""
+
+    def __init__(self, ttl_s: float = RELEASED_EARLY_S, size: int = RELEASED_EARLY_MAX) -> None:
+        self._ttl_s = ttl_s
+        self._size = size
+        self._at: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def add(self, instance_id: str, receipt_id: str) -> None:
+        now = time.monotonic()
+        self._expire(now)
+        self._at[(instance_id, receipt_id)] = now
+        self._at.move_to_end((instance_id, receipt_id))
+        while len(self._at) > self._size:
+            self._at.popitem(last=False)
+
+    def take(self, instance_id: str, receipt_id: str) -> bool:
+        """Whether this call was released early (it is forgotten now: its reserve came)."""
+        self._expire(time.monotonic())
+        return self._at.pop((instance_id, receipt_id), None) is not None
+
+    def _expire(self, now: float) -> None:
+        oldest = now - self._ttl_s
+        while self._at and next(iter(self._at.values())) <= oldest:
+            self._at.popitem(last=False)
+
+
 @dataclass(slots=True)
 class _Entry:
     instance_id: str
@@ -85,6 +150,10 @@ class DeskServer:
         self._accounts: dict[str, int] = {}
         self._entries: dict[str, _Entry] = {}
         self._gone: set[str] = set()
+        #: reserves being decided: receipt id -> instance; those released meanwhile
+        self._reserving: dict[str, str] = {}
+        self._released_under_way: set[str] = set()
+        self.released_early = ReleasedEarly()
         self._charging: dict[str, set[asyncio.Task[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscription: Subscription | None = None
@@ -149,6 +218,8 @@ class DeskServer:
 
     async def reserve(self, r: wire.ReserveRequest) -> Answer[wire.Reservation]:
         self._refuse_gone(r.instance_id)
+        if self.released_early.take(r.instance_id, r.receipt_id):
+            raise CallReleased("this call was released before its reserve arrived")
         if self._accounts.get(r.buyer, 0) >= self.max_in_flight:
             raise TooManyInFlight(
                 f"your account has {self.max_in_flight} calls in flight, the most the "
@@ -156,20 +227,26 @@ class DeskServer:
             )
         self._accounts[r.buyer] = self._accounts.get(r.buyer, 0) + 1  # its place, taken now
         endpoints = [Endpoint(p, e, n) for p, e, n in r.endpoints]
+        self._reserving[r.receipt_id] = r.instance_id
         try:
             route, plan = await self.desk.reserve(
                 r.receipt_id, r.buyer, r.key_id, r.budget, r.model,
                 Demand(r.prompt_estimate, r.max_tokens), endpoints,
             )  # fmt: skip
         except BaseException:
+            self._decided(r.receipt_id)
             drop(self._accounts, r.buyer)
             raise
+        released = self._decided(r.receipt_id)
         group = (r.buyer, route.provider, route.instrument)
         slot = (route.provider, route.endpoint.endpoint_id)
-        if r.instance_id in self._gone:  # it died while this waited for a commit
+        gone = r.instance_id in self._gone  # it died while this waited for a commit
+        if gone or released:  # or its gateway released it meanwhile: undone
             drop(self._accounts, r.buyer)
             self.desk.ended(r.receipt_id, group, r.key_id, slot, plan.reserved, 0, served=False)
-            raise GatewayGone("this gateway process is gone")
+            if gone:
+                raise GatewayGone("this gateway process is gone")
+            raise CallReleased("this call was released while its reserve was decided")
         self._entries[r.receipt_id] = _Entry(r.instance_id, group, r.key_id, slot, plan.reserved)
         reservation = wire.Reservation(
             route.instrument, route.provider, route.endpoint.endpoint_id,
@@ -178,11 +255,29 @@ class DeskServer:
         )  # fmt: skip
         return Answer(replies=[Reply(value=reservation)])
 
+    def _decided(self, receipt_id: str) -> bool:
+        """A reserve is decided: whether its gateway released it meanwhile."""
+        self._reserving.pop(receipt_id, None)
+        if receipt_id in self._released_under_way:
+            self._released_under_way.discard(receipt_id)
+            return True
+        return False
+
+    def _released_before_reserved(self, instance_id: str, receipt_id: str) -> None:
+        """A release of a call not reserved here (yet): see the module."""
+        if self._reserving.get(receipt_id) == instance_id:
+            self._released_under_way.add(receipt_id)
+        elif instance_id not in self._gone:
+            self.released_early.add(instance_id, receipt_id)
+
     async def release(self, r: wire.ReleaseRequest) -> Answer[int]:
         released = 0
         for receipt_id in r.receipt_ids:
             entry = self._entries.get(receipt_id)
-            if entry is None or entry.charged is not None or entry.instance_id != r.instance_id:
+            if entry is None:
+                self._released_before_reserved(r.instance_id, receipt_id)
+                continue
+            if entry.charged is not None or entry.instance_id != r.instance_id:
                 continue
             del self._entries[receipt_id]
             drop(self._accounts, entry.group[0])

@@ -10,7 +10,9 @@ Subjects, answered in the sequencer's queue group:
   desk as one `submit_all`, so the desk sees each call end (its receipt) and each charge
   commit;
 * `tokex.gw.release`, `ReleaseRequest` -> the number released: calls that ended unserved
-  (no receipt: an upstream error, a buyer gone before the answer);
+  (no receipt: an upstream error, a buyer gone before the answer), and reserves sent
+  whose answer never came back (the desk may have reserved them; a release arriving
+  before its reserve makes the desk undo or refuse that reserve: `desk_server`);
 * `tokex.gw.models`, `ModelsRequest` -> the model list of `GET /openai/v1/models`.
 
 Every request names the gateway process instance it comes from: the desk keeps each
