@@ -211,6 +211,26 @@ class MerkleFrontier:
             h = sha(b"\x01" + stack[i] + h).digest()
         return h
 
+    def prefix_root(self, size: int) -> bytes | None:
+        """Root of the tree of the first ``size`` leaves, if this frontier determines it:
+        ``size`` is 0, or the leaves of its first few subtrees (for a frontier of 14 = 8 + 4
+        + 2 leaves: 0, 8, 12 or 14). Any other size needs leaves the frontier has folded
+        away: None."""
+        if size == 0:
+            return EMPTY_ROOT
+        covered = 0
+        bits = [1 << b for b in range(self._size.bit_length() - 1, -1, -1) if self._size >> b & 1]
+        for count, bit in enumerate(bits, start=1):
+            covered += bit
+            if covered == size:
+                h = self._stack[count - 1]
+                for i in range(count - 2, -1, -1):
+                    h = _sha256(b"\x01" + self._stack[i] + h).digest()
+                return h
+            if covered > size:
+                break
+        return None
+
     def copy(self) -> MerkleFrontier:
         f = MerkleFrontier()
         f._size = self._size

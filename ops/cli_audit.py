@@ -2,7 +2,7 @@
 
     tokex audit export --out FILE [--from-index N] [--to-index M] [--data-dir DIR]
     tokex audit export --out FILE --from-url URL --key-id K --key-file PEM [...]
-    tokex audit verify FILE (--public-key FILE | --pin FILE) [--json]
+    tokex audit verify FILE (--public-key FILE | --pin FILE) [--checkpoint NOTE]... [--json]
 
 `export --from-url` asks a running exchange for the same file (`GET /v1/audit/export`,
 signed by an operator or auditor key: `--key-id`/`--key-file`, or env `TOKEX_KEY_ID`,
@@ -14,6 +14,14 @@ database access.
 trusted, written to FILE and a warning says so; afterwards FILE is the trusted key).
 Without either it refuses (exit 2): an export checked only against its own first key
 proves nothing about who signed it.
+
+One file cannot show that the exchange signs one history for everybody (it may leave out
+checkpoints before its last, so a fork signed for someone else is not in it). So `verify`
+also checks the export against checkpoints the auditor already trusts: `--checkpoint NOTE`
+(repeatable; a signed note as `GET /v1/ledger/checkpoint` serves it), and with `--pin` the
+last checkpoint verified, which the pin file keeps after the key (its first line) and
+`verify` moves forward to each export's last checkpoint once it is found consistent with
+the one pinned (see `ledger.audit.verify.verify_file` for the rules).
 
 `export` includes the receipts of the range's gateway deliveries; `verify` checks that each
 gateway delivery is backed by receipts matching the count, token total and Merkle root its
@@ -36,7 +44,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ledger.audit.verify import AuditFailure, VerifyReport, verify_file
+from ledger.audit.verify import AuditFailure, TrustedCheckpoint, VerifyReport, verify_file
 from ledger.note import Verifier
 from ops.cli import add_database_options, settings_from_args
 from schemas.errors import DomainError
@@ -115,22 +123,64 @@ def _fail(args: argparse.Namespace, where: str, reason: str, code: str) -> int:
     return 1
 
 
+class _Unreadable(Exception):
+    def __init__(self, where: str, reason: str, code: str = "usage") -> None:
+        super().__init__(reason)
+        self.where, self.reason, self.code = where, reason, code
+
+
+def _read_text(path: str, where: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Unreadable(where, f"cannot read {path}: {exc}") from None
+
+
+def _trust(args: argparse.Namespace) -> tuple[Verifier | None, list[TrustedCheckpoint]]:
+    """The key and the checkpoints the auditor trusts. A pin file is the key on its first
+    line and, after it, the last checkpoint verified (a signed note), if any."""
+    checkpoints = [
+        TrustedCheckpoint(_read_text(path, "checkpoint"), path) for path in args.checkpoint
+    ]
+    if args.public_key is not None:
+        key_text = _read_text(args.public_key, "public key")
+    elif Path(args.pin).exists():
+        key_text, _, pinned = _read_text(args.pin, "public key").partition("\n")
+        if pinned:
+            checkpoints.append(TrustedCheckpoint(pinned, f"pinned in {args.pin}"))
+    else:
+        return None, checkpoints
+    try:
+        return Verifier.parse(key_text.strip()), checkpoints
+    except DomainError as exc:
+        raise _Unreadable("public key", exc.message, exc.code) from None
+
+
+def _write_pin(args: argparse.Namespace, report: VerifyReport, first_use: bool) -> str:
+    """Pin the trusted key and the export's last checkpoint, now consistent with those
+    trusted before, for the next export to be checked against (atomically: a crash leaves
+    the old pin). If this export could not check one of them, the pin stays as it was.
+    Returns what was done, for the report."""
+    if report.unchecked and not first_use:
+        return f"{args.pin} unchanged: a checkpoint you trust could not be checked"
+    pin = Path(args.pin)
+    partial = pin.with_name(pin.name + ".partial")
+    partial.write_text(f"{report.trusted_key}\n{report.checkpoint_note}", encoding="utf-8")
+    os.replace(partial, pin)
+    return f"pinned checkpoint {report.to_index} in {args.pin}"
+
+
 def _verify_cmd(args: argparse.Namespace) -> int:
-    key_file = args.public_key or args.pin
-    if key_file is None or (args.public_key and args.pin):
+    if (args.public_key is None) == (args.pin is None):
         print("tokex: error: verify needs the key you trust: --public-key FILE, or --pin FILE")
         return 2
-    trusted = None
-    if args.public_key is not None or Path(args.pin).exists():
-        try:
-            trusted = Verifier.parse(Path(key_file).read_text(encoding="ascii").strip())
-        except (OSError, UnicodeDecodeError) as exc:
-            return _fail(args, "public key", f"cannot read {key_file}: {exc}", "usage")
-        except DomainError as exc:
-            return _fail(args, "public key", exc.message, exc.code)
+    try:
+        trusted, checkpoints = _trust(args)
+    except _Unreadable as exc:
+        return _fail(args, exc.where, exc.reason, exc.code)
     try:
         with open(args.file, "rb") as f:
-            report = verify_file(f, trusted)
+            report = verify_file(f, trusted, checkpoints)
     except OSError as exc:
         return _fail(args, "file", f"cannot read {args.file}: {exc.strerror}", "io_error")
     except AuditFailure as exc:
@@ -139,8 +189,9 @@ def _verify_cmd(args: argparse.Namespace) -> int:
         return _fail(args, "file", exc.message, exc.code)
     except Exception as exc:  # a verifier must answer, never crash: anything odd is a failure
         return _fail(args, "file", f"unexpected {type(exc).__name__}: {exc}", "audit_failed")
+    if args.pin is not None:
+        report.notes.append(_write_pin(args, report, first_use=trusted is None))
     if trusted is None:  # --pin FILE, first use: trust the export's first key from now on
-        Path(args.pin).write_text(report.keys[0] + "\n", encoding="ascii")
         print(
             f"warning: no key was pinned; trusting the export's own first key "
             f"{report.keys[0]} on first use, pinned in {args.pin}",
@@ -156,6 +207,9 @@ def _verify_cmd(args: argparse.Namespace) -> int:
             f"accounts match; {report.gateway_deliveries} gateway deliveries backed by "
             f"{report.receipts} receipts; keys {', '.join(report.keys)}"
         )
+        if report.consistent_with:
+            sizes = ", ".join(str(m) for m in report.consistent_with)
+            print(f"consistent with the checkpoints you trust at sizes {sizes}")
         for note in report.notes:
             print(f"note: {note}")
     return 0
@@ -200,6 +254,11 @@ def register(subparsers: Any) -> None:
         "--pin", default=None,
         help="trust on first use: the key in this file, or (no file yet) the export's first, "
         "written here",
+    )  # fmt: skip
+    ver.add_argument(
+        "--checkpoint", action="append", default=[], metavar="NOTE",
+        help="a signed checkpoint you trust (as GET /v1/ledger/checkpoint serves it): the "
+        "export must agree with it (repeatable)",
     )  # fmt: skip
     ver.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ver.set_defaults(handler=_verify_cmd)

@@ -52,7 +52,15 @@ where: ``entry 123``, ``checkpoint 456``, ``header``...):
   receipts, in order, and they match what it commits to (`ledger.receipts.check_receipts`:
   count, total, weight, parties, root, and the tokens its entries burned); a failure
   names ``delivery <tx id> (entry N)``. No receipt is in two deliveries;
-- the end record's counts and file digest match, and nothing follows it.
+- the end record's counts and file digest match, and nothing follows it;
+- checkpoints the auditor trusts from before (`verify_file`'s ``checkpoints``): the file
+  alone cannot show that the exchange signed this history for everybody (checkpoints
+  before its last may be left out, so a fork signed for someone else need not show).
+  Each is signed by a key the export accepts; the root the entries give at its size is
+  its root (the roots at those sizes are kept as the tree is recomputed; one at or before
+  a partial export's start is read off the starting frontier when that holds its size,
+  else it is reported unchecked); one beyond the export's end is refused (a fork or a
+  rollback).
 
 A root mismatch cannot say which entry of the range was altered (only the checkpoints are
 signed), so it names the range and the checkpoint. For ``from_index > 0`` the opening

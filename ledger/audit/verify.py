@@ -3,7 +3,9 @@ no database driver (this module and what it imports never load asyncpg)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
@@ -27,7 +29,7 @@ from ledger.canonical import TRANSACTION_PREFIX, decode_transaction
 from ledger.checkpoint import Checkpoint
 from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
 from ledger.merkle import MerkleFrontier
-from ledger.note import NoteError, Verifier, open_note
+from ledger.note import NoteError, NoteUnverified, Verifier, open_note
 from ledger.receipts import (
     ReceiptMismatch,
     check_receipts,
@@ -38,7 +40,7 @@ from ledger.receipts import (
 from schemas.errors import DomainError
 from schemas.gateway import GatewayReceipt
 
-__all__ = ["AuditFailure", "VerifyReport", "verify_file"]
+__all__ = ["AuditFailure", "TrustedCheckpoint", "VerifyReport", "verify_file"]
 
 
 class _Tx(msgspec.Struct, array_like=True, gc=False):
@@ -78,7 +80,35 @@ class VerifyReport:
     #: Gateway deliveries in the range, each backed by the receipts it commits to.
     gateway_deliveries: int = 0
     receipts: int = 0
+    #: The export's last checkpoint (at ``to_index``), the signed note as it is in the file.
+    checkpoint_note: str = ""
+    #: Sizes of the checkpoints you trust that the export was found consistent with.
+    consistent_with: list[int] = field(default_factory=list)
+    #: Sizes of those it cannot check (before its start, see `verify_file`).
+    unchecked: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedCheckpoint:
+    """A checkpoint the auditor already trusts: the signed note as the exchange serves it
+    (``GET /v1/ledger/checkpoint``), and where it came from, for messages."""
+
+    note: str
+    source: str
+
+
+@dataclass(slots=True)
+class _Trusted:
+    """A trusted checkpoint, opened (signed by key ``key_pos`` of the export's list)."""
+
+    given: TrustedCheckpoint
+    checkpoint: Checkpoint
+    key_pos: int
+
+    @property
+    def where(self) -> str:
+        return f"checkpoint {self.checkpoint.size} you trust ({self.given.source})"
 
 
 @dataclass(slots=True)
@@ -97,8 +127,14 @@ class _Delivery:
 
 
 class _Verifier:
-    def __init__(self, trusted: Verifier | None) -> None:
+    def __init__(self, trusted: Verifier | None, given: Sequence[TrustedCheckpoint]) -> None:
         self.trusted_arg = trusted
+        self.given = given
+        self.trusted_cps: list[_Trusted] = []
+        self.want: list[int] = []  # sizes within the range whose roots to keep, ascending
+        self.want_pos = 0
+        self.roots_at: dict[int, bytes] = {}  # the export's root at each of those sizes
+        self.last_note = ""
         self.header: Header | None = None
         self.keys: list[KeyRecord] = []
         self.key_verifiers: list[Verifier] = []
@@ -159,6 +195,92 @@ class _Verifier:
         if trusted not in self.key_verifiers:
             raise AuditFailure("keys", f"the trusted key {trusted.encode()} is not in the export")
         self.trusted_pos = self.accepted_upto = self.key_verifiers.index(trusted)
+        self._open_trusted()
+
+    # -- checkpoints the auditor trusts (see `verify_file`) ---------------------------
+
+    def _open_trusted(self) -> None:
+        """Open each trusted checkpoint under a key from the trusted one on (whether that
+        key is accepted is known only at the end), and note the sizes whose roots to keep:
+        those up to the start are read off the starting frontier now, before it grows."""
+        assert self.header is not None
+        lo, hi = self.header.from_index, self.header.to_index
+        for given in self.given:
+            t = self._open_one(given)
+            self.trusted_cps.append(t)
+            m = t.checkpoint.size
+            if m <= lo:
+                root = self.frontier.prefix_root(m)
+                if root is not None:
+                    self.roots_at[m] = root
+            elif m <= hi:
+                self.want.append(m)
+        self.want = sorted(set(self.want))
+
+    def _open_one(self, given: TrustedCheckpoint) -> _Trusted:
+        where = f"checkpoint you trust ({given.source})"
+        for pos in range(self.trusted_pos, len(self.key_verifiers)):
+            try:
+                text, _ = open_note(given.note, [self.key_verifiers[pos]])
+                cp = Checkpoint.parse(text)
+            except NoteUnverified:
+                continue
+            except NoteError as exc:
+                raise AuditFailure(where, f"signature: {exc.message}") from None
+            except DomainError as exc:
+                raise AuditFailure(where, exc.message) from None
+            if cp.origin != self._origin():
+                raise AuditFailure(
+                    where, f"origin {cp.origin!r} is not the export's {self._origin()!r}"
+                )
+            return _Trusted(given, cp, pos)
+        raise AuditFailure(
+            where, "not signed by the trusted key or a key the export lists after it"
+        )
+
+    def _extend(self, leaves: list[bytes], start: int) -> None:
+        """Add the leaves of entries ``start..``, keeping the root at each wanted size."""
+        want, pos, frontier = self.want, self.want_pos, self.frontier
+        done = 0
+        while pos < len(want) and want[pos] <= start + len(leaves):
+            cut = want[pos] - start
+            frontier.extend(leaves[done:cut])
+            self.roots_at[want[pos]] = frontier.root()
+            done, pos = cut, pos + 1
+        frontier.extend(leaves[done:] if done else leaves)
+        self.want_pos = pos
+
+    def check_trusted(self) -> None:
+        """Each trusted checkpoint is signed by a key the export accepts and, where the
+        export covers its size, has the export's root at that size. One beyond the export's
+        end is refused; one before its start that the starting frontier cannot give a root
+        for is left unchecked (`unchecked`)."""
+        assert self.header is not None
+        end = self.header.to_index
+        for t in self.trusted_cps:
+            m = t.checkpoint.size
+            if m > end:
+                raise AuditFailure(
+                    t.where,
+                    f"the export ends at size {end}, before a checkpoint you trust: it may "
+                    "be a fork or a rollback (an export reaching it can tell)",
+                )
+            if t.key_pos > self.accepted_upto:
+                raise AuditFailure(
+                    t.where,
+                    f"signed by key {t.key_pos}, whose announcement is not among the entries",
+                )
+            ours = self.roots_at.get(m)
+            if ours is not None and ours != t.checkpoint.root_hash:
+                raise AuditFailure(
+                    t.where,
+                    f"its root {_b64(t.checkpoint.root_hash)} differs from the export's root "
+                    f"{_b64(ours)} at size {m}: the same log signed two different histories "
+                    f"of entries 0..{m - 1} (a fork)",
+                )
+
+    def unchecked(self) -> list[int]:
+        return sorted({t.checkpoint.size for t in self.trusted_cps} - self.roots_at.keys())
 
     def opening_record(self, rec: Balances) -> None:
         assert self.header is not None
@@ -232,7 +354,10 @@ class _Verifier:
                 self._delivery(tx, index)
             push(sha(b"\x00" + body).digest())
             index += 1
-        self.frontier.extend(leaves)
+        if self.want_pos < len(self.want):
+            self._extend(leaves, rec.start)
+        else:
+            self.frontier.extend(leaves)
         self.next_index = index
         self.max_time = max_time
         self.entries += len(rec.bodies)
@@ -352,6 +477,7 @@ class _Verifier:
             raise AuditFailure(where, "time goes backwards or precedes an entry it covers")
         self.last_cp_size = size
         self.last_cp_time = cp.time_ms
+        self.last_note = rec.note
         self.checkpoints += 1
 
     def closing_record(self, rec: Balances) -> None:
@@ -404,9 +530,23 @@ def _check_order(
     return previous
 
 
-def verify_file(f: BinaryIO, trusted: Verifier | None = None) -> VerifyReport:
-    """Verify an audit file; return what was established or raise `AuditFailure`."""
-    v = _Verifier(trusted)
+def _b64(h: bytes) -> str:
+    return base64.b64encode(h).decode()
+
+
+def verify_file(
+    f: BinaryIO, trusted: Verifier | None = None, checkpoints: Sequence[TrustedCheckpoint] = ()
+) -> VerifyReport:
+    """Verify an audit file; return what was established or raise `AuditFailure`.
+
+    ``checkpoints`` are checkpoints the auditor trusts from before (say, the last one they
+    verified): the file alone cannot show that the exchange signed one history for
+    everybody, since an export may leave out checkpoints before its last. Each must be
+    signed by a key the export accepts, and the export's root at its size must be its root;
+    one beyond the export's end is refused; one before a partial export's start is checked
+    against the starting frontier when that holds its size (else reported in `unchecked`).
+    """
+    v = _Verifier(trusted, checkpoints)
     digest = hashlib.sha256()
     accounts = 0
     end: End | None = None
@@ -461,7 +601,13 @@ def verify_file(f: BinaryIO, trusted: Verifier | None = None) -> VerifyReport:
     if end is None:
         raise AuditFailure("file", "truncated: no end record")
     assert v.header is not None
-    notes = []
+    v.check_trusted()
+    unchecked = v.unchecked()
+    notes = [
+        f"checkpoint {m} you trust is before the export's start ({v.header.from_index}) and "
+        f"cannot be checked from this file (an export from index {m} or before can)"
+        for m in unchecked
+    ]
     if trusted is None:
         notes.append("no --public-key given: trusted the export's first key")
     if v.header.from_index > 0:
@@ -479,5 +625,8 @@ def verify_file(f: BinaryIO, trusted: Verifier | None = None) -> VerifyReport:
         accounts=accounts,
         gateway_deliveries=v.gateway_deliveries,
         receipts=v.receipts,
+        checkpoint_note=v.last_note,
+        consistent_with=sorted({t.checkpoint.size for t in v.trusted_cps} - set(unchecked)),
+        unchecked=unchecked,
         notes=notes,
     )

@@ -26,7 +26,7 @@ from ledger.audit.records import (
     Record,
     read_frames,
 )
-from ledger.audit.verify import verify_file
+from ledger.audit.verify import TrustedCheckpoint, verify_file
 from ledger.canonical import decode_transaction, transaction_bytes
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.keys import rotate
@@ -45,6 +45,7 @@ from schemas.ledger import (
     Posting,
     Transaction,
 )
+from tests.support.pg import PgServer
 
 ORIGIN = "audit.tokex/ledger"
 BANK = Account("exchange", "USD", "bank")
@@ -405,3 +406,109 @@ def test_receipts_of_one_buyer_never_back_a_burn_of_anothers_entitlement() -> No
     data, key = _one_delivery_file("x@p")  # b's receipts, x's entitlement burned
     with pytest.raises(AuditFailure, match=r"entry 0.*burns the entitlement x@p/tok:m/1/1"):
         verify_file(io.BytesIO(data), key)
+
+
+# -- checkpoints the auditor trusts from before: forks and rollbacks --------------------
+
+
+async def served_checkpoint(url: str, size: int) -> TrustedCheckpoint:
+    """The signed note of that size as the exchange serves it (``GET /v1/ledger/checkpoints
+    ?size=``, ``GET /v1/ledger/checkpoint`` for the latest: the stored note, verbatim)."""
+    conn = await asyncpg.connect(url)
+    try:
+        note = await conn.fetchval("SELECT note FROM ledger_checkpoints WHERE tree_size = $1", size)
+    finally:
+        await conn.close()
+    assert note is not None, size
+    return TrustedCheckpoint(note, f"cp-{size}.note")
+
+
+def checkpoint_sizes(data: bytes) -> list[int]:
+    return [parse_checkpoint(r).size for r in records(data) if isinstance(r, CheckpointRecord)]
+
+
+def thin(data: bytes) -> bytes:
+    """The export less every checkpoint before its last: still a valid file."""
+    recs = records(data)
+    last = max(i for i, r in enumerate(recs) if isinstance(r, CheckpointRecord))
+    return rebuild(
+        [r for i, r in enumerate(recs) if i == last or not isinstance(r, CheckpointRecord)]
+    )
+
+
+async def test_an_earlier_checkpoint_you_trust_is_checked_against_the_entries(
+    books: Books,
+) -> None:
+    data = await export_bytes(books.url)
+    sizes = checkpoint_sizes(data)
+    earlier = [await served_checkpoint(books.url, m) for m in (sizes[3], sizes[-2])]
+    for file in (data, thin(data)):  # thinned: the root at each size is recomputed anyway
+        report = verify_file(io.BytesIO(file), books.keys[0], earlier)
+        assert report.consistent_with == [sizes[3], sizes[-2]] and report.unchecked == []
+    # A partial export checks one inside its range, one at its start (its frontier's root),
+    # and one before it when the frontier holds that size (10 = 8 + 2 holds 8, not 6).
+    assert sizes[:5] == [2, 4, 6, 8, 10]
+    partial = await export_bytes(books.url, 10)
+    trusted = [await served_checkpoint(books.url, m) for m in (8, 10, sizes[6], 6)]
+    report = verify_file(io.BytesIO(partial), books.keys[0], trusted)
+    assert (report.consistent_with, report.unchecked) == ([8, 10, sizes[6]], [6])
+    assert any("checkpoint 6 you trust" in n and "cannot be checked" in n for n in report.notes)
+
+
+async def test_a_checkpoint_of_a_forked_history_is_refused_naming_its_size(
+    books: Books, pg: PgServer, pg_template: str, signers: tuple[Signer, Signer]
+) -> None:
+    """The exchange signs, with the same key, another history for another auditor: each
+    file verifies alone; against a checkpoint of the other, the export is refused."""
+    async with pg.fresh_database(pg_template) as fork_url:
+        ledger, _ = await open_ledger(fork_url, signers[0])
+        try:
+            for b in range(3):
+                await ledger.apply_batch(
+                    [Transaction(id=f"f{b}-{i}", code="deposit", time=10,
+                                 postings=(Posting(BANK, -1 - i), Posting(USERS[i], 1 + i)))
+                     for i in range(4)]
+                )  # fmt: skip
+        finally:
+            await ledger.close()
+        fork = thin(await export_bytes(fork_url))
+        assert verify_file(io.BytesIO(fork), books.keys[0]).to_index == 12  # alone: fine
+        theirs = await served_checkpoint(books.url, 8)
+        with pytest.raises(AuditFailure) as info:
+            verify_file(io.BytesIO(fork), books.keys[0], [theirs])
+        assert info.value.where == "checkpoint 8 you trust (cp-8.note)"
+        assert "differs from the export's root" in info.value.reason
+        assert "at size 8" in info.value.reason and "fork" in info.value.reason
+        # And the other way round: the fork's checkpoint against the honest export.
+        ours = await served_checkpoint(fork_url, 12)
+    with pytest.raises(AuditFailure, match=r"^checkpoint 12 you trust .*fork"):
+        verify_file(io.BytesIO(await export_bytes(books.url)), books.keys[0], [ours])
+
+
+async def test_an_export_ending_before_a_checkpoint_you_trust_is_refused(books: Books) -> None:
+    sizes = checkpoint_sizes(await export_bytes(books.url))
+    data = await export_bytes(books.url, 0, sizes[4])
+    later = await served_checkpoint(books.url, sizes[-1])
+    with pytest.raises(AuditFailure) as info:
+        verify_file(io.BytesIO(data), books.keys[0], [later])
+    assert info.value.where == f"checkpoint {sizes[-1]} you trust (cp-{sizes[-1]}.note)"
+    assert f"ends at size {sizes[4]}" in info.value.reason
+    assert "fork or a rollback" in info.value.reason
+
+
+async def test_a_checkpoint_you_trust_must_be_signed_by_a_key_the_export_accepts(
+    books: Books, signers: tuple[Signer, Signer]
+) -> None:
+    data = await export_bytes(books.url)
+    cp = Checkpoint.parse(parse_note((await served_checkpoint(books.url, 8)).note)[0])
+    forged = TrustedCheckpoint(sign_checkpoint(cp, books.other), "forged.note")
+    with pytest.raises(AuditFailure, match=r"^checkpoint you trust \(forged.note\): not signed"):
+        verify_file(io.BytesIO(data), books.keys[0], [forged])
+    # Signed by the second key, which the export accepts from its rotation on: a partial
+    # export ending before the rotation does not accept it.
+    resigned = TrustedCheckpoint(sign_checkpoint(cp, signers[1]), "resigned.note")
+    assert verify_file(io.BytesIO(data), books.keys[0], [resigned]).consistent_with == [8]
+    keys = next(r for r in records(data) if isinstance(r, Keys)).keys
+    early = await export_bytes(books.url, 0, keys[1].valid_from_size - 1)
+    with pytest.raises(AuditFailure, match="announcement is not among the entries"):
+        verify_file(io.BytesIO(early), books.keys[0], [resigned])

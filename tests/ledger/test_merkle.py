@@ -192,6 +192,23 @@ def test_frontier_matches_reference(n: int, data: st.DataObject) -> None:
     assert e.to_bytes() == f.to_bytes()
 
 
+def test_frontier_prefix_root_only_at_its_subtree_boundaries() -> None:
+    """A frontier of n leaves gives the root of the first m (what a partial audit export's
+    starting frontier can check a trusted checkpoint against) exactly when m is 0 or ends
+    one of its subtrees."""
+    for n in range(0, 70):
+        d = leaves(n)
+        f = MerkleFrontier()
+        f.extend(d)
+        boundaries = {0} | {n >> b << b for b in range(n.bit_length()) if n >> b & 1}
+        for m in range(0, n + 3):
+            got = f.prefix_root(m)
+            if m in boundaries:
+                assert got == ref_mth(d[:m]), (n, m)
+            else:
+                assert got is None, (n, m)
+
+
 def test_frontier_copy_independent() -> None:
     f = MerkleFrontier()
     f.extend(leaves(5))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ledger.log import open_ledger
@@ -17,6 +18,7 @@ from market.client import TokexApiError
 from schemas.accounts import Role
 from schemas.ledger import Account, Posting, Transaction
 from schemas.trading import CreateInstrument
+from tests.support.pg import PgServer
 from tests.support.server import REPO_ROOT, ServerProcess, operator_client
 
 ORIGIN = "cli.tokex/ledger"
@@ -78,7 +80,7 @@ async def test_export_then_verify_offline(db_url: str, tmp_path: Path) -> None:
     report = json.loads(r.stdout)
     assert (r.returncode, report["ok"], report["entries"]) == (0, True, 30)
     assert "warning" in r.stderr and str(pin) in r.stderr
-    assert pin.read_text().strip() == pub.read_text().strip()
+    assert pin.read_text().splitlines()[0] == pub.read_text().strip()  # then the checkpoint
     r = tokex("audit", "verify", str(out), "--pin", str(pin))
     assert (r.returncode, r.stderr) == (0, "") and r.stdout.startswith("OK: ")
 
@@ -185,9 +187,85 @@ async def test_export_from_url_is_byte_identical_to_the_database_export(
         pub.write_text(keys["keys"][0]["key"])
         r = tokex("audit", "verify", str(from_url), "--public-key", str(pub))
         assert r.returncode == 0 and r.stdout.startswith("OK: "), r.stdout
+        # The latest checkpoint as the exchange serves it is one an auditor can keep.
+        note = tmp_path / "latest.note"
+        note.write_bytes(httpx.get(f"{proc.base_url}/v1/ledger/checkpoint").content)
+        r = tokex("audit", "verify", str(from_url), "--public-key", str(pub),
+                  "--checkpoint", str(note))  # fmt: skip
+        assert r.returncode == 0 and "consistent with the checkpoints you trust" in r.stdout
         with pytest.raises(TokexApiError) as refused:
             await operator.as_account(buyer).audit_export(io.BytesIO())
         assert (refused.value.status, refused.value.code) == (403, "forbidden_role")
     finally:
         await operator.aclose()
         proc.stop()
+
+
+async def _deposits(url: str, signer: Signer, batches: range, prefix: str) -> None:
+    """Batches of 10 deposits (one checkpoint each), ids and amounts set by `prefix`."""
+    ledger, _ = await open_ledger(url, signer)
+    bank, alice = Account("exchange", "USD", "bank"), Account("alice", "USD", "cash")
+    step = len(prefix)
+    try:
+        for b in batches:
+            await ledger.apply_batch(
+                [Transaction(id=f"{prefix}{b}-{i}", code="deposit", time=1 + b,
+                             postings=(Posting(bank, -step - i), Posting(alice, step + i)))
+                 for i in range(10)]
+            )  # fmt: skip
+    finally:
+        await ledger.close()
+
+
+def _export_to(url: str, out: Path, *extra: str) -> None:
+    r = tokex("audit", "export", "--out", str(out), *extra, env={"DATABASE_URL": url})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_the_pinned_checkpoint_catches_a_later_fork_and_a_rollback(
+    db_url: str, pg: PgServer, pg_template: str, tmp_path: Path
+) -> None:
+    """An auditor who pins keeps the last checkpoint verified: a later export of the same
+    history verifies and moves the pin on; one of another history signed by the same key
+    (a fork), or one that ends before the pinned checkpoint (a rollback), is refused."""
+    signer = Signer.generate(ORIGIN)
+    pin, audit = tmp_path / "exchange.pin", tmp_path / "audit.tokex"
+    await _deposits(db_url, signer, range(2), "d")
+    _export_to(db_url, audit)
+    r = tokex("audit", "verify", str(audit), "--pin", str(pin))
+    assert r.returncode == 0 and "note: pinned checkpoint 20 in" in r.stdout, r.stdout
+    assert pin.read_text().splitlines()[1:3] == [ORIGIN, "20"]  # the key, then the note
+
+    await _deposits(db_url, signer, range(2, 3), "d")  # the same history, extended
+    _export_to(db_url, audit)
+    r = tokex("audit", "verify", str(audit), "--pin", str(pin))
+    assert r.returncode == 0, r.stdout
+    assert "consistent with the checkpoints you trust at sizes 20" in r.stdout
+    assert "note: pinned checkpoint 30 in" in r.stdout
+
+    async with pg.fresh_database(pg_template) as fork_url:  # same key, other entries
+        await _deposits(fork_url, signer, range(4), "fork")
+        forked = tmp_path / "fork.tokex"
+        _export_to(fork_url, forked)
+    before = pin.read_text()
+    pub = tmp_path / "exchange.pub"
+    pub.write_text(signer.verifier().encode())
+    r = tokex("audit", "verify", str(forked), "--public-key", str(pub))
+    assert r.returncode == 0, r.stdout  # on its own, the fork verifies
+    r = tokex("audit", "verify", str(forked), "--pin", str(pin), "--json")
+    failure = json.loads(r.stdout)
+    assert (r.returncode, failure["ok"]) == (1, False)
+    assert failure["where"] == f"checkpoint 30 you trust (pinned in {pin})"
+    assert "at size 30" in failure["reason"] and "fork" in failure["reason"]
+    assert pin.read_text() == before  # a refused export moves nothing
+
+    _export_to(db_url, audit, "--to-index", "20")  # an older export: ends before the pin
+    r = tokex("audit", "verify", str(audit), "--pin", str(pin))
+    assert r.returncode == 1
+    assert r.stdout.startswith(f"FAIL: checkpoint 30 you trust (pinned in {pin}): ")
+    assert "ends at size 20" in r.stdout and "rollback" in r.stdout
+    # The same checkpoint given by hand is checked just as the pinned one.
+    note = tmp_path / "cp30.note"
+    note.write_text(before.split("\n", 1)[1])
+    r = tokex("audit", "verify", str(forked), "--public-key", str(pub), "--checkpoint", str(note))
+    assert r.returncode == 1 and r.stdout.startswith(f"FAIL: checkpoint 30 you trust ({note})")
