@@ -547,6 +547,13 @@ def verify_file(
     against the starting frontier when that holds its size (else reported in `unchecked`).
     """
     v = _Verifier(trusted, checkpoints)
+    accounts = _read(f, v)
+    return _report(v, trusted, accounts)
+
+
+def _read(f: BinaryIO, v: _Verifier) -> int:
+    """Every record of the file through `v`, in the order the format has them; the
+    number of accounts in the balances."""
     digest = hashlib.sha256()
     accounts = 0
     end: End | None = None
@@ -570,11 +577,7 @@ def verify_file(
         elif (
             isinstance(record, Balances)
             and record.which == "closing"
-            and state
-            in (
-                "body",
-                "closing",
-            )
+            and state in ("body", "closing")
         ):
             if state == "body":
                 v.finish_body()
@@ -600,6 +603,10 @@ def verify_file(
             raise AuditFailure(where, f"unexpected {type(record).__name__} record here")
     if end is None:
         raise AuditFailure("file", "truncated: no end record")
+    return accounts
+
+
+def _report(v: _Verifier, trusted: Verifier | None, accounts: int) -> VerifyReport:
     assert v.header is not None
     v.check_trusted()
     unchecked = v.unchecked()
