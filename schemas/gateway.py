@@ -19,7 +19,8 @@ from schemas.ledger_api import LedgerEntry
 from schemas.ledger_proofs import InclusionProof
 
 EndpointId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+MODEL_NAME_MAX_LENGTH = 128
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_NAME_MAX_LENGTH)]
 BaseUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 Credential = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Concurrency = Annotated[int, msgspec.Meta(ge=1, le=100_000)]

@@ -13,10 +13,13 @@ tokex's `{"code", "message"}` (ops.errors).
   `TOKEX_GATEWAY_RATE_BURST`) and `too_many_calls_in_flight` (the account's calls in
   flight, `TOKEX_GATEWAY_MAX_IN_FLIGHT`), with Retry-After,
 * 502 `upstream_error` / `upstream_timeout` (nothing charged),
-* 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable`, `database_unavailable`,
-  `charge_unavailable`
-  (the answer was served but its charge could not be committed: in place of the body, or
-  of a stream's last events) (with Retry-After).
+* 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable`, `database_unavailable`
+  (with Retry-After),
+* `charge_unavailable`: a streamed call was served but its charge could not be committed
+  now, an error event in place of the stream's last events (no status: the stream has
+  begun). A non-streamed call in that case gets its body (200) with `x-tokex-charge:
+  pending`, not an error: a 503 would withhold an answer the buyer is charged for, and
+  the SDKs would retry it (a second call, charged too).
 """
 
 from __future__ import annotations
@@ -68,8 +71,9 @@ class NoEndpoint(GatewayError):
 
 
 class ChargeUnavailable(GatewayError):
-    """The call was served but its receipt could not be committed now: the buyer gets this
-    in place of the answer's tail (the charge is retried; see `meter.Meter`)."""
+    """A streamed call was served but its receipt could not be committed now: the buyer
+    gets this as the error event in place of the stream's tail (the charge is retried;
+    see `meter.Meter`). Never an HTTP status (see the module)."""
 
     code = "charge_unavailable"
     kind = ErrorKind.UNAVAILABLE

@@ -9,8 +9,11 @@ is one index probe per call instead of a deliberately slow computation.
 
 A key belongs to one buyer; `models` (None: every model the buyer holds at call time)
 scopes it; `token_budget` caps what the gateway meters through it in all; `expires_ms`
-ends it. Revocation is immediate: every call looks its key up (one indexed read).
-Configuration, not ledger state: written directly, as accounts are.
+ends it. A call's key is looked up by its hash (one indexed read) and its grant kept
+for `service.GRANTS_CACHE_S` (2 s) per process (`openai_api.authorize`): a revocation
+clears that process's grants at once, other processes see it within that; a key's expiry
+is checked on every call. Configuration, not ledger state: written directly, as accounts
+are.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ the next calls route on the committed view without waiting for the next batch.
 The call sends its last bytes (a stream's last events and `[DONE]`, or a whole
 non-streamed body) only once its receipt's commit is done (`Meter.charge`). Once it
 commits, the charged tokens are in the ledger and leave the reservations. If it fails
-(503: the batch did not commit), the call gets an error in place of its tail, and the
-same op is submitted again with the next group, or after `flush_s` seconds at the latest
+(503: the batch did not commit), a stream gets an error in place of its tail (a
+non-streamed body goes anyway, marked `x-tokex-charge: pending`), and the same op is
+submitted again with the next group, or after `flush_s` seconds at the latest
 (`TOKEX_GATEWAY_FLUSH_MS`, default 1 s): its deliveries are idempotent by their ids.
 A receipt whose call's progress was recorded (`market.gateway.progress`) closes that
 record in the same commit (the op's `closes`). The progress marks of streaming calls ride

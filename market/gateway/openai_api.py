@@ -30,7 +30,7 @@ from litestar.response import Response, Stream
 from market.auth import PUBLIC
 from market.gateway import keys
 from market.gateway.errors import openai_exception_handlers
-from market.gateway.service import RECEIPT_HEADER, Answer, Gateway
+from market.gateway.service import CHARGE_HEADER, RECEIPT_HEADER, Answer, Gateway
 from market.signing import now_ms
 from schemas.errors import DomainError, ErrorKind
 
@@ -81,6 +81,8 @@ async def _authorize(request: Request[Any, Any, Any]) -> tuple[Gateway, keys.Key
 def to_response(answer: Answer) -> Response[Any] | Stream:
     headers = {RECEIPT_HEADER: answer.receipt_id}
     if answer.events is None:
+        if answer.charge_pending:
+            headers[CHARGE_HEADER] = "pending"
         return Response(answer.body, media_type=MediaType.JSON, headers=headers)
     headers["Cache-Control"] = "no-cache"
     return Stream(answer.events, media_type="text/event-stream", headers=headers)

@@ -13,10 +13,11 @@ authentication is not one of them: the gateway takes bearer keys.
 `serve_call` does what Litestar's routes in `openai_api` do, without building a request
 and a response object per call: the bearer key (`openai_api.authorize`), the body (up to
 `openai_api.MAX_BODY_BYTES`, else 413 `payload_too_large`), `Gateway.call`, then the
-answer: a body whole with its length, or a stream chunked as its pieces come, with the
-`x-tokex-receipt` header. A buyer who hangs up mid-stream ends the call at once (the
-relay is cancelled, so the upstream connection is closed and the call charged by the
-cut-call rule), as Litestar's streaming response does. Errors before the answer starts
+answer: a body whole with its length (and `x-tokex-charge: pending` if its charge is not
+committed yet), or a stream chunked as its pieces come, with the `x-tokex-receipt`
+header. A buyer who hangs up mid-stream ends the call at once (the relay is cancelled,
+so the upstream connection is closed and the call charged by the cut-call rule), as
+Litestar's streaming response does. Errors before the answer starts
 are `errors.answer_of`'s, in OpenAI's shape.
 
 Litestar's routes stay registered: they make the OpenAPI document (`/schema`) and answer
@@ -35,7 +36,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from market.asgi import header
 from market.gateway.errors import PayloadTooLarge, answer_of
 from market.gateway.openai_api import MAX_BODY_BYTES, authorize
-from market.gateway.service import RECEIPT_HEADER, Answer
+from market.gateway.service import CHARGE_HEADER, RECEIPT_HEADER, Answer
 
 #: The paths answered here -> the upstream's path.
 ROUTES: Final = {
@@ -47,6 +48,7 @@ _JSON: Final = (b"content-type", b"application/json")
 _SSE: Final = (b"content-type", b"text/event-stream; charset=utf-8")
 _NO_CACHE: Final = (b"cache-control", b"no-cache")
 _RECEIPT: Final = RECEIPT_HEADER.encode()
+_PENDING: Final = (CHARGE_HEADER.encode(), b"pending")
 _DONE: Final = b"data: [DONE]\n\n"
 _encoder = msgspec.json.Encoder()
 
@@ -124,6 +126,8 @@ async def _send_body(send: Send, answer: Answer) -> None:
         _JSON, (b"content-length", b"%d" % len(answer.body)),
         (_RECEIPT, answer.receipt_id.encode()),
     ]  # fmt: skip
+    if answer.charge_pending:
+        headers.append(_PENDING)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 

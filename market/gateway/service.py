@@ -21,8 +21,11 @@ the sequencer process's desk over NATS (`desk_remote`). A call:
 4. ends with its charge (`metering.charge`): the rest of the reservation is released and
    the receipt goes to the `Meter`'s next group commit; only once it is committed does the
    buyer get the tail (non-streaming: the whole body). If it cannot be committed (the
-   sequencer answers 503), the buyer gets 503 `charge_unavailable` in OpenAI's shape in
-   place of the tail, and the meter retries the charge.
+   sequencer answers 503), the meter retries the charge until it commits, and the buyer
+   gets, streaming, the error event `charge_unavailable` in place of the tail; not
+   streaming, the body anyway (200) with `x-tokex-charge: pending`. A 503 there would
+   withhold an answer the buyer is charged for, and an SDK retrying it (the OpenAI SDKs
+   retry 503 by default) would be served and charged a second time.
 
 An upstream error status, a timeout or a failure before the answer: 502, nothing charged,
 no receipt. A stream that breaks after it began, or whose buyer goes away: charged by the
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -65,7 +69,7 @@ from market.gateway.sse import EventReader
 from market.gateway.ssrf import EndpointRefused, Target, resolve
 from market.signing import now_ms
 from schemas.errors import DomainError
-from schemas.gateway import GatewayReceipt
+from schemas.gateway import MODEL_NAME_MAX_LENGTH, GatewayReceipt
 
 log = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
@@ -76,10 +80,16 @@ class _Usage(msgspec.Struct):
 
 
 _answer_decoder = msgspec.json.Decoder(_Usage)
+#: A model's name as a call may give it: no control characters (C0, DEL, C1; PostgreSQL
+#: refuses a NUL), no longer than an endpoint may register (`schemas.gateway.ModelName`).
+_MODEL_RE = re.compile(rf"[^\x00-\x1f\x7f-\x9f]{{1,{MODEL_NAME_MAX_LENGTH}}}")
 _encoder = msgspec.json.Encoder()
 
 #: The response header naming a call's receipt (`GET /v1/receipts`), sent with the first byte.
 RECEIPT_HEADER = "x-tokex-receipt"
+#: Sent (as `pending`) with a non-streamed body whose charge could not be committed yet:
+#: the meter retries it; the receipt is in `GET /v1/receipts` once it commits.
+CHARGE_HEADER = "x-tokex-charge"
 #: How long the gateway keeps what it read of its configuration (s), and how many entries.
 #: Changes made in this process (a key revoked, an endpoint registered, deleted, probed)
 #: clear it at once; others (a row edited by hand) are seen within this.
@@ -111,11 +121,13 @@ class GatewayConfig:
 class Answer:
     """A served call's answer, for whichever path sends it (`openai_asgi`, or Litestar's
     routes in `openai_api`): a non-streamed body whole, or a stream's SSE bytes (its
-    first event already read; closing the iterator early ends the call)."""
+    first event already read; closing the iterator early ends the call).
+    `charge_pending`: the body's charge is not committed yet (`CHARGE_HEADER`)."""
 
     receipt_id: str
     body: bytes = b""
     events: AsyncGenerator[bytes, None] | None = None
+    charge_pending: bool = False
 
 
 @dataclass(slots=True)
@@ -140,6 +152,8 @@ class Call:
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
+    """The call's body, checked as far as the gateway reads it (400 otherwise): what it
+    does not read goes to the upstream as it came, for the upstream to judge."""
     try:
         body = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
@@ -148,6 +162,14 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise UnsupportedParameter(
             "the body must be an object with a `model`", code="invalid_request"
         )
+    if not _MODEL_RE.fullmatch(body["model"]):  # it is looked up in the database
+        raise UnsupportedParameter(
+            f"`model` must be a name of 1 to {MODEL_NAME_MAX_LENGTH} characters without "
+            "control characters",
+            code="invalid_request",
+        )
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        raise UnsupportedParameter("stream_options must be an object", code="invalid_request")
     if body.get("n", 1) != 1 or body.get("best_of", 1) != 1:
         raise UnsupportedParameter("only n = 1 (and best_of = 1) is supported")
     for name in ("max_tokens", "max_completion_tokens"):
@@ -288,20 +310,26 @@ class Gateway:
             response_sha256=call.response_hash.digest(),
         ), recorded=recorded)  # fmt: skip
 
-    async def _charged(self, call: Call, usage: metering.Usage | None, chunks: int) -> None:
-        """Finish a served call and wait until its receipt is committed (or raise 503
-        `charge_unavailable`). A buyer gone meanwhile does not cancel the commit."""
+    async def _charged(
+        self, call: Call, usage: metering.Usage | None, chunks: int
+    ) -> ChargeUnavailable | None:
+        """Finish a served call and wait until its receipt is committed: None once it is,
+        else why not now (the meter retries the charge until it commits). A buyer gone
+        meanwhile does not cancel the commit."""
         future = self.finish(call, usage, chunks, served=True)
         if future is None:
-            return
+            return None
         try:
             await asyncio.shield(future)
         except DomainError as exc:
-            raise ChargeUnavailable(
+            log.warning("gateway: call %s served, its charge pending (%s)", call.receipt_id,
+                        exc.code)  # fmt: skip
+            return ChargeUnavailable(
                 "your call was served but its charge could not be committed now "
                 f"({exc.code}); it is retried, and you are charged by the rule for a cut "
                 "call: the upstream's usage, else the chunks streamed"
-            ) from None
+            )
+        return None
 
     # -- forwarding ----------------------------------------------------------------------
 
@@ -377,8 +405,10 @@ class Gateway:
         except msgspec.DecodeError:
             raise UpstreamFailed("the upstream's answer is not JSON; nothing was charged") from None
         call.response_hash.update(content)
-        await self._charged(call, usage, 0)  # the body goes only once its receipt is durable
-        return Answer(call.receipt_id, body=content)
+        # The body goes once its receipt is committed, or (the charge filed for retry) with
+        # `x-tokex-charge: pending`: never withheld from a buyer who is charged for it.
+        pending = await self._charged(call, usage, 0)
+        return Answer(call.receipt_id, body=content, charge_pending=pending is not None)
 
     async def _stream(
         self, call: Call, response: aiohttp.ClientResponse, *, wants_usage: bool
@@ -424,10 +454,9 @@ class Gateway:
                 tail.append(_cut_event())
             last = b"".join(tail)
             call.response_hash.update(last)
-            try:
-                await self._charged(call, call.usage, call.chunks)
-            except ChargeUnavailable as exc:
-                last = _error_event(exc.message, "service_unavailable", exc.code)
+            pending = await self._charged(call, call.usage, call.chunks)
+            if pending is not None:  # the content is delivered: an error in place of the tail
+                last = _error_event(pending.message, "service_unavailable", pending.code)
             yield last  # one piece
         finally:
             self.finish(call, call.usage, call.chunks, served=True)  # the buyer went away

@@ -9,12 +9,17 @@ ports. So `resolve` refuses:
 * a URL with user info, a query or a fragment, or no host: `invalid_endpoint_url`;
 * a host that does not resolve: `endpoint_unresolvable`;
 * a host any of whose addresses is not global (private, loopback, link-local, the
-  metadata address, unspecified, multicast, reserved, shared, IPv4-mapped forms of
-  those): `endpoint_address_refused`. Every address the name resolves to is checked, not
-  just the first: a name with one public and one private address is refused.
+  metadata address, unspecified, multicast, reserved, shared, IPv6 site-local, and the
+  IPv4-mapped, 6to4 and Teredo forms of those): `endpoint_address_refused`. Every address
+  the name resolves to is checked, not just the first: a name with one public and one
+  private address is refused.
 
 unless the host (as written in the URL, lowercased) is in the operator's allow list
 (`TOKEX_ENDPOINT_ALLOW_HOSTS`, comma-separated; the tests allow `127.0.0.1,localhost`).
+
+The provider is told what kind of address its host resolves to, not the address, nor the
+resolver's error: either would let anyone who can register an endpoint map the names
+and addresses of the exchange's network. The log has them.
 
 No DNS-rebinding window: `resolve` returns the address it checked, and the caller connects
 to that address (`Target.url` has it in place of the name; the `Host` header and, for
@@ -27,12 +32,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NoReturn
 from urllib.parse import SplitResult, urlsplit
 
 from schemas.errors import DomainError, ErrorKind
+
+log = logging.getLogger(__name__)
 
 #: The cloud metadata service (AWS, GCP, Azure, OpenStack...): refused even if allowed by
 #: a range, named here so the refusal says what it is.
@@ -111,18 +120,43 @@ def _split(base_url: str) -> tuple[SplitResult, str, int]:
 
 
 def refusal(address: str) -> str | None:
-    """Why the exchange may not connect to `address`, or None if it may (a global address)."""
+    """Why the exchange may not connect to `address`, or None if it may (a global address).
+    An IPv6 address embedding an IPv4 one that a relay or gateway may route to (6to4,
+    Teredo) is refused if the IPv4 one is: 2002:a9fe:a9fe::1 is global for `ipaddress`,
+    but a 6to4 relay takes it to 169.254.169.254."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        else:
+            for kind, inner in _embedded(ip):
+                why = refusal(str(inner))
+                if why is not None:
+                    return f"a {kind} address of {why}"
     if str(ip) in METADATA_ADDRESSES:
         return "the cloud metadata address"
-    for name in ("loopback", "private", "link_local", "unspecified", "multicast", "reserved"):
-        if getattr(ip, f"is_{name}"):
+    for name in _REFUSED_KINDS:
+        if getattr(ip, f"is_{name}", False):  # is_site_local: IPv6 only (fec0::/10)
             return f"a {name.replace('_', '-')} address"
     if not ip.is_global:
         return "not a global address"
     return None
+
+
+_REFUSED_KINDS = (
+    "loopback", "private", "link_local", "site_local", "unspecified", "multicast", "reserved",
+)  # fmt: skip
+
+
+def _embedded(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses `ip` carries, by the kind of address that carries them."""
+    out: list[tuple[str, ipaddress.IPv4Address]] = []
+    if ip.sixtofour is not None:
+        out.append(("6to4", ip.sixtofour))
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        out += [("Teredo", server), ("Teredo", client)]
+    return out
 
 
 async def _addresses(host: str, port: int) -> list[str]:
@@ -130,8 +164,11 @@ async def _addresses(host: str, port: int) -> list[str]:
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
+        # The resolver's own words stay in the log: they tell a name that exists inside
+        # the exchange's network from one that does not.
+        log.info("endpoint refused: host %r does not resolve: %s", host, exc)
         raise EndpointRefused(
-            f"host {host!r} does not resolve: {exc}", code="endpoint_unresolvable"
+            f"host {host!r} does not resolve", code="endpoint_unresolvable"
         ) from None
     seen: dict[str, None] = {}
     for _family, _type, _proto, _name, sockaddr in infos:
@@ -139,6 +176,18 @@ async def _addresses(host: str, port: int) -> list[str]:
     if not seen:
         raise EndpointRefused(f"host {host!r} has no address", code="endpoint_unresolvable")
     return list(seen)
+
+
+def _refused(host: str, address: str, why: str) -> NoReturn:
+    """Refuse `host` for `address`: the provider is told what kind of address it resolves
+    to, never which (that would tell anyone who registers a name the addresses inside
+    the exchange's network); the log has the address (and the host, no credential)."""
+    log.warning("endpoint refused: host %r resolves to %s, %s", host, address, why)
+    raise EndpointRefused(
+        f"host {host!r} resolves to {why}: the exchange does not call such addresses (an "
+        "operator may allow a host with TOKEX_ENDPOINT_ALLOW_HOSTS)",
+        code="endpoint_address_refused",
+    )
 
 
 async def resolve(base_url: str, allow_hosts: frozenset[str]) -> Target:
@@ -149,12 +198,7 @@ async def resolve(base_url: str, allow_hosts: frozenset[str]) -> Target:
         for address in addresses:
             why = refusal(address)
             if why is not None:
-                raise EndpointRefused(
-                    f"host {host!r} resolves to {address}, {why}: the exchange does not call "
-                    "such addresses (an operator may allow a host with "
-                    "TOKEX_ENDPOINT_ALLOW_HOSTS)",
-                    code="endpoint_address_refused",
-                )
+                _refused(host, address, why)
     return Target(
         scheme=parts.scheme.lower(), host=host, port=port, address=addresses[0],
         path=parts.path.rstrip("/"),

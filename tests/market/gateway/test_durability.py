@@ -1,6 +1,7 @@
 """A call's receipt is durable before its last byte reaches the buyer, a charge that
-cannot be committed reaches the buyer as an OpenAI-style error in place of the tail, and
-a call cut by a crash is charged, once, by what the exchange had recorded of it."""
+cannot be committed reaches a stream's buyer as an OpenAI-style error in place of the
+tail (a non-streamed body goes anyway, marked pending, and is charged once), and a call
+cut by a crash is charged, once, by what the exchange had recorded of it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import openai
 import pytest
 
 from ledger.receipts import receipt_hash
@@ -18,7 +20,7 @@ from ledger.store import recomputed_balances
 from market.clearing.rules import delivery_split
 from schemas.gateway import Ending
 from tests.market.gateway.gateway_support import FEE_BPS, MODEL, Market, open_market
-from tests.support.upstream import Upstream
+from tests.support.upstream import Mode, Upstream
 
 CHAT = [{"role": "user", "content": "one two three"}]
 #: Settlement "at least once a minute": a receipt found before the tail can only have
@@ -51,6 +53,18 @@ async def receipt(conn: asyncpg.Connection, receipt_id: str) -> asyncpg.Record |
     return await conn.fetchrow(
         "SELECT tokens, transaction_id FROM gateway_receipts WHERE receipt_id = $1", receipt_id
     )
+
+
+async def cut_the_database(db_url: str) -> None:
+    """Terminate the exchange's connections: its charges fail until it has reopened."""
+    admin = await asyncpg.connect(db_url)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
 
 
 async def test_the_receipt_is_committed_before_the_body_and_before_done(
@@ -106,14 +120,7 @@ async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
                 continue
             events.append(line[6:])
             if len(events) == 1:  # the stream has begun: cut the exchange off its database
-                admin = await asyncpg.connect(db_url)
-                try:
-                    await admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                finally:
-                    await admin.close()
+                await cut_the_database(db_url)
     assert "[DONE]" not in events
     last = json.loads(events[-1])
     assert last["error"]["code"] == "charge_unavailable"
@@ -132,6 +139,43 @@ async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
                 break
             await asyncio.sleep(0.2)
         assert row is not None and row["tokens"] == 7 and row["transaction_id"] is not None
+        assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_non_streamed_answer_whose_charge_cannot_commit_is_sent_and_charged_once(
+    quick: Market, db_url: str
+) -> None:
+    """A 503 in place of the body would be retried by the SDK (as it retries by default):
+    served and charged twice, the first answer never seen. The body goes, marked
+    pending, and its one receipt is charged once the exchange has healed."""
+    m = quick
+    m.upstream.mode, m.upstream.hang_s = Mode.TIMEOUT, 1.0  # answers after 1 s
+    client = openai.AsyncOpenAI(base_url=m.openai_url, api_key=await m.key(), timeout=20)
+
+    async def cut_while_at_the_upstream() -> None:
+        while not [r for r in m.upstream.requests if r.method == "POST"]:
+            await asyncio.sleep(0.01)
+        await cut_the_database(db_url)
+
+    cutter = asyncio.create_task(cut_while_at_the_upstream())
+    raw = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=CHAT, max_tokens=5
+    )
+    await cutter
+    answer = raw.parse()
+    assert raw.status_code == 200 and raw.headers.get("x-tokex-charge") == "pending"
+    assert answer.choices[0].message.content == "w0 w1 w2 w3 w4"
+    assert len([r for r in m.upstream.requests if r.method == "POST"]) == 1  # no retry
+    conn = await asyncpg.connect(db_url)
+    try:
+        for _ in range(100):
+            row = await receipt(conn, raw.headers["x-tokex-receipt"])
+            if row is not None and row["transaction_id"] is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert row is not None and row["tokens"] == 3 + 5 and row["transaction_id"] is not None
         assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 1
     finally:
         await conn.close()

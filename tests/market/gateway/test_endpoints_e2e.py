@@ -101,6 +101,8 @@ async def test_ssrf_refusals_with_clear_codes(provider: tuple[TokexClient, Serve
         ("http://169.254.169.254/latest", "endpoint_address_refused"),
         ("http://10.0.0.1:8000/v1", "endpoint_address_refused"),
         ("http://[::1]:8000/v1", "endpoint_address_refused"),  # loopback, not in the allow list
+        ("http://[2002:a9fe:a9fe::1]/latest", "endpoint_address_refused"),  # 6to4 of the metadata
+        ("http://[fec0::1]/v1", "endpoint_address_refused"),  # IPv6 site-local
         ("file:///etc/passwd", "endpoint_scheme"),
         ("http://no-such-host.invalid/v1", "endpoint_unresolvable"),
     ]:
@@ -117,6 +119,10 @@ async def test_loopback_names_refused_unless_allowed(
         client = operator.as_account(await operator.create_account(Role.PROVIDER, "p"))
         url = upstream.base_url.replace("127.0.0.1", "localhost")
         assert await refused(client, body(url)) == (400, "endpoint_address_refused")
+        with pytest.raises(TokexApiError) as info:  # the kind of address, not the address
+            await client.request("POST", "/v1/endpoints", json=body(url))
+        assert "loopback" in info.value.message
+        assert "127.0.0.1" not in info.value.message and "::1" not in info.value.message
         assert await refused(client, body(upstream.base_url)) == (400, "endpoint_address_refused")
         assert upstream.requests == []  # refused before any connection
     finally:

@@ -293,3 +293,32 @@ async def test_prompts_larger_than_the_exchanges_64_kib_limit(market: Market) ->
     with pytest.raises(openai.APIStatusError) as big:  # 120 KB: more than is left
         await client.completions.create(model=MODEL, prompt=prompt * 2, max_tokens=2)
     assert (big.value.status_code, big.value.code) == (402, "insufficient_entitlement")
+
+
+async def test_a_malformed_model_or_stream_options_is_a_400_and_reaches_nobody(
+    market: Market, db_url: str
+) -> None:
+    m = market
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    bodies = {
+        "a NUL in model": {"model": MODEL + "\u0000", "messages": CHAT},
+        "a control character in model": {"model": "llama\n", "messages": CHAT},
+        "an endless model": {"model": "m" * 129, "messages": CHAT},
+        "stream_options a list": {"model": MODEL, "messages": CHAT, "stream": True,
+                                  "stream_options": [1, 2]},
+        "stream_options a string": {"model": MODEL, "messages": CHAT, "stream": True,
+                                    "stream_options": "x"},
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+        for what, body in bodies.items():
+            r = await http.post("/chat/completions", json=body)
+            error = r.json()["error"]
+            assert (r.status_code, error["type"], error["code"]) == (
+                400, "invalid_request_error", "invalid_request"), what  # fmt: skip
+        fine = await http.post(
+            "/chat/completions",
+            json={"model": MODEL, "messages": CHAT, "stream": True, "stream_options": None},
+        )
+        assert fine.status_code == 200 and fine.text.endswith("data: [DONE]\n\n")
+    assert len([r for r in m.upstream.requests if r.method == "POST"]) == 1
+    assert len(await receipts(db_url)) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from market.gateway.ssrf import EndpointRefused, parse_allow_hosts, refusal, resolve
@@ -22,6 +24,10 @@ TESTS = parse_allow_hosts("127.0.0.1, localhost")
         ("http://[::ffff:10.0.0.1]/v1", "endpoint_address_refused"),  # IPv4-mapped private
         ("http://0.0.0.0:8000/v1", "endpoint_address_refused"),
         ("http://100.64.0.1/v1", "endpoint_address_refused"),  # shared (CGNAT) space
+        ("http://[2002:a9fe:a9fe::1]/v1", "endpoint_address_refused"),  # 6to4 of the metadata
+        ("http://[2002:a00:1::1]/v1", "endpoint_address_refused"),  # 6to4 of 10.0.0.1
+        ("http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/v1", "endpoint_address_refused"),
+        ("http://[fec0::1]/v1", "endpoint_address_refused"),  # IPv6 site-local
         ("file:///etc/passwd", "endpoint_scheme"),
         ("gopher://example.com/", "endpoint_scheme"),
         ("ftp://example.com/", "endpoint_scheme"),
@@ -75,5 +81,35 @@ async def test_https_keeps_the_name_for_tls() -> None:
 def test_global_addresses_pass() -> None:
     assert refusal("8.8.8.8") is None
     assert refusal("2606:4700:4700::1111") is None
+    assert refusal("2002:808:808::1") is None  # 6to4 of a global address
     assert refusal("169.254.169.254") == "the cloud metadata address"
     assert refusal("10.0.0.1") == "a private address"
+
+
+def test_ipv6_forms_of_refused_ipv4_addresses_are_refused() -> None:
+    """`ipaddress` counts 6to4 addresses global whatever they embed; a 6to4 relay takes
+    them to the embedded IPv4 address, as Teredo does to its client's."""
+    assert refusal("2002:a9fe:a9fe::1") == "a 6to4 address of the cloud metadata address"
+    assert refusal("2002:a00:1::1") == "a 6to4 address of a private address"
+    assert refusal("2002:7f00:1::1") == "a 6to4 address of a loopback address"
+    # Teredo: server 65.54.227.120, client 10.0.0.1 (stored inverted in the last 32 bits)
+    assert refusal("2001:0:4136:e378:8000:63bf:f5ff:fffe") is not None
+    assert refusal("fec0::1") == "a site-local address"
+
+
+async def test_a_refusal_names_the_kind_of_address_not_the_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A provider may not learn what the exchange's resolver says about a name (which
+    internal names exist, their addresses); the operator's log has it."""
+    with caplog.at_level(logging.INFO, logger="market.gateway.ssrf"):
+        with pytest.raises(EndpointRefused) as refused:
+            await resolve("http://localhost:8000/v1", NONE)
+        with pytest.raises(EndpointRefused) as unknown:
+            await resolve("http://no-such-host.invalid/v1", NONE)
+    assert refused.value.message.startswith("host 'localhost' resolves to a loopback address")
+    assert "127.0.0.1" not in refused.value.message and "::1" not in refused.value.message
+    assert unknown.value.message == "host 'no-such-host.invalid' does not resolve"
+    logged = caplog.text
+    assert "localhost" in logged and ("127.0.0.1" in logged or "::1" in logged)
+    assert "no-such-host.invalid" in logged
