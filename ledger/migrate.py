@@ -19,6 +19,9 @@ Applying works the same for one directory or several:
 
 A file must therefore not contain transaction control (BEGIN/COMMIT) or
 statements that cannot run in a transaction (CREATE INDEX CONCURRENTLY).
+
+`require_current` applies nothing: it checks the same records and names what is missing,
+for a process that connects as a role owning no table (`TOKEX_MIGRATE=0`).
 """
 
 from __future__ import annotations
@@ -67,6 +70,12 @@ class MigrationFailed(MigrationError):
     """A migration file raised an error; it was rolled back and the runner stopped."""
 
     code = "migration_failed"
+
+
+class SchemaNotCurrent(MigrationError):
+    """The database lacks migrations this code needs, and this process may not apply them."""
+
+    code = "schema_not_current"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +165,54 @@ def _resolve(source: Source) -> list[Migration]:
     return check_sequence(given) if given else load_migrations(directories)
 
 
+async def _applied(conn: asyncpg.Connection) -> dict[int, str]:
+    """version -> checksum of every applied migration (none on a database never migrated)."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return {}
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+    return {row["version"]: row["checksum"] for row in rows}
+
+
+def _check_applied(applied: dict[int, str], migrations: Sequence[Migration]) -> None:
+    """Every applied migration is one of `migrations`, unchanged since it was applied."""
+    known = {m.version: m for m in migrations}
+    for version, checksum in sorted(applied.items()):
+        migration = known.get(version)
+        if migration is None:
+            raise MigrationError(
+                f"database has migration {version:04d} applied, which this code does not "
+                f"know (code has {len(known)}): is this an older tokex?"
+            )
+        if migration.checksum != checksum:
+            raise MigrationChecksumMismatch(
+                f"migration {version:04d}_{migration.name} changed after it was applied "
+                f"(recorded sha256 {checksum}, file sha256 {migration.checksum}); "
+                "add a new migration instead of editing an applied one"
+            )
+
+
+async def require_current(conn: asyncpg.Connection, migrations: Source) -> int:
+    """Check, without changing anything, that every one of `migrations` is applied (and
+    unchanged); the schema version. `SchemaNotCurrent` names the missing ones.
+
+    For a process that may not migrate (it connects as a role that owns no table): the
+    tables' owner runs the migrations beforehand.
+    """
+    wanted = _resolve(migrations)
+    applied = await _applied(conn)
+    _check_applied(applied, wanted)
+    missing = [f"{m.version:04d}_{m.name}" for m in wanted if m.version not in applied]
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise SchemaNotCurrent(
+            f"the database is at schema version {max(applied, default=0)}, this code needs "
+            f"{len(wanted)} (missing {shown}); run `tokex migrate` as the tables' owner first"
+        )
+    return len(wanted)
+
+
 async def migrate(conn: asyncpg.Connection, migrations: Source) -> int:
     """Apply pending migrations; return the schema version afterwards.
 
@@ -169,24 +226,8 @@ async def migrate(conn: asyncpg.Connection, migrations: Source) -> int:
     await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
     try:
         await conn.execute(_CREATE_TABLE)
-        applied = {
-            row["version"]: row["checksum"]
-            for row in await conn.fetch("SELECT version, checksum FROM schema_migrations")
-        }
-        known = {m.version: m for m in pending_all}
-        for version, checksum in sorted(applied.items()):
-            migration = known.get(version)
-            if migration is None:
-                raise MigrationError(
-                    f"database has migration {version:04d} applied, which this code does not "
-                    f"know (code has {len(known)}): is this an older tokex?"
-                )
-            if migration.checksum != checksum:
-                raise MigrationChecksumMismatch(
-                    f"migration {version:04d}_{migration.name} changed after it was applied "
-                    f"(recorded sha256 {checksum}, file sha256 {migration.checksum}); "
-                    "add a new migration instead of editing an applied one"
-                )
+        applied = await _applied(conn)
+        _check_applied(applied, pending_all)
         for migration in pending_all:
             if migration.version in applied:
                 continue

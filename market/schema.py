@@ -20,7 +20,7 @@ import asyncpg
 from ledger import migrate as runner
 from ledger.migrate import Migration
 
-__all__ = ["DIRECTORIES", "load_migrations", "migrate"]
+__all__ = ["DIRECTORIES", "load_migrations", "migrate", "require_current"]
 
 #: Every directory of the exchange's migrations (one sequence across them).
 DIRECTORIES: tuple[Traversable, ...] = (
@@ -37,3 +37,9 @@ def load_migrations() -> list[Migration]:
 async def migrate(conn: asyncpg.Connection) -> int:
     """Apply the exchange's pending migrations; the schema version afterwards."""
     return await runner.migrate(conn, load_migrations())
+
+
+async def require_current(conn: asyncpg.Connection) -> int:
+    """The schema version, if every one of the exchange's migrations is applied; else
+    `SchemaNotCurrent` (nothing is changed: for `TOKEX_MIGRATE=0`)."""
+    return await runner.require_current(conn, load_migrations())

@@ -20,12 +20,15 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ops.config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
 from schemas.errors import DomainError
+
+if TYPE_CHECKING:  # no database driver at import time (see the module's docstring)
+    import asyncpg
 
 log = logging.getLogger("tokex")
 
@@ -50,13 +53,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
-async def run_migrations(url: str) -> int:
-    from market.schema import migrate
+async def run_migrations(url: str, *, apply: bool = True) -> int:
+    """Apply pending migrations; with `apply=False` (`TOKEX_MIGRATE=0`: connected as a role
+    that owns no table) only check that none is pending. The schema version."""
+    from market.schema import migrate, require_current
     from ops.database import connect
 
     conn = await connect(url)
     try:
-        return await migrate(conn)
+        return await migrate(conn) if apply else await require_current(conn)
     finally:
         await conn.close()
 
@@ -73,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     url = database_url(settings)
-    version, problems = asyncio.run(_prepare(url))
+    version, problems = asyncio.run(_prepare(url, migrate=settings.migrate))
     for problem in problems:
         log.warning("database durability is OFF: %s; commits may be lost on a crash", problem)
     log.info("schema version %d", version)
@@ -116,12 +121,14 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-async def _prepare(url: str) -> tuple[int, list[str]]:
-    """Migrate; what is wrong with durability. `LedgerBusy` (one line from `main`, exit 1)
+async def _prepare(url: str, *, migrate: bool = True) -> tuple[int, list[str]]:
+    """Migrate (or, `migrate=False`, check that no migration is pending: `SchemaNotCurrent`
+    if one is); what is wrong with durability. `LedgerBusy` (one line from `main`, exit 1)
     if another process is the exchange's writer on this database already."""
     from ledger.errors import LedgerBusy
     from ledger.store import writer_held
-    from market.schema import migrate
+    from market.schema import migrate as apply_migrations
+    from market.schema import require_current
     from ops.database import connect, durability_problems
 
     conn = await connect(url)
@@ -131,9 +138,29 @@ async def _prepare(url: str) -> tuple[int, list[str]]:
                 "another tokex serve is already the exchange's writer on this database "
                 "(one per data dir or DATABASE_URL); stop it first"
             )
-        return await migrate(conn), await durability_problems(conn)
+        if migrate:
+            return await apply_migrations(conn), await durability_problems(conn)
+        version = await require_current(conn)
+        await _warn_if_owner(conn)
+        return version, await durability_problems(conn)
     finally:
         await conn.close()
+
+
+async def _warn_if_owner(conn: asyncpg.Connection) -> None:
+    """`TOKEX_MIGRATE=0` is for serving as an app role (`tokex db grant-app`): say so if
+    this role could still switch the append-only triggers off."""
+    from ops.db_grants import bypass_reasons
+
+    role, schema = await conn.fetchrow("SELECT current_user, current_schema()")
+    reasons = await bypass_reasons(conn, role, schema)
+    if reasons:
+        log.warning(
+            "serving as %s, which can switch the ledger's append-only triggers off (%s): "
+            "serve as a role granted by `tokex db grant-app`",
+            role,
+            "; ".join(reasons),
+        )
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -163,7 +190,11 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def register_core(subparsers: Any) -> None:
-    serve = subparsers.add_parser("serve", help="apply migrations and run the exchange")
+    serve = subparsers.add_parser(
+        "serve",
+        help="apply migrations (TOKEX_MIGRATE=0: only check that none is pending) and run "
+        "the exchange",
+    )
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
     serve.add_argument(
@@ -241,6 +272,12 @@ def _register_operator(subparsers: Any) -> None:
     register(subparsers)
 
 
+def _register_db(subparsers: Any) -> None:
+    from ops.cli_db import register
+
+    register(subparsers)
+
+
 def _register_demo(subparsers: Any) -> None:
     from ops.demo import register
 
@@ -256,6 +293,7 @@ COMMAND_GROUPS: list[Callable[[Any], None]] = [
     _register_report,
     _register_voucher,
     _register_operator,
+    _register_db,
     _register_demo,
 ]
 
@@ -277,6 +315,7 @@ GROUP_OF: dict[str, Callable[[Any], None]] = {
     "settle": _register_operator,
     "withdrawals": _register_operator,
     "orders": _register_operator,
+    "db": _register_db,
     "demo": _register_demo,
 }
 

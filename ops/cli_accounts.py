@@ -10,7 +10,8 @@ tokex accounts create --role ROLE --name NAME [--public-key FILE] [--out FILE] [
     `{"account_id": ..., "key_id": ...}` (where a generated key went, on stderr; by
     default `<data-dir>/keys/<account_id>.pem`).
 
-Migrations are applied first, so this works on a fresh data dir.
+Migrations are applied first, so this works on a fresh data dir (with `TOKEX_MIGRATE=0`,
+as the app role of `tokex db grant-app`: only checked to be all applied).
 
 tokex accounts list [--role ROLE] [--json] (--url, --key-id, --key-file: `ops.cli_api`)
     Every account, oldest first, over the API (operator or auditor key).
@@ -65,11 +66,18 @@ def _read_public_key(path: str) -> bytes:
 
 
 async def _create(
-    url: str, role: Role, name: str, public_key: bytes | None, out: Path | None, keys_dir: Path
+    url: str,
+    role: Role,
+    name: str,
+    public_key: bytes | None,
+    out: Path | None,
+    keys_dir: Path,
+    *,
+    migrate: bool = True,
 ) -> tuple[AccountCreated, Path | None]:
     """Create the account; write a generated private key inside the same database
     transaction, so a key file that cannot be written leaves no account behind."""
-    await run_migrations(url)
+    await run_migrations(url, apply=migrate)
     conn = await connect(url)
     try:
         async with conn.transaction():
@@ -91,7 +99,15 @@ def _create_command(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser().resolve() if args.out else None
     url = database_url(settings)
     created, path = asyncio.run(
-        _create(url, Role(args.role), args.name, public_key, out, settings.data_path / "keys")
+        _create(
+            url,
+            Role(args.role),
+            args.name,
+            public_key,
+            out,
+            settings.data_path / "keys",
+            migrate=settings.migrate,
+        )
     )
     if args.json:
         line = {"account_id": created.account_id, "key_id": created.key_id}

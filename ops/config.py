@@ -3,9 +3,9 @@
 One immutable value built once (by the CLI, or by a test) and handed down to
 the app factory and the database helpers. Only `DATABASE_URL` is read from the
 environment (and, handy for tests and load runs, the rate limit from `TOKEX_RATE_LIMIT` /
-`TOKEX_RATE_BURST`, the sequencer's queue bound from `TOKEX_QUEUE_MAX` and the connection
-limits: every variable in `ENV_OVERRIDES`); everything else comes from command-line flags or
-their defaults.
+`TOKEX_RATE_BURST`, the sequencer's queue bound from `TOKEX_QUEUE_MAX`, the connection
+limits, and whether `tokex serve` migrates from `TOKEX_MIGRATE`: every variable in
+`ENV_OVERRIDES`); everything else comes from command-line flags or their defaults.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
 
 #: Settings that may come from the environment: field name -> variable.
 ENV_OVERRIDES: dict[str, str] = {
+    "migrate": "TOKEX_MIGRATE",
     "rate_limit": "TOKEX_RATE_LIMIT",
     "rate_burst": "TOKEX_RATE_BURST",
     "queue_max": "TOKEX_QUEUE_MAX",
@@ -92,6 +93,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: The checkpoint signing key file (PRIVATE+KEY+..., mode 0600); None: created on
     #: first start as `<data_dir>/ledger-signing.key` (see `ledger.keys`).
     signing_key_file: str | None = None
+    #: `tokex serve` applies pending migrations at start (True), or only checks that none is
+    #: pending and refuses to start otherwise (`TOKEX_MIGRATE=0`: serving as a role that owns
+    #: no table and so cannot migrate, see `ops.db_grants`).
+    migrate: bool = True
     pool_min_size: int = 1
     pool_max_size: int = 10
     log_level: str = "info"

@@ -13,8 +13,10 @@ from ledger.migrate import (
     MigrationChecksumMismatch,
     MigrationError,
     MigrationFailed,
+    SchemaNotCurrent,
     load_migrations,
     migrate,
+    require_current,
     schema_version,
 )
 from market import schema
@@ -82,6 +84,26 @@ async def test_changed_applied_file_is_refused(empty_db_url: str, tmp_path: Path
             await migrate(conn, tmp_path)
         assert info.value.code == "migration_checksum_mismatch"
         assert "0002_entries" in info.value.message
+    finally:
+        await conn.close()
+
+
+async def test_require_current_checks_without_applying(empty_db_url: str, tmp_path: Path) -> None:
+    """What `tokex serve` does with `TOKEX_MIGRATE=0`: names what is missing, changes nothing."""
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        write(tmp_path, THREE)
+        with pytest.raises(SchemaNotCurrent, match="at schema version 0, this code needs 3"):
+            await require_current(conn, tmp_path)
+        assert await tables(conn) == set()  # not even schema_migrations
+        await migrate(conn, load_migrations(tmp_path)[:2])
+        with pytest.raises(SchemaNotCurrent, match=r"missing 0003_more\)"):
+            await require_current(conn, tmp_path)
+        assert await migrate(conn, tmp_path) == 3
+        assert await require_current(conn, tmp_path) == 3
+        (tmp_path / "0002_entries.sql").write_text(THREE["0002_entries.sql"] + "\n-- edited\n")
+        with pytest.raises(MigrationChecksumMismatch):
+            await require_current(conn, tmp_path)
     finally:
         await conn.close()
 

@@ -1,0 +1,227 @@
+"""Serving as a role that owns nothing: `tokex db grant-app ROLE`, then `tokex serve` as ROLE
+with `TOKEX_MIGRATE=0`. The exchange trades as that role, and the role cannot rewrite the
+append-only tables: not by UPDATE, DELETE or TRUNCATE, not by switching the triggers off.
+
+The roles are real LOGIN roles on the test's PostgreSQL (dropped afterwards); the embedded
+cluster trusts local connections, so there the password is not checked (an external
+`DATABASE_URL` server checks it)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from ledger.migrate import SchemaNotCurrent
+from ledger.migrate import migrate as run_migrations
+from market.schema import load_migrations
+from ops.db_grants import AppRoleRefused, grant_app
+from schemas.market import Side
+from tests.ops.test_cli import tokex
+from tests.support.market import order, small_market
+from tests.support.pg import quote_ident
+from tests.support.server import ServerProcess, free_port
+
+#: Ways the tables' owner or a superuser rewrites an append-only table; the app role may
+#: do none of them.
+REWRITES = [
+    "UPDATE ledger_entries SET amount = amount + 1",
+    "DELETE FROM market_fills",
+    "UPDATE market_journal SET seq = seq",
+    "DELETE FROM gateway_receipts",
+    "TRUNCATE market_journal",
+    "TRUNCATE ledger_transactions CASCADE",
+    "ALTER TABLE ledger_entries DISABLE TRIGGER USER",
+    "ALTER TABLE market_fills DISABLE TRIGGER ALL",
+    "SET session_replication_role = replica",
+    "DROP TABLE ledger_checkpoints",
+    "CREATE TRIGGER t BEFORE INSERT ON ledger_entries "
+    "FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()",
+    "INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'x', 'x')",
+]
+
+DENIED = r"^(permission denied|must be owner)"
+
+
+class AppRole:
+    def __init__(self, name: str, password: str) -> None:
+        self.name, self.password = name, password
+
+    def url(self, owner_url: str) -> str:
+        """`owner_url` with this role and its password instead of the owner's."""
+        parts = urlsplit(owner_url)
+        host = parts.netloc.rpartition("@")[2]
+        login = f"{quote(self.name, safe='')}:{quote(self.password, safe='')}"
+        return urlunsplit(parts._replace(netloc=f"{login}@{host}"))
+
+
+async def _drop_role(url: str, name: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP OWNED BY {quote_ident(name)}")  # its grants in this database
+        await conn.execute(f"DROP ROLE {quote_ident(name)}")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def app_role(db_url: str) -> AsyncIterator[AppRole]:
+    role = AppRole(f"tokex_app_{uuid.uuid4().hex[:12]}", secrets.token_hex(16))
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(f"CREATE ROLE {quote_ident(role.name)} LOGIN PASSWORD '{role.password}'")
+    finally:
+        await conn.close()
+    try:
+        yield role
+    finally:
+        await _drop_role(db_url, role.name)
+
+
+async def _table_privileges(conn: asyncpg.Connection, role: str) -> dict[str, set[str]]:
+    rows = await conn.fetch(
+        """SELECT table_name, privilege_type FROM information_schema.role_table_grants
+            WHERE grantee = $1 AND table_schema = current_schema()""",
+        role,
+    )
+    granted: dict[str, set[str]] = {}
+    for row in rows:
+        granted.setdefault(row["table_name"], set()).add(row["privilege_type"])
+    return granted
+
+
+async def _wait_for_snapshot(conn: asyncpg.Connection) -> None:
+    for _ in range(200):
+        if await conn.fetchval("SELECT count(*) FROM market_snapshots"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the exchange wrote no snapshot of the books as the app role")
+
+
+async def test_the_exchange_trades_as_the_app_role_which_cannot_rewrite_the_ledger(
+    db_url: str, app_role: AppRole, tmp_path: Path
+) -> None:
+    granted = tokex("db", "grant-app", app_role.name, env={"DATABASE_URL": db_url})
+    assert granted.returncode == 0, granted.stderr
+    assert "ledger_entries: SELECT, INSERT\n" in granted.stdout
+    assert "market_orders: SELECT, INSERT, UPDATE, DELETE\n" in granted.stdout
+
+    app_url = app_role.url(db_url)
+    server = ServerProcess(
+        database_url=app_url,
+        data_dir=tmp_path,
+        env={"TOKEX_MIGRATE": "0"},
+        extra_args=("--snapshot-interval-seconds", "0.2"),
+    )
+    with server:
+        market = await small_market(app_url, server.base_url)
+        try:
+            await market.provider.place_order(order("ask-1", Side.SELL, 10_000, 3_000))
+            placed = await market.buyer.place_order(order("bid-1", Side.BUY, 10_000, 3_000))
+            assert placed.status == "filled"
+            assert len(await market.buyer.fills()) == 1
+        finally:
+            await market.aclose()
+        conn = await asyncpg.connect(app_url)
+        try:
+            serving_as = await conn.fetch(
+                """SELECT DISTINCT usename FROM pg_stat_activity
+                    WHERE application_name = 'tokex' AND datname = current_database()"""
+            )
+            assert [row["usename"] for row in serving_as] == [app_role.name]
+            await _wait_for_snapshot(conn)  # snapshots update and delete rows: they work too
+            for statement in REWRITES:
+                # refused by the privileges (not only by the triggers, which an owner
+                # switches off): "permission denied for table ...", "must be owner of ..."
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match=DENIED):
+                    await conn.execute(statement)
+            assert await conn.fetchval("SELECT count(*) FROM market_fills") == 1
+        finally:
+            await conn.close()
+    assert server.proc is not None and server.proc.returncode == 0, server.log()
+    assert "permission denied" not in server.log()
+    assert "can switch the ledger's append-only triggers off" not in server.log()
+
+
+async def test_grant_app_is_idempotent_and_takes_back_what_is_too_much(
+    db_conn: asyncpg.Connection, app_role: AppRole
+) -> None:
+    first = await grant_app(db_conn, app_role.name)
+    granted = await _table_privileges(db_conn, app_role.name)
+    assert granted["ledger_entries"] == {"SELECT", "INSERT"}
+    assert granted["market_vouchers"] == {"SELECT", "INSERT"}
+    assert granted["market_reports"] == {"SELECT", "INSERT", "UPDATE"}  # no DELETE: a trigger
+    assert granted["market_orders"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    assert granted["schema_migrations"] == {"SELECT"}
+    assert not any({"TRUNCATE", "TRIGGER", "REFERENCES"} & p for p in granted.values())
+
+    who = quote_ident(app_role.name)
+    await db_conn.execute(f"GRANT UPDATE, DELETE, TRUNCATE, TRIGGER ON ledger_entries TO {who}")
+    assert await grant_app(db_conn, app_role.name) == first
+    assert await _table_privileges(db_conn, app_role.name) == granted
+
+
+async def test_a_role_that_could_switch_the_triggers_off_is_refused(
+    db_conn: asyncpg.Connection, app_role: AppRole
+) -> None:
+    owner = await db_conn.fetchval("SELECT current_user")
+    who = quote_ident(app_role.name)
+    await db_conn.execute(f"GRANT {quote_ident(owner)} TO {who}")  # a member of the owner
+    with pytest.raises(AppRoleRefused, match="could switch the append-only triggers off"):
+        await grant_app(db_conn, app_role.name)
+    await db_conn.execute(f"REVOKE {quote_ident(owner)} FROM {who}")
+    await db_conn.execute(f"ALTER ROLE {who} CREATEROLE")
+    with pytest.raises(AppRoleRefused, match="CREATEROLE"):
+        await grant_app(db_conn, app_role.name)
+    with pytest.raises(AppRoleRefused, match="there is no role"):
+        await grant_app(db_conn, "tokex_nobody_" + uuid.uuid4().hex[:8])
+    assert await _table_privileges(db_conn, app_role.name) == {}
+
+
+def test_grant_app_refuses_the_owner_itself(db_url: str) -> None:
+    result = tokex("db", "grant-app", "postgres", env={"DATABASE_URL": db_url})
+    assert result.returncode == 1
+    assert "app_role_refused" in result.stderr
+
+
+async def test_serve_without_migrating_refuses_a_database_behind(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await run_migrations(conn, load_migrations()[:-1])  # all but the last
+        with pytest.raises(SchemaNotCurrent):
+            await grant_app(conn, "postgres")
+    finally:
+        await conn.close()
+    result = tokex(
+        "serve", "--port", str(free_port()), "--data-dir", str(tmp_path),
+        env={"DATABASE_URL": empty_db_url, "TOKEX_MIGRATE": "0"},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    last = load_migrations()[-1]
+    assert "schema_not_current" in result.stderr
+    assert f"{last.version:04d}_{last.name}" in result.stderr
+    conn = await asyncpg.connect(empty_db_url)
+    try:  # and it applied nothing
+        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == last.version - 1
+    finally:
+        await conn.close()
+
+
+def test_serve_without_migrating_as_the_owner_says_it_is_no_boundary(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`TOKEX_MIGRATE=0` is meant for an app role: served as the owner it still starts (a
+    current schema), but warns that these credentials can switch the triggers off."""
+    server = ServerProcess(database_url=db_url, data_dir=tmp_path, env={"TOKEX_MIGRATE": "0"})
+    with server:
+        pass
+    assert server.proc is not None and server.proc.returncode == 0, server.log()
+    assert "can switch the ledger's append-only triggers off" in server.log()
