@@ -4,7 +4,8 @@
                                 [--profile PREFIX] [--paced 0.5] [--workers N]
 
 Starts a real `tokex serve` (embedded PostgreSQL in a temporary data dir, or DATABASE_URL)
-and the stand-in upstream (`tests.support.upstream`, in a process of its own) on loopback;
+and the stand-in upstream (its answers served lean, `tests.support.upstream_lean`, in a
+process of its own) on loopback;
 lists an instrument whose delivery window is now, a provider with an endpoint on the
 upstream, a buyer holding entitlement from a crossed order and an inference key. Then
 `--clients` concurrent clients (one keep-alive connection each) call chat completions for
