@@ -34,7 +34,7 @@ from ledger.note import Verifier, open_note
 from ledger.receipts import verify_receipt_proof
 from market.keys import load_private_key, private_key_pem, public_key_b64
 from market.pages import Page
-from market.signing import now_ms, sign_request
+from market.signing import now_ms, sign_request, sign_subscribe
 from market.vouchers import sign_voucher
 from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
 from schemas.disputes import (
@@ -324,6 +324,20 @@ class TokexClient:
         """The server's clock (Unix ms), which signed requests must be within 30 s of."""
         answer = await self.request("GET", "/v1/time")
         return msgspec.convert(answer, ServerTime).server_time_ms
+
+    # ------------------------------------------------------------------ websocket
+
+    def orders_subscribe(self, *, cancel_on_disconnect: bool = False) -> dict[str, Any]:
+        """The signed subscribe to the private `orders` channel of `/v1/stream`, to send
+        as a JSON text frame (a fresh one each time: its timestamp must be recent and its
+        signature is taken once). The signature covers `cancel_on_disconnect`, so no one
+        who sees this message can send it with the other value."""
+        if self.private_key is None or self.key_id is None:
+            raise ValueError("the orders channel needs a signing key")
+        return sign_subscribe(
+            self.private_key, self.key_id, self._next_timestamp(),
+            cancel_on_disconnect=cancel_on_disconnect,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ lists (paginated)
 

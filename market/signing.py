@@ -10,10 +10,14 @@ Every non-public request carries three headers:
 The path with query is the request target exactly as sent (percent-encoding and parameter
 order included); the body hash is over the exact bytes sent (empty body: SHA-256 of b"").
 
+The websocket's signed subscribe (`/v1/stream`, channel `orders`) is signed as the request
+`GET /v1/stream` whose body is `subscribe_body(...)`: the subscribe's own parameters, so a
+captured subscribe cannot be sent again with other ones (`cancel_on_disconnect` turned on).
+
 Used by the server (`market.auth` builds `request_message` and checks it with
-`ledger.ed25519.verify`, in the helper process of `market.signatures`) and by the client
-(`market.client.TokexClient`). Pure: no litestar, no asyncpg, so the client does not pull
-in the server.
+`ledger.ed25519.verify`, in the helper process of `market.signatures`; `market.stream` for
+the subscribe) and by the client (`market.client.TokexClient`). Pure: no litestar, no
+asyncpg, so the client does not pull in the server.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import base64
 import binascii
 import hashlib
 import time
-from typing import Final
+from typing import Any, Final
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import ed25519
@@ -32,15 +37,20 @@ __all__ = [
     "HEADER_KEY",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
+    "STREAM_PATH",
     "decode_signature",
     "now_ms",
     "request_message",
     "sign_request",
+    "sign_subscribe",
+    "subscribe_body",
 ]
 
 HEADER_KEY: Final = "X-Tokex-Key"
 HEADER_TIMESTAMP: Final = "X-Tokex-Timestamp"
 HEADER_SIGNATURE: Final = "X-Tokex-Signature"
+#: The websocket's path: a signed subscribe is signed as `GET` of it.
+STREAM_PATH: Final = "/v1/stream"
 
 
 def now_ms() -> int:
@@ -78,3 +88,44 @@ def decode_signature(header: str) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return raw if len(raw) == ed25519.SIGNATURE_BYTES else None
+
+
+def subscribe_body(channel: str, instrument: str | None, cancel_on_disconnect: bool) -> bytes:
+    """The body a signed subscribe signs (as `GET /v1/stream`): the subscribe message
+    without its credentials, every parameter present, as compact JSON with sorted keys.
+
+    `{"cancel_on_disconnect":false,"channel":"orders","instrument":null,"op":"subscribe"}`
+    is the only body of today's orders subscribe (the dashboard's `api.js` writes the same
+    bytes with `JSON.stringify`). The server builds it from the subscribe it received, so
+    a parameter changed after signing makes the signature fail.
+    """
+    params = {
+        "cancel_on_disconnect": cancel_on_disconnect,
+        "channel": channel,
+        "instrument": instrument,
+        "op": "subscribe",
+    }
+    return msgspec.json.encode(params, order="sorted")
+
+
+def sign_subscribe(
+    private_key: Ed25519PrivateKey,
+    key_id: str,
+    timestamp_ms: int,
+    *,
+    channel: str = "orders",
+    instrument: str | None = None,
+    cancel_on_disconnect: bool = False,
+) -> dict[str, Any]:
+    """A signed subscribe message for the websocket (a JSON object to send as text)."""
+    body = subscribe_body(channel, instrument, cancel_on_disconnect)
+    headers = sign_request(private_key, key_id, "GET", STREAM_PATH, body, timestamp_ms)
+    return {
+        "op": "subscribe",
+        "channel": channel,
+        "instrument": instrument,
+        "cancel_on_disconnect": cancel_on_disconnect,
+        "key_id": key_id,
+        "timestamp_ms": timestamp_ms,
+        "signature": headers[HEADER_SIGNATURE],
+    }

@@ -13,10 +13,15 @@ frames in the order the hub produced them. When the hub drops a slow
 subscriber, the sender closes the socket with `CLOSE_SLOW_CONSUMER`.
 
 A bad message gets an `error` frame and the connection stays open. The
-private `orders` subscribe is signed like `GET /v1/stream` with an empty body
-and checked by `app.state.authenticator` (`market.auth`); its failures come
-back as `error` frames with the auth codes (`missing_signature`,
-`stale_timestamp`, `unknown_key`, `bad_signature`, `replayed_signature`).
+private `orders` subscribe is signed like `GET /v1/stream` whose body is the
+subscribe's own parameters (`market.signing.subscribe_body`: channel,
+instrument, `cancel_on_disconnect`), and checked by `app.state.authenticator`
+(`market.auth`); its failures come back as `error` frames with the auth codes
+(`missing_signature`, `stale_timestamp`, `unknown_key`, `bad_signature`,
+`replayed_signature`). Signing the parameters is what keeps whoever sees a
+signed subscribe from sending it again with `cancel_on_disconnect: true` and
+hanging up (which would cancel every open order of the account): the changed
+subscribe is `bad_signature`, and so is one signed the old way (empty body).
 
 The upgrade request itself needs no signature (public market data): the
 HTTP auth middleware does not see websocket scopes.
@@ -45,6 +50,7 @@ from market.auth import PUBLIC, Authenticator, AuthError, now_ms
 from market.feed import MarketData, Subscriber, encode
 from market.sequencer.ops import CancelAllOp
 from market.sequencer.queries import UntradedQuery
+from market.signing import STREAM_PATH, subscribe_body
 from schemas.errors import DomainError
 from schemas.market import Depth
 from schemas.stream import (
@@ -58,7 +64,6 @@ from schemas.stream import (
 
 log = logging.getLogger(__name__)
 
-STREAM_PATH: Final = "/v1/stream"
 MAX_MESSAGE_CHARS: Final = 4096  # client messages are small; anything larger is refused
 
 _decoder = msgspec.json.Decoder(ClientMessage)
@@ -201,7 +206,8 @@ async def _discover(socket: WebSocket[Any, Any, Any], hub: MarketData, instrumen
 
 
 async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) -> str:
-    """The account of a signed subscribe: signed as `GET /v1/stream` with an empty body."""
+    """The account of a signed subscribe: signed as `GET /v1/stream` with its parameters
+    as the body (`subscribe_body`)."""
     authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
     if authenticator is None:
         raise DomainError(
@@ -222,11 +228,26 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) ->
             f"the orders channel needs a signed subscribe: missing {', '.join(missing)}",
             code="missing_signature",
         )
-    principal = await authenticator.authenticate(  # AuthError: an error frame with its code
-        message.key_id, str(message.timestamp_ms), message.signature, "GET", STREAM_PATH, b"",
-        now_ms(),
-    )  # fmt: skip
+    body = subscribe_body(message.channel, message.instrument, message.cancel_on_disconnect)
+    try:  # AuthError: an error frame with its code
+        principal = await authenticator.authenticate(
+            message.key_id, str(message.timestamp_ms), message.signature, "GET", STREAM_PATH,
+            body, now_ms(),
+        )  # fmt: skip
+    except AuthError as exc:
+        if exc.code != "bad_signature":
+            raise
+        raise AuthError(_not_this_subscribe(body), code="bad_signature") from exc
     return principal.account_id
+
+
+def _not_this_subscribe(body: bytes) -> str:
+    """Why a subscribe's signature failed, saying what it must sign: its parameters were
+    changed after signing, or it was signed the old way (empty body), or by another key."""
+    return (
+        "the signature does not match this subscribe under this key: sign GET "
+        f"{STREAM_PATH} with the timestamp and, as the body, {body.decode()}"
+    )
 
 
 def _invalid(text: str) -> DomainError:

@@ -86,7 +86,10 @@ class Subscribe(msgspec.Struct, kw_only=True, frozen=True, tag="subscribe", tag_
 
     The private `orders` channel needs `key_id`, `timestamp_ms` (Unix ms) and
     `signature` (base64 Ed25519), signed like an HTTP request `GET /v1/stream`
-    with an empty body. `timestamp` is its deprecated name (one version).
+    whose body is the subscribe's parameters as compact JSON with sorted keys,
+    `{"cancel_on_disconnect":false,"channel":"orders","instrument":null,"op":"subscribe"}`
+    (`market.signing.subscribe_body`), so none of them can be changed after
+    signing. `timestamp` is its deprecated name (one version).
     """
 
     channel: Channel

@@ -36,3 +36,15 @@ def test_signature_header_decoding() -> None:
     assert market.signing.decode_signature("A" * 86 + "==") == bytes(64)
     for bad in ("", "not base64!", "A" * 84 + "==", "A" * 88):
         assert market.signing.decode_signature(bad) is None, bad
+
+
+def test_a_subscribe_signs_its_parameters_in_one_spelling() -> None:
+    """The body a signed subscribe signs: what the README shows and api.js writes."""
+    body = market.signing.subscribe_body
+    assert body("orders", None, False) == (
+        b'{"cancel_on_disconnect":false,"channel":"orders","instrument":null,"op":"subscribe"}'
+    )
+    assert body("orders", None, True) == (
+        b'{"cancel_on_disconnect":true,"channel":"orders","instrument":null,"op":"subscribe"}'
+    )
+    assert body("book", "x/1h", False) != body("trades", "x/1h", False)

@@ -22,6 +22,7 @@ from litestar.testing.websocket_test_session import WebSocketTestSession
 
 from market.auth import Authenticator, KeyRecord, now_ms, request_message
 from market.feed import CLOSE_SLOW_CONSUMER, MarketData
+from market.signing import sign_subscribe
 from market.stream import MAX_MESSAGE_CHARS
 from ops.app import create_app
 from ops.config import Settings
@@ -89,11 +90,13 @@ class Exchange:
         """Publish in the app's event loop, like the sequencer after a commit."""
         self.client.blocking_portal.call(self.hub.publish, events)
 
-    def signed(self, key_id: str, timestamp: int | None = None) -> dict[str, Any]:
+    def signed(
+        self, key_id: str, timestamp: int | None = None, *, cancel_on_disconnect: bool = False
+    ) -> dict[str, Any]:
         ts = now_ms() if timestamp is None else timestamp
-        sig = self.keys[key_id].sign(request_message(ts, "GET", "/v1/stream", b""))
-        return {"op": "subscribe", "channel": "orders", "key_id": key_id, "timestamp_ms": ts,
-                "signature": base64.b64encode(sig).decode()}  # fmt: skip
+        return sign_subscribe(
+            self.keys[key_id], key_id, ts, cancel_on_disconnect=cancel_on_disconnect
+        )
 
 
 @pytest.fixture
@@ -303,3 +306,41 @@ def test_private_subscribe_must_be_signed(exchange: Exchange, fault: str) -> Non
         assert error["type"] == "error" and error["code"] == code, error
         ex.publish(ex.order("alice", Side.SELL, 150))
         subscribe(ws, "trades")  # no private frame came: not subscribed
+
+
+@pytest.mark.parametrize("cancel_on_disconnect", [False, True])
+def test_a_subscribe_sent_again_with_cancel_on_disconnect_flipped_is_refused(
+    exchange: Exchange, cancel_on_disconnect: bool
+) -> None:
+    """The signature covers the subscribe's parameters: whoever saw a signed subscribe
+    cannot send it with `cancel_on_disconnect` the other way (to cancel the account's
+    orders by hanging up, or to disarm the owner's). The refused copy takes nothing
+    from the honest one, which still subscribes."""
+    ex = exchange
+    honest = ex.signed(ALICE_KEY, cancel_on_disconnect=cancel_on_disconnect)
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json({**honest, "cancel_on_disconnect": not cancel_on_disconnect})
+        error = recv(ws)
+        assert (error["type"], error["code"]) == ("error", "bad_signature"), error
+        assert '"cancel_on_disconnect":' in error["message"]  # it says what to sign
+        ex.publish(ex.order("alice", Side.SELL, 150))
+        subscribe(ws, "trades")  # no private frame came: not subscribed
+        ws.send_json(honest)
+        assert recv(ws) == {"type": "subscribed", "channel": "orders", "instrument": None,
+                            "account_id": "alice"}  # fmt: skip
+        ex.publish(ex.order("alice", Side.SELL, 155))
+        assert recv(ws)["type"] == "order"
+
+
+def test_a_subscribe_signed_over_an_empty_body_is_refused(exchange: Exchange) -> None:
+    """The old signing (`GET /v1/stream`, empty body) covers no parameter: refused."""
+    ex = exchange
+    ts = now_ms()
+    sig = ex.keys[ALICE_KEY].sign(request_message(ts, "GET", "/v1/stream", b""))
+    old = {"op": "subscribe", "channel": "orders", "key_id": ALICE_KEY, "timestamp_ms": ts,
+           "signature": base64.b64encode(sig).decode()}  # fmt: skip
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(old)
+        error = recv(ws)
+        assert (error["type"], error["code"]) == ("error", "bad_signature"), error
+        subscribe(ws, "book")  # public channels need no signature, as before

@@ -8,14 +8,12 @@ from the websocket snapshot plus deltas, at every step.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import random
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from market.auth import now_ms, request_message
 from market.client import TokexApiError, TokexClient
 from schemas.accounts import Role
 from schemas.market import Depth, DepthLevel, Side
@@ -33,11 +31,7 @@ async def recv(ws: ClientConnection) -> dict[str, Any]:
 
 
 def _signed_subscribe(client: TokexClient) -> dict[str, Any]:
-    assert client.private_key is not None
-    ts = now_ms()
-    sig = client.private_key.sign(request_message(ts, "GET", "/v1/stream", b""))
-    return {"op": "subscribe", "channel": "orders", "key_id": client.key_id, "timestamp_ms": ts,
-            "signature": base64.b64encode(sig).decode()}  # fmt: skip
+    return client.orders_subscribe()
 
 
 def _rest_depth(view: Any) -> Depth:
@@ -177,7 +171,7 @@ async def test_cancel_on_disconnect_cancels_on_a_dropped_connection(
     try:
         url = server_process.base_url.replace("http://", "ws://") + "/v1/stream"
         ws = await connect(url)
-        await ws.send(json.dumps({**_signed_subscribe(buyer), "cancel_on_disconnect": True}))
+        await ws.send(json.dumps(buyer.orders_subscribe(cancel_on_disconnect=True)))
         assert (await recv(ws))["type"] == "subscribed"
         ws.transport.abort()  # the connection drops: no close frame, no unsubscribe
         assert await _status_soon(buyer, order_id, "cancelled") == "cancelled"
@@ -192,10 +186,36 @@ async def test_cancel_on_disconnect_spares_a_clean_unsubscribe(
     try:
         url = server_process.base_url.replace("http://", "ws://") + "/v1/stream"
         async with connect(url) as ws:
-            await ws.send(json.dumps({**_signed_subscribe(buyer), "cancel_on_disconnect": True}))
+            await ws.send(json.dumps(buyer.orders_subscribe(cancel_on_disconnect=True)))
             assert (await recv(ws))["type"] == "subscribed"
             await ws.send(json.dumps({"op": "unsubscribe", "channel": "orders"}))
             assert (await recv(ws))["type"] == "unsubscribed"
+        await asyncio.sleep(0.5)
+        assert (await buyer.order(order_id)).status == "open"
+    finally:
+        await operator.aclose()
+
+
+async def test_a_subscribe_sent_again_with_cancel_on_disconnect_on_cancels_nothing(
+    db_url: str, server_process: ServerProcess
+) -> None:
+    """Whoever sees the owner's signed subscribe (no cancel on disconnect) sends it with
+    `cancel_on_disconnect: true` and drops the connection: refused (`bad_signature`), so
+    nothing is armed and nothing cancelled. The owner's own subscribe works, and its
+    dropped connection leaves the order open too."""
+    operator, buyer, order_id = await _resting_buyer(db_url, server_process.base_url)
+    try:
+        url = server_process.base_url.replace("http://", "ws://") + "/v1/stream"
+        honest = buyer.orders_subscribe()
+        attacker = await connect(url)
+        await attacker.send(json.dumps({**honest, "cancel_on_disconnect": True}))
+        refused = await recv(attacker)
+        assert (refused["type"], refused["code"]) == ("error", "bad_signature"), refused
+        attacker.transport.abort()
+        owner = await connect(url)
+        await owner.send(json.dumps(honest))
+        assert (await recv(owner))["type"] == "subscribed"
+        owner.transport.abort()
         await asyncio.sleep(0.5)
         assert (await buyer.order(order_id)).status == "open"
     finally:

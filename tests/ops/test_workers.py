@@ -9,6 +9,7 @@ through both gateways, and a gateway killed under load.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from websockets.asyncio.client import connect as ws_connect
 
 from market.client import TokexClient
 from market.keys import load_private_key
@@ -201,6 +203,34 @@ async def test_a_signed_command_replayed_through_every_gateway_is_taken_once(
         statuses.append((response.status_code, response.json().get("code", "")))
     assert statuses[0][0] == 201
     assert statuses[1:] == [(401, "replayed_signature")] * 7
+    await buyer.aclose()
+
+
+async def test_an_orders_subscribe_sent_to_any_gateway_with_cancel_on_disconnect_is_refused(
+    workers: Workers,
+) -> None:
+    """Each gateway has its own replay window, but the subscribe's signature covers its
+    parameters: the owner's subscribe sent again, on either gateway, with
+    `cancel_on_disconnect: true` is `bad_signature`, and hanging up cancels nothing.
+    (Found by a review: the signature covered `GET /v1/stream` and an empty body only.)"""
+    buyer = await workers.buyer("ws-replayed")
+    await buyer.place_order(PlaceOrder(client_order_id="rest", instrument=SYM, side=Side.BUY,
+                                       quantity=1000, price=5))  # fmt: skip
+    honest = buyer.orders_subscribe()
+    url = workers.proc.base_url.replace("http://", "ws://") + "/v1/stream"
+    async with ws_connect(url) as owner:
+        await owner.send(json.dumps(honest))
+        assert json.loads(await owner.recv())["type"] == "subscribed"
+        codes: list[str] = []
+        for _ in range(8):  # new connections: the kernel spreads them over the gateways
+            async with ws_connect(url) as attacker:
+                await attacker.send(json.dumps({**honest, "cancel_on_disconnect": True}))
+                frame = json.loads(await asyncio.wait_for(attacker.recv(), 5))
+                codes.append(frame.get("code", frame["type"]))
+        await asyncio.sleep(0.5)
+        open_orders = await buyer.orders()
+    assert codes == ["bad_signature"] * 8
+    assert [o.client_order_id for o in open_orders] == ["rest"]
     await buyer.aclose()
 
 

@@ -79,6 +79,13 @@ export function requestMessage(timestampMs, method, pathWithQuery, bodyDigestHex
   return `${timestampMs}\n${method.toUpperCase()}\n${pathWithQuery}\n${bodyDigestHex}`;
 }
 
+// The body a signed subscribe signs (market/signing.py subscribe_body): its parameters as
+// compact JSON with sorted keys, every one present.
+export function subscribeBody({ channel, instrument = null, cancel_on_disconnect = false }) {
+  const params = { cancel_on_disconnect: Boolean(cancel_on_disconnect), channel, instrument, op: "subscribe" };
+  return utf8.encode(JSON.stringify(params));
+}
+
 // One account's signed session: a key id and its (non-extractable) private key.
 export class Session {
   constructor(keyId, privateKey, clockOffsetMs = 0) {
@@ -123,10 +130,12 @@ export class Session {
     return this.request("GET", path);
   }
 
-  // The signed subscribe of the private orders channel: signed like GET /v1/stream.
-  async ordersSubscription() {
-    const { timestamp, signature } = await this.sign("GET", "/v1/stream", new Uint8Array());
-    return { op: "subscribe", channel: "orders", key_id: this.keyId, timestamp_ms: timestamp, signature };
+  // The signed subscribe of the private orders channel: signed like GET /v1/stream whose
+  // body is the subscribe's parameters (subscribeBody), so none can be changed after.
+  async ordersSubscription(cancelOnDisconnect = false) {
+    const params = { channel: "orders", instrument: null, cancel_on_disconnect: cancelOnDisconnect };
+    const { timestamp, signature } = await this.sign("GET", "/v1/stream", subscribeBody(params));
+    return { op: "subscribe", ...params, key_id: this.keyId, timestamp_ms: timestamp, signature };
   }
 }
 

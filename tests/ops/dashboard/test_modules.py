@@ -13,13 +13,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from playwright.async_api import Browser, Page, Route
 
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.merkle import MemoryNodeStore, leaf_hash
 from ledger.note import Signer
+from market.auth import Authenticator, KeyLoader, KeyRecord, now_ms
+from market.signing import STREAM_PATH, subscribe_body
 from ops.dashboard.routes import STATIC_DIR
+from schemas.accounts import Role
+from schemas.stream import Subscribe
 
 ORIGIN = "http://127.0.0.1"
 VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "rfc6962" / "inclusion"
@@ -146,3 +151,40 @@ async def test_money_is_formatted_in_units_exactly(modules: Page) -> None:
         "30,000 tokens",
         2,
     ]
+
+
+async def test_the_orders_subscribe_the_page_signs_is_one_the_server_takes(
+    modules: Page,
+) -> None:
+    """api.js signs the subscribe's parameters as market.signing does: the same body
+    bytes, and a signature the server's check accepts, for either cancel_on_disconnect."""
+    made = await call(
+        modules,
+        "api.js",
+        """
+        const pair = await crypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign']);
+        const raw = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
+        const session = new m.Session('key_' + 'a'.repeat(16), pair.privateKey);
+        return {
+          publicKey: Array.from(raw),
+          body: new TextDecoder().decode(m.subscribeBody({ channel: 'orders' })),
+          messages: [await session.ordersSubscription(), await session.ordersSubscription(true)],
+        };
+        """,
+    )
+    assert made["body"].encode() == subscribe_body("orders", None, False)
+    authenticator = Authenticator(_one_key(bytes(made["publicKey"])), started_ms=0)
+    for message in made["messages"]:
+        sub = msgspec.convert(message, Subscribe)
+        body = subscribe_body(sub.channel, sub.instrument, sub.cancel_on_disconnect)
+        await authenticator.authenticate(
+            sub.key_id, str(sub.timestamp_ms), sub.signature, "GET", STREAM_PATH, body, now_ms()
+        )
+    assert [m["cancel_on_disconnect"] for m in made["messages"]] == [False, True]
+
+
+def _one_key(public_key: bytes) -> KeyLoader:
+    async def load(key_id: str) -> KeyRecord | None:
+        return KeyRecord(key_id, "alice", Role.BUYER, public_key)
+
+    return load
