@@ -121,6 +121,13 @@ class WrongSide(DomainError):
     kind = ErrorKind.FORBIDDEN
 
 
+class NoRoute(DomainError):
+    """A path under a `:path` route that names no route (as Litestar's own 404)."""
+
+    code = "not_found"
+    kind = ErrorKind.NOT_FOUND
+
+
 class UnknownAccount(DomainError):
     code = "unknown_account"
     kind = ErrorKind.NOT_FOUND
@@ -574,23 +581,37 @@ async def my_withdrawals(
 _operator = [requires_role(Role.OPERATOR)]
 
 
-@post("/withdrawals/{account_id:str}/{withdrawal_id:str}/paid", guards=_operator, status_code=200)
-async def withdrawal_paid(
-    account_id: FromPath[str], withdrawal_id: FromPath[str], sequencer: Seq
-) -> WithdrawalView:
-    """The operator paid it out: the hold is posted to the operator's bank. Idempotent;
-    409 `withdrawal_settled` if it was marked failed."""
-    _check_withdrawal_ids(account_id, withdrawal_id)
-    return await sequencer.submit(WithdrawalOutcomeOp(account_id, withdrawal_id, paid=True))
+#: The two outcomes of `POST /v1/withdrawals/{account_id}/{withdrawal_id}/paid|failed`.
+WITHDRAWAL_OUTCOMES: dict[str, bool] = {"paid": True, "failed": False}
 
 
-@post("/withdrawals/{account_id:str}/{withdrawal_id:str}/failed", guards=_operator, status_code=200)
-async def withdrawal_failed(
-    account_id: FromPath[str], withdrawal_id: FromPath[str], sequencer: Seq
+def _withdrawal_outcome(withdrawal_path: str) -> tuple[str, bool]:
+    """The withdrawal id and the outcome (paid?) of `<withdrawal_id>/paid|failed`.
+
+    One `:path` route serves both outcomes because a withdrawal id may hold `/` (a
+    `ClientId`): Litestar decodes `%2F` before it matches routes, so a `{withdrawal_id:str}`
+    segment could never match `w%2F1`. The outcome is the last segment, the id all before
+    it; any other ending is a path that matches no route (404 `not_found`)."""
+    withdrawal_id, _, outcome = withdrawal_path.removeprefix("/").rpartition("/")
+    paid = WITHDRAWAL_OUTCOMES.get(outcome)
+    if paid is None or not withdrawal_id:
+        raise NoRoute("no route: POST /v1/withdrawals/{account_id}/{withdrawal_id}/paid|failed")
+    return withdrawal_id, paid
+
+
+@post("/withdrawals/{account_id:str}/{withdrawal_path:path}", guards=_operator, status_code=200)
+async def withdrawal_outcome(
+    account_id: FromPath[str], withdrawal_path: FromPath[str], sequencer: Seq
 ) -> WithdrawalView:
-    """The payout failed: the hold is voided. Idempotent; 409 `withdrawal_settled` if paid."""
+    """`.../paid`: the operator paid it out, the hold is posted to the operator's bank;
+    `.../failed`: the payout failed, the hold is voided. Idempotent; 409
+    `withdrawal_settled` after the other outcome. Percent-encode the id (it may hold `/`).
+
+    Documented as two routes, `.../{withdrawal_id}/paid` and `.../failed`
+    (`ops.openapi.SPLIT_ROUTES`)."""
+    withdrawal_id, paid = _withdrawal_outcome(withdrawal_path)
     _check_withdrawal_ids(account_id, withdrawal_id)
-    return await sequencer.submit(WithdrawalOutcomeOp(account_id, withdrawal_id, paid=False))
+    return await sequencer.submit(WithdrawalOutcomeOp(account_id, withdrawal_id, paid=paid))
 
 
 def _dependencies() -> dict[str, Any]:
@@ -627,8 +648,7 @@ trading_router = Router(
         settlements,
         withdraw,
         my_withdrawals,
-        withdrawal_paid,
-        withdrawal_failed,
+        withdrawal_outcome,
     ],
     dependencies=_dependencies(),
     tags=["trading"],

@@ -517,7 +517,8 @@ class TokexClient:
     async def mark_withdrawal(
         self, account_id: str, withdrawal_id: str, paid: bool
     ) -> WithdrawalView:
-        """`POST /v1/withdrawals/{account}/{id}/paid|failed` (operator); idempotent."""
+        """`POST /v1/withdrawals/{account}/{id}/paid|failed` (operator); idempotent. The id
+        is percent-encoded whole (a withdrawal id may hold `/`, `?` or `%`)."""
         outcome = "paid" if paid else "failed"
         path = f"/v1/withdrawals/{quote(account_id, safe='')}/{quote(withdrawal_id, safe='')}"
         answer = await self.request("POST", f"{path}/{outcome}")

@@ -15,8 +15,9 @@
   reports the caller made or received (the operator: all), in a state: `pending`
   (default: disputable until `settles_at_ms`), `disputed`, `settled`, `paid`, `refunded`, or
   `all`.
-- `POST /v1/disputes` (buyer): dispute a pending report of its own (404 `unknown_report`
-  for another buyer's, 409 `report_not_disputable` once settled); idempotent.
+- `POST /v1/disputes` (buyer or provider: providers may buy too): dispute a pending report
+  against what the caller bought (404 `unknown_report` for another buyer's, 409
+  `report_not_disputable` once settled); idempotent.
 - `GET /v1/disputes`: the caller's disputes (buyer or provider; the operator: all).
 - `POST /v1/disputes/{dispute_id}/resolve` (operator) `{"outcome": "pay" | "refund"}`:
   idempotent; 409 `dispute_resolved` if it was resolved the other way.
@@ -148,11 +149,12 @@ async def my_delivery_reports(
     return page_of(rows, limit, keyset, _report_key, ReportRow.view)
 
 
-@post("/disputes", guards=[requires_role(Role.BUYER)], status_code=201)
+@post("/disputes", guards=[requires_role(Role.BUYER, Role.PROVIDER)], status_code=201)
 async def open_dispute(
     data: JSONBody[DisputeRequest], sequencer: Seq, principal: Caller
 ) -> DisputeView:
-    """Dispute a pending report (buyer): it keeps its escrow until the operator resolves it."""
+    """Dispute a pending report (its buyer: a buyer, or a provider that bought): it keeps
+    its escrow until the operator resolves it."""
     return await sequencer.submit(DisputeOp(principal.account_id, data))
 
 

@@ -162,6 +162,42 @@ SUMMARIES: Final = {
     "GET /v1/fills": "Your fills, newest first",
 }
 
+
+class SplitRoute(msgspec.Struct, frozen=True):
+    """One action of a `:path` route whose last path segment picks the action."""
+
+    path: str  # the documented path
+    operation_id: str
+    summary: str
+    description: str
+
+
+#: `:path` routes the server serves as several (`market.api.withdrawal_outcome`: a
+#: withdrawal id may hold `/`, so the id and its outcome share one `:path` parameter),
+#: documented as the routes a client calls: generated "METHOD /path" -> (the `:path`
+#: parameter, its documented name), the actions.
+SPLIT_ROUTES: Final[dict[str, tuple[tuple[str, str], tuple[SplitRoute, ...]]]] = {
+    "POST /v1/withdrawals/{account_id}/{withdrawal_path}": (
+        ("withdrawal_path", "withdrawal_id"),
+        (
+            SplitRoute(
+                "/v1/withdrawals/{account_id}/{withdrawal_id}/paid",
+                "V1WithdrawalsAccountIdWithdrawalIdPaidWithdrawalPaid",
+                "The operator paid it out: the hold is posted to the operator's bank",
+                "The operator paid it out: the hold is posted to the operator's bank. "
+                "Idempotent;\n409 `withdrawal_settled` if it was marked failed.",
+            ),
+            SplitRoute(
+                "/v1/withdrawals/{account_id}/{withdrawal_id}/failed",
+                "V1WithdrawalsAccountIdWithdrawalIdFailedWithdrawalFailed",
+                "The payout failed: the hold is voided",
+                "The payout failed: the hold is voided. Idempotent; 409 `withdrawal_settled` "
+                "if paid.",
+            ),
+        ),
+    ),
+}
+
 _OPENAI_REQUEST: Final = {
     "type": "object",
     "required": ["model"],
@@ -213,6 +249,7 @@ def finish(generated: dict[str, Any], handlers: dict[str, HTTPRouteHandler]) -> 
     for name, example in REQUEST_EXAMPLES.items():
         if name in schemas:
             schemas[name]["examples"] = [example]
+    handlers = _split_routes(doc, handlers)
     for path, item in doc.get("paths", {}).items():
         for method, operation in item.items():
             if method in ("get", "put", "post", "delete", "patch"):
@@ -220,6 +257,42 @@ def finish(generated: dict[str, Any], handlers: dict[str, HTTPRouteHandler]) -> 
                 _finish_operation(key, path, operation, handlers.get(key))
     _mark_deprecated(doc)
     return doc
+
+
+def _split_routes(
+    doc: dict[str, Any], handlers: dict[str, HTTPRouteHandler]
+) -> dict[str, HTTPRouteHandler]:
+    """`SPLIT_ROUTES` documented as their actions (in `doc`); the handlers, by action too."""
+    handlers = dict(handlers)
+    paths: dict[str, Any] = doc.get("paths", {})
+    for key, ((name, documented), actions) in SPLIT_ROUTES.items():
+        method, path = key.split(" ", 1)
+        operation = paths.get(path, {}).pop(method.lower(), None)
+        if operation is None:
+            continue
+        if not paths[path]:
+            del paths[path]
+        for action in actions:
+            paths.setdefault(action.path, {})[method.lower()] = _action(
+                operation, name, documented, action
+            )
+            if key in handlers:
+                handlers[f"{method} {action.path}"] = handlers[key]
+    return handlers
+
+
+def _action(
+    operation: dict[str, Any], name: str, documented: str, action: SplitRoute
+) -> dict[str, Any]:
+    out = copy.deepcopy(operation)
+    out.update(
+        operationId=action.operation_id, summary=action.summary, description=action.description
+    )
+    for param in out.get("parameters", []):
+        if param.get("in") == "path" and param.get("name") == name:
+            param["name"] = documented
+            param["description"] = "percent-encoded (it may hold `/`, `?` or `%`)"
+    return out
 
 
 def _deprecated(node: dict[str, Any], new: str) -> dict[str, Any]:

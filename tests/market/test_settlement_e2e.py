@@ -155,3 +155,33 @@ async def test_deliver_close_and_withdraw_over_http(market: Market) -> None:
     with pytest.raises(TokexApiError) as unknown:
         await m.operator.mark_withdrawal(m.buyer_id, "nope", paid=True)
     assert (unknown.value.status, unknown.value.code) == (404, "unknown_withdrawal")
+
+
+async def test_a_withdrawal_whose_id_holds_a_slash_can_be_paid_or_failed(market: Market) -> None:
+    """A withdrawal id is a client id (printable ASCII, `/` included): the cash it holds
+    must be releasable, whatever the id (Litestar decodes `%2F` before routing)."""
+    m = market
+    for withdrawal_id in ("w/1", "w/paid", "100%/x?y"):
+        await m.buyer.withdraw(withdrawal_id, 1_000)
+    assert await cash(m.buyer) == (1_000_000 - 3_000, 3_000)
+    paid = await m.operator.mark_withdrawal(m.buyer_id, "w/1", paid=True)
+    assert (paid.withdrawal_id, paid.status) == ("w/1", "paid")
+    failed = await m.operator.mark_withdrawal(m.buyer_id, "w/paid", paid=False)
+    assert (failed.withdrawal_id, failed.status) == ("w/paid", "failed")
+    assert (await m.operator.mark_withdrawal(m.buyer_id, "100%/x?y", paid=False)).status == (
+        "failed"
+    )
+    assert await cash(m.buyer) == (1_000_000 - 1_000, 0)
+    with pytest.raises(TokexApiError) as twice:
+        await m.operator.mark_withdrawal(m.buyer_id, "w/1", paid=False)
+    assert (twice.value.status, twice.value.code) == (409, "withdrawal_settled")
+
+
+async def test_a_withdrawal_outcome_other_than_paid_or_failed_is_no_route(market: Market) -> None:
+    m = market
+    await m.buyer.withdraw("w1", 1_000)
+    for path in (f"/v1/withdrawals/{m.buyer_id}/w1/done", f"/v1/withdrawals/{m.buyer_id}/paid"):
+        with pytest.raises(TokexApiError) as none:
+            await m.operator.request("POST", path)
+        assert (none.value.status, none.value.code) == (404, "not_found"), path
+    assert [w.status for w in await m.buyer.withdrawals()] == ["pending"]

@@ -177,7 +177,7 @@ async def test_a_dispute_over_http(market: Market) -> None:
     assert (mine.entitlement, mine.pending_tokens, mine.pending_escrow) == (8_000, 2_000, 2_000)
 
     assert await refused(m.buyer.dispute(p, "r2", "not mine")) == (404, "unknown_report")
-    assert (await refused(m.provider.dispute(p, "r1", "providers cannot")))[0] == 403
+    assert await refused(m.provider.dispute(p, "r1", "its own")) == (404, "unknown_report")
     d1 = await m.buyer.dispute(p, "r1", "the endpoint was down all hour")
     assert (d1.status, d1.reason, d1.tokens) == ("open", "the endpoint was down all hour", 2_000)
     assert [x.status for x in await m.buyer.delivery_reports(status="disputed")] == ["disputed"]
@@ -197,3 +197,35 @@ async def test_a_dispute_over_http(market: Market) -> None:
     )  # fmt: skip
     assert await cash(m.provider) == 0  # r2 is still pending: nothing paid yet
     assert [x.report_id for x in await m.other_buyer.delivery_reports()] == [r2.report_id]
+
+
+async def test_a_provider_that_bought_disputes_a_report_against_what_it_bought(
+    market: Market,
+) -> None:
+    """Providers may buy; another provider's report against what they bought is theirs
+    to see and to dispute, as a buyer's."""
+    m, ids = market, market.ids
+    await m.operator.deposit("dep-p", ids["p"], 1_000_000)
+    await m.other_provider.list_capacity("cap-p2", SYM, 10_000)
+    await m.other_provider.place_order(
+        PlaceOrder(client_order_id="ask-p2", instrument=SYM, side=Side.SELL,
+                   quantity=10_000, price=1_000)
+    )  # fmt: skip
+    bought = await m.provider.place_order(
+        PlaceOrder(client_order_id="bid-p", instrument=SYM, side=Side.BUY,
+                   quantity=10_000, price=1_000)
+    )  # fmt: skip
+    assert bought.status == "filled"
+    report = await m.other_provider.report_delivery("r-p2", SYM, ids["p"], 10_000)
+    assert report.status == "pending"
+    assert [x.report_id for x in await m.provider.delivery_reports()] == ["r-p2"]
+    opened = await m.provider.dispute(ids["p2"], "r-p2", "never served")
+    assert (opened.status, opened.tokens) == ("open", 10_000)
+    assert [x.dispute_id for x in await m.provider.disputes()] == [opened.dispute_id]
+    assert [x.dispute_id for x in await m.other_provider.disputes()] == [opened.dispute_id]
+    assert await refused(m.other_provider.dispute(ids["p2"], "r-p2", "its own")) == (
+        404, "unknown_report",
+    )  # fmt: skip
+    before = await cash(m.provider)
+    done = await m.operator.resolve_dispute(opened.dispute_id, "refund")
+    assert done.status == "refunded" and await cash(m.provider) > before

@@ -107,14 +107,14 @@ async def test_operator_commands_against_a_running_server(
 
         async with operator.as_account(buyer) as acme:
             await acme.withdraw("w-1", 10_000)
-            await acme.withdraw("w-2", 5)
+            await acme.withdraw("w/2", 5)  # a client id may hold "/": the CLI encodes it
             placed = await acme.place_order(order("o-1", Side.BUY, 2_000, 3_000))
 
         listed = await cli.json("withdrawals", "list", "--status", "pending")
-        assert sorted(w["withdrawal_id"] for w in listed) == ["w-1", "w-2"]  # type: ignore[index,union-attr]
+        assert sorted(w["withdrawal_id"] for w in listed) == ["w-1", "w/2"]  # type: ignore[index,union-attr]
         code, out = await cli("withdrawals", "paid", buyer.account_id, "w-1")
         assert code == 0 and "$100.00" in out and "paid" in out, out
-        failed = await cli.json("withdrawals", "failed", buyer.account_id, "w-2")
+        failed = await cli.json("withdrawals", "failed", buyer.account_id, "w/2")
         assert isinstance(failed, dict) and failed["status"] == "failed"
         code, out = await cli("withdrawals", "failed", buyer.account_id, "w-1")
         assert code == 1 and out.strip().startswith("tokex: error: withdrawal_settled:"), out
