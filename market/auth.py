@@ -14,8 +14,15 @@ from the server's clock either way), `unknown_key` (no such key, a malformed key
 revoked), `bad_signature` (not base64 of 64 bytes, or does not verify: other key, altered
 method, path, query or body, or a signature the strict check refuses), `replayed_signature`
 (the same signature already accepted within the window). Replay detection holds accepted
-signatures in memory until their timestamp leaves the window: it is per process, so more
-than one server process behind a balancer would need a shared store (not needed yet).
+signatures in memory until their timestamp leaves the window: it is per process. With more
+than one gateway process (`tokex serve --workers N`, or hosts behind a balancer) a signed
+request replayed to another gateway passes this window, so every write a gateway takes is
+checked once more where all gateways meet: a command in the sequencer process's own window
+(`market.sequencer.responder`); the one direct database write that is not idempotent, an
+inference key, by its signature stored with it under a UNIQUE constraint
+(`market.gateway.keys`, migration 0016). Both refuse with `replayed_signature()`, as here.
+The other direct writes are idempotent (accounts, endpoints: 409; an endpoint deleted:
+404; a revocation: no change).
 
 Litestar integration (wired by `ops.app.create_app`):
 
@@ -39,7 +46,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import asyncpg
@@ -86,6 +93,7 @@ __all__ = [
     "now_ms",
     "principal_of",
     "provide_principal",
+    "replayed_signature",
     "request_message",
     "requires_role",
     "sign_request",
@@ -166,16 +174,27 @@ class Quota:
         return [(k.lower().encode(), v.encode()) for k, v in self.headers().items()]
 
 
+def replayed_signature() -> AuthError:
+    """The refusal of a signature already taken: by a replay window (this process's or
+    the sequencer process's) or by the row a write recorded it with."""
+    return AuthError("this signature was already used", code="replayed_signature")
+
+
 # --------------------------------------------------------------------------- principal
 
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller of a request."""
+    """The authenticated caller of a request.
+
+    `signature`: the raw signature of the request it was authenticated by (b"" if built
+    otherwise), for a write that records it so that the same signed request cannot be
+    taken twice across processes (`market.gateway.keys.create_key`)."""
 
     account_id: str
     role: Role
     key_id: str
+    signature: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -371,8 +390,10 @@ class Authenticator:
         # Ed25519 is deterministic and the strict check refuses non-canonical S and R, so
         # the signature bytes identify (key, message): the same bytes again are a replay.
         if not self.replay.check_and_add(raw_signature, ts, now_ms):
-            raise AuthError("this signature was already used", code="replayed_signature")
-        return Principal(account_id=record.account_id, role=record.role, key_id=key_id)
+            raise replayed_signature()
+        return Principal(
+            account_id=record.account_id, role=record.role, key_id=key_id, signature=raw_signature
+        )
 
 
 # --------------------------------------------------------------------------- rate limit

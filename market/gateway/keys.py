@@ -14,6 +14,13 @@ for `service.GRANTS_CACHE_S` (2 s) per process (`openai_api.authorize`): a revoc
 clears that process's grants at once, other processes see it within that; a key's expiry
 is checked on every call. Configuration, not ledger state: written directly, as accounts
 are.
+
+Written directly, a key is not seen by the sequencer process's replay window, and each
+gateway process (`tokex serve --workers N`) has its own: the signed request that makes a
+key is therefore stored with it (`request_signature`, UNIQUE, migration 0016), so that the
+same signed request sent again to any gateway makes no second key (401
+`replayed_signature`). Without that, whoever saw one signed creation (a proxy, a log of
+bodies) would get a bearer secret of their own, spending the buyer's entitlements.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from market.auth import replayed_signature
 from schemas.errors import DomainError, ErrorKind
 from schemas.gateway import CreateInferenceKey, InferenceKeyCreated, InferenceKeyView
 from schemas.wire_time import unix_ms
 
 SECRET_PREFIX = "tkx_"
+_SIGNATURE_UNIQUE = "gateway_inference_keys_request_signature_key"  # migration 0016
 _SECRET_RE = re.compile(r"tkx_[0-9a-f]{64}")
 
 
@@ -75,18 +84,27 @@ def _view(record: asyncpg.Record) -> InferenceKeyView:
 
 
 async def create_key(
-    conn: asyncpg.Connection, buyer: str, req: CreateInferenceKey
+    conn: asyncpg.Connection, buyer: str, req: CreateInferenceKey, *, signature: bytes | None
 ) -> InferenceKeyCreated:
-    """Make a key; the returned secret is the only copy."""
+    """Make a key; the returned secret is the only copy. `signature`: that of the signed
+    request asking for it (None: no request to tell apart, no row to refuse by); a key
+    already made by the same signature is `replayed_signature` (401), and no key."""
     key_id = "ik_" + secrets.token_hex(8)
     secret = SECRET_PREFIX + secrets.token_hex(32)
     models = None if req.models is None else sorted(set(req.models))
-    await conn.execute(
-        """INSERT INTO gateway_inference_keys
-               (key_id, buyer, secret_sha256, models, token_budget, expires_ms)
-           VALUES ($1, $2, $3, $4, $5, $6)""",
-        key_id, buyer, secret_hash(secret), models, req.token_budget, req.expires_ms,
-    )  # fmt: skip
+    try:
+        await conn.execute(
+            """INSERT INTO gateway_inference_keys
+                   (key_id, buyer, secret_sha256, models, token_budget, expires_ms,
+                    request_signature)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            key_id, buyer, secret_hash(secret), models, req.token_budget, req.expires_ms,
+            signature,
+        )  # fmt: skip
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == _SIGNATURE_UNIQUE:
+            raise replayed_signature() from None
+        raise
     return InferenceKeyCreated(
         key_id=key_id, secret=secret, models=models, token_budget=req.token_budget,
         expires_ms=req.expires_ms,

@@ -2,6 +2,8 @@
 
 - `POST /v1/inference-keys`: `{}` gives a key for every model the buyer holds; optional
   `models`, `token_budget`, `expires_ms`. 201 with the secret `tkx_...`, shown this once.
+  The same signed request again, through any gateway process: 401 `replayed_signature`,
+  and no second key (its signature is stored with the key: `keys.create_key`).
 - `GET /v1/inference-keys`: the buyer's keys (never a secret: only their hashes are kept).
 - `DELETE /v1/inference-keys/{key_id}`: revoke at once; 200 with the key; 404 if not its own.
 """
@@ -27,7 +29,9 @@ async def create_key(
     pool: NamedDependency[asyncpg.Pool],
 ) -> InferenceKeyCreated:
     async with pool.acquire() as conn:
-        return await keys.create_key(conn, principal.account_id, data)
+        return await keys.create_key(
+            conn, principal.account_id, data, signature=principal.signature or None
+        )
 
 
 @get("/", summary="Your inference keys, without secrets (buyer)")

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from market.auth import AuthError, ReplayWindow
+from market.auth import ReplayWindow, replayed_signature
 from market.request_context import REQUEST_ID
 from market.sequencer.errors import SequencerStopped
 from market.sequencer.port import Exchange
@@ -136,7 +136,7 @@ class Responder:
         if signature is None or not timestamp.isdigit():
             return  # checked by the gateway already; nothing to remember it by
         if not self._replay.check_and_add(signature, int(timestamp), now_ms()):
-            raise AuthError("this signature was already used", code="replayed_signature")
+            raise replayed_signature()
 
     async def _query(self, msg: Msg) -> Answer[Any]:
         try:

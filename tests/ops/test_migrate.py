@@ -211,6 +211,7 @@ RECORDED = [
     (13, "retire_settled_accounts", "market/migrations"),
     (14, "gateway_calls", "market/migrations"),
     (15, "gateway_call_owner", "market/migrations"),
+    (16, "inference_key_signature", "market/migrations"),
 ]
 
 

@@ -234,6 +234,29 @@ async def test_an_orders_subscribe_sent_to_any_gateway_with_cancel_on_disconnect
     await buyer.aclose()
 
 
+async def test_a_signed_key_creation_replayed_through_every_gateway_makes_one_key(
+    workers: Workers,
+) -> None:
+    """Written by the gateway itself, not by the sequencer: the database refuses the
+    replay (the key keeps its request's signature, unique), not the sequencer's window.
+    Whoever saw the signed request gets no bearer secret of their own."""
+    buyer = await workers.buyer("key-replayer")
+    assert buyer.private_key is not None and buyer.key_id is not None
+    body = b"{}"
+    headers = {"Content-Type": "application/json", **sign_request(
+        buyer.private_key, buyer.key_id, "POST", "/v1/inference-keys", body, now_ms()
+    )}  # fmt: skip
+    statuses: list[tuple[int, str]] = []
+    for _ in range(8):  # a new connection each: the kernel spreads them over the gateways
+        async with httpx.AsyncClient(base_url=workers.proc.base_url) as fresh:
+            response = await fresh.post("/v1/inference-keys", content=body, headers=headers)
+        statuses.append((response.status_code, response.json().get("code", "")))
+    assert statuses[0][0] == 201
+    assert statuses[1:] == [(401, "replayed_signature")] * 7, statuses
+    assert len(await buyer.request("GET", "/v1/inference-keys")) == 1
+    await buyer.aclose()
+
+
 # -- a gateway killed under load -----------------------------------------------------------
 
 
