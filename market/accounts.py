@@ -1,6 +1,8 @@
 """Accounts and their request-signing keys: creation and look-up (tables of migration 0003).
 
-Used by `POST /v1/accounts`, by `tokex accounts create` and by tests. Key formats and the
+Used by `POST /v1/accounts`, by `tokex accounts create`, by the key routes
+(`POST /v1/accounts/me/keys`, `DELETE .../keys/{key_id}`: `add_key`, `revoke_key`) and by
+tests. Key formats and the
 public-key check live in `market.keys` (re-exported here). Ids are random,
 unguessable and prefixed: `acc_` / `key_` + 16 hex digits (64 bits from `secrets`); a key id
 is not derived from the public key, so it reveals nothing about it.
@@ -9,6 +11,7 @@ is not derived from the public key, so it reveals nothing about it.
 from __future__ import annotations
 
 import secrets
+from typing import NoReturn
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,7 +26,7 @@ from market.keys import (
     private_key_pem,
     public_key_b64,
 )
-from schemas.accounts import AccountCreated, AccountView, Role
+from schemas.accounts import AccountCreated, AccountView, KeyView, Role
 from schemas.errors import DomainError, ErrorKind
 from schemas.wire_time import unix_ms
 
@@ -33,7 +36,10 @@ __all__ = [
     "InvalidAccountName",
     "InvalidPrivateKey",
     "InvalidPublicKey",
+    "LastActiveKey",
+    "SigningKeyNotFound",
     "WeakPublicKey",
+    "add_key",
     "create_account",
     "get_account",
     "load_private_key",
@@ -42,6 +48,7 @@ __all__ = [
     "parse_public_key",
     "private_key_pem",
     "public_key_b64",
+    "revoke_key",
 ]
 
 
@@ -55,6 +62,20 @@ class DuplicatePublicKey(DomainError):
 class AccountNotFound(DomainError):
     code = "account_not_found"
     kind = ErrorKind.NOT_FOUND
+
+
+class SigningKeyNotFound(DomainError):
+    """No such request-signing key in this account (another account's key included)."""
+
+    code = "signing_key_not_found"
+    kind = ErrorKind.NOT_FOUND
+
+
+class LastActiveKey(DomainError):
+    """The owner may not revoke the account's last active key (an operator may)."""
+
+    code = "last_active_key"
+    kind = ErrorKind.CONFLICT
 
 
 class InvalidAccountName(DomainError):
@@ -101,9 +122,7 @@ async def create_account(
                 public_key,
             )
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "account_keys_public_key_key":
-            raise DuplicatePublicKey("this public key already belongs to an account") from None
-        raise
+        _raise_duplicate_key(exc)
     created = AccountCreated(
         account_id=account_id,
         key_id=key_id,
@@ -112,6 +131,88 @@ async def create_account(
         private_key=private_key_pem(private_key) if private_key is not None else None,
     )
     return created, private_key
+
+
+def _raise_duplicate_key(exc: asyncpg.UniqueViolationError) -> NoReturn:
+    if exc.constraint_name == "account_keys_public_key_key":
+        raise DuplicatePublicKey("this public key already belongs to an account") from None
+    raise exc
+
+
+async def add_key(conn: asyncpg.Connection, account_id: str, public_key: bytes) -> KeyView:
+    """Give an existing account another (active) key; `DuplicatePublicKey` if the public key
+    is anyone's already, a revoked key of this account included (a key id is never reused,
+    nor is a key)."""
+    check_public_key(public_key)
+    try:
+        row = await conn.fetchrow(
+            f"""INSERT INTO account_keys (key_id, account_id, public_key) VALUES ($1, $2, $3)
+                RETURNING {_KEY_COLUMNS}""",
+            new_key_id(),
+            account_id,
+            public_key,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        _raise_duplicate_key(exc)
+    except asyncpg.ForeignKeyViolationError:
+        raise AccountNotFound(f"no account {account_id[:40]!r}") from None
+    assert row is not None
+    return _key_view(row)
+
+
+async def revoke_key(
+    conn: asyncpg.Connection, account_id: str, key_id: str, *, keep_one: bool
+) -> KeyView:
+    """Revoke `key_id` of `account_id` (at once in the database; the authenticators' caches
+    are the caller's business: `Authenticator.forget`). Revoking a revoked key changes
+    nothing and answers the same view (its first `revoked_at_ms`). `SigningKeyNotFound` for
+    a key of another account or none; with `keep_one`, `LastActiveKey` rather than leave
+    the account without an active key. The account row is locked meanwhile, so two
+    revocations at once cannot both pass the last-key check."""
+    async with conn.transaction():
+        await conn.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", account_id)
+        row = await conn.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM account_keys WHERE key_id = $1 AND account_id = $2",
+            key_id,
+            account_id,
+        )
+        if row is None:
+            raise SigningKeyNotFound(f"no key {key_id[:40]!r} in this account")
+        if row["revoked_at"] is not None:
+            return _key_view(row)
+        if keep_one and await _active_keys(conn, account_id) <= 1:
+            raise LastActiveKey(
+                f"{key_id} is the account's last active key; add another key first "
+                "(POST /v1/accounts/me/keys), or ask an operator to lock the account"
+            )
+        row = await conn.fetchrow(
+            f"""UPDATE account_keys SET revoked_at = now() WHERE key_id = $1
+                RETURNING {_KEY_COLUMNS}""",
+            key_id,
+        )
+    assert row is not None
+    return _key_view(row)
+
+
+async def _active_keys(conn: asyncpg.Connection, account_id: str) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM account_keys WHERE account_id = $1 AND revoked_at IS NULL",
+        account_id,
+    )
+    return count
+
+
+_KEY_COLUMNS = "key_id, account_id, created_at, revoked_at"
+
+
+def _key_view(row: asyncpg.Record) -> KeyView:
+    revoked_at = row["revoked_at"]
+    return KeyView(
+        key_id=row["key_id"],
+        account_id=row["account_id"],
+        created_at_ms=unix_ms(row["created_at"]),
+        revoked_at_ms=None if revoked_at is None else unix_ms(revoked_at),
+    )
 
 
 _ACCOUNT_VIEW_SQL = """SELECT a.account_id, a.role, a.name, a.created_at,

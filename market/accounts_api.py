@@ -8,20 +8,44 @@
 - `GET /v1/accounts/{account_id}` (operator, auditor): any account; 404 if none.
 - `GET /v1/accounts?role=&limit=` (operator, auditor): accounts in the order they were
   made, of one role if given, at most `limit` (1 to 10,000; default 1,000).
+
+Request-signing keys (rotation: add the new key, switch to it, revoke the old one):
+
+- `POST /v1/accounts/me/keys` (any role, signed by an active key of the account): add a
+  public key (`AddKey.public_key`, checked as at creation; 409 `duplicate_public_key` if it
+  is anyone's already). 201 `KeyView` of the new key.
+- `DELETE /v1/accounts/me/keys/{key_id}` (any role): revoke one of the caller's keys, the
+  signing one included, except the account's last active key (409 `last_active_key`).
+- `DELETE /v1/accounts/{account_id}/keys/{key_id}` (operator): revoke any account's key,
+  the last one included (locking the account out, e.g. after a leak).
+
+A revocation answers 200 `KeyView` with `revoked_at_ms`; revoking a revoked key again
+answers the same view (idempotent); a key of another account, or none, is 404
+`signing_key_not_found`. It takes effect at once in the database and in the answering
+process's authenticator (`Authenticator.forget`); the other processes of `serve --workers N`
+keep the key cached for at most `Authenticator.cache_ttl_s` (30 s), and a websocket `orders`
+subscription made with the key ends within that time too (`market.stream`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
-from litestar import Router, get, post
+from litestar import Request, Router, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from market.accounts import create_account, get_account, list_accounts, parse_public_key
-from market.auth import Principal, requires_role
-from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
+from market.accounts import (
+    add_key,
+    create_account,
+    get_account,
+    list_accounts,
+    parse_public_key,
+    revoke_key,
+)
+from market.auth import Authenticator, Principal, requires_role
+from schemas.accounts import AccountCreated, AccountView, AddKey, CreateAccount, KeyView, Role
 from schemas.errors import DomainError, ErrorKind
 
 __all__ = ["PublicKeyRequired", "accounts_router"]
@@ -86,8 +110,70 @@ async def accounts_list(
         return await list_accounts(conn, role, limit)
 
 
+@post("/me/keys", status_code=201, summary="Add a request-signing key to the caller's account")
+async def add_my_key(
+    data: JSONBody[AddKey],
+    principal: NamedDependency[Principal],
+    pool: NamedDependency[asyncpg.Pool],
+) -> KeyView:
+    raw = parse_public_key(data.public_key)
+    async with pool.acquire() as conn:
+        return await add_key(conn, principal.account_id, raw)
+
+
+@delete("/me/keys/{key_id:str}", status_code=200, summary="Revoke one of the caller's keys")
+async def revoke_my_key(
+    key_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    pool: NamedDependency[asyncpg.Pool],
+    request: Request[Any, Any, Any],
+) -> KeyView:
+    return await _revoke(request, pool, principal.account_id, key_id, keep_one=True)
+
+
+@delete(
+    "/{account_id:str}/keys/{key_id:str}",
+    guards=[requires_role(Role.OPERATOR)],
+    status_code=200,
+    summary="Revoke any account's key, the last one included (operator)",
+)
+async def revoke_account_key(
+    account_id: FromPath[str],
+    key_id: FromPath[str],
+    pool: NamedDependency[asyncpg.Pool],
+    request: Request[Any, Any, Any],
+) -> KeyView:
+    return await _revoke(request, pool, account_id, key_id, keep_one=False)
+
+
+async def _revoke(
+    request: Request[Any, Any, Any],
+    pool: asyncpg.Pool,
+    account_id: str,
+    key_id: str,
+    *,
+    keep_one: bool,
+) -> KeyView:
+    """Revoke in the database, then drop the key from this process's cache: from the next
+    request on, this process refuses it (`unknown_key`)."""
+    async with pool.acquire() as conn:
+        view = await revoke_key(conn, account_id, key_id, keep_one=keep_one)
+    authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
+    if authenticator is not None:
+        authenticator.forget(key_id)
+    return view
+
+
 accounts_router = Router(
     "/v1/accounts",
-    route_handlers=[create_account_route, accounts_list, my_account, account_by_id],
+    route_handlers=[
+        create_account_route,
+        accounts_list,
+        my_account,
+        account_by_id,
+        add_my_key,
+        revoke_my_key,
+        revoke_account_key,
+    ],
     tags=["accounts"],
 )

@@ -274,7 +274,9 @@ class Authenticator:
     """Checks signed requests against the accounts' keys (cached) and a replay window.
 
     Keys are cached for `cache_ttl_s` seconds, so a revoked key stops working within that
-    time (or at once after `forget(key_id)`). Unknown key ids are not cached.
+    time (or at once after `forget(key_id)`). Unknown key ids are not cached. The key
+    routes (`market.accounts_api`) call `forget` in the process that revokes; the other
+    processes of `serve --workers N` are not told and refuse the key within the TTL.
 
     The replay window lives in this process's memory, so a request signed before the
     process started is refused (`stale_timestamp`): otherwise a request captured just
@@ -311,6 +313,13 @@ class Authenticator:
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (after revoking it)."""
         self._cache.pop(key_id, None)
+
+    async def key_active(self, key_id: str) -> bool:
+        """Whether `key_id` still exists unrevoked (as cached: true up to `cache_ttl_s` after
+        a revocation this process was not told of). For a long-lived session authenticated
+        once, such as a websocket `orders` subscription."""
+        record = await self._key(key_id)
+        return record is not None and not record.revoked
 
     async def _key(self, key_id: str) -> KeyRecord | None:
         now = time.monotonic()

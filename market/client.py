@@ -36,7 +36,7 @@ from market.keys import load_private_key, private_key_pem, public_key_b64
 from market.pages import Page
 from market.signing import now_ms, sign_request, sign_subscribe
 from market.vouchers import sign_voucher
-from schemas.accounts import AccountCreated, AccountView, CreateAccount, Role
+from schemas.accounts import AccountCreated, AccountView, AddKey, CreateAccount, KeyView, Role
 from schemas.disputes import (
     DisputeRequest,
     DisputeResolution,
@@ -254,6 +254,24 @@ class TokexClient:
         """`GET /v1/accounts/{account_id}` (operator, auditor)."""
         answer = await self.request("GET", f"/v1/accounts/{account_id}")
         return msgspec.convert(answer, AccountView)
+
+    async def add_key(self, public_key: str | Ed25519PrivateKey) -> KeyView:
+        """`POST /v1/accounts/me/keys`: another signing key for this account (base64 of the
+        raw public key, or a private key whose public half is sent). Then sign with it:
+        `with_key(view.key_id, private_key)`."""
+        if isinstance(public_key, Ed25519PrivateKey):
+            public_key = public_key_b64(public_key)
+        answer = await self.request(
+            "POST", "/v1/accounts/me/keys", json=AddKey(public_key=public_key)
+        )
+        return msgspec.convert(answer, KeyView)
+
+    async def revoke_key(self, key_id: str, account_id: str | None = None) -> KeyView:
+        """Revoke a signing key: one of this account's (`DELETE /v1/accounts/me/keys/{key_id}`;
+        not its last active one), or, with `account_id`, any account's (operator)."""
+        owner = "me" if account_id is None else quote(account_id, safe="")
+        path = f"/v1/accounts/{owner}/keys/{quote(key_id, safe='')}"
+        return msgspec.convert(await self.request("DELETE", path), KeyView)
 
     # ------------------------------------------------------------------ trading
 

@@ -33,6 +33,16 @@ every open order of the account is cancelled through the sequencer (`CancelAllOp
 as `POST /v1/orders/cancel-all` would. A bot that wants its orders to outlive a
 dropped connection leaves it off; one that wants a timeout rather than a connection
 uses the dead-man switch (`POST /v1/orders/cancel-after`).
+
+A revoked key: the `orders` subscription is authenticated once, so every `KEY_RECHECK_S`
+the connection asks the authenticator whether its key is still active (`key_active`,
+through its cache: the process that revoked it knows at once, another process of
+`serve --workers N` within `cache_ttl_s`, 30 s). Once revoked, the connection is closed
+with `CLOSE_KEY_REVOKED` (4001) and its reason, and cancel on disconnect is NOT fired for
+that account: a revocation is what an owner or operator does about a leaked key, and the
+owner's orders are the owner's, not the leaker's; whoever revoked it cancels them if they
+want (`POST /v1/orders/cancel-all`, with another key). The client reconnects and
+subscribes with an active key.
 """
 
 from __future__ import annotations
@@ -40,13 +50,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from market.auth import PUBLIC, Authenticator, AuthError, now_ms
+from market.auth import PUBLIC, Authenticator, AuthError, Principal, now_ms
 from market.feed import MarketData, Subscriber, encode
 from market.sequencer.ops import CancelAllOp
 from market.sequencer.queries import UntradedQuery
@@ -65,8 +76,21 @@ from schemas.stream import (
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS: Final = 4096  # client messages are small; anything larger is refused
+#: How often a connection re-checks the key of its `orders` subscription (a cache look-up).
+KEY_RECHECK_S: Final = 1.0
+CLOSE_KEY_REVOKED: Final = 4001
+CLOSE_KEY_REVOKED_REASON: Final = "key revoked: subscribe again with an active key"
 
 _decoder = msgspec.json.Decoder(ClientMessage)
+
+
+@dataclass
+class _Private:
+    """A connection's private side: whose orders go with it, and the key it subscribed with."""
+
+    guarded: set[str] = field(default_factory=set)  # accounts cancelled on disconnect
+    key_id: str | None = None  # of the current `orders` subscription
+    account_id: str | None = None
 
 
 @websocket(STREAM_PATH, opt=PUBLIC, name="market_stream")
@@ -75,20 +99,45 @@ async def market_stream(socket: WebSocket[Any, Any, Any]) -> None:
     hub: MarketData = socket.app.state.market_data
     await socket.accept()
     sub = hub.connect()
-    guarded: set[str] = set()  # accounts whose orders go when this connection does
-    receiver = asyncio.create_task(_receive(socket, hub, sub, guarded))
+    private = _Private()
+    receiver = asyncio.create_task(_receive(socket, hub, sub, private))
     sender = asyncio.create_task(_send(socket, sub))
+    watcher = asyncio.create_task(_watch_key(socket, sub, private))
     try:
         await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
     finally:
         hub.disconnect(sub)
         sub.close(1000, "")
-        for task in (receiver, sender):
+        for task in (receiver, sender, watcher):
             task.cancel()
-        for task in (receiver, sender):
+        for task in (receiver, sender, watcher):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await _cancel_on_disconnect(socket, guarded)
+        await _cancel_on_disconnect(socket, private.guarded)
+
+
+async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private: _Private) -> None:
+    """End the connection once the key of its `orders` subscription is revoked, without
+    cancelling that account's orders (see the module's docstring)."""
+    authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
+    if authenticator is None:
+        return
+    while True:
+        await asyncio.sleep(KEY_RECHECK_S)
+        key_id = private.key_id
+        if key_id is None:
+            continue
+        try:
+            active = await authenticator.key_active(key_id)
+        except Exception:  # the database is away: check again later
+            log.warning("stream: cannot re-check key %s", key_id, exc_info=True)
+            continue
+        if not active and private.key_id == key_id:
+            if private.account_id is not None:
+                private.guarded.discard(private.account_id)
+            log.info("stream: key %s revoked; closing its orders subscription", key_id)
+            sub.close(CLOSE_KEY_REVOKED, CLOSE_KEY_REVOKED_REASON)
+            return
 
 
 async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], accounts: set[str]) -> None:
@@ -123,7 +172,7 @@ async def _send(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> None:
 
 
 async def _receive(
-    socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber, guarded: set[str]
+    socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber, private: _Private
 ) -> None:
     while True:
         event = await socket.receive()
@@ -146,7 +195,7 @@ async def _receive(
             _error(sub, StreamErrorCode.INVALID_MESSAGE, str(exc))
             continue
         try:
-            await _handle(socket, hub, sub, message, guarded)
+            await _handle(socket, hub, sub, message, private)
         except DomainError as exc:
             _error(sub, exc.code, exc.message)
         except Exception:  # never let one message kill the connection
@@ -156,19 +205,23 @@ async def _receive(
 
 async def _handle(
     socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber, message: ClientMessage,
-    guarded: set[str],
+    private: _Private,
 ) -> None:  # fmt: skip
+    guarded = private.guarded
     if isinstance(message, Unsubscribe):
         if message.channel is not Channel.ORDERS and message.instrument is None:
             raise _invalid(f"unsubscribe from {message.channel} needs an instrument")
         hub.unsubscribe(sub, message.channel, message.instrument)
         if message.channel is Channel.ORDERS:
             guarded.clear()  # a clean unsubscribe: the orders stay
+            private.key_id = private.account_id = None
         return
     assert isinstance(message, Subscribe)
     if message.channel is Channel.ORDERS:
-        account_id = await _authenticate(socket, message)
+        principal = await _authenticate(socket, message)
+        account_id = principal.account_id
         hub.subscribe_orders(sub, account_id)
+        private.key_id, private.account_id = principal.key_id, account_id
         if message.cancel_on_disconnect:
             guarded.add(account_id)
         else:
@@ -205,8 +258,8 @@ async def _discover(socket: WebSocket[Any, Any, Any], hub: MarketData, instrumen
         hub.load([Depth(instrument=instrument, seq=0, bids=[], asks=[])])
 
 
-async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) -> str:
-    """The account of a signed subscribe: signed as `GET /v1/stream` with its parameters
+async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) -> Principal:
+    """The principal of a signed subscribe: signed as `GET /v1/stream` with its parameters
     as the body (`subscribe_body`)."""
     authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
     if authenticator is None:
@@ -238,7 +291,7 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) ->
         if exc.code != "bad_signature":
             raise
         raise AuthError(_not_this_subscribe(body), code="bad_signature") from exc
-    return principal.account_id
+    return principal
 
 
 def _not_this_subscribe(body: bytes) -> str:

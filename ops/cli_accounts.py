@@ -15,12 +15,26 @@ as the app role of `tokex db grant-app`: only checked to be all applied).
 
 tokex accounts list [--role ROLE] [--json] (--url, --key-id, --key-file: `ops.cli_api`)
     Every account, oldest first, over the API (operator or auditor key).
+
+tokex accounts add-key (--public-key FILE | --out FILE) [--json] (and the client options)
+    Add a request-signing key to the signing key's own account, over the API: the public
+    key in FILE, or a key pair generated here whose private key is written to `--out`
+    (mode 0600, never overwriting; removed again if the exchange refuses the key). Prints
+    the new key id (`--json`: its `KeyView`). Rotation: add-key, switch to the new key,
+    revoke-key the old one.
+
+tokex accounts revoke-key KEY_ID [--account ACCOUNT_ID] [--json] (and the client options)
+    Revoke one of the signing account's own keys (not its last active one), or, with
+    `--account` (operator key), any account's key, its last one included. Revoking a
+    revoked key again succeeds and changes nothing. Other processes of `serve --workers N`
+    may accept the key for up to 30 s more (their cache).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import sys
 from pathlib import Path
@@ -29,13 +43,13 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from market.accounts import create_account, parse_public_key, private_key_pem
+from market.accounts import create_account, parse_public_key, private_key_pem, public_key_b64
 from market.client import TokexClient
 from ops.cli import add_database_options, run_migrations, settings_from_args
 from ops.cli_api import add_client_options, emit_json, emit_table, run
 from ops.cli_operator import iso_time
 from ops.database import connect, database_url
-from schemas.accounts import AccountCreated, AccountView, Role
+from schemas.accounts import AccountCreated, AccountView, KeyView, Role
 from schemas.errors import DomainError, ErrorKind
 
 
@@ -152,6 +166,75 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--role", choices=[r.value for r in Role])
     add_client_options(listing)
     listing.set_defaults(handler=_list_command)
+    _register_key_commands(sub)
+
+
+def _register_key_commands(sub: Any) -> None:
+    add = sub.add_parser(
+        "add-key", help="add a request-signing key to the signing account (over the API)"
+    )
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--public-key", metavar="FILE",
+        help="the new Ed25519 public key (PEM, or base64 of the raw 32 bytes)",
+    )  # fmt: skip
+    source.add_argument(
+        "--out", metavar="FILE", help="generate a key pair; write its private key here (0600)"
+    )
+    add_client_options(add)
+    add.set_defaults(handler=_add_key_command)
+    revoke = sub.add_parser(
+        "revoke-key", help="revoke a request-signing key (own, or any with --account: operator)"
+    )
+    # not dest "key_id": that is --key-id's, the signing key (`ops.cli_api`)
+    revoke.add_argument("revoked_key_id", metavar="KEY_ID", help="the key to revoke")
+    revoke.add_argument(
+        "--account", metavar="ACCOUNT_ID",
+        help="the key's account (operator: may revoke its last key); default: the signer's own",
+    )  # fmt: skip
+    add_client_options(revoke)
+    revoke.set_defaults(handler=_revoke_key_command)
+
+
+def _add_key_command(args: argparse.Namespace) -> int:
+    out: Path | None = None
+    if args.public_key:
+        public_key = base64.b64encode(_read_public_key(args.public_key)).decode("ascii")
+    else:
+        out = Path(args.out).expanduser().resolve()
+        private_key = Ed25519PrivateKey.generate()
+        _write_private_key(out, private_key)
+        public_key = public_key_b64(private_key)
+
+    async def call(client: TokexClient) -> KeyView:
+        return await client.add_key(public_key)
+
+    try:
+        view = run(args, call)
+    except BaseException:
+        if out is not None:  # never leave a key file for a key the exchange does not have
+            out.unlink(missing_ok=True)
+        raise
+    if args.json:
+        emit_json(view)
+    else:
+        print(f"key {view.key_id} added to {view.account_id}")
+        if out is not None:
+            print(f"private key written to {out} (mode 0600; keep it secret)")
+    return 0
+
+
+def _revoke_key_command(args: argparse.Namespace) -> int:
+    async def call(client: TokexClient) -> KeyView:
+        return await client.revoke_key(args.revoked_key_id, args.account)
+
+    view = run(args, call)
+    if args.json:
+        emit_json(view)
+    else:
+        assert view.revoked_at_ms is not None
+        print(f"key {view.key_id} of {view.account_id} revoked at {iso_time(view.revoked_at_ms)}")
+    return 0
 
 
 def _list_command(args: argparse.Namespace) -> int:

@@ -22,7 +22,13 @@ from ledger.api import CheckpointNotFound, EntryNotFound
 from ledger.audit.export import ExportEmpty
 from ledger.errors import IdempotencyConflict, LedgerUnavailable
 from ledger.merkle import MerkleRangeError
-from market.accounts import AccountNotFound, DuplicatePublicKey, InvalidAccountName
+from market.accounts import (
+    AccountNotFound,
+    DuplicatePublicKey,
+    InvalidAccountName,
+    LastActiveKey,
+    SigningKeyNotFound,
+)
 from market.accounts_api import PublicKeyRequired
 from market.api import ExchangeNotRunning, UnknownAccount, WrongSide
 from market.auth import ForbiddenRole
@@ -130,6 +136,11 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     ),
     "GET /v1/accounts/me": specs(AccountNotFound),
     "GET /v1/accounts/{account_id}": specs(AccountNotFound),
+    "POST /v1/accounts/me/keys": specs(
+        InvalidPublicKey, (400, "weak_public_key"), DuplicatePublicKey
+    ),
+    "DELETE /v1/accounts/me/keys/{key_id}": specs(SigningKeyNotFound, LastActiveKey),
+    "DELETE /v1/accounts/{account_id}/keys/{key_id}": specs(SigningKeyNotFound),
     # instruments and market data
     "GET /v1/instruments": _SEQ,
     "POST /v1/instruments": (

@@ -57,3 +57,18 @@ class AccountView(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     created_at_ms: int  # Unix ms
     key_ids: list[str]
+
+
+class AddKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/accounts/me/keys`: another request-signing key for the caller's account."""
+
+    public_key: PublicKeyB64
+
+
+class KeyView(msgspec.Struct, frozen=True, kw_only=True):
+    """A request-signing key of an account (never its public or private key bytes)."""
+
+    key_id: str
+    account_id: str
+    created_at_ms: int  # Unix ms
+    revoked_at_ms: int | None = None  # Unix ms; None while the key is active

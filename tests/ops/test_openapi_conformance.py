@@ -54,6 +54,21 @@ GOOD: dict[str, Callable[[World], Request]] = {
     ),
     "GET /v1/accounts/me": lambda w: ("/v1/accounts/me", None, None),
     "GET /v1/accounts/{account_id}": lambda w: (f"/v1/accounts/{w.ids['buyer']}", None, None),
+    "POST /v1/accounts/me/keys": lambda w: (
+        "/v1/accounts/me/keys",
+        None,
+        {"public_key": _new_key()},
+    ),
+    "DELETE /v1/accounts/me/keys/{key_id}": lambda w: (
+        f"/v1/accounts/me/keys/{w.ids['buyer_spare_key']}",  # the buyer's: 200, others' 404
+        None,
+        None,
+    ),
+    "DELETE /v1/accounts/{account_id}/keys/{key_id}": lambda w: (
+        f"/v1/accounts/{w.ids['provider']}/keys/{w.ids['provider_spare_key']}",
+        None,
+        None,
+    ),
     "GET /v1/instruments": lambda w: ("/v1/instruments", None, None),
     "POST /v1/instruments": lambda w: (
         "/v1/instruments",

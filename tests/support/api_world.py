@@ -24,6 +24,7 @@ import httpx
 import jsonschema_rs
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from market.client import TokexClient
 from market.signing import now_ms, sign_request
@@ -137,6 +138,9 @@ async def build_world(db_url: str, base_url: str, upstream_url: str | None = Non
     }
     spare = await buyer.request("POST", "/v1/inference-keys", json={})
     ids["spare_key"] = spare["key_id"]  # one to revoke
+    # request-signing keys to revoke: the buyer its own, the operator the provider's
+    ids["buyer_spare_key"] = (await buyer.add_key(Ed25519PrivateKey.generate())).key_id
+    ids["provider_spare_key"] = (await provider.add_key(Ed25519PrivateKey.generate())).key_id
     ids["upstream"] = upstream_url
     if upstream_url is not None:
         await provider.request(
