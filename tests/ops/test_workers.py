@@ -192,15 +192,7 @@ async def test_a_signed_command_replayed_through_every_gateway_is_taken_once(
     assert buyer.private_key is not None and buyer.key_id is not None
     order = PlaceOrder(client_order_id="once", instrument=SYM, side=Side.BUY, quantity=1000,
                        price=5)  # fmt: skip
-    body = msgspec.json.encode(order)
-    headers = {"Content-Type": "application/json", **sign_request(
-        buyer.private_key, buyer.key_id, "POST", "/v1/orders", body, now_ms()
-    )}  # fmt: skip
-    statuses: list[tuple[int, str]] = []
-    for _ in range(8):  # a new connection each: the kernel spreads them over the gateways
-        async with httpx.AsyncClient(base_url=workers.proc.base_url) as fresh:
-            response = await fresh.post("/v1/orders", content=body, headers=headers)
-        statuses.append((response.status_code, response.json().get("code", "")))
+    statuses = await _sent_eight_times(workers, buyer, "/v1/orders", msgspec.json.encode(order))
     assert statuses[0][0] == 201
     assert statuses[1:] == [(401, "replayed_signature")] * 7
     await buyer.aclose()
@@ -242,19 +234,28 @@ async def test_a_signed_key_creation_replayed_through_every_gateway_makes_one_ke
     Whoever saw the signed request gets no bearer secret of their own."""
     buyer = await workers.buyer("key-replayer")
     assert buyer.private_key is not None and buyer.key_id is not None
-    body = b"{}"
-    headers = {"Content-Type": "application/json", **sign_request(
-        buyer.private_key, buyer.key_id, "POST", "/v1/inference-keys", body, now_ms()
-    )}  # fmt: skip
-    statuses: list[tuple[int, str]] = []
-    for _ in range(8):  # a new connection each: the kernel spreads them over the gateways
-        async with httpx.AsyncClient(base_url=workers.proc.base_url) as fresh:
-            response = await fresh.post("/v1/inference-keys", content=body, headers=headers)
-        statuses.append((response.status_code, response.json().get("code", "")))
+    statuses = await _sent_eight_times(workers, buyer, "/v1/inference-keys", b"{}")
     assert statuses[0][0] == 201
     assert statuses[1:] == [(401, "replayed_signature")] * 7, statuses
     assert len(await buyer.request("GET", "/v1/inference-keys")) == 1
     await buyer.aclose()
+
+
+async def _sent_eight_times(
+    workers: Workers, client: TokexClient, path: str, body: bytes
+) -> list[tuple[int, str]]:
+    """One signed POST sent 8 times, each on a new connection (the kernel spreads them
+    over the gateways): (status, code) of each answer."""
+    assert client.private_key is not None and client.key_id is not None
+    headers = {"Content-Type": "application/json", **sign_request(
+        client.private_key, client.key_id, "POST", path, body, now_ms()
+    )}  # fmt: skip
+    statuses: list[tuple[int, str]] = []
+    for _ in range(8):
+        async with httpx.AsyncClient(base_url=workers.proc.base_url) as fresh:
+            response = await fresh.post(path, content=body, headers=headers)
+        statuses.append((response.status_code, response.json().get("code", "")))
+    return statuses
 
 
 # -- a gateway killed under load -----------------------------------------------------------
