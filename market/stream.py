@@ -53,6 +53,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import asyncpg
 import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
@@ -62,6 +63,7 @@ from market.feed import MarketData, Subscriber, encode
 from market.sequencer.ops import CancelAllOp
 from market.sequencer.queries import UntradedQuery
 from market.signing import STREAM_PATH, subscribe_body
+from market.stream_claims import claim
 from schemas.errors import DomainError
 from schemas.market import Depth
 from schemas.stream import (
@@ -291,6 +293,17 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) ->
         if exc.code != "bad_signature":
             raise
         raise AuthError(_not_this_subscribe(body), code="bad_signature") from exc
+    # In a gateway process of `serve --workers N` (ops.gateway_process sets the flag), the
+    # signature is claimed for every gateway, not only in this process's replay window.
+    pool: asyncpg.Pool | None = getattr(socket.app.state, "pool", None)
+    if pool is not None and socket.app.state.get("stream_claims"):
+        try:
+            await claim(pool, principal.signature, message.timestamp_ms or 0, now_ms())
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise DomainError(
+                "private channels are not available now (the database): try again",
+                code=StreamErrorCode.AUTH_UNAVAILABLE,
+            ) from exc
     return principal
 
 

@@ -50,6 +50,9 @@ def remote_exchange_lifespan(nats_url: str, worker: int) -> Lifespan:
         await relay.start()
         app.state.sequencer = remote
         app.state.nats = nats
+        # private subscribes claim their signatures in the database, for every gateway
+        # (one process's replay window does not see the others': market.stream_claims)
+        app.state.stream_claims = True
         try:
             yield
         finally:

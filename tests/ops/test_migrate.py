@@ -212,6 +212,7 @@ RECORDED = [
     (14, "gateway_calls", "market/migrations"),
     (15, "gateway_call_owner", "market/migrations"),
     (16, "inference_key_signature", "market/migrations"),
+    (17, "stream_signatures", "market/migrations"),
 ]
 
 

@@ -226,6 +226,34 @@ async def test_an_orders_subscribe_sent_to_any_gateway_with_cancel_on_disconnect
     await buyer.aclose()
 
 
+async def test_an_orders_subscribe_replayed_unchanged_to_other_gateways_is_refused(
+    workers: Workers,
+) -> None:
+    """The same signed subscribe, unchanged, sent on new connections (spread over both
+    gateways): the first is subscribed, every other one `replayed_signature`, whichever
+    gateway it reaches (its signature is claimed in the database, not only in one
+    gateway's replay window), and hanging them up cancels nothing."""
+    buyer = await workers.buyer("ws-replayed-same")
+    await buyer.place_order(PlaceOrder(client_order_id="rest-same", instrument=SYM, side=Side.BUY,
+                                       quantity=1000, price=5))  # fmt: skip
+    signed = json.dumps(buyer.orders_subscribe(cancel_on_disconnect=True))
+    url = workers.proc.base_url.replace("http://", "ws://") + "/v1/stream"
+    async with ws_connect(url) as owner:
+        await owner.send(signed)
+        assert json.loads(await owner.recv())["type"] == "subscribed"
+        codes: list[str] = []
+        for _ in range(8):
+            async with ws_connect(url) as attacker:
+                await attacker.send(signed)
+                frame = json.loads(await asyncio.wait_for(attacker.recv(), 5))
+                codes.append(frame.get("code", frame["type"]))
+        await asyncio.sleep(0.5)
+        open_orders = await buyer.orders()
+    assert codes == ["replayed_signature"] * 8
+    assert [o.client_order_id for o in open_orders] == ["rest-same"]
+    await buyer.aclose()
+
+
 async def test_a_signed_key_creation_replayed_through_every_gateway_makes_one_key(
     workers: Workers,
 ) -> None:
