@@ -93,6 +93,8 @@ class _Private:
     guarded: set[str] = field(default_factory=set)  # accounts cancelled on disconnect
     key_id: str | None = None  # of the current `orders` subscription
     account_id: str | None = None
+    #: Set while there is an `orders` subscription: only then is its key re-checked.
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @websocket(STREAM_PATH, opt=PUBLIC, name="market_stream")
@@ -125,6 +127,7 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
     if authenticator is None:
         return
     while True:
+        await private.subscribed.wait()  # a public-only connection never wakes here
         await asyncio.sleep(KEY_RECHECK_S)
         key_id = private.key_id
         if key_id is None:
@@ -217,6 +220,7 @@ async def _handle(
         if message.channel is Channel.ORDERS:
             guarded.clear()  # a clean unsubscribe: the orders stay
             private.key_id = private.account_id = None
+            private.subscribed.clear()
         return
     assert isinstance(message, Subscribe)
     if message.channel is Channel.ORDERS:
@@ -224,6 +228,7 @@ async def _handle(
         account_id = principal.account_id
         hub.subscribe_orders(sub, account_id)
         private.key_id, private.account_id = principal.key_id, account_id
+        private.subscribed.set()
         if message.cancel_on_disconnect:
             guarded.add(account_id)
         else:
