@@ -16,6 +16,7 @@ from typing import NoReturn
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from market.key_revocations import notify_revoked
 from market.keys import (
     InvalidPrivateKey,
     InvalidPublicKey,
@@ -164,7 +165,8 @@ async def revoke_key(
     conn: asyncpg.Connection, account_id: str, key_id: str, *, keep_one: bool
 ) -> KeyView:
     """Revoke `key_id` of `account_id` (at once in the database; the authenticators' caches
-    are the caller's business: `Authenticator.forget`). Revoking a revoked key changes
+    are the caller's business: `Authenticator.forget`; the other processes are notified,
+    `market.key_revocations`). Revoking a revoked key changes
     nothing and answers the same view (its first `revoked_at_ms`). `SigningKeyNotFound` for
     a key of another account or none; with `keep_one`, `LastActiveKey` rather than leave
     the account without an active key. The account row is locked meanwhile, so two
@@ -190,6 +192,7 @@ async def revoke_key(
                 RETURNING {_KEY_COLUMNS}""",
             key_id,
         )
+        await notify_revoked(conn, key_id)  # the other processes forget it (on commit)
     assert row is not None
     return _key_view(row)
 

@@ -275,8 +275,10 @@ class Authenticator:
 
     Keys are cached for `cache_ttl_s` seconds, so a revoked key stops working within that
     time (or at once after `forget(key_id)`). Unknown key ids are not cached. The key
-    routes (`market.accounts_api`) call `forget` in the process that revokes; the other
-    processes of `serve --workers N` are not told and refuse the key within the TTL.
+    routes (`market.accounts_api`) call `forget` in the process that revokes; every
+    process's `market.key_revocations.RevocationListener` calls it on the database's
+    notification, so the other processes of `serve --workers N` refuse the key at once too
+    (within the TTL while that listener is cut off from the database).
 
     The replay window lives in this process's memory, so a request signed before the
     process started is refused (`stale_timestamp`): otherwise a request captured just
@@ -313,6 +315,10 @@ class Authenticator:
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (after revoking it)."""
         self._cache.pop(key_id, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached key (a revocation may have been missed)."""
+        self._cache.clear()
 
     async def key_active(self, key_id: str) -> bool:
         """Whether `key_id` still exists unrevoked (as cached: true up to `cache_ttl_s` after

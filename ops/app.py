@@ -46,6 +46,7 @@ from market.gateway.keys_api import keys_router
 from market.gateway.openai_api import openai_router
 from market.gateway.openai_asgi import OpenAICalls, serve_call
 from market.gateway.receipts_api import receipts_router
+from market.key_revocations import RevocationListener
 from market.orders_asgi import OrderCalls
 from market.stream import market_stream
 from market.vouchers_api import vouchers_router
@@ -142,10 +143,13 @@ def _pool_lifespan(settings: Settings, pool_factory: PoolFactory) -> Lifespan:
         app.state.pool = pool
         authenticator = Authenticator.from_pool(pool)
         app.state.authenticator = authenticator
+        revocations = RevocationListener(pool, authenticator)
+        revocations.start()
         try:
             await authenticator.checker.start()  # if it cannot, checks run here meanwhile
             yield
         finally:
+            await revocations.close()
             await authenticator.checker.close()
             try:
                 await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
