@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "tokex_key_revoked"
 #: wait between attempts to (re)connect the listener
 RETRY_MS = 1_000
+RETRY_MAX_MS = 30_000
 #: how often the held connection is checked (a lost one is noticed within this)
 CHECK_MS = 5_000
 
@@ -86,12 +87,20 @@ class RevocationListener:
                     await conn.remove_listener(CHANNEL, self._on_notify)
 
     async def run(self) -> None:
+        """Listen, and after a loss listen again: the wait doubles with each failure in a
+        row up to `RETRY_MAX_MS`. Any error ends only this attempt (a bug is logged with its
+        traceback): authentication goes on meanwhile, bounded by the cache's TTL."""
+        wait_ms = self.retry_ms
         while True:
+            connects = self.connects
             try:
                 await self._listen_once()
             except _LOST as exc:
                 log.warning("key revocations: not listening (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(self.retry_ms / 1000)
+            except Exception:
+                log.exception("key revocations: listener failed; retrying")
+            wait_ms = self.retry_ms if self.connects > connects else min(2 * wait_ms, RETRY_MAX_MS)
+            await asyncio.sleep(wait_ms / 1000)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="key-revocations")
