@@ -63,6 +63,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
     "gateway_progress_ms": "TOKEX_GATEWAY_PROGRESS_MS",
     "gateway_upstream_timeout_s": "TOKEX_GATEWAY_UPSTREAM_TIMEOUT_S",
+    "gateway_upstream_idle_ms": "TOKEX_GATEWAY_UPSTREAM_IDLE_MS",
     "gateway_max_in_flight": "TOKEX_GATEWAY_MAX_IN_FLIGHT",
     "gateway_rate_limit": "TOKEX_GATEWAY_RATE_LIMIT",
     "gateway_rate_burst": "TOKEX_GATEWAY_RATE_BURST",
@@ -150,6 +151,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_progress_ms: Annotated[int, msgspec.Meta(ge=1)] = 250
     #: How long the gateway waits on an upstream (connect, each read) before a 502.
     gateway_upstream_timeout_s: float = 60.0
+    #: How long a connection to an upstream may idle and still be reused (ms): keep it
+    #: below the shortest idle timeout of the providers' servers (uvicorn's is 5 s).
+    gateway_upstream_idle_ms: Annotated[int, msgspec.Meta(ge=1)] = 2000
     #: Calls in flight per buying account through the gateway (429 beyond).
     gateway_max_in_flight: int = 256
     #: Calls per second per inference key, on average and in a burst (429 beyond).

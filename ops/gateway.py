@@ -41,6 +41,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         flush_s=settings.gateway_flush_ms / 1000,
         progress_s=settings.gateway_progress_ms / 1000,
         upstream_timeout_s=settings.gateway_upstream_timeout_s,
+        upstream_idle_s=settings.gateway_upstream_idle_ms / 1000,
         max_in_flight=settings.gateway_max_in_flight,
         rate_limit=settings.gateway_rate_limit,
         rate_burst=settings.gateway_rate_burst,

@@ -109,6 +109,9 @@ class GatewayConfig:
     #: How often streaming calls' progress is recorded (s; `market.gateway.progress`).
     progress_s: float = 0.25
     upstream_timeout_s: float = 60.0
+    #: The longest a connection to an upstream idles before it is closed rather than
+    #: reused (s; below the upstream's own idle timeout, see `upstream_session`).
+    upstream_idle_s: float = 2.0
     #: Calls in flight per buying account (the gateway's memory per account is bounded
     #: by it): more get 429 `too_many_calls_in_flight`.
     max_in_flight: int = 256
@@ -221,7 +224,7 @@ class Gateway:
         self.targets: TtlCache[str, Target] = TtlCache(TARGETS_CACHE_S, CACHE_ENTRIES)
         #: calls in flight per buying account in this process (entries only while there are)
         self.account_in_flight: dict[str, int] = {}
-        self.http = upstream_session(config.upstream_timeout_s)
+        self.http = upstream_session(config.upstream_timeout_s, config.upstream_idle_s)
         self._urls: dict[tuple[Target, str], yarl.URL] = {}
 
     async def close(self) -> None:
@@ -477,17 +480,24 @@ def local_gateway(
     return gateway, desk
 
 
-def upstream_session(timeout_s: float) -> aiohttp.ClientSession:
+def upstream_session(timeout_s: float, idle_s: float) -> aiohttp.ClientSession:
     """The gateway's client to providers' endpoints: keep-alive connections reused per
     address (aiohttp's pool finds a free one in O(1); httpx's looked at every connection
     of the pool on every request, a millisecond and more of CPU a call at 64 in flight).
     `timeout_s` bounds the connection and each read; a whole call may stream for longer.
     No redirects (`allow_redirects=False` per request), no proxies from the environment,
-    no cookies (an upstream's cookies are not kept, nor sent to it or to another)."""
+    no cookies (an upstream's cookies are not kept, nor sent to it or to another).
+
+    A connection idle for longer than `idle_s` is closed, not reused. An upstream closes
+    the connections idle for its own timeout (5 s in uvicorn, so vLLM and SGLang, and in
+    llama.cpp's server); a request sent on one just as it does is reset unanswered
+    (aiohttp's `ClientOSError`: a 502 for the buyer), and the POST of a call is not
+    safe to send again (the upstream may have begun it). Reusing only connections idle
+    for less than the upstream's timeout keeps requests off the ones it is closing."""
     timeout = aiohttp.ClientTimeout(
         total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
     )
-    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30)
+    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=idle_s)
     return aiohttp.ClientSession(
         connector=connector, timeout=timeout, trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),
