@@ -58,6 +58,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "currency_scale": "TOKEX_CURRENCY_SCALE",
     "max_open_orders": "TOKEX_MAX_OPEN_ORDERS",
     "pipeline_depth": "TOKEX_PIPELINE_DEPTH",
+    "settle_wait_ms": "TOKEX_SETTLE_WAIT_MS",
     "endpoint_allow_hosts": "TOKEX_ENDPOINT_ALLOW_HOSTS",
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
@@ -114,6 +115,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Batches the sequencer has in flight at most: staged while earlier ones commit
     #: (`market.sequencer.pipeline`); 1 commits strictly one batch after the other.
     pipeline_depth: Annotated[int, msgspec.Meta(ge=1)] = 2
+    #: How long past its settlement time an instrument waits for the gateway's calls
+    #: still in flight on it, and their charges (ms; `market.sequencer.lifecycle`).
+    settle_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 300_000
     #: The books are snapshotted every this many journal entries, or after this many
     #: seconds if the journal moved (`market.snapshot_writer`): a restart replays at most
     #: about that much of the journal.

@@ -24,6 +24,7 @@ from ledger.keys import load_or_create_signer
 from ledger.log import MerkleLog
 from ledger.note import Signer
 from market.sequencer import QUEUE_MAX, Sequencer
+from market.sequencer.batch import nothing_delivering
 from market.snapshot_writer import SnapshotPolicy
 from ops.config import Settings
 from ops.database import database_url, embedded_handle
@@ -49,11 +50,14 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
         queue_max=settings.queue_max or QUEUE_MAX,
         max_open_orders=settings.max_open_orders,
         pipeline_depth=settings.pipeline_depth,
+        settle_wait_ms=settings.settle_wait_ms,
         snapshots=SnapshotPolicy(
             interval_entries=settings.snapshot_interval_entries,
             interval_seconds=settings.snapshot_interval_seconds,
         ),
     )
+    # The gateway's desk, if it runs here: settlement waits for its calls in flight.
+    sequencer.delivering = app.state.get("delivering") or nothing_delivering
     if hub is not None and hasattr(hub, "load"):
         hub.load(book.depth(1_000_000) for book in sequencer.engine.books())
     app.state.sequencer = sequencer

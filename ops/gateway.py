@@ -18,7 +18,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from market.gateway.desk import Desk
+from market.gateway.desk import Desk, watch_deliveries
 from market.gateway.desk_remote import DeskExchange, RemoteDesk
 from market.gateway.desk_server import DeskServer
 from market.gateway.health import HealthMonitor, health_lifespan
@@ -84,8 +84,10 @@ def desk_lifespan(
         try:
             await close_all_crashed(pool, meter, desk.reservations)
             await server.start()
+            watch_deliveries(app.state, desk)
             yield server
         finally:
+            watch_deliveries(app.state, None)
             health.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health

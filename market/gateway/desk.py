@@ -32,6 +32,7 @@ from market.gateway.catalog import Catalog, CommittedView, StaleView
 from market.gateway.errors import InsufficientEntitlement, NoEndpoint
 from market.gateway.meter import Group, Reservations, SequencerSource, current
 from market.sequencer import Sequencer
+from market.sequencer.batch import nothing_delivering
 from market.signing import now_ms
 from schemas.errors import DomainError
 
@@ -220,6 +221,17 @@ class Desk:
         its endpoint's place."""
         drop(self.in_flight, slot)
         self.reservations.finish(group, key_id, reserved, charged)
+
+
+def watch_deliveries(state: Any, desk: Desk | None) -> None:
+    """Let the sequencer's settlement of an instrument wait for this desk's calls on it
+    (`Sequencer.delivering`): the sequencer running now, and each one a reopen after an
+    outage opens (`ops.exchange` reads `state.delivering`). None: the desk is gone."""
+    delivering = nothing_delivering if desk is None else desk.reservations.delivering
+    state.delivering = delivering
+    sequencer = state.get("sequencer")
+    if sequencer is not None:
+        sequencer.delivering = delivering
 
 
 def drop(counts: dict[Any, int], key: Any) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from market.gateway.desk import watch_deliveries
 from market.gateway.meter import Meter, Reservations
 from market.gateway.progress import close_crashed
 from market.gateway.service import GatewayConfig, local_gateway
@@ -43,9 +44,11 @@ def gateway_lifespan(config: GatewayConfig) -> Callable[[Any], AbstractAsyncCont
         await close_all_crashed(gateway.pool, gateway.meter, desk.reservations)
         gateway.progress.start()
         app.state.gateway = gateway
+        watch_deliveries(app.state, desk)
         try:
             yield
         finally:
+            watch_deliveries(app.state, None)
             app.state.gateway = None
             await gateway.close()
             desk.close()

@@ -87,6 +87,11 @@ class Reservations:
         self.outstanding[group] = self.outstanding.get(group, 0) + tokens
         self.key_used[key_id] = self.key_used.get(key_id, 0) + tokens
 
+    def delivering(self, instrument: str) -> bool:
+        """Whether any call on `instrument` is in flight or has its charge on the way
+        (the sequencer's settlement of it waits: `Sequencer.delivering`)."""
+        return any(group[2] == instrument for group in self.outstanding)
+
     def settled(self, group: Group, tokens: int) -> None:
         """A charge committed (or was refused): the ledger's balance now says it."""
         self._take(self.outstanding, group, tokens)

@@ -10,6 +10,7 @@ the rows into the batch's one SQL statement (`ledger.rows`), with the ledger's o
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +38,15 @@ from schemas.market import Command, Event
 from schemas.trading import FillView, OrderView, SettlementView
 
 Key = tuple[str, str]  # (account, the caller's id)
+
+#: Whether the gateway has calls in flight on an instrument, or charges of calls ended
+#: not committed yet (`Sequencer.delivering`; `lifecycle.due` waits for them).
+Delivering = Callable[[str], bool]
+
+
+def nothing_delivering(instrument: str) -> bool:
+    """An exchange with no gateway: no call is ever in flight."""
+    return False
 
 
 @dataclass(slots=True)
@@ -80,6 +90,10 @@ class Batch:
     voucher_rows: list[VoucherRow] = field(default_factory=list)
     #: The gateway's streaming calls marked or closed by this batch (`sequencer.calls`).
     calls: CallRows = field(default_factory=CallRows)
+    #: What the gateway has in flight, as of the batch's start, and how long past its
+    #: settlement time an instrument waits for it (`lifecycle.due`).
+    delivering: Delivering = nothing_delivering
+    settle_wait_ms: int = 0
 
     def report(self, key: Key) -> ReportRow | None:
         """A report as this batch leaves it so far (or as the database had it)."""

@@ -57,7 +57,7 @@ from market.sequencer import (
     treasury,
     views,
 )
-from market.sequencer.batch import Batch
+from market.sequencer.batch import Batch, Delivering, nothing_delivering
 from market.sequencer.dispatch import Answer, prior_of, staged_op
 from market.sequencer.errors import ExchangeBusy, SequencerStopped
 from market.sequencer.ops import (
@@ -95,6 +95,9 @@ QUEUE_MAX = 10_000
 MAX_OPEN_ORDERS = 5_000
 #: How long the clock task sleeps between looks at what has come due (s).
 TICK_S = 0.25
+#: How long past its settlement time an instrument waits for the gateway's calls in
+#: flight on it (`lifecycle.due`): 5 minutes, longer than a call streams for.
+SETTLE_WAIT_MS = 300_000
 
 
 class SequencerState(Enum):
@@ -151,6 +154,7 @@ class Sequencer:
         snapshots: SnapshotPolicy | None = None,
         max_open_orders: int = MAX_OPEN_ORDERS,
         pipeline_depth: int = PIPELINE_DEPTH,
+        settle_wait_ms: int = SETTLE_WAIT_MS,
     ) -> None:
         if queue_max < 1:
             raise ValueError("the sequencer's queue must hold at least one op")
@@ -166,6 +170,11 @@ class Sequencer:
         self._clock = clock
         self._max_batch = max_batch
         self.max_open_orders = max_open_orders
+        #: Whether the gateway has calls in flight on an instrument (its desk sets this,
+        #: `market.gateway.desk`), and how long past its settlement time an instrument
+        #: waits for them (`lifecycle.due`).
+        self.delivering: Delivering = nothing_delivering
+        self.settle_wait_ms = settle_wait_ms
         #: The market's memory; replaced whole by every rebuild.
         self.market = MarketState(engine=SettlingEngine())
         #: The ledger's epoch when `market` was last rebuilt: a batch is staged under it,
@@ -203,6 +212,7 @@ class Sequencer:
         snapshots: SnapshotPolicy | None = None,
         max_open_orders: int = MAX_OPEN_ORDERS,
         pipeline_depth: int = PIPELINE_DEPTH,
+        settle_wait_ms: int = SETTLE_WAIT_MS,
     ) -> Sequencer:
         """Become the exchange's writer: open the ledger, rebuild the books, start.
 
@@ -219,7 +229,7 @@ class Sequencer:
             dsn, ledger, conn, currency=currency, publish=publish, clock=clock,
             max_batch=max_batch, queue_max=queue_max, snapshots=snapshots,
             max_open_orders=max_open_orders,
-            pipeline_depth=pipeline_depth,
+            pipeline_depth=pipeline_depth, settle_wait_ms=settle_wait_ms,
         )  # fmt: skip
         try:
             await sequencer._rebuild()
@@ -558,6 +568,7 @@ class Sequencer:
             batch = Batch(
                 market=self.market, ledger=lb, time_ms=now_ms, currency=self.currency,
                 prior=prior, max_open_orders=self.max_open_orders,
+                delivering=self.delivering, settle_wait_ms=self.settle_wait_ms,
             )  # fmt: skip
             orders.expire_due(batch)
             deadman.due(batch)

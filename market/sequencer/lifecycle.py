@@ -11,7 +11,8 @@ and woken by the sequencer's clock:
   (`disputes`): at the start of every batch the reports whose period has ended are
   settled first (`disputes.mature_due`). Reports are accepted until window end +
   grace; vouchers and gateway charges until the instrument settles.
-- window end + `delivery_grace_s`, once no report is pending: settlement
+- window end + `delivery_grace_s`, once no report is pending and no call of the gateway
+  is in flight on it (waited for at most `settle_wait_ms`, `_waits_for_calls`): settlement
   (`settle_instrument`): for each (buyer, provider) the remaining free entitlement is
   burned and the remaining free escrow refunded to the buyer; unsold capacity is
   burned. What disputed reports hold stays held, across the settlement, until the
@@ -102,9 +103,14 @@ def _check_window(start_s: int, duration_s: int, now_ms: int, req: CreateInstrum
         )
 
 
+#: How often an instrument whose settlement waits for the gateway's calls looks again.
+SETTLE_CHECK_MS = 1_000
+
+
 def due(batch: Batch) -> None:
     """Settle the reports whose dispute period has ended; close trading on instruments
-    whose window has ended; settle those past grace with no report pending."""
+    whose window has ended; settle those past grace with no report pending and no
+    gateway call in flight on them (or that waited `settle_wait_ms` for those)."""
     market = batch.market
     if market.next_window_event_ms() > batch.time_ms:
         return
@@ -112,9 +118,24 @@ def due(batch: Batch) -> None:
         state = market.unsettled[symbol]
         disputes.mature_due(batch, state)
         if state.settle_at_ms <= batch.time_ms and not state.pending:
-            settle_instrument(batch, state, "window")
+            if _waits_for_calls(batch, state):
+                _close_trading(batch, state)
+                state.settle_check_ms = min(
+                    batch.time_ms + SETTLE_CHECK_MS, state.settle_at_ms + batch.settle_wait_ms
+                )
+            else:
+                settle_instrument(batch, state, "window")
         elif state.window_end_ms <= batch.time_ms:
             _close_trading(batch, state)
+
+
+def _waits_for_calls(batch: Batch, state: InstrumentState) -> bool:
+    """A call routed to the instrument before its window ended may still stream, and a
+    call ended has its charge on the way: settling now would refuse those charges
+    (`instrument_settled`), and the provider would go unpaid for tokens delivered. The
+    settlement waits for them, at most `settle_wait_ms` past its time."""
+    waited_ms = batch.time_ms - state.settle_at_ms
+    return waited_ms < batch.settle_wait_ms and batch.delivering(state.symbol)
 
 
 def _close_trading(batch: Batch, state: InstrumentState) -> None:

@@ -38,6 +38,9 @@ class InstrumentState:
     settlement: SettlementView | None = None
     #: Providers' own reports still in their dispute period, by (provider, report id).
     pending: dict[tuple[str, str], ReportRow] = field(default_factory=dict)
+    #: While the settlement waits for the gateway's calls on it (`lifecycle.due`): when
+    #: to look again (ms; memory only: a rebuild looks again at once).
+    settle_check_ms: int = 0
 
     @classmethod
     def build(
@@ -85,7 +88,9 @@ class InstrumentState:
         close, or else its settlement (which waits for every pending report)."""
         if not self.trading_closed:
             return min(self.window_end_ms, self.next_report_due_ms)
-        return self.next_report_due_ms if self.pending else self.settle_at_ms
+        if self.pending:
+            return self.next_report_due_ms
+        return max(self.settle_at_ms, self.settle_check_ms)
 
 
 def terms_of(record: asyncpg.Record) -> Terms:

@@ -1,0 +1,102 @@
+"""Settlement waits for the gateway's calls in flight, on a real PostgreSQL: a metered call
+routed before its instrument's window ended, still streaming when the instrument is due
+to settle, is charged and pays its provider; the instrument settles once it is, and at
+the latest `settle_wait_ms` past its settlement time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from litestar.datastructures import State
+
+from market.clearing import rules as settlement
+from market.gateway.desk import watch_deliveries
+from market.gateway.meter import Reservations
+from market.sequencer import Sequencer, TickOp
+from market.sequencer.batch import nothing_delivering
+from market.sequencer.ops import GatewayChargeOp
+from tests.market.test_delivery import SYM, WINDOW_END, Clock, open_market, trade
+from tests.market.test_gateway_charge import receipt
+
+GROUP = ("b1", "p1", SYM)
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def seq(db_url: str, clock: Clock) -> AsyncIterator[Sequencer]:
+    s = await open_market(db_url, clock)  # grace 0: due to settle at the window's end
+    s.settle_wait_ms = WAIT_MS
+    await trade(s, "b1", "p1", 10_000, 3_000, "1")
+    yield s
+    await s.close()
+
+
+def provider_cash(s: Sequencer) -> int:
+    return s.ledger.balance(settlement.cash("p1", "USD")).total
+
+
+async def tick_at(s: Sequencer, clock: Clock, time_ms: int) -> bool:
+    """Run a batch at `time_ms`; whether the instrument is settled after it."""
+    clock.now = time_ms
+    await s.submit(TickOp())
+    return s.market.instruments[SYM].settlement is not None
+
+
+async def test_a_call_streaming_at_the_windows_end_is_charged_and_paid(
+    seq: Sequencer, clock: Clock
+) -> None:
+    reservations = Reservations()
+    seq.delivering = reservations.delivering
+    reservations.reserve(GROUP, "ik_1", 500)  # routed before the window ended
+    before = provider_cash(seq)
+    assert not await tick_at(seq, clock, WINDOW_END + 1)  # closed to trading, not settled
+    assert seq.market.instruments[SYM].trading_closed
+    assert not await tick_at(seq, clock, WINDOW_END + 5_000)  # still streaming
+    reservations.finish(GROUP, "ik_1", 500, 120)  # it ended: 120 tokens, charge on the way
+    assert not await tick_at(seq, clock, WINDOW_END + 7_000)
+    (paid,) = await seq.submit(GatewayChargeOp((receipt("b1", 120),)))
+    assert paid.refused is None and paid.transaction_id is not None
+    assert provider_cash(seq) > before
+    reservations.settled(GROUP, 120)
+    assert await tick_at(seq, clock, WINDOW_END + 9_000)  # nothing in flight: settles
+    view = seq.market.instruments[SYM].settlement
+    assert view is not None and view.entitlement_burned == 10_000 - 120
+
+
+async def test_settlement_waits_at_most_settle_wait_ms(seq: Sequencer, clock: Clock) -> None:
+    reservations = Reservations()
+    seq.delivering = reservations.delivering
+    reservations.reserve(GROUP, "ik_1", 500)  # a call that never ends (or a lost end)
+    assert not await tick_at(seq, clock, WINDOW_END + WAIT_MS - 1)
+    assert await tick_at(seq, clock, WINDOW_END + WAIT_MS)
+    (late,) = await seq.submit(GatewayChargeOp((receipt("b1", 50),)))
+    assert late.refused == "instrument_settled"
+
+
+async def test_without_calls_in_flight_it_settles_at_its_time(seq: Sequencer, clock: Clock) -> None:
+    seq.delivering = Reservations().delivering
+    assert await tick_at(seq, clock, WINDOW_END)
+
+
+async def test_the_desk_is_watched_by_the_sequencer_now_and_after_a_reopen(
+    seq: Sequencer,
+) -> None:
+    """`watch_deliveries` sets the running sequencer's hook and leaves it on the app's
+    state, where `ops.exchange` reads it for each sequencer it opens."""
+
+    class FakeDesk:
+        reservations = Reservations()
+
+    state = State({"sequencer": seq})
+    watch_deliveries(state, FakeDesk())  # type: ignore[arg-type]
+    FakeDesk.reservations.reserve(GROUP, "ik_1", 10)
+    assert seq.delivering(SYM) and state.delivering(SYM)
+    assert not seq.delivering("other/2026-12-01T00Z/1h")
+    watch_deliveries(state, None)
+    assert seq.delivering is nothing_delivering and state.delivering is nothing_delivering
