@@ -329,12 +329,16 @@ class Ledger:
                     yield batch
                     rows = await self._seal(batch)
                 except BaseException:
-                    self._staging = False
+                    # The batches staged before this one are sound: let them commit
+                    # first, then void what was staged after the last commit, also when
+                    # the ledger's memory did not move (`batch.changed`): the caller's
+                    # may have (an engine run, a journal number taken), and a batch the
+                    # caller stages next on top of it must be refused. `_staging` stays
+                    # True until memory is reloaded: a commit meanwhile takes no snapshot
+                    # of memory that holds this batch.
+                    await self.settled()
+                    self._epoch += 1
                     if batch.changed:
-                        # The batches staged before this one are sound: let them commit
-                        # first, then void what was staged after the last commit.
-                        await self.settled()
-                        self._epoch += 1
                         await self._recover()
                     raise
                 finally:

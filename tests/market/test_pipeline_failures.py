@@ -3,20 +3,33 @@ holds the failed batch, however the batches after it are scheduled.
 
 Both cases were found in review; each ended with an order acknowledged and written
 whose journal entry left a hole where the failed batch's entry had been numbered, so
-that replaying the journal (a rebuild, a restart) failed with `JournalGap`."""
+that replaying the journal (a rebuild, a restart) failed with `JournalGap`. So did a
+bug (an exception other than a refusal) raised while a batch was staged, after the
+engine ran but before any ledger transaction; and one raised after the ledger's memory
+moved, while an earlier batch committed, let that commit snapshot the ledger's memory
+with the failed batch in it (its hold survived every restart)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
+import pytest
 
-from market.sequencer import Sequencer
+from ledger.errors import LedgerUnavailable
+from ledger.log import MerkleLog
+from ledger.note import Signer
+from ledger.store import load_state, nonzero, recomputed_balances
+from market.sequencer import Sequencer, SequencerState
+from market.sequencer import orders as orders_module
 from market.sequencer.pipeline import Flight
 from schemas.market import Side
 from tests.market.test_pipeline import journal_held, until, waiting_backends
-from tests.market.test_sequencer import Clock, order, place, setup_market
+from tests.market.test_sequencer import Clock, cash, order, place, setup_market
+
+SIGNER = Signer.generate("tokex.test")
 
 
 async def _fail_first_commit(db_url: str, s: Sequencer) -> asyncio.Task[object]:
@@ -106,3 +119,83 @@ async def test_a_batch_begun_before_the_failed_ones_finisher_ran_fails_too(
         assert again.status == "open"
     finally:
         await s.close()
+
+
+def bug_on(monkeypatch: pytest.MonkeyPatch, client_order_id: str, *, after: bool) -> None:
+    """Placing `client_order_id` raises a bug once the engine ran: before the ledger
+    moved (`after` False) or after (its hold is in the ledger's memory)."""
+    real = orders_module.apply_events
+
+    def buggy(batch: Any, events: Any, placed: Any = None, hold: Any = None) -> None:
+        is_it = placed is not None and placed.client_order_id == client_order_id
+        if is_it and not after:
+            raise RuntimeError("a bug after the engine ran")
+        real(batch, events, placed=placed, hold=hold)
+        if is_it:
+            raise RuntimeError("a bug after the ledger moved")
+
+    monkeypatch.setattr(orders_module, "apply_events", buggy)
+
+
+async def test_a_bug_after_the_engine_ran_voids_the_batch_staged_on_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch after the failed one (queued behind it) is not staged on its memory (an
+    order the engine rested, a journal number taken): it is refused 503, the journal has
+    no hole, and the exchange goes on and opens again."""
+    s = await Sequencer.open(db_url, clock=Clock(), pipeline_depth=2, max_batch=1)
+    try:
+        await setup_market(s)
+        bug_on(monkeypatch, "boom", after=False)
+        n = asyncio.create_task(place(s, "b1", order("boom", Side.BUY, 10_000, 4_000)))
+        n1 = asyncio.create_task(place(s, "p1", order("next", Side.SELL, 10_000, 6_000)))
+        failed, following = await asyncio.gather(n, n1, return_exceptions=True)
+        assert isinstance(failed, Exception)
+        assert isinstance(following, LedgerUnavailable) or following.status == "open"
+        seqs, _ = await _journal_and_c(db_url)
+        assert seqs == list(range(len(seqs)))  # no hole
+        again = await place(s, "p1", order("again", Side.SELL, 10_000, 6_000))
+        assert again.status == "open" and s.state is SequencerState.RUNNING
+    finally:
+        await s.close()
+    reopened = await Sequencer.open(db_url, clock=Clock())  # the journal replays
+    await reopened.close()
+
+
+async def test_a_bug_while_an_earlier_batch_commits_leaves_no_hold_in_a_snapshot(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch N-1 commits slowly; batch N puts a hold in the ledger's memory, then fails.
+    N-1's commit takes no snapshot of that memory: what a restart loads equals the
+    entries, the ledger's size is the transactions' count, and the next order trades."""
+    s = await Sequencer.open(db_url, clock=Clock(), pipeline_depth=2, max_batch=1,
+                             hooks=[MerkleLog(SIGNER, "tokex.test")])  # fmt: skip
+    try:
+        await setup_market(s)
+        s.ledger._snapshot_every = 1  # a snapshot at the next commit nothing follows
+        bug_on(monkeypatch, "boom", after=True)
+        async with journal_held(db_url) as holder:
+            a = asyncio.create_task(place(s, "b1", order("a", Side.BUY, 10_000, 4_000)))
+            await until(lambda: waiting_backends(holder))
+            boom = asyncio.create_task(place(s, "b2", order("boom", Side.BUY, 10_000, 4_500)))
+            await asyncio.sleep(0.5)  # the failed batch waits for a's commit
+        await asyncio.gather(a, boom, return_exceptions=True)
+        await s.ledger.wait_for_snapshot()
+    finally:
+        await s.close()
+    conn = await asyncpg.connect(db_url)
+    try:
+        truth = nonzero((await recomputed_balances(conn)).items())
+        loaded, _, _ = await load_state(conn)
+        transactions = await conn.fetchval("SELECT count(*) FROM ledger_transactions")
+    finally:
+        await conn.close()
+    assert nonzero((b.account, (b.available, b.held)) for b in loaded.all_balances()) == truth
+    monkeypatch.undo()
+    again = await Sequencer.open(db_url, clock=Clock(), hooks=[MerkleLog(SIGNER, "tokex.test")])
+    try:
+        assert again.ledger.size == transactions and cash(again, "b2") == (1_000_000, 0)
+        after = await place(again, "b2", order("next", Side.BUY, 1_000, 4_000))
+        assert after.status == "open"
+    finally:
+        await again.close()
