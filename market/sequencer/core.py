@@ -98,6 +98,9 @@ TICK_S = 0.25
 #: How long past its settlement time an instrument waits for the gateway's calls in
 #: flight on it (`lifecycle.due`): 5 minutes, longer than a call streams for.
 SETTLE_WAIT_MS = 300_000
+#: The longest wait between tries to rebuild memory while the database is unreachable
+#: (each op meanwhile is answered 503 at once; the first tries come after `TICK_S`).
+REBUILD_BACKOFF_MAX_S = 5.0
 
 
 class SequencerState(Enum):
@@ -195,6 +198,10 @@ class Sequencer:
         self.commits = 0
         #: How many batches were started (the `batch` number of the log lines).
         self._batches = 0
+        #: While memory cannot be rebuilt (the database is down): the wait before the
+        #: next try, doubled by each failure, and when it ends (`time.monotonic`).
+        self._rebuild_backoff_s = 0.0
+        self._rebuild_not_before = 0.0
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -542,11 +549,19 @@ class Sequencer:
         if self._state is SequencerState.STOPPED:  # broken while stopping: memory untrusted
             return False
         if self._state is SequencerState.BROKEN:
+            if time.monotonic() < self._rebuild_not_before:
+                return False  # it failed a moment ago: not again until the backoff ends
             try:
                 await self._rebuild()
             except Exception as exc:
-                log.warning("sequencer still cannot rebuild its state: %s", exc)
+                self._rebuild_backoff_s = min(
+                    REBUILD_BACKOFF_MAX_S, max(TICK_S, 2 * self._rebuild_backoff_s)
+                )
+                self._rebuild_not_before = time.monotonic() + self._rebuild_backoff_s
+                log.warning("sequencer still cannot rebuild its state (again in %.2f s): %s",
+                            self._rebuild_backoff_s, exc)  # fmt: skip
                 return False
+            self._rebuild_backoff_s = 0.0
         return True
 
     async def _stage(

@@ -12,6 +12,7 @@ with the failed batch in it (its hold survived every restart)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -199,3 +200,47 @@ async def test_a_bug_while_an_earlier_batch_commits_leaves_no_hold_in_a_snapshot
         assert after.status == "open"
     finally:
         await again.close()
+
+
+async def test_while_the_database_is_down_rebuilds_are_tried_with_a_backoff(
+    db_url: str,
+) -> None:
+    """Memory that cannot be rebuilt (the database unreachable) is tried again after
+    0.25 s, 0.5 s, 1 s... (at most `REBUILD_BACKOFF_MAX_S`), not on every op and every
+    tick of the clock; once the database answers, the exchange heals by itself."""
+    s = await Sequencer.open(db_url, clock=Clock())
+    try:
+        await setup_market(s)
+        real, tries = s._rebuild, []
+
+        async def unreachable() -> None:
+            tries.append(asyncio.get_running_loop().time())
+            raise OSError("connection refused")
+
+        s._rebuild = unreachable  # type: ignore[method-assign]
+        s._state = SequencerState.BROKEN
+        deadline = asyncio.get_running_loop().time() + 2
+        n = 0
+        while asyncio.get_running_loop().time() < deadline:
+            with pytest.raises(LedgerUnavailable):
+                await place(s, "b1", order(f"o{n}", Side.BUY, 1_000, 4_000))
+            n += 1
+            await asyncio.sleep(0.02)
+        assert n > 50 and 3 <= len(tries) <= 5, tries  # not one per op or per tick
+        gaps = [b - a for a, b in itertools.pairwise(tries)]
+        assert all(later > earlier for earlier, later in itertools.pairwise(gaps))
+        s._rebuild = real  # type: ignore[method-assign]
+        healed = await asyncio.wait_for(_placed_once_healed(s), 6)
+        assert healed.status == "open"
+    finally:
+        await s.close()
+
+
+async def _placed_once_healed(s: Sequencer) -> Any:
+    n = 0
+    while True:
+        try:
+            return await place(s, "b1", order(f"healed{n}", Side.BUY, 1_000, 4_000))
+        except LedgerUnavailable:
+            n += 1
+            await asyncio.sleep(0.1)
