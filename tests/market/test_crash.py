@@ -26,7 +26,7 @@ from schemas.trading import CreateInstrument, OrderView, PlaceOrder
 from tests.support.server import ServerProcess, operator_client
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"  # far ahead of the wall clock: its window closes at its end
-CRASHES = 10
+CRASHES = 6
 
 
 @pytest.fixture

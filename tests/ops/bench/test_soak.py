@@ -27,7 +27,7 @@ def test_the_verdict_flags_growth_and_passes_noise() -> None:
 
 async def test_a_tiny_soak_samples_memory_and_latency(pg_data_dir: Path) -> None:
     max_rate, rate, samples = await run(
-        pg_data_dir, minutes=0.25, traders=4, calibrate_s=3.0, sample_s=5.0
+        pg_data_dir, minutes=0.1, traders=4, calibrate_s=2.0, sample_s=2.0
     )
     assert max_rate > 0 and rate == max(1.0, max_rate / 2)
     assert len(samples) == 3
