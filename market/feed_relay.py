@@ -63,6 +63,7 @@ class FeedRelay:
         batches right after it reconnects come before its reconnect callback)."""
         if self._held is None:
             self._held = []
+            self._number = 0  # what was lost before the load is in it: count anew
 
     def reload(self) -> None:
         """Load the books again (NATS reconnected, a message lost, a book broke)."""

@@ -184,3 +184,69 @@ async def test_a_resync_message_reloads_the_books() -> None:
     await nats.deliver(order("bob", Side.BUY, 140), number=2)
     assert kinds(sub) == ["delta"]
     await relay.close()
+
+
+async def _until(check: Any, timeout_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_gateway_through_a_nats_restart(tmp_path: Any, monkeypatch: Any) -> None:
+    """A gateway's lifespan (`ops.gateway_process`) on a real NATS that is restarted: the
+    relay holds from the disconnect, reloads once reconnected, and its subscribers get a
+    snapshot and the notices; the batches after it are deltas on that snapshot."""
+    from litestar.datastructures import State
+
+    from market.sequencer.wire import (
+        MARKET_DATA_SUBJECT,
+        QUERY_SUBJECT,
+        SEQUENCER_QUEUE,
+        Answer,
+        Reply,
+    )
+    from ops import bus
+    from ops.gateway_process import remote_exchange_lifespan
+
+    held: list[int] = []
+    hold = FeedRelay.hold
+    monkeypatch.setattr(FeedRelay, "hold", lambda self: (held.append(1), hold(self))[1])
+    eng = engine()
+    order = Orders(eng)
+    nats_server = bus.EmbeddedNats(tmp_path / "a")
+    port = nats_server.port
+    sequencer = await bus.connect(nats_server.url, name="sequencer")
+
+    async def depths(msg: Any) -> None:
+        value = [full_depth(eng, SYM_A), full_depth(eng, SYM_B)]
+        await msg.respond(encode(Answer(replies=[Reply(value=value)])))
+
+    await sequencer.subscribe(QUERY_SUBJECT, queue=SEQUENCER_QUEUE, cb=depths)
+    hub = MarketData()
+    app: Any = type("App", (), {"state": State({"market_data": hub})})()
+    try:
+        async with remote_exchange_lifespan(nats_server.url, 0)(app):
+            sub = _subscribed(hub)
+            batch = MarketDataBatch(order("alice", Side.SELL, 150), {}, number=1)
+            await sequencer.publish(MARKET_DATA_SUBJECT, encode(batch))
+            got: list[str] = []
+            await _until(lambda: got.extend(kinds(sub)) or got)
+            assert got == ["order", "delta"]
+            nats_server.stop()
+            await _until(lambda: held)  # the disconnect
+            order("alice", Side.SELL, 155)  # message 2: published while NATS was down
+            monkeypatch.setattr(bus, "_free_port", lambda host: port)
+            nats_server = bus.EmbeddedNats(tmp_path / "b")
+            got.clear()
+            await _until(lambda: got.extend(kinds(sub)) or len(got) >= 3)
+            assert got == ["snapshot", "stream_interrupted", "stream_interrupted"]
+            assert hub.depth(SYM_A) == full_depth(eng, SYM_A)
+            batch = MarketDataBatch(order("bob", Side.BUY, 150), {}, number=3)
+            await sequencer.publish(MARKET_DATA_SUBJECT, encode(batch))
+            got.clear()
+            await _until(lambda: got.extend(kinds(sub)) or len(got) >= 3)
+            assert got == ["trade", "fill", "delta"]
+    finally:
+        await bus.close(sequencer)
+        nats_server.stop()
