@@ -403,8 +403,8 @@ class MarketData:
         for depth in depths:
             sym = depth.instrument
             old = self._books.get(sym)
-            if old is None or old.seq != depth.seq:
-                moved.append(sym)
+            if depth.seq != (0 if old is None else old.seq) or sym in self._unavailable:
+                moved.append(sym)  # (a book new to the hub at seq 0 missed nothing)
             try:
                 book = DepthBook.from_depth(depth)
             except FeedError:

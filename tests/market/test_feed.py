@@ -304,6 +304,8 @@ def test_a_reload_that_moves_a_book_tells_trades_and_orders_subscribers() -> Non
     ]  # fmt: skip
     assert got[0]["instrument"] == SYM_A and "instrument" not in got[1]
     assert frames(other) == []  # SYM_B did not move
+    hub.load([Depth(instrument="new/2026-12-01T02Z/1h", seq=0, bids=[], asks=[])])
+    assert frames(sub) == []  # a book new to the hub, with no event yet: nothing missed
     hub.publish(eng.process(
         NewOrder(instrument=SYM_A, order_id=2, owner="a", side=Side.BUY, quantity=LOT,
                  price=100, time=2)
