@@ -29,7 +29,7 @@ import asyncio
 import heapq
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -377,6 +377,9 @@ class MarketData:
         self._trades_kept = trades_kept
         self._books: dict[str, DepthBook] = {}
         self._unavailable: set[str] = set()  # known instruments whose book broke
+        #: The feeder's "load me again" (the sequencer's `resync_soon`, a gateway's
+        #: `FeedRelay.reload`): called when a book breaks, so that it heals by itself.
+        self.reloader: Callable[[], None] | None = None
         self._trades: dict[str, deque[TradeMessage]] = {}
         # channel -> key (instrument or account id) -> subscribers (insertion ordered)
         self._channels: dict[Channel, dict[str, dict[Subscriber, None]]] = {
@@ -391,22 +394,57 @@ class MarketData:
         """Set books from the engine's full-depth views (start-up, or a resync).
 
         Current book subscribers of a reloaded instrument get a fresh snapshot,
-        which restarts their seq chain.
+        which restarts their seq chain. If a book was behind (or unavailable), events
+        may have been missed that this hub never fanned out: its trades subscribers and
+        every orders subscriber get a `stream_interrupted` error frame (reconcile through
+        REST; they stay subscribed).
         """
+        moved: list[str] = []
         for depth in depths:
+            sym = depth.instrument
+            old = self._books.get(sym)
+            if depth.seq != (0 if old is None else old.seq) or sym in self._unavailable:
+                moved.append(sym)  # (a book new to the hub at seq 0 missed nothing)
             try:
                 book = DepthBook.from_depth(depth)
             except FeedError:
-                log.exception("market data: cannot load %s", depth.instrument)
-                self._mark_unavailable(depth.instrument)
+                log.exception("market data: cannot load %s", sym)
+                self._mark_unavailable(sym, reload=False)  # the depth itself is bad
                 continue
-            sym = depth.instrument
             self._books[sym] = book
             self._unavailable.discard(sym)
             self._trades.setdefault(sym, deque(maxlen=self._trades_kept))
             subs = self._channels[Channel.BOOK].get(sym)
             if subs:
                 self._fanout(subs, encode(self._snapshot(book)))
+        if moved:
+            self._interrupted(moved)
+
+    def _interrupted(self, instruments: Sequence[str]) -> None:
+        """Tell trades and orders subscribers that updates may have been missed."""
+        code = StreamErrorCode.STREAM_INTERRUPTED
+        for sym in instruments:
+            subs = self._channels[Channel.TRADES].get(sym)
+            if subs:
+                message = f"trades of {sym} may have been missed; see GET /v1/trades"
+                self._fanout(
+                    subs,
+                    encode(
+                        StreamError(
+                            code=code, message=message, channel=Channel.TRADES, instrument=sym
+                        )
+                    ),
+                )
+        frame = encode(
+            StreamError(
+                code=code,
+                channel=Channel.ORDERS,
+                message="order and fill updates may have been missed; "
+                "reconcile via REST (GET /v1/orders, GET /v1/fills)",
+            )
+        )
+        for subs in list(self._channels[Channel.ORDERS].values()):
+            self._fanout(subs, frame)
 
     def publish(
         self, events: Sequence[Event], fills: Mapping[int, Sequence[FillView]] = _NO_FILLS
@@ -424,6 +462,8 @@ class MarketData:
             if self._books.get(sym) is not book:
                 continue  # became unavailable during the batch
             changes = book.take_changes()
+            if changes.prev_seq == changes.seq:
+                continue  # only events the book already held (a batch held during a load)
             subs = self._channels[Channel.BOOK].get(sym)
             if subs:
                 frame = encode(
@@ -509,9 +549,10 @@ class MarketData:
                 )
                 self._fanout(subs, encode(msg))
 
-    def _mark_unavailable(self, sym: str) -> None:
+    def _mark_unavailable(self, sym: str, *, reload: bool = True) -> None:
         """Forget a book that no longer matches the events; its subscribers are told
-        and unsubscribed until `load` brings a fresh depth."""
+        and unsubscribed until `load` brings a fresh depth, which the feeder is asked
+        for (`reloader`)."""
         self._books.pop(sym, None)
         self._unavailable.add(sym)
         subs = self._channels[Channel.BOOK].pop(sym, None)
@@ -525,6 +566,11 @@ class MarketData:
             for sub in subs:
                 sub.subs.discard((Channel.BOOK, sym))
             self._fanout(subs, frame)
+        if reload and self.reloader is not None:
+            try:
+                self.reloader()
+            except Exception:  # must not take down the sequencer's publish
+                log.exception("market data: cannot ask for a reload of %s", sym)
 
     def _fanout(self, subs: dict[Subscriber, None], frame: str) -> None:
         dropped = [sub for sub in subs if not sub.push(frame)]

@@ -3,11 +3,17 @@
 The sequencer process publishes each committed batch on `tokex.md`
 (`market.sequencer.responder`); every gateway process subscribes and feeds it to
 its own `MarketData` hub (`market.feed`), which fans it out to its websocket
-clients exactly as in one process. On start (and after NATS reconnects, when
-messages may have been missed) the hub is loaded with every book at full depth
-(`DepthsQuery`), subscribed first so nothing falls between: a batch that arrives
-while the books load is held, and its events the loaded books already reflect
-(seq at most the book's) are dropped.
+clients exactly as in one process. The hub is loaded with every book at full depth
+(`DepthsQuery`) on start and again whenever messages may have been missed: NATS
+disconnected (batches are held from the disconnect on, and the books reloaded once
+it reconnects), a message number skipped, a `resync` message (the sequencer rebuilt
+its memory), or a book of the hub broke (a gap in its seq: the hub asks, `reloader`).
+The subscription comes first, so nothing falls between: a batch that arrives while
+the books load is held, and published whole once they are loaded. Its book events the
+loaded books already reflect change nothing (`DepthBook.apply` ignores a seq at most
+the book's), and its trades and private order and fill frames reach the subscribers,
+who never had them. The hub's load tells trades and orders subscribers that updates
+may have been missed (`stream_interrupted`), since those of lost messages never come.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ log = logging.getLogger(__name__)
 
 _decoder = msgspec.msgpack.Decoder(MarketDataBatch)
 
+#: How long a failed `DepthsQuery` waits before it is asked again (s).
+RETRY_S = 1.0
+
 
 class FeedRelay:
     """`tokex.md` into `hub` (see the module docstring)."""
@@ -40,18 +49,33 @@ class FeedRelay:
         self._held: list[MarketDataBatch] | None = []  # None: loaded, batches go straight in
         self._subscription: Subscription | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._again = False  # asked to reload while loading: once more after this load
+        self._number = 0  # of the last numbered message
 
     async def start(self) -> None:
         self._subscription = await self._nats.subscribe(MARKET_DATA_SUBJECT, cb=self._on_batch)
-        await self._load()
+        self._hub.reloader = self.reload
+        self._loading = asyncio.create_task(self._load())
+        await self._loading  # a first attempt (a failed one goes on in the background)
+
+    def hold(self) -> None:
+        """Hold the batches from now on, until the next load (NATS disconnected: the
+        batches right after it reconnects come before its reconnect callback)."""
+        if self._held is None:
+            self._held = []
+            self._number = 0  # what was lost before the load is in it: count anew
 
     def reload(self) -> None:
-        """Load the books again (NATS reconnected: batches may have been missed)."""
-        if self._loading is None or self._loading.done():
-            self._held = []
-            self._loading = asyncio.create_task(self._load())
+        """Load the books again (NATS reconnected, a message lost, a book broke)."""
+        self.hold()
+        if self._loading is not None and not self._loading.done():
+            self._again = True  # what it loads may be from before the reason for this
+            return
+        self._loading = asyncio.create_task(self._load())
 
     async def close(self) -> None:
+        if self._hub.reloader == self.reload:
+            self._hub.reloader = None
         if self._loading is not None:
             self._loading.cancel()
         if self._subscription is not None:
@@ -63,6 +87,16 @@ class FeedRelay:
             batch = _decoder.decode(msg.data)
         except msgspec.DecodeError:
             log.exception("market data: undecodable batch")
+            self.reload()  # its events are lost
+            return
+        if batch.number:
+            lost = self._number and batch.number != self._number + 1
+            self._number = batch.number
+            if lost and self._held is None:  # holding: the load under way or to come covers it
+                log.warning("market data: message(s) lost before %d; reloading", batch.number)
+                self.reload()
+        if batch.resync:
+            self.reload()
             return
         if self._held is not None:
             self._held.append(batch)
@@ -70,17 +104,18 @@ class FeedRelay:
             self._hub.publish(batch.events, batch.fills)
 
     async def _load(self) -> None:
+        self._again = False
         try:
             depths = await self._exchange.ask(DepthsQuery())
         except Exception:
             log.exception("market data: cannot load the books; retrying")
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(RETRY_S)
             self._loading = asyncio.create_task(self._load())
             return
         self._hub.load(depths)
-        loaded = {depth.instrument: depth.seq for depth in depths}
         held, self._held = self._held or [], None
         for batch in held:
-            events = [e for e in batch.events if e.seq == 0 or e.seq > loaded.get(e.instrument, 0)]
-            if events:
-                self._hub.publish(events, batch.fills)
+            self._hub.publish(batch.events, batch.fills)
+        if self._again:  # a reason to reload came while this one loaded
+            self._held = []
+            self._loading = asyncio.create_task(self._load())

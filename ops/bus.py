@@ -125,16 +125,24 @@ def nats_url_from_env() -> str | None:
 
 
 async def connect(
-    url: str, *, name: str, reconnected: Callable[[], Awaitable[None]] | None = None
+    url: str,
+    *,
+    name: str,
+    reconnected: Callable[[], Awaitable[None]] | None = None,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
 ) -> Client:
     """A NATS connection that keeps reconnecting (a restarted server, a cluster's other
-    node); `reconnected` runs after each reconnect. Connection trouble is one log line."""
+    node); `disconnected` runs when it is lost, `reconnected` after each reconnect (after
+    the messages of the replayed subscriptions may have begun to arrive). Connection
+    trouble is one log line."""
 
     async def error(exc: Exception) -> None:
         log.warning("NATS (%s): %s: %s", name, type(exc).__name__, exc)
 
-    async def disconnected() -> None:
+    async def on_disconnect() -> None:
         log.warning("NATS (%s): disconnected; reconnecting", name)
+        if disconnected is not None:
+            await disconnected()
 
     async def on_reconnect() -> None:
         log.info("NATS (%s): reconnected", name)
@@ -149,7 +157,7 @@ async def connect(
         pending_size=64 * 1024 * 1024,
         flush_timeout=5.0,
         error_cb=error,
-        disconnected_cb=disconnected,
+        disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
 

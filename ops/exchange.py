@@ -4,7 +4,8 @@
 creates, on first start) the ledger's signing key, opens the sequencer — the
 single writer, with the Merkle log written in every batch — rebuilds the books
 from the journal, loads them into the market data hub if the app has one
-(`app.state.market_data`), and puts the sequencer on `app.state.sequencer` for
+(`app.state.market_data`; again after every rebuild, and when the hub asks for it
+because a book broke), and puts the sequencer on `app.state.sequencer` for
 the trading routes. Apps built without it (most tests) serve reads only; the
 trading routes then answer 503 `exchange_not_running`.
 """
@@ -38,7 +39,8 @@ CLOSE_TIMEOUT_S = 15.0
 
 
 async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Settings) -> Sequencer:
-    """Open the sequencer on `url`, load its books into the market data hub, publish it on
+    """Open the sequencer on `url`, its books loaded into the market data hub (after every
+    rebuild: `resync`; in workers mode the responder's resync message), publish it on
     `app.state.sequencer`."""
     hub = app.state.get("market_data")
     merkle_log = MerkleLog(signer, settings.exchange_name)
@@ -47,6 +49,7 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
         url,
         hooks=[merkle_log],
         publish=None if hub is None else hub.publish,
+        resync=None if hub is None else hub.load,
         queue_max=settings.queue_max or QUEUE_MAX,
         max_open_orders=settings.max_open_orders,
         pipeline_depth=settings.pipeline_depth,
@@ -58,8 +61,8 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
     )
     # The gateway's desk, if it runs here: settlement waits for its calls in flight.
     sequencer.delivering = app.state.get("delivering") or nothing_delivering
-    if hub is not None and hasattr(hub, "load"):
-        hub.load(book.depth(1_000_000) for book in sequencer.engine.books())
+    if hub is not None and hasattr(hub, "reloader"):
+        hub.reloader = sequencer.resync_soon  # a book broke: load it again
     app.state.sequencer = sequencer
     return sequencer
 

@@ -39,12 +39,20 @@ def remote_exchange_lifespan(nats_url: str, worker: int) -> Lifespan:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         relay: FeedRelay | None = None
 
+        async def disconnected() -> None:  # batches may be lost: hold them from here on
+            if relay is not None:
+                relay.hold()
+
         async def reconnected() -> None:
             if relay is not None:
                 relay.reload()
 
-        nats = await connect(nats_url, name=f"tokex-gateway-{worker}")
-        nats._reconnected_cb = reconnected
+        nats = await connect(
+            nats_url,
+            name=f"tokex-gateway-{worker}",
+            disconnected=disconnected,
+            reconnected=reconnected,
+        )
         remote = RemoteSequencer(nats)
         relay = FeedRelay(nats, remote, app.state.market_data)
         await relay.start()

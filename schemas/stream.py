@@ -76,6 +76,9 @@ class StreamErrorCode:
     BOOK_UNAVAILABLE = "book_unavailable"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     AUTH_UNAVAILABLE = "auth_unavailable"
+    #: The server's feed was resynced (a reconnect, a rebuild): `trades` or `orders`
+    #: updates may have been missed; reconcile through REST. The subscription stays.
+    STREAM_INTERRUPTED = "stream_interrupted"
 
 
 # --------------------------------------------------------------------------- client -> server
@@ -295,9 +298,14 @@ def book_checksum(bids: Iterable[tuple[int, int]], asks: Iterable[tuple[int, int
     return zlib.crc32("".join(parts).encode("ascii"))
 
 
-class StreamError(msgspec.Struct, kw_only=True, frozen=True, tag="error"):
+class StreamError(msgspec.Struct, kw_only=True, frozen=True, tag="error", omit_defaults=True):
+    """An error frame; `channel` and `instrument` name the subscription it is about
+    (`stream_interrupted`), absent otherwise."""
+
     code: str
     message: str
+    channel: Channel | None = None
+    instrument: str | None = None
 
 
 ServerMessage = (

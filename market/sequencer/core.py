@@ -19,6 +19,12 @@ drains the queue in batches; for each batch it
    it all or nothing;
 3. only then answers every op of the batch and publishes the events.
 
+After every rebuild of memory (start-up, a failed commit, a broken state) the market
+data is resynced from the rebuilt books (`resync`: the hub's `load`, or the responder's
+resync message to the gateways): a commit reported failed may have been durable after
+all, and then its events were never published. `resync_soon` does the same on request
+(a hub whose book broke).
+
 If anything fails before the commit, nothing of the batch is kept: the ledger
 reloads itself and the sequencer rebuilds the market from the database
 (`recovery.recover`, the same path as start-up after a crash), and every op of the
@@ -69,14 +75,14 @@ from market.sequencer.ops import (
     TickOp,
 )
 from market.sequencer.pipeline import PIPELINE_DEPTH, Flight, Pipeline
-from market.sequencer.queries import Query
+from market.sequencer.queries import DepthsQuery, Query
 from market.sequencer.recovery import recover
 from market.sequencer.state import MarketState
 from market.snapshot_writer import SnapshotPolicy, SnapshotWriter, wall_clock_ms
 from market.snapshots import MarketSnapshot, SettlingEngine
 from schemas.errors import DomainError
 from schemas.ledger import Balance
-from schemas.market import Event
+from schemas.market import Depth, Event
 from schemas.trading import EntitlementView, FillView, InstrumentView, SettlementView
 
 log = logging.getLogger(__name__)
@@ -86,6 +92,8 @@ T = TypeVar("T")
 #: After a commit: the batch's engine events, and per order id the fill views of the
 #: batch (with fees and client order ids) for the private fill messages.
 Publish = Callable[[Sequence[Event], Mapping[int, Sequence[FillView]]], None]
+#: After a rebuild: every book at full depth, to load the market data from again.
+Resync = Callable[[list[Depth]], None]
 Clock = Callable[[], int]
 
 #: Ops the queue holds at most (a batch takes up to `max_batch` of them at a time).
@@ -158,6 +166,7 @@ class Sequencer:
         max_open_orders: int = MAX_OPEN_ORDERS,
         pipeline_depth: int = PIPELINE_DEPTH,
         settle_wait_ms: int = SETTLE_WAIT_MS,
+        resync: Resync | None = None,
     ) -> None:
         if queue_max < 1:
             raise ValueError("the sequencer's queue must hold at least one op")
@@ -170,6 +179,8 @@ class Sequencer:
         self._conn = conn
         self.currency = currency
         self._publish = publish
+        self._resync = resync
+        self._resyncing: asyncio.Task[None] | None = None
         self._clock = clock
         self._max_batch = max_batch
         self.max_open_orders = max_open_orders
@@ -220,12 +231,15 @@ class Sequencer:
         max_open_orders: int = MAX_OPEN_ORDERS,
         pipeline_depth: int = PIPELINE_DEPTH,
         settle_wait_ms: int = SETTLE_WAIT_MS,
+        resync: Resync | None = None,
     ) -> Sequencer:
         """Become the exchange's writer: open the ledger, rebuild the books, start.
 
         `snapshots`: how often the books are snapshotted (`market.snapshot_writer`);
         recovery starts from the newest snapshot and replays only the journal after it.
-        `pipeline_depth`: batches in flight at most (`market.sequencer.pipeline`)."""
+        `pipeline_depth`: batches in flight at most (`market.sequencer.pipeline`).
+        `resync`: called with every book at full depth after each rebuild (this one
+        included), to load the market data from."""
         ledger = await Ledger.open(dsn, hooks=hooks)
         try:
             conn = await connect_writer(dsn)
@@ -236,7 +250,7 @@ class Sequencer:
             dsn, ledger, conn, currency=currency, publish=publish, clock=clock,
             max_batch=max_batch, queue_max=queue_max, snapshots=snapshots,
             max_open_orders=max_open_orders,
-            pipeline_depth=pipeline_depth, settle_wait_ms=settle_wait_ms,
+            pipeline_depth=pipeline_depth, settle_wait_ms=settle_wait_ms, resync=resync,
         )  # fmt: skip
         try:
             await sequencer._rebuild()
@@ -256,6 +270,8 @@ class Sequencer:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        if self._resyncing is not None:
+            self._resyncing.cancel()
         if self._runner is not None:
             await self._queue.join()
             await self._pipeline.finished()
@@ -325,6 +341,29 @@ class Sequencer:
         self._books_rebuilt(recovered.books, memory)
         if self._state is SequencerState.RECOVERING:
             self._state = SequencerState.RUNNING
+        self._resync_now()
+
+    def _resync_now(self) -> None:
+        """Load the market data from memory (nothing in flight: memory is committed)."""
+        if self._resync is None:
+            return
+        try:
+            self._resync(DepthsQuery().answer(self))
+        except Exception:
+            log.exception("resyncing market data failed")
+
+    def resync_soon(self) -> None:
+        """Resync the market data once nothing is in flight (a hub's book broke). While
+        memory cannot be trusted, nothing: the rebuild that comes resyncs it."""
+        if self._resync is None or (self._resyncing is not None and not self._resyncing.done()):
+            return
+
+        async def resync() -> None:
+            with contextlib.suppress(DomainError):  # not healthy: the rebuild resyncs
+                await self.committed()
+                self._resync_now()
+
+        self._resyncing = asyncio.create_task(resync(), name="sequencer-resync")
 
     def _books_rebuilt(self, books: Rebuilt, memory: MarketSnapshot | None) -> None:
         """Where the snapshots go on from after a rebuild of the books."""

@@ -7,7 +7,9 @@ one message at a time, and a command waits for its commit), started in arrival o
 so ops reach the sequencer's queue in the order they came and many requests share a
 batch, as HTTP requests do in one process. A command is answered only once its batch
 is durable (`Sequencer.submit_all`). `publish` is the sequencer's market data hook:
-each committed batch is one message on `tokex.md`, in commit order.
+each committed batch is one message on `tokex.md`, in commit order, numbered; `load`
+its resync hook: after every rebuild of the sequencer's memory, a `resync` message
+there, so that every gateway loads its books again (`market.feed_relay`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from market.sequencer.wire import (
 )
 from market.signing import decode_signature, now_ms
 from schemas.errors import DomainError
-from schemas.market import Event
+from schemas.market import Depth, Event
 from schemas.trading import FillView
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class Responder:
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: asyncio.Queue[bytes] = asyncio.Queue()
+        self._number = 0  # of the last market data message
         self._publisher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -149,8 +152,18 @@ class Responder:
 
     def publish(self, events: Sequence[Event], fills: Mapping[int, Sequence[FillView]]) -> None:
         """The sequencer's publish hook: never blocks; sent in commit order."""
-        batch = MarketDataBatch(list(events), {k: list(v) for k, v in fills.items()})
+        self._number += 1
+        batch = MarketDataBatch(
+            list(events), {k: list(v) for k, v in fills.items()}, number=self._number
+        )
         self._published.put_nowait(encode(batch))
+
+    def load(self, depths: Sequence[Depth]) -> None:
+        """The sequencer's resync hook (it rebuilt its memory): a `resync` message, after
+        the batches published before it. The gateways ask for the depths themselves
+        (`DepthsQuery`: every book at full depth may not fit in one message)."""
+        self._number += 1
+        self._published.put_nowait(encode(MarketDataBatch([], {}, self._number, resync=True)))
 
     async def _publish_loop(self) -> None:
         while True:

@@ -10,7 +10,9 @@ message, and comes back as that same class where this process has it loaded, so
 `ops.errors` maps it exactly as in one process (status, Retry-After).
 
 Market data: one message per committed batch, `MarketDataBatch` (its events in
-order and its fill views by order id), in commit order on one subject.
+order and its fill views by order id), in commit order on one subject, numbered; a
+message with `resync` set (no events) says the sequencer rebuilt its memory, so every
+hub must load the books again.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ class Answer(msgspec.Struct, Generic[T], array_like=True, omit_defaults=True):
 class MarketDataBatch(msgspec.Struct, array_like=True):
     events: list[Event]
     fills: dict[int, list[FillView]]
+    #: 1, 2, ... per message of one publisher (0: not numbered); a number skipped is a
+    #: message lost on the way (`market.feed_relay` then loads the books again).
+    number: int = 0
+    #: The sequencer rebuilt its memory (a failed or ambiguous commit, a reopen): load
+    #: the books again (`DepthsQuery`), they may hold events never published.
+    resync: bool = False
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -280,6 +280,57 @@ def test_reload_sends_current_subscribers_a_fresh_snapshot() -> None:
     assert snap["type"] == "snapshot"
 
 
+def test_a_reload_that_moves_a_book_tells_trades_and_orders_subscribers() -> None:
+    """Events the hub never fanned out (the depth is ahead of its book): its trades
+    subscribers and every orders subscriber get `stream_interrupted` and stay
+    subscribed; a reload that moves nothing sends no such notice."""
+    hub, eng = _hub_with_engine()
+    sub, other = hub.connect(), hub.connect()
+    hub.subscribe_trades(sub, SYM_A)
+    hub.subscribe_orders(sub, "a")
+    hub.subscribe_trades(other, SYM_B)
+    frames(sub), frames(other)
+    hub.load([full_depth(eng, SYM_A), full_depth(eng, SYM_B)])
+    assert frames(sub) == [] and frames(other) == []
+    eng.process(
+        NewOrder(
+            instrument=SYM_A, order_id=1, owner="b", side=Side.SELL, quantity=LOT, price=100, time=1
+        )
+    )  # fmt: skip  (never published)
+    hub.load([full_depth(eng, SYM_A), full_depth(eng, SYM_B)])
+    got = frames(sub)
+    assert [(f["type"], f["code"], f["channel"]) for f in got] == [
+        ("error", "stream_interrupted", "trades"), ("error", "stream_interrupted", "orders"),
+    ]  # fmt: skip
+    assert got[0]["instrument"] == SYM_A and "instrument" not in got[1]
+    assert frames(other) == []  # SYM_B did not move
+    hub.load([Depth(instrument="new/2026-12-01T02Z/1h", seq=0, bids=[], asks=[])])
+    assert frames(sub) == []  # a book new to the hub, with no event yet: nothing missed
+    hub.publish(eng.process(
+        NewOrder(instrument=SYM_A, order_id=2, owner="a", side=Side.BUY, quantity=LOT,
+                 price=100, time=2)
+    ))  # fmt: skip
+    assert [f["type"] for f in frames(sub)] == ["order", "trade", "fill"]  # still subscribed
+
+
+def test_a_book_that_breaks_asks_its_feeder_to_reload_it() -> None:
+    hub, eng = _hub_with_engine()
+    asked: list[int] = []
+    hub.reloader = lambda: asked.append(1)
+    eng.process(
+        NewOrder(
+            instrument=SYM_A, order_id=1, owner="a", side=Side.BUY, quantity=LOT, price=100, time=1
+        )
+    )  # fmt: skip  (never published: a gap)
+    hub.publish(eng.process(
+        NewOrder(instrument=SYM_A, order_id=2, owner="a", side=Side.BUY, quantity=LOT,
+                 price=105, time=2)
+    ))  # fmt: skip
+    assert asked == [1]
+    hub.load([full_depth(eng, SYM_A)])  # what the feeder does
+    assert hub.depth(SYM_A) == full_depth(eng, SYM_A)
+
+
 # --------------------------------------------------------------------------- slow subscribers
 
 
