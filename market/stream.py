@@ -43,6 +43,14 @@ that account: a revocation is what an owner or operator does about a leaked key,
 owner's orders are the owner's, not the leaker's; whoever revoked it cancels them if they
 want (`POST /v1/orders/cancel-all`, with another key). The client reconnects and
 subscribes with an active key.
+
+The re-check loop alone would leave a gap (a leaker who hangs up within `KEY_RECHECK_S`
+of the revocation), and it watches only the current subscription's key, while an account
+armed earlier under another key stays armed. So each armed account keeps the key that
+armed it, and when the connection ends that key is looked up afresh (`forget`, then
+`key_active`: the database, not the cache): an account whose arming key is no longer
+active is not cancelled. If the look-up fails (the database is away), the key stands as
+it was last seen, active, and the account is cancelled as armed.
 """
 
 from __future__ import annotations
@@ -90,7 +98,8 @@ _decoder = msgspec.json.Decoder(ClientMessage)
 class _Private:
     """A connection's private side: whose orders go with it, and the key it subscribed with."""
 
-    guarded: set[str] = field(default_factory=set)  # accounts cancelled on disconnect
+    #: The accounts cancelled on disconnect, each with the key that armed it.
+    guarded: dict[str, str] = field(default_factory=dict)
     key_id: str | None = None  # of the current `orders` subscription
     account_id: str | None = None
     #: Set while there is an `orders` subscription: only then is its key re-checked.
@@ -138,16 +147,24 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
             log.warning("stream: cannot re-check key %s", key_id, exc_info=True)
             continue
         if not active and private.key_id == key_id:
-            if private.account_id is not None:
-                private.guarded.discard(private.account_id)
+            for account_id in [a for a, k in private.guarded.items() if k == key_id]:
+                del private.guarded[account_id]
             log.info("stream: key %s revoked; closing its orders subscription", key_id)
             sub.close(CLOSE_KEY_REVOKED, CLOSE_KEY_REVOKED_REASON)
             return
 
 
-async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], accounts: set[str]) -> None:
+async def _cancel_on_disconnect(
+    socket: WebSocket[Any, Any, Any], guarded: dict[str, str]
+) -> None:
+    """Cancel the orders of every armed account whose arming key is still active."""
     sequencer = getattr(socket.app.state, "sequencer", None)
-    for account_id in sorted(accounts):
+    authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
+    for account_id in sorted(guarded):
+        key_id = guarded[account_id]
+        if authenticator is not None and not await _still_active(authenticator, key_id):
+            log.info("stream: key %s revoked; %s's orders stay", key_id, account_id)
+            continue
         if sequencer is None:
             log.warning("stream: cannot cancel %s's orders on disconnect: no sequencer", account_id)
             continue
@@ -159,6 +176,16 @@ async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], accounts: set[
             log.info(
                 "stream: disconnect cancelled %d orders of %s", len(result.cancelled), account_id
             )
+
+
+async def _still_active(authenticator: Authenticator, key_id: str) -> bool:
+    """Whether `key_id` is active now, asked of the database rather than the cache."""
+    authenticator.forget(key_id)
+    try:
+        return await authenticator.key_active(key_id)
+    except Exception:  # the database is away: the key as last seen (active)
+        log.warning("stream: cannot re-check key %s on disconnect", key_id, exc_info=True)
+        return True
 
 
 async def _send(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> None:
@@ -230,9 +257,9 @@ async def _handle(
         private.key_id, private.account_id = principal.key_id, account_id
         private.subscribed.set()
         if message.cancel_on_disconnect:
-            guarded.add(account_id)
+            guarded[account_id] = principal.key_id
         else:
-            guarded.discard(account_id)
+            guarded.pop(account_id, None)
         return
     if message.cancel_on_disconnect:
         raise _invalid("cancel_on_disconnect is for the orders channel")

@@ -10,6 +10,7 @@ would publish them.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from litestar.testing.websocket_test_session import WebSocketTestSession
 from market.auth import Authenticator, KeyRecord, now_ms, request_message
 from market.feed import CLOSE_SLOW_CONSUMER, MarketData
 from market.signing import sign_subscribe
-from market.stream import MAX_MESSAGE_CHARS
+from market.stream import KEY_RECHECK_S, MAX_MESSAGE_CHARS
 from ops.app import create_app
 from ops.config import Settings
 from schemas.accounts import Role
@@ -68,11 +69,13 @@ class Exchange:
         self.hub.load([full_depth(self.engine, SYM_A), full_depth(self.engine, SYM_B)])
         self.keys = {ALICE_KEY: Ed25519PrivateKey.generate(), BOB_KEY: Ed25519PrivateKey.generate()}
         owners = {ALICE_KEY: "alice", BOB_KEY: "bob"}
+        self.revoked: set[str] = set()  # as the database has them
 
         async def load_key(key_id: str) -> KeyRecord | None:
             if key_id not in self.keys:
                 return None
-            return KeyRecord(key_id, owners[key_id], Role.BUYER, self.keys[key_id].public_key())
+            return KeyRecord(key_id, owners[key_id], Role.BUYER, self.keys[key_id].public_key(),
+                             revoked=key_id in self.revoked)  # fmt: skip
 
         app.state.authenticator = Authenticator(load_key)
         self.next_id = 1
@@ -344,3 +347,80 @@ def test_a_subscribe_signed_over_an_empty_body_is_refused(exchange: Exchange) ->
         error = recv(ws)
         assert (error["type"], error["code"]) == ("error", "bad_signature"), error
         subscribe(ws, "book")  # public channels need no signature, as before
+
+
+# --------------------------------------------------------------------------- cancel on disconnect
+
+
+class RecordingSequencer:
+    """Takes the `CancelAllOp`s of cancel on disconnect (it cancels nothing)."""
+
+    def __init__(self) -> None:
+        self.ops: list[Any] = []
+
+    async def submit(self, op: Any) -> Any:
+        self.ops.append(op)
+        return type("Result", (), {"cancelled": []})()
+
+
+def cancelled_accounts(sequencer: RecordingSequencer, n: int) -> list[str]:
+    """The accounts of the first `n` cancels on disconnect (waiting for them)."""
+    deadline = time.monotonic() + TIMEOUT
+    while len(sequencer.ops) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # and no more came
+    return [op.account_id for op in sequencer.ops]
+
+
+def test_a_revoked_keys_orders_stay_when_the_client_hangs_up_before_the_key_recheck(
+    exchange: Exchange,
+) -> None:
+    """A leaker who hangs up right after the revocation (which it sees at once on REST),
+    before the connection's next key re-check, does not cancel the owner's orders. Bob's
+    account, armed on the same connection with his own (active) key, is cancelled: the
+    disconnect did run (and alice's account comes first, so it was passed over)."""
+    ex = exchange
+    sequencer = RecordingSequencer()
+    ex.app.state.sequencer = sequencer
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(ex.signed(BOB_KEY, cancel_on_disconnect=True))
+        assert recv(ws)["account_id"] == "bob"
+        ws.send_json(ex.signed(ALICE_KEY, cancel_on_disconnect=True))
+        assert recv(ws)["account_id"] == "alice"
+        ex.revoked.add(ALICE_KEY)  # revoked in the database; this process not yet told
+    assert cancelled_accounts(sequencer, 1) == ["bob"]
+
+
+def test_an_account_armed_under_an_earlier_key_is_spared_once_that_key_is_revoked(
+    exchange: Exchange,
+) -> None:
+    """Armed for alice with her key, then subscribed with bob's: the connection watches
+    bob's key only, yet alice's account stays armed by her key, and that key is checked
+    when the connection ends."""
+    ex = exchange
+    sequencer = RecordingSequencer()
+    ex.app.state.sequencer = sequencer
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(ex.signed(ALICE_KEY, cancel_on_disconnect=True))
+        assert recv(ws)["account_id"] == "alice"
+        ws.send_json(ex.signed(BOB_KEY, cancel_on_disconnect=True))
+        assert recv(ws)["account_id"] == "bob"
+        ex.revoked.add(ALICE_KEY)
+        ex.app.state.authenticator.forget(ALICE_KEY)  # this process knows at once
+        time.sleep(KEY_RECHECK_S * 1.5)  # a re-check of bob's key: still active
+        subscribe(ws, "trades")  # still open
+    assert cancelled_accounts(sequencer, 1) == ["bob"]
+
+
+def test_cancel_on_disconnect_fires_for_each_account_armed_with_an_active_key(
+    exchange: Exchange,
+) -> None:
+    ex = exchange
+    sequencer = RecordingSequencer()
+    ex.app.state.sequencer = sequencer
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(ex.signed(ALICE_KEY, cancel_on_disconnect=True))
+        assert recv(ws)["account_id"] == "alice"
+        ws.send_json(ex.signed(BOB_KEY, cancel_on_disconnect=True))
+        assert recv(ws)["account_id"] == "bob"
+    assert cancelled_accounts(sequencer, 2) == ["alice", "bob"]
