@@ -154,9 +154,7 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
             return
 
 
-async def _cancel_on_disconnect(
-    socket: WebSocket[Any, Any, Any], guarded: dict[str, str]
-) -> None:
+async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], guarded: dict[str, str]) -> None:
     """Cancel the orders of every armed account whose arming key is still active."""
     sequencer = getattr(socket.app.state, "sequencer", None)
     authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
