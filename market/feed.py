@@ -15,17 +15,21 @@ a batch is published.
 `MarketData` (the hub) lives on `app.state.market_data` (created by
 `ops.app.create_app`). The sequencer calls `load(depths)` after recovery and
 `publish(events)` after each committed batch, in seq order. Both are
-synchronous and never block: each subscriber has a bounded queue, and one
-that falls behind is dropped (its connection is closed with
-`CLOSE_SLOW_CONSUMER`) rather than slowing the sequencer. The websocket
-handler (`market.stream`) only moves the queued frames to the socket.
+synchronous and never block: each subscriber has a queue bounded in frames
+and in bytes (`market.feed_queue`), and one that falls behind is dropped (its
+connection is closed with `CLOSE_SLOW_CONSUMER`) rather than slowing the
+sequencer. The websocket handler (`market.stream`) only moves the queued
+frames to the socket.
 
-Messages are encoded once per publish and shared by every subscriber.
+Messages are encoded once per publish and shared by every subscriber; a book's
+snapshot once per seq, shared by every subscribe at that seq. A re-subscribe to a
+book whose snapshot this subscriber has not yet taken is refused (`snapshot_pending`):
+the queued snapshot resyncs it, and a client re-subscribing without reading cannot
+pile up copies.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 from collections import deque
@@ -35,6 +39,9 @@ from typing import Final
 import msgspec
 
 from market.errors import UnknownInstrument
+from market.feed_queue import CLOSE_SLOW_CONSUMER as CLOSE_SLOW_CONSUMER
+from market.feed_queue import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_LIMIT
+from market.feed_queue import Subscriber as Subscriber
 from schemas.errors import DomainError, ErrorKind
 from schemas.market import (
     Depth,
@@ -70,11 +77,6 @@ from schemas.trading import FillView
 
 log = logging.getLogger(__name__)
 
-#: Websocket close codes (application range 4000-4999).
-CLOSE_SLOW_CONSUMER: Final = 4008
-CLOSE_SLOW_CONSUMER_REASON: Final = "slow consumer: fell behind; reconnect and resubscribe"
-
-DEFAULT_QUEUE_LIMIT: Final = 4096  # frames queued per subscriber before it is dropped
 DEFAULT_TRADES_KEPT: Final = 1000  # recent trades kept per instrument
 DEFAULT_MAX_SUBSCRIPTIONS: Final = 256  # per connection
 
@@ -299,66 +301,6 @@ class DepthBook:
         return changes
 
 
-# --------------------------------------------------------------------------- subscribers
-
-
-class Subscriber:
-    """One connection's outbound queue of encoded frames, bounded.
-
-    `push` never blocks: when the queue is full, the subscriber is marked
-    dropped and its queue discarded; the connection's sender sees
-    `close_code` and closes the socket.
-    """
-
-    __slots__ = ("_limit", "_queue", "_wake", "account_id", "close_code", "close_reason", "subs")
-
-    def __init__(self, limit: int = DEFAULT_QUEUE_LIMIT) -> None:
-        self._limit = limit
-        self._queue: deque[str] = deque()
-        self._wake = asyncio.Event()
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self.account_id: str | None = None  # set by a private subscription
-        self.subs: set[tuple[Channel, str]] = set()
-
-    @property
-    def dropped(self) -> bool:
-        return self.close_code is not None
-
-    def push(self, frame: str) -> bool:
-        """Queue a frame; False (and dropped) if the subscriber is too far behind."""
-        if self.close_code is not None:
-            return False
-        if len(self._queue) >= self._limit:
-            self.close(CLOSE_SLOW_CONSUMER, CLOSE_SLOW_CONSUMER_REASON)
-            return False
-        self._queue.append(frame)
-        self._wake.set()
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason
-            self._queue.clear()
-            self._wake.set()
-
-    def pending(self) -> list[str]:
-        """Take every queued frame (without waiting)."""
-        frames = list(self._queue)
-        self._queue.clear()
-        return frames
-
-    async def next_frames(self) -> list[str]:
-        """Wait for frames; an empty list means the subscriber was closed."""
-        while not self._queue and self.close_code is None:
-            self._wake.clear()
-            await self._wake.wait()
-        if self.close_code is not None:
-            return []
-        return self.pending()
-
-
 # --------------------------------------------------------------------------- the hub
 
 
@@ -369,10 +311,12 @@ class MarketData:
         self,
         *,
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
         trades_kept: int = DEFAULT_TRADES_KEPT,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     ) -> None:
         self.queue_limit = queue_limit
+        self.queue_bytes = queue_bytes
         self.max_subscriptions = max_subscriptions
         self._trades_kept = trades_kept
         self._books: dict[str, DepthBook] = {}
@@ -381,6 +325,8 @@ class MarketData:
         #: `FeedRelay.reload`): called when a book breaks, so that it heals by itself.
         self.reloader: Callable[[], None] | None = None
         self._trades: dict[str, deque[TradeMessage]] = {}
+        #: The encoded snapshot last made of each book: (the book, its seq, the frame).
+        self._snapshot_frames: dict[str, tuple[DepthBook, int, str]] = {}
         # channel -> key (instrument or account id) -> subscribers (insertion ordered)
         self._channels: dict[Channel, dict[str, dict[Subscriber, None]]] = {
             Channel.BOOK: {},
@@ -580,7 +526,7 @@ class MarketData:
     # ------------------------------------------------------------------ connection side
 
     def connect(self) -> Subscriber:
-        return Subscriber(self.queue_limit)
+        return Subscriber(self.queue_limit, self.queue_bytes)
 
     def disconnect(self, sub: Subscriber) -> None:
         """Remove a subscriber from every channel (idempotent)."""
@@ -608,12 +554,20 @@ class MarketData:
 
     def subscribe_book(self, sub: Subscriber, instrument: str) -> None:
         """Queue the ack and a snapshot and register, in one step (no delta missed
-        or repeated). Subscribing again sends a fresh snapshot (a resync)."""
+        or repeated). Subscribing again sends a fresh snapshot (a resync), unless the
+        previous one is still queued: then a `snapshot_pending` error frame."""
         book = self._book(instrument)
+        if instrument in sub.snapshots_queued and (Channel.BOOK, instrument) in sub.subs:
+            message = f"the snapshot of {instrument} is still queued: read it, then its deltas"
+            sub.push(encode(StreamError(code=StreamErrorCode.SNAPSHOT_PENDING, message=message,
+                                        channel=Channel.BOOK, instrument=instrument)))  # fmt: skip
+            return
         self._add(sub, Channel.BOOK, instrument)
         sub.push(encode(Subscribed(channel=Channel.BOOK, instrument=instrument)))
-        if not sub.push(encode(self._snapshot(book))):
+        if not sub.push(self._snapshot_frame(book)):
             self.disconnect(sub)
+            return
+        sub.snapshots_queued.add(instrument)
 
     def subscribe_trades(self, sub: Subscriber, instrument: str) -> None:
         if instrument not in self:
@@ -638,6 +592,7 @@ class MarketData:
             key, sub.account_id = sub.account_id, None
         if key is not None:
             self._remove(sub, channel, key)
+            sub.snapshots_queued.discard(key)
         instrument = None if channel is Channel.ORDERS else key
         sub.push(encode(Unsubscribed(channel=channel, instrument=instrument)))
 
@@ -648,6 +603,15 @@ class MarketData:
                 raise BookUnavailable(f"book of {instrument} is unavailable; try again later")
             raise UnknownInstrument(f"unknown instrument {instrument!r}")
         return book
+
+    def _snapshot_frame(self, book: DepthBook) -> str:
+        """The encoded snapshot of `book` now (made once per book and seq)."""
+        cached = self._snapshot_frames.get(book.instrument)
+        if cached is not None and cached[0] is book and cached[1] == book.seq:
+            return cached[2]
+        frame = encode(self._snapshot(book))
+        self._snapshot_frames[book.instrument] = (book, book.seq, frame)
+        return frame
 
     @staticmethod
     def _snapshot(book: DepthBook) -> BookSnapshotMessage:

@@ -67,7 +67,8 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from market.auth import PUBLIC, Authenticator, AuthError, Principal, now_ms
-from market.feed import MarketData, Subscriber, encode
+from market.feed import MarketData, encode
+from market.feed_queue import Subscriber
 from market.sequencer.ops import CancelAllOp
 from market.sequencer.queries import UntradedQuery
 from market.signing import STREAM_PATH, subscribe_body

@@ -79,6 +79,9 @@ class StreamErrorCode:
     #: The server's feed was resynced (a reconnect, a rebuild): `trades` or `orders`
     #: updates may have been missed; reconcile through REST. The subscription stays.
     STREAM_INTERRUPTED = "stream_interrupted"
+    #: A re-subscribe to a book whose previous snapshot is still queued for this
+    #: connection: refused (that snapshot resyncs the book); read it, then try again.
+    SNAPSHOT_PENDING = "snapshot_pending"
 
 
 # --------------------------------------------------------------------------- client -> server
@@ -300,7 +303,7 @@ def book_checksum(bids: Iterable[tuple[int, int]], asks: Iterable[tuple[int, int
 
 class StreamError(msgspec.Struct, kw_only=True, frozen=True, tag="error", omit_defaults=True):
     """An error frame; `channel` and `instrument` name the subscription it is about
-    (`stream_interrupted`), absent otherwise."""
+    (`stream_interrupted`, `snapshot_pending`), absent otherwise."""
 
     code: str
     message: str

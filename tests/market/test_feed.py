@@ -21,17 +21,19 @@ from market.feed import (
     MarketData,
     Subscriber,
 )
+from market.feed_queue import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_LIMIT
 from schemas.market import (
     CancelOrder,
     Command,
     Depth,
+    DepthLevel,
     Event,
     Fill,
     NewOrder,
     Side,
     TradingStateChanged,
 )
-from schemas.stream import OrderAcceptedView, book_checksum
+from schemas.stream import Channel, OrderAcceptedView, book_checksum
 from tests.market.feed_support import (
     LOT,
     OWNERS,
@@ -355,6 +357,131 @@ def test_a_slow_subscriber_is_dropped_without_blocking_publish() -> None:
     assert slow.subs == set() and slow.pending() == []
     assert not fast.dropped
     assert client.depth(SYM_A) == full_depth(eng, SYM_A)
+
+
+def deep_depth(instrument: str = SYM_A, levels: int = 1_000, seq: int = 10) -> Depth:
+    """A book of `levels` levels a side (its snapshot frame is ~32 KiB for 1,000)."""
+    return Depth(instrument=instrument, seq=seq,
+                 bids=[DepthLevel(10_000 - 5 * i, 10_000, 3) for i in range(levels)],
+                 asks=[DepthLevel(20_000 + 5 * i, 10_000, 3) for i in range(levels)])  # fmt: skip
+
+
+def test_a_resubscribe_while_its_snapshot_is_still_queued_is_refused() -> None:
+    """A client that sends `subscribe book` again and again and reads nothing gets one
+    snapshot and small `snapshot_pending` error frames, not a full-depth copy each
+    time. Once it has taken its frames, a subscribe is a resync again."""
+    hub = MarketData()
+    hub.load([deep_depth()])
+    sub = hub.connect()
+    for _ in range(2_000):
+        hub.subscribe_book(sub, SYM_A)
+    assert not sub.dropped
+    assert sub.queued_bytes < 1 * 2**20, sub.queued_bytes  # one snapshot, not 2,000
+    got = frames(sub)
+    assert [m["type"] for m in got[:2]] == ["subscribed", "snapshot"]
+    assert len(got[1]["bids"]) == 1_000
+    assert len(got) == 2_001
+    assert all(m == {"type": "error", "code": "snapshot_pending", "channel": "book",
+                     "instrument": SYM_A, "message": got[2]["message"]}
+               for m in got[2:])  # fmt: skip
+    assert SYM_A in got[2]["message"]
+    hub.subscribe_book(sub, SYM_A)  # the snapshot was taken: a fresh one
+    assert [m["type"] for m in frames(sub)] == ["subscribed", "snapshot"]
+
+
+def test_a_subscribe_after_an_unsubscribe_is_served_though_the_snapshot_is_queued() -> None:
+    hub = MarketData()
+    eng = engine()
+    hub.load([full_depth(eng, SYM_A)])
+    sub = hub.connect()
+    hub.subscribe_book(sub, SYM_A)
+    hub.unsubscribe(sub, Channel.BOOK, SYM_A)
+    hub.subscribe_book(sub, SYM_A)
+    assert [m["type"] for m in frames(sub)] == [
+        "subscribed", "snapshot", "unsubscribed", "subscribed", "snapshot"
+    ]  # fmt: skip
+    hub.publish(eng.process(NewOrder(instrument=SYM_A, order_id=1, owner="a", side=Side.BUY,
+                                     quantity=LOT, price=100, time=1)))  # fmt: skip
+    assert [m["type"] for m in frames(sub)] == ["delta"]  # subscribed
+
+
+def test_a_subscriber_is_dropped_past_its_queue_bound_in_bytes() -> None:
+    """Subscribe and unsubscribe again and again, reading nothing: each snapshot is
+    served (the refusal is for a re-subscribe only), so the byte bound drops it long
+    before the frame bound would, holding at most the bound and one frame."""
+    hub = MarketData()
+    hub.load([deep_depth()])
+    probe = hub.connect()
+    hub.subscribe_book(probe, SYM_A)
+    snapshot_bytes = len(probe.pending()[1])
+    assert snapshot_bytes > 30_000
+    sub = hub.connect()
+    rounds = held = 0
+    while not sub.dropped and rounds < 1_000:
+        hub.subscribe_book(sub, SYM_A)
+        hub.unsubscribe(sub, Channel.BOOK, SYM_A)
+        rounds += 1
+        held = max(held, sub.queued_bytes)
+    assert sub.dropped and sub.close_code == CLOSE_SLOW_CONSUMER
+    # held at the end of a round: within a round's frames of the bound, never past it by more
+    assert abs(held - DEFAULT_QUEUE_BYTES) < snapshot_bytes + 1_000
+    assert rounds <= DEFAULT_QUEUE_BYTES // snapshot_bytes + 2
+    assert 3 * rounds < DEFAULT_QUEUE_LIMIT // 2  # 3 frames a round: far from that bound
+    assert sub.pending() == [] and sub.queued_bytes == 0 and sub.subs == set()
+
+
+def test_the_byte_bound_drops_a_slow_subscriber_of_deltas_and_spares_a_fast_one() -> None:
+    hub = MarketData(queue_bytes=4_000)  # the frame bound (4,096) is far off
+    eng = engine()
+    hub.load([full_depth(eng, SYM_A)])
+    slow, fast = hub.connect(), hub.connect()
+    for sub in (slow, fast):
+        hub.subscribe_book(sub, SYM_A)
+    client = ClientBook()
+    pushed = 0
+    for i in range(1, 60):
+        hub.publish(eng.process(
+            NewOrder(instrument=SYM_A, order_id=i, owner=OWNERS[i % 3],
+                     side=(Side.BUY, Side.SELL)[i % 2], quantity=LOT, price=100 + i, time=i)
+        ))  # fmt: skip
+        if not slow.dropped:
+            pushed = slow.queued_bytes
+        for msg in frames(fast):
+            client.on_message(msg)
+    assert slow.dropped and slow.close_code == CLOSE_SLOW_CONSUMER
+    assert 4_000 <= pushed < 4_000 + 1_000  # dropped at the first frame past the bound
+    assert not fast.dropped
+    assert client.depth(SYM_A) == full_depth(eng, SYM_A)
+
+
+def test_a_frame_larger_than_the_byte_bound_still_reaches_a_subscriber_that_keeps_up() -> None:
+    hub = MarketData(queue_bytes=1_000)
+    hub.load([deep_depth(levels=100)])
+    sub = hub.connect()
+    hub.subscribe_book(sub, SYM_A)
+    assert not sub.dropped and sub.queued_bytes > 1_000
+    assert [m["type"] for m in frames(sub)] == ["subscribed", "snapshot"]
+
+
+def test_one_encoded_snapshot_per_book_and_seq_is_shared() -> None:
+    hub = MarketData()
+    eng = engine()
+    hub.load([full_depth(eng, SYM_A)])
+    a, b = hub.connect(), hub.connect()
+    hub.subscribe_book(a, SYM_A)
+    hub.subscribe_book(b, SYM_A)
+    snap_a, snap_b = a.pending()[1], b.pending()[1]
+    assert snap_a is snap_b  # one string held, however many subscribers queue it
+    hub.publish(eng.process(NewOrder(instrument=SYM_A, order_id=1, owner="a", side=Side.BUY,
+                                     quantity=LOT, price=100, time=1)))  # fmt: skip
+    c = hub.connect()
+    hub.subscribe_book(c, SYM_A)
+    snap_c = msgspec.json.decode(c.pending()[1])
+    assert snap_c["seq"] == 1 and snap_c["bids"] == [[100, LOT, 1]]  # not the old one
+    hub.load([deep_depth(levels=2, seq=1)])  # a reload at the same seq, other levels
+    d = hub.connect()
+    hub.subscribe_book(d, SYM_A)
+    assert len(msgspec.json.decode(d.pending()[1])["bids"]) == 2
 
 
 async def test_next_frames_wakes_on_push_and_on_close() -> None:
