@@ -5,7 +5,7 @@ The hub (`market.feed.MarketData`) pushes frames; the connection's sender
 (`DEFAULT_QUEUE_LIMIT`) and in bytes of frame text (`DEFAULT_QUEUE_BYTES`), since one
 full-depth snapshot of a deep book is as big as thousands of deltas. A frame that
 comes while the queue holds either bound's worth drops the subscriber: its queue is
-discarded and its connection closed with `CLOSE_SLOW_CONSUMER`. So a subscriber holds
+discarded and its connection closed with `CLOSE_SLOW_CONSUMER`. So its queue holds
 at most `queue_bytes` plus one frame, and a frame larger than the byte bound is still
 delivered to a subscriber that keeps up.
 
