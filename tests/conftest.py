@@ -51,9 +51,11 @@ async def pg_template(pg: PgServer) -> AsyncIterator[str]:
     conn = await asyncpg.connect(pg.url(name))
     try:
         await migrate(conn)
+        await pg.remember_seed(name, conn)  # what an emptied copy must hold again
     finally:
         await conn.close()  # CREATE DATABASE ... TEMPLATE needs nobody connected to it
     yield name
+    await pg.drop_spares(name)
     await pg.drop_database(name)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 
 from ops.database import EmbeddedPostgres, open_embedded, with_database
+from tests.support import pg_reuse
 
 
 def quote_ident(name: str) -> str:
@@ -25,6 +26,9 @@ class PgServer:
 
     def __init__(self, external_url: str | None = None) -> None:
         self.external_url = external_url
+        #: Per template: what a fresh copy holds, and emptied copies ready for a test.
+        self._seeds: dict[str, pg_reuse.Seed] = {}
+        self._spare: dict[str, list[str]] = {}
         self._server: EmbeddedPostgres | None = None
         self._tmp: Path | None = None
         if external_url is None:
@@ -89,9 +93,47 @@ class PgServer:
 
     @asynccontextmanager
     async def fresh_database(self, template: str = "template0") -> AsyncIterator[str]:
-        """A new database (a copy of `template`) for the block; yields its URL, drops it after."""
-        name = await self.create_database(template)
+        """A fresh database (as a copy of `template` is) for the block; yields its URL.
+        A copy of a template other than template0 is emptied after and used again if
+        that makes it fresh (`pg_reuse`), else dropped."""
+        spare = self._spare.get(template)
+        name = spare.pop() if spare else await self.create_database(template)
         try:
             yield self.url(name)
         finally:
+            if template != "template0" and await self._emptied(name, template):
+                self._spare.setdefault(template, []).append(name)
+            else:
+                await self.drop_database(name)
+
+    async def remember_seed(self, template: str, conn: asyncpg.Connection) -> None:
+        """Read what a fresh copy of `template` holds (`conn` is on it)."""
+        self._seeds[template] = await pg_reuse.read_seed(conn)
+
+    async def _emptied(self, name: str, template: str) -> bool:
+        """Whether database `name` is now as a fresh copy of `template` (see `pg_reuse`)."""
+        try:
+            if template not in self._seeds:
+                conn = await asyncpg.connect(self.url(template))
+                try:
+                    self._seeds[template] = await pg_reuse.read_seed(conn)
+                finally:
+                    await conn.close()
+            admin = await asyncpg.connect(self.url("postgres"))
+            try:
+                if not await pg_reuse.end_sessions(admin, name):
+                    return False
+            finally:
+                await admin.close()
+            conn = await asyncpg.connect(self.url(name))
+            try:
+                return await pg_reuse.empty(conn, self._seeds[template])
+            finally:
+                await conn.close()
+        except (asyncpg.PostgresError, OSError):
+            return False
+
+    async def drop_spares(self, template: str) -> None:
+        """Drop the emptied copies of `template` (before the template itself)."""
+        for name in self._spare.pop(template, []):
             await self.drop_database(name)
