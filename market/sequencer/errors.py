@@ -34,6 +34,14 @@ class SequencerStopped(DomainError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class AnswerNotSent(DomainError):
+    """The sequencer process could not send a request's answer (say, larger than NATS
+    takes): whatever it was, a retry with the same ids gets the first outcome."""
+
+    code = "answer_not_sent"
+    kind = ErrorKind.UNAVAILABLE
+
+
 class ExchangeBusy(DomainError):
     """The sequencer's queue is full: nothing of the request was queued; retry shortly."""
 

@@ -15,6 +15,7 @@ there, so that every gateway loads its books again (`market.feed_relay`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,7 +27,7 @@ from nats.aio.subscription import Subscription
 
 from market.auth import ReplayWindow, replayed_signature
 from market.request_context import REQUEST_ID
-from market.sequencer.errors import SequencerStopped
+from market.sequencer.errors import AnswerNotSent, SequencerStopped
 from market.sequencer.port import Exchange
 from market.sequencer.queries import AnyQuery, Query
 from market.sequencer.remote import REQUEST_ID_HEADER, SIGNED_HEADER
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 SequencerSource = Callable[[], Exchange | None]
 
 _query_decoder = msgspec.msgpack.Decoder(AnyQuery)
+
+#: Market data batches waiting for NATS at most (`Responder.publish`).
+PUBLISHED_MAX = 10_000
 
 
 class Responder:
@@ -116,7 +120,13 @@ class Responder:
         except Exception:
             log.exception("answering %s failed", msg.subject)
             return  # no answer: the gateway's request times out (503), as if we were gone
-        await msg.respond(encode(answer))
+        try:
+            await msg.respond(encode(answer))
+        except Exception as exc:  # too large for NATS, or the connection is gone
+            log.warning("the answer to %s was not sent: %r", msg.subject, exc)
+            not_sent = AnswerNotSent(f"the exchange could not send its answer ({exc}); retry")
+            with contextlib.suppress(Exception):  # else the gateway's request times out
+                await msg.respond(encode(Answer(error=ErrorWire.of(not_sent))))
 
     def _exchange(self) -> Exchange:
         sequencer = self._sequencer()
@@ -151,7 +161,16 @@ class Responder:
     # -- market data --------------------------------------------------------------------
 
     def publish(self, events: Sequence[Event], fills: Mapping[int, Sequence[FillView]]) -> None:
-        """The sequencer's publish hook: never blocks; sent in commit order."""
+        """The sequencer's publish hook: never blocks; sent in commit order. If NATS has
+        fallen `PUBLISHED_MAX` batches behind, what waits is dropped for one `resync`:
+        the gateways load the books again, and tell their subscribers of the gap."""
+        if self._published.qsize() >= PUBLISHED_MAX:
+            log.warning("market data %d batches behind NATS: resyncing the gateways instead",
+                        self._published.qsize())  # fmt: skip
+            while not self._published.empty():
+                self._published.get_nowait()
+            self.load(())
+            return
         self._number += 1
         batch = MarketDataBatch(
             list(events), {k: list(v) for k, v in fills.items()}, number=self._number
