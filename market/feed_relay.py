@@ -37,6 +37,9 @@ _decoder = msgspec.msgpack.Decoder(MarketDataBatch)
 
 #: How long a failed `DepthsQuery` waits before it is asked again (s).
 RETRY_S = 1.0
+#: Batches held for a load at most: past it (the load keeps failing) they are dropped,
+#: and their trades and private frames lost; the load's `stream_interrupted` says so.
+HELD_MAX = 10_000
 
 
 class FeedRelay:
@@ -99,6 +102,9 @@ class FeedRelay:
             self.reload()
             return
         if self._held is not None:
+            if len(self._held) >= HELD_MAX:  # the load is long in coming: memory is bounded
+                log.warning("market data: %d batches held for a load; dropped", HELD_MAX)
+                self._held.clear()  # the load covers the books; subscribers are told
             self._held.append(batch)
         else:
             self._hub.publish(batch.events, batch.fills)

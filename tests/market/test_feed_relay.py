@@ -250,3 +250,29 @@ async def test_a_gateway_through_a_nats_restart(tmp_path: Any, monkeypatch: Any)
     finally:
         await bus.close(sequencer)
         nats_server.stop()
+
+
+async def test_batches_held_for_a_load_that_does_not_come_are_bounded(
+    monkeypatch: Any,
+) -> None:
+    """While `DepthsQuery` cannot be answered, what is held stays under `HELD_MAX`; once
+    the load comes, the subscribers are told what they may have missed."""
+    from market import feed_relay
+
+    monkeypatch.setattr(feed_relay, "HELD_MAX", 10)
+    nats, exchange, hub, relay, order = await _relay()
+    try:
+        sub = hub.connect()
+        hub.subscribe_trades(sub, SYM_A)
+        sub.pending()
+        exchange.gate = asyncio.Event()
+        relay.reload()
+        for n in range(25):
+            await nats.deliver(order("alice", Side.BUY if n % 2 else Side.SELL, 100))
+            assert relay._held is not None and len(relay._held) <= 10
+        exchange.gate.set()
+        await asyncio.sleep(0.05)
+        assert "stream_interrupted" in kinds(sub)
+        assert hub.depth(SYM_A) == full_depth(exchange.eng, SYM_A)
+    finally:
+        await relay.close()
