@@ -82,6 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
     for problem in problems:
         log.warning("database durability is OFF: %s; commits may be lost on a crash", problem)
     log.info("schema version %d", version)
+    from market.gateway.desk import desk_starting
     from ops.exchange import exchange_lifespan
     from ops.gateway import gateway_lifespans
 
@@ -94,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(
         settings, lifespans=[exchange_lifespan(settings), *gateway_lifespans(settings)]
     )
+    app.state.delivering = desk_starting  # settlement waits until the gateway's desk is up
     log.info(
         "tokex listening on http://%s:%d (dashboard at /, OpenAPI at /schema)",
         settings.host,

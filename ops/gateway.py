@@ -82,18 +82,18 @@ def desk_lifespan(
         monitor = HealthMonitor(pool, config.allow_hosts, settings.endpoint_health_interval_s)
         health = asyncio.create_task(monitor.run(), name="endpoint-health")
         try:
+            watch_deliveries(app.state, desk)  # before the charges of cut calls are owed
             await close_all_crashed(pool, meter, desk.reservations)
             await server.start()
-            watch_deliveries(app.state, desk)
             yield server
         finally:
-            watch_deliveries(app.state, None)
             health.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health
             await monitor.close()
             await server.close()
-            await meter.close()
+            await meter.close()  # the charges still waiting are flushed first
+            watch_deliveries(app.state, None)
             desk.close()
             app.state.pool = None
             await pool.close()

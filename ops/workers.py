@@ -171,6 +171,7 @@ def run_workers(settings: Settings, workers: int) -> int:
 async def _sequencer_process(
     settings: Settings, nats_url: str, sock: socket.socket, workers: int, env: dict[str, str]
 ) -> None:
+    from market.gateway.desk import desk_starting
     from market.sequencer.responder import Responder
     from ops.exchange import exchange_lifespan
     from ops.gateway import desk_lifespan
@@ -180,7 +181,9 @@ async def _sequencer_process(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     nats = await connect(nats_url, name="tokex-sequencer")
-    app = Litestar(route_handlers=[], state=State({}), logging_config=None)
+    # settlement waits until the desk is up (it may owe charges of calls a crash cut)
+    app = Litestar(route_handlers=[], state=State({"delivering": desk_starting}),
+                   logging_config=None)  # fmt: skip
     responder = Responder(nats, lambda: app.state.get("sequencer"))
     app.state.market_data = responder  # the sequencer's publish hook: market data to NATS
     try:

@@ -223,6 +223,13 @@ class Desk:
         self.reservations.finish(group, key_id, reserved, charged)
 
 
+def desk_starting(instrument: str) -> bool:
+    """What the sequencer asks until this process's desk is attached (`watch_deliveries`):
+    its gateway may owe charges (calls a crash cut, filed at start-up), so every
+    settlement waits (at most `settle_wait_ms`)."""
+    return True
+
+
 def watch_deliveries(state: Any, desk: Desk | None) -> None:
     """Let the sequencer's settlement of an instrument wait for this desk's calls on it
     (`Sequencer.delivering`): the sequencer running now, and each one a reopen after an

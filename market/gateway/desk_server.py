@@ -344,8 +344,17 @@ class DeskServer:
         under_way = list(self._charging.get(instance_id, ()))
         if under_way:
             await asyncio.wait(under_way)
-        dropped = 0
         reservations = self.desk.reservations
+        # Its open calls' charges are owed before its reservations go: in between, the
+        # desk would tell the sequencer nothing is on the way, and an instrument waiting
+        # for them would settle and refuse them (`Sequencer.delivering`).
+        try:
+            closing = await close_crashed(self.pool, self.meter, reservations, instance_id)
+        except Exception:
+            log.exception("gateway %s: its open calls could not be read; closed at next start",
+                          instance_id)  # fmt: skip
+            closing = None
+        dropped = 0
         for receipt_id, entry in list(self._entries.items()):
             if entry.instance_id != instance_id:
                 continue
@@ -360,11 +369,7 @@ class DeskServer:
                 reservations.key_used[entry.key_id] = (
                     reservations.key_used.get(entry.key_id, 0) - entry.charged
                 )
-        try:
-            closing = await close_crashed(self.pool, self.meter, reservations, instance_id)
-        except Exception:
-            log.exception("gateway %s: its open calls could not be read; closed at next start",
-                          instance_id)  # fmt: skip
+        if closing is None:
             return
         log.warning("gateway %s gone: %d calls dropped, %d open calls closed as cut by a crash",
                     instance_id, dropped, len(closing))  # fmt: skip

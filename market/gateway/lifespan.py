@@ -41,16 +41,16 @@ def gateway_lifespan(config: GatewayConfig) -> Callable[[Any], AbstractAsyncCont
     async def lifespan(app: Any) -> AsyncIterator[None]:
         gateway, desk = local_gateway(app.state.pool, lambda: app.state.get("sequencer"), config)
         gateway.meter.start()
+        watch_deliveries(app.state, desk)  # before the charges of calls a crash cut are owed
         await close_all_crashed(gateway.pool, gateway.meter, desk.reservations)
         gateway.progress.start()
         app.state.gateway = gateway
-        watch_deliveries(app.state, desk)
         try:
             yield
         finally:
-            watch_deliveries(app.state, None)
             app.state.gateway = None
-            await gateway.close()
+            await gateway.close()  # the charges still waiting are flushed first
+            watch_deliveries(app.state, None)
             desk.close()
 
     return lifespan

@@ -6,16 +6,21 @@ the latest `settle_wait_ms` past its settlement time."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
+import asyncpg
 import pytest
 from litestar.datastructures import State
 
 from market.clearing import rules as settlement
-from market.gateway.desk import watch_deliveries
+from market.gateway.desk import desk_starting, watch_deliveries
+from market.gateway.lifespan import gateway_lifespan
 from market.gateway.meter import Reservations
+from market.gateway.service import GatewayConfig
 from market.sequencer import Sequencer, TickOp
 from market.sequencer.batch import nothing_delivering
-from market.sequencer.ops import GatewayChargeOp
+from market.sequencer.ops import GatewayChargeOp, GatewayProgressOp
+from tests.market.gateway.test_progress import mark
 from tests.market.test_delivery import SYM, WINDOW_END, Clock, open_market, trade
 from tests.market.test_gateway_charge import receipt
 
@@ -100,3 +105,24 @@ async def test_the_desk_is_watched_by_the_sequencer_now_and_after_a_reopen(
     assert not seq.delivering("other/2026-12-01T00Z/1h")
     watch_deliveries(state, None)
     assert seq.delivering is nothing_delivering and state.delivering is nothing_delivering
+
+
+async def test_a_restart_past_the_settlement_pays_the_calls_a_crash_cut(
+    seq: Sequencer, clock: Clock, db_pool: asyncpg.Pool
+) -> None:
+    """The exchange crashed with a call streaming and restarts after the instrument's
+    settlement time: the gateway's start-up owes the call's charge (by its last progress
+    mark) before anything can settle, so the provider is paid and the instrument settles
+    after it. Until the desk is attached the sequencer waits (`desk_starting`)."""
+    clock.now = WINDOW_END - 60_000
+    await seq.submit(GatewayProgressOp((mark(6),)))  # a call streaming, then the crash
+    clock.now = WINDOW_END + 1_000  # the restart: the outage spanned the settlement time
+    seq.delivering = desk_starting  # as `tokex serve` opens it (ops.cli, ops.exchange)
+    assert not await tick_at(seq, clock, WINDOW_END + 1_000)
+    app = SimpleNamespace(state=State({"pool": db_pool, "sequencer": seq}))
+    async with gateway_lifespan(GatewayConfig(allow_hosts=frozenset()))(app):
+        (paid,) = await db_pool.fetch("SELECT tokens, transaction_id FROM gateway_receipts")
+        assert paid["tokens"] == 6 and paid["transaction_id"] is not None
+    assert await tick_at(seq, clock, WINDOW_END + 3_000)
+    view = seq.market.instruments[SYM].settlement
+    assert view is not None and view.entitlement_burned == 10_000 - 6
