@@ -9,9 +9,12 @@ as a superuser), identities and sequences restarted, and the rows the migrations
 (`Seed`) put back.
 
 It is used again only if it is then indistinguishable from a fresh copy: the same
-`fingerprint` as the template (relations with their owners and grants, columns,
-triggers and whether they are enabled, functions, schemas, database settings and
-grants), every table holding exactly its seed rows. A test that changed anything else
+`FINGERPRINT` as the template (relations with their owners, grants, row security and
+replica identity; columns with their grants and defaults; constraints, indexes,
+triggers and whether they are enabled, policies, rules, views, types, sequences'
+parameters, functions with their owners and settings, schemas, default privileges,
+extensions, large objects, database settings and grants), every table holding exactly
+its seed rows. A test that changed anything else
 (a grant, a trigger disabled, a table added) fails the check, and its database is
 dropped as before.
 """
@@ -63,6 +66,58 @@ SELECT md5(coalesce(string_agg(x, E'\\n' ORDER BY x), '')) FROM (
   SELECT 'evt ' || evtname || ' ' || evtenabled::text FROM pg_event_trigger
   UNION ALL
   SELECT 'pub ' || pubname FROM pg_publication
+  UNION ALL
+  SELECT 'con ' || conrelid::regclass::text || ' ' || conname || ' '
+         || pg_get_constraintdef(oid) || ' ' || convalidated::text
+    FROM pg_constraint WHERE connamespace NOT IN (SELECT oid FROM pg_namespace
+         WHERE nspname IN ('pg_catalog', 'information_schema'))
+  UNION ALL
+  SELECT 'def ' || adrelid::regclass::text || ' ' || adnum::text || ' '
+         || pg_get_expr(adbin, adrelid) FROM pg_attrdef
+  UNION ALL
+  SELECT 'idx ' || schemaname || ' ' || indexdef FROM pg_indexes
+   WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+  UNION ALL
+  SELECT 'rls ' || c.oid::regclass::text || ' ' || c.relrowsecurity::text || ' '
+         || c.relforcerowsecurity::text || ' ' || c.relreplident::text
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  UNION ALL
+  SELECT 'pol ' || polrelid::regclass::text || ' ' || polname || ' ' || polcmd::text || ' '
+         || coalesce(pg_get_expr(polqual, polrelid), '') || ' '
+         || coalesce(pg_get_expr(polwithcheck, polrelid), '') FROM pg_policy
+  UNION ALL
+  SELECT 'type ' || t.oid::regtype::text || ' ' || t.typtype::text || ' '
+         || coalesce((SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder)
+                        FROM pg_enum WHERE enumtypid = t.oid), '')
+    FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  UNION ALL
+  SELECT 'dacl ' || defaclrole::regrole::text || ' ' || defaclobjtype::text || ' '
+         || defaclacl::text FROM pg_default_acl
+  UNION ALL
+  SELECT 'colacl ' || attrelid::regclass::text || '.' || attname || ' ' || attacl::text
+    FROM pg_attribute WHERE attacl IS NOT NULL
+  UNION ALL
+  SELECT 'fnx ' || p.oid::regprocedure::text || ' ' || p.proowner::regrole::text || ' '
+         || p.prosecdef::text || ' ' || coalesce(p.proconfig::text, '')
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  UNION ALL
+  SELECT 'view ' || c.oid::regclass::text || ' ' || pg_get_viewdef(c.oid)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  UNION ALL
+  SELECT 'rule ' || schemaname || '.' || tablename || ' ' || definition FROM pg_rules
+   WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+  UNION ALL
+  SELECT 'seq ' || seqrelid::regclass::text || ' ' || seqtypid::regtype::text || ' '
+         || seqstart || ' ' || seqincrement || ' ' || seqmax || ' ' || seqmin || ' '
+         || seqcache || ' ' || seqcycle::text FROM pg_sequence
+  UNION ALL
+  SELECT 'ext ' || extname || ' ' || extversion FROM pg_extension
+  UNION ALL
+  SELECT 'lo ' || count(*)::text FROM pg_largeobject_metadata
 ) f(x)
 """
 

@@ -4,6 +4,7 @@ of the template; one a test changed otherwise is dropped, not used again."""
 from __future__ import annotations
 
 import asyncpg
+import pytest
 
 from market.sequencer import DepositOp, Sequencer
 from schemas.trading import Deposit
@@ -68,3 +69,32 @@ async def test_a_database_changed_beyond_its_rows_is_not_used_again(
         finally:
             await conn.close()
         assert disabled == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "ALTER TABLE ledger_snapshot DROP CONSTRAINT ledger_snapshot_next_index_check",
+        "ALTER TABLE ledger_snapshot ALTER COLUMN one DROP DEFAULT",
+        "ALTER TABLE ledger_entries ENABLE ROW LEVEL SECURITY",
+        "CREATE TYPE a_mood AS ENUM ('x')",
+        "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC",
+        "CREATE INDEX ON ledger_entries (amount)",
+        "GRANT SELECT (amount) ON ledger_entries TO PUBLIC",
+        "CREATE VIEW a_view AS SELECT 1 AS one",
+        "ALTER SEQUENCE gateway_receipts_seq_seq INCREMENT BY 2",
+        "SELECT lo_create(0)",
+    ],
+)
+async def test_a_schema_change_is_seen_and_the_database_dropped(
+    pg: PgServer, pg_template: str, change: str
+) -> None:
+    async with pg.fresh_database(pg_template) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(change)
+        finally:
+            await conn.close()
+        changed = url
+    async with pg.fresh_database(pg_template) as url:
+        assert url != changed
