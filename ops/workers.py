@@ -30,7 +30,14 @@ from pathlib import Path
 from litestar import Litestar
 from litestar.datastructures import State
 
-from ops.bus import EmbeddedNats, close, connect, die_with_parent, nats_url_from_env
+from ops.bus import (
+    TOKEN_ENV,
+    EmbeddedNats,
+    close,
+    connect,
+    die_with_parent,
+    nats_url_from_env,
+)
 from ops.config import Settings
 
 log = logging.getLogger(__name__)
@@ -154,11 +161,12 @@ def run_workers(settings: Settings, workers: int) -> int:
     assert settings.database_url is not None  # set by `tokex serve` once it migrated
     embedded: EmbeddedNats | None = None
     nats_url = nats_url_from_env()
+    env = {**os.environ, "DATABASE_URL": settings.database_url}
     if nats_url is None:
         embedded = EmbeddedNats(Path(settings.data_path) / "nats")
         nats_url = embedded.url
+        env[TOKEN_ENV] = os.environ[TOKEN_ENV] = embedded.token  # this process's too
     sock = listening_socket(settings.host, settings.port)
-    env = {**os.environ, "DATABASE_URL": settings.database_url}
     try:
         asyncio.run(_sequencer_process(settings, nats_url, sock, workers, env))
     finally:

@@ -216,6 +216,8 @@ async def test_a_gateway_through_a_nats_restart(tmp_path: Any, monkeypatch: Any)
     order = Orders(eng)
     nats_server = bus.EmbeddedNats(tmp_path / "a")
     port = nats_server.port
+    token = nats_server.token
+    monkeypatch.setenv(bus.TOKEN_ENV, token)  # as a gateway process is given it
     sequencer = await bus.connect(nats_server.url, name="sequencer")
 
     async def depths(msg: Any) -> None:
@@ -237,7 +239,7 @@ async def test_a_gateway_through_a_nats_restart(tmp_path: Any, monkeypatch: Any)
             await _until(lambda: held)  # the disconnect
             order("alice", Side.SELL, 155)  # message 2: published while NATS was down
             monkeypatch.setattr(bus, "_free_port", lambda host: port)
-            nats_server = bus.EmbeddedNats(tmp_path / "b")
+            nats_server = bus.EmbeddedNats(tmp_path / "b", token=token)
             got.clear()
             await _until(lambda: got.extend(kinds(sub)) or len(got) >= 3)
             assert got == ["snapshot", "stream_interrupted", "stream_interrupted"]

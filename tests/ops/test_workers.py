@@ -106,7 +106,7 @@ async def test_no_sequencer_on_the_bus_is_a_503_at_once(tmp_path: Path) -> None:
     503 `sequencer_unreachable` (Retry-After, by its kind) rather than a hang."""
     embedded = EmbeddedNats(tmp_path)
     try:
-        nats = await connect(embedded.url, name="test")
+        nats = await connect(embedded.url, name="test", token=embedded.token)
         remote = RemoteSequencer(nats, timeout_s=5.0)
         began = time.monotonic()
         with pytest.raises(SequencerUnreachable) as refused:
@@ -355,3 +355,25 @@ async def test_a_killed_gateway_is_replaced_while_the_other_keeps_answering(
     proc.wait_healthy(10)
     for client in buyers:
         await client.aclose()
+
+
+async def test_the_embedded_bus_takes_only_clients_with_its_token(tmp_path: Path) -> None:
+    """Whoever publishes on the bus can submit any command as any account: a client
+    without the run's token (another process on this host) is refused at connect; the
+    token is in no world-readable file."""
+    import nats as nats_client
+    from nats.errors import NoServersError
+
+    embedded = EmbeddedNats(tmp_path)
+    try:
+        with pytest.raises((NoServersError, nats_client.errors.Error, OSError)):
+            await nats_client.connect(embedded.url, allow_reconnect=False, connect_timeout=2,
+                                      max_reconnect_attempts=0)  # fmt: skip
+        with pytest.raises((NoServersError, nats_client.errors.Error, OSError)):
+            await nats_client.connect(embedded.url, token="guess", allow_reconnect=False,
+                                      connect_timeout=2, max_reconnect_attempts=0)  # fmt: skip
+        client = await connect(embedded.url, name="test", token=embedded.token)
+        await close(client)
+        assert (tmp_path / "nats.conf").stat().st_mode & 0o077 == 0
+    finally:
+        embedded.stop()

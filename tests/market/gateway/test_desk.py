@@ -61,7 +61,7 @@ async def server(
     seq: Sequencer, db_pool: asyncpg.Pool, tmp_path: Path
 ) -> AsyncIterator[DeskServer]:
     embedded = EmbeddedNats(tmp_path)
-    nats = await connect(embedded.url, name="desk-test")
+    nats = await connect(embedded.url, name="desk-test", token=embedded.token)
     desk = Desk(lambda: seq, db_pool)
     meter = Meter(lambda: seq, desk.reservations, flush_s=1.0)
     meter.start()
