@@ -32,8 +32,10 @@ next step).
 
 from __future__ import annotations
 
+from ledger.accounts import valid_account
 from market.clearing import rules as settlement
 from market.clearing.rules import Terms
+from market.errors import InvalidInstrument
 from market.instruments import make_instrument
 from market.sequencer import disputes
 from market.sequencer.batch import Batch, must
@@ -58,6 +60,7 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
     market = batch.market
     if instrument.symbol in market.engine:
         raise DuplicateInstrument(f"instrument {req.symbol!r} already exists")
+    _check_account_names(instrument.symbol, batch.currency)
     _check_window(instrument.window_start, instrument.duration, batch.time_ms, req)
     batch.record(
         ListInstrument(
@@ -87,6 +90,18 @@ def create_instrument(batch: Batch, req: CreateInstrument) -> InstrumentState:
         )
     )  # fmt: skip
     return state
+
+
+def _check_account_names(symbol: str, currency: str) -> None:
+    """Refuse a symbol too long for the names of the ledger accounts it makes (its token
+    asset, its escrows' kind): listed, its first fill would be refused by the ledger,
+    and each batch with one answered 503."""
+    escrow = Account("buyer@provider", currency, f"escrow:{symbol}")
+    if not (valid_account(settlement.issuance(symbol)) and valid_account(escrow)):
+        raise InvalidInstrument(
+            f"symbol {symbol!r} is too long: the names of its ledger accounts would pass "
+            "96 characters (a shorter model name or duration)"
+        )
 
 
 def _check_window(start_s: int, duration_s: int, now_ms: int, req: CreateInstrument) -> None:

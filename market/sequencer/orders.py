@@ -71,8 +71,12 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
         return row
     quantity, price, hold = req.quantity, req.price, None
     if refusal is not None:  # a market buy, priced on the book (sequencer.protection)
-        if req.tif is not TimeInForce.FOK:  # a FOK keeps its quantity: all or nothing
-            quantity = refusal.quantity
+        if req.tif is TimeInForce.FOK and refusal.quantity < req.quantity:
+            # All or nothing, and the book at or under its cap, or its `max_notional`,
+            # buys less: it cannot fill (nor be let past the hold sized for the less).
+            row.reject_reason = RejectReason.FOK_UNFILLABLE
+            return row
+        quantity = refusal.quantity
         price, hold = refusal.protection, refusal.hold
     command = NewOrder(
         instrument=req.instrument, order_id=order_id, owner=account_id, side=req.side,

@@ -12,7 +12,7 @@ import pytest
 from market.sequencer import DepositOp, Sequencer
 from market.sequencer.batch import digest
 from market.sequencer.protection import plan_market_buy
-from schemas.market import DepthLevel, OrderType, Side, StpMode
+from schemas.market import DepthLevel, OrderType, Side, StpMode, TimeInForce
 from schemas.trading import Deposit, PlaceOrder
 from tests.market.test_sequencer import (
     LOT,
@@ -127,4 +127,30 @@ async def test_max_notional_spends_at_most_that_and_concurrent_buys_never_overdr
     assert {r.reject_reason for r in results if r.status == "rejected"} == {"insufficient_funds"}
     available, held = cash(seq, "b5")
     assert available >= 0 and held == 0
+    await assert_books_balance(seq, db_url)
+
+
+@pytest.mark.parametrize("stp", [StpMode.CANCEL_NEWEST, StpMode.CANCEL_OLDEST])
+async def test_a_fok_market_buy_that_max_notional_cannot_cover_is_refused_alone(
+    seq: Sequencer, db_url: str, stp: StpMode
+) -> None:
+    """Found in review: a FOK kept its whole quantity while its hold was sized for what
+    `max_notional` buys; the engine filled it all, the ledger refused the fill, and the
+    whole batch (others' orders in it) was answered 503, as often as it was sent. Now
+    it is refused `fok_unfillable` before the engine, and a FOK it covers fills."""
+    await place(seq, "p1", order("a1", Side.SELL, 5 * LOT, 610))
+    await place(seq, "p2", order("a2", Side.SELL, 10 * LOT, 620))
+    before = cash(seq, "b1")
+    spend = 5 * 610 + 2 * 620  # what 7 lots cost at the asks
+    refused = await place(seq, "b1", order(
+        "fok1", Side.BUY, 10 * LOT, None, order_type=OrderType.MARKET,
+        tif=TimeInForce.FOK, max_notional=spend, stp=stp,
+    ))  # fmt: skip
+    assert (refused.status, refused.reject_reason) == ("rejected", "fok_unfillable")
+    assert cash(seq, "b1") == before
+    filled = await place(seq, "b1", order(
+        "fok2", Side.BUY, 7 * LOT, None, order_type=OrderType.MARKET,
+        tif=TimeInForce.FOK, max_notional=spend, stp=stp,
+    ))  # fmt: skip
+    assert (filled.status, filled.filled_quantity) == ("filled", 7 * LOT)
     await assert_books_balance(seq, db_url)
