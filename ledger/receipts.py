@@ -222,7 +222,8 @@ def check_receipts(
     """The auditor's rule for one gateway delivery: its receipts are as many as it says,
     charge what it says and what it burned of the entitlement (`burned`), are each the
     buyer's, provider's and instrument's of the delivery, counted by its weight, with no
-    negative token count and no end before its start, and hash to its root. Raises `ReceiptMismatch` saying what differs."""
+    negative token count and no end before its start, and hash to its root. Raises
+    `ReceiptMismatch` saying what differs."""
     c = commitment_of(metadata)
     if c is None:
         raise ReceiptMismatch("not a gateway delivery")

@@ -12,6 +12,7 @@ from typing import BinaryIO, Literal
 
 import msgspec
 
+from ledger.accounts import SYSTEM_KINDS
 from ledger.audit.records import (
     FORMAT,
     AuditFailure,
@@ -26,7 +27,6 @@ from ledger.audit.records import (
     Receipts,
     read_frames,
 )
-from ledger.accounts import SYSTEM_KINDS
 from ledger.canonical import TRANSACTION_PREFIX, decode_transaction
 from ledger.checkpoint import Checkpoint
 from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
@@ -353,21 +353,7 @@ class _Verifier:
                 elif bal1[b1] < 0 and a1[2] not in SYSTEM_KINDS:
                     _below_zero(index, a1, bal1)
             else:
-                sums: dict[str, int] = {}
-                for account, bucket, amount in entries:
-                    if not amount:
-                        raise AuditFailure(f"entry {index}", "zero amount")
-                    sums[account[1]] = sums.get(account[1], 0) + amount
-                    bal = balances.get(account)
-                    if bal is None:
-                        balances[account] = bal = [0, 0]
-                    bal[bucket] += amount
-                if any(sums.values()):
-                    raise AuditFailure(f"entry {index}", "entries do not sum to zero per asset")
-                for account, _, _ in entries:
-                    bal = balances[account]
-                    if (bal[0] < 0 or bal[1] < 0) and account[2] not in SYSTEM_KINDS:
-                        _below_zero(index, account, bal)
+                _apply(balances, entries, index)
             raw_id = bytes(tx.id)
             if raw_id in tx_ids:
                 _repeated_id(index, raw_id)
@@ -552,6 +538,30 @@ def _check_order(
             )
         previous = row
     return previous
+
+
+def _apply(
+    balances: dict[tuple[str, str, str], list[int]],
+    entries: list[tuple[tuple[str, str, str], Literal[0, 1], int]],
+    index: int,
+) -> None:
+    """Entry `index`'s entries (other than two) on the balances: non-zero, summing to zero
+    per asset, and leaving no account they touch below the floor."""
+    sums: dict[str, int] = {}
+    for account, bucket, amount in entries:
+        if not amount:
+            raise AuditFailure(f"entry {index}", "zero amount")
+        sums[account[1]] = sums.get(account[1], 0) + amount
+        bal = balances.get(account)
+        if bal is None:
+            balances[account] = bal = [0, 0]
+        bal[bucket] += amount
+    if any(sums.values()):
+        raise AuditFailure(f"entry {index}", "entries do not sum to zero per asset")
+    for account, _, _ in entries:
+        bal = balances[account]
+        if (bal[0] < 0 or bal[1] < 0) and account[2] not in SYSTEM_KINDS:
+            _below_zero(index, account, bal)
 
 
 def _below_zero(index: int, account: tuple[str, str, str], bal: list[int]) -> None:

@@ -186,8 +186,8 @@ def test_system_accounts_may_go_below_zero() -> None:
 
 
 def test_a_commitment_written_otherwise_than_the_exchange_writes_it_is_refused() -> None:
-    """"+0_1", " 0_8\\n", an Arabic-Indic one, an upper-case spaced root: each one field
-    at a time, the rest as `Commitment.metadata` writes them."""
+    """Each field at a time ("+0_1", " 0_8\\n", an Arabic-Indic one, an upper-case
+    spaced root), the rest as `Commitment.metadata` writes them."""
     rs = [receipt(1)]
     c = commitment(rs, 1)
     hexroot = c.root.hex().upper()
