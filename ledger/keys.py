@@ -29,13 +29,12 @@ covered by the checkpoints like any other. `MerkleLog.write` refuses a batch hol
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ledger.note import KeyInvalid, Signer, Verifier
+from ledger.note import KeyInvalid, Signer, Verifier, b64decode_strict
 from schemas.errors import DomainError, ErrorKind
 from schemas.ledger import CommittedTransaction, Transaction
 
@@ -174,8 +173,8 @@ def check_rotation(tx: CommittedTransaction, current: Verifier, origin: str) -> 
         )
     try:
         new = Verifier.parse(key)
-        sig = base64.b64decode(sig_s.encode("ascii"), validate=True)
-    except (KeyInvalid, binascii.Error, UnicodeEncodeError, ValueError):
+        sig = b64decode_strict(sig_s)
+    except (KeyInvalid, ValueError):
         raise KeyRotationInvalid(f"{where}: malformed key or signature") from None
     if new == current:
         raise KeyRotationInvalid(f"{where}: the new key is the current key")

@@ -32,6 +32,7 @@ by the ledger's inclusion proof of its index.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,12 @@ __all__ = [
 RECEIPT_PREFIX = b"tokex/receipt/v1\x00"
 RECEIPT_PREFIX_V2 = b"tokex/receipt/v2\x00"
 SOURCE = "gateway"
+
+#: The commitment's integers and root, as `Commitment.metadata` writes them and nothing
+#: else ("+1", " 1", "0_1", "01", other scripts' digits; upper case or spaced hex).
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+_COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "tokens")
 
 _encoder = msgspec.msgpack.Encoder(order="sorted")
 _decoder = msgspec.msgpack.Decoder(GatewayReceipt)
@@ -143,18 +150,18 @@ def commitment_of(metadata: Mapping[str, str]) -> Commitment | None:
     if metadata.get("source") != SOURCE:
         return None
     try:
-        root = bytes.fromhex(metadata["receipts_root"])
-        out = Commitment(
-            count=int(metadata["receipts"]),
-            tokens=int(metadata["receipt_tokens"]),
-            root=root,
-            completion_weight=int(metadata["completion_weight"]),
-        )
-    except (KeyError, ValueError):
+        fields = [metadata[k] for k in ("receipts", "receipt_tokens", "completion_weight")]
+        root_s = metadata["receipts_root"]
+    except KeyError:
         raise ReceiptMismatch("a gateway delivery without a well-formed commitment") from None
-    if len(root) != 32 or out.count < 1 or out.tokens < 0 or out.completion_weight < 1:
+    if not all(_DECIMAL.fullmatch(f) for f in fields) or not _HEX32.fullmatch(root_s):
         raise ReceiptMismatch("a gateway delivery without a well-formed commitment")
-    return out
+    count, tokens, weight = (int(f) for f in fields)
+    if count < 1 or weight < 1:
+        raise ReceiptMismatch("a gateway delivery without a well-formed commitment")
+    return Commitment(
+        count=count, tokens=tokens, root=bytes.fromhex(root_s), completion_weight=weight
+    )
 
 
 def _check_parties(r: GatewayReceipt, metadata: Mapping[str, str], weight: int) -> None:
@@ -164,6 +171,11 @@ def _check_parties(r: GatewayReceipt, metadata: Mapping[str, str], weight: int) 
             f"receipt {r.receipt_id} is of {r.buyer}/{r.provider}/{r.instrument}, "
             f"not of this delivery's {who[0]}/{who[1]}/{who[2]}"
         )
+    negative = [k for k in _COUNTS if getattr(r, k) < 0]
+    if negative:
+        raise ReceiptMismatch(f"receipt {r.receipt_id} has a negative {negative[0]}")
+    if r.ended_ms < r.started_ms:
+        raise ReceiptMismatch(f"receipt {r.receipt_id} ends before it starts")
     if r.tokens != r.prompt_tokens + weight * r.completion_tokens:
         raise ReceiptMismatch(
             f"receipt {r.receipt_id} charges {r.tokens} tokens, not prompt + "
@@ -209,8 +221,9 @@ def check_receipts(
 ) -> Commitment:
     """The auditor's rule for one gateway delivery: its receipts are as many as it says,
     charge what it says and what it burned of the entitlement (`burned`), are each the
-    buyer's, provider's and instrument's of the delivery and counted by its weight, and
-    hash to its root. Raises `ReceiptMismatch` saying what differs."""
+    buyer's, provider's and instrument's of the delivery, counted by its weight, with no
+    negative token count and no end before its start, and hash to its root. Raises
+    `ReceiptMismatch` saying what differs."""
     c = commitment_of(metadata)
     if c is None:
         raise ReceiptMismatch("not a gateway delivery")

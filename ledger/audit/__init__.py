@@ -37,7 +37,12 @@ Verification (`ledger.audit.verify.verify_file`)
 Streaming, in one pass, and stopping at the first problem (`AuditFailure`, which says
 where: ``entry 123``, ``checkpoint 456``, ``header``...):
 
-- every entry decodes, has the next index, sums to zero per asset (both buckets together);
+- every entry decodes, has the next index, sums to zero per asset (both buckets together),
+  and has an id no earlier entry of the range has ("transaction id repeated": ids are
+  unique in a ledger; the set of ids seen is kept, some 100 bytes an entry);
+- the floor: after each entry, no account it touched that may not go negative
+  (`ledger.accounts.may_go_negative`: every kind but the system ones) is below zero on
+  either bucket, and no opening balance of one is;
 - every checkpoint comes exactly where the recomputed tree reaches its size, has the
   header's origin, is signed by the key valid at its size, and its root equals the root
   recomputed from the entries; sizes grow, times never go backwards and are not earlier
@@ -50,8 +55,10 @@ where: ``entry 123``, ``checkpoint 456``, ``header``...):
   closing balances;
 - every gateway delivery (a ``delivery`` whose metadata commits to receipts) has its
   receipts, in order, and they match what it commits to (`ledger.receipts.check_receipts`:
-  count, total, weight, parties, root, and the tokens its entries burned); a failure
-  names ``delivery <tx id> (entry N)``. No receipt is in two deliveries;
+  count, total, weight, parties, root, and the tokens its entries burned; no negative
+  token count, no end before the start; the commitment's fields in the one spelling
+  `Commitment.metadata` writes); a failure names ``delivery <tx id> (entry N)``. No
+  receipt is in two deliveries;
 - the end record's counts and file digest match, and nothing follows it;
 - checkpoints the auditor trusts from before (`verify_file`'s ``checkpoints``): the file
   alone cannot show that the exchange signed this history for everybody (checkpoints

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 import msgspec
 
+from ledger.accounts import SYSTEM_KINDS
 from ledger.audit.records import (
     FORMAT,
     AuditFailure,
@@ -151,7 +153,9 @@ class _Verifier:
         self.last_cp_size = -1
         self.last_cp_time = 0
         self.max_time = 0
-        self.pending: dict[str, _Delivery] = {}  # gateway deliveries, in index order
+        # Every transaction id seen, as its MessagePack bytes (ids are unique in a ledger).
+        self.tx_ids: set[bytes] = set()
+        self.pending: deque[_Delivery] = deque()  # gateway deliveries, in index order
         self.current: _Delivery | None = None  # the one whose receipts are being read
         self.receipt_ids: set[str] = set()
         self.gateway_deliveries = 0
@@ -292,6 +296,10 @@ class _Verifier:
             key = (owner, asset, kind)
             if key in balances or not (available or held):
                 raise AuditFailure("opening balances", f"repeated or zero row for {key}")
+            if (available < 0 or held < 0) and kind not in SYSTEM_KINDS:
+                raise AuditFailure(
+                    "opening balances", f"account {owner}|{asset}|{kind} is below zero"
+                )
             balances[key] = [available, held]
         self.opening_rows += len(rec.rows)
         self._last_opening = previous
@@ -303,6 +311,7 @@ class _Verifier:
         if rec.start + len(rec.bodies) > self.header.to_index:
             raise AuditFailure(f"entry {self.header.to_index}", "entry beyond the export's range")
         balances = self.balances
+        tx_ids = self.tx_ids
         sha = hashlib.sha256
         decode = _tx_decoder.decode
         leaves: list[bytes] = []
@@ -328,26 +337,27 @@ class _Verifier:
                 (a0, b0, x0), (a1, b1, x1) = entries
                 if x0 + x1 or a0[1] != a1[1] or not x0:
                     raise AuditFailure(f"entry {index}", "entries do not sum to zero per asset")
-                bal = balances.get(a0)
-                if bal is None:
-                    balances[a0] = bal = [0, 0]
-                bal[b0] += x0
-                bal = balances.get(a1)
-                if bal is None:
-                    balances[a1] = bal = [0, 0]
-                bal[b1] += x1
+                bal0 = balances.get(a0)
+                if bal0 is None:
+                    balances[a0] = bal0 = [0, 0]
+                bal0[b0] += x0
+                bal1 = balances.get(a1)
+                if bal1 is None:
+                    balances[a1] = bal1 = [0, 0]
+                bal1[b1] += x1
+                # Only a decrease can break the floor: check its account (after both
+                # entries, which may be the two buckets of one account).
+                if x0 < 0:
+                    if bal0[b0] < 0 and a0[2] not in SYSTEM_KINDS:
+                        _below_zero(index, a0, bal0)
+                elif bal1[b1] < 0 and a1[2] not in SYSTEM_KINDS:
+                    _below_zero(index, a1, bal1)
             else:
-                sums: dict[str, int] = {}
-                for account, bucket, amount in entries:
-                    if not amount:
-                        raise AuditFailure(f"entry {index}", "zero amount")
-                    sums[account[1]] = sums.get(account[1], 0) + amount
-                    bal = balances.get(account)
-                    if bal is None:
-                        balances[account] = bal = [0, 0]
-                    bal[bucket] += amount
-                if any(sums.values()):
-                    raise AuditFailure(f"entry {index}", "entries do not sum to zero per asset")
+                _apply(balances, entries, index)
+            raw_id = bytes(tx.id)
+            if raw_id in tx_ids:
+                _repeated_id(index, raw_id)
+            tx_ids.add(raw_id)
             if tx.code == KEY_ROTATION_CODE:
                 self._rotation(body, index)
             elif tx.code == DELIVERY_CODE:
@@ -391,22 +401,22 @@ class _Verifier:
             raise AuditFailure(f"entry {index}", f"undecodable metadata: {exc}") from None
         except ReceiptMismatch as exc:
             raise AuditFailure(f"entry {index}", exc.message) from None
-        tx_id = _id_decoder.decode(tx.id)
-        self.pending[tx_id] = _Delivery(tx_id, index, metadata, burned)
+        self.pending.append(_Delivery(_id_decoder.decode(tx.id), index, metadata, burned))
 
     def receipts_record(self, rec: Receipts) -> None:
         d = self.current
         if d is None or d.tx_id != rec.transaction_id:
             self.finish_delivery()
-            first = next(iter(self.pending.values()), None)
+            pending = self.pending
+            first = pending[0] if pending else None
             if first is None or first.tx_id != rec.transaction_id:
-                if first is not None and rec.transaction_id in self.pending:
+                if first is not None and any(p.tx_id == rec.transaction_id for p in pending):
                     raise AuditFailure(first.where, "no receipts (its receipts were removed)")
                 raise AuditFailure(
                     f"receipts of {rec.transaction_id}",
                     "not a gateway delivery among the entries (or its receipts are repeated)",
                 )
-            d = self.current = self.pending.pop(rec.transaction_id)
+            d = self.current = pending.popleft()
         if rec.start != len(d.receipts):
             raise AuditFailure(d.where, f"receipts record starts at {rec.start}")
         for n, body in enumerate(rec.bodies, start=rec.start):
@@ -432,7 +442,7 @@ class _Verifier:
 
     def finish_receipts(self) -> None:
         self.finish_delivery()
-        for d in self.pending.values():
+        for d in self.pending:
             raise AuditFailure(d.where, "no receipts (its receipts were removed)")
 
     def _origin(self) -> str:
@@ -528,6 +538,49 @@ def _check_order(
             )
         previous = row
     return previous
+
+
+def _apply(
+    balances: dict[tuple[str, str, str], list[int]],
+    entries: list[tuple[tuple[str, str, str], Literal[0, 1], int]],
+    index: int,
+) -> None:
+    """Entry `index`'s entries (other than two) on the balances: non-zero, summing to zero
+    per asset, and leaving no account they touch below the floor."""
+    sums: dict[str, int] = {}
+    for account, bucket, amount in entries:
+        if not amount:
+            raise AuditFailure(f"entry {index}", "zero amount")
+        sums[account[1]] = sums.get(account[1], 0) + amount
+        bal = balances.get(account)
+        if bal is None:
+            balances[account] = bal = [0, 0]
+        bal[bucket] += amount
+    if any(sums.values()):
+        raise AuditFailure(f"entry {index}", "entries do not sum to zero per asset")
+    for account, _, _ in entries:
+        bal = balances[account]
+        if (bal[0] < 0 or bal[1] < 0) and account[2] not in SYSTEM_KINDS:
+            _below_zero(index, account, bal)
+
+
+def _below_zero(index: int, account: tuple[str, str, str], bal: list[int]) -> None:
+    """Raise: a user account (`ledger.accounts.may_go_negative`: not a system kind) below
+    zero after entry `index`, which the ledger never commits."""
+    raise AuditFailure(
+        f"entry {index}",
+        f"account {account[0]}|{account[1]}|{account[2]} goes below zero (available "
+        f"{bal[0]}, held {bal[1]}): only system accounts may",
+    )
+
+
+def _repeated_id(index: int, raw_id: bytes) -> None:
+    """Raise: entry `index` has the id of an earlier entry (ids are unique in a ledger)."""
+    try:
+        tx_id = repr(_id_decoder.decode(raw_id))
+    except (msgspec.DecodeError, ValueError):
+        tx_id = "?"
+    raise AuditFailure(f"entry {index}", f"transaction id repeated: {tx_id} is an earlier entry's")
 
 
 def _b64(h: bytes) -> str:

@@ -361,33 +361,38 @@ async def test_export_of_a_running_ledger_verifies(
 
 
 def _one_delivery_file(burned_owner: str) -> tuple[bytes, Verifier]:
-    """A signed export of one gateway delivery whose metadata and two receipts are buyer
-    b's from provider p, and whose entries burn the entitlement of `burned_owner`."""
+    """A signed export of one gateway delivery (entry 1) whose metadata and two receipts
+    are buyer b's from provider p, and whose entries burn the entitlement of
+    `burned_owner` (100 tokens of which entry 0 mints)."""
     signer = Signer.generate(ORIGIN)
     rs = [_receipt(n) for n in (1, 2)]
     c = commitment(rs, 1)
     burn = Account(burned_owner, "tok:m/1/1", "entitlement")
     mint = Account("exchange", "tok:m/1/1", "issuance")
+    minted = CommittedTransaction(
+        0, "mint", "mint", 5,
+        (Entry(mint, Bucket.AVAILABLE, -100), Entry(burn, Bucket.AVAILABLE, 100)), (), {},
+    )  # fmt: skip
     tx = CommittedTransaction(
-        0, "delivery:p:gw:x", "delivery", 5,
+        1, "delivery:p:gw:x", "delivery", 5,
         (Entry(burn, Bucket.AVAILABLE, -c.tokens), Entry(mint, Bucket.AVAILABLE, c.tokens)),
         (), {"buyer": "b", "provider": "p", "instrument": "m/1/1", **c.metadata()},
     )  # fmt: skip
-    body = transaction_bytes(tx)
+    bodies = [transaction_bytes(minted), transaction_bytes(tx)]
     tree = MerkleFrontier()
-    tree.extend([leaf_hash(body)])
-    point = Checkpoint(origin=ORIGIN, size=1, root_hash=tree.root(), time_ms=10)
+    tree.extend([leaf_hash(b) for b in bodies])
+    point = Checkpoint(origin=ORIGIN, size=2, root_hash=tree.root(), time_ms=10)
     out = io.BytesIO()
     w = FrameWriter(out)
-    w.write(Header(FORMAT, ORIGIN, 0, 1, MerkleFrontier().to_bytes()))
+    w.write(Header(FORMAT, ORIGIN, 0, 2, MerkleFrontier().to_bytes()))
     w.write(Keys([KeyRecord(signer.verifier().encode(), 0, None)]))
-    w.write(Entries(0, [body]))
+    w.write(Entries(0, bodies))
     w.write(CheckpointRecord(sign_checkpoint(point, signer)))
-    rows = sorted([(burned_owner, "tok:m/1/1", "entitlement", -c.tokens, 0),
-                   ("exchange", "tok:m/1/1", "issuance", c.tokens, 0)])  # fmt: skip
+    rows = sorted([(burned_owner, "tok:m/1/1", "entitlement", 100 - c.tokens, 0),
+                   ("exchange", "tok:m/1/1", "issuance", c.tokens - 100, 0)])  # fmt: skip
     w.write(Balances("closing", rows))
     w.write(Receipts(tx.id, 0, [receipt_bytes(r) for r in rs]))
-    w.write(End(1, 1, w.digest()))
+    w.write(End(2, 1, w.digest()))
     return out.getvalue(), signer.verifier()
 
 
@@ -404,7 +409,7 @@ def test_receipts_of_one_buyer_never_back_a_burn_of_anothers_entitlement() -> No
     data, key = _one_delivery_file("b@p")
     assert verify_file(io.BytesIO(data), key).receipts == 2
     data, key = _one_delivery_file("x@p")  # b's receipts, x's entitlement burned
-    with pytest.raises(AuditFailure, match=r"entry 0.*burns the entitlement x@p/tok:m/1/1"):
+    with pytest.raises(AuditFailure, match=r"entry 1.*burns the entitlement x@p/tok:m/1/1"):
         verify_file(io.BytesIO(data), key)
 
 

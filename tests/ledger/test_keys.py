@@ -218,3 +218,25 @@ def test_rotation_to_a_weak_key_is_refused() -> None:
         )  # fmt: skip
         with pytest.raises(KeyRotationInvalid, match="malformed key"):
             check_rotation(tx, old.verifier(), ORIGIN)
+
+
+def test_a_rotation_signature_is_read_only_in_its_canonical_base64() -> None:
+    """The same signature with the unused bits of its last base64 character set (which
+    decodes to the same bytes) is refused: the announcement has one spelling."""
+    old, new = Signer.generate(ORIGIN), Signer.generate(ORIGIN)
+    meta = rotation_metadata(old, new.verifier(), ORIGIN, 8)
+
+    def rotation(metadata: dict[str, str]) -> CommittedTransaction:
+        return CommittedTransaction(
+            index=7, id="rot", code=KEY_ROTATION_CODE, time=1, entries=(), holds=(),
+            metadata=metadata,
+        )  # fmt: skip
+
+    assert check_rotation(rotation(meta), old.verifier(), ORIGIN) == new.verifier()
+    sig = meta["signature"]
+    assert sig.endswith("==")  # 64 bytes: the last character before "==" has 4 unused bits
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    loose = sig[:-3] + alphabet[alphabet.index(sig[-3]) | 1] + "=="
+    assert loose != sig and base64.b64decode(loose) == base64.b64decode(sig)
+    with pytest.raises(KeyRotationInvalid, match="malformed key or signature"):
+        check_rotation(rotation({**meta, "signature": loose}), old.verifier(), ORIGIN)

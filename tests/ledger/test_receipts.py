@@ -17,6 +17,7 @@ from ledger.receipts import (
     burned_account,
     check_receipts,
     commitment,
+    commitment_of,
     decode_receipt,
     entitlement_burned,
     receipt_bytes,
@@ -150,6 +151,52 @@ def test_the_auditors_rule_for_one_delivery() -> None:
             pytest.fail(why)
     with pytest.raises(ReceiptMismatch, match="commitment"):
         check_receipts({**meta, "receipts_root": "zz"}, total, rs)
+
+
+def test_a_commitment_is_read_only_as_the_exchange_writes_it() -> None:
+    """Canonical decimals (no sign, underscore, space, leading zero or other script's
+    digits) and 64 lower-case hex characters: each field has one spelling."""
+    c = commitment([receipt(1), receipt(2)], 1)
+    assert commitment_of(c.metadata()) == c
+    assert commitment_of({**c.metadata(), "receipt_tokens": "0"}) is not None
+    hexroot = c.root.hex()
+    bad = {
+        "receipts": ["+2", "0_2", " 2", "2\n", "02", "\u0662", "-1", "0", ""],
+        "receipt_tokens": ["+16", "1_6", "16 ", "016", "\u0661\u0666", "-16"],
+        "completion_weight": ["+1", "01", "\u0661", "0"],
+        "receipts_root": [
+            hexroot.upper(), " ".join(hexroot[i : i + 2] for i in range(0, 64, 2)),
+            hexroot[:62], hexroot + "00", hexroot + "\n",
+        ],
+    }  # fmt: skip
+    for field, values in bad.items():
+        for value in values:
+            with pytest.raises(ReceiptMismatch, match="well-formed commitment"):
+                commitment_of({**c.metadata(), field: value})
+                pytest.fail(f"{field}={value!r}")
+
+
+def test_receipts_with_a_negative_count_or_ending_before_they_start_are_refused() -> None:
+    """A receipt charging -992 tokens would net out one inflated by 1,000; the metering
+    never makes a negative count or an end before the start."""
+    rs = [receipt(1, prompt=992, completion=8), receipt(2, prompt=-1000, completion=8)]
+    meta = {"buyer": "b", "provider": "p", "instrument": "m/1/1", **commitment(rs, 1).metadata()}
+    assert sum(r.tokens for r in rs) == 8
+    with pytest.raises(ReceiptMismatch, match=f"receipt {rs[1].receipt_id} has a negative prompt"):
+        check_receipts(meta, 8, rs)
+    good = receipt(1)
+    for changed in (
+        {"completion_tokens": -5, "prompt_tokens": 13},
+        {"cached_tokens": -1},
+        {"reasoning_tokens": -1},
+        {"started_ms": 3},
+    ):
+        r = msgspec.structs.replace(good, **changed)
+        meta = {"buyer": "b", "provider": "p", "instrument": "m/1/1",
+                **commitment([r], 1).metadata()}  # fmt: skip
+        with pytest.raises(ReceiptMismatch, match=r"negative|ends before it starts"):
+            check_receipts(meta, r.tokens, [r])
+            pytest.fail(str(changed))
 
 
 def test_a_delivery_burns_only_its_own_buyers_entitlement() -> None:
