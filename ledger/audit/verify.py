@@ -49,7 +49,7 @@ class _Tx(msgspec.Struct, array_like=True, gc=False):
     """The parts of a committed transaction the verifier needs, decoded cheaply."""
 
     index: int
-    id: msgspec.Raw
+    id: str
     code: str
     time: int
     entries: list[tuple[tuple[str, str, str], Literal[0, 1], int]]
@@ -58,7 +58,6 @@ class _Tx(msgspec.Struct, array_like=True, gc=False):
 
 
 _tx_decoder = msgspec.msgpack.Decoder(_Tx)
-_id_decoder = msgspec.msgpack.Decoder(str)
 _metadata_decoder = msgspec.msgpack.Decoder(dict[str, str])
 DELIVERY_CODE = "delivery"
 _PREFIX = TRANSACTION_PREFIX
@@ -153,8 +152,8 @@ class _Verifier:
         self.last_cp_size = -1
         self.last_cp_time = 0
         self.max_time = 0
-        # Every transaction id seen, as its MessagePack bytes (ids are unique in a ledger).
-        self.tx_ids: set[bytes] = set()
+        # Every transaction id seen (ids are unique in a ledger).
+        self.tx_ids: set[str] = set()
         self.pending: deque[_Delivery] = deque()  # gateway deliveries, in index order
         self.current: _Delivery | None = None  # the one whose receipts are being read
         self.receipt_ids: set[str] = set()
@@ -312,6 +311,8 @@ class _Verifier:
             raise AuditFailure(f"entry {self.header.to_index}", "entry beyond the export's range")
         balances = self.balances
         tx_ids = self.tx_ids
+        add_id = tx_ids.add
+        system_kinds = SYSTEM_KINDS
         sha = hashlib.sha256
         decode = _tx_decoder.decode
         leaves: list[bytes] = []
@@ -348,16 +349,16 @@ class _Verifier:
                 # Only a decrease can break the floor: check its account (after both
                 # entries, which may be the two buckets of one account).
                 if x0 < 0:
-                    if bal0[b0] < 0 and a0[2] not in SYSTEM_KINDS:
+                    if bal0[b0] < 0 and a0[2] not in system_kinds:
                         _below_zero(index, a0, bal0)
-                elif bal1[b1] < 0 and a1[2] not in SYSTEM_KINDS:
+                elif bal1[b1] < 0 and a1[2] not in system_kinds:
                     _below_zero(index, a1, bal1)
             else:
                 _apply(balances, entries, index)
-            raw_id = bytes(tx.id)
-            if raw_id in tx_ids:
-                _repeated_id(index, raw_id)
-            tx_ids.add(raw_id)
+            seen = len(tx_ids)
+            add_id(tx.id)
+            if len(tx_ids) == seen:
+                _repeated_id(index, tx.id)
             if tx.code == KEY_ROTATION_CODE:
                 self._rotation(body, index)
             elif tx.code == DELIVERY_CODE:
@@ -401,7 +402,7 @@ class _Verifier:
             raise AuditFailure(f"entry {index}", f"undecodable metadata: {exc}") from None
         except ReceiptMismatch as exc:
             raise AuditFailure(f"entry {index}", exc.message) from None
-        self.pending.append(_Delivery(_id_decoder.decode(tx.id), index, metadata, burned))
+        self.pending.append(_Delivery(tx.id, index, metadata, burned))
 
     def receipts_record(self, rec: Receipts) -> None:
         d = self.current
@@ -574,13 +575,11 @@ def _below_zero(index: int, account: tuple[str, str, str], bal: list[int]) -> No
     )
 
 
-def _repeated_id(index: int, raw_id: bytes) -> None:
+def _repeated_id(index: int, tx_id: str) -> None:
     """Raise: entry `index` has the id of an earlier entry (ids are unique in a ledger)."""
-    try:
-        tx_id = repr(_id_decoder.decode(raw_id))
-    except (msgspec.DecodeError, ValueError):
-        tx_id = "?"
-    raise AuditFailure(f"entry {index}", f"transaction id repeated: {tx_id} is an earlier entry's")
+    raise AuditFailure(
+        f"entry {index}", f"transaction id repeated: {tx_id!r} is an earlier entry's"
+    )
 
 
 def _b64(h: bytes) -> str:
