@@ -25,6 +25,10 @@ answers the same view (idempotent); a key of another account, or none, is 404
 process's authenticator (`Authenticator.forget`); the other processes of `serve --workers N`
 keep the key cached for at most `Authenticator.cache_ttl_s` (30 s), and a websocket `orders`
 subscription made with the key ends within that time too (`market.stream`).
+
+Every write here claims its request's signature with the write (`stream_claims.claim_write`):
+the same signed request again, through any process of `serve --workers N`, is 401
+`replayed_signature` and changes nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from market.accounts import (
     revoke_key,
 )
 from market.auth import Authenticator, Principal, requires_role
+from market.signing import now_ms
+from market.stream_claims import claim_write
 from schemas.accounts import AccountCreated, AccountView, AddKey, CreateAccount, KeyView, Role
 from schemas.errors import DomainError, ErrorKind
 
@@ -63,7 +69,9 @@ class PublicKeyRequired(DomainError):
     summary="Create an account (operator)",
 )
 async def create_account_route(
-    data: JSONBody[CreateAccount], pool: NamedDependency[asyncpg.Pool]
+    data: JSONBody[CreateAccount],
+    principal: NamedDependency[Principal],
+    pool: NamedDependency[asyncpg.Pool],
 ) -> AccountCreated:
     if data.public_key is None:
         raise PublicKeyRequired(
@@ -71,7 +79,8 @@ async def create_account_route(
             "generate the key pair on your side"
         )
     raw = parse_public_key(data.public_key)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         created, _ = await create_account(conn, data.role, data.name, raw)
     return created
 
@@ -117,7 +126,8 @@ async def add_my_key(
     pool: NamedDependency[asyncpg.Pool],
 ) -> KeyView:
     raw = parse_public_key(data.public_key)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         return await add_key(conn, principal.account_id, raw)
 
 
@@ -128,7 +138,7 @@ async def revoke_my_key(
     pool: NamedDependency[asyncpg.Pool],
     request: Request[Any, Any, Any],
 ) -> KeyView:
-    return await _revoke(request, pool, principal.account_id, key_id, keep_one=True)
+    return await _revoke(request, pool, principal, principal.account_id, key_id, keep_one=True)
 
 
 @delete(
@@ -140,15 +150,17 @@ async def revoke_my_key(
 async def revoke_account_key(
     account_id: FromPath[str],
     key_id: FromPath[str],
+    principal: NamedDependency[Principal],
     pool: NamedDependency[asyncpg.Pool],
     request: Request[Any, Any, Any],
 ) -> KeyView:
-    return await _revoke(request, pool, account_id, key_id, keep_one=False)
+    return await _revoke(request, pool, principal, account_id, key_id, keep_one=False)
 
 
 async def _revoke(
     request: Request[Any, Any, Any],
     pool: asyncpg.Pool,
+    principal: Principal,
     account_id: str,
     key_id: str,
     *,
@@ -156,7 +168,8 @@ async def _revoke(
 ) -> KeyView:
     """Revoke in the database, then drop the key from this process's cache: from the next
     request on, this process refuses it (`unknown_key`)."""
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         view = await revoke_key(conn, account_id, key_id, keep_one=keep_one)
     authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
     if authenticator is not None:
