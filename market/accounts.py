@@ -64,7 +64,8 @@ class DuplicatePublicKey(DomainError):
 
 class TooManyKeys(DomainError):
     """The account has `MAX_ACTIVE_KEYS` active signing keys already: revoke one first.
-    (The rate limit is per key: without a cap, minting keys would multiply it.)"""
+    (The rate limit is per key: without a cap, minting keys would multiply it without
+    bound; with it, an account's keys get at most `MAX_ACTIVE_KEYS` times the limit.)"""
 
     code = "too_many_keys"
     kind = ErrorKind.CONFLICT

@@ -13,7 +13,8 @@ Request-signing keys (rotation: add the new key, switch to it, revoke the old on
 
 - `POST /v1/accounts/me/keys` (any role, signed by an active key of the account): add a
   public key (`AddKey.public_key`, checked as at creation; 409 `duplicate_public_key` if it
-  is anyone's already). 201 `KeyView` of the new key.
+  is anyone's already; 409 `too_many_keys` if the account has `MAX_ACTIVE_KEYS`, 10,
+  active keys already: the rate limit is per key). 201 `KeyView` of the new key.
 - `DELETE /v1/accounts/me/keys/{key_id}` (any role): revoke one of the caller's keys, the
   signing one included, except the account's last active key (409 `last_active_key`).
 - `DELETE /v1/accounts/{account_id}/keys/{key_id}` (operator): revoke any account's key,

@@ -54,7 +54,8 @@ class InferenceKeyNotFound(DomainError):
 
 class TooManyInferenceKeys(DomainError):
     """The buyer has `MAX_ACTIVE_KEYS` live (unrevoked, unexpired) inference keys already.
-    (The gateway's rate limit is per key: without a cap, minting keys would multiply it.)"""
+    (The gateway's rate limit is per key: without a cap, minting keys would multiply it
+    without bound.)"""
 
     code = "too_many_keys"
     kind = ErrorKind.CONFLICT
