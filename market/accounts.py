@@ -11,7 +11,7 @@ is not derived from the public key, so it reveals nothing about it.
 from __future__ import annotations
 
 import secrets
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,6 +32,7 @@ from schemas.errors import DomainError, ErrorKind
 from schemas.wire_time import unix_ms
 
 __all__ = [
+    "MAX_ACTIVE_KEYS",
     "AccountNotFound",
     "DuplicatePublicKey",
     "InvalidAccountName",
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidPublicKey",
     "LastActiveKey",
     "SigningKeyNotFound",
+    "TooManyKeys",
     "WeakPublicKey",
     "add_key",
     "create_account",
@@ -58,6 +60,19 @@ class DuplicatePublicKey(DomainError):
 
     code = "duplicate_public_key"
     kind = ErrorKind.CONFLICT
+
+
+class TooManyKeys(DomainError):
+    """The account has `MAX_ACTIVE_KEYS` active signing keys already: revoke one first.
+    (The rate limit is per key: without a cap, minting keys would multiply it without
+    bound; with it, an account's keys get at most `MAX_ACTIVE_KEYS` times the limit.)"""
+
+    code = "too_many_keys"
+    kind = ErrorKind.CONFLICT
+
+
+#: Active request-signing keys an account may hold at once (`add_key`; 409 `too_many_keys`).
+MAX_ACTIVE_KEYS: Final = 10
 
 
 class AccountNotFound(DomainError):
@@ -143,16 +158,26 @@ def _raise_duplicate_key(exc: asyncpg.UniqueViolationError) -> NoReturn:
 async def add_key(conn: asyncpg.Connection, account_id: str, public_key: bytes) -> KeyView:
     """Give an existing account another (active) key; `DuplicatePublicKey` if the public key
     is anyone's already, a revoked key of this account included (a key id is never reused,
-    nor is a key)."""
+    nor is a key); `TooManyKeys` if it has `MAX_ACTIVE_KEYS` active keys already (the
+    account row is locked meanwhile, so two additions at once cannot both pass)."""
     check_public_key(public_key)
     try:
-        row = await conn.fetchrow(
-            f"""INSERT INTO account_keys (key_id, account_id, public_key) VALUES ($1, $2, $3)
-                RETURNING {_KEY_COLUMNS}""",
-            new_key_id(),
-            account_id,
-            public_key,
-        )
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM accounts WHERE account_id = $1 FOR NO KEY UPDATE", account_id
+            )
+            if await _active_keys(conn, account_id) >= MAX_ACTIVE_KEYS:
+                raise TooManyKeys(
+                    f"the account has {MAX_ACTIVE_KEYS} active keys, the most it may hold; "
+                    "revoke one first (DELETE /v1/accounts/me/keys/{key_id})"
+                )
+            row = await conn.fetchrow(
+                f"""INSERT INTO account_keys (key_id, account_id, public_key) VALUES ($1, $2, $3)
+                    RETURNING {_KEY_COLUMNS}""",
+                new_key_id(),
+                account_id,
+                public_key,
+            )
     except asyncpg.UniqueViolationError as exc:
         _raise_duplicate_key(exc)
     except asyncpg.ForeignKeyViolationError:

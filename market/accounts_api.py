@@ -13,7 +13,8 @@ Request-signing keys (rotation: add the new key, switch to it, revoke the old on
 
 - `POST /v1/accounts/me/keys` (any role, signed by an active key of the account): add a
   public key (`AddKey.public_key`, checked as at creation; 409 `duplicate_public_key` if it
-  is anyone's already). 201 `KeyView` of the new key.
+  is anyone's already; 409 `too_many_keys` if the account has `MAX_ACTIVE_KEYS`, 10,
+  active keys already: the rate limit is per key). 201 `KeyView` of the new key.
 - `DELETE /v1/accounts/me/keys/{key_id}` (any role): revoke one of the caller's keys, the
   signing one included, except the account's last active key (409 `last_active_key`).
 - `DELETE /v1/accounts/{account_id}/keys/{key_id}` (operator): revoke any account's key,
@@ -25,6 +26,10 @@ answers the same view (idempotent); a key of another account, or none, is 404
 process's authenticator (`Authenticator.forget`); the other processes of `serve --workers N`
 keep the key cached for at most `Authenticator.cache_ttl_s` (30 s), and a websocket `orders`
 subscription made with the key ends within that time too (`market.stream`).
+
+Every write here claims its request's signature with the write (`stream_claims.claim_write`):
+the same signed request again, through any process of `serve --workers N`, is 401
+`replayed_signature` and changes nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from market.accounts import (
     revoke_key,
 )
 from market.auth import Authenticator, Principal, requires_role
+from market.signing import now_ms
+from market.stream_claims import claim_write
 from schemas.accounts import AccountCreated, AccountView, AddKey, CreateAccount, KeyView, Role
 from schemas.errors import DomainError, ErrorKind
 
@@ -63,7 +70,9 @@ class PublicKeyRequired(DomainError):
     summary="Create an account (operator)",
 )
 async def create_account_route(
-    data: JSONBody[CreateAccount], pool: NamedDependency[asyncpg.Pool]
+    data: JSONBody[CreateAccount],
+    principal: NamedDependency[Principal],
+    pool: NamedDependency[asyncpg.Pool],
 ) -> AccountCreated:
     if data.public_key is None:
         raise PublicKeyRequired(
@@ -71,7 +80,8 @@ async def create_account_route(
             "generate the key pair on your side"
         )
     raw = parse_public_key(data.public_key)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         created, _ = await create_account(conn, data.role, data.name, raw)
     return created
 
@@ -117,7 +127,8 @@ async def add_my_key(
     pool: NamedDependency[asyncpg.Pool],
 ) -> KeyView:
     raw = parse_public_key(data.public_key)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         return await add_key(conn, principal.account_id, raw)
 
 
@@ -128,7 +139,7 @@ async def revoke_my_key(
     pool: NamedDependency[asyncpg.Pool],
     request: Request[Any, Any, Any],
 ) -> KeyView:
-    return await _revoke(request, pool, principal.account_id, key_id, keep_one=True)
+    return await _revoke(request, pool, principal, principal.account_id, key_id, keep_one=True)
 
 
 @delete(
@@ -140,15 +151,17 @@ async def revoke_my_key(
 async def revoke_account_key(
     account_id: FromPath[str],
     key_id: FromPath[str],
+    principal: NamedDependency[Principal],
     pool: NamedDependency[asyncpg.Pool],
     request: Request[Any, Any, Any],
 ) -> KeyView:
-    return await _revoke(request, pool, account_id, key_id, keep_one=False)
+    return await _revoke(request, pool, principal, account_id, key_id, keep_one=False)
 
 
 async def _revoke(
     request: Request[Any, Any, Any],
     pool: asyncpg.Pool,
+    principal: Principal,
     account_id: str,
     key_id: str,
     *,
@@ -156,7 +169,8 @@ async def _revoke(
 ) -> KeyView:
     """Revoke in the database, then drop the key from this process's cache: from the next
     request on, this process refuses it (`unknown_key`)."""
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         view = await revoke_key(conn, account_id, key_id, keep_one=keep_one)
     authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
     if authenticator is not None:

@@ -18,11 +18,13 @@ signatures in memory until their timestamp leaves the window: it is per process.
 than one gateway process (`tokex serve --workers N`, or hosts behind a balancer) a signed
 request replayed to another gateway passes this window, so every write a gateway takes is
 checked once more where all gateways meet: a command in the sequencer process's own window
-(`market.sequencer.responder`); the one direct database write that is not idempotent, an
-inference key, by its signature stored with it under a UNIQUE constraint
-(`market.gateway.keys`, migration 0016). Both refuse with `replayed_signature()`, as here.
-The other direct writes are idempotent (accounts, endpoints: 409; an endpoint deleted:
-404; a revocation: no change).
+(`market.sequencer.responder`); a write the route makes in the database itself (accounts,
+signing keys, endpoints, inference keys) by claiming its signature in the database in the
+write's transaction (`market.stream_claims.claim_write`, the table of migration 0017), as a
+private websocket subscribe does (`stream_claims.claim`). Such writes are not safe to take
+twice even when each alone looks idempotent: a captured endpoint delete replayed after the
+provider registered the endpoint again would remove the new one. All refuse with
+`replayed_signature()`, as here.
 
 Litestar integration (wired by `ops.app.create_app`):
 
@@ -274,9 +276,12 @@ class Authenticator:
     """Checks signed requests against the accounts' keys (cached) and a replay window.
 
     Keys are cached for `cache_ttl_s` seconds, so a revoked key stops working within that
-    time (or at once after `forget(key_id)`). Unknown key ids are not cached. The key
-    routes (`market.accounts_api`) call `forget` in the process that revokes; every
-    process's `market.key_revocations.RevocationListener` calls it on the database's
+    time (or at once after `forget(key_id)`). A load under way when the key is forgotten
+    (`forget`, `forget_all`) answers its own request but is not cached: it may have read the
+    row before the revocation, and caching it would bring the key back for `cache_ttl_s`.
+    Unknown key ids are not cached. The key routes (`market.accounts_api`) call `forget` in
+    the process that revokes; every process's `market.key_revocations.RevocationListener`
+    calls it on the database's
     notification, so the other processes of `serve --workers N` refuse the key at once too
     (within the TTL while that listener is cut off from the database).
 
@@ -306,6 +311,10 @@ class Authenticator:
         self.cache_ttl_s = cache_ttl_s
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[float, KeyRecord]] = OrderedDict()
+        #: Per key with loads under way: [loads under way, generation]; `forget` bumps the
+        #: generation, `forget_all` the epoch. A load is cached only if both are unchanged.
+        self._loads: dict[str, list[int]] = {}
+        self._epoch = 0
         self.replay = replay or ReplayWindow(window_ms)
 
     @classmethod
@@ -313,12 +322,16 @@ class Authenticator:
         return cls(pool_key_loader(pool), **options)
 
     def forget(self, key_id: str) -> None:
-        """Drop a key from the cache (after revoking it)."""
+        """Drop a key from the cache (after revoking it), and from loads under way."""
         self._cache.pop(key_id, None)
+        loads = self._loads.get(key_id)
+        if loads is not None:
+            loads[1] += 1
 
     def forget_all(self) -> None:
-        """Drop every cached key (a revocation may have been missed)."""
+        """Drop every cached key (a revocation may have been missed), and loads under way."""
         self._cache.clear()
+        self._epoch += 1
 
     async def key_active(self, key_id: str) -> bool:
         """Whether `key_id` still exists unrevoked (as cached: true up to `cache_ttl_s` after
@@ -332,10 +345,20 @@ class Authenticator:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self.cache_ttl_s:
             return cached[1]
-        record = await self._load_key(key_id)
+        loads = self._loads.setdefault(key_id, [0, 0])
+        loads[0] += 1
+        generation, epoch = loads[1], self._epoch
+        try:
+            record = await self._load_key(key_id)
+        finally:
+            loads[0] -= 1
+            if loads[0] == 0:
+                del self._loads[key_id]
         if record is None:
             self._cache.pop(key_id, None)
             return None
+        if loads[1] != generation or self._epoch != epoch:
+            return record  # forgotten meanwhile: this request's, not the cache's
         self._cache[key_id] = (now, record)
         self._cache.move_to_end(key_id)
         while len(self._cache) > self.cache_size:

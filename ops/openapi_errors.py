@@ -28,6 +28,7 @@ from market.accounts import (
     InvalidAccountName,
     LastActiveKey,
     SigningKeyNotFound,
+    TooManyKeys,
 )
 from market.accounts_api import PublicKeyRequired
 from market.api import ExchangeNotRunning, UnknownAccount, WrongSide
@@ -35,7 +36,7 @@ from market.auth import ForbiddenRole
 from market.clearing.reports import InvalidReportQuery, ReportForbidden, UnknownReportInstrument
 from market.errors import DuplicateInstrument, InvalidInstrument, InvalidSymbol, UnknownInstrument
 from market.gateway.endpoints import EndpointExists, EndpointNotFound, EndpointUnhealthy
-from market.gateway.keys import InferenceKeyNotFound
+from market.gateway.keys import InferenceKeyNotFound, TooManyInferenceKeys
 from market.gateway.receipts import ReceiptNotDelivered, ReceiptNotFound
 from market.keys import InvalidPublicKey
 from market.pages import InvalidCursor
@@ -137,7 +138,7 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     "GET /v1/accounts/me": specs(AccountNotFound),
     "GET /v1/accounts/{account_id}": specs(AccountNotFound),
     "POST /v1/accounts/me/keys": specs(
-        InvalidPublicKey, (400, "weak_public_key"), DuplicatePublicKey
+        InvalidPublicKey, (400, "weak_public_key"), DuplicatePublicKey, TooManyKeys
     ),
     "DELETE /v1/accounts/me/keys/{key_id}": specs(SigningKeyNotFound, LastActiveKey),
     "DELETE /v1/accounts/{account_id}/keys/{key_id}": specs(SigningKeyNotFound),
@@ -256,7 +257,7 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     ),
     "GET /v1/endpoints": (),
     "DELETE /v1/endpoints/{endpoint_id}": specs(EndpointNotFound),
-    "POST /v1/inference-keys": specs(UnknownInstrument),
+    "POST /v1/inference-keys": specs(UnknownInstrument, TooManyInferenceKeys),
     "GET /v1/inference-keys": (),
     "DELETE /v1/inference-keys/{key_id}": specs(InferenceKeyNotFound),
 }

@@ -1,7 +1,9 @@
 """Providers' endpoints in the database (table `gateway_endpoints`, migration 0008).
 
 Configuration, not ledger state: written directly (as `market.accounts` writes accounts),
-never through the sequencer. The credential is read only to be sent upstream; views never
+never through the sequencer, so the routes claim each signed write's signature with it
+(`market.stream_claims.claim_write`: no replay window but the answering gateway's sees
+it). The credential is read only to be sent upstream; views never
 carry it, and `EndpointRow.__repr__` leaves it out so that no log line can show it.
 """
 

@@ -7,6 +7,10 @@
   201 with the endpoint (never its credential).
 - `GET /v1/endpoints`: the caller's endpoints, with their last health.
 - `DELETE /v1/endpoints/{endpoint_id}`: 204; 404 `endpoint_not_found` if not the caller's.
+
+Both writes claim their request's signature with the write (`stream_claims.claim_write`):
+the same signed request again, through any gateway process, is 401 `replayed_signature`
+and changes nothing (a captured delete cannot remove the endpoint registered again).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from market.gateway import endpoints as store
 from market.gateway.health import probe
 from market.gateway.ssrf import parse_allow_hosts, resolve
 from market.signing import now_ms
+from market.stream_claims import claim_write
 from schemas.accounts import Role
 from schemas.gateway import EndpointView, Health, RegisterEndpoint
 
@@ -53,8 +58,10 @@ async def register_endpoint(
     health, detail = await probe(target, data.credential, getattr(monitor, "client", None))
     if health is not Health.HEALTHY:
         raise store.EndpointUnhealthy(f"{data.base_url.rstrip('/')}/models: {detail}")
-    async with pool.acquire() as conn:
-        row = await store.register(conn, principal.account_id, data, now_ms())
+    async with pool.acquire() as conn, conn.transaction():
+        now = now_ms()
+        await claim_write(conn, principal, now)
+        row = await store.register(conn, principal.account_id, data, now)
     _changed(state)
     return row.view()
 
@@ -75,7 +82,8 @@ async def delete_endpoint(
     pool: NamedDependency[asyncpg.Pool],
     state: State,
 ) -> None:
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         await store.delete(conn, principal.account_id, endpoint_id)
     _changed(state)
 

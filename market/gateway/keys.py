@@ -19,7 +19,10 @@ Written directly, a key is not seen by the sequencer process's replay window, an
 gateway process (`tokex serve --workers N`) has its own: the signed request that makes a
 key is therefore stored with it (`request_signature`, UNIQUE, migration 0016), so that the
 same signed request sent again to any gateway makes no second key (401
-`replayed_signature`). Without that, whoever saw one signed creation (a proxy, a log of
+`replayed_signature`); the routes also claim every signature of theirs
+(`market.stream_claims.claim_write`), a revocation's too. A buyer holds at most
+`MAX_ACTIVE_KEYS` (100) live keys: the gateway's rate limit is per key. Without the
+stored signature, whoever saw one signed creation (a proxy, a log of
 bodies) would get a bearer secret of their own, spending the buyer's entitlements.
 """
 
@@ -29,10 +32,12 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Final
 
 import asyncpg
 
 from market.auth import replayed_signature
+from market.signing import now_ms as clock_ms
 from schemas.errors import DomainError, ErrorKind
 from schemas.gateway import CreateInferenceKey, InferenceKeyCreated, InferenceKeyView
 from schemas.wire_time import unix_ms
@@ -45,6 +50,19 @@ _SECRET_RE = re.compile(r"tkx_[0-9a-f]{64}")
 class InferenceKeyNotFound(DomainError):
     code = "inference_key_not_found"
     kind = ErrorKind.NOT_FOUND
+
+
+class TooManyInferenceKeys(DomainError):
+    """The buyer has `MAX_ACTIVE_KEYS` live (unrevoked, unexpired) inference keys already.
+    (The gateway's rate limit is per key: without a cap, minting keys would multiply it
+    without bound.)"""
+
+    code = "too_many_keys"
+    kind = ErrorKind.CONFLICT
+
+
+#: Live inference keys a buyer may hold at once (`create_key`; 409 `too_many_keys`).
+MAX_ACTIVE_KEYS: Final = 100
 
 
 class InvalidInferenceKey(DomainError):
@@ -84,23 +102,48 @@ def _view(record: asyncpg.Record) -> InferenceKeyView:
 
 
 async def create_key(
-    conn: asyncpg.Connection, buyer: str, req: CreateInferenceKey, *, signature: bytes | None
+    conn: asyncpg.Connection,
+    buyer: str,
+    req: CreateInferenceKey,
+    *,
+    signature: bytes | None,
+    now_ms: int | None = None,
 ) -> InferenceKeyCreated:
     """Make a key; the returned secret is the only copy. `signature`: that of the signed
     request asking for it (None: no request to tell apart, no row to refuse by); a key
-    already made by the same signature is `replayed_signature` (401), and no key."""
+    already made by the same signature is `replayed_signature` (401), and no key.
+    `TooManyInferenceKeys` (409 `too_many_keys`) if the buyer has `MAX_ACTIVE_KEYS` live
+    keys at `now_ms` (default: now) already; the buyer's account row is locked meanwhile,
+    so two creations at once cannot both pass."""
     key_id = "ik_" + secrets.token_hex(8)
     secret = SECRET_PREFIX + secrets.token_hex(32)
     models = None if req.models is None else sorted(set(req.models))
+    now = clock_ms() if now_ms is None else now_ms
     try:
-        await conn.execute(
-            """INSERT INTO gateway_inference_keys
-                   (key_id, buyer, secret_sha256, models, token_budget, expires_ms,
-                    request_signature)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-            key_id, buyer, secret_hash(secret), models, req.token_budget, req.expires_ms,
-            signature,
-        )  # fmt: skip
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM accounts WHERE account_id = $1 FOR NO KEY UPDATE", buyer
+            )
+            live = await conn.fetchval(
+                """SELECT count(*) FROM gateway_inference_keys
+                   WHERE buyer = $1 AND revoked_at IS NULL
+                     AND (expires_ms IS NULL OR expires_ms > $2)""",
+                buyer,
+                now,
+            )
+            if live >= MAX_ACTIVE_KEYS:
+                raise TooManyInferenceKeys(
+                    f"you have {MAX_ACTIVE_KEYS} live inference keys, the most a buyer may hold; "
+                    "revoke one first (DELETE /v1/inference-keys/{key_id})"
+                )
+            await conn.execute(
+                """INSERT INTO gateway_inference_keys
+                       (key_id, buyer, secret_sha256, models, token_budget, expires_ms,
+                        request_signature)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                key_id, buyer, secret_hash(secret), models, req.token_budget, req.expires_ms,
+                signature,
+            )  # fmt: skip
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == _SIGNATURE_UNIQUE:
             raise replayed_signature() from None

@@ -6,6 +6,10 @@
   and no second key (its signature is stored with the key: `keys.create_key`).
 - `GET /v1/inference-keys`: the buyer's keys (never a secret: only their hashes are kept).
 - `DELETE /v1/inference-keys/{key_id}`: revoke at once; 200 with the key; 404 if not its own.
+
+Both writes also claim their request's signature with the write
+(`stream_claims.claim_write`): the same signed request again, through any gateway
+process, is 401 `replayed_signature`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from litestar.params import FromPath, JSONBody
 
 from market.auth import Principal, requires_role
 from market.gateway import keys
+from market.signing import now_ms
+from market.stream_claims import claim_write
 from schemas.accounts import Role
 from schemas.gateway import CreateInferenceKey, InferenceKeyCreated, InferenceKeyView
 
@@ -28,7 +34,8 @@ async def create_key(
     principal: NamedDependency[Principal],
     pool: NamedDependency[asyncpg.Pool],
 ) -> InferenceKeyCreated:
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         return await keys.create_key(
             conn, principal.account_id, data, signature=principal.signature or None
         )
@@ -49,7 +56,8 @@ async def revoke_key(
     pool: NamedDependency[asyncpg.Pool],
     state: State,
 ) -> InferenceKeyView:
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        await claim_write(conn, principal, now_ms())
         revoked = await keys.revoke(conn, principal.account_id, key_id)
     gateway = state.get("gateway")
     if gateway is not None:  # the gateway keeps grants for a moment: not this one

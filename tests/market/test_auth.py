@@ -4,6 +4,7 @@ stale, replayed, unknown key, wrong role, malformed, oversized, rate-limited); n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from market.auth import (
     WINDOW_MS,
     Authenticator,
     AuthError,
+    KeyRecord,
     Principal,
     RateLimited,
     RateLimiter,
@@ -190,6 +192,57 @@ async def test_authenticator_on_the_database(db_pool: asyncpg.Pool) -> None:
         )
     auth.forget(created.key_id)
     await refused("unknown_key", sign_request(key, created.key_id, "POST", "/x", b"", now + 3))
+
+
+@pytest.mark.parametrize("forget", ["forget", "forget_all"])
+async def test_a_key_revoked_while_its_load_is_under_way_is_refused_next(forget: str) -> None:
+    """A load that read the key's row before the revocation answers its own request, but
+    is not cached: the next request loads the key again and is refused, rather than the
+    revoked key working for `cache_ttl_s` more (found by a review)."""
+    key = Ed25519PrivateKey.generate()
+    kid = "key_0123456789abcdef"
+    revoked = False
+    gate = asyncio.Event()
+
+    async def load(key_id: str) -> KeyRecord:
+        snapshot = revoked  # the row as its SELECT saw it
+        await gate.wait()  # the round trip to the database
+        return KeyRecord(kid, "acc_1", Role.BUYER, key.public_key(), revoked=snapshot)
+
+    auth = Authenticator(load, started_ms=0)
+
+    async def call(ts: int) -> str:
+        h = sign_request(key, kid, "GET", "/v1/balances", b"", ts)
+        principal = await auth.authenticate(
+            kid, h[HEADER_TIMESTAMP], h[HEADER_SIGNATURE], "GET", "/v1/balances", b"", ts
+        )
+        return principal.account_id
+
+    now = now_ms()
+    first = asyncio.create_task(call(now))  # a cache miss: its load is under way
+    await asyncio.sleep(0.01)
+    revoked = True  # the revocation commits ...
+    if forget == "forget":  # ... and is seen: by the route, or by the listener
+        auth.forget(kid)
+    else:  # a listener that reconnected
+        auth.forget_all()
+    gate.set()
+    assert await first == "acc_1"  # signed and sent before the revocation
+    with pytest.raises(AuthError) as info:
+        await call(now + 1)
+    assert info.value.code == "unknown_key"
+    assert await auth.key_active(kid) is False
+    # An undisturbed load is cached as before: one load for many requests.
+    loads = 0
+
+    async def counted(key_id: str) -> KeyRecord:
+        nonlocal loads
+        loads += 1
+        return KeyRecord(kid, "acc_1", Role.BUYER, key.public_key())
+
+    auth = Authenticator(counted, started_ms=0)
+    assert [await call(now + i) for i in range(3)] == ["acc_1"] * 3
+    assert loads == 1
 
 
 # --------------------------------------------------------------------------- real server

@@ -195,3 +195,25 @@ async def test_cli_add_key_and_revoke_key(
         assert (await operator.get_account(created.account_id)).key_ids == []
     finally:
         await operator.aclose()
+
+
+async def test_an_account_holds_at_most_ten_active_keys(
+    db_url: str, server_process: ServerProcess
+) -> None:
+    """The rate limit is per key: an account minting keys must not multiply it, so beyond
+    10 active keys an addition is 409 `too_many_keys`; a revoked key frees its place
+    (found by a review)."""
+    operator = await operator_client(db_url, server_process.base_url)
+    try:
+        owner = operator.as_account(await operator.create_account(Role.BUYER, "minter"))
+        added = [await owner.add_key(Ed25519PrivateKey.generate()) for _ in range(9)]
+        assert len((await owner.me()).key_ids) == 10
+        with pytest.raises(TokexApiError) as full:
+            await owner.add_key(Ed25519PrivateKey.generate())
+        assert (full.value.status, full.value.code) == (409, "too_many_keys")
+        assert len((await owner.me()).key_ids) == 10
+        await owner.revoke_key(added[0].key_id)
+        await owner.add_key(Ed25519PrivateKey.generate())
+        assert len((await owner.me()).key_ids) == 10
+    finally:
+        await operator.aclose()

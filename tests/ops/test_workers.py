@@ -22,10 +22,11 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import connect as ws_connect
 
 from market.client import TokexClient
-from market.keys import load_private_key
+from market.keys import load_private_key, public_key_b64
 from market.sequencer import ExchangeBusy, PlaceOp
 from market.sequencer.queries import AnyQuery, BookQuery, Query
 from market.sequencer.remote import RemoteSequencer, SequencerUnreachable
@@ -39,10 +40,12 @@ from schemas.trading import BookView, CreateInstrument, OrderView, PlaceOrder
 from tests.market.test_stream_e2e import test_rest_book_equals_websocket_book
 from tests.support.pg import PgServer
 from tests.support.server import ServerProcess, operator_client
+from tests.support.upstream import Upstream
 
 __all__ = ["test_rest_book_equals_websocket_book"]
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"
+MODEL = "llama-3.1-70b"
 
 
 @pytest.fixture
@@ -154,7 +157,11 @@ async def workers(pg: PgServer, pg_template: str, tmp_path_factory: pytest.TempP
             database_url=url,
             data_dir=tmp_path_factory.mktemp("workers"),
             extra_args=("--workers", "2"),
-            env={"TOKEX_RATE_LIMIT": "10000", "TOKEX_RATE_BURST": "10000"},
+            env={
+                "TOKEX_RATE_LIMIT": "10000",
+                "TOKEX_RATE_BURST": "10000",
+                "TOKEX_ENDPOINT_ALLOW_HOSTS": "127.0.0.1,localhost",
+            },
         )
         proc.start()
         await _both_gateways_up(proc)
@@ -269,21 +276,95 @@ async def test_a_signed_key_creation_replayed_through_every_gateway_makes_one_ke
     await buyer.aclose()
 
 
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with Upstream(models=[MODEL]) as up:
+        yield up
+
+
+async def test_a_captured_endpoint_write_replayed_through_every_gateway_changes_nothing(
+    workers: Workers, upstream: Upstream
+) -> None:
+    """An endpoint is written by the gateway itself: a captured delete replayed after the
+    provider registered the endpoint again does not remove the new one, and a captured
+    registration replayed after a delete does not bring the old URL back, on either
+    gateway (the signature is claimed in the database). Found by a review."""
+    created = await workers.operator.create_account(Role.PROVIDER, "ep-replayed")
+    provider = workers.operator.as_account(created)
+    old = msgspec.json.encode({"endpoint_id": "ep-1", "model": MODEL,
+                               "base_url": upstream.base_url})  # fmt: skip
+    new_url = upstream.base_url.replace("127.0.0.1", "localhost")
+    register = _signed(provider, "POST", "/v1/endpoints", old)
+    remove = _signed(provider, "DELETE", "/v1/endpoints/ep-1", b"")
+    assert (await _sent(workers, register, 1))[0][0] == 201
+    assert (await _sent(workers, remove, 1))[0][0] == 204
+    again = {"endpoint_id": "ep-1", "model": MODEL, "base_url": new_url}
+    await provider.request("POST", "/v1/endpoints", json=again)
+    assert await _sent(workers, remove, 8) == [(401, "replayed_signature")] * 8
+    endpoints = await provider.request("GET", "/v1/endpoints")
+    assert [(e["endpoint_id"], e["base_url"]) for e in endpoints] == [("ep-1", new_url)]
+    await provider.request("DELETE", "/v1/endpoints/ep-1")
+    assert await _sent(workers, register, 8) == [(401, "replayed_signature")] * 8
+    assert await provider.request("GET", "/v1/endpoints") == []
+
+
+async def test_signed_account_and_key_writes_replayed_through_every_gateway_are_taken_once(
+    workers: Workers,
+) -> None:
+    """Accounts, signing keys and inference keys are written by the gateway itself: the
+    same signed request again, on either gateway, is 401 `replayed_signature`, not a 409
+    or a second 200 (each signature is claimed in the database)."""
+    buyer = await workers.buyer("keys-replayed")
+    spare = Ed25519PrivateKey.generate()
+    add = _signed(buyer, "POST", "/v1/accounts/me/keys",
+                  msgspec.json.encode({"public_key": public_key_b64(spare)}))  # fmt: skip
+    added = await _sent(workers, add, 8)
+    assert added[0][0] == 201 and added[1:] == [(401, "replayed_signature")] * 7, added
+    spare_id = (await buyer.request("GET", "/v1/accounts/me"))["key_ids"][-1]
+    revoke = _signed(buyer, "DELETE", f"/v1/accounts/me/keys/{spare_id}", b"")
+    revoked = await _sent(workers, revoke, 8)
+    assert revoked[0][0] == 200 and revoked[1:] == [(401, "replayed_signature")] * 7, revoked
+    inference = await buyer.request("POST", "/v1/inference-keys", json={})
+    drop = _signed(buyer, "DELETE", f"/v1/inference-keys/{inference['key_id']}", b"")
+    dropped = await _sent(workers, drop, 8)
+    assert dropped[0][0] == 200 and dropped[1:] == [(401, "replayed_signature")] * 7, dropped
+    fresh_key = public_key_b64(Ed25519PrivateKey.generate())
+    account = msgspec.json.encode({"role": "buyer", "name": "made-once", "public_key": fresh_key})
+    made = await _sent(workers, _signed(workers.operator, "POST", "/v1/accounts", account), 8)
+    assert made[0][0] == 201 and made[1:] == [(401, "replayed_signature")] * 7, made
+    await buyer.aclose()
+
+
+Signed = tuple[str, str, bytes, dict[str, str]]
+
+
+def _signed(client: TokexClient, method: str, path: str, body: bytes) -> Signed:
+    """A request signed by `client` now, as an observer would capture it."""
+    assert client.private_key is not None and client.key_id is not None
+    headers = {"Content-Type": "application/json", **sign_request(
+        client.private_key, client.key_id, method, path, body, now_ms()
+    )}  # fmt: skip
+    return method, path, body, headers
+
+
+async def _sent(workers: Workers, request: Signed, times: int) -> list[tuple[int, str]]:
+    """`request` sent `times` times, each on a new connection (the kernel spreads them
+    over the gateways): (status, code) of each answer."""
+    method, path, body, headers = request
+    statuses: list[tuple[int, str]] = []
+    for _ in range(times):
+        async with httpx.AsyncClient(base_url=workers.proc.base_url) as fresh:
+            response = await fresh.request(method, path, content=body, headers=headers)
+        code = response.json().get("code", "") if response.content else ""
+        statuses.append((response.status_code, code))
+    return statuses
+
+
 async def _sent_eight_times(
     workers: Workers, client: TokexClient, path: str, body: bytes
 ) -> list[tuple[int, str]]:
-    """One signed POST sent 8 times, each on a new connection (the kernel spreads them
-    over the gateways): (status, code) of each answer."""
-    assert client.private_key is not None and client.key_id is not None
-    headers = {"Content-Type": "application/json", **sign_request(
-        client.private_key, client.key_id, "POST", path, body, now_ms()
-    )}  # fmt: skip
-    statuses: list[tuple[int, str]] = []
-    for _ in range(8):
-        async with httpx.AsyncClient(base_url=workers.proc.base_url) as fresh:
-            response = await fresh.post(path, content=body, headers=headers)
-        statuses.append((response.status_code, response.json().get("code", "")))
-    return statuses
+    """One signed POST sent 8 times, each on a new connection: (status, code) of each."""
+    return await _sent(workers, _signed(client, "POST", path, body), 8)
 
 
 # -- a gateway killed under load -----------------------------------------------------------

@@ -89,3 +89,43 @@ async def test_keys_made_without_a_signed_request_do_not_collide(
         for _ in range(2):
             await keys.create_key(conn, buyer[0].account_id, CreateInferenceKey(), signature=None)
     assert len(await keys_of(db_pool, buyer[0])) == 2
+
+
+async def test_a_buyer_holds_at_most_max_active_keys_live_keys(
+    gateways: tuple[Client, Client],
+    buyer: tuple[AccountCreated, Ed25519PrivateKey],
+    db_pool: asyncpg.Pool,
+) -> None:
+    """The gateway's rate limit is per key: a buyer minting keys must not multiply it, so
+    beyond 100 live keys a creation is 409 `too_many_keys`; revoked and expired keys do
+    not count (found by a review)."""
+    assert keys.MAX_ACTIVE_KEYS == 100
+    first, _ = gateways
+    n = iter(range(1, 10))
+
+    async def create() -> Any:  # each body its own, so no two signatures can be equal
+        body = b'{"token_budget": %d}' % next(n)
+        return await first.post("/v1/inference-keys", content=body, headers=signed(buyer, body))
+
+    async with db_pool.acquire() as conn:
+        for _ in range(keys.MAX_ACTIVE_KEYS - 1):
+            await keys.create_key(conn, buyer[0].account_id, CreateInferenceKey(), signature=None)
+    made = await create()
+    assert made.status_code == 201, made.text
+    refused = await create()
+    assert (refused.status_code, refused.json()["code"]) == (409, "too_many_keys")
+    assert "tkx_" not in refused.text
+    assert len(await keys_of(db_pool, buyer[0])) == keys.MAX_ACTIVE_KEYS
+    created, key = buyer
+    path = f"/v1/inference-keys/{made.json()['key_id']}"
+    revoke = sign_request(key, created.key_id, "DELETE", path, b"", now_ms())
+    assert (await first.delete(path, headers=revoke)).status_code == 200
+    again = await create()
+    assert again.status_code == 201, again.text
+    async with db_pool.acquire() as conn:  # one key expires: it no longer counts either
+        await conn.execute(
+            "UPDATE gateway_inference_keys SET expires_ms = 1 WHERE key_id = $1",
+            again.json()["key_id"],
+        )
+    last = await create()
+    assert last.status_code == 201, last.text
