@@ -22,7 +22,7 @@ Who may do what:
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from litestar import Request, Router, delete, get, patch, post
@@ -358,11 +358,17 @@ async def place_orders(
     return await place_many(*_trader(request), data)
 
 
+#: What `GET /orders?status=` takes (an unknown one is a 400, not an empty list).
+OrderStatusFilter = Literal["open", "filled", "cancelled", "expired", "rejected", "all"]
+#: What `GET /withdrawals?status=` takes.
+WithdrawalStatusFilter = Literal["pending", "paid", "failed"]
+
+
 @get("/orders")
 async def my_orders(
     pool: Pool,
     principal: Caller,
-    status: FromQuery[str | None] = "open",
+    status: FromQuery[OrderStatusFilter | None] = "open",
     instrument: FromQuery[str | None] = None,
     limit: Limit = 200,
     cursor: Cursor = None,
@@ -556,7 +562,7 @@ async def withdraw(
 async def my_withdrawals(
     pool: Pool,
     principal: Caller,
-    status: FromQuery[str | None] = None,
+    status: FromQuery[WithdrawalStatusFilter | None] = None,
     limit: Limit = 200,
     cursor: Cursor = None,
 ) -> Page[WithdrawalView]:

@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 _DECIMAL = re.compile(r"-?[0-9]+")
+#: An integer path parameter as a client must write it (Litestar's `:int` takes what
+#: `int()` takes: `0_3`, `+3`, other scripts' digits).
+_PATH_INT = re.compile(r"[0-9]{1,19}")
 
 
 class InvalidRequest(DomainError):
@@ -104,8 +107,23 @@ class StrictRequest(Request[Any, Any, Any]):
             raise InvalidRequest(str(exc)) from None
         except msgspec.DecodeError as exc:
             raise InvalidRequest(f"the body is not JSON: {exc}") from None
+        if b"\\u0000" in body and _holds_nul(msgspec.json.decode(body)):
+            # PostgreSQL's text cannot hold it: refused here, not by the database in
+            # the middle of a batch (with the other requests in it).
+            raise InvalidRequest("a string of the body holds a NUL character (\\u0000)")
         self._json = self._connection_state.json = value
         return value
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether any string in the decoded JSON `value` (keys included) holds a NUL."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    return False
 
 
 def _is_int(annotation: Any) -> bool:
@@ -145,6 +163,22 @@ def _query_aliases(handler: BaseRouteHandler, path_params: Any) -> dict[str, str
     return aliases
 
 
+def _check_int_segments(template: str, path: str, params: dict[str, Any]) -> None:
+    """Refuse an integer path parameter not written in decimal digits (`/orders/0_3` is
+    not order 3)."""
+    names, parts = template.split("/"), path.split("/")
+    if len(names) != len(parts):
+        return  # a mounted or `:path` route: not ours to split
+    for name, part in zip(names, parts, strict=True):
+        if not (name.startswith("{") and name.endswith("}")):
+            continue
+        field = name[1:-1].split(":", 1)[0]
+        if type(params.get(field)) is int and not (_PATH_INT.fullmatch(part) and int(part) < 2**63):
+            raise InvalidRequest(
+                f"path parameter {field} must be decimal digits below 2**63, not {part!r}"
+            )
+
+
 def query_alias(request: Request[Any, Any, Any], name: str) -> str:
     """The name the client sends for the route's query parameter `name`."""
     return _query_aliases(request.route_handler, request.path_params).get(name, name)
@@ -153,6 +187,10 @@ def query_alias(request: Request[Any, Any, Any], name: str) -> str:
 async def strict_query(request: Request[Any, Any, Any]) -> None:
     """Refuse a query parameter the route does not take, and an integer one that is not
     written in decimal digits."""
+    template = request.scope.get("path_template")
+    params = request.path_params
+    if template is not None and any(type(v) is int for v in params.values()):
+        _check_int_segments(template, request.scope["path"], params)
     query = request.query_params
     if not query:
         return
@@ -163,6 +201,8 @@ async def strict_query(request: Request[Any, Any, Any]) -> None:
             raise UnknownQueryParameter(
                 f"unknown query parameter {sent!r} (this route takes: {takes})"
             )
+        if len(query.getall(sent)) > 1:  # which one would the client have meant?
+            raise InvalidRequest(f"query parameter {sent!r} given more than once")
     for name in _int_queries(request.route_handler):
         for value in query.getall(name, ()):
             if not _DECIMAL.fullmatch(value):

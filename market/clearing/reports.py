@@ -141,12 +141,16 @@ def report_columns(query: ReportQuery) -> tuple[str, ...]:
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
+#: The latest time bound taken (ms): the database's times are bigint.
+MAX_TIME_MS = 2**62
+
+
 def parse_time(text: str) -> int:
     """A time bound as Unix milliseconds: digits (milliseconds), or ISO-8601 (a date, or a
-    date and time; UTC unless it carries an offset)."""
+    date and time; UTC unless it carries an offset); at most `MAX_TIME_MS`."""
     text = text.strip()
     if _DIGITS.fullmatch(text):
-        return int(text)
+        return _at_most_max(int(text), text)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -159,6 +163,12 @@ def parse_time(text: str) -> int:
     ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     if ms < 0:
         raise InvalidReportQuery(f"time before 1970: {text[:40]!r}")
+    return _at_most_max(ms, text)
+
+
+def _at_most_max(ms: int, text: str) -> int:
+    if ms > MAX_TIME_MS:
+        raise InvalidReportQuery(f"time beyond {MAX_TIME_MS} ms: {text[:40]!r}")
     return ms
 
 

@@ -154,9 +154,16 @@ class Call:
     usage: metering.Usage | None = None
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+#: OpenAI's (and vLLM's) `max_tokens` of a legacy completion that gives none.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+def parse_body(raw: bytes, path: str = "/chat/completions") -> dict[str, Any]:
     """The call's body, checked as far as the gateway reads it (400 otherwise): what it
-    does not read goes to the upstream as it came, for the upstream to judge."""
+    does not read goes to the upstream as it came, for the upstream to judge. A legacy
+    completion (`path` /completions) takes one prompt a call (several in a list would
+    each be completed, and paid as one), and 16 tokens when it names no cap, as OpenAI's
+    and vLLM's do (not the gateway's default for chat, which would send 4,096)."""
     try:
         body = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
@@ -181,6 +188,12 @@ def parse_body(raw: bytes) -> dict[str, Any]:
             not isinstance(value, int) or isinstance(value, bool) or value < 1
         ):
             raise UnsupportedParameter(f"{name} must be a positive integer", code="invalid_request")
+    if path == "/completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) > 1 and isinstance(prompt[0], str | list):
+            raise UnsupportedParameter("only one prompt a call is supported (not a list)")
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            body["max_tokens"] = COMPLETIONS_DEFAULT_MAX_TOKENS
     return body
 
 
@@ -348,7 +361,7 @@ class Gateway:
         return target
 
     async def call(self, grant: KeyGrant, path: str, raw: bytes) -> Answer:
-        body = parse_body(raw)
+        body = parse_body(raw, path)
         call = await self.open_call(grant, body)
         try:
             target = await self._target(call)

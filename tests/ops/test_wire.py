@@ -140,3 +140,47 @@ async def test_decimal_query_integers_still_work(parties: Parties) -> None:
     with pytest.raises(TokexApiError) as info:  # the route's own limits, as before
         await parties.buyer.request("GET", "/v1/orders", params={"limit": "0"})
     assert info.value.status == 400
+
+
+@pytest.mark.parametrize("written", ["0_{id}", "+{id}", "{arabic}", "0{id}0000000000000000000"])
+async def test_an_integer_path_id_is_decimal_digits_not_another_order(
+    parties: Parties, written: str
+) -> None:
+    """Found in review: Litestar's `:int` takes what `int()` takes, so `DELETE
+    /v1/orders/0_3` cancelled order 3 (and Arabic-Indic digits read as the order too)."""
+    order = await parties.buyer.place_order(PlaceOrder(
+        client_order_id="keep", instrument=SYM, side=Side.BUY, quantity=10, price=5,
+    ))  # fmt: skip
+    arabic = "".join(chr(0x0660 + int(d)) for d in str(order.order_id))
+    path = "/v1/orders/" + written.format(id=order.order_id, arabic=arabic)
+    for method in ("GET", "DELETE"):
+        with pytest.raises(TokexApiError) as info:
+            await parties.buyer.request(method, path)
+        assert (info.value.status, info.value.code) == (400, "invalid_request")
+        assert "path parameter order_id must be decimal digits" in info.value.message
+    assert (await parties.buyer.order(order.order_id)).status == "open"
+
+
+async def test_a_query_parameter_given_twice_and_an_unknown_status_are_refused(
+    parties: Parties,
+) -> None:
+    """Found in review: the last of `?limit=1&limit=1000` won, and `status=opne` listed
+    nothing rather than answering 400."""
+    with pytest.raises(TokexApiError) as twice:
+        await parties.buyer.request("GET", "/v1/orders", params=[("limit", "1"), ("limit", "2")])
+    assert (twice.value.status, twice.value.code) == (400, "invalid_request")
+    assert "given more than once" in twice.value.message
+    with pytest.raises(TokexApiError) as typo:
+        await parties.buyer.request("GET", "/v1/orders", params={"status": "opne"})
+    assert typo.value.status == 400
+
+
+async def test_a_nul_in_a_body_string_is_a_400_not_a_failed_batch(parties: Parties) -> None:
+    """Found in review: a dispute `reason` holding a NUL reached PostgreSQL inside the
+    sequencer's batch, which failed with 503 for every request in it."""
+    error = await refused(parties.buyer, "POST", "/v1/withdrawals",
+                          '{"withdrawal_id": "w\\u0000", "amount": 10}')  # fmt: skip
+    assert (error.status, error.code) == (400, "invalid_request")
+    body = '{"provider": "p", "report_id": "r", "reason": "bad\\u0000"}'
+    error = await refused(parties.buyer, "POST", "/v1/disputes", body)
+    assert (error.status, error.code) == (400, "invalid_request")

@@ -87,6 +87,15 @@ def test_time_bounds_are_unix_ms_or_iso_utc() -> None:
         parse_time("yesterday")
 
 
+def test_a_time_bound_beyond_the_databases_bigint_is_refused() -> None:
+    """Found in review: 19 digits were taken unchecked; the report then answered 200 and
+    was cut mid-body (and the CLI died with a traceback) when the database refused it."""
+    assert parse_time(str(2**62)) == 2**62
+    for text in ("9999999999999999999", str(2**62 + 1)):
+        with pytest.raises(InvalidReportQuery):
+            parse_time(text)
+
+
 # --------------------------------------------------------------------------- statement
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from market.gateway.service import upstream_session
+from market.gateway.errors import UnsupportedParameter
+from market.gateway.service import parse_body, upstream_session
 
 IDLE_S = 0.5  # the stand-in's idle timeout
 BODY = b'{"ok": true}'
@@ -104,3 +105,18 @@ async def test_the_stand_in_resets_a_call_on_a_connection_idle_too_long(
         assert idle_closing.resets == 1
     finally:
         await http.close()
+
+
+def test_a_legacy_completion_takes_one_prompt_and_16_tokens_when_it_names_no_cap() -> None:
+    """Found in review: a list of prompts was completed each and paid as one, and a
+    completion naming no `max_tokens` went upstream with 4,096 (OpenAI's is 16)."""
+    with pytest.raises(UnsupportedParameter):
+        parse_body(b'{"model": "m", "prompt": ["a", "b"]}', "/completions")
+    with pytest.raises(UnsupportedParameter):
+        parse_body(b'{"model": "m", "prompt": [[1, 2], [3]]}', "/completions")
+    one = parse_body(b'{"model": "m", "prompt": [1, 2, 3]}', "/completions")  # token ids
+    assert one["max_tokens"] == 16
+    assert parse_body(b'{"model": "m", "prompt": "a", "max_tokens": 40}', "/completions")[
+        "max_tokens"] == 40  # fmt: skip
+    chat = parse_body(b'{"model": "m", "messages": []}', "/chat/completions")
+    assert "max_tokens" not in chat  # chat: the gateway's own default, as before
