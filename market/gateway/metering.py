@@ -18,11 +18,14 @@ Charge, once the call ends (`charge`), never more than was reserved:
   capped at the completion cap (a usage that claims more is not believed beyond them);
   the tokens charged are prompt + weight x completion, the weight being the instrument's
   `completion_weight` term (default 1: both count alike, OpenAI's `total_tokens`);
-* no usage arrived (the upstream sent none, the stream was cut, or the buyer went away
-  before it came): the completion chunks the gateway passed on, one token each (servers
-  stream a token per chunk), and no prompt tokens: an upstream that will not say what it
-  served is paid only for what the gateway saw. A non-streamed answer without usage is
-  charged nothing;
+* the buyer hung up mid-stream: the gateway reads the rest of the stream (not passed
+  on) for its usage, at most `service.DRAIN_S`, and charges that as above: the upstream
+  did the prompt's work and goes on to the cap whatever the buyer does;
+* no usage arrived (the upstream sent none, the stream was cut, or none came within
+  `DRAIN_S` of a hang-up): the completion chunks the gateway passed on, one token each
+  (servers stream a token per chunk), and no prompt tokens: an upstream that will not
+  say what it served is paid only for what the gateway saw. A non-streamed answer
+  without usage is charged nothing;
 * the upstream failed (an error status, a timeout or a cut before any chunk): nothing.
 """
 

@@ -154,6 +154,8 @@ class Call:
     usage: metering.Usage | None = None
 
 
+#: How long a stream whose buyer hung up is read on for its usage (s; `_drain_soon`).
+DRAIN_S = 30.0
 #: OpenAI's (and vLLM's) `max_tokens` of a legacy completion that gives none.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -239,8 +241,14 @@ class Gateway:
         self.account_in_flight: dict[str, int] = {}
         self.http = upstream_session(config.upstream_timeout_s, config.upstream_idle_s)
         self._urls: dict[tuple[Target, str], yarl.URL] = {}
+        #: streams read on after their buyer hung up, for their usage (`_drain_soon`)
+        self._draining: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        for task in list(self._draining):  # charged by what they have: before the meter closes
+            task.cancel()
+        if self._draining:
+            await asyncio.wait(list(self._draining))
         await self.progress.close()
         await self.meter.close()
         await self.http.close()
@@ -475,11 +483,42 @@ class Gateway:
                 last = _error_event(pending.message, "service_unavailable", pending.code)
             yield last  # one piece
         finally:
-            self.finish(call, call.usage, call.chunks, served=True)  # the buyer went away
-            if response.content.at_eof():
-                response.release()  # the connection goes back to the pool
+            if not call.finished and call.usage is None and not response.content.at_eof():
+                self._drain_soon(call, response, reader)  # the buyer hung up mid-stream
             else:
-                response.close()
+                self.finish(call, call.usage, call.chunks, served=True)
+                if response.content.at_eof():
+                    response.release()  # the connection goes back to the pool
+                else:
+                    response.close()
+
+    def _drain_soon(
+        self, call: Call, response: aiohttp.ClientResponse, reader: EventReader
+    ) -> None:
+        """The buyer hung up before the stream's usage came: the upstream has done the
+        prompt's work, and goes on to the call's cap whatever the buyer does. Read the rest
+        (not passed on, not in the response hash) for its usage, at most `DRAIN_S`, and
+        charge that, as for a call read to its end; only if none comes, the cut-call rule
+        (the chunks passed on, no prompt)."""
+        task = asyncio.create_task(self._drain(call, response, reader), name="gateway-drain")
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain(
+        self, call: Call, response: aiohttp.ClientResponse, reader: EventReader
+    ) -> None:
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                async for data in response.content.iter_any():
+                    for event in reader.feed(data):
+                        call.usage = event.usage or call.usage
+                    if call.usage is not None:
+                        break
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        finally:
+            self.finish(call, call.usage, call.chunks, served=True)
+            response.close()
 
 
 def local_gateway(

@@ -235,33 +235,6 @@ async def test_unhealthy_endpoints_get_no_traffic(market: Market, db_url: str) -
         await conn.close()
 
 
-async def test_a_buyer_who_hangs_up_mid_stream_is_charged_what_was_streamed(
-    market: Market, db_url: str
-) -> None:
-    m = market
-    key = await m.key()
-    m.upstream.max_completion, m.upstream.chunk_delay_s = 64, 0.05  # 3 s for all 64 words
-    body = {"model": MODEL, "messages": CHAT, "max_tokens": 64, "stream": True}
-    headers = {"Authorization": f"Bearer {key}"}
-    async with (
-        httpx.AsyncClient(timeout=10) as http,
-        http.stream("POST", m.openai_url + "/chat/completions", json=body, headers=headers) as r,
-    ):
-        assert r.status_code == 200
-        async for _ in r.aiter_bytes():
-            break  # hang up after the first bytes
-    await m.settled()
-    for _ in range(50):
-        rows = await receipts(db_url)
-        if rows and rows[0]["transaction_id"] is not None:
-            break
-        await asyncio.sleep(0.2)
-    (r,) = rows
-    # the gateway stopped reading the upstream at the hang-up, long before its usage
-    # (3 + 64) came: charged the chunks passed on
-    assert 1 <= r["tokens"] < 32
-
-
 async def test_the_receipt_hashes_the_bytes_the_buyer_got(market: Market, db_url: str) -> None:
     m = market
     headers = {"Authorization": f"Bearer {await m.key()}"}
@@ -322,3 +295,54 @@ async def test_a_malformed_model_or_stream_options_is_a_400_and_reaches_nobody(
         assert fine.status_code == 200 and fine.text.endswith("data: [DONE]\n\n")
     assert len([r for r in m.upstream.requests if r.method == "POST"]) == 1
     assert len(await receipts(db_url)) == 1
+
+
+async def _receipts_when(db_url: str, count: int) -> list[dict[str, Any]]:
+    for _ in range(200):
+        rows = await receipts(db_url)
+        if len(rows) >= count:
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} receipts")
+
+
+async def test_a_buyer_who_hangs_up_mid_stream_pays_the_prompt_and_what_was_generated(
+    market: Market, db_url: str
+) -> None:
+    """Found in review: a buyer who read the answer and hung up before the usage came
+    paid no prompt tokens (the cut-call rule), so a long prompt went unpaid. The gateway
+    reads the rest of the stream for its usage and charges that."""
+    m = market
+    m.upstream.chunk_delay_s = 0.05  # 20 words: about a second of stream
+    key = await m.key()
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 20, "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(base_url=m.openai_url, timeout=10) as http,
+        http.stream("POST", "/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        async for _ in r.aiter_bytes():
+            break  # the first chunk, then the buyer is gone
+    (row,) = await _receipts_when(db_url, 1)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["tokens"]) == (3, 20, 23)
+
+
+async def test_a_buyer_who_hangs_up_where_no_usage_comes_pays_the_chunks_passed_on(
+    market: Market, db_url: str
+) -> None:
+    """An upstream that sends no usage: read to its end for none, the call is charged by
+    the cut-call rule, the completion chunks the buyer was passed and no prompt."""
+    m = market
+    m.upstream.chunk_delay_s, m.upstream.mode = 0.05, Mode.NO_USAGE
+    key = await m.key()
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 20, "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(base_url=m.openai_url, timeout=10) as http,
+        http.stream("POST", "/chat/completions", json=body, headers=headers) as r,
+    ):
+        async for _ in r.aiter_bytes():
+            break
+    (row,) = await _receipts_when(db_url, 1)
+    assert row["prompt_tokens"] == 0 and 1 <= row["completion_tokens"] < 20
