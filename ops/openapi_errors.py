@@ -276,6 +276,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
         (
             (400, "invalid_request"),
             (400, "unsupported_parameter"),
+            (400, "upstream_refused"),
             (401, "invalid_api_key"),
             (402, "insufficient_entitlement"),
             (404, "model_not_found"),

@@ -12,6 +12,7 @@ tokex's `{"code", "message"}` (ops.errors).
 * 429 `rate_limited` (the key's calls per second, `TOKEX_GATEWAY_RATE_LIMIT` and
   `TOKEX_GATEWAY_RATE_BURST`) and `too_many_calls_in_flight` (the account's calls in
   flight, `TOKEX_GATEWAY_MAX_IN_FLIGHT`), with Retry-After,
+* 400 `upstream_refused` (the upstream refused the request itself: its message, trimmed),
 * 502 `upstream_error` / `upstream_timeout` (nothing charged),
 * 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable`, `database_unavailable`
   (with Retry-After),
@@ -62,6 +63,16 @@ class UpstreamFailed(GatewayError):
     code = "upstream_error"
     kind = ErrorKind.UNAVAILABLE
     status = 502
+
+
+class UpstreamRefused(GatewayError):
+    """The upstream refused the request itself (400, 413, 422: a context too long, a
+    parameter it does not take): the buyer's to correct, so a 400 with its message, not
+    a 502 that the SDKs would send twice more, each served and unpaid."""
+
+    code = "upstream_refused"
+    kind = ErrorKind.INVALID
+    status = 400
 
 
 class NoEndpoint(GatewayError):

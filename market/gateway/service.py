@@ -60,6 +60,7 @@ from market.gateway.errors import (
     TooManyInFlight,
     UnsupportedParameter,
     UpstreamFailed,
+    UpstreamRefused,
 )
 from market.gateway.health import upstream_headers
 from market.gateway.keys import KeyGrant
@@ -152,6 +153,33 @@ class Call:
     #: `progress.Progress` for its marks).
     chunks: int = 0
     usage: metering.Usage | None = None
+
+
+#: The upstream's statuses that refuse the request itself (`UpstreamRefused`).
+REFUSALS = frozenset({400, 413, 422})
+#: The most of an upstream's refusal read, and of its message passed on.
+REFUSAL_READ_BYTES = 64 * 1024
+REFUSAL_MESSAGE_CHARS = 500
+
+
+async def _refusal_message(response: aiohttp.ClientResponse) -> str:
+    """The upstream's own message of a refusal (OpenAI's shape, else its text), trimmed."""
+    try:
+        raw = await response.content.read(REFUSAL_READ_BYTES)
+    except (aiohttp.ClientError, TimeoutError):
+        raw = b""
+    finally:
+        response.close()
+    message: Any = None
+    try:
+        decoded = msgspec.json.decode(raw)
+        if isinstance(decoded, dict):
+            error = decoded.get("error")
+            message = error.get("message") if isinstance(error, dict) else decoded.get("detail")
+    except msgspec.DecodeError:
+        message = raw.decode("utf-8", "replace")
+    text = " ".join(str(message or "").split())[:REFUSAL_MESSAGE_CHARS]
+    return f"the upstream refused the request ({response.status}): {text or 'no reason given'}"
 
 
 #: How long a stream whose buyer hung up is read on for its usage (s; `_drain_soon`).
@@ -405,6 +433,8 @@ class Gateway:
                 f"the upstream failed ({type(exc).__name__}); nothing was charged"
             ) from None
         if not 200 <= response.status < 300:
+            if response.status in REFUSALS:
+                raise UpstreamRefused(await _refusal_message(response))
             response.close()
             raise UpstreamFailed(f"the upstream answered {response.status}; nothing was charged")
         return response

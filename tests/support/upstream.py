@@ -22,7 +22,8 @@ Failure modes (`Mode`): ERROR_500 (500 with an OpenAI error body, also for /mode
 TIMEOUT (answers nothing for `hang_s` seconds), CUT_STREAM (streams half of the words,
 then drops the connection with no usage and no [DONE]; non-streaming: drops the
 connection before any answer), NO_USAGE (no usage chunk, no `usage` field), LYING_USAGE
-(usage claims `lie_factor` times the completion tokens actually sent).
+(usage claims `lie_factor` times the completion tokens actually sent), REFUSE_400 (400
+with an OpenAI error body, as vLLM refuses a prompt beyond the model's context).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Mode(Enum):
     CUT_STREAM = "cut_stream"
     NO_USAGE = "no_usage"
     LYING_USAGE = "lying_usage"
+    REFUSE_400 = "refuse_400"
 
 
 class _Cut(Exception):
@@ -128,6 +130,10 @@ class Upstream:
             )
         if self.mode is Mode.ERROR_500:
             return self._error()
+        if self.mode is Mode.REFUSE_400:  # as vLLM refuses a prompt beyond the context
+            message = "This model's maximum context length is 8 tokens"
+            refusal = {"error": {"message": message, "type": "BadRequestError", "code": 400}}
+            return Response(refusal, status_code=400)
         if self.mode is Mode.TIMEOUT:
             await asyncio.sleep(self.hang_s)
         if self.mode is Mode.CUT_STREAM and not body.get("stream"):

@@ -116,6 +116,13 @@ async def test_upstream_failures(market: Market, db_url: str) -> None:
         await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
     assert failed.value.status_code == 502 and failed.value.code == "upstream_error"
 
+    m.upstream.mode = Mode.REFUSE_400  # the buyer's request refused by the upstream itself
+    with pytest.raises(openai.BadRequestError) as refused:  # 400: the SDK does not retry it
+        await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+    assert refused.value.code == "upstream_refused"
+    assert "maximum context length is 8 tokens" in refused.value.message
+    assert len([r for r in m.upstream.requests if r.method == "POST"]) == 2  # once each
+
     m.upstream.mode, m.upstream.hang_s = Mode.TIMEOUT, 4.0
     with pytest.raises(openai.APIStatusError) as slow:
         await client.completions.create(model=MODEL, prompt="a", max_tokens=5)
