@@ -24,6 +24,7 @@ quantities are JSON integers and nothing else, so (wired by `ops.app.create_app`
 
 from __future__ import annotations
 
+import collections.abc
 import re
 import types
 import typing
@@ -73,6 +74,8 @@ _BODY_DECODERS: weakref.WeakKeyDictionary[BaseRouteHandler, msgspec.json.Decoder
 _BODY_DECODERS = weakref.WeakKeyDictionary()
 _INT_QUERIES: weakref.WeakKeyDictionary[BaseRouteHandler, tuple[str, ...]]
 _INT_QUERIES = weakref.WeakKeyDictionary()
+_LIST_QUERIES: weakref.WeakKeyDictionary[BaseRouteHandler, frozenset[str]]
+_LIST_QUERIES = weakref.WeakKeyDictionary()
 #: Per route handler: its query parameters, field name -> the name a client sends.
 _QUERY_ALIASES: weakref.WeakKeyDictionary[BaseRouteHandler, dict[str, str]]
 _QUERY_ALIASES = weakref.WeakKeyDictionary()
@@ -133,6 +136,29 @@ def _is_int(annotation: Any) -> bool:
         args = typing.get_args(annotation)
         return int in args and all(a in (int, type(None)) for a in args)
     return False
+
+
+def _list_queries(handler: BaseRouteHandler) -> frozenset[str]:
+    """The names of the handler's query parameters that take several values (a list)."""
+    names = _LIST_QUERIES.get(handler)
+    if names is None:
+        found = set()
+        for name, field in handler.parsed_fn_signature.parameters.items():
+            kwarg = field.kwarg_definition
+            if isinstance(kwarg, ParameterKwarg) and (kwarg.header or kwarg.cookie):
+                continue
+            if _is_list(field.annotation):
+                found.add(kwarg.query if isinstance(kwarg, ParameterKwarg) and kwarg.query
+                          else name)  # fmt: skip
+        names = _LIST_QUERIES[handler] = frozenset(found)
+    return names
+
+
+def _is_list(annotation: Any) -> bool:
+    origins = {typing.get_origin(annotation)}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        origins = {typing.get_origin(a) for a in typing.get_args(annotation)}
+    return bool(origins & {list, tuple, set, frozenset, collections.abc.Sequence})
 
 
 def _int_queries(handler: BaseRouteHandler) -> tuple[str, ...]:
@@ -201,7 +227,8 @@ async def strict_query(request: Request[Any, Any, Any]) -> None:
             raise UnknownQueryParameter(
                 f"unknown query parameter {sent!r} (this route takes: {takes})"
             )
-        if len(query.getall(sent)) > 1:  # which one would the client have meant?
+        if len(query.getall(sent)) > 1 and sent not in _list_queries(request.route_handler):
+            # which one would the client have meant?
             raise InvalidRequest(f"query parameter {sent!r} given more than once")
     for name in _int_queries(request.route_handler):
         for value in query.getall(name, ()):

@@ -184,7 +184,14 @@ class Desk:
                 for p in providers
             }
 
-        route = routing.choose(live, providers_of, endpoints, self.in_flight)
+        market = sequencer.market
+
+        def needs(symbol: str) -> tuple[int, int]:
+            weight = market.instrument(symbol).terms.completion_weight
+            wanted = metering.DEFAULT_MAX_TOKENS if wants.max_tokens is None else wants.max_tokens
+            return wants.prompt_estimate + weight * wanted, wants.prompt_estimate + weight
+
+        route = routing.choose(live, providers_of, endpoints, self.in_flight, needs)
         if route is routing.NoRoute.NO_ENTITLEMENT and live:
             if not fresh:
                 raise StaleView  # decide 402 or 503 on the committed state

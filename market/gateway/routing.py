@@ -8,7 +8,11 @@ The rule, for a buyer calling model M at time t:
    (the ledger's balance less what the gateway has reserved or charged but not yet
    settled) and the provider has a healthy endpoint for M with room (calls in flight
    below its `max_concurrency`);
-3. the instrument whose window ends first (use the tokens that expire first), then the
+3. of those, the pairs with entitlement enough for the whole call (its prompt estimate
+   and its `max_tokens`), if any; else those with enough for its prompt and one
+   completion token (the call then gets a lower cap): a small leftover on the window
+   that ends first neither refuses nor cuts short a call another pair covers;
+4. the instrument whose window ends first (use the tokens that expire first), then the
    provider with the most entitlement left, then the smaller provider id; and that
    provider's endpoint with the fewest calls in flight, then the smaller endpoint id.
 
@@ -60,21 +64,46 @@ def live(windows: Iterable[Window], now_ms: int) -> list[str]:
     return [w.symbol for w in sorted(found, key=lambda w: (w.end_ms, w.symbol))]
 
 
+#: What a call needs of a pair on an instrument: (the whole call, its least).
+Needs = Callable[[str], tuple[int, int]]
+
+
+def _any(symbol: str) -> tuple[int, int]:
+    return 1, 1
+
+
 def choose(
     instruments: Sequence[str],
     providers_of: Callable[[str], Mapping[str, int]],
     endpoints: Sequence[Endpoint],
     in_flight: Mapping[tuple[str, str], int],
+    needs: Needs = _any,
 ) -> Route | NoRoute:
     """Apply the rule to the live instruments' symbols (from `live`). `providers_of(symbol)` is the
-    entitlement left per provider; `in_flight` counts calls per (provider, endpoint id)."""
+    entitlement left per provider; `in_flight` counts calls per (provider, endpoint id);
+    `needs(symbol)` what the call needs there, whole and at least (step 3)."""
     by_provider: dict[str, list[Endpoint]] = {}
     for e in endpoints:
         by_provider.setdefault(e.provider, []).append(e)
+    left = {symbol: providers_of(symbol) for symbol in instruments}
+    whole = _choose(instruments, left, by_provider, in_flight, lambda s: needs(s)[0])
+    if isinstance(whole, Route):
+        return whole
+    return _choose(instruments, left, by_provider, in_flight, lambda s: needs(s)[1])
+
+
+def _choose(
+    instruments: Sequence[str],
+    lefts: Mapping[str, Mapping[str, int]],
+    by_provider: Mapping[str, list[Endpoint]],
+    in_flight: Mapping[tuple[str, str], int],
+    least: Callable[[str], int],
+) -> Route | NoRoute:
     outcome = NoRoute.NO_ENTITLEMENT
     for symbol in instruments:
+        floor = max(1, least(symbol))
         left = sorted(
-            ((p, n) for p, n in providers_of(symbol).items() if n > 0),
+            ((p, n) for p, n in lefts[symbol].items() if n >= floor),
             key=lambda pn: (-pn[1], pn[0]),
         )
         for provider, available in left:

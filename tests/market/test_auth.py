@@ -327,8 +327,8 @@ async def test_signed_requests_and_their_forgeries(op: TokexClient, server: str)
     assert_refused(await send(op, forged), 401, "bad_signature")
 
     # The query is signed as sent (uvicorn's raw_path and query_string).
-    params = {"status": "sp ace/ü&=?#", "limit": "7"}
-    page = await op.request("GET", "/v1/withdrawals", params=params)
+    params = {"instrument": "sp ace/ü&=?#", "limit": "7"}
+    page = await op.request("GET", "/v1/orders", params=params)
     assert page["items"] == [] and page["next_cursor"] is None
 
     # Altered path, altered query, altered method.

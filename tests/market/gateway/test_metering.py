@@ -69,6 +69,22 @@ def test_routing_rule() -> None:
     assert routing.choose(live, lambda s: held.get(s, {}), eps, all_full) is routing.NoRoute.BUSY
 
 
+def test_a_small_leftover_on_the_first_window_neither_refuses_nor_cuts_a_call() -> None:
+    """Found in review: the first pair with any entitlement was taken, so 50 tokens left
+    on the window ending first refused (402) a call 1M tokens on the next one covered,
+    and 100 left cut its completion short. Whole calls first, then the least."""
+    live = ["m/early", "m/late"]
+    held = {"m/early": {"p1": 50}, "m/late": {"p1": 1_000_000}}
+    eps = [routing.Endpoint("p1", "a", 4)]
+    whole = routing.choose(live, lambda s: held[s], eps, {}, lambda s: (120 + 256, 121))
+    assert whole == routing.Route("m/late", "p1", eps[0], 1_000_000)
+    held["m/late"]["p1"] = 200  # neither covers the whole call: the least, window first
+    least = routing.choose(live, lambda s: held[s], eps, {}, lambda s: (120 + 256, 21))
+    assert least == routing.Route("m/early", "p1", eps[0], 50)
+    none = routing.choose(live, lambda s: held[s], eps, {}, lambda s: (10_000, 5_000))
+    assert none is routing.NoRoute.NO_ENTITLEMENT
+
+
 def test_sse_events_split_across_reads() -> None:
     reader = EventReader()
     first = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: {"choi'
