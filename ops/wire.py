@@ -29,6 +29,7 @@ import re
 import types
 import typing
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -142,15 +143,7 @@ def _list_queries(handler: BaseRouteHandler) -> frozenset[str]:
     """The names of the handler's query parameters that take several values (a list)."""
     names = _LIST_QUERIES.get(handler)
     if names is None:
-        found = set()
-        for name, field in handler.parsed_fn_signature.parameters.items():
-            kwarg = field.kwarg_definition
-            if isinstance(kwarg, ParameterKwarg) and (kwarg.header or kwarg.cookie):
-                continue
-            if _is_list(field.annotation):
-                found.add(kwarg.query if isinstance(kwarg, ParameterKwarg) and kwarg.query
-                          else name)  # fmt: skip
-        names = _LIST_QUERIES[handler] = frozenset(found)
+        names = _LIST_QUERIES[handler] = frozenset(_queries_where(handler, _is_list))
     return names
 
 
@@ -164,16 +157,22 @@ def _is_list(annotation: Any) -> bool:
 def _int_queries(handler: BaseRouteHandler) -> tuple[str, ...]:
     names = _INT_QUERIES.get(handler)
     if names is None:
-        found = []
-        for name, field in handler.parsed_fn_signature.parameters.items():
-            kwarg = field.kwarg_definition
-            if isinstance(kwarg, ParameterKwarg) and (kwarg.header or kwarg.cookie):
-                continue
-            if _is_int(field.annotation):
-                found.append(kwarg.query if isinstance(kwarg, ParameterKwarg) and kwarg.query
-                             else name)  # fmt: skip
-        names = _INT_QUERIES[handler] = tuple(found)
+        names = _INT_QUERIES[handler] = tuple(_queries_where(handler, _is_int))
     return names
+
+
+def _queries_where(handler: BaseRouteHandler, test: Callable[[Any], bool]) -> list[str]:
+    """The names a client sends for the handler's query parameters whose annotation
+    passes `test` (headers and cookies left out)."""
+    found = []
+    for name, field in handler.parsed_fn_signature.parameters.items():
+        kwarg = field.kwarg_definition
+        if isinstance(kwarg, ParameterKwarg) and (kwarg.header or kwarg.cookie):
+            continue
+        if test(field.annotation):
+            found.append(kwarg.query if isinstance(kwarg, ParameterKwarg) and kwarg.query
+                         else name)  # fmt: skip
+    return found
 
 
 def _query_aliases(handler: BaseRouteHandler, path_params: Any) -> dict[str, str]:

@@ -61,7 +61,7 @@ class DisputeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     provider: AccountId
     report_id: ClientId
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000, pattern=r"^[^\x00]+$")]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 
 
 class DisputeResolution(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -372,6 +372,18 @@ def cancelled_accounts(sequencer: RecordingSequencer, n: int) -> list[str]:
     return [op.account_id for op in sequencer.ops]
 
 
+def recording(ex: Exchange) -> RecordingSequencer:
+    sequencer = RecordingSequencer()
+    ex.app.state.sequencer = sequencer
+    return sequencer
+
+
+def arm(ex: Exchange, ws: Any, key: str, account: str) -> None:
+    """Subscribe with `key`, cancel on disconnect on: `account` is armed."""
+    ws.send_json(ex.signed(key, cancel_on_disconnect=True))
+    assert recv(ws)["account_id"] == account
+
+
 def test_a_revoked_keys_orders_stay_when_the_client_hangs_up_before_the_key_recheck(
     exchange: Exchange,
 ) -> None:
@@ -380,13 +392,10 @@ def test_a_revoked_keys_orders_stay_when_the_client_hangs_up_before_the_key_rech
     account, armed on the same connection with his own (active) key, is cancelled: the
     disconnect did run (and alice's account comes first, so it was passed over)."""
     ex = exchange
-    sequencer = RecordingSequencer()
-    ex.app.state.sequencer = sequencer
+    sequencer = recording(ex)
     with ex.client.websocket_connect("/v1/stream") as ws:
-        ws.send_json(ex.signed(BOB_KEY, cancel_on_disconnect=True))
-        assert recv(ws)["account_id"] == "bob"
-        ws.send_json(ex.signed(ALICE_KEY, cancel_on_disconnect=True))
-        assert recv(ws)["account_id"] == "alice"
+        arm(ex, ws, BOB_KEY, "bob")
+        arm(ex, ws, ALICE_KEY, "alice")
         ex.revoked.add(ALICE_KEY)  # revoked in the database; this process not yet told
     assert cancelled_accounts(sequencer, 1) == ["bob"]
 
@@ -398,13 +407,10 @@ def test_an_account_armed_under_an_earlier_key_is_spared_once_that_key_is_revoke
     bob's key only, yet alice's account stays armed by her key, and that key is checked
     when the connection ends."""
     ex = exchange
-    sequencer = RecordingSequencer()
-    ex.app.state.sequencer = sequencer
+    sequencer = recording(ex)
     with ex.client.websocket_connect("/v1/stream") as ws:
-        ws.send_json(ex.signed(ALICE_KEY, cancel_on_disconnect=True))
-        assert recv(ws)["account_id"] == "alice"
-        ws.send_json(ex.signed(BOB_KEY, cancel_on_disconnect=True))
-        assert recv(ws)["account_id"] == "bob"
+        arm(ex, ws, ALICE_KEY, "alice")
+        arm(ex, ws, BOB_KEY, "bob")
         ex.revoked.add(ALICE_KEY)
         ex.app.state.authenticator.forget(ALICE_KEY)  # this process knows at once
         time.sleep(KEY_RECHECK_S * 1.5)  # a re-check of bob's key: still active
@@ -416,11 +422,8 @@ def test_cancel_on_disconnect_fires_for_each_account_armed_with_an_active_key(
     exchange: Exchange,
 ) -> None:
     ex = exchange
-    sequencer = RecordingSequencer()
-    ex.app.state.sequencer = sequencer
+    sequencer = recording(ex)
     with ex.client.websocket_connect("/v1/stream") as ws:
-        ws.send_json(ex.signed(ALICE_KEY, cancel_on_disconnect=True))
-        assert recv(ws)["account_id"] == "alice"
-        ws.send_json(ex.signed(BOB_KEY, cancel_on_disconnect=True))
-        assert recv(ws)["account_id"] == "bob"
+        arm(ex, ws, ALICE_KEY, "alice")
+        arm(ex, ws, BOB_KEY, "bob")
     assert cancelled_accounts(sequencer, 2) == ["alice", "bob"]

@@ -313,6 +313,19 @@ async def _receipts_when(db_url: str, count: int) -> list[dict[str, Any]]:
     raise AssertionError(f"fewer than {count} receipts")
 
 
+async def _hang_up_after_the_first_chunk(m: Market) -> None:
+    """A streamed call of 20 tokens whose buyer reads its first chunk and is gone."""
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 20, "stream": True}
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    async with (
+        httpx.AsyncClient(base_url=m.openai_url, timeout=10) as http,
+        http.stream("POST", "/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        async for _ in r.aiter_bytes():
+            break
+
+
 async def test_a_buyer_who_hangs_up_mid_stream_pays_the_prompt_and_what_was_generated(
     market: Market, db_url: str
 ) -> None:
@@ -321,16 +334,7 @@ async def test_a_buyer_who_hangs_up_mid_stream_pays_the_prompt_and_what_was_gene
     reads the rest of the stream for its usage and charges that."""
     m = market
     m.upstream.chunk_delay_s = 0.05  # 20 words: about a second of stream
-    key = await m.key()
-    body = {"model": MODEL, "messages": CHAT, "max_tokens": 20, "stream": True}
-    headers = {"Authorization": f"Bearer {key}"}
-    async with (
-        httpx.AsyncClient(base_url=m.openai_url, timeout=10) as http,
-        http.stream("POST", "/chat/completions", json=body, headers=headers) as r,
-    ):
-        assert r.status_code == 200
-        async for _ in r.aiter_bytes():
-            break  # the first chunk, then the buyer is gone
+    await _hang_up_after_the_first_chunk(m)
     (row,) = await _receipts_when(db_url, 1)
     assert (row["prompt_tokens"], row["completion_tokens"], row["tokens"]) == (3, 20, 23)
 
@@ -342,14 +346,6 @@ async def test_a_buyer_who_hangs_up_where_no_usage_comes_pays_the_chunks_passed_
     the cut-call rule, the completion chunks the buyer was passed and no prompt."""
     m = market
     m.upstream.chunk_delay_s, m.upstream.mode = 0.05, Mode.NO_USAGE
-    key = await m.key()
-    body = {"model": MODEL, "messages": CHAT, "max_tokens": 20, "stream": True}
-    headers = {"Authorization": f"Bearer {key}"}
-    async with (
-        httpx.AsyncClient(base_url=m.openai_url, timeout=10) as http,
-        http.stream("POST", "/chat/completions", json=body, headers=headers) as r,
-    ):
-        async for _ in r.aiter_bytes():
-            break
+    await _hang_up_after_the_first_chunk(m)
     (row,) = await _receipts_when(db_url, 1)
     assert row["prompt_tokens"] == 0 and 1 <= row["completion_tokens"] < 20
