@@ -9,7 +9,17 @@ difference divided by the stream's length: one replay's instructions, without
 the interpreter's start, the imports and the loading of the stream.
 
     python -m ops.bench.engine_instr [--commands N] [--deep-commands D] [--seed S]
-                                     [--scenario both|shallow|deep]
+                                     [--scenario both|shallow|deep|cancel]
+
+`--scenario cancel` counts what one cancel costs with the book near 1,000 and
+near 100,000 resting orders: the deep stream held at that size up to a point
+(the prefix), then the prefix followed by cancels of resting orders drawn at
+random (so at random queue positions); the difference of the two replays'
+counts divided by the cancels is one cancel's instructions, and, with
+cachegrind's cache simulation on, its first-level and last-level data misses:
+the work a cancel does, apart from what the memory under it costs. (The
+simulated last-level cache is the host's; a difference of a few LLd misses
+either way, even below zero, is the noise of the rest of the process.)
 
 Defaults: both streams of `ops.bench.engine` at 300,000 commands each (the
 shallow one shorter than that bench's 1,000,000: under valgrind a replay runs
@@ -24,6 +34,7 @@ import argparse
 import gc
 import os
 import pickle
+import random
 import re
 import shutil
 import subprocess
@@ -37,9 +48,12 @@ from ops.bench.baseline import BASELINE_COMMIT
 from ops.bench.baseline import load as load_baseline
 from ops.bench.engine import ENGINE_NAMES, bench_instrument, generate, make_engine
 from ops.bench.engine_runs import Engine, Factory, HashMismatch
-from schemas.market import Command
+from schemas.market import CancelOrder, Command
 
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+_D1 = re.compile(r"D1\s+misses:\s+([\d,]+)")
+_LLD = re.compile(r"LLd\s+misses:\s+([\d,]+)")
+CANCEL_SIZES = (1_000, 100_000)
 
 
 def _factory(engine: str) -> Factory:
@@ -74,12 +88,13 @@ def _replay_file(path: str, engine: str, times: int) -> None:
         raise HashMismatch(f"{engine}: state hash differs from the generator's run")
 
 
-def _start(path: str, engine: str, times: int) -> subprocess.Popen[str]:
+def _start(path: str, engine: str, times: int, cache_sim: bool = False) -> subprocess.Popen[str]:
     """A valgrind replay; PYTHONHASHSEED fixed, so that the dicts and sets of the
     two processes compared collide alike (a random seed moves the count ~1%)."""
+    sim = "--cache-sim=yes" if cache_sim else "--cache-sim=no"
     return subprocess.Popen(
         [
-            "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+            "valgrind", "--tool=cachegrind", sim, "--cachegrind-out-file=/dev/null",
             sys.executable, "-m", "ops.bench.engine_instr", "--replay", path, engine, str(times),
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -116,12 +131,69 @@ def _per_command(name: str, cmds: list[Command], expected: bytes, tmp: Path) -> 
         print(f"  {ENGINE_NAMES[engine]:<38} {count:>8,.0f}{ratio}")
 
 
+def _counts(proc: subprocess.Popen[str], label: str) -> tuple[int, int, int]:
+    """Instructions, D1 and LLd misses of a finished cache-simulating replay."""
+    _, err = proc.communicate()
+    found = [rx.search(err) for rx in (_REFS, _D1, _LLD)]
+    if proc.returncode != 0 or any(m is None for m in found):
+        raise SystemExit(f"valgrind replay failed ({label}):\n{err[-2000:]}")
+    a, b, c = (int(m.group(1).replace(",", "")) for m in found if m is not None)
+    return a, b, c
+
+
+def _cancel_stream(size: int, seed: int) -> tuple[list[Command], list[Command], int]:
+    """The held deep stream up to its first command with `size` resting (the
+    prefix), and the prefix followed by cancels of a fifth of the resting orders
+    (at most 5,000) drawn at random."""
+    from ops.bench.engine import SYMBOL
+    from ops.bench.engine_deep import generate_deep
+
+    stream = generate_deep(size * 4 + 20_000, seed, size)
+    at = next(i for i, r in enumerate(stream.resting_before) if r >= size)
+    prefix = stream.cmds[:at]
+    engine = make_engine(OrderBook)
+    for cmd in prefix:
+        engine.process(cmd)
+    resting = engine.book(SYMBOL).open_orders()
+    rng = random.Random(seed)
+    picked = rng.sample(resting, min(5_000, len(resting) // 5))
+    t = prefix[-1].time
+    cancels: list[Command] = [
+        CancelOrder(instrument=SYMBOL, order_id=o.order_id, owner=o.owner, time=t) for o in picked
+    ]
+    return prefix, prefix + cancels, len(cancels)
+
+
+def _per_cancel(seed: int, tmp: Path) -> None:
+    engines = ["pure", "compiled", "old"] if compiled_book()[0] is not None else ["pure", "old"]
+    print("cancel: instructions, D1 and LLd misses per cancel (cachegrind's simulated caches):")
+    for size in CANCEL_SIZES:
+        prefix, whole, n = _cancel_stream(size, seed)
+        paths = []
+        for name, cmds in (("prefix", prefix), ("whole", whole)):
+            engine = make_engine(OrderBook)
+            for cmd in cmds:
+                engine.process(cmd)
+            path = str(tmp / f"cancel-{size}-{name}.pickle")
+            with open(path, "wb") as f:
+                pickle.dump((cmds, engine.state_hash()), f)
+            paths.append(path)
+        for engine_name in engines:
+            procs = [_start(path, engine_name, 1, cache_sim=True) for path in paths]
+            before, after = (_counts(p, f"{engine_name} at {size}") for p in procs)
+            per = [(b - a) / n for a, b in zip(before, after, strict=True)]
+            print(
+                f"  {size:>7,} resting, {n:,} cancels  {ENGINE_NAMES[engine_name]:<38}"
+                f" {per[0]:>7,.0f} instr, {per[1]:>5.1f} D1 misses, {per[2]:>5.1f} LLd misses"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--commands", type=int, default=300_000, help="shallow stream length")
     parser.add_argument("--deep-commands", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--scenario", choices=["both", "shallow", "deep"], default="both")
+    parser.add_argument("--scenario", choices=["both", "shallow", "deep", "cancel"], default="both")
     parser.add_argument("--replay", nargs=3, metavar=("FILE", "ENGINE", "TIMES"), help="internal")
     args = parser.parse_args(argv)
     if args.replay:
@@ -136,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not on the PATH", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="tokex-instr-") as tmp:
+        if args.scenario == "cancel":
+            _per_cancel(args.seed, Path(tmp))
+            return 0
         if args.scenario != "deep":
             cmds, expected, _ = generate(args.commands, args.seed, 1_000)
             _per_command("shallow", cmds, expected, Path(tmp))
