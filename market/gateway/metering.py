@@ -4,7 +4,24 @@ Reservation, before the call is forwarded (`plan`):
 
 * the prompt estimate is an upper bound of its tokens: the UTF-8 bytes of the JSON of
   its `messages` (or `prompt`) and `tools`/`functions`, plus `PROMPT_OVERHEAD` for the
-  chat template (a token is at least one byte of text);
+  chat template (a token is at least one byte of text), plus an allowance for each
+  content part of a chat message that is not text (`media_allowance`), whose tokens
+  its bytes do not bound:
+  - an `image_url` part: `IMAGE_PART_TOKENS`, 1,445, the most an image costs in high
+    detail under OpenAI's tile rule (scaled to fit 2,048 x 2,048, then its shorter side
+    to at most 768: at most 4 x 2 tiles of 512 px, 170 tokens each, + 85), since its
+    size is not known before it is decoded; whatever its `detail` (an upstream may
+    ignore it). An upstream that meters an image more than that (another tokenizer,
+    OpenAI's gpt-4o-mini multiplier) is paid the allowance: the charge is capped at the
+    reservation (below);
+  - an `input_audio` part: its base64 data, counted in the bytes already (1 token a
+    character; audio is metered at about 10 tokens (OpenAI) to 50 (Whisper-style
+    encoders) a second, and the least data a second the accepted formats carry, mp3
+    at 8 kbit/s, is 1,334 base64 characters): nothing more;
+  - a `text` or `refusal` part: its bytes, as any text;
+  - any other part (`file`, whose pages' text and images are known only once read, or
+    a type the gateway does not know): not bounded, so the call is refused before any
+    reservation, 400 `unsupported_parameter` (`unbounded_part`, `service.parse_body`);
 * the completion cap is the call's `max_tokens` (or `max_completion_tokens`; absent:
   `DEFAULT_MAX_TOKENS`), lowered to what the entitlement has left after the prompt
   estimate, divided by the instrument's `completion_weight` (rounded down); the upstream
@@ -31,6 +48,7 @@ Charge, once the call ends (`charge`), never more than was reserved:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +56,9 @@ import msgspec
 
 PROMPT_OVERHEAD = 16
 DEFAULT_MAX_TOKENS = 4096
+#: An image's allowance: OpenAI's high-detail tile rule at its most, 8 tiles + 85.
+IMAGE_PART_TOKENS = 85 + 170 * 8
+_BYTES_BOUND = frozenset({"text", "refusal", "input_audio"})
 _PROMPT_FIELDS = ("messages", "prompt", "tools", "functions")
 _encoder = msgspec.json.Encoder()
 
@@ -78,9 +99,34 @@ class Charge:
 NOTHING = Charge(0, 0, 0, 0)
 
 
+def _part_types(body: dict[str, Any]) -> Iterator[object]:
+    """The `type` of each object part of the chat messages' contents given as lists."""
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict):
+                yield part.get("type")
+
+
+def media_allowance(body: dict[str, Any]) -> int:
+    """The tokens a call's non-text content parts may cost beyond their bytes (see the
+    module): `IMAGE_PART_TOKENS` an image."""
+    return IMAGE_PART_TOKENS * sum(1 for t in _part_types(body) if t == "image_url")
+
+
+def unbounded_part(body: dict[str, Any]) -> str | None:
+    """The type of the first content part whose tokens the gateway cannot bound before
+    the call (see the module), None if there is none."""
+    for kind in _part_types(body):
+        if kind != "image_url" and kind not in _BYTES_BOUND:
+            return str(kind)
+    return None
+
+
 def prompt_estimate(body: dict[str, Any]) -> int:
     parts = [body.get(name) for name in _PROMPT_FIELDS]
-    return len(_encoder.encode(parts)) + PROMPT_OVERHEAD
+    return len(_encoder.encode(parts)) + PROMPT_OVERHEAD + media_allowance(body)
 
 
 def requested_max_tokens(body: dict[str, Any]) -> int | None:

@@ -218,6 +218,13 @@ def parse_body(raw: bytes, path: str = "/chat/completions") -> dict[str, Any]:
             not isinstance(value, int) or isinstance(value, bool) or value < 1
         ):
             raise UnsupportedParameter(f"{name} must be a positive integer", code="invalid_request")
+    unbounded = metering.unbounded_part(body)
+    if unbounded is not None:
+        raise UnsupportedParameter(
+            f"a content part of type `{unbounded}` is not supported: its tokens cannot be "
+            "bounded before the call, and the gateway reserves them before forwarding it "
+            "(text, image_url and input_audio parts are)"
+        )
     if path == "/completions":
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) > 1 and isinstance(prompt[0], str | list):

@@ -14,7 +14,10 @@ chunk, with empty `choices`, only when `stream_options.include_usage` is true, a
 and vLLM do).
 
 Deterministic output: the prompt's tokens are its whitespace-separated words (of every
-message's content, or of `prompt`); the completion is the words `w0 w1 ... w{n-1}`, n =
+message's content, or of `prompt`; of a content given as parts, the words of its `text`
+parts, and `image_tokens` for each `image_url` part, as a vision model meters an image
+it decoded: a class setting, 765 by default, a 1024 x 1024 image in high detail under
+OpenAI's tile rule); the completion is the words `w0 w1 ... w{n-1}`, n =
 `max_tokens` (default 16) capped at `max_completion` (a class setting), one word per
 stream chunk; `usage` reports exactly those counts (`cached_tokens` 0).
 
@@ -67,12 +70,19 @@ class Received:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-def prompt_words(body: dict[str, Any]) -> int:
+def _content_tokens(content: Any, image_tokens: int) -> int:
+    if not isinstance(content, list):
+        return len(str(content or "").split())
+    words = [str(p.get("text") or "") for p in content if p.get("type") == "text"]
+    images = sum(1 for p in content if p.get("type") == "image_url")
+    return len(" ".join(words).split()) + images * image_tokens
+
+
+def prompt_words(body: dict[str, Any], image_tokens: int = 0) -> int:
     if "messages" in body:
-        text = " ".join(str(m.get("content") or "") for m in body["messages"])
-    else:
-        prompt = body.get("prompt", "")
-        text = " ".join(prompt) if isinstance(prompt, list) else str(prompt)
+        return sum(_content_tokens(m.get("content"), image_tokens) for m in body["messages"])
+    prompt = body.get("prompt", "")
+    text = " ".join(prompt) if isinstance(prompt, list) else str(prompt)
     return len(text.split())
 
 
@@ -80,6 +90,8 @@ class Upstream:
     max_completion = 64
     hang_s = 30.0
     lie_factor = 10
+    #: The prompt tokens an `image_url` content part is metered (see the module).
+    image_tokens = 765
     #: Seconds between stream chunks (0: one turn of the event loop).
     chunk_delay_s = 0.0
     #: Whether `requests` records what was received (off for a long benchmark run).
@@ -148,7 +160,7 @@ class Upstream:
         SSE events (`tests.support.upstream_lean` serves these too)."""
         n = min(int(body.get("max_tokens") or 16), self.max_completion)
         words = [f"w{i}" for i in range(n)]
-        prompt = prompt_words(body)
+        prompt = prompt_words(body, self.image_tokens)
         kind = "chat.completion" if chat else "text_completion"
         head = {"id": f"cmpl-{len(self.requests)}", "created": int(time.time()),
                 "model": body.get("model")}  # fmt: skip

@@ -183,3 +183,34 @@ def test_a_completion_weight_counts_completion_tokens_that_many_times() -> None:
     capped = metering.charge(p, metering.Usage(10**6, 10**6), 0)
     assert capped.tokens == p.reserved  # never more than was reserved
     assert metering.charge(metering.plan(BODY, 1_000), usage, 0).tokens == 12  # default 1
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+
+
+def _chat(*parts: dict[str, object]) -> dict[str, object]:
+    return {"model": "m", "messages": [{"role": "user", "content": list(parts)}]}
+
+
+def test_an_image_part_reserves_the_most_a_high_detail_image_costs() -> None:
+    # OpenAI's tile rule: within 2048 x 2048, the shorter side at most 768: 4 x 2 tiles
+    assert metering.IMAGE_PART_TOKENS == 85 + 170 * 8 == 1_445
+    text = _chat({"type": "text", "text": "what is this?"})
+    one, two = _chat({"type": "text", "text": "what is this?"}, IMAGE), _chat(IMAGE, IMAGE)
+    assert metering.prompt_estimate(one) >= metering.prompt_estimate(text) + 1_445
+    assert metering.prompt_estimate(two) >= 2 * 1_445
+    low = {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "low"}}
+    assert metering.prompt_estimate(_chat(low)) >= 1_445  # an upstream may ignore `detail`
+    assert metering.plan({**one, "max_tokens": 10}, 1_445) is None  # 402: not even the image
+
+
+def test_audio_is_bounded_by_its_base64_data_and_other_parts_are_refused() -> None:
+    audio = {"type": "input_audio", "input_audio": {"data": "A" * 4_000, "format": "mp3"}}
+    assert metering.prompt_estimate(_chat(audio)) >= 4_000  # 1 token a base64 character
+    bounded = _chat({"type": "text", "text": "a"}, IMAGE, audio, {"type": "refusal"})
+    assert metering.unbounded_part(bounded) is None
+    assert metering.unbounded_part({"model": "m", "prompt": "a"}) is None
+    pdf = {"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA"}}
+    assert metering.unbounded_part(_chat(IMAGE, pdf)) == "file"
+    assert metering.unbounded_part(_chat({"type": "video_url"})) == "video_url"
+    assert metering.unbounded_part(_chat({"text": "no type"})) == "None"

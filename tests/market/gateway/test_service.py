@@ -9,6 +9,7 @@ next request comes, so a client that reuses such a connection always sees the re
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import time
@@ -120,3 +121,13 @@ def test_a_legacy_completion_takes_one_prompt_and_16_tokens_when_it_names_no_cap
         "max_tokens"] == 40  # fmt: skip
     chat = parse_body(b'{"model": "m", "messages": []}', "/chat/completions")
     assert "max_tokens" not in chat  # chat: the gateway's own default, as before
+
+
+def test_a_content_part_the_gateway_cannot_bound_is_a_400() -> None:
+    pdf = {"type": "file", "file": {"file_id": "file-1"}}
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": [pdf]}]})
+    with pytest.raises(UnsupportedParameter, match="`file`"):
+        parse_body(raw.encode())
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    ok = json.dumps({"model": "m", "messages": [{"role": "user", "content": [image]}]})
+    assert parse_body(ok.encode())["messages"][0]["content"] == [image]
