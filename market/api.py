@@ -222,7 +222,7 @@ async def trades(
     cursor: Cursor = None,
 ) -> Page[TradeView]:
     """Trades of an instrument, newest first (no owners: they are private); paginated."""
-    keyset = decode_cursor(cursor, 1, (int,))
+    keyset = decode_cursor(cursor, "trades", 1, (int,))
     async with pool.acquire() as conn:
         rows = await recent_trades(conn, instrument, limit + 1, keyset)
 
@@ -375,7 +375,7 @@ async def my_orders(
 ) -> Page[OrderView]:
     """The caller's orders (default: open ones), newest first by id; `status=all` for
     every one. Paginated: follow `next_cursor` for older ones, `prev_cursor` for newer."""
-    keyset = decode_cursor(cursor, 1, (int,))
+    keyset = decode_cursor(cursor, "orders", 1, (int,))
     async with pool.acquire() as conn:
         rows = await list_orders(
             conn,
@@ -472,7 +472,7 @@ async def my_fills(
     cursor: Cursor = None,
 ) -> Page[FillView]:
     """The caller's fills, newest first by (time, instrument, seq); paginated."""
-    keyset = decode_cursor(cursor, 3, (int, str, int))
+    keyset = decode_cursor(cursor, "fills", 3, (int, str, int))
     async with pool.acquire() as conn:
         rows = await fills_for(
             conn, principal.account_id, instrument=instrument, limit=limit + 1, keyset=keyset
@@ -502,7 +502,7 @@ async def my_deliveries(
     cursor: Cursor = None,
 ) -> Page[DeliveryView]:
     """Deliveries the caller made (provider) or received (buyer), newest first; paginated."""
-    keyset = decode_cursor(cursor, 2, (int, str))
+    keyset = decode_cursor(cursor, "deliveries", 2, (int, str))
     async with pool.acquire() as conn:
         rows = await deliveries_for(
             conn, principal.account_id, instrument=instrument, limit=limit + 1, keyset=keyset
@@ -568,7 +568,7 @@ async def my_withdrawals(
 ) -> Page[WithdrawalView]:
     """The caller's withdrawals, newest first; the operator sees everyone's. Paginated."""
     everyone = principal.role is Role.OPERATOR
-    keyset = decode_cursor(cursor, 3, (int, str, str))
+    keyset = decode_cursor(cursor, "withdrawals", 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_withdrawals(
             conn,

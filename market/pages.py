@@ -14,8 +14,9 @@ once, in order, and walking `prev_cursor` back up sees the newer ones too.
   empty has caught up: its `prev_cursor` is the same cursor, to poll with later. An
   empty page's cursors include the record it was asked from (an inclusive cursor), so
   turning back at either end skips nothing.
-- A cursor is opaque to clients (URL-safe base64 of a small JSON array); a malformed
-  or foreign one is 400 `invalid_cursor`.
+- A cursor is opaque to clients (URL-safe base64 of a small JSON array: the tag of the
+  list that handed it out, the direction, the key). A malformed one, or one another list
+  handed out (even with a key of the same shape), is 400 `invalid_cursor`.
 """
 
 from __future__ import annotations
@@ -69,11 +70,13 @@ class Page(msgspec.Struct, Generic[T], kw_only=True):
 
 @dataclass(frozen=True, slots=True)
 class Keyset:
-    """Where a page starts: after `key` (exclusive) going `direction`; no key: the newest."""
+    """Where a page starts: after `key` (exclusive) going `direction`; no key: the newest.
+    `tag` names the list (`decode_cursor`'s), whose cursors `page_of` hands out."""
 
     direction: Direction = Direction.NEXT
     key: Key | None = None
     inclusive: bool = False  # the record at `key` itself too
+    tag: str = ""
 
     def sql(self, columns: str, first_param: int) -> tuple[str, str, list[int | str]]:
         """(condition, ORDER BY, parameters) for a query on `columns` (e.g.
@@ -95,16 +98,18 @@ def _names(columns: str) -> list[str]:
     return [c.strip() for c in columns.strip("()").split(",")]
 
 
-def encode_cursor(direction: Direction, key: Key, *, inclusive: bool = False) -> str:
+def encode_cursor(tag: str, direction: Direction, key: Key, *, inclusive: bool = False) -> str:
+    """The cursor of list `tag` at `key`, going `direction`."""
     mark = direction.value.upper() if inclusive else direction.value
-    raw = msgspec.json.encode([mark, *key])
+    raw = msgspec.json.encode([tag, mark, *key])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(cursor: str | None, arity: int, kinds: Sequence[type]) -> Keyset:
-    """The keyset a client's cursor names, checked against the list's key shape."""
+def decode_cursor(cursor: str | None, tag: str, arity: int, kinds: Sequence[type]) -> Keyset:
+    """The keyset a client's cursor names, checked to be one list `tag` handed out, with
+    that list's key shape."""
     if cursor is None:
-        return FIRST_PAGE
+        return Keyset(tag=tag)
     if len(cursor) > MAX_CURSOR_BYTES:
         raise InvalidCursor("the cursor is too long")
     try:
@@ -112,21 +117,26 @@ def decode_cursor(cursor: str | None, arity: int, kinds: Sequence[type]) -> Keys
         value = msgspec.json.decode(raw)
     except (binascii.Error, ValueError, msgspec.DecodeError):
         raise InvalidCursor("the cursor is not one this list handed out") from None
-    ok = isinstance(value, list) and len(value) == arity + 1 and value[0] in ("n", "p", "N", "P")
+    ok = (
+        bool(tag) and isinstance(value, list) and len(value) == arity + 2
+        and value[0] == tag and value[1] in ("n", "p", "N", "P")
+    )  # fmt: skip
     if ok:
-        key = value[1:]
+        key = value[2:]
         ok = all(type(k) is kind for k, kind in zip(key, kinds, strict=True))
     if not ok:
         raise InvalidCursor("the cursor is not one this list handed out")
-    mark: str = value[0]
-    return Keyset(Direction(mark.lower()), tuple(key), inclusive=mark.isupper())
+    mark: str = value[1]
+    return Keyset(Direction(mark.lower()), tuple(key), inclusive=mark.isupper(), tag=tag)
 
 
 def page_of(
     rows: Sequence[R], limit: int, keyset: Keyset, key: Callable[[R], Key],
     view: Callable[[R], T],
 ) -> Page[T]:  # fmt: skip
-    """The page from `rows` fetched with `keyset.sql` and `LIMIT limit + 1`."""
+    """The page from `rows` fetched with `keyset.sql` and `LIMIT limit + 1`; its cursors
+    are of `keyset.tag`'s list."""
+    tag = keyset.tag
     more = len(rows) > limit
     taken = list(rows[:limit])
     if keyset.direction is Direction.PREV:
@@ -136,14 +146,14 @@ def page_of(
         if keyset.key is None:
             return Page(items=items)
         if keyset.direction is Direction.NEXT:  # the end: turn back from the cursor's record
-            back = encode_cursor(Direction.PREV, keyset.key, inclusive=True)
+            back = encode_cursor(tag, Direction.PREV, keyset.key, inclusive=True)
             return Page(items=items, prev_cursor=back)
-        forward = encode_cursor(Direction.NEXT, keyset.key, inclusive=True)
-        again = encode_cursor(Direction.PREV, keyset.key, inclusive=keyset.inclusive)
+        forward = encode_cursor(tag, Direction.NEXT, keyset.key, inclusive=True)
+        again = encode_cursor(tag, Direction.PREV, keyset.key, inclusive=keyset.inclusive)
         return Page(items=items, next_cursor=forward, prev_cursor=again)
     has_older = more if keyset.direction is Direction.NEXT else True
     return Page(
         items=items,
-        next_cursor=encode_cursor(Direction.NEXT, key(taken[-1])) if has_older else None,
-        prev_cursor=encode_cursor(Direction.PREV, key(taken[0])),
+        next_cursor=encode_cursor(tag, Direction.NEXT, key(taken[-1])) if has_older else None,
+        prev_cursor=encode_cursor(tag, Direction.PREV, key(taken[0])),
     )

@@ -120,7 +120,7 @@ async def my_vouchers(
     pool: Pool, principal: Caller, limit: Limit = 200, cursor: Cursor = None
 ) -> Page[VoucherView]:
     """Vouchers the caller signed (buyer) or submitted (provider), newest first; paginated."""
-    keyset = decode_cursor(cursor, 2, (int, str))
+    keyset = decode_cursor(cursor, "vouchers", 2, (int, str))
     async with pool.acquire() as conn:
         rows = await list_vouchers(conn, principal.account_id, limit=limit + 1, keyset=keyset)
     return page_of(rows, limit, keyset, lambda v: (v.time_ms, v.transaction_id), VoucherRow.view)
@@ -139,7 +139,7 @@ async def my_delivery_reports(
     if status != "all" and status not in REPORT_STATES:
         raise UnknownReportState(f"status is one of {', '.join(REPORT_STATES)} or all")
     everyone = principal.role is Role.OPERATOR
-    keyset = decode_cursor(cursor, 3, (int, str, str))
+    keyset = decode_cursor(cursor, "delivery-reports", 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_reports(
             conn, None if everyone else principal.account_id,
@@ -164,7 +164,7 @@ async def my_disputes(
 ) -> Page[DisputeView]:
     """The caller's disputes (the operator: all), newest first by report; paginated."""
     everyone = principal.role is Role.OPERATOR
-    keyset = decode_cursor(cursor, 3, (int, str, str))
+    keyset = decode_cursor(cursor, "disputes", 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_reports(
             conn, None if everyone else principal.account_id,

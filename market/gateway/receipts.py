@@ -8,7 +8,7 @@ receipt id answers 404, as if it did not exist.
 Order and cursor: receipts are listed by `seq`, the order they were committed in (the
 sequencer is their one writer, and a later batch's receipts have greater numbers), so a
 client paging with `next_cursor` sees every receipt once, new ones at the end. The cursor
-is the last `seq` seen, as an opaque string.
+is the last `seq` seen, tagged as the receipts list's, as an opaque string.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ async def page(
 ) -> Page[ReceiptView]:
     """Receipts of `account_id` as buyer or provider, newest first by commit order
     (`seq`), paginated like every list (`market.pages`)."""
-    keyset = decode_cursor(cursor, 1, (int,))
+    keyset = decode_cursor(cursor, "receipts", 1, (int,))
     where, order, key = keyset.sql("(seq)", 3)
     rows = await conn.fetch(_PAGE.format(where=where, order=order), account_id, limit + 1, *key)
     return page_of(rows, limit, keyset, lambda r: (r["seq"],), _view)

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -417,3 +418,37 @@ async def test_times_on_the_wire_are_ms_and_the_old_order_name_still_places(
     listed = await b0.request("GET", f"/v1/instruments/{SYM}")
     assert {"window_start_s", "duration_s", "delivery_grace_s"} <= listed.keys()
     assert "window_start" not in listed
+
+
+async def test_a_cursor_is_refused_by_every_list_but_its_own(market: Market) -> None:
+    """Orders, trades and receipts all page by one integer: a cursor of one of them used on
+    another is 400 `invalid_cursor`, not a page of the wrong list."""
+    p0, b0 = market.providers[0], market.buyers[0]
+    for i in range(3):
+        await p0.place_order(order(f"ask-{i}", Side.SELL, 1_000, 5_000))
+        await b0.place_order(order(f"buy-{i}", Side.BUY, 1_000, 5_000, tif=TimeInForce.IOC))
+
+    async def get(path: str, cursor: str | None = None, **params: object) -> dict[str, Any]:
+        query = {**params, "limit": 1, **({"cursor": cursor} if cursor else {})}
+        return await b0.request("GET", path, params=query)
+
+    lists = {
+        "/v1/orders": {"status": "all"}, "/v1/trades": {"instrument": SYM}, "/v1/fills": {},
+    }  # fmt: skip
+    cursors: dict[str, list[str]] = {}
+    for path, params in lists.items():
+        first = await get(path, **params)
+        second = await get(path, first["next_cursor"], **params)  # its own cursor still pages
+        assert len(first["items"]) == len(second["items"]) == 1
+        assert first["items"] != second["items"]
+        back = await get(path, second["prev_cursor"], **params)
+        assert back["items"] == first["items"]
+        cursors[path] = [first["next_cursor"], first["prev_cursor"]]
+    for made_by, made in cursors.items():
+        for path in [*lists, "/v1/receipts"]:
+            if path == made_by:
+                continue
+            for cursor in made:
+                with pytest.raises(TokexApiError) as foreign:
+                    await get(path, cursor, **lists.get(path, {}))
+                assert (foreign.value.status, foreign.value.code) == (400, "invalid_cursor")
