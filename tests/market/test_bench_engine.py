@@ -97,8 +97,33 @@ def test_instruction_count_replay_checks_the_state(tmp_path: Path) -> None:
 
     cmds, expected_hash, _ = bench.generate(1_000, seed=5, resting=100)
     good, bad = tmp_path / "good.pickle", tmp_path / "bad.pickle"
-    good.write_bytes(pickle.dumps((cmds, expected_hash)))
-    bad.write_bytes(pickle.dumps((cmds, b"\0" * 32)))
+    good.write_bytes(pickle.dumps((cmds, expected_hash, len(cmds))))
+    bad.write_bytes(pickle.dumps((cmds, b"\0" * 32, len(cmds))))
+    short = tmp_path / "short.pickle"  # the whole stream's hash, half of it replayed
+    short.write_bytes(pickle.dumps((cmds, expected_hash, len(cmds) // 2)))
     for engine in ("pure", "old"):
         assert engine_instr.main(["--replay", str(good), engine, "2"]) == 0
         assert engine_instr.main(["--replay", str(bad), engine, "1"]) == 1
+        assert engine_instr.main(["--replay", str(short), engine, "1"]) == 1
+
+
+def test_cancel_count_stream_cancels_resting_orders_at_the_size() -> None:
+    """`engine_instr --scenario cancel` counts cancels that each take a resting
+    order out of a book near the size named: the prefix reaches it, and every
+    cancel after it succeeds."""
+    from ops.bench import engine_instr
+    from schemas.market import CancelOrder, OrderCancelled, OrderRejected
+
+    prefix, whole, n = engine_instr._cancel_stream(300, 5)
+    assert whole[: len(prefix)] == prefix and n == 60 and len(whole) == len(prefix) + n
+    engine = bench.make_engine()
+    for cmd in prefix:
+        engine.process(cmd)
+    assert len(engine.book(bench.SYMBOL)) >= 300
+    cancelled = 0
+    for cmd in whole[len(prefix) :]:
+        assert isinstance(cmd, CancelOrder)
+        events = engine.process(cmd)
+        assert not any(isinstance(e, OrderRejected) for e in events)
+        cancelled += sum(isinstance(e, OrderCancelled) for e in events)
+    assert cancelled == n
