@@ -12,13 +12,14 @@
   `entitlement_exceeded`). 201 with what it released.
 - `GET /v1/vouchers`: the vouchers the caller signed (buyer) or submitted (provider).
 - `GET /v1/delivery-reports?status=pending` (buyer, provider, operator): providers' own
-  reports the caller made or received (the operator: all), in a state: `pending`
+  reports the caller made or received (the operator and the auditor: all), in a state: `pending`
   (default: disputable until `settles_at_ms`), `disputed`, `settled`, `paid`, `refunded`, or
   `all`.
 - `POST /v1/disputes` (buyer or provider: providers may buy too): dispute a pending report
   against what the caller bought (404 `unknown_report` for another buyer's, 409
   `report_not_disputable` once settled); idempotent.
-- `GET /v1/disputes`: the caller's disputes (buyer or provider; the operator: all).
+- `GET /v1/disputes`: the caller's disputes (buyer or provider; the operator and the
+  auditor: all).
 - `POST /v1/disputes/{dispute_id}/resolve` (operator) `{"outcome": "pay" | "refund"}`:
   idempotent; 409 `dispute_resolved` if it was resolved the other way.
 """
@@ -58,6 +59,9 @@ Pool = NamedDependency[asyncpg.Pool]
 Caller = NamedDependency[Principal]
 
 REPORT_STATES = ("pending", "disputed", "settled", "paid", "refunded")
+
+#: Roles that read every account's reports and disputes (the auditor reads everything).
+READS_ALL = frozenset({Role.OPERATOR, Role.AUDITOR})
 
 
 class VoucherUnknownKey(DomainError):
@@ -134,11 +138,11 @@ async def my_delivery_reports(
     limit: Limit = 200,
     cursor: Cursor = None,
 ) -> Page[DeliveryView]:
-    """Providers' own reports the caller made or received (operator: all), newest first;
-    paginated."""
+    """Providers' own reports the caller made or received (operator, auditor: all), newest
+    first; paginated."""
     if status != "all" and status not in REPORT_STATES:
         raise UnknownReportState(f"status is one of {', '.join(REPORT_STATES)} or all")
-    everyone = principal.role is Role.OPERATOR
+    everyone = principal.role in READS_ALL
     keyset = decode_cursor(cursor, "delivery-reports", 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_reports(
@@ -162,8 +166,8 @@ async def open_dispute(
 async def my_disputes(
     pool: Pool, principal: Caller, limit: Limit = 200, cursor: Cursor = None
 ) -> Page[DisputeView]:
-    """The caller's disputes (the operator: all), newest first by report; paginated."""
-    everyone = principal.role is Role.OPERATOR
+    """The caller's disputes (operator, auditor: all), newest first by report; paginated."""
+    everyone = principal.role in READS_ALL
     keyset = decode_cursor(cursor, "disputes", 3, (int, str, str))
     async with pool.acquire() as conn:
         rows = await list_reports(

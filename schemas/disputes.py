@@ -7,7 +7,7 @@ payment-channel voucher. Its canonical signed bytes are defined in `market.vouch
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -65,9 +65,11 @@ class DisputeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class DisputeResolution(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The operator's decision: `pay` the provider, or `refund` the buyer."""
+    """The operator's decision: `pay` the provider, or `refund` the buyer. Exactly one of
+    the two: a pattern `^(pay|refund)$` also took `"pay\\n"` (`$` matches before a final
+    newline), which, not being "pay", refunded."""
 
-    outcome: Annotated[str, msgspec.Meta(pattern=r"^(pay|refund)$")]
+    outcome: Literal["pay", "refund"]
 
 
 class DisputeView(msgspec.Struct, kw_only=True):

@@ -229,3 +229,34 @@ async def test_a_provider_that_bought_disputes_a_report_against_what_it_bought(
     before = await cash(m.provider)
     done = await m.operator.resolve_dispute(opened.dispute_id, "refund")
     assert done.status == "refunded" and await cash(m.provider) > before
+
+
+async def test_an_outcome_is_exactly_pay_or_refund(market: Market) -> None:
+    """`"pay\\n"` once passed the outcome's pattern (`$` matches before a final newline)
+    and, not being "pay", refunded the buyer: the opposite of what the operator asked."""
+    m, ids = market, market.ids
+    await m.provider.report_delivery("r1", SYM, ids["b"], 2_000)
+    opened = await m.buyer.dispute(ids["p"], "r1", "no such calls")
+    path = f"/v1/disputes/{opened.dispute_id}/resolve"
+    for outcome in ("pay\n", "refund\n", "PAY", " pay"):
+        assert await refused(m.operator.request("POST", path, json={"outcome": outcome})) == (
+            400, "invalid_request",
+        ), outcome  # fmt: skip
+    (still,) = await m.operator.disputes()
+    assert still.status == "open"
+    assert (await m.operator.resolve_dispute(opened.dispute_id, "pay")).status == "paid"
+
+
+async def test_an_auditor_reads_every_report_and_dispute(market: Market) -> None:
+    """The auditor reads everything (as the operator does these lists), changes nothing."""
+    m, ids = market, market.ids
+    auditor = m.operator.as_account(await m.operator.create_account(Role.AUDITOR, "aud"))
+    await m.provider.report_delivery("r1", SYM, ids["b"], 2_000)
+    await m.provider.report_delivery("r2", SYM, ids["b2"], 3_000)
+    opened = await m.buyer.dispute(ids["p"], "r1", "no such calls")
+    assert sorted(r.report_id for r in await auditor.delivery_reports(status="all")) == [
+        "r1", "r2",
+    ]  # fmt: skip
+    assert [d.dispute_id for d in await auditor.disputes()] == [opened.dispute_id]
+    assert (await refused(auditor.resolve_dispute(opened.dispute_id, "refund")))[0] == 403
+    assert (await refused(auditor.dispute(ids["p"], "r2", "not its"))) == (403, "forbidden_role")
