@@ -26,14 +26,13 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import asyncpg
 import msgspec
 
 from market.clearing.report_text import render_report
 from market.clearing.reports import parse_time, report_chunks
 from market.money import Currency
 from ops.cli import add_database_options, settings_from_args
-from ops.database import database_url
+from ops.database import connect, database_url
 from schemas.reports import (
     FeesQuery,
     InstrumentQuery,
@@ -76,7 +75,7 @@ def query_from_args(args: argparse.Namespace) -> ReportQuery:
 
 
 async def write_report(url: str, query: ReportQuery, fmt: ReportFormat, out: BinaryIO) -> None:
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)  # no database: one line (`DatabaseUnreachable`), no traceback
     try:
         async for chunk in report_chunks(conn, query, fmt):
             out.write(chunk)
