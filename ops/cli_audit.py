@@ -46,7 +46,7 @@ from typing import Any
 
 from ledger.audit.verify import AuditFailure, TrustedCheckpoint, VerifyReport, verify_file
 from ledger.note import Verifier
-from ops.cli import add_database_options, settings_from_args
+from ops.cli import add_database_options, open_output, settings_from_args
 from schemas.errors import DomainError
 
 
@@ -58,7 +58,7 @@ async def _export(url: str, out: Path, from_index: int, to_index: int | None) ->
     conn = await connect(url)  # no database: one line (`DatabaseUnreachable`), no traceback
     partial = out.with_name(out.name + ".partial")
     try:
-        with open(partial, "wb") as f:
+        with open_output(partial) as f:
             summary = await export(
                 conn, f, from_index, to_index, stderr_progress(), receipts=delivery_receipts
             )
@@ -82,7 +82,7 @@ async def _export_from_url(args: argparse.Namespace, out: Path) -> str:
     partial = out.with_name(out.name + ".partial")
     async with signed_client(args.from_url, args.key_id, args.key_file) as client:
         try:
-            with open(partial, "wb") as f:
+            with open_output(partial) as f:
                 written = await client.audit_export(f, args.from_index, args.to_index)
             os.replace(partial, out)
         finally:

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from market.keys import private_key_pem
-from ops.cli import main
+from ops.cli import build_parser, main
 
 KEY_ID = "key_0123456789abcdef"
 
@@ -139,3 +139,43 @@ async def test_a_database_that_is_down_is_one_line(
     assert status == 1
     _one_error_line(err, "database_unreachable")
     assert "not-a-secret-pw" not in err
+
+
+async def test_an_out_file_that_cannot_be_written_is_one_line(
+    tmp_path: Path,
+    key_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", DOWN)  # the file is opened before the database
+    nowhere = str(tmp_path / "no-such-dir" / "out")
+    for argv in (
+        ["report", "fees", "--out", nowhere],
+        ["audit", "export", "--out", nowhere, "--from-url", "http://127.0.0.1:9",
+         "--key-id", KEY_ID, "--key-file", str(key_file)],
+    ):  # fmt: skip
+        status, err = await _run(capsys, *argv)
+        assert status == 1
+        _one_error_line(err, "output_file_error")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("--workers", "-1"), ("--workers", "1.5"), ("--port", "99999"), ("--port", "-1"),
+     ("--port", "8e3")],
+    ids=" ".join,
+)  # fmt: skip
+def test_serve_refuses_a_negative_or_loose_number(
+    argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--workers -1` used to start a sequencer with no gateway in front of it: a server
+    that listens and never answers."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", *argv])
+    assert exited.value.code == 2
+    assert f"argument {argv[0]}:" in capsys.readouterr().err
+
+
+def test_serve_takes_zero_workers_and_port_zero() -> None:
+    args = build_parser().parse_args(["serve", "--workers", "0", "--port", "0"])
+    assert (args.workers, args.port) == (0, 0)
