@@ -20,12 +20,13 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
 from ops.config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
-from schemas.errors import DomainError
+from schemas.errors import DomainError, ErrorKind
 
 if TYPE_CHECKING:  # no database driver at import time (see the module's docstring)
     import asyncpg
@@ -33,6 +34,22 @@ if TYPE_CHECKING:  # no database driver at import time (see the module's docstri
 log = logging.getLogger("tokex")
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class OutputFileError(DomainError):
+    """A command's `--out` file cannot be created (no such directory, no permission)."""
+
+    code = "output_file_error"
+    kind = ErrorKind.INVALID
+
+
+def open_output(path: Path) -> BinaryIO:
+    """`path` opened for writing (binary): OutputFileError, one line from `main`, if it
+    cannot be."""
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise OutputFileError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +208,20 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def _at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a plain integer (no float, no '1e3') in [low, high]."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value: '1.5'"
+    return parse
+
+
 def register_core(subparsers: Any) -> None:
     serve = subparsers.add_parser(
         "serve",
@@ -198,7 +229,9 @@ def register_core(subparsers: Any) -> None:
         "the exchange",
     )
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
+    serve.add_argument(
+        "--port", type=_at_least(0, 65535), default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})"
+    )
     serve.add_argument(
         "--snapshot-interval-entries", type=_positive(int), default=None, metavar="N",
         help="snapshot the books every N journal entries (default: 50000)",
@@ -213,7 +246,7 @@ def register_core(subparsers: Any) -> None:
         "(env TOKEX_CURRENCY_SCALE; default: the currency's usual one, USD 2)",
     )  # fmt: skip
     serve.add_argument(
-        "--workers", type=int, default=0, metavar="N",
+        "--workers", type=_at_least(0), default=0, metavar="N",
         help="N gateway processes (HTTP, signatures, reads) in front of this one, the "
         "sequencer, over NATS (NATS_URL, else an embedded nats-server); default: one process",
     )  # fmt: skip

@@ -15,7 +15,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,19 +55,61 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def client_from_args(args: argparse.Namespace) -> TokexClient:
-    if not args.key_id or not args.key_file:
+    return signed_client(args.url, args.key_id, args.key_file)
+
+
+def signed_client(url: str, key_id: str | None, key_file: str | None) -> TokexClient:
+    """A client of the exchange at `url` signing with `key_file`; ApiCommandError (one line)
+    for a missing or unreadable key or a URL no request can be sent to."""
+    if not key_id or not key_file:
         raise ApiCommandError(
             "a signed key is needed: --key-id and --key-file (or TOKEX_KEY_ID, TOKEX_KEY_FILE)",
             code="missing_key",
         )
+    _check_url(url)
     try:
-        return TokexClient.from_key_file(args.url, args.key_id, Path(args.key_file))
+        return TokexClient.from_key_file(url, key_id, Path(key_file))
     except OSError as exc:
         raise ApiCommandError(
-            f"cannot read key file {args.key_file}: {exc.strerror}", code="key_file_error"
+            f"cannot read key file {key_file}: {exc.strerror}", code="key_file_error"
         ) from None
     except ValueError as exc:
-        raise ApiCommandError(f"{args.key_file}: {exc}", code="key_file_error") from None
+        raise ApiCommandError(f"{key_file}: {exc}", code="key_file_error") from None
+
+
+def _check_url(url: str) -> None:
+    try:
+        port = httpx.URL(url).port
+    except httpx.InvalidURL as exc:
+        raise ApiCommandError(f"not a URL: {url}: {exc}", code="invalid_url") from None
+    if port is not None and not 0 < port < 65536:
+        raise ApiCommandError(f"not a URL: {url}: port {port} is out of range", code="invalid_url")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """`text` (e.g. a proxy's HTML error page) on one line, at most `limit` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@contextmanager
+def api_errors(url: str) -> Iterator[None]:
+    """A refusal, no exchange at `url`, or an answer that is not tokex's: ApiCommandError."""
+    try:
+        yield
+    except TokexApiError as exc:
+        raise ApiCommandError(_one_line(exc.message), code=exc.code) from None
+    except httpx.TransportError as exc:
+        raise ApiCommandError(
+            f"cannot reach the exchange at {url}: {exc or type(exc).__name__}",
+            code="exchange_unreachable",
+        ) from None
+    except msgspec.DecodeError as exc:  # ValidationError too: JSON of the wrong shape
+        raise ApiCommandError(
+            f"the answer from {url} is not a tokex answer (is it the exchange?): "
+            f"{_one_line(str(exc))}",
+            code="bad_answer",
+        ) from None
 
 
 def run(args: argparse.Namespace, call: Callable[[TokexClient], Awaitable[T]]) -> T:
@@ -76,15 +119,8 @@ def run(args: argparse.Namespace, call: Callable[[TokexClient], Awaitable[T]]) -
         async with client_from_args(args) as client:
             return await call(client)
 
-    try:
+    with api_errors(args.url):
         return asyncio.run(go())
-    except TokexApiError as exc:
-        raise ApiCommandError(exc.message, code=exc.code) from None
-    except httpx.TransportError as exc:
-        raise ApiCommandError(
-            f"cannot reach the exchange at {args.url}: {exc or type(exc).__name__}",
-            code="exchange_unreachable",
-        ) from None
 
 
 def emit_json(value: Any) -> None:

@@ -46,20 +46,19 @@ from typing import Any
 
 from ledger.audit.verify import AuditFailure, TrustedCheckpoint, VerifyReport, verify_file
 from ledger.note import Verifier
-from ops.cli import add_database_options, settings_from_args
+from ops.cli import add_database_options, open_output, settings_from_args
 from schemas.errors import DomainError
 
 
 async def _export(url: str, out: Path, from_index: int, to_index: int | None) -> str:
-    import asyncpg
-
     from ledger.audit.export import export, stderr_progress
     from market.gateway.receipts import delivery_receipts
+    from ops.database import connect
 
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)  # no database: one line (`DatabaseUnreachable`), no traceback
     partial = out.with_name(out.name + ".partial")
     try:
-        with open(partial, "wb") as f:
+        with open_output(partial) as f:
             summary = await export(
                 conn, f, from_index, to_index, stderr_progress(), receipts=delivery_receipts
             )
@@ -76,14 +75,14 @@ async def _export(url: str, out: Path, from_index: int, to_index: int | None) ->
 
 
 async def _export_from_url(args: argparse.Namespace, out: Path) -> str:
-    from market.client import TokexClient
+    from ops.cli_api import signed_client
 
     if not args.key_id or not args.key_file:
         raise _Usage("--from-url needs a signed key: --key-id and --key-file")
     partial = out.with_name(out.name + ".partial")
-    async with TokexClient.from_key_file(args.from_url, args.key_id, args.key_file) as client:
+    async with signed_client(args.from_url, args.key_id, args.key_file) as client:
         try:
-            with open(partial, "wb") as f:
+            with open_output(partial) as f:
                 written = await client.audit_export(f, args.from_index, args.to_index)
             os.replace(partial, out)
         finally:
@@ -97,16 +96,14 @@ class _Usage(Exception):
 
 def _export_cmd(args: argparse.Namespace) -> int:
     if args.from_url is not None:
-        from market.client import TokexApiError
+        from ops.cli_api import api_errors
 
-        try:
-            print(asyncio.run(_export_from_url(args, Path(args.out))))
+        try:  # a refusal, no exchange, a bad key file: one line from `main`, exit 1
+            with api_errors(args.from_url):
+                print(asyncio.run(_export_from_url(args, Path(args.out))))
         except _Usage as exc:
             print(f"tokex: error: {exc}")
             return 2
-        except TokexApiError as exc:
-            print(f"tokex: error: {exc.code}: {exc.message}")
-            return 1
         return 0
     from ops.database import database_url
 

@@ -26,13 +26,18 @@ from typing import Any
 
 from market.client import TokexClient
 from market.money import Currency, currency, format_count, format_money
-from ops.cli_api import add_client_options, emit_json, emit_table, run
+from ops.cli_api import ApiCommandError, add_client_options, emit_json, emit_table, run
 from schemas.trading import CreateInstrument, InstrumentView, OrderView, WithdrawalView
 
 
 async def exchange_money(client: TokexClient) -> Currency:
     """The exchange's currency, as `GET /v1/currencies` says."""
-    (first, *_) = await client.currencies()
+    views = await client.currencies()
+    if not views:
+        raise ApiCommandError(
+            "the exchange names no currency (GET /v1/currencies)", code="bad_answer"
+        )
+    first = views[0]
     money = currency(first.code, first.scale)
     return Currency(money.code, money.scale, first.symbol)
 

@@ -26,14 +26,13 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import asyncpg
 import msgspec
 
 from market.clearing.report_text import render_report
 from market.clearing.reports import parse_time, report_chunks
 from market.money import Currency
-from ops.cli import add_database_options, settings_from_args
-from ops.database import database_url
+from ops.cli import add_database_options, open_output, settings_from_args
+from ops.database import connect, database_url
 from schemas.reports import (
     FeesQuery,
     InstrumentQuery,
@@ -76,7 +75,7 @@ def query_from_args(args: argparse.Namespace) -> ReportQuery:
 
 
 async def write_report(url: str, query: ReportQuery, fmt: ReportFormat, out: BinaryIO) -> None:
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)  # no database: one line (`DatabaseUnreachable`), no traceback
     try:
         async for chunk in report_chunks(conn, query, fmt):
             out.write(chunk)
@@ -100,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.out is None:
             sys.stdout.write(text)
         else:
-            Path(args.out).write_text(text, encoding="utf-8")
+            with open_output(Path(args.out)) as f:
+                f.write(text.encode("utf-8"))
         return 0
     fmt = ReportFormat(args.format)
     if args.out is None:
@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
     try:
-        with open(partial, "wb") as f:
+        with open_output(partial) as f:
             asyncio.run(write_report(url, query, fmt, f))
         os.replace(partial, out)
     finally:
