@@ -47,6 +47,7 @@ from market.sequencer.errors import (
     InstrumentSettled,
     OrderRefused,
     ReportNotDisputable,
+    ReportsPending,
     SequencerStopped,
     UnknownDispute,
     UnknownOrder,
@@ -157,7 +158,7 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     "GET /metrics": (),
     "GET /v1/accounts": (),
     "GET /v1/settlements": _SEQ,
-    "POST /v1/settlements": (*specs(UnknownInstrument), *_SEQ),
+    "POST /v1/settlements": (*specs(UnknownInstrument, ReportsPending), *_SEQ),
     # money and capacity
     "POST /v1/deposits": (
         *specs(UnknownAccount, IdempotencyConflict, InstrumentSettled),

@@ -13,11 +13,11 @@ import msgspec
 
 from schemas.trading import AccountId, Amount, ClientId, Symbol
 
-KeyId = Annotated[str, msgspec.Meta(pattern=r"^key_[0-9a-f]{16}$")]
+KeyId = Annotated[str, msgspec.Meta(pattern=r"^key_[0-9a-f]{16}(?!\n)$")]
 Version = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
 #: Base64 of the 64 signature bytes.
 SignatureB64 = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-DisputeId = Annotated[str, msgspec.Meta(pattern=r"^dsp_[0-9a-f]{16}$")]
+DisputeId = Annotated[str, msgspec.Meta(pattern=r"^dsp_[0-9a-f]{16}(?!\n)$")]
 
 
 class Voucher(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -18,12 +18,14 @@ import msgspec
 from schemas.ledger_api import LedgerEntry
 from schemas.ledger_proofs import InclusionProof
 
-EndpointId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+EndpointId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}(?!\n)$")]
 MODEL_NAME_MAX_LENGTH = 128
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_NAME_MAX_LENGTH)]
 BaseUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 #: Sent as a header (`Authorization: Bearer ...`): printable ASCII only.
-Credential = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$")]
+Credential = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+(?!\n)$")
+]
 Concurrency = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 Tokens = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
 TimeMs = Annotated[int, msgspec.Meta(gt=0, le=2**62)]

@@ -20,12 +20,14 @@ from typing import Annotated
 import msgspec
 
 # An identifier chosen by the caller (transaction id, hold id): printable, bounded.
-Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+(?!\n)$")]
 # A name part of an account (owner, asset, kind): no separators, bounded.
 NamePart = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9._:@/-]+$")
+    str, msgspec.Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9._:@/-]+(?!\n)$")
 ]
-Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.-]*$")]
+Code = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.-]*(?!\n)$")
+]
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
 

@@ -20,9 +20,17 @@ Seconds = Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)]
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
 CompletionWeight = Annotated[int, msgspec.Meta(ge=1, le=1000)]
-ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
-Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
-AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Patterns end in `(?!\n)$`: Python's `$` also matches before a final newline, so
+# `^...$` alone would let "id\n" through (msgspec matches with `re.search`).
+ClientId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+(?!\n)$")
+]
+Symbol = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+(?!\n)$")
+]
+AccountId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+(?!\n)$")
+]
 
 MAX_BATCH_ORDERS = 50
 
