@@ -36,6 +36,8 @@ SECURITY_HEADERS: Final = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    # frame-ancestors' counterpart for browsers without CSP level 2: never framed
+    "X-Frame-Options": "DENY",
 }
 
 
