@@ -57,7 +57,7 @@ from ops.dashboard.routes import dashboard_routes
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
 from ops.metrics import metrics
-from ops.middleware import DatabaseGate, RefuseNulBytes
+from ops.middleware import DatabaseGate, PrivateNoStore, RefuseNulBytes
 from ops.observe import observe
 from ops.openapi import openapi_config
 from ops.ready import ready
@@ -213,6 +213,8 @@ def create_app(
         MAX_BODY_BYTES,
         wrap=lambda lean: RefuseNulBytes(DatabaseGate(lean)),
     )
+    # one account's answers are never cached, whichever path answered (ops.middleware)
+    app.asgi_handler = PrivateNoStore(app.asgi_handler)
     # request ids, the access log and request metrics, around everything (ops.observe)
     return observe(app)
 

@@ -7,6 +7,7 @@ from litestar.types import (
     ASGIApp,
     HTTPResponseBodyEvent,
     HTTPResponseStartEvent,
+    Message,
     Receive,
     Scope,
     Send,
@@ -118,3 +119,39 @@ class DatabaseGate:
                 await send(close)
             return
         await self.app(scope, receive, send)
+
+
+#: Request headers that make an answer one account's (a signed request, a gateway bearer).
+_PRIVATE_REQUEST_HEADERS = (b"x-tokex-key", b"authorization")
+
+
+class PrivateNoStore:
+    """`Cache-Control: no-store` on the answer to every signed (or bearer) request.
+
+    Balances, orders, fills and account details are one account's: neither the browser's
+    HTTP cache (the dashboard fetches them) nor a proxy on the way may keep a copy. A
+    proxy's rule against caching answers to `Authorization` requests does not cover the
+    `X-Tokex-*` headers, so the answer says so itself. Outermost, so that the lean order
+    and gateway paths (which answer outside Litestar) get it too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or not any(
+            name.lower() in _PRIVATE_REQUEST_HEADERS for name, _ in scope["headers"]
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"
+                ]
+                headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)

@@ -13,12 +13,14 @@ from `/dashboard/` only, no inline script, fetches and the websocket to the same
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from litestar import Response, get
 from litestar.datastructures import CacheControlHeader
+from litestar.file_system import BaseLocalFileSystem
 from litestar.static_files import create_static_files_router
-from litestar.types import ControllerRouterHandler
+from litestar.types import ControllerRouterHandler, PathType
+from litestar.types.file_types import FileInfo
 
 from market.auth import PUBLIC
 
@@ -36,6 +38,8 @@ SECURITY_HEADERS: Final = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    # frame-ancestors' counterpart for browsers without CSP level 2: never framed
+    "X-Frame-Options": "DENY",
 }
 
 
@@ -49,9 +53,21 @@ async def dashboard_page() -> Response[bytes]:
     )
 
 
+class _AssetFiles(BaseLocalFileSystem):
+    """The local file system, but a path through a file (`app.js/x`) is not found (404),
+    as Litestar answers a missing file, instead of its `NotADirectoryError` (a 500)."""
+
+    async def info(self, path: PathType, **kwargs: Any) -> FileInfo:
+        try:
+            return await super().info(path, **kwargs)
+        except NotADirectoryError as e:
+            raise FileNotFoundError(str(path)) from e
+
+
 dashboard_assets = create_static_files_router(
     path=ASSETS_PATH,
     directories=[STATIC_DIR],
+    file_system=_AssetFiles(),
     name="dashboard_assets",
     opt=PUBLIC,
     include_in_schema=False,

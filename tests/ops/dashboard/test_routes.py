@@ -60,7 +60,12 @@ async def test_every_module_the_page_imports_is_served_as_javascript(
 
 
 async def test_only_the_static_dir_is_served(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
-    for path in ("/dashboard/../routes.py", "/dashboard/%2e%2e/routes.py", "/dashboard/nope.js"):
+    for path in (
+        "/dashboard/../routes.py",
+        "/dashboard/%2e%2e/routes.py",
+        "/dashboard/nope.js",
+        "/dashboard/app.js/x",  # a file taken for a directory: was a 500 (NotADirectoryError)
+    ):
         assert (await client.get(path)).status_code == 404, path
 
 
