@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -26,12 +26,6 @@ from tests.support.upstream import Mode, Upstream
 
 CHAT = [{"role": "user", "content": "one two three"}]  # 3 prompt tokens upstream
 TWO = ("--workers", "2")
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with Upstream(models=[MODEL]) as up:
-        yield up
 
 
 async def two_gateways(

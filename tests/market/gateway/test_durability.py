@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -26,12 +26,6 @@ CHAT = [{"role": "user", "content": "one two three"}]
 #: Settlement "at least once a minute": a receipt found before the tail can only have
 #: been committed by the call's own group commit, not by the periodic flush.
 SLOW_FLUSH = {"TOKEX_GATEWAY_FLUSH_MS": "60000"}
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with Upstream(models=[MODEL]) as up:
-        yield up
 
 
 @pytest.fixture

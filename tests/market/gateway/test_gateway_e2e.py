@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,6 @@ from tests.market.gateway.gateway_support import FEE_BPS, MODEL, Market, open_ma
 from tests.support.upstream import Mode, Upstream
 
 CHAT = [{"role": "user", "content": "one two three"}]  # 3 prompt tokens upstream
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with Upstream(models=[MODEL]) as up:
-        yield up
 
 
 @pytest.fixture

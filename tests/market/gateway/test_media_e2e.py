@@ -6,7 +6,7 @@ it cannot cover the allowance; an image metered beyond the allowance is paid up 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,6 @@ from tests.support.upstream import Upstream
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 CHAT: list[Any] = [{"role": "user", "content": [{"type": "text", "text": "one two three"}, IMAGE]}]
 TOKENS = 4_000
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with Upstream(models=[MODEL]) as up:
-        yield up
 
 
 @pytest.fixture

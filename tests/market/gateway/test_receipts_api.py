@@ -6,7 +6,7 @@ checkpoint, tampered ones fail. On an instrument whose completion weight is 3.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -24,12 +24,6 @@ from tests.support.upstream import Mode, Upstream
 
 CHAT = [{"role": "user", "content": "one two three"}]  # 3 prompt tokens upstream
 WEIGHT = 3
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with Upstream(models=[MODEL]) as up:
-        yield up
 
 
 @pytest.fixture
