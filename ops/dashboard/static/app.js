@@ -10,10 +10,22 @@ const main = document.getElementById("app");
 let cleanup = () => {};
 let generation = 0;
 
+// A link's percent-encoded part, or null when it is not valid percent-encoding.
+function decoded(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null;
+  }
+}
+
 function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   if (hash.startsWith("/market/")) {
-    const symbol = decodeURIComponent(hash.slice("/market/".length));
+    const symbol = decoded(hash.slice("/market/".length));
+    if (symbol === null) {
+      return ["market", () => Promise.reject(new Error("this link names no instrument"))];
+    }
     return ["market", (el) => renderMarket(el, symbol)];
   }
   if (hash === "/account") return ["account", renderAccount];

@@ -1,6 +1,8 @@
 // SVG charts: the book's cumulative depth and the price of fills over time. Positions
-// are floats (pixels); the amounts they are drawn from stay integers everywhere else.
+// are floats (pixels); the amounts they are drawn from, and every label, stay exact
+// integers (BigInt): a price or quantity past 2^53 is placed roughly but read exactly.
 import { svg } from "./dom.js";
+import { formatInteger } from "./format.js";
 
 const W = 560;
 const H = 220;
@@ -30,9 +32,24 @@ function frame(id) {
   );
 }
 
+// The least and greatest of some BigInts.
+function extremes(values) {
+  let lo = values[0];
+  let hi = values[0];
+  for (const v of values) {
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  return [lo, hi];
+}
+
+// Per level: [price, tokens at it or better] as floats to place, and the exact total.
 function cumulative(levels) {
-  let total = 0;
-  return levels.map(([price, qty]) => [Number(price), (total += Number(qty))]);
+  let total = 0n;
+  return levels.map(([price, qty]) => {
+    total += BigInt(qty);
+    return [Number(price), Number(total), BigInt(price), total];
+  });
 }
 
 // One side's stepped area: from its best price outwards to the chart's `edge` price; at
@@ -58,18 +75,19 @@ export function depthChart({ bids, asks }, formatPrice) {
   }
   const b = cumulative(bids);
   const a = cumulative(asks);
-  const prices = [...b, ...a].map((p) => p[0]);
-  const lo = Math.min(...prices);
-  const hi = Math.max(...prices);
+  const [loPrice, hiPrice] = extremes([...b, ...a].map((p) => p[2]));
+  const [, maxTotal] = extremes([...b, ...a].map((p) => p[3]));
+  const lo = Number(loPrice);
+  const hi = Number(hiPrice);
   const pad = (hi - lo) * 0.08 || Math.max(1, lo * 0.02);
   const x = scale(lo - pad, hi + pad, LEFT, W - RIGHT);
-  const maxQty = Math.max(...[...b, ...a].map((p) => p[1]));
+  const maxQty = Number(maxTotal);
   const y = scale(0, maxQty, H - BOTTOM, TOP);
   root.append(
     ...[depthPath(b, lo - pad, x, y, "depth-bids"), depthPath(a, hi + pad, x, y, "depth-asks")].filter(Boolean),
-    label(x(lo), H - BOTTOM + 16, formatPrice(lo), "middle"),
-    label(x(hi), H - BOTTOM + 16, formatPrice(hi), "middle"),
-    label(LEFT - 6, y(maxQty) + 4, maxQty.toLocaleString("en-US"), "end"),
+    label(x(lo), H - BOTTOM + 16, formatPrice(loPrice), "middle"),
+    label(x(hi), H - BOTTOM + 16, formatPrice(hiPrice), "middle"),
+    label(LEFT - 6, y(maxQty) + 4, formatInteger(maxTotal), "end"),
     label(LEFT - 6, y(0) + 4, "0", "end"),
     label(LEFT + 6, TOP - 6, "tokens at this price or better"),
   );
@@ -83,17 +101,19 @@ export function priceChart(trades, formatPrice, formatTime) {
     root.append(label(W / 2, H / 2, "no fills yet", "middle"));
     return root;
   }
-  const pts = trades.map((t) => [Number(t.time_ms), Number(t.price)]).sort((p, q) => p[0] - q[0]);
-  const prices = pts.map((p) => p[1]);
-  const lo = Math.min(...prices);
-  const hi = Math.max(...prices);
+  const pts = trades
+    .map((t) => [Number(t.time_ms), Number(t.price), BigInt(t.price)])
+    .sort((p, q) => p[0] - q[0]);
+  const [loPrice, hiPrice] = extremes(pts.map((p) => p[2]));
+  const lo = Number(loPrice);
+  const hi = Number(hiPrice);
   const x = scale(pts[0][0], pts.at(-1)[0], LEFT + 10, W - RIGHT - 10);
   const y = scale(lo, hi, H - BOTTOM - 10, TOP + 10);
   const parts = [
     svg("polyline", { points: pts.map(([t, p]) => `${x(t)},${y(p)}`).join(" "), class: "price-line" }),
     ...pts.map(([t, p]) => svg("circle", { cx: x(t), cy: y(p), r: 3, class: "price-dot" })),
-    label(LEFT - 6, y(hi) + 4, formatPrice(hi), "end"),
-    lo === hi ? null : label(LEFT - 6, y(lo) + 4, formatPrice(lo), "end"),
+    label(LEFT - 6, y(hi) + 4, formatPrice(hiPrice), "end"),
+    loPrice === hiPrice ? null : label(LEFT - 6, y(lo) + 4, formatPrice(loPrice), "end"),
     label(LEFT, H - BOTTOM + 16, formatTime(pts[0][0])),
     pts.length > 1 ? label(W - RIGHT, H - BOTTOM + 16, formatTime(pts.at(-1)[0]), "end") : null,
   ];

@@ -118,7 +118,7 @@ function infoLine(i) {
 }
 
 export async function renderMarket(main, symbol) {
-  const instrument = await getJson(`/v1/instruments/${symbol}`);
+  const instrument = await getJson(`/v1/instruments/${encodeURIComponent(symbol)}`);
   const currency = instrument.currency;
   const status = h("span", { id: "stream-status", class: "status" }, "connecting");
   const ladder = h("div", { class: "panel" });

@@ -281,3 +281,16 @@ async def test_market_page_catches_up_after_the_server_restarts(
         1, timeout=LIVE_TIMEOUT_MS
     )
     await screenshots(page, "market-after-restart")
+
+
+async def test_a_market_link_that_names_no_instrument_says_so(
+    market: Market, page: Page, expected_console_errors: list[str]
+) -> None:
+    """A link is the instrument's symbol, whatever it holds: `..` segments in it are not
+    a way to another of the exchange's paths, and bad percent-encoding is an error on
+    the page, not a script that died."""
+    expected_console_errors.append(r"404")  # the instrument asked for is not there
+    await page.goto(f"{market.base_url}/#/market/..%2F..%2Fhealth")
+    await expect(page.locator("#page-error")).to_contain_text("unknown instrument '../../health'")
+    await page.goto(f"{market.base_url}/#/market/%E0%A4%A")
+    await expect(page.locator("#page-error")).to_have_text("this link names no instrument")

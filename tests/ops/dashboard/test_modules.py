@@ -153,6 +153,28 @@ async def test_money_is_formatted_in_units_exactly(modules: Page) -> None:
     ]
 
 
+async def test_chart_labels_are_the_exact_integers_past_two_to_the_53(modules: Page) -> None:
+    """Prices and depth past 2**53 are placed as floats but labelled exactly: a float
+    label would read 9007199254740992 for 9007199254740993."""
+    labels = await call(
+        modules,
+        "charts.js",
+        """
+        const { parseJson } = await import('/dashboard/api.js');
+        const book = parseJson(
+          '{"bids": [[9007199254740993, 9007199254740993], [9007199254740991, 2]],' +
+          ' "asks": [[9007199254740997, 1]]}');
+        const trades = parseJson(
+          '[{"time_ms": 1, "price": 9007199254740993}, {"time_ms": 2, "price": 9007199254740995}]');
+        const text = (el) => [...el.querySelectorAll('text')].map((t) => t.textContent);
+        return [text(m.depthChart(book, String)), text(m.priceChart(trades, String, String))];
+        """,
+    )
+    depth, prices = labels
+    assert depth[:3] == ["9007199254740991", "9007199254740997", "9,007,199,254,740,995"]
+    assert prices[:2] == ["9007199254740995", "9007199254740993"]
+
+
 async def test_the_orders_subscribe_the_page_signs_is_one_the_server_takes(
     modules: Page,
 ) -> None:
