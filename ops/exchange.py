@@ -25,7 +25,7 @@ from ledger.keys import load_or_create_signer
 from ledger.log import MerkleLog
 from ledger.note import Signer
 from market.sequencer import QUEUE_MAX, Sequencer
-from market.sequencer.batch import nothing_delivering
+from market.sequencer.batch import nothing_delivering, nothing_reserved
 from market.snapshot_writer import SnapshotPolicy
 from ops.config import Settings
 from ops.database import database_url, embedded_handle
@@ -59,8 +59,10 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
             interval_seconds=settings.snapshot_interval_seconds,
         ),
     )
-    # The gateway's desk, if it runs here: settlement waits for its calls in flight.
+    # The gateway's desk, if it runs here: settlement waits for its calls in flight, and
+    # reports and vouchers leave what they reserved.
     sequencer.delivering = app.state.get("delivering") or nothing_delivering
+    sequencer.reserved = app.state.get("reserved") or nothing_reserved
     if hub is not None and hasattr(hub, "reloader"):
         hub.reloader = sequencer.resync_soon  # a book broke: load it again
     app.state.sequencer = sequencer

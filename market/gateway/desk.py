@@ -32,7 +32,7 @@ from market.gateway.catalog import Catalog, CommittedView, StaleView
 from market.gateway.errors import InsufficientEntitlement, NoEndpoint
 from market.gateway.meter import Group, Reservations, SequencerSource, current
 from market.sequencer import Sequencer
-from market.sequencer.batch import nothing_delivering
+from market.sequencer.batch import nothing_delivering, nothing_reserved
 from market.signing import now_ms
 from schemas.errors import DomainError
 
@@ -239,13 +239,16 @@ def desk_starting(instrument: str) -> bool:
 
 def watch_deliveries(state: Any, desk: Desk | None) -> None:
     """Let the sequencer's settlement of an instrument wait for this desk's calls on it
-    (`Sequencer.delivering`): the sequencer running now, and each one a reopen after an
-    outage opens (`ops.exchange` reads `state.delivering`). None: the desk is gone."""
+    (`Sequencer.delivering`), and keep reports and vouchers off what its calls reserved
+    (`Sequencer.reserved`): the sequencer running now, and each one a reopen after an
+    outage opens (`ops.exchange` reads `state.delivering` and `state.reserved`). None:
+    the desk is gone."""
     delivering = nothing_delivering if desk is None else desk.reservations.delivering
-    state.delivering = delivering
+    reserved = nothing_reserved if desk is None else desk.reservations.reserved
+    state.delivering, state.reserved = delivering, reserved
     sequencer = state.get("sequencer")
     if sequencer is not None:
-        sequencer.delivering = delivering
+        sequencer.delivering, sequencer.reserved = delivering, reserved
 
 
 def drop(counts: dict[Any, int], key: Any) -> None:

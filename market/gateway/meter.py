@@ -87,6 +87,11 @@ class Reservations:
         self.outstanding[group] = self.outstanding.get(group, 0) + tokens
         self.key_used[key_id] = self.key_used.get(key_id, 0) + tokens
 
+    def reserved(self, buyer: str, provider: str, instrument: str) -> int:
+        """What is promised away of this entitlement (the sequencer's reports and vouchers
+        may not use it: `market.sequencer.batch.Reserved`)."""
+        return self.outstanding.get((buyer, provider, instrument), 0)
+
     def delivering(self, instrument: str) -> bool:
         """Whether any call on `instrument` is in flight or has its charge on the way
         (the sequencer's settlement of it waits: `Sequencer.delivering`)."""

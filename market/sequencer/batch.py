@@ -49,6 +49,27 @@ def nothing_delivering(instrument: str) -> bool:
     return False
 
 
+#: The tokens of the entitlement of (buyer, provider, instrument) the gateway has promised
+#: away: reserved by calls in flight, plus charged by calls ended whose charge has not
+#: committed yet (`Reservations.reserved`, the desk's). A provider's report or a buyer's
+#: voucher may use the free entitlement less these, so that the call's charge, when it
+#: comes, is never refused for want of entitlement (its provider unpaid for tokens served).
+#: A charge staged but not committed yet is both out of the ledger's memory and still
+#: here, so a claim in that moment may be refused that passes a batch later: never the
+#: reverse.
+Reserved = Callable[[str, str, str], int]
+
+
+def nothing_reserved(buyer: str, provider: str, instrument: str) -> int:
+    """An exchange with no gateway (or before its desk is attached): nothing reserved."""
+    return 0
+
+
+def in_flight(reserved: int) -> str:
+    """What an `entitlement_exceeded` message adds when the gateway holds some of it."""
+    return f", {reserved} of them reserved by gateway calls in flight" if reserved else ""
+
+
 @dataclass(slots=True)
 class Prior:
     """What the database already holds for the idempotency keys of a batch."""
@@ -94,6 +115,8 @@ class Batch:
     #: settlement time an instrument waits for it (`lifecycle.due`).
     delivering: Delivering = nothing_delivering
     settle_wait_ms: int = 0
+    #: What the gateway holds of each entitlement (read when a report or voucher asks).
+    reserved: Reserved = nothing_reserved
 
     def report(self, key: Key) -> ReportRow | None:
         """A report as this batch leaves it so far (or as the database had it)."""

@@ -63,7 +63,7 @@ from market.sequencer import (
     treasury,
     views,
 )
-from market.sequencer.batch import Batch, Delivering, nothing_delivering
+from market.sequencer.batch import Batch, Delivering, Reserved, nothing_delivering, nothing_reserved
 from market.sequencer.dispatch import Answer, prior_of, staged_op
 from market.sequencer.errors import ExchangeBusy, SequencerStopped
 from market.sequencer.ops import (
@@ -189,6 +189,9 @@ class Sequencer:
         #: waits for them (`lifecycle.due`).
         self.delivering: Delivering = nothing_delivering
         self.settle_wait_ms = settle_wait_ms
+        #: What the gateway's desk holds of each entitlement for its calls (reports and
+        #: vouchers may not use it: `batch.Reserved`); set with `delivering`.
+        self.reserved: Reserved = nothing_reserved
         #: The market's memory; replaced whole by every rebuild.
         self.market = MarketState(engine=SettlingEngine())
         #: The ledger's epoch when `market` was last rebuilt: a batch is staged under it,
@@ -623,6 +626,7 @@ class Sequencer:
                 market=self.market, ledger=lb, time_ms=now_ms, currency=self.currency,
                 prior=prior, max_open_orders=self.max_open_orders,
                 delivering=self.delivering, settle_wait_ms=self.settle_wait_ms,
+                reserved=self.reserved,
             )  # fmt: skip
             orders.expire_due(batch)
             deadman.due(batch)

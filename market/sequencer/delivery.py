@@ -24,13 +24,16 @@ already stored (one charged nothing) is not written again.
 
 A group is never refused for the whole op: one that cannot be charged (its instrument
 settled meanwhile, or less entitlement than charged, which the gateway's reservations
-rule out, or a receipt whose tokens are not prompt + weight x completion, which no audit
-would pass) keeps its receipts, with no transaction, and says why (`GatewayDelivery.refused`).
+rule out: reports and vouchers may not use what they hold, `Batch.reserved`; or a receipt
+whose tokens are not prompt + weight x completion, which no audit would pass) keeps its
+receipts, with no transaction, says why (`GatewayDelivery.refused`) and is logged as a
+warning: its provider served those tokens unpaid.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Sequence
 
 import asyncpg
@@ -43,6 +46,8 @@ from market.sequencer.batch import Batch, checked
 from market.sequencer.ops import AnyOp, GatewayChargeOp
 from market.store import DeliveryRow
 from schemas.gateway import GatewayDelivery, GatewayReceipt
+
+log = logging.getLogger(__name__)
 
 RECEIPT_COLUMNS = (
     "receipt_id", "key_id", "buyer", "provider", "instrument", "endpoint_id", "model",
@@ -99,6 +104,16 @@ def _refusal(
     return "entitlement_exceeded" if tokens > held else None
 
 
+def _refused(group: Group, receipts: int, tokens: int, why: str) -> None:
+    """A charge refused means a provider served tokens it is not paid for (the receipts
+    are kept, with no transaction): the operator must hear of it."""
+    buyer, provider, symbol = group
+    log.warning(
+        "gateway charge refused (%s): %d tokens of %d receipt(s) of buyer %s, provider %s on "
+        "%s are not paid to the provider", why, tokens, receipts, buyer, provider, symbol,
+    )  # fmt: skip
+
+
 def _charge_group(
     batch: Batch, group: Group, receipts: list[GatewayReceipt], records: list[tuple[object, ...]],
     links: list[tuple[object, ...]],
@@ -112,6 +127,8 @@ def _charge_group(
     why = _refusal(batch, group, receipts, tokens) if tokens else None
     out = GatewayDelivery(buyer=buyer, provider=provider, instrument=symbol, report_id=rid,
                           tokens=tokens, transaction_id=None, refused=why)  # fmt: skip
+    if why is not None:
+        _refused(group, len(receipts), tokens, why)
     if tokens == 0 or why is not None:
         records.extend(_record(r, None) for r in receipts)
         return out

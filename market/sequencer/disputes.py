@@ -4,7 +4,9 @@ settled; disputed by the buyer and resolved by the operator.
 - `report` (`DeliveryOp`, `POST /v1/deliveries`): the split is fixed on the available
   balances (`rules.delivery_split`) and held in the ledger (`rules.report_hold`): the
   report's tokens of the entitlement and its share of the escrow go to their held buckets,
-  so nothing else (gateway, vouchers, other reports) can use them. A row of
+  so nothing else (gateway, vouchers, other reports) can use them. It may not use what
+  the gateway has reserved for calls in flight (or charged and not committed yet,
+  `Batch.reserved`): their charges would be refused, their provider unpaid. A row of
   `market_reports` says when its period ends (`due_ms` = report time + the instrument's
   `dispute_period_s`). Reports are accepted until the delivery grace ends.
 - `mature_due` (at the start of every batch, `lifecycle.due`, by the batch's time, which is
@@ -27,7 +29,7 @@ import hashlib
 
 from market.clearing import rules as settlement
 from market.report_store import DISPUTED, PAID, PENDING, REFUNDED, SETTLED, ReportRow
-from market.sequencer.batch import Batch, checked, digest, must, replayed
+from market.sequencer.batch import Batch, checked, digest, in_flight, must, replayed
 from market.sequencer.errors import (
     DeliveryClosed,
     DisputeResolved,
@@ -79,9 +81,11 @@ def report(batch: Batch, provider: str, req: DeliveryReport) -> DeliveryView:
     terms = state.terms
     balances = batch.ledger.state
     held = balances.balance(settlement.entitlement(req.buyer, provider, req.instrument)).available
-    if req.tokens > held:
+    reserved = batch.reserved(req.buyer, provider, req.instrument)  # the gateway's calls'
+    if req.tokens > held - reserved:
         raise EntitlementExceeded(
-            f"{req.buyer} holds {held} tokens of {provider} on {req.instrument}, not {req.tokens}"
+            f"{req.buyer} holds {held} tokens of {provider} on {req.instrument}"
+            f"{in_flight(reserved)}, not {req.tokens}"
         )
     escrowed = balances.balance(settlement.escrow(req.buyer, provider, terms)).available
     split = settlement.delivery_split(req.tokens, held, escrowed, terms.provider_fee_bps)

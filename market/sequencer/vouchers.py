@@ -6,11 +6,13 @@ own key (`market.vouchers_api`). Here: it must go beyond the buyer's last accept
 of that (buyer, provider, instrument), in tokens and in version (else 409
 `voucher_replayed`: a replay, or an older voucher), on an unsettled instrument, and what it
 adds (T less the last voucher's tokens) must not exceed the entitlement the buyer still
-has free (422 `entitlement_exceeded`). That delta is one delivery with the posting rules
-of any delivery (`rules.delivery`), settled at once: there is nothing to dispute, the buyer
-signed it. Its report id is `voucher:<hash of buyer and instrument>:<version>` (providers'
-own report ids may not start with `voucher:`), and the voucher with its signature is kept
-(`market_vouchers`), so the acknowledgement can be checked again.
+has free, less what the gateway has reserved of it for calls in flight or charged and not
+committed yet (`Batch.reserved`; 422 `entitlement_exceeded`). That delta is one delivery
+with the posting rules of any delivery (`rules.delivery`), settled at once: there is
+nothing to dispute, the buyer signed it. Its report id is `voucher:<hash of buyer and
+instrument>:<version>` (providers' own report ids may not start with `voucher:`), and the
+voucher with its signature is kept (`market_vouchers`), so the acknowledgement can be
+checked again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import msgspec
 
 from market.clearing import rules as settlement
 from market.report_store import Triple, VoucherRow
-from market.sequencer.batch import Batch, checked
+from market.sequencer.batch import Batch, checked, in_flight
 from market.sequencer.errors import (
     EntitlementExceeded,
     InstrumentSettled,
@@ -56,10 +58,11 @@ def redeem(batch: Batch, provider: str, voucher: Voucher, signature: bytes) -> V
     terms = state.terms
     balances = batch.ledger.state
     held = balances.balance(settlement.entitlement(buyer, provider, symbol)).available
-    if delta > held:
+    reserved = batch.reserved(buyer, provider, symbol)  # the gateway's calls in flight
+    if delta > held - reserved:
         raise EntitlementExceeded(
             f"the voucher acknowledges {delta} tokens more than the last one; {buyer} holds "
-            f"{held} tokens of {provider} on {symbol}"
+            f"{held} tokens of {provider} on {symbol}{in_flight(reserved)}"
         )
     escrowed = balances.balance(settlement.escrow(buyer, provider, terms)).available
     rid = voucher_report_id(buyer, symbol, voucher.version)

@@ -18,7 +18,7 @@ from market.gateway.lifespan import gateway_lifespan
 from market.gateway.meter import Reservations
 from market.gateway.service import GatewayConfig
 from market.sequencer import Sequencer, TickOp
-from market.sequencer.batch import nothing_delivering
+from market.sequencer.batch import nothing_delivering, nothing_reserved
 from market.sequencer.ops import GatewayChargeOp, GatewayProgressOp
 from tests.market.gateway.test_progress import mark
 from tests.market.test_delivery import SYM, WINDOW_END, Clock, open_market, trade
@@ -92,8 +92,9 @@ async def test_without_calls_in_flight_it_settles_at_its_time(seq: Sequencer, cl
 async def test_the_desk_is_watched_by_the_sequencer_now_and_after_a_reopen(
     seq: Sequencer,
 ) -> None:
-    """`watch_deliveries` sets the running sequencer's hook and leaves it on the app's
-    state, where `ops.exchange` reads it for each sequencer it opens."""
+    """`watch_deliveries` sets the running sequencer's hooks (what is in flight, what is
+    reserved) and leaves them on the app's state, where `ops.exchange` reads them for
+    each sequencer it opens."""
 
     class FakeDesk:
         reservations = Reservations()
@@ -103,8 +104,11 @@ async def test_the_desk_is_watched_by_the_sequencer_now_and_after_a_reopen(
     FakeDesk.reservations.reserve(GROUP, "ik_1", 10)
     assert seq.delivering(SYM) and state.delivering(SYM)
     assert not seq.delivering("other/2026-12-01T00Z/1h")
+    assert seq.reserved(*GROUP) == state.reserved(*GROUP) == 10  # reports may not use them
+    assert seq.reserved("b2", "p1", SYM) == 0
     watch_deliveries(state, None)
     assert seq.delivering is nothing_delivering and state.delivering is nothing_delivering
+    assert seq.reserved is nothing_reserved and state.reserved is nothing_reserved
 
 
 async def test_a_restart_past_the_settlement_pays_the_calls_a_crash_cut(
