@@ -26,7 +26,7 @@ from ledger.audit.records import (
     Record,
     read_frames,
 )
-from ledger.audit.verify import TrustedCheckpoint, verify_file
+from ledger.audit.verify import PinnedKey, TrustedCheckpoint, verify_file
 from ledger.canonical import decode_transaction, transaction_bytes
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.keys import rotate
@@ -191,6 +191,45 @@ async def test_partial_exports_verify(books: Books) -> None:
     assert "older than the trusted key" in err.reason
     with pytest.raises(ExportEmpty):
         await export_bytes(books.url, 10**6)
+
+
+async def test_the_accepted_key_chain_trusts_a_partial_export_after_a_rotation(
+    books: Books,
+) -> None:
+    """An auditor who verified the rotation keeps the accepted keys with their sizes
+    (`accepted_keys`, what a pin writes): a later partial export starting after the
+    rotation verifies against them; one whose key list swaps the rotated key does not."""
+    full = await export_bytes(books.url)
+    report = verify_file(io.BytesIO(full), books.keys[0])
+    keys = next(r for r in records(full) if isinstance(r, Keys)).keys
+    after = keys[1].valid_from_size
+    assert report.accepted_keys == [
+        PinnedKey(books.keys[0].encode(), 0), PinnedKey(books.keys[1].encode(), after)
+    ]  # fmt: skip
+    later = report.accepted_keys[1:]
+    pinned = [TrustedCheckpoint(report.checkpoint_note, "pin")]
+    part = await export_bytes(books.url, after)
+    assert "announcement is not among the entries" in failure(part, books.keys[0]).reason
+    ok = verify_file(io.BytesIO(part), books.keys[0], pinned, later)
+    assert (ok.from_index, ok.keys) == (after, [k.encode() for k in books.keys])
+    assert ok.accepted_keys == report.accepted_keys  # the chain is kept on
+    # From before the rotation, the rotation entry is in the range and checked as ever.
+    assert verify_file(io.BytesIO(await export_bytes(books.url, 5)), books.keys[0], (), later)
+    # A key swap: the export lists another key from that size, signing its checkpoints.
+    recs = records(part)
+    swapped = [
+        Keys([keys[0], KeyRecord(books.other.verifier().encode(), after, after - 1)])
+        if isinstance(r, Keys)
+        else r
+        for r in recs
+    ]
+    with pytest.raises(AuditFailure) as info:
+        verify_file(io.BytesIO(rebuild(swapped)), books.keys[0], pinned, later)
+    assert info.value.where == "key 1" and "key list was changed" in info.value.reason
+    moved = [PinnedKey(later[0].key, after + 1)]  # the same key, pinned from another size
+    with pytest.raises(AuditFailure) as info:
+        verify_file(io.BytesIO(part), books.keys[0], (), moved)
+    assert info.value.where == "key 1"
 
 
 def parse_checkpoint(r: CheckpointRecord) -> Checkpoint:
