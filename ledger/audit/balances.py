@@ -7,9 +7,16 @@ from __future__ import annotations
 from typing import Literal
 
 from ledger.accounts import SYSTEM_KINDS
-from ledger.audit.records import AuditFailure, BalanceRow
+from ledger.audit.records import AuditFailure, BalanceRow, Header
 
-__all__ = ["apply_entries", "below_zero", "check_order", "repeated_id"]
+__all__ = [
+    "apply_entries",
+    "below_zero",
+    "check_closing",
+    "check_entry_sums",
+    "check_order",
+    "repeated_id",
+]
 
 Balances = dict[tuple[str, str, str], list[int]]
 
@@ -71,3 +78,51 @@ def repeated_id(index: int, tx_id: str) -> None:
     raise AuditFailure(
         f"entry {index}", f"transaction id repeated: {tx_id!r} is an earlier entry's"
     )
+
+
+def check_entry_sums(
+    balances: Balances,
+    opening: dict[tuple[str, str, str], tuple[int, int]],
+    rows: list[BalanceRow],
+    header: Header | None,
+) -> None:
+    """The stored entries (`ledger_entries`, which the settlement reports read) summed per
+    account over the range, as the export states them in its "entries" rows, equal what
+    the signed entries moved (the closing balances recomputed from them, less the opening
+    ones). A row of the entries table altered while its transaction's signed bytes were
+    not (by a database superuser, its triggers off) shows here, naming the account."""
+    assert header is not None
+    moved: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for key, (available, held) in balances.items():
+        was = opening.get(key, (0, 0))
+        if available != was[0] or held != was[1]:
+            moved[key] = (available - was[0], held - was[1])
+    stated = {(owner, asset, kind): (a, h) for owner, asset, kind, a, h in rows}
+    if stated == moved:
+        return
+    key = min(k for k in stated.keys() | moved.keys() if stated.get(k) != moved.get(k))
+    s, m = stated.get(key, (0, 0)), moved.get(key, (0, 0))
+    raise AuditFailure(
+        "ledger entries",
+        f"account {key[0]}|{key[1]}|{key[2]}: the stored entries of "
+        f"{header.from_index}..{header.to_index - 1} sum to available {s[0]}, held {s[1]}, "
+        f"the signed entries to available {m[0]}, held {m[1]} (the entries table, which "
+        "the reports read, does not match the signed ledger)",
+    )
+
+
+def check_closing(balances: Balances, closing: list[BalanceRow]) -> int:
+    """The balances recomputed from the (opening balances and the) entries equal the
+    exported closing balances; returns the number of accounts."""
+    recomputed = {(*k, v[0], v[1]) for k, v in balances.items() if v[0] or v[1]}
+    exported = set(closing)
+    if len(exported) != len(closing):
+        raise AuditFailure("closing balances", "repeated rows")
+    if recomputed != exported:
+        diff = sorted(recomputed ^ exported)[0]
+        raise AuditFailure(
+            "closing balances",
+            f"do not match the balances recomputed from the entries (first difference: "
+            f"account {diff[0]}|{diff[1]}|{diff[2]})",
+        )
+    return len(exported)
