@@ -1,6 +1,6 @@
 """`GET /v1/audit/export`: the audit file of a range of the ledger, over HTTP.
 
-The same `tokex-audit/v2` file `tokex audit export` writes from the database (the same
+The same `tokex-audit/v3` file `tokex audit export` writes from the database (the same
 function, `ledger.audit.export`, in one repeatable-read snapshot, with the receipts of
 the range's gateway deliveries), so `tokex audit export --from-url URL` gives an outside
 auditor a file byte-identical to the one the operator would export, with no database
@@ -55,7 +55,7 @@ MaybeIndex = Annotated[int | None, QueryParameter(ge=0, le=2**62)]
 @get(
     "/export", guards=[requires_role(Role.OPERATOR, Role.AUDITOR)],
     media_type="application/octet-stream",
-    summary="The audit file (tokex-audit/v2) of entries [from_index, to_index)",
+    summary="The audit file (tokex-audit/v3) of entries [from_index, to_index)",
 )  # fmt: skip
 async def audit_export(
     pool: NamedDependency[asyncpg.Pool], from_index: Index = 0, to_index: MaybeIndex = None

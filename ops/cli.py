@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -50,6 +51,28 @@ def open_output(path: Path) -> BinaryIO:
         return open(path, "wb")
     except OSError as exc:
         raise OutputFileError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def replace_output(partial: Path, out: Path) -> None:
+    """Move the complete `partial` file to `out` (atomically): OutputFileError, one line
+    from `main`, if it cannot be (`out` a directory, say)."""
+    try:
+        os.replace(partial, out)
+    except OSError as exc:
+        raise OutputFileError(f"cannot write {out}: {exc.strerror}") from None
+
+
+#: The largest ledger index a command takes: the API's bound (`schemas.reports.Index`,
+#: `ops.audit_api.Index`), so a larger one is bad usage, not a database error.
+MAX_INDEX = 2**62
+
+
+def index_arg(text: str) -> int:
+    """An argparse type: a ledger index, 0..2**62."""
+    value = int(text)
+    if not 0 <= value <= MAX_INDEX:
+        raise argparse.ArgumentTypeError(f"an index is 0..2**62, not {value}")
+    return value
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:

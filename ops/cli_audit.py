@@ -12,6 +12,11 @@ database access.
 `verify` says OK only against a key the auditor trusts: `--public-key FILE`, or
 `--pin FILE` (trust on first use: when FILE does not exist, the export's first key is
 trusted, written to FILE and a warning says so; afterwards FILE is the trusted key).
+The pin's first line is the trusted key, then, for each later key accepted from its
+rotation entry, the size it signs from and the key (space-separated; a pin with the key
+alone, as written before, still reads): so a later partial export that starts after a
+rotation is checked against the newest pinned key valid at its start, and a key that is
+not in the pinned chain is still accepted only from its rotation entry.
 Without either it refuses (exit 2): an export checked only against its own first key
 proves nothing about who signed it.
 
@@ -42,11 +47,23 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from ledger.audit.verify import AuditFailure, TrustedCheckpoint, VerifyReport, verify_file
+from ledger.audit.verify import (
+    AuditFailure,
+    PinnedKey,
+    TrustedCheckpoint,
+    VerifyReport,
+    verify_file,
+)
 from ledger.note import Verifier
-from ops.cli import add_database_options, open_output, settings_from_args
+from ops.cli import (
+    add_database_options,
+    index_arg,
+    open_output,
+    replace_output,
+    settings_from_args,
+)
 from schemas.errors import DomainError
 
 
@@ -62,7 +79,7 @@ async def _export(url: str, out: Path, from_index: int, to_index: int | None) ->
             summary = await export(
                 conn, f, from_index, to_index, stderr_progress(), receipts=delivery_receipts
             )
-        os.replace(partial, out)
+        replace_output(partial, out)
     finally:
         await conn.close()
         partial.unlink(missing_ok=True)
@@ -84,7 +101,7 @@ async def _export_from_url(args: argparse.Namespace, out: Path) -> str:
         try:
             with open_output(partial) as f:
                 written = await client.audit_export(f, args.from_index, args.to_index)
-            os.replace(partial, out)
+            replace_output(partial, out)
         finally:
             partial.unlink(missing_ok=True)
     return f"exported {written} bytes from {args.from_url} to {out}"
@@ -133,37 +150,75 @@ def _read_text(path: str, where: str) -> str:
         raise _Unreadable(where, f"cannot read {path}: {exc}") from None
 
 
-def _trust(args: argparse.Namespace) -> tuple[Verifier | None, list[TrustedCheckpoint]]:
-    """The key and the checkpoints the auditor trusts. A pin file is the key on its first
+class _Trust(NamedTuple):
+    """What the auditor trusts: the key (None: first use of a pin), the keys accepted after
+    it before (a pin's chain), and checkpoints."""
+
+    key: Verifier | None
+    later: list[PinnedKey]
+    checkpoints: list[TrustedCheckpoint]
+
+
+def _trust(args: argparse.Namespace) -> _Trust:
+    """The key and the checkpoints the auditor trusts. A pin file is the keys on its first
     line and, after it, the last checkpoint verified (a signed note), if any."""
     checkpoints = [
         TrustedCheckpoint(_read_text(path, "checkpoint"), path) for path in args.checkpoint
     ]
+    later: list[PinnedKey] = []
     if args.public_key is not None:
         key_text = _read_text(args.public_key, "public key")
     elif Path(args.pin).exists():
-        key_text, _, pinned = _read_text(args.pin, "public key").partition("\n")
+        keys_line, _, pinned = _read_text(args.pin, "public key").partition("\n")
+        key_text, later = _pinned_keys(keys_line, args.pin)
         if pinned:
             checkpoints.append(TrustedCheckpoint(pinned, f"pinned in {args.pin}"))
     else:
-        return None, checkpoints
+        return _Trust(None, later, checkpoints)
+    return _Trust(_parse_key(key_text), later, checkpoints)
+
+
+def _parse_key(text: str) -> Verifier:
     try:
-        return Verifier.parse(key_text.strip()), checkpoints
+        return Verifier.parse(text.strip())
     except DomainError as exc:
         raise _Unreadable("public key", exc.message, exc.code) from None
 
 
+def _pinned_keys(line: str, pin: str) -> tuple[str, list[PinnedKey]]:
+    """A pin file's first line: the trusted key, then for each key accepted after it (key
+    rotations) the tree size it signs from and the key, separated by spaces. A pin written
+    before key chains were kept has the key alone."""
+    first, *rest = line.split() or [""]
+    if len(rest) % 2:
+        raise _Unreadable("public key", f"{pin}: a pinned key without its size")
+    later = []
+    for size, key in zip(rest[::2], rest[1::2], strict=True):
+        if not size.isdecimal():
+            raise _Unreadable("public key", f"{pin}: {size!r} is not a tree size")
+        later.append(PinnedKey(_parse_key(key).encode(), int(size)))
+    return first, later
+
+
 def _write_pin(args: argparse.Namespace, report: VerifyReport, first_use: bool) -> str:
-    """Pin the trusted key and the export's last checkpoint, now consistent with those
+    """Pin the accepted keys and the export's last checkpoint, now consistent with those
     trusted before, for the next export to be checked against (atomically: a crash leaves
     the old pin). If this export could not check one of them, the pin stays as it was.
-    Returns what was done, for the report."""
+    Returns what was done, for the report; `_Unreadable` if the pin cannot be written."""
     if report.unchecked and not first_use:
         return f"{args.pin} unchanged: a checkpoint you trust could not be checked"
+    first, *later = report.accepted_keys
+    keys = " ".join([first.key, *(f"{k.valid_from_size} {k.key}" for k in later)])
     pin = Path(args.pin)
     partial = pin.with_name(pin.name + ".partial")
-    partial.write_text(f"{report.trusted_key}\n{report.checkpoint_note}", encoding="utf-8")
-    os.replace(partial, pin)
+    try:
+        partial.write_text(f"{keys}\n{report.checkpoint_note}", encoding="utf-8")
+        os.replace(partial, pin)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise _Unreadable(
+            "pin", f"the export verified, but {pin} cannot be written: {exc.strerror}", "io_error"
+        ) from None
     return f"pinned checkpoint {report.to_index} in {args.pin}"
 
 
@@ -172,12 +227,12 @@ def _verify_cmd(args: argparse.Namespace) -> int:
         print("tokex: error: verify needs the key you trust: --public-key FILE, or --pin FILE")
         return 2
     try:
-        trusted, checkpoints = _trust(args)
+        trusted, later, checkpoints = _trust(args)
     except _Unreadable as exc:
         return _fail(args, exc.where, exc.reason, exc.code)
     try:
         with open(args.file, "rb") as f:
-            report = verify_file(f, trusted, checkpoints)
+            report = verify_file(f, trusted, checkpoints, later)
     except OSError as exc:
         return _fail(args, "file", f"cannot read {args.file}: {exc.strerror}", "io_error")
     except AuditFailure as exc:
@@ -187,7 +242,10 @@ def _verify_cmd(args: argparse.Namespace) -> int:
     except Exception as exc:  # a verifier must answer, never crash: anything odd is a failure
         return _fail(args, "file", f"unexpected {type(exc).__name__}: {exc}", "audit_failed")
     if args.pin is not None:
-        report.notes.append(_write_pin(args, report, first_use=trusted is None))
+        try:
+            report.notes.append(_write_pin(args, report, first_use=trusted is None))
+        except _Unreadable as exc:
+            return _fail(args, exc.where, exc.reason, exc.code)
     if trusted is None:  # --pin FILE, first use: trust the export's first key from now on
         print(
             f"warning: no key was pinned; trusting the export's own first key "
@@ -221,10 +279,10 @@ def register(subparsers: Any) -> None:
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="AUDIT_COMMAND")
     exp = sub.add_parser("export", help="write a self-contained audit file")
     exp.add_argument("--out", required=True, help="file to write")
-    exp.add_argument("--from-index", type=int, default=0, help="first entry (default: 0)")
+    exp.add_argument("--from-index", type=index_arg, default=0, help="first entry (default: 0)")
     exp.add_argument(
         "--to-index",
-        type=int,
+        type=index_arg,
         default=None,
         help="end of the range (exclusive), rounded down to a checkpoint (default: latest)",
     )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,7 +30,13 @@ import msgspec
 from market.clearing.report_text import render_report
 from market.clearing.reports import parse_time, report_chunks
 from market.money import Currency
-from ops.cli import add_database_options, open_output, settings_from_args
+from ops.cli import (
+    add_database_options,
+    index_arg,
+    open_output,
+    replace_output,
+    settings_from_args,
+)
 from ops.database import connect, database_url
 from schemas.reports import (
     FeesQuery,
@@ -112,17 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with open_output(partial) as f:
             asyncio.run(write_report(url, query, fmt, f))
-        os.replace(partial, out)
+        replace_output(partial, out)
     finally:
         partial.unlink(missing_ok=True)
     return 0
-
-
-def _index(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("an index is >= 0")
-    return value
 
 
 #: The format for people: aligned columns, money in the currency's units (not a wire format).
@@ -158,8 +156,8 @@ def register(subparsers: Any) -> None:
     st = sub.add_parser("statement", help="an account's opening balance, entries, closing")
     st.add_argument("--account", required=True, help="account id (or ledger owner)")
     st.add_argument("--asset", default=None, help="only this asset (e.g. USD)")
-    st.add_argument("--from-index", type=_index, default=None, help="first ledger index")
-    st.add_argument("--to-index", type=_index, default=None, help="end index, exclusive")
+    st.add_argument("--from-index", type=index_arg, default=None, help="first ledger index")
+    st.add_argument("--to-index", type=index_arg, default=None, help="end index, exclusive")
     _times(st)
     _common(st)
 
@@ -179,5 +177,5 @@ def register(subparsers: Any) -> None:
     _common(fe)
 
     tb = sub.add_parser("trial-balance", help="every account per asset; each asset sums to 0")
-    tb.add_argument("--to-index", type=_index, default=None, help="as of this index (exclusive)")
+    tb.add_argument("--to-index", type=index_arg, default=None, help="as of this index (exclusive)")
     _common(tb)

@@ -6,9 +6,10 @@ Three modules, so that verifying needs no database driver:
 - `ledger.audit.export`: `export`, the file of a range of the ledger, read from PostgreSQL;
 - `ledger.audit.verify`: `verify_file`, offline; it imports neither asyncpg nor `export`.
 
-File format ``tokex-audit/v2``
+File format ``tokex-audit/v3``
 ------------------------------
-(v2 added the receipts records.) The magic line ``TOKEX-AUDIT/2\\n``, then frames: a
+(v2 added the receipts records, v3 the "entries" balances; a file of another version is
+refused, saying which.) The magic line ``TOKEX-AUDIT/3\\n``, then frames: a
 4-byte big-endian length and one MessagePack record (msgspec, structs as arrays, the first
 element naming the record)::
 
@@ -20,6 +21,8 @@ element naming the record)::
     checkpoint  a signed checkpoint note, right after the entry that completes its tree
     ...         (entries and checkpoints interleaved, in index order)
     balances*   "closing" balances at to_index (at the end: as the writer recovers them), in chunks
+    balances*   "entries": per account, the sums of the range's rows in ``ledger_entries``
+                (one grouped query), the table the settlement reports read, in chunks
     receipts*   the receipts of each gateway delivery in the range (`ledger.receipts`), by
                 delivery in index order: transaction id, first leaf, up to 1000 canonical
                 receipts (only when the exporter is given a `ReceiptSource`)
@@ -53,6 +56,13 @@ where: ``entry 123``, ``checkpoint 456``, ``header``...):
   the key before it (`ledger.keys.check_rotation`), that the key list agrees with;
 - the balances recomputed from the (opening balances and the) entries equal the exported
   closing balances;
+- the "entries" rows equal what the signed entries moved per account (the recomputed
+  closing balances less the opening ones): the reports read ``ledger_entries``, not the
+  signed bodies, so a row of that table altered under an untouched signature (by a
+  database superuser, triggers off) fails here, ``ledger entries: account
+  owner|asset|kind: ...``. Sums per account over the range: an alteration that leaves
+  every account's sum over the range as it was (amounts moved between two transactions
+  of one account) is not seen, nor one before a partial export's start;
 - every gateway delivery (a ``delivery`` whose metadata commits to receipts) has its
   receipts, in order, and they match what it commits to (`ledger.receipts.check_receipts`:
   count, total, weight, parties, root, and the tokens its entries burned; no negative

@@ -1,4 +1,4 @@
-"""Audit export: the ``tokex-audit/v2`` file of a range of the ledger, read from PostgreSQL
+"""Audit export: the ``tokex-audit/v3`` file of a range of the ledger, read from PostgreSQL
 (see `ledger.audit` for the format).
 
 The ledger knows receipts only as evidence a transaction commits to (`ledger.receipts`);
@@ -78,6 +78,27 @@ SELECT a.owner, a.asset, a.kind,
 """
 
 
+#: Per account, the sums of the stored entries of [$1, $2): one grouped scan, by account id
+#: (the reports read these rows, so the verifier checks them against the signed bodies).
+_ENTRY_SUMS = """
+SELECT a.owner, a.asset, a.kind, s.available, s.held
+  FROM (SELECT account_id,
+               coalesce(sum(amount) FILTER (WHERE bucket = 0), 0)::bigint AS available,
+               coalesce(sum(amount) FILTER (WHERE bucket = 1), 0)::bigint AS held
+          FROM ledger_entries
+         WHERE tx_idx >= $1 AND tx_idx < $2
+         GROUP BY account_id) s
+  JOIN ledger_accounts a ON a.id = s.account_id
+"""
+
+
+async def _entry_sums(conn: asyncpg.Connection, start: int, end: int) -> list[BalanceRow]:
+    """What `ledger_entries` says each account moved over [start, end), non-zero, sorted."""
+    rows = await conn.fetch(_ENTRY_SUMS, start, end)
+    out = [(r["owner"], r["asset"], r["kind"], r["available"], r["held"]) for r in rows]
+    return sorted(r for r in out if r[3] or r[4])
+
+
 async def _balances(conn: asyncpg.Connection, upto: int, ledger_size: int) -> list[BalanceRow]:
     """Balances after the first ``upto`` transactions: the stored balances when that is the
     whole ledger (so the audit checks what the exchange actually holds), else summed from
@@ -95,7 +116,7 @@ async def _balances(conn: asyncpg.Connection, upto: int, ledger_size: int) -> li
 
 
 def _write_balances(
-    w: FrameWriter, which: Literal["opening", "closing"], rows: list[BalanceRow]
+    w: FrameWriter, which: Literal["opening", "closing", "entries"], rows: list[BalanceRow]
 ) -> None:
     for i in range(0, len(rows), BALANCE_CHUNK):
         w.write(Balances(which, rows[i : i + BALANCE_CHUNK]))
@@ -199,6 +220,7 @@ async def export(
             if progress is not None:
                 progress(pos - from_index, end - from_index)
         _write_balances(w, "closing", await _balances(conn, end, ledger_size))
+        _write_balances(w, "entries", await _entry_sums(conn, from_index, end))
         if receipts is not None:
             await _write_receipts(w, receipts(conn, from_index, end), summary)
         w.write(End(summary.entries, summary.checkpoints, w.digest()))

@@ -1,4 +1,4 @@
-"""The records of a ``tokex-audit/v2`` file and its framing (see `ledger.audit`). No I/O
+"""The records of a ``tokex-audit/v3`` file and its framing (see `ledger.audit`). No I/O
 beyond the file object given, no database."""
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ __all__ = [
     "read_frames",
 ]
 
-FORMAT = "tokex-audit/v2"  # v2: receipts of gateway deliveries
-MAGIC = b"TOKEX-AUDIT/2\n"
+FORMAT = "tokex-audit/v3"  # v2: receipts of gateway deliveries; v3: the entries' sums
+MAGIC = b"TOKEX-AUDIT/3\n"
 CHUNK = 1000  # entries per record
 BALANCE_CHUNK = 10_000
 MAX_FRAME = 1 << 26  # 64 MiB: far above any record this module writes
@@ -59,7 +59,8 @@ class Keys(msgspec.Struct, array_like=True, tag="keys"):
 
 
 class Balances(msgspec.Struct, array_like=True, tag="balances"):
-    which: Literal["opening", "closing"]
+    #: "entries": per account, the sums of the range's stored entries (`ledger_entries`).
+    which: Literal["opening", "closing", "entries"]
     rows: list[BalanceRow]
 
 
@@ -128,6 +129,10 @@ def read_frames(f: BinaryIO, digest: Any) -> Iterator[tuple[Record, bytes]]:
     """Records of the file, each with the digest of every byte before its frame."""
     magic = f.read(len(MAGIC))
     if magic != MAGIC:
+        if magic.startswith(MAGIC[:12]) and magic.endswith(b"\n"):
+            raise AuditFailure(
+                "file", f"format {magic[:-1].decode(errors='replace')} is not {FORMAT}"
+            )
         raise AuditFailure("file", "not a tokex audit file (bad magic line)")
     digest.update(magic)
     n = 0

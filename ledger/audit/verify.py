@@ -1,4 +1,4 @@
-"""Offline verification of a ``tokex-audit/v2`` file (see `ledger.audit`): no database,
+"""Offline verification of a ``tokex-audit/v3`` file (see `ledger.audit`): no database,
 no database driver (this module and what it imports never load asyncpg)."""
 
 from __future__ import annotations
@@ -13,6 +13,14 @@ from typing import BinaryIO, Literal
 import msgspec
 
 from ledger.accounts import SYSTEM_KINDS
+from ledger.audit.balances import (
+    apply_entries,
+    below_zero,
+    check_closing,
+    check_entry_sums,
+    check_order,
+    repeated_id,
+)
 from ledger.audit.records import (
     FORMAT,
     AuditFailure,
@@ -42,7 +50,7 @@ from ledger.receipts import (
 from schemas.errors import DomainError
 from schemas.gateway import GatewayReceipt
 
-__all__ = ["AuditFailure", "TrustedCheckpoint", "VerifyReport", "verify_file"]
+__all__ = ["AuditFailure", "PinnedKey", "TrustedCheckpoint", "VerifyReport", "verify_file"]
 
 
 class _Tx(msgspec.Struct, array_like=True, gc=False):
@@ -62,6 +70,15 @@ _metadata_decoder = msgspec.msgpack.Decoder(dict[str, str])
 DELIVERY_CODE = "delivery"
 _PREFIX = TRANSACTION_PREFIX
 _PREFIX_LEN = len(TRANSACTION_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedKey:
+    """A checkpoint key accepted before (as a pin file keeps it): its verifier key string
+    and the tree size it signs from."""
+
+    key: str
+    valid_from_size: int
 
 
 @dataclass(slots=True)
@@ -88,6 +105,9 @@ class VerifyReport:
     #: Sizes of those it cannot check (before its start, see `verify_file`).
     unchecked: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The keys accepted from the trusted one on, each with the size it signs from (what
+    #: a pin keeps, for a later partial export: see `verify_file`'s ``later_keys``).
+    accepted_keys: list[PinnedKey] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +148,15 @@ class _Delivery:
 
 
 class _Verifier:
-    def __init__(self, trusted: Verifier | None, given: Sequence[TrustedCheckpoint]) -> None:
+    def __init__(
+        self,
+        trusted: Verifier | None,
+        given: Sequence[TrustedCheckpoint],
+        later: Sequence[PinnedKey] = (),
+    ) -> None:
         self.trusted_arg = trusted
         self.given = given
+        self.later = later
         self.trusted_cps: list[_Trusted] = []
         self.want: list[int] = []  # sizes within the range whose roots to keep, ascending
         self.want_pos = 0
@@ -145,6 +171,8 @@ class _Verifier:
         self.next_index = 0
         self.balances: dict[tuple[str, str, str], list[int]] = {}
         self.closing: list[BalanceRow] = []
+        self.opening: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self.entry_sums: list[BalanceRow] = []
         self.opening_rows = 0
         self._last_opening: BalanceRow | None = None
         self.entries = 0
@@ -159,7 +187,7 @@ class _Verifier:
         self.receipt_ids: set[str] = set()
         self.gateway_deliveries = 0
         self.receipts = 0
-        self.state = "header"  # header -> keys -> body -> closing -> receipts -> end
+        self.state = "header"  # header -> keys -> body -> closing -> sums -> receipts -> end
 
     # -- records --------------------------------------------------------------------
 
@@ -197,8 +225,32 @@ class _Verifier:
         trusted = self.trusted_arg or self.key_verifiers[0]
         if trusted not in self.key_verifiers:
             raise AuditFailure("keys", f"the trusted key {trusted.encode()} is not in the export")
-        self.trusted_pos = self.accepted_upto = self.key_verifiers.index(trusted)
+        self.trusted_pos = self.key_verifiers.index(trusted)
+        self.accepted_upto = self._pinned_upto()
         self._open_trusted()
+
+    def _pinned_upto(self) -> int:
+        """The keys accepted before, after the trusted one (`later`): the export's list has
+        each, in order, valid from the same size, or fails (a key swapped since). The newest
+        valid at the export's start is accepted now: its rotation came before the range, so
+        a partial export after it cannot show it. Returns its position."""
+        assert self.header is not None
+        upto = self.trusted_pos
+        for n, pinned in enumerate(self.later, start=self.trusted_pos + 1):
+            listed = self.keys[n] if n < len(self.keys) else None
+            if (
+                listed is None
+                or listed.valid_from_size != pinned.valid_from_size
+                or self.key_verifiers[n].encode() != pinned.key
+            ):
+                raise AuditFailure(
+                    f"key {n}",
+                    f"the export does not list the key accepted before as valid from size "
+                    f"{pinned.valid_from_size} ({pinned.key}): its key list was changed",
+                )
+            if pinned.valid_from_size <= self.header.from_index:
+                upto = n
+        return upto
 
     # -- checkpoints the auditor trusts (see `verify_file`) ---------------------------
 
@@ -290,7 +342,7 @@ class _Verifier:
         if self.header.from_index == 0:
             raise AuditFailure("opening balances", "present in an export from index 0")
         balances = self.balances
-        previous = _check_order("opening", rec.rows, self.opening_rows, self._last_opening)
+        previous = check_order("opening", rec.rows, self.opening_rows, self._last_opening)
         for owner, asset, kind, available, held in rec.rows:
             key = (owner, asset, kind)
             if key in balances or not (available or held):
@@ -300,6 +352,7 @@ class _Verifier:
                     "opening balances", f"account {owner}|{asset}|{kind} is below zero"
                 )
             balances[key] = [available, held]
+            self.opening[key] = (available, held)
         self.opening_rows += len(rec.rows)
         self._last_opening = previous
 
@@ -350,15 +403,15 @@ class _Verifier:
                 # entries, which may be the two buckets of one account).
                 if x0 < 0:
                     if bal0[b0] < 0 and a0[2] not in system_kinds:
-                        _below_zero(index, a0, bal0)
+                        below_zero(index, a0, bal0)
                 elif bal1[b1] < 0 and a1[2] not in system_kinds:
-                    _below_zero(index, a1, bal1)
+                    below_zero(index, a1, bal1)
             else:
-                _apply(balances, entries, index)
+                apply_entries(balances, entries, index)
             seen = len(tx_ids)
             add_id(tx.id)
             if len(tx_ids) == seen:
-                _repeated_id(index, tx.id)
+                repeated_id(index, tx.id)
             if tx.code == KEY_ROTATION_CODE:
                 self._rotation(body, index)
             elif tx.code == DELIVERY_CODE:
@@ -493,8 +546,13 @@ class _Verifier:
 
     def closing_record(self, rec: Balances) -> None:
         last = self.closing[-1] if self.closing else None
-        _check_order("closing", rec.rows, len(self.closing), last)
+        check_order("closing", rec.rows, len(self.closing), last)
         self.closing.extend(rec.rows)
+
+    def entry_sums_record(self, rec: Balances) -> None:
+        last = self.entry_sums[-1] if self.entry_sums else None
+        check_order("entries", rec.rows, len(self.entry_sums), last)
+        self.entry_sums.extend(rec.rows)
 
     def finish_body(self) -> None:
         assert self.header is not None
@@ -508,86 +566,16 @@ class _Verifier:
                 f"entry {self.last_cp_size}", "entries after the last checkpoint (unsigned)"
             )
 
-    def check_balances(self) -> int:
-        recomputed = {(*k, v[0], v[1]) for k, v in self.balances.items() if v[0] or v[1]}
-        exported = set(self.closing)
-        if len(exported) != len(self.closing):
-            raise AuditFailure("closing balances", "repeated rows")
-        if recomputed != exported:
-            diff = sorted(recomputed ^ exported)[0]
-            raise AuditFailure(
-                "closing balances",
-                f"do not match the balances recomputed from the entries (first difference: "
-                f"account {diff[0]}|{diff[1]}|{diff[2]})",
-            )
-        return len(exported)
-
-
-def _check_order(
-    which: str, rows: list[BalanceRow], first: int, previous: BalanceRow | None
-) -> BalanceRow | None:
-    """Balance rows come in the documented order: ascending by (owner, asset, kind), each
-    account once, across all the chunks of one kind (`first` numbers the rows before these,
-    `previous` is the last of them). Raises naming the first row out of order; returns the
-    last row."""
-    for n, row in enumerate(rows, start=first):
-        if previous is not None and row[:3] <= previous[:3]:
-            raise AuditFailure(
-                f"{which} balances row {n}",
-                f"account {row[0]}|{row[1]}|{row[2]} is out of order (not after "
-                f"{previous[0]}|{previous[1]}|{previous[2]}): rows are sorted by account",
-            )
-        previous = row
-    return previous
-
-
-def _apply(
-    balances: dict[tuple[str, str, str], list[int]],
-    entries: list[tuple[tuple[str, str, str], Literal[0, 1], int]],
-    index: int,
-) -> None:
-    """Entry `index`'s entries (other than two) on the balances: non-zero, summing to zero
-    per asset, and leaving no account they touch below the floor."""
-    sums: dict[str, int] = {}
-    for account, bucket, amount in entries:
-        if not amount:
-            raise AuditFailure(f"entry {index}", "zero amount")
-        sums[account[1]] = sums.get(account[1], 0) + amount
-        bal = balances.get(account)
-        if bal is None:
-            balances[account] = bal = [0, 0]
-        bal[bucket] += amount
-    if any(sums.values()):
-        raise AuditFailure(f"entry {index}", "entries do not sum to zero per asset")
-    for account, _, _ in entries:
-        bal = balances[account]
-        if (bal[0] < 0 or bal[1] < 0) and account[2] not in SYSTEM_KINDS:
-            _below_zero(index, account, bal)
-
-
-def _below_zero(index: int, account: tuple[str, str, str], bal: list[int]) -> None:
-    """Raise: a user account (`ledger.accounts.may_go_negative`: not a system kind) below
-    zero after entry `index`, which the ledger never commits."""
-    raise AuditFailure(
-        f"entry {index}",
-        f"account {account[0]}|{account[1]}|{account[2]} goes below zero (available "
-        f"{bal[0]}, held {bal[1]}): only system accounts may",
-    )
-
-
-def _repeated_id(index: int, tx_id: str) -> None:
-    """Raise: entry `index` has the id of an earlier entry (ids are unique in a ledger)."""
-    raise AuditFailure(
-        f"entry {index}", f"transaction id repeated: {tx_id!r} is an earlier entry's"
-    )
-
 
 def _b64(h: bytes) -> str:
     return base64.b64encode(h).decode()
 
 
 def verify_file(
-    f: BinaryIO, trusted: Verifier | None = None, checkpoints: Sequence[TrustedCheckpoint] = ()
+    f: BinaryIO,
+    trusted: Verifier | None = None,
+    checkpoints: Sequence[TrustedCheckpoint] = (),
+    later_keys: Sequence[PinnedKey] = (),
 ) -> VerifyReport:
     """Verify an audit file; return what was established or raise `AuditFailure`.
 
@@ -597,8 +585,14 @@ def verify_file(
     signed by a key the export accepts, and the export's root at its size must be its root;
     one beyond the export's end is refused; one before a partial export's start is checked
     against the starting frontier when that holds its size (else reported in `unchecked`).
+
+    ``later_keys`` are the keys accepted after ``trusted`` before (a pin's chain,
+    `VerifyReport.accepted_keys` of an earlier export): the export must list each, in order,
+    valid from the same size; a partial export is trusted from the newest of them valid at
+    its start, whose rotation entry is before the range. A key the chain lacks is still
+    accepted only from its rotation entry.
     """
-    v = _Verifier(trusted, checkpoints)
+    v = _Verifier(trusted, checkpoints, later_keys)
     accounts = _read(f, v)
     return _report(v, trusted, accounts)
 
@@ -635,16 +629,26 @@ def _read(f: BinaryIO, v: _Verifier) -> int:
                 v.finish_body()
             v.closing_record(record)
             v.state = "closing"
-        elif isinstance(record, Receipts) and state in ("body", "closing", "receipts"):
+        elif (
+            isinstance(record, Balances)
+            and record.which == "entries"
+            and state in ("body", "closing", "sums")
+        ):
+            if state == "body":
+                v.finish_body()
+            v.entry_sums_record(record)
+            v.state = "sums"
+        elif isinstance(record, Receipts) and state in ("body", "closing", "sums", "receipts"):
             if state == "body":
                 v.finish_body()
             v.receipts_record(record)
             v.state = "receipts"
-        elif isinstance(record, End) and state in ("body", "closing", "receipts"):
+        elif isinstance(record, End) and state in ("body", "closing", "sums", "receipts"):
             if state == "body":
                 v.finish_body()
             v.finish_receipts()
-            accounts = v.check_balances()
+            accounts = check_closing(v.balances, v.closing)
+            check_entry_sums(v.balances, v.opening, v.entry_sums, v.header)
             if (record.entries, record.checkpoints) != (v.entries, v.checkpoints):
                 raise AuditFailure("end", "entry or checkpoint count does not match")
             if record.digest != before:
@@ -688,4 +692,8 @@ def _report(v: _Verifier, trusted: Verifier | None, accounts: int) -> VerifyRepo
         consistent_with=sorted({t.checkpoint.size for t in v.trusted_cps} - set(unchecked)),
         unchecked=unchecked,
         notes=notes,
+        accepted_keys=[
+            PinnedKey(v.key_verifiers[n].encode(), v.keys[n].valid_from_size)
+            for n in range(v.trusted_pos, max(v.accepted_upto, v.trusted_pos + len(v.later)) + 1)
+        ],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -26,7 +27,7 @@ from ledger.audit.records import (
     Record,
     read_frames,
 )
-from ledger.audit.verify import TrustedCheckpoint, verify_file
+from ledger.audit.verify import PinnedKey, TrustedCheckpoint, verify_file
 from ledger.canonical import decode_transaction, transaction_bytes
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.keys import rotate
@@ -193,6 +194,45 @@ async def test_partial_exports_verify(books: Books) -> None:
         await export_bytes(books.url, 10**6)
 
 
+async def test_the_accepted_key_chain_trusts_a_partial_export_after_a_rotation(
+    books: Books,
+) -> None:
+    """An auditor who verified the rotation keeps the accepted keys with their sizes
+    (`accepted_keys`, what a pin writes): a later partial export starting after the
+    rotation verifies against them; one whose key list swaps the rotated key does not."""
+    full = await export_bytes(books.url)
+    report = verify_file(io.BytesIO(full), books.keys[0])
+    keys = next(r for r in records(full) if isinstance(r, Keys)).keys
+    after = keys[1].valid_from_size
+    assert report.accepted_keys == [
+        PinnedKey(books.keys[0].encode(), 0), PinnedKey(books.keys[1].encode(), after)
+    ]  # fmt: skip
+    later = report.accepted_keys[1:]
+    pinned = [TrustedCheckpoint(report.checkpoint_note, "pin")]
+    part = await export_bytes(books.url, after)
+    assert "announcement is not among the entries" in failure(part, books.keys[0]).reason
+    ok = verify_file(io.BytesIO(part), books.keys[0], pinned, later)
+    assert (ok.from_index, ok.keys) == (after, [k.encode() for k in books.keys])
+    assert ok.accepted_keys == report.accepted_keys  # the chain is kept on
+    # From before the rotation, the rotation entry is in the range and checked as ever.
+    assert verify_file(io.BytesIO(await export_bytes(books.url, 5)), books.keys[0], (), later)
+    # A key swap: the export lists another key from that size, signing its checkpoints.
+    recs = records(part)
+    swapped = [
+        Keys([keys[0], KeyRecord(books.other.verifier().encode(), after, after - 1)])
+        if isinstance(r, Keys)
+        else r
+        for r in recs
+    ]
+    with pytest.raises(AuditFailure) as info:
+        verify_file(io.BytesIO(rebuild(swapped)), books.keys[0], pinned, later)
+    assert info.value.where == "key 1" and "key list was changed" in info.value.reason
+    moved = [PinnedKey(later[0].key, after + 1)]  # the same key, pinned from another size
+    with pytest.raises(AuditFailure) as info:
+        verify_file(io.BytesIO(part), books.keys[0], (), moved)
+    assert info.value.where == "key 1"
+
+
 def parse_checkpoint(r: CheckpointRecord) -> Checkpoint:
     text, _ = parse_note(r.note)
     return Checkpoint.parse(text)
@@ -276,6 +316,13 @@ async def test_truncated_file(books: Books) -> None:
         assert err.where in ("file",) or err.where.startswith(("entry", "checkpoint", "record"))
 
 
+async def test_a_file_of_another_format_version_says_so(books: Books) -> None:
+    data = await export_bytes(books.url)
+    assert data.startswith(b"TOKEX-AUDIT/3\n")
+    err = failure(b"TOKEX-AUDIT/2\n" + data[14:], books.keys[0])
+    assert (err.where, err.reason) == ("file", f"format TOKEX-AUDIT/2 is not {FORMAT}")
+
+
 async def test_appended_forged_entry(books: Books) -> None:
     recs = records(await export_bytes(books.url))
     last = [r for r in recs if isinstance(r, Entries)][-1]
@@ -315,6 +362,58 @@ async def test_closing_balances_out_of_order_are_refused(books: Books) -> None:
     # A repeated row is out of order too (not after itself).
     recs[pos : pos + 2] = [Balances("closing", [*rows, rows[-1]])]
     assert failure(rebuild(recs), books.keys[0]).where == f"closing balances row {len(rows)}"
+
+
+async def tampered_entries_export(url: str, tx_id: str, delta: int, start: int = 0) -> bytes:
+    """An export taken after `delta` was added to both sides of transaction `tx_id`'s rows
+    in ledger_entries (triggers off, as a database superuser could), its signed bytes
+    untouched: the settlement reports, which read those rows, would change. Rolled back."""
+    conn = await asyncpg.connect(url)
+    try:
+        tr = conn.transaction(isolation="repeatable_read")
+        await tr.start()
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(
+            "UPDATE ledger_entries SET amount = amount + sign(amount)::bigint * $2 "
+            "WHERE tx_idx = (SELECT idx FROM ledger_transactions WHERE tx_id = $1)",
+            tx_id,
+            delta,
+        )
+        out = io.BytesIO()
+        await export(conn, out, start)
+        await tr.rollback()
+        return out.getvalue()
+    finally:
+        await conn.close()
+
+
+async def test_an_altered_entries_table_fails_the_audit(books: Books) -> None:
+    """The reports read ledger_entries, the audit the signed bodies: the export states what
+    the entries table sums to per account over its range, and verify refuses it when that
+    is not what the signed entries moved, naming the account."""
+    for start in (0, 3):  # a full export and a partial one covering the deposit
+        data = await tampered_entries_export(books.url, "fund-u2", 500, start)
+        err = failure(data, books.keys[0])
+        assert err.where == "ledger entries", err
+        assert err.reason.startswith(f"account exchange|USD|bank: the stored entries of {start}..")
+        sums = re.search(r"sum to available (-?\d+), held 0, the signed entries to available "
+                         r"(-?\d+), held 0", err.reason)  # fmt: skip
+        assert sums is not None and int(sums[1]) == int(sums[2]) - 500, err.reason
+    honest = await export_bytes(books.url)
+    verify(honest, books.keys[0])
+    recs = records(honest)
+    pos = next(i for i, r in enumerate(recs) if isinstance(r, Balances) and r.which == "entries")
+    sums = recs[pos]
+    assert isinstance(sums, Balances) and len(sums.rows) > 3
+    u2 = next(r for r in sums.rows if r[:3] == ("u2", "USD", "cash"))
+    err = failure(rebuild([r for r in recs if r is not sums]), books.keys[0])
+    assert err.where == "ledger entries"  # the rows left out
+    recs[pos] = Balances("entries", [r if r is not u2 else (*u2[:3], u2[3] + 1, u2[4])
+                                     for r in sums.rows])  # fmt: skip
+    err = failure(rebuild(recs), books.keys[0])
+    assert err.reason.startswith("account u2|USD|cash: ") and f"available {u2[3] + 1}" in err.reason
+    recs[pos] = Balances("entries", sums.rows[::-1])
+    assert failure(rebuild(recs), books.keys[0]).where == "entries balances row 1"
 
 
 async def test_opening_balances_out_of_order_are_refused(books: Books) -> None:
@@ -391,6 +490,7 @@ def _one_delivery_file(burned_owner: str) -> tuple[bytes, Verifier]:
     rows = sorted([(burned_owner, "tok:m/1/1", "entitlement", 100 - c.tokens, 0),
                    ("exchange", "tok:m/1/1", "issuance", c.tokens - 100, 0)])  # fmt: skip
     w.write(Balances("closing", rows))
+    w.write(Balances("entries", rows))
     w.write(Receipts(tx.id, 0, [receipt_bytes(r) for r in rs]))
     w.write(End(2, 1, w.digest()))
     return out.getvalue(), signer.verifier()

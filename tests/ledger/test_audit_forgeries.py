@@ -81,7 +81,8 @@ def verify(
     txs: list[CommittedTransaction], receipts: list[tuple[str, list[GatewayReceipt]]]
 ) -> VerifyReport:
     """Verify an export of `txs` from 0, one checkpoint at the end, signed by the exchange's
-    key, with the closing balances the entries give and these receipts records."""
+    key, with the closing balances (and entries' sums) the entries give and these receipts
+    records."""
     signer = Signer.generate(ORIGIN)
     bodies = [transaction_bytes(t) for t in txs]
     tree = MerkleFrontier()
@@ -99,6 +100,7 @@ def verify(
     w.write(Entries(0, bodies))
     w.write(CheckpointRecord(sign_checkpoint(point, signer)))
     w.write(Balances("closing", rows))
+    w.write(Balances("entries", rows))  # from 0 the entries' sums are the closing balances
     for tx_id, rs in receipts:
         w.write(Receipts(tx_id, 0, [receipt_bytes(r) for r in rs]))
     w.write(End(len(txs), 1, w.digest()))

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ledger.keys import rotate
 from ledger.log import open_ledger
 from ledger.note import Signer
 from market.client import TokexApiError
@@ -269,3 +270,71 @@ async def test_the_pinned_checkpoint_catches_a_later_fork_and_a_rollback(
     note.write_text(before.split("\n", 1)[1])
     r = tokex("audit", "verify", str(forked), "--public-key", str(pub), "--checkpoint", str(note))
     assert r.returncode == 1 and r.stdout.startswith(f"FAIL: checkpoint 30 you trust ({note})")
+
+
+async def test_the_pin_keeps_the_key_chain_for_exports_after_a_rotation(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An auditor who pinned an export with a key rotation in it verifies later partial
+    exports that start after the rotation (the pin keeps each accepted key with the size
+    it signs from); a pin of the older format, the key alone, still reads."""
+    first, second = Signer.generate(ORIGIN), Signer.generate(ORIGIN)
+    await _deposits(db_url, first, range(2), "d")
+    ledger, log = await open_ledger(db_url, first)
+    try:
+        rotated_at = await rotate(ledger, log, second, time_ms=100) + 1
+    finally:
+        await ledger.close()
+    await _deposits(db_url, second, range(2, 4), "d")
+    full, part, pin = tmp_path / "full.tokex", tmp_path / "part.tokex", tmp_path / "pin"
+    _export_to(db_url, full)
+    r = tokex("audit", "verify", str(full), "--pin", str(pin))
+    assert r.returncode == 0, r.stdout
+    keys = [first.verifier().encode(), str(rotated_at), second.verifier().encode()]
+    assert pin.read_text().splitlines()[0].split() == keys
+    _export_to(db_url, part, "--from-index", str(rotated_at))
+    r = tokex("audit", "verify", str(part), "--pin", str(pin))
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.startswith(f"OK: {ORIGIN}: entries {rotated_at}..")
+    assert pin.read_text().splitlines()[0].split() == keys  # the chain stays pinned
+
+    old = tmp_path / "old.pin"  # as pins were written before: the first key, the note
+    old.write_text(keys[0] + "\n" + pin.read_text().split("\n", 1)[1])
+    r = tokex("audit", "verify", str(part), "--pin", str(old))
+    assert r.returncode == 1 and "announcement is not among the entries" in r.stdout
+    r = tokex("audit", "verify", str(full), "--pin", str(old))  # the rotation is in it
+    assert r.returncode == 0 and old.read_text().splitlines()[0].split() == keys, r.stdout
+    old.write_text(f"{keys[0]} {rotated_at}\n")
+    r = tokex("audit", "verify", str(part), "--pin", str(old))
+    assert (r.returncode, r.stdout) == (
+        1,
+        f"FAIL: public key: {old}: a pinned key without its size\n",
+    )
+
+
+async def test_bad_bounds_and_paths_are_one_line_errors(db_url: str, tmp_path: Path) -> None:
+    """An index beyond the API's bound is bad usage; `--out` a directory, or a pin in a
+    directory that does not exist, is one line and exit 1, never a traceback (and with
+    `--json` still one JSON object)."""
+    await _deposits(db_url, Signer.generate(ORIGIN), range(1), "d")
+    env = {"DATABASE_URL": db_url}
+    for flag in ("--to-index", "--from-index"):
+        r = tokex("audit", "export", "--out", str(tmp_path / "x"), flag, str(10**20), env=env)
+        assert r.returncode == 2 and "an index is 0..2**62" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    r = tokex("audit", "export", "--out", str(tmp_path), env=env)
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert r.stderr.startswith(f"tokex: error: output_file_error: cannot write {tmp_path}: ")
+    assert len(r.stderr.splitlines()) == 1 and not list(tmp_path.glob("*.partial"))
+
+    audit, pin = tmp_path / "audit.tokex", tmp_path / "missing" / "pin"
+    _export_to(db_url, audit)
+    r = tokex("audit", "verify", str(audit), "--pin", str(pin))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stdout.startswith(f"FAIL: pin: the export verified, but {pin} cannot be written")
+    assert len(r.stdout.splitlines()) == 1
+    r = tokex("audit", "verify", str(audit), "--pin", str(pin), "--json")
+    failure = json.loads(r.stdout)
+    assert (r.returncode, failure["ok"], failure["where"], failure["code"]) == (
+        1, False, "pin", "io_error"
+    )  # fmt: skip

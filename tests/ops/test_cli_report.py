@@ -109,3 +109,17 @@ async def test_cli_text_shows_money_in_units(market: tuple[str, Activity]) -> No
         else:
             assert f"{row['available']:,}" in line.split()
     assert any("$" in line for line in lines[1:])
+
+
+async def test_cli_out_a_directory_is_one_line(
+    market: tuple[str, Activity], tmp_path: Path
+) -> None:
+    """`--out` naming a directory: one line and exit 1 (no traceback), in every format."""
+    url, _ = market
+    for fmt in ("json", "csv", "text"):
+        r = tokex("report", "trial-balance", "--format", fmt, "--out", str(tmp_path), url=url)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith(b"tokex: error: output_file_error: cannot write ")
+        assert len(r.stderr.splitlines()) == 1 and not list(tmp_path.glob("*.partial"))
+    r = tokex("report", "trial-balance", "--to-index", str(2**62 + 1), url=url)
+    assert r.returncode == 2 and b"an index is 0..2**62" in r.stderr
