@@ -28,7 +28,10 @@ client (`/health` too) gets a reset.
 
 Websocket connections leave the cap and these deadlines when they upgrade; they
 keep uvicorn's own ping interval and timeout (`ws_ping_interval_ms`,
-`ws_ping_timeout_ms`). The settings are `ops.config.ConnectionLimits`.
+`ws_ping_timeout_ms`), a message of at most `WS_MAX_BYTES` (past it, closed with 1009)
+and no permessage-deflate (a deflated frame costs the server up to a thousand times
+its size on the wire; the stream's messages are small). The settings are
+`ops.config.ConnectionLimits`.
 
 And one write a response, where uvicorn makes two: it writes a response's head when the
 app sends `http.response.start` and its body at `http.response.body`, each a send on the
@@ -57,6 +60,11 @@ log = logging.getLogger(__name__)
 
 #: File descriptors kept for everything but client sockets (database, files, helper).
 FD_RESERVE = 256
+#: The largest websocket message uvicorn reads, in bytes: the stream takes messages of at
+#: most 4,096 characters (`market.stream.MAX_MESSAGE_CHARS`), 16 KiB of UTF-8 at worst.
+#: uvicorn's default (16 MiB, deflated: 16 KiB on the wire) let 100 connections grow the
+#: server by gigabytes before the stream could refuse a message. Larger: closed with 1009.
+WS_MAX_BYTES = 16 * 1024
 
 
 def raise_open_file_limit() -> int:
@@ -297,4 +305,6 @@ def uvicorn_options(limits: ConnectionLimits) -> dict[str, Any]:
         "timeout_keep_alive": limits.keep_alive_timeout_ms / 1000,  # call_later takes a float
         "ws_ping_interval": limits.ws_ping_interval_ms / 1000,
         "ws_ping_timeout": limits.ws_ping_timeout_ms / 1000,
+        "ws_max_size": WS_MAX_BYTES,
+        "ws_per_message_deflate": False,
     }

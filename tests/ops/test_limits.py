@@ -4,6 +4,7 @@ sockets (loopback only) do not keep a new client from being served."""
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
 import time
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
+from market.stream import MAX_MESSAGE_CHARS
 from tests.support.server import ServerProcess
 
 WAIT_S = 5.0  # how long a test waits for the server to close a connection
@@ -172,3 +176,29 @@ def test_5000_idle_sockets_do_not_stop_a_new_client(
             for sock in sockets:
                 sock.close()
         assert httpx.get(proc.base_url + "/health").status_code == 200
+
+
+def test_a_websocket_frame_past_the_streams_limit_is_closed_1009_and_the_server_serves_on(
+    db_url: str, tmp_path: Path
+) -> None:
+    """uvicorn's default took 16 MiB frames (16 KiB on the wire, deflated) before the
+    stream refused them: 100 such connections grew the server by gigabytes. The largest
+    message the stream reads (4,096 characters, 4 bytes each in UTF-8) still reaches it,
+    one longer still gets its `message_too_large` frame; 20 KiB closes the connection
+    with 1009, and nothing is deflated."""
+    with serving(db_url, tmp_path) as proc:
+        url = proc.base_url.replace("http://", "ws://") + "/v1/stream"
+        with ws_connect(url, compression="deflate", max_size=None) as ws:
+            assert "sec-websocket-extensions" not in ws.response.headers  # no deflate
+            ws.send("\U0001f600" * MAX_MESSAGE_CHARS)  # 16 KiB of UTF-8: read (not JSON)
+            assert json.loads(ws.recv(timeout=WAIT_S))["code"] == "invalid_message"
+            ws.send("z" * (MAX_MESSAGE_CHARS + 1))
+            assert json.loads(ws.recv(timeout=WAIT_S))["code"] == "message_too_large"
+            ws.send("z" * 20 * 1024)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=WAIT_S)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        assert httpx.get(proc.base_url + "/health").status_code == 200
+        with ws_connect(url) as ws:  # and the stream takes new connections
+            ws.send(json.dumps({"op": "subscribe", "channel": "trades", "instrument": "x"}))
+            assert json.loads(ws.recv(timeout=WAIT_S))["type"] in ("subscribed", "error")
