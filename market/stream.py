@@ -18,10 +18,14 @@ subscribe's own parameters (`market.signing.subscribe_body`: channel,
 instrument, `cancel_on_disconnect`), and checked by `app.state.authenticator`
 (`market.auth`); its failures come back as `error` frames with the auth codes
 (`missing_signature`, `stale_timestamp`, `unknown_key`, `bad_signature`,
-`replayed_signature`). Signing the parameters is what keeps whoever sees a
-signed subscribe from sending it again with `cancel_on_disconnect: true` and
-hanging up (which would cancel every open order of the account): the changed
-subscribe is `bad_signature`, and so is one signed the old way (empty body).
+`replayed_signature`), and `auth_unavailable` while the database is away. A failed
+message is logged by channel and key id, never with its signature: one refused before
+the replay window saw it could be sent again by whoever reads the log.
+
+Signing the parameters is what keeps whoever sees a signed subscribe from sending it
+again with `cancel_on_disconnect: true` and hanging up (which would cancel every open
+order of the account): the changed subscribe is `bad_signature`, and so is one signed
+the old way (empty body).
 
 The upgrade request itself needs no signature (public market data): the
 HTTP auth middleware does not see websocket scopes.
@@ -66,6 +70,7 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
+from ledger.outage import CLIENT_FAULTS, DATABASE_DOWN
 from market.auth import PUBLIC, Authenticator, AuthError, Principal, now_ms
 from market.feed import MarketData, encode
 from market.feed_queue import Subscriber
@@ -85,6 +90,10 @@ from schemas.stream import (
 )
 
 log = logging.getLogger(__name__)
+
+#: What loading a key or claiming a signature raises while the database is away: the
+#: subscribe is `auth_unavailable` (try again), not `internal_error`.
+DATABASE_AWAY: Final = (*DATABASE_DOWN, asyncpg.PostgresError)
 
 MAX_MESSAGE_CHARS: Final = 4096  # client messages are small; anything larger is refused
 #: How often a connection re-checks the key of its `orders` subscription (a cache look-up).
@@ -230,7 +239,7 @@ async def _receive(
         except DomainError as exc:
             _error(sub, exc.code, exc.message)
         except Exception:  # never let one message kill the connection
-            log.exception("stream: cannot handle %r", message)
+            log.exception("stream: cannot handle %s", _describe(message))
             _error(sub, "internal_error", "internal error; it has been logged")
 
 
@@ -324,18 +333,34 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) ->
         if exc.code != "bad_signature":
             raise
         raise AuthError(_not_this_subscribe(body), code="bad_signature") from exc
+    except CLIENT_FAULTS:
+        raise  # a bug, not the database: internal_error
+    except DATABASE_AWAY as exc:  # loading the key: as the claim below
+        raise _auth_unavailable() from exc
     # In a gateway process of `serve --workers N` (ops.gateway_process sets the flag), the
     # signature is claimed for every gateway, not only in this process's replay window.
     pool: asyncpg.Pool | None = getattr(socket.app.state, "pool", None)
     if pool is not None and socket.app.state.get("stream_claims"):
         try:
             await claim(pool, principal.signature, message.timestamp_ms or 0, now_ms())
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise DomainError(
-                "private channels are not available now (the database): try again",
-                code=StreamErrorCode.AUTH_UNAVAILABLE,
-            ) from exc
+        except DATABASE_AWAY as exc:
+            raise _auth_unavailable() from exc
     return principal
+
+
+def _auth_unavailable() -> DomainError:
+    return DomainError(
+        "private channels are not available now (the database): try again",
+        code=StreamErrorCode.AUTH_UNAVAILABLE,
+    )
+
+
+def _describe(message: ClientMessage) -> str:
+    """A message as the log shows it: never its signature, which a reader of the log could
+    send again while it is fresh (a signature refused before the replay window saw it)."""
+    if isinstance(message, Subscribe):
+        return f"subscribe channel={message.channel} key_id={message.key_id!r}"
+    return f"unsubscribe channel={message.channel}"
 
 
 def _not_this_subscribe(body: bytes) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar import Litestar
@@ -70,8 +71,11 @@ class Exchange:
         self.keys = {ALICE_KEY: Ed25519PrivateKey.generate(), BOB_KEY: Ed25519PrivateKey.generate()}
         owners = {ALICE_KEY: "alice", BOB_KEY: "bob"}
         self.revoked: set[str] = set()  # as the database has them
+        self.load_fault: Exception | None = None  # what loading a key raises (an outage)
 
         async def load_key(key_id: str) -> KeyRecord | None:
+            if self.load_fault is not None:
+                raise self.load_fault
             if key_id not in self.keys:
                 return None
             return KeyRecord(key_id, owners[key_id], Role.BUYER, self.keys[key_id].public_key(),
@@ -309,6 +313,43 @@ def test_private_subscribe_must_be_signed(exchange: Exchange, fault: str) -> Non
         assert error["type"] == "error" and error["code"] == code, error
         ex.publish(ex.order("alice", Side.SELL, 150))
         subscribe(ws, "trades")  # no private frame came: not subscribed
+
+
+@pytest.mark.parametrize(
+    "fault", [ConnectionRefusedError(111, "refused"), asyncpg.CannotConnectNowError("starting")]
+)
+def test_a_subscribe_while_the_database_is_away_is_auth_unavailable_and_its_signature_unlogged(
+    exchange: Exchange, fault: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not `internal_error` with the whole subscribe logged: its signature never reached
+    the replay window, so a reader of the log could send it again within 30 s (and with
+    `cancel_on_disconnect`, hang up to cancel the account's orders)."""
+    ex = exchange
+    ex.load_fault = fault
+    msg = ex.signed(ALICE_KEY, cancel_on_disconnect=True)
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(msg)
+        error = recv(ws)
+        assert (error["type"], error["code"]) == ("error", "auth_unavailable"), error
+        ex.load_fault = None
+        ws.send_json(msg)  # the database is back: the same subscribe goes through
+        assert recv(ws)["type"] == "subscribed"
+    assert msg["signature"] not in caplog.text
+
+
+def test_an_unexpected_failure_logs_the_subscribes_key_never_its_signature(
+    exchange: Exchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    ex = exchange
+    ex.load_fault = RuntimeError("a bug")
+    msg = ex.signed(ALICE_KEY)
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(msg)
+        assert recv(ws)["code"] == "internal_error"
+        subscribe(ws, "trades")  # the connection lives on
+    logged = [r for r in caplog.records if r.name == "market.stream"]
+    assert logged and ALICE_KEY in logged[0].getMessage()
+    assert msg["signature"] not in caplog.text
 
 
 @pytest.mark.parametrize("cancel_on_disconnect", [False, True])
