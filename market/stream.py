@@ -145,6 +145,7 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
     authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
     if authenticator is None:
         return
+    failing = False  # the re-checks fail (an outage): said once, until one succeeds
     while True:
         await private.subscribed.wait()  # a public-only connection never wakes here
         await asyncio.sleep(KEY_RECHECK_S)
@@ -153,9 +154,13 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
             continue
         try:
             active = await authenticator.key_active(key_id)
-        except Exception:  # the database is away: check again later
-            log.warning("stream: cannot re-check key %s", key_id, exc_info=True)
+        except Exception as exc:  # the database is away: check again later
+            if not failing:  # once per outage: a traceback a second per connection flooded
+                log.warning("stream: cannot re-check key %s: %s: %s", key_id,
+                            type(exc).__name__, exc)  # fmt: skip
+            failing = True
             continue
+        failing = False
         if not active and private.key_id == key_id:
             for account_id in [a for a, k in private.guarded.items() if k == key_id]:
                 del private.guarded[account_id]

@@ -10,6 +10,7 @@ would publish them.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import TestClient
 from litestar.testing.websocket_test_session import WebSocketTestSession
 
+import market.stream
 from market.auth import Authenticator, KeyRecord, now_ms, request_message
 from market.feed import CLOSE_SLOW_CONSUMER, MarketData
 from market.signing import sign_subscribe
@@ -350,6 +352,31 @@ def test_an_unexpected_failure_logs_the_subscribes_key_never_its_signature(
     logged = [r for r in caplog.records if r.name == "market.stream"]
     assert logged and ALICE_KEY in logged[0].getMessage()
     assert msg["signature"] not in caplog.text
+
+
+def test_a_connection_logs_a_failing_key_recheck_once_per_outage_without_a_traceback(
+    exchange: Exchange, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every private connection re-checks its key each second: once the key cache expires
+    in an outage, a warning with a traceback each time flooded the log."""
+    ex = exchange
+    monkeypatch.setattr(market.stream, "KEY_RECHECK_S", 0.02)
+    ex.app.state.authenticator.cache_ttl_s = 0  # every re-check loads the key
+
+    def warnings() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "cannot re-check key" in r.getMessage()]
+
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(ex.signed(ALICE_KEY))
+        assert recv(ws)["type"] == "subscribed"
+        for outage in (1, 2):
+            ex.load_fault = ConnectionRefusedError(111, "refused")
+            time.sleep(0.4)  # some twenty re-checks fail
+            assert len(warnings()) == outage
+            ex.load_fault = None
+            time.sleep(0.2)  # and succeed again: the next failure is a new outage
+        subscribe(ws, "trades")  # still open
+    assert all(r.exc_info is None for r in warnings())
 
 
 @pytest.mark.parametrize("cancel_on_disconnect", [False, True])
