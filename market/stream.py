@@ -34,7 +34,10 @@ Cancel on disconnect: an `orders` subscribe with `cancel_on_disconnect: true` ar
 for that account on this connection; an unsubscribe from `orders` disarms it. When the
 connection ends while armed (dropped, closed, or the server dropped a slow consumer),
 every open order of the account is cancelled through the sequencer (`CancelAllOp`),
-as `POST /v1/orders/cancel-all` would. A bot that wants its orders to outlive a
+as `POST /v1/orders/cancel-all` would. If the sequencer does not take it then (the
+database is away), the cancel is owed and retried until it does
+(`market.stream_cancels.OwedCancels`, `app.state.owed_cancels`); a process that crashes
+loses what it owes. A bot that wants its orders to outlive a
 dropped connection leaves it off; one that wants a timeout rather than a connection
 uses the dead-man switch (`POST /v1/orders/cancel-after`).
 
@@ -74,9 +77,10 @@ from ledger.outage import CLIENT_FAULTS, DATABASE_DOWN
 from market.auth import PUBLIC, Authenticator, AuthError, Principal, now_ms
 from market.feed import MarketData, encode
 from market.feed_queue import Subscriber
-from market.sequencer.ops import CancelAllOp
+from market.sequencer.port import Exchange
 from market.sequencer.queries import UntradedQuery
 from market.signing import STREAM_PATH, subscribe_body
+from market.stream_cancels import OwedCancels, cancel_orders
 from market.stream_claims import claim
 from schemas.errors import DomainError
 from schemas.market import Depth
@@ -170,25 +174,27 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
 
 
 async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], guarded: dict[str, str]) -> None:
-    """Cancel the orders of every armed account whose arming key is still active."""
-    sequencer = getattr(socket.app.state, "sequencer", None)
-    authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
+    """Cancel the orders of every armed account whose arming key is still active; one the
+    sequencer does not take now (an outage) is owed, retried (`market.stream_cancels`)."""
+    state = socket.app.state
+    authenticator: Authenticator | None = getattr(state, "authenticator", None)
+    owed: OwedCancels | None = getattr(state, "owed_cancels", None)
+
+    def sequencer() -> Exchange | None:  # asked at each try: an outage replaces it
+        current: Exchange | None = state.get("sequencer")
+        return current
+
     for account_id in sorted(guarded):
         key_id = guarded[account_id]
         if authenticator is not None and not await _still_active(authenticator, key_id):
             log.info("stream: key %s revoked; %s's orders stay", key_id, account_id)
             continue
-        if sequencer is None:
-            log.warning("stream: cannot cancel %s's orders on disconnect: no sequencer", account_id)
+        if await cancel_orders(sequencer(), account_id):
             continue
-        try:
-            result = await sequencer.submit(CancelAllOp(account_id, None))
-        except Exception:
-            log.exception("stream: cancel on disconnect of %s failed", account_id)
+        if owed is None:
+            log.error("stream: cancel on disconnect of %s not taken, and not retried", account_id)
         else:
-            log.info(
-                "stream: disconnect cancelled %d orders of %s", len(result.cancelled), account_id
-            )
+            owed.owe(sequencer, account_id)
 
 
 async def _still_active(authenticator: Authenticator, key_id: str) -> bool:

@@ -24,10 +24,12 @@ from litestar.testing import TestClient
 from litestar.testing.websocket_test_session import WebSocketTestSession
 
 import market.stream
+from ledger.errors import LedgerUnavailable
 from market.auth import Authenticator, KeyRecord, now_ms, request_message
 from market.feed import CLOSE_SLOW_CONSUMER, MarketData
 from market.signing import sign_subscribe
 from market.stream import KEY_RECHECK_S, MAX_MESSAGE_CHARS
+from market.stream_cancels import OwedCancels
 from ops.app import create_app
 from ops.config import Settings
 from schemas.accounts import Role
@@ -421,12 +423,17 @@ def test_a_subscribe_signed_over_an_empty_body_is_refused(exchange: Exchange) ->
 
 
 class RecordingSequencer:
-    """Takes the `CancelAllOp`s of cancel on disconnect (it cancels nothing)."""
+    """Takes the `CancelAllOp`s of cancel on disconnect (it cancels nothing), after
+    refusing the first `refusals` submits as in a database outage (503)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refusals: int = 0) -> None:
         self.ops: list[Any] = []
+        self.refusals = refusals
 
     async def submit(self, op: Any) -> Any:
+        if self.refusals:
+            self.refusals -= 1
+            raise LedgerUnavailable("the ledger's database is unreachable")
         self.ops.append(op)
         return type("Result", (), {"cancelled": []})()
 
@@ -495,3 +502,16 @@ def test_cancel_on_disconnect_fires_for_each_account_armed_with_an_active_key(
         arm(ex, ws, ALICE_KEY, "alice")
         arm(ex, ws, BOB_KEY, "bob")
     assert cancelled_accounts(sequencer, 2) == ["alice", "bob"]
+
+
+def test_a_cancel_on_disconnect_refused_in_an_outage_is_retried_until_taken(
+    exchange: Exchange,
+) -> None:
+    """The bot is gone: its orders must not stay open, to fill once the database is back."""
+    ex = exchange
+    ex.app.state.owed_cancels = OwedCancels(first_delay_s=0.02, max_delay_s=0.1)
+    sequencer = RecordingSequencer(refusals=3)
+    ex.app.state.sequencer = sequencer
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        arm(ex, ws, ALICE_KEY, "alice")
+    assert cancelled_accounts(sequencer, 1) == ["alice"]
