@@ -18,10 +18,14 @@ subscribe's own parameters (`market.signing.subscribe_body`: channel,
 instrument, `cancel_on_disconnect`), and checked by `app.state.authenticator`
 (`market.auth`); its failures come back as `error` frames with the auth codes
 (`missing_signature`, `stale_timestamp`, `unknown_key`, `bad_signature`,
-`replayed_signature`). Signing the parameters is what keeps whoever sees a
-signed subscribe from sending it again with `cancel_on_disconnect: true` and
-hanging up (which would cancel every open order of the account): the changed
-subscribe is `bad_signature`, and so is one signed the old way (empty body).
+`replayed_signature`), and `auth_unavailable` while the database is away. A failed
+message is logged by channel and key id, never with its signature: one refused before
+the replay window saw it could be sent again by whoever reads the log.
+
+Signing the parameters is what keeps whoever sees a signed subscribe from sending it
+again with `cancel_on_disconnect: true` and hanging up (which would cancel every open
+order of the account): the changed subscribe is `bad_signature`, and so is one signed
+the old way (empty body).
 
 The upgrade request itself needs no signature (public market data): the
 HTTP auth middleware does not see websocket scopes.
@@ -30,7 +34,10 @@ Cancel on disconnect: an `orders` subscribe with `cancel_on_disconnect: true` ar
 for that account on this connection; an unsubscribe from `orders` disarms it. When the
 connection ends while armed (dropped, closed, or the server dropped a slow consumer),
 every open order of the account is cancelled through the sequencer (`CancelAllOp`),
-as `POST /v1/orders/cancel-all` would. A bot that wants its orders to outlive a
+as `POST /v1/orders/cancel-all` would. If the sequencer does not take it then (the
+database is away), the cancel is owed and retried until it does
+(`market.stream_cancels.OwedCancels`, `app.state.owed_cancels`); a process that crashes
+loses what it owes. A bot that wants its orders to outlive a
 dropped connection leaves it off; one that wants a timeout rather than a connection
 uses the dead-man switch (`POST /v1/orders/cancel-after`).
 
@@ -66,12 +73,14 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
+from ledger.outage import CLIENT_FAULTS, DATABASE_DOWN
 from market.auth import PUBLIC, Authenticator, AuthError, Principal, now_ms
 from market.feed import MarketData, encode
 from market.feed_queue import Subscriber
-from market.sequencer.ops import CancelAllOp
+from market.sequencer.port import Exchange
 from market.sequencer.queries import UntradedQuery
 from market.signing import STREAM_PATH, subscribe_body
+from market.stream_cancels import OwedCancels, cancel_orders
 from market.stream_claims import claim
 from schemas.errors import DomainError
 from schemas.market import Depth
@@ -85,6 +94,10 @@ from schemas.stream import (
 )
 
 log = logging.getLogger(__name__)
+
+#: What loading a key or claiming a signature raises while the database is away: the
+#: subscribe is `auth_unavailable` (try again), not `internal_error`.
+DATABASE_AWAY: Final = (*DATABASE_DOWN, asyncpg.PostgresError)
 
 MAX_MESSAGE_CHARS: Final = 4096  # client messages are small; anything larger is refused
 #: How often a connection re-checks the key of its `orders` subscription (a cache look-up).
@@ -136,6 +149,7 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
     authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
     if authenticator is None:
         return
+    failing = False  # the re-checks fail (an outage): said once, until one succeeds
     while True:
         await private.subscribed.wait()  # a public-only connection never wakes here
         await asyncio.sleep(KEY_RECHECK_S)
@@ -144,9 +158,13 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
             continue
         try:
             active = await authenticator.key_active(key_id)
-        except Exception:  # the database is away: check again later
-            log.warning("stream: cannot re-check key %s", key_id, exc_info=True)
+        except Exception as exc:  # the database is away: check again later
+            if not failing:  # once per outage: a traceback a second per connection flooded
+                log.warning("stream: cannot re-check key %s: %s: %s", key_id,
+                            type(exc).__name__, exc)  # fmt: skip
+            failing = True
             continue
+        failing = False
         if not active and private.key_id == key_id:
             for account_id in [a for a, k in private.guarded.items() if k == key_id]:
                 del private.guarded[account_id]
@@ -156,25 +174,27 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
 
 
 async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], guarded: dict[str, str]) -> None:
-    """Cancel the orders of every armed account whose arming key is still active."""
-    sequencer = getattr(socket.app.state, "sequencer", None)
-    authenticator: Authenticator | None = getattr(socket.app.state, "authenticator", None)
+    """Cancel the orders of every armed account whose arming key is still active; one the
+    sequencer does not take now (an outage) is owed, retried (`market.stream_cancels`)."""
+    state = socket.app.state
+    authenticator: Authenticator | None = getattr(state, "authenticator", None)
+    owed: OwedCancels | None = getattr(state, "owed_cancels", None)
+
+    def sequencer() -> Exchange | None:  # asked at each try: an outage replaces it
+        current: Exchange | None = state.get("sequencer")
+        return current
+
     for account_id in sorted(guarded):
         key_id = guarded[account_id]
         if authenticator is not None and not await _still_active(authenticator, key_id):
             log.info("stream: key %s revoked; %s's orders stay", key_id, account_id)
             continue
-        if sequencer is None:
-            log.warning("stream: cannot cancel %s's orders on disconnect: no sequencer", account_id)
+        if await cancel_orders(sequencer(), account_id):
             continue
-        try:
-            result = await sequencer.submit(CancelAllOp(account_id, None))
-        except Exception:
-            log.exception("stream: cancel on disconnect of %s failed", account_id)
+        if owed is None:
+            log.error("stream: cancel on disconnect of %s not taken, and not retried", account_id)
         else:
-            log.info(
-                "stream: disconnect cancelled %d orders of %s", len(result.cancelled), account_id
-            )
+            owed.owe(sequencer, account_id)
 
 
 async def _still_active(authenticator: Authenticator, key_id: str) -> bool:
@@ -230,7 +250,7 @@ async def _receive(
         except DomainError as exc:
             _error(sub, exc.code, exc.message)
         except Exception:  # never let one message kill the connection
-            log.exception("stream: cannot handle %r", message)
+            log.exception("stream: cannot handle %s", _describe(message))
             _error(sub, "internal_error", "internal error; it has been logged")
 
 
@@ -324,18 +344,34 @@ async def _authenticate(socket: WebSocket[Any, Any, Any], message: Subscribe) ->
         if exc.code != "bad_signature":
             raise
         raise AuthError(_not_this_subscribe(body), code="bad_signature") from exc
+    except CLIENT_FAULTS:
+        raise  # a bug, not the database: internal_error
+    except DATABASE_AWAY as exc:  # loading the key: as the claim below
+        raise _auth_unavailable() from exc
     # In a gateway process of `serve --workers N` (ops.gateway_process sets the flag), the
     # signature is claimed for every gateway, not only in this process's replay window.
     pool: asyncpg.Pool | None = getattr(socket.app.state, "pool", None)
     if pool is not None and socket.app.state.get("stream_claims"):
         try:
             await claim(pool, principal.signature, message.timestamp_ms or 0, now_ms())
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise DomainError(
-                "private channels are not available now (the database): try again",
-                code=StreamErrorCode.AUTH_UNAVAILABLE,
-            ) from exc
+        except DATABASE_AWAY as exc:
+            raise _auth_unavailable() from exc
     return principal
+
+
+def _auth_unavailable() -> DomainError:
+    return DomainError(
+        "private channels are not available now (the database): try again",
+        code=StreamErrorCode.AUTH_UNAVAILABLE,
+    )
+
+
+def _describe(message: ClientMessage) -> str:
+    """A message as the log shows it: never its signature, which a reader of the log could
+    send again while it is fresh (a signature refused before the replay window saw it)."""
+    if isinstance(message, Subscribe):
+        return f"subscribe channel={message.channel} key_id={message.key_id!r}"
+    return f"unsubscribe channel={message.channel}"
 
 
 def _not_this_subscribe(body: bytes) -> str:

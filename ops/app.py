@@ -49,6 +49,7 @@ from market.gateway.receipts_api import receipts_router
 from market.key_revocations import RevocationListener
 from market.orders_asgi import OrderCalls
 from market.stream import market_stream
+from market.stream_cancels import OwedCancels
 from market.vouchers_api import vouchers_router
 from ops.audit_api import audit_router
 from ops.config import Settings
@@ -160,6 +161,14 @@ def _pool_lifespan(settings: Settings, pool_factory: PoolFactory) -> Lifespan:
     return lifespan
 
 
+@asynccontextmanager
+async def _drain_owed_cancels(app: Litestar) -> AsyncIterator[None]:
+    """At shutdown, the websocket's cancels on disconnect still owed get a few more tries
+    (`market.stream_cancels`); the connections have ended by then (uvicorn waits for them)."""
+    yield
+    await app.state.owed_cancels.drain()
+
+
 def _provide_pool(state: State) -> asyncpg.Pool:
     pool: asyncpg.Pool = state.pool
     return pool
@@ -193,11 +202,14 @@ def create_app(
         # integers strictly on the wire: JSON bodies and integer query parameters (ops.wire)
         request_class=StrictRequest,
         before_request=strict_query,
-        lifespan=[_pool_lifespan(settings, pool_factory), *lifespans],
+        # the owed cancels' drain last, so it exits first: before the sequencer closes
+        lifespan=[_pool_lifespan(settings, pool_factory), *lifespans, _drain_owed_cancels],
         openapi_config=openapi_config(_version()),  # ops.openapi: errors, security, docs page
         request_max_body_size=MAX_BODY_BYTES,
         # the market data hub exists before any lifespan, so the sequencer's can feed it
-        state=State({"settings": settings, "market_data": MarketData()}),
+        state=State(
+            {"settings": settings, "market_data": MarketData(), "owed_cancels": OwedCancels()}
+        ),
         debug=debug,
         logging_config=None,  # logging is the process's business (the CLI sets it up)
     )

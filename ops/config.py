@@ -44,6 +44,10 @@ class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
     #: longest-quiet connection with no request in the app is closed, and if there is
     #: none the new one gets 503 `too_many_connections`.
     max_connections: int = 4_096
+    #: Open websockets at most (they leave `max_connections` when they upgrade), lowered to
+    #: half of what the open-file limit leaves for client sockets; past it the upgrade is
+    #: refused with 503 `too_many_websockets`, so plain HTTP keeps its room.
+    max_websockets: int = 4_096
     #: The websocket stream's own keep-alive: a ping this often, closed if no pong in time.
     ws_ping_interval_ms: int = 20_000
     ws_ping_timeout_ms: int = 20_000
@@ -73,6 +77,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "body_timeout_ms": "TOKEX_BODY_TIMEOUT_MS",
     "max_header_bytes": "TOKEX_MAX_HEADER_BYTES",
     "max_connections": "TOKEX_MAX_CONNECTIONS",
+    "max_websockets": "TOKEX_MAX_WEBSOCKETS",
     "ws_ping_interval_ms": "TOKEX_WS_PING_INTERVAL_MS",
     "ws_ping_timeout_ms": "TOKEX_WS_PING_TIMEOUT_MS",
 }
@@ -134,6 +139,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     body_timeout_ms: int = _DEFAULT_LIMITS.body_timeout_ms
     max_header_bytes: int = _DEFAULT_LIMITS.max_header_bytes
     max_connections: int = _DEFAULT_LIMITS.max_connections
+    max_websockets: int = _DEFAULT_LIMITS.max_websockets
     ws_ping_interval_ms: int = _DEFAULT_LIMITS.ws_ping_interval_ms
     ws_ping_timeout_ms: int = _DEFAULT_LIMITS.ws_ping_timeout_ms
 

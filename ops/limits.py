@@ -26,9 +26,18 @@ client (`/health` too) gets a reset.
   in the app is the new one refused, with 503 `too_many_connections` and
   `Retry-After`, then closed.
 
-Websocket connections leave the cap and these deadlines when they upgrade; they
+Websocket connections leave the cap and these deadlines when they upgrade, for a cap
+of their own, `max_websockets`, lowered to half of the client sockets' share of the
+open-file limit (`fd_budget`): past it the upgrade is refused before the handshake with
+503 `too_many_websockets` and `Retry-After`, so plain HTTP (`/health` too) always keeps
+the other half; HTTP connections and websockets together stay within `fd_budget` (a new
+HTTP connection past it closes an idle one, as past `max_connections`). Without it,
+579 websockets against an open-file limit of 600 left `/health` getting resets. They
 keep uvicorn's own ping interval and timeout (`ws_ping_interval_ms`,
-`ws_ping_timeout_ms`). The settings are `ops.config.ConnectionLimits`.
+`ws_ping_timeout_ms`), a message of at most `WS_MAX_BYTES` (past it, closed with 1009)
+and no permessage-deflate (a deflated frame costs the server up to a thousand times
+its size on the wire; the stream's messages are small). The settings are
+`ops.config.ConnectionLimits`.
 
 And one write a response, where uvicorn makes two: it writes a response's head when the
 app sends `http.response.start` and its body at `http.response.body`, each a send on the
@@ -57,6 +66,11 @@ log = logging.getLogger(__name__)
 
 #: File descriptors kept for everything but client sockets (database, files, helper).
 FD_RESERVE = 256
+#: The largest websocket message uvicorn reads, in bytes: the stream takes messages of at
+#: most 4,096 characters (`market.stream.MAX_MESSAGE_CHARS`), 16 KiB of UTF-8 at worst.
+#: uvicorn's default (16 MiB, deflated: 16 KiB on the wire) let 100 connections grow the
+#: server by gigabytes before the stream could refuse a message. Larger: closed with 1009.
+WS_MAX_BYTES = 16 * 1024
 
 
 def raise_open_file_limit() -> int:
@@ -72,9 +86,20 @@ def raise_open_file_limit() -> int:
     return soft
 
 
+def fd_budget(open_file_limit: int) -> int:
+    """The file descriptors client sockets (HTTP connections and websockets) may hold."""
+    return max(2, open_file_limit - FD_RESERVE)
+
+
 def effective_max_connections(limits: ConnectionLimits, open_file_limit: int) -> int:
     """The cap, lowered so that client sockets can never use up the open-file limit."""
-    return max(1, min(limits.max_connections, open_file_limit - FD_RESERVE))
+    return max(1, min(limits.max_connections, fd_budget(open_file_limit)))
+
+
+def effective_max_websockets(limits: ConnectionLimits, open_file_limit: int) -> int:
+    """The websockets' cap: at most half of the client sockets' budget, so that HTTP
+    (`/health` included) always has the other half."""
+    return max(1, min(limits.max_websockets, fd_budget(open_file_limit) // 2))
 
 
 def _raw_response(status: bytes, body: ErrorBody, extra: bytes = b"") -> bytes:
@@ -94,6 +119,14 @@ REFUSED = _raw_response(
     ),
     b"retry-after: 1\r\n",
 )
+WEBSOCKETS_REFUSED = _raw_response(
+    b"503 Service Unavailable",
+    ErrorBody(
+        code="too_many_websockets",
+        message="the server holds as many websockets as it may; try again shortly",
+    ),
+    b"retry-after: 1\r\n",
+)
 HEADERS_TOO_LARGE = _raw_response(
     b"431 Request Header Fields Too Large",
     ErrorBody(code="headers_too_large", message="the request's headers are too large"),
@@ -105,21 +138,54 @@ HEADER_TIMEOUT = _raw_response(
 
 
 class ConnectionRegistry:
-    """The open HTTP connections of one server, longest-quiet first."""
+    """The open HTTP connections of one server, longest-quiet first, and its websockets.
 
-    def __init__(self, max_connections: int) -> None:
+    HTTP connections and websockets together stay within `fd_budget` (when given): a new
+    HTTP connection past it makes room as one past `max_connections` does."""
+
+    def __init__(
+        self, max_connections: int, max_websockets: int | None = None,
+        fd_budget: int | None = None,
+    ) -> None:  # fmt: skip
         self.max_connections = max_connections
+        self.max_websockets = max_connections if max_websockets is None else max_websockets
+        self.fd_budget = fd_budget
         self._open: OrderedDict[GuardedProtocol, None] = OrderedDict()
+        self._websockets: set[asyncio.BaseProtocol] = set()
         self.evicted = 0
         self.refused = 0
+        self.websockets_refused = 0
 
     def __len__(self) -> int:
         return len(self._open)
 
+    @property
+    def websockets(self) -> int:
+        return len(self._websockets)
+
+    def _full(self) -> bool:
+        held = len(self._open)
+        if held >= self.max_connections:
+            return True
+        return self.fd_budget is not None and held + len(self._websockets) >= self.fd_budget
+
+    def websocket_room(self) -> bool:
+        """Whether one more websocket may open (counted as refused if not)."""
+        if len(self._websockets) >= self.max_websockets:
+            self.websockets_refused += 1
+            return False
+        return True
+
+    def websocket_opened(self, protocol: asyncio.BaseProtocol) -> None:
+        self._websockets.add(protocol)
+
+    def websocket_closed(self, protocol: asyncio.BaseProtocol) -> None:
+        self._websockets.discard(protocol)
+
     def admit(self, protocol: GuardedProtocol) -> bool:
         """Make room for `protocol` (closing the longest-quiet evictable connection) and add it;
         False if every connection is in the app."""
-        if len(self._open) >= self.max_connections:
+        if self._full():
             victim = next((p for p in self._open if p.evictable), None)
             if victim is None:
                 self.refused += 1
@@ -276,25 +342,56 @@ class GuardedProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self._cancel_deadline()
         self.registry.drop(self)  # a websocket keeps its own ping and timeout
+        if not self.registry.websocket_room():
+            if not self.transport.is_closing():  # before the handshake: a plain answer
+                self.transport.write(WEBSOCKETS_REFUSED)
+            self.close()
+            return
         super().handle_websocket_upgrade()
+        _count_websocket(self.registry, self.transport.get_protocol())
+
+
+def _count_websocket(registry: ConnectionRegistry, ws: asyncio.BaseProtocol) -> None:
+    """Count `ws` (uvicorn's websocket protocol, now the transport's) until its connection
+    is lost: its own `connection_lost` is wrapped, uvicorn's protocol classes being picked
+    at run time (`ws="auto"`)."""
+    registry.websocket_opened(ws)
+    lost = ws.connection_lost
+
+    def connection_lost(exc: Exception | None) -> None:
+        registry.websocket_closed(ws)
+        lost(exc)
+
+    ws.connection_lost = connection_lost  # type: ignore[method-assign]
 
 
 def guarded_protocol(
-    limits: ConnectionLimits, max_connections: int | None = None
-) -> type[GuardedProtocol]:
+    limits: ConnectionLimits, max_connections: int | None = None,
+    max_websockets: int | None = None, fd_budget: int | None = None,
+) -> type[GuardedProtocol]:  # fmt: skip
     """A protocol class for `uvicorn.run(http=...)`, with its own connection registry."""
-    registry = ConnectionRegistry(max_connections or limits.max_connections)
+    registry = ConnectionRegistry(
+        max_connections or limits.max_connections,
+        max_websockets or limits.max_websockets,
+        fd_budget,
+    )
     return type("GuardedHttpProtocol", (GuardedProtocol,), {"limits": limits, "registry": registry})
 
 
 def uvicorn_options(limits: ConnectionLimits) -> dict[str, Any]:
     """Everything `uvicorn.run` needs for these limits (raises the open-file limit)."""
-    cap = effective_max_connections(limits, raise_open_file_limit())
+    open_files = raise_open_file_limit()
+    cap = effective_max_connections(limits, open_files)
     if cap < limits.max_connections:
         log.warning("at most %d connections: the open-file limit leaves no room for more", cap)
+    ws_cap = effective_max_websockets(limits, open_files)
+    if ws_cap < limits.max_websockets:
+        log.warning("at most %d websockets: half of what the open-file limit leaves", ws_cap)
     return {
-        "http": guarded_protocol(limits, cap),
+        "http": guarded_protocol(limits, cap, ws_cap, fd_budget(open_files)),
         "timeout_keep_alive": limits.keep_alive_timeout_ms / 1000,  # call_later takes a float
         "ws_ping_interval": limits.ws_ping_interval_ms / 1000,
         "ws_ping_timeout": limits.ws_ping_timeout_ms / 1000,
+        "ws_max_size": WS_MAX_BYTES,
+        "ws_per_message_deflate": False,
     }

@@ -10,10 +10,12 @@ would publish them.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar import Litestar
@@ -21,10 +23,13 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import TestClient
 from litestar.testing.websocket_test_session import WebSocketTestSession
 
+import market.stream
+from ledger.errors import LedgerUnavailable
 from market.auth import Authenticator, KeyRecord, now_ms, request_message
 from market.feed import CLOSE_SLOW_CONSUMER, MarketData
 from market.signing import sign_subscribe
 from market.stream import KEY_RECHECK_S, MAX_MESSAGE_CHARS
+from market.stream_cancels import OwedCancels
 from ops.app import create_app
 from ops.config import Settings
 from schemas.accounts import Role
@@ -70,8 +75,11 @@ class Exchange:
         self.keys = {ALICE_KEY: Ed25519PrivateKey.generate(), BOB_KEY: Ed25519PrivateKey.generate()}
         owners = {ALICE_KEY: "alice", BOB_KEY: "bob"}
         self.revoked: set[str] = set()  # as the database has them
+        self.load_fault: Exception | None = None  # what loading a key raises (an outage)
 
         async def load_key(key_id: str) -> KeyRecord | None:
+            if self.load_fault is not None:
+                raise self.load_fault
             if key_id not in self.keys:
                 return None
             return KeyRecord(key_id, owners[key_id], Role.BUYER, self.keys[key_id].public_key(),
@@ -311,6 +319,68 @@ def test_private_subscribe_must_be_signed(exchange: Exchange, fault: str) -> Non
         subscribe(ws, "trades")  # no private frame came: not subscribed
 
 
+@pytest.mark.parametrize(
+    "fault", [ConnectionRefusedError(111, "refused"), asyncpg.CannotConnectNowError("starting")]
+)
+def test_a_subscribe_while_the_database_is_away_is_auth_unavailable_and_its_signature_unlogged(
+    exchange: Exchange, fault: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not `internal_error` with the whole subscribe logged: its signature never reached
+    the replay window, so a reader of the log could send it again within 30 s (and with
+    `cancel_on_disconnect`, hang up to cancel the account's orders)."""
+    ex = exchange
+    ex.load_fault = fault
+    msg = ex.signed(ALICE_KEY, cancel_on_disconnect=True)
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(msg)
+        error = recv(ws)
+        assert (error["type"], error["code"]) == ("error", "auth_unavailable"), error
+        ex.load_fault = None
+        ws.send_json(msg)  # the database is back: the same subscribe goes through
+        assert recv(ws)["type"] == "subscribed"
+    assert msg["signature"] not in caplog.text
+
+
+def test_an_unexpected_failure_logs_the_subscribes_key_never_its_signature(
+    exchange: Exchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    ex = exchange
+    ex.load_fault = RuntimeError("a bug")
+    msg = ex.signed(ALICE_KEY)
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(msg)
+        assert recv(ws)["code"] == "internal_error"
+        subscribe(ws, "trades")  # the connection lives on
+    logged = [r for r in caplog.records if r.name == "market.stream"]
+    assert logged and ALICE_KEY in logged[0].getMessage()
+    assert msg["signature"] not in caplog.text
+
+
+def test_a_connection_logs_a_failing_key_recheck_once_per_outage_without_a_traceback(
+    exchange: Exchange, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every private connection re-checks its key each second: once the key cache expires
+    in an outage, a warning with a traceback each time flooded the log."""
+    ex = exchange
+    monkeypatch.setattr(market.stream, "KEY_RECHECK_S", 0.02)
+    ex.app.state.authenticator.cache_ttl_s = 0  # every re-check loads the key
+
+    def warnings() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "cannot re-check key" in r.getMessage()]
+
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(ex.signed(ALICE_KEY))
+        assert recv(ws)["type"] == "subscribed"
+        for outage in (1, 2):
+            ex.load_fault = ConnectionRefusedError(111, "refused")
+            time.sleep(0.4)  # some twenty re-checks fail
+            assert len(warnings()) == outage
+            ex.load_fault = None
+            time.sleep(0.2)  # and succeed again: the next failure is a new outage
+        subscribe(ws, "trades")  # still open
+    assert all(r.exc_info is None for r in warnings())
+
+
 @pytest.mark.parametrize("cancel_on_disconnect", [False, True])
 def test_a_subscribe_sent_again_with_cancel_on_disconnect_flipped_is_refused(
     exchange: Exchange, cancel_on_disconnect: bool
@@ -353,12 +423,17 @@ def test_a_subscribe_signed_over_an_empty_body_is_refused(exchange: Exchange) ->
 
 
 class RecordingSequencer:
-    """Takes the `CancelAllOp`s of cancel on disconnect (it cancels nothing)."""
+    """Takes the `CancelAllOp`s of cancel on disconnect (it cancels nothing), after
+    refusing the first `refusals` submits as in a database outage (503)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refusals: int = 0) -> None:
         self.ops: list[Any] = []
+        self.refusals = refusals
 
     async def submit(self, op: Any) -> Any:
+        if self.refusals:
+            self.refusals -= 1
+            raise LedgerUnavailable("the ledger's database is unreachable")
         self.ops.append(op)
         return type("Result", (), {"cancelled": []})()
 
@@ -427,3 +502,16 @@ def test_cancel_on_disconnect_fires_for_each_account_armed_with_an_active_key(
         arm(ex, ws, ALICE_KEY, "alice")
         arm(ex, ws, BOB_KEY, "bob")
     assert cancelled_accounts(sequencer, 2) == ["alice", "bob"]
+
+
+def test_a_cancel_on_disconnect_refused_in_an_outage_is_retried_until_taken(
+    exchange: Exchange,
+) -> None:
+    """The bot is gone: its orders must not stay open, to fill once the database is back."""
+    ex = exchange
+    ex.app.state.owed_cancels = OwedCancels(first_delay_s=0.02, max_delay_s=0.1)
+    sequencer = RecordingSequencer(refusals=3)
+    ex.app.state.sequencer = sequencer
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        arm(ex, ws, ALICE_KEY, "alice")
+    assert cancelled_accounts(sequencer, 1) == ["alice"]

@@ -12,6 +12,7 @@ import json
 import random
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from market.client import TokexApiError, TokexClient
@@ -19,6 +20,7 @@ from schemas.accounts import Role
 from schemas.market import Depth, DepthLevel, Side
 from schemas.trading import CreateInstrument, PlaceOrder
 from tests.market.feed_support import ClientBook
+from tests.support.pg import PgServer
 from tests.support.server import ServerProcess, operator_client
 
 SYM = "llama-3.1-70b/2030-12-01T00Z/1h"  # a window far ahead of the real clock
@@ -218,5 +220,37 @@ async def test_a_subscribe_sent_again_with_cancel_on_disconnect_on_cancels_nothi
         owner.transport.abort()
         await asyncio.sleep(0.5)
         assert (await buyer.order(order_id)).status == "open"
+    finally:
+        await operator.aclose()
+
+
+async def test_cancel_on_disconnect_during_a_database_outage_is_done_once_it_is_back(
+    pg: PgServer, db_url: str, server_process: ServerProcess
+) -> None:
+    """The bot's connection drops while PostgreSQL is down: the sequencer refuses the
+    cancel then, and it is retried until taken, not left for the orders to fill."""
+    operator, buyer, order_id = await _resting_buyer(db_url, server_process.base_url)
+    try:
+        url = server_process.base_url.replace("http://", "ws://") + "/v1/stream"
+        ws = await connect(url)
+        await ws.send(json.dumps(buyer.orders_subscribe(cancel_on_disconnect=True)))
+        assert (await recv(ws))["type"] == "subscribed"
+        pg.stop(mode="immediate")  # skips where the test cannot stop the server
+        try:
+            await asyncio.sleep(1.0)  # the server has seen it go
+            ws.transport.abort()
+            await asyncio.sleep(2.0)  # the first cancel refused, and some retries
+        finally:
+            pg.start()
+        async with httpx.AsyncClient(base_url=server_process.base_url) as http:
+            for _ in range(300):
+                if (await http.get("/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+        for _ in range(100):  # within the retries' 5 s at most, and then some
+            if (await buyer.order(order_id)).status == "cancelled":
+                break
+            await asyncio.sleep(0.1)
+        assert (await buyer.order(order_id)).status == "cancelled"
     finally:
         await operator.aclose()

@@ -4,16 +4,23 @@ sockets (loopback only) do not keep a new client from being served."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import resource
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect as ws_connect_async
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
+from market.stream import MAX_MESSAGE_CHARS
 from tests.support.server import ServerProcess
 
 WAIT_S = 5.0  # how long a test waits for the server to close a connection
@@ -25,12 +32,14 @@ def serving(
     tmp_path: Path,
     env: dict[str, int] | None = None,
     open_file_limit: int | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         database_url=db_url,
         data_dir=tmp_path,
         env={k: str(v) for k, v in (env or {}).items()},
         open_file_limit=open_file_limit,
+        extra_args=extra_args,
     )
     proc.start()
     try:
@@ -172,3 +181,81 @@ def test_5000_idle_sockets_do_not_stop_a_new_client(
             for sock in sockets:
                 sock.close()
         assert httpx.get(proc.base_url + "/health").status_code == 200
+
+
+def test_a_websocket_frame_past_the_streams_limit_is_closed_1009_and_the_server_serves_on(
+    db_url: str, tmp_path: Path
+) -> None:
+    """uvicorn's default took 16 MiB frames (16 KiB on the wire, deflated) before the
+    stream refused them: 100 such connections grew the server by gigabytes. The largest
+    message the stream reads (4,096 characters, 4 bytes each in UTF-8) still reaches it,
+    one longer still gets its `message_too_large` frame; 20 KiB closes the connection
+    with 1009, and nothing is deflated."""
+    with serving(db_url, tmp_path) as proc:
+        url = proc.base_url.replace("http://", "ws://") + "/v1/stream"
+        with ws_connect(url, compression="deflate", max_size=None) as ws:
+            assert "sec-websocket-extensions" not in ws.response.headers  # no deflate
+            ws.send("\U0001f600" * MAX_MESSAGE_CHARS)  # 16 KiB of UTF-8: read (not JSON)
+            assert json.loads(ws.recv(timeout=WAIT_S))["code"] == "invalid_message"
+            ws.send("z" * (MAX_MESSAGE_CHARS + 1))
+            assert json.loads(ws.recv(timeout=WAIT_S))["code"] == "message_too_large"
+            ws.send("z" * 20 * 1024)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=WAIT_S)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        assert httpx.get(proc.base_url + "/health").status_code == 200
+        with ws_connect(url) as ws:  # and the stream takes new connections
+            ws.send(json.dumps({"op": "subscribe", "channel": "trades", "instrument": "x"}))
+            assert json.loads(ws.recv(timeout=WAIT_S))["type"] in ("subscribed", "error")
+
+
+#: The websocket cap is per process (each gateway process of `serve --workers N` has its
+#: own, as its own file descriptors): these tests count one process's.
+ONE_PROCESS = ("--workers", "0")
+
+
+def test_websockets_past_their_cap_are_refused_503_and_http_is_served(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Websockets leave the connection cap when they upgrade, so without a cap of their
+    own they took every file descriptor (and `/health` got resets)."""
+    env = {"TOKEX_MAX_WEBSOCKETS": 3}
+    with serving(db_url, tmp_path, env=env, extra_args=ONE_PROCESS) as proc:
+        url = proc.base_url.replace("http://", "ws://") + "/v1/stream"
+        with ExitStack() as stack:
+            first, *_ = [stack.enter_context(ws_connect(url)) for _ in range(3)]
+            with pytest.raises(InvalidStatus) as refused, ws_connect(url):
+                pass
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.headers["retry-after"] == "1"
+            assert b'"code":"too_many_websockets"' in refused.value.response.body
+            assert httpx.get(proc.base_url + "/health").status_code == 200
+            first.close()
+            time.sleep(0.2)
+            stack.enter_context(ws_connect(url))  # a place came free
+
+
+async def test_websockets_by_default_take_only_a_share_of_the_open_file_limit(
+    db_url: str, tmp_path: Path
+) -> None:
+    """At an open-file limit of 600, 579 websockets made `/health` fail with a reset. The
+    default cap is half of what the limit leaves for client sockets (172 of 344)."""
+    with serving(db_url, tmp_path, open_file_limit=600, extra_args=ONE_PROCESS) as proc:
+        url = proc.base_url.replace("http://", "ws://") + "/v1/stream"
+        opened: list[Any] = []
+        refused = 0
+        for _ in range(400):
+            try:
+                opened.append(await asyncio.wait_for(ws_connect_async(url), WAIT_S))
+            except InvalidStatus as exc:
+                assert exc.response.status_code == 503
+                refused += 1
+        try:
+            assert len(opened) == 172 and refused == 400 - 172
+            idle = [connect(proc) for _ in range(300)]  # and HTTP keeps its room
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(proc.base_url + "/health")).status_code == 200
+            for sock in idle:
+                sock.close()
+        finally:
+            await asyncio.gather(*(ws.close() for ws in opened))
