@@ -83,6 +83,13 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
 
 
+def _segment(value: str) -> str:
+    """`value` as one path segment: percent-encoded, and "." or ".." with their dots
+    encoded too, or httpx would resolve them as relative segments before signing."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in {".", ".."} else quoted
+
+
 class TokexApiError(Exception):
     """A non-2xx answer: the HTTP status and the server's `{"code", "message"}`."""
 
@@ -268,8 +275,8 @@ class TokexClient:
     async def revoke_key(self, key_id: str, account_id: str | None = None) -> KeyView:
         """Revoke a signing key: one of this account's (`DELETE /v1/accounts/me/keys/{key_id}`;
         not its last active one), or, with `account_id`, any account's (operator)."""
-        owner = "me" if account_id is None else quote(account_id, safe="")
-        path = f"/v1/accounts/{owner}/keys/{quote(key_id, safe='')}"
+        owner = "me" if account_id is None else _segment(account_id)
+        path = f"/v1/accounts/{owner}/keys/{_segment(key_id)}"
         return msgspec.convert(await self.request("DELETE", path), KeyView)
 
     # ------------------------------------------------------------------ trading
@@ -330,11 +337,11 @@ class TokexClient:
         return msgspec.convert(await self.request("GET", f"/v1/orders/{order_id}"), OrderView)
 
     async def order_by_client_id(self, client_order_id: str) -> OrderView:
-        path = f"/v1/orders/by-client-id/{quote(client_order_id, safe='')}"
+        path = f"/v1/orders/by-client-id/{_segment(client_order_id)}"
         return msgspec.convert(await self.request("GET", path), OrderView)
 
     async def cancel_by_client_id(self, client_order_id: str) -> OrderView:
-        path = f"/v1/orders/by-client-id/{quote(client_order_id, safe='')}"
+        path = f"/v1/orders/by-client-id/{_segment(client_order_id)}"
         return msgspec.convert(await self.request("DELETE", path), OrderView)
 
     async def server_time_ms(self) -> int:
@@ -483,14 +490,14 @@ class TokexClient:
         return self.iterate("/v1/receipts", ReceiptView, limit=page_size)
 
     async def receipt(self, receipt_id: str) -> ReceiptView:
-        answer = await self.request("GET", f"/v1/receipts/{quote(receipt_id, safe='')}")
+        answer = await self.request("GET", f"/v1/receipts/{_segment(receipt_id)}")
         return msgspec.convert(answer, ReceiptView)
 
     async def receipt_proof(self, receipt_id: str) -> ReceiptProof:
         """`GET /v1/receipts/{id}/proof`, checked here before it is returned
         (`ledger.receipts.verify_receipt_proof`: raises `ReceiptMismatch` or
         `InvalidProof` if the exchange's answer does not prove the receipt)."""
-        answer = await self.request("GET", f"/v1/receipts/{quote(receipt_id, safe='')}/proof")
+        answer = await self.request("GET", f"/v1/receipts/{_segment(receipt_id)}/proof")
         proof = msgspec.convert(answer, ReceiptProof)
         verify_receipt_proof(proof)
         return proof
@@ -537,7 +544,7 @@ class TokexClient:
         """`POST /v1/withdrawals/{account}/{id}/paid|failed` (operator); idempotent. The id
         is percent-encoded whole (a withdrawal id may hold `/`, `?` or `%`)."""
         outcome = "paid" if paid else "failed"
-        path = f"/v1/withdrawals/{quote(account_id, safe='')}/{quote(withdrawal_id, safe='')}"
+        path = f"/v1/withdrawals/{_segment(account_id)}/{_segment(withdrawal_id)}"
         answer = await self.request("POST", f"{path}/{outcome}")
         return msgspec.convert(answer, WithdrawalView)
 
@@ -584,7 +591,7 @@ class TokexClient:
     async def resolve_dispute(self, dispute_id: str, outcome: str) -> DisputeView:
         """`POST /v1/disputes/{id}/resolve` (operator): `pay` or `refund`; idempotent."""
         body = {"outcome": outcome}  # any string: the server checks it (400 otherwise)
-        path = f"/v1/disputes/{quote(dispute_id, safe='')}/resolve"
+        path = f"/v1/disputes/{_segment(dispute_id)}/resolve"
         return msgspec.convert(await self.request("POST", path, json=body), DisputeView)
 
 

@@ -452,3 +452,17 @@ async def test_a_cursor_is_refused_by_every_list_but_its_own(market: Market) -> 
                 with pytest.raises(TokexApiError) as foreign:
                     await get(path, cursor, **lists.get(path, {}))
                 assert (foreign.value.status, foreign.value.code) == (400, "invalid_cursor")
+
+
+async def test_the_client_finds_and_cancels_orders_whose_id_is_a_dot_segment(
+    market: Market,
+) -> None:
+    """ "." and ".." are valid client order ids; the client sends them as path segments,
+    not as the relative steps httpx would otherwise resolve before signing."""
+    buyer = market.buyers[0]
+    for coid in ("..", "."):
+        placed = await buyer.place_order(order(coid, Side.BUY, 1000, 4000))
+        found = await buyer.order_by_client_id(coid)
+        assert found.order_id == placed.order_id
+        cancelled = await buyer.cancel_by_client_id(coid)
+        assert (cancelled.order_id, cancelled.status) == (placed.order_id, "cancelled")
