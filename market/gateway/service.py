@@ -176,7 +176,7 @@ async def _refusal_message(response: aiohttp.ClientResponse) -> str:
         if isinstance(decoded, dict):
             error = decoded.get("error")
             message = error.get("message") if isinstance(error, dict) else decoded.get("detail")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deeply
         message = raw.decode("utf-8", "replace")
     text = " ".join(str(message or "").split())[:REFUSAL_MESSAGE_CHARS]
     return f"the upstream refused the request ({response.status}): {text or 'no reason given'}"
@@ -184,6 +184,7 @@ async def _refusal_message(response: aiohttp.ClientResponse) -> str:
 
 #: How long a stream whose buyer hung up is read on for its usage (s; `_drain_soon`).
 DRAIN_S = 30.0
+NESTED_TOO_DEEPLY = "the body is not JSON the gateway reads: it is nested too deeply"
 #: OpenAI's (and vLLM's) `max_tokens` of a legacy completion that gives none.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -198,6 +199,8 @@ def parse_body(raw: bytes, path: str = "/chat/completions") -> dict[str, Any]:
         body = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise UnsupportedParameter(f"the body is not JSON: {exc}", code="invalid_request") from None
+    except RecursionError:  # msgspec's answer to arrays or objects nested too deeply
+        raise UnsupportedParameter(NESTED_TOO_DEEPLY, code="invalid_request") from None
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise UnsupportedParameter(
             "the body must be an object with a `model`", code="invalid_request"
@@ -463,7 +466,7 @@ class Gateway:
             usage = metering.parse_usage(_answer_decoder.decode(content).usage)
         except msgspec.ValidationError:  # JSON, but not an object: no usage
             usage = None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
             raise UpstreamFailed("the upstream's answer is not JSON; nothing was charged") from None
         call.response_hash.update(content)
         # The body goes once its receipt is committed, or (the charge filed for retry) with

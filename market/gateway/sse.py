@@ -93,6 +93,8 @@ def inspect(raw: bytes) -> Event:
         chunk = _chunk_decoder.decode(data)
     except msgspec.DecodeError:  # ValidationError included: another shape
         pass
+    except RecursionError:  # nested too deeply: passed on, read as carrying nothing
+        return Event(raw)
     else:
         usage = parse_usage(chunk.usage)
         return Event(
@@ -105,7 +107,7 @@ def inspect(raw: bytes) -> Event:
         )  # fmt: skip
     try:
         obj = _decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return Event(raw)
     if not isinstance(obj, dict):
         return Event(raw)

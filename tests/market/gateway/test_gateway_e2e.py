@@ -343,3 +343,30 @@ async def test_a_buyer_who_hangs_up_where_no_usage_comes_pays_the_chunks_passed_
     await _hang_up_after_the_first_chunk(m)
     (row,) = await _receipts_when(db_url, 1)
     assert row["prompt_tokens"] == 0 and 1 <= row["completion_tokens"] < 20
+
+
+async def test_a_malformed_content_part_or_a_body_nested_too_deeply_is_an_openai_400(
+    market: Market, db_url: str
+) -> None:
+    """Found in review: a part's `type` given as a list or an object, and a body of
+    100,000 nested arrays, were 500s, not the OpenAI-shaped 400 a client can read."""
+    m = market
+    headers = {"Authorization": f"Bearer {await m.key()}", "Content-Type": "application/json"}
+    deep = b"[" * 100_000 + b"]" * 100_000
+    bodies = {
+        "type a list": (b'{"model": "%s", "messages": [{"role": "user", "content": '
+                        b'[{"type": ["text"]}]}]}' % MODEL.encode()),
+        "type an object": (b'{"model": "%s", "messages": [{"role": "user", "content": '
+                           b'[{"type": {"a": 1}}]}]}' % MODEL.encode()),
+        "nested arrays": deep,
+        "nested in a field": b'{"model": "%s", "messages": %s}' % (MODEL.encode(), deep),
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+        for what, raw in bodies.items():
+            r = await http.post("/chat/completions", content=raw)
+            assert r.status_code == 400, (what, r.text[:200])
+            error = r.json()["error"]
+            assert error["type"] == "invalid_request_error", what
+            assert error["code"] in ("invalid_request", "unsupported_parameter"), what
+    assert not [r for r in m.upstream.requests if r.method == "POST"]
+    assert await receipts(db_url) == []
