@@ -370,3 +370,25 @@ async def test_a_malformed_content_part_or_a_body_nested_too_deeply_is_an_openai
             assert error["code"] in ("invalid_request", "unsupported_parameter"), what
     assert not [r for r in m.upstream.requests if r.method == "POST"]
     assert await receipts(db_url) == []
+
+
+async def test_an_unknown_path_or_method_under_openai_v1_is_in_openais_shape(
+    market: Market,
+) -> None:
+    """Found in review: the router's 404 and 405 came in tokex's `{"code", "message"}`,
+    which the OpenAI SDKs cannot read, not the `{"error": ...}` README promises."""
+    m = market
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    cases = [("GET", "/chat/completions", 405), ("PUT", "/chat/completions", 405),
+             ("POST", "/models", 405), ("POST", "/embeddings", 404),
+             ("GET", "/nothing", 404)]  # fmt: skip
+    async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+        for method, path, status in cases:
+            r = await http.request(method, path, content=b"{}" if method != "GET" else None)
+            assert r.status_code == status, (method, path, r.text)
+            error = r.json()["error"]
+            assert set(error) == {"message", "type", "code"}, (method, path)
+            assert error["code"] == ("not_found" if status == 404 else "method_not_allowed")
+            assert path in error["message"]
+        tokex = await http.get(m.proc.base_url + "/v1/nothing")  # elsewhere: tokex's shape
+        assert tokex.status_code == 404 and set(tokex.json()) == {"code", "message"}
