@@ -72,7 +72,7 @@ async def probe(
         return Health.UNHEALTHY, f"GET /models answered {response.status_code}"
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return Health.UNHEALTHY, "GET /models did not answer JSON"
     if not isinstance(body, dict):
         return Health.UNHEALTHY, "GET /models did not answer a JSON object"

@@ -167,3 +167,28 @@ async def test_periodic_probes_mark_unhealthy_and_healthy_again(
     finally:
         await conn.close()
     assert stored == 1
+
+
+async def _health_becomes(client: TokexClient, value: str, timeout_s: float = 10) -> dict[str, Any]:
+    for _ in range(int(timeout_s * 10)):
+        (endpoint,) = await client.request("GET", "/v1/endpoints")
+        if endpoint["health"] == value:
+            return dict(endpoint)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"health never became {value}")
+
+
+async def test_a_models_answer_nested_too_deeply_is_unhealthy(
+    provider: tuple[TokexClient, ServerProcess], upstream: Upstream
+) -> None:
+    """Found in review: 100,000 nested arrays made the probe raise RecursionError (not
+    ValueError): a 500 at registration, and a sweep that failed leaving it healthy."""
+    client, proc = provider
+    upstream.mode = Mode.DEEP_MODELS
+    assert await refused(client, body(upstream.base_url)) == (422, "endpoint_unhealthy")
+    upstream.mode = Mode.OK
+    await client.request("POST", "/v1/endpoints", json=body(upstream.base_url))
+    upstream.mode = Mode.DEEP_MODELS
+    sick = await _health_becomes(client, "unhealthy")
+    assert "JSON" in sick["health_detail"]
+    assert "RecursionError" not in proc.log_path.read_text(errors="replace")
