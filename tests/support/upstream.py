@@ -29,7 +29,7 @@ connection before any answer), NO_USAGE (no usage chunk, no `usage` field), LYIN
 with an OpenAI error body, as vLLM refuses a prompt beyond the model's context).
 
 Failure modes of `GET /models` alone (the health probe's; calls are answered as OK):
-DEEP_MODELS (200, a JSON body of 100,000 nested arrays), SLOW_MODELS (200, then a byte
+DEEP_MODELS (200, a JSON body of 20,000 nested arrays), SLOW_MODELS (200, then a byte
 a second for `hang_s` seconds: a body that never ends within a probe's timeout),
 BIG_MODELS (200, a JSON object padded to `big_bytes`). Failure modes of the answers
 alone: BIG_ANSWER (non-streaming: a JSON answer, usage and all, padded to `big_bytes`;
@@ -175,7 +175,7 @@ class Upstream:
     def odd_models(self) -> AsyncIterator[bytes] | None:
         """The body of `GET /models` in its failure modes (None: the usual one)."""
         if self.mode is Mode.DEEP_MODELS:
-            return _pieces([b"[" * 100_000])
+            return _pieces([b"[" * 20_000])  # within the probe's 64 KiB
         if self.mode is Mode.BIG_MODELS:
             return _pieces([_padded(self.models_body(), self.big_bytes)])
         if self.mode is Mode.SLOW_MODELS:
