@@ -33,7 +33,9 @@ DEEP_MODELS (200, a JSON body of 20,000 nested arrays), SLOW_MODELS (200, then a
 a second for `hang_s` seconds: a body that never ends within a probe's timeout),
 BIG_MODELS (200, a JSON object padded to `big_bytes`). Failure modes of the answers
 alone: BIG_ANSWER (non-streaming: a JSON answer, usage and all, padded to `big_bytes`;
-streaming: one event of `big_bytes` before any other, with no blank line in it).
+streaming: after the first chunk, an event of `big_bytes` with no blank line in it
+before its end, sent in pieces of 64 KiB), DEEP_ANSWER (non-streaming: 200, its `usage`
+20,000 nested arrays).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Mode(Enum):
     SLOW_MODELS = "slow_models"
     BIG_MODELS = "big_models"
     BIG_ANSWER = "big_answer"
+    DEEP_ANSWER = "deep_answer"
 
 
 class _Cut(Exception):
@@ -109,11 +112,13 @@ async def _big_event(size: int) -> AsyncIterator[bytes]:
         await asyncio.sleep(0)
 
 
-async def _after(first: AsyncIterator[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for piece in first:
+async def _big_after_first(events: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """`events`, with an event of `size` bytes after the first."""
+    yield await anext(events)
+    async for piece in _big_event(size):
         yield piece
-    async for piece in rest:
-        yield piece
+    async for event in events:
+        yield event
 
 
 async def _trickle(seconds: float) -> AsyncIterator[bytes]:
@@ -212,9 +217,12 @@ class Upstream:
         if isinstance(out, dict):
             if self.mode is Mode.BIG_ANSWER:
                 return Response(_padded(out, self.big_bytes), media_type="application/json")
+            if self.mode is Mode.DEEP_ANSWER:
+                deep = b'{"usage": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+                return Response(deep, media_type="application/json")
             return Response(out)
         if self.mode is Mode.BIG_ANSWER:
-            out = _after(_big_event(self.big_bytes), out)
+            out = _big_after_first(out, self.big_bytes)
         return Stream(out, media_type="text/event-stream")
 
     def reply(self, body: dict[str, Any], chat: bool) -> dict[str, Any] | AsyncIterator[bytes]:

@@ -117,6 +117,11 @@ async def test_upstream_failures(market: Market, db_url: str) -> None:
     assert "maximum context length is 8 tokens" in refused.value.message
     assert len([r for r in m.upstream.requests if r.method == "POST"]) == 2  # once each
 
+    m.upstream.mode = Mode.DEEP_ANSWER  # msgspec's RecursionError: was a 500
+    with pytest.raises(openai.APIStatusError) as deep:
+        await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+    assert deep.value.status_code == 502 and deep.value.code == "upstream_error"
+
     m.upstream.mode, m.upstream.hang_s = Mode.TIMEOUT, 4.0
     with pytest.raises(openai.APIStatusError) as slow:
         await client.completions.create(model=MODEL, prompt="a", max_tokens=5)
