@@ -394,6 +394,8 @@ async def test_an_unknown_path_or_method_under_openai_v1_is_in_openais_shape(
             error = r.json()["error"]
             assert set(error) == {"message", "type", "code"}, (method, path)
             assert error["code"] == ("not_found" if status == 404 else "method_not_allowed")
+            assert error["type"] == ("not_found_error" if status == 404
+                                     else "invalid_request_error")  # fmt: skip
             assert path in error["message"]
         tokex = await http.get(m.proc.base_url + "/v1/nothing")  # elsewhere: tokex's shape
         assert tokex.status_code == 404 and set(tokex.json()) == {"code", "message"}
