@@ -72,6 +72,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "gateway_max_in_flight": "TOKEX_GATEWAY_MAX_IN_FLIGHT",
     "gateway_rate_limit": "TOKEX_GATEWAY_RATE_LIMIT",
     "gateway_rate_burst": "TOKEX_GATEWAY_RATE_BURST",
+    "gateway_max_answer_bytes": "TOKEX_GATEWAY_MAX_ANSWER_BYTES",
+    "gateway_max_event_bytes": "TOKEX_GATEWAY_MAX_EVENT_BYTES",
     "keep_alive_timeout_ms": "TOKEX_KEEP_ALIVE_TIMEOUT_MS",
     "header_timeout_ms": "TOKEX_HEADER_TIMEOUT_MS",
     "body_timeout_ms": "TOKEX_BODY_TIMEOUT_MS",
@@ -169,6 +171,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Calls per second per inference key, on average and in a burst (429 beyond).
     gateway_rate_limit: float = 100.0
     gateway_rate_burst: int = 200
+    #: The most of an upstream's non-streamed answer the gateway reads (bytes; a larger
+    #: one is a 502, nothing charged), and of one event of a stream (a longer one cuts
+    #: the stream: the cut-call rule).
+    gateway_max_answer_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    gateway_max_event_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
 
     @property
     def money(self) -> Currency:

@@ -16,7 +16,8 @@
 * Every 503 carries `Retry-After` (1 s unless the error says otherwise).
 * Under `/openai/v1` the gateway's own handlers (`market.gateway.errors`) answer in
   OpenAI's shape; so do the answers made here for those paths before a route runs
-  (`error_bytes`: the middleware's 400 and 503) and a database out of reach.
+  (`error_bytes`: the middleware's 400 and 503), the router's 404 and 405 (no gateway
+  route matched) and a database out of reach.
 * Anything else: 500 `internal_error` with a generic message; the traceback
   goes to the log, never to the client.
 """
@@ -87,11 +88,16 @@ def error_response(
     )
 
 
+def _is_openai(path: str) -> bool:
+    """Whether `path` is the gateway's (`/openai/v1`), whose clients parse OpenAI's shape."""
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
 def error_bytes(path: str, status: int, code: str, message: str) -> bytes:
     """An error body for a response made before any route runs (ASGI middleware, the
     database being out of reach): OpenAI's shape under `/openai/v1` (its clients parse
     that), `{"code", "message"}` everywhere else."""
-    if path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):
+    if _is_openai(path):
         return msgspec.json.encode(openai_error_body(status, code, message))
     return msgspec.json.encode(ErrorBody(code=code, message=message))
 
@@ -136,7 +142,7 @@ def _validation_message(request: Request[Any, Any, Any], exc: HTTPException) -> 
     return "; ".join(parts) or exc.detail or "invalid request"
 
 
-def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     code = CODE_OF_STATUS.get(status) or f"http_{status}"
     if status >= 500:
@@ -154,6 +160,9 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     headers = exc.headers
     if status == 503 and not (headers and "Retry-After" in headers):
         headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
+    if _is_openai(request.url.path):  # no gateway route matched (404, 405): its shape still
+        body = openai_error_body(status, code, message)
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
     return error_response(status, code, message, headers)
 
 
@@ -177,7 +186,7 @@ def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[
     supervisor = request.app.state.get("database_supervisor")
     if supervisor is not None:
         supervisor.report_failure()
-    if request.url.path.startswith(OPENAI_PREFIX + "/"):  # the gateway's clients: its shape
+    if _is_openai(request.url.path):  # the gateway's clients: its shape
         return Response(
             openai_error_body(503, DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE),
             status_code=503,

@@ -45,6 +45,8 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         max_in_flight=settings.gateway_max_in_flight,
         rate_limit=settings.gateway_rate_limit,
         rate_burst=settings.gateway_rate_burst,
+        max_answer_bytes=settings.gateway_max_answer_bytes,
+        max_event_bytes=settings.gateway_max_event_bytes,
     )
 
 

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 _TYPE_OF_STATUS = {
     400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
-    403: "permission_error", 404: "not_found_error", 409: "conflict_error",
+    403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+    409: "conflict_error",
     413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
     502: "upstream_error", 503: "service_unavailable",
 }  # fmt: skip

@@ -2,7 +2,9 @@
 
 An endpoint is healthy when that answers 200 with a JSON object (OpenAI's model list,
 `{"object": "list", "data": [...]}`, as vLLM, llama.cpp server, Ollama, SGLang and TGI
-serve it) within `PROBE_TIMEOUT_S`. Redirects are not followed (a redirect could point the
+serve it) of at most `PROBE_MAX_BYTES` (64 KiB), the whole answer within
+`PROBE_TIMEOUT_S` (5 s; not each read: a body sent a byte at a time is unhealthy, not
+waited for). Redirects are not followed (a redirect could point the
 exchange at an address the SSRF check refused). The base URL is checked again before each
 probe (`ssrf.resolve`), so an endpoint whose name now resolves to a refused address turns
 unhealthy. Only healthy endpoints get calls.
@@ -10,7 +12,9 @@ unhealthy. Only healthy endpoints get calls.
 `HealthMonitor` probes every endpoint every `interval_s` seconds (`tokex serve` runs it,
 `TOKEX_ENDPOINT_HEALTH_INTERVAL_S`, default 10 s); probes run concurrently, at most
 `MAX_PROBES_IN_FLIGHT` at a time, on one client kept for its life (registrations probe on
-it too, `app.state.health_monitor`).
+it too, `app.state.health_monitor`). Each endpoint's check has its own deadline
+(`CHECK_TIMEOUT_S`, its address resolved and probed) and its result is recorded as it
+comes, so one endpoint never holds the others' results back.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 
 from market.gateway import endpoints as store
 from market.gateway.ssrf import EndpointRefused, Target, resolve
@@ -33,6 +38,10 @@ from schemas.gateway import Health
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0
+#: The most of a /models body read: beyond it, unhealthy (a model list is a few KiB).
+PROBE_MAX_BYTES = 64 * 1024
+#: The longest one endpoint's check in a sweep takes, its address resolved and probed.
+CHECK_TIMEOUT_S = 2 * PROBE_TIMEOUT_S
 MAX_PROBES_IN_FLIGHT = 16
 
 
@@ -57,26 +66,54 @@ async def probe(
     timeout_s: float = PROBE_TIMEOUT_S,
 ) -> tuple[Health, str]:  # fmt: skip
     """Probe one checked target: (health, a short reason when unhealthy). With no
-    `client`, a client for this probe alone."""
+    `client`, a client for this probe alone. The whole probe, its body read to the end,
+    is bounded by `timeout_s` (httpx's timeout bounds each read: a body sent a byte at a
+    time would hold it for ever), and its body by `PROBE_MAX_BYTES`."""
     if client is None:
         async with probe_client() as own:
             return await probe(target, credential, own, timeout_s)
     try:
-        response = await client.get(
-            target.url + "/models", headers=upstream_headers(target, credential),
+        async with asyncio.timeout(timeout_s):
+            return await _probe(target, credential, client, timeout_s)
+    except TimeoutError:
+        return Health.UNHEALTHY, f"GET /models took longer than {timeout_s:g} s"
+
+
+async def _probe(
+    target: Target, credential: str | None, client: httpx.AsyncClient, timeout_s: float
+) -> tuple[Health, str]:
+    try:
+        async with client.stream(
+            "GET", target.url + "/models", headers=upstream_headers(target, credential),
             extensions=target.extensions, timeout=timeout_s, follow_redirects=False,
-        )  # fmt: skip
+        ) as response:  # fmt: skip
+            if response.status_code != 200:
+                return Health.UNHEALTHY, f"GET /models answered {response.status_code}"
+            raw = await _read_capped(response)
     except httpx.HTTPError as exc:
         return Health.UNHEALTHY, f"GET /models failed: {type(exc).__name__}"
-    if response.status_code != 200:
-        return Health.UNHEALTHY, f"GET /models answered {response.status_code}"
+    if raw is None:
+        return Health.UNHEALTHY, f"GET /models answered more than {PROBE_MAX_BYTES // 1024} KiB"
     try:
-        body = response.json()
-    except ValueError:
+        body = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
         return Health.UNHEALTHY, "GET /models did not answer JSON"
     if not isinstance(body, dict):
         return Health.UNHEALTHY, "GET /models did not answer a JSON object"
     return Health.HEALTHY, ""
+
+
+async def _read_capped(response: httpx.Response) -> bytes | None:
+    """The body, or None once it is longer than `PROBE_MAX_BYTES` (not read further)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > PROBE_MAX_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > PROBE_MAX_BYTES:
+            return None
+    return bytes(body)
 
 
 async def check(
@@ -104,6 +141,7 @@ class HealthMonitor:
         self._clock = clock
         self._on_change = on_change
         self._limit = asyncio.Semaphore(MAX_PROBES_IN_FLIGHT)
+        self.check_timeout_s = CHECK_TIMEOUT_S
         self.client = probe_client()
 
     async def close(self) -> None:
@@ -111,9 +149,14 @@ class HealthMonitor:
 
     async def _one(self, row: store.EndpointRow) -> None:
         async with self._limit:
-            health, detail = await check(
-                row.base_url, row.credential, self._allow_hosts, self.client
-            )
+            try:  # its own deadline: the sweep waits for every endpoint, none holds it
+                async with asyncio.timeout(self.check_timeout_s):
+                    health, detail = await check(
+                        row.base_url, row.credential, self._allow_hosts, self.client
+                    )
+            except TimeoutError:
+                health = Health.UNHEALTHY
+                detail = f"the check took longer than {self.check_timeout_s:g} s"
         async with self._pool.acquire() as conn:
             await store.set_health(conn, row, health, detail, self._clock())
         if health is not row.health and self._on_change is not None:

@@ -59,6 +59,8 @@ DEFAULT_MAX_TOKENS = 4096
 #: An image's allowance: OpenAI's high-detail tile rule at its most, 8 tiles + 85.
 IMAGE_PART_TOKENS = 85 + 170 * 8
 _BYTES_BOUND = frozenset({"text", "refusal", "input_audio"})
+#: The most of an unsupported part's `type` named in the 400 that refuses it.
+UNBOUNDED_TYPE_CHARS = 64
 _PROMPT_FIELDS = ("messages", "prompt", "tools", "functions")
 _encoder = msgspec.json.Encoder()
 
@@ -119,8 +121,10 @@ def unbounded_part(body: dict[str, Any]) -> str | None:
     """The type of the first content part whose tokens the gateway cannot bound before
     the call (see the module), None if there is none."""
     for kind in _part_types(body):
+        if not isinstance(kind, str):  # a list or an object is not hashable: no set lookup
+            return str(kind)[:UNBOUNDED_TYPE_CHARS]
         if kind != "image_url" and kind not in _BYTES_BOUND:
-            return str(kind)
+            return kind[:UNBOUNDED_TYPE_CHARS]
     return None
 
 

@@ -27,9 +27,11 @@ the sequencer process's desk over NATS (`desk_remote`). A call:
    withhold an answer the buyer is charged for, and an SDK retrying it (the OpenAI SDKs
    retry 503 by default) would be served and charged a second time.
 
-An upstream error status, a timeout or a failure before the answer: 502, nothing charged,
-no receipt. A stream that breaks after it began, or whose buyer goes away: charged by the
-rule for a cut stream (`metering`), the receipt filed without anyone waiting for it.
+An upstream error status, a timeout, a failure before the answer or a non-streamed answer
+larger than `GatewayConfig.max_answer_bytes`: 502, nothing charged, no receipt. A stream
+that breaks after it began, sends an event longer than `max_event_bytes` (cut there), or
+whose buyer goes away: charged by the rule for a cut stream (`metering`), the receipt
+filed without anyone waiting for it.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from market.gateway.health import upstream_headers
 from market.gateway.keys import KeyGrant
 from market.gateway.meter import CommitterSource, Group, Meter, Reservations, SequencerSource
 from market.gateway.progress import Progress
-from market.gateway.sse import EventReader
+from market.gateway.sse import MAX_EVENT_BYTES, EventReader
 from market.gateway.ssrf import EndpointRefused, Target, resolve
 from market.signing import now_ms
 from schemas.errors import DomainError
@@ -98,6 +100,8 @@ ENDPOINTS_CACHE_S = 1.0
 GRANTS_CACHE_S = 2.0
 TARGETS_CACHE_S = 5.0
 CACHE_ENTRIES = 10_000
+#: The most of a non-streamed answer the gateway reads (`TOKEX_GATEWAY_MAX_ANSWER_BYTES`).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,10 @@ class GatewayConfig:
     #: Calls per second per inference key, on average and in a burst (429 `rate_limited`).
     rate_limit: float = 100.0
     rate_burst: int = 200
+    #: The most of a non-streamed answer read (bytes): a larger one is a 502, nothing
+    #: charged. And of one event of a stream (`sse.EventReader`): a longer one cuts it.
+    max_answer_bytes: int = MAX_ANSWER_BYTES
+    max_event_bytes: int = MAX_EVENT_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +184,7 @@ async def _refusal_message(response: aiohttp.ClientResponse) -> str:
         if isinstance(decoded, dict):
             error = decoded.get("error")
             message = error.get("message") if isinstance(error, dict) else decoded.get("detail")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deeply
         message = raw.decode("utf-8", "replace")
     text = " ".join(str(message or "").split())[:REFUSAL_MESSAGE_CHARS]
     return f"the upstream refused the request ({response.status}): {text or 'no reason given'}"
@@ -184,6 +192,7 @@ async def _refusal_message(response: aiohttp.ClientResponse) -> str:
 
 #: How long a stream whose buyer hung up is read on for its usage (s; `_drain_soon`).
 DRAIN_S = 30.0
+NESTED_TOO_DEEPLY = "the body is not JSON the gateway reads: it is nested too deeply"
 #: OpenAI's (and vLLM's) `max_tokens` of a legacy completion that gives none.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -198,6 +207,8 @@ def parse_body(raw: bytes, path: str = "/chat/completions") -> dict[str, Any]:
         body = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise UnsupportedParameter(f"the body is not JSON: {exc}", code="invalid_request") from None
+    except RecursionError:  # msgspec's answer to arrays or objects nested too deeply
+        raise UnsupportedParameter(NESTED_TOO_DEEPLY, code="invalid_request") from None
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise UnsupportedParameter(
             "the body must be an object with a `model`", code="invalid_request"
@@ -448,7 +459,7 @@ class Gateway:
 
     async def _once(self, call: Call, response: aiohttp.ClientResponse) -> Answer:
         try:
-            content = await response.read()
+            content = await _read_capped(response, self.config.max_answer_bytes)
         except TimeoutError:
             raise UpstreamFailed(
                 "the upstream timed out; nothing was charged", code="upstream_timeout"
@@ -463,7 +474,7 @@ class Gateway:
             usage = metering.parse_usage(_answer_decoder.decode(content).usage)
         except msgspec.ValidationError:  # JSON, but not an object: no usage
             usage = None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
             raise UpstreamFailed("the upstream's answer is not JSON; nothing was charged") from None
         call.response_hash.update(content)
         # The body goes once its receipt is committed, or (the charge filed for retry) with
@@ -489,7 +500,7 @@ class Gateway:
         the last piece, only once the call's receipt is committed. The response hash
         covers the bytes passed on, in order, the tail included. The usage and the chunks
         passed on live on the call, where its progress marks read them."""
-        reader, done = EventReader(), False
+        reader, done = EventReader(self.config.max_event_bytes), False
         tail: list[bytes] = []
         try:
             try:
@@ -509,10 +520,12 @@ class Gateway:
                         piece = out[0] if len(out) == 1 else b"".join(out)
                         call.response_hash.update(piece)
                         yield piece
+                    if reader.too_long:  # cut there: nothing more is read
+                        break
             except (aiohttp.ClientError, TimeoutError):
                 pass
             if not done:
-                tail.append(_cut_event())
+                tail.append(_cut_event(reader.too_long, self.config.max_event_bytes))
             last = b"".join(tail)
             call.response_hash.update(last)
             pending = await self._charged(call, call.usage, call.chunks)
@@ -549,7 +562,7 @@ class Gateway:
                 async for data in response.content.iter_any():
                     for event in reader.feed(data):
                         call.usage = event.usage or call.usage
-                    if call.usage is not None:
+                    if call.usage is not None or reader.too_long:
                         break
         except (aiohttp.ClientError, TimeoutError):
             pass
@@ -612,8 +625,34 @@ def _error_event(message: str, kind: str, code: str) -> bytes:
     return b"data: " + _encoder.encode(error) + b"\n\n"
 
 
-def _cut_event() -> bytes:
+def _cut_event(too_long: bool = False, max_event_bytes: int = 0) -> bytes:
+    """The error event of a stream cut: it broke off, or sent an event longer than
+    `max_event_bytes` (`too_long`), where the gateway cut it; either way the cut-call
+    rule (`metering.charge`)."""
+    why = (f"sent an event longer than {max_event_bytes} bytes, and was cut there"
+           if too_long else "broke off")  # fmt: skip
     return _error_event(
-        "the upstream's stream broke off; you are charged for what was streamed (or the "
+        f"the upstream's stream {why}; you are charged for what was streamed (or the "
         "upstream's usage, if it came)", "upstream_error", "upstream_stream_cut",
     )  # fmt: skip
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The answer's body, or `UpstreamFailed` (502, nothing charged) once it is longer
+    than `cap` bytes (not read further: the connection is closed, not reused)."""
+    if response.content_length is not None and response.content_length > cap:
+        response.close()
+        raise UpstreamFailed(_too_large(cap))
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            response.close()
+            raise UpstreamFailed(_too_large(cap))
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(cap: int) -> str:
+    return f"the upstream's answer is larger than {cap} bytes; nothing was charged"

@@ -1,9 +1,10 @@
 """Server-sent events from an OpenAI-compatible upstream, read as they arrive (pure).
 
 `EventReader.feed(bytes)` returns the complete events so far (each with its raw bytes, to
-pass on unchanged); `inspect` says what one carries: the `[DONE]` marker, a usage object,
-completion text (one chunk, counted as one token when no usage arrives), and whether it
-is the usage-only chunk (`choices` empty) that `stream_options.include_usage` adds.
+pass on unchanged; none longer than its `max_event_bytes`, see `EventReader`); `inspect`
+says what one carries: the `[DONE]` marker, a usage object, completion text (one chunk,
+counted as one token when no usage arrives), and whether it is the usage-only chunk
+(`choices` empty) that `stream_options.include_usage` adds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import msgspec
 from market.gateway.metering import Usage, parse_usage
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+#: The most one event may be (bytes; `TOKEX_GATEWAY_MAX_EVENT_BYTES`): a chunk of tokens
+#: is some hundreds of bytes.
+MAX_EVENT_BYTES = 1024 * 1024
 _decoder = msgspec.json.Decoder()
 
 
@@ -30,18 +34,49 @@ class Event:
 
 
 class EventReader:
-    def __init__(self) -> None:
-        self._buffer = b""
+    """Events of `max_event_bytes` at most: once one is longer (whole, or still without
+    its end), `too_long` is set and the reader gives no more (the stream is cut there).
+
+    The part of an event read so far is kept in a bytearray, each read appended and only
+    it searched for the end (from 3 bytes before it: a `\r\n\r\n` split across reads),
+    so an event costs time linear in its size, however many reads it comes in."""
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._buffer = bytearray()
+        self.max_event_bytes = max_event_bytes
+        self.too_long = False
 
     def feed(self, data: bytes) -> list[Event]:
-        buffer = self._buffer + data if self._buffer else data
+        if self.too_long:
+            return []
+        if self._buffer:  # the rest of an event: appended, not the whole copied again
+            searched = len(self._buffer) - 3
+            self._buffer += data
+            events, end = self._events(self._buffer, max(searched, 0))
+            del self._buffer[:end]
+        else:  # the usual read: whole events, sliced from it as they are
+            events, end = self._events(data, 0)
+            if end < len(data):
+                self._buffer = bytearray(data[end:])
+        if len(self._buffer) > self.max_event_bytes:
+            self.too_long = True
+        if self.too_long:
+            self._buffer = bytearray()
+        return events
+
+    def _events(self, buffer: bytes | bytearray, searched: int) -> tuple[list[Event], int]:
+        """The events whole in `buffer` (its end not before `searched`), and where the
+        rest begins."""
         events: list[Event] = []
         start = 0
-        while (match := _BOUNDARY.search(buffer, start)) is not None:
-            events.append(inspect(buffer[start : match.end()]))
-            start = match.end()
-        self._buffer = buffer[start:]
-        return events
+        while (match := _BOUNDARY.search(buffer, searched)) is not None:
+            end = match.end()
+            if end - start > self.max_event_bytes:
+                self.too_long = True
+                break
+            events.append(inspect(bytes(buffer[start:end])))
+            start = searched = end
+        return events, start
 
 
 def _data(raw: bytes) -> bytes:
@@ -93,6 +128,8 @@ def inspect(raw: bytes) -> Event:
         chunk = _chunk_decoder.decode(data)
     except msgspec.DecodeError:  # ValidationError included: another shape
         pass
+    except RecursionError:  # nested too deeply: passed on, read as carrying nothing
+        return Event(raw)
     else:
         usage = parse_usage(chunk.usage)
         return Event(
@@ -105,7 +142,7 @@ def inspect(raw: bytes) -> Event:
         )  # fmt: skip
     try:
         obj = _decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return Event(raw)
     if not isinstance(obj, dict):
         return Event(raw)

@@ -184,3 +184,15 @@ async def test_a_nul_in_a_body_string_is_a_400_not_a_failed_batch(parties: Parti
     body = '{"provider": "p", "report_id": "r", "reason": "bad\\u0000"}'
     error = await refused(parties.buyer, "POST", "/v1/disputes", body)
     assert (error.status, error.code) == (400, "invalid_request")
+
+
+async def test_a_body_nested_too_deeply_is_a_400_not_a_500(parties: Parties) -> None:
+    """msgspec raises RecursionError (not DecodeError) on arrays nested deeper than
+    Python's recursion limit (the gateway's body decoder answered 500 for it). Here each
+    body type forbids unknown fields and has no field of any type, so the strict decoder
+    refuses such a body (ValidationError) before it nests: this keeps it so."""
+    deep = "[" * 20_000 + "]" * 20_000  # within the 64 KiB a body may be
+    for raw in (deep, '{"withdrawal_id": "w1", "amount": 10, "x": ' + deep + "}",
+                '{"withdrawal_id": "w\\u0000", "amount": 10, "x": ' + deep + "}"):  # fmt: skip
+        error = await refused(parties.buyer, "POST", "/v1/withdrawals", raw)
+        assert (error.status, error.code) == (400, "invalid_request")

@@ -27,6 +27,15 @@ then drops the connection with no usage and no [DONE]; non-streaming: drops the
 connection before any answer), NO_USAGE (no usage chunk, no `usage` field), LYING_USAGE
 (usage claims `lie_factor` times the completion tokens actually sent), REFUSE_400 (400
 with an OpenAI error body, as vLLM refuses a prompt beyond the model's context).
+
+Failure modes of `GET /models` alone (the health probe's; calls are answered as OK):
+DEEP_MODELS (200, a JSON body of 20,000 nested arrays), SLOW_MODELS (200, then a byte
+a second for `hang_s` seconds: a body that never ends within a probe's timeout),
+BIG_MODELS (200, a JSON object padded to `big_bytes`). Failure modes of the answers
+alone: BIG_ANSWER (non-streaming: a JSON answer, usage and all, padded to `big_bytes`;
+streaming: after the first chunk, an event of `big_bytes` with no blank line in it
+before its end, sent in pieces of 64 KiB), DEEP_ANSWER (non-streaming: 200, its `usage`
+20,000 nested arrays).
 """
 
 from __future__ import annotations
@@ -56,6 +65,11 @@ class Mode(Enum):
     NO_USAGE = "no_usage"
     LYING_USAGE = "lying_usage"
     REFUSE_400 = "refuse_400"
+    DEEP_MODELS = "deep_models"
+    SLOW_MODELS = "slow_models"
+    BIG_MODELS = "big_models"
+    BIG_ANSWER = "big_answer"
+    DEEP_ANSWER = "deep_answer"
 
 
 class _Cut(Exception):
@@ -78,6 +92,43 @@ def _content_tokens(content: Any, image_tokens: int) -> int:
     return len(" ".join(words).split()) + images * image_tokens
 
 
+def _padded(body: dict[str, Any], size: int) -> bytes:
+    """`body` as JSON, spaces before its closing brace making it `size` bytes."""
+    raw = json.dumps(body).encode()
+    return raw[:-1] + b" " * max(0, size - len(raw)) + b"}"
+
+
+async def _pieces(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def _big_event(size: int) -> AsyncIterator[bytes]:
+    """One SSE event of `size` bytes (a JSON object padded with spaces, no blank line
+    before its end), sent in pieces of 64 KiB."""
+    raw = b"data: " + _padded({"choices": []}, size - 8) + b"\n\n"
+    for start in range(0, len(raw), 65_536):
+        yield raw[start : start + 65_536]
+        await asyncio.sleep(0)
+
+
+async def _big_after_first(events: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """`events`, with an event of `size` bytes after the first."""
+    yield await anext(events)
+    async for piece in _big_event(size):
+        yield piece
+    async for event in events:
+        yield event
+
+
+async def _trickle(seconds: float) -> AsyncIterator[bytes]:
+    """A JSON body opened and then a space a second: it never ends within a timeout."""
+    yield b"{"
+    for _ in range(int(seconds)):
+        await asyncio.sleep(1)
+        yield b" "
+
+
 def prompt_words(body: dict[str, Any], image_tokens: int = 0) -> int:
     if "messages" in body:
         return sum(_content_tokens(m.get("content"), image_tokens) for m in body["messages"])
@@ -96,6 +147,8 @@ class Upstream:
     chunk_delay_s = 0.0
     #: Whether `requests` records what was received (off for a long benchmark run).
     keep_requests = True
+    #: The size of BIG_MODELS' body and of BIG_ANSWER's answer or first event (bytes).
+    big_bytes = 2 * 1024 * 1024
 
     def __init__(self, models: list[str] | None = None, host: str = "127.0.0.1") -> None:
         self.models = models or ["llama-3.1-70b"]
@@ -123,6 +176,16 @@ class Upstream:
     def models_body(self) -> dict[str, Any]:
         data = [{"id": m, "object": "model", "owned_by": "provider"} for m in self.models]
         return {"object": "list", "data": data}
+
+    def odd_models(self) -> AsyncIterator[bytes] | None:
+        """The body of `GET /models` in its failure modes (None: the usual one)."""
+        if self.mode is Mode.DEEP_MODELS:
+            return _pieces([b"[" * 20_000])  # within the probe's 64 KiB
+        if self.mode is Mode.BIG_MODELS:
+            return _pieces([_padded(self.models_body(), self.big_bytes)])
+        if self.mode is Mode.SLOW_MODELS:
+            return _trickle(self.hang_s)
+        return None
 
     def _error(self) -> Response[Any]:
         body = {"error": {"message": "upstream failed", "type": "server_error", "code": None}}
@@ -152,7 +215,14 @@ class Upstream:
             raise _Cut
         out = self.reply(body, chat)
         if isinstance(out, dict):
+            if self.mode is Mode.BIG_ANSWER:
+                return Response(_padded(out, self.big_bytes), media_type="application/json")
+            if self.mode is Mode.DEEP_ANSWER:
+                deep = b'{"usage": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+                return Response(deep, media_type="application/json")
             return Response(out)
+        if self.mode is Mode.BIG_ANSWER:
+            out = _big_after_first(out, self.big_bytes)
         return Stream(out, media_type="text/event-stream")
 
     def reply(self, body: dict[str, Any], chat: bool) -> dict[str, Any] | AsyncIterator[bytes]:
@@ -203,6 +273,9 @@ class Upstream:
             upstream.requests.append(Received("GET", "/v1/models", dict(request.headers)))
             if upstream.mode is Mode.ERROR_500:
                 return upstream._error()
+            odd = upstream.odd_models()
+            if odd is not None:
+                return Stream(odd, media_type="application/json")
             return Response(upstream.models_body())
 
         @post("/v1/chat/completions", status_code=200)

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from market.client import TokexApiError, TokexClient
+from market.gateway.health import PROBE_MAX_BYTES, PROBE_TIMEOUT_S
 from schemas.accounts import Role
 from tests.support.server import ServerProcess, operator_client
 from tests.support.upstream import Mode, Upstream
@@ -167,3 +168,72 @@ async def test_periodic_probes_mark_unhealthy_and_healthy_again(
     finally:
         await conn.close()
     assert stored == 1
+
+
+async def _health_becomes(client: TokexClient, value: str, timeout_s: float = 10) -> dict[str, Any]:
+    for _ in range(int(timeout_s * 10)):
+        (endpoint,) = await client.request("GET", "/v1/endpoints")
+        if endpoint["health"] == value:
+            return dict(endpoint)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"health never became {value}")
+
+
+async def test_a_models_answer_nested_too_deeply_is_unhealthy(
+    provider: tuple[TokexClient, ServerProcess], upstream: Upstream
+) -> None:
+    """Found in review: 100,000 nested arrays made the probe raise RecursionError (not
+    ValueError): a 500 at registration, and a sweep that failed leaving it healthy."""
+    client, proc = provider
+    upstream.mode = Mode.DEEP_MODELS
+    assert await refused(client, body(upstream.base_url)) == (422, "endpoint_unhealthy")
+    upstream.mode = Mode.OK
+    await client.request("POST", "/v1/endpoints", json=body(upstream.base_url))
+    upstream.mode = Mode.DEEP_MODELS
+    sick = await _health_becomes(client, "unhealthy")
+    assert "JSON" in sick["health_detail"]
+    assert "RecursionError" not in proc.log_path.read_text(errors="replace")
+
+
+async def test_an_endpoint_trickling_its_models_answer_holds_no_other_probe(
+    provider: tuple[TokexClient, ServerProcess], upstream: Upstream
+) -> None:
+    """Found in review: httpx's timeout bounds each read, not the request, and the sweep
+    awaited every probe: a /models sent a byte a second froze every health check, so
+    another endpoint whose /models now answers 500 stayed healthy and kept its calls."""
+    client, _ = provider
+    with Upstream(models=["llama-3.1-70b"]) as slow:
+        slow.hang_s = 120
+        await client.request("POST", "/v1/endpoints", json=body(slow.base_url, "slow"))
+        await client.request("POST", "/v1/endpoints", json=body(upstream.base_url, "e1"))
+        slow.mode = Mode.SLOW_MODELS
+        await asyncio.sleep(1)  # a sweep or more is held by it
+        upstream.mode = Mode.ERROR_500
+
+        async def health(timeout_s: float) -> dict[str, dict[str, Any]]:
+            for _ in range(int(timeout_s * 10)):
+                now = {e["endpoint_id"]: e for e in await client.request("GET", "/v1/endpoints")}
+                if all(e["health"] == "unhealthy" for e in now.values()):
+                    return now
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"still healthy: {now}")
+
+        both = await health(PROBE_TIMEOUT_S * 2 + 2)
+        assert "500" in both["e1"]["health_detail"]
+        assert "longer than" in both["slow"]["health_detail"]
+
+
+async def test_a_models_answer_beyond_64_kib_is_unhealthy(
+    provider: tuple[TokexClient, ServerProcess], upstream: Upstream
+) -> None:
+    """Found in review: an 800 MiB /models body was read whole (2.1 GiB at its peak) and
+    the endpoint reported healthy. The probe reads at most `PROBE_MAX_BYTES`."""
+    client, _ = provider
+    upstream.mode = Mode.BIG_MODELS
+    upstream.big_bytes = PROBE_MAX_BYTES + 1
+    assert await refused(client, body(upstream.base_url)) == (422, "endpoint_unhealthy")
+    upstream.big_bytes = PROBE_MAX_BYTES - 1_000  # a long list of models is fine
+    await client.request("POST", "/v1/endpoints", json=body(upstream.base_url))
+    upstream.big_bytes = 64 * 1024 * 1024
+    sick = await _health_becomes(client, "unhealthy")
+    assert "64 KiB" in sick["health_detail"] or str(PROBE_MAX_BYTES) in sick["health_detail"]

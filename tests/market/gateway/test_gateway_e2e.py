@@ -117,6 +117,11 @@ async def test_upstream_failures(market: Market, db_url: str) -> None:
     assert "maximum context length is 8 tokens" in refused.value.message
     assert len([r for r in m.upstream.requests if r.method == "POST"]) == 2  # once each
 
+    m.upstream.mode = Mode.DEEP_ANSWER  # msgspec's RecursionError: was a 500
+    with pytest.raises(openai.APIStatusError) as deep:
+        await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+    assert deep.value.status_code == 502 and deep.value.code == "upstream_error"
+
     m.upstream.mode, m.upstream.hang_s = Mode.TIMEOUT, 4.0
     with pytest.raises(openai.APIStatusError) as slow:
         await client.completions.create(model=MODEL, prompt="a", max_tokens=5)
@@ -343,3 +348,54 @@ async def test_a_buyer_who_hangs_up_where_no_usage_comes_pays_the_chunks_passed_
     await _hang_up_after_the_first_chunk(m)
     (row,) = await _receipts_when(db_url, 1)
     assert row["prompt_tokens"] == 0 and 1 <= row["completion_tokens"] < 20
+
+
+async def test_a_malformed_content_part_or_a_body_nested_too_deeply_is_an_openai_400(
+    market: Market, db_url: str
+) -> None:
+    """Found in review: a part's `type` given as a list or an object, and a body of
+    100,000 nested arrays, were 500s, not the OpenAI-shaped 400 a client can read."""
+    m = market
+    headers = {"Authorization": f"Bearer {await m.key()}", "Content-Type": "application/json"}
+    deep = b"[" * 100_000 + b"]" * 100_000
+    bodies = {
+        "type a list": (b'{"model": "%s", "messages": [{"role": "user", "content": '
+                        b'[{"type": ["text"]}]}]}' % MODEL.encode()),
+        "type an object": (b'{"model": "%s", "messages": [{"role": "user", "content": '
+                           b'[{"type": {"a": 1}}]}]}' % MODEL.encode()),
+        "nested arrays": deep,
+        "nested in a field": b'{"model": "%s", "messages": %s}' % (MODEL.encode(), deep),
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+        for what, raw in bodies.items():
+            r = await http.post("/chat/completions", content=raw)
+            assert r.status_code == 400, (what, r.text[:200])
+            error = r.json()["error"]
+            assert error["type"] == "invalid_request_error", what
+            assert error["code"] in ("invalid_request", "unsupported_parameter"), what
+    assert not [r for r in m.upstream.requests if r.method == "POST"]
+    assert await receipts(db_url) == []
+
+
+async def test_an_unknown_path_or_method_under_openai_v1_is_in_openais_shape(
+    market: Market,
+) -> None:
+    """Found in review: the router's 404 and 405 came in tokex's `{"code", "message"}`,
+    which the OpenAI SDKs cannot read, not the `{"error": ...}` README promises."""
+    m = market
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    cases = [("GET", "/chat/completions", 405), ("PUT", "/chat/completions", 405),
+             ("POST", "/models", 405), ("POST", "/embeddings", 404),
+             ("GET", "/nothing", 404)]  # fmt: skip
+    async with httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=10) as http:
+        for method, path, status in cases:
+            r = await http.request(method, path, content=b"{}" if method != "GET" else None)
+            assert r.status_code == status, (method, path, r.text)
+            error = r.json()["error"]
+            assert set(error) == {"message", "type", "code"}, (method, path)
+            assert error["code"] == ("not_found" if status == 404 else "method_not_allowed")
+            assert error["type"] == ("not_found_error" if status == 404
+                                     else "invalid_request_error")  # fmt: skip
+            assert path in error["message"]
+        tokex = await http.get(m.proc.base_url + "/v1/nothing")  # elsewhere: tokex's shape
+        assert tokex.status_code == 404 and set(tokex.json()) == {"code", "message"}

@@ -118,6 +118,15 @@ def test_sse_events_of_every_shape_say_whether_they_carry_content() -> None:
     assert usage.usage == metering.Usage(2, 3) and usage.usage_only
 
 
+def test_an_sse_event_nested_too_deeply_is_passed_on_as_carrying_nothing() -> None:
+    """msgspec raises RecursionError (not DecodeError) on it: it broke the relay."""
+    deep = b"[" * 5_000 + b"]" * 5_000
+    for data in (deep, b'{"choices": [], "x": ' + deep + b"}"):
+        (event,) = EventReader().feed(b"data: " + data + b"\n\n")
+        assert event.raw.endswith(b"\n\n")
+        assert (event.usage, event.has_content, event.done) == (None, False, False)
+
+
 def test_reservations() -> None:
     r = Reservations()
     g = ("b", "p", "i")

@@ -131,3 +131,22 @@ def test_a_content_part_the_gateway_cannot_bound_is_a_400() -> None:
     image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
     ok = json.dumps({"model": "m", "messages": [{"role": "user", "content": [image]}]})
     assert parse_body(ok.encode())["messages"][0]["content"] == [image]
+
+
+def test_a_content_part_whose_type_is_a_list_or_an_object_is_a_400() -> None:
+    """Found in review: such a `type` raised TypeError (unhashable) in the gateway: a 500."""
+    for kind in (["text"], {"a": 1}):
+        part = {"type": kind, "text": "hi"}
+        raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": [part]}]})
+        with pytest.raises(UnsupportedParameter) as info:
+            parse_body(raw.encode())
+        assert info.value.code == "unsupported_parameter"
+
+
+def test_a_body_nested_too_deeply_is_a_400_not_a_recursion_error() -> None:
+    """Found in review: msgspec raises RecursionError (not DecodeError) on it: a 500."""
+    deep = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for raw in (deep, b"[" * 100_000):
+        with pytest.raises(UnsupportedParameter) as info:
+            parse_body(raw)
+        assert info.value.code == "invalid_request"
