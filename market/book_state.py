@@ -67,6 +67,16 @@ _encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
 
 
+def skips_own(stp: StpMode) -> bool:
+    """Whether a taker with this self-trade prevention matches on past its own resting
+    orders, cancelling them (`cancel_oldest`), rather than stopping at the first
+    (`cancel_newest`, `cancel_both`) or taking its quantity off against them
+    (`decrement_and_cancel`). What a FOK counts as fillable, and what the sequencer's
+    walk of the asks counts as liquidity (`market.sequencer.protection`); the match
+    (`OrderBook._match`) inlines the same test."""
+    return stp is _CANCEL_OLDEST
+
+
 class BookState:
     """What one instrument's book holds (levels, indexes, counters), what it
     answers (best prices, depth, open orders, snapshot, state hash) and the
@@ -136,8 +146,7 @@ class BookState:
             opp, opp_heap = self._asks, self._ask_heap
         else:
             opp, opp_heap = self._bids, self._bid_heap
-        skip_own = cmd.stp is _CANCEL_OLDEST
-        if fillable(opp, opp_heap, cmd.owner, skip_own, cmd.quantity, lim_key):
+        if fillable(opp, opp_heap, cmd.owner, skips_own(cmd.stp), cmd.quantity, lim_key):
             return None
         return _R.FOK_UNFILLABLE
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from market.book import OrderBook, default_tif
+from market.book_state import skips_own
 from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, digest, replayed
 from market.sequencer.errors import InstrumentSettled, OrderRefused, UnknownOrder
@@ -143,9 +144,10 @@ def _market_buy(
 ) -> str | BuyPlan:
     """A market buy priced on the asks as they stand: its plan, or why it is refused."""
     book = batch.market.engine.book(req.instrument)
+    own = _own_asks(book, account_id) if skips_own(req.stp) else {}
     plan = plan_market_buy(
         _asks(book), req.quantity, state.terms, cap=req.price, max_notional=req.max_notional,
-        stp=req.stp,
+        stp=req.stp, own=own,
     )  # fmt: skip
     if plan is None:
         return NO_LIQUIDITY
@@ -164,6 +166,16 @@ def _asks(book: OrderBook) -> Iterator[DepthLevel]:
         if len(asks) < levels:
             return
         shown, levels = len(asks), levels * 4
+
+
+def _own_asks(book: OrderBook, account_id: str) -> dict[int, int]:
+    """The buyer's open ask quantity by price (its own orders only: at most the open
+    order limit)."""
+    own: dict[int, int] = {}
+    for o in book.open_orders(account_id):
+        if o.side is Side.SELL:
+            own[o.price] = own.get(o.price, 0) + o.open_quantity
+    return own
 
 
 def _owned(batch: Batch, account_id: str, order_id: int) -> OrderRow:
