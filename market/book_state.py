@@ -67,6 +67,26 @@ _encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
 
 
+def size_and_price_reason(instrument: Instrument, quantity: int, price: int | None) -> str | None:
+    """The first of a new order's checks on its quantity and price that it fails, in the
+    engine's order (`qty_invalid`, `qty_off_lot`, `price_required`, `price_off_tick`,
+    `price_out_of_band`), or None. `price` is the one the book uses: a market order's
+    is the band edge when it names none. The engine's own rule (`_new_reason`), also
+    the sequencer's before its funds check, so a refused order gets the same reason
+    whichever refuses it."""
+    if quantity <= 0:
+        return _R.QTY_INVALID
+    if quantity % instrument.lot_size:
+        return _R.QTY_OFF_LOT
+    if price is None:
+        return _R.PRICE_REQUIRED
+    if price % instrument.tick_size:
+        return _R.PRICE_OFF_TICK
+    if price < instrument.price_min or price > instrument.price_max:
+        return _R.PRICE_OUT_OF_BAND
+    return None
+
+
 def skips_own(stp: StpMode) -> bool:
     """Whether a taker with this self-trade prevention matches on past its own resting
     orders, cancelling them (`cancel_oldest`), rather than stopping at the first
@@ -160,16 +180,8 @@ class BookState:
             return _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
         if cmd.order_id in self._orders:
             return _R.DUPLICATE_ORDER_ID
-        if qty <= 0:
-            return _R.QTY_INVALID
-        if qty % self._lot:
-            return _R.QTY_OFF_LOT
-        if price is None:
-            return _R.PRICE_REQUIRED
-        if price % self._tick:
-            return _R.PRICE_OFF_TICK
-        if price < self._pmin or price > self._pmax:
-            return _R.PRICE_OUT_OF_BAND
+        if reason := size_and_price_reason(self.instrument, qty, price):
+            return reason
         if cmd.order_type is _MARKET and (tif is _GTC or tif is _GTD):
             return _R.INVALID_TIME_IN_FORCE
         if (tif is _GTD) is (expire_at is None):
