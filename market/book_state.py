@@ -67,6 +67,36 @@ _encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(BookSnapshot)
 
 
+def size_and_price_reason(instrument: Instrument, quantity: int, price: int | None) -> str | None:
+    """The first of a new order's checks on its quantity and price that it fails, in the
+    engine's order (`qty_invalid`, `qty_off_lot`, `price_required`, `price_off_tick`,
+    `price_out_of_band`), or None. `price` is the one the book uses: a market order's
+    is the band edge when it names none. The engine's own rule (`_new_reason`), also
+    the sequencer's before its funds check, so a refused order gets the same reason
+    whichever refuses it."""
+    if quantity <= 0:
+        return _R.QTY_INVALID
+    if quantity % instrument.lot_size:
+        return _R.QTY_OFF_LOT
+    if price is None:
+        return _R.PRICE_REQUIRED
+    if price % instrument.tick_size:
+        return _R.PRICE_OFF_TICK
+    if price < instrument.price_min or price > instrument.price_max:
+        return _R.PRICE_OUT_OF_BAND
+    return None
+
+
+def skips_own(stp: StpMode) -> bool:
+    """Whether a taker with this self-trade prevention matches on past its own resting
+    orders, cancelling them (`cancel_oldest`), rather than stopping at the first
+    (`cancel_newest`, `cancel_both`) or taking its quantity off against them
+    (`decrement_and_cancel`). What a FOK counts as fillable, and what the sequencer's
+    walk of the asks counts as liquidity (`market.sequencer.protection`); the match
+    (`OrderBook._match`) inlines the same test."""
+    return stp is _CANCEL_OLDEST
+
+
 class BookState:
     """What one instrument's book holds (levels, indexes, counters), what it
     answers (best prices, depth, open orders, snapshot, state hash) and the
@@ -136,8 +166,7 @@ class BookState:
             opp, opp_heap = self._asks, self._ask_heap
         else:
             opp, opp_heap = self._bids, self._bid_heap
-        skip_own = cmd.stp is _CANCEL_OLDEST
-        if fillable(opp, opp_heap, cmd.owner, skip_own, cmd.quantity, lim_key):
+        if fillable(opp, opp_heap, cmd.owner, skips_own(cmd.stp), cmd.quantity, lim_key):
             return None
         return _R.FOK_UNFILLABLE
 
@@ -151,16 +180,8 @@ class BookState:
             return _R.INSTRUMENT_CLOSED if state is _CLOSED else _R.INSTRUMENT_HALTED
         if cmd.order_id in self._orders:
             return _R.DUPLICATE_ORDER_ID
-        if qty <= 0:
-            return _R.QTY_INVALID
-        if qty % self._lot:
-            return _R.QTY_OFF_LOT
-        if price is None:
-            return _R.PRICE_REQUIRED
-        if price % self._tick:
-            return _R.PRICE_OFF_TICK
-        if price < self._pmin or price > self._pmax:
-            return _R.PRICE_OUT_OF_BAND
+        if reason := size_and_price_reason(self.instrument, qty, price):
+            return reason
         if cmd.order_type is _MARKET and (tif is _GTC or tif is _GTD):
             return _R.INVALID_TIME_IN_FORCE
         if (tif is _GTD) is (expire_at is None):

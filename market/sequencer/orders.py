@@ -4,9 +4,11 @@ has it; `Batch.order_view` answers from it once the whole batch is staged.
 
 The pre-trade check asks the ledger batch's in-memory balances whether the hold an
 order needs is available now; what the engine then says is turned into ledger
-transactions by `settle.apply_events`. Refusals before the engine (unknown or settled
-instrument, closed book, too many open orders, insufficient funds) are rejected orders,
-not journaled.
+transactions by `settle.apply_events`. Refusals before the engine are rejected orders,
+not journaled; the first that applies wins: unknown or settled instrument, closed book,
+`max_notional` on anything but a market buy, the engine's own quantity and price checks
+(`qty_off_lot`, `price_off_tick`, `price_out_of_band`, ...: `size_and_price_reason`),
+too many open orders, then funds (and, for a market buy, the asks: `no_liquidity`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from market.book import OrderBook, default_tif
+from market.book_state import size_and_price_reason, skips_own
 from market.clearing import rules as settlement
 from market.sequencer.batch import Batch, digest, replayed
 from market.sequencer.errors import InstrumentSettled, OrderRefused, UnknownOrder
@@ -114,27 +117,28 @@ def _refusal(batch: Batch, account_id: str, req: PlaceOrder) -> str | BuyPlan | 
     market_buy = req.order_type is OrderType.MARKET and req.side is Side.BUY
     if req.max_notional is not None and not market_buy:
         return MAX_NOTIONAL_NOT_ALLOWED
+    instrument = state.instrument
+    price = req.price
+    if price is None and req.order_type is OrderType.MARKET:
+        price = instrument.price_max if market_buy else instrument.price_min
+    # The engine's own checks of quantity and price, before the open orders and funds:
+    # an off-lot, off-tick or out-of-band order gets that reason (as the engine would
+    # give it), not `insufficient_funds` for a reservation it could never make.
+    if (reason := size_and_price_reason(instrument, req.quantity, price)) is not None:
+        return reason
     market = batch.market
     if _may_rest(req) and (
         market.open_count.get(account_id, 0) + batch.opened.get(account_id, 0)
         >= batch.max_open_orders
     ):
         return TOO_MANY_OPEN_ORDERS
-    instrument = state.instrument
-    lot = instrument.lot_size
-    if market_buy and req.quantity > 0 and not req.quantity % lot:
+    if market_buy:
         return _market_buy(batch, account_id, req, state)
-    if req.price is not None:
-        price = req.price
-    elif req.order_type is OrderType.MARKET:
-        price = instrument.price_max if req.side is Side.BUY else instrument.price_min
-    else:
-        return None  # the engine refuses it (price required)
-    if req.quantity > 0:
-        need = settlement.reservation(req.side, req.quantity, price, state.terms)
-        account = settlement.hold_account(req.side, account_id, state.terms)
-        if need > batch.ledger.state.balance(account).available:
-            return "insufficient_funds" if req.side is Side.BUY else "insufficient_capacity"
+    assert price is not None  # `size_and_price_reason` refuses a limit order without one
+    need = settlement.reservation(req.side, req.quantity, price, state.terms)
+    account = settlement.hold_account(req.side, account_id, state.terms)
+    if need > batch.ledger.state.balance(account).available:
+        return "insufficient_funds" if req.side is Side.BUY else "insufficient_capacity"
     return None
 
 
@@ -143,9 +147,10 @@ def _market_buy(
 ) -> str | BuyPlan:
     """A market buy priced on the asks as they stand: its plan, or why it is refused."""
     book = batch.market.engine.book(req.instrument)
+    own = _own_asks(book, account_id) if skips_own(req.stp) else {}
     plan = plan_market_buy(
         _asks(book), req.quantity, state.terms, cap=req.price, max_notional=req.max_notional,
-        stp=req.stp,
+        stp=req.stp, own=own,
     )  # fmt: skip
     if plan is None:
         return NO_LIQUIDITY
@@ -164,6 +169,16 @@ def _asks(book: OrderBook) -> Iterator[DepthLevel]:
         if len(asks) < levels:
             return
         shown, levels = len(asks), levels * 4
+
+
+def _own_asks(book: OrderBook, account_id: str) -> dict[int, int]:
+    """The buyer's open ask quantity by price (its own orders only: at most the open
+    order limit)."""
+    own: dict[int, int] = {}
+    for o in book.open_orders(account_id):
+        if o.side is Side.SELL:
+            own[o.price] = own.get(o.price, 0) + o.open_quantity
+    return own
 
 
 def _owned(batch: Batch, account_id: str, order_id: int) -> OrderRow:

@@ -204,7 +204,7 @@ async def test_orders_beyond_cash_or_capacity_are_refused_before_the_book(
 ) -> None:
     too_big = await place(seq, "b1", order("big", Side.BUY, 200_000, 5_000))
     assert (too_big.status, too_big.reject_reason) == ("rejected", "insufficient_funds")
-    unlisted = await place(seq, "p1", order("s", Side.SELL, 100_001, 5_000))
+    unlisted = await place(seq, "p1", order("s", Side.SELL, 101_000, 5_000))
     assert (unlisted.status, unlisted.reject_reason) == ("rejected", "insufficient_capacity")
     nothing = await place(seq, "b2", order("x", Side.SELL, 1_000, 5_000))  # a buyer lists nothing
     assert nothing.reject_reason == "insufficient_capacity"

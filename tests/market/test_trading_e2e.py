@@ -189,7 +189,7 @@ async def test_an_account_sees_and_touches_only_its_own_orders(market: Market) -
 
 async def test_a_provider_cannot_sell_capacity_it_has_not_listed(market: Market) -> None:
     with pytest.raises(TokexApiError) as err:
-        await market.providers[0].place_order(order("big", Side.SELL, 100_001, 5_000))
+        await market.providers[0].place_order(order("big", Side.SELL, 101_000, 5_000))
     assert (err.value.status, err.value.code) == (422, "insufficient_capacity")
     # A buyer cannot list capacity, nor place a sell.
     with pytest.raises(TokexApiError) as err:
