@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 from market.feed import MarketData
 from market.sequencer.port import Exchange
 from market.sequencer.queries import DepthsQuery
+from market.sequencer.remote import SequencerUnreachable
 from market.sequencer.wire import MARKET_DATA_SUBJECT, MarketDataBatch
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,11 @@ class FeedRelay:
         self._again = False
         try:
             depths = await self._exchange.ask(DepthsQuery())
+        except SequencerUnreachable as exc:  # the bus or the sequencer not back yet
+            log.warning("market data: cannot load the books (%s); retrying", exc)
+            await asyncio.sleep(RETRY_S)
+            self._loading = asyncio.create_task(self._load())
+            return
         except Exception:
             log.exception("market data: cannot load the books; retrying")
             await asyncio.sleep(RETRY_S)

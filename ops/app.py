@@ -48,6 +48,7 @@ from market.gateway.openai_asgi import OpenAICalls, serve_call
 from market.gateway.receipts_api import receipts_router
 from market.key_revocations import RevocationListener
 from market.orders_asgi import OrderCalls
+from market.sequencer.remote import RemoteSequencer
 from market.stream import market_stream
 from market.stream_cancels import OwedCancels
 from market.vouchers_api import vouchers_router
@@ -97,6 +98,7 @@ async def health(pool: NamedDependency[asyncpg.Pool], state: State) -> Health:
     database it rebuilds itself, and until then this answers 503 `exchange_unavailable`.
     While the database supervisor (`ops.supervisor`) has the database down this answers
     503 `database_unreachable`, and while it reopens the exchange `exchange_unavailable`.
+    A gateway process of `serve --workers N` not connected to NATS: 503 `bus_unavailable`.
     """
     supervisor = state.get("database_supervisor")
     if supervisor is not None and supervisor.state is DatabaseState.REOPENING:
@@ -104,6 +106,8 @@ async def health(pool: NamedDependency[asyncpg.Pool], state: State) -> Health:
     if supervisor is not None and not supervisor.ready:
         raise DatabaseUnreachable("database unreachable")
     sequencer = state.get("sequencer")
+    if isinstance(sequencer, RemoteSequencer):  # a gateway process: its bus, not a rebuild
+        sequencer.require_bus()
     if sequencer is not None and not sequencer.healthy:
         raise ExchangeUnavailable("the exchange is rebuilding its state from the database")
     try:

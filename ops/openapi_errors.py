@@ -59,6 +59,7 @@ from market.sequencer.errors import (
     WindowStarted,
     WithdrawalSettled,
 )
+from market.sequencer.remote import BusUnavailable
 from market.vouchers_api import (
     UnknownReportState,
     VoucherBadSignature,
@@ -120,7 +121,7 @@ _LEDGER_PROOF = specs(CheckpointNotFound, MerkleRangeError)
 _WITHDRAWAL_OUTCOME = (*specs(UnknownWithdrawal, WithdrawalSettled), *_SEQ)
 
 ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
-    "GET /health": specs(DatabaseUnreachable, (503, "exchange_unavailable")),
+    "GET /health": specs(DatabaseUnreachable, (503, "exchange_unavailable"), BusUnavailable),
     # the public ledger
     "GET /v1/ledger/checkpoint": specs(CheckpointNotFound),
     "GET /v1/ledger/checkpoints": specs(CheckpointNotFound),
@@ -271,6 +272,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
         (503, "exchange_unavailable"),
         (503, "database_unavailable"),
         (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
+        (503, "bus_unavailable"),  # its connection to NATS down
     ),
     **dict.fromkeys(
         ("POST /openai/v1/chat/completions", "POST /openai/v1/completions"),
@@ -289,6 +291,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
             (503, "exchange_unavailable"),
             (503, "database_unavailable"),
             (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
+            (503, "bus_unavailable"),  # its connection to NATS down
         ),
     ),
 }

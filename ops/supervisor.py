@@ -6,6 +6,10 @@
 
 * the state becomes `DOWN` and every route but `/health` and `/schema` answers
   503 `database_unavailable` with `Retry-After` (`ops.middleware.DatabaseGate`);
+  the pools' connections are cut (`ops.database.cut_connections`), so a request
+  already waiting on a database that froze (a partition, an I/O stall) fails with
+  the same 503 now, not at its query's timeout (the sequencer's own connections are
+  not cut: its batch in flight keeps its own recovery);
 * if tokex started this PostgreSQL (the embedded one, no `DATABASE_URL`) it starts it
   again (`RESTARTING`), with a doubling delay between attempts, at most
   `restart_attempts` times (a postmaster that runs but does not answer yet, replaying
@@ -34,6 +38,7 @@ import asyncpg
 from ops.database import (
     EmbeddedPostgres,
     PostmasterState,
+    cut_connections,
     postmaster_state,
 )
 
@@ -115,7 +120,12 @@ class DatabaseSupervisor:
                     continue
                 self.outages += 1
                 self.state = DatabaseState.DOWN
-                log.error("database unreachable: answering 503 until it is back")
+                cut = cut_connections(self.url)  # what waits on a frozen database: 503 now
+                log.error(
+                    "database unreachable: answering 503 until it is back (%d pool "
+                    "connections cut)",
+                    cut,
+                )
             try:  # also after a failed attempt (the state is not UP): until it is back
                 await self._bring_back()
             except asyncio.CancelledError:
@@ -176,7 +186,9 @@ class DatabaseSupervisor:
 
         An embedded one whose postmaster is gone is down even if the probe's backend still
         answers: backends outlive a killed postmaster for a while. Any failure of the probe
-        means down (a probe cut by a timeout can leave its connection unusable)."""
+        means down (a probe cut by a timeout can leave its connection unusable); a broken
+        connection is tried once more on a new one, a timeout is not (a database that
+        froze would otherwise take two timeouts to be found down)."""
         timeout_s = self.probe_timeout_ms / 1000
         if self.embedded is not None and not self._postmaster_runs():
             await self._drop_probe()
@@ -191,6 +203,10 @@ class DatabaseSupervisor:
                     )
                 await self._conn.fetchval("SELECT 1", timeout=timeout_s)
                 return True
+            except TimeoutError:  # no answer in time is about now (frozen, partitioned)
+                log.debug("probe timed out after %ss", timeout_s)
+                await self._drop_probe()
+                return False
             except Exception as exc:  # down, whatever broke: the next probe starts afresh
                 log.debug("probe failed: %s: %s", type(exc).__name__, exc)
                 await self._drop_probe()

@@ -9,13 +9,17 @@ answers commands and queries over NATS and publishes market data there
 gateway processes (`tokex serve-gateway`, `ops.gateway_process`) that inherit it: the
 kernel hands each new connection to one of them. A gateway that exits is started
 again (after a delay that doubles while they keep dying, up to `RESTART_MAX_DELAY_S`),
-while the others keep answering. On SIGTERM: the gateways first (they finish their
-requests), then the responder, then the exchange, then NATS.
+while the others keep answering. An embedded NATS that dies is started again on its
+port with its token (`ops.bus.watch`), and every process's connection reconnects;
+while a gateway is not connected it answers 503 `bus_unavailable` at once. On SIGTERM:
+the gateways first (they finish their requests), then the responder, then the
+exchange, then NATS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -37,6 +41,7 @@ from ops.bus import (
     connect,
     die_with_parent,
     nats_url_from_env,
+    watch,
 )
 from ops.config import Settings
 
@@ -168,7 +173,7 @@ def run_workers(settings: Settings, workers: int) -> int:
         env[TOKEN_ENV] = os.environ[TOKEN_ENV] = embedded.token  # this process's too
     sock = listening_socket(settings.host, settings.port)
     try:
-        asyncio.run(_sequencer_process(settings, nats_url, sock, workers, env))
+        asyncio.run(_sequencer_process(settings, nats_url, sock, workers, env, embedded))
     finally:
         sock.close()
         if embedded is not None:
@@ -177,7 +182,12 @@ def run_workers(settings: Settings, workers: int) -> int:
 
 
 async def _sequencer_process(
-    settings: Settings, nats_url: str, sock: socket.socket, workers: int, env: dict[str, str]
+    settings: Settings,
+    nats_url: str,
+    sock: socket.socket,
+    workers: int,
+    env: dict[str, str],
+    embedded: EmbeddedNats | None = None,
 ) -> None:
     from market.gateway.desk import desk_starting
     from market.sequencer.responder import Responder
@@ -188,6 +198,8 @@ async def _sequencer_process(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # an embedded bus that dies is started again (an external NATS_URL is not ours)
+    watchdog = None if embedded is None else asyncio.create_task(watch(embedded))
     nats = await connect(nats_url, name="tokex-sequencer")
     # settlement waits until the desk is up (it may owe charges of calls a crash cut)
     app = Litestar(route_handlers=[], state=State({"delivering": desk_starting}),
@@ -218,3 +230,7 @@ async def _sequencer_process(
             await responder.close()
     finally:
         await close(nats)
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog

@@ -17,8 +17,9 @@ decided in the sequencer process (`desk_server`), asked over NATS (`desk_wire`).
 * `DeskExchange` is what this process's meter submits its group commits to: the desk's
   `tokex.gw.charge`, which submits them to the sequencer as one `submit_all`.
 
-No answer in time, or no sequencer process: 503 `sequencer_unreachable`, as for every
-command of a gateway process (`market.sequencer.remote`).
+No answer in time, or no sequencer process: 503 `sequencer_unreachable`; not connected
+to NATS: 503 `bus_unavailable` at once; as for every command of a gateway process
+(`market.sequencer.remote`).
 """
 
 from __future__ import annotations
@@ -40,20 +41,18 @@ from market.gateway.desk import Reserved, Slot
 from market.gateway.meter import Group
 from market.request_context import REQUEST_ID
 from market.sequencer.ops import GatewayChargeOp, GatewayProgressOp, Op, Outcome
-from market.sequencer.remote import REQUEST_ID_HEADER, TIMEOUT_S, SequencerUnreachable
+from market.sequencer.remote import (
+    REQUEST_ID_HEADER,
+    TIMEOUT_S,
+    SequencerUnreachable,
+    refuse_unconnected,
+)
 from market.sequencer.wire import Answer, encode, outcomes_of
 
 log = logging.getLogger(__name__)
 
 #: How long a failed release waits before it is sent again (s).
 RELEASE_RETRY_S = 1.0
-
-
-def refuse_unconnected(nats: Client) -> None:
-    """Not connected to NATS (it reconnects): 503 at once, rather than a request held in
-    the client's buffer until it times out."""
-    if not nats.is_connected:
-        raise SequencerUnreachable("the sequencer's bus is not reachable now; try again shortly")
 
 
 async def request(nats: Client, subject: str, payload: bytes, timeout_s: float) -> bytes:

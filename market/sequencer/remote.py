@@ -8,6 +8,8 @@ answers only once their batch is durable, exactly as `Sequencer.submit` returns;
 sequencer is gone, or slower than `timeout_s`) is 503 `sequencer_unreachable` with
 Retry-After: its op may have committed after all, so a client retries with the same
 idempotency key (`client_order_id`, `deposit_id`, ...) and gets its first outcome.
+While this process is not connected to NATS (the server down or restarting) nothing is
+sent: 503 `bus_unavailable` at once, with Retry-After.
 """
 
 from __future__ import annotations
@@ -51,6 +53,21 @@ class SequencerUnreachable(DomainError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class BusUnavailable(SequencerUnreachable):
+    """This process is not connected to NATS now (the server is down or restarting; the
+    client reconnects by itself): refused at once, nothing sent, so nothing to retry with
+    the same ids for; waiting out the request timeout would only hold the client."""
+
+    code = "bus_unavailable"
+
+
+def refuse_unconnected(nats: Client) -> None:
+    """503 `bus_unavailable` at once if not connected, rather than a request held in the
+    client's buffer until it times out."""
+    if not nats.is_connected:
+        raise BusUnavailable("the message bus is not reachable now; try again shortly")
+
+
 class RemoteSequencer:
     """The sequencer of another process, reached over NATS (see the module docstring)."""
 
@@ -64,10 +81,15 @@ class RemoteSequencer:
     def healthy(self) -> bool:
         return bool(self._nats.is_connected)
 
+    def require_bus(self) -> None:
+        """Raise `BusUnavailable` unless connected to NATS now."""
+        refuse_unconnected(self._nats)
+
     async def committed(self) -> None:
         """Nothing to wait for here: every query is answered from committed memory."""
 
     async def _request(self, subject: str, payload: bytes, *, command: bool = False) -> bytes:
+        refuse_unconnected(self._nats)
         headers: dict[str, str] = {}
         request_id = REQUEST_ID.get()
         if request_id:
@@ -125,4 +147,4 @@ class RemoteSequencer:
         return value
 
 
-__all__ = ["RemoteSequencer", "SequencerUnreachable"]
+__all__ = ["BusUnavailable", "RemoteSequencer", "SequencerUnreachable"]
