@@ -341,6 +341,7 @@ async def open_pool(
         max_size=max_size,
         max_queries=50_000,
         max_inactive_connection_lifetime=300.0,
+        setup=None,
         init=register,
         loop=None,
         connection_class=asyncpg.Connection,
