@@ -32,6 +32,7 @@ from litestar.datastructures import State
 
 from ops.bus import (
     TOKEN_ENV,
+    URL_ENV,
     EmbeddedNats,
     close,
     connect,
@@ -149,9 +150,11 @@ class Gateways:
                 await asyncio.to_thread(proc.wait)
 
 
-def gateway_command(settings: Settings, nats_url: str) -> list[str]:
+def gateway_command(settings: Settings) -> list[str]:
+    """The gateway's argv: nothing secret (`ps` shows it to every local user); the NATS
+    URL, which may carry a user and password, is in its environment (`URL_ENV`)."""
     return [
-        sys.executable, "-m", "ops", "serve-gateway", "--nats-url", nats_url,
+        sys.executable, "-m", "ops", "serve-gateway",
         "--host", settings.host, "--port", str(settings.port),
     ]  # fmt: skip
 
@@ -166,6 +169,7 @@ def run_workers(settings: Settings, workers: int) -> int:
         embedded = EmbeddedNats(Path(settings.data_path) / "nats")
         nats_url = embedded.url
         env[TOKEN_ENV] = os.environ[TOKEN_ENV] = embedded.token  # this process's too
+    env[URL_ENV] = nats_url
     sock = listening_socket(settings.host, settings.port)
     try:
         asyncio.run(_sequencer_process(settings, nats_url, sock, workers, env))
@@ -204,7 +208,7 @@ async def _sequencer_process(
                 closing.add(task)
                 task.add_done_callback(closing.discard)
 
-            command = gateway_command(settings, nats_url)
+            command = gateway_command(settings)
             gateways = Gateways(workers, command, sock.fileno(), env, on_exit=gone)
             app.state.gateways = gateways
             running = asyncio.create_task(gateways.run())
