@@ -67,6 +67,7 @@ from market.vouchers_api import (
 )
 from ops.audit_api import AuditExportBusy
 from ops.database import DatabaseUnreachable
+from ops.ledger_head import LedgerRegressed
 from ops.ready import ExchangeNotReady
 from schemas.errors import STATUS_OF_KIND, DomainError
 from schemas.market import RejectReason
@@ -120,7 +121,7 @@ _LEDGER_PROOF = specs(CheckpointNotFound, MerkleRangeError)
 _WITHDRAWAL_OUTCOME = (*specs(UnknownWithdrawal, WithdrawalSettled), *_SEQ)
 
 ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
-    "GET /health": specs(DatabaseUnreachable, (503, "exchange_unavailable")),
+    "GET /health": specs(DatabaseUnreachable, (503, "exchange_unavailable"), LedgerRegressed),
     # the public ledger
     "GET /v1/ledger/checkpoint": specs(CheckpointNotFound),
     "GET /v1/ledger/checkpoints": specs(CheckpointNotFound),
@@ -154,7 +155,7 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     "GET /v1/trades": specs(InvalidCursor),
     "GET /v1/time": (),
     "GET /v1/currencies": (),
-    "GET /ready": specs(ExchangeNotReady, DatabaseUnreachable, ExchangeNotRunning),
+    "GET /ready": specs(ExchangeNotReady, DatabaseUnreachable, ExchangeNotRunning, LedgerRegressed),
     "GET /metrics": (),
     "GET /v1/accounts": (),
     "GET /v1/settlements": _SEQ,
@@ -270,6 +271,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
         (401, "invalid_api_key"),
         (503, "exchange_unavailable"),
         (503, "database_unavailable"),
+        (503, "ledger_regressed"),
         (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
     ),
     **dict.fromkeys(
@@ -288,6 +290,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
             (503, "endpoints_busy"),
             (503, "exchange_unavailable"),
             (503, "database_unavailable"),
+            (503, "ledger_regressed"),
             (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
         ),
     ),

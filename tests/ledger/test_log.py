@@ -211,3 +211,30 @@ async def test_log_tables_are_append_only(
 
 async def test_merkle_log_standalone_signer_name_is_default_origin(signer: Signer) -> None:
     assert MerkleLog(signer).origin == ORIGIN
+
+
+async def test_the_committed_head_moves_only_when_its_batch_commits(
+    db_url: str, db_conn: asyncpg.Connection, signer: Signer
+) -> None:
+    """A batch cut by an outage may never reach the database: what the exchange holds it to
+    after one (`ops.ledger_head`) is the head of the last batch that committed."""
+    ledger, log = await open_ledger(db_url, signer)
+    try:
+        await add_batches(ledger, batches=2, per_batch=5, tag="ok")
+        committed = log.committed_head
+        assert (committed.size, committed.root, committed.note) == (
+            10, log.root, log.latest_checkpoint,
+        )  # fmt: skip
+        async with ledger.staged() as batch:
+            batch.apply(deposit("staged-1", USERS[0], 5))
+        assert log.size == 11 and log.committed_head == committed  # staged, not committed
+        await batch.committed()
+        assert log.committed_head.size == 11 and log.committed_head.root == log.root
+        assert log.committed_head.root == await db_root(db_conn, 11)
+    finally:
+        await ledger.close()
+    reopened, again = await open_ledger(db_url, signer)
+    try:
+        assert again.committed_head.size == 11 and again.committed_head.note is not None
+    finally:
+        await reopened.close()
