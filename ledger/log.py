@@ -56,6 +56,7 @@ from schemas.errors import DomainError, ErrorKind
 
 __all__ = [
     "CATCH_UP_CHUNK",
+    "LedgerRegressed",
     "LogHeadNote",
     "LogInconsistent",
     "MerkleLog",
@@ -78,6 +79,14 @@ class LogInconsistent(DomainError):
     """The stored Merkle log does not match the ledger (missing nodes, sizes out of step)."""
 
     code = "merkle_log_inconsistent"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class LedgerRegressed(DomainError):
+    """The database's log is behind (or beside) the log this exchange already signed: a
+    database that went back in time. Serving it would sign a fork of the log."""
+
+    code = "ledger_regressed"
     kind = ErrorKind.UNAVAILABLE
 
 
@@ -309,6 +318,7 @@ class MerkleLog:
                 raise LogInconsistent(
                     f"the latest checkpoint does not match the stored tree of size {size}"
                 )
+            await self._check_extends_committed(conn, size)
             self._signer = await self._current_signer(conn)
             self._frontier = frontier
             self._time_ms = 0 if row is None else row["time_ms"]
@@ -332,6 +342,18 @@ class MerkleLog:
                 await staged.execute(conn)
         self._pending.clear()  # what is in memory now is what the database holds
         self._committed = LogHeadNote(self._frontier.size, self._frontier.root(), self._latest_note)
+
+    async def _check_extends_committed(self, conn: asyncpg.Connection, size: int) -> None:
+        """A reload after a failed commit must find at least what had committed: a database
+        that went back in time meanwhile would have this log sign a fork of itself."""
+        head = self._committed
+        if head.size == 0:
+            return
+        if size < head.size or await db_root(conn, head.size) != head.root:
+            raise LedgerRegressed(
+                f"the database's log ({size} leaves) does not extend the one this log"
+                f" committed ({head.size} leaves): it went back in time"
+            )
 
     async def _current_signer(self, conn: asyncpg.Connection) -> Signer:
         row = await conn.fetchrow(

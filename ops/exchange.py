@@ -23,7 +23,7 @@ import asyncpg
 from litestar import Litestar
 
 from ledger.keys import load_or_create_signer
-from ledger.log import MerkleLog
+from ledger.log import LedgerRegressed, MerkleLog
 from ledger.note import Signer
 from market.sequencer import QUEUE_MAX, Sequencer
 from market.sequencer.batch import nothing_delivering, nothing_reserved
@@ -32,7 +32,6 @@ from ops.config import Settings
 from ops.database import database_url, embedded_handle
 from ops.ledger_head import (
     HeadKeeper,
-    LedgerRegressed,
     LogHead,
     check_not_behind,
     head_of,

@@ -12,7 +12,8 @@ signed checkpoint, written by `HeadKeeper` at most `SAVE_INTERVAL_S` after each 
 and at shutdown), and before it opens on a database it checks that the database's log
 has at least that many leaves and the same root at that size (`check_not_behind`).
 If not: `LedgerRegressed`, 503 `ledger_regressed` everywhere until the right database is
-back (`ops.supervisor`). `TOKEX_ACCEPT_LEDGER_REGRESSION=1` skips the check, for a
+back (`ops.supervisor`). (The writer's own reload after a failed commit, when no outage
+was seen, refuses such a database too: `ledger.log.MerkleLog.reload`.) `TOKEX_ACCEPT_LEDGER_REGRESSION=1` skips the check, for a
 deliberate restore (the saved head is then replaced by the restored database's).
 """
 
@@ -28,9 +29,8 @@ import asyncpg
 import msgspec
 
 from ledger.checkpoint import Checkpoint, CheckpointMalformed
-from ledger.log import MerkleLog, db_root, log_size
+from ledger.log import LedgerRegressed, MerkleLog, db_root, log_size
 from ledger.note import NoteMalformed, parse_note
-from schemas.errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "ledger-head.checkpoint"
 #: How long after a checkpoint is signed it is at most saved (a crash loses at most this).
 SAVE_INTERVAL_S = 0.5
-
-
-class LedgerRegressed(DomainError):
-    """The database's ledger is behind (or beside) the log this exchange already signed."""
-
-    code = "ledger_regressed"
-    kind = ErrorKind.UNAVAILABLE
 
 
 class LogHead(msgspec.Struct, frozen=True):

@@ -21,6 +21,7 @@ from typing import Final
 from ledger.api import CheckpointNotFound, EntryNotFound
 from ledger.audit.export import ExportEmpty
 from ledger.errors import IdempotencyConflict, LedgerUnavailable
+from ledger.log import LedgerRegressed
 from ledger.merkle import MerkleRangeError
 from market.accounts import (
     AccountNotFound,
@@ -67,7 +68,6 @@ from market.vouchers_api import (
 )
 from ops.audit_api import AuditExportBusy
 from ops.database import DatabaseUnreachable
-from ops.ledger_head import LedgerRegressed
 from ops.ready import ExchangeNotReady
 from schemas.errors import STATUS_OF_KIND, DomainError
 from schemas.market import RejectReason

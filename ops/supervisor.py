@@ -36,12 +36,12 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from ledger.log import LedgerRegressed
 from ops.database import (
     EmbeddedPostgres,
     PostmasterState,
     postmaster_state,
 )
-from ops.ledger_head import LedgerRegressed
 
 log = logging.getLogger(__name__)
 

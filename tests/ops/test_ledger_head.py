@@ -40,10 +40,15 @@ def pg_dir(pg: PgServer) -> Path:
     return pg._tmp / "pg"
 
 
+#: Longer than the supervisor's probe interval: the outage is seen, whatever the timing.
+DOWN_S = 1.5
+
+
 def copy_data(pg: PgServer, to: Path) -> None:
     """A copy of the stopped cluster's data directory, as a backup would be."""
     pg.stop("fast")
     shutil.copytree(pg_dir(pg), to, symlinks=True)
+    time.sleep(DOWN_S)
     pg.start()
 
 
@@ -56,6 +61,7 @@ def restore_data(pg: PgServer, copy: Path) -> None:
     shutil.copytree(copy, data, symlinks=True, ignore=shutil.ignore_patterns("postmaster.pid"))
     for path in (data, *data.rglob("*")):
         shutil.chown(path, owner.st_uid, owner.st_gid)
+    time.sleep(DOWN_S)
     pg.start()
 
 
