@@ -12,9 +12,10 @@ signed checkpoint, written by `HeadKeeper` at most `SAVE_INTERVAL_S` after each 
 and at shutdown), and before it opens on a database it checks that the database's log
 has at least that many leaves and the same root at that size (`check_not_behind`).
 If not: `LedgerRegressed`, 503 `ledger_regressed` everywhere until the right database is
-back (`ops.supervisor`). (The writer's own reload after a failed commit, when no outage
-was seen, refuses such a database too: `ledger.log.MerkleLog.reload`.) `TOKEX_ACCEPT_LEDGER_REGRESSION=1` skips the check, for a
-deliberate restore (the saved head is then replaced by the restored database's).
+back (`ops.supervisor`; the writer's own reload after a failed commit, when no outage
+was seen, refuses such a database too: `ledger.log.MerkleLog.reload`).
+`TOKEX_ACCEPT_LEDGER_REGRESSION=1` skips the check, for a deliberate restore (the saved
+head is then replaced by the restored database's).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from pathlib import Path
 from litestar import Litestar
 from litestar.datastructures import State
 
+from market.sequencer.port import Exchange
 from ops.bus import (
     TOKEN_ENV,
     URL_ENV,
@@ -159,6 +160,16 @@ def gateway_command(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
+def _serving(app: Litestar) -> Exchange | None:
+    """The sequencer the responder answers with; `ledger_regressed` to the gateways while
+    the exchange refuses its database (`ops.ledger_head`): their answers say why."""
+    supervisor = app.state.get("database_supervisor")
+    if supervisor is not None and supervisor.regressed is not None:
+        raise supervisor.regressed
+    sequencer: Exchange | None = app.state.get("sequencer")
+    return sequencer
+
+
 def run_workers(settings: Settings, workers: int) -> int:
     """The sequencer process of `tokex serve --workers N` (see the module docstring)."""
     assert settings.database_url is not None  # set by `tokex serve` once it migrated
@@ -196,7 +207,7 @@ async def _sequencer_process(
     # settlement waits until the desk is up (it may owe charges of calls a crash cut)
     app = Litestar(route_handlers=[], state=State({"delivering": desk_starting}),
                    logging_config=None)  # fmt: skip
-    responder = Responder(nats, lambda: app.state.get("sequencer"))
+    responder = Responder(nats, lambda: _serving(app))
     app.state.market_data = responder  # the sequencer's publish hook: market data to NATS
     try:
         async with exchange_lifespan(settings)(app), desk_lifespan(settings, nats)(app) as desk:
