@@ -31,8 +31,9 @@ them with one ``unnest`` query, for real.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import asyncpg
 import msgspec
@@ -41,6 +42,7 @@ from ledger.canonical import TRANSACTION_PREFIX, decode_transaction
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
 from ledger.merkle import (
+    EMPTY_ROOT,
     MerkleFrontier,
     NodeSource,
     consistency_proof,
@@ -54,6 +56,8 @@ from schemas.errors import DomainError, ErrorKind
 
 __all__ = [
     "CATCH_UP_CHUNK",
+    "LedgerRegressed",
+    "LogHeadNote",
     "LogInconsistent",
     "MerkleLog",
     "SigningKeyNotCurrent",
@@ -78,11 +82,27 @@ class LogInconsistent(DomainError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class LedgerRegressed(DomainError):
+    """The database's log is behind (or beside) the log this exchange already signed: a
+    database that went back in time. Serving it would sign a fork of the log."""
+
+    code = "ledger_regressed"
+    kind = ErrorKind.UNAVAILABLE
+
+
 class SigningKeyNotCurrent(DomainError):
     """The configured signing key is not the log's current key (rotate to change keys)."""
 
     code = "signing_key_not_current"
     kind = ErrorKind.UNAVAILABLE
+
+
+class LogHeadNote(NamedTuple):
+    """A size of the log, its root there and the checkpoint signed for it (None: empty)."""
+
+    size: int
+    root: bytes
+    note: str | None
 
 
 class _Head(msgspec.Struct, array_like=True, gc=False):
@@ -177,6 +197,10 @@ class MerkleLog:
         self._frontier = MerkleFrontier()
         self._time_ms = 0
         self._latest_note: str | None = None
+        #: The heads staged and not committed yet, oldest first, and the last committed:
+        #: what this log has signed and the database durably holds (size, root, note).
+        self._pending: deque[LogHeadNote] = deque()
+        self._committed = LogHeadNote(0, EMPTY_ROOT, None)
 
     # -- state --------------------------------------------------------------------
 
@@ -187,6 +211,11 @@ class MerkleLog:
     @property
     def root(self) -> bytes:
         return self._frontier.root()
+
+    @property
+    def committed_head(self) -> LogHeadNote:
+        """The log as the last committed batch left it (memory may be ahead: `size`)."""
+        return self._committed
 
     @property
     def signer(self) -> Signer:
@@ -258,6 +287,12 @@ class MerkleLog:
         self._signer = signer
         self._time_ms = time_ms
         self._latest_note = note
+        self._pending.append(LogHeadNote(frontier.size, root, note))
+
+    def committed(self, leaves: int) -> None:
+        """A batch committed (`ledger.writer.CommitListener`): its head is durable."""
+        if leaves and self._pending:
+            self._committed = self._pending.popleft()
 
     def _rotate(self, body: bytes, current: Signer) -> Signer:
         new = check_rotation(decode_transaction(body), current.verifier(), self.origin)
@@ -283,6 +318,7 @@ class MerkleLog:
                 raise LogInconsistent(
                     f"the latest checkpoint does not match the stored tree of size {size}"
                 )
+            await self._check_extends_committed(conn, size)
             self._signer = await self._current_signer(conn)
             self._frontier = frontier
             self._time_ms = 0 if row is None else row["time_ms"]
@@ -304,6 +340,20 @@ class MerkleLog:
                 staged = BatchRows()
                 self.stage_leaves(staged, [bytes(r["body"]) for r in rows])
                 await staged.execute(conn)
+        self._pending.clear()  # what is in memory now is what the database holds
+        self._committed = LogHeadNote(self._frontier.size, self._frontier.root(), self._latest_note)
+
+    async def _check_extends_committed(self, conn: asyncpg.Connection, size: int) -> None:
+        """A reload after a failed commit must find at least what had committed: a database
+        that went back in time meanwhile would have this log sign a fork of itself."""
+        head = self._committed
+        if head.size == 0:
+            return
+        if size < head.size or await db_root(conn, head.size) != head.root:
+            raise LedgerRegressed(
+                f"the database's log ({size} leaves) does not extend the one this log"
+                f" committed ({head.size} leaves): it went back in time"
+            )
 
     async def _current_signer(self, conn: asyncpg.Connection) -> Signer:
         row = await conn.fetchrow(

@@ -27,7 +27,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import asyncpg
 
@@ -83,6 +83,14 @@ class CommitHook(Protocol):
         """Called after a failed commit: drop in-memory state, reload it from the database."""
 
 
+@runtime_checkable
+class CommitListener(Protocol):
+    """A `CommitHook` that wants to hear which batches committed (in commit order)."""
+
+    def committed(self, leaves: int) -> None:
+        """The batch whose `write` got this many leaves is committed (it is durable)."""
+
+
 class WriterState(Enum):
     """Where the writer is: OPEN; a failed commit: OPEN -> RECOVERING (reloading from
     the database) -> OPEN, or BROKEN if the reload fails (retried before the next
@@ -116,6 +124,7 @@ class Ledger:
         self._dirty = dirty
         self._snapshot_every = snapshot_every
         self._hooks = tuple(hooks)
+        self._listeners = tuple(hook for hook in hooks if isinstance(hook, CommitListener))
         self._memory = state
         self._ids = ids
         self._lock = asyncio.Lock()
@@ -415,6 +424,8 @@ class Ledger:
             if isinstance(exc, asyncpg.PostgresError | OSError | ConnectionError):
                 raise LedgerUnavailable(f"the batch could not be committed: {exc}") from exc
             raise
+        for listener in self._listeners:
+            listener.committed(len(batch.write.committed))
         dirty = self._dirty
         for committed, _, _ in batch.write.committed:
             dirty.add(committed)

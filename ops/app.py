@@ -97,10 +97,13 @@ async def health(pool: NamedDependency[asyncpg.Pool], state: State) -> Health:
     runs in this process, its sequencer must be able to write too: after losing the
     database it rebuilds itself, and until then this answers 503 `exchange_unavailable`.
     While the database supervisor (`ops.supervisor`) has the database down this answers
-    503 `database_unreachable`, and while it reopens the exchange `exchange_unavailable`.
+    503 `database_unreachable`, and while it reopens the exchange `exchange_unavailable`;
+    while the exchange refuses a database whose ledger went back in time, `ledger_regressed`.
     A gateway process of `serve --workers N` not connected to NATS: 503 `bus_unavailable`.
     """
     supervisor = state.get("database_supervisor")
+    if supervisor is not None and supervisor.regressed is not None:
+        raise supervisor.regressed  # 503 ledger_regressed: the exchange refuses its database
     if supervisor is not None and supervisor.state is DatabaseState.REOPENING:
         raise ExchangeUnavailable("the exchange is reopening on its database after losing it")
     if supervisor is not None and not supervisor.ready:

@@ -11,8 +11,8 @@ Whoever can publish on the bus can submit any command as any account (the sequen
 process trusts its gateways, which checked the signatures), so the bus takes only
 clients with its secret: the embedded server a random token of this run, in its
 config file (mode 0600), handed to the gateway processes in their environment
-(`TOKEX_NATS_TOKEN`), never on a command line or in a log. A `NATS_URL` of one's own
-carries its credentials itself (`nats://user:password@host:port`, or
+(`TOKEX_NATS_TOKEN`, and the URL as `NATS_URL`), never on a command line or in a log. A
+`NATS_URL` of one's own carries its credentials itself (`nats://user:password@host:port`, or
 `TOKEX_NATS_TOKEN` for a token), and TLS off this host.
 """
 
@@ -170,10 +170,13 @@ class EmbeddedNats:
 
 #: The environment variable that hands the bus's token to a process (module docstring).
 TOKEN_ENV = "TOKEX_NATS_TOKEN"
+#: The bus's address: set by the operator, or by `serve --workers` for its gateways (never
+#: their argv: a URL of one's own may carry a user and password).
+URL_ENV = "NATS_URL"
 
 
 def nats_url_from_env() -> str | None:
-    return os.environ.get("NATS_URL") or None
+    return os.environ.get(URL_ENV) or None
 
 
 def nats_token_from_env() -> str | None:

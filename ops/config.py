@@ -56,6 +56,7 @@ class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
 #: Settings that may come from the environment: field name -> variable.
 ENV_OVERRIDES: dict[str, str] = {
     "migrate": "TOKEX_MIGRATE",
+    "accept_ledger_regression": "TOKEX_ACCEPT_LEDGER_REGRESSION",
     "rate_limit": "TOKEX_RATE_LIMIT",
     "rate_burst": "TOKEX_RATE_BURST",
     "queue_max": "TOKEX_QUEUE_MAX",
@@ -106,6 +107,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: pending and refuses to start otherwise (`TOKEX_MIGRATE=0`: serving as a role that owns
     #: no table and so cannot migrate, see `ops.db_grants`).
     migrate: bool = True
+    #: Serve a database whose ledger is behind the checkpoint the exchange last signed
+    #: (`TOKEX_ACCEPT_LEDGER_REGRESSION=1`: a deliberate restore; see `ops.ledger_head`).
+    accept_ledger_regression: bool = False
     pool_min_size: int = 1
     pool_max_size: int = 10
     log_level: str = "info"

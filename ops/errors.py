@@ -38,6 +38,7 @@ from litestar.types import ExceptionHandlersMap
 from ledger.outage import CLIENT_FAULTS, DATABASE_DOWN
 from market.gateway.errors import error_body as openai_error_body
 from market.sequencer.errors import ExchangeBusy
+from ops.logs import clipped
 from ops.wire import query_alias
 from schemas.errors import STATUS_OF_KIND, DomainError
 
@@ -109,7 +110,8 @@ def status_of(error: DomainError) -> int:
 def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[ErrorBody]:
     status = status_of(exc)
     if status >= 500:
-        log.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
+        path = clipped(request.url.path)
+        log.warning("%s %s -> %s %s: %s", request.method, path, status, exc.code, exc)
     # A DomainError may carry response headers (e.g. Retry-After on rate_limited).
     headers: dict[str, str] | None = getattr(exc, "headers", None)
     retry_after_s = RETRY_AFTER_BY_ERROR_S.get(type(exc))
@@ -147,7 +149,7 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     code = CODE_OF_STATUS.get(status) or f"http_{status}"
     if status >= 500:
         # Framework faults (misconfiguration, ...) are ours, not the client's: say little.
-        log.error("%s %s -> %s", request.method, request.url.path, status, exc_info=exc)
+        log.error("%s %s -> %s", request.method, clipped(request.url.path), status, exc_info=exc)
         message = INTERNAL_MESSAGE if status == 500 else HTTPStatus(status).phrase.lower()
     elif status == 400:
         message = _validation_message(request, exc)
@@ -179,7 +181,7 @@ def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[
     log.warning(
         "%s %s -> 503: database unreachable: %s: %s",
         request.method,
-        request.url.path,
+        clipped(request.url.path),
         type(exc).__name__,
         exc,
     )
@@ -196,14 +198,16 @@ def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    path = clipped(request.url.path)
+    log.error("unhandled error in %s %s", request.method, path, exc_info=exc)
     return error_response(500, "internal_error", INTERNAL_MESSAGE)
 
 
 def _data_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """A value the database cannot take (a NUL byte in text, an integer beyond 64 bits):
     the client's input, so a 400, never a 500."""
-    log.info("%s %s: value refused by the database: %s", request.method, request.url.path, exc)
+    path = clipped(request.url.path)
+    log.info("%s %s: value refused by the database: %s", request.method, path, exc)
     return error_response(
         400, "invalid_request", "a value in the request is out of range or not valid text"
     )

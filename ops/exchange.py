@@ -3,7 +3,8 @@
 `tokex serve` starts the app with `exchange_lifespan(settings)`: it loads (or
 creates, on first start) the ledger's signing key, opens the sequencer — the
 single writer, with the Merkle log written in every batch — rebuilds the books
-from the journal, loads them into the market data hub if the app has one
+from the journal (unless the database's ledger is behind the log it already signed:
+`ops.ledger_head`), loads them into the market data hub if the app has one
 (`app.state.market_data`; again after every rebuild, and when the hub asks for it
 because a book broke), and puts the sequencer on `app.state.sequencer` for
 the trading routes. Apps built without it (most tests) serve reads only; the
@@ -22,13 +23,20 @@ import asyncpg
 from litestar import Litestar
 
 from ledger.keys import load_or_create_signer
-from ledger.log import MerkleLog
+from ledger.log import LedgerRegressed, MerkleLog
 from ledger.note import Signer
 from market.sequencer import QUEUE_MAX, Sequencer
 from market.sequencer.batch import nothing_delivering, nothing_reserved
 from market.snapshot_writer import SnapshotPolicy
 from ops.config import Settings
 from ops.database import database_url, embedded_handle
+from ops.ledger_head import (
+    HeadKeeper,
+    LogHead,
+    check_not_behind,
+    head_of,
+    saved_head,
+)
 from ops.supervisor import DatabaseSupervisor
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,36 @@ async def _close_sequencer(sequencer: Sequencer) -> None:
         log.warning("closing the sequencer failed", exc_info=True)
 
 
+async def _open_checked(
+    app: Litestar,
+    url: str,
+    signer: Signer,
+    settings: Settings,
+    head: LogHead | None,
+    keeper: HeadKeeper,
+) -> Sequencer:
+    """`_open_sequencer`, unless the database's ledger is behind `head` (`LedgerRegressed`,
+    before anything is opened on it: not a leaf or a checkpoint is written there)."""
+    await check_not_behind(url, head)
+    sequencer = await _open_sequencer(app, url, signer, settings)
+    keeper.merkle_log = app.state.merkle_log
+    log.info(
+        "exchange open: %d instruments, ledger size %d",
+        len(sequencer.market.instruments),
+        sequencer.ledger.size,
+    )
+    return sequencer
+
+
+def _freeze_start_up() -> None:
+    """The books, balances and holds are long-lived objects by the hundred thousand: move
+    what start-up built out of the collector's sight, and collect the young generation
+    less often, so collections do not show up as latency spikes."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
+
+
 def exchange_lifespan(
     settings: Settings,
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
@@ -94,26 +132,27 @@ def exchange_lifespan(
             settings.data_path,
             settings.exchange_name,
         )
-        sequencer = await _open_sequencer(app, url, signer, settings)
-        # The books, balances and holds are long-lived objects by the hundred thousand:
-        # move what start-up built out of the collector's sight, and collect the young
-        # generation less often, so collections do not show up as latency spikes.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 50)
-        log.info(
-            "exchange open: %d instruments, ledger size %d",
-            len(sequencer.market.instruments),
-            sequencer.ledger.size,
-        )
+        keeper = HeadKeeper(settings.data_path)
+        accept = settings.accept_ledger_regression
+        refused: LedgerRegressed | None = None
+        try:
+            saved = await asyncio.to_thread(saved_head, settings.data_path)
+            await _open_checked(app, url, signer, settings, None if accept else saved, keeper)
+        except LedgerRegressed as exc:
+            refused = exc  # not served: the supervisor says why, and reopens once it is not
+        _freeze_start_up()
 
         async def reopen() -> None:
-            """After an outage: the start-up path again, on what is committed."""
+            """After an outage: the start-up path again, on what is committed, if that is not
+            behind what the exchange signed before (`ops.ledger_head`)."""
             old: Sequencer | None = app.state.get("sequencer")
+            head = head_of(app.state.get("merkle_log"))  # the old sequencer's: in memory
             if old is not None:
                 await _close_sequencer(old)
                 app.state.sequencer = None  # closed: a failed open below must not close it again
-            await _open_sequencer(app, url, signer, settings)
+            keeper.save_now()
+            head = head or await asyncio.to_thread(saved_head, settings.data_path)
+            await _open_checked(app, url, signer, settings, None if accept else head, keeper)
             pool: asyncpg.Pool | None = app.state.get("pool")
             if pool is not None:
                 await pool.expire_connections()  # connections from before the outage are dead
@@ -122,7 +161,8 @@ def exchange_lifespan(
             url, embedded=embedded_handle(settings.data_path), reopen=reopen
         )
         app.state.database_supervisor = supervisor
-        supervisor.start()
+        supervisor.start(refused)
+        keeper.start()
         try:
             yield
         finally:
@@ -132,5 +172,6 @@ def exchange_lifespan(
             app.state.sequencer = None
             if current is not None:
                 await current.close()
+            await keeper.close()  # after the last commit: the head it saves is the last
 
     return lifespan

@@ -1,5 +1,6 @@
 """One gateway process of `tokex serve --workers N` (`ops.workers` starts each as
-`tokex serve-gateway --fd FD --nats-url URL`).
+`tokex serve-gateway --fd FD`, the bus's URL in `NATS_URL`: never in argv, which `ps`
+shows to every local user).
 
 It serves the whole HTTP API on the socket it inherited: signatures, validation and
 every read that PostgreSQL answers, here; what changes state, and what only the
@@ -76,14 +77,18 @@ def serve_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ops.app import create_app
+    from ops.bus import nats_url_from_env
     from ops.cli import settings_from_args
     from ops.gateway import remote_gateway_lifespan
     from ops.limits import uvicorn_options
 
     settings: Settings = settings_from_args(args)
+    nats_url = nats_url_from_env()
+    if nats_url is None:
+        raise SystemExit("tokex serve-gateway: NATS_URL is not set (`serve --workers` sets it)")
     instance_id = args.instance or f"gw{args.worker}"
     lifespans = [
-        remote_exchange_lifespan(args.nats_url, args.worker),
+        remote_exchange_lifespan(nats_url, args.worker),
         remote_gateway_lifespan(settings, instance_id),
     ]
     app = create_app(settings, lifespans=lifespans)
@@ -111,7 +116,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "serve-gateway", help="one gateway process of `serve --workers N` (started by it)"
     )
     parser.add_argument("--fd", type=int, required=True, help="the inherited listening socket")
-    parser.add_argument("--nats-url", required=True)
     parser.add_argument("--worker", type=int, default=0)
     parser.add_argument(
         "--instance", default="", help="this process's instance id (owner of its open calls)"

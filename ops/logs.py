@@ -24,6 +24,9 @@ Secrets never reach a line: a field whose name says secret (`signature`, `secret
 is written as "[redacted]", and so is anything in a message or value that looks like an
 inference key (`tkx_...`), a PEM private key or a `Bearer` credential. The exchange does
 not log such things in the first place; this is the net under it.
+
+What a client chose (a request's path, the key id it sent) is cut to `FIELD_MAX_CHARS`
+by whoever logs it (`clipped`), so no request makes a line tens of kilobytes long.
 """
 
 from __future__ import annotations
@@ -62,6 +65,18 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 #: of most lines holds none of them).
 _SECRET_HINTS = ("tkx_", "-----BEGIN", "earer", "EARER")
 _HINT = re.compile("|".join(re.escape(hint) for hint in _SECRET_HINTS))
+
+
+#: The longest a client-chosen value (a request's path, a key id) is written in a line:
+#: the HTTP parser alone lets a path of tens of kilobytes through, a line each request.
+FIELD_MAX_CHARS = 1024
+
+
+def clipped(value: str) -> str:
+    """`value` cut to `FIELD_MAX_CHARS`, saying how much was cut ("...[+N chars]")."""
+    if len(value) <= FIELD_MAX_CHARS:
+        return value
+    return f"{value[:FIELD_MAX_CHARS]}...[+{len(value) - FIELD_MAX_CHARS} chars]"
 
 
 def scrub_text(text: str) -> str:

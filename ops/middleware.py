@@ -67,7 +67,8 @@ GATE_EXEMPT_PREFIXES = ("/health", "/ready", "/schema", "/metrics")
 
 class DatabaseGate:
     """While the database supervisor (`app.state.database_supervisor`, see `ops.supervisor`)
-    says the database is not back, answer 503 `database_unavailable` with `Retry-After`,
+    says the database is not back, answer 503 `database_unavailable` with `Retry-After`
+    (`ledger_regressed` while the exchange refuses a database that went back in time),
     before authentication or any handler touches the database; a websocket is accepted
     and closed at once with 1013 (try again later: a refusal before the accept would reach
     the client as a bare 403)."""
@@ -83,10 +84,12 @@ class DatabaseGate:
             and scope["type"] in (ScopeType.HTTP, ScopeType.WEBSOCKET)
             and not scope.get("path", "").startswith(GATE_EXEMPT_PREFIXES)
         ):
+            code, message = DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE
+            refusal = supervisor.regressed  # the database is back, but went back in time
+            if refusal is not None:
+                code, message = refusal.code, refusal.message
             if scope["type"] == ScopeType.HTTP:
-                body = error_bytes(
-                    scope["path"], 503, DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE
-                )
+                body = error_bytes(scope["path"], 503, code, message)
                 start: HTTPResponseStartEvent = {
                     "type": "http.response.start",
                     "status": 503,
@@ -113,7 +116,7 @@ class DatabaseGate:
                 close: WebSocketCloseEvent = {
                     "type": "websocket.close",
                     "code": 1013,
-                    "reason": DATABASE_UNAVAILABLE_CODE,
+                    "reason": code,
                 }
                 await send(accept)
                 await send(close)

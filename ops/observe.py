@@ -29,7 +29,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from market.asgi import header
 from market.metrics import HTTP_REQUESTS, WEBSOCKET_CLIENTS
 from market.request_context import REQUEST_ID, accept_request_id
-from ops.logs import direct_handler
+from ops.logs import clipped, direct_handler
 
 access_log = logging.getLogger("tokex.access")
 
@@ -102,10 +102,12 @@ class Observe:
         direct = direct_handler(access_log, logging.INFO)
         if direct is None and not access_log.isEnabledFor(logging.INFO):
             return
+        key_id = _header(scope, KEY_HEADER)
         fields = {
-            "request_id": request_id, "method": method, "path": scope["path"], "route": route,
+            "request_id": request_id, "method": method, "path": clipped(scope["path"]),
+            "route": route,
             "status": status, "duration_ms": round(duration_s * 1000, 3),
-            "key_id": _header(scope, KEY_HEADER),
+            "key_id": None if key_id is None else clipped(key_id),
         }  # fmt: skip
         if direct is not None:  # the line as logging would write it, without the record
             direct.write_line(logging.INFO, access_log.name, "access", fields)

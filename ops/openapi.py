@@ -366,6 +366,7 @@ def _derived(
         if handler is not None and handler.resolve_guards():
             out.append(FORBIDDEN_ROLE)
     out.append((503, "database_unavailable"))
+    out.append((503, "ledger_regressed"))  # ops.middleware.DatabaseGate, ops.ledger_head
     return out
 
 

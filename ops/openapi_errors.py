@@ -21,6 +21,7 @@ from typing import Final
 from ledger.api import CheckpointNotFound, EntryNotFound
 from ledger.audit.export import ExportEmpty
 from ledger.errors import IdempotencyConflict, LedgerUnavailable
+from ledger.log import LedgerRegressed
 from ledger.merkle import MerkleRangeError
 from market.accounts import (
     AccountNotFound,
@@ -121,7 +122,9 @@ _LEDGER_PROOF = specs(CheckpointNotFound, MerkleRangeError)
 _WITHDRAWAL_OUTCOME = (*specs(UnknownWithdrawal, WithdrawalSettled), *_SEQ)
 
 ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
-    "GET /health": specs(DatabaseUnreachable, (503, "exchange_unavailable"), BusUnavailable),
+    "GET /health": specs(
+        DatabaseUnreachable, (503, "exchange_unavailable"), BusUnavailable, LedgerRegressed
+    ),
     # the public ledger
     "GET /v1/ledger/checkpoint": specs(CheckpointNotFound),
     "GET /v1/ledger/checkpoints": specs(CheckpointNotFound),
@@ -155,7 +158,7 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     "GET /v1/trades": specs(InvalidCursor),
     "GET /v1/time": (),
     "GET /v1/currencies": (),
-    "GET /ready": specs(ExchangeNotReady, DatabaseUnreachable, ExchangeNotRunning),
+    "GET /ready": specs(ExchangeNotReady, DatabaseUnreachable, ExchangeNotRunning, LedgerRegressed),
     "GET /metrics": (),
     "GET /v1/accounts": (),
     "GET /v1/settlements": _SEQ,
@@ -271,6 +274,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
         (401, "invalid_api_key"),
         (503, "exchange_unavailable"),
         (503, "database_unavailable"),
+        (503, "ledger_regressed"),
         (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
         (503, "bus_unavailable"),  # its connection to NATS down
     ),
@@ -290,6 +294,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
             (503, "endpoints_busy"),
             (503, "exchange_unavailable"),
             (503, "database_unavailable"),
+            (503, "ledger_regressed"),
             (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
             (503, "bus_unavailable"),  # its connection to NATS down
         ),

@@ -5,8 +5,9 @@ exchange's state has been rebuilt from the database and this process holds the l
 writer lock (its sequencer runs and its ledger can write), so a state change sent now
 will be taken. 200 `{"status": "ready", "ledger_size": N}`, else 503 with `Retry-After`:
 `exchange_not_running` (this app runs no exchange), `database_unreachable` (the
-supervisor has the database down) or `exchange_not_ready` (starting, rebuilding,
-reopening after an outage, or stopping). It reads only memory: no database round trip.
+supervisor has the database down), `ledger_regressed` (the database's ledger is behind
+the log the exchange signed: `ops.ledger_head`) or `exchange_not_ready` (starting,
+rebuilding, reopening after an outage, or stopping). It reads only memory: no database round trip.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Ready(msgspec.Struct, frozen=True):
 def readiness(state: State) -> Ready:
     """Ready, or the error that says why not (see the module docstring)."""
     supervisor = state.get("database_supervisor")
+    if supervisor is not None and supervisor.regressed is not None:
+        raise supervisor.regressed
     if supervisor is not None and supervisor.state is DatabaseState.REOPENING:
         raise ExchangeNotReady("the exchange is reopening on its database after losing it")
     if supervisor is not None and not supervisor.ready:

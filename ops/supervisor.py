@@ -22,7 +22,12 @@
   committed, the pool's old connections are replaced, and the state is `UP` again.
 
 Nothing acknowledged can be lost on the way: an acknowledgement means committed, and
-the reopened sequencer starts from what is committed.
+the reopened sequencer starts from what is committed. Unless the database that came
+back is not the one that went (a restore from an older backup, a lagging replica): the
+reopen refuses a ledger behind the log the exchange already signed (`ops.ledger_head`),
+and the state is `LEDGER_REGRESSED` (every route but `/health` and `/schema` answers 503
+`ledger_regressed`; logged once as an error), probing on until the right database is
+back.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from ledger.log import LedgerRegressed
 from ops.database import (
     EmbeddedPostgres,
     PostmasterState,
@@ -51,6 +57,7 @@ class DatabaseState(enum.Enum):
     RESTARTING = "restarting"
     GAVE_UP = "gave_up"
     REOPENING = "reopening"
+    LEDGER_REGRESSED = "ledger_regressed"
 
 
 #: Close the exchange that lost its database, open a new one; raises if it cannot.
@@ -80,6 +87,8 @@ class DatabaseSupervisor:
         self.max_backoff_ms = max_backoff_ms
         self.state = DatabaseState.UP
         self.outages = 0
+        #: Why the exchange refuses its database (state `LEDGER_REGRESSED`), else None.
+        self.refusal: LedgerRegressed | None = None
         self._conn: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -89,10 +98,19 @@ class DatabaseSupervisor:
         return self.state is DatabaseState.UP
 
     @property
+    def regressed(self) -> LedgerRegressed | None:
+        """Why the exchange refuses the database that answers now; None if it does not."""
+        return self.refusal if self.state is DatabaseState.LEDGER_REGRESSED else None
+
+    @property
     def retry_after_s(self) -> int:
         return 1 if self.state is not DatabaseState.GAVE_UP else 10
 
-    def start(self) -> None:
+    def start(self, refused: LedgerRegressed | None = None) -> None:
+        """Watch the database; `refused`: the exchange did not open on it (start-up's check),
+        so reopen as after an outage once its ledger is not behind any more."""
+        if refused is not None:
+            self._refuse(refused)
         self._task = asyncio.create_task(self._watch(), name="database-supervisor")
 
     async def close(self) -> None:
@@ -138,17 +156,24 @@ class DatabaseSupervisor:
         attempt = reopen_failures = 0
         while True:
             if await self.probe():
-                self.state = DatabaseState.REOPENING
+                if self.state is not DatabaseState.LEDGER_REGRESSED:  # refused: still is
+                    self.state = DatabaseState.REOPENING
                 try:
                     await self._reopen()
+                except LedgerRegressed as exc:
+                    reopen_failures += 1
+                    self._refuse(exc)
                 except Exception as exc:
                     reopen_failures += 1
                     log.warning("supervisor: the exchange could not reopen yet: %s", exc)
                     self.state = DatabaseState.DOWN
                 else:
                     self.state = DatabaseState.UP
+                    self.refusal = None
                     log.warning("database back, exchange reopened (outage %d)", self.outages)
                     return
+            elif self.state is DatabaseState.LEDGER_REGRESSED:
+                self.state = DatabaseState.DOWN  # gone again (`refusal` stays: logged once)
             elif self.embedded is not None and self._postmaster_runs():
                 pass  # started, not answering yet (replaying its WAL): no restart to count
             elif self.embedded is not None and attempt < self.restart_attempts:
@@ -162,6 +187,12 @@ class DatabaseSupervisor:
                     attempt,
                 )
             await asyncio.sleep(self._backoff_s(max(attempt, reopen_failures)))
+
+    def _refuse(self, exc: LedgerRegressed) -> None:
+        if self.refusal is None:  # once per refusal, not on every probe
+            log.error("refusing the database: %s; still probing", exc)
+        self.refusal = exc
+        self.state = DatabaseState.LEDGER_REGRESSED
 
     def _backoff_s(self, attempt: int) -> float:
         doubled: int = self.first_backoff_ms * 2 ** max(0, attempt - 1)

@@ -34,8 +34,10 @@ from pathlib import Path
 from litestar import Litestar
 from litestar.datastructures import State
 
+from market.sequencer.port import Exchange
 from ops.bus import (
     TOKEN_ENV,
+    URL_ENV,
     EmbeddedNats,
     close,
     connect,
@@ -154,11 +156,23 @@ class Gateways:
                 await asyncio.to_thread(proc.wait)
 
 
-def gateway_command(settings: Settings, nats_url: str) -> list[str]:
+def gateway_command(settings: Settings) -> list[str]:
+    """The gateway's argv: nothing secret (`ps` shows it to every local user); the NATS
+    URL, which may carry a user and password, is in its environment (`URL_ENV`)."""
     return [
-        sys.executable, "-m", "ops", "serve-gateway", "--nats-url", nats_url,
+        sys.executable, "-m", "ops", "serve-gateway",
         "--host", settings.host, "--port", str(settings.port),
     ]  # fmt: skip
+
+
+def _serving(app: Litestar) -> Exchange | None:
+    """The sequencer the responder answers with; `ledger_regressed` to the gateways while
+    the exchange refuses its database (`ops.ledger_head`): their answers say why."""
+    supervisor = app.state.get("database_supervisor")
+    if supervisor is not None and supervisor.regressed is not None:
+        raise supervisor.regressed
+    sequencer: Exchange | None = app.state.get("sequencer")
+    return sequencer
 
 
 def run_workers(settings: Settings, workers: int) -> int:
@@ -171,6 +185,7 @@ def run_workers(settings: Settings, workers: int) -> int:
         embedded = EmbeddedNats(Path(settings.data_path) / "nats")
         nats_url = embedded.url
         env[TOKEN_ENV] = os.environ[TOKEN_ENV] = embedded.token  # this process's too
+    env[URL_ENV] = nats_url
     sock = listening_socket(settings.host, settings.port)
     try:
         asyncio.run(_sequencer_process(settings, nats_url, sock, workers, env, embedded))
@@ -204,7 +219,7 @@ async def _sequencer_process(
     # settlement waits until the desk is up (it may owe charges of calls a crash cut)
     app = Litestar(route_handlers=[], state=State({"delivering": desk_starting}),
                    logging_config=None)  # fmt: skip
-    responder = Responder(nats, lambda: app.state.get("sequencer"))
+    responder = Responder(nats, lambda: _serving(app))
     app.state.market_data = responder  # the sequencer's publish hook: market data to NATS
     try:
         async with exchange_lifespan(settings)(app), desk_lifespan(settings, nats)(app) as desk:
@@ -216,7 +231,7 @@ async def _sequencer_process(
                 closing.add(task)
                 task.add_done_callback(closing.discard)
 
-            command = gateway_command(settings, nats_url)
+            command = gateway_command(settings)
             gateways = Gateways(workers, command, sock.fileno(), env, on_exit=gone)
             app.state.gateways = gateways
             running = asyncio.create_task(gateways.run())

@@ -11,6 +11,7 @@ import pytest
 from ledger.checkpoint import verify_checkpoint
 from ledger.errors import LedgerUnavailable
 from ledger.log import (
+    LedgerRegressed,
     MerkleLog,
     SigningKeyNotCurrent,
     db_consistency_proof,
@@ -211,3 +212,59 @@ async def test_log_tables_are_append_only(
 
 async def test_merkle_log_standalone_signer_name_is_default_origin(signer: Signer) -> None:
     assert MerkleLog(signer).origin == ORIGIN
+
+
+async def test_the_committed_head_moves_only_when_its_batch_commits(
+    db_url: str, db_conn: asyncpg.Connection, signer: Signer
+) -> None:
+    """A batch cut by an outage may never reach the database: what the exchange holds it to
+    after one (`ops.ledger_head`) is the head of the last batch that committed."""
+    ledger, log = await open_ledger(db_url, signer)
+    try:
+        await add_batches(ledger, batches=2, per_batch=5, tag="ok")
+        committed = log.committed_head
+        assert (committed.size, committed.root, committed.note) == (
+            10, log.root, log.latest_checkpoint,
+        )  # fmt: skip
+        async with ledger.staged() as batch:
+            batch.apply(deposit("staged-1", USERS[0], 5))
+        assert log.size == 11 and log.committed_head == committed  # staged, not committed
+        await batch.committed()
+        assert log.committed_head.size == 11 and log.committed_head.root == log.root
+        assert log.committed_head.root == await db_root(db_conn, 11)
+    finally:
+        await ledger.close()
+    reopened, again = await open_ledger(db_url, signer)
+    try:
+        assert again.committed_head.size == 11 and again.committed_head.note is not None
+    finally:
+        await reopened.close()
+
+
+async def test_a_reload_onto_a_database_that_went_back_in_time_signs_no_fork(
+    db_url: str, db_conn: asyncpg.Connection, signer: Signer
+) -> None:
+    """The writer reloads by itself after a failed commit: if the database lost committed
+    entries meanwhile (an older copy restored), the log refuses it rather than sign another
+    tree at a size it already signed."""
+    ledger, _log = await open_ledger(db_url, signer)
+    try:
+        await add_batches(ledger, batches=2, per_batch=5, tag="ok")
+        signed = await db_conn.fetchval("SELECT count(*) FROM ledger_checkpoints")
+        async with db_conn.transaction():  # what a restore of the copy after batch 1 does
+            await db_conn.execute("SET LOCAL session_replication_role = replica")
+            await db_conn.execute("DELETE FROM ledger_transactions WHERE idx >= 5")
+            await db_conn.execute("DELETE FROM ledger_merkle_nodes WHERE idx * 2 ^ level >= 5")
+            await db_conn.execute("DELETE FROM ledger_checkpoints WHERE tree_size > 5")
+
+        async def broken(conn: asyncpg.Connection, rows: BatchRows) -> None:
+            rows.insert("ledger_rejections", ("tx_id",), [(None,)])  # the commit fails
+
+        with pytest.raises(LedgerUnavailable) as failed:
+            await ledger.apply_batch([deposit("lost-1", USERS[0], 5)], extra=broken)
+        assert isinstance(failed.value.__cause__, LedgerRegressed), failed.value
+        with pytest.raises(LedgerUnavailable):
+            await ledger.apply_batch([deposit("fork-1", USERS[0], 5)])
+        assert await db_conn.fetchval("SELECT count(*) FROM ledger_checkpoints") == signed - 1
+    finally:
+        await ledger.close()

@@ -169,3 +169,18 @@ def test_lines_logged_with_no_loop_running_are_written_at_once() -> None:
 
 def parse_ts(ts: str) -> float:
     return time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+
+
+def test_a_huge_path_or_key_id_makes_no_huge_access_line(server_process: ServerProcess) -> None:
+    """Only the HTTP parser capped them: a 60,000-character path was a 60,000-character line,
+    on every request anyone cares to send."""
+    path = "/v1/" + "p" * 60_000
+    key_id = "k" * 20_000
+    answer = httpx.get(server_process.base_url + path, headers={"X-Tokex-Key": key_id})
+    assert answer.status_code == 404
+    (line,) = wait_for_lines(server_process, "p" * 1000, 1)
+    assert line["path"] == path[:1024] + f"...[+{len(path) - 1024} chars]"
+    assert line["key_id"] == key_id[:1024] + f"...[+{len(key_id) - 1024} chars]"
+    assert len(json.dumps(line)) < 3 * 1024
+    longest = max(len(raw) for raw in server_process.log_path.read_text().splitlines())
+    assert longest < 4 * 1024

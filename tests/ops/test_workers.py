@@ -458,3 +458,30 @@ async def test_the_embedded_bus_takes_only_clients_with_its_token(tmp_path: Path
         assert (tmp_path / "nats.conf").stat().st_mode & 0o077 == 0
     finally:
         embedded.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_no_gateway_command_line_shows_the_bus_url_or_its_secret(workers: Workers) -> None:
+    """`ps` shows every process's argv to every local user: a NATS URL of one's own carries
+    a user and password, so the gateways get it in their environment."""
+    assert workers.proc.proc is not None
+    argvs = []
+    for pid in _children(workers.proc.proc.pid):
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        if b"serve-gateway" in argv:
+            argvs.append(argv)
+    assert len(argvs) == 2
+    for argv in argvs:
+        assert not [arg for arg in argv if b"nats" in arg.lower()], argv

@@ -84,7 +84,8 @@ class ServerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 30.0, *, wait: bool = True) -> ServerProcess:
+        """Start it; wait until healthy unless `wait` is False (a server meant to refuse)."""
         if self.running:
             raise RuntimeError("server already running")
         env = self.env()
@@ -103,7 +104,8 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 preexec_fn=self._limit_open_files if self.open_file_limit else None,
             )
-        self.wait_healthy(timeout)
+        if wait:
+            self.wait_healthy(timeout)
         return self
 
     def env(self) -> dict[str, str]:
