@@ -16,6 +16,10 @@ from schemas.market import OrderType, Side, StpMode, TimeInForce
 from schemas.wire_time import take_alias
 
 Amount = Annotated[int, msgspec.Meta(gt=0, le=2**62)]
+#: The most token capacity one provider may have listed on one instrument
+#: (`market.sequencer.treasury`), and so the largest lot that could ever be listed whole.
+MAX_LISTED_TOKENS = 10**15
+LotSize = Annotated[int, msgspec.Meta(gt=0, le=MAX_LISTED_TOKENS)]
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400)]
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
@@ -39,7 +43,7 @@ class CreateInstrument(
     msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
     symbol: Symbol
-    lot_size: Amount
+    lot_size: LotSize
     tick_size: Amount
     price_min: Amount
     price_max: Amount

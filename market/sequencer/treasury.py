@@ -38,6 +38,7 @@ from schemas.errors import DomainError
 from schemas.ledger import Transaction
 from schemas.market import TradingState
 from schemas.trading import (
+    MAX_LISTED_TOKENS,
     DeliveryReport,
     DeliveryView,
     Deposit,
@@ -50,8 +51,9 @@ from schemas.trading import (
 #: The most token capacity one provider may have listed on one instrument. Listings are
 #: free, and every listed token is a debit of the instrument's issuance account: without
 #: a cap one provider could push it to the end of the 64-bit range and block every other
-#: listing. 10^15 tokens is far beyond any window's real capacity.
-MAX_LISTED_CAPACITY = 10**15
+#: listing. 10^15 tokens is far beyond any window's real capacity (and no instrument's lot
+#: may be larger: `schemas.trading.LotSize`).
+MAX_LISTED_CAPACITY = MAX_LISTED_TOKENS
 
 
 def external_ids(ops: Iterable[AnyOp]) -> list[str]:

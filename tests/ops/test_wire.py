@@ -196,3 +196,18 @@ async def test_a_body_nested_too_deeply_is_a_400_not_a_500(parties: Parties) -> 
                 '{"withdrawal_id": "w\\u0000", "amount": 10, "x": ' + deep + "}"):  # fmt: skip
         error = await refused(parties.buyer, "POST", "/v1/withdrawals", raw)
         assert (error.status, error.code) == (400, "invalid_request")
+
+
+async def test_a_lot_larger_than_a_provider_may_list_is_refused(parties: Parties) -> None:
+    """Found in review: a lot of 2**62 was accepted, but a provider may list at most 10**15
+    tokens of an instrument, so no lot of it could ever trade."""
+    body = (
+        '{"symbol": "x/2031-01-01T00Z/1h", "lot_size": %d, "tick_size": 1, '
+        '"price_min": 1, "price_max": 10}'
+    )
+    error = await refused(parties.operator, "POST", "/v1/instruments", body % (10**15 + 1))
+    assert error.message == "Expected `int` <= 1000000000000000 - at `$.lot_size`", error
+    made = await parties.operator.request(
+        "POST", "/v1/instruments", json=msgspec.Raw((body % 10**15).encode())
+    )
+    assert made["lot_size"] == 10**15
