@@ -181,6 +181,25 @@ async def db_root(conn: asyncpg.Connection, size: int) -> bytes:
 # --------------------------------------------------------------------------- the hook
 
 
+async def regression(
+    conn: asyncpg.Connection, size: int, head_size: int, head_root: bytes
+) -> str | None:
+    """Why the database's log, of `size` leaves, does not extend a head this exchange
+    committed (`head_size` leaves, root `head_root`): it went back in time or holds another
+    history. None when it extends it."""
+    if size < head_size:
+        return (
+            f"the database's ledger has {size} entries, but this exchange already signed"
+            f" a checkpoint of {head_size}: it went back in time"
+        )
+    if await db_root(conn, head_size) != head_root:
+        return (
+            f"the database's ledger differs from the log this exchange signed at size"
+            f" {head_size}: another history"
+        )
+    return None
+
+
 class MerkleLog:
     """The ledger's commit hook that keeps the Merkle log and signs a checkpoint per batch.
 
@@ -349,11 +368,9 @@ class MerkleLog:
         head = self._committed
         if head.size == 0:
             return
-        if size < head.size or await db_root(conn, head.size) != head.root:
-            raise LedgerRegressed(
-                f"the database's log ({size} leaves) does not extend the one this log"
-                f" committed ({head.size} leaves): it went back in time"
-            )
+        why = await regression(conn, size, head.size, head.root)
+        if why is not None:
+            raise LedgerRegressed(why)
 
     async def _current_signer(self, conn: asyncpg.Connection) -> Signer:
         row = await conn.fetchrow(

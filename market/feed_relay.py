@@ -114,13 +114,11 @@ class FeedRelay:
         self._again = False
         try:
             depths = await self._exchange.ask(DepthsQuery())
-        except SequencerUnreachable as exc:  # the bus or the sequencer not back yet
-            log.warning("market data: cannot load the books (%s); retrying", exc)
-            await asyncio.sleep(RETRY_S)
-            self._loading = asyncio.create_task(self._load())
-            return
-        except Exception:
-            log.exception("market data: cannot load the books; retrying")
+        except Exception as exc:
+            if isinstance(exc, SequencerUnreachable):  # the bus or the sequencer not back yet
+                log.warning("market data: cannot load the books (%s); retrying", exc)
+            else:
+                log.exception("market data: cannot load the books; retrying")
             await asyncio.sleep(RETRY_S)
             self._loading = asyncio.create_task(self._load())
             return

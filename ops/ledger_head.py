@@ -30,7 +30,7 @@ import asyncpg
 import msgspec
 
 from ledger.checkpoint import Checkpoint, CheckpointMalformed
-from ledger.log import LedgerRegressed, MerkleLog, db_root, log_size
+from ledger.log import LedgerRegressed, MerkleLog, log_size, regression
 from ledger.note import NoteMalformed, parse_note
 
 log = logging.getLogger(__name__)
@@ -85,17 +85,10 @@ async def check_not_behind(url: str, head: LogHead | None) -> None:
         return
     conn = await asyncpg.connect(url)
     try:
-        size = await log_size(conn)
-        if size < head.size:
+        why = await regression(conn, await log_size(conn), head.size, head.root)
+        if why is not None:
             raise LedgerRegressed(
-                f"the database's ledger has {size} entries, but this exchange already signed"
-                f" a checkpoint of {head.size}: it went back in time (restore the right"
-                " database, or set TOKEX_ACCEPT_LEDGER_REGRESSION=1 for a deliberate restore)"
-            )
-        if await db_root(conn, head.size) != head.root:
-            raise LedgerRegressed(
-                f"the database's ledger differs from the log this exchange signed at size"
-                f" {head.size}: another history (restore the right database, or set"
+                f"{why} (restore the right database, or set"
                 " TOKEX_ACCEPT_LEDGER_REGRESSION=1 for a deliberate restore)"
             )
     finally:

@@ -267,16 +267,21 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     "DELETE /v1/inference-keys/{key_id}": specs(InferenceKeyNotFound),
 }
 
+#: What every `/openai/v1` route may answer while the exchange cannot serve it.
+_OPENAI_UNAVAILABLE: Final = (
+    (503, "exchange_unavailable"),
+    (503, "database_unavailable"),
+    (503, "ledger_regressed"),
+    (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
+    (503, "bus_unavailable"),  # its connection to NATS down
+)
+
 #: `/openai/v1`, in OpenAI's error shape (`market.gateway.errors`): status -> codes.
 OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     "GET /openai/v1/models": (
         (400, "invalid_request"),
         (401, "invalid_api_key"),
-        (503, "exchange_unavailable"),
-        (503, "database_unavailable"),
-        (503, "ledger_regressed"),
-        (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
-        (503, "bus_unavailable"),  # its connection to NATS down
+        *_OPENAI_UNAVAILABLE,
     ),
     **dict.fromkeys(
         ("POST /openai/v1/chat/completions", "POST /openai/v1/completions"),
@@ -292,11 +297,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
             (502, "upstream_timeout"),
             (503, "no_healthy_endpoint"),
             (503, "endpoints_busy"),
-            (503, "exchange_unavailable"),
-            (503, "database_unavailable"),
-            (503, "ledger_regressed"),
-            (503, "sequencer_unreachable"),  # a gateway process of `serve --workers N`
-            (503, "bus_unavailable"),  # its connection to NATS down
+            *_OPENAI_UNAVAILABLE,
         ),
     ),
 }

@@ -31,6 +31,7 @@ import httpx
 import msgspec
 
 from market.gateway import endpoints as store
+from market.gateway.sse import UNDECODABLE
 from market.gateway.ssrf import EndpointRefused, Target, resolve
 from market.signing import now_ms
 from schemas.gateway import Health
@@ -96,7 +97,7 @@ async def _probe(
         return Health.UNHEALTHY, f"GET /models answered more than {PROBE_MAX_BYTES // 1024} KiB"
     try:
         body = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
+    except UNDECODABLE:
         return Health.UNHEALTHY, "GET /models did not answer JSON"
     if not isinstance(body, dict):
         return Health.UNHEALTHY, "GET /models did not answer a JSON object"

@@ -68,7 +68,7 @@ from market.gateway.health import upstream_headers
 from market.gateway.keys import KeyGrant
 from market.gateway.meter import CommitterSource, Group, Meter, Reservations, SequencerSource
 from market.gateway.progress import Progress
-from market.gateway.sse import MAX_EVENT_BYTES, EventReader
+from market.gateway.sse import MAX_EVENT_BYTES, UNDECODABLE, EventReader
 from market.gateway.ssrf import EndpointRefused, Target, resolve
 from market.signing import now_ms
 from schemas.errors import DomainError
@@ -184,7 +184,7 @@ async def _refusal_message(response: aiohttp.ClientResponse) -> str:
         if isinstance(decoded, dict):
             error = decoded.get("error")
             message = error.get("message") if isinstance(error, dict) else decoded.get("detail")
-    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deeply
+    except UNDECODABLE:
         message = raw.decode("utf-8", "replace")
     text = " ".join(str(message or "").split())[:REFUSAL_MESSAGE_CHARS]
     return f"the upstream refused the request ({response.status}): {text or 'no reason given'}"
@@ -474,7 +474,7 @@ class Gateway:
             usage = metering.parse_usage(_answer_decoder.decode(content).usage)
         except msgspec.ValidationError:  # JSON, but not an object: no usage
             usage = None
-        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
+        except UNDECODABLE:
             raise UpstreamFailed("the upstream's answer is not JSON; nothing was charged") from None
         call.response_hash.update(content)
         # The body goes once its receipt is committed, or (the charge filed for retry) with

@@ -21,6 +21,10 @@ _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 #: The most one event may be (bytes; `TOKEX_GATEWAY_MAX_EVENT_BYTES`): a chunk of tokens
 #: is some hundreds of bytes.
 MAX_EVENT_BYTES = 1024 * 1024
+
+#: What decoding JSON that came from an upstream raises when it is not JSON of the shape
+#: asked for, or nested too deeply (msgspec's RecursionError): the caller's "not JSON".
+UNDECODABLE = (msgspec.DecodeError, RecursionError)
 _decoder = msgspec.json.Decoder()
 
 
@@ -142,7 +146,7 @@ def inspect(raw: bytes) -> Event:
         )  # fmt: skip
     try:
         obj = _decoder.decode(data)
-    except (msgspec.DecodeError, RecursionError):
+    except UNDECODABLE:
         return Event(raw)
     if not isinstance(obj, dict):
         return Event(raw)

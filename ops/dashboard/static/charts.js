@@ -75,8 +75,9 @@ export function depthChart({ bids, asks }, formatPrice) {
   }
   const b = cumulative(bids);
   const a = cumulative(asks);
-  const [loPrice, hiPrice] = extremes([...b, ...a].map((p) => p[2]));
-  const [, maxTotal] = extremes([...b, ...a].map((p) => p[3]));
+  const all = [...b, ...a];
+  const [loPrice, hiPrice] = extremes(all.map((p) => p[2]));
+  const [, maxTotal] = extremes(all.map((p) => p[3]));
   const lo = Number(loPrice);
   const hi = Number(hiPrice);
   const pad = (hi - lo) * 0.08 || Math.max(1, lo * 0.02);
