@@ -194,3 +194,39 @@ def test_ready_and_a_second_server_on_the_same_database(server_process: ServerPr
     assert lines[0].startswith("tokex: error: ledger_writer_busy: another tokex serve ")
     assert "listening" not in second.stdout + second.stderr
     assert httpx.get(server_process.base_url + "/ready").status_code == 200  # the first serves on
+
+
+async def test_accounts_list_walks_every_page(
+    db_url: str, server_process: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """More accounts than a page (the list stopped at 1,000 before), many made in the same
+    microsecond: the client, the CLI and a walk by cursor each see every one exactly once."""
+    key_id, key_file = await _operator(db_url, tmp_path)
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """INSERT INTO accounts (account_id, role, name)
+               SELECT 'acc_' || lpad(to_hex(n), 16, '0'), 'buyer', 'b' || n
+                 FROM generate_series(1, 1004) AS n"""
+        )  # one statement: every row has the same created_at
+        expected = {r["account_id"] for r in await conn.fetch("SELECT account_id FROM accounts")}
+    finally:
+        await conn.close()
+    assert len(expected) == 1005
+    url = server_process.base_url
+    async with TokexClient.from_key_file(url, key_id, key_file) as operator:
+        every = [a.account_id for a in await operator.accounts()]
+        walked: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await operator.accounts_page(limit=25, cursor=cursor)
+            walked.extend(a.account_id for a in page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        buyers = await operator.accounts(Role.BUYER)
+    assert len(every) == len(set(every)) == 1005 and set(every) == expected
+    assert walked == every  # newest first, the same order page by page
+    assert len(buyers) == 1004
+    listed = await Cli(capsys, url, key_id, key_file).json("accounts", "list")
+    assert isinstance(listed, list) and [a["account_id"] for a in listed] == every[::-1]
