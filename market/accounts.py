@@ -27,6 +27,7 @@ from market.keys import (
     private_key_pem,
     public_key_b64,
 )
+from market.pages import FIRST_PAGE, Keyset, Page, page_of
 from schemas.accounts import AccountCreated, AccountView, KeyView, Role
 from schemas.errors import DomainError, ErrorKind
 from schemas.wire_time import unix_ms
@@ -244,6 +245,7 @@ def _key_view(row: asyncpg.Record) -> KeyView:
 
 
 _ACCOUNT_VIEW_SQL = """SELECT a.account_id, a.role, a.name, a.created_at,
+                  floor(extract(epoch FROM a.created_at) * 1000000)::bigint AS created_us,
                   coalesce(array_agg(k.key_id ORDER BY k.created_at, k.key_id)
                            FILTER (WHERE k.key_id IS NOT NULL AND k.revoked_at IS NULL),
                            '{}') AS key_ids
@@ -270,14 +272,25 @@ async def get_account(conn: asyncpg.Connection, account_id: str) -> AccountView:
     return _account_view(row)
 
 
+#: An account's place in the list of accounts: when it was made (microseconds, the
+#: column's own precision, so the key is exact) and its id.
+ACCOUNT_KEY = "(floor(extract(epoch FROM a.created_at) * 1000000)::bigint, a.account_id)"
+
+
 async def list_accounts(
-    conn: asyncpg.Connection, role: Role | None = None, limit: int = 1000
-) -> list[AccountView]:
-    """Accounts in the order they were made (of one role, if given), at most `limit`."""
+    conn: asyncpg.Connection, role: Role | None, limit: int, keyset: Keyset = FIRST_PAGE
+) -> Page[AccountView]:
+    """One page of the accounts (of one role, if given), newest first, as every list."""
+    where, order, params = keyset.sql(ACCOUNT_KEY, 3)
     rows = await conn.fetch(
-        f"""{_ACCOUNT_VIEW_SQL} WHERE $1::text IS NULL OR a.role = $1
-            GROUP BY a.account_id ORDER BY a.created_at, a.account_id LIMIT $2""",
+        f"""{_ACCOUNT_VIEW_SQL} WHERE ($1::text IS NULL OR a.role = $1) AND {where}
+            GROUP BY a.account_id ORDER BY {order} LIMIT $2""",
         None if role is None else role.value,
-        limit,
+        limit + 1,
+        *params,
     )
-    return [_account_view(row) for row in rows]
+    return page_of(rows, limit, keyset, _account_key, _account_view)
+
+
+def _account_key(row: asyncpg.Record) -> tuple[int, str]:
+    return (row["created_us"], row["account_id"])

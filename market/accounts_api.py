@@ -34,12 +34,12 @@ the same signed request again, through any process of `serve --workers N`, is 40
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 from litestar import Request, Router, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from market.accounts import (
     add_key,
@@ -49,7 +49,9 @@ from market.accounts import (
     parse_public_key,
     revoke_key,
 )
+from market.api import Cursor, Limit
 from market.auth import Authenticator, Principal, requires_role
+from market.pages import Page, decode_cursor
 from market.signing import now_ms
 from market.stream_claims import claim_write
 from schemas.accounts import AccountCreated, AccountView, AddKey, CreateAccount, KeyView, Role
@@ -109,15 +111,17 @@ async def account_by_id(
 @get(
     "/",
     guards=[requires_role(Role.OPERATOR, Role.AUDITOR)],
-    summary="Every account, oldest first (operator, auditor)",
+    summary="The accounts, newest first, a page at a time (operator, auditor)",
 )
 async def accounts_list(
     pool: NamedDependency[asyncpg.Pool],
     role: FromQuery[Role | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
-) -> list[AccountView]:
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[AccountView]:
+    keyset = decode_cursor(cursor, "accounts", 2, (int, str))
     async with pool.acquire() as conn:
-        return await list_accounts(conn, role, limit)
+        return await list_accounts(conn, role, limit, keyset)
 
 
 @post("/me/keys", status_code=201, summary="Add a request-signing key to the caller's account")

@@ -251,10 +251,28 @@ class TokexClient:
         return msgspec.convert(await self.request("GET", "/v1/accounts/me"), AccountView)
 
     async def accounts(self, role: Role | str | None = None) -> list[AccountView]:
-        """`GET /v1/accounts` (operator, auditor): every account, oldest first."""
-        params = {} if role is None else {"role": Role(role).value}
+        """`GET /v1/accounts` (operator, auditor): every account, newest first (walks
+        the pages; `accounts_page` gets one)."""
+        found: list[AccountView] = []
+        cursor: str | None = None
+        while True:
+            page = await self.accounts_page(role, limit=1000, cursor=cursor)
+            found.extend(page.items)
+            if page.next_cursor is None:
+                return found
+            cursor = page.next_cursor
+
+    async def accounts_page(
+        self, role: Role | str | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> Page[AccountView]:
+        """One page of `GET /v1/accounts`, newest first."""
+        params: dict[str, str | int] = {"limit": limit}
+        if role is not None:
+            params["role"] = Role(role).value
+        if cursor is not None:
+            params["cursor"] = cursor
         answer = await self.request("GET", "/v1/accounts", params=params)
-        return msgspec.convert(answer, list[AccountView])
+        return msgspec.convert(answer, Page[AccountView])
 
     async def get_account(self, account_id: str) -> AccountView:
         """`GET /v1/accounts/{account_id}` (operator, auditor)."""

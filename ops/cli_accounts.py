@@ -239,7 +239,7 @@ def _revoke_key_command(args: argparse.Namespace) -> int:
 
 def _list_command(args: argparse.Namespace) -> int:
     async def call(client: TokexClient) -> list[AccountView]:
-        return await client.accounts(args.role)
+        return list(reversed(await client.accounts(args.role)))  # oldest first
 
     views = run(args, call)
     if args.json:

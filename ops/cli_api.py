@@ -55,6 +55,11 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def client_from_args(args: argparse.Namespace) -> TokexClient:
+    """A signed client; for a command of public routes only (`public` set by its parser),
+    an unsigned one when no key is given."""
+    if getattr(args, "public", False) and not (args.key_id and args.key_file):
+        _check_url(args.url)
+        return TokexClient(args.url)
     return signed_client(args.url, args.key_id, args.key_file)
 
 

@@ -62,7 +62,7 @@ def _rotate(args: argparse.Namespace) -> int:
         write_key_file(current, new)
         print(f"{current} now holds the new key (the old one is in {retired})")
     else:
-        print(f"configure the signing key file {args.new_key} before starting the exchange")
+        print(f"set TOKEX_SIGNING_KEY_FILE={args.new_key} before starting the exchange")
     return 0
 
 

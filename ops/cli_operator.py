@@ -72,8 +72,9 @@ def _instruments(args: argparse.Namespace) -> int:
                 symbol=args.symbol, lot_size=args.lot_size, tick_size=args.tick_size,
                 price_min=args.price_min, price_max=args.price_max,
                 maker_fee_bps=args.maker_fee_bps, taker_fee_bps=args.taker_fee_bps,
-                provider_fee_bps=args.provider_fee_bps,
-                delivery_grace_s=args.delivery_grace_seconds,
+                provider_fee_bps=args.provider_fee_bps, delivery_grace_s=args.delivery_grace_s,
+                dispute_period_s=args.dispute_period_s, completion_weight=args.completion_weight,
+                allow_started=args.allow_started,
             )  # fmt: skip
             views = [await client.create_instrument(request)]
         else:
@@ -214,10 +215,25 @@ def _register_instruments(subparsers: Any) -> None:
         )
     for fee in ("maker", "taker", "provider"):
         create.add_argument(f"--{fee}-fee-bps", type=int, default=0, help="(default 0)")
-    create.add_argument("--delivery-grace-seconds", type=int, default=0, help="(default 0)")
+    create.add_argument(
+        "--delivery-grace-s", "--delivery-grace-seconds", dest="delivery_grace_s", type=int,
+        default=0, help="seconds after the window for deliveries (default 0)",
+    )  # fmt: skip
+    create.add_argument(
+        "--dispute-period-s", type=int, default=None,
+        help="how long a provider's report can be disputed (default: the delivery grace)",
+    )  # fmt: skip
+    create.add_argument(
+        "--completion-weight", type=int, default=1,
+        help="tokens a completion token counts for at the gateway (default 1)",
+    )  # fmt: skip
+    create.add_argument(
+        "--allow-started", action="store_true",
+        help="list it although its window has begun (an operator's catch-up listing)",
+    )  # fmt: skip
     create.set_defaults(handler=_instruments)
-    listing = _command(sub, "list", "every instrument (public)")
-    listing.set_defaults(handler=_instruments)
+    listing = _command(sub, "list", "every instrument (public: no key needed)")
+    listing.set_defaults(handler=_instruments, public=True)
 
 
 def _register_money(subparsers: Any) -> None:

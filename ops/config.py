@@ -57,6 +57,7 @@ class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
 ENV_OVERRIDES: dict[str, str] = {
     "migrate": "TOKEX_MIGRATE",
     "accept_ledger_regression": "TOKEX_ACCEPT_LEDGER_REGRESSION",
+    "signing_key_file": "TOKEX_SIGNING_KEY_FILE",
     "rate_limit": "TOKEX_RATE_LIMIT",
     "rate_burst": "TOKEX_RATE_BURST",
     "queue_max": "TOKEX_QUEUE_MAX",

@@ -9,8 +9,9 @@ nothing more, and its credentials cannot switch the triggers off.
 
 What the exchange does with its database (ledger/, market/, ops/): SELECT; INSERT (also
 with ON CONFLICT DO NOTHING and DO UPDATE); UPDATE and DELETE on its mutable tables;
-advisory locks and `pg_locks` (no privilege needed); SHOW of durability settings. No
-TRUNCATE, CREATE, COPY, LISTEN/NOTIFY or temporary table. So, on each table of the schema:
+advisory locks, `pg_locks` and LISTEN/NOTIFY of key revocations (no privilege needed);
+SHOW of durability settings. No TRUNCATE, CREATE, COPY or temporary table. So, on each
+table of the schema:
 
 * SELECT and INSERT;
 * UPDATE unless a trigger refuses UPDATE, DELETE unless a trigger refuses DELETE (the

@@ -126,6 +126,11 @@ async def _run(
     rng = random.Random(seed)
     conn = await asyncpg.connect(url)
     try:
+        if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+            print("tokex demo: the database DATABASE_URL names has an exchange in it already; "
+                  "the demo needs an empty one (unset DATABASE_URL for a fresh embedded one)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         await migrate(conn)
         created, key = await create_account(conn, Role.OPERATOR, "demo-operator", None)
     finally:
@@ -315,7 +320,7 @@ def _demo(args: argparse.Namespace) -> int:
     _say(f"fresh exchange in {data_dir}")
     url = os.environ.get("DATABASE_URL") or database_url(Settings(data_dir=str(data_dir)))
     if os.environ.get("DATABASE_URL"):
-        _say("DATABASE_URL is set: using that database (it should be empty)")
+        _say("DATABASE_URL is set: using that database (it must be empty)")
     return asyncio.run(_run(url, data_dir, args.orders, args.seed, args.upstream, args.model))
 
 

@@ -59,7 +59,10 @@ __all__ = ["MEDIA_TYPES", "PRIVILEGED", "reports_router"]
 #: Roles that see every report of every account.
 PRIVILEGED = frozenset({Role.OPERATOR, Role.AUDITOR})
 
-MEDIA_TYPES = {ReportFormat.JSON: "application/json", ReportFormat.CSV: "text/csv; charset=utf-8"}
+MEDIA_TYPES = {
+    ReportFormat.JSON: "application/json",
+    ReportFormat.CSV: "text/csv",
+}  # Litestar adds the charset
 
 
 @runtime_checkable  # Litestar checks the dependency's type at run time

@@ -48,7 +48,7 @@ async def dashboard_page() -> Response[bytes]:
     """The dashboard's one HTML page; the views are routed in the browser (`#/...`)."""
     return Response(
         (STATIC_DIR / "index.html").read_bytes(),
-        media_type="text/html; charset=utf-8",
+        media_type="text/html",  # Litestar adds "; charset=utf-8"
         headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"},
     )
 

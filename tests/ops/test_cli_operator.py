@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -69,10 +70,22 @@ async def test_operator_commands_against_a_running_server(
     made = await cli.json(
         "instruments", "create", SYMBOL, "--lot-size", "1000", "--tick-size", "5",
         "--price-min", "5", "--price-max", "100000", "--taker-fee-bps", "20",
+        "--delivery-grace-s", "60", "--dispute-period-s", "7", "--completion-weight", "3",
     )  # fmt: skip
     assert isinstance(made, dict) and made["symbol"] == SYMBOL and made["tick_size"] == 5
+    terms = (made["delivery_grace_s"], made["dispute_period_s"], made["completion_weight"])
+    assert terms == (60, 7, 3)
+    running = f"llama-3.1-8b/{datetime.now(UTC):%Y-%m-%dT%H}Z/2h"  # begun, not over
+    started = await cli.json(
+        "instruments", "create", running, "--lot-size", "1000",
+        "--tick-size", "5", "--price-min", "5", "--price-max", "100000", "--allow-started",
+    )  # fmt: skip
+    assert isinstance(started, dict) and started["symbol"] == running
     code, out = await cli("instruments", "list")
     assert code == 0 and SYMBOL in out and "$0.05" in out and "$1,000.00" in out
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, ["instruments", "list", "--url", url])  # no key
+    assert code == 0 and SYMBOL in capsys.readouterr().out
 
     async with TokexClient.from_key_file(url, key_id, key_file) as operator:
         buyer = await operator.create_account(Role.BUYER, "acme")
@@ -143,9 +156,13 @@ async def test_operator_commands_against_a_running_server(
 async def test_no_key_or_no_server_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = await asyncio.to_thread(main, ["instruments", "list", "--url", "http://127.0.0.1:9"])
+    code = await asyncio.to_thread(main, ["orders", "list", "--url", "http://127.0.0.1:9"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("tokex: error: missing_key:"), err
+    # a public command needs no key: it goes unsigned (and finds no exchange here)
+    code = await asyncio.to_thread(main, ["instruments", "list", "--url", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("tokex: error: exchange_unreachable:"), err
     key = tmp_path / "k.pem"
     key.write_text(private_key_pem(Ed25519PrivateKey.generate()))
     cli = Cli(capsys, "http://127.0.0.1:9", "key_0123456789abcdef", key)
@@ -194,3 +211,39 @@ def test_ready_and_a_second_server_on_the_same_database(server_process: ServerPr
     assert lines[0].startswith("tokex: error: ledger_writer_busy: another tokex serve ")
     assert "listening" not in second.stdout + second.stderr
     assert httpx.get(server_process.base_url + "/ready").status_code == 200  # the first serves on
+
+
+async def test_accounts_list_walks_every_page(
+    db_url: str, server_process: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """More accounts than a page (the list stopped at 1,000 before), many made in the same
+    microsecond: the client, the CLI and a walk by cursor each see every one exactly once."""
+    key_id, key_file = await _operator(db_url, tmp_path)
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """INSERT INTO accounts (account_id, role, name)
+               SELECT 'acc_' || lpad(to_hex(n), 16, '0'), 'buyer', 'b' || n
+                 FROM generate_series(1, 1004) AS n"""
+        )  # one statement: every row has the same created_at
+        expected = {r["account_id"] for r in await conn.fetch("SELECT account_id FROM accounts")}
+    finally:
+        await conn.close()
+    assert len(expected) == 1005
+    url = server_process.base_url
+    async with TokexClient.from_key_file(url, key_id, key_file) as operator:
+        every = [a.account_id for a in await operator.accounts()]
+        walked: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await operator.accounts_page(limit=25, cursor=cursor)
+            walked.extend(a.account_id for a in page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        buyers = await operator.accounts(Role.BUYER)
+    assert len(every) == len(set(every)) == 1005 and set(every) == expected
+    assert walked == every  # newest first, the same order page by page
+    assert len(buyers) == 1004
+    listed = await Cli(capsys, url, key_id, key_file).json("accounts", "list")
+    assert isinstance(listed, list) and [a["account_id"] for a in listed] == every[::-1]

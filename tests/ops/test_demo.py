@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -77,3 +79,22 @@ def assert_delivery(out: str, err: str) -> None:
     # 20,000 - 36 - 5,000 - 2,000 refunded = 12,964 left, burned at close.
     assert "12,964 undelivered tokens burned" in out
     assert "2 gateway deliveries, each backed by the receipts it commits to (2 receipts)" in out
+
+
+async def test_demo_leaves_a_database_in_use_alone(db_url: str, tmp_path: Path) -> None:
+    """`DATABASE_URL` naming an exchange's database: the demo refuses in one line before
+    it writes anything (it used to migrate and add an operator account, then fail)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        before = await conn.fetchval("SELECT count(*) FROM accounts")
+        env = {**os.environ, "DATABASE_URL": db_url}
+        done = subprocess.run(
+            [sys.executable, "-m", "ops", "demo", "--data-dir", str(tmp_path / "demo")],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "has an exchange in it already" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == before
+    finally:
+        await conn.close()

@@ -31,7 +31,7 @@ async def test_page_is_public_html_with_a_same_origin_policy(
 ) -> None:
     response = await client.get("/")  # unsigned
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["content-type"] == "text/html; charset=utf-8"  # one charset
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
     assert f'<script type="module" src="{ASSETS_PATH}/app.js">' in response.text
