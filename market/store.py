@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from ledger.rows import BatchRows
+from market.clearing.rules import Delivered
 from market.pages import FIRST_PAGE, Keyset
 from schemas.market import Command, Instrument, OrderType, Side, TimeInForce
 from schemas.trading import DeliveryView, FillView, OrderView, SettlementView, WithdrawalView
@@ -509,6 +510,34 @@ async def delivered_totals(
     )
     return {
         (r["instrument"], r["buyer"], r["provider"]): (int(r["tokens"]), int(r["released"]))
+        for r in rows
+    }
+
+
+async def load_delivered(
+    conn: asyncpg.Connection, symbols: Sequence[str]
+) -> dict[tuple[str, str, str], Delivered]:
+    """(instrument, buyer, provider) -> what it delivered so far, on these instruments
+    (`InstrumentState.delivered`): every delivery (gateway charges, vouchers, reports
+    settled or paid) and every report still pending or disputed, whose split is fixed;
+    a refunded report is in neither."""
+    rows = await conn.fetch(
+        """SELECT instrument, buyer, provider, sum(tokens) AS tokens,
+                  sum(released) AS released, sum(fee) AS fee
+             FROM (SELECT instrument, buyer, provider, tokens, released, fee
+                     FROM market_deliveries WHERE instrument = ANY($1::text[])
+                   UNION ALL
+                   SELECT instrument, buyer, provider, tokens, released, fee
+                     FROM market_reports
+                    WHERE status IN ('pending', 'disputed') AND instrument = ANY($1::text[])
+                  ) AS d
+            GROUP BY instrument, buyer, provider""",
+        list(symbols),
+    )
+    return {
+        (r["instrument"], r["buyer"], r["provider"]): Delivered(
+            tokens=int(r["tokens"]), released=int(r["released"]), fee=int(r["fee"])
+        )
         for r in rows
     }
 

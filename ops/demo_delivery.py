@@ -8,7 +8,7 @@ After the trading part, on an instrument whose window runs now:
    with the official `openai` SDK: `models.list()`, a chat completion, a streamed one.
    After each call the demo checks that the buyer's entitlement fell by exactly the
    metered tokens of its receipt and that the provider's cash rose by the escrow released
-   pro rata, less its fee (`market.clearing.rules.delivery_split`);
+   pro rata, less its fee (`market.clearing.rules.delivery_split`, on the pair's totals);
 3. it lists the receipts (`GET /v1/receipts`) and proves one offline, up to the ledger's
    signed checkpoint (`TokexClient.prove_receipt`);
 4. the buyer signs a voucher (`TokexClient.sign_voucher`, as `tokex voucher sign` does),
@@ -47,7 +47,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from ledger.note import Verifier
-from market.clearing.rules import delivery_split
+from market.clearing.rules import Delivered, delivery_split
 from market.client import TokexApiError, TokexClient
 from market.errors import InvalidSymbol
 from market.instruments import format_symbol
@@ -228,6 +228,17 @@ class Live:
                 return e
         raise DemoFailed(f"the buyer holds nothing on {self.symbol}")
 
+    async def delivered(self) -> Delivered:
+        """What the provider delivered to the buyer so far (the delivery rule rounds on
+        these totals); none is pending here: the gateway's calls come before any report."""
+        found = await self.provider.deliveries(self.symbol)
+        mine = [d for d in found if d.buyer == self.buyer_id]
+        return Delivered(
+            tokens=sum(d.tokens for d in mine),
+            released=sum(d.released for d in mine),
+            fee=sum(d.fee for d in mine),
+        )
+
     async def cash_of(self, client: TokexClient) -> int:
         return sum(b.total for b in await client.balances() if b.kind == "cash")
 
@@ -285,6 +296,7 @@ async def _metered(
     """Run one SDK call; check what it did to the entitlement and the provider's cash.
     Returns the call's metered tokens."""
     before, cash_before = await live.entitlement(), await live.cash_of(live.provider)
+    so_far = await live.delivered()
     text, usage = await call()
     newest = (await _wait_charged(live, calls))[0]
     after, cash_after = await live.entitlement(), await live.cash_of(live.provider)
@@ -305,11 +317,13 @@ async def _metered(
     if tokens == 0:  # no usage from the upstream and nothing streamed: charged nothing
         print("  charged nothing (the metering rule: market/gateway/metering.py)")
         return 0
-    split = delivery_split(tokens, before.entitlement, before.escrow, FEE_BPS)
+    split = delivery_split(tokens, before.entitlement, before.escrow, FEE_BPS, so_far)
+    funded, bought = before.escrow + so_far.released, before.entitlement + so_far.tokens
     print(
-        f"  escrow released pro rata: {live.cash(split.released)} = {live.cash(before.escrow)}"
-        f" x {tokens}/{format_count(before.entitlement)}, less the fee {live.cash(split.fee)};"
-        f" provider cash +{live.cash(cash_after - cash_before)}"
+        f"  escrow released pro rata: {live.cash(split.released)} (in all "
+        f"{live.cash(so_far.released + split.released)} = {live.cash(funded)} x "
+        f"{format_count(so_far.tokens + tokens)}/{format_count(bought)}), less the fee "
+        f"{live.cash(split.fee)}; provider cash +{live.cash(cash_after - cash_before)}"
     )
     if cash_after - cash_before != split.paid:
         raise DemoFailed(f"the provider was paid {cash_after - cash_before}, not {split.paid}")

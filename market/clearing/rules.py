@@ -30,9 +30,11 @@ so a replay or a retry cannot apply one twice):
 - amend: the order's hold is voided and a new one made for the new open
   quantity and price, in one transaction (it fails whole if funds fall short).
 - delivery of t tokens by p to b (`delivery`): burn t of entitlement(b, p, i)
-  into issuance(i); release escrow(b, p, i) pro rata (`delivery_split`: floor,
-  and the last delivery of an entitlement releases exactly what is left) to
-  cash(p) less the provider fee, which goes to fees.
+  into issuance(i); release escrow(b, p, i) pro rata (`delivery_split`: floored
+  on the pair's totals so far, not per delivery, so small deliveries add up to
+  what one large one would release; the last delivery of an entitlement releases
+  exactly what is left) to cash(p) less the provider fee (also on the totals),
+  which goes to fees.
 - a provider's own report of t tokens (`report_hold`): pending for the
   instrument's dispute period; the split is fixed when it is made (on the
   available balances) and held: t of entitlement(b, p, i) and the released
@@ -50,7 +52,8 @@ so a replay or a retry cannot apply one twice):
   posted to bank (`withdrawal_paid`); failed: the hold is voided (`withdrawal_failed`).
 
 Integer rules: notional = quantity / lot * price (quantities are whole lots);
-fee = floor(amount * bps / 10,000), in the payer's favour. Because
+fee = floor(amount * bps / 10,000), in the payer's favour (the provider fee on
+the pair's total released so far, less what it already paid). Because
 floor(x) + floor(y) <= floor(x + y), a buy hold always covers the fills, fees
 and partial releases that can come out of it.
 """
@@ -296,18 +299,59 @@ class DeliverySplit:
         return self.released - self.fee
 
 
-def delivery_split(
-    tokens: int, entitlement_balance: int, escrow_balance: int, fee_bps: int
-) -> DeliverySplit:
-    """The integer rule of a delivery of `tokens` out of `entitlement_balance`.
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What one (buyer, provider, instrument) has delivered so far: tokens, the escrow
+    released for them and the provider fee taken on it, summed over every delivery whose
+    split is fixed (gateway charges, vouchers, providers' reports from when they are made;
+    a report refunded by a dispute no longer counts). The sequencer keeps one per pair
+    (`InstrumentState.delivered`); `delivery_split` needs it to round cumulatively."""
 
-    released = floor(escrow * tokens / entitlement), except that delivering the
-    whole remaining entitlement releases the whole remaining escrow, so no dust
-    is ever left behind. Flooring favours the buyer on a partial delivery, and
-    the difference is paid out by a later delivery (or refunded at close):
-    since tokens < entitlement makes released < escrow, escrow stays positive
-    while entitlement is, and reaches zero with it. The provider fee is
-    floor(released * bps / 10,000) of each delivery (payer's favour, like every fee).
+    tokens: int = 0
+    released: int = 0
+    fee: int = 0
+
+    def plus(self, split: DeliverySplit) -> Delivered:
+        return Delivered(self.tokens + split.tokens, self.released + split.released,
+                         self.fee + split.fee)  # fmt: skip
+
+    def minus(self, split: DeliverySplit) -> Delivered:
+        return Delivered(self.tokens - split.tokens, self.released - split.released,
+                         self.fee - split.fee)  # fmt: skip
+
+
+NOTHING_DELIVERED = Delivered()
+
+
+def delivery_split(
+    tokens: int,
+    entitlement_balance: int,
+    escrow_balance: int,
+    fee_bps: int,
+    before: Delivered = NOTHING_DELIVERED,
+) -> DeliverySplit:
+    """The integer rule of a delivery of `tokens` out of `entitlement_balance`, after
+    the pair delivered `before`.
+
+    Rounded on the pair's totals, not per delivery: with D, R, F delivered, released
+    and fee so far, the pair's funding is E_in = escrow + R for N_in = entitlement + D
+    tokens, and this delivery releases
+
+        released = floor(E_in * (D + tokens) / N_in) - R    (never below 0)
+        fee      = floor((R + released) * bps / 10,000) - F  (within 0..released)
+
+    so any split of a delivery into smaller ones releases and charges exactly what the
+    one delivery would (the sums telescope), and the settlement refunds exactly the
+    rest. Floored per delivery, a call worth less than one unit of escrow released 0,
+    and so did every small call after it (the ratio barely moved) until the window
+    closed and refunded it all to the buyer. Delivering the whole remaining
+    entitlement releases the whole remaining escrow (the formula gives it), so no dust
+    is left; tokens < entitlement makes released < escrow, so escrow stays positive
+    while entitlement is. The clamps only matter when the funding moved: a fill at a
+    lower price after deliveries can leave R above the new pro rata (later deliveries
+    release 0 until it is caught up), and F below floor(R * bps / 10,000) (tallies from
+    before this rule, or a refunded report) is caught up, never beyond the release.
+    Flooring favours the buyer, and the fee the provider (payer's favour, like every fee).
     """
     if not 0 < tokens <= entitlement_balance:
         raise ValueError(f"cannot deliver {tokens} of an entitlement of {entitlement_balance}")
@@ -316,8 +360,12 @@ def delivery_split(
     if tokens == entitlement_balance:
         released = escrow_balance
     else:
-        released = escrow_balance * tokens // entitlement_balance
-    return DeliverySplit(tokens=tokens, released=released, fee=fee(released, fee_bps))
+        funded = escrow_balance + before.released
+        delivered = before.tokens + tokens
+        released = max(0, funded * delivered // (entitlement_balance + before.tokens)
+                       - before.released)  # fmt: skip
+    charged = fee(before.released + released, fee_bps) - before.fee
+    return DeliverySplit(tokens=tokens, released=released, fee=min(max(charged, 0), released))
 
 
 def delivery_id(provider: str, report_id: str) -> str:
@@ -333,14 +381,18 @@ def delivery(
     entitlement_balance: int,
     escrow_balance: int,
     time: int,
+    before: Delivered = NOTHING_DELIVERED,
 ) -> tuple[Transaction, DeliverySplit]:
     """The provider served `tokens` to `buyer`: burn them, pay the provider pro rata.
 
     entitlement(b, p, i) -> issuance(i) (`tokens`, the burn: delivered tokens
     leave the ledger the way they came in); escrow(b, p, i) -> cash(p)
-    (released - fee) and -> fees (fee). See `delivery_split` for the rounding.
+    (released - fee) and -> fees (fee). See `delivery_split` for the rounding (on the
+    pair's totals, `before`: what it delivered until now).
     """
-    split = delivery_split(tokens, entitlement_balance, escrow_balance, terms.provider_fee_bps)
+    split = delivery_split(
+        tokens, entitlement_balance, escrow_balance, terms.provider_fee_bps, before
+    )
     postings = [
         Posting(entitlement(buyer, provider, terms.symbol), -tokens),
         Posting(issuance(terms.symbol), tokens),

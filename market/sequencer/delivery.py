@@ -4,7 +4,8 @@ The gateway (market/gateway) batches the receipts of its metered calls and, at l
 a second, submits them as one op. Here they are grouped by (buyer, provider, instrument),
 in order of first appearance, and each group becomes one delivery with the posting rules
 of a provider's report (`market.clearing.rules.delivery`: the tokens burned from the
-buyer's entitlement, the escrow released pro rata to the provider less its fee), a row of
+buyer's entitlement, the escrow released pro rata to the provider less its fee, both
+rounded on the pair's totals so far, `InstrumentState.delivered`), a row of
 `market_deliveries` (report id `gw:<first receipt id>`, so `GET /v1/deliveries` and the
 entitlement views count it) and the group's receipts in `gateway_receipts`, all in the
 batch's one statement.
@@ -132,16 +133,19 @@ def _charge_group(
     if tokens == 0 or why is not None:
         records.extend(_record(r, None) for r in receipts)
         return out
-    terms = batch.market.instrument(symbol).terms
+    instrument = batch.market.instrument(symbol)
+    terms = instrument.terms
     state = batch.ledger.state
     held = state.balance(settlement.entitlement(buyer, provider, symbol)).available
     escrowed = state.balance(settlement.escrow(buyer, provider, terms)).available
     tx, split = settlement.delivery(
-        rid, buyer, provider, terms, tokens, held, escrowed, batch.time_ms
-    )
+        rid, buyer, provider, terms, tokens, held, escrowed, batch.time_ms,
+        instrument.delivered_by(buyer, provider),
+    )  # fmt: skip
     evidence = commitment(receipts, terms.completion_weight).metadata()
     tx = msgspec.structs.replace(tx, metadata={**tx.metadata, **evidence})
     checked(batch.ledger.apply(tx))
+    instrument.deliver(buyer, provider, split)
     digest = hashlib.sha256("\n".join(r.receipt_id for r in receipts).encode()).digest()
     batch.deliveries[(provider, rid)] = DeliveryRow(
         provider=provider, report_id=rid, request_digest=digest, instrument=symbol,

@@ -2,13 +2,15 @@
 settled; disputed by the buyer and resolved by the operator.
 
 - `report` (`DeliveryOp`, `POST /v1/deliveries`): the split is fixed on the available
-  balances (`rules.delivery_split`) and held in the ledger (`rules.report_hold`): the
-  report's tokens of the entitlement and its share of the escrow go to their held buckets,
-  so nothing else (gateway, vouchers, other reports) can use them. It may not use what
-  the gateway has reserved for calls in flight (or charged and not committed yet,
-  `Batch.reserved`): their charges would be refused, their provider unpaid. A row of
-  `market_reports` says when its period ends (`due_ms` = report time + the instrument's
-  `dispute_period_s`). Reports are accepted until the delivery grace ends.
+  balances and the pair's totals so far (`rules.delivery_split`; the report counts in
+  those totals from now on, `InstrumentState.delivered`, unless refunded) and held in
+  the ledger (`rules.report_hold`): the report's tokens of the entitlement and its share
+  of the escrow go to their held buckets, so nothing else (gateway, vouchers, other
+  reports) can use them. It may not use what the gateway has reserved for calls in
+  flight (or charged and not committed yet, `Batch.reserved`): their charges would be
+  refused, their provider unpaid. A row of `market_reports` says when its period ends
+  (`due_ms` = report time + the instrument's `dispute_period_s`). Reports are accepted
+  until the delivery grace ends.
 - `mature_due` (at the start of every batch, `lifecycle.due`, by the batch's time, which is
   the sequencer's clock): every pending report whose period has ended is posted as a
   delivery (`rules.report_paid`) and gets its row in `market_deliveries`. The sequencer's
@@ -88,9 +90,12 @@ def report(batch: Batch, provider: str, req: DeliveryReport) -> DeliveryView:
             f"{in_flight(reserved)}, not {req.tokens}"
         )
     escrowed = balances.balance(settlement.escrow(req.buyer, provider, terms)).available
-    split = settlement.delivery_split(req.tokens, held, escrowed, terms.provider_fee_bps)
+    split = settlement.delivery_split(
+        req.tokens, held, escrowed, terms.provider_fee_bps, state.delivered_by(req.buyer, provider)
+    )
     tx = settlement.report_hold(req.report_id, req.buyer, provider, terms, split, batch.time_ms)
     checked(batch.ledger.apply(tx))
+    state.deliver(req.buyer, provider, split)  # counted from now: its split is fixed
     row = ReportRow(
         provider=provider, report_id=req.report_id, request_digest=request_digest,
         instrument=req.instrument, buyer=req.buyer, tokens=split.tokens,
@@ -171,8 +176,8 @@ def resolve(batch: Batch, wanted: str, *, pay: bool) -> DisputeView:
         return row.dispute_view()
     if row.status != DISPUTED:
         raise DisputeResolved(f"dispute {wanted} was already resolved: {row.status}")
-    terms = batch.market.instrument(row.instrument).terms
-    args = (row.report_id, row.buyer, row.provider, terms, _split(row), batch.time_ms)
+    state = batch.market.instrument(row.instrument)
+    args = (row.report_id, row.buyer, row.provider, state.terms, _split(row), batch.time_ms)
     if pay:
         tx = settlement.report_paid(*args, dispute_id=wanted)
     else:
@@ -180,6 +185,8 @@ def resolve(batch: Batch, wanted: str, *, pay: bool) -> DisputeView:
     must(batch.ledger.apply(tx))
     if pay:
         _delivered(batch, row, tx.id)
+    else:
+        state.undeliver(row.buyer, row.provider, _split(row))
     done = row.step(target, batch.time_ms, settled_tx=tx.id)
     batch.reports[row.key] = done
     return done.dispute_view()

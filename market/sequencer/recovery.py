@@ -5,7 +5,9 @@ a failed commit. `recover` reads, in one repeatable-read transaction, the listed
 instruments, the settlements, the books (`market.replay.rebuild_books`: the snapshot it
 is given — the one the sequencer keeps in memory — or else the newest stored one, then
 the journal after it; the engine is deterministic, so the books come out exactly as they
-were), the open orders, the next order id and the providers' reports still pending; and
+were), the open orders, the next order id, the providers' reports still pending and what
+each (buyer, provider) delivered so far on an unsettled instrument (the delivery rule
+rounds on it: `InstrumentState.delivered`); and
 builds one `InstrumentState` per instrument from them. What it reads is bounded by the
 live state and the journal since the snapshot, not by all of history.
 """
@@ -23,6 +25,7 @@ from market.sequencer import deadman
 from market.sequencer.state import InstrumentState, MarketState, terms_of
 from market.snapshots import MarketSnapshot
 from market.store import (
+    load_delivered,
     load_live_orders,
     load_settlements,
     load_terms,
@@ -51,6 +54,8 @@ async def recover(
         order_id = await next_order_id(conn)
         switches = await deadman.load(conn)
         pending = await load_pending_reports(conn)
+        unsettled = [symbol for symbol in listed if symbol not in settled]
+        delivered = await load_delivered(conn, unsettled)
     engine = books.engine
     market = MarketState(
         engine=engine,
@@ -70,4 +75,6 @@ async def recover(
         market.add(state)
     for report in pending:  # providers' reports still in their dispute period
         market.instruments[report.instrument].pending[report.key] = report
+    for (symbol, buyer, provider), so_far in delivered.items():  # the rounding's totals
+        market.instruments[symbol].delivered[(buyer, provider)] = so_far
     return Recovered(market=market, last_time_ms=books.time_ms, books=books)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from market.book import OrderBook
-from market.clearing.rules import Terms
+from market.clearing.rules import NOTHING_DELIVERED, Delivered, DeliverySplit, Terms
 from market.errors import UnknownInstrument
 from market.report_store import ReportRow
 from market.snapshots import SettlingEngine
@@ -41,6 +41,11 @@ class InstrumentState:
     #: While the settlement waits for the gateway's calls on it (`lifecycle.due`): when
     #: to look again (ms; memory only: a rebuild looks again at once).
     settle_check_ms: int = 0
+    #: What each (buyer, provider) has delivered so far on it, providers' reports from
+    #: when they are made (`rules.Delivered`: the release and fee are rounded on these
+    #: totals). Rebuilt by recovery from `market_deliveries` and the reports still
+    #: pending or disputed (`store.load_delivered`); dropped at settlement.
+    delivered: dict[tuple[str, str], Delivered] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -76,6 +81,20 @@ class InstrumentState:
     @property
     def trading_closed(self) -> bool:
         return self.book.trading_state is TradingState.CLOSED
+
+    def delivered_by(self, buyer: str, provider: str) -> Delivered:
+        return self.delivered.get((buyer, provider), NOTHING_DELIVERED)
+
+    def deliver(self, buyer: str, provider: str, split: DeliverySplit) -> None:
+        """A delivery's split is fixed (staged in the batch; taken back by the rebuild if
+        the batch fails, like `pending`)."""
+        if self.settlement is None:
+            self.delivered[(buyer, provider)] = self.delivered_by(buyer, provider).plus(split)
+
+    def undeliver(self, buyer: str, provider: str, split: DeliverySplit) -> None:
+        """A report refunded by a dispute: as if it had never been made."""
+        if self.settlement is None:
+            self.delivered[(buyer, provider)] = self.delivered_by(buyer, provider).minus(split)
 
     @property
     def next_report_due_ms(self) -> int | float:
@@ -133,6 +152,7 @@ class MarketState:
 
     def settled(self, state: InstrumentState, view: SettlementView) -> None:
         state.settlement = view
+        state.delivered.clear()  # nothing more is delivered (a disputed report's is fixed)
         self.unsettled.pop(state.symbol, None)
 
     def reduce_settled(self, symbols: Iterable[str]) -> None:

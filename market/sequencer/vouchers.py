@@ -67,13 +67,15 @@ def redeem(batch: Batch, provider: str, voucher: Voucher, signature: bytes) -> V
     escrowed = balances.balance(settlement.escrow(buyer, provider, terms)).available
     rid = voucher_report_id(buyer, symbol, voucher.version)
     tx, split = settlement.delivery(
-        rid, buyer, provider, terms, delta, held, escrowed, batch.time_ms
-    )
+        rid, buyer, provider, terms, delta, held, escrowed, batch.time_ms,
+        state.delivered_by(buyer, provider),
+    )  # fmt: skip
     tx = msgspec.structs.replace(
         tx, metadata={**tx.metadata, "voucher": str(voucher.version),
                       "voucher_tokens": str(voucher.tokens), "voucher_key": voucher.key_id},
     )  # fmt: skip
     checked(batch.ledger.apply(tx))
+    state.deliver(buyer, provider, split)
     batch.deliveries[(provider, rid)] = DeliveryRow(
         provider=provider, report_id=rid, request_digest=hashlib.sha256(signature).digest(),
         instrument=symbol, buyer=buyer, tokens=split.tokens, released=split.released,

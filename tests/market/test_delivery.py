@@ -231,17 +231,18 @@ async def test_deliveries_release_escrow_pro_rata_to_the_unit(
     assert fees(seq) == fees_before + 249
 
     d2 = await deliver(seq, clock, "p1", "r2", "b1", 3_333)
-    # floor(23,331 * 3,333 / 7,000) = 11,108; fee 277
-    assert (d2.released, d2.fee) == (11_108, 277)
+    # on the pair's totals: floor(33,330 * 6,333 / 10,000) - 9,999 = 11,108;
+    # fee floor(21,107 * 250 / 10,000) - 249 = 278 (per delivery it was 277)
+    assert (d2.released, d2.fee) == (11_108, 278)
     assert (ent(seq, "b1", "p1"), esc(seq, "b1", "p1")) == (3_667, 12_223)
 
     # The last delivery releases exactly what is left: no dust.
     d3 = await deliver(seq, clock, "p1", "r3", "b1", 3_667)
-    assert (d3.released, d3.fee) == (12_223, 305)
+    assert (d3.released, d3.fee) == (12_223, 306)  # fees 833 = floor(33,330 * 2.5%)
     assert (ent(seq, "b1", "p1"), esc(seq, "b1", "p1")) == (0, 0)
     assert d1.released + d2.released + d3.released == 33_330
-    assert cash(seq, "p1") == (33_330 - 249 - 277 - 305, 0)
-    assert fees(seq) == fees_before + 249 + 277 + 305
+    assert cash(seq, "p1") == (33_330 - 833, 0)
+    assert fees(seq) == fees_before + 833
     # delivered tokens were burned: only p1's unsold capacity and p2's remain minted
     assert -seq.ledger.balance(settlement.issuance(SYM)).total == 90_000 + 100_000
     (view,) = seq.entitlements_of("b1")

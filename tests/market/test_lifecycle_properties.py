@@ -157,16 +157,28 @@ class Model:
     esc: dict[tuple[str, str], int] = field(default_factory=dict)  # (b, p) -> cash
     refunded: dict[str, int] = field(default_factory=dict)
     earned: dict[str, int] = field(default_factory=dict)  # provider: released - fee
+    #: (b, p) -> [tokens bought, cash paid for them] by the fills, and [tokens delivered,
+    #: escrow released, provider fee] so far: the delivery rule rounds on these totals.
+    bought: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    delivered: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     withdrawals: list[tuple[str, str, int, str]] = field(default_factory=list)
     open_orders: dict[str, list[int]] = field(default_factory=dict)
     last_fill_seq: int = 0
     phase: str = "open"  # open -> closed (trading over) -> settled
 
     def deliver(self, buyer: str, provider: str, tokens: int) -> tuple[int, int]:
-        """Released and fee by the documented rule: floor pro rata, the last takes the rest."""
-        ent, esc = self.ent[(buyer, provider)], self.esc[(buyer, provider)]
-        released = esc if tokens == ent else esc * tokens // ent
-        fee = released * self.provider_bps // 10_000
+        """Released and fee by the documented rule: what the pair has released in all is
+        floor(cash paid * tokens delivered / tokens bought), the last delivery takes the
+        rest; the fee in all is floor(released in all * bps / 10,000)."""
+        key = (buyer, provider)
+        ent, esc = self.ent[key], self.esc[key]
+        bought, paid = self.bought[key]
+        so_far = self.delivered.setdefault(key, [0, 0, 0])
+        so_far[0] += tokens
+        released = esc if tokens == ent else max(0, paid * so_far[0] // bought - so_far[1])
+        so_far[1] += released
+        fee = so_far[1] * self.provider_bps // 10_000 - so_far[2]
+        so_far[2] += fee
         self.ent[(buyer, provider)] = ent - tokens
         self.esc[(buyer, provider)] = esc - released
         self.earned[provider] = self.earned.get(provider, 0) + released - fee
@@ -201,6 +213,9 @@ async def take_fills(s: Sequencer, conn: asyncpg.Connection, model: Model) -> No
         key = (buyer, provider)
         model.ent[key] = model.ent.get(key, 0) + r["quantity"]
         model.esc[key] = model.esc.get(key, 0) + notional
+        bought = model.bought.setdefault(key, [0, 0])
+        bought[0] += r["quantity"]
+        bought[1] += notional
         model.fills_paid[buyer] = model.fills_paid.get(buyer, 0) + notional + r["buyer_fee"]
         model.last_fill_seq = r["seq"]
         event("fills")
@@ -416,6 +431,12 @@ async def test_random_lifecycles_keep_the_books(
 @pytest.mark.parametrize("tokens", [1, 2, 3])
 def test_the_model_rule_is_the_ledger_rule(tokens: int) -> None:
     """The model's statement of the rule agrees with `market.clearing.rules` on a small case."""
-    model = Model(provider_bps=333, ent={("b", "p"): 3}, esc={("b", "p"): 10})
+    model = Model(provider_bps=333, ent={("b", "p"): 3}, esc={("b", "p"): 10},
+                  bought={("b", "p"): [3, 10]})  # fmt: skip
     split = settlement.delivery_split(tokens, 3, 10, 333)
     assert model.deliver("b", "p", tokens) == (split.released, split.fee)
+    if tokens < 3:  # and the next delivery, rounded on the pair's totals
+        after = settlement.delivery_split(
+            1, 3 - tokens, 10 - split.released, 333, settlement.Delivered().plus(split)
+        )
+        assert model.deliver("b", "p", 1) == (after.released, after.fee)

@@ -56,7 +56,8 @@ def test_demo_runs_end_to_end_and_its_audit_verifies(tmp_path: Path) -> None:
 def assert_delivery(out: str, err: str) -> None:
     """The delivery part's outcomes, as printed: on the stand-in (said to be one), each
     call through the SDK took exactly its metered tokens off the entitlement and paid the
-    provider floor($120.00 x tokens / entitlement) less 2.5%; the receipts, a proof, the
+    provider its share of $120.00 less 2.5%, both rounded on the totals so far
+    (`rules.delivery_split`); the receipts, a proof, the
     voucher, the refunded dispute and the close add up; the audit holds the receipts."""
     assert "a STAND-IN for a provider's own inference server" in err
     assert "TOKEX_ENDPOINT_ALLOW_HOSTS=127.0.0.1" in err
@@ -65,15 +66,21 @@ def assert_delivery(out: str, err: str) -> None:
     assert out.count("6 prompt + 12 completion = 18 tokens metered") == 2
     assert "entitlement 20,000 -> 19,982 tokens (-18)" in out
     assert "entitlement 19,982 -> 19,964 tokens (-18)" in out
-    # $120.00 x 18 / 20,000 = 10.8 cents: 10 released, fee floor(10 x 2.5%) = 0, paid 10.
-    assert "$0.10 = $120.00 x 18/20,000, less the fee $0.00; provider cash +$0.10" in out
+    # $120.00 x 18 / 20,000 = 10.8 cents: 10 released, fee floor(10 x 2.5%) = 0, paid 10;
+    # then 36 tokens in all: 21.6 cents, so 11 more (floored per call it was 10 again).
+    assert ("$0.10 (in all $0.10 = $120.00 x 18/20,000), less the fee $0.00; provider cash "
+            "+$0.10") in out  # fmt: skip
+    assert ("$0.11 (in all $0.21 = $120.00 x 36/20,000), less the fee $0.00; provider cash "
+            "+$0.11") in out  # fmt: skip
     assert "entitlement fell by 36 tokens = the metered tokens of the 2 calls (36): exact" in out
     assert len(re.findall(r"^  rcp_\w+  llama-3.1-70b  6\+12 = 18 tokens", out, re.M)) == 2
     assert "proof verified offline" in out
-    # 5,000 of the 19,964 tokens left: floor($119.80 x 5,000 / 19,964) = $30.00, less 2.5%.
+    # 5,036 tokens in all: floor($120.00 x 5,036 / 20,000) = $30.21, $30.00 more; the fee
+    # floor($30.21 x 2.5%) = $0.75 in all.
     assert "$30.00 of escrow released at once, fee $0.75, provider cash +$29.25" in out
     assert "dispute period (60 min)" in out and "): dsp_" in out and " open" in out
-    # 2,000 of 14,964 tokens: floor($89.80 x 2,000 / 14,964) = $12.00 held, then refunded.
+    # 7,036 tokens in all: floor($120.00 x 7,036 / 20,000) = $42.21, $12.00 more, held,
+    # then refunded.
     assert "2,000 tokens served outside the gateway (POST /v1/deliveries): pending, $12.00" in out
     assert re.search(r"resolved dsp_[0-9a-f]{16}: refunded; app-buyer cash \+\$12\.00 ", out)
     # 20,000 - 36 - 5,000 - 2,000 refunded = 12,964 left, burned at close.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from market.clearing.rules import Delivered
 from market.client import TokexClient
 from market.instruments import format_symbol
 from schemas.accounts import Role
@@ -57,6 +58,16 @@ class Market:
     async def entitlement(self) -> EntitlementView:
         (mine,) = [e for e in await self.buyer.entitlements() if e.instrument == self.symbol]
         return mine
+
+    async def delivered(self) -> Delivered:
+        """What the provider delivered to the buyer so far: the delivery rule rounds the
+        next delivery's release and fee on these totals (`rules.delivery_split`)."""
+        mine = [d for d in await self.provider.deliveries(self.symbol) if d.buyer == self.buyer_id]
+        return Delivered(
+            tokens=sum(d.tokens for d in mine),
+            released=sum(d.released for d in mine),
+            fee=sum(d.fee for d in mine),
+        )
 
     async def provider_cash(self) -> int:
         for b in await self.provider.balances():

@@ -219,6 +219,7 @@ async def test_a_call_cut_by_a_crash_is_charged_by_its_last_progress_mark_once(
             assert await recorded(conn, done_id) is None
             await m.settled()
             before, cash_before = await m.entitlement(), await m.provider_cash()
+            so_far = await m.delivered()
 
             async with http.stream("POST", "/chat/completions", json=body) as r:
                 rid, events = r.headers["x-tokex-receipt"], 0
@@ -236,7 +237,7 @@ async def test_a_call_cut_by_a_crash_is_charged_by_its_last_progress_mark_once(
         await asyncio.to_thread(m.proc.start)  # it serves once the cut call is closed
         after = await m.entitlement()
         assert before.entitlement - after.entitlement == chunks  # one token a chunk, no prompt
-        split = delivery_split(chunks, before.entitlement, before.escrow, FEE_BPS)
+        split = delivery_split(chunks, before.entitlement, before.escrow, FEE_BPS, so_far)
         assert (after.delivered - before.delivered, after.released - before.released) == (
             chunks, split.released)  # fmt: skip
         assert await m.provider_cash() - cash_before == split.paid  # pro rata less the fee

@@ -31,11 +31,11 @@ async def market(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterat
 
 async def _paid(m: Market, client: openai.AsyncOpenAI, max_tokens: int) -> tuple[int, int]:
     """One image call: (tokens charged to the buyer, cash paid to the provider)."""
-    before, cash = await m.entitlement(), await m.provider_cash()
+    before, cash, so_far = await m.entitlement(), await m.provider_cash(), await m.delivered()
     await client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=max_tokens)
     await m.settled()
     charged = before.entitlement - (await m.entitlement()).entitlement
-    split = delivery_split(charged, before.entitlement, before.escrow, FEE_BPS)
+    split = delivery_split(charged, before.entitlement, before.escrow, FEE_BPS, so_far)
     assert await m.provider_cash() - cash == split.paid
     return charged, split.paid
 
