@@ -41,7 +41,7 @@ class Subscriber:
 
     __slots__ = (
         "_byte_limit", "_bytes", "_limit", "_queue", "_wake", "account_id", "close_code",
-        "close_reason", "snapshots_queued", "subs",
+        "close_reason", "orders_instrument", "snapshots_queued", "subs",
     )  # fmt: skip
 
     def __init__(
@@ -55,6 +55,8 @@ class Subscriber:
         self.close_code: int | None = None
         self.close_reason = ""
         self.account_id: str | None = None  # set by a private subscription
+        #: The one instrument of its private subscription's updates (None: every one).
+        self.orders_instrument: str | None = None
         self.subs: set[tuple[Channel, str]] = set()
         #: Instruments whose book snapshot (from a subscribe) is queued, not yet taken.
         self.snapshots_queued: set[str] = set()
