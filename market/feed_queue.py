@@ -40,7 +40,7 @@ class Subscriber:
     """
 
     __slots__ = (
-        "_byte_limit", "_bytes", "_limit", "_queue", "_wake", "account_id", "close_code",
+        "_byte_limit", "_bytes", "_closed", "_limit", "_queue", "_wake", "account_id", "close_code",
         "close_reason", "orders_instrument", "snapshots_queued", "subs",
     )  # fmt: skip
 
@@ -52,6 +52,7 @@ class Subscriber:
         self._queue: deque[str] = deque()
         self._bytes = 0  # of the frames in `_queue`: characters of JSON, nearly all ASCII
         self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason = ""
         self.account_id: str | None = None  # set by a private subscription
@@ -88,6 +89,11 @@ class Subscriber:
             self.close_reason = reason
             self._drain()
             self._wake.set()
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Until the subscriber is closed (dropped, or its connection ended)."""
+        await self._closed.wait()
 
     def pending(self) -> list[str]:
         """Take every queued frame (without waiting)."""

@@ -223,18 +223,42 @@ async def _still_active(authenticator: Authenticator, key_id: str) -> bool:
 
 
 async def _send(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> None:
+    """Move the subscriber's frames to the socket, then close it with the subscriber's code.
+
+    A client that stops reading blocks a write (the server waits for its transport to
+    drain) while the hub goes on queueing, until it drops the subscriber. That write is
+    then cancelled (nothing of its frame was written: it waits before writing) and the
+    rest of the frames taken with it are not sent: the close (`CLOSE_SLOW_CONSUMER`) goes
+    at once, not after the keep-alive ping fails (1011) or behind stale frames.
+    """
+    pump = asyncio.create_task(_pump(socket, sub))
+    closed = asyncio.create_task(sub.wait_closed())
     try:
-        while True:
-            frames = await sub.next_frames()
-            if not frames:
-                break
-            for frame in frames:
-                await socket.send_text(frame)
-    except (WebSocketDisconnect, OSError, RuntimeError):
+        await asyncio.wait((pump, closed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pump, closed):
+            task.cancel()
+        for task in (pump, closed):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if pump.done() and not pump.cancelled() and not pump.result():
         return  # the client went away
     assert sub.close_code is not None
     with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
         await socket.close(code=sub.close_code, reason=sub.close_reason)
+
+
+async def _pump(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> bool:
+    """Send the frames until the subscriber is closed (True) or the client went away."""
+    try:
+        while frames := await sub.next_frames():
+            for frame in frames:
+                if sub.dropped:  # its queue is discarded: so is the rest of this batch
+                    return True
+                await socket.send_text(frame)
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        return False
+    return True
 
 
 async def _receive(
