@@ -31,6 +31,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from market.auth import PUBLIC, ForbiddenRole, Principal, provide_principal, requires_role
+from market.errors import UnknownInstrument
 from market.pages import Page, decode_cursor, page_of
 from market.sequencer import (
     AmendOp,
@@ -72,6 +73,7 @@ from market.store import (
     fills_for,
     get_order,
     get_order_by_client_id,
+    instrument_listed,
     list_orders,
     list_withdrawals,
     recent_trades,
@@ -221,10 +223,14 @@ async def trades(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Page[TradeView]:
-    """Trades of an instrument, newest first (no owners: they are private); paginated."""
+    """Trades of an instrument, newest first (no owners: they are private); paginated.
+    An instrument never listed is 404 `unknown_instrument`, as for `GET /v1/book`, not an
+    empty page (looked up only when the page is empty: one with trades names a listed one)."""
     keyset = decode_cursor(cursor, "trades", 1, (int,))
     async with pool.acquire() as conn:
         rows = await recent_trades(conn, instrument, limit + 1, keyset)
+        if not rows and not await instrument_listed(conn, instrument):
+            raise UnknownInstrument(f"unknown instrument {instrument!r}")
 
     def view(r: Any) -> TradeView:
         return TradeView(

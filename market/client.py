@@ -369,16 +369,19 @@ class TokexClient:
 
     # ------------------------------------------------------------------ websocket
 
-    def orders_subscribe(self, *, cancel_on_disconnect: bool = False) -> dict[str, Any]:
+    def orders_subscribe(
+        self, *, cancel_on_disconnect: bool = False, instrument: str | None = None
+    ) -> dict[str, Any]:
         """The signed subscribe to the private `orders` channel of `/v1/stream`, to send
         as a JSON text frame (a fresh one each time: its timestamp must be recent and its
-        signature is taken once). The signature covers `cancel_on_disconnect`, so no one
-        who sees this message can send it with the other value."""
+        signature is taken once): of every instrument, or of `instrument` only. The
+        signature covers `cancel_on_disconnect` and `instrument`, so no one who sees this
+        message can send it with other values."""
         if self.private_key is None or self.key_id is None:
             raise ValueError("the orders channel needs a signing key")
         return sign_subscribe(
             self.private_key, self.key_id, self._next_timestamp(),
-            cancel_on_disconnect=cancel_on_disconnect,
+            cancel_on_disconnect=cancel_on_disconnect, instrument=instrument,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ lists (paginated)

@@ -452,7 +452,8 @@ class MarketData:
             if owner is not None:
                 subs = self._channels[Channel.ORDERS].get(owner)
                 if subs:
-                    self._fanout(subs, encode(OrderMessage(event=order_event_view(event))))  # type: ignore[arg-type]
+                    frame = encode(OrderMessage(event=order_event_view(event)))  # type: ignore[arg-type]
+                    self._fanout_private(subs, sym, frame)
 
     def _fill(self, fill: Fill, views: Mapping[int, Sequence[FillView]]) -> None:
         trade = TradeMessage(
@@ -493,7 +494,7 @@ class MarketData:
                     fee=0 if view is None else view.fee,
                     client_order_id="" if view is None else view.client_order_id,
                 )
-                self._fanout(subs, encode(msg))
+                self._fanout_private(subs, fill.instrument, encode(msg))
 
     def _mark_unavailable(self, sym: str, *, reload: bool = True) -> None:
         """Forget a book that no longer matches the events; its subscribers are told
@@ -520,6 +521,17 @@ class MarketData:
 
     def _fanout(self, subs: dict[Subscriber, None], frame: str) -> None:
         dropped = [sub for sub in subs if not sub.push(frame)]
+        for sub in dropped:
+            self.disconnect(sub)
+
+    def _fanout_private(self, subs: dict[Subscriber, None], instrument: str, frame: str) -> None:
+        """An account's update of `instrument`, to its subscribers of every instrument or
+        of that one."""
+        dropped = [
+            sub
+            for sub in subs
+            if sub.orders_instrument in (None, instrument) and not sub.push(frame)
+        ]
         for sub in dropped:
             self.disconnect(sub)
 
@@ -576,20 +588,25 @@ class MarketData:
         if not sub.push(encode(Subscribed(channel=Channel.TRADES, instrument=instrument))):
             self.disconnect(sub)
 
-    def subscribe_orders(self, sub: Subscriber, account_id: str) -> None:
-        """Private channel of an authenticated account (one per connection: a
-        subscribe under another account replaces the previous one)."""
+    def subscribe_orders(
+        self, sub: Subscriber, account_id: str, instrument: str | None = None
+    ) -> None:
+        """Private channel of an authenticated account, of every instrument or only of
+        `instrument` (one per connection: a subscribe replaces the previous one)."""
+        if instrument is not None and instrument not in self:
+            raise UnknownInstrument(f"unknown instrument {instrument!r}")
         if sub.account_id is not None and sub.account_id != account_id:
             self._remove(sub, Channel.ORDERS, sub.account_id)
         self._add(sub, Channel.ORDERS, account_id)
-        sub.account_id = account_id
-        if not sub.push(encode(Subscribed(channel=Channel.ORDERS, account_id=account_id))):
+        sub.account_id, sub.orders_instrument = account_id, instrument
+        ack = Subscribed(channel=Channel.ORDERS, instrument=instrument, account_id=account_id)
+        if not sub.push(encode(ack)):
             self.disconnect(sub)
 
     def unsubscribe(self, sub: Subscriber, channel: Channel, key: str | None) -> None:
         """Leave a channel (`key`: the instrument; ignored for orders). Idempotent."""
         if channel is Channel.ORDERS:
-            key, sub.account_id = sub.account_id, None
+            key, sub.account_id, sub.orders_instrument = sub.account_id, None, None
         if key is not None:
             self._remove(sub, channel, key)
             sub.snapshots_queued.discard(key)

@@ -40,8 +40,8 @@ class Subscriber:
     """
 
     __slots__ = (
-        "_byte_limit", "_bytes", "_limit", "_queue", "_wake", "account_id", "close_code",
-        "close_reason", "snapshots_queued", "subs",
+        "_byte_limit", "_bytes", "_closed", "_limit", "_queue", "_wake", "account_id", "close_code",
+        "close_reason", "orders_instrument", "snapshots_queued", "subs",
     )  # fmt: skip
 
     def __init__(
@@ -52,9 +52,12 @@ class Subscriber:
         self._queue: deque[str] = deque()
         self._bytes = 0  # of the frames in `_queue`: characters of JSON, nearly all ASCII
         self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason = ""
         self.account_id: str | None = None  # set by a private subscription
+        #: The one instrument of its private subscription's updates (None: every one).
+        self.orders_instrument: str | None = None
         self.subs: set[tuple[Channel, str]] = set()
         #: Instruments whose book snapshot (from a subscribe) is queued, not yet taken.
         self.snapshots_queued: set[str] = set()
@@ -86,6 +89,11 @@ class Subscriber:
             self.close_reason = reason
             self._drain()
             self._wake.set()
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Until the subscriber is closed (dropped, or its connection ended)."""
+        await self._closed.wait()
 
     def pending(self) -> list[str]:
         """Take every queued frame (without waiting)."""

@@ -12,8 +12,10 @@ The subscription comes first, so nothing falls between: a batch that arrives whi
 the books load is held, and published whole once they are loaded. Its book events the
 loaded books already reflect change nothing (`DepthBook.apply` ignores a seq at most
 the book's), and its trades and private order and fill frames reach the subscribers,
-who never had them. The hub's load tells trades and orders subscribers that updates
-may have been missed (`stream_interrupted`), since those of lost messages never come.
+who never had them. A message number skipped while the books load means the load may
+have read them before the lost message committed: they load once more after it. The
+hub's load tells trades and orders subscribers that updates may have been missed
+(`stream_interrupted`), since those of lost messages never come.
 """
 
 from __future__ import annotations
@@ -63,19 +65,27 @@ class FeedRelay:
         await self._loading  # a first attempt (a failed one goes on in the background)
 
     def hold(self) -> None:
-        """Hold the batches from now on, until the next load (NATS disconnected: the
+        """NATS disconnected: hold the batches from now on, until the next load (the
         batches right after it reconnects come before its reconnect callback)."""
         if self._held is None:
             self._held = []
-            self._number = 0  # what was lost before the load is in it: count anew
+            # The numbers go on from those of the batches published while it was down,
+            # lost: the reconnect's load covers them, so count anew. Only here: a load
+            # for another reason keeps counting, or a message lost right after it (the
+            # next one's number skips) would go unseen.
+            self._number = 0
 
     def reload(self) -> None:
         """Load the books again (NATS reconnected, a message lost, a book broke)."""
-        self.hold()
-        if self._loading is not None and not self._loading.done():
+        if self._held is None:
+            self._held = []
+        if self._is_loading():
             self._again = True  # what it loads may be from before the reason for this
             return
         self._loading = asyncio.create_task(self._load())
+
+    def _is_loading(self) -> bool:
+        return self._loading is not None and not self._loading.done()
 
     async def close(self) -> None:
         if self._hub.reloader == self.reload:
@@ -96,7 +106,10 @@ class FeedRelay:
         if batch.number:
             lost = self._number and batch.number != self._number + 1
             self._number = batch.number
-            if lost and self._held is None:  # holding: the load under way or to come covers it
+            # Held after a disconnect with no load yet: the reconnect's load covers it.
+            # A load under way may have read the books before the lost one committed:
+            # reload() has it load once more.
+            if lost and (self._held is None or self._is_loading()):
                 log.warning("market data: message(s) lost before %d; reloading", batch.number)
                 self.reload()
         if batch.resync:

@@ -95,9 +95,10 @@ def subscribe_body(channel: str, instrument: str | None, cancel_on_disconnect: b
     without its credentials, every parameter present, as compact JSON with sorted keys.
 
     `{"cancel_on_disconnect":false,"channel":"orders","instrument":null,"op":"subscribe"}`
-    is the only body of today's orders subscribe (the dashboard's `api.js` writes the same
-    bytes with `JSON.stringify`). The server builds it from the subscribe it received, so
-    a parameter changed after signing makes the signature fail.
+    is the body of an orders subscribe of every instrument (the dashboard's `api.js` writes
+    the same bytes with `JSON.stringify`); one of a single instrument names it. The server
+    builds it from the subscribe it received, so a parameter changed after signing makes
+    the signature fail.
     """
     params = {
         "cancel_on_disconnect": cancel_on_disconnect,

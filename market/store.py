@@ -296,6 +296,14 @@ async def next_order_id(conn: asyncpg.Connection) -> int:
     return value
 
 
+async def instrument_listed(conn: asyncpg.Connection, symbol: str) -> bool:
+    """Whether `symbol` was ever listed (settled instruments stay listed)."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM market_instruments WHERE symbol = $1)", symbol
+    )
+    return found
+
+
 async def load_terms(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return list(await conn.fetch("SELECT * FROM market_instruments ORDER BY symbol"))
 

@@ -30,12 +30,17 @@ the old way (empty body).
 The upgrade request itself needs no signature (public market data): the
 HTTP auth middleware does not see websocket scopes.
 
+An `orders` subscribe with an `instrument` gets the account's updates of that
+instrument only (`Subscriber.orders_instrument`), and its cancel on disconnect is
+scoped the same way.
+
 Cancel on disconnect: an `orders` subscribe with `cancel_on_disconnect: true` arms it
 for that account on this connection; an unsubscribe from `orders` disarms it. When the
 connection ends while armed (dropped, closed, or the server dropped a slow consumer),
-every open order of the account is cancelled through the sequencer (`CancelAllOp`),
-as `POST /v1/orders/cancel-all` would. If the sequencer does not take it then (the
-database is away), the cancel is owed and retried until it does
+every open order of the account (of the subscribe's instrument, if it named one) is
+cancelled through the sequencer (`CancelAllOp`), as `POST /v1/orders/cancel-all` would.
+If the sequencer does not take it then (the database is away), the cancel is owed and
+retried until it does
 (`market.stream_cancels.OwedCancels`, `app.state.owed_cancels`); a process that crashes
 loses what it owes. A bot that wants its orders to outlive a
 dropped connection leaves it off; one that wants a timeout rather than a connection
@@ -66,7 +71,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asyncpg
 import msgspec
@@ -108,12 +113,19 @@ CLOSE_KEY_REVOKED_REASON: Final = "key revoked: subscribe again with an active k
 _decoder = msgspec.json.Decoder(ClientMessage)
 
 
+class _Armed(NamedTuple):
+    """What an account's cancel on disconnect cancels, and the key that armed it."""
+
+    key_id: str
+    instrument: str | None  # of the subscribe that armed it: its orders only (None: all)
+
+
 @dataclass
 class _Private:
     """A connection's private side: whose orders go with it, and the key it subscribed with."""
 
-    #: The accounts cancelled on disconnect, each with the key that armed it.
-    guarded: dict[str, str] = field(default_factory=dict)
+    #: The accounts cancelled on disconnect, each with the key and scope that armed it.
+    guarded: dict[str, _Armed] = field(default_factory=dict)
     key_id: str | None = None  # of the current `orders` subscription
     account_id: str | None = None
     #: Set while there is an `orders` subscription: only then is its key re-checked.
@@ -166,16 +178,19 @@ async def _watch_key(socket: WebSocket[Any, Any, Any], sub: Subscriber, private:
             continue
         failing = False
         if not active and private.key_id == key_id:
-            for account_id in [a for a, k in private.guarded.items() if k == key_id]:
+            for account_id in [a for a, k in private.guarded.items() if k.key_id == key_id]:
                 del private.guarded[account_id]
             log.info("stream: key %s revoked; closing its orders subscription", key_id)
             sub.close(CLOSE_KEY_REVOKED, CLOSE_KEY_REVOKED_REASON)
             return
 
 
-async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], guarded: dict[str, str]) -> None:
-    """Cancel the orders of every armed account whose arming key is still active; one the
-    sequencer does not take now (an outage) is owed, retried (`market.stream_cancels`)."""
+async def _cancel_on_disconnect(
+    socket: WebSocket[Any, Any, Any], guarded: dict[str, _Armed]
+) -> None:
+    """Cancel the orders of every armed account whose arming key is still active (of the
+    instrument it armed for, if any); one the sequencer does not take now (an outage) is
+    owed, retried (`market.stream_cancels`)."""
     state = socket.app.state
     authenticator: Authenticator | None = getattr(state, "authenticator", None)
     owed: OwedCancels | None = getattr(state, "owed_cancels", None)
@@ -185,16 +200,16 @@ async def _cancel_on_disconnect(socket: WebSocket[Any, Any, Any], guarded: dict[
         return current
 
     for account_id in sorted(guarded):
-        key_id = guarded[account_id]
+        key_id, instrument = guarded[account_id]
         if authenticator is not None and not await _still_active(authenticator, key_id):
             log.info("stream: key %s revoked; %s's orders stay", key_id, account_id)
             continue
-        if await cancel_orders(sequencer(), account_id):
+        if await cancel_orders(sequencer(), account_id, instrument):
             continue
         if owed is None:
             log.error("stream: cancel on disconnect of %s not taken, and not retried", account_id)
         else:
-            owed.owe(sequencer, account_id)
+            owed.owe(sequencer, account_id, instrument)
 
 
 async def _still_active(authenticator: Authenticator, key_id: str) -> bool:
@@ -208,18 +223,42 @@ async def _still_active(authenticator: Authenticator, key_id: str) -> bool:
 
 
 async def _send(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> None:
+    """Move the subscriber's frames to the socket, then close it with the subscriber's code.
+
+    A client that stops reading blocks a write (the server waits for its transport to
+    drain) while the hub goes on queueing, until it drops the subscriber. That write is
+    then cancelled (nothing of its frame was written: it waits before writing) and the
+    rest of the frames taken with it are not sent: the close (`CLOSE_SLOW_CONSUMER`) goes
+    at once, not after the keep-alive ping fails (1011) or behind stale frames.
+    """
+    pump = asyncio.create_task(_pump(socket, sub))
+    closed = asyncio.create_task(sub.wait_closed())
     try:
-        while True:
-            frames = await sub.next_frames()
-            if not frames:
-                break
-            for frame in frames:
-                await socket.send_text(frame)
-    except (WebSocketDisconnect, OSError, RuntimeError):
+        await asyncio.wait((pump, closed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pump, closed):
+            task.cancel()
+        for task in (pump, closed):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if pump.done() and not pump.cancelled() and not pump.result():
         return  # the client went away
     assert sub.close_code is not None
     with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
         await socket.close(code=sub.close_code, reason=sub.close_reason)
+
+
+async def _pump(socket: WebSocket[Any, Any, Any], sub: Subscriber) -> bool:
+    """Send the frames until the subscriber is closed (True) or the client went away."""
+    try:
+        while frames := await sub.next_frames():
+            for frame in frames:
+                if sub.dropped:  # its queue is discarded: so is the rest of this batch
+                    return True
+                await socket.send_text(frame)
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        return False
+    return True
 
 
 async def _receive(
@@ -270,15 +309,7 @@ async def _handle(
         return
     assert isinstance(message, Subscribe)
     if message.channel is Channel.ORDERS:
-        principal = await _authenticate(socket, message)
-        account_id = principal.account_id
-        hub.subscribe_orders(sub, account_id)
-        private.key_id, private.account_id = principal.key_id, account_id
-        private.subscribed.set()
-        if message.cancel_on_disconnect:
-            guarded[account_id] = principal.key_id
-        else:
-            guarded.pop(account_id, None)
+        await _subscribe_orders(socket, hub, sub, message, private)
         return
     if message.cancel_on_disconnect:
         raise _invalid("cancel_on_disconnect is for the orders channel")
@@ -291,6 +322,26 @@ async def _handle(
         hub.subscribe_book(sub, instrument)
     else:
         hub.subscribe_trades(sub, instrument)
+
+
+async def _subscribe_orders(
+    socket: WebSocket[Any, Any, Any], hub: MarketData, sub: Subscriber, message: Subscribe,
+    private: _Private,
+) -> None:  # fmt: skip
+    """The private channel, of every instrument or of the one signed; cancel on disconnect
+    armed for the same scope (disarmed by a subscribe without it)."""
+    instrument = message.instrument
+    if instrument is not None and instrument not in hub:
+        await _discover(socket, hub, instrument)
+    principal = await _authenticate(socket, message)
+    account_id = principal.account_id
+    hub.subscribe_orders(sub, account_id, instrument)  # UnknownInstrument: an error frame
+    private.key_id, private.account_id = principal.key_id, account_id
+    private.subscribed.set()
+    if message.cancel_on_disconnect:
+        private.guarded[account_id] = _Armed(principal.key_id, instrument)
+    else:
+        private.guarded.pop(account_id, None)
 
 
 async def _discover(socket: WebSocket[Any, Any, Any], hub: MarketData, instrument: str) -> None:

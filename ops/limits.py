@@ -36,8 +36,10 @@ HTTP connection past it closes an idle one, as past `max_connections`). Without 
 keep uvicorn's own ping interval and timeout (`ws_ping_interval_ms`,
 `ws_ping_timeout_ms`), a message of at most `WS_MAX_BYTES` (past it, closed with 1009)
 and no permessage-deflate (a deflated frame costs the server up to a thousand times
-its size on the wire; the stream's messages are small). The settings are
-`ops.config.ConnectionLimits`.
+its size on the wire; the stream's messages are small). Their close is let through
+uvicorn's write flow control (`_close_at_once`), so a client that stopped reading gets
+the stream's 4008 behind what is on its way, not the keep-alive's 1011 40 s on. The
+settings are `ops.config.ConnectionLimits`.
 
 And one write a response, where uvicorn makes two: it writes a response's head when the
 app sends `http.response.start` and its body at `http.response.body`, each a send on the
@@ -354,7 +356,7 @@ class GuardedProtocol(HttpToolsProtocol):
 def _count_websocket(registry: ConnectionRegistry, ws: asyncio.BaseProtocol) -> None:
     """Count `ws` (uvicorn's websocket protocol, now the transport's) until its connection
     is lost: its own `connection_lost` is wrapped, uvicorn's protocol classes being picked
-    at run time (`ws="auto"`)."""
+    at run time (`ws="auto"`). And its close is not held back (`_close_at_once`)."""
     registry.websocket_opened(ws)
     lost = ws.connection_lost
 
@@ -363,6 +365,31 @@ def _count_websocket(registry: ConnectionRegistry, ws: asyncio.BaseProtocol) -> 
         lost(exc)
 
     ws.connection_lost = connection_lost  # type: ignore[method-assign]
+    _close_at_once(ws)
+
+
+def _close_at_once(ws: asyncio.BaseProtocol) -> None:
+    """Let the app's `websocket.close` through uvicorn's write flow control.
+
+    uvicorn's websockets-sansio protocol (0.52.1 on) makes every ASGI send wait until the
+    transport's buffer drains (`writable`), the close too: for a client that stopped
+    reading, the stream's 4008 (`market.stream`) would wait until the keep-alive ping
+    failed and closed it 1011 instead, 40 s on. The close is the last frame: it goes into
+    the buffer behind what is there (the client reads that first), and nothing is sent
+    after it. The ASGI `send` the app is called with is wrapped before the app runs
+    (uvicorn looks it up when its task starts); a protocol with no `writable` is left be.
+    """
+    writable = getattr(ws, "writable", None)
+    send = getattr(ws, "send", None)
+    if not isinstance(writable, asyncio.Event) or send is None:
+        return
+
+    async def send_close_at_once(message: Any) -> None:
+        if message.get("type") == "websocket.close":
+            writable.set()
+        await send(message)
+
+    ws.send = send_close_at_once  # type: ignore[attr-defined]
 
 
 def guarded_protocol(

@@ -155,7 +155,7 @@ ROUTE_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     ),
     "GET /v1/instruments/{symbol}": (*specs(UnknownInstrument), *_SEQ),
     "GET /v1/book": (*specs(UnknownInstrument), *_SEQ),
-    "GET /v1/trades": specs(InvalidCursor),
+    "GET /v1/trades": specs(UnknownInstrument, InvalidCursor),
     "GET /v1/time": (),
     "GET /v1/currencies": (),
     "GET /ready": specs(ExchangeNotReady, DatabaseUnreachable, ExchangeNotRunning, LedgerRegressed),

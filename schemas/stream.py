@@ -88,7 +88,9 @@ class StreamErrorCode:
 
 
 class Subscribe(msgspec.Struct, kw_only=True, frozen=True, tag="subscribe", tag_field="op"):
-    """Subscribe to a channel. `instrument` is required for book and trades.
+    """Subscribe to a channel. `instrument` is required for book and trades; for orders
+    it is optional: given, only the account's updates of that instrument come, and
+    `cancel_on_disconnect` cancels only its orders of that instrument.
 
     The private `orders` channel needs `key_id`, `timestamp_ms` (Unix ms) and
     `signature` (base64 Ed25519), signed like an HTTP request `GET /v1/stream`
@@ -104,7 +106,7 @@ class Subscribe(msgspec.Struct, kw_only=True, frozen=True, tag="subscribe", tag_
     timestamp_ms: int | None = None
     signature: str | None = None
     #: `orders` only: when this connection drops (not after an unsubscribe from the
-    #: orders channel), cancel every open order of the account.
+    #: orders channel), cancel every open order of the account (of `instrument`, if given).
     cancel_on_disconnect: bool = False
     timestamp: int | None = None  # deprecated name of `timestamp_ms`
 

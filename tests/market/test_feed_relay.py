@@ -38,28 +38,34 @@ class FakeNats:
 
 
 class FakeExchange:
-    """Answers DepthsQuery from the engine; `gate` holds the answer; counts the asks."""
+    """Answers DepthsQuery from the engine; `gate` holds the answer; counts the asks.
+    `early`: the depths are read when asked, so a held answer predates what commits
+    while it waits (as the sequencer's answer does, on its way back over NATS)."""
 
     def __init__(self, eng: Any) -> None:
         self.eng = eng
         self.gate: asyncio.Event | None = None
         self.asked = 0
+        self.early = False
 
     async def ask(self, query: Any) -> Any:
         self.asked += 1
+        depths = [full_depth(self.eng, SYM_A), full_depth(self.eng, SYM_B)]
         if self.gate is not None:
             await self.gate.wait()
-        return [full_depth(self.eng, SYM_A), full_depth(self.eng, SYM_B)]
+        if not self.early:
+            depths = [full_depth(self.eng, SYM_A), full_depth(self.eng, SYM_B)]
+        return depths
 
 
 class Orders:
     def __init__(self, eng: Any) -> None:
         self.eng, self.n = eng, 0
 
-    def __call__(self, owner: str, side: Side, price: int) -> list[Event]:
+    def __call__(self, owner: str, side: Side, price: int, symbol: str = SYM_A) -> list[Event]:
         self.n += 1
         return self.eng.process(
-            NewOrder(instrument=SYM_A, order_id=self.n, owner=owner, side=side, quantity=LOT,
+            NewOrder(instrument=symbol, order_id=self.n, owner=owner, side=side, quantity=LOT,
                      price=price, time=self.n)
         )  # fmt: skip
 
@@ -183,6 +189,42 @@ async def test_a_resync_message_reloads_the_books() -> None:
     assert hub.depth(SYM_A) == full_depth(exchange.eng, SYM_A)
     await nats.deliver(order("bob", Side.BUY, 140), number=2)
     assert kinds(sub) == ["delta"]
+    await relay.close()
+
+
+async def test_a_message_lost_while_the_books_load_makes_them_load_once_more() -> None:
+    """The load's depths were read before message 3 committed, and message 3 (of A) was
+    lost: message 4 (of B) shows the gap while the batches are held, so the books load
+    once more and A's book is the engine's, its subscribers told, not left stale."""
+    nats, exchange, hub, relay, order = await _relay()
+    sub = _subscribed(hub)
+    await nats.deliver(order("alice", Side.SELL, 150), number=1)
+    await nats.deliver([], number=2, resync=True)  # the sequencer rebuilt: a load
+    exchange.gate, exchange.early = asyncio.Event(), True
+    await asyncio.sleep(0)  # the load has read the depths
+    order("alice", Side.SELL, 155)  # message 3: lost
+    await nats.deliver(order("bob", Side.SELL, 150, SYM_B), number=4)
+    exchange.gate.set()
+    await asyncio.sleep(0.05)
+    assert exchange.asked == 3  # start, the resync, and once more for the gap
+    assert hub.depth(SYM_A) == full_depth(exchange.eng, SYM_A)
+    assert kinds(sub)[-3:] == ["snapshot", "stream_interrupted", "stream_interrupted"]
+    await relay.close()
+
+
+async def test_a_message_lost_right_after_a_load_is_seen() -> None:
+    """A resync's load keeps the message count (only a NATS disconnect starts it anew):
+    message 2 (of A) lost after it, message 3 (of B) shows the gap and the books load."""
+    nats, exchange, hub, relay, order = await _relay()
+    sub = _subscribed(hub)
+    await nats.deliver([], number=1, resync=True)
+    await asyncio.sleep(0.05)
+    frames(sub)
+    order("alice", Side.SELL, 155)  # message 2: lost
+    await nats.deliver(order("bob", Side.SELL, 150, SYM_B), number=3)
+    await asyncio.sleep(0.05)
+    assert hub.depth(SYM_A) == full_depth(exchange.eng, SYM_A)
+    assert kinds(sub) == ["snapshot", "stream_interrupted", "stream_interrupted"]
     await relay.close()
 
 

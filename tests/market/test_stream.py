@@ -102,12 +102,14 @@ class Exchange:
         self.client.blocking_portal.call(self.hub.publish, events)
 
     def signed(
-        self, key_id: str, timestamp: int | None = None, *, cancel_on_disconnect: bool = False
-    ) -> dict[str, Any]:
+        self, key_id: str, timestamp: int | None = None, *, cancel_on_disconnect: bool = False,
+        instrument: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         ts = now_ms() if timestamp is None else timestamp
         return sign_subscribe(
-            self.keys[key_id], key_id, ts, cancel_on_disconnect=cancel_on_disconnect
-        )
+            self.keys[key_id], key_id, ts, cancel_on_disconnect=cancel_on_disconnect,
+            instrument=instrument,
+        )  # fmt: skip
 
 
 @pytest.fixture
@@ -281,6 +283,25 @@ def test_private_channel_shows_only_the_accounts_own_orders_and_fills(exchange: 
         assert recv(ws)["type"] == "unsubscribed"
         ex.publish(ex.order("alice", Side.SELL, 190))
         subscribe(ws, "trades")  # next frame: the ack, not alice's order
+
+
+def test_an_orders_subscribe_of_one_instrument_gets_only_that_instruments_updates(
+    exchange: Exchange,
+) -> None:
+    """The instrument a subscribe signed is the filter: alice's order and fill on B never
+    come; her order on A does. An instrument the exchange does not know is refused."""
+    ex = exchange
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(ex.signed(ALICE_KEY, instrument="nope/2026-12-01T00Z/1h"))
+        assert recv(ws)["code"] == "unknown_instrument"
+        ws.send_json(ex.signed(ALICE_KEY, instrument=SYM_A))
+        assert recv(ws) == {"type": "subscribed", "channel": "orders", "instrument": SYM_A,
+                            "account_id": "alice"}  # fmt: skip
+        ex.publish(ex.order("alice", Side.SELL, 150, instrument=SYM_B))
+        ex.publish(ex.order("bob", Side.BUY, 150, instrument=SYM_B))  # alice's fill on B
+        ex.publish(ex.order("alice", Side.SELL, 160))
+        got = recv(ws)
+        assert (got["type"], got["event"]["instrument"]) == ("order", SYM_A), got
 
 
 def test_a_subscribe_with_the_deprecated_timestamp_name_still_signs_in(exchange: Exchange) -> None:
@@ -515,3 +536,17 @@ def test_a_cancel_on_disconnect_refused_in_an_outage_is_retried_until_taken(
     with ex.client.websocket_connect("/v1/stream") as ws:
         arm(ex, ws, ALICE_KEY, "alice")
     assert cancelled_accounts(sequencer, 1) == ["alice"]
+
+
+def test_cancel_on_disconnect_of_one_instruments_orders_cancels_only_those(
+    exchange: Exchange,
+) -> None:
+    """Armed by a subscribe to alice's orders of A: the disconnect cancels her orders of A
+    (`POST /v1/orders/cancel-all` with that instrument), not those of B."""
+    ex = exchange
+    sequencer = recording(ex)
+    with ex.client.websocket_connect("/v1/stream") as ws:
+        ws.send_json(ex.signed(ALICE_KEY, cancel_on_disconnect=True, instrument=SYM_A))
+        assert recv(ws)["instrument"] == SYM_A
+    assert cancelled_accounts(sequencer, 1) == ["alice"]
+    assert sequencer.ops[0].instrument == SYM_A

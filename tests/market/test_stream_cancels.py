@@ -25,13 +25,15 @@ class OutageSequencer:
         self.error = error or LedgerUnavailable("the ledger's database is unreachable")
         self.tries = 0
         self.taken: list[str] = []
+        self.instruments: list[str | None] = []
 
     async def submit(self, op: Any) -> CancelledOrders:
-        assert isinstance(op, CancelAllOp) and op.instrument is None
+        assert isinstance(op, CancelAllOp)
         self.tries += 1
         if self.tries <= self.refusals:
             raise self.error
         self.taken.append(op.account_id)
+        self.instruments.append(op.instrument)
         return CancelledOrders(cancelled=[])
 
 
@@ -49,6 +51,7 @@ async def test_an_owed_cancel_is_retried_until_the_sequencer_takes_it() -> None:
     assert owed.owe(lambda: sequencer, "alice")  # owed once, however often
     await wait_for(lambda: sequencer.taken)
     assert sequencer.taken == ["alice"] and sequencer.tries == 6
+    assert sequencer.instruments == [None]  # every instrument's orders
     assert len(owed) == 0
     await asyncio.sleep(0.1)
     assert sequencer.tries == 6  # taken: no more tries
@@ -85,3 +88,14 @@ async def test_past_its_bound_a_cancel_is_not_owed(caplog: pytest.LogCaptureFixt
     assert not owed.owe(lambda: sequencer, "bob")
     assert "bob" not in owed and len(owed) == 1
     await owed.drain(tries=1)
+
+
+async def test_an_owed_cancel_of_one_instrument_stays_of_that_instrument() -> None:
+    """Armed by a subscribe to one instrument's orders: the retried cancel is of that
+    instrument's orders only, and owed apart from one of every instrument."""
+    owed = OwedCancels(first_delay_s=0.01, max_delay_s=0.04)
+    sequencer = OutageSequencer(refusals=2)
+    assert owed.owe(lambda: sequencer, "alice", "llama/1h")
+    assert owed.owe(lambda: sequencer, "alice") and len(owed) == 2
+    await wait_for(lambda: len(sequencer.taken) == 2)
+    assert set(sequencer.instruments) == {None, "llama/1h"}

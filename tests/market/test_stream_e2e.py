@@ -181,6 +181,35 @@ async def test_cancel_on_disconnect_cancels_on_a_dropped_connection(
         await operator.aclose()
 
 
+async def test_cancel_on_disconnect_of_one_instrument_spares_the_others(
+    db_url: str, server_process: ServerProcess
+) -> None:
+    """Subscribed to the orders of SYM only: the order on another instrument gets no
+    frame, and the dropped connection cancels the order on SYM, not the other."""
+    operator, buyer, order_id = await _resting_buyer(db_url, server_process.base_url)
+    other = "mistral-7b/2030-12-01T00Z/1h"
+    try:
+        await operator.create_instrument(CreateInstrument(
+            symbol=other, lot_size=1000, tick_size=5, price_min=5, price_max=100_000,
+        ))  # fmt: skip
+        url = server_process.base_url.replace("http://", "ws://") + "/v1/stream"
+        ws = await connect(url)
+        await ws.send(json.dumps(buyer.orders_subscribe(cancel_on_disconnect=True, instrument=SYM)))
+        assert (await recv(ws))["instrument"] == SYM
+        kept = await buyer.place_order(PlaceOrder(
+            client_order_id="other", instrument=other, side=Side.BUY, quantity=1000, price=4_000,
+        ))  # fmt: skip
+        await buyer.place_order(PlaceOrder(
+            client_order_id="sym", instrument=SYM, side=Side.BUY, quantity=1000, price=4_005,
+        ))  # fmt: skip
+        assert (await recv(ws))["event"]["instrument"] == SYM  # the other's never came
+        ws.transport.abort()
+        assert await _status_soon(buyer, order_id, "cancelled") == "cancelled"
+        assert (await buyer.order(kept.order_id)).status == "open"
+    finally:
+        await operator.aclose()
+
+
 async def test_cancel_on_disconnect_spares_a_clean_unsubscribe(
     db_url: str, server_process: ServerProcess
 ) -> None:

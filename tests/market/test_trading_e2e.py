@@ -379,6 +379,20 @@ async def test_unknown_query_parameters_are_refused_by_the_name_sent(market: Mar
     assert "format" in bad.value.message and "fmt" not in bad.value.message
 
 
+async def test_the_trades_of_an_unknown_instrument_are_404_as_its_book_is(
+    market: Market,
+) -> None:
+    """`GET /v1/trades` of a symbol the exchange never listed is 404 `unknown_instrument`,
+    as `GET /v1/book` is (it used to be 200 and an empty page, as for a quiet instrument);
+    a listed instrument with no trades yet is an empty page, even past its last cursor."""
+    b0 = market.buyers[0]
+    for path in ("/v1/trades", "/v1/book"):
+        with pytest.raises(TokexApiError) as unknown:
+            await b0.request("GET", path, params={"instrument": "nope/2030-12-01T00Z/1h"})
+        assert (unknown.value.status, unknown.value.code) == (404, "unknown_instrument"), path
+    assert await b0.trades(SYM) == []
+
+
 async def test_server_time_and_rate_limit_headers(market: Market) -> None:
     """`GET /v1/time` is the clock signatures are checked against; every signed answer
     says the key's rate-limit bucket: its size, what is left, and when it is full."""
