@@ -26,7 +26,11 @@ so a replay or a retry cannot apply one twice):
   notional + buyer fee from the buy hold to escrow(b, p, i) and fees; post q
   from the sell hold to entitlement(b, p, i).
 - release: whatever an order's hold still reserves when the order is done
-  (filled, cancelled, expired), or the reservation of a cancelled part, is voided.
+  (filled, cancelled, expired), or the reservation of a cancelled part, is voided;
+  and when a command leaves a buy open after fills or a partial cancel, whatever its
+  hold has over `buy_reservation` of its open quantity at its limit (the price
+  improvement, the fee rate it did not pay, rounding) is voided too, so an open buy
+  holds exactly its reservation.
 - amend: the order's hold is voided and a new one made for the new open
   quantity and price, in one transaction (it fails whole if funds fall short).
 - delivery of t tokens by p to b (`delivery`): burn t of entitlement(b, p, i)

@@ -35,6 +35,8 @@ def apply_events(
     """Turn the engine's events into ledger transactions and order updates. `placed` is
     the row of the order a `NewOrder` command placed, if that is what ran; `hold`, the
     cash it holds if not its reservation (a market buy's, `sequencer.protection`)."""
+    #: Buys a fill or a partial cancel left open, and the seq of the last such event.
+    touched: dict[int, tuple[str, int]] = {}
     for event in events:
         if isinstance(event, OrderAccepted):
             assert placed is not None and placed.order_id == event.order_id
@@ -45,8 +47,11 @@ def apply_events(
                 placed.reject_reason = event.reason
         elif isinstance(event, Fill):
             _filled(batch, event)
+            buy = event.taker_order_id if event.aggressor_side is Side.BUY else event.maker_order_id
+            touched[buy] = (event.instrument, event.seq)
         elif isinstance(event, OrderCancelled):
             _cancelled(batch, event)
+            touched[event.order_id] = (event.instrument, event.seq)
         elif isinstance(event, OrderExpired):
             row = touch(batch, event.order_id)
             row.cancelled_quantity += event.expired_quantity
@@ -56,6 +61,37 @@ def apply_events(
             _release(batch, row, None, f"release:{event.instrument}:{event.seq}")
         elif isinstance(event, OrderAmended):
             _amended(batch, event)
+    for order_id, (instrument, seq) in touched.items():
+        _trim(batch, batch.orders[order_id], instrument, seq)
+
+
+def _trim(batch: Batch, row: OrderRow, instrument: str, seq: int) -> None:
+    """Cut an open buy's hold back to what its open quantity can still spend.
+
+    A buy holds `buy_reservation` of its open quantity at its limit, but a fill takes
+    only its cost at the fill price and the fee at the rate it paid, and a partial
+    cancel releases the reservation of the cancelled part floored on its own. What
+    that leaves over (the price improvement, the larger fee rate's excess over the
+    maker's, the rounding) would otherwise stay held until the order is done. Run once
+    per command, after all its events, so an order done by the command (an IOC, a
+    market buy) posts nothing more; the id is the last event's, so a replay of the
+    batch makes the same transaction.
+    """
+    if row.side is not Side.BUY or row.open_quantity == 0 or row.hold_id is None:
+        return
+    hold = batch.ledger.state.holds.get(row.hold_id)
+    if hold is None:
+        return
+    assert row.price is not None
+    terms = batch.market.instruments[instrument].terms
+    excess = hold.remaining - settlement.buy_reservation(row.open_quantity, row.price, terms)
+    if excess > 0:
+        tx_id = f"release:{instrument}:{seq}:{row.order_id}:excess"
+        must(
+            batch.ledger.apply(
+                settlement.release(tx_id, row.hold_id, excess, row.updated_ms, "excess")
+            )
+        )
 
 
 def _accepted(batch: Batch, event: OrderAccepted, placed: OrderRow, hold: int | None) -> None:

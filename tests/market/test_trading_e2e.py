@@ -123,8 +123,9 @@ async def test_trading_session_balances_holds_and_fills_to_the_unit(market: Mark
     assert await cash(b1) == (1_000_000 - 52_104, 52_104)  # 10 lots * 5,200 + 20 bps max fee
     sold = await p1.place_order(order("s2", Side.SELL, 5_000, 5_200))
     assert sold.status == "filled" and sold.fills[0].role == "taker"
-    # b1 was maker: 5 lots at 5,200 = 26,000 + 10 bps = 26; the rest stays held for 5 lots.
-    assert await cash(b1) == (1_000_000 - 52_104, 52_104 - 26_026)
+    # b1 was maker: 5 lots at 5,200 = 26,000 + 10 bps = 26; the 5 lots left hold their
+    # reservation, 26,000 + 52 (20 bps): the taker rate it did not pay is released.
+    assert await cash(b1) == (1_000_000 - 26_026 - 26_052, 26_052)
     # Partial then cancel: the rest of b1's hold is released.
     cancelled = await b1.cancel_order(bid.order_id)
     assert cancelled.status == "cancelled" and cancelled.filled_quantity == 5_000
@@ -148,6 +149,24 @@ async def test_trading_session_balances_holds_and_fills_to_the_unit(market: Mark
     assert book.asks == []
     trades = await b2.trades(SYM)
     assert sum(t.quantity for t in trades) == 30_000 + 10_000 + 5_000 + 20_000
+
+
+async def test_a_resting_buy_holds_only_what_its_rest_needs_and_frees_the_rest(
+    market: Market,
+) -> None:
+    """README: a buy holds notional at its limit plus the larger fee. Filled far below its
+    limit, the buy keeps on hold what its open lots need, and the rest can be withdrawn."""
+    p0 = market.providers[0]
+    b0 = market.buyers[0]
+    await p0.place_order(order("cheap", Side.SELL, 99_000, 5))
+    o = await b0.place_order(order("big", Side.BUY, 100_000, 9_000))
+    assert (o.filled_quantity, o.open_quantity) == (99_000, 1_000)
+    # paid 99 lots * 5 = 495 (the 20 bps fee floors to 0); one lot at 9,000 + 18 held
+    assert await cash(b0) == (1_000_000 - 495 - 9_018, 9_018)
+    w = await b0.withdraw("all-free", 1_000_000 - 495 - 9_018)
+    assert w.status == "pending"
+    assert await cash(b0) == (0, 9_018 + 990_487)
+    assert (await b0.order(o.order_id)).open_quantity == 1_000
 
 
 async def test_self_trade_prevention_over_the_api(market: Market) -> None:
