@@ -255,6 +255,21 @@ class MerkleLog:
         """Make a new key available, to be switched to when its announcement commits."""
         self._signers[signer.verifier()] = signer
 
+    # -- SnapshotSealer (ledger.seal) ---------------------------------------------------
+
+    def seal_snapshot(self, message: bytes) -> tuple[str, bytes]:
+        """Sign a snapshot's digest with the key that signs the checkpoints now."""
+        return self._signer.verifier().encode(), self._signer.sign(message)
+
+    def snapshot_sealed(self, key: str, message: bytes, seal: bytes) -> bool:
+        """Whether `key` is one of this log's keys (the configured one, or one staged for
+        a rotation) and `seal` its signature of `message`. A snapshot sealed by a key
+        rotated away from before a restart is not: the ledger is then rebuilt once."""
+        for verifier in self._signers:
+            if verifier.encode() == key:
+                return verifier.verify(message, seal)
+        return False
+
     # -- CommitHook -----------------------------------------------------------------
 
     async def write(

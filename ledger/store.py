@@ -8,14 +8,17 @@ entries are the truth and the journal.
 
 Balances and hold state are also kept as a snapshot (`write_snapshot`, every
 so many transactions and on close): start-up loads the snapshot and replays
-the journal after it (`load_state`). Rewriting every touched balance row in
+the journal after it (`load_sealed`). Rewriting every touched balance row in
 every batch would cost about a third of the batch's time, for nothing that
-the journal does not already make durable.
+the journal does not already make durable. The snapshot tables are not append-only,
+so the writer seals each snapshot and loads only one whose seal holds
+(`ledger.seal`); else it rebuilds from the journal alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +29,17 @@ from ledger.canonical import decode_transaction
 from ledger.errors import LedgerCorrupt
 from ledger.rows import BatchRows
 from ledger.rules import LedgerState, replay_into
+from ledger.seal import (
+    SnapshotDigest,
+    SnapshotSealer,
+    current_digest,
+    lock_and_check,
+    seal,
+    seal_problem,
+)
 from schemas.ledger import Account, CommittedTransaction, Hold
+
+log = logging.getLogger(__name__)
 
 #: Key of the session-level advisory lock that makes a process the ledger's one writer.
 WRITER_LOCK_KEY = 0x746F6B6578_01  # "tokex" 01
@@ -109,12 +122,31 @@ class BatchWrite:
     """(account, the ledger's next index when it was retired), in order."""
 
 
+@dataclass(slots=True)
+class Loaded:
+    """The ledger as loaded: its state, account ids, what the replay changed since the
+    snapshot, and the snapshot's digest as checked (None: not sealed, or not checked)."""
+
+    state: LedgerState
+    ids: AccountIds
+    dirty: Dirty
+    sealed: SnapshotDigest | None
+
+
 async def load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds, Dirty]:
+    """The ledger as stored: the snapshot, unchecked, rolled forward through the journal
+    (what an audit compares with the entries; the writer uses `load_sealed`)."""
+    loaded = await load_sealed(conn, None)
+    return loaded.state, loaded.ids, loaded.dirty
+
+
+async def load_sealed(conn: asyncpg.Connection, sealer: SnapshotSealer | None) -> Loaded:
     """Rebuild the in-memory ledger from the database (start-up and recovery).
 
     Loads the last snapshot of balances and holds, then replays the journal
-    (the canonical bodies of the transactions committed after it). Returns the
-    state, the account ids, and what the replay changed since the snapshot.
+    (the canonical bodies of the transactions committed after it). With a `sealer`, the
+    snapshot is loaded only if its seal holds; else it is ignored (an error is logged,
+    naming what differs from the journal) and the whole journal is replayed.
     Everything is read in one repeatable-read transaction (or the caller's), so a
     snapshot written meanwhile in the background cannot be half seen.
     """
@@ -124,11 +156,35 @@ async def load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds,
         else conn.transaction(readonly=True, isolation="repeatable_read")
     )
     async with outer:
-        return await _load_state(conn)
+        if sealer is None:
+            index = await conn.fetchval("SELECT next_index FROM ledger_snapshot") or 0
+            return Loaded(*await _load_from(conn, index), sealed=None)
+        digest = await current_digest(conn)
+        problem = await seal_problem(conn, digest, sealer)
+        if problem is None:
+            return Loaded(*await _load_from(conn, digest.next_index), sealed=digest)
+        stored = await _StoredSnapshot.read(conn, digest.next_index)
+        state, ids, dirty = await _load_from(conn, 0, stored=stored)
+        # An old snapshot that agrees with the journal (one from before seals) is no alarm.
+        level = logging.WARNING if stored.differences == [] else logging.ERROR
+        log.log(
+            level,
+            "the ledger's balance snapshot at index %d is not loaded: %s. Rebuilt from the"
+            " journal alone (%d transactions); %s",
+            digest.next_index,
+            problem,
+            state.next_index,
+            stored.verdict(),
+        )
+        return Loaded(state, ids, dirty, sealed=None)
 
 
-async def _load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds, Dirty]:
-    snapshot_index = await conn.fetchval("SELECT next_index FROM ledger_snapshot") or 0
+async def _load_from(
+    conn: asyncpg.Connection, snapshot_index: int, stored: _StoredSnapshot | None = None
+) -> tuple[LedgerState, AccountIds, Dirty]:
+    """The snapshot at `snapshot_index` rolled forward; at 0, the journal alone (the
+    snapshot's rows are not read). `stored`: a snapshot not loaded, compared with the
+    replay when it reaches that snapshot's index."""
     last_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM ledger_accounts")
     ids = AccountIds(next_id=last_id + 1)
     # The accounts retired by the snapshot's index are not loaded at all (after a long
@@ -145,14 +201,15 @@ async def _load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds
         ids.ids[account] = row["id"]
         ids.by_id[row["id"]] = account
     state = LedgerState(next_index=snapshot_index)
-    for row in await conn.fetch(
-        """SELECT account_id, available, held FROM ledger_balances b
-            WHERE NOT EXISTS (SELECT 1 FROM ledger_retired_accounts r
-                               WHERE r.account_id = b.account_id AND r.retired_idx <= $1)""",
-        snapshot_index,
-    ):
-        state.balances[ids.by_id[row["account_id"]]] = [row["available"], row["held"]]
-    await _load_open_holds(conn, state, ids)
+    if snapshot_index:
+        for row in await conn.fetch(
+            """SELECT account_id, available, held FROM ledger_balances b
+                WHERE NOT EXISTS (SELECT 1 FROM ledger_retired_accounts r
+                                   WHERE r.account_id = b.account_id AND r.retired_idx <= $1)""",
+            snapshot_index,
+        ):
+            state.balances[ids.by_id[row["account_id"]]] = [row["available"], row["held"]]
+        await _load_open_holds(conn, state, ids)
     dirty = Dirty()
     cursor = conn.cursor(
         "SELECT body FROM ledger_transactions WHERE idx >= $1 ORDER BY idx", snapshot_index
@@ -163,10 +220,66 @@ async def _load_state(conn: asyncpg.Connection) -> tuple[LedgerState, AccountIds
             raise LedgerCorrupt(
                 f"journal has transaction {committed.index} where {state.next_index} belongs"
             )
+        if stored is not None and stored.index == committed.index:
+            stored.compare(state, ids)
         replay_into(state, committed)
         dirty.add(committed)
+    if stored is not None and stored.index == state.next_index:
+        stored.compare(state, ids)
     await _retire_replayed(conn, state, ids, dirty, snapshot_index)
     return state, ids, dirty
+
+
+@dataclass(slots=True)
+class _StoredSnapshot:
+    """A snapshot that failed its seal, as stored: to name what it has that the journal
+    does not (at its index), for the operator who must find out who changed it."""
+
+    index: int
+    balances: dict[int, tuple[int, int]]
+    holds: dict[str, int]
+    differences: list[str] | None = None
+
+    @classmethod
+    async def read(cls, conn: asyncpg.Connection, index: int) -> _StoredSnapshot:
+        balances = {
+            r["account_id"]: (r["available"], r["held"])
+            for r in await conn.fetch("SELECT account_id, available, held FROM ledger_balances")
+        }
+        holds = {
+            r["hold_id"]: r["remaining"]
+            for r in await conn.fetch(
+                "SELECT hold_id, remaining FROM ledger_hold_state WHERE remaining > 0"
+            )
+        }
+        return cls(index, balances, holds)
+
+    def compare(self, state: LedgerState, ids: AccountIds) -> None:
+        """Compare with `state`, the journal replayed to this snapshot's index."""
+        found = []
+        replayed = {ids.ids[a]: (b[0], b[1]) for a, b in state.balances.items()}
+        for account_id in sorted(self.balances.keys() | replayed.keys()):
+            mine, theirs = self.balances.get(account_id, (0, 0)), replayed.get(account_id, (0, 0))
+            if mine != theirs:
+                name = ids.by_id.get(account_id, f"account id {account_id}")
+                found.append(f"{name}: snapshot {mine}, journal {theirs} (available, held)")
+        open_holds = {h: hold.remaining for h, hold in state.holds.items()}
+        for hold_id in sorted(self.holds.keys() | open_holds.keys()):
+            mine_r, theirs_r = self.holds.get(hold_id, 0), open_holds.get(hold_id, 0)
+            if mine_r != theirs_r:
+                found.append(f"hold {hold_id}: snapshot {mine_r}, journal {theirs_r} remaining")
+        self.differences = found
+
+    def verdict(self) -> str:
+        if self.differences is None:
+            return f"its index {self.index} is past the journal's end"
+        if not self.differences:
+            return "its rows agree with the journal at its index"
+        shown = "; ".join(self.differences[:5])
+        more = len(self.differences) - 5
+        return f"it differs from the journal at its index: {shown}" + (
+            f" (and {more} more)" if more > 0 else ""
+        )
 
 
 async def _load_open_holds(conn: asyncpg.Connection, state: LedgerState, ids: AccountIds) -> None:
@@ -343,9 +456,20 @@ def take_snapshot(
     return Snapshot(state.next_index, balances, (hold_ids, remaining), list(dirty.retired), full)
 
 
-async def write_snapshot(conn: asyncpg.Connection, snapshot: Snapshot) -> None:
+async def write_snapshot(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    sealer: SnapshotSealer | None = None,
+    expected: SnapshotDigest | None = None,
+) -> SnapshotDigest | None:
     """Write a snapshot (inside a transaction). Recovery loads it and replays the
-    journal from `next_index`."""
+    journal from `next_index`. With a `sealer`: first check that the tables still hold
+    `expected`, what was sealed last (`SnapshotTampered` if not; a full snapshot replaces
+    them and checks nothing), then seal what is written. Returns what was sealed."""
+    if sealer is not None:
+        await lock_and_check(conn, expected, full=snapshot.full)
+    if snapshot.full:  # the whole truth as of its index: any other row goes
+        await _replace_all(conn, snapshot)
     if snapshot.balances[0]:
         await conn.execute(
             """INSERT INTO ledger_balances (account_id, available, held, may_go_negative)
@@ -361,20 +485,37 @@ async def write_snapshot(conn: asyncpg.Connection, snapshot: Snapshot) -> None:
                ON CONFLICT (hold_id) DO UPDATE SET remaining = EXCLUDED.remaining""",
             *snapshot.holds,
         )
-    if snapshot.full:  # the retirements of a snapshot that failed were lost with it
-        # Only accounts retired by this snapshot's index: one retired later (by a batch
-        # committed while this is written) may still hold a balance as of this index.
-        await conn.execute(
-            """DELETE FROM ledger_balances b USING ledger_retired_accounts r
-                WHERE r.account_id = b.account_id AND r.retired_idx <= $1""",
-            snapshot.next_index,
-        )
-    elif snapshot.retired:
+    if snapshot.retired and not snapshot.full:
         await conn.execute(
             "DELETE FROM ledger_balances WHERE account_id = ANY($1::bigint[])", snapshot.retired
         )
+    if sealer is not None:
+        return await seal(conn, snapshot.next_index, sealer)
     await conn.execute(
-        "UPDATE ledger_snapshot SET next_index = $1 WHERE next_index < $1", snapshot.next_index
+        """UPDATE ledger_snapshot SET next_index = $1, seal_key = NULL, seal = NULL
+            WHERE next_index < $1""",
+        snapshot.next_index,
+    )
+    return None
+
+
+async def _replace_all(conn: asyncpg.Connection, snapshot: Snapshot) -> None:
+    """Before a full snapshot's rows are written: drop the balance rows of the accounts it
+    does not hold (the retirements of a snapshot that failed were lost with it; or rows
+    that should not be there at all) and close the holds it does not hold. An account
+    retired later (by a batch committed while this is written) is still in it: it may
+    hold a balance as of this index."""
+    await conn.execute(
+        """DELETE FROM ledger_balances b
+            WHERE NOT EXISTS (SELECT 1 FROM unnest($1::bigint[]) AS k(id)
+                               WHERE k.id = b.account_id)""",
+        snapshot.balances[0],
+    )
+    await conn.execute(
+        """UPDATE ledger_hold_state s SET remaining = 0
+            WHERE s.remaining > 0
+              AND NOT EXISTS (SELECT 1 FROM unnest($1::text[]) AS k(id) WHERE k.id = s.hold_id)""",
+        snapshot.holds[0],
     )
 
 

@@ -12,7 +12,10 @@ or hand it a list (`apply_batch`); each batch is written in one SQL statement
 it. Nothing is acknowledged before it is durable.
 
 Balances and holds are snapshotted every `snapshot_every` transactions (and
-on close); start-up loads the snapshot and replays the journal after it.
+on close); start-up loads the snapshot and replays the journal after it. With a hook that
+seals snapshots (`ledger.seal.SnapshotSealer`: the Merkle log), each is signed, and one
+whose seal does not hold is not loaded: the ledger is rebuilt from the journal and a full
+snapshot is sealed at once.
 
 If writing a batch fails, the in-memory state may hold changes the database
 never got, so the writer throws it away and reloads from the database (the
@@ -35,6 +38,7 @@ from ledger.canonical import request_digest, transaction_bytes
 from ledger.errors import IdempotencyConflict, LedgerBusy, LedgerUnavailable, TransactionRejected
 from ledger.rows import BatchRows, forget_table_layouts
 from ledger.rules import LedgerState
+from ledger.seal import SnapshotDigest, SnapshotSealer, SnapshotTampered
 from ledger.store import (
     WRITER_LOCK_KEY,
     AccountIds,
@@ -45,7 +49,7 @@ from ledger.store import (
     Snapshot,
     connect_writer,
     connection_alive,
-    load_state,
+    load_sealed,
     prior_outcomes,
     stage_batch,
     take_snapshot,
@@ -114,6 +118,7 @@ class Ledger:
         *,
         snapshot_every: int = SNAPSHOT_EVERY,
         hooks: Sequence[CommitHook] = (),
+        sealed: SnapshotDigest | None = None,
     ) -> None:
         self._conn = conn
         self._snapshot_conn: asyncpg.Connection | None = None
@@ -125,6 +130,10 @@ class Ledger:
         self._snapshot_every = snapshot_every
         self._hooks = tuple(hooks)
         self._listeners = tuple(hook for hook in hooks if isinstance(hook, CommitListener))
+        self._sealer = _sealer_of(hooks)
+        #: What the snapshot tables hold as last sealed or checked (None: nothing sealed
+        #: yet, so the next snapshot with a sealer is full and replaces them).
+        self._sealed = sealed
         self._memory = state
         self._ids = ids
         self._lock = asyncio.Lock()
@@ -149,14 +158,27 @@ class Ledger:
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK_KEY):
                 raise LedgerBusy("another process is already the ledger's writer")
-            state, ids, dirty = await load_state(conn)
+            loaded = await load_sealed(conn, _sealer_of(hooks))
             for hook in hooks:
                 await hook.reload(conn)
         except BaseException:
             await conn.close()
             raise
-        ledger = cls(conn, state, ids, dirty, snapshot_every=snapshot_every, hooks=hooks)
+        ledger = cls(
+            conn,
+            loaded.state,
+            loaded.ids,
+            loaded.dirty,
+            snapshot_every=snapshot_every,
+            hooks=hooks,
+            sealed=loaded.sealed,
+        )
         ledger._dsn = dsn
+        if ledger._unsealed:  # rebuilt from the journal: seal it now, the next start is quick
+            try:
+                await ledger.snapshot()
+            except Exception:  # the journal has it all; the next snapshot is full
+                log.warning("no sealed snapshot at start-up", exc_info=True)
         return ledger
 
     async def close(self) -> None:
@@ -181,16 +203,22 @@ class Ledger:
         async with self._lock:
             await self._snapshot()
 
+    @property
+    def _unsealed(self) -> bool:
+        """Whether snapshots are sealed but the tables hold nothing sealed by this writer."""
+        return self._sealer is not None and self._sealed is None
+
     async def _snapshot(self) -> None:
         await self.settled()
         await self._settle_snapshot_task()
         if self._state is not WriterState.OPEN:  # memory may hold a failed batch: write nothing
             return
-        if (not self._dirty.transactions and not self._full_snapshot) or self._conn.is_closed():
+        full = self._full_snapshot or self._unsealed
+        if (not self._dirty.transactions and not full) or self._conn.is_closed():
             return
-        snap = take_snapshot(self._memory, self._ids, self._dirty, full=self._full_snapshot)
+        snap = take_snapshot(self._memory, self._ids, self._dirty, full=full)
         async with self._conn.transaction():
-            await write_snapshot(self._conn, snap)
+            self._sealed = await write_snapshot(self._conn, snap, self._sealer, self._sealed)
         self._dirty = Dirty()
         self._full_snapshot = False
 
@@ -215,7 +243,8 @@ class Ledger:
         of accounts and holds would otherwise stall it for a good fraction of a second)."""
         if self._snapshot_task is not None and not self._snapshot_task.done():
             return  # one at a time; this batch's changes go into the next one
-        snap = take_snapshot(self._memory, self._ids, self._dirty, full=self._full_snapshot)
+        full = self._full_snapshot or self._unsealed
+        snap = take_snapshot(self._memory, self._ids, self._dirty, full=full)
         self._dirty = Dirty()
         self._full_snapshot = False
         self._snapshot_task = asyncio.create_task(self._write_snapshot(snap))
@@ -227,10 +256,14 @@ class Ledger:
                     raise LedgerUnavailable("no database address for the snapshot connection")
                 self._snapshot_conn = await connect_writer(self._dsn)
             async with self._snapshot_conn.transaction():
-                await write_snapshot(self._snapshot_conn, snap)
-        except Exception:
+                sealed = await write_snapshot(self._snapshot_conn, snap, self._sealer, self._sealed)
+            self._sealed = sealed
+        except Exception as exc:
             # Nothing is lost (the journal has it); the next snapshot writes everything.
-            log.warning("background snapshot failed; the next one is full", exc_info=True)
+            if isinstance(exc, SnapshotTampered):
+                log.error("%s", exc.message)
+            else:
+                log.warning("background snapshot failed; the next one is full", exc_info=True)
             self._full_snapshot = True
             if self._snapshot_conn is not None:
                 self._snapshot_conn.terminate()
@@ -457,7 +490,9 @@ class Ledger:
             else:  # a migration may have changed a table: read the catalog again
                 await self._conn.reload_schema_state()
             forget_table_layouts()
-            self._memory, self._ids, self._dirty = await load_state(self._conn)
+            loaded = await load_sealed(self._conn, self._sealer)
+            self._memory, self._ids, self._dirty = loaded.state, loaded.ids, loaded.dirty
+            self._sealed = loaded.sealed
             for hook in self._hooks:
                 await hook.reload(self._conn)
         except BaseException:
@@ -580,6 +615,11 @@ class LedgerBatch:
         """Have `extra(conn, rows)` stage rows written with the batch (same statement)."""
         self.changed = True
         self.extra.append(extra)
+
+
+def _sealer_of(hooks: Sequence[CommitHook]) -> SnapshotSealer | None:
+    """The hook that seals snapshots, if one does."""
+    return next((hook for hook in hooks if isinstance(hook, SnapshotSealer)), None)
 
 
 def _replayed(tx_id: str, digest: bytes, earlier: PriorOutcome) -> TransactionResult:

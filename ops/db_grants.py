@@ -5,13 +5,17 @@ may `ALTER TABLE ... DISABLE TRIGGER USER` and a superuser may `SET session_repl
 = replica`. The role that migrates owns the tables, so an exchange serving as that role
 holds credentials that can rewrite the ledger. Served as another role, granted here (and
 started with `TOKEX_MIGRATE=0`, since it cannot migrate), it can append to those tables and
-nothing more, and its credentials cannot switch the triggers off.
+nothing more, and its credentials cannot switch the triggers off. The tables it may
+UPDATE and DELETE are not trusted for that: the balance snapshot (`ledger_balances`,
+`ledger_hold_state`, `ledger_snapshot`), which every snapshot rewrites, is sealed by the
+exchange's signing key and not loaded if the seal fails (`ledger.seal`).
 
 What the exchange does with its database (ledger/, market/, ops/): SELECT; INSERT (also
 with ON CONFLICT DO NOTHING and DO UPDATE); UPDATE and DELETE on its mutable tables;
 advisory locks, `pg_locks` and LISTEN/NOTIFY of key revocations (no privilege needed);
-SHOW of durability settings. No TRUNCATE, CREATE, COPY or temporary table. So, on each
-table of the schema:
+`LOCK TABLE` of the balance snapshot's tables while it writes one (EXCLUSIVE mode, allowed
+by UPDATE); SHOW of durability settings. No TRUNCATE, CREATE, COPY or temporary table.
+So, on each table of the schema:
 
 * SELECT and INSERT;
 * UPDATE unless a trigger refuses UPDATE, DELETE unless a trigger refuses DELETE (the

@@ -105,7 +105,8 @@ async def _balances(conn: asyncpg.Connection, upto: int, ledger_size: int) -> li
     the stored entries."""
     if upto == ledger_size:
         # What the exchange holds: its balance snapshot rolled forward through the
-        # journal after it, exactly as the writer recovers it (ledger.store.load_state).
+        # journal after it (ledger.store.load_state), as stored: without the signing key
+        # the seal is not checked, so an edited snapshot shows here as a difference.
         state, _, _ = await load_state(conn)
         held = [(a.owner, a.asset, a.kind, b[0], b[1]) for a, b in state.balances.items()]
         return sorted(r for r in held if r[3] or r[4])

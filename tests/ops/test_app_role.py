@@ -20,6 +20,7 @@ import pytest
 
 from ledger.migrate import SchemaNotCurrent
 from ledger.migrate import migrate as run_migrations
+from market.client import TokexApiError, TokexClient
 from market.schema import load_migrations
 from ops.db_grants import AppRoleRefused, grant_app
 from schemas.market import Side
@@ -225,3 +226,86 @@ def test_serve_without_migrating_as_the_owner_says_it_is_no_boundary(
         pass
     assert server.proc is not None and server.proc.returncode == 0, server.log()
     assert "can switch the ledger's append-only triggers off" in server.log()
+
+
+async def _mint_as_app_role(app_url: str, buyer_id: str, amount: int) -> None:
+    """As the app role, the exchange stopped: a zero-sum edit of the balance snapshot,
+    `amount` from the bank's row to the buyer's cash, and the hold of the buyer's resting
+    bid released into that cash (the hold closed, the buyer's held moved over)."""
+    conn = await asyncpg.connect(app_url)
+    try:
+        cash = await conn.fetchval(
+            "SELECT id FROM ledger_accounts WHERE owner = $1 AND kind = 'cash'", buyer_id
+        )
+        bank = await conn.fetchval("SELECT id FROM ledger_accounts WHERE kind = 'bank'")
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE ledger_balances SET available = available + held + $2, held = 0"
+                " WHERE account_id = $1",
+                cash,
+                amount,
+            )
+            await conn.execute(
+                "UPDATE ledger_balances SET available = available - $2 WHERE account_id = $1",
+                bank,
+                amount,
+            )
+            released = await conn.execute(
+                """UPDATE ledger_hold_state s SET remaining = 0
+                     FROM ledger_holds h
+                    WHERE h.hold_id = s.hold_id AND h.account_id = $1 AND s.remaining > 0""",
+                cash,
+            )
+            assert released == "UPDATE 1"
+    finally:
+        await conn.close()
+
+
+async def test_a_snapshot_edited_as_the_app_role_is_not_loaded_and_cannot_be_spent(
+    db_url: str, app_role: AppRole, tmp_path: Path
+) -> None:
+    """The app role may rewrite the balance snapshot (snapshots do), but what it writes
+    there is not loaded: the snapshot is sealed by the exchange's key (`ledger.seal`)."""
+    assert tokex("db", "grant-app", app_role.name, env={"DATABASE_URL": db_url}).returncode == 0
+    app_url = app_role.url(db_url)
+    server = ServerProcess(database_url=app_url, data_dir=tmp_path, env={"TOKEX_MIGRATE": "0"})
+
+    async def buyer_cash() -> tuple[int, int]:
+        buyer = TokexClient(server.base_url, key_id, private_key)
+        try:
+            [cash] = [b for b in await buyer.balances() if b.kind == "cash"]
+        finally:
+            await buyer.aclose()
+        return cash.available, cash.held
+
+    with server:
+        market = await small_market(app_url, server.base_url)
+        try:
+            bid = await market.buyer.place_order(order("bid-1", Side.BUY, 10_000, 3_000))
+            assert bid.status == "open"  # rests, holding the buyer's cash
+            buyer_id = market.buyer_id
+            assert market.buyer.key_id is not None and market.buyer.private_key is not None
+            key_id, private_key = market.buyer.key_id, market.buyer.private_key
+            before = await buyer_cash()
+        finally:
+            await market.aclose()
+    assert before[1] > 0
+    with server:  # an untampered restart loads the sealed snapshot
+        assert await buyer_cash() == before
+    assert "is not loaded" not in server.log()
+
+    await _mint_as_app_role(app_url, buyer_id, 9_000_000)
+    with server:
+        assert await buyer_cash() == before
+        buyer = TokexClient(server.base_url, key_id, private_key)
+        try:
+            with pytest.raises(TokexApiError) as refused:
+                await buyer.withdraw("wd-mint", 9_000_000)
+            assert refused.value.code == "insufficient_funds"
+            await buyer.cancel_order(bid.order_id)  # the hold is still there to release
+            assert await buyer_cash() == (before[0] + before[1], 0)
+        finally:
+            await buyer.aclose()
+    assert f"{buyer_id}|USD|cash: snapshot ({before[0] + before[1] + 9_000_000}, 0)" in (
+        server.log()
+    )

@@ -213,6 +213,7 @@ RECORDED = [
     (15, "gateway_call_owner", "market/migrations"),
     (16, "inference_key_signature", "market/migrations"),
     (17, "stream_signatures", "market/migrations"),
+    (18, "snapshot_seal", "ledger/migrations"),
 ]
 
 
