@@ -210,6 +210,16 @@ _OPENAI_REQUEST: Final = {
 }
 
 
+#: A metered call with `"stream": true`: its 200 is server-sent events, not JSON.
+_EVENT_STREAM: Final = {
+    "schema": {
+        "type": "string",
+        "description": 'With `"stream": true`: server-sent events, `data: {chunk}` lines '
+        "(OpenAI's chunks), then `data: [DONE]`",
+    }
+}
+
+
 class Auth(StrEnum):
     PUBLIC = "public"
     SIGNED = "signed"
@@ -397,6 +407,9 @@ def _finish_operation(
                 "application/json": {"schema": {}},
                 "text/csv; charset=utf-8": {"schema": {"type": "string"}},
             }
+    if auth is Auth.BEARER and key.startswith("POST"):  # the metered calls, streamed or not
+        for response in kept.values():
+            response.setdefault("content", {})["text/event-stream"] = _EVENT_STREAM
     ref = OPENAI_ERROR_REF if auth is Auth.BEARER else ERROR_REF
     for status, codes in documented_errors(key, path, operation, handler).items():
         kept[str(status)] = _error_response(status, codes, ref, auth is Auth.BEARER)

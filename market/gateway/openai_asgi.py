@@ -1,8 +1,10 @@
 """The metered routes of `/openai/v1` as a bare ASGI app, in front of Litestar's router.
 
 `POST /openai/v1/chat/completions` and `POST /openai/v1/completions` are the gateway's
-hot path. `OpenAICalls(app, serve_call)` answers exactly these two (POST, the exact path)
-with `serve_call` and passes everything else to `app`. `ops.app.create_app` puts it
+hot path. `OpenAICalls(app, serve_call)` answers exactly these two (POST, the exact path,
+no query string) with `serve_call` and passes everything else to `app`: a query string to
+Litestar's route, which refuses it (400 `unknown_query_parameter`, as `GET /models` and
+every route of the API do; these routes take none). `ops.app.create_app` puts it
 inside `ops.observe` (request id, access log and request metrics, as for every route:
 it sets the route template for them) and in front of Litestar's exception handling,
 router and middleware chain, with the two pieces of that chain these routes need
@@ -65,6 +67,7 @@ class OpenAICalls:
             scope["type"] == ScopeType.HTTP
             and scope.get("method") == "POST"
             and scope["path"] in ROUTES
+            and not scope.get("query_string")
         ):
             scope["path_template"] = scope["path"]
             await self.serve(scope, receive, send)

@@ -192,3 +192,12 @@ async def test_every_time_on_the_http_wire_names_its_unit(doc: dict[str, Any]) -
                   if p.get("deprecated")]  # fmt: skip
     assert sorted(set(deprecated)) == ["from_time", "to_time"]
     assert doc["components"]["schemas"]["PlaceOrder"]["properties"]["expire_at"]["deprecated"]
+
+
+async def test_the_metered_calls_document_their_event_stream(doc: dict[str, Any]) -> None:
+    """With `"stream": true` a metered call answers 200 `text/event-stream`: documented
+    beside the JSON answer."""
+    for key in ("POST /openai/v1/chat/completions", "POST /openai/v1/completions"):
+        content = operations(doc)[key]["responses"]["200"]["content"]
+        assert {"application/json", "text/event-stream"} <= set(content), (key, content)
+        assert content["text/event-stream"]["schema"]["type"] == "string"
