@@ -122,6 +122,12 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return error_response(status, exc.code, exc.message, headers)
 
 
+#: Litestar's complaint of a body route sent no body: the `KeyError` of its missing
+#: `data` argument, "'data'" (`_signature.model`), said in words instead.
+_NO_BODY = repr("data")
+NO_BODY_MESSAGE = "this route needs a JSON body, and the request has none"
+
+
 def _validation_message(request: Request[Any, Any, Any], exc: HTTPException) -> str:
     """Say which field is wrong, from Litestar's `extra` list of decoder complaints, by
     the name the client sent (a query parameter's alias, not the handler's argument)."""
@@ -132,6 +138,9 @@ def _validation_message(request: Request[Any, Any, Any], exc: HTTPException) -> 
                 text = str(item.get("message", "")).strip()
                 key, source = item.get("key"), item.get("source")
                 source = getattr(source, "value", source)  # ParamType enum -> "query"
+                if source == "body" and key == "data" and text == _NO_BODY:
+                    parts.append(NO_BODY_MESSAGE)
+                    continue
                 if source == "query" and isinstance(key, str):
                     key = query_alias(request, key)
                 where = f"{source} {key}" if source and key else (key or source)
