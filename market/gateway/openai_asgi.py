@@ -35,7 +35,7 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from market.asgi import header
+from market.asgi import CLIENT_CLOSED, header
 from market.gateway.errors import PayloadTooLarge, answer_of
 from market.gateway.openai_api import MAX_BODY_BYTES, authorize
 from market.gateway.service import CHARGE_HEADER, RECEIPT_HEADER, Answer
@@ -104,8 +104,9 @@ async def serve_call(scope: Scope, receive: Receive, send: Send) -> None:
             state, None if authorization is None else authorization.decode("latin-1")
         )
         raw = await read_body(scope, receive)
-        if raw is None:
-            return  # nothing reserved yet: nobody to answer
+        if raw is None:  # nothing reserved yet: nobody to answer, and no server error
+            await _send_closed(send)
+            return
         answer = await gateway.call(grant, ROUTES[scope["path"]], raw)
     except Exception as exc:
         await _send_error(send, *answer_of(exc, state.get("database_supervisor")))
@@ -114,6 +115,13 @@ async def serve_call(scope: Scope, receive: Receive, send: Send) -> None:
         await _send_body(send, answer)
     else:
         await _send_stream(send, receive, answer)
+
+
+async def _send_closed(send: Send) -> None:
+    """The answer, to nobody, to a client that hung up before its body was in: recorded by
+    `ops.observe` as `CLIENT_CLOSED` (499), not as the 500 of an app that sent nothing."""
+    await send({"type": "http.response.start", "status": CLIENT_CLOSED, "headers": []})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _send_error(send: Send, status: int, body: dict[str, Any], extra: dict[str, str]) -> None:
