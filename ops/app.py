@@ -59,7 +59,7 @@ from ops.dashboard.routes import dashboard_routes
 from ops.database import CONNECTION_ERRORS, DatabaseUnreachable, database_url, open_pool
 from ops.errors import exception_handlers
 from ops.metrics import metrics
-from ops.middleware import DatabaseGate, PrivateNoStore, RefuseNulBytes
+from ops.middleware import AnswerOptions, DatabaseGate, PrivateNoStore, RefuseNulBytes
 from ops.observe import observe
 from ops.openapi import openapi_config
 from ops.ready import ready
@@ -220,6 +220,8 @@ def create_app(
         debug=debug,
         logging_config=None,  # logging is the process's business (the CLI sets it up)
     )
+    # OPTIONS, before authentication: 204 and the route's methods (ops.middleware)
+    app.asgi_handler = AnswerOptions(app.asgi_handler, app)
     # the gateway's metered calls, in front of Litestar's router and middleware, with the
     # NUL check and the database gate (market.gateway.openai_asgi)
     calls = RefuseNulBytes(DatabaseGate(serve_call))

@@ -18,6 +18,9 @@
   OpenAI's shape; so do the answers made here for those paths before a route runs
   (`error_bytes`: the middleware's 400 and 503), the router's 404 and 405 (no gateway
   route matched) and a database out of reach.
+* A client that hung up before its body was in (Litestar's 500 "client disconnected
+  prematurely"): no answer reaches it; a line at info and the status 499 for the access
+  line and the metrics (`client_closed`), not a server error.
 * Anything else: 500 `internal_error` with a generic message; the traceback
   goes to the log, never to the client.
 """
@@ -36,6 +39,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
 from ledger.outage import CLIENT_FAULTS, DATABASE_DOWN
+from market.asgi import CLIENT_CLOSED, client_left
 from market.gateway.errors import error_body as openai_error_body
 from market.sequencer.errors import ExchangeBusy
 from ops.logs import clipped
@@ -122,6 +126,12 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return error_response(status, exc.code, exc.message, headers)
 
 
+#: Litestar's complaint of a body route sent no body: the `KeyError` of its missing
+#: `data` argument, "'data'" (`_signature.model`), said in words instead.
+_NO_BODY = repr("data")
+NO_BODY_MESSAGE = "this route needs a JSON body, and the request has none"
+
+
 def _validation_message(request: Request[Any, Any, Any], exc: HTTPException) -> str:
     """Say which field is wrong, from Litestar's `extra` list of decoder complaints, by
     the name the client sent (a query parameter's alias, not the handler's argument)."""
@@ -132,6 +142,9 @@ def _validation_message(request: Request[Any, Any, Any], exc: HTTPException) -> 
                 text = str(item.get("message", "")).strip()
                 key, source = item.get("key"), item.get("source")
                 source = getattr(source, "value", source)  # ParamType enum -> "query"
+                if source == "body" and key == "data" and text == _NO_BODY:
+                    parts.append(NO_BODY_MESSAGE)
+                    continue
                 if source == "query" and isinstance(key, str):
                     key = query_alias(request, key)
                 where = f"{source} {key}" if source and key else (key or source)
@@ -145,6 +158,8 @@ def _validation_message(request: Request[Any, Any, Any], exc: HTTPException) -> 
 
 
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if client_left(exc):
+        return client_closed(request)
     status = exc.status_code
     code = CODE_OF_STATUS.get(status) or f"http_{status}"
     if status >= 500:
@@ -166,6 +181,15 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         body = openai_error_body(status, code, message)
         return Response(body, status_code=status, headers=headers, media_type="application/json")
     return error_response(status, code, message, headers)
+
+
+def client_closed(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The client hung up before its request was in (it declared more body than it sent):
+    nobody to answer, so a line at info, and the answer (to no one) `CLIENT_CLOSED`, 499,
+    so the access line and the request metrics count no server error."""
+    path = clipped(request.url.path)
+    log.info("%s %s: the client went away before its request was in", request.method, path)
+    return Response(b"", status_code=CLIENT_CLOSED)
 
 
 def database_unavailable(retry_after_s: int = RETRY_AFTER_S) -> Response[ErrorBody]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from litestar import Litestar
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
+from litestar.routes import HTTPRoute
 from litestar.types import (
     ASGIApp,
     HTTPResponseBodyEvent,
@@ -14,6 +17,7 @@ from litestar.types import (
     WebSocketAcceptEvent,
     WebSocketCloseEvent,
 )
+from litestar.utils import normalize_path
 
 from ops.errors import DATABASE_UNAVAILABLE_CODE, DATABASE_UNAVAILABLE_MESSAGE, error_bytes
 
@@ -158,3 +162,61 @@ class PrivateNoStore:
             await send(message)
 
         await self.app(scope, receive, send_no_store)
+
+
+class AnswerOptions:
+    """`OPTIONS` on a route: 204 with `Allow` naming the route's methods, for anyone.
+
+    Litestar answers OPTIONS itself, but behind the app's middleware (401
+    `missing_signature` unsigned, public routes included), through `ops.wire.strict_query`,
+    and for a path whose handlers come from more than one router or controller (`GET` and
+    `POST /v1/orders`) with the methods of the first only: its OPTIONS handler keeps the
+    route it was made for. The answer carries no data, so it is made here, before
+    authentication and the database gate, from the app's final routes. A path no route
+    matches, and a route with an OPTIONS handler of its own, go on to Litestar.
+    """
+
+    def __init__(self, app: ASGIApp, litestar: Litestar) -> None:
+        self.app = app
+        self.router = litestar.asgi_router
+        #: id of a route's own OPTIONS handler -> (the handler, kept alive; its `Allow`)
+        self.allow: dict[int, tuple[object, bytes]] = {}
+        for route in litestar.routes:
+            if not isinstance(route, HTTPRoute) or "OPTIONS" not in route.route_handler_map:
+                continue
+            handler = route.route_handler_map["OPTIONS"][0]
+            if getattr(handler.fn, "__qualname__", "").startswith("HTTPRoute.create_options"):
+                self.allow[id(handler)] = (handler, ", ".join(sorted(route.methods)).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allow = None
+        if scope["type"] == ScopeType.HTTP and scope.get("method") == "OPTIONS":
+            allow = self._allow(scope)
+        if allow is None:
+            await self.app(scope, receive, send)
+            return
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [(b"allow", allow)],
+        }
+        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(start)
+        await send(end)
+
+    def _allow(self, scope: Scope) -> bytes | None:
+        """The route's `Allow` (its template set for the access line), or None: not ours."""
+        path = scope["path"]
+        if root_path := scope.get("root_path", ""):
+            path = path.split(root_path, maxsplit=1)[-1]
+        try:
+            _, handler, _, _, template = self.router.handle_routing(
+                path=normalize_path(path), method="OPTIONS"
+            )
+        except HTTPException:  # no such route (404), or no OPTIONS on it
+            return None
+        found = self.allow.get(id(handler))
+        if found is None:
+            return None
+        scope["path_template"] = template
+        return found[1]

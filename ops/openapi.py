@@ -17,6 +17,8 @@ then replaces everything else, in one place, for every route:
   inference keys on `/openai/v1`.
 * examples: request bodies of the main commands (`REQUEST_EXAMPLES`); summaries in words
   (the docstring's first sentence) where Litestar made one of the handler's name.
+* integer bounds exactly as the code checks them (`ops.openapi_bounds`: Litestar's are
+  floats, 2**63 - 1 written as 2**63, and a bound of 0 on an optional value dropped).
 * structs sent as JSON arrays (a book level `[price, quantity, orders]`) are documented
   as arrays (`ARRAY_LIKE`), not as the objects Litestar takes them for.
 
@@ -44,6 +46,7 @@ from litestar.static_files import create_static_files_router
 from market.auth import PUBLIC_OPT_KEY, PUBLIC_PATH_PREFIXES
 from market.gateway.errors import error_body
 from market.signing import HEADER_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from ops.openapi_bounds import exact_bounds
 from ops.openapi_errors import (
     AUTH_401_CODES,
     FORBIDDEN_ROLE,
@@ -210,6 +213,16 @@ _OPENAI_REQUEST: Final = {
 }
 
 
+#: A metered call with `"stream": true`: its 200 is server-sent events, not JSON.
+_EVENT_STREAM: Final = {
+    "schema": {
+        "type": "string",
+        "description": 'With `"stream": true`: server-sent events, `data: {chunk}` lines '
+        "(OpenAI's chunks), then `data: [DONE]`",
+    }
+}
+
+
 class Auth(StrEnum):
     PUBLIC = "public"
     SIGNED = "signed"
@@ -256,6 +269,7 @@ def finish(generated: dict[str, Any], handlers: dict[str, HTTPRouteHandler]) -> 
                 key = f"{method.upper()} {path}"
                 _finish_operation(key, path, operation, handlers.get(key))
     _mark_deprecated(doc)
+    exact_bounds(doc, handlers)  # Litestar's bounds are floats (ops.openapi_bounds)
     return doc
 
 
@@ -397,6 +411,9 @@ def _finish_operation(
                 "application/json": {"schema": {}},
                 "text/csv; charset=utf-8": {"schema": {"type": "string"}},
             }
+    if auth is Auth.BEARER and key.startswith("POST"):  # the metered calls, streamed or not
+        for response in kept.values():
+            response.setdefault("content", {})["text/event-stream"] = _EVENT_STREAM
     ref = OPENAI_ERROR_REF if auth is Auth.BEARER else ERROR_REF
     for status, codes in documented_errors(key, path, operation, handler).items():
         kept[str(status)] = _error_response(status, codes, ref, auth is Auth.BEARER)

@@ -280,6 +280,7 @@ _OPENAI_UNAVAILABLE: Final = (
 OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
     "GET /openai/v1/models": (
         (400, "invalid_request"),
+        (400, "unknown_query_parameter"),  # ops.wire.strict_query: these routes take none
         (401, "invalid_api_key"),
         *_OPENAI_UNAVAILABLE,
     ),
@@ -287,6 +288,7 @@ OPENAI_ERRORS: Final[dict[str, tuple[ErrorSpec, ...]]] = {
         ("POST /openai/v1/chat/completions", "POST /openai/v1/completions"),
         (
             (400, "invalid_request"),
+            (400, "unknown_query_parameter"),
             (400, "unsupported_parameter"),
             (400, "upstream_refused"),
             (401, "invalid_api_key"),

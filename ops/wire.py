@@ -30,7 +30,7 @@ import types
 import typing
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request
@@ -53,6 +53,7 @@ _DECIMAL = re.compile(r"-?[0-9]+")
 #: An integer path parameter as a client must write it (Litestar's `:int` takes what
 #: `int()` takes: `0_3`, `+3`, other scripts' digits).
 _PATH_INT = re.compile(r"[0-9]{1,19}")
+_T = TypeVar("_T")
 
 
 class InvalidRequest(DomainError):
@@ -82,17 +83,34 @@ _QUERY_ALIASES: weakref.WeakKeyDictionary[BaseRouteHandler, dict[str, str]]
 _QUERY_ALIASES = weakref.WeakKeyDictionary()
 
 
+def _cached(
+    cache: weakref.WeakKeyDictionary[BaseRouteHandler, _T],
+    handler: BaseRouteHandler,
+    make: Callable[[BaseRouteHandler], _T],
+) -> _T:
+    """`make(handler)`, once per handler. Litestar's own OPTIONS handlers cannot be weakly
+    referenced (a `TypeError` from the cache): theirs is made each time, never a 500."""
+    try:
+        return cache[handler]
+    except KeyError:
+        pass
+    except TypeError:
+        return make(handler)
+    value = cache[handler] = make(handler)
+    return value
+
+
 def _body_decoder(handler: BaseRouteHandler) -> msgspec.json.Decoder[Any] | None:
-    if handler in _BODY_DECODERS:
-        return _BODY_DECODERS[handler]
+    return _cached(_BODY_DECODERS, handler, _make_body_decoder)
+
+
+def _make_body_decoder(handler: BaseRouteHandler) -> msgspec.json.Decoder[Any] | None:
     field = handler.parsed_fn_signature.parameters.get("data")
-    decoder: msgspec.json.Decoder[Any] | None = None
     kwarg = field.kwarg_definition if field is not None else None
     is_json = not isinstance(kwarg, BodyKwarg) or kwarg.media_type == RequestEncodingType.JSON
     if field is not None and is_json:
-        decoder = msgspec.json.Decoder(field.annotation, strict=True)
-    _BODY_DECODERS[handler] = decoder
-    return decoder
+        return msgspec.json.Decoder(field.annotation, strict=True)
+    return None
 
 
 class StrictRequest(Request[Any, Any, Any]):
@@ -141,10 +159,7 @@ def _is_int(annotation: Any) -> bool:
 
 def _list_queries(handler: BaseRouteHandler) -> frozenset[str]:
     """The names of the handler's query parameters that take several values (a list)."""
-    names = _LIST_QUERIES.get(handler)
-    if names is None:
-        names = _LIST_QUERIES[handler] = frozenset(_queries_where(handler, _is_list))
-    return names
+    return _cached(_LIST_QUERIES, handler, lambda h: frozenset(_queries_where(h, _is_list)))
 
 
 def _is_list(annotation: Any) -> bool:
@@ -155,10 +170,7 @@ def _is_list(annotation: Any) -> bool:
 
 
 def _int_queries(handler: BaseRouteHandler) -> tuple[str, ...]:
-    names = _INT_QUERIES.get(handler)
-    if names is None:
-        names = _INT_QUERIES[handler] = tuple(_queries_where(handler, _is_int))
-    return names
+    return _cached(_INT_QUERIES, handler, lambda h: tuple(_queries_where(h, _is_int)))
 
 
 def _queries_where(handler: BaseRouteHandler, test: Callable[[Any], bool]) -> list[str]:
@@ -178,14 +190,14 @@ def _queries_where(handler: BaseRouteHandler, test: Callable[[Any], bool]) -> li
 def _query_aliases(handler: BaseRouteHandler, path_params: Any) -> dict[str, str]:
     """The handler's query parameters (its own and its dependencies'), from the same
     kwargs model Litestar builds for it."""
-    aliases = _QUERY_ALIASES.get(handler)
-    if aliases is None:
+
+    def make(handler: BaseRouteHandler) -> dict[str, str]:
         # Only the path parameters' names are read (to tell them from query ones).
         names: dict[str, Any] = dict.fromkeys(path_params)
         model = handler.create_kwargs_model(path_parameters=names)
-        aliases = {p.field_name: p.field_alias for p in model.expected_query_params}
-        _QUERY_ALIASES[handler] = aliases
-    return aliases
+        return {p.field_name: p.field_alias for p in model.expected_query_params}
+
+    return _cached(_QUERY_ALIASES, handler, make)
 
 
 def _check_int_segments(template: str, path: str, params: dict[str, Any]) -> None:

@@ -1,8 +1,10 @@
 """The metered routes of `/openai/v1` as a bare ASGI app, in front of Litestar's router.
 
 `POST /openai/v1/chat/completions` and `POST /openai/v1/completions` are the gateway's
-hot path. `OpenAICalls(app, serve_call)` answers exactly these two (POST, the exact path)
-with `serve_call` and passes everything else to `app`. `ops.app.create_app` puts it
+hot path. `OpenAICalls(app, serve_call)` answers exactly these two (POST, the exact path,
+no query string) with `serve_call` and passes everything else to `app`: a query string to
+Litestar's route, which refuses it (400 `unknown_query_parameter`, as `GET /models` and
+every route of the API do; these routes take none). `ops.app.create_app` puts it
 inside `ops.observe` (request id, access log and request metrics, as for every route:
 it sets the route template for them) and in front of Litestar's exception handling,
 router and middleware chain, with the two pieces of that chain these routes need
@@ -33,7 +35,7 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from market.asgi import header
+from market.asgi import CLIENT_CLOSED, header
 from market.gateway.errors import PayloadTooLarge, answer_of
 from market.gateway.openai_api import MAX_BODY_BYTES, authorize
 from market.gateway.service import CHARGE_HEADER, RECEIPT_HEADER, Answer
@@ -65,6 +67,7 @@ class OpenAICalls:
             scope["type"] == ScopeType.HTTP
             and scope.get("method") == "POST"
             and scope["path"] in ROUTES
+            and not scope.get("query_string")
         ):
             scope["path_template"] = scope["path"]
             await self.serve(scope, receive, send)
@@ -101,8 +104,9 @@ async def serve_call(scope: Scope, receive: Receive, send: Send) -> None:
             state, None if authorization is None else authorization.decode("latin-1")
         )
         raw = await read_body(scope, receive)
-        if raw is None:
-            return  # nothing reserved yet: nobody to answer
+        if raw is None:  # nothing reserved yet: nobody to answer, and no server error
+            await _send_closed(send)
+            return
         answer = await gateway.call(grant, ROUTES[scope["path"]], raw)
     except Exception as exc:
         await _send_error(send, *answer_of(exc, state.get("database_supervisor")))
@@ -111,6 +115,13 @@ async def serve_call(scope: Scope, receive: Receive, send: Send) -> None:
         await _send_body(send, answer)
     else:
         await _send_stream(send, receive, answer)
+
+
+async def _send_closed(send: Send) -> None:
+    """The answer, to nobody, to a client that hung up before its body was in: recorded by
+    `ops.observe` as `CLIENT_CLOSED` (499), not as the 500 of an app that sent nothing."""
+    await send({"type": "http.response.start", "status": CLIENT_CLOSED, "headers": []})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _send_error(send: Send, status: int, body: dict[str, Any], extra: dict[str, str]) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import msgspec
+
 from market.book import OrderBook, default_tif
 from market.book_state import size_and_price_reason, skips_own
 from market.clearing import rules as settlement
@@ -49,9 +51,11 @@ MAX_NOTIONAL_NOT_ALLOWED = "max_notional_not_allowed"
 def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
     """Place an order, or answer a retry (same client order id) with the first one."""
     key = (account_id, req.client_order_id)
-    request_digest = digest(req)
+    request_digest = digest(_tif_resolved(req))
     conflict = f"client order id {req.client_order_id} was used for another order"
     earlier = batch.prior.orders.get(key) or batch.placed.get(key)
+    if earlier is not None and earlier.request_digest == _digest_before_resolving(req):
+        request_digest = earlier.request_digest  # stored before the default was resolved
     if replayed(earlier, request_digest, conflict):
         assert earlier is not None
         return batch.market.live.get(earlier.order_id, earlier)
@@ -95,6 +99,23 @@ def place(batch: Batch, account_id: str, req: PlaceOrder) -> OrderRow:
     if row.status == "open":
         batch.opened[account_id] = batch.opened.get(account_id, 0) + 1
     return row
+
+
+def _tif_resolved(req: PlaceOrder) -> PlaceOrder:
+    """`req` with its time in force named: no `tif` and the order type's default are one
+    request, so a retry that spells the default out is the same order, not a conflict."""
+    if req.tif is not None:
+        return req
+    return msgspec.structs.replace(req, tif=default_tif(req.order_type))
+
+
+def _digest_before_resolving(req: PlaceOrder) -> bytes | None:
+    """The digest an order of the default time in force was stored under before it was
+    resolved (no `tif`: `digest` of the request as it came), so that a retry of one,
+    naming the default or not, still matches it; None if `req` names another."""
+    if req.tif is not None and req.tif is not default_tif(req.order_type):
+        return None
+    return digest(msgspec.structs.replace(req, tif=None))
 
 
 TOO_MANY_OPEN_ORDERS = "too_many_open_orders"

@@ -247,6 +247,51 @@ async def test_client_order_id_is_idempotent_per_account(seq: Sequencer, db_url:
     assert cash(seq, "b1")[1] == 50_100  # held once
 
 
+async def test_a_retry_naming_the_default_time_in_force_is_the_same_order(
+    seq: Sequencer,
+) -> None:
+    """No `tif` and the default spelled out (`"tif": "gtc"` on a limit order) are one
+    order, whichever came first; another time in force under the same id is a conflict."""
+    first = await place(seq, "b1", order("dflt", Side.BUY, 10_000, 5_000))
+    spelled = await place(seq, "b1", order("dflt", Side.BUY, 10_000, 5_000, tif=TimeInForce.GTC))
+    assert spelled.order_id == first.order_id
+    named = await place(seq, "b1", order("named", Side.BUY, 10_000, 5_000, tif=TimeInForce.GTC))
+    again = await place(seq, "b1", order("named", Side.BUY, 10_000, 5_000))
+    assert again.order_id == named.order_id and again.tif is TimeInForce.GTC
+    with pytest.raises(IdempotencyConflict):
+        await seq.submit(PlaceOp("b1", order("dflt", Side.BUY, 10_000, 5_000, tif=TimeInForce.IOC)))
+    assert cash(seq, "b1")[1] == 2 * 50_100  # two orders held, not four
+
+
+async def test_an_order_stored_before_its_default_tif_was_resolved_still_matches_retries(
+    db_url: str,
+) -> None:
+    """An order stored under the digest of the request as it came (no `tif`: what
+    orders were stored under before the default was resolved for it) is still the order
+    a retry names, with or without `"tif": "gtc"`, after a restart."""
+    s = await Sequencer.open(db_url, clock=Clock())
+    await setup_market(s)
+    plain = order("old", Side.BUY, 10_000, 5_000)
+    first = await place(s, "b1", plain)
+    await s.close()
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "UPDATE market_orders SET request_digest = $1 WHERE order_id = $2",
+            digest(plain), first.order_id,
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    s = await Sequencer.open(db_url, clock=Clock())
+    try:
+        for retry in (plain, order("old", Side.BUY, 10_000, 5_000, tif=TimeInForce.GTC)):
+            assert (await place(s, "b1", retry)).order_id == first.order_id
+        with pytest.raises(IdempotencyConflict):
+            await s.submit(PlaceOp("b1", order("old", Side.BUY, 20_000, 5_000)))
+    finally:
+        await s.close()
+
+
 def test_an_orders_digest_is_the_one_stored_before_expire_at_was_renamed() -> None:
     """Digests of orders stored before `expire_at` became `expire_at_ms` on the wire (the
     hex values are what that version computed): a retry across the upgrade, by either

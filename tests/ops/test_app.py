@@ -184,6 +184,19 @@ async def test_invalid_body_says_which_field(client: AsyncTestClient) -> None:  
     assert "quantity" in response.json()["message"]
 
 
+@pytest.mark.parametrize("headers", [{"content-type": "application/json"}, {}])
+async def test_a_body_route_sent_no_body_says_it_needs_one(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    headers: dict[str, str],
+) -> None:
+    response = await client.post("/test/orders", content=b"", headers=headers)
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": "invalid_request",
+        "message": "this route needs a JSON body, and the request has none",
+    }  # not Litestar's KeyError, "'data'"
+
+
 async def test_valid_body_round_trips(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
     response = await client.post("/test/orders", json={"instrument": "x", "quantity": 3000})
     assert response.status_code == 201

@@ -192,3 +192,36 @@ async def test_every_time_on_the_http_wire_names_its_unit(doc: dict[str, Any]) -
                   if p.get("deprecated")]  # fmt: skip
     assert sorted(set(deprecated)) == ["from_time", "to_time"]
     assert doc["components"]["schemas"]["PlaceOrder"]["properties"]["expire_at"]["deprecated"]
+
+
+async def test_the_metered_calls_document_their_event_stream(doc: dict[str, Any]) -> None:
+    """With `"stream": true` a metered call answers 200 `text/event-stream`: documented
+    beside the JSON answer."""
+    for key in ("POST /openai/v1/chat/completions", "POST /openai/v1/completions"):
+        content = operations(doc)[key]["responses"]["200"]["content"]
+        assert {"application/json", "text/event-stream"} <= set(content), (key, content)
+        assert content["text/event-stream"]["schema"]["type"] == "string"
+
+
+async def test_integer_bounds_are_the_exact_integers_the_code_checks(doc: dict[str, Any]) -> None:
+    """Found in review: Litestar wrote every bound as a float (`le=2**63 - 1` became
+    9.223372036854776e+18, 2**63, one above what the server takes) and dropped a bound of
+    0 on an optional value (`to_index` had no minimum)."""
+    keys = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    bounds = [node[key] for node in walk(doc) if isinstance(node, dict)
+              for key in keys if key in node and not isinstance(node[key], dict)]  # fmt: skip
+    assert len(bounds) > 50
+    assert [b for b in bounds if type(b) is not int] == []
+
+    def params(key: str) -> dict[str, Any]:
+        return {p["name"]: p["schema"] for p in operations(doc)[key]["parameters"]}
+
+    from_size = params("GET /v1/ledger/checkpoints")["from_size"]
+    assert (from_size["minimum"], from_size["maximum"]) == (0, 2**63 - 1)
+    to_index = params("GET /v1/audit/export")["to_index"]
+    assert (to_index["minimum"], to_index["maximum"]) == (0, 2**62)
+    place = doc["components"]["schemas"]["PlaceOrder"]["properties"]
+    assert (place["quantity"]["exclusiveMinimum"], place["quantity"]["maximum"]) == (0, 2**62)
+    assert (place["price"]["exclusiveMinimum"], place["price"]["maximum"]) == (0, 2**62)
+    proof = doc["components"]["schemas"]["InclusionProof"]["properties"]
+    assert proof["tree_size"]["maximum"] == 2**63 - 1

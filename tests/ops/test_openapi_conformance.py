@@ -321,3 +321,22 @@ async def test_answers_made_before_any_route_keep_the_shape_of_the_routes_path(
     tokex = await world["buyer"].call("GET", "/v1/balances?x=%00")
     assert tokex.status_code == 400 and tokex.json()["code"] == "invalid_request"
     assert undocumented(doc, "GET /v1/balances", tokex) == []
+
+
+@pytest.mark.parametrize("key", sorted(OPENAI_ERRORS))
+async def test_the_gateway_refuses_a_query_string_as_documented(
+    key: str, world: World, doc: dict[str, Any]
+) -> None:
+    """The gateway's routes take no query parameters: one, or one given twice, is 400
+    `unknown_query_parameter` in OpenAI's shape on each (the metered calls' lean path
+    once ignored it), and the document lists that code."""
+    method = key.split()[0]
+    path, _, body = GOOD[key](world)
+    headers = _headers(world, world["buyer"], key)
+    for params in ({"foo": "1"}, {"foo": ["1", "2"]}):
+        response = await world["buyer"].call(
+            method, path, json=body, params=params, headers=headers
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "unknown_query_parameter"
+        assert undocumented(doc, key, response) == []

@@ -9,8 +9,12 @@ from dataclasses import dataclass
 
 import msgspec
 import pytest
+from litestar import Litestar, get
+from litestar.testing import TestClient
 
 from market.client import TokexApiError, TokexClient
+from ops.errors import exception_handlers
+from ops.wire import strict_query
 from schemas.accounts import Role
 from schemas.market import Side
 from schemas.trading import CreateInstrument, PlaceOrder
@@ -211,3 +215,19 @@ async def test_a_lot_larger_than_a_provider_may_list_is_refused(parties: Parties
         "POST", "/v1/instruments", json=msgspec.Raw((body % 10**15).encode())
     )
     assert made["lot_size"] == 10**15
+
+
+def test_strict_query_on_litestars_own_options_handler_is_a_400_not_a_500() -> None:
+    """Litestar's OPTIONS handlers cannot be weakly referenced (the caches of `ops.wire`
+    are keyed so): a query on one is refused like any other route's, never a 500. (The
+    exchange's app answers OPTIONS before this, `ops.middleware.AnswerOptions`.)"""
+
+    @get("/x", sync_to_thread=False)
+    def x() -> None:
+        return None
+
+    app = Litestar([x], before_request=strict_query, exception_handlers=exception_handlers())
+    with TestClient(app) as client:
+        response = client.options("/x?y=1")
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "unknown_query_parameter"

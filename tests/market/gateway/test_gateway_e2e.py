@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -399,3 +400,41 @@ async def test_an_unknown_path_or_method_under_openai_v1_is_in_openais_shape(
             assert path in error["message"]
         tokex = await http.get(m.proc.base_url + "/v1/nothing")  # elsewhere: tokex's shape
         assert tokex.status_code == 404 and set(tokex.json()) == {"code", "message"}
+
+
+def _requests_counted(base_url: str, route: str) -> dict[str, float]:
+    """`tokex_http_requests_total` of POST `route`, by status, as the server reports it."""
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    line = re.compile(
+        r'^tokex_http_requests_total\{method="POST",route="' + re.escape(route)
+        + r'",status="(\d+)"\} (\S+)$', re.M,
+    )  # fmt: skip
+    return {status: float(value) for status, value in line.findall(text)}
+
+
+async def test_a_buyer_who_hangs_up_before_the_body_is_in_is_no_500_and_charged_nothing(
+    market: Market, db_url: str
+) -> None:
+    """Found in review: a client that declared a longer body than it sent and hung up
+    was counted as a server error (the lean path sent nothing, recorded as a 500): it is
+    a 499 now, and no call was made."""
+    m = market
+    url = httpx.URL(m.proc.base_url)
+    assert url.port is not None
+    _, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: tokex\r\nAuthorization: Bearer "
+        + (await m.key()).encode()
+        + b'\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model": '
+    )
+    await writer.drain()
+    await asyncio.sleep(0.5)  # the key checked, the body awaited
+    writer.close()
+    await writer.wait_closed()
+    route = "/openai/v1/chat/completions"
+    deadline = asyncio.get_running_loop().time() + 10
+    while "499" not in (counted := _requests_counted(m.proc.base_url, route)):
+        assert asyncio.get_running_loop().time() < deadline, counted
+        await asyncio.sleep(0.1)
+    assert counted == {"499": 1.0}
+    assert await receipts(db_url) == []
