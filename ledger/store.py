@@ -17,8 +17,11 @@ so the writer seals each snapshot and loads only one whose seal holds
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import socket
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -333,13 +336,77 @@ async def _retire_replayed(
 #: made when a table was small, can keep scanning the whole table on every batch (a join
 #: against unnest() of the batch's keys did: the API bench fell from 3,300 to 2,000 orders/s
 #: as the tables grew). A custom plan per execution sees each table's current size.
-WRITER_SETTINGS = {"application_name": "tokex-writer", "plan_cache_mode": "force_custom_plan"}
+#:
+#: TCP keepalives both ways (ignored on a Unix socket): the server ends the session of a
+#: writer whose connection went dark (a partition) within about half a minute, and with
+#: it the writer lock, which would otherwise stay held until the kernel gives up (hours),
+#: refusing every new writer; the writer's side finds a server gone dark likewise.
+WRITER_SETTINGS = {
+    "application_name": "tokex-writer",
+    "plan_cache_mode": "force_custom_plan",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
+#: The writer's side of its keepalives (idle s, interval s, probes), as `WRITER_SETTINGS`.
+_KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
 
 
 async def connect_writer(dsn: str) -> asyncpg.Connection:
     """A connection for the exchange's single writer (ledger, sequencer)."""
     conn: asyncpg.Connection = await asyncpg.connect(dsn, server_settings=WRITER_SETTINGS)
+    _keep_alive(conn)
     return conn
+
+
+def _keep_alive(conn: asyncpg.Connection) -> None:
+    """TCP keepalives on the writer's socket (asyncpg sets none); nothing on a Unix one."""
+    transport = getattr(conn, "_transport", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE.items():
+        option = getattr(socket, name, None)  # Linux has all three; others may not
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+async def end_writer_sessions(dsn: str, pids: Sequence[int], *, wait_s: float = 2.0) -> int:
+    """End the server sessions `pids` of a writer this process gave up (`Ledger.abandon`)
+    if they are still there, and wait up to `wait_s` for them to go: the old session
+    holds the writer lock until it ends, and one cut off from its client (a partition, a
+    stalled backend) stays until its keepalives fail, refusing the new writer ("another
+    process is already the ledger's writer"). Only sessions of ours (`tokex-writer`).
+    Returns how many are still there (a stalled backend ends once it runs again)."""
+    if not pids:
+        return 0
+    name = WRITER_SETTINGS["application_name"]
+    conn = await asyncpg.connect(dsn, timeout=wait_s)
+    try:
+        left: list[int] = [
+            row[0]
+            for row in await conn.fetch(
+                """SELECT pid FROM (SELECT pid FROM pg_stat_activity
+                                     WHERE pid = ANY($1::int[]) AND application_name = $2
+                                    OFFSET 0) ours
+                    WHERE pg_terminate_backend(pid)""",
+                list(pids),
+                name,
+            )
+        ]
+        deadline = time.monotonic() + wait_s
+        while left and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            left = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", left
+                )
+            ]
+    finally:
+        await conn.close()
+    return len(left)
 
 
 async def connection_alive(conn: asyncpg.Connection) -> bool:

@@ -141,6 +141,9 @@ class Ledger:
         self._tail: asyncio.Future[None] | None = None
         self._staging = False
         self._epoch = 0
+        #: Given up for good (`abandon`): never reconnects, writes or reloads again.
+        self._abandoned = False
+        self._pids: list[int] = []  # its sessions' server pids, when it was abandoned
 
     @classmethod
     async def open(
@@ -197,6 +200,22 @@ class Ledger:
                     with contextlib.suppress(Exception):
                         await self._snapshot_conn.close()
 
+    def abandon(self) -> list[int]:
+        """Give the database up for good (the supervisor found it down): cut the writer's
+        connections, so a commit waiting on a database that froze fails now, and never
+        reconnect, reload or write again; only `close` is left. Returns the server pids
+        of the sessions it had open then: the first holds the writer lock until it ends
+        (`ledger.store.end_writer_sessions`)."""
+        if not self._abandoned:
+            self._abandoned, self._state = True, WriterState.CLOSED
+            conns = [c for c in (self._conn, self._snapshot_conn) if c and not c.is_closed()]
+            self._pids = [conn.get_server_pid() for conn in conns]
+            if self._snapshot_task is not None:
+                self._snapshot_task.cancel()
+            for conn in conns:
+                conn.terminate()
+        return self._pids
+
     async def snapshot(self) -> None:
         """Write the balances and holds changed since the last snapshot, now (recovery
         then replays less). Also waits for a snapshot being written in the background."""
@@ -231,9 +250,8 @@ class Ledger:
         # starts no other. Snapshots are written one at a time, in the order taken, so an
         # older one never lands over a newer one.
         task = self._snapshot_task
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
+        if task is not None:  # not raising its error, nor its cancellation (`abandon`)
+            await asyncio.wait([task])
             if self._snapshot_task is task:
                 self._snapshot_task = None
 
@@ -453,7 +471,8 @@ class Ledger:
             await rows.execute(self._conn)
         except BaseException as exc:
             self._epoch += 1
-            self._state = WriterState.BROKEN  # reloaded once nothing is in flight
+            if not self._abandoned:
+                self._state = WriterState.BROKEN  # reloaded once nothing is in flight
             if isinstance(exc, asyncpg.PostgresError | OSError | ConnectionError):
                 raise LedgerUnavailable(f"the batch could not be committed: {exc}") from exc
             raise
@@ -482,6 +501,8 @@ class Ledger:
         writer lock again first. If that fails too, the writer stays broken and tries
         again before the next batch; nothing is written until it has reloaded.
         """
+        if self._abandoned:
+            raise LedgerUnavailable("the ledger gave its database up; the exchange reopens")
         log.warning("ledger reloading its state from the database")
         self._state = WriterState.RECOVERING
         try:

@@ -105,9 +105,8 @@ class SnapshotWriter:
     async def wait(self) -> None:
         """Until the snapshot being written (if any) is written or has failed."""
         task = self._task
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
+        if task is not None:  # not raising its error, nor its cancellation (`abandon`)
+            await asyncio.wait([task])
 
     async def _write(self, snap: MarketSnapshot) -> None:
         try:
@@ -121,6 +120,15 @@ class SnapshotWriter:
             if self._conn is not None:
                 self._conn.terminate()
                 self._conn = None
+
+    def abandon(self) -> None:
+        """The database was given up (`Sequencer.abandon`): stop the write under way and
+        cut the connection, so closing does not wait on a database that froze."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
 
     async def close(self, engine: MatchingEngine | None, journal_seq: int, time_ms: int) -> None:
         """Write a last snapshot if the journal moved since the newest stored one (pass

@@ -44,7 +44,7 @@ from market.gateway.errors import error_body as openai_error_body
 from market.sequencer.errors import ExchangeBusy
 from ops.logs import clipped
 from ops.wire import query_alias
-from schemas.errors import STATUS_OF_KIND, DomainError
+from schemas.errors import STATUS_OF_KIND, DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,15 @@ RETRY_AFTER_S = 1
 
 DATABASE_UNAVAILABLE_CODE = "database_unavailable"
 DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; try again shortly"
+
+
+class DatabaseUnavailable(DomainError):
+    """The database supervisor does not have the database back (the sequencer process's
+    answer to a gateway's command meanwhile: `ops.workers`)."""
+
+    code = DATABASE_UNAVAILABLE_CODE
+    kind = ErrorKind.UNAVAILABLE
+
 
 #: Seconds to wait before a retry, sent as `Retry-After`, for errors that carry none.
 RETRY_AFTER_BY_ERROR_S: dict[type[DomainError], int] = {

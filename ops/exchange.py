@@ -25,6 +25,7 @@ from litestar import Litestar
 from ledger.keys import load_or_create_signer
 from ledger.log import LedgerRegressed, MerkleLog
 from ledger.note import Signer
+from ledger.store import end_writer_sessions
 from market.sequencer import QUEUE_MAX, Sequencer
 from market.sequencer.batch import nothing_delivering, nothing_reserved
 from market.snapshot_writer import SnapshotPolicy
@@ -77,13 +78,18 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
     return sequencer
 
 
-async def _close_sequencer(sequencer: Sequencer) -> None:
+async def _close_sequencer(sequencer: Sequencer) -> list[int]:
+    """Close a sequencer that lost its database; the server sessions it had, to end
+    before a new writer takes the lock (`ledger.store.end_writer_sessions`). One that does
+    not close in time is given up (`Sequencer.abandon`: its connections cut, nothing
+    reconnects), or its session would keep the writer lock and refuse every reopen."""
     try:
         await asyncio.wait_for(sequencer.close(), CLOSE_TIMEOUT_S)
     except TimeoutError:
-        log.warning("the sequencer did not close within %ss", CLOSE_TIMEOUT_S)
+        log.warning("the sequencer did not close within %ss; abandoned", CLOSE_TIMEOUT_S)
     except Exception:
         log.warning("closing the sequencer failed", exc_info=True)
+    return sequencer.abandon()  # closed: nothing left to cut or name; else cut now
 
 
 async def _open_checked(
@@ -142,23 +148,36 @@ def exchange_lifespan(
             refused = exc  # not served: the supervisor says why, and reopens once it is not
         _freeze_start_up()
 
+        stale: list[int] = []  # server sessions of the sequencers given up, to end
+
         async def reopen() -> None:
             """After an outage: the start-up path again, on what is committed, if that is not
             behind what the exchange signed before (`ops.ledger_head`)."""
             old: Sequencer | None = app.state.get("sequencer")
             head = head_of(app.state.get("merkle_log"))  # the old sequencer's: in memory
             if old is not None:
-                await _close_sequencer(old)
+                stale.extend(await _close_sequencer(old))
                 app.state.sequencer = None  # closed: a failed open below must not close it again
             keeper.save_now()
             head = head or await asyncio.to_thread(saved_head, settings.data_path)
+            try:
+                if await end_writer_sessions(url, stale):
+                    log.warning("the old writer's session has not ended yet (a stalled backend)")
+            except Exception as exc:  # not allowed, say: the lock tells whether it matters
+                log.warning("could not end the old writer's sessions: %s", exc)
             await _open_checked(app, url, signer, settings, None if accept else head, keeper)
+            stale.clear()  # the writer now: none of those holds the lock
             pool: asyncpg.Pool | None = app.state.get("pool")
             if pool is not None:
                 await pool.expire_connections()  # connections from before the outage are dead
 
+        def cut_off() -> None:  # the database is down: the sequencer gives it up
+            sequencer: Sequencer | None = app.state.get("sequencer")
+            if sequencer is not None:
+                sequencer.abandon()
+
         supervisor = DatabaseSupervisor(
-            url, embedded=embedded_handle(settings.data_path), reopen=reopen
+            url, embedded=embedded_handle(settings.data_path), reopen=reopen, on_down=cut_off
         )
         app.state.database_supervisor = supervisor
         supervisor.start(refused)

@@ -7,6 +7,7 @@ every read that PostgreSQL answers, here; what changes state, and what only the
 sequencer's memory knows (books, balances, instruments), through
 `market.sequencer.remote.RemoteSequencer` on `app.state.sequencer`, over NATS. Its
 websocket clients get market data from its own hub, fed by `market.feed_relay`. It
+watches the database itself (`probe_lifespan`: 503 at once while it is down). It
 serves `/openai/v1` too (`ops.gateway.remote_gateway_lifespan`): its calls reserve and
 are charged at the desk in the sequencer process (`market.gateway.desk_server`), and its
 streaming calls' progress marks carry its instance id (`--instance`, new at every start).
@@ -20,6 +21,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 
+import asyncpg
 from litestar import Litestar
 
 from ops.app import Lifespan
@@ -73,6 +75,36 @@ def remote_exchange_lifespan(nats_url: str, worker: int) -> Lifespan:
     return lifespan
 
 
+def probe_lifespan(url: str) -> Lifespan:
+    """A database supervisor of this gateway's own (`app.state.database_supervisor`), which
+    only probes: when the database stops answering, this process's routes answer 503
+    `database_unavailable` at once (`ops.middleware.DatabaseGate`) and its pool's
+    connections are cut, as in one process; once it answers again the pool's old
+    connections are replaced. It never restarts PostgreSQL or reopens the exchange: the
+    sequencer process does (and refuses commands meanwhile, `ops.workers`)."""
+    from contextlib import asynccontextmanager
+
+    from ops.supervisor import DatabaseSupervisor
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async def refresh_pool() -> None:  # connections from before the outage are dead
+            pool: asyncpg.Pool | None = app.state.get("pool")
+            if pool is not None:
+                await pool.expire_connections()
+
+        supervisor = DatabaseSupervisor(url, embedded=None, reopen=refresh_pool)
+        app.state.database_supervisor = supervisor
+        supervisor.start()
+        try:
+            yield
+        finally:
+            await supervisor.close()
+            app.state.database_supervisor = None
+
+    return lifespan
+
+
 def serve_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -86,8 +118,11 @@ def serve_gateway(args: argparse.Namespace) -> int:
     nats_url = nats_url_from_env()
     if nats_url is None:
         raise SystemExit("tokex serve-gateway: NATS_URL is not set (`serve --workers` sets it)")
+    if settings.database_url is None:
+        raise SystemExit("tokex serve-gateway: DATABASE_URL is not set (`serve --workers` sets it)")
     instance_id = args.instance or f"gw{args.worker}"
     lifespans = [
+        probe_lifespan(settings.database_url),
         remote_exchange_lifespan(nats_url, args.worker),
         remote_gateway_lifespan(settings, instance_id),
     ]

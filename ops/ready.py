@@ -37,13 +37,7 @@ class Ready(msgspec.Struct, frozen=True):
 
 def readiness(state: State) -> Ready:
     """Ready, or the error that says why not (see the module docstring)."""
-    supervisor = state.get("database_supervisor")
-    if supervisor is not None and supervisor.regressed is not None:
-        raise supervisor.regressed
-    if supervisor is not None and supervisor.state is DatabaseState.REOPENING:
-        raise ExchangeNotReady("the exchange is reopening on its database after losing it")
-    if supervisor is not None and not supervisor.ready:
-        raise DatabaseUnreachable("database unreachable")
+    _database_ready(state)
     sequencer = state.get("sequencer")
     if sequencer is None:
         raise ExchangeNotRunning("this process runs no exchange (no sequencer, no writer)")
@@ -54,10 +48,22 @@ def readiness(state: State) -> Ready:
     return Ready(status="ready", ledger_size=sequencer.ledger.size)
 
 
+def _database_ready(state: State) -> None:
+    """Raise why not, if this process's database supervisor does not have it up."""
+    supervisor = state.get("database_supervisor")
+    if supervisor is not None and supervisor.regressed is not None:
+        raise supervisor.regressed
+    if supervisor is not None and supervisor.state is DatabaseState.REOPENING:
+        raise ExchangeNotReady("the exchange is reopening on its database after losing it")
+    if supervisor is not None and not supervisor.ready:
+        raise DatabaseUnreachable("database unreachable")
+
+
 @get("/ready", opt=PUBLIC, tags=["ops"], summary="Readiness: state rebuilt, writer held")
 async def ready(state: State) -> Ready:
     sequencer = state.get("sequencer")
     if isinstance(sequencer, RemoteSequencer):  # a gateway process: ask the sequencer's
+        _database_ready(state)  # unless its own supervisor has the database down
         status = await sequencer.ask(StatusQuery())
         if not status.healthy:
             raise ExchangeNotReady(f"the exchange is not ready ({status.state}); try again shortly")

@@ -8,8 +8,11 @@
   503 `database_unavailable` with `Retry-After` (`ops.middleware.DatabaseGate`);
   the pools' connections are cut (`ops.database.cut_connections`), so a request
   already waiting on a database that froze (a partition, an I/O stall) fails with
-  the same 503 now, not at its query's timeout (the sequencer's own connections are
-  not cut: its batch in flight keeps its own recovery);
+  the same 503 now, not at its query's timeout; and the exchange is told (`on_down`):
+  the sequencer gives the database up (`Sequencer.abandon`): the ops of its batches in
+  flight are answered at once 503 `ledger_unavailable` saying they may have committed
+  (a retry with the same ids returns the first outcome), its connections are cut, and
+  it never reconnects: the reopen below rebuilds from what is committed;
 * if tokex started this PostgreSQL (the embedded one, no `DATABASE_URL`) it starts it
   again (`RESTARTING`), with a doubling delay between attempts, at most
   `restart_attempts` times (a postmaster that runs but does not answer yet, replaying
@@ -62,6 +65,12 @@ class DatabaseState(enum.Enum):
 
 #: Close the exchange that lost its database, open a new one; raises if it cannot.
 Reopen = Callable[[], Awaitable[None]]
+#: The database was found down: what waits on it is cut (the sequencer gives it up).
+OnDown = Callable[[], None]
+
+
+def _nothing() -> None:
+    pass
 
 
 class DatabaseSupervisor:
@@ -71,6 +80,7 @@ class DatabaseSupervisor:
         *,
         embedded: EmbeddedPostgres | None,
         reopen: Reopen,
+        on_down: OnDown = _nothing,
         probe_interval_ms: int = 500,
         probe_timeout_ms: int = 3_000,
         restart_attempts: int = 12,
@@ -80,6 +90,7 @@ class DatabaseSupervisor:
         self.url = url
         self.embedded = embedded
         self._reopen = reopen
+        self._on_down = on_down
         self.probe_interval_ms = probe_interval_ms
         self.probe_timeout_ms = probe_timeout_ms
         self.restart_attempts = restart_attempts
@@ -139,6 +150,10 @@ class DatabaseSupervisor:
                 self.outages += 1
                 self.state = DatabaseState.DOWN
                 cut = cut_connections(self.url)  # what waits on a frozen database: 503 now
+                try:
+                    self._on_down()
+                except Exception:  # the reopen closes what this did not
+                    log.exception("supervisor: cutting the exchange off its database failed")
                 log.error(
                     "database unreachable: answering 503 until it is back (%d pool "
                     "connections cut)",

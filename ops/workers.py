@@ -46,6 +46,7 @@ from ops.bus import (
     watch,
 )
 from ops.config import Settings
+from ops.errors import DATABASE_UNAVAILABLE_MESSAGE, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,15 @@ def gateway_command(settings: Settings) -> list[str]:
 
 def _serving(app: Litestar) -> Exchange | None:
     """The sequencer the responder answers with; `ledger_regressed` to the gateways while
-    the exchange refuses its database (`ops.ledger_head`): their answers say why."""
+    the exchange refuses its database (`ops.ledger_head`): their answers say why; and
+    `database_unavailable` while the supervisor does not have it back (a command taken
+    then would wait on a database that froze, past the gateway's timeout, and could
+    commit after the gateway answered 503)."""
     supervisor = app.state.get("database_supervisor")
     if supervisor is not None and supervisor.regressed is not None:
         raise supervisor.regressed
+    if supervisor is not None and not supervisor.ready:
+        raise DatabaseUnavailable(DATABASE_UNAVAILABLE_MESSAGE)
     sequencer: Exchange | None = app.state.get("sequencer")
     return sequencer
 

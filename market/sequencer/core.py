@@ -65,7 +65,7 @@ from market.sequencer import (
 )
 from market.sequencer.batch import Batch, Delivering, Reserved, nothing_delivering, nothing_reserved
 from market.sequencer.dispatch import Answer, prior_of, staged_op
-from market.sequencer.errors import ExchangeBusy, SequencerStopped
+from market.sequencer.errors import MAY_HAVE_COMMITTED, ExchangeBusy, SequencerStopped
 from market.sequencer.ops import (
     AnyOp,
     Done,
@@ -74,7 +74,13 @@ from market.sequencer.ops import (
     Outcome,
     TickOp,
 )
-from market.sequencer.pipeline import PIPELINE_DEPTH, Flight, Pipeline
+from market.sequencer.pipeline import (
+    PIPELINE_DEPTH,
+    Flight,
+    Pipeline,
+    log_batch,
+    request_ids_of,
+)
 from market.sequencer.queries import DepthsQuery, Query
 from market.sequencer.recovery import recover
 from market.sequencer.state import MarketState
@@ -216,6 +222,9 @@ class Sequencer:
         #: next try, doubled by each failure, and when it ends (`time.monotonic`).
         self._rebuild_backoff_s = 0.0
         self._rebuild_not_before = 0.0
+        #: Given its database up (`abandon`, its sessions' pids then): never rebuilds again.
+        self._abandoned = False
+        self._pids: list[int] = []
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -267,7 +276,7 @@ class Sequencer:
 
     async def close(self) -> None:
         """Finish what is queued, then stop and release the database."""
-        broken = self._state is SequencerState.BROKEN
+        broken = self._state is SequencerState.BROKEN or self._abandoned
         self._state = SequencerState.STOPPED if broken else SequencerState.STOPPING
         if self._ticker is not None:
             self._ticker.cancel()
@@ -291,6 +300,22 @@ class Sequencer:
         with contextlib.suppress(Exception):
             await self._conn.close()
         await self.ledger.close()
+
+    def abandon(self) -> list[int]:
+        """The supervisor found the database down: give it up for good rather than hang on
+        it. The ops of the batches in flight are answered 503 at once, saying they may have
+        committed; the connections are cut and nothing reconnects (a new sequencer opens on
+        what is committed: `ops.exchange`). Returns the server pids of the sessions it had
+        open then (`ledger.store.end_writer_sessions`); `close` is all that is left."""
+        if not self._abandoned:
+            self._abandoned, self._state = True, SequencerState.STOPPED
+            for flight in self._pipeline.flights:
+                _fail_all(flight.tickets, LedgerUnavailable(MAY_HAVE_COMMITTED))
+            own = [] if self._conn.is_closed() else [self._conn.get_server_pid()]
+            self._pids = [*own, *self.ledger.abandon()]
+            self._snapshots.abandon()
+            self._conn.terminate()
+        return self._pids
 
     async def wait_for_snapshot(self) -> None:
         """Until the books' snapshot being written in the background (if any) is written."""
@@ -321,6 +346,8 @@ class Sequencer:
         the sequencer is BROKEN: it refuses batches (503) and tries again before each next
         one. While stopping, it stays STOPPING (or STOPPED, if the rebuild fails).
         """
+        if self._abandoned:
+            raise LedgerUnavailable("the exchange gave its database up; it reopens shortly")
         if self._state is not SequencerState.STOPPING:
             self._state = SequencerState.RECOVERING
         epoch = self.ledger.epoch  # what memory will hold: every failure up to here undone
@@ -482,14 +509,14 @@ class Sequencer:
         now = max(self._last_time_ms, self._clock())
         self._last_time_ms = now
         self._batches += 1
-        number, request_ids = self._batches, _request_ids(tickets)
-        _log_batch("batch", number, request_ids, ops=len(tickets))
+        number, request_ids = self._batches, request_ids_of(tickets)
+        log_batch(log, "batch", number, request_ids, ops=len(tickets))
         started = time.perf_counter()
         try:
             batch, staged, flight.commit = await self._stage(tickets, now)
         except Exception as exc:
             metrics.BATCHES_FAILED.inc()
-            _log_batch("batch_failed", number, request_ids, error=type(exc).__name__)
+            log_batch(log, "batch_failed", number, request_ids, error=type(exc).__name__)
             flight.error, flight.rebuild = exc, True
             return
         flight.number, flight.request_ids, flight.started = number, request_ids, started
@@ -555,8 +582,8 @@ class Sequencer:
             ((row.status, row.reject_reason) for row in batch.placed.values()), len(batch.fills),
         )  # fmt: skip
         last_seq = batch.journal[-1][0] if batch.journal else None
-        _log_batch(
-            "commit", flight.number, flight.request_ids, commit_ms=round(commit_s * 1000, 3),
+        log_batch(
+            log, "commit", flight.number, flight.request_ids, commit_ms=round(commit_s * 1000, 3),
             ledger_size=self.ledger.size, journal_seq=last_seq,
         )  # fmt: skip
         if self._pipeline.last_in_flight(flight):
@@ -640,17 +667,11 @@ class Sequencer:
         database, and answer each of its ops with 503 (a retry with the same ids is safe)."""
         log.warning("batch of %d commands not committed: %s", len(tickets), exc)
         try:
-            await self._rebuild()
+            if not self._abandoned:  # else: the supervisor opens a new sequencer
+                await self._rebuild()
         except Exception:
             log.exception("sequencer could not rebuild its state; will retry")
-        error = (
-            exc
-            if isinstance(exc, LedgerUnavailable)
-            else LedgerUnavailable(
-                "the batch could not be committed; retrying with the same ids is safe "
-                "(had it committed after all, a retry returns its first outcome)"
-            )
-        )
+        error = exc if isinstance(exc, LedgerUnavailable) else LedgerUnavailable(MAY_HAVE_COMMITTED)
         _fail_all(tickets, error)
 
     # -- reads ------------------------------------------------------------------------------
@@ -676,17 +697,3 @@ class Sequencer:
     def entitlements_of(self, account_id: str) -> list[EntitlementView]:
         """Entitlement and escrow the account is party to (see `views.entitlements_of`)."""
         return views.entitlements_of(self.ledger.balances(), account_id)
-
-
-def _request_ids(tickets: Sequence[_Ticket[Any]]) -> list[str]:
-    """The distinct request ids of a batch's ops, in queue order."""
-    return list(dict.fromkeys(t.request_id for t in tickets if t.request_id is not None))
-
-
-def _log_batch(event: str, number: int, request_ids: list[str], **fields: object) -> None:
-    """One structured line of a batch (`batch`, `commit`, `batch_failed`) naming the
-    requests whose ops it holds, so that a grep for a request id finds its batch. A
-    batch of the clock alone (no request) is logged at debug level."""
-    level = logging.INFO if request_ids else logging.DEBUG
-    if log.isEnabledFor(level):
-        log.log(level, event, extra={"batch": number, "request_ids": request_ids, **fields})

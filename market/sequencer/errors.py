@@ -29,6 +29,13 @@ __all__ = [
 # -- taking a command in ------------------------------------------------------------------
 
 
+#: The answer to an op whose batch's commit failed or was cut off: it may be durable.
+MAY_HAVE_COMMITTED = (
+    "the batch could not be committed; retrying with the same ids is safe "
+    "(had it committed after all, a retry returns its first outcome)"
+)
+
+
 class SequencerStopped(DomainError):
     code = "sequencer_stopped"
     kind = ErrorKind.UNAVAILABLE

@@ -23,6 +23,7 @@ instrument makes the next wait for its commit (its books are reduced then).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,3 +148,19 @@ class Pipeline:
         """Until the last launched batch is finished (for closing)."""
         if self._last is not None and not self._last.done():
             await asyncio.wait([self._last])
+
+
+def request_ids_of(tickets: Sequence[Any]) -> list[str]:
+    """The distinct request ids of a batch's ops (its tickets'), in queue order."""
+    return list(dict.fromkeys(t.request_id for t in tickets if t.request_id is not None))
+
+
+def log_batch(
+    log: logging.Logger, event: str, number: int, request_ids: list[str], **fields: object
+) -> None:
+    """One structured line of a batch (`batch`, `commit`, `batch_failed`) naming the
+    requests whose ops it holds, so that a grep for a request id finds its batch. A
+    batch of the clock alone (no request) is logged at debug level."""
+    level = logging.INFO if request_ids else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(level, event, extra={"batch": number, "request_ids": request_ids, **fields})

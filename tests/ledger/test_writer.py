@@ -10,7 +10,13 @@ import pytest
 
 from ledger.errors import LedgerBusy, LedgerUnavailable
 from ledger.rows import BatchRows
-from ledger.store import load_state, nonzero, recomputed_balances, stored_balances
+from ledger.store import (
+    end_writer_sessions,
+    load_state,
+    nonzero,
+    recomputed_balances,
+    stored_balances,
+)
 from ledger.writer import Ledger, WriterState
 from schemas.ledger import Account, HoldCreate, HoldPost, Posting, Transaction
 from tests.ledger.writer_support import holds, submit
@@ -177,6 +183,31 @@ async def test_the_database_enforces_the_floor_on_stored_balances(
 async def test_a_second_writer_is_refused(ledger: Ledger, db_url: str) -> None:
     with pytest.raises(LedgerBusy):
         await Ledger.open(db_url)
+
+
+async def test_the_session_of_a_writer_given_up_is_ended_so_the_next_can_write(
+    ledger: Ledger, db_url: str
+) -> None:
+    """A writer cut off from the server (a partition: the server never hears the client
+    go) keeps its session and the writer lock; the next writer ends that session first."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        pids = [
+            row["pid"]
+            for row in await conn.fetch(
+                """SELECT pid FROM pg_stat_activity
+                    WHERE application_name = 'tokex-writer' AND datname = current_database()"""
+            )
+        ]
+    finally:
+        await conn.close()
+    with pytest.raises(LedgerBusy):
+        await Ledger.open(db_url)
+    assert await end_writer_sessions(db_url, pids) == 0  # none left
+    second = await Ledger.open(db_url)
+    await submit(second, transfer("deposit", BANK, ALICE, 100))
+    await second.close()
+    assert await end_writer_sessions(db_url, []) == 0
 
 
 async def test_a_failed_commit_leaves_no_trace_in_memory_or_database(
