@@ -18,11 +18,12 @@ client (`/health` too) gets a reset.
 * a cap on the size of a request's head (request line and headers),
   `max_header_bytes`: past it 431 `headers_too_large`, then closed (what
   `h11_max_incomplete_event_size` does for h11; httptools has no such cap). The parser
-  is fed at most what is left of the cap at a time outside bodies, so the count holds
-  whatever the reads: a whole head in one read was counted only after the parser had
-  reached its end (and reset the count), and a head pipelined behind a request in the
-  app was not counted at all (953 MB of headers on one socket). Behind a request in the
-  app, reading stops and the 431 follows the answers before it;
+  is fed at most what is left of the cap at a time outside bodies, a head up to its
+  first empty line, a body of declared length up to its end, so the count holds whatever
+  the reads (`GuardedProtocol.data_received`): a whole head in one read was counted
+  only after the parser had reached its end (and reset the count), and a head pipelined
+  behind a request in the app was not counted at all (953 MB of headers on one socket).
+  Behind a request in the app, reading stops and the 431 follows the answers before it;
 * a body deadline: the request's body must have arrived `body_timeout_ms` after
   its headers, else the connection is closed (the handler sees a disconnect);
 * a cap of `max_connections` (further lowered to fit the open-file limit): a new
@@ -300,6 +301,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._in_body = False  # from the end of a request's headers to the end of its body
         self._head_bytes = 0  # bytes read since the last head's end, outside bodies
+        self._body_left: int | None = None  # of a body of declared length, still to come
+        self._tail = b""  # the last two bytes fed of the head so far
         self._head_too_large = False  # 431 once the requests before it are answered
         self.client_address = ""
 
@@ -376,20 +379,43 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """Feed the parser at most what is left of the head cap at a time, outside bodies,
         so that a head is counted whatever the reads (one read holding a whole head too
-        large, a head pipelined behind a request in the app) and refused at its cap."""
+        large, a head pipelined behind a request in the app) and refused at its cap. The
+        parser tells no offsets, so pieces end where the parser's state may change: a head
+        at its first empty line, a body of declared length at its end; the head after it in
+        the same read is then counted from its first byte (after a chunked body, from at
+        most the cap's worth of bytes on)."""
         self.registry.touch(self)
         cap = self.limits.max_header_bytes
         while data and not self._head_too_large:
             if not self._in_body and self._head_bytes >= cap:
                 self._refuse_head()
                 return
-            room = cap - self._head_bytes
+            if self._in_body:
+                room = max(1, self._body_left or cap)
+            else:
+                room = self._head_piece(data, cap - self._head_bytes)
             piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
             if not self._in_body:
                 self._head_bytes += len(piece)  # on_headers_complete resets it
+                self._tail = (self._tail + piece[-2:])[-2:]
+            elif self._body_left is not None:
+                self._body_left -= len(piece)
             super().data_received(piece)
             if self.transport.is_closing() or self.transport.get_protocol() is not self:
                 return  # refused (400), or a websocket now
+
+    def _head_piece(self, data: bytes, room: int) -> int:
+        """How much of `data` to feed outside a body: up to the first empty line (where the
+        head may end: the parser then stops at its end, and what follows is a body or the
+        next head) and at most `room`."""
+        best = min(len(data), room)
+        straddling = self._tail + data[:2]  # an empty line begun in the last piece
+        for separator in _EMPTY_LINES:
+            if (at := straddling.find(separator)) >= 0:
+                best = min(best, max(1, at + len(separator) - len(self._tail)))
+            if (at := data.find(separator, 0, best)) >= 0:
+                best = min(best, at + len(separator))
+        return best
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -401,6 +427,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._in_body = True
         self._head_bytes = 0
+        self._tail = b""
+        self._body_left = _declared_length(self.headers)
         self._arm(self.limits.body_timeout_ms, self._body_too_slow)
         super().on_headers_complete()
         cycle = self.cycle
@@ -432,6 +460,21 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         super().handle_websocket_upgrade()
         _count_websocket(self.registry, self.transport.get_protocol(), self.client_address)
+
+
+#: The empty line that ends a request's head (llhttp may take a bare LF for CRLF).
+_EMPTY_LINES = (b"\n\r\n", b"\n\n")
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The body's Content-Length (llhttp has checked it), None if chunked or not given."""
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+    return length
 
 
 def _count_websocket(registry: ConnectionRegistry, ws: asyncio.BaseProtocol, client: str) -> None:

@@ -100,6 +100,18 @@ def test_a_request_head_past_the_cap_is_refused(db_url: str, tmp_path: Path) -> 
         assert fine.status_code == 200
 
 
+def read_for(sock: socket.socket, seconds: float) -> bytes:
+    """What the server sends within `seconds` (or until it closes)."""
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pass
+    return data
+
+
 def head_of(size: int) -> bytes:
     """A request whose line and headers are `size` bytes."""
     start, end = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ", b"\r\n\r\n"
@@ -119,6 +131,16 @@ def test_a_request_head_past_the_cap_in_one_read_is_refused(db_url: str, tmp_pat
             if status == b"431":
                 assert b'"code":"headers_too_large"' in answer
                 assert read_until_closed(sock) is not None  # and closed
+            sock.close()
+        # Right behind a request's body, in the same read: counted from its first byte.
+        for size, status in ((4096, b"200"), (4097, b"431")):
+            sock = connect(proc)
+            body = b'{"x": 1}'
+            first = b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n" + body
+            sock.sendall(first + head_of(size))
+            answer = read_for(sock, 1.0)
+            second = answer[answer.index(b"HTTP/1.1 ", 1) :]
+            assert second.startswith(b"HTTP/1.1 " + status + b" "), (size, answer[:300])
             sock.close()
 
 
@@ -217,8 +239,12 @@ def test_past_the_cap_idle_and_stalled_connections_make_room_and_a_busy_server_r
         assert httpx.get(proc.base_url + "/health").status_code == 200
         assert read_until_closed(idle[0]) == b""
         stalled = [connect(proc) for _ in range(3)]
-        for sock in stalled:
-            sock.sendall(b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{")
+        for sock in stalled:  # signature headers that pass until the body is there to check
+            sock.sendall(
+                b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n"
+                b"X-Tokex-Key: key_0123456789abcdef\r\nX-Tokex-Signature: x\r\n"
+                b"X-Tokex-Timestamp: %d\r\n\r\n{" % (time.time() * 1000)
+            )
         time.sleep(0.2)
         # Their bodies still coming, nothing answered: the longest-quiet one gives way.
         assert httpx.get(proc.base_url + "/health").status_code == 200
