@@ -365,17 +365,13 @@ class Authenticator:
             self._cache.popitem(last=False)
         return record
 
-    async def authenticate(
-        self,
-        key_id: str | None,
-        timestamp: str | None,
-        signature: str | None,
-        method: str,
-        path_with_query: str,
-        body: bytes,
-        now_ms: int,
-    ) -> Principal:
-        """The principal of a validly signed request, or `AuthError` saying why not."""
+    def check_headers(
+        self, key_id: str | None, timestamp: str | None, signature: str | None, now_ms: int
+    ) -> tuple[str, int, str]:
+        """What the signature headers alone decide (`authenticate`'s first checks): raises
+        `AuthError` (`missing_signature`, `stale_timestamp`, a malformed key id's
+        `unknown_key`), else the key id, the timestamp and the signature. Needs neither the
+        body nor the database, so a request can be refused before its body is read."""
         missing = [
             name
             for name, value in (
@@ -410,6 +406,20 @@ class Authenticator:
                 f"{HEADER_KEY} {key_id[:40]!r} is not a key id (key_ and 16 hex digits)",
                 code="unknown_key",
             )
+        return key_id, ts, signature
+
+    async def authenticate(
+        self,
+        key_id: str | None,
+        timestamp: str | None,
+        signature: str | None,
+        method: str,
+        path_with_query: str,
+        body: bytes,
+        now_ms: int,
+    ) -> Principal:
+        """The principal of a validly signed request, or `AuthError` saying why not."""
+        key_id, ts, signature = self.check_headers(key_id, timestamp, signature, now_ms)
         record = await self._key(key_id)
         if record is None or record.revoked:
             raise AuthError(f"unknown or revoked key {key_id[:40]!r}", code="unknown_key")
@@ -517,7 +527,9 @@ class AuthMiddleware(ASGIMiddleware):
 
     The authenticator is taken from `app.state.authenticator` (set at start-up, once the
     pool is open). The body is read here, within the route's size limit (413 beyond it),
-    and cached by Litestar for the handler.
+    and cached by Litestar for the handler; a request the signature headers alone refuse
+    (`Authenticator.check_headers`) is refused before it, if it announces a body within
+    the limit.
     """
 
     scopes = (ScopeType.HTTP,)
@@ -534,9 +546,16 @@ class AuthMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         request: Request[Any, Any, Any] = Request(scope, receive)
-        body = await request.body()
         authenticator: Authenticator = request.app.state.authenticator
         headers = request.headers
+        if _announced_within_limit(request):  # refused from its headers before its body
+            authenticator.check_headers(
+                headers.get(HEADER_KEY),
+                headers.get(HEADER_TIMESTAMP),
+                headers.get(HEADER_SIGNATURE),
+                self.clock(),
+            )
+        body = await request.body()
         principal = await authenticator.authenticate(
             headers.get(HEADER_KEY),
             headers.get(HEADER_TIMESTAMP),
@@ -565,17 +584,23 @@ class AuthMiddleware(ASGIMiddleware):
         await next_app(scope, receive, send_with_quota)
 
 
+def _announced_within_limit(request: Request[Any, Any, Any]) -> bool:
+    """Whether the request announces a body (Content-Length) within the route's limit: then
+    its signature headers are checked before the body is read, so that an unsigned request
+    announcing 60,000 bytes and sending one is not held for the body deadline. A body past
+    the limit, or chunked, is read first as before: its 413 comes first, signed or not."""
+    length = request.content_length
+    limit = request.route_handler.resolve_request_max_body_size()
+    return length is not None and (limit is None or length <= limit)
+
+
 _RAW_KEY: Final = HEADER_KEY.lower().encode()
 _RAW_TIMESTAMP: Final = HEADER_TIMESTAMP.lower().encode()
 _RAW_SIGNATURE: Final = HEADER_SIGNATURE.lower().encode()
 
 
-async def authenticate_scope(
-    authenticator: Authenticator, scope: Scope, body: bytes, now_ms: int
-) -> Principal:
-    """`AuthMiddleware`'s check (and its `SIGNED` context) from the raw ASGI scope, for a
-    path that builds no Litestar request (`market.orders_asgi`). The first of a repeated
-    header counts, as with Litestar's headers."""
+def signature_headers(scope: Scope) -> tuple[str | None, str | None, str | None]:
+    """The key id, timestamp and signature headers of a raw ASGI scope (the first of each)."""
     key_id = timestamp = signature = None
     for name, value in scope["headers"]:
         if name == _RAW_KEY:
@@ -584,6 +609,16 @@ async def authenticate_scope(
             timestamp = timestamp if timestamp is not None else value.decode("latin-1")
         elif name == _RAW_SIGNATURE:
             signature = signature if signature is not None else value.decode("latin-1")
+    return key_id, timestamp, signature
+
+
+async def authenticate_scope(
+    authenticator: Authenticator, scope: Scope, body: bytes, now_ms: int
+) -> Principal:
+    """`AuthMiddleware`'s check (and its `SIGNED` context) from the raw ASGI scope, for a
+    path that builds no Litestar request (`market.orders_asgi`). The first of a repeated
+    header counts, as with Litestar's headers."""
+    key_id, timestamp, signature = signature_headers(scope)
     principal = await authenticator.authenticate(
         key_id,
         timestamp,

@@ -19,7 +19,9 @@ Litestar handlers) and the answer encoded once.
 Anything unusual is Litestar's, untouched, before it has any effect: a body that does not
 decode (or is not `application/json`, or is larger than the limit) goes to `app` with the
 body replayed, so Litestar answers it as before (its 401 first if unsigned, then its 400
-naming the field, or its 413). An error from authentication on is answered by the app's
+naming the field, or its 413); so does, before its body is read, a request announcing a
+body within the limit that its signature headers alone refuse (`Authenticator.check_headers`:
+Litestar's 401 comes from its headers too). An error from authentication on is answered by the app's
 own exception handlers (`ops.errors`: the same status, code, message and headers,
 Retry-After included), with the rate-limit headers once the token was taken.
 
@@ -41,7 +43,13 @@ from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Sen
 
 from market.api import cancel, place, place_many, trader_exchange
 from market.asgi import header
-from market.auth import Authenticator, RateLimiter, authenticate_scope
+from market.auth import (
+    Authenticator,
+    AuthError,
+    RateLimiter,
+    authenticate_scope,
+    signature_headers,
+)
 from market.signing import now_ms
 from schemas.trading import PlaceOrder, PlaceOrders
 
@@ -108,13 +116,16 @@ class OrderCalls:
 
     async def _lean(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = Route(scope["path_template"])  # set by __call__, which sends only these here
+        app: Litestar = scope["litestar_app"]
+        if self._refused_by_headers(scope, getattr(app.state, "authenticator", None)):
+            await self.app(scope, receive, send)  # Litestar's 401, before the body is read
+            return
         messages, body = await self._read(scope, receive)
         data = None if body is None else _decoded(route, scope, body)
         if body is None or data is None:  # Litestar's to answer, as if nothing happened
             await self.app(scope, _replaying(messages, receive), send)
             return
         extra: list[tuple[bytes, bytes]] = []
-        app: Litestar = scope["litestar_app"]
         try:
             authenticator: Authenticator = app.state.authenticator
             principal = await authenticate_scope(authenticator, scope, body, self.clock())
@@ -134,6 +145,20 @@ class OrderCalls:
         headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(content)), *extra]
         await send({"type": "http.response.start", "status": _STATUS[route], "headers": headers})
         await send({"type": "http.response.body", "body": content, "more_body": False})
+
+    def _refused_by_headers(self, scope: Scope, authenticator: Authenticator | None) -> bool:
+        """Whether the signature headers alone refuse a request announcing a body within the
+        limit (`auth.AuthMiddleware` answers it the same way, before reading the body)."""
+        declared = header(scope, b"content-length")
+        if authenticator is None or declared is None or not declared.isdigit():
+            return False
+        if int(declared) > self.max_body_bytes:
+            return False  # its body's answer (413) first, as ever
+        try:
+            authenticator.check_headers(*signature_headers(scope), self.clock())
+        except AuthError:
+            return True
+        return False
 
     async def _read(
         self, scope: Scope, receive: Receive

@@ -41,13 +41,20 @@ class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
     #: From the end of a request's headers to the end of its body; then closed.
     body_timeout_ms: int = 30_000
     #: Open HTTP connections at most (lowered to fit the open-file limit); past it the
-    #: longest-quiet connection with no request in the app is closed, and if there is
-    #: none the new one gets 503 `too_many_connections`.
+    #: longest-quiet connection with no request being answered (idle, or its headers or
+    #: body still coming) is closed, and if there is none the new one gets 503
+    #: `too_many_connections`.
     max_connections: int = 4_096
     #: Open websockets at most (they leave `max_connections` when they upgrade), lowered to
     #: half of what the open-file limit leaves for client sockets; past it the upgrade is
     #: refused with 503 `too_many_websockets`, so plain HTTP keeps its room.
     max_websockets: int = 4_096
+    #: The share, in percent, of `max_connections` and of `max_websockets` that the
+    #: connections of one client address may hold: past it a new one from that address
+    #: closes that address's own longest-quiet idle connection (503 if it has none), so
+    #: one address cannot take every place. Set 100 behind a reverse proxy (every client
+    #: then has the proxy's address).
+    client_share_percent: int = 50
     #: The websocket stream's own keep-alive: a ping this often, closed if no pong in time.
     ws_ping_interval_ms: int = 20_000
     ws_ping_timeout_ms: int = 20_000
@@ -82,6 +89,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "max_header_bytes": "TOKEX_MAX_HEADER_BYTES",
     "max_connections": "TOKEX_MAX_CONNECTIONS",
     "max_websockets": "TOKEX_MAX_WEBSOCKETS",
+    "client_share_percent": "TOKEX_CLIENT_SHARE_PERCENT",
     "ws_ping_interval_ms": "TOKEX_WS_PING_INTERVAL_MS",
     "ws_ping_timeout_ms": "TOKEX_WS_PING_TIMEOUT_MS",
 }
@@ -147,6 +155,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_header_bytes: int = _DEFAULT_LIMITS.max_header_bytes
     max_connections: int = _DEFAULT_LIMITS.max_connections
     max_websockets: int = _DEFAULT_LIMITS.max_websockets
+    client_share_percent: Annotated[int, msgspec.Meta(ge=1, le=100)] = (
+        _DEFAULT_LIMITS.client_share_percent
+    )
     ws_ping_interval_ms: int = _DEFAULT_LIMITS.ws_ping_interval_ms
     ws_ping_timeout_ms: int = _DEFAULT_LIMITS.ws_ping_timeout_ms
 

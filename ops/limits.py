@@ -17,14 +17,24 @@ client (`/health` too) gets a reset.
   the client gets 408 (if it began a request) and the connection is closed;
 * a cap on the size of a request's head (request line and headers),
   `max_header_bytes`: past it 431 `headers_too_large`, then closed (what
-  `h11_max_incomplete_event_size` does for h11; httptools has no such cap);
+  `h11_max_incomplete_event_size` does for h11; httptools has no such cap). The parser
+  is fed at most what is left of the cap at a time outside bodies, a head up to its
+  first empty line, a body of declared length up to its end, so the count holds whatever
+  the reads (`GuardedProtocol.data_received`): a whole head in one read was counted
+  only after the parser had reached its end (and reset the count), and a head pipelined
+  behind a request in the app was not counted at all (953 MB of headers on one socket).
+  Behind a request in the app, reading stops and the 431 follows the answers before it;
 * a body deadline: the request's body must have arrived `body_timeout_ms` after
   its headers, else the connection is closed (the handler sees a disconnect);
 * a cap of `max_connections` (further lowered to fit the open-file limit): a new
-  connection past the cap closes the longest-quiet connection that has no request
-  in the app (idle, or still sending its headers); only when every connection is
-  in the app is the new one refused, with 503 `too_many_connections` and
-  `Retry-After`, then closed.
+  connection past the cap closes the longest-quiet reclaimable connection (idle, still
+  sending its headers, or still sending its body with nothing answered: 4,200 sockets
+  announcing a body and sending one byte of it held every place for the body deadline);
+  only when every connection is being answered is the new one refused, with 503
+  `too_many_connections` and `Retry-After`, then closed;
+* a share of both caps per client address, `client_share_percent`: past it a new
+  connection closes that address's own longest-quiet reclaimable one (503 if none), a
+  new websocket is refused, so one address cannot take every place.
 
 Websocket connections leave the cap and these deadlines when they upgrade, for a cap
 of their own, `max_websockets`, lowered to half of the client sockets' share of the
@@ -55,7 +65,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any
 
 import msgspec
@@ -139,21 +149,31 @@ HEADER_TIMEOUT = _raw_response(
 )
 
 
+def share_of(cap: int, percent: int) -> int:
+    """What one client address may hold of `cap`: `percent` of it, at least one."""
+    return max(1, cap * percent // 100)
+
+
 class ConnectionRegistry:
     """The open HTTP connections of one server, longest-quiet first, and its websockets.
 
     HTTP connections and websockets together stay within `fd_budget` (when given): a new
-    HTTP connection past it makes room as one past `max_connections` does."""
+    HTTP connection past it makes room as one past `max_connections` does. One client
+    address holds at most `client_share_percent` of either cap (`share_of`)."""
 
     def __init__(
         self, max_connections: int, max_websockets: int | None = None,
-        fd_budget: int | None = None,
+        fd_budget: int | None = None, client_share_percent: int = 100,
     ) -> None:  # fmt: skip
         self.max_connections = max_connections
         self.max_websockets = max_connections if max_websockets is None else max_websockets
         self.fd_budget = fd_budget
+        self.client_max_connections = share_of(max_connections, client_share_percent)
+        self.client_max_websockets = share_of(self.max_websockets, client_share_percent)
         self._open: OrderedDict[GuardedProtocol, None] = OrderedDict()
-        self._websockets: set[asyncio.BaseProtocol] = set()
+        self._by_client: Counter[str] = Counter()
+        self._websockets: dict[asyncio.BaseProtocol, str] = {}
+        self._websockets_by_client: Counter[str] = Counter()
         self.evicted = 0
         self.refused = 0
         self.websockets_refused = 0
@@ -171,24 +191,34 @@ class ConnectionRegistry:
             return True
         return self.fd_budget is not None and held + len(self._websockets) >= self.fd_budget
 
-    def websocket_room(self) -> bool:
-        """Whether one more websocket may open (counted as refused if not)."""
-        if len(self._websockets) >= self.max_websockets:
+    def websocket_room(self, client: str) -> bool:
+        """Whether one more websocket may open, from `client` (counted as refused if not)."""
+        if (
+            len(self._websockets) >= self.max_websockets
+            or self._websockets_by_client[client] >= self.client_max_websockets
+        ):
             self.websockets_refused += 1
             return False
         return True
 
-    def websocket_opened(self, protocol: asyncio.BaseProtocol) -> None:
-        self._websockets.add(protocol)
+    def websocket_opened(self, protocol: asyncio.BaseProtocol, client: str) -> None:
+        self._websockets[protocol] = client
+        self._websockets_by_client[client] += 1
 
     def websocket_closed(self, protocol: asyncio.BaseProtocol) -> None:
-        self._websockets.discard(protocol)
+        client = self._websockets.pop(protocol, None)
+        if client is not None:
+            _decrement(self._websockets_by_client, client)
 
     def admit(self, protocol: GuardedProtocol) -> bool:
-        """Make room for `protocol` (closing the longest-quiet evictable connection) and add it;
-        False if every connection is in the app."""
-        if self._full():
-            victim = next((p for p in self._open if p.evictable), None)
+        """Make room for `protocol` and add it; False if there is none to make.
+
+        Past its address's share, that address's longest-quiet reclaimable connection is
+        closed; past the server's cap, the longest-quiet reclaimable one of anyone's."""
+        client = protocol.client_address
+        own = self._by_client[client] >= self.client_max_connections
+        if own or self._full():
+            victim = self._victim(client if own else None)
             if victim is None:
                 self.refused += 1
                 return False
@@ -196,14 +226,30 @@ class ConnectionRegistry:
             self.drop(victim)
             victim.close()
         self._open[protocol] = None
+        self._by_client[client] += 1
         return True
+
+    def _victim(self, client: str | None) -> GuardedProtocol | None:
+        """The longest-quiet reclaimable connection (of `client` alone, if given)."""
+        for protocol in self._open:
+            if protocol.reclaimable and (client is None or protocol.client_address == client):
+                return protocol
+        return None
 
     def touch(self, protocol: GuardedProtocol) -> None:
         if protocol in self._open:
             self._open.move_to_end(protocol)
 
     def drop(self, protocol: GuardedProtocol) -> None:
-        self._open.pop(protocol, None)
+        if protocol in self._open:
+            del self._open[protocol]
+            _decrement(self._by_client, protocol.client_address)
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 class HeadWithBody:
@@ -255,12 +301,27 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._in_headers = False
-        self._head_bytes = 0  # bytes of the request head so far
+        self._in_body = False  # from the end of a request's headers to the end of its body
+        self._head_bytes = 0  # bytes read since the last head's end, outside bodies
+        self._body_left: int | None = None  # of a body of declared length, still to come
+        self._tail = b""  # the last two bytes fed of the head so far
+        self._head_too_large = False  # 431 once the requests before it are answered
+        self.client_address = ""
 
     @property
     def evictable(self) -> bool:
         """No request of this connection is in the app (idle, or its headers still coming)."""
         return self.cycle is None or self.cycle.response_complete
+
+    @property
+    def reclaimable(self) -> bool:
+        """Closing it loses no answer: no request in the app, or one still waiting for its
+        body with nothing answered (a client that announces a body and sends one byte of
+        it must not hold its place for the whole body deadline)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return True
+        return cycle.more_body and not cycle.response_started and not self.pipeline
 
     def close(self) -> None:
         self._cancel_deadline()
@@ -289,10 +350,22 @@ class GuardedProtocol(HttpToolsProtocol):
         log.info("closing a connection whose request body stalled (%s)", self.client)
         self.close()
 
+    def _refuse_head(self) -> None:
+        """431 and closed; with a request in the app, once it and those before this one are
+        answered (`on_response_complete`), reading nothing more meanwhile."""
+        if self.evictable:
+            if not self.transport.is_closing():
+                self.transport.write(HEADERS_TOO_LARGE)
+            self.close()
+            return
+        self._head_too_large = True
+        self.flow.pause_reading()
+
     # -- uvicorn's protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.client_address = self.client[0] if self.client else ""
         if not self.registry.admit(self):
             transport.write(REFUSED)
             transport.close()
@@ -306,14 +379,45 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """Feed the parser at most what is left of the head cap at a time, outside bodies,
+        so that a head is counted whatever the reads (one read holding a whole head too
+        large, a head pipelined behind a request in the app) and refused at its cap. The
+        parser tells no offsets, so pieces end where the parser's state may change: a head
+        at its first empty line, a body of declared length at its end; the head after it in
+        the same read is then counted from its first byte (after a chunked body, from at
+        most the cap's worth of bytes on)."""
         self.registry.touch(self)
-        if self.evictable:  # no request in the app: these bytes begin the next one
-            self._head_bytes += len(data)
-        super().data_received(data)
-        if self._in_headers and self._head_bytes > self.limits.max_header_bytes:
-            if not self.transport.is_closing():
-                self.transport.write(HEADERS_TOO_LARGE)
-            self.close()
+        cap = self.limits.max_header_bytes
+        while data and not self._head_too_large:
+            if not self._in_body and self._head_bytes >= cap:
+                self._refuse_head()
+                return
+            if self._in_body:
+                room = max(1, self._body_left or cap)
+            else:
+                room = self._head_piece(data, cap - self._head_bytes)
+            piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            if not self._in_body:
+                self._head_bytes += len(piece)  # on_headers_complete resets it
+                self._tail = (self._tail + piece[-2:])[-2:]
+            elif self._body_left is not None:
+                self._body_left -= len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # refused (400), or a websocket now
+
+    def _head_piece(self, data: bytes, room: int) -> int:
+        """How much of `data` to feed outside a body: up to the first empty line (where the
+        head may end: the parser then stops at its end, and what follows is a body or the
+        next head) and at most `room`."""
+        best = min(len(data), room)
+        straddling = self._tail + data[:2]  # an empty line begun in the last piece
+        for separator in _EMPTY_LINES:
+            if (at := straddling.find(separator)) >= 0:
+                best = min(best, max(1, at + len(separator) - len(self._tail)))
+            if (at := data.find(separator, 0, best)) >= 0:
+                best = min(best, at + len(separator))
+        return best
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -323,7 +427,10 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._in_body = True
         self._head_bytes = 0
+        self._tail = b""
+        self._body_left = _declared_length(self.headers)
         self._arm(self.limits.body_timeout_ms, self._body_too_slow)
         super().on_headers_complete()
         cycle = self.cycle
@@ -331,6 +438,7 @@ class GuardedProtocol(HttpToolsProtocol):
             cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._cancel_deadline()
         super().on_message_complete()
 
@@ -339,25 +447,43 @@ class GuardedProtocol(HttpToolsProtocol):
         writer = self.cycle.transport if self.cycle is not None else None
         if isinstance(writer, HeadWithBody):  # a head with no body write (HEAD): out now,
             writer.flush()  # before anything of the protocol's may close the connection
+        if self._head_too_large and not self.pipeline and not self.transport.is_closing():
+            self.transport.write(HEADERS_TOO_LARGE)  # every request before it answered
+            self.close()
         super().on_response_complete()  # arms uvicorn's keep-alive timeout
 
     def handle_websocket_upgrade(self) -> None:
         self._cancel_deadline()
         self.registry.drop(self)  # a websocket keeps its own ping and timeout
-        if not self.registry.websocket_room():
+        if not self.registry.websocket_room(self.client_address):
             if not self.transport.is_closing():  # before the handshake: a plain answer
                 self.transport.write(WEBSOCKETS_REFUSED)
             self.close()
             return
         super().handle_websocket_upgrade()
-        _count_websocket(self.registry, self.transport.get_protocol())
+        _count_websocket(self.registry, self.transport.get_protocol(), self.client_address)
 
 
-def _count_websocket(registry: ConnectionRegistry, ws: asyncio.BaseProtocol) -> None:
+#: The empty line that ends a request's head (llhttp may take a bare LF for CRLF).
+_EMPTY_LINES = (b"\n\r\n", b"\n\n")
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The body's Content-Length (llhttp has checked it), None if chunked or not given."""
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+    return length
+
+
+def _count_websocket(registry: ConnectionRegistry, ws: asyncio.BaseProtocol, client: str) -> None:
     """Count `ws` (uvicorn's websocket protocol, now the transport's) until its connection
     is lost: its own `connection_lost` is wrapped, uvicorn's protocol classes being picked
     at run time (`ws="auto"`). And its close is not held back (`_close_at_once`)."""
-    registry.websocket_opened(ws)
+    registry.websocket_opened(ws, client)
     lost = ws.connection_lost
 
     def connection_lost(exc: Exception | None) -> None:
@@ -401,6 +527,7 @@ def guarded_protocol(
         max_connections or limits.max_connections,
         max_websockets or limits.max_websockets,
         fd_budget,
+        limits.client_share_percent,
     )
     return type("GuardedHttpProtocol", (GuardedProtocol,), {"limits": limits, "registry": registry})
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -474,3 +475,22 @@ async def test_rate_limit_is_429_with_retry_after(
                 await conn.close()
             assert second_key is not None
             assert (await client.with_key(second.key_id, second_key).me()).name == "b"
+
+
+def test_an_unsigned_request_is_refused_from_its_headers_before_its_body(server: str) -> None:
+    """An unsigned POST announcing 60,000 bytes of body and sending one held a connection
+    in the app for the body deadline (30 s; 4,200 of them made every new client's /health
+    503): when its headers alone refuse it, it is answered 401 at once, the lean order path
+    (`market.orders_asgi`) and Litestar's routes alike."""
+    host, port = server.removeprefix("http://").split(":")
+    stale = f"{HEADER_KEY}: key_0123456789abcdef\r\n{HEADER_TIMESTAMP}: 1\r\n"
+    stale += f"{HEADER_SIGNATURE}: x\r\n"
+    for path in ("/v1/orders", "/v1/accounts"):
+        for extra, code in (("", "missing_signature"), (stale, "stale_timestamp")):
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            head += f"Content-Length: 60000\r\n{extra}\r\n{{"
+            with socket.create_connection((host, int(port)), timeout=5.0) as sock:
+                sock.sendall(head.encode())
+                answer = sock.recv(65536)  # before the body: not 30 s later
+            assert answer.startswith(b"HTTP/1.1 401 "), (path, answer[:200])
+            assert f'"code":"{code}"'.encode() in answer, (path, answer)
