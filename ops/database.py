@@ -39,6 +39,7 @@ if a server it was pointed at has them off.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import enum
 import json
@@ -226,23 +227,29 @@ class EmbeddedPostgres:
             bin_path=self.bin_path, user=self.system_user, timeout=10,
         )  # fmt: skip
 
-    def start(self) -> None:
-        """Make (initdb) and start the cluster, or join it if it runs; owner-only."""
-        with self._server._lock:
-            self._server.ensure_pgdata_inited()
-            access.restrict_socket_file(self.pg_path)
-            if postmaster_state(self.pg_path) is PostmasterState.STOPPED:
-                self._start_postmaster()
-        self._server.start()  # the wheel's own start: joins the server started above
+    def _start(self) -> None:
+        """Make (initdb) and start the cluster, or join it if it runs; owner-only. The
+        wheel's `PostgresServer.start` with our steps in between (`_start_postmaster`,
+        `_secure`); under the wheel's lock, held once: it is machine-wide (every user of
+        the wheel takes it), and a contended lock costs seconds a hold."""
+        server = self._server
+        atexit.register(server._cleanup)  # the last handle out stops the server
+        _prune_dead_handle_pids(self.pg_path)
+        server._instances[self.pg_path] = server
+        server.ensure_pgdata_inited()
+        access.restrict_socket_file(self.pg_path)
+        if postmaster_state(self.pg_path) is PostmasterState.STOPPED:
+            self._start_postmaster()
+        server.ensure_postgres_running()  # joins the server started above
+        server.global_process_id_list.get_and_add(os.getpid())
         self._secure()
 
     def _secure(self) -> None:
         """Owner-only socket dir, and the superuser's password asked (a cluster made by an
-        older tokex trusted every local connection)."""
-        with self._server._lock:
-            access.tighten_socket_dir(self.socket_dir, self.pg_path, *self._owner())
-            if access.require_password(self.pg_path, self.bin_path, self.socket_dir):
-                log.info("embedded PostgreSQL in %s now asks for a password", self.pg_path)
+        older tokex trusted every local connection). Under the wheel's lock."""
+        access.tighten_socket_dir(self.socket_dir, self.pg_path, *self._owner())
+        if access.require_password(self.pg_path, self.bin_path, self.socket_dir):
+            log.info("embedded PostgreSQL in %s now asks for a password", self.pg_path)
 
     def ensure_running(self) -> bool:
         """Start PostgreSQL if it is not running (it died); True once it runs.
@@ -258,7 +265,7 @@ class EmbeddedPostgres:
             if postmaster_state(self.pg_path) is PostmasterState.STOPPED:
                 self._start_postmaster()
             self._server.ensure_postgres_running()  # joins it
-        self._secure()
+            self._secure()
         log.warning("embedded PostgreSQL in %s started again", self.pg_path)
         return True
 
@@ -288,18 +295,16 @@ def open_embedded(pg_path: Path, *, cleanup_mode: str | None) -> EmbeddedPostgre
     major = major_for(pg_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lock = pgserver.postgres_server.PostgresServer._lock
-        with lock:
-            _prune_dead_handle_pids(pg_path)
         joined = pg_path in pgserver.postgres_server.PostgresServer._instances
         server = pgserver.get_server(
             pg_path, cleanup_mode=cleanup_mode, postgres_version=major, start=False
         )
     handle = EmbeddedPostgres(pg_path, server)
-    if joined:  # this process holds the wheel's handle already: it runs
-        handle._secure()
-    else:
-        handle.start()
+    with server._lock:
+        if joined:  # this process holds the wheel's handle already: it runs
+            handle._secure()
+        else:
+            handle._start()
     return handle
 
 
