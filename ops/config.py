@@ -18,6 +18,7 @@ from typing import Annotated
 import msgspec
 
 from market.money import Currency, currency
+from schemas.errors import DomainError, ErrorKind
 
 DEFAULT_DATA_DIR = ".tokex"
 DEFAULT_HOST = "127.0.0.1"
@@ -95,6 +96,26 @@ ENV_OVERRIDES: dict[str, str] = {
 }
 _LIMIT_FIELDS = ConnectionLimits.__struct_fields__
 _DEFAULT_LIMITS = ConnectionLimits()
+
+
+class InvalidSetting(DomainError):
+    """A setting (an environment variable or a flag) the exchange cannot start with."""
+
+    code = "invalid_setting"
+    kind = ErrorKind.INVALID
+
+
+def _setting_error(problem: str, env: Mapping[str, str], flags: Mapping[str, object]) -> str:
+    """msgspec's "Expected `int` >= 0 - at `$.settle_wait_ms`" said of the setting as the
+    operator gave it: the variable or the flag, and its value."""
+    field = problem.rpartition("`$.")[2].rstrip("`").split(".")[0].split("[")[0]
+    var = ENV_OVERRIDES.get(field)
+    what = problem.partition(" - at ")[0]
+    if field in flags:
+        return f"--{field.replace('_', '-')} {flags[field]!r}: {what}"
+    if var is not None and env.get(var):
+        return f"{var}={env[var]!r}: {what}"
+    return problem
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -220,5 +241,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name, var in ENV_OVERRIDES.items():
             if env.get(var):
                 values[name] = env[var]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return msgspec.convert(values, cls, strict=False)  # strict=False: env strings
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
+        try:
+            return msgspec.convert(values, cls, strict=False)  # strict=False: env strings
+        except msgspec.ValidationError as exc:
+            raise InvalidSetting(_setting_error(str(exc), env, given)) from None
