@@ -204,6 +204,12 @@ class Ledger:
             await self._snapshot()
 
     @property
+    def sealer(self) -> SnapshotSealer | None:
+        """What seals the balance snapshots (the Merkle log among the hooks), for other
+        snapshots of the exchange to be sealed the same way (the books')."""
+        return self._sealer
+
+    @property
     def _unsealed(self) -> bool:
         """Whether snapshots are sealed but the tables hold nothing sealed by this writer."""
         return self._sealer is not None and self._sealed is None

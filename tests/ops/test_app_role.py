@@ -23,12 +23,13 @@ from ledger.migrate import SchemaNotCurrent
 from ledger.migrate import migrate as run_migrations
 from market.client import TokexApiError, TokexClient
 from market.schema import load_migrations
+from market.snapshots import SettlingEngine
 from ops.db_grants import AppRoleRefused, grant_app
 from schemas.ledger import Account, Bucket, CommittedTransaction, Entry
-from schemas.market import Side
+from schemas.market import NewOrder, Side
 from tests.ops.test_cli import tokex
 from tests.ops.test_ledger_head import answer
-from tests.support.market import order, small_market
+from tests.support.market import SYMBOL, order, small_market
 from tests.support.pg import quote_ident
 from tests.support.server import ServerProcess, free_port
 
@@ -377,3 +378,55 @@ async def test_a_journal_row_appended_as_the_app_role_is_not_served_nor_signed(
     finally:
         await conn.close()
     assert signed == forged  # the log still ends before the forged row
+
+
+async def _forge_book_as_app_role(app_url: str, owner: str) -> int:
+    """As the app role, the exchange stopped: the newest snapshot of the books gets a
+    resting ask no hold backs (an UPDATE of the row, which snapshots may make). Its price."""
+    conn = await asyncpg.connect(app_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT journal_seq, engine FROM market_snapshots ORDER BY journal_seq DESC LIMIT 1"
+        )
+        assert row is not None
+        engine = SettlingEngine.restore_from(row["engine"])
+        engine.process(
+            NewOrder(instrument=SYMBOL, order_id=10**9, owner=owner, side=Side.SELL,
+                     quantity=10_000, time=0, price=4_000, client_order_id="forged")
+        )  # fmt: skip
+        await conn.execute(
+            "UPDATE market_snapshots SET engine = $1 WHERE journal_seq = $2",
+            engine.snapshot(),
+            row["journal_seq"],
+        )
+    finally:
+        await conn.close()
+    return 4_000
+
+
+async def test_a_book_snapshot_written_as_the_app_role_is_not_loaded(
+    db_url: str, app_role: AppRole, tmp_path: Path
+) -> None:
+    """The app role may rewrite `market_snapshots` (snapshots prune it), but a row it
+    writes is not loaded: it is not sealed by the exchange's key (`market.snapshots`)."""
+    assert tokex("db", "grant-app", app_role.name, env={"DATABASE_URL": db_url}).returncode == 0
+    app_url = app_role.url(db_url)
+    server = ServerProcess(database_url=app_url, data_dir=tmp_path, env={"TOKEX_MIGRATE": "0"})
+    with server:
+        market = await small_market(app_url, server.base_url)
+        try:
+            await market.buyer.place_order(order("bid-1", Side.BUY, 10_000, 3_000))
+            before = await market.buyer.book(SYMBOL)
+            provider_id = market.provider_id
+        finally:
+            await market.aclose()
+    price = await _forge_book_as_app_role(app_url, provider_id)
+    with server:
+        client = TokexClient(server.base_url)
+        try:
+            after = await client.book(SYMBOL)
+        finally:
+            await client.aclose()
+    assert (after.bids, after.asks) == (before.bids, before.asks)
+    assert price not in {level.price for level in after.asks}
+    assert "is not loaded: its seal" in server.log()
