@@ -139,3 +139,25 @@ async def test_an_honest_restart_is_served(
         assert (ledger.balance(ALICE).available, log.size) == (100, 1)
     finally:
         await ledger.close()
+
+
+async def test_a_forged_tail_found_by_a_reload_after_a_failure_is_not_served(
+    db_url: str, db_conn: asyncpg.Connection, signer: Signer
+) -> None:
+    """The writer reloads from the database after a failed commit (and the exchange
+    reopens after an outage): a tail appended meanwhile is refused there too, and
+    memory keeps what the log signed."""
+    ledger, log = await open_ledger(db_url, signer)
+    try:
+        deposit = Transaction(
+            id="d", code="deposit", time=1, postings=(Posting(BANK, -100), Posting(ALICE, 100))
+        )
+        await ledger.apply_batch([deposit])
+        await _forge_tail(db_conn, 9_000_000)
+        with pytest.raises(UnsignedJournal, match="from index 1 on"):
+            await ledger._recover()
+        assert (ledger.balance(ALICE).available, log.size) == (100, 1)
+        assert not ledger.healthy
+    finally:
+        await ledger.close()
+    assert await _checkpoints(db_conn) == [1]
