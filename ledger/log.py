@@ -39,7 +39,7 @@ import asyncpg
 import msgspec
 
 from ledger.canonical import TRANSACTION_PREFIX, decode_transaction
-from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.checkpoint import Checkpoint, CheckpointMalformed, sign_checkpoint
 from ledger.keys import KEY_ROTATION_CODE, KeyRotationInvalid, check_rotation
 from ledger.merkle import (
     EMPTY_ROOT,
@@ -49,7 +49,12 @@ from ledger.merkle import (
     inclusion_proof,
     tree_root,
 )
-from ledger.note import Signer, Verifier
+from ledger.note import (
+    NoteError,
+    Signer,
+    Verifier,
+    open_note,
+)
 from ledger.rows import BatchRows
 from ledger.writer import Ledger
 from schemas.errors import DomainError, ErrorKind
@@ -61,6 +66,7 @@ __all__ = [
     "LogInconsistent",
     "MerkleLog",
     "SigningKeyNotCurrent",
+    "UnsignedJournal",
     "db_consistency_proof",
     "db_inclusion_proof",
     "db_root",
@@ -88,6 +94,20 @@ class LedgerRegressed(DomainError):
 
     code = "ledger_regressed"
     kind = ErrorKind.UNAVAILABLE
+
+
+class UnsignedJournal(LedgerRegressed):
+    """The journal holds transactions past the last signed checkpoint. The exchange writes
+    a batch's transactions and its checkpoint in one statement, so such rows were written
+    outside it (with its database credentials: the app role may INSERT into the journal);
+    signing them would vouch for them. Refused like a regressed database (503
+    `ledger_regressed`) unless the operator accepts them (`TOKEX_ACCEPT_UNSIGNED_JOURNAL=1`:
+    a ledger written by a tool without the log)."""
+
+
+class CheckpointForged(LogInconsistent):
+    """The latest stored checkpoint is not signed by the log's key, or does not sign the
+    stored tree: rows were added to the log outside the exchange."""
 
 
 class SigningKeyNotCurrent(DomainError):
@@ -205,11 +225,16 @@ class MerkleLog:
 
     ``signer`` is the configured key; it must be the log's current key (the first key is
     recorded in ``ledger_keys`` on the first `reload`). ``origin`` is the checkpoints'
-    first line (default: the key's name).
+    first line (default: the key's name). ``accept_unsigned``: `reload` signs journal rows
+    past the last checkpoint instead of refusing them (`UnsignedJournal`).
     """
 
-    def __init__(self, signer: Signer, origin: str | None = None) -> None:
+    def __init__(
+        self, signer: Signer, origin: str | None = None, *, accept_unsigned: bool = False
+    ) -> None:
         self.origin = origin or signer.name
+        #: Sign journal rows no checkpoint covers at `reload` (else `UnsignedJournal`).
+        self.accept_unsigned = accept_unsigned
         self._signers: dict[Verifier, Signer] = {signer.verifier(): signer}
         self._configured = signer
         self._signer = signer
@@ -338,7 +363,9 @@ class MerkleLog:
         return staged
 
     async def reload(self, conn: asyncpg.Connection) -> None:
-        """Rebuild from the database; record the first key; catch up on unlogged entries."""
+        """Rebuild from the database; record the first key; check that the latest checkpoint
+        is this log's signature of the stored tree and that no journal row lies past it
+        (`UnsignedJournal`, unless `accept_unsigned`: then they are signed now)."""
         async with conn.transaction():
             size = await log_size(conn)
             frontier = await with_nodes(conn, lambda get: MerkleFrontier.from_nodes(size, get))
@@ -354,28 +381,58 @@ class MerkleLog:
                 )
             await self._check_extends_committed(conn, size)
             self._signer = await self._current_signer(conn)
+            if row is not None:
+                self._check_signed(row["note"], size, frontier.root())
             self._frontier = frontier
             self._time_ms = 0 if row is None else row["time_ms"]
             self._latest_note = None if row is None else row["note"]
-            ledger_size = int(
-                await conn.fetchval("SELECT coalesce(max(idx) + 1, 0) FROM ledger_transactions")
-            )
-            if ledger_size < size:
-                raise LogInconsistent(f"the log has {size} leaves, the ledger {ledger_size}")
-            # Entries committed without the log (before it was installed): add them now.
-            while self._frontier.size < ledger_size:
-                start = self._frontier.size
-                rows = await conn.fetch(
-                    "SELECT body FROM ledger_transactions WHERE idx >= $1 AND idx < $2 "
-                    "ORDER BY idx",
-                    start,
-                    min(ledger_size, start + CATCH_UP_CHUNK),
-                )
-                staged = BatchRows()
-                self.stage_leaves(staged, [bytes(r["body"]) for r in rows])
-                await staged.execute(conn)
+            await self._catch_up(conn, size)
         self._pending.clear()  # what is in memory now is what the database holds
         self._committed = LogHeadNote(self._frontier.size, self._frontier.root(), self._latest_note)
+
+    def _check_signed(self, note: str, size: int, root: bytes) -> None:
+        """The latest checkpoint must be signed by the log's current key (a rotation's
+        checkpoint is signed by the key it rotates to) for the stored tree: the app role
+        may INSERT nodes and checkpoints, but holds no key."""
+        try:
+            text, _sigs = open_note(note, [self._signer.verifier()])
+            checkpoint = Checkpoint.parse(text)
+        except (NoteError, CheckpointMalformed) as exc:
+            raise CheckpointForged(
+                f"the latest checkpoint (size {size}) is not signed by the log's key"
+                f" {self._signer.verifier().encode()}: {exc}"
+            ) from None
+        if (checkpoint.size, checkpoint.root_hash) != (size, root):
+            raise CheckpointForged(
+                f"the latest checkpoint's row says size {size}, its signed text size"
+                f" {checkpoint.size} (or another root)"
+            )
+
+    async def _catch_up(self, conn: asyncpg.Connection, size: int) -> None:
+        """Journal rows past the signed tree of `size` leaves: refused, or (accepted by the
+        operator: a ledger written without the log) signed now."""
+        ledger_size = int(
+            await conn.fetchval("SELECT coalesce(max(idx) + 1, 0) FROM ledger_transactions")
+        )
+        if ledger_size < size:
+            raise LogInconsistent(f"the log has {size} leaves, the ledger {ledger_size}")
+        if ledger_size > size and not self.accept_unsigned:
+            raise UnsignedJournal(
+                f"the journal holds {ledger_size - size} transactions from index {size} on"
+                f" that no signed checkpoint covers (the last signs {size}): written outside"
+                " the exchange, not signing them. Remove them, or set"
+                " TOKEX_ACCEPT_UNSIGNED_JOURNAL=1 to sign them into the log"
+            )
+        while self._frontier.size < ledger_size:
+            start = self._frontier.size
+            rows = await conn.fetch(
+                "SELECT body FROM ledger_transactions WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                start,
+                min(ledger_size, start + CATCH_UP_CHUNK),
+            )
+            staged = BatchRows()
+            self.stage_leaves(staged, [bytes(r["body"]) for r in rows])
+            await staged.execute(conn)
 
     async def _check_extends_committed(self, conn: asyncpg.Connection, size: int) -> None:
         """A reload after a failed commit must find at least what had committed: a database
@@ -422,9 +479,9 @@ async def _insert_key(
 
 
 async def open_ledger(
-    dsn: str, signer: Signer, origin: str | None = None
+    dsn: str, signer: Signer, origin: str | None = None, *, accept_unsigned: bool = False
 ) -> tuple[Ledger, MerkleLog]:
-    """Open the single writer with the Merkle log installed."""
-    log = MerkleLog(signer, origin)
+    """Open the single writer with the Merkle log installed (see `MerkleLog`)."""
+    log = MerkleLog(signer, origin, accept_unsigned=accept_unsigned)
     ledger = await Ledger.open(dsn, hooks=[log])
     return ledger, log

@@ -223,6 +223,12 @@ class Ledger:
             await self._snapshot()
 
     @property
+    def sealer(self) -> SnapshotSealer | None:
+        """What seals the balance snapshots (the Merkle log among the hooks), for other
+        snapshots of the exchange to be sealed the same way (the books')."""
+        return self._sealer
+
+    @property
     def _unsealed(self) -> bool:
         """Whether snapshots are sealed but the tables hold nothing sealed by this writer."""
         return self._sealer is not None and self._sealed is None
@@ -512,10 +518,12 @@ class Ledger:
                 await self._conn.reload_schema_state()
             forget_table_layouts()
             loaded = await load_sealed(self._conn, self._sealer)
-            self._memory, self._ids, self._dirty = loaded.state, loaded.ids, loaded.dirty
-            self._sealed = loaded.sealed
+            # The hooks first: the Merkle log refuses journal rows it did not sign, and
+            # memory (which the read routes serve) must not hold them meanwhile.
             for hook in self._hooks:
                 await hook.reload(self._conn)
+            self._memory, self._ids, self._dirty = loaded.state, loaded.ids, loaded.dirty
+            self._sealed = loaded.sealed
         except BaseException:
             self._state = WriterState.BROKEN
             log.exception("ledger could not reload its state; will retry before the next batch")

@@ -3,7 +3,8 @@
 `rebuild_books` is the books' part of the sequencer's recovery (start-up, and the
 rebuild after a failed commit). It starts from the snapshot it is given (the one the
 sequencer keeps in memory), else from the newest stored one (`market.snapshots`) that
-decodes and is not ahead of the journal, else from an empty engine and the journal's
+decodes, is sealed by the exchange's key (when it has one) and is not ahead of the
+journal, else from an empty engine and the journal's
 first row (a database from before snapshots, or `enabled=False` in the policy); it then
 replays every journal entry from the snapshot's position on and reduces the books of the
 settled instruments (`SettlingEngine.reduce_settled`), as the running sequencer does when
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ledger.seal import SnapshotSealer
 from market.engine import MatchingEngine
 from market.errors import InvalidSnapshot
 from market.snapshots import (
@@ -68,20 +70,26 @@ def apply_entry(engine: MatchingEngine, entry: JournalEntry) -> None:
 
 
 async def _candidates(
-    conn: asyncpg.Connection, start: MarketSnapshot | None, stored: bool
+    conn: asyncpg.Connection,
+    start: MarketSnapshot | None,
+    stored: bool,
+    sealer: SnapshotSealer | None,
 ) -> AsyncIterator[MarketSnapshot]:
     if start is not None:
-        yield start
+        yield start  # taken from memory by this process: nothing to check
     elif stored:
-        async for snap in stored_snapshots(conn):
+        async for snap in stored_snapshots(conn, sealer):
             yield snap
 
 
 async def _base(
-    conn: asyncpg.Connection, start: MarketSnapshot | None, stored: bool
+    conn: asyncpg.Connection,
+    start: MarketSnapshot | None,
+    stored: bool,
+    sealer: SnapshotSealer | None,
 ) -> tuple[SettlingEngine | None, MarketSnapshot | None]:
     end = await journal_size(conn)
-    async for snap in _candidates(conn, start, stored):
+    async for snap in _candidates(conn, start, stored, sealer):
         if snap.journal_seq > end:
             log.warning(
                 "market snapshot at journal seq %d is ahead of the journal (%d): skipped",
@@ -102,11 +110,13 @@ async def rebuild_books(
     *,
     start: MarketSnapshot | None = None,
     stored: bool = True,
+    sealer: SnapshotSealer | None = None,
 ) -> Rebuilt:
     """The books as committed (see the module doc). Run it inside one repeatable-read
     transaction, with `settled` read in the same one: the snapshot, the journal and the
-    settlements must be one moment's."""
-    engine, base = await _base(conn, start, stored)
+    settlements must be one moment's. With a `sealer`, a stored snapshot is used only if
+    its seal holds (`market.snapshots`)."""
+    engine, base = await _base(conn, start, stored, sealer)
     if engine is None or base is None:
         engine, next_seq, time_ms = SettlingEngine(), 0, 0
     else:

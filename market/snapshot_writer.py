@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ledger.seal import SnapshotSealer
 from ledger.store import connect_writer
 from market.engine import MatchingEngine
 from market.snapshots import MarketSnapshot, take, write_snapshot
@@ -60,8 +61,11 @@ class SnapshotWriter:
         policy: SnapshotPolicy,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        sealer: SnapshotSealer | None = None,
     ) -> None:
         self._dsn = dsn
+        #: Seals each snapshot written (`market.snapshots`; None: written unsealed).
+        self._sealer = sealer
         self.policy = policy
         self._monotonic = monotonic
         self.memory: MarketSnapshot | None = None
@@ -112,7 +116,7 @@ class SnapshotWriter:
         try:
             if self._conn is None or self._conn.is_closed():
                 self._conn = await connect_writer(self._dsn)
-            await write_snapshot(self._conn, snap, wall_clock_ms())
+            await write_snapshot(self._conn, snap, wall_clock_ms(), self._sealer)
             self._stored_seq = max(self._stored_seq, snap.journal_seq)
         except Exception:
             log.warning("market snapshot at journal seq %d not written", snap.journal_seq,

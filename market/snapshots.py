@@ -8,6 +8,13 @@ exactly what is committed), and written later, on a connection of its own, as on
 Recovery loads the newest row it can decode and replays the journal from its
 `journal_seq`; with none, from the first row.
 
+Each row is sealed (migration 0019): its position, time, format and a SHA-256 of its
+engine bytes signed with the key that signs the ledger's checkpoints (`ledger.seal`'s
+`SnapshotSealer`, the Merkle log). The exchange's database role may write this table,
+so recovery loads only a row whose seal holds (`stored_snapshots` with a sealer): a row
+written outside the exchange (books with resting orders no hold backs) is skipped, and
+the journal of commands replayed from an older sealed row, or from its first row.
+
 Settled instruments are never replayed: once an instrument has settled, its book is
 reduced to what can still matter (`SettlingEngine.reduce_settled`): its instrument, closed, and its
 next seq. Nothing reaches a settled book any more but the engine-wide commands (a mass
@@ -20,6 +27,9 @@ at its end, so a replay and the running exchange hold the same books, hash for h
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Final
@@ -27,6 +37,7 @@ from typing import Final
 import asyncpg
 import msgspec
 
+from ledger.seal import SnapshotSealer
 from market.book import OrderBook
 from market.engine import MatchingEngine
 from market.errors import InvalidSnapshot
@@ -37,6 +48,11 @@ SNAPSHOT_FORMAT: Final = 1
 
 #: Snapshots kept: the newest, and one to fall back on if it does not decode.
 KEEP_SNAPSHOTS: Final = 2
+
+#: The first line of every sealed message (a seal never passes for another signature).
+SEAL_CONTEXT: Final = b"tokex market snapshot v1\n"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +66,16 @@ class MarketSnapshot:
     def restore(self) -> SettlingEngine:
         """The engine as it was; `InvalidSnapshot` if the bytes do not decode."""
         return SettlingEngine.restore_from(self.engine)
+
+    def seal_message(self) -> bytes:
+        """What the seal signs: the position, time and format, and the engine's SHA-256
+        (megabytes: computed off the event loop by `_seal_message`)."""
+        head = f"{self.journal_seq}\n{self.time_ms}\n{SNAPSHOT_FORMAT}\n".encode()
+        return SEAL_CONTEXT + head + hashlib.sha256(self.engine).digest()
+
+
+async def _seal_message(snap: MarketSnapshot) -> bytes:
+    return await asyncio.to_thread(snap.seal_message)
 
 
 def take(engine: MatchingEngine, journal_seq: int, time_ms: int) -> MarketSnapshot:
@@ -90,19 +116,42 @@ class SettlingEngine(MatchingEngine):
 # -- PostgreSQL ------------------------------------------------------------------------
 
 
-async def write_snapshot(conn: asyncpg.Connection, snap: MarketSnapshot, now_ms: int) -> None:
-    """Store `snap` (one row: state and journal position together) and prune the older
-    ones beyond `KEEP_SNAPSHOTS`, in one transaction. A snapshot at a position already
-    stored is left as it is (the same position holds the same state)."""
+async def write_snapshot(
+    conn: asyncpg.Connection,
+    snap: MarketSnapshot,
+    now_ms: int,
+    sealer: SnapshotSealer | None = None,
+) -> None:
+    """Store `snap` (one row: state and journal position together), sealed by `sealer`
+    if given, and prune the older ones beyond `KEEP_SNAPSHOTS`, in one transaction. A
+    snapshot at a position already stored is left as it is if it is the same row (the
+    same position holds the same state; a retried write), else a sealed one replaces it
+    (a row written outside the exchange there must not keep the sealed one out)."""
+    key: str | None = None
+    seal: bytes | None = None
+    if sealer is not None:
+        key, seal = sealer.seal_snapshot(await _seal_message(snap))
     async with conn.transaction():
         await conn.execute(
-            """INSERT INTO market_snapshots (journal_seq, time_ms, format, engine, created_ms)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (journal_seq) DO NOTHING""",
+            """INSERT INTO market_snapshots
+                      (journal_seq, time_ms, format, engine, created_ms, seal_key, seal)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (journal_seq) DO UPDATE
+                  SET time_ms = EXCLUDED.time_ms, format = EXCLUDED.format,
+                      engine = EXCLUDED.engine, created_ms = EXCLUDED.created_ms,
+                      seal_key = EXCLUDED.seal_key, seal = EXCLUDED.seal
+                WHERE EXCLUDED.seal IS NOT NULL
+                  AND (market_snapshots.time_ms, market_snapshots.format, market_snapshots.engine,
+                       market_snapshots.seal_key, market_snapshots.seal)
+                      IS DISTINCT FROM (EXCLUDED.time_ms, EXCLUDED.format, EXCLUDED.engine,
+                                        EXCLUDED.seal_key, EXCLUDED.seal)""",
             snap.journal_seq,
             snap.time_ms,
             SNAPSHOT_FORMAT,
             snap.engine,
             now_ms,
+            key,
+            seal,
         )
         await conn.execute(
             """DELETE FROM market_snapshots WHERE journal_seq < (
@@ -113,27 +162,56 @@ async def write_snapshot(conn: asyncpg.Connection, snap: MarketSnapshot, now_ms:
         )
 
 
-async def load_snapshots(conn: asyncpg.Connection) -> list[MarketSnapshot]:
+async def load_snapshots(
+    conn: asyncpg.Connection, sealer: SnapshotSealer | None = None
+) -> list[MarketSnapshot]:
     """The stored snapshots of this format, newest first (none: replay from the start)."""
-    return [snap async for snap in stored_snapshots(conn)]
+    return [snap async for snap in stored_snapshots(conn, sealer)]
 
 
-async def stored_snapshots(conn: asyncpg.Connection) -> AsyncIterator[MarketSnapshot]:
+async def stored_snapshots(
+    conn: asyncpg.Connection, sealer: SnapshotSealer | None = None
+) -> AsyncIterator[MarketSnapshot]:
     """The stored snapshots of this format, newest first, each read only when asked for
-    (one is megabytes: recovery reads the second only if the first does not decode)."""
+    (one is megabytes: recovery reads the second only if the first does not decode).
+    With a `sealer`, only those whose seal holds (the others are logged and skipped)."""
     positions = await conn.fetch(
         "SELECT journal_seq FROM market_snapshots WHERE format = $1 ORDER BY journal_seq DESC",
         SNAPSHOT_FORMAT,
     )
     for position in positions:
         row = await conn.fetchrow(
-            "SELECT journal_seq, time_ms, engine FROM market_snapshots WHERE journal_seq = $1",
+            "SELECT journal_seq, time_ms, engine, seal_key, seal FROM market_snapshots"
+            " WHERE journal_seq = $1",
             position["journal_seq"],
         )
-        if row is not None:
-            yield MarketSnapshot(
-                journal_seq=row["journal_seq"], time_ms=row["time_ms"], engine=row["engine"]
-            )
+        if row is None:
+            continue
+        snap = MarketSnapshot(
+            journal_seq=row["journal_seq"], time_ms=row["time_ms"], engine=row["engine"]
+        )
+        if sealer is None or await _sealed(snap, row["seal_key"], row["seal"], sealer):
+            yield snap
+
+
+async def _sealed(
+    snap: MarketSnapshot, key: str | None, seal: bytes | None, sealer: SnapshotSealer
+) -> bool:
+    """Whether `seal` is the signature of `snap` by a key this exchange holds (else the
+    row was written outside the exchange, or before seals: logged, not loaded)."""
+    if key is not None and seal is not None:
+        if sealer.snapshot_sealed(key, await _seal_message(snap), bytes(seal)):
+            return True
+        why = f"its seal (by {key}) does not match its rows"
+    else:
+        why = "it is not sealed (written before snapshots of the books were sealed, or edited)"
+    log.error(
+        "market snapshot at journal seq %d is not loaded: %s; the books are rebuilt from"
+        " an older snapshot or the journal",
+        snap.journal_seq,
+        why,
+    )
+    return False
 
 
 async def journal_size(conn: asyncpg.Connection) -> int:

@@ -65,6 +65,7 @@ class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
 ENV_OVERRIDES: dict[str, str] = {
     "migrate": "TOKEX_MIGRATE",
     "accept_ledger_regression": "TOKEX_ACCEPT_LEDGER_REGRESSION",
+    "accept_unsigned_journal": "TOKEX_ACCEPT_UNSIGNED_JOURNAL",
     "signing_key_file": "TOKEX_SIGNING_KEY_FILE",
     "rate_limit": "TOKEX_RATE_LIMIT",
     "rate_burst": "TOKEX_RATE_BURST",
@@ -140,6 +141,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Serve a database whose ledger is behind the checkpoint the exchange last signed
     #: (`TOKEX_ACCEPT_LEDGER_REGRESSION=1`: a deliberate restore; see `ops.ledger_head`).
     accept_ledger_regression: bool = False
+    #: Sign journal rows past the last signed checkpoint at start instead of refusing the
+    #: database (`TOKEX_ACCEPT_UNSIGNED_JOURNAL=1`: a ledger written by a tool without the
+    #: Merkle log; see `ledger.log.UnsignedJournal`).
+    accept_unsigned_journal: bool = False
     pool_min_size: int = 1
     pool_max_size: int = 10
     log_level: str = "info"

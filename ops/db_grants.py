@@ -8,7 +8,10 @@ started with `TOKEX_MIGRATE=0`, since it cannot migrate), it can append to those
 nothing more, and its credentials cannot switch the triggers off. The tables it may
 UPDATE and DELETE are not trusted for that: the balance snapshot (`ledger_balances`,
 `ledger_hold_state`, `ledger_snapshot`), which every snapshot rewrites, is sealed by the
-exchange's signing key and not loaded if the seal fails (`ledger.seal`).
+exchange's signing key and not loaded if the seal fails (`ledger.seal`); so are the books'
+snapshots (`market_snapshots`, `market.snapshots`). What it may append is not trusted past
+what the exchange signed either: journal rows past the last signed checkpoint are refused
+at start (`ledger.log.UnsignedJournal`).
 
 What the exchange does with its database (ledger/, market/, ops/): SELECT; INSERT (also
 with ON CONFLICT DO NOTHING and DO UPDATE); UPDATE and DELETE on its mutable tables;

@@ -52,7 +52,9 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
     rebuild: `resync`; in workers mode the responder's resync message), publish it on
     `app.state.sequencer`."""
     hub = app.state.get("market_data")
-    merkle_log = MerkleLog(signer, settings.exchange_name)
+    merkle_log = MerkleLog(
+        signer, settings.exchange_name, accept_unsigned=settings.accept_unsigned_journal
+    )
     app.state.merkle_log = merkle_log  # for /metrics: tree size, last checkpoint
     sequencer = await Sequencer.open(
         url,

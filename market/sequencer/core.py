@@ -178,7 +178,7 @@ class Sequencer:
             raise ValueError("the sequencer's queue must hold at least one op")
         self._dsn = dsn
         #: When the books are snapshotted; the last snapshot taken stays in its memory.
-        self._snapshots = SnapshotWriter(dsn, snapshots or SnapshotPolicy())
+        self._snapshots = SnapshotWriter(dsn, snapshots or SnapshotPolicy(), sealer=ledger.sealer)
         #: Where the last rebuild of the books started and how much of the journal it read.
         self.last_rebuild: RebuildSummary | None = None
         self.ledger = ledger
@@ -359,7 +359,10 @@ class Sequencer:
             # last one taken (memory). Either way, then the journal after it.
             memory = self._snapshots.memory
             recovered = await recover(
-                self._conn, start=memory, stored=self._snapshots.policy.enabled
+                self._conn,
+                start=memory,
+                stored=self._snapshots.policy.enabled,
+                sealer=self.ledger.sealer,
             )
         except BaseException:
             stopping = self._state is SequencerState.STOPPING

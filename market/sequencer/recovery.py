@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ledger.seal import SnapshotSealer
 from market.replay import Rebuilt, rebuild_books
 from market.report_store import load_pending_reports
 from market.sequencer import deadman
@@ -41,15 +42,19 @@ class Recovered:
 
 
 async def recover(
-    conn: asyncpg.Connection, *, start: MarketSnapshot | None = None, stored: bool = True
+    conn: asyncpg.Connection,
+    *,
+    start: MarketSnapshot | None = None,
+    stored: bool = True,
+    sealer: SnapshotSealer | None = None,
 ) -> Recovered:
     """The market as the database has it: books, instruments, open orders, counters.
-    `start`: the snapshot to rebuild the books from (else the newest stored one, unless
-    `stored` is False: then the journal from its first row)."""
+    `start`: the snapshot to rebuild the books from (else the newest stored one whose seal
+    `sealer` checks, unless `stored` is False: then the journal from its first row)."""
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         listed = {r["symbol"]: r for r in await load_terms(conn)}
         settled = {s.instrument: s for s in await load_settlements(conn)}
-        books = await rebuild_books(conn, settled, start=start, stored=stored)
+        books = await rebuild_books(conn, settled, start=start, stored=stored, sealer=sealer)
         live = await load_live_orders(conn)
         order_id = await next_order_id(conn)
         switches = await deadman.load(conn)

@@ -14,6 +14,7 @@ from ledger.log import (
     LedgerRegressed,
     MerkleLog,
     SigningKeyNotCurrent,
+    UnsignedJournal,
     db_consistency_proof,
     db_inclusion_proof,
     db_root,
@@ -143,13 +144,15 @@ async def test_another_key_is_refused_at_start(db_url: str, signer: Signer) -> N
         await open_ledger(db_url, Signer.generate(ORIGIN))
 
 
-async def test_entries_written_before_the_log_existed_are_caught_up(
+async def test_entries_written_before_the_log_existed_are_caught_up_when_accepted(
     db_url: str, db_conn: asyncpg.Connection, signer: Signer
 ) -> None:
     plain = await Ledger.open(db_url)
     await add_batches(plain, batches=2, per_batch=25, tag="plain")
     await plain.close()
-    ledger, log = await open_ledger(db_url, signer)
+    with pytest.raises(UnsignedJournal, match="50 transactions from index 0"):
+        await open_ledger(db_url, signer)  # not signed unless the operator says so
+    ledger, log = await open_ledger(db_url, signer, accept_unsigned=True)
     try:
         assert log.size == 50
         await add_batches(ledger, batches=1, per_batch=5, tag="logged")

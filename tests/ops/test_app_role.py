@@ -17,14 +17,18 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from ledger.canonical import transaction_bytes
 from ledger.migrate import SchemaNotCurrent
 from ledger.migrate import migrate as run_migrations
 from market.client import TokexApiError, TokexClient
 from market.schema import load_migrations
+from market.snapshots import SettlingEngine
 from ops.db_grants import AppRoleRefused, grant_app
-from schemas.market import Side
+from schemas.ledger import Account, Bucket, CommittedTransaction, Entry
+from schemas.market import NewOrder, Side
 from tests.ops.test_cli import tokex
-from tests.support.market import order, small_market
+from tests.ops.test_ledger_head import answer
+from tests.support.market import SYMBOL, order, small_market
 from tests.support.pg import quote_ident
 from tests.support.server import ServerProcess, free_port
 
@@ -308,3 +312,120 @@ async def test_a_snapshot_edited_as_the_app_role_is_not_loaded_and_cannot_be_spe
     assert f"{buyer_id}|USD|cash: snapshot ({before[0] + before[1] + 9_000_000}, 0)" in (
         server.log()
     )
+
+
+async def _forge_tail_as_app_role(app_url: str, buyer_id: str, amount: int) -> int:
+    """As the app role, the exchange stopped: append a bank-to-buyer transaction at the
+    journal's next index (INSERT only, which the role may do); its index."""
+    conn = await asyncpg.connect(app_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, owner, asset, kind FROM ledger_accounts"
+            " WHERE (owner = $1 AND kind = 'cash') OR kind = 'bank' ORDER BY kind",
+            buyer_id,
+        )
+        bank, cash = (Account(r["owner"], r["asset"], r["kind"]) for r in rows)
+        ids = [r["id"] for r in rows]
+        n = await conn.fetchval("SELECT max(idx) + 1 FROM ledger_transactions")
+        entries = (Entry(bank, Bucket(0), -amount), Entry(cash, Bucket(0), amount))
+        body = transaction_bytes(
+            CommittedTransaction(n, "forged", "deposit", 10**13, entries, (), {})
+        )
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO ledger_transactions VALUES ($1, 'forged', 'deposit', $2, '\\x00', $3)",
+                n,
+                10**13,
+                body,
+            )
+            await conn.execute(
+                "INSERT INTO ledger_entries VALUES ($1, 0, $2, 0, $4), ($1, 1, $3, 0, $5)",
+                n,
+                *ids,
+                -amount,
+                amount,
+            )
+        return int(n)
+    finally:
+        await conn.close()
+
+
+async def test_a_journal_row_appended_as_the_app_role_is_not_served_nor_signed(
+    db_url: str, app_role: AppRole, tmp_path: Path
+) -> None:
+    """The app role may INSERT into the journal; a row past the last signed checkpoint
+    is refused at the next start (503 ledger_regressed), not replayed and signed."""
+    assert tokex("db", "grant-app", app_role.name, env={"DATABASE_URL": db_url}).returncode == 0
+    app_url = app_role.url(db_url)
+    server = ServerProcess(database_url=app_url, data_dir=tmp_path, env={"TOKEX_MIGRATE": "0"})
+    with server:
+        market = await small_market(app_url, server.base_url)
+        buyer_id = market.buyer_id
+        await market.aclose()
+    with server:  # an honest restart is served
+        assert (await answer(server.base_url, "/ready", 200)).json()["ledger_size"] > 0
+    forged = await _forge_tail_as_app_role(app_url, buyer_id, 9_000_000)
+    server.start(wait=False)
+    try:
+        await answer(server.base_url, "/ready", 503, "ledger_regressed", 60)
+    finally:
+        server.stop()
+    assert f"from index {forged} on that no signed checkpoint covers" in server.log()
+    conn = await asyncpg.connect(db_url)
+    try:
+        signed = await conn.fetchval("SELECT max(tree_size) FROM ledger_checkpoints")
+    finally:
+        await conn.close()
+    assert signed == forged  # the log still ends before the forged row
+
+
+async def _forge_book_as_app_role(app_url: str, owner: str) -> int:
+    """As the app role, the exchange stopped: the newest snapshot of the books gets a
+    resting ask no hold backs (an UPDATE of the row, which snapshots may make). Its price."""
+    conn = await asyncpg.connect(app_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT journal_seq, engine FROM market_snapshots ORDER BY journal_seq DESC LIMIT 1"
+        )
+        assert row is not None
+        engine = SettlingEngine.restore_from(row["engine"])
+        engine.process(
+            NewOrder(instrument=SYMBOL, order_id=10**9, owner=owner, side=Side.SELL,
+                     quantity=10_000, time=0, price=4_000, client_order_id="forged")
+        )  # fmt: skip
+        await conn.execute(
+            "UPDATE market_snapshots SET engine = $1 WHERE journal_seq = $2",
+            engine.snapshot(),
+            row["journal_seq"],
+        )
+    finally:
+        await conn.close()
+    return 4_000
+
+
+async def test_a_book_snapshot_written_as_the_app_role_is_not_loaded(
+    db_url: str, app_role: AppRole, tmp_path: Path
+) -> None:
+    """The app role may rewrite `market_snapshots` (snapshots prune it), but a row it
+    writes is not loaded: it is not sealed by the exchange's key (`market.snapshots`)."""
+    assert tokex("db", "grant-app", app_role.name, env={"DATABASE_URL": db_url}).returncode == 0
+    app_url = app_role.url(db_url)
+    server = ServerProcess(database_url=app_url, data_dir=tmp_path, env={"TOKEX_MIGRATE": "0"})
+    with server:
+        market = await small_market(app_url, server.base_url)
+        try:
+            await market.buyer.place_order(order("bid-1", Side.BUY, 10_000, 3_000))
+            before = await market.buyer.book(SYMBOL)
+            provider_id = market.provider_id
+        finally:
+            await market.aclose()
+    price = await _forge_book_as_app_role(app_url, provider_id)
+    with server:
+        client = TokexClient(server.base_url)
+        try:
+            after = await client.book(SYMBOL)
+        finally:
+            await client.aclose()
+    assert (after.bids, after.asks) == (before.bids, before.asks)
+    assert price not in {level.price for level in after.asks}
+    assert "is not loaded: its seal" in server.log()

@@ -214,6 +214,7 @@ RECORDED = [
     (16, "inference_key_signature", "market/migrations"),
     (17, "stream_signatures", "market/migrations"),
     (18, "snapshot_seal", "ledger/migrations"),
+    (19, "market_snapshot_seal", "market/migrations"),
 ]
 
 
