@@ -25,15 +25,14 @@ resync message to the gateways): a commit reported failed may have been durable 
 all, and then its events were never published. `resync_soon` does the same on request
 (a hub whose book broke).
 
-If anything fails before the commit, nothing of the batch is kept: the ledger
-reloads itself and the sequencer rebuilds the market from the database
-(`recovery.recover`, the same path as start-up after a crash), and every op of the
-batch is answered with `ledger_unavailable` (503).
+If anything fails before the commit, nothing of the batch is kept: the ledger reloads
+itself, the market is rebuilt from the database (`recovery.recover`, as at start-up
+after a crash), and every op of the batch is answered `ledger_unavailable` (503).
 
-The engine is pure and deterministic: the journal holds every command it was fed
-with the ids and times the sequencer assigned, so replaying it rebuilds exactly the
-same books. Commands refused before the engine (unknown instrument, insufficient
-funds, idempotent replays) are not journaled.
+The engine is pure and deterministic: the journal holds every command it was fed with
+the ids and times the sequencer assigned, so replaying it rebuilds exactly the same
+books. Commands refused before the engine (unknown instrument, insufficient funds,
+idempotent replays) are not journaled.
 """
 
 from __future__ import annotations
