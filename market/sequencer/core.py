@@ -22,8 +22,7 @@ drains the queue in batches; for each batch it
 After every rebuild of memory (start-up, a failed commit, a broken state) the market
 data is resynced from the rebuilt books (`resync`: the hub's `load`, or the responder's
 resync message to the gateways): a commit reported failed may have been durable after
-all, and then its events were never published. `resync_soon` does the same on request
-(a hub whose book broke).
+all, its events never published. `resync_soon` does it on request (a broken hub book).
 
 If anything fails before the commit, nothing of the batch is kept: the ledger reloads
 itself, the market is rebuilt from the database (`recovery.recover`, as at start-up
