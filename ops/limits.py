@@ -23,7 +23,15 @@ client (`/health` too) gets a reset.
   the reads (`GuardedProtocol.data_received`): a whole head in one read was counted
   only after the parser had reached its end (and reset the count), and a head pipelined
   behind a request in the app was not counted at all (953 MB of headers on one socket).
-  Behind a request in the app, reading stops and the 431 follows the answers before it;
+  Behind a request in the app, reading stops and the 431 follows the answers before it.
+  A run of empty lines before a request line (llhttp skips them) counts toward the cap,
+  and the read is walked with an offset, never copied piece by piece (linear in the read);
+* at most `PIPELINE_CAP` parsed requests waiting behind the one in the app: past it the
+  rest of the read waits unparsed and reading stays paused until answers make room
+  (uvicorn queues every pipelined request of every read, and reads on at each answer);
+* a request asking for an upgrade other than a websocket (`Upgrade: h2c`) is plain HTTP:
+  its body reaches the app and what follows is parsed as the next request (llhttp stops
+  at its head; uvicorn gives the app an empty body and drops the rest);
 * a body deadline: the request's body must have arrived `body_timeout_ms` after
   its headers, else the connection is closed (the handler sees a disconnect);
 * a cap of `max_connections` (further lowered to fit the open-file limit): a new
@@ -64,10 +72,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
 from collections import Counter, OrderedDict
 from typing import Any
 
+import httptools
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -306,6 +316,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_left: int | None = None  # of a body of declared length, still to come
         self._tail = b""  # the last two bytes fed of the head so far
         self._head_too_large = False  # 431 once the requests before it are answered
+        self._unfed = b""  # the read being fed, from `_at` on (`_feed`)
+        self._at = 0
+        self._raw_body = False  # a body llhttp does not parse, handed over as it comes
         self.client_address = ""
 
     @property
@@ -385,38 +398,82 @@ class GuardedProtocol(HttpToolsProtocol):
         parser tells no offsets, so pieces end where the parser's state may change: a head
         at its first empty line, a body of declared length at its end; the head after it in
         the same read is then counted from its first byte (after a chunked body, from at
-        most the cap's worth of bytes on)."""
+        most the cap's worth of bytes on). The read is walked with an offset (`_feed`):
+        copying its rest at every piece was quadratic (a run of bare CRLFs, which llhttp
+        skips before a request line, made 2-byte pieces: 0.4 s of a blocked loop)."""
         self.registry.touch(self)
-        cap = self.limits.max_header_bytes
-        while data and not self._head_too_large:
+        self._unfed = self._unfed[self._at :] + data if self._unfed else data
+        self._at = 0
+        self._feed()
+
+    def _feed(self) -> None:
+        """Feed what is unfed, piece by piece (`data_received`), until it is all fed, the
+        connection is closed or a websocket, or `PIPELINE_CAP` requests wait behind the one
+        in the app: then reading stays paused, and `on_response_complete` feeds the rest.
+        uvicorn queues every pipelined request of a read and reads on at each answer: one
+        client that never read its answers held 1.3 GB of queued requests."""
+        data, cap = self._unfed, self.limits.max_header_bytes
+        view, end = memoryview(data), len(data)
+        while self._at < end and not self._head_too_large:
+            # Checked outside bodies: a queued request's body is fed, its deadline running.
+            if not self._in_body and len(self.pipeline) >= PIPELINE_CAP:
+                self.flow.pause_reading()
+                return
             if not self._in_body and self._head_bytes >= cap:
                 self._refuse_head()
-                return
-            if self._in_body:
-                room = max(1, self._body_left or cap)
-            else:
-                room = self._head_piece(data, cap - self._head_bytes)
-            piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
-            if not self._in_body:
-                self._head_bytes += len(piece)  # on_headers_complete resets it
-                self._tail = (self._tail + piece[-2:])[-2:]
-            elif self._body_left is not None:
-                self._body_left -= len(piece)
-            super().data_received(piece)
-            if self.transport.is_closing() or self.transport.get_protocol() is not self:
-                return  # refused (400), or a websocket now
+                break
+            at = self._at
+            if not self._in_body and not self._in_headers:  # before a request line
+                self._at = min(_empty_run_end(data, at), at + cap - self._head_bytes)
+                self._head_bytes += self._at - at  # skipped: llhttp skips them too
+                if self._at > at:
+                    continue
+            self._at = stop = min(end, at + self._room(data, at, cap))
+            if self._feed_piece(view[at:stop]):
+                break
+        self._unfed, self._at = b"", 0
 
-    def _head_piece(self, data: bytes, room: int) -> int:
-        """How much of `data` to feed outside a body: up to the first empty line (where the
-        head may end: the parser then stops at its end, and what follows is a body or the
-        next head) and at most `room`."""
-        best = min(len(data), room)
-        straddling = self._tail + data[:2]  # an empty line begun in the last piece
+    def _room(self, data: bytes, at: int, cap: int) -> int:
+        if self._in_body:
+            return max(1, self._body_left or cap)
+        return self._head_piece(data, at, cap - self._head_bytes)
+
+    def _feed_piece(self, piece: memoryview) -> bool:
+        """Feed one piece; True if the connection is done with this protocol."""
+        if not self._in_body:
+            self._head_bytes += len(piece)  # on_headers_complete resets it
+            self._tail = (self._tail + bytes(piece[-2:]))[-2:]
+        elif self._body_left is not None:
+            self._body_left -= len(piece)
+        if self._raw_body:  # behind an upgrade not taken, see on_message_complete
+            self.on_body(bytes(piece))
+            if not self._body_left:
+                self.on_message_complete()
+        else:
+            super().data_received(piece)  # type: ignore[arg-type]  # llhttp takes a buffer
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return True  # refused (400), or a websocket now
+        if not self._in_headers and self._plain_upgrade():
+            # llhttp stopped for an upgrade this server does not take (h2c): what follows
+            # is plain HTTP, for a parser of its own (the paused one takes nothing more).
+            self.parser = _new_parser(self)
+        return False
+
+    def _plain_upgrade(self) -> bool:
+        """Whether the parser's request asks for an upgrade other than a websocket."""
+        return bool(self.parser.should_upgrade()) and not self._should_upgrade()
+
+    def _head_piece(self, data: bytes, start: int, room: int) -> int:
+        """How much of `data[start:]` to feed outside a body: up to the first empty line
+        (where the head may end: the parser then stops at its end, and what follows is a
+        body or the next head) and at most `room`."""
+        best = min(len(data) - start, room)
+        straddling = self._tail + data[start : start + 2]  # an empty line begun before
         for separator in _EMPTY_LINES:
             if (at := straddling.find(separator)) >= 0:
                 best = min(best, max(1, at + len(separator) - len(self._tail)))
-            if (at := data.find(separator, 0, best)) >= 0:
-                best = min(best, at + len(separator))
+            if (at := data.find(separator, start, start + best)) >= 0:
+                best = min(best, at - start + len(separator))
         return best
 
     def on_message_begin(self) -> None:
@@ -438,6 +495,13 @@ class GuardedProtocol(HttpToolsProtocol):
             cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
+        if self._body_left and self._plain_upgrade():
+            # llhttp stops at the head of a request asking for an upgrade not taken (h2c)
+            # and calls its message complete with its body unread: the body is handed to
+            # the app as plain HTTP's (`_feed_piece`), and the message completes after it.
+            self._raw_body = True
+            return
+        self._raw_body = False
         self._in_body = False
         self._cancel_deadline()
         super().on_message_complete()
@@ -450,7 +514,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._head_too_large and not self.pipeline and not self.transport.is_closing():
             self.transport.write(HEADERS_TOO_LARGE)  # every request before it answered
             self.close()
-        super().on_response_complete()  # arms uvicorn's keep-alive timeout
+        super().on_response_complete()  # arms uvicorn's keep-alive timeout, reads on
+        if self._unfed and not self.transport.is_closing():
+            self._feed()  # what waited for room in the pipeline
 
     def handle_websocket_upgrade(self) -> None:
         self._cancel_deadline()
@@ -462,6 +528,28 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         super().handle_websocket_upgrade()
         _count_websocket(self.registry, self.transport.get_protocol(), self.client_address)
+
+
+#: How many parsed requests may wait behind the one in the app before reading stops.
+PIPELINE_CAP = 32
+#: Empty lines before a request line, which llhttp skips (counted toward the head cap).
+_EMPTY_RUN = re.compile(rb"[\r\n]*")
+
+
+def _empty_run_end(data: bytes, at: int) -> int:
+    """Where the run of CRs and LFs at `data[at:]` ends (`at` if there is none)."""
+    run = _EMPTY_RUN.match(data, at)
+    return run.end() if run else at
+
+
+def _new_parser(protocol: GuardedProtocol) -> httptools.HttpRequestParser:
+    """A parser as uvicorn makes one (its leniency lets a pipelined request after a
+    `Connection: close` one be answered)."""
+    parser = httptools.HttpRequestParser(protocol)
+    leniencies = getattr(parser, "set_dangerous_leniencies", None)  # httptools 0.6.3 on
+    if leniencies is not None:
+        leniencies(lenient_data_after_close=True)
+    return parser
 
 
 #: The empty line that ends a request's head (llhttp may take a bare LF for CRLF).
