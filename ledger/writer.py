@@ -517,6 +517,10 @@ class Ledger:
             else:  # a migration may have changed a table: read the catalog again
                 await self._conn.reload_schema_state()
             forget_table_layouts()
+            # A background snapshot still being written would land after this read: the
+            # seal kept would be older than the tables', and the next snapshot's check
+            # would cry tampering. (It writes on a connection of its own.)
+            await self._settle_snapshot_task()
             loaded = await load_sealed(self._conn, self._sealer)
             # The hooks first: the Merkle log refuses journal rows it did not sign, and
             # memory (which the read routes serve) must not hold them meanwhile.
