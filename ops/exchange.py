@@ -25,7 +25,7 @@ from litestar import Litestar
 from ledger.keys import load_or_create_signer
 from ledger.log import LedgerRegressed, MerkleLog
 from ledger.note import Signer
-from ledger.store import end_writer_sessions
+from ledger.store import WriterSession, end_writer_sessions
 from market.sequencer import QUEUE_MAX, Sequencer
 from market.sequencer.batch import nothing_delivering, nothing_reserved
 from market.snapshot_writer import SnapshotPolicy
@@ -80,7 +80,7 @@ async def _open_sequencer(app: Litestar, url: str, signer: Signer, settings: Set
     return sequencer
 
 
-async def _close_sequencer(sequencer: Sequencer) -> list[int]:
+async def _close_sequencer(sequencer: Sequencer) -> list[WriterSession]:
     """Close a sequencer that lost its database; the server sessions it had, to end
     before a new writer takes the lock (`ledger.store.end_writer_sessions`). One that does
     not close in time is given up (`Sequencer.abandon`: its connections cut, nothing
@@ -150,7 +150,7 @@ def exchange_lifespan(
             refused = exc  # not served: the supervisor says why, and reopens once it is not
         _freeze_start_up()
 
-        stale: list[int] = []  # server sessions of the sequencers given up, to end
+        stale: list[WriterSession] = []  # server sessions of the sequencers given up, to end
 
         async def reopen() -> None:
             """After an outage: the start-up path again, on what is committed, if that is not

@@ -48,7 +48,7 @@ from typing import Any, Generic, TypeVar, cast
 import asyncpg
 
 from ledger.errors import LedgerUnavailable
-from ledger.store import connect_writer, connection_alive
+from ledger.store import WriterSession, connect_writer, connection_alive, writer_session
 from ledger.writer import CommitHook, Ledger
 from market import metrics
 from market.replay import RebuildSummary, Rebuilt
@@ -220,9 +220,9 @@ class Sequencer:
         #: next try, doubled by each failure, and when it ends (`time.monotonic`).
         self._rebuild_backoff_s = 0.0
         self._rebuild_not_before = 0.0
-        #: Given its database up (`abandon`, its sessions' pids then): never rebuilds again.
+        #: Given its database up (`abandon`, its server sessions then): never rebuilds again.
         self._abandoned = False
-        self._pids: list[int] = []
+        self._sessions: list[WriterSession] = []
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -299,21 +299,21 @@ class Sequencer:
             await self._conn.close()
         await self.ledger.close()
 
-    def abandon(self) -> list[int]:
+    def abandon(self) -> list[WriterSession]:
         """The supervisor found the database down: give it up for good rather than hang on
         it. The ops of the batches in flight are answered 503 at once, saying they may have
         committed; the connections are cut and nothing reconnects (a new sequencer opens on
-        what is committed: `ops.exchange`). Returns the server pids of the sessions it had
-        open then (`ledger.store.end_writer_sessions`); `close` is all that is left."""
+        what is committed: `ops.exchange`). Returns the server sessions it had open then
+        (`ledger.store.end_writer_sessions`); `close` is all that is left."""
         if not self._abandoned:
             self._abandoned, self._state = True, SequencerState.STOPPED
             for flight in self._pipeline.flights:
                 _fail_all(flight.tickets, LedgerUnavailable(MAY_HAVE_COMMITTED))
-            own = [] if self._conn.is_closed() else [self._conn.get_server_pid()]
-            self._pids = [*own, *self.ledger.abandon()]
+            own = [] if self._conn.is_closed() else [writer_session(self._conn)]
+            self._sessions = [*filter(None, own), *self.ledger.abandon()]
             self._snapshots.abandon()
             self._conn.terminate()
-        return self._pids
+        return self._sessions
 
     async def wait_for_snapshot(self) -> None:
         """Until the books' snapshot being written in the background (if any) is written."""

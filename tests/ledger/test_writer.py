@@ -4,6 +4,7 @@ append-only tables, restart and recovery from a failed commit."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from ledger.errors import LedgerBusy, LedgerUnavailable
 from ledger.rows import BatchRows
 from ledger.store import (
+    WriterSession,
     end_writer_sessions,
     load_state,
     nonzero,
@@ -190,24 +192,71 @@ async def test_the_session_of_a_writer_given_up_is_ended_so_the_next_can_write(
 ) -> None:
     """A writer cut off from the server (a partition: the server never hears the client
     go) keeps its session and the writer lock; the next writer ends that session first."""
-    conn = await asyncpg.connect(db_url)
-    try:
-        pids = [
-            row["pid"]
-            for row in await conn.fetch(
-                """SELECT pid FROM pg_stat_activity
-                    WHERE application_name = 'tokex-writer' AND datname = current_database()"""
-            )
-        ]
-    finally:
-        await conn.close()
+    sessions = await _writer_sessions(db_url)
     with pytest.raises(LedgerBusy):
         await Ledger.open(db_url)
-    assert await end_writer_sessions(db_url, pids) == 0  # none left
+    assert await end_writer_sessions(db_url, sorted(sessions)) == 0  # none left
     second = await Ledger.open(db_url)
     await submit(second, transfer("deposit", BANK, ALICE, 100))
     await second.close()
     assert await end_writer_sessions(db_url, []) == 0
+
+
+async def _writer_sessions(url: str) -> set[WriterSession]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            """SELECT pid, backend_start FROM pg_stat_activity
+                WHERE application_name = 'tokex-writer' AND datname = current_database()"""
+        )
+    finally:
+        await conn.close()
+    return {WriterSession(row["pid"], row["backend_start"]) for row in rows}
+
+
+async def test_ending_a_given_up_writers_sessions_spares_another_databases_writer(
+    ledger: Ledger, db_url: str, pg: PgServer, pg_template: str
+) -> None:
+    """Two exchanges on one server, in two databases: the pids one gave up may by now be
+    sessions of the other's writer (pids are reused), which it must not end."""
+    async with pg.fresh_database(pg_template) as other_url:
+        theirs = await Ledger.open(other_url)
+        try:
+            sessions = await _writer_sessions(other_url)
+            assert sessions
+            await end_writer_sessions(db_url, sorted(sessions), wait_s=0.5)
+            assert await _writer_sessions(other_url) == sessions
+            await submit(theirs, transfer("deposit", BANK, ALICE, 100))  # its writer lives on
+        finally:
+            await theirs.close()
+
+
+async def test_a_session_begun_after_the_one_given_up_under_its_pid_is_not_ended(
+    db_url: str,
+) -> None:
+    """The writer given up had a session under pid P that ended; P is now a later session
+    (pids are reused): ending the old writer's sessions leaves it alone."""
+    ledger = await Ledger.open(db_url)
+    try:
+        sessions = await _writer_sessions(db_url)
+        earlier = [WriterSession(s.pid, s.started - timedelta(seconds=1)) for s in sessions]
+        assert await end_writer_sessions(db_url, earlier, wait_s=0.5) == 0
+        assert await _writer_sessions(db_url) == sessions
+        await submit(ledger, transfer("deposit", BANK, ALICE, 100))
+    finally:
+        await ledger.close()
+
+
+async def test_a_given_up_writer_names_the_sessions_it_had(db_url: str) -> None:
+    ledger = await Ledger.open(db_url, snapshot_every=1)
+    await submit(ledger, transfer("deposit", BANK, ALICE, 100))
+    await ledger.wait_for_snapshot()  # its snapshot connection is open too
+    sessions = await _writer_sessions(db_url)
+    try:
+        assert set(ledger.abandon()) == sessions
+        assert await end_writer_sessions(db_url, ledger.abandon()) == 0
+    finally:
+        await ledger.close()
 
 
 async def test_a_failed_commit_leaves_no_trace_in_memory_or_database(

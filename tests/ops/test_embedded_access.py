@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -19,7 +21,14 @@ import asyncpg
 import pytest
 
 from ops.config import Settings
-from ops.database import EmbeddedPostgres, database_url, embedded_server, remove_embedded
+from ops.database import (
+    EmbeddedPostgres,
+    PostmasterState,
+    database_url,
+    embedded_server,
+    postmaster_state,
+    remove_embedded,
+)
 from ops.embedded_access import (
     SOCKET_NAME,
     passfile,
@@ -185,5 +194,50 @@ def test_a_socket_dir_another_user_made_first_is_not_used(tmp_path: Path) -> Non
             _owner_only(chosen, os.geteuid())
         finally:
             chosen.rmdir()
+    finally:
+        squatted.unlink()
+
+
+def _restarted(server: EmbeddedPostgres, pg_path: Path) -> None:
+    """kill -9 of the postmaster, then `ensure_running` until it runs again (the killed
+    one must be reaped first), as the supervisor does."""
+    killed = int((pg_path / "postmaster.pid").read_text().split("\n", 1)[0])
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while postmaster_state(pg_path) is PostmasterState.RUNNING:  # the kill takes a moment
+        assert time.monotonic() < deadline, "the postmaster outlived its kill -9"
+        time.sleep(0.05)
+    while not server.ensure_running():
+        assert time.monotonic() < deadline, "the killed postmaster was never reaped"
+        time.sleep(0.1)
+    assert int((pg_path / "postmaster.pid").read_text().split("\n", 1)[0]) != killed
+
+
+async def test_a_restart_after_kill_9_keeps_the_socket_dir_the_dsn_names(
+    pg_data_dir: Path,
+) -> None:
+    """A long data dir whose `<tmp>/tokex-<hash>` is not ours gets a fresh `mkdtemp`
+    socket dir; started again after a kill -9 the server must listen there again, since
+    the exchange's DSN (fixed at its start) names it (found in review: a restart picked a
+    new dir and the exchange stayed 503 for good)."""
+    data_dir = _long_data_dir(pg_data_dir.parent)
+    pg_path = data_dir / "pg"
+    squatted = private_socket_dir(pg_path)
+    squatted.symlink_to(pg_data_dir.parent)  # not a directory of ours: not used
+    try:
+        server = embedded_server(data_dir)
+        try:
+            url = server.url()
+            assert _socket_dir(url) != squatted
+            _restarted(server, pg_path)
+            assert server.url() == url
+            conn = await asyncpg.connect(url)
+            assert await conn.fetchval("SELECT 1") == 1
+            await conn.close()
+            _owner_only(_socket_dir(url), _cluster_uid(pg_path))
+        finally:
+            socket_dir = _socket_dir(server.url())
+            assert remove_embedded(data_dir)
+            shutil.rmtree(socket_dir, ignore_errors=True)
     finally:
         squatted.unlink()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import cast
 
 import pytest
 
+from ledger.store import WriterSession
 from market.sequencer import Sequencer
 from ops import exchange
+
+STARTED = datetime(2026, 12, 4, tzinfo=UTC)
+SESSIONS = [WriterSession(4242, STARTED), WriterSession(4243, STARTED)]
 
 
 class _Stuck:
@@ -20,9 +25,9 @@ class _Stuck:
     async def close(self) -> None:
         await asyncio.Event().wait()
 
-    def abandon(self) -> list[int]:
+    def abandon(self) -> list[WriterSession]:
         self.abandoned = True
-        return [4242, 4243]
+        return SESSIONS
 
 
 async def test_a_sequencer_that_does_not_close_in_time_is_cut_off_its_sessions_named(
@@ -32,5 +37,5 @@ async def test_a_sequencer_that_does_not_close_in_time_is_cut_off_its_sessions_n
     reopen is refused ("another process is already the ledger's writer")."""
     monkeypatch.setattr(exchange, "CLOSE_TIMEOUT_S", 0.05)
     stuck = _Stuck()
-    assert await exchange._close_sequencer(cast(Sequencer, stuck)) == [4242, 4243]
+    assert await exchange._close_sequencer(cast(Sequencer, stuck)) == SESSIONS
     assert stuck.abandoned
