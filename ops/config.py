@@ -78,6 +78,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "endpoint_health_interval_s": "TOKEX_ENDPOINT_HEALTH_INTERVAL_S",
     "gateway_flush_ms": "TOKEX_GATEWAY_FLUSH_MS",
     "gateway_progress_ms": "TOKEX_GATEWAY_PROGRESS_MS",
+    "receipt_writers": "TOKEX_RECEIPT_WRITERS",
     "gateway_upstream_timeout_s": "TOKEX_GATEWAY_UPSTREAM_TIMEOUT_S",
     "gateway_upstream_idle_ms": "TOKEX_GATEWAY_UPSTREAM_IDLE_MS",
     "gateway_max_in_flight": "TOKEX_GATEWAY_MAX_IN_FLIGHT",
@@ -203,6 +204,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: How often the gateway records the progress of its streaming calls (ms): a call cut
     #: by a crash is charged by its last record (market.gateway.progress).
     gateway_progress_ms: Annotated[int, msgspec.Meta(ge=1)] = 250
+    #: Receipt journal commits in flight at once, a database connection each (of the
+    #: app's pool in one process, of the sequencer process's with `--workers`): a call's
+    #: end waits for one commit unless all are busy (market.gateway.journal).
+    receipt_writers: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
     #: How long the gateway waits on an upstream (connect, each read) before a 502.
     gateway_upstream_timeout_s: float = 60.0
     #: How long a connection to an upstream may idle and still be reused (ms): keep it

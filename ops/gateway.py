@@ -22,6 +22,7 @@ from market.gateway.desk import Desk, watch_deliveries
 from market.gateway.desk_remote import DeskExchange, RemoteDesk
 from market.gateway.desk_server import DeskServer
 from market.gateway.health import HealthMonitor, health_lifespan
+from market.gateway.journal import ReceiptJournal
 from market.gateway.lifespan import close_all_crashed, gateway_lifespan
 from market.gateway.meter import Meter
 from market.gateway.service import Gateway, GatewayConfig
@@ -31,7 +32,8 @@ from ops.config import Settings
 
 log = logging.getLogger(__name__)
 
-#: Connections of the sequencer process's own pool (keys' usage, open calls, health).
+#: Connections of the sequencer process's own pool (keys' usage, open calls, health),
+#: besides the receipt journal's writers.
 DESK_POOL_SIZE = 4
 
 
@@ -47,6 +49,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         rate_burst=settings.gateway_rate_burst,
         max_answer_bytes=settings.gateway_max_answer_bytes,
         max_event_bytes=settings.gateway_max_event_bytes,
+        receipt_writers=settings.receipt_writers,
     )
 
 
@@ -73,14 +76,17 @@ def desk_lifespan(
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[DeskServer]:
         assert settings.database_url is not None
-        pool = await open_pool(settings.database_url, min_size=1, max_size=DESK_POOL_SIZE)
+        size = DESK_POOL_SIZE + config.receipt_writers
+        pool = await open_pool(settings.database_url, min_size=1, max_size=size)
         app.state.pool = pool  # the exchange's reopen after an outage expires its connections
         source = lambda: app.state.get("sequencer")  # noqa: E731
         desk = Desk(source, pool)
-        meter = Meter(source, desk.reservations, config.flush_s)
+        journal = ReceiptJournal(pool)
+        meter = Meter(source, desk.reservations, config.flush_s, journal.bound(""),
+                      config.receipt_writers)  # fmt: skip
         meter.on_commit = desk.refresh
         meter.start()
-        server = DeskServer(nats, desk, meter, pool, config.max_in_flight)
+        server = DeskServer(nats, desk, meter, pool, config.max_in_flight, journal)
         monitor = HealthMonitor(pool, config.allow_hosts, settings.endpoint_health_interval_s)
         health = asyncio.create_task(monitor.run(), name="endpoint-health")
         try:
@@ -115,7 +121,8 @@ def remote_gateway_lifespan(settings: Settings, instance_id: str) -> Lifespan:
         nats: Client = app.state.nats
         desk = RemoteDesk(nats, instance_id)
         exchange = DeskExchange(nats, instance_id)
-        gateway = Gateway(app.state.pool, config, desk, lambda: exchange, instance_id=instance_id)
+        gateway = Gateway(app.state.pool, config, desk, lambda: exchange, exchange.journal,
+                          instance_id=instance_id)  # fmt: skip
         desk.start()
         gateway.meter.start()
         gateway.progress.start()

@@ -104,10 +104,10 @@ class GatewayReceipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     `tokens` is what the call was charged (see market/gateway/metering.py for the rule);
     the token counts are what the upstream reported. `request_sha256` is the hash of the
     bytes the gateway sent upstream, `response_sha256` of the bytes it sent the buyer,
-    but for one case: a stream whose charge could not be committed when it ended gets a
-    `charge_unavailable` error event in place of its tail (the usage event and `[DONE]`),
+    but for one case: a stream whose receipt could not be made durable when it ended gets
+    a `charge_unavailable` error event in place of its tail (the usage event and `[DONE]`),
     while its receipt, made and submitted before that was known (and so kept unchanged
-    for its retry: a first submission may have committed), hashes the tail held back.
+    for its retry: a first write may have committed), hashes the tail held back.
     A call cut by a crash (`ending` CRASH) is charged by its last progress mark: its
     `ended_ms` is that mark's time and `response_sha256` the hash of the events the
     gateway had passed on (or held back for the tail) by then. `ending` is left out of the

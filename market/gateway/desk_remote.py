@@ -48,6 +48,7 @@ from market.sequencer.remote import (
     refuse_unconnected,
 )
 from market.sequencer.wire import Answer, encode, outcomes_of
+from schemas.gateway import GatewayReceipt
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +176,24 @@ class RemoteDesk:
 
 
 class DeskExchange:
-    """Where a gateway process's meter submits: the desk's `tokex.gw.charge` (one request
-    per group commit, with the progress marks riding with it)."""
+    """Where a gateway process's meter journals its receipts (`tokex.gw.journal`, one
+    request per journal commit) and submits their charges: the desk's `tokex.gw.charge`
+    (one request per group commit, with the progress marks riding with it)."""
 
     def __init__(self, nats: Client, instance_id: str, *, timeout_s: float = TIMEOUT_S) -> None:
         self._nats = nats
         self.instance_id = instance_id
         self._timeout_s = timeout_s
         self._answer = msgspec.msgpack.Decoder(Answer[Any])
-        self.commits = 0  # group commits answered
+
+    async def journal(self, receipts: Sequence[GatewayReceipt]) -> None:
+        """Make `receipts` durable: the desk's `tokex.gw.journal` (the meter's `JournalWrite`)."""
+        payload = encode(wire.JournalRequest(self.instance_id, list(receipts)))
+        answer = self._answer.decode(
+            await request(self._nats, wire.JOURNAL, payload, self._timeout_s)
+        )
+        if answer.error is not None:
+            raise answer.error.error()
 
     async def submit_all(self, ops: Sequence[Op[Any]]) -> list[Outcome[Any]]:
         progress = None
@@ -200,5 +210,4 @@ class DeskExchange:
         )
         if answer.error is not None:
             raise answer.error.error()
-        self.commits += 1
         return outcomes_of(answer)

@@ -5,10 +5,11 @@ calls of a gateway process that died.
 Each call reserved here is kept by its receipt id with the gateway process instance
 that asked (`_Entry`), until it ends:
 
-* served: its receipt arrives in a charge (`tokex.gw.charge`). The desk releases what
-  the call reserved beyond its charge (`Desk.ended`, as one process does when the call
-  ends), submits the charge to the sequencer, and once it commits the charged tokens
-  leave the reservations (the ledger's balance says them now);
+* served: its receipt arrives to be journaled (`tokex.gw.journal`). The desk releases
+  what the call reserved beyond its charge (`Desk.ended`, as one process does when the
+  call ends) and writes the receipt durably (`market.gateway.journal`); its charge comes
+  next (`tokex.gw.charge`), which the desk submits to the sequencer, and once it
+  commits the charged tokens leave the reservations (the ledger's balance says them now);
 * not served: a release (`tokex.gw.release`) gives back all of it;
 * its reserve's answer never reached the gateway (no answer in time, a lost reply, the
   call cancelled while it waited): the gateway releases it all the same
@@ -30,26 +31,28 @@ no clock shared between hosts, and is exact for a reserve under way however long
 takes (a deadline would still need the release, for a reply lost after the desk
 reserved in time).
 
-So between a call's end and its receipt's arrival (at most the rest of its gateway's
-group commit in flight) it holds its whole reservation, never less: the rule can only
-err by refusing, never by overdrawing.
+So between a call's end and its receipt's arrival (at most its gateway's journal commit
+in flight) it holds its whole reservation, never less: the rule can only err by
+refusing, never by overdrawing.
 
 A gateway process that exits (`gone`, from the supervisor, `ops.workers.Gateways`): its
 instance is marked gone first, so a request of it still on its way is refused; then the
-desk waits for its charges under way in the sequencer, drops its reservations (its
+desk waits for its journal writes and charges under way, drops its reservations (its
 uncommitted charges too) and closes its open calls by their last progress mark
 (`progress.close_crashed` on its instance id only: the calls of the other gateways are
-not touched), charged through the desk's own meter here, with their tokens owed in the
-reservations until they commit. The new process in its slot has another instance id.
+not touched), and charges its receipts journaled but not charged (its rows of
+`gateway_receipts_owed`), through the desk's own meter here, with their tokens owed in
+the reservations until they commit. The new process in its slot has another instance id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +65,7 @@ from nats.aio.subscription import Subscription
 from market.gateway import desk_wire as wire
 from market.gateway.desk import Desk, Slot, drop
 from market.gateway.errors import TooManyInFlight
+from market.gateway.journal import ReceiptJournal
 from market.gateway.meter import Group, Meter
 from market.gateway.metering import Demand
 from market.gateway.progress import close_crashed
@@ -69,6 +73,7 @@ from market.gateway.routing import Endpoint
 from market.sequencer.ops import Failed, GatewayChargeOp, Op, Outcome
 from market.sequencer.wire import SEQUENCER_QUEUE, Answer, ErrorWire, Reply, encode, replies_of
 from schemas.errors import DomainError, ErrorKind
+from schemas.gateway import GatewayReceipt
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +143,11 @@ class DeskServer:
     """See the module docstring."""
 
     def __init__(
-        self, nats: Client, desk: Desk, meter: Meter, pool: asyncpg.Pool, max_in_flight: int
-    ) -> None:
+        self, nats: Client, desk: Desk, meter: Meter, pool: asyncpg.Pool, max_in_flight: int,
+        journal: ReceiptJournal,
+    ) -> None:  # fmt: skip
         self._nats = nats
+        self.journal = journal
         self.desk = desk
         self.meter = meter
         self.pool = pool
@@ -160,12 +167,14 @@ class DeskServer:
         self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {
             wire.RESERVE: msgspec.msgpack.Decoder(wire.ReserveRequest),
             wire.CHARGE: msgspec.msgpack.Decoder(wire.ChargeRequest),
+            wire.JOURNAL: msgspec.msgpack.Decoder(wire.JournalRequest),
             wire.RELEASE: msgspec.msgpack.Decoder(wire.ReleaseRequest),
             wire.MODELS: msgspec.msgpack.Decoder(wire.ModelsRequest),
         }
         self._handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
             wire.RESERVE: self.reserve,
             wire.CHARGE: self.charge,
+            wire.JOURNAL: self.journal_receipts,
             wire.RELEASE: self.release,
             wire.MODELS: self.models,
         }
@@ -290,35 +299,51 @@ class DeskServer:
         allowed = None if r.allowed is None else frozenset(r.allowed)
         return Answer(replies=[Reply(value=await self.desk.models(r.buyer, allowed))])
 
-    async def charge(self, r: wire.ChargeRequest) -> Answer[Any]:
-        """A gateway's group commit: its calls have ended; submitted as one `submit_all`."""
+    async def journal_receipts(self, r: wire.JournalRequest) -> Answer[int]:
+        """A gateway's receipts: its calls have ended; made durable here."""
         self._refuse_gone(r.instance_id)
+        with self._under_way(r.instance_id):
+            for receipt in r.receipts:
+                self._ended(receipt)
+            await self.journal.write(r.receipts, r.instance_id)
+            return Answer(replies=[Reply(value=len(r.receipts))])
+
+    @contextlib.contextmanager
+    def _under_way(self, instance_id: str) -> Iterator[None]:
+        """A request of `instance_id` in progress (`gone` waits for it)."""
         task = asyncio.current_task()
         assert task is not None
-        under_way = self._charging.setdefault(r.instance_id, set())
+        under_way = self._charging.setdefault(instance_id, set())
         under_way.add(task)
         try:
+            yield
+        finally:
+            under_way.discard(task)
+            if not under_way:
+                self._charging.pop(instance_id, None)
+
+    async def charge(self, r: wire.ChargeRequest) -> Answer[Any]:
+        """A gateway's group commit of charges (its receipts journaled already), submitted
+        as one `submit_all`."""
+        self._refuse_gone(r.instance_id)
+        with self._under_way(r.instance_id):
             for op in r.charges:
-                self._ended(op)
+                for receipt in op.receipts:
+                    self._ended(receipt)
             ops: list[Op[Any]] = [*([r.progress] if r.progress is not None else []), *r.charges]
             outcomes = await self.desk.sequencer.submit_all(ops)
             self._committed(r.charges, outcomes[len(ops) - len(r.charges) :])
             return replies_of(outcomes)
-        finally:
-            under_way.discard(task)
-            if not under_way:
-                self._charging.pop(r.instance_id, None)
 
-    def _ended(self, op: GatewayChargeOp) -> None:
-        """Its receipts have arrived: each call releases what it reserved beyond its charge."""
-        for receipt in op.receipts:
-            entry = self._entries.get(receipt.receipt_id)
-            if entry is None or entry.charged is not None:
-                continue  # a retry, or not reserved here
-            entry.charged = min(receipt.tokens, entry.reserved)
-            drop(self._accounts, entry.group[0])
-            self.desk.ended(receipt.receipt_id, entry.group, entry.key_id, entry.slot,
-                            entry.reserved, entry.charged, served=True)  # fmt: skip
+    def _ended(self, receipt: GatewayReceipt) -> None:
+        """Its receipt has arrived: the call releases what it reserved beyond its charge."""
+        entry = self._entries.get(receipt.receipt_id)
+        if entry is None or entry.charged is not None:
+            return  # a retry, or not reserved here
+        entry.charged = min(receipt.tokens, entry.reserved)
+        drop(self._accounts, entry.group[0])
+        self.desk.ended(receipt.receipt_id, entry.group, entry.key_id, entry.slot,
+                        entry.reserved, entry.charged, served=True)  # fmt: skip
 
     def _committed(
         self, charges: Sequence[GatewayChargeOp], outcomes: Sequence[Outcome[Any]]

@@ -9,6 +9,10 @@ Subjects, answered in the sequencer's queue group:
   receipts (and the progress marks riding with it), submitted to the sequencer by the
   desk as one `submit_all`, so the desk sees each call end (its receipt) and each charge
   commit;
+* `tokex.gw.journal`, `JournalRequest` -> the number written: receipts of calls ended,
+  made durable by the receipt journal of the sequencer process (`market.gateway.journal`)
+  before the calls send their last bytes; the desk sees each call end here (a charge
+  carrying the receipt later is only its charge);
 * `tokex.gw.release`, `ReleaseRequest` -> the number released: calls that ended unserved
   (no receipt: an upstream error, a buyer gone before the answer), and reserves sent
   whose answer never came back (the desk may have reserved them; a release arriving
@@ -28,11 +32,13 @@ from typing import Any
 import msgspec
 
 from market.sequencer.ops import GatewayChargeOp, GatewayProgressOp
+from schemas.gateway import GatewayReceipt
 
 PREFIX = "tokex.gw."
 RESERVE = PREFIX + "reserve"
 CHARGE = PREFIX + "charge"
 RELEASE = PREFIX + "release"
+JOURNAL = PREFIX + "journal"
 MODELS = PREFIX + "models"
 
 
@@ -64,6 +70,11 @@ class ChargeRequest(msgspec.Struct, array_like=True, frozen=True):
     instance_id: str
     progress: GatewayProgressOp | None
     charges: list[GatewayChargeOp]
+
+
+class JournalRequest(msgspec.Struct, array_like=True, frozen=True):
+    instance_id: str
+    receipts: list[GatewayReceipt]
 
 
 class ReleaseRequest(msgspec.Struct, array_like=True, frozen=True):

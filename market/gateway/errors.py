@@ -16,7 +16,7 @@ tokex's `{"code", "message"}` (ops.errors).
 * 502 `upstream_error` / `upstream_timeout` (nothing charged),
 * 503 `no_healthy_endpoint`, `endpoints_busy`, `exchange_unavailable`, `database_unavailable`
   (with Retry-After),
-* `charge_unavailable`: a streamed call was served but its charge could not be committed
+* `charge_unavailable`: a streamed call was served but its receipt could not be committed
   now, an error event in place of the stream's last events (no status: the stream has
   begun). A non-streamed call in that case gets its body (200) with `x-tokex-charge:
   pending`, not an error: a 503 would withhold an answer the buyer is charged for, and

@@ -8,22 +8,27 @@ concurrent calls can never together overdraw the entitlement. Per key, it keeps 
 tokens metered (loaded from the receipts once, then counted here) and reserved, against
 the key's `token_budget`.
 
-`Meter` is the receipts' group commit: a call's receipt goes to the sequencer at once,
-with every receipt filed meanwhile, as one `GatewayChargeOp` (at most `PIPELINE` ops in
-the sequencer however many calls end, so the gateway never floods the sequencer's queue).
-After each commit the gateway reads the charged groups' balances again (`on_commit`), so
-the next calls route on the committed view without waiting for the next batch.
-The call sends its last bytes (a stream's last events and `[DONE]`, or a whole
-non-streamed body) only once its receipt's commit is done (`Meter.charge`). Once it
-commits, the charged tokens are in the ledger and leave the reservations. If it fails
-(503: the batch did not commit), a stream gets an error in place of its tail (a
-non-streamed body goes anyway, marked `x-tokex-charge: pending`), and the same op is
-submitted again with the next group, or after `flush_s` seconds at the latest
-(`TOKEX_GATEWAY_FLUSH_MS`, default 1 s): its deliveries are idempotent by their ids.
+`Meter` takes a call's receipt to the ledger in two group commits. First the receipt
+journal (`market.gateway.journal`): the receipts of calls ended in one turn of the event
+loop are written in one commit of their own, at once if a writer is free (several commit
+at a time), so a call's end waits for that one commit, never for the sequencer's batch in
+flight. The call sends its last bytes (a stream's last events and `[DONE]`, or a whole
+non-streamed body) only once its receipt is durable (`Meter.charge`). If that fails (503:
+the database is unreachable), a stream gets an error in place of its tail (a non-streamed
+body goes anyway, marked `x-tokex-charge: pending`), and the receipt is written again after
+`flush_s` seconds (`TOKEX_GATEWAY_FLUSH_MS`, default 1 s), with the next receipts.
+Then the charge: every receipt made durable meanwhile goes to the sequencer as one
+`GatewayChargeOp` (at most `PIPELINE` ops in the sequencer however many calls end, so the
+gateway never floods the sequencer's queue). Once it commits, the charged tokens are in
+the ledger and leave the reservations; until then they stay promised away. A failed
+charge is submitted again (the same op: its deliveries are idempotent by their ids) with
+the next group, or after `flush_s` at the latest. After each charge the gateway reads
+the charged groups' balances again (`on_commit`), so the next calls route on the
+committed view without waiting for the next batch.
 A receipt whose call's progress was recorded (`market.gateway.progress`) closes that
-record in the same commit (the op's `closes`). The progress marks of streaming calls ride
-with these group commits (`rider`: a `GatewayProgressOp` in the same `submit_all`, so in
-the same sequencer batch), once per progress period: on a busy gateway they add no batch.
+record with its charge (the op's `closes`). The progress marks of streaming calls ride
+with the charges (`rider`: a `GatewayProgressOp` in the same `submit_all`, so in the same
+sequencer batch), once per progress period: on a busy gateway they add no batch.
 
 The reservations are the desk's (`market.gateway.desk`): in one process the meter
 settles them itself when a charge commits; in a gateway process of `serve --workers N`
@@ -37,8 +42,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from market.sequencer import Sequencer
@@ -52,9 +57,6 @@ log = logging.getLogger(__name__)
 Group = tuple[str, str, str]  # (buyer, provider, instrument)
 K = TypeVar("K")
 S = TypeVar("S")
-
-#: `Meter.waited` counts receipts that waited for this many batches or more under this key.
-WAITED_MAX = 10
 
 
 class Reservations:
@@ -86,6 +88,11 @@ class Reservations:
         away until it commits, and metered against its key (whose count must be loaded)."""
         self.outstanding[group] = self.outstanding.get(group, 0) + tokens
         self.key_used[key_id] = self.key_used.get(key_id, 0) + tokens
+
+    def charging(self, group: Group, tokens: int) -> None:
+        """A durable receipt whose charge a crash cut (found at a start): promised away
+        until it commits (its key's use counts it already: it is in the receipts)."""
+        self.outstanding[group] = self.outstanding.get(group, 0) + tokens
 
     def reserved(self, buyer: str, provider: str, instrument: str) -> int:
         """What is promised away of this entitlement (the sequencer's reports and vouchers
@@ -128,22 +135,21 @@ class Committer(Protocol):
     """What the meter submits its charges to: the sequencer, or (in a gateway process)
     the desk in the sequencer process (`desk_remote.DeskExchange`)."""
 
-    @property
-    def commits(self) -> int:
-        """Batches committed so far (to count how many a receipt waited for)."""
-
     async def submit_all(self, ops: Sequence[Op[Any]]) -> list[Outcome[Any]]: ...
 
 
 CommitterSource = Callable[[], Committer | None]
 
 
-#: Charges the meter has in the sequencer at once. One: a receipt filed while a charge
-#: commits goes into the very next one, started the moment that one ends, so a call
-#: waits at its end for the rest of the commit in flight and its own, never more. (With
-#: two, one committing and the next queued, the sequencer never waits for the meter, but
-#: a receipt may wait behind the queued one too: a third batch, measured 2026-12-02.)
+#: Charges the meter has in the sequencer at once. One: the receipts journaled while a
+#: charge commits go together in the next one, so however many calls end, the sequencer
+#: gets one op per commit. (No call waits for a charge: its end waits for its receipt's
+#: journal commit only.)
 PIPELINE = 1
+
+#: What writes receipts durably (`journal.ReceiptJournal.write` of this process, or the
+#: sequencer process's over NATS: `desk_remote.DeskExchange.journal`).
+JournalWrite = Callable[[Sequence[GatewayReceipt]], Awaitable[None]]
 
 
 class Rider(Protocol):
@@ -156,32 +162,56 @@ class Rider(Protocol):
         """How it went."""
 
 
-class Meter:
-    """Group commit of receipts: a receipt goes to the sequencer at once, with every other
-    receipt filed meanwhile, as one `GatewayChargeOp`.
+@dataclass(slots=True)
+class _Filed:
+    """A receipt on its way to the journal: who waits for it, and whether its call's
+    progress row closes with its charge."""
 
-    At most `PIPELINE` charges are in the sequencer at a time: receipts filed while one
-    commits wait for it and go together in the next one (the group commit), so however
-    many calls end, the sequencer gets one op per commit, and a call waits at its end for
-    at most the rest of the commit in flight and its own. `charge(receipt)` returns a future
-    that is done once the receipt is durable (or failed with the sequencer's error: the
-    call then sends the buyer an error in place of its tail). A charge that failed is
-    kept and submitted again (the same op: its deliveries are idempotent by their ids)
-    with the next group, and at least every `flush_s` seconds while none comes.
+    receipt: GatewayReceipt
+    future: asyncio.Future[None] | None
+    recorded: bool
+    resubmitted: bool
+    #: every writer was busy when it was filed: it waits for one commit more
+    queued: bool
+
+
+class Meter:
+    """A call's receipt made durable, then charged: two group commits in a row.
+
+    `charge(receipt)` files it with the receipt journal (`journal`): the receipts filed in
+    one turn of the event loop go together in one journal commit, started at once if one
+    of the `writers` is free (else when one is: the next commit takes every receipt
+    filed meanwhile). Its future is done once the receipt is durable (or failed with the
+    journal's error: the call then sends the buyer an error in place of its tail, and the
+    receipt is written again after `flush_s`). So a call waits at its end for one commit,
+    its receipt's, never for the sequencer's batch in flight.
+
+    A durable receipt's charge goes to the sequencer (`GatewayChargeOp`), with every other
+    receipt journaled meanwhile: at most `PIPELINE` charges are in the sequencer at a
+    time, so the sequencer gets one op per commit. A charge that failed is kept and
+    submitted again (the same op: its deliveries are idempotent by their ids) with the
+    next group, and at least every `flush_s` seconds while none comes. Until its charge
+    commits, a receipt's tokens stay promised away in the reservations.
     """
 
     def __init__(
-        self, sequencer: CommitterSource, reservations: Reservations | None, flush_s: float
-    ) -> None:
+        self, sequencer: CommitterSource, reservations: Reservations | None, flush_s: float,
+        journal: JournalWrite, writers: int = 1,
+    ) -> None:  # fmt: skip
         self._sequencer = sequencer
         self._reservations = reservations
         self.flush_s = flush_s
+        self._journal = journal
+        self._writers = max(1, writers)
+        self._filed: list[_Filed] = []
+        self._rejournal: list[_Filed] = []  # failed: written again with the next write
+        self._writing = 0
+        self._write_soon: asyncio.Handle | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        #: durable receipts whose charge is due, and receipt ids whose progress rows the
+        #: next charge deletes (`GatewayChargeOp.closes`)
         self._pending: list[GatewayReceipt] = []
-        #: receipt ids whose progress rows the next op deletes (`GatewayChargeOp.closes`)
         self._closes: list[str] = []
-        #: per pending receipt: its future (None: nobody waits) and the sequencer's
-        #: commit count when it was filed
-        self._waiting: list[tuple[asyncio.Future[None] | None, int]] = []
         self._retry: list[GatewayChargeOp] = []
         #: a pending receipt may have been submitted before (`GatewayChargeOp.resubmitted`)
         self._resubmitted = False
@@ -189,31 +219,39 @@ class Meter:
         self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(PIPELINE)
         self._flushing: set[asyncio.Task[None]] = set()
-        #: Group commits done, and per receipt waited for: how many sequencer batches
-        #: committed between its filing and its commit -> how many receipts (ops/bench).
         #: called with the groups of each charge that committed (the gateway refreshes
         #: its view of their balances as of that commit)
         self.on_commit: Callable[[set[Group]], None] | None = None
         self.rider: Rider | None = None
         self.charges = 0
         self.charge_s = 0.0  # time spent in them
+        self.journaled = 0  # journal commits
+        self.journal_s = 0.0
+        #: per receipt made durable: how many journal commits its call waited for at its
+        #: end (1: its own; 2: every writer was busy, so one of theirs too) -> receipts
         self.waited: dict[int, int] = {}
 
     def add(self, receipt: GatewayReceipt, *, recorded: bool = False) -> None:
         """File a receipt nobody waits for (its buyer is gone). `recorded`: the call's
-        progress may be in `gateway_calls`, and the receipt's commit deletes it."""
-        self._file(receipt, None, recorded)
+        progress may be in `gateway_calls`, and the receipt's charge deletes it."""
+        self._file(receipt, None, recorded, False)
 
     def charge(
         self, receipt: GatewayReceipt, *, recorded: bool = False, resubmitted: bool = False
     ) -> asyncio.Future[None]:
-        """File a receipt; the future is done once it is committed (or failed).
+        """File a receipt; the future is done once it is durable (or failed).
         `resubmitted`: it may have been submitted before (a call a crash cut, closed at a
         restart): its charge looks its delivery up first."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._file(receipt, future, recorded)
-        self._resubmitted |= resubmitted
+        self._file(receipt, future, recorded, resubmitted)
         return future
+
+    def owe(self, receipt: GatewayReceipt) -> None:
+        """Charge a receipt that is durable already (journaled before a crash cut its
+        charge: `progress.close_crashed`); it may have been charged after all."""
+        self._pending.append(receipt)
+        self._resubmitted = True
+        self._wake.set()
 
     def forget(self, receipt_ids: Sequence[str]) -> None:
         """Delete these calls' progress rows with the next commit (their receipts are
@@ -222,14 +260,78 @@ class Meter:
         self._wake.set()
 
     def _file(
-        self, receipt: GatewayReceipt, future: asyncio.Future[None] | None, recorded: bool
-    ) -> None:
-        sequencer = self._sequencer()
-        self._pending.append(receipt)
-        if recorded:
-            self._closes.append(receipt.receipt_id)
-        self._waiting.append((future, sequencer.commits if sequencer is not None else 0))
+        self, receipt: GatewayReceipt, future: asyncio.Future[None] | None, recorded: bool,
+        resubmitted: bool,
+    ) -> None:  # fmt: skip
+        queued = self._writing >= self._writers
+        self._filed.append(_Filed(receipt, future, recorded, resubmitted, queued))
+        if self._write_soon is None:  # those filed in this turn of the loop go together
+            self._write_soon = asyncio.get_running_loop().call_soon(self._start_writes)
+
+    def _start_writes(self) -> None:
+        self._write_soon = None
+        if (self._filed or self._rejournal) and self._writing < self._writers:
+            filed, self._filed, self._rejournal = [*self._rejournal, *self._filed], [], []
+            self._writing += 1
+            task = asyncio.create_task(self._write(filed), name="gateway-journal")
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write(self, filed: list[_Filed]) -> None:
+        began = time.perf_counter()
+        try:
+            await self._journal([f.receipt for f in filed])
+        except Exception as exc:
+            self._not_journaled(filed, exc)
+        else:
+            self.journaled += 1
+            self.journal_s += time.perf_counter() - began
+            self._journaled(filed)
+        finally:
+            self._writing -= 1
+            # New receipts only: a failed write is tried again after `flush_s`, not at once.
+            if self._filed and self._write_soon is None:
+                self._write_soon = asyncio.get_running_loop().call_soon(self._start_writes)
+
+    def _journaled(self, filed: list[_Filed]) -> None:
+        """Durable: the calls may end; their charges are due."""
+        for f in filed:
+            if f.future is not None and not f.future.done():
+                waited = 2 if f.queued else 1
+                self.waited[waited] = self.waited.get(waited, 0) + 1
+                f.future.set_result(None)
+            self._pending.append(f.receipt)
+            if f.recorded:
+                self._closes.append(f.receipt.receipt_id)
+            self._resubmitted |= f.resubmitted
         self._wake.set()
+
+    def _not_journaled(self, filed: list[_Filed], exc: Exception) -> None:
+        """Not durable: the waiting calls hear why; written again after `flush_s`."""
+        if isinstance(exc, DomainError):
+            log.warning("gateway receipts of %d calls not journaled: %s", len(filed), exc)
+            error: Exception = exc
+        else:  # a bug: keep metering, say so
+            log.error("gateway journal write failed", exc_info=exc)
+            error = SequencerStopped("the receipt could not be made durable now; try again")
+        for f in filed:
+            if f.future is not None and not f.future.done():
+                f.future.set_exception(error)
+            f.future = None
+        self._rejournal.extend(filed)
+        asyncio.get_running_loop().call_later(self.flush_s, self._retry_writes)
+
+    def _retry_writes(self) -> None:
+        if self._rejournal and self._write_soon is None:
+            self._write_soon = asyncio.get_running_loop().call_soon(self._start_writes)
+
+    async def written(self) -> None:
+        """Wait until every receipt filed so far has been through a journal write."""
+        while self._filed or self._writes:
+            if self._writes:
+                await asyncio.gather(*self._writes, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)  # the write starts at the end of this turn
 
     def wake(self) -> None:
         """Flush now (or right after the flush in flight): a rider has an op due."""
@@ -237,9 +339,10 @@ class Meter:
 
     @property
     def backlog(self) -> int:
-        """Receipts (and progress rows to delete) not yet committed."""
+        """Receipts (and progress rows to delete) not yet durable or not yet charged."""
         retrying = sum(len(op.receipts) + len(op.closes) for op in self._retry)
-        return len(self._pending) + len(self._closes) + retrying
+        journal = len(self._filed) + len(self._rejournal)
+        return journal + len(self._pending) + len(self._closes) + retrying
 
     async def flush(self) -> None:
         """Submit what failed before and what is pending, together (one sequencer batch)."""
@@ -247,8 +350,8 @@ class Meter:
             await self._flush()
 
     async def _flush(self) -> None:
-        pending, waiting, closes = self._pending, self._waiting, self._closes
-        self._pending, self._waiting, self._closes = [], [], []
+        pending, closes = self._pending, self._closes
+        self._pending, self._closes = [], []
         resubmitted, self._resubmitted = self._resubmitted, False
         ops, self._retry = self._retry, []
         if pending or closes:
@@ -268,8 +371,6 @@ class Meter:
             self.charges += 1
         if committed and self.on_commit is not None:
             self.on_commit(committed)
-        if pending:
-            self._answer(waiting, outcomes[-1])
 
     async def _submit(self, ops: list[Op[Any]]) -> list[Outcome[Any]]:
         try:
@@ -309,23 +410,6 @@ class Meter:
         finally:
             self._slots.release()
 
-    def _answer(
-        self, waiting: list[tuple[asyncio.Future[None] | None, int]], outcome: object
-    ) -> None:
-        failed = outcome.error if isinstance(outcome, Failed) else None
-        sequencer = self._sequencer()
-        now = sequencer.commits if sequencer is not None else 0
-        for future, filed in waiting:
-            if failed is None:
-                waited = min(max(1, now - filed), WAITED_MAX)
-                self.waited[waited] = self.waited.get(waited, 0) + 1
-            if future is None or future.done():
-                continue
-            if failed is None:
-                future.set_result(None)
-            else:
-                future.set_exception(failed)
-
     def _settle(self, receipts: Sequence[GatewayReceipt]) -> None:
         if self._reservations is None:
             return  # the desk settles them where it is (a gateway process)
@@ -355,11 +439,19 @@ class Meter:
         if self._flushing:
             await asyncio.gather(*self._flushing, return_exceptions=True)
         for _ in range(attempts):
+            if self._writes:
+                await asyncio.gather(*self._writes, return_exceptions=True)
+            if self._filed or self._rejournal:  # what is filed goes now, in one write
+                self._writing += 1
+                filed, self._filed, self._rejournal = [*self._rejournal, *self._filed], [], []
+                await self._write(filed)
             await self.flush()
             if not self.backlog:
                 break
         else:
             log.error("gateway: %d metered calls not charged at shutdown", self.backlog)
-        log.info("gateway meter: %d group commits; receipts by batches waited for: %s; "
-                 "%.1f ms a commit", self.charges, dict(sorted(self.waited.items())),
+        log.info("gateway meter: %d journal commits; receipts by commits waited for: %s; "
+                 "%.1f ms a commit; %d charge commits, %.1f ms a commit", self.journaled,
+                 dict(sorted(self.waited.items())),
+                 self.journal_s * 1000 / max(1, self.journaled), self.charges,
                  self.charge_s * 1000 / max(1, self.charges))  # fmt: skip

@@ -23,7 +23,9 @@ else the chunks passed on by then, one token each, no prompt, capped by the rese
 as a receipt with `ending` CRASH, through the meter like any other (`GatewayChargeOp`),
 which deletes the rows in the same commit. A row whose receipt did commit (the crash came
 between the two) is only deleted. So a second restart finds nothing, and nothing is
-charged twice.
+charged twice. And every receipt made durable whose charge a crash cut (a row of
+`gateway_receipts_owed`, `market.gateway.journal`) is charged then (`Meter.owe`: its
+delivery is looked up first, in case it committed after all).
 
 What a crash can cost a provider, per streaming call in flight: what it streamed since
 the call's last durable mark (at most a period and a commit), and its prompt if the usage
@@ -213,6 +215,11 @@ SELECT c.*, r.receipt_id IS NOT NULL AS receipted
  WHERE $1::text IS NULL OR c.instance_id = $1
  ORDER BY c.started_ms, c.receipt_id
 """
+_OWED = """
+SELECT r.* FROM gateway_receipts_owed o JOIN gateway_receipts r USING (receipt_id)
+ WHERE $1::text IS NULL OR o.instance_id = $1
+ ORDER BY r.seq
+"""
 _MARK_FIELDS = CallMark.__struct_fields__
 
 
@@ -234,8 +241,9 @@ async def close_crashed(
     gone (`desk.DeskServer.gone`): never the calls of one still serving."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(_OPEN_CALLS, instance_id)
+        owed = [receipts.receipt_of(r) for r in await conn.fetch(_OWED, instance_id)]
         marks = [_mark_of_row(r) for r in rows if not r["receipted"]]
-        keys = sorted({m.key_id for m in marks})
+        keys = sorted({m.key_id for m in marks} | {r.key_id for r in owed})
         used = await receipts.tokens_used(conn, keys)
     # No await from here to the filing: the keys' counts read above stay exact.
     receipted = [r["receipt_id"] for r in rows if r["receipted"]]
@@ -247,6 +255,16 @@ async def close_crashed(
         group = (receipt.buyer, receipt.provider, receipt.instrument)
         reservations.owed(group, receipt.key_id, receipt.tokens)
         futures.append(meter.charge(receipt, recorded=True, resubmitted=True))
+    for receipt in owed:  # durable, but a crash cut its charge
+        group = (receipt.buyer, receipt.provider, receipt.instrument)
+        if instance_id is None:  # a start: the receipts loaded into the keys' use hold it
+            reservations.key_used.setdefault(receipt.key_id, used.get(receipt.key_id, 0))
+            reservations.charging(group, receipt.tokens)
+        else:  # a gateway gone: the desk drops its calls' charges next (`DeskServer.gone`)
+            reservations.owed(group, receipt.key_id, receipt.tokens)
+        meter.owe(receipt)
+    if owed:
+        log.warning("gateway: %d receipts whose charge a crash cut charged now", len(owed))
     if rows:
         log.warning("gateway: %d calls cut by a crash closed by their last progress mark, "
                     "%d that had their receipt forgotten", len(marks), len(receipted))  # fmt: skip

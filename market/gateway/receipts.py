@@ -1,13 +1,17 @@
 """Reading receipts: a party's receipts page by page, one receipt's proof in its delivery,
 and the receipts of a range of deliveries for the audit export.
 
-Receipts are written by the sequencer only (`market.sequencer.delivery`); here they are
-read. A receipt is visible to its buyer and its provider, nobody else: another account's
-receipt id answers 404, as if it did not exist.
+Receipts are written by the receipt journal at their calls' end (`market.gateway.journal`)
+and charged by the sequencer (`market.sequencer.delivery`, which links each to its
+delivery: `gateway_delivery_receipts`); here they are read. A receipt is visible to its
+buyer and its provider, nobody else: another account's receipt id answers 404, as if it
+did not exist.
 
-Order and cursor: receipts are listed by `seq`, the order they were committed in (the
-sequencer is their one writer, and a later batch's receipts have greater numbers), so a
-client paging with `next_cursor` sees every receipt once, new ones at the end. The cursor
+Order and cursor: receipts are listed newest first by `seq`, the order they were
+numbered in as written, so a client paging with `next_cursor` sees every receipt once
+that was committed when it began. (Journal commits run several at a time: a receipt may
+commit a moment after one with a greater number, and a walk begun in between does not
+see it, as it does not see any receipt committed after it began.) The cursor
 is the last `seq` seen, tagged as the receipts list's, as an opaque string.
 """
 

@@ -65,8 +65,17 @@ from market.gateway.errors import (
     UpstreamRefused,
 )
 from market.gateway.health import upstream_headers
+from market.gateway.journal import WRITERS as JOURNAL_WRITERS
+from market.gateway.journal import ReceiptJournal
 from market.gateway.keys import KeyGrant
-from market.gateway.meter import CommitterSource, Group, Meter, Reservations, SequencerSource
+from market.gateway.meter import (
+    CommitterSource,
+    Group,
+    JournalWrite,
+    Meter,
+    Reservations,
+    SequencerSource,
+)
 from market.gateway.progress import Progress
 from market.gateway.sse import MAX_EVENT_BYTES, UNDECODABLE, EventReader
 from market.gateway.ssrf import EndpointRefused, Target, resolve
@@ -90,7 +99,7 @@ _encoder = msgspec.json.Encoder()
 
 #: The response header naming a call's receipt (`GET /v1/receipts`), sent with the first byte.
 RECEIPT_HEADER = "x-tokex-receipt"
-#: Sent (as `pending`) with a non-streamed body whose charge could not be committed yet:
+#: Sent (as `pending`) with a non-streamed body whose receipt could not be committed yet:
 #: the meter retries it; the receipt is in `GET /v1/receipts` once it commits.
 CHARGE_HEADER = "x-tokex-charge"
 #: How long the gateway keeps what it read of its configuration (s), and how many entries.
@@ -127,6 +136,8 @@ class GatewayConfig:
     #: charged. And of one event of a stream (`sse.EventReader`): a longer one cuts it.
     max_answer_bytes: int = MAX_ANSWER_BYTES
     max_event_bytes: int = MAX_EVENT_BYTES
+    #: Receipt journal commits in flight at once (`market.gateway.journal`).
+    receipt_writers: int = JOURNAL_WRITERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,15 +275,16 @@ class Gateway:
 
     def __init__(
         self, pool: asyncpg.Pool, config: GatewayConfig, desk: DeskPort,
-        exchange: CommitterSource, *, reservations: Reservations | None = None,
-        instance_id: str = "",
+        exchange: CommitterSource, journal: JournalWrite, *,
+        reservations: Reservations | None = None, instance_id: str = "",
     ) -> None:  # fmt: skip
         self.pool = pool
         self.config = config
         self.allow_hosts = config.allow_hosts
         self.desk = desk
         self.instance_id = instance_id
-        self.meter = Meter(exchange, reservations, config.flush_s)
+        self.meter = Meter(exchange, reservations, config.flush_s, journal,
+                           config.receipt_writers)  # fmt: skip
         self.progress = Progress(config.progress_s, self.meter.wake, instance_id)
         self.meter.rider = self.progress
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
@@ -383,9 +395,9 @@ class Gateway:
     async def _charged(
         self, call: Call, usage: metering.Usage | None, chunks: int
     ) -> ChargeUnavailable | None:
-        """Finish a served call and wait until its receipt is committed: None once it is,
-        else why not now (the meter retries the charge until it commits). A buyer gone
-        meanwhile does not cancel the commit."""
+        """Finish a served call and wait until its receipt is durable (the receipt
+        journal's commit): None once it is, else why not now (the meter writes it again
+        until it is, then charges it). A buyer gone meanwhile does not cancel the commit."""
         future = self.finish(call, usage, chunks, served=True)
         if future is None:
             return None
@@ -574,10 +586,12 @@ class Gateway:
 def local_gateway(
     pool: asyncpg.Pool, sequencer: SequencerSource, config: GatewayConfig, instance_id: str = ""
 ) -> tuple[Gateway, Desk]:
-    """The gateway of one process (`tokex serve`): its desk here, on the sequencer."""
+    """The gateway of one process (`tokex serve`): its desk here, on the sequencer, its
+    receipt journal on `pool`."""
     desk = Desk(sequencer, pool)
-    gateway = Gateway(pool, config, desk, sequencer, reservations=desk.reservations,
-                      instance_id=instance_id)  # fmt: skip
+    journal = ReceiptJournal(pool)
+    gateway = Gateway(pool, config, desk, sequencer, journal.bound(instance_id),
+                      reservations=desk.reservations, instance_id=instance_id)  # fmt: skip
     gateway.meter.on_commit = desk.refresh
     return gateway, desk
 

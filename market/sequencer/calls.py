@@ -8,6 +8,11 @@ after. A mark and a close of the same call in one batch (the mark was queued bef
 call ended) leave no row: the close drops the mark. What is left when the exchange
 restarts is a call cut by a crash (`market.gateway.progress.close_crashed`).
 
+A charge op also deletes its receipts' rows of `gateway_receipts_owed` (written with each
+receipt by the receipt journal, `market.gateway.journal`): once this batch commits, they
+are charged (or found charged, or charged nothing, or refused), and no restart charges
+them again.
+
 Each batch's marks and closes are kept in its `CallRows` and staged once, with the batch's
 other rows (`Batch.stage`): a call is written at most once per statement.
 """
@@ -21,6 +26,7 @@ from ledger.rows import BatchRows
 from schemas.gateway import CallMark
 
 TABLE = "gateway_calls"
+OWED_TABLE = "gateway_receipts_owed"
 COLUMNS = tuple(CallMark.__struct_fields__)
 #: A newer mark replaces the progress; the call's opening is the same in every mark.
 _PROGRESS = (
@@ -38,10 +44,13 @@ class CallRows:
 
     marks: dict[str, CallMark] = field(default_factory=dict)
     closed: list[str] = field(default_factory=list)
+    #: receipt ids whose owed rows go (their charge is decided by this batch)
+    charged: list[str] = field(default_factory=list)
 
     def stage(self, rows: BatchRows) -> None:
         rows.insert(TABLE, COLUMNS, [_record(m) for m in self.marks.values()], on_conflict=UPSERT)
         rows.delete(TABLE, "receipt_id", self.closed)
+        rows.delete(OWED_TABLE, "receipt_id", self.charged)
 
 
 def _record(m: CallMark) -> tuple[object, ...]:
@@ -63,3 +72,8 @@ def close(rows: CallRows, receipt_ids: Iterable[str]) -> None:
     for receipt_id in receipt_ids:
         rows.marks.pop(receipt_id, None)
         rows.closed.append(receipt_id)
+
+
+def charged(rows: CallRows, receipt_ids: Iterable[str]) -> None:
+    """Stage the deletion of these receipts' owed rows (this batch decides their charge)."""
+    rows.charged.extend(receipt_ids)

@@ -8,7 +8,9 @@ buyer's entitlement, the escrow released pro rata to the provider less its fee, 
 rounded on the pair's totals so far, `InstrumentState.delivered`), a row of
 `market_deliveries` (report id `gw:<first receipt id>`, so `GET /v1/deliveries` and the
 entitlement views count it) and the group's receipts in `gateway_receipts`, all in the
-batch's one statement.
+batch's one statement. The receipts are there already, as a rule: the receipt journal
+(`market.gateway.journal`) made each durable at its call's end, and the insert here does
+nothing (`ON CONFLICT DO NOTHING`); the links below say which delivery charged which.
 
 The delivery's signed body commits to its receipts (`ledger.receipts.commitment`: their
 count, token total, the Merkle root of their hashes in the group's order, and the

@@ -90,6 +90,7 @@ def dispatch(op: AnyOp, batch: Batch) -> Answer:
         case GatewayChargeOp(receipts=receipts, closes=closes):
             result = delivery.charge(batch, receipts)
             calls.close(batch.calls, closes)
+            calls.charged(batch.calls, (r.receipt_id for r in receipts))
         case GatewayProgressOp(marks=marks):
             result = calls.mark(batch.calls, marks)
         case CancelAfterOp(account_id=account, timeout_ms=timeout_ms):

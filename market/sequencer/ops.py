@@ -132,9 +132,9 @@ class GatewayChargeOp(Op[list[GatewayDelivery]]):
     their deliveries are looked up first and one that committed after all is not charged
     again. A first submission skips that look-up: its receipt ids are new, so no delivery
     of them can exist, and the look-up would wait for every commit in flight (it reads on
-    the ledger writer's connection) and add a round trip, which is a second group commit at
-    the end of every metered call. (Were it wrong, the ledger's unique transaction id would
-    still refuse a second delivery: the batch fails, nothing is charged twice.)"""
+    the ledger writer's connection) and add a round trip to every charge. (Were it wrong,
+    the ledger's unique transaction id would still refuse a second delivery: the batch
+    fails, nothing is charged twice.)"""
 
     receipts: tuple[GatewayReceipt, ...]
     closes: tuple[str, ...] = ()

@@ -16,8 +16,10 @@ time per call (p50, p99), the gateway's added latency being the difference, and 
 each process spent per call (ops.bench.cpu: the server with its helper process, the
 gateway's own cost; the upstream; PostgreSQL's postmaster with its backends, when
 embedded; the load generator), the figure that holds on a shared machine; and how many
-sequencer batches a call waited for at its end (from the server's log at shutdown: one
-is the group commit that carries its receipt). Then (`--paced SHARE`, default 0.5) each
+group commits a call waited for at its end (from the server's log at shutdown: 1 is its
+receipt's journal commit, 2 a call that found every journal writer busy and waited for
+one of their commits too; the charges' commits in sequencer batches follow, on no call's
+path). Then (`--paced SHARE`, default 0.5) each
 mode again, upstream directly and through the gateway, at a fixed rate of that share of the
 gateway's calls/s: at its maximum every closed-loop client waits in the queue of a
 saturated machine, so the latency the gateway adds by its own work shows only below it.
@@ -392,8 +394,8 @@ def _py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen[bytes] | Non
 
 
 _METER_LINE = re.compile(
-    r"gateway meter: (\d+) group commits; receipts by batches waited for: (\{.*\}); "
-    r"([\d.]+) ms a commit"
+    r"gateway meter: (\d+) journal commits; receipts by commits waited for: (\{.*\}); "
+    r"([\d.]+) ms a commit; (\d+) charge commits, ([\d.]+) ms a commit"
 )
 
 
@@ -413,13 +415,13 @@ def commits_report(log: Path) -> None:
     if not found:
         print("  group commits: not in the server's log")
         return
-    charges, waited, commit_ms = max(found, key=lambda f: int(f[0]))  # the busiest meter
+    writes, waited, write_ms, charges, charge_ms = max(found, key=lambda f: int(f[0]))
     counts = {int(k): int(v) for k, v in re.findall(r"(\d+): (\d+)", waited)}
     receipts = sum(counts.values())
-    print(f"  group commits: {int(charges):,} for {receipts:,} receipts "
-          f"({receipts / max(1, int(charges)):.1f} a commit, {commit_ms} ms each); "
-          f"sequencer batches a call "
-          f"waited for at its end -> calls: {counts}")  # fmt: skip
+    print(f"  group commits: {int(writes):,} receipt journal commits for {receipts:,} receipts "
+          f"({receipts / max(1, int(writes)):.1f} a commit, {write_ms} ms each); commits a "
+          f"call waited for at its end -> calls: {counts}; {int(charges):,} charge commits "
+          f"in sequencer batches, {charge_ms} ms each")  # fmt: skip
 
 
 def main() -> None:

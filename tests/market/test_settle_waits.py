@@ -20,6 +20,7 @@ from market.gateway.service import GatewayConfig
 from market.sequencer import Sequencer, TickOp
 from market.sequencer.batch import nothing_delivering, nothing_reserved
 from market.sequencer.ops import GatewayChargeOp, GatewayProgressOp
+from tests.market.gateway.gateway_support import RECEIPTS
 from tests.market.gateway.test_progress import mark
 from tests.market.test_delivery import SYM, WINDOW_END, Clock, open_market, trade
 from tests.market.test_gateway_charge import receipt
@@ -125,7 +126,11 @@ async def test_a_restart_past_the_settlement_pays_the_calls_a_crash_cut(
     assert not await tick_at(seq, clock, WINDOW_END + 1_000)
     app = SimpleNamespace(state=State({"pool": db_pool, "sequencer": seq}))
     async with gateway_lifespan(GatewayConfig(allow_hosts=frozenset()))(app):
-        (paid,) = await db_pool.fetch("SELECT tokens, transaction_id FROM gateway_receipts")
+        await app.state.gateway.meter.written()
+        await app.state.gateway.meter.flush()  # its charge, after its receipt's journal commit
+        (paid,) = await db_pool.fetch(
+            f"SELECT tokens, charged_in AS transaction_id FROM {RECEIPTS}"
+        )
         assert paid["tokens"] == 6 and paid["transaction_id"] is not None
     assert await tick_at(seq, clock, WINDOW_END + 3_000)
     view = seq.market.instruments[SYM].settlement

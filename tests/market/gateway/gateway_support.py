@@ -19,6 +19,15 @@ from schemas.trading import CreateInstrument, EntitlementView, PlaceOrder
 from tests.support.server import ServerProcess, operator_client
 from tests.support.upstream import Upstream
 
+#: `gateway_receipts` with the delivery that charged each receipt as its `transaction_id`
+#: (NULL: not charged yet, or charged nothing). The receipt journal writes a receipt
+#: before its charge, which links it (`gateway_delivery_receipts`); use as a table name.
+RECEIPTS = (
+    "(SELECT r.*, coalesce(l.transaction_id, r.transaction_id) AS charged_in"
+    " FROM gateway_receipts r LEFT JOIN gateway_delivery_receipts l USING (receipt_id))"
+    " AS gateway_receipts"
+)
+
 MODEL = "llama-3.1-70b"
 PRICE = 3  # cash per token (lot size 1)
 FEE_BPS = 250

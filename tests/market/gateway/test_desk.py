@@ -20,6 +20,7 @@ from market.gateway.desk import Desk
 from market.gateway.desk_remote import DeskExchange, RemoteDesk
 from market.gateway.desk_server import DeskServer, GatewayGone
 from market.gateway.errors import InsufficientEntitlement, TooManyInFlight
+from market.gateway.journal import ReceiptJournal
 from market.gateway.meter import Meter
 from market.sequencer import CreateInstrumentOp, DepositOp, ListingOp, PlaceOp, Sequencer
 from market.sequencer.ops import Done, GatewayChargeOp
@@ -63,9 +64,10 @@ async def server(
     embedded = EmbeddedNats(tmp_path)
     nats = await connect(embedded.url, name="desk-test", token=embedded.token)
     desk = Desk(lambda: seq, db_pool)
-    meter = Meter(lambda: seq, desk.reservations, flush_s=1.0)
+    journal = ReceiptJournal(db_pool)
+    meter = Meter(lambda: seq, desk.reservations, 1.0, journal.bound(""))
     meter.start()
-    served = DeskServer(nats, desk, meter, db_pool, max_in_flight=4)
+    served = DeskServer(nats, desk, meter, db_pool, 4, journal)
     await served.start()
     try:
         yield served

@@ -6,6 +6,7 @@ cut by a crash is charged, once, by what the exchange had recorded of it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from ledger.receipts import receipt_hash
 from ledger.store import recomputed_balances
 from market.clearing.rules import delivery_split
 from schemas.gateway import Ending
-from tests.market.gateway.gateway_support import FEE_BPS, MODEL, Market, open_market
+from tests.market.gateway.gateway_support import FEE_BPS, MODEL, RECEIPTS, Market, open_market
 from tests.support.upstream import Mode, Upstream
 
 CHAT = [{"role": "user", "content": "one two three"}]
@@ -45,7 +46,8 @@ async def quick(db_url: str, tmp_path: Path, upstream: Upstream) -> AsyncIterato
 
 async def receipt(conn: asyncpg.Connection, receipt_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT tokens, transaction_id FROM gateway_receipts WHERE receipt_id = $1", receipt_id
+        f"SELECT tokens, charged_in AS transaction_id FROM {RECEIPTS} WHERE receipt_id = $1",
+        receipt_id,
     )
 
 
@@ -74,7 +76,9 @@ async def test_the_receipt_is_committed_before_the_body_and_before_done(
             assert answer.status_code == 200 and answer.json()["usage"]["total_tokens"] == 8
             committed = await receipt(conn, answer.headers["x-tokex-receipt"])
             assert committed is not None and committed["tokens"] == 8
-            assert committed["transaction_id"] is not None  # charged with it
+            await m.settled()  # its charge follows its receipt's journal commit
+            charged = await receipt(conn, answer.headers["x-tokex-receipt"])
+            assert charged is not None and charged["transaction_id"] is not None
 
             m.upstream.chunk_delay_s = 0.05
             streamed = {**plain, "max_tokens": 4, "stream": True}
@@ -95,6 +99,58 @@ async def test_the_receipt_is_committed_before_the_body_and_before_done(
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def receipts_refused(db_url: str) -> AsyncIterator[None]:
+    """The database refuses every new receipt (a constraint no row meets) until the block
+    ends: the receipt journal's writes fail, as in an outage, while all else works."""
+    admin = await asyncpg.connect(db_url)
+    try:
+        await admin.execute(
+            "ALTER TABLE gateway_receipts_owed ADD CONSTRAINT refused CHECK (false) NOT VALID"
+        )
+        try:
+            yield
+        finally:
+            await admin.execute("ALTER TABLE gateway_receipts_owed DROP CONSTRAINT refused")
+    finally:
+        await admin.close()
+
+
+async def test_a_stream_outlives_the_exchange_losing_its_connections_and_is_charged_once(
+    quick: Market, db_url: str
+) -> None:
+    """The exchange's connections are cut mid-stream (the sequencer's among them): the
+    receipt journal writes on a new connection, so the stream ends whole, [DONE] and all,
+    and its charge commits once the exchange has reopened."""
+    m = quick
+    headers = {"Authorization": f"Bearer {await m.key()}"}
+    m.upstream.chunk_delay_s = 0.3
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 4, "stream": True}
+    events: list[str] = []
+    async with (
+        httpx.AsyncClient(base_url=m.openai_url, headers=headers, timeout=20) as http,
+        http.stream("POST", "/chat/completions", json=body) as r,
+    ):
+        rid = r.headers["x-tokex-receipt"]
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 1:
+                    await cut_the_database(db_url)
+    assert events[-1] == "[DONE]"
+    conn = await asyncpg.connect(db_url)
+    try:
+        for _ in range(100):
+            row = await receipt(conn, rid)
+            if row is not None and row["transaction_id"] is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert row is not None and row["tokens"] == 7 and row["transaction_id"] is not None
+        assert await conn.fetchval("SELECT count(*) FROM gateway_delivery_receipts") == 1
+    finally:
+        await conn.close()
+
+
 async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
     quick: Market, db_url: str
 ) -> None:
@@ -109,12 +165,10 @@ async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
         http.stream("POST", "/chat/completions", json=body) as r,
     ):
         rid = r.headers["x-tokex-receipt"]
-        async for line in r.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            events.append(line[6:])
-            if len(events) == 1:  # the stream has begun: cut the exchange off its database
-                await cut_the_database(db_url)
+        async with receipts_refused(db_url):
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
     assert "[DONE]" not in events
     last = json.loads(events[-1])
     assert last["error"]["code"] == "charge_unavailable"
@@ -123,13 +177,13 @@ async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
     assert all(c["choices"] for c in content)  # the usage chunk was held back with [DONE]
     assert "".join(c["choices"][0]["delta"]["content"] for c in content) == "w0 w1 w2 w3"
 
-    # The call was served: the charge is retried and commits once the exchange has healed
-    # (its usage: 3 + 4), once.
+    # The call was served: its receipt is written again and charged once the database
+    # takes it (its usage: 3 + 4), once.
     conn = await asyncpg.connect(db_url)
     try:
         for _ in range(100):
             row = await receipt(conn, rid)
-            if row is not None:
+            if row is not None and row["transaction_id"] is not None:
                 break
             await asyncio.sleep(0.2)
         assert row is not None and row["tokens"] == 7 and row["transaction_id"] is not None
@@ -148,16 +202,10 @@ async def test_a_non_streamed_answer_whose_charge_cannot_commit_is_sent_and_char
     m.upstream.mode, m.upstream.hang_s = Mode.TIMEOUT, 1.0  # answers after 1 s
     client = openai.AsyncOpenAI(base_url=m.openai_url, api_key=await m.key(), timeout=20)
 
-    async def cut_while_at_the_upstream() -> None:
-        while not [r for r in m.upstream.requests if r.method == "POST"]:
-            await asyncio.sleep(0.01)
-        await cut_the_database(db_url)
-
-    cutter = asyncio.create_task(cut_while_at_the_upstream())
-    raw = await client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=CHAT, max_tokens=5
-    )
-    await cutter
+    async with receipts_refused(db_url):
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=CHAT, max_tokens=5
+        )
     answer = raw.parse()
     assert raw.status_code == 200 and raw.headers.get("x-tokex-charge") == "pending"
     assert answer.choices[0].message.content == "w0 w1 w2 w3 w4"
@@ -216,8 +264,8 @@ async def test_a_call_cut_by_a_crash_is_charged_by_its_last_progress_mark_once(
                     lines.append(line)
                     was_marked = was_marked or await recorded(conn, done_id) is not None
             assert lines[-2:] == ["data: [DONE]", ""] and was_marked
-            assert await recorded(conn, done_id) is None
             await m.settled()
+            assert await recorded(conn, done_id) is None  # its charge deleted its row
             before, cash_before = await m.entitlement(), await m.provider_cash()
             so_far = await m.delivered()
 

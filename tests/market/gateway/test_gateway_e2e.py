@@ -19,7 +19,7 @@ import pytest
 
 from market.clearing.rules import delivery_split
 from market.gateway.service import ENDPOINTS_CACHE_S
-from tests.market.gateway.gateway_support import FEE_BPS, MODEL, Market, open_market
+from tests.market.gateway.gateway_support import FEE_BPS, MODEL, RECEIPTS, Market, open_market
 from tests.support.upstream import Mode, Upstream
 
 CHAT = [{"role": "user", "content": "one two three"}]  # 3 prompt tokens upstream
@@ -38,10 +38,10 @@ def sdk(m: Market, key: str) -> openai.AsyncOpenAI:
 async def receipts(db_url: str) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(db_url)
     try:
-        rows = await conn.fetch("SELECT * FROM gateway_receipts ORDER BY started_ms, receipt_id")
+        rows = await conn.fetch(f"SELECT * FROM {RECEIPTS} ORDER BY started_ms, receipt_id")
     finally:
         await conn.close()
-    return [dict(r) for r in rows]
+    return [{**dict(r), "transaction_id": r["charged_in"]} for r in rows]
 
 
 async def test_chat_is_metered_exactly_and_pays_the_provider(market: Market, db_url: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from market.gateway import metering, routing
 from market.gateway.meter import Reservations
 from market.gateway.sse import EventReader
@@ -149,19 +151,21 @@ async def test_the_meter_keeps_its_charges_while_the_exchange_reopens() -> None:
         def __init__(self) -> None:
             self.committed: list[GatewayChargeOp] = []
 
-        commits = 0
-
         async def submit_all(self, ops: list[GatewayChargeOp]) -> list[Done[list[object]]]:
             self.committed.extend(ops)
-            self.commits += 1
             return [Done([]) for _ in ops]
+
+    journaled: list[GatewayReceipt] = []
+
+    async def journal(receipts: Sequence[GatewayReceipt]) -> None:  # durable at once
+        journaled.extend(receipts)
 
     group = ("b", "p", "m/2030-01-01T00Z/1h")
     reservations = Reservations()
     reservations.reserve(group, "k", 10)
     reservations.finish(group, "k", 10, 7)
     current: list[object] = [None]  # reopening: no sequencer yet
-    meter = Meter(lambda: current[0], reservations, flush_s=1.0)  # type: ignore[arg-type,return-value]
+    meter = Meter(lambda: current[0], reservations, 1.0, journal)  # type: ignore[arg-type,return-value]
     receipt = GatewayReceipt(
         receipt_id="rcp_1", key_id="k", buyer="b", provider="p", instrument=group[2],
         endpoint_id="e", model="m", prompt_tokens=3, completion_tokens=4, cached_tokens=0,
@@ -169,6 +173,8 @@ async def test_the_meter_keeps_its_charges_while_the_exchange_reopens() -> None:
         response_sha256=b"\1" * 32,
     )  # fmt: skip
     meter.add(receipt)
+    await meter.written()
+    assert journaled == [receipt]
     await meter.flush()
     assert meter.backlog == 1 and reservations.outstanding[group] == 7
     new = Reopened()

@@ -19,6 +19,7 @@ import pytest
 from ledger.log import MerkleLog
 from market.clearing import rules as settlement
 from market.gateway import metering, routing
+from market.gateway.journal import ReceiptJournal
 from market.gateway.keys import KeyGrant
 from market.gateway.meter import Meter, Reservations
 from market.gateway.progress import Progress, close_crashed, crash_receipt
@@ -126,13 +127,14 @@ async def test_a_restart_closes_the_calls_a_crash_cut_once_and_they_pass_the_aud
     cash = seq.ledger.balance(settlement.cash("p1", "USD")).total
 
     reservations = Reservations()
-    meter = Meter(lambda: seq, reservations, flush_s=1.0)
+    meter = Meter(lambda: seq, reservations, 1.0, ReceiptJournal(db_pool).bound(""))
     meter.start()
     try:
         futures = await close_crashed(db_pool, meter, reservations)
         assert len(futures) == 3
         for f in futures:
-            await f
+            await f  # their receipts are durable
+        await meter.flush()  # and charged, deleting the calls' rows
         assert await close_crashed(db_pool, meter, reservations) == []  # a second restart
     finally:
         await meter.close()
@@ -176,6 +178,10 @@ class Streaming:
     response_hash: Any = field(default_factory=hashlib.sha256)
 
 
+async def no_calls(conn: asyncpg.Connection) -> bool:
+    return await open_calls(conn) == {}
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not await check():
@@ -184,10 +190,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.
 
 
 async def test_marks_ride_with_the_meter_once_a_period_until_the_receipt_closes_them(
-    seq: Sequencer, db_conn: asyncpg.Connection
+    seq: Sequencer, db_conn: asyncpg.Connection, db_pool: asyncpg.Pool
 ) -> None:
     reservations = Reservations()
-    meter = Meter(lambda: seq, reservations, flush_s=60.0)
+    meter = Meter(lambda: seq, reservations, 60.0, ReceiptJournal(db_pool).bound(""))
     progress = Progress(0.05, meter.wake)
     meter.rider = progress
     meter.start()
@@ -212,10 +218,10 @@ async def test_marks_ride_with_the_meter_once_a_period_until_the_receipt_closes_
         commits = progress.commits
         await asyncio.sleep(0.3)  # nothing changed: nothing more written
         assert progress.commits == commits
-        # The call ends: its receipt deletes its row in the same commit.
+        # The call ends: its receipt is durable, and its charge deletes its row.
         done = msgspec.structs.replace(receipt("b1", 9), receipt_id=long.receipt_id)
         await meter.charge(done, recorded=progress.untrack(long))
-        assert await open_calls(db_conn) == {}
+        await eventually(lambda: no_calls(db_conn))
     finally:
         await progress.close()
         await meter.close()

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from market.client import TokexApiError
-from tests.market.gateway.gateway_support import MODEL, Market, open_market
+from tests.market.gateway.gateway_support import MODEL, RECEIPTS, Market, open_market
 from tests.market.gateway.test_desk_server import TWO, both_gateways_up
 from tests.support.upstream import Upstream
 
@@ -37,10 +37,10 @@ async def charged(db_url: str, timeout_s: float = 10.0) -> list[asyncpg.Record]:
     while True:
         conn = await asyncpg.connect(db_url)
         try:
-            rows = await conn.fetch("SELECT tokens, transaction_id FROM gateway_receipts")
+            rows = await conn.fetch(f"SELECT tokens, charged_in AS transaction_id FROM {RECEIPTS}")
         finally:
             await conn.close()
-        if rows or time.monotonic() > deadline:
+        if (rows and all(r["transaction_id"] for r in rows)) or time.monotonic() > deadline:
             return rows
         await asyncio.sleep(0.1)
 

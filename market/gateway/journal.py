@@ -1,0 +1,95 @@
+"""The receipt journal: a metered call's receipt made durable at the call's end, in a
+commit of its own, before the sequencer charges it.
+
+Why apart from the sequencer's batches: a receipt must be durable before the call's last
+byte goes to the buyer, and the ledger commits one batch at a time, in order. Carried by
+the ledger's batch, a receipt filed while a batch commits waits for the rest of that
+commit and then for its own: two commits added at the end of most calls under load
+(measured: two thirds of them). Here several commits may be in flight at once
+(`TOKEX_RECEIPT_WRITERS`, a connection each), none depending on another (a receipt is an
+append-only row that no other row of the journal needs), so a receipt filed while one
+commits starts its own at once: one commit added at the end of a call, unless every
+writer is busy (counted: `Meter.waited`).
+
+What a journal commit writes, in one statement: the receipts (`gateway_receipts`, as the
+sequencer's delivery would: append-only, `ON CONFLICT DO NOTHING`, so writing one again
+after an unknown outcome is harmless) and a row each in `gateway_receipts_owed` naming
+the gateway process instance whose meter charges it. The meter then submits the charge
+(`GatewayChargeOp`) as before: the sequencer's batch writes the delivery transaction and
+its links to the receipts and deletes the owed rows. The balances change only there, in
+the sequencer, in order; the journal changes no balance and no book. A crash between the
+two leaves owed rows: at the next start (or when a gateway process is gone, for its
+instance's), they are charged (`progress.close_crashed`), once: a delivery already
+committed is recognised by its id.
+
+The journal lives where the sequencer does (one process, or the sequencer process of
+`serve --workers N`, which a gateway process reaches over NATS: `desk_remote`), on a pool
+of its own (`ops.database.open_pool`: cut with the others when the database is lost,
+reconnected on the next write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+
+from ledger.errors import LedgerUnavailable
+from ledger.rows import BatchRows
+from market.sequencer.delivery import RECEIPT_COLUMNS
+from schemas.gateway import GatewayReceipt
+
+#: Journal commits in flight at once (a connection each), unless set.
+WRITERS = 4
+#: How long a journal commit may take before the calls waiting for it are told it failed
+#: (it is retried; a commit that went through after all is written again harmlessly).
+WRITE_TIMEOUT_S = 10.0
+
+OWED_TABLE = "gateway_receipts_owed"
+OWED_COLUMNS = ("receipt_id", "instance_id")
+
+
+def receipt_record(r: GatewayReceipt) -> tuple[object, ...]:
+    """A receipt as a `gateway_receipts` row (no transaction: the charge links it)."""
+    return (*(getattr(r, c) for c in RECEIPT_COLUMNS[:-1]), None)
+
+
+class ReceiptJournal:
+    """Writes receipts durably, each `write` one commit on a connection of its own pool
+    (as many at once as the pool has connections)."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float = WRITE_TIMEOUT_S) -> None:
+        self._pool = pool
+        self._timeout_s = timeout_s
+        self.writes = 0
+        self.write_s = 0.0  # time spent in them
+
+    async def write(self, receipts: Sequence[GatewayReceipt], instance_id: str) -> None:
+        """Commit `receipts` (and their owed rows, of `instance_id`); 503
+        `ledger_unavailable` if that cannot be done now."""
+        if not receipts:
+            return
+        rows = BatchRows()
+        rows.insert("gateway_receipts", RECEIPT_COLUMNS, [receipt_record(r) for r in receipts],
+                    on_conflict="ON CONFLICT (receipt_id) DO NOTHING")  # fmt: skip
+        rows.insert(OWED_TABLE, OWED_COLUMNS, [(r.receipt_id, instance_id) for r in receipts],
+                    on_conflict="ON CONFLICT (receipt_id) DO NOTHING")  # fmt: skip
+        began = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
+                await rows.execute(conn)  # one statement: its own commit, all or nothing
+        except (asyncpg.PostgresError, OSError, ConnectionError, TimeoutError) as exc:
+            raise LedgerUnavailable(
+                f"the receipts could not be made durable now ({type(exc).__name__})"
+            ) from None
+        self.writes += 1
+        self.write_s += asyncio.get_running_loop().time() - began
+
+    def bound(self, instance_id: str) -> Callable[[Sequence[GatewayReceipt]], Awaitable[None]]:
+        """`write` for the meter of the gateway process instance `instance_id`."""
+
+        async def write(receipts: Sequence[GatewayReceipt]) -> None:
+            await self.write(receipts, instance_id)
+
+        return write

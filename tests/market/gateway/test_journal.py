@@ -1,0 +1,155 @@
+"""The receipt journal (market.gateway.journal) on a real PostgreSQL: a call's end waits for
+its receipt's own commit, not for the sequencer's batch in flight; the charge follows and
+clears the receipt's owed row; a crash between the two is charged at the restart, once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from market.clearing import rules as settlement
+from market.gateway.journal import ReceiptJournal
+from market.gateway.meter import Meter, Reservations
+from market.gateway.progress import close_crashed
+from market.sequencer import Sequencer
+from tests.market.gateway.gateway_support import RECEIPTS
+from tests.market.test_delivery import SYM, Clock, open_market, trade
+from tests.market.test_gateway_charge import receipt
+
+GROUP = ("b1", "p1", SYM)
+
+
+@pytest.fixture
+async def seq(db_url: str) -> AsyncIterator[Sequencer]:
+    s = await open_market(db_url, Clock())
+    await trade(s, "b1", "p1", 10_000, 3_000, "1")
+    yield s
+    await s.close()
+
+
+def entitlement(seq: Sequencer) -> int:
+    return seq.ledger.balance(settlement.entitlement(*GROUP)).total
+
+
+async def owed(conn: asyncpg.Connection) -> set[str]:
+    return {
+        r["receipt_id"] for r in await conn.fetch("SELECT receipt_id FROM gateway_receipts_owed")
+    }
+
+
+async def charged_in(conn: asyncpg.Connection, receipt_id: str) -> str | None:
+    row = await conn.fetchrow(
+        f"SELECT charged_in FROM {RECEIPTS} WHERE receipt_id = $1", receipt_id
+    )
+    assert row is not None, "no such receipt"
+    value: str | None = row["charged_in"]
+    return value
+
+
+async def test_a_calls_end_waits_for_its_receipt_not_for_the_ledger_batch_in_flight(
+    seq: Sequencer, db_pool: asyncpg.Pool, db_conn: asyncpg.Connection, db_url: str
+) -> None:
+    """The ledger's batches are stuck (a lock on the delivery table): receipts still become
+    durable at once and their calls may end; the charges commit once the batch can."""
+    reservations = Reservations()
+    meter = Meter(lambda: seq, reservations, 60.0, ReceiptJournal(db_pool).bound(""), 2)
+    meter.start()
+    before = entitlement(seq)
+    blocker = await asyncpg.connect(db_url)
+    lock = blocker.transaction()
+    await lock.start()
+    await blocker.execute("LOCK TABLE market_deliveries IN ACCESS EXCLUSIVE MODE")
+    try:
+        first, second = receipt("b1", 30), receipt("b1", 12)
+        for r in (first, second):
+            reservations.reserve(GROUP, r.key_id, r.tokens)
+            reservations.finish(GROUP, r.key_id, r.tokens, r.tokens)
+        await asyncio.wait_for(meter.charge(first), 5)  # durable; its charge is now stuck
+        await asyncio.sleep(0.2)
+        assert seq.ledger.in_flight, "the charge's batch should be waiting on the lock"
+        await asyncio.wait_for(meter.charge(second), 5)  # not behind the stuck batch
+        assert await owed(db_conn) == {first.receipt_id, second.receipt_id}
+        assert await charged_in(db_conn, first.receipt_id) is None
+        assert reservations.outstanding[GROUP] == 42  # not charged yet: still promised away
+    finally:
+        await lock.rollback()
+        await blocker.close()
+    try:
+        await meter.flush()  # the second's charge (the first's committed when the lock went)
+        await meter.flush()
+    finally:
+        await meter.close()
+    assert entitlement(seq) == before - 42
+    assert await owed(db_conn) == set() and reservations.outstanding == {}
+    assert await charged_in(db_conn, first.receipt_id) is not None
+    assert await charged_in(db_conn, second.receipt_id) is not None
+    assert meter.waited == {1: 2}  # each waited for its own journal commit only
+
+
+async def test_a_receipt_whose_charge_a_crash_cut_is_charged_at_the_restart_once(
+    seq: Sequencer, db_pool: asyncpg.Pool, db_conn: asyncpg.Connection
+) -> None:
+    """Journaled, then the crash: no charge. The next start charges it (its key's use
+    counted once), a second start finds nothing owed."""
+    before = entitlement(seq)
+    cut = receipt("b1", 25)
+    await ReceiptJournal(db_pool).write([cut], "")
+    assert await owed(db_conn) == {cut.receipt_id} and entitlement(seq) == before
+
+    reservations = Reservations()  # a new process: nothing in memory
+    meter = Meter(lambda: seq, reservations, 60.0, ReceiptJournal(db_pool).bound(""))
+    meter.start()
+    try:
+        assert await close_crashed(db_pool, meter, reservations) == []  # no open call
+        assert reservations.outstanding == {GROUP: 25}  # promised away until it commits
+        await meter.flush()
+        assert await close_crashed(db_pool, meter, reservations) == []
+        await meter.flush()
+    finally:
+        await meter.close()
+    assert entitlement(seq) == before - 25
+    assert await owed(db_conn) == set() and reservations.outstanding == {}
+    assert reservations.key_used == {cut.key_id: 25}
+    assert await charged_in(db_conn, cut.receipt_id) is not None
+    (n,) = await db_conn.fetchrow(
+        "SELECT count(*) FROM gateway_delivery_receipts WHERE receipt_id = $1", cut.receipt_id
+    )
+    assert n == 1  # charged once
+
+
+async def test_a_failed_journal_write_tells_the_call_and_is_written_again(
+    seq: Sequencer, db_pool: asyncpg.Pool, db_conn: asyncpg.Connection, db_url: str
+) -> None:
+    """The receipts table is locked past the write's timeout: the waiting call hears 503
+    `ledger_unavailable`; once the lock goes the receipt is written and charged anyway."""
+    reservations = Reservations()
+    journal = ReceiptJournal(db_pool, timeout_s=0.3)
+    meter = Meter(lambda: seq, reservations, 0.2, journal.bound(""))
+    meter.start()
+    r = receipt("b1", 9)
+    reservations.reserve(GROUP, r.key_id, r.tokens)
+    reservations.finish(GROUP, r.key_id, r.tokens, r.tokens)
+    before = entitlement(seq)
+    blocker = await asyncpg.connect(db_url)
+    lock = blocker.transaction()
+    await lock.start()
+    await blocker.execute("LOCK TABLE gateway_receipts_owed IN ACCESS EXCLUSIVE MODE")
+    try:
+        with pytest.raises(Exception) as failed:
+            await asyncio.wait_for(meter.charge(r), 5)
+        assert getattr(failed.value, "code", None) == "ledger_unavailable"
+    finally:
+        await lock.rollback()
+        await blocker.close()
+    try:
+        for _ in range(50):  # written again after the flush period, then charged
+            if entitlement(seq) == before - 9:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await meter.close()
+    assert entitlement(seq) == before - 9 and await owed(db_conn) == set()
+    assert await charged_in(db_conn, r.receipt_id) is not None
