@@ -101,6 +101,7 @@ def desk_lifespan(
             await monitor.close()
             await server.close()
             await meter.close()  # the charges still waiting are flushed first
+            await journal.close()  # its connections back to the pool, before it closes
             watch_deliveries(app.state, None)
             desk.close()
             app.state.pool = None

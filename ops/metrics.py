@@ -4,17 +4,24 @@ The counters and histograms are `market.metrics.REGISTRY`'s, moved where the wor
 done (requests by `ops.observe`, batches, orders and fills by the sequencer, restarts of
 the signature helper by `market.signatures`). The gauges of state the exchange holds
 anyway are read here, at scrape time, from the app: the sequencer's queue depth and
-state, the Merkle log's tree size and the time of its latest checkpoint. Public, like
+state, the Merkle log's tree size and the time of its latest checkpoint; and the
+gateway's meter's counts (this process's): receipt journal commits, and receipts by the
+commits their call waited for at its end (1: its own; 2: every writer was busy). Public, like
 /health (no signature): it says nothing about any account.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from litestar import Response, get
 from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from market.auth import PUBLIC
+from market.gateway.meter import Meter
 from market.metrics import REGISTRY
 
 #: Prometheus' content type without its charset: Litestar adds `; charset=utf-8` to a
@@ -46,7 +53,32 @@ def _state_registry(state: State) -> CollectorRegistry:
             "Unix time of the latest signed checkpoint (0: none yet)",
             registry=registry,
         ).set(merkle_log.checkpoint_time_ms / 1000)
+    gateway = state.get("gateway")
+    if gateway is not None:
+        registry.register(_MeterCounts(gateway.meter))
     return registry
+
+
+class _MeterCounts(Collector):
+    """The gateway meter's counters, as they are at the scrape."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        commits = CounterMetricFamily(
+            "tokex_gateway_journal_commits", "Receipt journal commits (market.gateway.journal)"
+        )
+        commits.add_metric([], self._meter.journaled)
+        yield commits
+        waited = CounterMetricFamily(
+            "tokex_gateway_receipts_durable",
+            "Receipts made durable, by the journal commits their call waited for at its end",
+            labels=["commits_waited"],
+        )
+        for n, count in sorted(self._meter.waited.items()):
+            waited.add_metric([str(n)], count)
+        yield waited
 
 
 @get(

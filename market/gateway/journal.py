@@ -23,14 +23,15 @@ instance's), they are charged (`progress.close_crashed`), once: a delivery alrea
 committed is recognised by its id.
 
 The journal lives where the sequencer does (one process, or the sequencer process of
-`serve --workers N`, which a gateway process reaches over NATS: `desk_remote`), on a pool
-of its own (`ops.database.open_pool`: cut with the others when the database is lost,
-reconnected on the next write).
+`serve --workers N`, which a gateway process reaches over NATS: `desk_remote`), on
+connections of that process's pool (`ops.database.open_pool`: cut with the others when
+the database is lost; a write on a dead one is made on a new one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -56,14 +57,16 @@ def receipt_record(r: GatewayReceipt) -> tuple[object, ...]:
 
 
 class ReceiptJournal:
-    """Writes receipts durably, each `write` one commit on a connection of its own pool
-    (as many at once as the pool has connections)."""
+    """Writes receipts durably, each `write` one commit on a connection of its own, taken
+    from `pool` and kept between writes (as many at once as writes run: the meter runs at
+    most `TOKEX_RECEIPT_WRITERS`). Kept, not given back after each write: the pool's
+    release resets a connection with a query of its own, a second round trip a write."""
 
     def __init__(self, pool: asyncpg.Pool, timeout_s: float = WRITE_TIMEOUT_S) -> None:
         self._pool = pool
         self._timeout_s = timeout_s
+        self._idle: list[asyncpg.Connection] = []
         self.writes = 0
-        self.write_s = 0.0  # time spent in them
 
     async def write(self, receipts: Sequence[GatewayReceipt], instance_id: str) -> None:
         """Commit `receipts` (and their owed rows, of `instance_id`); 503
@@ -75,16 +78,40 @@ class ReceiptJournal:
                     on_conflict="ON CONFLICT (receipt_id) DO NOTHING")  # fmt: skip
         rows.insert(OWED_TABLE, OWED_COLUMNS, [(r.receipt_id, instance_id) for r in receipts],
                     on_conflict="ON CONFLICT (receipt_id) DO NOTHING")  # fmt: skip
-        began = asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
-                await rows.execute(conn)  # one statement: its own commit, all or nothing
-        except (asyncpg.PostgresError, OSError, ConnectionError, TimeoutError) as exc:
+            async with asyncio.timeout(self._timeout_s):
+                await self._execute(rows)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise LedgerUnavailable(
                 f"the receipts could not be made durable now ({type(exc).__name__})"
             ) from None
         self.writes += 1
-        self.write_s += asyncio.get_running_loop().time() - began
+
+    async def _execute(self, rows: BatchRows) -> None:
+        """On a kept connection, or a new one if a kept one turns out dead (the database
+        restarted, or the supervisor cut it): once, so a healed database takes the write."""
+        for attempt in (1, 2):
+            conn = self._idle.pop() if self._idle else await self._pool.acquire()
+            try:
+                await rows.execute(conn)  # one statement: its own commit, all or nothing
+            except BaseException as exc:
+                await self._give_back(conn)
+                dead = isinstance(exc, asyncpg.InterfaceError | ConnectionError | OSError)
+                if attempt == 1 and dead and not isinstance(exc, TimeoutError):
+                    continue
+                raise
+            self._idle.append(conn)
+            return
+
+    async def _give_back(self, conn: asyncpg.Connection) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._pool.release(conn), 1.0)
+
+    async def close(self) -> None:
+        """Give the kept connections back to the pool."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._give_back(conn)
 
     def bound(self, instance_id: str) -> Callable[[Sequence[GatewayReceipt]], Awaitable[None]]:
         """`write` for the meter of the gateway process instance `instance_id`."""

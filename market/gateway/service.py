@@ -301,6 +301,8 @@ class Gateway:
         self._urls: dict[tuple[Target, str], yarl.URL] = {}
         #: streams read on after their buyer hung up, for their usage (`_drain_soon`)
         self._draining: set[asyncio.Task[None]] = set()
+        #: the receipt journal of this process, if it is here (closed after the meter)
+        self.receipt_journal: ReceiptJournal | None = None
 
     async def close(self) -> None:
         for task in list(self._draining):  # charged by what they have: before the meter closes
@@ -309,6 +311,8 @@ class Gateway:
             await asyncio.wait(list(self._draining))
         await self.progress.close()
         await self.meter.close()
+        if self.receipt_journal is not None:
+            await self.receipt_journal.close()
         await self.http.close()
 
     # -- which models, which route -----------------------------------------------------
@@ -593,6 +597,7 @@ def local_gateway(
     gateway = Gateway(pool, config, desk, sequencer, journal.bound(instance_id),
                       reservations=desk.reservations, instance_id=instance_id)  # fmt: skip
     gateway.meter.on_commit = desk.refresh
+    gateway.receipt_journal = journal
     return gateway, desk
 
 

@@ -349,6 +349,7 @@ async def bench(
             if profile
             else None
         )
+        waited = await waits(port)
         through = await run_phase(
             port, "/openai/v1/chat/completions", key, clients, seconds, stream, cpu
         )
@@ -356,6 +357,7 @@ async def bench(
             spy.wait()
         kind = "streaming" if stream else "not streaming"
         report(kind, direct, through)
+        waits_report(waited, await waits(port))
         if paced:
             rate = through.rate * paced
             out = f"{profile}-{'stream' if stream else 'plain'}-paced.txt" if profile else None
@@ -373,6 +375,7 @@ async def _paced(
         upstream_port, "/v1/chat/completions", None, clients, seconds, stream, cpu, rate
     )
     spy = _py_spy(cpu["server"].pid, seconds, profile) if profile else None
+    waited = await waits(port)
     through = await run_phase(
         port, "/openai/v1/chat/completions", key, clients, seconds, stream, cpu, rate
     )
@@ -380,6 +383,7 @@ async def _paced(
         spy.wait()
     kind = "streaming" if stream else "not streaming"
     report(f"{kind}, paced at {rate:,.0f} calls/s offered", direct, through)
+    waits_report(waited, await waits(port))
 
 
 def _py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen[bytes] | None:
@@ -401,6 +405,22 @@ _METER_LINE = re.compile(
 
 _ROUTED_LINE = re.compile(r"gateway: (\d+) calls routed at once, (\d+) after the batch")
 _PROGRESS_LINE = re.compile(r"gateway progress: (\d+) marks in (\d+) commits")
+
+
+_DURABLE = re.compile(r'tokex_gateway_receipts_durable_total\{commits_waited="(\d+)"\} ([\d.e+]+)')
+
+
+async def waits(port: int) -> dict[int, int]:
+    """The server's receipts so far by the journal commits their call waited for at its
+    end (`GET /metrics`; with `--workers`, the counts of the gateway process that answers)."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    return {int(n): int(float(v)) for n, v in _DURABLE.findall(text)}
+
+
+def waits_report(before: dict[int, int], after: dict[int, int]) -> None:
+    phase = {n: after[n] - before.get(n, 0) for n in sorted(after) if after[n] > before.get(n, 0)}
+    print(f"    receipt journal commits a call waited for at its end -> calls: {phase}")
 
 
 def commits_report(log: Path) -> None:

@@ -74,6 +74,7 @@ async def server(
     finally:
         await served.close()
         await meter.close()
+        await journal.close()
         await close(nats)
         embedded.stop()
 

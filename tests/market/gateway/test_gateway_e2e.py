@@ -68,6 +68,11 @@ async def test_chat_is_metered_exactly_and_pays_the_provider(market: Market, db_
         m.buyer_id, m.provider_id, m.symbol, "e1", MODEL)  # fmt: skip
     assert (r["prompt_tokens"], r["completion_tokens"], r["tokens"]) == (3, 5, 8)
     assert r["transaction_id"] is not None and len(r["response_sha256"]) == 32
+    # /metrics counts the receipt's journal commit, the one its call waited for at its end.
+    async with httpx.AsyncClient(base_url=m.proc.base_url) as http:
+        text = (await http.get("/metrics")).text
+    assert 'tokex_gateway_receipts_durable_total{commits_waited="1"} 1.0' in text
+    assert "tokex_gateway_journal_commits_total 1.0" in text
 
 
 async def test_streaming_and_completions(market: Market, db_url: str) -> None:

@@ -50,12 +50,12 @@ async def charged_in(conn: asyncpg.Connection, receipt_id: str) -> str | None:
 
 
 async def test_a_calls_end_waits_for_its_receipt_not_for_the_ledger_batch_in_flight(
-    seq: Sequencer, db_pool: asyncpg.Pool, db_conn: asyncpg.Connection, db_url: str
+    seq: Sequencer, journal: ReceiptJournal, db_conn: asyncpg.Connection, db_url: str
 ) -> None:
     """The ledger's batches are stuck (a lock on the delivery table): receipts still become
     durable at once and their calls may end; the charges commit once the batch can."""
     reservations = Reservations()
-    meter = Meter(lambda: seq, reservations, 60.0, ReceiptJournal(db_pool).bound(""), 2)
+    meter = Meter(lambda: seq, reservations, 60.0, journal.bound(""), 2)
     meter.start()
     before = entitlement(seq)
     blocker = await asyncpg.connect(db_url)
@@ -90,17 +90,17 @@ async def test_a_calls_end_waits_for_its_receipt_not_for_the_ledger_batch_in_fli
 
 
 async def test_a_receipt_whose_charge_a_crash_cut_is_charged_at_the_restart_once(
-    seq: Sequencer, db_pool: asyncpg.Pool, db_conn: asyncpg.Connection
+    seq: Sequencer, db_pool: asyncpg.Pool, db_conn: asyncpg.Connection, journal: ReceiptJournal
 ) -> None:
     """Journaled, then the crash: no charge. The next start charges it (its key's use
     counted once), a second start finds nothing owed."""
     before = entitlement(seq)
     cut = receipt("b1", 25)
-    await ReceiptJournal(db_pool).write([cut], "")
+    await journal.write([cut], "")
     assert await owed(db_conn) == {cut.receipt_id} and entitlement(seq) == before
 
     reservations = Reservations()  # a new process: nothing in memory
-    meter = Meter(lambda: seq, reservations, 60.0, ReceiptJournal(db_pool).bound(""))
+    meter = Meter(lambda: seq, reservations, 60.0, journal.bound(""))
     meter.start()
     try:
         assert await close_crashed(db_pool, meter, reservations) == []  # no open call
@@ -151,5 +151,6 @@ async def test_a_failed_journal_write_tells_the_call_and_is_written_again(
             await asyncio.sleep(0.1)
     finally:
         await meter.close()
+        await journal.close()
     assert entitlement(seq) == before - 9 and await owed(db_conn) == set()
     assert await charged_in(db_conn, r.receipt_id) is not None

@@ -114,7 +114,11 @@ async def test_marks_replace_a_calls_progress_and_its_receipt_deletes_it(
 
 
 async def test_a_restart_closes_the_calls_a_crash_cut_once_and_they_pass_the_audit(
-    seq: Sequencer, db_conn: asyncpg.Connection, db_pool: asyncpg.Pool, db_url: str
+    seq: Sequencer,
+    db_conn: asyncpg.Connection,
+    db_pool: asyncpg.Pool,
+    db_url: str,
+    journal: ReceiptJournal,
 ) -> None:
     cut, finished, silent = mark(6), mark(9), mark(0)
     used = mark(4, usage=(30, 15))
@@ -127,7 +131,7 @@ async def test_a_restart_closes_the_calls_a_crash_cut_once_and_they_pass_the_aud
     cash = seq.ledger.balance(settlement.cash("p1", "USD")).total
 
     reservations = Reservations()
-    meter = Meter(lambda: seq, reservations, 1.0, ReceiptJournal(db_pool).bound(""))
+    meter = Meter(lambda: seq, reservations, 1.0, journal.bound(""))
     meter.start()
     try:
         futures = await close_crashed(db_pool, meter, reservations)
@@ -190,10 +194,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.
 
 
 async def test_marks_ride_with_the_meter_once_a_period_until_the_receipt_closes_them(
-    seq: Sequencer, db_conn: asyncpg.Connection, db_pool: asyncpg.Pool
+    seq: Sequencer, db_conn: asyncpg.Connection, journal: ReceiptJournal
 ) -> None:
     reservations = Reservations()
-    meter = Meter(lambda: seq, reservations, 60.0, ReceiptJournal(db_pool).bound(""))
+    meter = Meter(lambda: seq, reservations, 60.0, journal.bound(""))
     progress = Progress(0.05, meter.wake)
     meter.rider = progress
     meter.start()
