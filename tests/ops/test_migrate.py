@@ -215,6 +215,7 @@ RECORDED = [
     (17, "stream_signatures", "market/migrations"),
     (18, "snapshot_seal", "ledger/migrations"),
     (19, "market_snapshot_seal", "market/migrations"),
+    (20, "receipts_owed", "market/migrations"),
 ]
 
 
