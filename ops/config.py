@@ -147,7 +147,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Merkle log; see `ledger.log.UnsignedJournal`).
     accept_unsigned_journal: bool = False
     pool_min_size: int = 1
-    pool_max_size: int = 10
+    #: The app's pool: reads, and the receipt journal's writers (at most 12, kept).
+    pool_max_size: int = 16
     log_level: str = "info"
     #: Signed requests per second per key (token bucket, see `market.auth.RateLimiter`).
     rate_limit: float = 50.0
@@ -205,9 +206,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: by a crash is charged by its last record (market.gateway.progress).
     gateway_progress_ms: Annotated[int, msgspec.Meta(ge=1)] = 250
     #: Receipt journal commits in flight at once, a database connection each (of the
-    #: app's pool in one process, of the sequencer process's with `--workers`): a call's
-    #: end waits for one commit unless all are busy (market.gateway.journal).
-    receipt_writers: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
+    #: app's pool in one process, at least 4 of its 16 left for reads; of the sequencer
+    #: process's with `--workers`): a call's end waits for one commit unless all are busy
+    #: (market.gateway.journal).
+    receipt_writers: Annotated[int, msgspec.Meta(ge=1, le=12)] = 8
     #: How long the gateway waits on an upstream (connect, each read) before a 502.
     gateway_upstream_timeout_s: float = 60.0
     #: How long a connection to an upstream may idle and still be reused (ms): keep it
