@@ -13,16 +13,16 @@ wakes the meter to commit it alone if no receipt comes. Nothing waits for it: th
 token is not delayed, no chunk waits for a commit, and there is one op per period however
 many calls stream (at most `MAX_MARKS` marks each, one in the sequencer at a time). A call
 that ends before its first mark is never recorded; one that was has its row deleted by its
-receipt's commit (`GatewayChargeOp.closes`). What is held here is one entry per streaming
-call in flight.
+receipt's charge (`GatewayChargeOp.closes`), which follows the receipt's journal
+commit. What is held here is one entry per streaming call in flight.
 
 At a restart (`close_crashed`, from the gateway's lifespan, before it serves), every call
 with a row and no receipt was cut by a crash: it is closed by the cut-call rule
 (`metering.charge`) applied to its last mark — the upstream's usage if the mark has it,
 else the chunks passed on by then, one token each, no prompt, capped by the reservation —
-as a receipt with `ending` CRASH, through the meter like any other (`GatewayChargeOp`),
-which deletes the rows in the same commit. A row whose receipt did commit (the crash came
-between the two) is only deleted. So a second restart finds nothing, and nothing is
+as a receipt with `ending` CRASH, through the meter like any other (journaled, then
+charged by a `GatewayChargeOp`, which deletes the rows). A row whose receipt did commit
+(the crash came between the two) is only deleted. So a second restart finds nothing, and nothing is
 charged twice. And every receipt made durable whose charge a crash cut (a row of
 `gateway_receipts_owed`, `market.gateway.journal`) is charged then (`Meter.owe`: its
 delivery is looked up first, in case it committed after all).

@@ -19,9 +19,10 @@ the sequencer process's desk over NATS (`desk_remote`). A call:
    its tail: the usage-only event (only if the buyer asked for it) and `[DONE]`, or the
    error event of a stream cut;
 4. ends with its charge (`metering.charge`): the rest of the reservation is released and
-   the receipt goes to the `Meter`'s next group commit; only once it is committed does the
-   buyer get the tail (non-streaming: the whole body). If it cannot be committed (the
-   sequencer answers 503), the meter retries the charge until it commits, and the buyer
+   the receipt goes to the `Meter`'s receipt journal (`journal`); only once it is
+   committed does the buyer get the tail (non-streaming: the whole body), and the charge
+   follows through the sequencer. If it cannot be committed (the database refuses or is
+   unreachable: 503), the meter writes it again until it commits, and the buyer
    gets, streaming, the error event `charge_unavailable` in place of the tail; not
    streaming, the body anyway (200) with `x-tokex-charge: pending`. A 503 there would
    withhold an answer the buyer is charged for, and an SDK retrying it (the OpenAI SDKs
