@@ -81,7 +81,7 @@ def desk_lifespan(
         app.state.pool = pool  # the exchange's reopen after an outage expires its connections
         source = lambda: app.state.get("sequencer")  # noqa: E731
         desk = Desk(source, pool)
-        journal = ReceiptJournal(pool)
+        journal = ReceiptJournal(pool, config.receipt_writers)
         meter = Meter(source, desk.reservations, config.flush_s, journal.bound(""),
                       config.receipt_writers)  # fmt: skip
         meter.on_commit = desk.refresh

@@ -59,12 +59,17 @@ def receipt_record(r: GatewayReceipt) -> tuple[object, ...]:
 
 class ReceiptJournal:
     """Writes receipts durably, each `write` one commit on a connection of its own, taken
-    from `pool` and kept between writes (as many at once as writes run: the meter runs at
-    most `TOKEX_RECEIPT_WRITERS`). Kept, not given back after each write: the pool's
-    release resets a connection with a query of its own, a second round trip a write."""
+    from `pool` and kept between writes, at most `writers` at once (a write beyond waits
+    for one: the sequencer process's journal takes every gateway process's writes, and
+    the pool's other users keep the rest of its connections). Kept, not given back
+    after each write: the pool's release resets a connection with a query of its own, a
+    second round trip a write."""
 
-    def __init__(self, pool: asyncpg.Pool, timeout_s: float = WRITE_TIMEOUT_S) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, writers: int = WRITERS, timeout_s: float = WRITE_TIMEOUT_S
+    ) -> None:
         self._pool = pool
+        self._slots = asyncio.Semaphore(writers)
         self._timeout_s = timeout_s
         self._idle: list[asyncpg.Connection] = []
         self.writes = 0
@@ -80,7 +85,7 @@ class ReceiptJournal:
         rows.insert(OWED_TABLE, OWED_COLUMNS, [(r.receipt_id, instance_id) for r in receipts],
                     on_conflict="ON CONFLICT (receipt_id) DO NOTHING")  # fmt: skip
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s), self._slots:
                 await self._execute(rows)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise LedgerUnavailable(

@@ -594,7 +594,7 @@ def local_gateway(
     """The gateway of one process (`tokex serve`): its desk here, on the sequencer, its
     receipt journal on `pool`."""
     desk = Desk(sequencer, pool)
-    journal = ReceiptJournal(pool)
+    journal = ReceiptJournal(pool, config.receipt_writers)
     gateway = Gateway(pool, config, desk, sequencer, journal.bound(instance_id),
                       reservations=desk.reservations, instance_id=instance_id)  # fmt: skip
     gateway.meter.on_commit = desk.refresh

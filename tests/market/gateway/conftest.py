@@ -23,7 +23,7 @@ def upstream() -> Iterator[Upstream]:
 
 @pytest.fixture
 async def journal(db_pool: asyncpg.Pool) -> AsyncIterator[ReceiptJournal]:
-    j = ReceiptJournal(db_pool)
+    j = ReceiptJournal(db_pool, 2)  # the test pool has 5 connections
     try:
         yield j
     finally:

@@ -64,7 +64,7 @@ async def server(
     embedded = EmbeddedNats(tmp_path)
     nats = await connect(embedded.url, name="desk-test", token=embedded.token)
     desk = Desk(lambda: seq, db_pool)
-    journal = ReceiptJournal(db_pool)
+    journal = ReceiptJournal(db_pool, 2)
     meter = Meter(lambda: seq, desk.reservations, 1.0, journal.bound(""))
     meter.start()
     served = DeskServer(nats, desk, meter, db_pool, 4, journal)

@@ -154,3 +154,21 @@ async def test_a_failed_journal_write_tells_the_call_and_is_written_again(
         await journal.close()
     assert entitlement(seq) == before - 9 and await owed(db_conn) == set()
     assert await charged_in(db_conn, r.receipt_id) is not None
+
+
+async def test_the_journal_holds_at_most_its_writers_connections_whatever_comes(
+    db_pool: asyncpg.Pool, db_conn: asyncpg.Connection
+) -> None:
+    """The sequencer process's journal takes every gateway process's writes: more at once
+    than its writers wait for one, rather than take the pool's last connections (kept,
+    they would never go back to a write waiting on the pool)."""
+    journal = ReceiptJournal(db_pool, 2)
+    try:
+        written = [receipt("b1", n + 1) for n in range(12)]
+        await asyncio.wait_for(asyncio.gather(*(journal.write([r], "gw1") for r in written)), 10)
+        assert len(journal._idle) <= 2
+        async with db_pool.acquire() as other, db_pool.acquire() as more:  # the rest is free
+            assert await other.fetchval("SELECT 1") == await more.fetchval("SELECT 1") == 1
+    finally:
+        await journal.close()
+    assert await owed(db_conn) == {r.receipt_id for r in written}
