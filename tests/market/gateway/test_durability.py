@@ -51,6 +51,22 @@ async def receipt(conn: asyncpg.Connection, receipt_id: str) -> asyncpg.Record |
     )
 
 
+async def charged(db_url: str, receipt_id: str) -> tuple[asyncpg.Record, int, int]:
+    """The receipt once its charge has committed (20 s at most), with the number of
+    delivery links and of receipts stored."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        for _ in range(100):
+            row = await receipt(conn, receipt_id)
+            if row is not None and row["transaction_id"] is not None:
+                links = await conn.fetchval("SELECT count(*) FROM gateway_delivery_receipts")
+                return row, links, await conn.fetchval("SELECT count(*) FROM gateway_receipts")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    raise AssertionError(f"receipt {receipt_id} not charged in time")
+
+
 async def cut_the_database(db_url: str) -> None:
     """Terminate the exchange's connections: its charges fail until it has reopened."""
     admin = await asyncpg.connect(db_url)
@@ -138,17 +154,8 @@ async def test_a_stream_outlives_the_exchange_losing_its_connections_and_is_char
                 if len(events) == 1:
                     await cut_the_database(db_url)
     assert events[-1] == "[DONE]"
-    conn = await asyncpg.connect(db_url)
-    try:
-        for _ in range(100):
-            row = await receipt(conn, rid)
-            if row is not None and row["transaction_id"] is not None:
-                break
-            await asyncio.sleep(0.2)
-        assert row is not None and row["tokens"] == 7 and row["transaction_id"] is not None
-        assert await conn.fetchval("SELECT count(*) FROM gateway_delivery_receipts") == 1
-    finally:
-        await conn.close()
+    row, links, _ = await charged(db_url, rid)
+    assert row["tokens"] == 7 and links == 1
 
 
 async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
@@ -179,17 +186,8 @@ async def test_a_charge_that_cannot_commit_is_an_error_in_place_of_the_tail(
 
     # The call was served: its receipt is written again and charged once the database
     # takes it (its usage: 3 + 4), once.
-    conn = await asyncpg.connect(db_url)
-    try:
-        for _ in range(100):
-            row = await receipt(conn, rid)
-            if row is not None and row["transaction_id"] is not None:
-                break
-            await asyncio.sleep(0.2)
-        assert row is not None and row["tokens"] == 7 and row["transaction_id"] is not None
-        assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 1
-    finally:
-        await conn.close()
+    row, _, stored = await charged(db_url, rid)
+    assert row["tokens"] == 7 and stored == 1
 
 
 async def test_a_non_streamed_answer_whose_charge_cannot_commit_is_sent_and_charged_once(
@@ -210,17 +208,8 @@ async def test_a_non_streamed_answer_whose_charge_cannot_commit_is_sent_and_char
     assert raw.status_code == 200 and raw.headers.get("x-tokex-charge") == "pending"
     assert answer.choices[0].message.content == "w0 w1 w2 w3 w4"
     assert len([r for r in m.upstream.requests if r.method == "POST"]) == 1  # no retry
-    conn = await asyncpg.connect(db_url)
-    try:
-        for _ in range(100):
-            row = await receipt(conn, raw.headers["x-tokex-receipt"])
-            if row is not None and row["transaction_id"] is not None:
-                break
-            await asyncio.sleep(0.2)
-        assert row is not None and row["tokens"] == 3 + 5 and row["transaction_id"] is not None
-        assert await conn.fetchval("SELECT count(*) FROM gateway_receipts") == 1
-    finally:
-        await conn.close()
+    row, _, stored = await charged(db_url, raw.headers["x-tokex-receipt"])
+    assert row["tokens"] == 3 + 5 and stored == 1
 
 
 @pytest.fixture

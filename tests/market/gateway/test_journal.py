@@ -5,6 +5,7 @@ clears the receipt's owed row; a crash between the two is charged at the restart
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -28,6 +29,20 @@ async def seq(db_url: str) -> AsyncIterator[Sequencer]:
     await trade(s, "b1", "p1", 10_000, 3_000, "1")
     yield s
     await s.close()
+
+
+@contextlib.asynccontextmanager
+async def locked(db_url: str, table: str) -> AsyncIterator[None]:
+    """`table` locked by another session (ACCESS EXCLUSIVE) while the block runs."""
+    blocker = await asyncpg.connect(db_url)
+    lock = blocker.transaction()
+    await lock.start()
+    try:
+        await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        yield
+    finally:
+        await lock.rollback()
+        await blocker.close()
 
 
 def entitlement(seq: Sequencer) -> int:
@@ -58,11 +73,7 @@ async def test_a_calls_end_waits_for_its_receipt_not_for_the_ledger_batch_in_fli
     meter = Meter(lambda: seq, reservations, 60.0, journal.bound(""), 2)
     meter.start()
     before = entitlement(seq)
-    blocker = await asyncpg.connect(db_url)
-    lock = blocker.transaction()
-    await lock.start()
-    await blocker.execute("LOCK TABLE market_deliveries IN ACCESS EXCLUSIVE MODE")
-    try:
+    async with locked(db_url, "market_deliveries"):
         first, second = receipt("b1", 30), receipt("b1", 12)
         for r in (first, second):
             reservations.reserve(GROUP, r.key_id, r.tokens)
@@ -74,9 +85,6 @@ async def test_a_calls_end_waits_for_its_receipt_not_for_the_ledger_batch_in_fli
         assert await owed(db_conn) == {first.receipt_id, second.receipt_id}
         assert await charged_in(db_conn, first.receipt_id) is None
         assert reservations.outstanding[GROUP] == 42  # not charged yet: still promised away
-    finally:
-        await lock.rollback()
-        await blocker.close()
     try:
         await meter.flush()  # the second's charge (the first's committed when the lock went)
         await meter.flush()
@@ -133,17 +141,10 @@ async def test_a_failed_journal_write_tells_the_call_and_is_written_again(
     reservations.reserve(GROUP, r.key_id, r.tokens)
     reservations.finish(GROUP, r.key_id, r.tokens, r.tokens)
     before = entitlement(seq)
-    blocker = await asyncpg.connect(db_url)
-    lock = blocker.transaction()
-    await lock.start()
-    await blocker.execute("LOCK TABLE gateway_receipts_owed IN ACCESS EXCLUSIVE MODE")
-    try:
+    async with locked(db_url, "gateway_receipts_owed"):
         with pytest.raises(Exception) as failed:
             await asyncio.wait_for(meter.charge(r), 5)
         assert getattr(failed.value, "code", None) == "ledger_unavailable"
-    finally:
-        await lock.rollback()
-        await blocker.close()
     try:
         for _ in range(50):  # written again after the flush period, then charged
             if entitlement(seq) == before - 9:
