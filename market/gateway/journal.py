@@ -38,7 +38,8 @@ import asyncpg
 
 from ledger.errors import LedgerUnavailable
 from ledger.rows import BatchRows
-from market.sequencer.delivery import RECEIPT_COLUMNS
+from market.sequencer.calls import OWED_TABLE
+from market.sequencer.delivery import RECEIPT_COLUMNS, receipt_record
 from schemas.gateway import GatewayReceipt
 
 #: Journal commits in flight at once (a connection each), unless set. With 4, a call in 12
@@ -48,13 +49,7 @@ WRITERS = 8
 #: (it is retried; a commit that went through after all is written again harmlessly).
 WRITE_TIMEOUT_S = 10.0
 
-OWED_TABLE = "gateway_receipts_owed"
 OWED_COLUMNS = ("receipt_id", "instance_id")
-
-
-def receipt_record(r: GatewayReceipt) -> tuple[object, ...]:
-    """A receipt as a `gateway_receipts` row (no transaction: the charge links it)."""
-    return (*(getattr(r, c) for c in RECEIPT_COLUMNS[:-1]), None)
 
 
 class ReceiptJournal:
@@ -72,7 +67,6 @@ class ReceiptJournal:
         self._slots = asyncio.Semaphore(writers)
         self._timeout_s = timeout_s
         self._idle: list[asyncpg.Connection] = []
-        self.writes = 0
 
     async def write(self, receipts: Sequence[GatewayReceipt], instance_id: str) -> None:
         """Commit `receipts` (and their owed rows, of `instance_id`); 503
@@ -80,7 +74,8 @@ class ReceiptJournal:
         if not receipts:
             return
         rows = BatchRows()
-        rows.insert("gateway_receipts", RECEIPT_COLUMNS, [receipt_record(r) for r in receipts],
+        records = [receipt_record(r, None) for r in receipts]  # the charge links them
+        rows.insert("gateway_receipts", RECEIPT_COLUMNS, records,
                     on_conflict="ON CONFLICT (receipt_id) DO NOTHING")  # fmt: skip
         rows.insert(OWED_TABLE, OWED_COLUMNS, [(r.receipt_id, instance_id) for r in receipts],
                     on_conflict="ON CONFLICT (receipt_id) DO NOTHING")  # fmt: skip
@@ -91,7 +86,6 @@ class ReceiptJournal:
             raise LedgerUnavailable(
                 f"the receipts could not be made durable now ({type(exc).__name__})"
             ) from None
-        self.writes += 1
 
     async def _execute(self, rows: BatchRows) -> None:
         """On a kept connection, or a new one if a kept one turns out dead (the database

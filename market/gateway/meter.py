@@ -268,12 +268,16 @@ class Meter:
         if self._write_soon is None:  # those filed in this turn of the loop go together
             self._write_soon = asyncio.get_running_loop().call_soon(self._start_writes)
 
+    def _take_filed(self) -> list[_Filed]:
+        """Everything waiting for the journal (failed writes first), for one write."""
+        filed, self._filed, self._rejournal = [*self._rejournal, *self._filed], [], []
+        self._writing += 1
+        return filed
+
     def _start_writes(self) -> None:
         self._write_soon = None
         if (self._filed or self._rejournal) and self._writing < self._writers:
-            filed, self._filed, self._rejournal = [*self._rejournal, *self._filed], [], []
-            self._writing += 1
-            task = asyncio.create_task(self._write(filed), name="gateway-journal")
+            task = asyncio.create_task(self._write(self._take_filed()), name="gateway-journal")
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 
@@ -442,9 +446,7 @@ class Meter:
             if self._writes:
                 await asyncio.gather(*self._writes, return_exceptions=True)
             if self._filed or self._rejournal:  # what is filed goes now, in one write
-                self._writing += 1
-                filed, self._filed, self._rejournal = [*self._rejournal, *self._filed], [], []
-                await self._write(filed)
+                await self._write(self._take_filed())
             await self.flush()
             if not self.backlog:
                 break

@@ -26,6 +26,7 @@ from ledger.rows import BatchRows
 from schemas.gateway import CallMark
 
 TABLE = "gateway_calls"
+#: Receipts journaled whose charge is owed (`market.gateway.journal` writes them).
 OWED_TABLE = "gateway_receipts_owed"
 COLUMNS = tuple(CallMark.__struct_fields__)
 #: A newer mark replaces the progress; the call's opening is the same in every mark.

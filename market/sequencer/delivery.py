@@ -86,7 +86,8 @@ def external_ids(ops: Iterable[AnyOp]) -> list[str]:
     return ids
 
 
-def _record(r: GatewayReceipt, transaction_id: str | None) -> tuple[object, ...]:
+def receipt_record(r: GatewayReceipt, transaction_id: str | None) -> tuple[object, ...]:
+    """A receipt as a `gateway_receipts` row (`RECEIPT_COLUMNS`)."""
     values = [getattr(r, c) for c in RECEIPT_COLUMNS[:-1]]
     return (*values, transaction_id)
 
@@ -133,7 +134,7 @@ def _charge_group(
     if why is not None:
         _refused(group, len(receipts), tokens, why)
     if tokens == 0 or why is not None:
-        records.extend(_record(r, None) for r in receipts)
+        records.extend(receipt_record(r, None) for r in receipts)
         return out
     instrument = batch.market.instrument(symbol)
     terms = instrument.terms
@@ -154,7 +155,7 @@ def _charge_group(
         buyer=buyer, tokens=split.tokens, released=split.released, fee=split.fee,
         transaction_id=tx.id, time_ms=batch.time_ms,
     )  # fmt: skip
-    records.extend(_record(r, tx.id) for r in receipts)
+    records.extend(receipt_record(r, tx.id) for r in receipts)
     links.extend((tx.id, n, r.receipt_id) for n, r in enumerate(receipts))
     return GatewayDelivery(buyer=buyer, provider=provider, instrument=symbol, report_id=rid,
                            tokens=tokens, transaction_id=tx.id)  # fmt: skip
